@@ -1,0 +1,270 @@
+//! Every type that crosses the kernel/user boundary, defined once.
+//!
+//! The XDP program (`lb-ebpf`) and the agent (`lb-userspace`) both use these
+//! types for the keys and values of the BPF maps. All of them are `#[repr(C)]`
+//! with explicit padding fields, so their layout is fixed and they can be
+//! `Pod`. Addresses and ports are kept in network byte order, exactly as they
+//! appear in packets, so the datapath never converts them.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// IP protocol numbers the balancer serves.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Names of the BPF maps, as the XDP program declares them. The agent opens
+/// and pins maps by these names.
+pub mod map_name {
+    /// Virtual services: [`ServiceKey`](crate::ServiceKey) -> [`Service`](crate::Service).
+    pub const SERVICES: &str = "services";
+    /// VIP addresses (any port): u32 address -> u8 (unused). Lets the datapath
+    /// drop malformed packets meant for a VIP instead of passing them.
+    pub const VIP_ADDRS: &str = "vip_addrs";
+    /// Server table, indexed by server id: [`Server`](crate::Server).
+    pub const SERVERS: &str = "servers";
+    /// Consistent-hash tables, one row of [`MAGLEV_TABLE_SIZE`](crate::MAGLEV_TABLE_SIZE)
+    /// server ids per service: `u32`.
+    pub const MAGLEV: &str = "maglev";
+    /// Connection tracking: [`FlowKey`](crate::FlowKey) -> [`Flow`](crate::Flow).
+    pub const FLOWS: &str = "flows";
+    /// Return path: reply 5-tuple -> [`ReverseNat`](crate::ReverseNat).
+    pub const REVERSE_NAT: &str = "reverse_nat";
+    /// Per-CPU packet counters, indexed by [`Outcome`](crate::Outcome): `u64`.
+    pub const OUTCOMES: &str = "outcomes";
+    /// Per-CPU per-server counters, indexed by server id: [`ServerStats`](crate::ServerStats).
+    pub const SERVER_STATS: &str = "server_stats";
+
+    /// Every map, for pinning and compatibility checks.
+    pub const ALL: [&str; 8] = [
+        SERVICES,
+        VIP_ADDRS,
+        SERVERS,
+        MAGLEV,
+        FLOWS,
+        REVERSE_NAT,
+        OUTCOMES,
+        SERVER_STATS,
+    ];
+}
+
+/// Number of slots in each service's Maglev table. Maglev needs a prime; this
+/// one keeps the share of each server within a fraction of a percent of its
+/// weight for pools of up to a few hundred servers.
+pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+
+/// A Maglev slot that holds no server: the service has no server eligible for
+/// new flows.
+pub const NO_SERVER: u32 = u32::MAX;
+
+/// Default capacity of the server table (server ids are `0..MAX_SERVERS`).
+pub const DEFAULT_MAX_SERVERS: u32 = 4096;
+/// Default number of services (rows of the Maglev map).
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Default capacity of the flow table.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+
+/// A virtual service: where clients send their packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    /// Row of this service in the Maglev map.
+    pub index: u32,
+}
+
+/// Server states, as stored in [`Server::state`]. The agent writes them; the
+/// datapath reads them when it picks a server and on every flow-table hit.
+pub mod server_state {
+    /// Slot not in use (no such server, or removed from the config).
+    pub const UNUSED: u8 = 0;
+    /// In service: gets new flows, forwards existing ones.
+    pub const ENABLED: u8 = 1;
+    /// No new flows; existing flows keep being forwarded.
+    pub const DRAINING: u8 = 2;
+    /// Out of service: no packet of any flow is forwarded to it.
+    pub const DISABLED: u8 = 3;
+}
+
+/// A server of a pool (a pool member). Indexed by server id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Server {
+    /// Address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// One of [`server_state`].
+    pub state: u8,
+    pub _pad: u8,
+    /// Hash of "pool/server" names: lets a restarted agent give each pool
+    /// member the id it had, so flows in the pinned flow table stay on it.
+    /// Not read by the datapath.
+    pub identity: u64,
+}
+
+/// A flow as the client sees it: client address and port, VIP and port.
+/// Also used for the reply direction (server -> client) in `reverse_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Flow states, as stored in [`Flow::state`].
+pub mod flow_state {
+    /// TCP, no FIN or RST seen.
+    pub const TCP_OPEN: u8 = 1;
+    /// TCP, a FIN or RST was seen from either side: removed after a short
+    /// linger; a new SYN on the same 5-tuple starts a new flow.
+    pub const TCP_CLOSING: u8 = 2;
+    pub const UDP: u8 = 3;
+}
+
+/// Connection-tracking entry: which server a flow is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Flow {
+    pub server_id: u32,
+    /// One of [`flow_state`].
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet, either direction.
+    pub last_seen_ns: u64,
+}
+
+/// Where a server's reply must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReverseNat {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Per-server traffic counters (per CPU; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServerStats {
+    /// Packets and bytes forwarded to the server.
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    /// Replies from the server rewritten back to the VIP.
+    pub packets_from: u64,
+    pub bytes_from: u64,
+    /// Flows created on this server.
+    pub new_flows: u64,
+}
+
+macro_rules! outcomes {
+    ($($(#[doc = $doc:literal])* $name:ident = $label:literal,)*) => {
+        /// What happened to a packet. The datapath counts every packet under
+        /// exactly one outcome, so every pass and drop has a named reason.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Outcome {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Outcome {
+            pub const ALL: &'static [Outcome] = &[$(Outcome::$name,)*];
+
+            /// Stable name, as shown by the CLI and the API.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Outcome::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+outcomes! {
+    /// Not IPv4 (ARP, IPv6, ...): passed to the kernel.
+    PassNotIpv4 = "pass_not_ipv4",
+    /// IPv4 but neither for a virtual service nor a server's reply.
+    PassNotForUs = "pass_not_for_us",
+    /// To a VIP address but neither TCP nor UDP (ICMP, ...): passed.
+    PassOtherProtocol = "pass_other_protocol",
+    /// TTL would expire: passed unchanged, the kernel answers with ICMP.
+    PassTtlExpired = "pass_ttl_expired",
+    /// Rewritten, but the next hop's MAC is not known yet: passed to the
+    /// kernel, which resolves it and forwards the (fully rewritten) packet.
+    PassNeighbourUnresolved = "pass_neighbour_unresolved",
+    /// First packet of a flow: server chosen, flow created, forwarded.
+    ForwardNewFlow = "forward_new_flow",
+    /// Packet of a known flow, forwarded to its server.
+    ForwardFlow = "forward_flow",
+    /// Server reply, rewritten to come from the VIP and forwarded.
+    ForwardReply = "forward_reply",
+    /// Headers cut short (Ethernet, IPv4, TCP or UDP) on a packet to a VIP.
+    DropTruncated = "drop_truncated",
+    /// IPv4 header length below 20 bytes or beyond the total length.
+    DropBadIpHeader = "drop_bad_ip_header",
+    /// IPv4 options on a packet to a VIP (not supported).
+    DropIpOptions = "drop_ip_options",
+    /// IPv4 fragment to a VIP (not supported: ports are only in the first).
+    DropFragment = "drop_fragment",
+    /// The service has no server that may take new flows.
+    DropNoServer = "drop_no_server",
+    /// The flow's server is disabled or no longer configured.
+    DropServerUnavailable = "drop_server_unavailable",
+    /// Reply of a flow whose entry is gone from the flow table.
+    DropReplyWithoutFlow = "drop_reply_without_flow",
+    /// No route to the server or client.
+    DropNoRoute = "drop_no_route",
+    /// Larger than the egress MTU.
+    DropMtuExceeded = "drop_mtu_exceeded",
+    /// The program hit an internal error (map full, ...): XDP_ABORTED.
+    Aborted = "aborted",
+}
+
+/// Number of outcome counters.
+pub const OUTCOME_COUNT: u32 = Outcome::ALL.len() as u32;
+
+// The layouts both sides rely on.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<Service>() == 4);
+    assert!(size_of::<Server>() == 16);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<Flow>() == 24);
+    assert!(size_of::<ReverseNat>() == 8);
+    assert!(size_of::<ServerStats>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], has no padding (checked by bytemuck's
+    // Pod derive) and every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Server {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for ServerStats {}
+}

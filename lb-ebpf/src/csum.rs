@@ -1,0 +1,26 @@
+//! Incremental Internet checksum updates (RFC 1624): when a field changes,
+//! adjust the checksum instead of recomputing it over the whole packet.
+//!
+//! Values are used exactly as loaded from the packet (network byte order in a
+//! native integer): a one's complement sum does not depend on byte order as
+//! long as every operand is loaded the same way.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum after a 16-bit word changes from `old` to `new`.
+#[inline(always)]
+pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
+    !fold(!check as u32 + !old as u32 + new as u32)
+}
+
+/// Checksum after a 32-bit word changes from `old` to `new`.
+#[inline(always)]
+pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
+    let old = !old;
+    !fold(!check as u32 + (old >> 16) + (old & 0xffff) + (new >> 16) + (new & 0xffff))
+}

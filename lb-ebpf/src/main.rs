@@ -1,0 +1,158 @@
+//! The XDP load balancer: forwards each packet of a virtual service to a
+//! server of its pool (destination NAT), and rewrites the servers' replies
+//! back to the VIP. See the files by concern: `parse` (headers), `flow`
+//! (flow table, server choice), `nat` (rewrite), `forward` (FIB, redirect),
+//! `maps`, `counters`.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod flow;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod parse;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    };
+    use lb_common::{Outcome, ReverseNat, Service, ServiceKey};
+
+    use crate::{
+        counters::{count, count_from_server, count_to_server},
+        flow, forward,
+        maps::{REVERSE_NAT, SERVICES},
+        nat,
+        parse::{self, Packet},
+    };
+
+    #[xdp]
+    pub fn lb(ctx: XdpContext) -> u32 {
+        let (outcome, verdict) = match handle(&ctx) {
+            Ok(done) => done,
+            Err(outcome) => (outcome, verdict_of(outcome)),
+        };
+        count(outcome);
+        verdict
+    }
+
+    /// The verdict for a packet that is not forwarded.
+    #[inline(always)]
+    fn verdict_of(outcome: Outcome) -> u32 {
+        match outcome {
+            Outcome::PassNotIpv4
+            | Outcome::PassNotForUs
+            | Outcome::PassOtherProtocol
+            | Outcome::PassTtlExpired
+            | Outcome::PassNeighbourUnresolved => xdp_action::XDP_PASS,
+            Outcome::Aborted => xdp_action::XDP_ABORTED,
+            _ => xdp_action::XDP_DROP,
+        }
+    }
+
+    #[inline(always)]
+    fn handle(ctx: &XdpContext) -> Result<(Outcome, u32), Outcome> {
+        let pkt = parse::parse(ctx)?;
+        let service_key = ServiceKey {
+            addr: pkt.key.dst_addr,
+            port: pkt.key.dst_port,
+            proto: pkt.key.proto,
+            _pad: 0,
+        };
+        if let Some(service) = unsafe { SERVICES.get(&service_key) } {
+            return to_server(ctx, &pkt, service);
+        }
+        if let Some(nat) = unsafe { REVERSE_NAT.get(&pkt.key) } {
+            return to_client(ctx, &pkt, nat);
+        }
+        Err(Outcome::PassNotForUs)
+    }
+
+    /// Time for flow bookkeeping: the coarse clock (a few ms resolution) is
+    /// enough for idle timeouts and much cheaper than the precise one.
+    #[inline(always)]
+    fn now() -> u64 {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
+
+    #[inline(always)]
+    fn check_ttl(pkt: &Packet) -> Result<(), Outcome> {
+        if unsafe { (*pkt.ip).ttl } <= 1 {
+            return Err(Outcome::PassTtlExpired);
+        }
+        Ok(())
+    }
+
+    /// Client -> VIP: rewrite the destination to the flow's server.
+    #[inline(always)]
+    fn to_server(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        service: &Service,
+    ) -> Result<(Outcome, u32), Outcome> {
+        check_ttl(pkt)?;
+        let a = flow::assign(pkt, service, pkt.key.dst_addr, pkt.key.dst_port, now())?;
+        let hop = forward::next_hop(ctx, pkt, pkt.key.src_addr, a.server.addr)?;
+        nat::rewrite_destination(pkt, a.server.addr, a.server.port);
+        nat::decrement_ttl(pkt);
+        count_to_server(a.server_id, pkt.len, a.new_flow);
+        let verdict = forward::send(ctx, pkt, &hop);
+        let outcome = match hop {
+            forward::NextHop::Unresolved => Outcome::PassNeighbourUnresolved,
+            _ if a.new_flow => Outcome::ForwardNewFlow,
+            _ => Outcome::ForwardFlow,
+        };
+        Ok((outcome, verdict))
+    }
+
+    /// Server -> client: rewrite the source back to the VIP.
+    #[inline(always)]
+    fn to_client(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        nat: &ReverseNat,
+    ) -> Result<(Outcome, u32), Outcome> {
+        check_ttl(pkt)?;
+        let server_id = flow::reply(pkt, nat, now())?;
+        let hop = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
+        nat::rewrite_source(pkt, nat.vip, nat.port);
+        nat::decrement_ttl(pkt);
+        count_from_server(server_id, pkt.len);
+        let verdict = forward::send(ctx, pkt, &hop);
+        let outcome = match hop {
+            forward::NextHop::Unresolved => Outcome::PassNeighbourUnresolved,
+            _ => Outcome::ForwardReply,
+        };
+        Ok((outcome, verdict))
+    }
+
+    /// Does nothing but pass: attached to veth peers that receive redirected
+    /// frames (veth delivers XDP redirects only to a peer with a program), and
+    /// the baseline that benchmarks subtract.
+    #[xdp]
+    pub fn pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,54 @@
+//! The BPF maps. The agent creates them with the sizes from its config
+//! (`max_entries` here are placeholders it overrides), pins them under
+//! /sys/fs/bpf/<instance>/ and is their only writer, except for the flow
+//! tables and counters, which the datapath writes.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, Flow, FlowKey, MAGLEV_TABLE_SIZE,
+    OUTCOME_COUNT, ReverseNat, Server, ServerStats, Service, ServiceKey,
+};
+
+/// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
+#[map(name = "services")]
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// VIP addresses, any port. Agent writes. Read only for malformed packets, to
+/// drop (not pass) what was meant for a VIP.
+#[map(name = "vip_addrs")]
+pub static VIP_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Server table indexed by server id: address, port and state. Agent writes;
+/// the datapath reads the state on every flow-table hit.
+#[map(name = "servers")]
+pub static SERVERS: Array<Server> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// Consistent-hash tables, one row of MAGLEV_TABLE_SIZE server ids per
+/// service, holding only servers that may take new flows. Agent writes.
+#[map(name = "maglev")]
+pub static MAGLEV: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
+
+/// Connection tracking, keyed by the client's 5-tuple (VIP included).
+/// Datapath creates and updates entries; the agent ages them out.
+#[map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Return path: the server's reply 5-tuple -> the VIP and port it must come
+/// from. Datapath creates entries with the flow; the agent removes them with it.
+#[map(name = "reverse_nat")]
+pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// One counter per packet outcome. Datapath writes.
+#[map(name = "outcomes")]
+pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
+
+/// Traffic per server, indexed by server id. Datapath writes.
+#[map(name = "server_stats")]
+pub static SERVER_STATS: PerCpuArray<ServerStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);

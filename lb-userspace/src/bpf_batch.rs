@@ -1,0 +1,135 @@
+//! Batched map operations (BPF_MAP_*_BATCH), which aya 0.14 does not wrap:
+//! walking or cleaning a million-entry flow table one syscall per entry takes
+//! seconds; in batches it takes a fraction of that.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Runs a batch command; returns the kernel's count and the error, if any
+/// (the count is meaningful in both cases).
+fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> (u32, Option<io::Error>) {
+    // SAFETY: attr is a valid bpf_attr prefix of the given size; the pointers
+    // in it reference buffers the callers keep alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        (attr.count, Some(io::Error::last_os_error()))
+    } else {
+        (attr.count, None)
+    }
+}
+
+/// Where a batched walk of a map stands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor {
+    token: u64,
+    started: bool,
+    pub done: bool,
+}
+
+/// Reads the next entries of a map into `keys`/`values` (same length);
+/// returns how many were read. A walk is complete when `cursor.done`.
+pub fn lookup_batch<K, V>(
+    fd: BorrowedFd<'_>,
+    cursor: &mut Cursor,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<usize> {
+    assert_eq!(keys.len(), values.len());
+    if cursor.done {
+        return Ok(0);
+    }
+    let mut out_token: u64 = 0;
+    let mut attr = BatchAttr {
+        in_batch: if cursor.started {
+            &cursor.token as *const u64 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_token as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    let (count, err) = batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    match err {
+        None => {}
+        // ENOENT: the walk reached the end (the last entries are in this batch).
+        Some(e) if e.raw_os_error() == Some(libc::ENOENT) => cursor.done = true,
+        Some(e) => return Err(e),
+    }
+    cursor.token = out_token;
+    cursor.started = true;
+    Ok(count as usize)
+}
+
+/// Deletes `keys`; keys already gone (evicted by the LRU, or removed by the
+/// datapath) are skipped. Returns how many were deleted.
+pub fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let (count, err) = batch(BPF_MAP_DELETE_BATCH, &mut attr);
+        let count = count as usize;
+        deleted += count;
+        match err {
+            None => break,
+            // The kernel stops at the first missing key: step over it and go on.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                rest = &rest[(count + 1).min(rest.len())..]
+            }
+            Some(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Writes `keys[i] = values[i]` for all i, in one call per batch.
+pub fn update_batch<K, V>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    match batch(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        (_, None) => Ok(()),
+        (_, Some(e)) => Err(e),
+    }
+}

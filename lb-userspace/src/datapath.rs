@@ -1,0 +1,456 @@
+//! Loading the XDP program, its maps and their pins, and attaching it.
+//!
+//! Maps are pinned under /sys/fs/bpf/<instance>/ and reused when they are
+//! there, so a restarted agent finds the flows of the one before. XDP links
+//! are pinned too: if the agent dies, the program stays attached and packets
+//! keep flowing; the next agent swaps its program in atomically.
+
+use std::{
+    io,
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, IterableMap, MapData, MapInfo, PerCpuArray},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, Link as _, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{
+    Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT, ReverseNat, Server, ServerStats, Service,
+    ServiceKey, map_name,
+};
+
+use crate::config::XdpMode;
+
+/// The XDP object, built by build.rs from lb-ebpf.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
+}
+
+/// Name of the balancing program in the object.
+pub const PROGRAM: &str = "lb";
+/// Name of the trivial XDP_PASS program in the object.
+pub const PASS_PROGRAM: &str = "pass";
+
+/// Root of all instances' pins.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot mount the BPF filesystem on {BPFFS}")]
+    MountBpffs(#[source] io::Error),
+    #[error("cannot create pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "pinned map {path} does not fit this agent ({what}: found {found}, expected {expected}); \
+         it was made by another version or config: stop the agent and remove {dir} to start afresh"
+    )]
+    PinnedMapMismatch {
+        path: PathBuf,
+        dir: PathBuf,
+        what: &'static str,
+        found: u32,
+        expected: u32,
+    },
+    #[error("cannot read pinned map {path}")]
+    PinnedMapInfo {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot load the XDP object")]
+    Load(#[source] aya::EbpfError),
+    #[error("cannot load program {name} (verifier or kernel refused it)")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name} is missing from the XDP object or has an unexpected type")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Option<aya::maps::MapError>,
+    },
+    #[error("cannot attach XDP to interface {interface}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot pin the XDP link of {interface} at {path}")]
+    PinLink {
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Map capacities, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub max_flows: u32,
+    pub max_services: u32,
+    pub max_servers: u32,
+}
+
+impl MapSizes {
+    /// (map, key size, value size, max entries) of every map.
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 8] {
+        use std::mem::size_of;
+        let s = |n: usize| n as u32;
+        [
+            (
+                map_name::SERVICES,
+                s(size_of::<ServiceKey>()),
+                s(size_of::<Service>()),
+                self.max_services,
+            ),
+            (map_name::VIP_ADDRS, 4, 1, self.max_services),
+            (
+                map_name::SERVERS,
+                4,
+                s(size_of::<Server>()),
+                self.max_servers,
+            ),
+            (
+                map_name::MAGLEV,
+                4,
+                4,
+                self.max_services * MAGLEV_TABLE_SIZE,
+            ),
+            (
+                map_name::FLOWS,
+                s(size_of::<FlowKey>()),
+                s(size_of::<Flow>()),
+                self.max_flows,
+            ),
+            (
+                map_name::REVERSE_NAT,
+                s(size_of::<FlowKey>()),
+                s(size_of::<ReverseNat>()),
+                self.max_flows,
+            ),
+            (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
+            (
+                map_name::SERVER_STATS,
+                4,
+                s(size_of::<ServerStats>()),
+                self.max_servers,
+            ),
+        ]
+    }
+}
+
+/// The maps, typed.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub vip_addrs: HashMap<MapData, u32, u8>,
+    pub servers: Array<MapData, Server>,
+    pub maglev: Array<MapData, u32>,
+    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
+    pub outcomes: PerCpuArray<MapData, u64>,
+    pub server_stats: PerCpuArray<MapData, ServerStats>,
+}
+
+impl Maps {
+    pub fn flows_fd(&self) -> BorrowedFd<'_> {
+        self.flows.map().fd().as_fd()
+    }
+
+    pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
+        self.reverse_nat.map().fd().as_fd()
+    }
+
+    pub fn maglev_fd(&self) -> BorrowedFd<'_> {
+        self.maglev.map().fd().as_fd()
+    }
+}
+
+struct Attached {
+    interface: String,
+    link: PinnedLink,
+}
+
+/// The loaded XDP program and its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pin_dir: Option<PathBuf>,
+    attached: Vec<Attached>,
+}
+
+impl Datapath {
+    /// Loads the program with its maps pinned in `pin_dir` (reused if there).
+    pub fn load_pinned(pin_dir: &Path, sizes: MapSizes) -> Result<Datapath, DatapathError> {
+        ensure_bpffs()?;
+        std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        check_pinned_maps(pin_dir, &sizes)?;
+        Self::load(Some(pin_dir), sizes)
+    }
+
+    /// Loads the program with private maps (datapath tests, benchmarks).
+    pub fn load_unpinned(sizes: MapSizes) -> Result<Datapath, DatapathError> {
+        Self::load(None, sizes)
+    }
+
+    fn load(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Datapath, DatapathError> {
+        let layout = sizes.layout();
+        let pin_paths: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| {
+                layout
+                    .iter()
+                    .map(|(name, ..)| (*name, dir.join(name)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        for (name, _, _, max_entries) in &layout {
+            loader.map_max_entries(name, *max_entries);
+        }
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program {
+                name: PROGRAM,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?;
+        program.load().map_err(|source| DatapathError::Program {
+            name: PROGRAM,
+            source,
+        })?;
+        let maps = take_maps(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.map(Path::to_owned),
+            attached: Vec::new(),
+        })
+    }
+
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Datapath::load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Datapath::load")
+    }
+
+    /// Attaches to `interface` and pins the link. An existing pinned link
+    /// (left by an agent that died) is taken over: its program is replaced
+    /// atomically, so no packet misses the balancer.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DatapathError> {
+        let pin_dir = self
+            .pin_dir
+            .clone()
+            .expect("attach needs a pinned datapath");
+        let path = pin_dir.join(format!("link_{interface}"));
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+            interface: interface.to_owned(),
+            path: path.clone(),
+            source,
+        };
+        let attach_error = |source| DatapathError::Attach {
+            interface: interface.to_owned(),
+            source,
+        };
+        let program = self.program_mut();
+        let mut link_id = None;
+        if path.exists() {
+            let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.into()))?;
+            let old: FdLink = old.unpin().map_err(|e| pin_error(e.into()))?;
+            match XdpLink::try_from(old) {
+                Ok(old) => match program.attach_to_link(old) {
+                    Ok(id) => {
+                        log::info!(
+                            "{interface}: took over the XDP link left by the previous agent"
+                        );
+                        link_id = Some(id);
+                    }
+                    Err(e) => log::warn!(
+                        "{interface}: cannot take over the old XDP link ({e}); attaching anew"
+                    ),
+                },
+                Err(e) => {
+                    log::warn!("{interface}: pinned link is not an XDP link ({e}); attaching anew")
+                }
+            }
+        }
+        let link_id = match link_id {
+            Some(id) => id,
+            None => program
+                .attach(interface, aya_mode(mode))
+                .map_err(attach_error)?,
+        };
+        let link = program.take_link(link_id).map_err(attach_error)?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| pin_error(e.into()))?;
+        let link = link.pin(&path).map_err(|e| pin_error(e.into()))?;
+        self.attached.push(Attached {
+            interface: interface.to_owned(),
+            link,
+        });
+        Ok(())
+    }
+
+    /// Detaches from every interface and removes the link pins. The map pins
+    /// stay, so an agent started again resumes the flows.
+    pub fn detach_all(&mut self) {
+        for Attached { interface, link } in self.attached.drain(..) {
+            match link.unpin() {
+                Ok(link) => {
+                    if let Err(e) = link.detach() {
+                        log::warn!("{interface}: detach failed: {e}");
+                    }
+                }
+                Err(e) => log::warn!("{interface}: cannot remove link pin: {e}"),
+            }
+        }
+    }
+
+    pub fn attached_interfaces(&self) -> Vec<String> {
+        self.attached.iter().map(|a| a.interface.clone()).collect()
+    }
+}
+
+fn aya_mode(mode: XdpMode) -> AyaXdpMode {
+    match mode {
+        XdpMode::Auto => AyaXdpMode::Default,
+        XdpMode::Native => AyaXdpMode::Driver,
+        XdpMode::Generic => AyaXdpMode::Skb,
+    }
+}
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
+    fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+    ) -> Result<T, DatapathError> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or(DatapathError::Map { name, source: None })?;
+        T::try_from(map).map_err(|e| DatapathError::Map {
+            name,
+            source: Some(e),
+        })
+    }
+    Ok(Maps {
+        services: take(ebpf, map_name::SERVICES)?,
+        vip_addrs: take(ebpf, map_name::VIP_ADDRS)?,
+        servers: take(ebpf, map_name::SERVERS)?,
+        maglev: take(ebpf, map_name::MAGLEV)?,
+        flows: take(ebpf, map_name::FLOWS)?,
+        reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
+        outcomes: take(ebpf, map_name::OUTCOMES)?,
+        server_stats: take(ebpf, map_name::SERVER_STATS)?,
+    })
+}
+
+/// Refuses pinned maps whose shape differs from what this agent would create:
+/// aya would silently reuse them, and the datapath would misread them.
+fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
+    for (name, key_size, value_size, max_entries) in sizes.layout() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo {
+            path: path.clone(),
+            source,
+        })?;
+        for (what, found, expected) in [
+            ("key size", info.key_size(), key_size),
+            ("value size", info.value_size(), value_size),
+            ("max entries", info.max_entries(), max_entries),
+        ] {
+            if found != expected {
+                return Err(DatapathError::PinnedMapMismatch {
+                    path,
+                    dir: pin_dir.to_owned(),
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the BPF filesystem if it is not (a fresh machine may lack it).
+fn ensure_bpffs() -> Result<(), DatapathError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(DatapathError::MountBpffs)?;
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DatapathError::MountBpffs(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Loads only the trivial pass program (for veth peers), with minimal maps.
+pub fn load_pass_program() -> Result<Ebpf, DatapathError> {
+    let sizes = MapSizes {
+        max_flows: 1,
+        max_services: 1,
+        max_servers: 1,
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, _, _, max_entries) in sizes.layout() {
+        loader.map_max_entries(name, max_entries);
+    }
+    let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PASS_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::Program {
+            name: PASS_PROGRAM,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+    program.load().map_err(|source| DatapathError::Program {
+        name: PASS_PROGRAM,
+        source,
+    })?;
+    Ok(ebpf)
+}

@@ -1,0 +1,89 @@
+//! Where flows are aged out: the agent walks the flow table in batches and
+//! removes flows idle past their timeout, with their return-path entries.
+
+use std::{collections::HashMap, io, time::Duration};
+
+use lb_common::{Flow, FlowKey, flow_state};
+
+use crate::{bpf_batch, config::FlowSettings, datapath::Maps, tables::Tables};
+
+/// Entries read per batch: bounds the agent's memory whatever the table size.
+const CHUNK: usize = 4096;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Flows in the table before the sweep.
+    pub scanned: usize,
+    /// Flows removed.
+    pub expired: usize,
+    /// Flows remaining, by server id.
+    pub active_by_server: HashMap<u32, u64>,
+}
+
+/// The datapath's clock: `bpf_ktime_get_coarse_ns()` reads CLOCK_MONOTONIC_COARSE.
+pub fn datapath_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
+    match flow.state {
+        flow_state::TCP_OPEN => settings.tcp_idle_timeout,
+        flow_state::TCP_CLOSING => settings.tcp_closing_timeout,
+        _ => settings.udp_idle_timeout,
+    }
+}
+
+/// One pass over the flow table at time `now_ns`.
+pub fn sweep(
+    maps: &Maps,
+    tables: &Tables,
+    settings: &FlowSettings,
+    now_ns: u64,
+) -> io::Result<SweepReport> {
+    let mut report = SweepReport::default();
+    let mut cursor = bpf_batch::Cursor::default();
+    let mut keys = vec![FlowKey::default(); CHUNK];
+    let mut values = vec![Flow::default(); CHUNK];
+    let mut expired = Vec::new();
+    let mut expired_replies = Vec::new();
+    while !cursor.done {
+        let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
+        report.scanned += n;
+        for (key, flow) in keys[..n].iter().zip(&values[..n]) {
+            let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
+            if idle <= timeout(settings, flow) {
+                *report.active_by_server.entry(flow.server_id).or_default() += 1;
+                continue;
+            }
+            expired.push(*key);
+            if let Some(server) = tables.server_by_id(flow.server_id) {
+                expired_replies.push(reply_key(key, server.address, server.port));
+            }
+        }
+        if !expired.is_empty() {
+            report.expired += bpf_batch::delete_batch(maps.flows_fd(), &expired)?;
+            bpf_batch::delete_batch(maps.reverse_nat_fd(), &expired_replies)?;
+            expired.clear();
+            expired_replies.clear();
+        }
+    }
+    Ok(report)
+}
+
+/// The return-path key of a flow on a server.
+pub fn reply_key(flow: &FlowKey, address: std::net::Ipv4Addr, port: u16) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(address.octets()),
+        dst_addr: flow.src_addr,
+        src_port: port.to_be(),
+        dst_port: flow.src_port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
