@@ -1,1 +1,8 @@
+//! The test bed: network namespaces with real clients and servers around the
+//! real agent, and a packet builder for datapath fixtures.
 
+pub mod agent;
+pub mod netns;
+pub mod packet;
+pub mod servers;
+pub mod topology;

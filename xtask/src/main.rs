@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask`: set up, build, run and test the load balancer.
+
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, ExitCode, Stdio},
+};
+
+use std::os::unix::process::CommandExt as _;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (Debian packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Build the agent (`lb`) and the demo.
+    Build,
+    /// Run the load balancer: the demo topology, or the agent on this host
+    /// with `--config FILE`.
+    Run {
+        /// Run the agent on the host's own interfaces with this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run every test (unit, datapath fixtures, namespace end-to-end).
+    Test {
+        /// Passed to the test binaries (a filter, --nocapture, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::setup(),
+        Task::Build => {
+            setup::setup()?;
+            build()?;
+            Ok(())
+        }
+        Task::Run { config } => {
+            setup::setup()?;
+            let bins = build()?;
+            let mut cmd = match config {
+                Some(config) => {
+                    let mut cmd = Command::new(&bins.lb);
+                    cmd.arg("agent").arg("--config").arg(config);
+                    cmd
+                }
+                None => {
+                    let mut cmd = Command::new(&bins.demo);
+                    cmd.arg("--lb").arg(&bins.lb);
+                    cmd
+                }
+            };
+            exec(&mut cmd)
+        }
+        Task::Test { args } => {
+            setup::setup()?;
+            let bins = build()?;
+            eprintln!("test: running every test (unit, datapath fixtures, namespace end-to-end)");
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace"]).env("LB_BIN", &bins.lb);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            exec(&mut cmd)
+        }
+    }
+}
+
+fn cargo() -> Command {
+    let mut cmd =
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+struct Binaries {
+    lb: PathBuf,
+    demo: PathBuf,
+}
+
+/// Builds the agent and the demo; returns their paths as cargo reports them.
+fn build() -> anyhow::Result<Binaries> {
+    eprintln!("build: lb (agent and CLI, with the XDP program) and lb-demo");
+    let output = cargo()
+        .args([
+            "build",
+            "--package",
+            "lb-userspace",
+            "--package",
+            "tests",
+            "--bins",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo build")?;
+    if !output.status.success() {
+        bail!("build failed");
+    }
+    let mut lb = None;
+    let mut demo = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(executable) = message["executable"].as_str() else {
+            continue;
+        };
+        match message["target"]["name"].as_str() {
+            Some("lb") => lb = Some(PathBuf::from(executable)),
+            Some("lb-demo") => demo = Some(PathBuf::from(executable)),
+            _ => {}
+        }
+    }
+    Ok(Binaries {
+        lb: lb.context("cargo did not report the lb binary")?,
+        demo: demo.context("cargo did not report the lb-demo binary")?,
+    })
+}
+
+/// Runs a child to completion. Ctrl-C reaches the child (same process
+/// group); xtask ignores it so that it waits while the child cleans up.
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    // SAFETY: setting a signal disposition has no preconditions; in the
+    // child (between fork and exec) it is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        // An ignored signal stays ignored across exec: give the child the default.
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!(
+            "{} exited with {status}",
+            cmd.get_program().to_string_lossy()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The real agent (`lb agent`), run as a process in the balancer's namespace.
+//! The guard stops it and removes its pins and files, even if the test fails.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::topology::Topology;
+
+/// Path of the `lb` binary, set by `cargo xtask test`.
+pub fn lb_bin() -> PathBuf {
+    PathBuf::from(std::env::var_os("LB_BIN").expect(
+        "LB_BIN is not set: run the tests with `cargo xtask test` (it builds the lb binary and points LB_BIN at it)",
+    ))
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub instance: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    interfaces: Vec<String>,
+    netns: PathBuf,
+    starts: u32,
+}
+
+impl Agent {
+    /// Starts the agent on `config` and waits until it is attached.
+    pub fn start(topology: &Topology, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(&topology.prefix);
+        std::fs::create_dir_all(&dir).expect("agent temp dir");
+        let config_path = dir.join("lb.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut agent = Agent {
+            child: None,
+            instance: topology.instance().to_owned(),
+            dir,
+            config_path,
+            interfaces: topology.lb_interfaces(),
+            netns: PathBuf::from(format!("/run/netns/{}", topology.lb.name)),
+            starts: 0,
+        };
+        agent.launch();
+        agent
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.instance)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// A command running `lb` in the balancer's namespace.
+    pub fn lb_command(&self) -> Command {
+        let netns = std::fs::File::open(&self.netns).expect("open lb netns");
+        let mut cmd = Command::new(lb_bin());
+        // SAFETY: setns is async-signal-safe; the file stays open until exec.
+        unsafe {
+            use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("agent log");
+        let child = self
+            .lb_command()
+            .args(["--log-level", "debug", "agent", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start lb agent");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Ready when every interface's link pin exists (pinned after attach)
+    /// and the log says so for this start.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("agent exited during start-up ({status}):\n{}", self.log());
+            }
+            let attached = self.log().matches("attached to").count() as u32 >= self.starts;
+            if attached
+                && self
+                    .interfaces
+                    .iter()
+                    .all(|i| self.pin_dir().join(format!("link_{i}")).exists())
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("agent not ready after 30 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up (pins and XDP stay).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and waits for the exit.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts the agent again on the same config (after `kill` or `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.launch();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ({}) ---\n{}", self.instance, self.log());
+        }
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
