@@ -1,1 +1,267 @@
+//! A readable packet builder for datapath fixtures:
+//! `Pkt::tcp((client, 40000), (vip, 80)).flags(SYN).build()`.
+//!
+//! Checksums are computed in full here, so comparing with the datapath's
+//! output also checks its incremental checksum updates.
 
+use std::net::Ipv4Addr;
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+pub type Mac = [u8; 6];
+
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub protocol: u8,
+    /// IPv4 option bytes (a multiple of 4); sets the header length.
+    pub options: Vec<u8>,
+    /// Header length in 32-bit words, when it must lie.
+    pub ihl_override: Option<u8>,
+    /// Raw frag_off field (flags and offset), host order.
+    pub frag_off: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP data offset in words, when it must lie.
+    pub doff_override: Option<u8>,
+    pub payload: Vec<u8>,
+    /// UDP: send a zero checksum ("none").
+    pub udp_no_checksum: bool,
+    /// IPv4 total length, when it must lie.
+    pub tot_len_override: Option<u16>,
+    /// Cut the frame to this many bytes.
+    pub truncate: Option<usize>,
+}
+
+impl Pkt {
+    fn new(protocol: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+        Pkt {
+            src_mac: [2, 0, 0, 0, 0, 0xaa],
+            dst_mac: [2, 0, 0, 0, 0, 0xbb],
+            src: src.0,
+            dst: dst.0,
+            ttl: 64,
+            protocol,
+            options: Vec::new(),
+            ihl_override: None,
+            frag_off: 0x4000, // don't fragment
+            sport: src.1,
+            dport: dst.1,
+            tcp_flags: ACK,
+            seq: 1000,
+            ack: 5000,
+            doff_override: None,
+            payload: Vec::new(),
+            udp_no_checksum: false,
+            tot_len_override: None,
+            truncate: None,
+        }
+    }
+
+    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+        Pkt::new(6, src, dst)
+    }
+
+    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+        Pkt::new(17, src, dst)
+    }
+
+    /// Another IP protocol (ICMP is 1), with `payload` as its whole body.
+    pub fn ip_protocol(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr) -> Pkt {
+        Pkt::new(protocol, (src, 0), (dst, 0))
+    }
+
+    pub fn macs(mut self, src: Mac, dst: Mac) -> Pkt {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+    pub fn flags(mut self, flags: u8) -> Pkt {
+        self.tcp_flags = flags;
+        self
+    }
+    pub fn seq(mut self, seq: u32, ack: u32) -> Pkt {
+        self.seq = seq;
+        self.ack = ack;
+        self
+    }
+    pub fn payload(mut self, payload: &[u8]) -> Pkt {
+        self.payload = payload.to_vec();
+        self
+    }
+    pub fn ttl(mut self, ttl: u8) -> Pkt {
+        self.ttl = ttl;
+        self
+    }
+    pub fn options(mut self, options: &[u8]) -> Pkt {
+        assert_eq!(options.len() % 4, 0);
+        self.options = options.to_vec();
+        self
+    }
+    pub fn ihl(mut self, words: u8) -> Pkt {
+        self.ihl_override = Some(words);
+        self
+    }
+    pub fn fragment(mut self, offset_bytes: u16, more: bool) -> Pkt {
+        self.frag_off = (offset_bytes / 8) | if more { 0x2000 } else { 0 };
+        self
+    }
+    pub fn data_offset(mut self, words: u8) -> Pkt {
+        self.doff_override = Some(words);
+        self
+    }
+    pub fn no_udp_checksum(mut self) -> Pkt {
+        self.udp_no_checksum = true;
+        self
+    }
+    pub fn tot_len(mut self, len: u16) -> Pkt {
+        self.tot_len_override = Some(len);
+        self
+    }
+    pub fn truncate(mut self, len: usize) -> Pkt {
+        self.truncate = Some(len);
+        self
+    }
+    /// The same packet with other addresses and ports (for expected output).
+    pub fn addresses(mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+        self.src = src.0;
+        self.sport = src.1;
+        self.dst = dst.0;
+        self.dport = dst.1;
+        self
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        match self.protocol {
+            6 => {
+                let doff = self.doff_override.unwrap_or(5);
+                l4.extend_from_slice(&self.sport.to_be_bytes());
+                l4.extend_from_slice(&self.dport.to_be_bytes());
+                l4.extend_from_slice(&self.seq.to_be_bytes());
+                l4.extend_from_slice(&self.ack.to_be_bytes());
+                l4.push(doff << 4);
+                l4.push(self.tcp_flags);
+                l4.extend_from_slice(&64240u16.to_be_bytes());
+                l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                l4.extend_from_slice(&self.payload);
+                let sum = checksum(&[&self.pseudo_header(l4.len()), &l4]);
+                l4[16..18].copy_from_slice(&sum.to_be_bytes());
+            }
+            17 => {
+                let len = (8 + self.payload.len()) as u16;
+                l4.extend_from_slice(&self.sport.to_be_bytes());
+                l4.extend_from_slice(&self.dport.to_be_bytes());
+                l4.extend_from_slice(&len.to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                l4.extend_from_slice(&self.payload);
+                if !self.udp_no_checksum {
+                    let mut sum = checksum(&[&self.pseudo_header(l4.len()), &l4]);
+                    if sum == 0 {
+                        sum = 0xffff;
+                    }
+                    l4[6..8].copy_from_slice(&sum.to_be_bytes());
+                }
+            }
+            _ => l4.extend_from_slice(&self.payload),
+        }
+        l4
+    }
+
+    fn pseudo_header(&self, l4_len: usize) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&self.src.octets());
+        p.extend_from_slice(&self.dst.octets());
+        p.push(0);
+        p.push(self.protocol);
+        p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        p
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let hlen = 20 + self.options.len();
+        let mut ip = Vec::with_capacity(hlen);
+        let ihl = self.ihl_override.unwrap_or((hlen / 4) as u8);
+        ip.push(0x40 | ihl);
+        ip.push(0);
+        let tot_len = self.tot_len_override.unwrap_or((hlen + l4.len()) as u16);
+        ip.extend_from_slice(&tot_len.to_be_bytes());
+        ip.extend_from_slice(&0x1234u16.to_be_bytes());
+        ip.extend_from_slice(&self.frag_off.to_be_bytes());
+        ip.push(self.ttl);
+        ip.push(self.protocol);
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.options);
+        let sum = checksum(&[&ip]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+
+        let mut frame = ethernet(self.dst_mac, self.src_mac, 0x0800);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        if let Some(len) = self.truncate {
+            frame.truncate(len);
+        }
+        frame
+    }
+}
+
+pub fn ethernet(dst: Mac, src: Mac, ether_type: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame
+}
+
+/// An ARP request: who has `target`? tell `sender`.
+pub fn arp_request(sender_mac: Mac, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = ethernet([0xff; 6], sender_mac, 0x0806);
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&sender_mac);
+    frame.extend_from_slice(&sender.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target.octets());
+    frame
+}
+
+/// An IPv6 frame (the datapath must pass it untouched).
+pub fn ipv6_frame(src_mac: Mac, dst_mac: Mac) -> Vec<u8> {
+    let mut frame = ethernet(dst_mac, src_mac, 0x86dd);
+    frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    frame.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0]);
+    frame
+}
+
+/// Internet checksum over the concatenation of `parts`.
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

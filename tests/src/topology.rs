@@ -176,7 +176,8 @@ fn link(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: 
     }
 }
 
-fn attach_pass(ns: &NetNs, interface: &str) -> Ebpf {
+/// Attaches the trivial pass program; detached when the returned object drops.
+pub fn attach_pass(ns: &NetNs, interface: &str) -> Ebpf {
     let mut ebpf = lb_userspace::datapath::load_pass_program().expect("load pass program");
     let program: &mut Xdp = ebpf
         .program_mut(lb_userspace::datapath::PASS_PROGRAM)

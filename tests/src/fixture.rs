@@ -1,0 +1,365 @@
+//! Datapath fixtures in the Katran style: packets in, expected verdict and
+//! exact packet out, expected counter changes, run in order through
+//! BPF_PROG_TEST_RUN against the real XDP program, with control-plane steps
+//! (the agent's own code) between phases.
+//!
+//! The fixture namespace has real interfaces, routes and neighbours, so the
+//! program's FIB lookups give known interfaces and MAC addresses:
+//! `toclient` 10.0.0.1 (client 10.0.0.2), `toserver` 10.0.1.1, 10.0.2.1,
+//! 10.0.3.1 (servers 10.0.1.2 and 10.0.2.2 have neighbour entries, 10.0.3.2
+//! has none).
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::{Flow, FlowKey, Outcome, ServerStats};
+use lb_userspace::{
+    config::Config,
+    datapath::{Datapath, MapSizes},
+    stats,
+    tables::Tables,
+};
+
+use crate::{netns::NetNs, packet::Mac, topology::attach_pass};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub const TOCLIENT_MAC: Mac = [2, 0, 0, 0, 0, 1];
+pub const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 2];
+pub const TOSERVER_MAC: Mac = [2, 0, 0, 0, 1, 1];
+pub const SERVER1_MAC: Mac = [2, 0, 0, 0, 1, 2];
+pub const SERVER2_MAC: Mac = [2, 0, 0, 0, 2, 2];
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const SERVER1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub const SERVER2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// Routed, but no neighbour entry.
+pub const SERVER_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
+
+/// The namespace fixtures run in.
+pub struct FixtureNet {
+    // Dropped before the namespace.
+    _pass: Vec<aya::Ebpf>,
+    pub ns: NetNs,
+}
+
+impl FixtureNet {
+    /// Runs `f` inside the fixture namespace.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.ns.run(f)
+    }
+}
+
+/// Builds the fixture namespace. Its interfaces carry a pass program: the
+/// kernel takes a test run's ingress interface only if XDP is set up on it.
+pub fn fixture_netns() -> FixtureNet {
+    let ns = NetNs::create(&format!("{}-fix", crate::netns::unique_prefix()));
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.ip(&[
+        "link",
+        "add",
+        "toclient",
+        "address",
+        "02:00:00:00:00:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "clientpeer",
+    ]);
+    ns.ip(&[
+        "link",
+        "add",
+        "toserver",
+        "address",
+        "02:00:00:00:01:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "serverpeer",
+    ]);
+    for dev in ["toclient", "clientpeer", "toserver", "serverpeer"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "toclient"]);
+    for net in ["10.0.1.1/24", "10.0.2.1/24", "10.0.3.1/24"] {
+        ns.ip(&["addr", "add", net, "dev", "toserver"]);
+    }
+    for (addr, mac, dev) in [
+        ("10.0.0.2", "02:00:00:00:00:02", "toclient"),
+        ("10.0.1.2", "02:00:00:00:01:02", "toserver"),
+        ("10.0.2.2", "02:00:00:00:02:02", "toserver"),
+    ] {
+        ns.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    let pass = ["toclient", "toserver"]
+        .iter()
+        .map(|dev| attach_pass(&ns, dev))
+        .collect();
+    FixtureNet { _pass: pass, ns }
+}
+
+/// An expected counter change.
+#[derive(Clone, Debug)]
+pub enum Count {
+    Outcome(Outcome, u64),
+    /// (pool, server): flows created on it.
+    NewFlows(&'static str, &'static str, u64),
+    /// (pool, server): packets forwarded to it.
+    ToServer(&'static str, &'static str, u64),
+    /// (pool, server): its replies forwarded to clients.
+    FromServer(&'static str, &'static str, u64),
+}
+
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// The frame must come out exactly as it went in.
+    Unchanged,
+    Packet(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: &'static str,
+    pub input: Vec<u8>,
+    /// Interface the frame arrives on.
+    pub ingress: &'static str,
+    pub verdict: u32,
+    pub output: Expect,
+    /// Every outcome counter not listed must stay unchanged.
+    pub counts: Vec<Count>,
+}
+
+/// The real program with private maps, configured by the agent's code.
+pub struct FixtureBed {
+    pub dp: Datapath,
+    pub tables: Tables,
+    pub config: Config,
+}
+
+impl FixtureBed {
+    /// Must be called inside the fixture namespace (see [`fixture_netns`]).
+    pub fn load(config: &str) -> FixtureBed {
+        let config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        let sizes = MapSizes {
+            max_flows: config.flows.max_flows,
+            max_services: config.max_services,
+            max_servers: config.max_servers,
+        };
+        let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
+        let tables = Tables::apply(&mut dp, &config).expect("apply config");
+        FixtureBed { dp, tables, config }
+    }
+
+    /// Control-plane step: apply another config to the same datapath.
+    pub fn apply(&mut self, config: &str) {
+        self.config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        self.tables = Tables::apply(&mut self.dp, &self.config).expect("apply config");
+    }
+
+    pub fn server_id(&self, pool: &str, server: &str) -> u32 {
+        self.tables
+            .server(pool, server)
+            .unwrap_or_else(|| panic!("no server {pool}/{server}"))
+            .id
+    }
+
+    pub fn server_stats(&self, pool: &str, server: &str) -> ServerStats {
+        stats::server(&self.dp.maps, self.server_id(pool, server)).expect("server stats")
+    }
+
+    pub fn outcomes(&self) -> BTreeMap<&'static str, u64> {
+        stats::outcomes(&self.dp.maps).expect("outcome counters")
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.dp.maps.flows.get(key, 0).ok()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.dp.maps.flows.keys().count()
+    }
+
+    pub fn reverse_nat_count(&self) -> usize {
+        self.dp.maps.reverse_nat.keys().count()
+    }
+
+    /// Runs one frame through the program; returns the verdict and the frame after it.
+    pub fn run_frame(&self, frame: &[u8], ingress: &str) -> (u32, Vec<u8>) {
+        let ifindex = ifindex(ingress);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let result = self.dp.program().test_run(opts).unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN of a {}-byte frame on {ingress}: {e:?}",
+                frame.len()
+            )
+        });
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs the cases in order; panics at the first one that fails, naming it.
+    pub fn run(&self, cases: &[Case]) {
+        for case in cases {
+            let outcomes_before = self.outcomes();
+            let servers_before = self.server_counters(&case.counts);
+            let (verdict, out) = self.run_frame(&case.input, case.ingress);
+            assert_eq!(
+                verdict,
+                case.verdict,
+                "case '{}': verdict {}, expected {}",
+                case.name,
+                verdict_name(verdict),
+                verdict_name(case.verdict)
+            );
+            let expected = match &case.output {
+                Expect::Unchanged => &case.input,
+                Expect::Packet(p) => p,
+            };
+            if &out != expected {
+                panic!(
+                    "case '{}': output packet differs\n{}",
+                    case.name,
+                    diff(expected, &out)
+                );
+            }
+            let outcomes_after = self.outcomes();
+            for &outcome in Outcome::ALL {
+                let delta = outcomes_after[outcome.label()] - outcomes_before[outcome.label()];
+                let want: u64 = case
+                    .counts
+                    .iter()
+                    .map(|c| match c {
+                        Count::Outcome(o, n) if *o == outcome => *n,
+                        _ => 0,
+                    })
+                    .sum();
+                assert_eq!(
+                    delta,
+                    want,
+                    "case '{}': counter {} changed by {delta}, expected {want}",
+                    case.name,
+                    outcome.label()
+                );
+            }
+            let servers_after = self.server_counters(&case.counts);
+            for ((count, before), after) in
+                case.counts.iter().zip(servers_before).zip(servers_after)
+            {
+                let (Some(before), Some(after)) = (before, after) else {
+                    continue;
+                };
+                let (pool, server, want, field, name) = match count {
+                    Count::NewFlows(p, s, n) => {
+                        (p, s, n, after.new_flows - before.new_flows, "new flows")
+                    }
+                    Count::ToServer(p, s, n) => {
+                        (p, s, n, after.packets_to - before.packets_to, "packets to")
+                    }
+                    Count::FromServer(p, s, n) => (
+                        p,
+                        s,
+                        n,
+                        after.packets_from - before.packets_from,
+                        "packets from",
+                    ),
+                    Count::Outcome(..) => continue,
+                };
+                assert_eq!(
+                    field, *want,
+                    "case '{}': {name} {pool}/{server} changed by {field}, expected {want}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    fn server_counters(&self, counts: &[Count]) -> Vec<Option<ServerStats>> {
+        counts
+            .iter()
+            .map(|c| match c {
+                Count::NewFlows(p, s, _)
+                | Count::ToServer(p, s, _)
+                | Count::FromServer(p, s, _) => Some(self.server_stats(p, s)),
+                Count::Outcome(..) => None,
+            })
+            .collect()
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(index != 0, "no interface {name} in this namespace");
+    index
+}
+
+pub fn verdict_name(v: u32) -> &'static str {
+    match v {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown",
+    }
+}
+
+fn diff(expected: &[u8], got: &[u8]) -> String {
+    let first = expected
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(expected.len().min(got.len()));
+    format!(
+        "length expected {} got {}; first difference at byte {first}\nexpected: {}\n     got: {}",
+        expected.len(),
+        got.len(),
+        hex(expected),
+        hex(got)
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(2)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The flow-table key of a client's flow to a VIP.
+pub fn flow_key(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(client.0.octets()),
+        dst_addr: u32::from_ne_bytes(vip.0.octets()),
+        src_port: client.1.to_be(),
+        dst_port: vip.1.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
