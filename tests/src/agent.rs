@@ -17,6 +17,7 @@ pub fn lb_bin() -> PathBuf {
 }
 
 pub struct Agent {
+    lb: PathBuf,
     child: Option<Child>,
     pub instance: String,
     pub dir: PathBuf,
@@ -27,13 +28,19 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on `config` and waits until it is attached.
+    /// Starts the agent (`$LB_BIN`) on `config` and waits until it is attached.
     pub fn start(topology: &Topology, config: &str) -> Agent {
+        Agent::start_with(lb_bin(), topology, config)
+    }
+
+    /// Starts the agent binary `lb` on `config` and waits until it is attached.
+    pub fn start_with(lb: PathBuf, topology: &Topology, config: &str) -> Agent {
         let dir = std::env::temp_dir().join(&topology.prefix);
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut agent = Agent {
+            lb,
             child: None,
             instance: topology.instance().to_owned(),
             dir,
@@ -50,14 +57,14 @@ impl Agent {
         PathBuf::from("/sys/fs/bpf").join(&self.instance)
     }
 
-    fn log_path(&self) -> PathBuf {
+    pub fn log_path(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
 
     /// A command running `lb` in the balancer's namespace.
     pub fn lb_command(&self) -> Command {
         let netns = std::fs::File::open(&self.netns).expect("open lb netns");
-        let mut cmd = Command::new(lb_bin());
+        let mut cmd = Command::new(&self.lb);
         // SAFETY: setns is async-signal-safe; the file stays open until exec.
         unsafe {
             use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
@@ -121,6 +128,15 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Number of flows in the agent's pinned flow table.
+    pub fn flow_count(&self) -> usize {
+        let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows"))
+            .expect("open pinned flow table");
+        let flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::Flow> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("flow table");
+        flows.keys().count()
     }
 
     /// SIGKILL: the agent gets no chance to clean up (pins and XDP stay).

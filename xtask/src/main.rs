@@ -27,11 +27,14 @@ enum Task {
     /// Build the agent (`lb`) and the demo.
     Build,
     /// Run the load balancer: the demo topology, or the agent on this host
-    /// with `--config FILE`.
+    /// with `--config FILE` (also `cargo xtask run -- --config FILE`).
     Run {
         /// Run the agent on the host's own interfaces with this config.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Arguments for `lb agent` (after `--`).
+        #[arg(last = true)]
+        agent_args: Vec<String>,
     },
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
@@ -59,16 +62,24 @@ fn run(task: Task) -> anyhow::Result<()> {
             build()?;
             Ok(())
         }
-        Task::Run { config } => {
+        Task::Run { config, agent_args } => {
             setup::setup()?;
             let bins = build()?;
-            let mut cmd = match config {
-                Some(config) => {
+            let mut cmd = match (config, agent_args.is_empty()) {
+                (Some(config), _) => {
                     let mut cmd = Command::new(&bins.lb);
-                    cmd.arg("agent").arg("--config").arg(config);
+                    cmd.arg("agent")
+                        .arg("--config")
+                        .arg(config)
+                        .args(agent_args);
                     cmd
                 }
-                None => {
+                (None, false) => {
+                    let mut cmd = Command::new(&bins.lb);
+                    cmd.arg("agent").args(agent_args);
+                    cmd
+                }
+                (None, true) => {
                     let mut cmd = Command::new(&bins.demo);
                     cmd.arg("--lb").arg(&bins.lb);
                     cmd

@@ -1,0 +1,108 @@
+//! The demo behind `cargo xtask run`: a client, the load balancer and three
+//! HTTP servers in network namespaces, the real agent balancing between
+//! them. Ctrl-C stops the agent and removes everything the demo made.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use testbed::{
+    agent::Agent,
+    servers::{Kind, Server, http_get, udp_exchange},
+    topology::{ServiceSpec, Topology, VIP},
+};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let lb = match (args.next().as_deref(), args.next()) {
+        (Some("--lb"), Some(path)) => PathBuf::from(path),
+        _ => {
+            eprintln!("usage: lb-demo --lb PATH-TO-lb   (run it with `cargo xtask run`)");
+            std::process::exit(2);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).expect("signal handler");
+    }
+
+    eprintln!("demo: building namespaces: a client, the load balancer, 3 servers");
+    let topology = Topology::new(3);
+    let _http: Vec<Server> = topology
+        .servers
+        .iter()
+        .map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080))
+        .collect();
+    let _udp: Vec<Server> = topology
+        .servers
+        .iter()
+        .map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353))
+        .collect();
+    let http = ServiceSpec {
+        port: 80,
+        protocol: "tcp",
+        server_port: 8080,
+        weights: vec![1, 1, 1],
+    };
+    let udp = ServiceSpec {
+        port: 53,
+        protocol: "udp",
+        server_port: 5353,
+        weights: vec![1, 1, 1],
+    };
+    let config = topology.config(&[http, udp], "");
+    eprintln!("demo: starting the agent");
+    let agent = Agent::start_with(lb.clone(), &topology, &config);
+
+    let answers: Vec<String> = topology.client.run(|| {
+        (0..6)
+            .map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}")))
+            .collect()
+    });
+    let udp_answer = topology
+        .client
+        .run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
+    let c = &topology.client.name;
+    println!(
+        r#"
+The load balancer is running.
+  VIP {VIP}:80/tcp (HTTP) and {VIP}:53/udp (echo) -> pool of 3 servers: {servers}
+  6 test requests were answered by: {answers}; UDP by: {udp_answer}
+
+Send requests from the client namespace (each answer names its server):
+  ip netns exec {c} curl -s http://{VIP}/
+  ip netns exec {c} bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; tail -n1 <&3'
+
+The agent:
+  config      {config}
+  log         {log}
+  maps pinned {pins}
+  check a config: {lb} agent --check --config FILE
+
+Ctrl-C stops the agent and removes the namespaces, pins and files.
+"#,
+        servers = topology
+            .servers
+            .iter()
+            .map(|s| format!("{} {}:8080", s.name, s.addr))
+            .collect::<Vec<_>>()
+            .join(", "),
+        answers = answers.join(" "),
+        config = agent.config_path.display(),
+        log = agent.log_path().display(),
+        pins = agent.pin_dir().display(),
+        lb = lb.display(),
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("demo: stopping the agent and removing everything");
+    drop(agent);
+    drop(topology);
+    eprintln!("demo: done");
+}
