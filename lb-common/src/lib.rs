@@ -36,9 +36,12 @@ pub mod map_name {
     pub const OUTCOMES: &str = "outcomes";
     /// Per-CPU per-server counters, indexed by server id: [`ServerStats`](crate::ServerStats).
     pub const SERVER_STATS: &str = "server_stats";
+    /// Ring buffer of [`ResetRequest`](crate::ResetRequest)s: TCP resets the
+    /// datapath asks the agent to send (XDP can send only one frame per packet).
+    pub const RESET_REQUESTS: &str = "reset_requests";
 
     /// Every map, for pinning and compatibility checks.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -47,8 +50,12 @@ pub mod map_name {
         REVERSE_NAT,
         OUTCOMES,
         SERVER_STATS,
+        RESET_REQUESTS,
     ];
 }
+
+/// Size of the reset request ring buffer, bytes (a power of two, pages).
+pub const RESET_REQUESTS_BYTES: u32 = 64 * 1024;
 
 /// Number of slots in each service's Maglev table. Maglev needs a prime; this
 /// one keeps the share of each server within a fraction of a percent of its
@@ -138,6 +145,23 @@ pub mod flow_state {
     pub const UDP: u8 = 3;
 }
 
+/// What the datapath has seen of a TCP flow, as bits in [`Flow::seen`].
+pub mod flow_seen {
+    pub const FIN_FROM_CLIENT: u8 = 1;
+    pub const FIN_FROM_SERVER: u8 = 2;
+    pub const RST: u8 = 4;
+    /// [`Flow::client_next_seq`](crate::Flow::client_next_seq) holds a value.
+    pub const CLIENT_SEQ: u8 = 8;
+    /// [`Flow::server_next_seq`](crate::Flow::server_next_seq) holds a value.
+    pub const SERVER_SEQ: u8 = 16;
+
+    /// A TCP flow is over once reset, or closed by both sides. A half-closed
+    /// one (one FIN) is still in use: the other side may go on sending.
+    pub const fn ended(seen: u8) -> bool {
+        seen & RST != 0 || seen & (FIN_FROM_CLIENT | FIN_FROM_SERVER) == FIN_FROM_CLIENT | FIN_FROM_SERVER
+    }
+}
+
 /// Connection-tracking entry: which server a flow is on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -145,11 +169,31 @@ pub struct Flow {
     pub server_id: u32,
     /// One of [`flow_state`].
     pub state: u8,
-    pub _pad: [u8; 3],
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow was created.
+    /// Bits of [`flow_seen`].
+    pub seen: u8,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet, either direction.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet, either direction.
     pub last_seen_ns: u64,
+    /// The next sequence number the client will send (host order): what the
+    /// server expects, so a reset sent to the server with it is accepted.
+    pub client_next_seq: u32,
+    /// The next sequence number the server will send (host order).
+    pub server_next_seq: u32,
+}
+
+/// A TCP reset for the agent to send (host order numbers, network order
+/// addresses and ports, like packets): the datapath answers a packet of a
+/// terminated flow with a reset to its sender and asks for one to the other end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ResetRequest {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
 }
 
 /// Where a server's reply must appear to come from.
@@ -228,8 +272,12 @@ outcomes! {
     DropFragment = "drop_fragment",
     /// The service has no server that may take new flows.
     DropNoServer = "drop_no_server",
-    /// The flow's server is disabled or no longer configured.
+    /// The flow's server is disabled or no longer configured, and the flow
+    /// is UDP, or TCP already over (the packet is not answered).
     DropServerUnavailable = "drop_server_unavailable",
+    /// A TCP packet of a flow whose server is disabled: answered with a reset
+    /// (XDP_TX), and the other end's reset requested from the agent.
+    ResetTerminatedFlow = "reset_terminated_flow",
     /// Reply of a flow whose entry is gone from the flow table.
     DropReplyWithoutFlow = "drop_reply_without_flow",
     /// No route to the server or client.
@@ -250,7 +298,8 @@ const _: () = {
     assert!(size_of::<Service>() == 4);
     assert!(size_of::<Server>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 24);
+    assert!(size_of::<Flow>() == 32);
+    assert!(size_of::<ResetRequest>() == 16);
     assert!(size_of::<ReverseNat>() == 8);
     assert!(size_of::<ServerStats>() == 40);
 };
@@ -267,4 +316,5 @@ mod user {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for ServerStats {}
+    unsafe impl aya::Pod for ResetRequest {}
 }

@@ -24,3 +24,14 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     let old = !old;
     !fold(!check as u32 + (old >> 16) + (old & 0xffff) + (new >> 16) + (new & 0xffff))
 }
+
+/// Checksum of `words` (16-bit words as loaded from memory) plus `extra`
+/// (an already summed part, such as a pseudo-header).
+#[inline(always)]
+pub fn over(words: &[u16], extra: u32) -> u16 {
+    let mut sum = extra;
+    for w in words {
+        sum += *w as u32;
+    }
+    !fold(sum)
+}

@@ -2,8 +2,8 @@
 //! server it was given, and the server's state is checked on every hit.
 
 use lb_common::{
-    Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ReverseNat, Server, Service, flow_state,
-    proto, server_state,
+    Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ResetRequest, ReverseNat, Server, Service, flow_seen,
+    flow_state, proto, server_state,
 };
 
 use crate::{
@@ -18,6 +18,21 @@ pub struct Assignment {
     pub new_flow: bool,
 }
 
+/// Why a packet is not forwarded.
+pub enum Refusal {
+    /// Passed or dropped, counted under this outcome.
+    Outcome(Outcome),
+    /// A packet of a terminated TCP flow: reset its sender, and ask the agent
+    /// to send this reset to the other end.
+    Reset(ResetRequest),
+}
+
+impl From<Outcome> for Refusal {
+    fn from(outcome: Outcome) -> Refusal {
+        Refusal::Outcome(outcome)
+    }
+}
+
 /// Packets of existing flows still go to ENABLED and DRAINING servers.
 #[inline(always)]
 fn serves_existing_flows(server: &Server) -> bool {
@@ -29,25 +44,38 @@ fn server(server_id: u32) -> Option<Server> {
     SERVERS.get(server_id).copied()
 }
 
+/// A packet of a flow whose server no longer serves it. TCP flows still in
+/// use are reset at both ends; UDP, finished flows and resets are dropped.
+#[inline(always)]
+fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
+    if pkt.is_udp() || pkt.is_rst() || flow_seen::ended(flow.seen) {
+        return Refusal::Outcome(Outcome::DropServerUnavailable);
+    }
+    Refusal::Reset(other_end)
+}
+
 /// Client -> VIP: the flow's server, or a new flow on a server chosen by the
 /// service's consistent-hash table.
 #[inline(always)]
-pub fn assign(
-    pkt: &Packet,
-    service: &Service,
-    vip: u32,
-    vport: u16,
-    now: u64,
-) -> Result<Assignment, Outcome> {
+pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Result<Assignment, Refusal> {
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
         let flow = unsafe { &mut *flow };
-        // A SYN on a closed connection's 5-tuple (port reuse) starts a new flow.
-        if !(pkt.is_syn() && flow.state == flow_state::TCP_CLOSING) {
-            let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
-            if !serves_existing_flows(&server) {
-                return Err(Outcome::DropServerUnavailable);
+        let server = server(flow.server_id).unwrap_or_default();
+        let serving = serves_existing_flows(&server);
+        // A SYN on the 5-tuple of a closed or terminated connection (port
+        // reuse) is a new connection: it gets a new flow.
+        if !(pkt.is_syn() && (flow.state == flow_state::TCP_CLOSING || !serving)) {
+            if !serving {
+                let to_server = ResetRequest {
+                    src_addr: pkt.key.src_addr,
+                    dst_addr: server.addr,
+                    src_port: pkt.key.src_port,
+                    dst_port: server.port,
+                    seq: pkt.seq_end,
+                };
+                return Err(terminated(pkt, flow, to_server));
             }
-            touch(flow, pkt, now);
+            touch(flow, pkt, now, true);
             return Ok(Assignment {
                 server_id: flow.server_id,
                 server,
@@ -55,12 +83,12 @@ pub fn assign(
             });
         }
     }
-    create(pkt, service, vip, vport, now)
+    create(pkt, service, vip, vport, now).map_err(Refusal::Outcome)
 }
 
 /// Server -> client: the flow this reply belongs to. Returns its server id.
 #[inline(always)]
-pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Outcome> {
+pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Refusal> {
     let key = FlowKey {
         src_addr: pkt.key.dst_addr,
         dst_addr: nat.vip,
@@ -69,53 +97,50 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Outcome> {
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    let flow = FLOWS
-        .get_ptr_mut(&key)
-        .ok_or(Outcome::DropReplyWithoutFlow)?;
+    let flow = FLOWS.get_ptr_mut(&key).ok_or(Outcome::DropReplyWithoutFlow)?;
     let flow = unsafe { &mut *flow };
     let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
     // The 5-tuple may have been reused for a flow on another server since.
     if server.addr != pkt.key.src_addr || server.port != pkt.key.src_port {
-        return Err(Outcome::DropReplyWithoutFlow);
+        return Err(Outcome::DropReplyWithoutFlow.into());
     }
     if !serves_existing_flows(&server) {
-        return Err(Outcome::DropServerUnavailable);
+        let to_client = ResetRequest {
+            src_addr: nat.vip,
+            dst_addr: pkt.key.dst_addr,
+            src_port: nat.port,
+            dst_port: pkt.key.dst_port,
+            seq: pkt.seq_end,
+        };
+        return Err(terminated(pkt, flow, to_client));
     }
-    touch(flow, pkt, now);
+    touch(flow, pkt, now, false);
     Ok(flow.server_id)
 }
 
 #[inline(always)]
-fn create(
-    pkt: &Packet,
-    service: &Service,
-    vip: u32,
-    vport: u16,
-    now: u64,
-) -> Result<Assignment, Outcome> {
+fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Result<Assignment, Outcome> {
     let server_id = choose_server(service, &pkt.key).ok_or(Outcome::DropNoServer)?;
     let server = server(server_id).ok_or(Outcome::DropNoServer)?;
     // The table only holds ENABLED servers; this guards the moment it is rewritten.
     if server.state != server_state::ENABLED {
         return Err(Outcome::DropNoServer);
     }
-    let state = if pkt.key.proto == proto::UDP {
-        flow_state::UDP
-    } else if pkt.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
-        flow_state::TCP_CLOSING
-    } else {
-        flow_state::TCP_OPEN
-    };
-    let flow = Flow {
+    let mut flow = Flow {
         server_id,
-        state,
-        _pad: [0; 3],
+        state: if pkt.key.proto == proto::UDP {
+            flow_state::UDP
+        } else {
+            flow_state::TCP_OPEN
+        },
         created_ns: now,
         last_seen_ns: now,
+        ..Flow::default()
     };
-    FLOWS
-        .insert(&pkt.key, &flow, 0)
-        .map_err(|_| Outcome::Aborted)?;
+    if pkt.key.proto == proto::TCP {
+        track_tcp(&mut flow, pkt, true);
+    }
+    FLOWS.insert(&pkt.key, &flow, 0).map_err(|_| Outcome::Aborted)?;
     let reply_key = FlowKey {
         src_addr: server.addr,
         dst_addr: pkt.key.src_addr,
@@ -129,9 +154,7 @@ fn create(
         port: vport,
         _pad: 0,
     };
-    REVERSE_NAT
-        .insert(&reply_key, &nat, 0)
-        .map_err(|_| Outcome::Aborted)?;
+    REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
     Ok(Assignment {
         server_id,
         server,
@@ -139,14 +162,40 @@ fn create(
     })
 }
 
-/// Records a packet of the flow: its time, and a FIN or RST from either side.
+/// Records a packet of the flow: its time, and for TCP its sequence numbers
+/// and FIN or RST.
 #[inline(always)]
-fn touch(flow: &mut Flow, pkt: &Packet, now: u64) {
-    // Skip the store when nothing changes: fewer dirty cache lines across CPUs.
+fn touch(flow: &mut Flow, pkt: &Packet, now: u64, from_client: bool) {
+    // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
     if flow.last_seen_ns != now {
         flow.last_seen_ns = now;
     }
-    if flow.state == flow_state::TCP_OPEN && pkt.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
+    if pkt.key.proto == proto::TCP {
+        track_tcp(flow, pkt, from_client);
+    }
+}
+
+/// Keeps each side's next sequence number (so the agent can reset both ends
+/// in-window, idle connections included) and what closed the connection.
+#[inline(always)]
+fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
+    let (fin_bit, seq_bit) = if from_client {
+        (flow_seen::FIN_FROM_CLIENT, flow_seen::CLIENT_SEQ)
+    } else {
+        (flow_seen::FIN_FROM_SERVER, flow_seen::SERVER_SEQ)
+    };
+    let next = if from_client {
+        &mut flow.client_next_seq
+    } else {
+        &mut flow.server_next_seq
+    };
+    // A reset carries no data; its sequence number need not be in order.
+    if !pkt.is_rst() && (flow.seen & seq_bit == 0 || (pkt.seq_end.wrapping_sub(*next) as i32) > 0) {
+        *next = pkt.seq_end;
+        flow.seen |= seq_bit;
+    }
+    if pkt.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
+        flow.seen |= if pkt.is_rst() { flow_seen::RST } else { fin_bit };
         flow.state = flow_state::TCP_CLOSING;
     }
 }

@@ -3,8 +3,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -31,12 +30,7 @@ pub enum NextHop {
 /// Looks up the route for a packet that will carry `saddr` -> `daddr`
 /// (the addresses after rewriting). Does not touch the packet.
 #[inline(always)]
-pub fn next_hop(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    saddr: u32,
-    daddr: u32,
-) -> Result<NextHop, Outcome> {
+pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Result<NextHop, Outcome> {
     let ip = unsafe { &*pkt.ip };
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;

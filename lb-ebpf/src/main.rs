@@ -1,8 +1,8 @@
 //! The XDP load balancer: forwards each packet of a virtual service to a
 //! server of its pool (destination NAT), and rewrites the servers' replies
 //! back to the VIP. See the files by concern: `parse` (headers), `flow`
-//! (flow table, server choice), `nat` (rewrite), `forward` (FIB, redirect),
-//! `maps`, `counters`.
+//! (flow table, server choice, server state), `nat` (rewrite), `forward`
+//! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
@@ -19,20 +19,22 @@ mod maps;
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod reset;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{
-        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
-    };
+    use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
     use lb_common::{Outcome, ReverseNat, Service, ServiceKey};
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
-        flow, forward,
+        flow::{self, Refusal},
+        forward,
         maps::{REVERSE_NAT, SERVICES},
         nat,
         parse::{self, Packet},
+        reset,
     };
 
     #[xdp]
@@ -94,13 +96,13 @@ mod program {
 
     /// Client -> VIP: rewrite the destination to the flow's server.
     #[inline(always)]
-    fn to_server(
-        ctx: &XdpContext,
-        pkt: &Packet,
-        service: &Service,
-    ) -> Result<(Outcome, u32), Outcome> {
+    fn to_server(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<(Outcome, u32), Outcome> {
         check_ttl(pkt)?;
-        let a = flow::assign(pkt, service, pkt.key.dst_addr, pkt.key.dst_port, now())?;
+        let a = match flow::assign(pkt, service, pkt.key.dst_addr, pkt.key.dst_port, now()) {
+            Ok(a) => a,
+            Err(Refusal::Outcome(outcome)) => return Err(outcome),
+            Err(Refusal::Reset(other_end)) => return reset::reset_sender(ctx, pkt, &other_end),
+        };
         let hop = forward::next_hop(ctx, pkt, pkt.key.src_addr, a.server.addr)?;
         nat::rewrite_destination(pkt, a.server.addr, a.server.port);
         nat::decrement_ttl(pkt);
@@ -116,13 +118,13 @@ mod program {
 
     /// Server -> client: rewrite the source back to the VIP.
     #[inline(always)]
-    fn to_client(
-        ctx: &XdpContext,
-        pkt: &Packet,
-        nat: &ReverseNat,
-    ) -> Result<(Outcome, u32), Outcome> {
+    fn to_client(ctx: &XdpContext, pkt: &Packet, nat: &ReverseNat) -> Result<(Outcome, u32), Outcome> {
         check_ttl(pkt)?;
-        let server_id = flow::reply(pkt, nat, now())?;
+        let server_id = match flow::reply(pkt, nat, now()) {
+            Ok(id) => id,
+            Err(Refusal::Outcome(outcome)) => return Err(outcome),
+            Err(Refusal::Reset(other_end)) => return reset::reset_sender(ctx, pkt, &other_end),
+        };
         let hop = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
         nat::rewrite_source(pkt, nat.vip, nat.port);
         nat::decrement_ttl(pkt);

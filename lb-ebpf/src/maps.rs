@@ -5,17 +5,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, Flow, FlowKey, MAGLEV_TABLE_SIZE,
-    OUTCOME_COUNT, ReverseNat, Server, ServerStats, Service, ServiceKey,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT,
+    RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
 #[map(name = "services")]
-pub static SERVICES: HashMap<ServiceKey, Service> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 /// VIP addresses, any port. Agent writes. Read only for malformed packets, to
 /// drop (not pass) what was meant for a VIP.
@@ -30,8 +29,7 @@ pub static SERVERS: Array<Server> = Array::with_max_entries(DEFAULT_MAX_SERVERS,
 /// Consistent-hash tables, one row of MAGLEV_TABLE_SIZE server ids per
 /// service, holding only servers that may take new flows. Agent writes.
 #[map(name = "maglev")]
-pub static MAGLEV: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
 
 /// Connection tracking, keyed by the client's 5-tuple (VIP included).
 /// Datapath creates and updates entries; the agent ages them out.
@@ -41,8 +39,7 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAU
 /// Return path: the server's reply 5-tuple -> the VIP and port it must come
 /// from. Datapath creates entries with the flow; the agent removes them with it.
 #[map(name = "reverse_nat")]
-pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// One counter per packet outcome. Datapath writes.
 #[map(name = "outcomes")]
@@ -50,5 +47,9 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_CO
 
 /// Traffic per server, indexed by server id. Datapath writes.
 #[map(name = "server_stats")]
-pub static SERVER_STATS: PerCpuArray<ServerStats> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// TCP resets for the agent to send: the other end of a terminated flow
+/// whose packet the datapath answered. Datapath writes, agent reads.
+#[map(name = "reset_requests")]
+pub static RESET_REQUESTS: RingBuf = RingBuf::with_byte_size(RESET_REQUESTS_BYTES, 0);

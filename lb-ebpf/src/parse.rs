@@ -7,8 +7,9 @@ use lb_common::{FlowKey, Outcome, proto};
 use crate::maps::VIP_ADDRS;
 
 pub const ETH_HLEN: usize = 14;
+pub const IPV4_HLEN: usize = 20;
+pub const TCP_HLEN: usize = 20;
 const ETH_P_IPV4: u16 = 0x0800;
-const IPV4_HLEN: usize = 20;
 /// Fragment offset and More Fragments bits of `frag_off` (network order).
 const IP_FRAGMENTED: u16 = 0x3fff;
 
@@ -78,6 +79,11 @@ pub struct Packet {
     pub key: FlowKey,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP acknowledgement number, host order; 0 for UDP.
+    pub tcp_ack: u32,
+    /// The sequence number after this segment (seq + payload, + 1 for SYN
+    /// and FIN): the sender's next sequence number.
+    pub seq_end: u32,
     /// Frame length, for the byte counters.
     pub len: u64,
 }
@@ -88,6 +94,11 @@ impl Packet {
         self.key.proto == proto::UDP
     }
 
+    #[inline(always)]
+    pub fn is_rst(&self) -> bool {
+        self.tcp_flags & tcp_flag::RST != 0
+    }
+
     /// A connection opening: SYN without ACK.
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
@@ -96,7 +107,7 @@ impl Packet {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -142,30 +153,31 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
         return Err(refuse(iph.daddr, Outcome::DropIpOptions));
     }
     let l4 = ETH_HLEN + IPV4_HLEN;
-    let (ports, l4_check, tcp_flags) = match iph.protocol {
+    let (ports, l4_check, tcp_flags, tcp_ack, seq_end) = match iph.protocol {
         proto::TCP => {
-            let tcp: *mut TcpHdr =
-                ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
             let tcph = unsafe { &mut *tcp };
             let doff = ((tcph.data_offset >> 4) as usize) * 4;
             if doff < core::mem::size_of::<TcpHdr>() || IPV4_HLEN + doff > tot_len {
                 return Err(refuse(iph.daddr, Outcome::DropTruncated));
             }
+            let seq = u32::from_be(tcph.seq);
+            let payload = (tot_len - IPV4_HLEN - doff) as u32;
+            let syn_fin = ((tcph.flags & tcp_flag::SYN != 0) as u32) + ((tcph.flags & tcp_flag::FIN != 0) as u32);
+            let seq_end = seq.wrapping_add(payload + syn_fin);
+            let ack = u32::from_be(tcph.ack_seq);
             (
                 &mut tcph.ports as *mut Ports,
                 &mut tcph.check as *mut u16,
                 tcph.flags,
+                ack,
+                seq_end,
             )
         }
         proto::UDP => {
-            let udp: *mut UdpHdr =
-                ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
+            let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
             let udph = unsafe { &mut *udp };
-            (
-                &mut udph.ports as *mut Ports,
-                &mut udph.check as *mut u16,
-                0,
-            )
+            (&mut udph.ports as *mut Ports, &mut udph.check as *mut u16, 0, 0, 0)
         }
         _ => return Err(refuse(iph.daddr, Outcome::PassOtherProtocol)),
     };
@@ -184,6 +196,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
             _pad: [0; 3],
         },
         tcp_flags,
+        tcp_ack,
+        seq_end,
         len,
     })
 }

@@ -109,9 +109,7 @@ pub fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
         match err {
             None => break,
             // The kernel stops at the first missing key: step over it and go on.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                rest = &rest[(count + 1).min(rest.len())..]
-            }
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[(count + 1).min(rest.len())..],
             Some(e) => return Err(e),
         }
     }

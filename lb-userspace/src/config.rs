@@ -17,6 +17,8 @@ pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub api_socket: PathBuf,
+    /// Where servers' states and drain deadlines are saved.
+    pub state_file: PathBuf,
     pub flows: FlowSettings,
     pub max_services: u32,
     pub max_servers: u32,
@@ -116,18 +118,11 @@ pub enum ConfigError {
     #[error("config {path} is not valid TOML for this agent: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("config {path} has {} problem(s), nothing was applied:\n{}", problems.len(), list(problems))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
 }
 
 // The file as written. Durations and addresses are strings here so that a bad
@@ -139,6 +134,7 @@ struct RawConfig {
     interfaces: Option<Vec<String>>,
     xdp_mode: Option<String>,
     api_socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
     #[serde(default)]
     flows: RawFlows,
     #[serde(default)]
@@ -196,6 +192,11 @@ pub fn default_api_socket(instance: &str) -> PathBuf {
     PathBuf::from(format!("/run/lb/{instance}.sock"))
 }
 
+/// Default state file of an instance.
+pub fn default_state_file(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/lb/{instance}.state.json"))
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -225,11 +226,7 @@ impl Config {
 
     /// The pool of a server by names, if both exist.
     pub fn server(&self, pool: &str, server: &str) -> Option<&ServerConfig> {
-        self.pools
-            .get(pool)?
-            .servers
-            .iter()
-            .find(|s| s.name == server)
+        self.pools.get(pool)?.servers.iter().find(|s| s.name == server)
     }
 }
 
@@ -266,11 +263,7 @@ impl Validator {
 
     fn address(&mut self, path: &str, value: Option<String>) -> Ipv4Addr {
         match value.as_deref().map(str::parse::<Ipv4Addr>) {
-            Some(Ok(addr))
-                if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() =>
-            {
-                addr
-            }
+            Some(Ok(addr)) if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() => addr,
             Some(Ok(addr)) => {
                 self.problem(path, format!("{addr} cannot be used here"));
                 Ipv4Addr::UNSPECIFIED
@@ -336,10 +329,7 @@ impl Validator {
                 );
             }
             if interfaces[..i].contains(name) {
-                self.problem(
-                    format!("interfaces[{i}]"),
-                    format!("\"{name}\" is listed twice"),
-                );
+                self.problem(format!("interfaces[{i}]"), format!("\"{name}\" is listed twice"));
             }
         }
         let xdp_mode = match raw.xdp_mode.as_deref() {
@@ -347,23 +337,16 @@ impl Validator {
             Some("native") => XdpMode::Native,
             Some("generic") => XdpMode::Generic,
             Some(other) => {
-                self.problem(
-                    "xdp_mode",
-                    format!("\"{other}\" is not one of auto, native, generic"),
-                );
+                self.problem("xdp_mode", format!("\"{other}\" is not one of auto, native, generic"));
                 XdpMode::Auto
             }
         };
-        let api_socket = raw
-            .api_socket
-            .unwrap_or_else(|| default_api_socket(&instance));
+        let api_socket = raw.api_socket.unwrap_or_else(|| default_api_socket(&instance));
+        let state_file = raw.state_file.unwrap_or_else(|| default_state_file(&instance));
 
         let max_flows = raw.flows.max.unwrap_or(DEFAULT_MAX_FLOWS);
         if max_flows < 1024 {
-            self.problem(
-                "flows.max",
-                format!("{max_flows} is too small (at least 1024)"),
-            );
+            self.problem("flows.max", format!("{max_flows} is too small (at least 1024)"));
         }
         let flows = FlowSettings {
             max_flows,
@@ -382,25 +365,15 @@ impl Validator {
                 raw.flows.udp_idle_timeout,
                 Duration::from_secs(30),
             ),
-            sweep_interval: self.duration(
-                "flows.sweep_interval",
-                raw.flows.sweep_interval,
-                Duration::from_secs(1),
-            ),
+            sweep_interval: self.duration("flows.sweep_interval", raw.flows.sweep_interval, Duration::from_secs(1)),
         };
         let max_services = raw.limits.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
         let max_servers = raw.limits.max_servers.unwrap_or(DEFAULT_MAX_SERVERS);
         if max_services == 0 || max_services > 1024 {
-            self.problem(
-                "limits.max_services",
-                format!("{max_services} is not in 1..1024"),
-            );
+            self.problem("limits.max_services", format!("{max_services} is not in 1..1024"));
         }
         if max_servers == 0 || max_servers > 65536 {
-            self.problem(
-                "limits.max_servers",
-                format!("{max_servers} is not in 1..65536"),
-            );
+            self.problem("limits.max_servers", format!("{max_servers} is not in 1..65536"));
         }
 
         let mut pools = BTreeMap::new();
@@ -419,18 +392,12 @@ impl Validator {
                         None => 1,
                         Some(w) if (0..=65535).contains(&w) => w as u32,
                         Some(w) => {
-                            self.problem(
-                                format!("{path}.weight"),
-                                format!("weight {w} is not in 0..65535"),
-                            );
+                            self.problem(format!("{path}.weight"), format!("weight {w} is not in 0..65535"));
                             1
                         }
                     },
                 };
-                if let Some(j) = servers
-                    .iter()
-                    .position(|s| s.name == server.name && !s.name.is_empty())
-                {
+                if let Some(j) = servers.iter().position(|s| s.name == server.name && !s.name.is_empty()) {
                     self.problem(
                         format!("{path}.name"),
                         format!("\"{}\" is already servers[{j}]", server.name),
@@ -466,10 +433,7 @@ impl Validator {
                 Some("tcp") => Protocol::Tcp,
                 Some("udp") => Protocol::Udp,
                 Some(other) => {
-                    self.problem(
-                        format!("{path}.protocol"),
-                        format!("\"{other}\" is not tcp or udp"),
-                    );
+                    self.problem(format!("{path}.protocol"), format!("\"{other}\" is not tcp or udp"));
                     Protocol::Tcp
                 }
                 None => {
@@ -498,10 +462,7 @@ impl Validator {
                 .iter()
                 .position(|s| s.vip == vip && s.port == port && s.protocol == protocol && port != 0)
             {
-                self.problem(
-                    &path,
-                    format!("{vip}:{port}/{protocol} is already services[{j}]"),
-                );
+                self.problem(&path, format!("{vip}:{port}/{protocol} is already services[{j}]"));
             }
             services.push(service);
         }
@@ -519,6 +480,7 @@ impl Validator {
             interfaces,
             xdp_mode,
             api_socket,
+            state_file,
             flows,
             max_services,
             max_servers,
@@ -568,9 +530,7 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         match Config::parse(text, Path::new("lb.toml")) {
-            Err(ConfigError::Invalid { problems, .. }) => {
-                problems.iter().map(ToString::to_string).collect()
-            }
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
             other => panic!("expected validation problems, got {other:?}"),
         }
     }
@@ -601,9 +561,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p.contains(
-                &"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()
-            ),
+            p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()),
             "{p:?}"
         );
         assert!(
@@ -629,9 +587,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p.contains(
-                &"pools.web.servers[1].address: 10.0.1.2:8080 is already servers[0]".to_owned()
-            ),
+            p.contains(&"pools.web.servers[1].address: 10.0.1.2:8080 is already servers[0]".to_owned()),
             "{p:?}"
         );
         let p = problems("interfaces = []\n[[services]]\nvip = \"10.0.0.1\"\n");
@@ -639,24 +595,17 @@ mod tests {
             p.contains(&"interfaces: list at least one interface to attach to".to_owned()),
             "{p:?}"
         );
-        assert!(
-            p.contains(&"services[0].port: missing port".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"services[0].port: missing port".to_owned()), "{p:?}");
         assert!(
             p.contains(&"services[0].protocol: missing protocol (tcp or udp)".to_owned()),
             "{p:?}"
         );
-        assert!(
-            p.contains(&"services[0].pool: missing pool".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"services[0].pool: missing pool".to_owned()), "{p:?}");
     }
 
     #[test]
     fn unknown_keys_and_bad_toml_are_syntax_errors() {
-        let err =
-            Config::parse("interfaces = [\"a\"]\nbogus = 1\n", Path::new("x.toml")).unwrap_err();
+        let err = Config::parse("interfaces = [\"a\"]\nbogus = 1\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
         let err = Config::parse("interfaces = [", Path::new("x.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");

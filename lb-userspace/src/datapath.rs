@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap, MapData, MapInfo, PerCpuArray},
+    maps::{Array, HashMap, IterableMap, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, Link as _, LinkError, PinnedLink},
@@ -21,7 +21,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT, ReverseNat, Server, ServerStats, Service,
+    Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service,
     ServiceKey, map_name,
 };
 
@@ -106,7 +106,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 8] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 9] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -117,18 +117,8 @@ impl MapSizes {
                 self.max_services,
             ),
             (map_name::VIP_ADDRS, 4, 1, self.max_services),
-            (
-                map_name::SERVERS,
-                4,
-                s(size_of::<Server>()),
-                self.max_servers,
-            ),
-            (
-                map_name::MAGLEV,
-                4,
-                4,
-                self.max_services * MAGLEV_TABLE_SIZE,
-            ),
+            (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
+            (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
             (
                 map_name::FLOWS,
                 s(size_of::<FlowKey>()),
@@ -142,12 +132,8 @@ impl MapSizes {
                 self.max_flows,
             ),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
-            (
-                map_name::SERVER_STATS,
-                4,
-                s(size_of::<ServerStats>()),
-                self.max_servers,
-            ),
+            (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
+            (map_name::RESET_REQUESTS, 0, 0, RESET_REQUESTS_BYTES),
         ]
     }
 }
@@ -162,6 +148,7 @@ pub struct Maps {
     pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
     pub outcomes: PerCpuArray<MapData, u64>,
     pub server_stats: PerCpuArray<MapData, ServerStats>,
+    pub reset_requests: RingBuf<MapData>,
 }
 
 impl Maps {
@@ -211,12 +198,7 @@ impl Datapath {
     fn load(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Datapath, DatapathError> {
         let layout = sizes.layout();
         let pin_paths: Vec<(&str, PathBuf)> = pin_dir
-            .map(|dir| {
-                layout
-                    .iter()
-                    .map(|(name, ..)| (*name, dir.join(name)))
-                    .collect()
-            })
+            .map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect())
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         for (name, _, _, max_entries) in &layout {
@@ -226,17 +208,16 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::Program {
-                name: PROGRAM,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?;
-        program.load().map_err(|source| DatapathError::Program {
-            name: PROGRAM,
-            source,
-        })?;
+        let program: &mut Xdp =
+            ebpf.program_mut(PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DatapathError::Program {
+                    name: PROGRAM,
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?;
+        program
+            .load()
+            .map_err(|source| DatapathError::Program { name: PROGRAM, source })?;
         let maps = take_maps(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
@@ -264,10 +245,7 @@ impl Datapath {
     /// (left by an agent that died) is taken over: its program is replaced
     /// atomically, so no packet misses the balancer.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DatapathError> {
-        let pin_dir = self
-            .pin_dir
-            .clone()
-            .expect("attach needs a pinned datapath");
+        let pin_dir = self.pin_dir.clone().expect("attach needs a pinned datapath");
         let path = pin_dir.join(format!("link_{interface}"));
         let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
             interface: interface.to_owned(),
@@ -286,14 +264,10 @@ impl Datapath {
             match XdpLink::try_from(old) {
                 Ok(old) => match program.attach_to_link(old) {
                     Ok(id) => {
-                        log::info!(
-                            "{interface}: took over the XDP link left by the previous agent"
-                        );
+                        log::info!("{interface}: took over the XDP link left by the previous agent");
                         link_id = Some(id);
                     }
-                    Err(e) => log::warn!(
-                        "{interface}: cannot take over the old XDP link ({e}); attaching anew"
-                    ),
+                    Err(e) => log::warn!("{interface}: cannot take over the old XDP link ({e}); attaching anew"),
                 },
                 Err(e) => {
                     log::warn!("{interface}: pinned link is not an XDP link ({e}); attaching anew")
@@ -302,14 +276,10 @@ impl Datapath {
         }
         let link_id = match link_id {
             Some(id) => id,
-            None => program
-                .attach(interface, aya_mode(mode))
-                .map_err(attach_error)?,
+            None => program.attach(interface, aya_mode(mode)).map_err(attach_error)?,
         };
         let link = program.take_link(link_id).map_err(attach_error)?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: LinkError| pin_error(e.into()))?;
+        let link: FdLink = link.try_into().map_err(|e: LinkError| pin_error(e.into()))?;
         let link = link.pin(&path).map_err(|e| pin_error(e.into()))?;
         self.attached.push(Attached {
             interface: interface.to_owned(),
@@ -351,13 +321,8 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         ebpf: &mut Ebpf,
         name: &'static str,
     ) -> Result<T, DatapathError> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or(DatapathError::Map { name, source: None })?;
-        T::try_from(map).map_err(|e| DatapathError::Map {
-            name,
-            source: Some(e),
-        })
+        let map = ebpf.take_map(name).ok_or(DatapathError::Map { name, source: None })?;
+        T::try_from(map).map_err(|e| DatapathError::Map { name, source: Some(e) })
     }
     Ok(Maps {
         services: take(ebpf, map_name::SERVICES)?,
@@ -368,6 +333,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
         outcomes: take(ebpf, map_name::OUTCOMES)?,
         server_stats: take(ebpf, map_name::SERVER_STATS)?,
+        reset_requests: take(ebpf, map_name::RESET_REQUESTS)?,
     })
 }
 
@@ -414,15 +380,7 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
     std::fs::create_dir_all(BPFFS).map_err(DatapathError::MountBpffs)?;
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
     // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(DatapathError::MountBpffs(io::Error::last_os_error()));
     }
@@ -441,13 +399,13 @@ pub fn load_pass_program() -> Result<Ebpf, DatapathError> {
         loader.map_max_entries(name, max_entries);
     }
     let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PASS_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DatapathError::Program {
-            name: PASS_PROGRAM,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?;
+    let program: &mut Xdp =
+        ebpf.program_mut(PASS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program {
+                name: PASS_PROGRAM,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?;
     program.load().map_err(|source| DatapathError::Program {
         name: PASS_PROGRAM,
         source,

@@ -8,9 +8,7 @@ pub enum DurationError {
     Empty,
     #[error("duration \"{text}\" is negative")]
     Negative { text: String },
-    #[error(
-        "duration \"{text}\" is not a number followed by a unit (ms, s, m, h, d), like 90s or 5m"
-    )]
+    #[error("duration \"{text}\" is not a number followed by a unit (ms, s, m, h, d), like 90s or 5m")]
     Malformed { text: String },
     #[error("duration \"{text}\" is too long")]
     Overflow { text: String },
@@ -23,30 +21,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Empty);
     }
     if trimmed.starts_with('-') {
-        return Err(DurationError::Negative {
-            text: text.to_owned(),
-        });
+        return Err(DurationError::Negative { text: text.to_owned() });
     }
-    let malformed = || DurationError::Malformed {
-        text: text.to_owned(),
-    };
-    let overflow = || DurationError::Overflow {
-        text: text.to_owned(),
-    };
+    let malformed = || DurationError::Malformed { text: text.to_owned() };
+    let overflow = || DurationError::Overflow { text: text.to_owned() };
     let mut total = Duration::ZERO;
     let mut rest = trimmed;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return Err(malformed());
         }
         let number: u64 = rest[..digits].parse().map_err(|_| overflow())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -57,9 +45,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         };
         rest = &rest[unit_len..];
         let ms = number.checked_mul(unit_ms).ok_or_else(overflow)?;
-        total = total
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(overflow)?;
+        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(overflow)?;
     }
     Ok(total)
 }
@@ -101,26 +87,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_the_reason() {
-        assert!(matches!(
-            parse_duration("-5s"),
-            Err(DurationError::Negative { .. })
-        ));
-        assert!(matches!(
-            parse_duration("abc"),
-            Err(DurationError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_duration("5"),
-            Err(DurationError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_duration("5x"),
-            Err(DurationError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_duration("s"),
-            Err(DurationError::Malformed { .. })
-        ));
+        assert!(matches!(parse_duration("-5s"), Err(DurationError::Negative { .. })));
+        assert!(matches!(parse_duration("abc"), Err(DurationError::Malformed { .. })));
+        assert!(matches!(parse_duration("5"), Err(DurationError::Malformed { .. })));
+        assert!(matches!(parse_duration("5x"), Err(DurationError::Malformed { .. })));
+        assert!(matches!(parse_duration("s"), Err(DurationError::Malformed { .. })));
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         assert!(matches!(
             parse_duration("99999999999999999999s"),

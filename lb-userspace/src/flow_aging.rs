@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, io, time::Duration};
 
-use lb_common::{Flow, FlowKey, flow_state};
+use lb_common::{Flow, FlowKey, flow_seen, flow_state};
 
 use crate::{bpf_batch, config::FlowSettings, datapath::Maps, tables::Tables};
 
@@ -16,16 +16,14 @@ pub struct SweepReport {
     pub scanned: usize,
     /// Flows removed.
     pub expired: usize,
-    /// Flows remaining, by server id.
+    /// Live flows remaining, by server id: TCP flows not yet closed by both
+    /// sides or reset, UDP flows not idle out.
     pub active_by_server: HashMap<u32, u64>,
 }
 
 /// The datapath's clock: `bpf_ktime_get_coarse_ns()` reads CLOCK_MONOTONIC_COARSE.
 pub fn datapath_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -40,12 +38,7 @@ fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
 }
 
 /// One pass over the flow table at time `now_ns`.
-pub fn sweep(
-    maps: &Maps,
-    tables: &Tables,
-    settings: &FlowSettings,
-    now_ns: u64,
-) -> io::Result<SweepReport> {
+pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
     let mut cursor = bpf_batch::Cursor::default();
     let mut keys = vec![FlowKey::default(); CHUNK];
@@ -58,7 +51,9 @@ pub fn sweep(
         for (key, flow) in keys[..n].iter().zip(&values[..n]) {
             let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
             if idle <= timeout(settings, flow) {
-                *report.active_by_server.entry(flow.server_id).or_default() += 1;
+                if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
+                    *report.active_by_server.entry(flow.server_id).or_default() += 1;
+                }
                 continue;
             }
             expired.push(*key);

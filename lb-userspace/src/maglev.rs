@@ -107,10 +107,7 @@ mod tests {
         for &id in table {
             counts[id as usize] += 1;
         }
-        counts
-            .iter()
-            .map(|&c| c as f64 / table.len() as f64)
-            .collect()
+        counts.iter().map(|&c| c as f64 / table.len() as f64).collect()
     }
 
     #[test]

@@ -3,7 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::{agent, config::Config};
+use lb_userspace::{
+    agent,
+    cli::{self, DisableArgs},
+    config::Config,
+};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP L4 load balancer")]
@@ -11,6 +15,9 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// The agent's API socket (the config's api_socket).
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = "/run/lb/lb.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,10 +32,75 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Take servers out of service, or put them back.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Show pools and their servers.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+    /// What happened to servers: drains begun and ended, deadlines, enables.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an instance's pinned maps (its agent must be stopped).
     Cleanup {
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Disable servers: at once (their sessions are reset), or gracefully
+    /// (no new sessions; existing ones may finish, until a timeout if given).
+    Disable {
+        pool: String,
+        #[arg(required = true)]
+        servers: Vec<String>,
+        /// No new sessions; existing ones go on (until drained, or --timeout).
+        #[arg(long)]
+        graceful: bool,
+        /// With --graceful: terminate the sessions left after this long (90s, 5m, 2h).
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+        timeout: Option<String>,
+        /// With --graceful: no deadline; disabled when the last session ends.
+        #[arg(long)]
+        until_drained: bool,
+        /// Even if it leaves the pool with no enabled server.
+        #[arg(long)]
+        force: bool,
+        /// Follow the drain until the servers are disabled.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put servers back into service.
+    Enable {
+        pool: String,
+        #[arg(required = true)]
+        servers: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per server: address, weight, state and why, live flows, deadline left.
+    Show {
+        pool: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -39,7 +111,7 @@ fn main() -> ExitCode {
         .parse_env("RUST_LOG")
         .format_target(false)
         .init();
-    match run(cli.command) {
+    match run(cli.command, &cli.socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb: {e:#}");
@@ -48,7 +120,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     match command {
         Command::Agent { config, check } => {
             let config = Config::load(&config)?;
@@ -62,6 +134,38 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             agent::run(config)
         }
+        Command::Server {
+            command:
+                ServerCommand::Disable {
+                    pool,
+                    servers,
+                    graceful,
+                    timeout,
+                    until_drained,
+                    force,
+                    wait,
+                    json,
+                },
+        } => {
+            let args = DisableArgs {
+                graceful,
+                timeout,
+                until_drained,
+                force,
+                wait,
+            };
+            cli::disable(socket, &pool, &servers, &args, json)
+        }
+        Command::Server {
+            command: ServerCommand::Enable { pool, servers, json },
+        } => cli::enable(socket, &pool, &servers, json),
+        Command::Pool {
+            command: PoolCommand::List { json },
+        } => cli::pool_list(socket, json),
+        Command::Pool {
+            command: PoolCommand::Show { pool, json },
+        } => cli::pool_show(socket, &pool, json),
+        Command::Events { json } => cli::events(socket, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;
             let dir = agent::pin_dir(&config.instance);

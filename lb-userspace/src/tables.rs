@@ -16,7 +16,11 @@ use crate::{
     config::{Config, Protocol},
     datapath::Datapath,
     maglev::{self, Member},
+    server_state::AdminState,
 };
+
+/// Administrative states by (pool, server), as saved in the state file.
+pub type AdminStates = BTreeMap<(String, String), AdminState>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TablesError {
@@ -38,11 +42,7 @@ pub enum TablesError {
 }
 
 fn map_err(action: &'static str, map: &'static str) -> impl FnOnce(MapError) -> TablesError {
-    move |source| TablesError::Map {
-        action,
-        map,
-        source,
-    }
+    move |source| TablesError::Map { action, map, source }
 }
 
 /// A pool member as the agent knows it.
@@ -55,8 +55,8 @@ pub struct ServerSlot {
     pub port: u16,
     pub weight: u32,
     pub identity: u64,
-    /// One of `lb_common::server_state`.
-    pub state: u8,
+    /// The operator's state: the one source of the code the datapath reads.
+    pub admin: AdminState,
 }
 
 impl ServerSlot {
@@ -64,7 +64,7 @@ impl ServerSlot {
         Server {
             addr: u32::from_ne_bytes(self.address.octets()),
             port: self.port.to_be(),
-            state: self.state,
+            state: self.admin.code(),
             _pad: 0,
             identity: self.identity,
         }
@@ -72,7 +72,7 @@ impl ServerSlot {
 
     /// Whether the server may take new flows (and so has Maglev slots).
     pub fn takes_new_flows(&self) -> bool {
-        self.state == server_state::ENABLED && self.weight > 0
+        self.admin == AdminState::Enabled && self.weight > 0
     }
 }
 
@@ -117,9 +117,23 @@ impl Tables {
         self.servers.values().find(|s| s.id == id)
     }
 
+    /// Writes a server's state code into the server table.
+    pub fn write_server(&self, dp: &mut Datapath, slot: &ServerSlot) -> Result<(), TablesError> {
+        dp.maps
+            .servers
+            .set(slot.id, slot.entry(), 0)
+            .map_err(map_err("write", "servers"))
+    }
+
+    /// The services served by `pool`.
+    pub fn services_of(&self, pool: &str) -> impl Iterator<Item = &ServiceSlot> {
+        self.services.iter().filter(move |s| s.pool == pool)
+    }
+
     /// Writes `config` into the datapath, reusing the server ids found in
-    /// its (possibly pinned) server table.
-    pub fn apply(dp: &mut Datapath, config: &Config) -> Result<Tables, TablesError> {
+    /// its (possibly pinned) server table; servers get their state from
+    /// `states` (ENABLED when absent).
+    pub fn apply(dp: &mut Datapath, config: &Config, states: &AdminStates) -> Result<Tables, TablesError> {
         let previous = read_server_table(dp, config.max_servers)?;
         let by_identity: HashMap<u64, u32> = previous
             .iter()
@@ -145,13 +159,9 @@ impl Tables {
             let id = match id {
                 Some(id) => id,
                 None => {
-                    let free =
-                        taken
-                            .iter()
-                            .position(|t| !t)
-                            .ok_or(TablesError::ServerTableFull {
-                                max: config.max_servers,
-                            })?;
+                    let free = taken.iter().position(|t| !t).ok_or(TablesError::ServerTableFull {
+                        max: config.max_servers,
+                    })?;
                     taken[free] = true;
                     free as u32
                 }
@@ -164,11 +174,12 @@ impl Tables {
                 port: server.port,
                 weight: server.weight,
                 identity,
-                state: server_state::ENABLED,
+                admin: states
+                    .get(&(pool.clone(), server.name.clone()))
+                    .copied()
+                    .unwrap_or(AdminState::Enabled),
             };
-            tables
-                .servers
-                .insert((pool.clone(), server.name.clone()), slot);
+            tables.servers.insert((pool.clone(), server.name.clone()), slot);
         }
         tables.services = config
             .services
@@ -195,13 +206,7 @@ impl Tables {
             tables.write_maglev_row(dp, service)?;
             dp.maps
                 .services
-                .insert(
-                    service.key(),
-                    Service {
-                        index: service.index,
-                    },
-                    0,
-                )
+                .insert(service.key(), Service { index: service.index }, 0)
                 .map_err(map_err("write", "services"))?;
             dp.maps
                 .vip_addrs
@@ -218,10 +223,7 @@ impl Tables {
             .filter(|k| !keep.contains(k))
             .collect();
         for key in stale {
-            dp.maps
-                .services
-                .remove(&key)
-                .map_err(map_err("clean", "services"))?;
+            dp.maps.services.remove(&key).map_err(map_err("clean", "services"))?;
         }
         let stale: Vec<u32> = dp
             .maps
@@ -231,10 +233,7 @@ impl Tables {
             .filter(|a| !keep.iter().any(|k| k.addr == *a))
             .collect();
         for addr in stale {
-            dp.maps
-                .vip_addrs
-                .remove(&addr)
-                .map_err(map_err("clean", "vip_addrs"))?;
+            dp.maps.vip_addrs.remove(&addr).map_err(map_err("clean", "vip_addrs"))?;
         }
         for (id, old) in previous {
             if old.state != server_state::UNUSED && tables.server_by_id(id).is_none() {
@@ -253,11 +252,7 @@ impl Tables {
 
     /// Recomputes and writes a service's Maglev row from its pool's servers
     /// that take new flows.
-    pub fn write_maglev_row(
-        &self,
-        dp: &Datapath,
-        service: &ServiceSlot,
-    ) -> Result<(), TablesError> {
+    pub fn write_maglev_row(&self, dp: &Datapath, service: &ServiceSlot) -> Result<(), TablesError> {
         let members: Vec<Member> = self
             .servers
             .values()
@@ -271,11 +266,9 @@ impl Tables {
         let row = maglev::build_table(&members);
         let base = service.index * MAGLEV_TABLE_SIZE;
         let keys: Vec<u32> = (base..base + MAGLEV_TABLE_SIZE).collect();
-        bpf_batch::update_batch(dp.maps.maglev_fd(), &keys, &row).map_err(|source| {
-            TablesError::Maglev {
-                service: service.label(),
-                source,
-            }
+        bpf_batch::update_batch(dp.maps.maglev_fd(), &keys, &row).map_err(|source| TablesError::Maglev {
+            service: service.label(),
+            source,
         })
     }
 }
@@ -283,11 +276,7 @@ impl Tables {
 fn read_server_table(dp: &Datapath, max_servers: u32) -> Result<Vec<(u32, Server)>, TablesError> {
     let mut out = Vec::new();
     for id in 0..max_servers {
-        let server = dp
-            .maps
-            .servers
-            .get(&id, 0)
-            .map_err(map_err("read", "servers"))?;
+        let server = dp.maps.servers.get(&id, 0).map_err(map_err("read", "servers"))?;
         if server.state != server_state::UNUSED {
             out.push((id, server));
         }

@@ -35,7 +35,7 @@ impl Agent {
 
     /// Starts the agent binary `lb` on `config` and waits until it is attached.
     pub fn start_with(lb: PathBuf, topology: &Topology, config: &str) -> Agent {
-        let dir = std::env::temp_dir().join(&topology.prefix);
+        let dir = topology.dir();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -51,6 +51,35 @@ impl Agent {
         };
         agent.launch();
         agent
+    }
+
+    /// The agent's API socket (as `Topology::config` sets it).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// Runs `lb --socket <this agent's socket> args...`; returns (success, stdout, stderr).
+    pub fn lb(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.lb)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run lb");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `lb ... --json`, parsed; panics on failure.
+    pub fn lb_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let (ok, stdout, stderr) = self.lb(&args);
+        assert!(ok, "lb {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("lb {args:?}: bad JSON ({e}): {stdout}"))
     }
 
     pub fn pin_dir(&self) -> PathBuf {
@@ -103,11 +132,7 @@ impl Agent {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
             let attached = self.log().matches("attached to").count() as u32 >= self.starts;
@@ -132,8 +157,7 @@ impl Agent {
 
     /// Number of flows in the agent's pinned flow table.
     pub fn flow_count(&self) -> usize {
-        let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows"))
-            .expect("open pinned flow table");
+        let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows")).expect("open pinned flow table");
         let flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::Flow> =
             aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("flow table");
         flows.keys().count()

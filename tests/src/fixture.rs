@@ -15,9 +15,11 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Flow, FlowKey, Outcome, ServerStats};
 use lb_userspace::{
     config::Config,
+    control::Control,
     datapath::{Datapath, MapSizes},
     stats,
-    tables::Tables,
+    tables::{AdminStates, Tables},
+    tcp_reset::ResetSender,
 };
 
 use crate::{netns::NetNs, packet::Mac, topology::attach_pass};
@@ -95,17 +97,7 @@ pub fn fixture_netns() -> FixtureNet {
         ("10.0.1.2", "02:00:00:00:01:02", "toserver"),
         ("10.0.2.2", "02:00:00:00:02:02", "toserver"),
     ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        ns.ip(&["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"]);
     }
     let pass = ["toclient", "toserver"]
         .iter()
@@ -145,11 +137,10 @@ pub struct Case {
     pub counts: Vec<Count>,
 }
 
-/// The real program with private maps, configured by the agent's code.
+/// The real program with private maps, driven by the agent's own control
+/// code (config, server states, terminations).
 pub struct FixtureBed {
-    pub dp: Datapath,
-    pub tables: Tables,
-    pub config: Config,
+    pub control: Control,
 }
 
 impl FixtureBed {
@@ -162,41 +153,82 @@ impl FixtureBed {
             max_servers: config.max_servers,
         };
         let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
-        let tables = Tables::apply(&mut dp, &config).expect("apply config");
-        FixtureBed { dp, tables, config }
+        let tables = Tables::apply(&mut dp, &config, &AdminStates::new()).expect("apply config");
+        let resets = ResetSender::new().expect("raw socket");
+        FixtureBed {
+            control: Control::new(config, dp, tables, resets),
+        }
+    }
+
+    pub fn dp(&self) -> &Datapath {
+        &self.control.dp
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.control.tables
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.control.config
     }
 
     /// Control-plane step: apply another config to the same datapath.
     pub fn apply(&mut self, config: &str) {
-        self.config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
-        self.tables = Tables::apply(&mut self.dp, &self.config).expect("apply config");
+        let config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        let states = self.control.admin_states();
+        self.control.tables = Tables::apply(&mut self.control.dp, &config, &states).expect("apply config");
+        self.control.config = config;
     }
 
     pub fn server_id(&self, pool: &str, server: &str) -> u32 {
-        self.tables
+        self.tables()
             .server(pool, server)
             .unwrap_or_else(|| panic!("no server {pool}/{server}"))
             .id
     }
 
     pub fn server_stats(&self, pool: &str, server: &str) -> ServerStats {
-        stats::server(&self.dp.maps, self.server_id(pool, server)).expect("server stats")
+        stats::server(&self.dp().maps, self.server_id(pool, server)).expect("server stats")
     }
 
     pub fn outcomes(&self) -> BTreeMap<&'static str, u64> {
-        stats::outcomes(&self.dp.maps).expect("outcome counters")
+        stats::outcomes(&self.dp().maps).expect("outcome counters")
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.dp.maps.flows.get(key, 0).ok()
+        self.dp().maps.flows.get(key, 0).ok()
     }
 
     pub fn flow_count(&self) -> usize {
-        self.dp.maps.flows.keys().count()
+        self.dp().maps.flows.keys().count()
     }
 
     pub fn reverse_nat_count(&self) -> usize {
-        self.dp.maps.reverse_nat.keys().count()
+        self.dp().maps.reverse_nat.keys().count()
+    }
+
+    /// Writes a server's state code straight into the server table: the
+    /// first step of a disable without the flow purge that follows, so tests
+    /// can see how the datapath treats the packets of its flows.
+    pub fn write_server_state(&mut self, pool: &str, server: &str, code: u8) {
+        let id = self.server_id(pool, server);
+        let mut entry = self.control.dp.maps.servers.get(&id, 0).expect("server entry");
+        entry.state = code;
+        self.control
+            .dp
+            .maps
+            .servers
+            .set(id, entry, 0)
+            .expect("write server entry");
+    }
+
+    /// The resets the datapath asked the agent to send, oldest first.
+    pub fn take_reset_requests(&mut self) -> Vec<lb_common::ResetRequest> {
+        let mut out = Vec::new();
+        while let Some(item) = self.control.dp.maps.reset_requests.next() {
+            out.push(*bytemuck::from_bytes::<lb_common::ResetRequest>(&item[..16]));
+        }
+        out
     }
 
     /// Runs one frame through the program; returns the verdict and the frame after it.
@@ -211,12 +243,11 @@ impl FixtureBed {
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
-        let result = self.dp.program().test_run(opts).unwrap_or_else(|e| {
-            panic!(
-                "BPF_PROG_TEST_RUN of a {}-byte frame on {ingress}: {e:?}",
-                frame.len()
-            )
-        });
+        let result = self
+            .dp()
+            .program()
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame on {ingress}: {e:?}", frame.len()));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
@@ -240,11 +271,7 @@ impl FixtureBed {
                 Expect::Packet(p) => p,
             };
             if &out != expected {
-                panic!(
-                    "case '{}': output packet differs\n{}",
-                    case.name,
-                    diff(expected, &out)
-                );
+                panic!("case '{}': output packet differs\n{}", case.name, diff(expected, &out));
             }
             let outcomes_after = self.outcomes();
             for &outcome in Outcome::ALL {
@@ -266,26 +293,14 @@ impl FixtureBed {
                 );
             }
             let servers_after = self.server_counters(&case.counts);
-            for ((count, before), after) in
-                case.counts.iter().zip(servers_before).zip(servers_after)
-            {
+            for ((count, before), after) in case.counts.iter().zip(servers_before).zip(servers_after) {
                 let (Some(before), Some(after)) = (before, after) else {
                     continue;
                 };
                 let (pool, server, want, field, name) = match count {
-                    Count::NewFlows(p, s, n) => {
-                        (p, s, n, after.new_flows - before.new_flows, "new flows")
-                    }
-                    Count::ToServer(p, s, n) => {
-                        (p, s, n, after.packets_to - before.packets_to, "packets to")
-                    }
-                    Count::FromServer(p, s, n) => (
-                        p,
-                        s,
-                        n,
-                        after.packets_from - before.packets_from,
-                        "packets from",
-                    ),
+                    Count::NewFlows(p, s, n) => (p, s, n, after.new_flows - before.new_flows, "new flows"),
+                    Count::ToServer(p, s, n) => (p, s, n, after.packets_to - before.packets_to, "packets to"),
+                    Count::FromServer(p, s, n) => (p, s, n, after.packets_from - before.packets_from, "packets from"),
                     Count::Outcome(..) => continue,
                 };
                 assert_eq!(
@@ -301,9 +316,9 @@ impl FixtureBed {
         counts
             .iter()
             .map(|c| match c {
-                Count::NewFlows(p, s, _)
-                | Count::ToServer(p, s, _)
-                | Count::FromServer(p, s, _) => Some(self.server_stats(p, s)),
+                Count::NewFlows(p, s, _) | Count::ToServer(p, s, _) | Count::FromServer(p, s, _) => {
+                    Some(self.server_stats(p, s))
+                }
                 Count::Outcome(..) => None,
             })
             .collect()

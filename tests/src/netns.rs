@@ -12,18 +12,12 @@ use std::{
 /// built on it never collide between tests running in parallel.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "lbt{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("lbt{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs a command, panicking with its output if it fails.
 pub fn must(cmd: &mut Command) -> Output {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !output.status.success() {
         panic!(
             "{cmd:?} failed ({}): {}{}",
@@ -75,11 +69,7 @@ impl NetNs {
                 // SAFETY: fd is an open network namespace file; setns only
                 // changes this (fresh) thread's namespace.
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    panic!(
-                        "setns into {}: {}",
-                        self.name,
-                        std::io::Error::last_os_error()
-                    );
+                    panic!("setns into {}: {}", self.name, std::io::Error::last_os_error());
                 }
                 f()
             })
@@ -108,8 +98,6 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }

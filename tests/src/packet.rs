@@ -28,6 +28,8 @@ pub struct Pkt {
     pub ihl_override: Option<u8>,
     /// Raw frag_off field (flags and offset), host order.
     pub frag_off: u16,
+    pub ip_id: u16,
+    pub window: u16,
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
@@ -56,6 +58,8 @@ impl Pkt {
             options: Vec::new(),
             ihl_override: None,
             frag_off: 0x4000, // don't fragment
+            ip_id: 0x1234,
+            window: 64240,
             sport: src.1,
             dport: dst.1,
             tcp_flags: ACK,
@@ -109,6 +113,14 @@ impl Pkt {
         self.options = options.to_vec();
         self
     }
+    pub fn ip_id(mut self, id: u16) -> Pkt {
+        self.ip_id = id;
+        self
+    }
+    pub fn window(mut self, window: u16) -> Pkt {
+        self.window = window;
+        self
+    }
     pub fn ihl(mut self, words: u8) -> Pkt {
         self.ihl_override = Some(words);
         self
@@ -153,7 +165,7 @@ impl Pkt {
                 l4.extend_from_slice(&self.ack.to_be_bytes());
                 l4.push(doff << 4);
                 l4.push(self.tcp_flags);
-                l4.extend_from_slice(&64240u16.to_be_bytes());
+                l4.extend_from_slice(&self.window.to_be_bytes());
                 l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
                 l4.extend_from_slice(&self.payload);
                 let sum = checksum(&[&self.pseudo_header(l4.len()), &l4]);
@@ -198,7 +210,7 @@ impl Pkt {
         ip.push(0);
         let tot_len = self.tot_len_override.unwrap_or((hlen + l4.len()) as u16);
         ip.extend_from_slice(&tot_len.to_be_bytes());
-        ip.extend_from_slice(&0x1234u16.to_be_bytes());
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
         ip.extend_from_slice(&self.frag_off.to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.protocol);

@@ -32,6 +32,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     /// Connections (TCP) or datagrams (UDP) served.
     served: Arc<AtomicU64>,
+    /// TCP connections that ended with a reset from the peer.
+    resets: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -39,8 +41,14 @@ impl Server {
     pub fn start(ns: &NetNs, name: &str, kind: Kind, port: u16) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
+        let resets = Arc::new(AtomicU64::new(0));
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let (name_, stop_, served_) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
+        let (name_, stop_, served_, resets_) = (
+            name.to_owned(),
+            Arc::clone(&stop),
+            Arc::clone(&served),
+            Arc::clone(&resets),
+        );
         let thread = match kind {
             Kind::UdpEcho => {
                 let socket = ns.run(|| UdpSocket::bind(addr)).expect("bind UDP server");
@@ -52,19 +60,24 @@ impl Server {
             Kind::Http | Kind::LineEcho => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
                 listener.set_nonblocking(true).expect("nonblocking");
-                std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &served_))
+                std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &served_, &resets_))
             }
         };
         Server {
             name: name.to_owned(),
             stop,
             served,
+            resets,
             thread: Some(thread),
         }
     }
 
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
     }
 }
 
@@ -83,21 +96,24 @@ fn accept_loop(
     name: &str,
     stop: &Arc<AtomicBool>,
     served: &AtomicU64,
+    resets: &Arc<AtomicU64>,
 ) {
     let mut workers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
                 served.fetch_add(1, Ordering::Relaxed);
-                let (name, stop) = (name.to_owned(), Arc::clone(stop));
+                let (name, stop, resets) = (name.to_owned(), Arc::clone(stop), Arc::clone(resets));
                 workers.push(std::thread::spawn(move || {
-                    let _ = serve_connection(stream, kind, &name, &stop);
+                    if let Err(e) = serve_connection(stream, kind, &name, &stop)
+                        && e.kind() == ErrorKind::ConnectionReset
+                    {
+                        resets.fetch_add(1, Ordering::Relaxed);
+                    }
                 }));
                 workers.retain(|w| !w.is_finished());
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }
@@ -106,12 +122,7 @@ fn accept_loop(
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
-    kind: Kind,
-    name: &str,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
+fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     let mut writer = stream.try_clone()?;
@@ -161,10 +172,7 @@ fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, served: &AtomicU64
 /// One HTTP request on a new connection; returns the name of the server
 /// that answered.
 pub fn http_get(vip: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(
-        &SocketAddr::V4(SocketAddrV4::new(vip, port)),
-        Duration::from_secs(3),
-    )?;
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(vip, port)), Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
@@ -195,10 +203,7 @@ pub struct EchoClient {
 
 impl EchoClient {
     pub fn connect(vip: Ipv4Addr, port: u16) -> std::io::Result<EchoClient> {
-        let stream = TcpStream::connect_timeout(
-            &SocketAddr::V4(SocketAddrV4::new(vip, port)),
-            Duration::from_secs(3),
-        )?;
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(vip, port)), Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         Ok(EchoClient {
             writer: stream.try_clone()?,
@@ -211,10 +216,7 @@ impl EchoClient {
         self.writer.write_all(format!("{text}\n").as_bytes())?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed"));
         }
         let (name, echoed) = line.trim_end().split_once(' ').unwrap_or(("", ""));
         if echoed != text {
@@ -237,20 +239,13 @@ pub fn udp_exchange(vip: Ipv4Addr, port: u16, text: &str) -> std::io::Result<Str
 }
 
 /// One UDP request/reply on `socket` (the same socket is the same flow).
-pub fn udp_exchange_on(
-    socket: &UdpSocket,
-    vip: Ipv4Addr,
-    port: u16,
-    text: &str,
-) -> std::io::Result<String> {
+pub fn udp_exchange_on(socket: &UdpSocket, vip: Ipv4Addr, port: u16, text: &str) -> std::io::Result<String> {
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     socket.send_to(text.as_bytes(), (vip, port))?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
     if from != SocketAddr::V4(SocketAddrV4::new(vip, port)) {
-        return Err(std::io::Error::other(format!(
-            "reply from {from}, not from the VIP"
-        )));
+        return Err(std::io::Error::other(format!("reply from {from}, not from the VIP")));
     }
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     let (name, echoed) = reply.split_once(' ').unwrap_or(("", ""));
@@ -260,4 +255,101 @@ pub fn udp_exchange_on(
         )));
     }
     Ok(name.to_owned())
+}
+
+/// What ended a [`Session`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub at: std::time::Instant,
+    pub kind: ErrorKind,
+}
+
+/// A long-lived connection to a [`Kind::LineEcho`] server, run by its own
+/// thread: it exchanges a line every `interval` (never, if `None`: an idle
+/// connection) and waits on the socket in between, so a reset is noticed the
+/// moment it arrives.
+pub struct Session {
+    pub server: String,
+    stop: Arc<AtomicBool>,
+    exchanges: Arc<AtomicU64>,
+    ended: Arc<std::sync::Mutex<Option<Ended>>>,
+    thread: Option<JoinHandle<Option<EchoClient>>>,
+}
+
+impl Session {
+    pub fn start(mut client: EchoClient, server: &str, interval: Option<Duration>) -> Session {
+        let stop = Arc::new(AtomicBool::new(false));
+        let exchanges = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let (stop_, exchanges_, ended_) = (Arc::clone(&stop), Arc::clone(&exchanges), Arc::clone(&ended));
+        let thread = std::thread::spawn(move || {
+            let mut next = std::time::Instant::now();
+            let mut i = 0u64;
+            while !stop_.load(Ordering::Relaxed) {
+                let result = match interval {
+                    Some(interval) if std::time::Instant::now() >= next => {
+                        next += interval;
+                        i += 1;
+                        client.exchange(&format!("line {i}")).map(|_| {
+                            exchanges_.fetch_add(1, Ordering::Relaxed);
+                        })
+                    }
+                    _ => wait_readable(client.stream(), Duration::from_millis(10)),
+                };
+                if let Err(e) = result {
+                    *ended_.lock().unwrap() = Some(Ended {
+                        at: std::time::Instant::now(),
+                        kind: e.kind(),
+                    });
+                    return None;
+                }
+            }
+            Some(client)
+        });
+        Session {
+            server: server.to_owned(),
+            stop,
+            exchanges,
+            ended,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+
+    pub fn ended(&self) -> Option<Ended> {
+        *self.ended.lock().unwrap()
+    }
+
+    /// Stops the thread; returns the connection if it is still open.
+    pub fn finish(mut self) -> Option<EchoClient> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits up to `timeout` for the socket to have data or an error; an error
+/// (such as a reset) is returned, data or a timeout are not.
+fn wait_readable(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut byte = [0u8; 1];
+    let result = match stream.peek(&mut byte) {
+        Ok(0) => Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed by the peer")),
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(()),
+        Err(e) => Err(e),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    result
 }

@@ -119,18 +119,23 @@ impl Topology {
         &self.prefix
     }
 
+    /// The test's own directory for the agent's files (config, log, API
+    /// socket, state file); the agent guard removes it.
+    pub fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(&self.prefix)
+    }
+
     /// An agent config for this topology: pool "p<port>" per service, with
     /// servers s1..sN; `extra` is appended (e.g. a [flows] table).
     pub fn config(&self, services: &[ServiceSpec], extra: &str) -> String {
-        let interfaces: Vec<String> = self
-            .lb_interfaces()
-            .iter()
-            .map(|i| format!("\"{i}\""))
-            .collect();
+        let interfaces: Vec<String> = self.lb_interfaces().iter().map(|i| format!("\"{i}\"")).collect();
+        let dir = self.dir();
         let mut text = format!(
-            "instance = \"{}\"\ninterfaces = [{}]\n",
+            "instance = \"{}\"\ninterfaces = [{}]\napi_socket = \"{}\"\nstate_file = \"{}\"\n",
             self.instance(),
-            interfaces.join(", ")
+            interfaces.join(", "),
+            dir.join("api.sock").display(),
+            dir.join("state.json").display()
         );
         for s in services {
             text.push_str(&format!(

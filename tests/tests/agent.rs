@@ -41,25 +41,17 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&lb.stderr);
-    assert!(
-        !lb.status.success(),
-        "agent accepted a bad config: {stderr}"
-    );
+    assert!(!lb.status.success(), "agent accepted a bad config: {stderr}");
     for problem in [
         "services[0].pool: unknown pool \"webb\"",
         "pools.p80.servers[0].address: \"10.0.1\" is not an IPv4 address",
         "flows.udp_idle_timeout: duration \"abc\" is not a number followed by a unit",
         "nothing was applied",
     ] {
-        assert!(
-            stderr.contains(problem),
-            "missing {problem:?} in:\n{stderr}"
-        );
+        assert!(stderr.contains(problem), "missing {problem:?} in:\n{stderr}");
     }
     assert!(
-        !std::path::Path::new("/sys/fs/bpf")
-            .join(topology.instance())
-            .exists(),
+        !std::path::Path::new("/sys/fs/bpf").join(topology.instance()).exists(),
         "pins were created"
     );
     assert!(!xdp_attached(&topology, "lbc"), "XDP was attached");
@@ -78,11 +70,7 @@ fn sigterm_detaches_and_keeps_the_map_pins_for_a_restart() {
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 
     let status = agent.stop().expect("agent was running");
-    assert!(
-        status.success(),
-        "agent exited with {status}:\n{}",
-        agent.log()
-    );
+    assert!(status.success(), "agent exited with {status}:\n{}", agent.log());
     assert!(
         !xdp_attached(&topology, "lbc") && !xdp_attached(&topology, "lbs1"),
         "XDP still attached"
@@ -91,10 +79,7 @@ fn sigterm_detaches_and_keeps_the_map_pins_for_a_restart() {
         .expect("pin dir kept")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        pins.contains(&"flows".to_owned()),
-        "flow table pin kept: {pins:?}"
-    );
+    assert!(pins.contains(&"flows".to_owned()), "flow table pin kept: {pins:?}");
     assert!(
         !pins.iter().any(|p| p.starts_with("link_")),
         "link pins removed: {pins:?}"
@@ -128,10 +113,7 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     };
     let mut agent = Agent::start(&topology, &topology.config(&[echo, http], ""));
 
-    let mut client = topology
-        .client
-        .run(|| EchoClient::connect(VIP, 7))
-        .expect("connect");
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let server = client.exchange("before").expect("exchange");
 
     agent.kill();
@@ -140,9 +122,7 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
         "XDP must stay attached when the agent dies"
     );
     assert_eq!(
-        client
-            .exchange("agent dead")
-            .expect("exchange with the agent dead"),
+        client.exchange("agent dead").expect("exchange with the agent dead"),
         server
     );
     topology
@@ -151,11 +131,7 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
         .expect("new connection with the agent dead");
 
     agent.restart();
-    assert!(
-        agent.log().contains("took over the XDP link"),
-        "{}",
-        agent.log()
-    );
+    assert!(agent.log().contains("took over the XDP link"), "{}", agent.log());
     for i in 0..5 {
         assert_eq!(
             client

@@ -7,9 +7,8 @@ use lb_common::{Outcome::*, flow_state, proto};
 use lb_userspace::flow_aging;
 use testbed::{
     fixture::{
-        CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1,
-        SERVER1_MAC, SERVER2, SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS,
-        XDP_REDIRECT, fixture_netns, flow_key,
+        CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
+        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, flow_key,
     },
     packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame},
 };
@@ -145,23 +144,14 @@ fn forward(
     }
 }
 
-fn reply(
-    name: &'static str,
-    input: &Pkt,
-    vip: (Ipv4Addr, u16),
-    pool: &'static str,
-    srv: &'static str,
-) -> Case {
+fn reply(name: &'static str, input: &Pkt, vip: (Ipv4Addr, u16), pool: &'static str, srv: &'static str) -> Case {
     Case {
         name,
         input: input.build(),
         ingress: "toserver",
         verdict: XDP_REDIRECT,
         output: Expect::Packet(at_client(input, vip)),
-        counts: vec![
-            Count::Outcome(ForwardReply, 1),
-            Count::FromServer(pool, srv, 1),
-        ],
+        counts: vec![Count::Outcome(ForwardReply, 1), Count::FromServer(pool, srv, 1)],
     }
 }
 
@@ -175,64 +165,192 @@ fn datapath_fixtures() {
 
         // Phase 1: pool web has s1 only (s2 has weight 0).
         let syn = client_tcp(40000, 80).flags(SYN).seq(1000, 0);
-        let syn_ack = Pkt::tcp(s1, (CLIENT, 40000)).macs(SERVER1_MAC, TOSERVER_MAC).flags(SYN | ACK).seq(7000, 1001);
-        let data = client_tcp(40000, 80).flags(ACK | PSH).seq(1001, 7001).payload(b"GET / HTTP/1.1\r\n\r\n");
-        let udp = Pkt::udp((CLIENT, 5000), (VIP, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).payload(b"query");
-        let udp_reply = Pkt::udp((SERVER1, 5353), (CLIENT, 5000)).macs(SERVER1_MAC, TOSERVER_MAC).payload(b"answer");
-        let udp_no_csum = Pkt::udp((CLIENT, 5001), (VIP, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).payload(b"q").no_udp_checksum();
+        let syn_ack = Pkt::tcp(s1, (CLIENT, 40000))
+            .macs(SERVER1_MAC, TOSERVER_MAC)
+            .flags(SYN | ACK)
+            .seq(7000, 1001);
+        let data = client_tcp(40000, 80)
+            .flags(ACK | PSH)
+            .seq(1001, 7001)
+            .payload(b"GET / HTTP/1.1\r\n\r\n");
+        let udp = Pkt::udp((CLIENT, 5000), (VIP, 53))
+            .macs(CLIENT_MAC, TOCLIENT_MAC)
+            .payload(b"query");
+        let udp_reply = Pkt::udp((SERVER1, 5353), (CLIENT, 5000))
+            .macs(SERVER1_MAC, TOSERVER_MAC)
+            .payload(b"answer");
+        let udp_no_csum = Pkt::udp((CLIENT, 5001), (VIP, 53))
+            .macs(CLIENT_MAC, TOCLIENT_MAC)
+            .payload(b"q")
+            .no_udp_checksum();
         let far = client_tcp(40001, 8443).flags(SYN);
         bed.run(&[
-            pass("ARP passes", arp_request(CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 0, 0, 1)), PassNotIpv4),
+            pass(
+                "ARP passes",
+                arp_request(CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 0, 0, 1)),
+                PassNotIpv4,
+            ),
             pass("IPv6 passes", ipv6_frame(CLIENT_MAC, TOCLIENT_MAC), PassNotIpv4),
             // (A frame shorter than an Ethernet header cannot be tested: the
             // kernel refuses it as test input.)
             pass(
                 "IPv4 not for a VIP passes",
-                Pkt::tcp((CLIENT, 40000), (Ipv4Addr::new(10, 0, 9, 9), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build(),
+                Pkt::tcp((CLIENT, 40000), (Ipv4Addr::new(10, 0, 9, 9), 80))
+                    .macs(CLIENT_MAC, TOCLIENT_MAC)
+                    .build(),
                 PassNotForUs,
             ),
-            pass("a VIP port with no service passes", client_tcp(40000, 81).flags(SYN).build(), PassNotForUs),
-            forward("SYN to the VIP creates a flow on s1, rewritten exactly", &syn, s1, SERVER1_MAC, "web", "s1", true),
-            reply("the server's SYN-ACK is rewritten back to the VIP", &syn_ack, (VIP, 80), "web", "s1"),
-            forward("the next packet of the flow goes to the same server", &data, s1, SERVER1_MAC, "web", "s1", false),
-            forward("UDP to the VIP creates a flow", &udp, (SERVER1, 5353), SERVER1_MAC, "dns", "d1", true),
-            reply("the UDP reply is rewritten back to the VIP", &udp_reply, (VIP, 53), "dns", "d1"),
-            forward("a zero UDP checksum stays zero", &udp_no_csum, (SERVER1, 5353), SERVER1_MAC, "dns", "d1", true),
+            pass(
+                "a VIP port with no service passes",
+                client_tcp(40000, 81).flags(SYN).build(),
+                PassNotForUs,
+            ),
+            forward(
+                "SYN to the VIP creates a flow on s1, rewritten exactly",
+                &syn,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            reply(
+                "the server's SYN-ACK is rewritten back to the VIP",
+                &syn_ack,
+                (VIP, 80),
+                "web",
+                "s1",
+            ),
+            forward(
+                "the next packet of the flow goes to the same server",
+                &data,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                false,
+            ),
+            forward(
+                "UDP to the VIP creates a flow",
+                &udp,
+                (SERVER1, 5353),
+                SERVER1_MAC,
+                "dns",
+                "d1",
+                true,
+            ),
+            reply(
+                "the UDP reply is rewritten back to the VIP",
+                &udp_reply,
+                (VIP, 53),
+                "dns",
+                "d1",
+            ),
+            forward(
+                "a zero UDP checksum stays zero",
+                &udp_no_csum,
+                (SERVER1, 5353),
+                SERVER1_MAC,
+                "dns",
+                "d1",
+                true,
+            ),
             Case {
                 name: "a server whose MAC is unknown: rewritten whole, passed to the kernel to resolve",
                 input: far.build(),
                 ingress: "toclient",
                 verdict: XDP_PASS,
-                output: Expect::Packet(far.clone().addresses((CLIENT, 40001), (SERVER_UNRESOLVED, 8443)).ttl(63).build()),
-                counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", 1)],
+                output: Expect::Packet(
+                    far.clone()
+                        .addresses((CLIENT, 40001), (SERVER_UNRESOLVED, 8443))
+                        .ttl(63)
+                        .build(),
+                ),
+                counts: vec![
+                    Count::Outcome(PassNeighbourUnresolved, 1),
+                    Count::NewFlows("far", "f1", 1),
+                ],
             },
-            drop("a service with no server that takes new flows drops", client_tcp(40000, 9999).flags(SYN).build(), DropNoServer),
-            pass("TTL 1 is passed unchanged for the kernel's ICMP", client_tcp(40000, 80).ttl(1).build(), PassTtlExpired),
-            // Malformed packets: dropped when meant for a VIP, passed otherwise, never half-rewritten.
-            drop("truncated IPv4 header drops", client_tcp(40000, 80).build()[..24].to_vec(), DropTruncated),
-            drop("IHL below 5 drops", client_tcp(40000, 80).ihl(4).build(), DropBadIpHeader),
-            drop("IP options to a VIP drop", client_tcp(40000, 80).options(&[1, 1, 1, 0]).build(), DropIpOptions),
-            pass(
-                "IP options to another host pass",
-                Pkt::tcp((CLIENT, 1), (Ipv4Addr::new(10, 0, 9, 9), 80)).options(&[1, 1, 1, 0]).build(),
-                PassNotForUs,
-            ),
-            drop("first fragment to a VIP drops", client_tcp(40000, 80).fragment(0, true).build(), DropFragment),
-            drop("later fragment to a VIP drops", client_tcp(40000, 80).fragment(1480, false).build(), DropFragment),
-            pass(
-                "fragment to another host passes",
-                Pkt::tcp((CLIENT, 1), (Ipv4Addr::new(10, 0, 9, 9), 80)).fragment(0, true).build(),
-                PassNotForUs,
-            ),
-            drop("total length beyond the frame drops", client_tcp(40000, 80).payload(b"abc").truncate(14 + 20 + 20).build(), DropTruncated),
-            drop("TCP header cut short drops", client_tcp(40000, 80).tot_len(30).truncate(14 + 30).build(), DropTruncated),
-            drop("TCP data offset below 5 drops", client_tcp(40000, 80).data_offset(2).build(), DropTruncated),
             drop(
-                "UDP header cut short drops",
-                Pkt::udp((CLIENT, 5000), (VIP, 53)).tot_len(24).truncate(14 + 24).build(),
+                "a service with no server that takes new flows drops",
+                client_tcp(40000, 9999).flags(SYN).build(),
+                DropNoServer,
+            ),
+            pass(
+                "TTL 1 is passed unchanged for the kernel's ICMP",
+                client_tcp(40000, 80).ttl(1).build(),
+                PassTtlExpired,
+            ),
+            // Malformed packets: dropped when meant for a VIP, passed otherwise, never half-rewritten.
+            drop(
+                "truncated IPv4 header drops",
+                client_tcp(40000, 80).build()[..24].to_vec(),
                 DropTruncated,
             ),
-            pass("ICMP to a VIP passes", Pkt::ip_protocol(1, CLIENT, VIP).payload(&[8, 0, 0, 0, 0, 0, 0, 0]).build(), PassOtherProtocol),
+            drop(
+                "IHL below 5 drops",
+                client_tcp(40000, 80).ihl(4).build(),
+                DropBadIpHeader,
+            ),
+            drop(
+                "IP options to a VIP drop",
+                client_tcp(40000, 80).options(&[1, 1, 1, 0]).build(),
+                DropIpOptions,
+            ),
+            pass(
+                "IP options to another host pass",
+                Pkt::tcp((CLIENT, 1), (Ipv4Addr::new(10, 0, 9, 9), 80))
+                    .options(&[1, 1, 1, 0])
+                    .build(),
+                PassNotForUs,
+            ),
+            drop(
+                "first fragment to a VIP drops",
+                client_tcp(40000, 80).fragment(0, true).build(),
+                DropFragment,
+            ),
+            drop(
+                "later fragment to a VIP drops",
+                client_tcp(40000, 80).fragment(1480, false).build(),
+                DropFragment,
+            ),
+            pass(
+                "fragment to another host passes",
+                Pkt::tcp((CLIENT, 1), (Ipv4Addr::new(10, 0, 9, 9), 80))
+                    .fragment(0, true)
+                    .build(),
+                PassNotForUs,
+            ),
+            drop(
+                "total length beyond the frame drops",
+                client_tcp(40000, 80).payload(b"abc").truncate(14 + 20 + 20).build(),
+                DropTruncated,
+            ),
+            drop(
+                "TCP header cut short drops",
+                client_tcp(40000, 80).tot_len(30).truncate(14 + 30).build(),
+                DropTruncated,
+            ),
+            drop(
+                "TCP data offset below 5 drops",
+                client_tcp(40000, 80).data_offset(2).build(),
+                DropTruncated,
+            ),
+            drop(
+                "UDP header cut short drops",
+                Pkt::udp((CLIENT, 5000), (VIP, 53))
+                    .tot_len(24)
+                    .truncate(14 + 24)
+                    .build(),
+                DropTruncated,
+            ),
+            pass(
+                "ICMP to a VIP passes",
+                Pkt::ip_protocol(1, CLIENT, VIP)
+                    .payload(&[8, 0, 0, 0, 0, 0, 0, 0])
+                    .build(),
+                PassOtherProtocol,
+            ),
         ]);
         assert_eq!(bed.flow_count(), 4, "flows: web, 2 dns, far");
         assert_eq!(bed.reverse_nat_count(), 4);
@@ -240,13 +358,31 @@ fn datapath_fixtures() {
         // FIN moves the flow to closing; it stays until the linger is over.
         let key = flow_key((CLIENT, 40000), (VIP, 80), proto::TCP);
         let fin = client_tcp(40000, 80).flags(FIN | ACK).seq(1020, 7001);
-        bed.run(&[forward("FIN is forwarded to the flow's server", &fin, s1, SERVER1_MAC, "web", "s1", false)]);
+        bed.run(&[forward(
+            "FIN is forwarded to the flow's server",
+            &fin,
+            s1,
+            SERVER1_MAC,
+            "web",
+            "s1",
+            false,
+        )]);
         assert_eq!(bed.flow(&key).expect("flow").state, flow_state::TCP_CLOSING);
         let now = flow_aging::datapath_now_ns();
         let sweep = |at: Duration| {
-            flow_aging::sweep(&bed.dp.maps, &bed.tables, &bed.config.flows, now + at.as_nanos() as u64).expect("sweep")
+            flow_aging::sweep(
+                &bed.dp().maps,
+                bed.tables(),
+                &bed.config().flows,
+                now + at.as_nanos() as u64,
+            )
+            .expect("sweep")
         };
-        assert_eq!(sweep(Duration::from_secs(5)).expired, 0, "closing flow kept during its linger");
+        assert_eq!(
+            sweep(Duration::from_secs(5)).expired,
+            0,
+            "closing flow kept during its linger"
+        );
         let report = sweep(Duration::from_secs(11));
         assert_eq!(report.expired, 1, "closing flow removed after 10 s of linger");
         assert!(bed.flow(&key).is_none());
@@ -257,9 +393,33 @@ fn datapath_fixtures() {
         let fin2 = client_tcp(40002, 80).flags(FIN | ACK);
         let syn2 = client_tcp(40002, 80).flags(SYN);
         bed.run(&[
-            forward("after the linger, the same 5-tuple is a new flow", &again, s1, SERVER1_MAC, "web", "s1", true),
-            forward("a FIN on an unknown flow creates it, closing", &fin2, s1, SERVER1_MAC, "web", "s1", true),
-            forward("a SYN reusing a closing 5-tuple is a new flow", &syn2, s1, SERVER1_MAC, "web", "s1", true),
+            forward(
+                "after the linger, the same 5-tuple is a new flow",
+                &again,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            forward(
+                "a FIN on an unknown flow creates it, closing",
+                &fin2,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            forward(
+                "a SYN reusing a closing 5-tuple is a new flow",
+                &syn2,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
         ]);
 
         // Phase 2: control plane moves new flows to s2 (s1 weight 0, s2 weight 1).
@@ -267,13 +427,28 @@ fn datapath_fixtures() {
         let ack = client_tcp(40000, 80).flags(ACK).seq(9001, 1);
         let new_syn = client_tcp(40100, 80).flags(SYN);
         bed.run(&[
-            forward("an existing flow stays on s1: the flow table wins over the hash", &ack, s1, SERVER1_MAC, "web", "s1", false),
+            forward(
+                "an existing flow stays on s1: the flow table wins over the hash",
+                &ack,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                false,
+            ),
             forward("a new flow goes to s2", &new_syn, s2, SERVER2_MAC, "web", "s2", true),
         ]);
 
         // A reply whose flow is gone (evicted) is dropped, not passed un-NATed.
-        bed.dp.maps.flows.remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP)).expect("remove flow");
-        let orphan = Pkt::tcp(s2, (CLIENT, 40100)).macs(SERVER2_MAC, TOSERVER_MAC).flags(SYN | ACK);
+        bed.control
+            .dp
+            .maps
+            .flows
+            .remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP))
+            .expect("remove flow");
+        let orphan = Pkt::tcp(s2, (CLIENT, 40100))
+            .macs(SERVER2_MAC, TOSERVER_MAC)
+            .flags(SYN | ACK);
         bed.run(&[Case {
             name: "a reply without its flow drops",
             input: orphan.build(),
@@ -285,15 +460,200 @@ fn datapath_fixtures() {
 
         // Idle flows age out by their own timeouts: UDP after 30 s, TCP after 300 s.
         let udp_flows = |bed: &FixtureBed| {
-            [5000, 5001].iter().filter(|p| bed.flow(&flow_key((CLIENT, **p), (VIP, 53), proto::UDP)).is_some()).count()
+            [5000, 5001]
+                .iter()
+                .filter(|p| bed.flow(&flow_key((CLIENT, **p), (VIP, 53), proto::UDP)).is_some())
+                .count()
         };
         assert_eq!(udp_flows(&bed), 2);
         let now = flow_aging::datapath_now_ns();
-        flow_aging::sweep(&bed.dp.maps, &bed.tables, &bed.config.flows, now + 31_000_000_000).expect("sweep");
+        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now + 31_000_000_000).expect("sweep");
         assert_eq!(udp_flows(&bed), 0, "idle UDP flows removed after 30 s");
         assert!(bed.flow(&key).is_some(), "an open TCP flow idle 31 s stays");
-        flow_aging::sweep(&bed.dp.maps, &bed.tables, &bed.config.flows, now + 301_000_000_000).expect("sweep");
+        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now + 301_000_000_000).expect("sweep");
         assert_eq!(bed.flow_count(), 0, "every flow removed after 300 s idle");
-        assert_eq!(bed.reverse_nat_count(), 1, "only the orphaned return-path entry is left (its flow was evicted)");
+        assert_eq!(
+            bed.reverse_nat_count(),
+            1,
+            "only the orphaned return-path entry is left (its flow was evicted)"
+        );
+    });
+}
+
+fn reset_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32) -> lb_common::ResetRequest {
+    lb_common::ResetRequest {
+        src_addr: u32::from_ne_bytes(src.0.octets()),
+        dst_addr: u32::from_ne_bytes(dst.0.octets()),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        seq,
+    }
+}
+
+#[test]
+fn maintenance_fixtures() {
+    use lb_common::server_state::DISABLED;
+    use lb_userspace::server_state::DisableMode;
+    use testbed::{fixture::XDP_TX, packet::RST};
+
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 0)));
+        let s1 = (SERVER1, 8080);
+        let s2 = (SERVER2, 8080);
+
+        // Flows established on s1 (s2 has weight 0 for now).
+        let syn = client_tcp(41000, 80).flags(SYN).seq(1000, 0);
+        let syn_ack = Pkt::tcp(s1, (CLIENT, 41000))
+            .macs(SERVER1_MAC, TOSERVER_MAC)
+            .flags(SYN | ACK)
+            .seq(7000, 1001);
+        let other = client_tcp(41002, 80).flags(SYN).seq(3000, 0);
+        let udp = Pkt::udp((CLIENT, 5002), (VIP, 53))
+            .macs(CLIENT_MAC, TOCLIENT_MAC)
+            .payload(b"q");
+        bed.run(&[
+            forward("flow established: SYN", &syn, s1, SERVER1_MAC, "web", "s1", true),
+            reply("flow established: SYN-ACK", &syn_ack, (VIP, 80), "web", "s1"),
+            forward("another flow on s1", &other, s1, SERVER1_MAC, "web", "s1", true),
+            forward(
+                "a UDP flow on d1",
+                &udp,
+                (SERVER1, 5353),
+                SERVER1_MAC,
+                "dns",
+                "d1",
+                true,
+            ),
+        ]);
+        bed.apply(&config((1, 1)));
+
+        // s1 DRAINING: its flows go on, new flows go elsewhere.
+        bed.control
+            .disable("web", &["s1".into()], DisableMode::Graceful { timeout_ms: None }, false)
+            .expect("drain");
+        let ack = client_tcp(41000, 80).flags(ACK).seq(1001, 7001);
+        let server_data = Pkt::tcp(s1, (CLIENT, 41000))
+            .macs(SERVER1_MAC, TOSERVER_MAC)
+            .flags(ACK | PSH)
+            .seq(7001, 1001)
+            .payload(b"hi");
+        let new_syn = client_tcp(41001, 80).flags(SYN);
+        bed.run(&[
+            forward(
+                "draining: the flow's ACK is still forwarded to s1",
+                &ack,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                false,
+            ),
+            reply(
+                "draining: s1's replies still reach the client",
+                &server_data,
+                (VIP, 80),
+                "web",
+                "s1",
+            ),
+            forward(
+                "draining: a new SYN picks another server",
+                &new_syn,
+                s2,
+                SERVER2_MAC,
+                "web",
+                "s2",
+                true,
+            ),
+        ]);
+
+        // s1 DISABLED (before the agent's purge): its flows' packets are answered with resets.
+        bed.write_server_state("web", "s1", DISABLED);
+        bed.write_server_state("dns", "d1", DISABLED);
+        let data = client_tcp(41000, 80)
+            .flags(ACK | PSH)
+            .seq(1001, 7003)
+            .payload(b"more data");
+        let reset_to_client = Pkt::tcp((VIP, 80), (CLIENT, 41000))
+            .macs(TOCLIENT_MAC, CLIENT_MAC)
+            .flags(RST)
+            .seq(7003, 0)
+            .ttl(64)
+            .ip_id(0)
+            .window(0);
+        let from_s1 = Pkt::tcp(s1, (CLIENT, 41000))
+            .macs(SERVER1_MAC, TOSERVER_MAC)
+            .flags(ACK)
+            .seq(7003, 1010);
+        let reset_to_s1 = Pkt::tcp((CLIENT, 41000), s1)
+            .macs(TOSERVER_MAC, SERVER1_MAC)
+            .flags(RST)
+            .seq(1010, 0)
+            .ttl(64)
+            .ip_id(0)
+            .window(0);
+        bed.run(&[Case {
+            name: "disabled: a client packet is answered with a reset, nothing reaches s1",
+            input: data.build(),
+            ingress: "toclient",
+            verdict: XDP_TX,
+            output: Expect::Packet(reset_to_client.build()),
+            counts: vec![Count::Outcome(ResetTerminatedFlow, 1), Count::ToServer("web", "s1", 0)],
+        }]);
+        assert_eq!(
+            bed.take_reset_requests(),
+            vec![reset_request((CLIENT, 41000), s1, 1010)],
+            "the agent is asked to reset s1's end, at the client's next sequence number"
+        );
+        bed.run(&[
+            Case {
+                name: "disabled: a server packet is answered with a reset, nothing reaches the client",
+                input: from_s1.build(),
+                ingress: "toserver",
+                verdict: XDP_TX,
+                output: Expect::Packet(reset_to_s1.build()),
+                counts: vec![
+                    Count::Outcome(ResetTerminatedFlow, 1),
+                    Count::FromServer("web", "s1", 0),
+                ],
+            },
+            drop(
+                "disabled: a reset is not answered",
+                client_tcp(41002, 80).flags(RST | ACK).seq(3001, 1).build(),
+                DropServerUnavailable,
+            ),
+            drop(
+                "disabled: UDP packets of the flow are dropped",
+                udp.build(),
+                DropServerUnavailable,
+            ),
+            forward(
+                "disabled: a SYN reusing the 5-tuple is a new connection, on s2",
+                &client_tcp(41000, 80).flags(SYN).seq(50_000, 0),
+                s2,
+                SERVER2_MAC,
+                "web",
+                "s2",
+                true,
+            ),
+        ]);
+        assert_eq!(
+            bed.take_reset_requests(),
+            vec![reset_request((VIP, 80), (CLIENT, 41000), 7003)],
+            "the agent is asked to reset the client's end, as from the VIP"
+        );
+
+        // The full immediate disable (state write, resets, purge) leaves none of s1's flows.
+        let other_key = flow_key((CLIENT, 41002), (VIP, 80), proto::TCP);
+        assert!(bed.flow(&other_key).is_some());
+        bed.control
+            .disable("web", &["s1".into()], DisableMode::Immediate, false)
+            .expect("disable");
+        assert!(bed.flow(&other_key).is_none(), "s1's flow was not purged");
+        let s2_flows = [41000, 41001]
+            .iter()
+            .filter(|p| bed.flow(&flow_key((CLIENT, **p), (VIP, 80), proto::TCP)).is_some())
+            .count();
+        assert_eq!(s2_flows, 2, "s2's flows are untouched");
     });
 }

@@ -89,11 +89,7 @@ fn a_server_of_weight_zero_gets_no_new_flows() {
     let _agent = Agent::start(&topology, &topology.config(&[http(&[1, 0, 1])], ""));
 
     let counts = spread(&topology, 100);
-    assert_eq!(
-        counts.get("s2"),
-        None,
-        "weight 0 server got flows: {counts:?}"
-    );
+    assert_eq!(counts.get("s2"), None, "weight 0 server got flows: {counts:?}");
     assert_eq!(counts.values().sum::<usize>(), 100);
 }
 
@@ -116,18 +112,12 @@ fn a_long_lived_connection_stays_on_its_server_while_others_come_and_go() {
         let churn = s.spawn(|| {
             let mut count = 0;
             while !done.load(Ordering::Relaxed) {
-                topology
-                    .client
-                    .run(|| http_get(VIP, HTTP))
-                    .expect("short connection");
+                topology.client.run(|| http_get(VIP, HTTP)).expect("short connection");
                 count += 1;
             }
             count
         });
-        let mut client = topology
-            .client
-            .run(|| EchoClient::connect(VIP, ECHO))
-            .expect("connect");
+        let mut client = topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
         let first = client.exchange("hello").expect("first exchange");
         let mut names = Vec::new();
         let start = Instant::now();

@@ -68,10 +68,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             let mut cmd = match (config, agent_args.is_empty()) {
                 (Some(config), _) => {
                     let mut cmd = Command::new(&bins.lb);
-                    cmd.arg("agent")
-                        .arg("--config")
-                        .arg(config)
-                        .args(agent_args);
+                    cmd.arg("agent").arg("--config").arg(config).args(agent_args);
                     cmd
                 }
                 (None, false) => {
@@ -102,8 +99,7 @@ fn run(task: Task) -> anyhow::Result<()> {
 }
 
 fn cargo() -> Command {
-    let mut cmd =
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
     cmd.env("PATH", setup::path_with_cargo_bin());
     cmd
 }
@@ -166,14 +162,9 @@ fn exec(cmd: &mut Command) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
-        bail!(
-            "{} exited with {status}",
-            cmd.get_program().to_string_lossy()
-        );
+        bail!("{} exited with {status}", cmd.get_program().to_string_lossy());
     }
     Ok(())
 }

@@ -25,9 +25,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status}): {cmd:?}");
     }
@@ -37,18 +35,14 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 fn cargo_bin_dir() -> PathBuf {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
     cargo_home.join("bin")
 }
 
 /// PATH with cargo's bin directory (where bpf-linker lands) in front.
 pub fn path_with_cargo_bin() -> std::ffi::OsString {
     let mut paths = vec![cargo_bin_dir()];
-    paths.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     std::env::join_paths(paths).expect("PATH entries have no separator")
 }
 
@@ -83,14 +77,8 @@ fn debian_packages() -> anyhow::Result<()> {
         step("Debian packages", "present");
         return Ok(());
     }
-    step(
-        "Debian packages",
-        &format!("installing {}", missing.join(" ")),
-    );
-    run(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
+    step("Debian packages", &format!("installing {}", missing.join(" ")));
+    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
     run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -112,13 +100,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     {
         step("nightly toolchain", "installing");
         run(
-            Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-            ]),
+            Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
             "installing the nightly toolchain",
         )?;
     } else {

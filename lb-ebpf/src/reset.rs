@@ -1,0 +1,81 @@
+//! Where a terminated flow's packets are answered: a TCP packet of a flow
+//! whose server is disabled becomes, in place, a reset back to its sender
+//! (XDP_TX), and the agent is asked to reset the other end.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use lb_common::{Outcome, ResetRequest};
+
+use crate::{
+    csum,
+    maps::RESET_REQUESTS,
+    parse::{ETH_HLEN, EthHdr, IPV4_HLEN, Ipv4Hdr, Packet, TCP_HLEN, TcpHdr, ptr_at, tcp_flag},
+};
+
+const DONT_FRAGMENT: u16 = 0x4000;
+
+/// Answers `pkt` with a reset to its sender; `other_end` is the reset the
+/// agent should send to the other side (skipped when its address is unknown).
+#[inline(always)]
+pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) -> Result<(Outcome, u32), Outcome> {
+    if other_end.dst_addr != 0 {
+        // Best effort: when the ring is full the other end learns of the reset
+        // the next time it sends.
+        let _ = RESET_REQUESTS.output::<ResetRequest>(other_end, 0);
+    }
+    // RFC 793: a reset answering a segment with ACK carries seq = its ack;
+    // otherwise seq 0 and an ACK of everything the segment occupied.
+    let (seq, ack, flags) = if pkt.tcp_flags & tcp_flag::ACK != 0 {
+        (pkt.tcp_ack, 0, tcp_flag::RST)
+    } else {
+        (0, pkt.seq_end, tcp_flag::RST | tcp_flag::ACK)
+    };
+    let key = pkt.key;
+    let eth = unsafe { &*pkt.eth };
+    let (src_mac, dst_mac) = (eth.src, eth.dst);
+
+    // Cut the frame to bare headers (options and payload go).
+    let len = ctx.data_end() - ctx.data();
+    let want = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
+    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
+        return Err(Outcome::Aborted);
+    }
+    // The frame moved: find the headers again.
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::Aborted)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::Aborted)?;
+    let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN).ok_or(Outcome::Aborted)?;
+    let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
+
+    eth.src = dst_mac;
+    eth.dst = src_mac;
+    ip.version_ihl = 0x45;
+    ip.tos = 0;
+    ip.tot_len = ((IPV4_HLEN + TCP_HLEN) as u16).to_be();
+    ip.id = 0;
+    ip.frag_off = DONT_FRAGMENT.to_be();
+    ip.ttl = 64;
+    ip.saddr = key.dst_addr;
+    ip.daddr = key.src_addr;
+    ip.check = 0;
+    let ip_words: &[u16; 10] = unsafe { &*(ip as *const Ipv4Hdr as *const [u16; 10]) };
+    ip.check = csum::over(ip_words, 0);
+
+    tcp.ports.src = key.dst_port;
+    tcp.ports.dst = key.src_port;
+    tcp.seq = seq.to_be();
+    tcp.ack_seq = ack.to_be();
+    tcp.data_offset = 5 << 4;
+    tcp.flags = flags;
+    tcp.window = 0;
+    tcp.check = 0;
+    tcp.urg_ptr = 0;
+    // Pseudo-header: addresses, protocol, TCP length (as 16-bit words).
+    let pseudo = (key.dst_addr >> 16)
+        + (key.dst_addr & 0xffff)
+        + (key.src_addr >> 16)
+        + (key.src_addr & 0xffff)
+        + (6u16.to_be() as u32)
+        + ((TCP_HLEN as u16).to_be() as u32);
+    let tcp_words: &[u16; 10] = unsafe { &*(tcp as *const TcpHdr as *const [u16; 10]) };
+    tcp.check = csum::over(tcp_words, pseudo);
+    Ok((Outcome::ResetTerminatedFlow, xdp_action::XDP_TX))
+}

@@ -1,0 +1,228 @@
+//! The operator's commands (`lb server ...`, `lb pool ...`, `lb events`):
+//! clients of the agent's API that print for people, or JSON with `--json`.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::Path,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{
+    api::{self, Request},
+    control::{Change, Event, PoolSummary, PoolView},
+    duration::{format_duration, parse_duration},
+    server_state::DisableMode,
+};
+
+/// How `lb server disable` was asked to disable.
+pub struct DisableArgs {
+    pub graceful: bool,
+    pub timeout: Option<String>,
+    pub until_drained: bool,
+    pub force: bool,
+    pub wait: bool,
+}
+
+impl DisableArgs {
+    /// Checked before the agent is contacted, so bad input changes nothing.
+    pub fn mode(&self) -> anyhow::Result<DisableMode> {
+        if !self.graceful {
+            if self.timeout.is_some() || self.until_drained {
+                bail!("--timeout and --until-drained go with --graceful");
+            }
+            return Ok(DisableMode::Immediate);
+        }
+        match (&self.timeout, self.until_drained) {
+            (Some(_), true) => bail!("choose one of --timeout and --until-drained"),
+            (Some(text), false) => {
+                let timeout = parse_duration(text).with_context(|| format!("invalid --timeout {text:?}"))?;
+                if timeout.is_zero() {
+                    bail!("invalid --timeout {text:?}: use a duration above zero, or disable without --graceful");
+                }
+                Ok(DisableMode::Graceful {
+                    timeout_ms: Some(timeout.as_millis() as u64),
+                })
+            }
+            // --graceful alone drains until the last flow ends.
+            (None, _) => Ok(DisableMode::Graceful { timeout_ms: None }),
+        }
+    }
+}
+
+fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result<(T, Value)> {
+    let data = api::call(socket, request)?;
+    let typed = serde_json::from_value(data.clone()).context("unexpected answer from the agent")?;
+    Ok((typed, data))
+}
+
+fn print_json(data: &Value) {
+    println!("{}", serde_json::to_string_pretty(data).expect("JSON prints"));
+}
+
+pub fn disable(socket: &Path, pool: &str, servers: &[String], args: &DisableArgs, json: bool) -> anyhow::Result<()> {
+    let mode = args.mode()?;
+    let request = Request::Disable {
+        pool: pool.to_owned(),
+        servers: servers.to_vec(),
+        mode,
+        force: args.force,
+    };
+    let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
+    if json && !args.wait {
+        print_json(&data);
+        return Ok(());
+    }
+    if !json {
+        print_changes(&changes);
+    }
+    if args.wait {
+        wait_until_disabled(socket, pool, servers, json)?;
+    }
+    Ok(())
+}
+
+pub fn enable(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
+    let request = Request::Enable {
+        pool: pool.to_owned(),
+        servers: servers.to_vec(),
+    };
+    let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
+    if json {
+        print_json(&data);
+    } else {
+        print_changes(&changes);
+    }
+    Ok(())
+}
+
+fn print_changes(changes: &[Change]) {
+    for c in changes {
+        if c.from == c.to {
+            println!("{}/{}: {} (unchanged)", c.pool, c.server, c.to);
+        } else {
+            let resets = c
+                .flows_reset
+                .map(|n| format!(", {n} live TCP flow(s) reset"))
+                .unwrap_or_default();
+            println!("{}/{}: {} -> {}{resets}", c.pool, c.server, c.from, c.to);
+        }
+    }
+}
+
+/// Follows the drain of `servers` with a progress line until each is DISABLED.
+fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        let (view, data): (PoolView, Value) = call(socket, &Request::PoolShow { pool: pool.to_owned() })?;
+        let targets: Vec<_> = view.servers.iter().filter(|s| servers.contains(&s.name)).collect();
+        if let Some(s) = targets.iter().find(|s| s.state == "ENABLED") {
+            if tty {
+                eprintln!();
+            }
+            bail!("{pool}/{} was enabled again while waiting", s.name);
+        }
+        if targets.iter().all(|s| s.state == "DISABLED") {
+            if tty && !last_line.is_empty() {
+                eprintln!();
+            }
+            if json {
+                print_json(&data);
+            } else {
+                for s in targets {
+                    println!("{pool}/{}: DISABLED ({})", s.name, s.why.as_deref().unwrap_or("-"));
+                }
+            }
+            return Ok(());
+        }
+        let parts: Vec<String> = targets
+            .iter()
+            .filter(|s| s.state == "DRAINING")
+            .map(|s| {
+                let left = match s.deadline_left_ms {
+                    Some(ms) => format!("{} left", format_duration(Duration::from_millis(ms))),
+                    None => "no deadline".to_owned(),
+                };
+                format!("{}: {} flow(s), {left}", s.name, s.active_flows)
+            })
+            .collect();
+        let line = format!("draining {pool}: {}", parts.join("; "));
+        if tty {
+            eprint!("\r\x1b[K{line}");
+            let _ = std::io::stderr().flush();
+        } else if line != last_line {
+            eprintln!("{line}");
+        }
+        last_line = line;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn pool_list(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let (pools, data): (Vec<PoolSummary>, Value) = call(socket, &Request::PoolList)?;
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>7} {:>7} {:>8} {:>8}  SERVICES",
+        "POOL", "SERVERS", "ENABLED", "DRAINING", "DISABLED"
+    );
+    for p in pools {
+        println!(
+            "{:<16} {:>7} {:>7} {:>8} {:>8}  {}",
+            p.pool,
+            p.servers,
+            p.enabled,
+            p.draining,
+            p.disabled,
+            p.services.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
+    let (view, data): (PoolView, Value) = call(socket, &Request::PoolShow { pool: pool.to_owned() })?;
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    println!("pool {}  services: {}", view.pool, view.services.join(", "));
+    println!(
+        "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
+        "SERVER", "ADDRESS", "WEIGHT", "STATE", "FLOWS", "DEADLINE", "NEW FLOWS"
+    );
+    for s in view.servers {
+        let state = match &s.why {
+            Some(why) => format!("{} ({why})", s.state),
+            None => s.state.clone(),
+        };
+        let deadline = s
+            .deadline_left_ms
+            .map(|ms| format_duration(Duration::from_millis(ms)))
+            .unwrap_or("-".into());
+        println!(
+            "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
+            s.name, s.address, s.weight, state, s.active_flows, deadline, s.new_flows
+        );
+    }
+    Ok(())
+}
+
+pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let (events, data): (Vec<Event>, Value) = call(socket, &Request::Events)?;
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    for e in events {
+        let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
+        println!("{time} {}/{} {}: {}", e.pool, e.server, e.kind, e.message);
+    }
+    Ok(())
+}

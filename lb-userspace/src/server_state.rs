@@ -1,0 +1,271 @@
+//! Where a server's state changes: the administrative states of a pool
+//! member, the transitions an operator's command makes, and the guard that
+//! keeps a pool from losing its last server by accident.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lb_common::server_state;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: deadlines are wall-clock instants, so
+/// a restarted agent fires them at the same moment.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a server is disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisableReason {
+    /// Disabled at once by an operator: its sessions were terminated.
+    Immediate,
+    /// Its drain deadline came: the sessions left were terminated.
+    Deadline,
+    /// Its last session ended on its own.
+    Drained,
+}
+
+impl DisableReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DisableReason::Immediate => "immediate",
+            DisableReason::Deadline => "deadline",
+            DisableReason::Drained => "drained",
+        }
+    }
+}
+
+/// A pool member's administrative state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AdminState {
+    Enabled,
+    /// No new flows; existing ones go on, until `deadline_ms` if any.
+    Draining {
+        since_ms: u64,
+        deadline_ms: Option<u64>,
+    },
+    Disabled {
+        since_ms: u64,
+        reason: DisableReason,
+    },
+}
+
+impl AdminState {
+    /// The code the datapath reads.
+    pub fn code(&self) -> u8 {
+        match self {
+            AdminState::Enabled => server_state::ENABLED,
+            AdminState::Draining { .. } => server_state::DRAINING,
+            AdminState::Disabled { .. } => server_state::DISABLED,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            AdminState::Enabled => "ENABLED",
+            AdminState::Draining { .. } => "DRAINING",
+            AdminState::Disabled { .. } => "DISABLED",
+        }
+    }
+
+    /// "DISABLED (drained)", "DRAINING (until drained)", ...
+    pub fn describe(&self) -> String {
+        match self {
+            AdminState::Enabled => "ENABLED".to_owned(),
+            AdminState::Draining { deadline_ms: None, .. } => "DRAINING (until drained)".to_owned(),
+            AdminState::Draining {
+                deadline_ms: Some(_), ..
+            } => "DRAINING (with deadline)".to_owned(),
+            AdminState::Disabled { reason, .. } => format!("DISABLED ({})", reason.label()),
+        }
+    }
+}
+
+/// How an operator disables a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum DisableMode {
+    /// Terminate every session now.
+    Immediate,
+    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
+    Graceful { timeout_ms: Option<u64> },
+}
+
+/// What a command does to one server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Already there (disabling a disabled server changes nothing).
+    Unchanged,
+    /// Into (or within) DRAINING, with this state.
+    Drain(AdminState),
+    /// To DISABLED now, its live sessions terminated.
+    Terminate(DisableReason),
+    Enable,
+}
+
+/// The transition `mode` makes from `current` at `now_ms`.
+pub fn disable(current: &AdminState, mode: DisableMode, now_ms: u64) -> Transition {
+    match (current, mode) {
+        (AdminState::Disabled { .. }, _) => Transition::Unchanged,
+        (_, DisableMode::Immediate) => Transition::Terminate(DisableReason::Immediate),
+        (AdminState::Enabled, DisableMode::Graceful { timeout_ms }) => Transition::Drain(AdminState::Draining {
+            since_ms: now_ms,
+            deadline_ms: timeout_ms.map(|t| now_ms + t),
+        }),
+        // A graceful disable of a draining server sets its deadline anew.
+        (AdminState::Draining { since_ms, .. }, DisableMode::Graceful { timeout_ms }) => {
+            Transition::Drain(AdminState::Draining {
+                since_ms: *since_ms,
+                deadline_ms: timeout_ms.map(|t| now_ms + t),
+            })
+        }
+    }
+}
+
+pub fn enable(current: &AdminState) -> Transition {
+    match current {
+        AdminState::Enabled => Transition::Unchanged,
+        _ => Transition::Enable,
+    }
+}
+
+/// The state after a transition (`Terminate` gives DISABLED with its reason).
+pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> AdminState {
+    match transition {
+        Transition::Unchanged => *current,
+        Transition::Drain(state) => state,
+        Transition::Terminate(reason) => AdminState::Disabled {
+            since_ms: now_ms,
+            reason,
+        },
+        Transition::Enable => AdminState::Enabled,
+    }
+}
+
+/// The guard: a change must not leave a pool that had a server taking new
+/// flows with none. `before` and `after` are (state, weight) of every member.
+pub fn leaves_pool_without_server(before: &[(AdminState, u32)], after: &[(AdminState, u32)]) -> bool {
+    let serving = |members: &[(AdminState, u32)]| {
+        members
+            .iter()
+            .filter(|(state, weight)| *state == AdminState::Enabled && *weight > 0)
+            .count()
+    };
+    serving(before) > 0 && serving(after) == 0
+}
+
+/// Time left until a deadline, if it is ahead.
+pub fn time_left(deadline_ms: u64, now_ms: u64) -> Duration {
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    #[test]
+    fn graceful_disable_drains_with_or_without_deadline() {
+        let t = disable(
+            &AdminState::Enabled,
+            DisableMode::Graceful { timeout_ms: Some(3000) },
+            NOW,
+        );
+        assert_eq!(
+            t,
+            Transition::Drain(AdminState::Draining {
+                since_ms: NOW,
+                deadline_ms: Some(NOW + 3000)
+            })
+        );
+        let t = disable(&AdminState::Enabled, DisableMode::Graceful { timeout_ms: None }, NOW);
+        assert_eq!(
+            t,
+            Transition::Drain(AdminState::Draining {
+                since_ms: NOW,
+                deadline_ms: None
+            })
+        );
+    }
+
+    #[test]
+    fn disabling_a_disabled_server_changes_nothing() {
+        let disabled = AdminState::Disabled {
+            since_ms: 5,
+            reason: DisableReason::Drained,
+        };
+        assert_eq!(disable(&disabled, DisableMode::Immediate, NOW), Transition::Unchanged);
+        assert_eq!(
+            disable(&disabled, DisableMode::Graceful { timeout_ms: None }, NOW),
+            Transition::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_draining_server_gets_a_new_deadline_or_is_terminated() {
+        let draining = AdminState::Draining {
+            since_ms: 5,
+            deadline_ms: Some(10),
+        };
+        assert_eq!(
+            disable(
+                &draining,
+                DisableMode::Graceful {
+                    timeout_ms: Some(60_000)
+                },
+                NOW
+            ),
+            Transition::Drain(AdminState::Draining {
+                since_ms: 5,
+                deadline_ms: Some(NOW + 60_000)
+            })
+        );
+        assert_eq!(
+            disable(&draining, DisableMode::Immediate, NOW),
+            Transition::Terminate(DisableReason::Immediate)
+        );
+    }
+
+    #[test]
+    fn enable_from_any_state() {
+        assert_eq!(enable(&AdminState::Enabled), Transition::Unchanged);
+        assert_eq!(
+            enable(&AdminState::Draining {
+                since_ms: 1,
+                deadline_ms: None
+            }),
+            Transition::Enable
+        );
+        let disabled = AdminState::Disabled {
+            since_ms: 1,
+            reason: DisableReason::Deadline,
+        };
+        assert_eq!(apply(&disabled, enable(&disabled), NOW), AdminState::Enabled);
+    }
+
+    #[test]
+    fn the_guard_protects_the_last_serving_server() {
+        let draining = AdminState::Draining {
+            since_ms: 1,
+            deadline_ms: None,
+        };
+        let e = AdminState::Enabled;
+        assert!(leaves_pool_without_server(
+            &[(e, 1), (e, 1)],
+            &[(draining, 1), (draining, 1)]
+        ));
+        assert!(!leaves_pool_without_server(&[(e, 1), (e, 1)], &[(draining, 1), (e, 1)]));
+        // Weight 0 takes no new flows: it does not count as serving.
+        assert!(leaves_pool_without_server(&[(e, 1), (e, 0)], &[(draining, 1), (e, 0)]));
+        // Already without a serving server: nothing more to protect.
+        assert!(!leaves_pool_without_server(
+            &[(draining, 1), (e, 0)],
+            &[(draining, 1), (draining, 0)]
+        ));
+    }
+}

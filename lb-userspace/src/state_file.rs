@@ -1,0 +1,130 @@
+//! The runtime state that must survive the agent: each server's state and
+//! absolute drain deadline. Written atomically (write, fsync, rename, fsync
+//! the directory), so a crash leaves the old file or the new one, never half.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{server_state::AdminState, tables::AdminStates};
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot read state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {message}; move it away to start with every server enabled")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: u32,
+    /// "pool/server" -> state.
+    servers: BTreeMap<String, AdminState>,
+}
+
+/// Reads the saved states; a missing file means none saved yet.
+pub fn load(path: &Path) -> Result<AdminStates, StateFileError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AdminStates::new()),
+        Err(source) => {
+            return Err(StateFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let corrupt = |message: String| StateFileError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    let file: File = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    if file.version != VERSION {
+        return Err(corrupt(format!(
+            "version {} (this agent writes {VERSION})",
+            file.version
+        )));
+    }
+    let mut states = AdminStates::new();
+    for (name, state) in file.servers {
+        let (pool, server) = name
+            .split_once('/')
+            .ok_or_else(|| corrupt(format!("bad server name {name:?}")))?;
+        states.insert((pool.to_owned(), server.to_owned()), state);
+    }
+    Ok(states)
+}
+
+pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
+    let write_err = |source| StateFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File {
+        version: VERSION,
+        servers: states
+            .iter()
+            .map(|((pool, server), state)| (format!("{pool}/{server}"), *state))
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&file).expect("states serialise");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
+    f.write_all(text.as_bytes()).map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    std::fs::rename(&tmp, path).map_err(write_err)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server_state::DisableReason;
+
+    #[test]
+    fn states_round_trip_and_a_missing_file_is_empty() {
+        let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
+        let path = dir.join("state.json");
+        assert!(load(&path).unwrap().is_empty());
+        let mut states = AdminStates::new();
+        states.insert(
+            ("web".into(), "a".into()),
+            AdminState::Draining {
+                since_ms: 1,
+                deadline_ms: Some(99),
+            },
+        );
+        states.insert(
+            ("web".into(), "b".into()),
+            AdminState::Disabled {
+                since_ms: 2,
+                reason: DisableReason::Drained,
+            },
+        );
+        save(&path, &states).unwrap();
+        assert_eq!(load(&path).unwrap(), states);
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(load(&path), Err(StateFileError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,114 @@
+//! Terminating servers' sessions: both ends of every live TCP flow get a
+//! reset, then the flows and their return-path entries are purged in
+//! batches. The caller has already written DISABLED into the server table,
+//! which is what stops the traffic at once (one map write); this is the
+//! clean-up and the courtesy to both ends.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::Ipv4Addr,
+};
+
+use lb_common::{Flow, FlowKey, flow_seen, flow_state};
+
+use crate::{
+    bpf_batch,
+    datapath::Maps,
+    flow_aging::reply_key,
+    tables::Tables,
+    tcp_reset::{Endpoint, Reset, ResetSender},
+};
+
+/// Entries read per batch: bounds memory whatever the table size.
+const CHUNK: usize = 4096;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Termination {
+    /// Flows purged.
+    pub flows: usize,
+    /// Live TCP flows reset, by server id.
+    pub reset_by_server: HashMap<u32, usize>,
+}
+
+fn endpoint(addr: u32, port: u16) -> Endpoint {
+    Endpoint {
+        addr: Ipv4Addr::from(addr.to_ne_bytes()),
+        port: u16::from_be(port),
+    }
+}
+
+/// The two resets of a live TCP flow: to the client as from the VIP, and to
+/// the server as from the client, each with the receiver's next sequence
+/// number (only for the directions whose sequence is known).
+pub fn resets_for(key: &FlowKey, flow: &Flow, server: Endpoint) -> Vec<Reset> {
+    let client = endpoint(key.src_addr, key.src_port);
+    let vip = endpoint(key.dst_addr, key.dst_port);
+    let mut resets = Vec::with_capacity(2);
+    if flow.seen & flow_seen::SERVER_SEQ != 0 {
+        resets.push(Reset {
+            src: vip,
+            dst: client,
+            seq: flow.server_next_seq,
+        });
+    }
+    if flow.seen & flow_seen::CLIENT_SEQ != 0 {
+        resets.push(Reset {
+            src: client,
+            dst: server,
+            seq: flow.client_next_seq,
+        });
+    }
+    resets
+}
+
+/// Resets and purges every flow of the servers with ids in `servers`.
+pub fn terminate(
+    maps: &Maps,
+    tables: &Tables,
+    servers: &HashSet<u32>,
+    sender: &ResetSender,
+) -> io::Result<Termination> {
+    let mut done = Termination::default();
+    let mut cursor = bpf_batch::Cursor::default();
+    let mut keys = vec![FlowKey::default(); CHUNK];
+    let mut values = vec![Flow::default(); CHUNK];
+    let mut purge = Vec::new();
+    let mut purge_replies = Vec::new();
+    while !cursor.done {
+        let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
+        for (key, flow) in keys[..n].iter().zip(&values[..n]) {
+            if !servers.contains(&flow.server_id) {
+                continue;
+            }
+            let server = tables.server_by_id(flow.server_id);
+            if let Some(server) = server {
+                let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
+                if live_tcp {
+                    for reset in resets_for(
+                        key,
+                        flow,
+                        Endpoint {
+                            addr: server.address,
+                            port: server.port,
+                        },
+                    ) {
+                        if let Err(e) = sender.send(&reset) {
+                            log::warn!("cannot send reset {reset:?}: {e}");
+                        }
+                    }
+                    *done.reset_by_server.entry(flow.server_id).or_default() += 1;
+                }
+                purge_replies.push(reply_key(key, server.address, server.port));
+            }
+            purge.push(*key);
+        }
+        if !purge.is_empty() {
+            done.flows += bpf_batch::delete_batch(maps.flows_fd(), &purge)?;
+            bpf_batch::delete_batch(maps.reverse_nat_fd(), &purge_replies)?;
+            purge.clear();
+            purge_replies.clear();
+        }
+    }
+    Ok(done)
+}
