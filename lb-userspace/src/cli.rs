@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     api::{self, Request},
     control::{Change, Event, PoolSummary, PoolView},
-    duration::{format_duration, parse_duration},
+    duration::{format_time_left, parse_duration},
     server_state::DisableMode,
 };
 
@@ -144,7 +144,7 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
             .filter(|s| s.state == "DRAINING")
             .map(|s| {
                 let left = match s.deadline_left_ms {
-                    Some(ms) => format!("{} left", format_duration(Duration::from_millis(ms))),
+                    Some(ms) => format!("{} left", format_time_left(Duration::from_millis(ms))),
                     None => "no deadline".to_owned(),
                 };
                 format!("{}: {} flow(s), {left}", s.name, s.active_flows)
@@ -204,7 +204,7 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
         };
         let deadline = s
             .deadline_left_ms
-            .map(|ms| format_duration(Duration::from_millis(ms)))
+            .map(|ms| format_time_left(Duration::from_millis(ms)))
             .unwrap_or("-".into());
         println!(
             "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Config,
     datapath::Datapath,
-    duration::format_duration,
+    duration::format_time_left,
     server_state::{self, AdminState, DisableMode, DisableReason, Transition, now_ms},
     state_file, stats,
     tables::{AdminStates, Tables, TablesError},
@@ -396,7 +396,7 @@ fn event_of(state: &AdminState, change: &Change) -> (&'static str, String) {
             "draining",
             format!(
                 "no new flows; flows left in {} will be terminated",
-                format_duration(server_state::time_left(*d, now_ms()))
+                format_time_left(server_state::time_left(*d, now_ms()))
             ),
         ),
         AdminState::Disabled {

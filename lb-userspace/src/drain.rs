@@ -12,7 +12,7 @@ use lb_common::ResetRequest;
 
 use crate::{
     control::Control,
-    duration::format_duration,
+    duration::format_time_left,
     flow_aging,
     server_state::{self, AdminState, DisableReason, Transition, now_ms},
     tcp_reset::Reset,
@@ -128,7 +128,7 @@ impl Control {
                 AdminState::Draining {
                     deadline_ms: Some(d), ..
                 } => {
-                    format!("{} to the deadline", format_duration(server_state::time_left(d, now)))
+                    format!("{} to the deadline", format_time_left(server_state::time_left(d, now)))
                 }
                 _ => "no deadline".to_owned(),
             };

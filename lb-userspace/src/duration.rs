@@ -71,6 +71,15 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Formats time left before a deadline: rounded up to the second (a
+/// deadline 2.9 s away is "3s", not "2s"), milliseconds below one second.
+pub fn format_time_left(left: Duration) -> String {
+    if left < Duration::from_secs(1) {
+        return format_duration(left);
+    }
+    format_duration(Duration::from_secs(left.as_millis().div_ceil(1000) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +113,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(3)), "3s");
         assert_eq!(format_duration(Duration::from_millis(400)), "400ms");
+        assert_eq!(format_time_left(Duration::from_millis(2900)), "3s");
+        assert_eq!(format_time_left(Duration::from_millis(400)), "400ms");
     }
 }

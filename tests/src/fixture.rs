@@ -146,7 +146,8 @@ pub struct FixtureBed {
 impl FixtureBed {
     /// Must be called inside the fixture namespace (see [`fixture_netns`]).
     pub fn load(config: &str) -> FixtureBed {
-        let config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        config.state_file = state_file_path();
         let sizes = MapSizes {
             max_flows: config.flows.max_flows,
             max_services: config.max_services,
@@ -174,7 +175,8 @@ impl FixtureBed {
 
     /// Control-plane step: apply another config to the same datapath.
     pub fn apply(&mut self, config: &str) {
-        let config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        config.state_file = self.control.config.state_file.clone();
         let states = self.control.admin_states();
         self.control.tables = Tables::apply(&mut self.control.dp, &config, &states).expect("apply config");
         self.control.config = config;
@@ -323,6 +325,17 @@ impl FixtureBed {
             })
             .collect()
     }
+}
+
+impl Drop for FixtureBed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.control.config.state_file);
+    }
+}
+
+/// A state file of this fixture's own.
+fn state_file_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-fixture-state.json", crate::netns::unique_prefix()))
 }
 
 fn ifindex(name: &str) -> u32 {

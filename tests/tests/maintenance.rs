@@ -512,3 +512,31 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn wait_follows_a_drain_with_progress_until_the_server_is_disabled() {
+    let b = bed(2, "");
+    let _busy = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    let started = Instant::now();
+    let (ok, stdout, stderr) = b.agent.lb(&[
+        "server",
+        "disable",
+        "p7",
+        "s1",
+        "--graceful",
+        "--timeout",
+        "2s",
+        "--wait",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "--wait returned before the deadline"
+    );
+    assert!(
+        stderr.contains("draining p7: s1: 1 flow(s), "),
+        "no progress line: {stderr}"
+    );
+    assert!(stderr.contains("s left"), "no time left shown: {stderr}");
+    assert!(stdout.ends_with("p7/s1: DISABLED (deadline)\n"), "{stdout}");
+}

@@ -78,11 +78,16 @@ Send requests from the client namespace (each answer names its server):
   ip netns exec {c} curl -s http://{VIP}/
   ip netns exec {c} bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; tail -n1 <&3'
 
-The agent:
-  config      {config}
-  log         {log}
-  maps pinned {pins}
-  check a config: {lb} agent --check --config FILE
+Operate it with the CLI (it talks to the agent's API socket):
+  export LB_SOCKET={socket}
+  {lb} pool list
+  {lb} pool show p80
+  {lb} server disable p80 s1 --graceful --timeout 30s --wait
+  {lb} server disable p80 s2                 (at once: its sessions are reset)
+  {lb} server enable p80 s1 s2
+  {lb} events
+
+The agent: config {config}, log {log}, maps pinned in {pins}
 
 Ctrl-C stops the agent and removes the namespaces, pins and files.
 "#,
@@ -96,6 +101,7 @@ Ctrl-C stops the agent and removes the namespaces, pins and files.
         config = agent.config_path.display(),
         log = agent.log_path().display(),
         pins = agent.pin_dir().display(),
+        socket = agent.socket().display(),
         lb = lb.display(),
     );
     while !stop.load(Ordering::Relaxed) {
