@@ -185,3 +185,32 @@ fn the_agent_ages_out_idle_and_closed_flows() {
         "flows removed before their timeout"
     );
 }
+
+#[test]
+fn the_api_socket_is_private_and_a_second_agent_of_the_instance_is_refused() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let topology = Topology::new(1);
+    let spec = ServiceSpec {
+        port: 80,
+        protocol: "tcp",
+        server_port: 8080,
+        weights: vec![1],
+    };
+    let agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let meta = std::fs::metadata(agent.socket()).expect("API socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "API socket permissions");
+
+    let second = topology
+        .lb
+        .command(testbed::agent::lb_bin())
+        .args(["agent", "--config"])
+        .arg(&agent.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second agent started");
+    assert!(stderr.contains("another agent already serves"), "{stderr}");
+    let (ok, _, err) = agent.lb(&["pool", "list"]);
+    assert!(ok, "the first agent no longer answers: {err}");
+}
