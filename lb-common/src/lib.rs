@@ -30,26 +30,38 @@ pub mod map_name {
     pub const MAGLEV: &str = "maglev";
     /// Connection tracking: [`FlowKey`](crate::FlowKey) -> [`Flow`](crate::Flow).
     pub const FLOWS: &str = "flows";
-    /// Return path: reply 5-tuple -> [`ReverseNat`](crate::ReverseNat).
+    /// Return path by server endpoint: [`EndpointKey`](crate::EndpointKey) ->
+    /// [`ReverseNat`](crate::ReverseNat) (the VIP its replies come from).
+    pub const SERVER_ENDPOINTS: &str = "server_endpoints";
+    /// Return path per flow, for endpoints shared by several services:
+    /// reply 5-tuple -> [`ReverseNat`](crate::ReverseNat).
     pub const REVERSE_NAT: &str = "reverse_nat";
     /// Per-CPU packet counters, indexed by [`Outcome`](crate::Outcome): `u64`.
     pub const OUTCOMES: &str = "outcomes";
     /// Per-CPU per-server counters, indexed by server id: [`ServerStats`](crate::ServerStats).
     pub const SERVER_STATS: &str = "server_stats";
+    /// Port filter: for each port (indexed by its network-order value), bits
+    /// of [`port_use`](crate::port_use).
+    pub const PORTS: &str = "ports";
+    /// Next hop towards each server, indexed by server id: [`NextHop`](crate::NextHop).
+    pub const NEXT_HOPS: &str = "next_hops";
     /// Ring buffer of [`ResetRequest`](crate::ResetRequest)s: TCP resets the
     /// datapath asks the agent to send (XDP can send only one frame per packet).
     pub const RESET_REQUESTS: &str = "reset_requests";
 
     /// Every map, for pinning and compatibility checks.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
         MAGLEV,
         FLOWS,
+        SERVER_ENDPOINTS,
         REVERSE_NAT,
         OUTCOMES,
         SERVER_STATS,
+        PORTS,
+        NEXT_HOPS,
         RESET_REQUESTS,
     ];
 }
@@ -115,11 +127,31 @@ pub struct Server {
     pub port: u16,
     /// One of [`server_state`].
     pub state: u8,
-    pub _pad: u8,
+    /// Bits of [`server_flags`].
+    pub flags: u8,
     /// Hash of "pool/server" names: lets a restarted agent give each pool
     /// member the id it had, so flows in the pinned flow table stay on it.
     /// Not read by the datapath.
     pub identity: u64,
+}
+
+/// How long the datapath trusts a cached next hop before looking it up again.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// The FIB's answer for a server, cached by the datapath so that forwarding
+/// a packet does not cost a route and neighbour lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// When it was looked up (`bpf_ktime_get_coarse_ns`); 0: never.
+    pub checked_ns: u64,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// MTU of the route.
+    pub mtu: u16,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
 
 /// A flow as the client sees it: client address and port, VIP and port.
@@ -204,7 +236,31 @@ pub struct ReverseNat {
     pub vip: u32,
     /// Service port, network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// In `server_endpoints`: 1 when the endpoint serves several services,
+    /// so the VIP of a reply is found per flow, in `reverse_nat`.
+    pub shared: u8,
+    pub _pad: u8,
+}
+
+/// A server endpoint (address, port, protocol), keying `server_endpoints`:
+/// the same layout as a service.
+pub type EndpointKey = ServiceKey;
+
+/// What a port is used for, as bits in the `ports` map. Lets the datapath
+/// pass traffic that is not its own with two array reads instead of two
+/// hash lookups.
+pub mod port_use {
+    /// Some virtual service listens on this port.
+    pub const SERVICE: u8 = 1;
+    /// Some server endpoint sends from this port.
+    pub const SERVER: u8 = 2;
+}
+
+/// Bits of [`Server::flags`].
+pub mod server_flags {
+    /// The server's endpoint serves several services: its flows need a
+    /// per-flow return-path entry.
+    pub const SHARED_ENDPOINT: u8 = 1;
 }
 
 /// Per-server traffic counters (per CPU; the agent sums them).
@@ -278,7 +334,7 @@ outcomes! {
     /// A TCP packet of a flow whose server is disabled: answered with a reset
     /// (XDP_TX), and the other end's reset requested from the agent.
     ResetTerminatedFlow = "reset_terminated_flow",
-    /// Reply of a flow whose entry is gone from the flow table.
+    /// Reply from a server that is not (or no longer) the flow's server.
     DropReplyWithoutFlow = "drop_reply_without_flow",
     /// No route to the server or client.
     DropNoRoute = "drop_no_route",
@@ -302,6 +358,7 @@ const _: () = {
     assert!(size_of::<ResetRequest>() == 16);
     assert!(size_of::<ReverseNat>() == 8);
     assert!(size_of::<ServerStats>() == 40);
+    assert!(size_of::<NextHop>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -317,4 +374,5 @@ mod user {
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for ServerStats {}
     unsafe impl aya::Pod for ResetRequest {}
+    unsafe impl aya::Pod for NextHop {}
 }

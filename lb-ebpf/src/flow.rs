@@ -3,7 +3,7 @@
 
 use lb_common::{
     Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ResetRequest, ReverseNat, Server, Service, flow_seen,
-    flow_state, proto, server_state,
+    flow_state, proto, server_flags, server_state,
 };
 
 use crate::{
@@ -58,6 +58,8 @@ fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
 /// service's consistent-hash table.
 #[inline(always)]
 pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Result<Assignment, Refusal> {
+    // (Measured: looking the flow up before inserting a new one is faster
+    // than inserting straight away, even when the lookup misses.)
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
         let flow = unsafe { &mut *flow };
         let server = server(flow.server_id).unwrap_or_default();
@@ -76,11 +78,7 @@ pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -
                 return Err(terminated(pkt, flow, to_server));
             }
             touch(flow, pkt, now, true);
-            return Ok(Assignment {
-                server_id: flow.server_id,
-                server,
-                new_flow: false,
-            });
+            return Ok(Assignment { server_id: flow.server_id, server, new_flow: false });
         }
     }
     create(pkt, service, vip, vport, now).map_err(Refusal::Outcome)
@@ -97,7 +95,9 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Refusal> {
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    let flow = FLOWS.get_ptr_mut(&key).ok_or(Outcome::DropReplyWithoutFlow)?;
+    // No flow: not a reply of a balanced flow (the server talking to someone
+    // else, such as the host's own health checks). Not ours.
+    let flow = FLOWS.get_ptr_mut(&key).ok_or(Outcome::PassNotForUs)?;
     let flow = unsafe { &mut *flow };
     let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
     // The 5-tuple may have been reused for a flow on another server since.
@@ -128,11 +128,7 @@ fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Re
     }
     let mut flow = Flow {
         server_id,
-        state: if pkt.key.proto == proto::UDP {
-            flow_state::UDP
-        } else {
-            flow_state::TCP_OPEN
-        },
+        state: if pkt.key.proto == proto::UDP { flow_state::UDP } else { flow_state::TCP_OPEN },
         created_ns: now,
         last_seen_ns: now,
         ..Flow::default()
@@ -141,25 +137,21 @@ fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Re
         track_tcp(&mut flow, pkt, true);
     }
     FLOWS.insert(&pkt.key, &flow, 0).map_err(|_| Outcome::Aborted)?;
-    let reply_key = FlowKey {
-        src_addr: server.addr,
-        dst_addr: pkt.key.src_addr,
-        src_port: server.port,
-        dst_port: pkt.key.src_port,
-        proto: pkt.key.proto,
-        _pad: [0; 3],
-    };
-    let nat = ReverseNat {
-        vip,
-        port: vport,
-        _pad: 0,
-    };
-    REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
-    Ok(Assignment {
-        server_id,
-        server,
-        new_flow: true,
-    })
+    // Replies find their VIP by the server's endpoint, unless it serves
+    // several services: then by the flow.
+    if server.flags & server_flags::SHARED_ENDPOINT != 0 {
+        let reply_key = FlowKey {
+            src_addr: server.addr,
+            dst_addr: pkt.key.src_addr,
+            src_port: server.port,
+            dst_port: pkt.key.src_port,
+            proto: pkt.key.proto,
+            _pad: [0; 3],
+        };
+        let nat = ReverseNat { vip, port: vport, ..ReverseNat::default() };
+        REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
+    }
+    Ok(Assignment { server_id, server, new_flow: true })
 }
 
 /// Records a packet of the flow: its time, and for TCP its sequence numbers
@@ -184,11 +176,7 @@ fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
     } else {
         (flow_seen::FIN_FROM_SERVER, flow_seen::SERVER_SEQ)
     };
-    let next = if from_client {
-        &mut flow.client_next_seq
-    } else {
-        &mut flow.server_next_seq
-    };
+    let next = if from_client { &mut flow.client_next_seq } else { &mut flow.server_next_seq };
     // A reset carries no data; its sequence number need not be in order.
     if !pkt.is_rst() && (flow.seen & seq_bit == 0 || (pkt.seq_end.wrapping_sub(*next) as i32) > 0) {
         *next = pkt.seq_end;
@@ -204,7 +192,9 @@ fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
 /// service's Maglev row.
 #[inline(always)]
 fn choose_server(service: &Service, key: &FlowKey) -> Option<u32> {
-    let slot = (flow_hash(key) % MAGLEV_TABLE_SIZE as u64) as u32;
+    // Maps the hash onto 0..MAGLEV_TABLE_SIZE by a multiply and a shift
+    // (no division): hash32 * size / 2^32.
+    let slot = (((flow_hash(key) >> 32) * MAGLEV_TABLE_SIZE as u64) >> 32) as u32;
     let id = *MAGLEV.get(service.index * MAGLEV_TABLE_SIZE + slot)?;
     if id == NO_SERVER { None } else { Some(id) }
 }

@@ -25,13 +25,13 @@ mod reset;
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
-    use lb_common::{Outcome, ReverseNat, Service, ServiceKey};
+    use lb_common::{Outcome, ReverseNat, Service, ServiceKey, port_use};
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
         flow::{self, Refusal},
         forward,
-        maps::{REVERSE_NAT, SERVICES},
+        maps::{PORTS, REVERSE_NAT, SERVER_ENDPOINTS, SERVICES},
         nat,
         parse::{self, Packet},
         reset,
@@ -64,17 +64,26 @@ mod program {
     #[inline(always)]
     fn handle(ctx: &XdpContext) -> Result<(Outcome, u32), Outcome> {
         let pkt = parse::parse(ctx)?;
-        let service_key = ServiceKey {
-            addr: pkt.key.dst_addr,
-            port: pkt.key.dst_port,
-            proto: pkt.key.proto,
-            _pad: 0,
-        };
-        if let Some(service) = unsafe { SERVICES.get(&service_key) } {
-            return to_server(ctx, &pkt, service);
+        let port_use = |port: u16| PORTS.get(port as u32).copied().unwrap_or(0);
+        if port_use(pkt.key.dst_port) & port_use::SERVICE != 0 {
+            let service_key =
+                ServiceKey { addr: pkt.key.dst_addr, port: pkt.key.dst_port, proto: pkt.key.proto, _pad: 0 };
+            if let Some(service) = unsafe { SERVICES.get(&service_key) } {
+                return to_server(ctx, &pkt, service);
+            }
         }
-        if let Some(nat) = unsafe { REVERSE_NAT.get(&pkt.key) } {
-            return to_client(ctx, &pkt, nat);
+        if port_use(pkt.key.src_port) & port_use::SERVER == 0 {
+            return Err(Outcome::PassNotForUs);
+        }
+        // From a server endpoint: a reply to rewrite back to the VIP.
+        let endpoint = ServiceKey { addr: pkt.key.src_addr, port: pkt.key.src_port, proto: pkt.key.proto, _pad: 0 };
+        if let Some(nat) = unsafe { SERVER_ENDPOINTS.get(&endpoint) } {
+            if nat.shared == 0 {
+                return to_client(ctx, &pkt, nat);
+            }
+            if let Some(nat) = unsafe { REVERSE_NAT.get(&pkt.key) } {
+                return to_client(ctx, &pkt, nat);
+            }
         }
         Err(Outcome::PassNotForUs)
     }
@@ -98,12 +107,13 @@ mod program {
     #[inline(always)]
     fn to_server(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<(Outcome, u32), Outcome> {
         check_ttl(pkt)?;
-        let a = match flow::assign(pkt, service, pkt.key.dst_addr, pkt.key.dst_port, now()) {
+        let now = now();
+        let a = match flow::assign(pkt, service, pkt.key.dst_addr, pkt.key.dst_port, now) {
             Ok(a) => a,
             Err(Refusal::Outcome(outcome)) => return Err(outcome),
             Err(Refusal::Reset(other_end)) => return reset::reset_sender(ctx, pkt, &other_end),
         };
-        let hop = forward::next_hop(ctx, pkt, pkt.key.src_addr, a.server.addr)?;
+        let hop = forward::next_hop_to_server(ctx, pkt, a.server_id, a.server.addr, now)?;
         nat::rewrite_destination(pkt, a.server.addr, a.server.port);
         nat::decrement_ttl(pkt);
         count_to_server(a.server_id, pkt.len, a.new_flow);
@@ -135,14 +145,6 @@ mod program {
             _ => Outcome::ForwardReply,
         };
         Ok((outcome, verdict))
-    }
-
-    /// Does nothing but pass: attached to veth peers that receive redirected
-    /// frames (veth delivers XDP redirects only to a peer with a program), and
-    /// the baseline that benchmarks subtract.
-    #[xdp]
-    pub fn pass(_ctx: XdpContext) -> u32 {
-        xdp_action::XDP_PASS
     }
 
     #[panic_handler]

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT,
-    RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, Flow, FlowKey, MAGLEV_TABLE_SIZE,
+    NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -36,7 +36,12 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * M
 #[map(name = "flows")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// Return path: the server's reply 5-tuple -> the VIP and port it must come
+/// Return path by server endpoint: the VIP and port its replies come from.
+/// Agent writes, from the config.
+#[map(name = "server_endpoints")]
+pub static SERVER_ENDPOINTS: HashMap<EndpointKey, ReverseNat> = HashMap::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// Return path per flow, only for endpoints shared by several services: the server's reply 5-tuple -> the VIP and port it must come
 /// from. Datapath creates entries with the flow; the agent removes them with it.
 #[map(name = "reverse_nat")]
 pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
@@ -48,6 +53,17 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_CO
 /// Traffic per server, indexed by server id. Datapath writes.
 #[map(name = "server_stats")]
 pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// What each port is used for (`port_use` bits), indexed by the port's
+/// network-order value. Agent writes.
+#[map(name = "ports")]
+pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// Next hop towards each server, indexed by server id: the FIB's answer,
+/// cached. Datapath writes (after a lookup); the agent clears an entry when
+/// its server changes.
+#[map(name = "next_hops")]
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
 
 /// TCP resets for the agent to send: the other end of a terminated flow
 /// whose packet the datapath answered. Datapath writes, agent reads.

@@ -120,11 +120,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// are dropped with `reason`; anything else is not ours and goes to the kernel.
 #[inline(always)]
 fn refuse(daddr: u32, reason: Outcome) -> Outcome {
-    if unsafe { VIP_ADDRS.get(&daddr) }.is_some() {
-        reason
-    } else {
-        Outcome::PassNotForUs
-    }
+    if unsafe { VIP_ADDRS.get(&daddr) }.is_some() { reason } else { Outcome::PassNotForUs }
 }
 
 /// Parses Ethernet, IPv4 and the TCP or UDP header. `Err` carries the outcome
@@ -166,13 +162,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
             let syn_fin = ((tcph.flags & tcp_flag::SYN != 0) as u32) + ((tcph.flags & tcp_flag::FIN != 0) as u32);
             let seq_end = seq.wrapping_add(payload + syn_fin);
             let ack = u32::from_be(tcph.ack_seq);
-            (
-                &mut tcph.ports as *mut Ports,
-                &mut tcph.check as *mut u16,
-                tcph.flags,
-                ack,
-                seq_end,
-            )
+            (&mut tcph.ports as *mut Ports, &mut tcph.check as *mut u16, tcph.flags, ack, seq_end)
         }
         proto::UDP => {
             let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;

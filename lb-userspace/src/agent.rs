@@ -32,11 +32,7 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 pub fn map_sizes(config: &Config) -> MapSizes {
-    MapSizes {
-        max_flows: config.flows.max_flows,
-        max_services: config.max_services,
-        max_servers: config.max_servers,
-    }
+    MapSizes { max_flows: config.flows.max_flows, max_services: config.max_services, max_servers: config.max_servers }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -80,11 +76,7 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
     for service in &tables.services {
         log::info!("service {} -> pool {}", service.label(), service.pool);
     }
-    for slot in tables
-        .servers
-        .values()
-        .filter(|s| s.admin != crate::server_state::AdminState::Enabled)
-    {
+    for slot in tables.servers.values().filter(|s| s.admin != crate::server_state::AdminState::Enabled) {
         log::info!("{}/{} resumes as {}", slot.pool, slot.name, slot.admin.describe());
     }
 
@@ -92,9 +84,7 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
     lock(&control).save_states()?;
     let api_thread = {
         let (control, stop) = (Arc::clone(&control), Arc::clone(stop));
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || api::serve(listener, control, stop))?
+        std::thread::Builder::new().name("api".into()).spawn(move || api::serve(listener, control, stop))?
     };
 
     let mut last_report = std::time::Instant::now();
@@ -104,11 +94,8 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
             last_report = std::time::Instant::now();
             let control = lock(&control);
             if let Ok(outcomes) = stats::outcomes(&control.dp.maps) {
-                let busy: Vec<String> = outcomes
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(k, n)| format!("{k}={n}"))
-                    .collect();
+                let busy: Vec<String> =
+                    outcomes.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
                 log::info!("packets: {}", busy.join(" "));
             }
         }
@@ -116,10 +103,7 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
     }
     let _ = api_thread.join();
     let mut control = lock(&control);
-    log::info!(
-        "stopping: detaching XDP (map pins kept in {} for a restart)",
-        pins.display()
-    );
+    log::info!("stopping: detaching XDP (map pins kept in {} for a restart)", pins.display());
     control.dp.detach_all();
     Ok(())
 }

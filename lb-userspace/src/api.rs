@@ -69,43 +69,27 @@ pub enum ApiError {
 
 /// Sends a request to the agent at `path`; returns its data.
 pub fn call(path: &Path, request: &Request) -> Result<Value, ApiError> {
-    let unreachable = |source| ApiError::Unreachable {
-        path: path.to_owned(),
-        source,
-    };
+    let unreachable = |source| ApiError::Unreachable { path: path.to_owned(), source };
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(unreachable)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(unreachable)?;
     let mut line = serde_json::to_string(request).expect("requests serialise");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).map_err(unreachable)?;
-    let protocol = |message: String| ApiError::Protocol {
-        path: path.to_owned(),
-        message,
-    };
+    let protocol = |message: String| ApiError::Protocol { path: path.to_owned(), message };
     let answer: Value = serde_json::from_str(answer.trim()).map_err(|e| protocol(e.to_string()))?;
     if answer["ok"] == Value::Bool(true) {
         Ok(answer["data"].clone())
     } else {
-        Err(ApiError::Refused(
-            answer["error"]
-                .as_str()
-                .unwrap_or("the agent refused the request")
-                .to_owned(),
-        ))
+        Err(ApiError::Refused(answer["error"].as_str().unwrap_or("the agent refused the request").to_owned()))
     }
 }
 
 /// Listens on `path` with permissions 0600, replacing a stale socket but
 /// refusing to take over one a live agent answers on.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let bind_err = |source| ApiError::Bind {
-        path: path.to_owned(),
-        source,
-    };
+    let bind_err = |source| ApiError::Bind { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
@@ -173,14 +157,9 @@ fn dispatch(control: &mut Control, request: Request) -> Result<Value, String> {
     match request {
         Request::PoolList => to_value(serde_json::to_value(control.pool_list())),
         Request::PoolShow { pool } => to_value(serde_json::to_value(control.pool_show(&pool).map_err(explain)?)),
-        Request::Disable {
-            pool,
-            servers,
-            mode,
-            force,
-        } => to_value(serde_json::to_value(
-            control.disable(&pool, &servers, mode, force).map_err(explain)?,
-        )),
+        Request::Disable { pool, servers, mode, force } => {
+            to_value(serde_json::to_value(control.disable(&pool, &servers, mode, force).map_err(explain)?))
+        }
         Request::Enable { pool, servers } => {
             to_value(serde_json::to_value(control.enable(&pool, &servers).map_err(explain)?))
         }

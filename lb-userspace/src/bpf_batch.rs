@@ -30,19 +30,9 @@ struct BatchAttr {
 fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> (u32, Option<io::Error>) {
     // SAFETY: attr is a valid bpf_attr prefix of the given size; the pointers
     // in it reference buffers the callers keep alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        (attr.count, Some(io::Error::last_os_error()))
-    } else {
-        (attr.count, None)
-    }
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
+    if rc < 0 { (attr.count, Some(io::Error::last_os_error())) } else { (attr.count, None) }
 }
 
 /// Where a batched walk of a map stands.
@@ -67,11 +57,7 @@ pub fn lookup_batch<K, V>(
     }
     let mut out_token: u64 = 0;
     let mut attr = BatchAttr {
-        in_batch: if cursor.started {
-            &cursor.token as *const u64 as u64
-        } else {
-            0
-        },
+        in_batch: if cursor.started { &cursor.token as *const u64 as u64 } else { 0 },
         out_batch: &mut out_token as *mut u64 as u64,
         keys: keys.as_mut_ptr() as u64,
         values: values.as_mut_ptr() as u64,

@@ -43,9 +43,7 @@ impl DisableArgs {
                 if timeout.is_zero() {
                     bail!("invalid --timeout {text:?}: use a duration above zero, or disable without --graceful");
                 }
-                Ok(DisableMode::Graceful {
-                    timeout_ms: Some(timeout.as_millis() as u64),
-                })
+                Ok(DisableMode::Graceful { timeout_ms: Some(timeout.as_millis() as u64) })
             }
             // --graceful alone drains until the last flow ends.
             (None, _) => Ok(DisableMode::Graceful { timeout_ms: None }),
@@ -65,12 +63,7 @@ fn print_json(data: &Value) {
 
 pub fn disable(socket: &Path, pool: &str, servers: &[String], args: &DisableArgs, json: bool) -> anyhow::Result<()> {
     let mode = args.mode()?;
-    let request = Request::Disable {
-        pool: pool.to_owned(),
-        servers: servers.to_vec(),
-        mode,
-        force: args.force,
-    };
+    let request = Request::Disable { pool: pool.to_owned(), servers: servers.to_vec(), mode, force: args.force };
     let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
     if json && !args.wait {
         print_json(&data);
@@ -86,10 +79,7 @@ pub fn disable(socket: &Path, pool: &str, servers: &[String], args: &DisableArgs
 }
 
 pub fn enable(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
-    let request = Request::Enable {
-        pool: pool.to_owned(),
-        servers: servers.to_vec(),
-    };
+    let request = Request::Enable { pool: pool.to_owned(), servers: servers.to_vec() };
     let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
     if json {
         print_json(&data);
@@ -104,10 +94,7 @@ fn print_changes(changes: &[Change]) {
         if c.from == c.to {
             println!("{}/{}: {} (unchanged)", c.pool, c.server, c.to);
         } else {
-            let resets = c
-                .flows_reset
-                .map(|n| format!(", {n} live TCP flow(s) reset"))
-                .unwrap_or_default();
+            let resets = c.flows_reset.map(|n| format!(", {n} live TCP flow(s) reset")).unwrap_or_default();
             println!("{}/{}: {} -> {}{resets}", c.pool, c.server, c.from, c.to);
         }
     }
@@ -168,10 +155,7 @@ pub fn pool_list(socket: &Path, json: bool) -> anyhow::Result<()> {
         print_json(&data);
         return Ok(());
     }
-    println!(
-        "{:<16} {:>7} {:>7} {:>8} {:>8}  SERVICES",
-        "POOL", "SERVERS", "ENABLED", "DRAINING", "DISABLED"
-    );
+    println!("{:<16} {:>7} {:>7} {:>8} {:>8}  SERVICES", "POOL", "SERVERS", "ENABLED", "DRAINING", "DISABLED");
     for p in pools {
         println!(
             "{:<16} {:>7} {:>7} {:>8} {:>8}  {}",
@@ -202,10 +186,7 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
             Some(why) => format!("{} ({why})", s.state),
             None => s.state.clone(),
         };
-        let deadline = s
-            .deadline_left_ms
-            .map(|ms| format_time_left(Duration::from_millis(ms)))
-            .unwrap_or("-".into());
+        let deadline = s.deadline_left_ms.map(|ms| format_time_left(Duration::from_millis(ms))).unwrap_or("-".into());
         println!(
             "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
             s.name, s.address, s.weight, state, s.active_flows, deadline, s.new_flows

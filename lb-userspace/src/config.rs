@@ -199,28 +199,21 @@ pub fn default_state_file(instance: &str) -> PathBuf {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim().to_owned(),
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string().trim().to_owned() })?;
         let mut v = Validator::default();
         let config = v.config(raw);
         if v.problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems: v.problems,
-            })
+            Err(ConfigError::Invalid { path: path.to_owned(), problems: v.problems })
         }
     }
 
@@ -237,10 +230,7 @@ struct Validator {
 
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
     fn name(&mut self, path: &str, value: Option<String>, what: &str) -> String {
@@ -251,10 +241,7 @@ impl Validator {
             }
             Some(name) => {
                 if !valid_name(&name) {
-                    self.problem(
-                        path,
-                        format!("{what} \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"),
-                    );
+                    self.problem(path, format!("{what} \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"));
                 }
                 name
             }
@@ -269,10 +256,7 @@ impl Validator {
                 Ipv4Addr::UNSPECIFIED
             }
             Some(Err(_)) => {
-                self.problem(
-                    path,
-                    format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()),
-                );
+                self.problem(path, format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()));
                 Ipv4Addr::UNSPECIFIED
             }
             None => {
@@ -312,21 +296,14 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let instance = self.name(
-            "instance",
-            Some(raw.instance.unwrap_or_else(|| "lb".to_owned())),
-            "instance name",
-        );
+        let instance = self.name("instance", Some(raw.instance.unwrap_or_else(|| "lb".to_owned())), "instance name");
         let interfaces = raw.interfaces.unwrap_or_default();
         if interfaces.is_empty() {
             self.problem("interfaces", "list at least one interface to attach to");
         }
         for (i, name) in interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                self.problem(
-                    format!("interfaces[{i}]"),
-                    format!("\"{name}\" is not an interface name"),
-                );
+                self.problem(format!("interfaces[{i}]"), format!("\"{name}\" is not an interface name"));
             }
             if interfaces[..i].contains(name) {
                 self.problem(format!("interfaces[{i}]"), format!("\"{name}\" is listed twice"));
@@ -398,15 +375,9 @@ impl Validator {
                     },
                 };
                 if let Some(j) = servers.iter().position(|s| s.name == server.name && !s.name.is_empty()) {
-                    self.problem(
-                        format!("{path}.name"),
-                        format!("\"{}\" is already servers[{j}]", server.name),
-                    );
+                    self.problem(format!("{path}.name"), format!("\"{}\" is already servers[{j}]", server.name));
                 }
-                if let Some(j) = servers
-                    .iter()
-                    .position(|s| s.address == server.address && s.port == server.port)
-                {
+                if let Some(j) = servers.iter().position(|s| s.address == server.address && s.port == server.port) {
                     self.problem(
                         format!("{path}.address"),
                         format!("{}:{} is already servers[{j}]", server.address, server.port),
@@ -418,10 +389,7 @@ impl Validator {
             pools.insert(pool_name, PoolConfig { servers });
         }
         if server_count > max_servers as usize {
-            self.problem(
-                "pools",
-                format!("{server_count} servers, more than limits.max_servers ({max_servers})"),
-            );
+            self.problem("pools", format!("{server_count} servers, more than limits.max_servers ({max_servers})"));
         }
 
         let mut services: Vec<ServiceConfig> = Vec::new();
@@ -452,15 +420,9 @@ impl Validator {
                     String::new()
                 }
             };
-            let service = ServiceConfig {
-                vip,
-                port,
-                protocol,
-                pool,
-            };
-            if let Some(j) = services
-                .iter()
-                .position(|s| s.vip == vip && s.port == port && s.protocol == protocol && port != 0)
+            let service = ServiceConfig { vip, port, protocol, pool };
+            if let Some(j) =
+                services.iter().position(|s| s.vip == vip && s.port == port && s.protocol == protocol && port != 0)
             {
                 self.problem(&path, format!("{vip}:{port}/{protocol} is already services[{j}]"));
             }
@@ -469,10 +431,7 @@ impl Validator {
         if services.len() > max_services as usize {
             self.problem(
                 "services",
-                format!(
-                    "{} services, more than limits.max_services ({max_services})",
-                    services.len()
-                ),
+                format!("{} services, more than limits.max_services ({max_services})", services.len()),
             );
         }
         Config {
@@ -493,9 +452,7 @@ impl Validator {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -556,50 +513,24 @@ mod tests {
             .replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"-5m\"")
             .replace("weight = 3", "weight = -1");
         let p = problems(&text);
-        assert!(
-            p.contains(&"services[0].pool: unknown pool \"webb\"".to_owned()),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("flows.tcp_idle_timeout: duration \"-5m\" is negative")),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&"pools.web.servers[0].weight: weight -1 is not in 0..65535".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"services[0].pool: unknown pool \"webb\"".to_owned()), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("flows.tcp_idle_timeout: duration \"-5m\" is negative")), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[0].weight: weight -1 is not in 0..65535".to_owned()), "{p:?}");
         assert_eq!(p.len(), 4, "{p:?}");
     }
 
     #[test]
     fn duplicates_and_missing_fields_are_problems() {
-        let text = GOOD
-            .replace("name = \"b\"", "name = \"a\"")
-            .replace("address = \"10.0.2.2\"", "address = \"10.0.1.2\"");
+        let text =
+            GOOD.replace("name = \"b\"", "name = \"a\"").replace("address = \"10.0.2.2\"", "address = \"10.0.1.2\"");
         let p = problems(&text);
-        assert!(
-            p.contains(&"pools.web.servers[1].name: \"a\" is already servers[0]".to_owned()),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&"pools.web.servers[1].address: 10.0.1.2:8080 is already servers[0]".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"pools.web.servers[1].name: \"a\" is already servers[0]".to_owned()), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[1].address: 10.0.1.2:8080 is already servers[0]".to_owned()), "{p:?}");
         let p = problems("interfaces = []\n[[services]]\nvip = \"10.0.0.1\"\n");
-        assert!(
-            p.contains(&"interfaces: list at least one interface to attach to".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"interfaces: list at least one interface to attach to".to_owned()), "{p:?}");
         assert!(p.contains(&"services[0].port: missing port".to_owned()), "{p:?}");
-        assert!(
-            p.contains(&"services[0].protocol: missing protocol (tcp or udp)".to_owned()),
-            "{p:?}"
-        );
+        assert!(p.contains(&"services[0].protocol: missing protocol (tcp or udp)".to_owned()), "{p:?}");
         assert!(p.contains(&"services[0].pool: missing pool".to_owned()), "{p:?}");
     }
 

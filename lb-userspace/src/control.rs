@@ -155,20 +155,13 @@ impl Control {
         let after: Vec<(AdminState, u32)> = self
             .members(pool)
             .map(|s| {
-                let t = plan
-                    .iter()
-                    .find(|(name, _)| *name == s.name)
-                    .map(|(_, t)| *t)
-                    .unwrap_or(Transition::Unchanged);
+                let t = plan.iter().find(|(name, _)| *name == s.name).map(|(_, t)| *t).unwrap_or(Transition::Unchanged);
                 (server_state::apply(&s.admin, t, now), s.weight)
             })
             .collect();
         if !force && server_state::leaves_pool_without_server(&before, &after) {
             let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(ControlError::LastServer {
-                pool: pool.to_owned(),
-                servers: names.join(", "),
-            });
+            return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", ") });
         }
         self.execute(pool, &plan, now)
     }
@@ -203,10 +196,7 @@ impl Control {
                 let slot = self
                     .tables
                     .server(pool, name)
-                    .ok_or_else(|| ControlError::UnknownServer {
-                        pool: pool.to_owned(),
-                        server: name.clone(),
-                    })?;
+                    .ok_or_else(|| ControlError::UnknownServer { pool: pool.to_owned(), server: name.clone() })?;
                 Ok((name.clone(), transition(&slot.admin)))
             })
             .collect()
@@ -337,11 +327,7 @@ impl Control {
         if !self.config.pools.contains_key(pool) {
             return Err(ControlError::UnknownPool { pool: pool.to_owned() });
         }
-        if self
-            .counts
-            .taken
-            .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
-        {
+        if self.counts.taken.is_none_or(|t| t.elapsed() > Duration::from_millis(200)) {
             self.sweep();
         }
         let now = now_ms();
@@ -352,12 +338,9 @@ impl Control {
                 let (why, deadline_left_ms) = match s.admin {
                     AdminState::Enabled => (None, None),
                     AdminState::Draining { deadline_ms: None, .. } => (Some("until drained".to_owned()), None),
-                    AdminState::Draining {
-                        deadline_ms: Some(d), ..
-                    } => (
-                        Some("deadline".to_owned()),
-                        Some(server_state::time_left(d, now).as_millis() as u64),
-                    ),
+                    AdminState::Draining { deadline_ms: Some(d), .. } => {
+                        (Some("deadline".to_owned()), Some(server_state::time_left(d, now).as_millis() as u64))
+                    }
                     AdminState::Disabled { reason, .. } => (Some(reason.label().to_owned()), None),
                 };
                 ServerView {
@@ -386,42 +369,24 @@ impl Control {
 fn event_of(state: &AdminState, change: &Change) -> (&'static str, String) {
     match state {
         AdminState::Enabled => ("enabled", format!("back in service (was {})", change.from)),
-        AdminState::Draining { deadline_ms: None, .. } => (
-            "draining",
-            "no new flows; existing flows may finish, no deadline".to_owned(),
-        ),
-        AdminState::Draining {
-            deadline_ms: Some(d), ..
-        } => (
+        AdminState::Draining { deadline_ms: None, .. } => {
+            ("draining", "no new flows; existing flows may finish, no deadline".to_owned())
+        }
+        AdminState::Draining { deadline_ms: Some(d), .. } => (
             "draining",
             format!(
                 "no new flows; flows left in {} will be terminated",
                 format_time_left(server_state::time_left(*d, now_ms()))
             ),
         ),
-        AdminState::Disabled {
-            reason: DisableReason::Immediate,
-            ..
-        } => (
-            "disabled",
-            format!(
-                "disabled at once: {} live TCP flow(s) reset",
-                change.flows_reset.unwrap_or(0)
-            ),
-        ),
-        AdminState::Disabled {
-            reason: DisableReason::Deadline,
-            ..
-        } => (
-            "deadline",
-            format!(
-                "drain deadline reached: {} live TCP flow(s) reset",
-                change.flows_reset.unwrap_or(0)
-            ),
-        ),
-        AdminState::Disabled {
-            reason: DisableReason::Drained,
-            ..
-        } => ("drained", "the last flow ended: disabled (drained)".to_owned()),
+        AdminState::Disabled { reason: DisableReason::Immediate, .. } => {
+            ("disabled", format!("disabled at once: {} live TCP flow(s) reset", change.flows_reset.unwrap_or(0)))
+        }
+        AdminState::Disabled { reason: DisableReason::Deadline, .. } => {
+            ("deadline", format!("drain deadline reached: {} live TCP flow(s) reset", change.flows_reset.unwrap_or(0)))
+        }
+        AdminState::Disabled { reason: DisableReason::Drained, .. } => {
+            ("drained", "the last flow ended: disabled (drained)".to_owned())
+        }
     }
 }

@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Flow, FlowKey, MAGLEV_TABLE_SIZE, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service,
-    ServiceKey, map_name,
+    Flow, FlowKey, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats,
+    Service, ServiceKey, map_name,
 };
 
 use crate::config::XdpMode;
@@ -32,10 +32,14 @@ pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
 }
 
+/// Small programs for the test bed and benchmarks (`pass`, `reflect`,
+/// `restore`), built by build.rs from lb-ebpf/src/test_programs.rs.
+pub fn test_programs_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-test-programs"))
+}
+
 /// Name of the balancing program in the object.
 pub const PROGRAM: &str = "lb";
-/// Name of the trivial XDP_PASS program in the object.
-pub const PASS_PROGRAM: &str = "pass";
 
 /// Root of all instances' pins.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -54,13 +58,7 @@ pub enum DatapathError {
         "pinned map {path} does not fit this agent ({what}: found {found}, expected {expected}); \
          it was made by another version or config: stop the agent and remove {dir} to start afresh"
     )]
-    PinnedMapMismatch {
-        path: PathBuf,
-        dir: PathBuf,
-        what: &'static str,
-        found: u32,
-        expected: u32,
-    },
+    PinnedMapMismatch { path: PathBuf, dir: PathBuf, what: &'static str, found: u32, expected: u32 },
     #[error("cannot read pinned map {path}")]
     PinnedMapInfo {
         path: PathBuf,
@@ -106,33 +104,21 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 9] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 12] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
-            (
-                map_name::SERVICES,
-                s(size_of::<ServiceKey>()),
-                s(size_of::<Service>()),
-                self.max_services,
-            ),
+            (map_name::SERVICES, s(size_of::<ServiceKey>()), s(size_of::<Service>()), self.max_services),
             (map_name::VIP_ADDRS, 4, 1, self.max_services),
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
-            (
-                map_name::FLOWS,
-                s(size_of::<FlowKey>()),
-                s(size_of::<Flow>()),
-                self.max_flows,
-            ),
-            (
-                map_name::REVERSE_NAT,
-                s(size_of::<FlowKey>()),
-                s(size_of::<ReverseNat>()),
-                self.max_flows,
-            ),
+            (map_name::FLOWS, s(size_of::<FlowKey>()), s(size_of::<Flow>()), self.max_flows),
+            (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
+            (map_name::PORTS, 4, 1, 65536),
+            (map_name::NEXT_HOPS, 4, s(size_of::<NextHop>()), self.max_servers),
+            (map_name::SERVER_ENDPOINTS, s(size_of::<ServiceKey>()), s(size_of::<ReverseNat>()), self.max_servers),
             (map_name::RESET_REQUESTS, 0, 0, RESET_REQUESTS_BYTES),
         ]
     }
@@ -145,9 +131,12 @@ pub struct Maps {
     pub servers: Array<MapData, Server>,
     pub maglev: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub server_endpoints: HashMap<MapData, ServiceKey, ReverseNat>,
     pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
     pub outcomes: PerCpuArray<MapData, u64>,
     pub server_stats: PerCpuArray<MapData, ServerStats>,
+    pub ports: Array<MapData, u8>,
+    pub next_hops: Array<MapData, NextHop>,
     pub reset_requests: RingBuf<MapData>,
 }
 
@@ -158,6 +147,10 @@ impl Maps {
 
     pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
         self.reverse_nat.map().fd().as_fd()
+    }
+
+    pub fn ports_fd(&self) -> BorrowedFd<'_> {
+        self.ports.map().fd().as_fd()
     }
 
     pub fn maglev_fd(&self) -> BorrowedFd<'_> {
@@ -182,10 +175,8 @@ impl Datapath {
     /// Loads the program with its maps pinned in `pin_dir` (reused if there).
     pub fn load_pinned(pin_dir: &Path, sizes: MapSizes) -> Result<Datapath, DatapathError> {
         ensure_bpffs()?;
-        std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-            path: pin_dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(pin_dir)
+            .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         check_pinned_maps(pin_dir, &sizes)?;
         Self::load(Some(pin_dir), sizes)
     }
@@ -197,9 +188,8 @@ impl Datapath {
 
     fn load(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Datapath, DatapathError> {
         let layout = sizes.layout();
-        let pin_paths: Vec<(&str, PathBuf)> = pin_dir
-            .map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect())
-            .unwrap_or_default();
+        let pin_paths: Vec<(&str, PathBuf)> =
+            pin_dir.map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect()).unwrap_or_default();
         let mut loader = EbpfLoader::new();
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
@@ -208,37 +198,21 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
-        let program: &mut Xdp =
-            ebpf.program_mut(PROGRAM)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(DatapathError::Program {
-                    name: PROGRAM,
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?;
-        program
-            .load()
-            .map_err(|source| DatapathError::Program { name: PROGRAM, source })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program { name: PROGRAM, source: aya::programs::ProgramError::NotLoaded })?;
+        program.load().map_err(|source| DatapathError::Program { name: PROGRAM, source })?;
         let maps = take_maps(&mut ebpf)?;
-        Ok(Datapath {
-            ebpf,
-            maps,
-            pin_dir: pin_dir.map(Path::to_owned),
-            attached: Vec::new(),
-        })
+        Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new() })
     }
 
     pub fn program(&self) -> &Xdp {
-        self.ebpf
-            .program(PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in Datapath::load")
+        self.ebpf.program(PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load")
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in Datapath::load")
+        self.ebpf.program_mut(PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load")
     }
 
     /// Attaches to `interface` and pins the link. An existing pinned link
@@ -252,10 +226,7 @@ impl Datapath {
             path: path.clone(),
             source,
         };
-        let attach_error = |source| DatapathError::Attach {
-            interface: interface.to_owned(),
-            source,
-        };
+        let attach_error = |source| DatapathError::Attach { interface: interface.to_owned(), source };
         let program = self.program_mut();
         let mut link_id = None;
         if path.exists() {
@@ -281,10 +252,7 @@ impl Datapath {
         let link = program.take_link(link_id).map_err(attach_error)?;
         let link: FdLink = link.try_into().map_err(|e: LinkError| pin_error(e.into()))?;
         let link = link.pin(&path).map_err(|e| pin_error(e.into()))?;
-        self.attached.push(Attached {
-            interface: interface.to_owned(),
-            link,
-        });
+        self.attached.push(Attached { interface: interface.to_owned(), link });
         Ok(())
     }
 
@@ -330,9 +298,12 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         servers: take(ebpf, map_name::SERVERS)?,
         maglev: take(ebpf, map_name::MAGLEV)?,
         flows: take(ebpf, map_name::FLOWS)?,
+        server_endpoints: take(ebpf, map_name::SERVER_ENDPOINTS)?,
         reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
         outcomes: take(ebpf, map_name::OUTCOMES)?,
         server_stats: take(ebpf, map_name::SERVER_STATS)?,
+        ports: take(ebpf, map_name::PORTS)?,
+        next_hops: take(ebpf, map_name::NEXT_HOPS)?,
         reset_requests: take(ebpf, map_name::RESET_REQUESTS)?,
     })
 }
@@ -345,23 +316,15 @@ fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathErr
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo {
-            path: path.clone(),
-            source,
-        })?;
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo { path: path.clone(), source })?;
         for (what, found, expected) in [
             ("key size", info.key_size(), key_size),
             ("value size", info.value_size(), value_size),
             ("max entries", info.max_entries(), max_entries),
         ] {
             if found != expected {
-                return Err(DatapathError::PinnedMapMismatch {
-                    path,
-                    dir: pin_dir.to_owned(),
-                    what,
-                    found,
-                    expected,
-                });
+                return Err(DatapathError::PinnedMapMismatch { path, dir: pin_dir.to_owned(), what, found, expected });
             }
         }
     }
@@ -387,28 +350,13 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// Loads only the trivial pass program (for veth peers), with minimal maps.
-pub fn load_pass_program() -> Result<Ebpf, DatapathError> {
-    let sizes = MapSizes {
-        max_flows: 1,
-        max_services: 1,
-        max_servers: 1,
-    };
-    let mut loader = EbpfLoader::new();
-    for (name, _, _, max_entries) in sizes.layout() {
-        loader.map_max_entries(name, max_entries);
-    }
-    let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
-    let program: &mut Xdp =
-        ebpf.program_mut(PASS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::Program {
-                name: PASS_PROGRAM,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?;
-    program.load().map_err(|source| DatapathError::Program {
-        name: PASS_PROGRAM,
-        source,
-    })?;
+/// Loads one of the test programs (`pass`, `reflect`, `restore`).
+pub fn load_test_program(name: &'static str) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = Ebpf::load(test_programs_object()).map_err(DatapathError::Load)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+    program.load().map_err(|source| DatapathError::Program { name, source })?;
     Ok(ebpf)
 }

@@ -37,10 +37,7 @@ impl Control {
     }
 
     fn draining(&self) -> impl Iterator<Item = &crate::tables::ServerSlot> {
-        self.tables
-            .servers
-            .values()
-            .filter(|s| matches!(s.admin, AdminState::Draining { .. }))
+        self.tables.servers.values().filter(|s| matches!(s.admin, AdminState::Draining { .. }))
     }
 
     /// Terminates, as an immediate disable would, what is left on servers
@@ -72,10 +69,7 @@ impl Control {
     fn end_drains(&mut self, servers: Vec<(String, String)>, reason: DisableReason) {
         let mut by_pool: BTreeMap<String, Vec<(String, Transition)>> = BTreeMap::new();
         for (pool, server) in servers {
-            by_pool
-                .entry(pool)
-                .or_default()
-                .push((server, Transition::Terminate(reason)));
+            by_pool.entry(pool).or_default().push((server, Transition::Terminate(reason)));
         }
         for (pool, plan) in by_pool {
             if let Err(e) = self.execute(&pool, &plan, now_ms()) {
@@ -98,12 +92,7 @@ impl Control {
     /// Walks the flow table: ages flows out and counts live flows per server.
     pub(crate) fn sweep(&mut self) {
         let started = Instant::now();
-        match flow_aging::sweep(
-            &self.dp.maps,
-            &self.tables,
-            &self.config.flows,
-            flow_aging::datapath_now_ns(),
-        ) {
+        match flow_aging::sweep(&self.dp.maps, &self.tables, &self.config.flows, flow_aging::datapath_now_ns()) {
             Ok(report) => {
                 if report.expired > 0 {
                     log::debug!("flow sweep: {} flows, {} expired", report.scanned, report.expired);
@@ -125,9 +114,7 @@ impl Control {
         for s in self.draining() {
             let flows = self.counts.active.get(&s.id).copied().unwrap_or(0);
             let left = match s.admin {
-                AdminState::Draining {
-                    deadline_ms: Some(d), ..
-                } => {
+                AdminState::Draining { deadline_ms: Some(d), .. } => {
                     format!("{} to the deadline", format_time_left(server_state::time_left(d, now)))
                 }
                 _ => "no deadline".to_owned(),

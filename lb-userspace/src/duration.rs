@@ -102,10 +102,7 @@ mod tests {
         assert!(matches!(parse_duration("5x"), Err(DurationError::Malformed { .. })));
         assert!(matches!(parse_duration("s"), Err(DurationError::Malformed { .. })));
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert!(matches!(
-            parse_duration("99999999999999999999s"),
-            Err(DurationError::Overflow { .. })
-        ));
+        assert!(matches!(parse_duration("99999999999999999999s"), Err(DurationError::Overflow { .. })));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64)
                 continue;
             }
             expired.push(*key);
-            if let Some(server) = tables.server_by_id(flow.server_id) {
+            if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
                 expired_replies.push(reply_key(key, server.address, server.port));
             }
         }

@@ -94,11 +94,7 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Member {
-                id: i as u32,
-                identity: identity("pool", &format!("server-{i}")),
-                weight,
-            })
+            .map(|(i, &weight)| Member { id: i as u32, identity: identity("pool", &format!("server-{i}")), weight })
             .collect()
     }
 
@@ -126,10 +122,7 @@ mod tests {
         let table = build_table(&members(&weights));
         for (i, share) in shares(&table, weights.len()).into_iter().enumerate() {
             let want = weights[i] as f64 / total as f64;
-            assert!(
-                (share - want).abs() / want < 0.03,
-                "server {i}: share {share}, want {want}"
-            );
+            assert!((share - want).abs() / want < 0.03, "server {i}: share {share}, want {want}");
         }
     }
 
@@ -158,11 +151,7 @@ mod tests {
         // Maglev trades perfect stability for balance: a small fraction of
         // other slots move too (a few percent).
         let moved = kept_moved as f64 / before.len() as f64;
-        assert!(
-            moved < 0.03,
-            "{:.2}% of the remaining servers' slots moved",
-            moved * 100.0
-        );
+        assert!(moved < 0.03, "{:.2}% of the remaining servers' slots moved", moved * 100.0);
     }
 
     #[test]

@@ -106,11 +106,7 @@ enum PoolCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
-        .parse_env("RUST_LOG")
-        .format_target(false)
-        .init();
+    env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_target(false).init();
     match run(cli.command, &cli.socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -125,46 +121,22 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Agent { config, check } => {
             let config = Config::load(&config)?;
             if check {
-                println!(
-                    "config is valid: {} service(s), {} pool(s)",
-                    config.services.len(),
-                    config.pools.len()
-                );
+                println!("config is valid: {} service(s), {} pool(s)", config.services.len(), config.pools.len());
                 return Ok(());
             }
             agent::run(config)
         }
         Command::Server {
-            command:
-                ServerCommand::Disable {
-                    pool,
-                    servers,
-                    graceful,
-                    timeout,
-                    until_drained,
-                    force,
-                    wait,
-                    json,
-                },
+            command: ServerCommand::Disable { pool, servers, graceful, timeout, until_drained, force, wait, json },
         } => {
-            let args = DisableArgs {
-                graceful,
-                timeout,
-                until_drained,
-                force,
-                wait,
-            };
+            let args = DisableArgs { graceful, timeout, until_drained, force, wait };
             cli::disable(socket, &pool, &servers, &args, json)
         }
-        Command::Server {
-            command: ServerCommand::Enable { pool, servers, json },
-        } => cli::enable(socket, &pool, &servers, json),
-        Command::Pool {
-            command: PoolCommand::List { json },
-        } => cli::pool_list(socket, json),
-        Command::Pool {
-            command: PoolCommand::Show { pool, json },
-        } => cli::pool_show(socket, &pool, json),
+        Command::Server { command: ServerCommand::Enable { pool, servers, json } } => {
+            cli::enable(socket, &pool, &servers, json)
+        }
+        Command::Pool { command: PoolCommand::List { json } } => cli::pool_list(socket, json),
+        Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
         Command::Events { json } => cli::events(socket, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;

@@ -10,10 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch: deadlines are wall-clock instants, so
 /// a restarted agent fires them at the same moment.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Why a server is disabled.
@@ -77,9 +74,7 @@ impl AdminState {
         match self {
             AdminState::Enabled => "ENABLED".to_owned(),
             AdminState::Draining { deadline_ms: None, .. } => "DRAINING (until drained)".to_owned(),
-            AdminState::Draining {
-                deadline_ms: Some(_), ..
-            } => "DRAINING (with deadline)".to_owned(),
+            AdminState::Draining { deadline_ms: Some(_), .. } => "DRAINING (with deadline)".to_owned(),
             AdminState::Disabled { reason, .. } => format!("DISABLED ({})", reason.label()),
         }
     }
@@ -112,16 +107,12 @@ pub fn disable(current: &AdminState, mode: DisableMode, now_ms: u64) -> Transiti
     match (current, mode) {
         (AdminState::Disabled { .. }, _) => Transition::Unchanged,
         (_, DisableMode::Immediate) => Transition::Terminate(DisableReason::Immediate),
-        (AdminState::Enabled, DisableMode::Graceful { timeout_ms }) => Transition::Drain(AdminState::Draining {
-            since_ms: now_ms,
-            deadline_ms: timeout_ms.map(|t| now_ms + t),
-        }),
+        (AdminState::Enabled, DisableMode::Graceful { timeout_ms }) => {
+            Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms: timeout_ms.map(|t| now_ms + t) })
+        }
         // A graceful disable of a draining server sets its deadline anew.
         (AdminState::Draining { since_ms, .. }, DisableMode::Graceful { timeout_ms }) => {
-            Transition::Drain(AdminState::Draining {
-                since_ms: *since_ms,
-                deadline_ms: timeout_ms.map(|t| now_ms + t),
-            })
+            Transition::Drain(AdminState::Draining { since_ms: *since_ms, deadline_ms: timeout_ms.map(|t| now_ms + t) })
         }
     }
 }
@@ -138,10 +129,7 @@ pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> Admin
     match transition {
         Transition::Unchanged => *current,
         Transition::Drain(state) => state,
-        Transition::Terminate(reason) => AdminState::Disabled {
-            since_ms: now_ms,
-            reason,
-        },
+        Transition::Terminate(reason) => AdminState::Disabled { since_ms: now_ms, reason },
         Transition::Enable => AdminState::Enabled,
     }
 }
@@ -150,10 +138,7 @@ pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> Admin
 /// flows with none. `before` and `after` are (state, weight) of every member.
 pub fn leaves_pool_without_server(before: &[(AdminState, u32)], after: &[(AdminState, u32)]) -> bool {
     let serving = |members: &[(AdminState, u32)]| {
-        members
-            .iter()
-            .filter(|(state, weight)| *state == AdminState::Enabled && *weight > 0)
-            .count()
+        members.iter().filter(|(state, weight)| *state == AdminState::Enabled && *weight > 0).count()
     };
     serving(before) > 0 && serving(after) == 0
 }
@@ -171,101 +156,46 @@ mod tests {
 
     #[test]
     fn graceful_disable_drains_with_or_without_deadline() {
-        let t = disable(
-            &AdminState::Enabled,
-            DisableMode::Graceful { timeout_ms: Some(3000) },
-            NOW,
-        );
-        assert_eq!(
-            t,
-            Transition::Drain(AdminState::Draining {
-                since_ms: NOW,
-                deadline_ms: Some(NOW + 3000)
-            })
-        );
+        let t = disable(&AdminState::Enabled, DisableMode::Graceful { timeout_ms: Some(3000) }, NOW);
+        assert_eq!(t, Transition::Drain(AdminState::Draining { since_ms: NOW, deadline_ms: Some(NOW + 3000) }));
         let t = disable(&AdminState::Enabled, DisableMode::Graceful { timeout_ms: None }, NOW);
-        assert_eq!(
-            t,
-            Transition::Drain(AdminState::Draining {
-                since_ms: NOW,
-                deadline_ms: None
-            })
-        );
+        assert_eq!(t, Transition::Drain(AdminState::Draining { since_ms: NOW, deadline_ms: None }));
     }
 
     #[test]
     fn disabling_a_disabled_server_changes_nothing() {
-        let disabled = AdminState::Disabled {
-            since_ms: 5,
-            reason: DisableReason::Drained,
-        };
+        let disabled = AdminState::Disabled { since_ms: 5, reason: DisableReason::Drained };
         assert_eq!(disable(&disabled, DisableMode::Immediate, NOW), Transition::Unchanged);
-        assert_eq!(
-            disable(&disabled, DisableMode::Graceful { timeout_ms: None }, NOW),
-            Transition::Unchanged
-        );
+        assert_eq!(disable(&disabled, DisableMode::Graceful { timeout_ms: None }, NOW), Transition::Unchanged);
     }
 
     #[test]
     fn a_draining_server_gets_a_new_deadline_or_is_terminated() {
-        let draining = AdminState::Draining {
-            since_ms: 5,
-            deadline_ms: Some(10),
-        };
+        let draining = AdminState::Draining { since_ms: 5, deadline_ms: Some(10) };
         assert_eq!(
-            disable(
-                &draining,
-                DisableMode::Graceful {
-                    timeout_ms: Some(60_000)
-                },
-                NOW
-            ),
-            Transition::Drain(AdminState::Draining {
-                since_ms: 5,
-                deadline_ms: Some(NOW + 60_000)
-            })
+            disable(&draining, DisableMode::Graceful { timeout_ms: Some(60_000) }, NOW),
+            Transition::Drain(AdminState::Draining { since_ms: 5, deadline_ms: Some(NOW + 60_000) })
         );
-        assert_eq!(
-            disable(&draining, DisableMode::Immediate, NOW),
-            Transition::Terminate(DisableReason::Immediate)
-        );
+        assert_eq!(disable(&draining, DisableMode::Immediate, NOW), Transition::Terminate(DisableReason::Immediate));
     }
 
     #[test]
     fn enable_from_any_state() {
         assert_eq!(enable(&AdminState::Enabled), Transition::Unchanged);
-        assert_eq!(
-            enable(&AdminState::Draining {
-                since_ms: 1,
-                deadline_ms: None
-            }),
-            Transition::Enable
-        );
-        let disabled = AdminState::Disabled {
-            since_ms: 1,
-            reason: DisableReason::Deadline,
-        };
+        assert_eq!(enable(&AdminState::Draining { since_ms: 1, deadline_ms: None }), Transition::Enable);
+        let disabled = AdminState::Disabled { since_ms: 1, reason: DisableReason::Deadline };
         assert_eq!(apply(&disabled, enable(&disabled), NOW), AdminState::Enabled);
     }
 
     #[test]
     fn the_guard_protects_the_last_serving_server() {
-        let draining = AdminState::Draining {
-            since_ms: 1,
-            deadline_ms: None,
-        };
+        let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
         let e = AdminState::Enabled;
-        assert!(leaves_pool_without_server(
-            &[(e, 1), (e, 1)],
-            &[(draining, 1), (draining, 1)]
-        ));
+        assert!(leaves_pool_without_server(&[(e, 1), (e, 1)], &[(draining, 1), (draining, 1)]));
         assert!(!leaves_pool_without_server(&[(e, 1), (e, 1)], &[(draining, 1), (e, 1)]));
         // Weight 0 takes no new flows: it does not count as serving.
         assert!(leaves_pool_without_server(&[(e, 1), (e, 0)], &[(draining, 1), (e, 0)]));
         // Already without a serving server: nothing more to protect.
-        assert!(!leaves_pool_without_server(
-            &[(draining, 1), (e, 0)],
-            &[(draining, 1), (draining, 0)]
-        ));
+        assert!(!leaves_pool_without_server(&[(draining, 1), (e, 0)], &[(draining, 1), (draining, 0)]));
     }
 }

@@ -45,44 +45,27 @@ pub fn load(path: &Path) -> Result<AdminStates, StateFileError> {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AdminStates::new()),
         Err(source) => {
-            return Err(StateFileError::Read {
-                path: path.to_owned(),
-                source,
-            });
+            return Err(StateFileError::Read { path: path.to_owned(), source });
         }
     };
-    let corrupt = |message: String| StateFileError::Corrupt {
-        path: path.to_owned(),
-        message,
-    };
+    let corrupt = |message: String| StateFileError::Corrupt { path: path.to_owned(), message };
     let file: File = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if file.version != VERSION {
-        return Err(corrupt(format!(
-            "version {} (this agent writes {VERSION})",
-            file.version
-        )));
+        return Err(corrupt(format!("version {} (this agent writes {VERSION})", file.version)));
     }
     let mut states = AdminStates::new();
     for (name, state) in file.servers {
-        let (pool, server) = name
-            .split_once('/')
-            .ok_or_else(|| corrupt(format!("bad server name {name:?}")))?;
+        let (pool, server) = name.split_once('/').ok_or_else(|| corrupt(format!("bad server name {name:?}")))?;
         states.insert((pool.to_owned(), server.to_owned()), state);
     }
     Ok(states)
 }
 
 pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
-    let write_err = |source| StateFileError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_err = |source| StateFileError::Write { path: path.to_owned(), source };
     let file = File {
         version: VERSION,
-        servers: states
-            .iter()
-            .map(|((pool, server), state)| (format!("{pool}/{server}"), *state))
-            .collect(),
+        servers: states.iter().map(|((pool, server), state)| (format!("{pool}/{server}"), *state)).collect(),
     };
     let text = serde_json::to_string_pretty(&file).expect("states serialise");
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -107,20 +90,8 @@ mod tests {
         let path = dir.join("state.json");
         assert!(load(&path).unwrap().is_empty());
         let mut states = AdminStates::new();
-        states.insert(
-            ("web".into(), "a".into()),
-            AdminState::Draining {
-                since_ms: 1,
-                deadline_ms: Some(99),
-            },
-        );
-        states.insert(
-            ("web".into(), "b".into()),
-            AdminState::Disabled {
-                since_ms: 2,
-                reason: DisableReason::Drained,
-            },
-        );
+        states.insert(("web".into(), "a".into()), AdminState::Draining { since_ms: 1, deadline_ms: Some(99) });
+        states.insert(("web".into(), "b".into()), AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained });
         save(&path, &states).unwrap();
         assert_eq!(load(&path).unwrap(), states);
         std::fs::write(&path, "{").unwrap();

@@ -9,7 +9,10 @@
 use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
 
 use aya::maps::MapError;
-use lb_common::{MAGLEV_TABLE_SIZE, Server, Service, ServiceKey, server_state};
+use lb_common::{
+    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, ServiceKey, port_use, server_flags,
+    server_state,
+};
 
 use crate::{
     bpf_batch,
@@ -37,6 +40,11 @@ pub enum TablesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write the port filter")]
+    Ports {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the server table is full ({max} slots)")]
     ServerTableFull { max: u32 },
 }
@@ -57,6 +65,9 @@ pub struct ServerSlot {
     pub identity: u64,
     /// The operator's state: the one source of the code the datapath reads.
     pub admin: AdminState,
+    /// Its endpoint serves several services: its flows have per-flow
+    /// return-path entries (see `server_endpoints`).
+    pub shared_endpoint: bool,
 }
 
 impl ServerSlot {
@@ -65,7 +76,7 @@ impl ServerSlot {
             addr: u32::from_ne_bytes(self.address.octets()),
             port: self.port.to_be(),
             state: self.admin.code(),
-            _pad: 0,
+            flags: if self.shared_endpoint { server_flags::SHARED_ENDPOINT } else { 0 },
             identity: self.identity,
         }
     }
@@ -119,10 +130,7 @@ impl Tables {
 
     /// Writes a server's state code into the server table.
     pub fn write_server(&self, dp: &mut Datapath, slot: &ServerSlot) -> Result<(), TablesError> {
-        dp.maps
-            .servers
-            .set(slot.id, slot.entry(), 0)
-            .map_err(map_err("write", "servers"))
+        dp.maps.servers.set(slot.id, slot.entry(), 0).map_err(map_err("write", "servers"))
     }
 
     /// The services served by `pool`.
@@ -135,11 +143,8 @@ impl Tables {
     /// `states` (ENABLED when absent).
     pub fn apply(dp: &mut Datapath, config: &Config, states: &AdminStates) -> Result<Tables, TablesError> {
         let previous = read_server_table(dp, config.max_servers)?;
-        let by_identity: HashMap<u64, u32> = previous
-            .iter()
-            .filter(|(_, s)| s.state != server_state::UNUSED)
-            .map(|(id, s)| (s.identity, *id))
-            .collect();
+        let by_identity: HashMap<u64, u32> =
+            previous.iter().filter(|(_, s)| s.state != server_state::UNUSED).map(|(id, s)| (s.identity, *id)).collect();
 
         // Ids: keep each member's previous id, give new members free ones.
         let mut tables = Tables::default();
@@ -159,9 +164,10 @@ impl Tables {
             let id = match id {
                 Some(id) => id,
                 None => {
-                    let free = taken.iter().position(|t| !t).ok_or(TablesError::ServerTableFull {
-                        max: config.max_servers,
-                    })?;
+                    let free = taken
+                        .iter()
+                        .position(|t| !t)
+                        .ok_or(TablesError::ServerTableFull { max: config.max_servers })?;
                     taken[free] = true;
                     free as u32
                 }
@@ -174,10 +180,8 @@ impl Tables {
                 port: server.port,
                 weight: server.weight,
                 identity,
-                admin: states
-                    .get(&(pool.clone(), server.name.clone()))
-                    .copied()
-                    .unwrap_or(AdminState::Enabled),
+                admin: states.get(&(pool.clone(), server.name.clone())).copied().unwrap_or(AdminState::Enabled),
+                shared_endpoint: false,
             };
             tables.servers.insert((pool.clone(), server.name.clone()), slot);
         }
@@ -193,14 +197,34 @@ impl Tables {
                 pool: s.pool.clone(),
             })
             .collect();
-
-        // 1. Servers first: everything below may point at them.
-        for slot in tables.servers.values() {
-            dp.maps
-                .servers
-                .set(slot.id, slot.entry(), 0)
-                .map_err(map_err("write", "servers"))?;
+        let endpoints = tables.endpoints();
+        for slot in tables.servers.values_mut() {
+            let addr = u32::from_ne_bytes(slot.address.octets());
+            slot.shared_endpoint =
+                endpoints.iter().any(|(key, nat)| nat.shared != 0 && key.addr == addr && key.port == slot.port.to_be());
         }
+
+        // 1. Servers first: everything below may point at them. Their cached
+        // next hops go: an address may have changed.
+        for slot in tables.servers.values() {
+            dp.maps.servers.set(slot.id, slot.entry(), 0).map_err(map_err("write", "servers"))?;
+            dp.maps.next_hops.set(slot.id, NextHop::default(), 0).map_err(map_err("clear", "next_hops"))?;
+        }
+        // Where replies come from, before any service sends traffic there.
+        for (key, nat) in &endpoints {
+            dp.maps.server_endpoints.insert(key, nat, 0).map_err(map_err("write", "server_endpoints"))?;
+        }
+        // The port filter, before the services and endpoints it lets through.
+        let mut ports = vec![0u8; 65536];
+        for service in &tables.services {
+            ports[service.key().port as usize] |= port_use::SERVICE;
+        }
+        for key in endpoints.keys() {
+            ports[key.port as usize] |= port_use::SERVER;
+        }
+        let indexes: Vec<u32> = (0..65536).collect();
+        bpf_batch::update_batch(dp.maps.ports_fd(), &indexes, &ports)
+            .map_err(|source| TablesError::Ports { source })?;
         // 2. Maglev rows, then the services that use them.
         for service in &tables.services {
             tables.write_maglev_row(dp, service)?;
@@ -208,46 +232,59 @@ impl Tables {
                 .services
                 .insert(service.key(), Service { index: service.index }, 0)
                 .map_err(map_err("write", "services"))?;
-            dp.maps
-                .vip_addrs
-                .insert(service.key().addr, 0, 0)
-                .map_err(map_err("write", "vip_addrs"))?;
+            dp.maps.vip_addrs.insert(service.key().addr, 0, 0).map_err(map_err("write", "vip_addrs"))?;
         }
         // 3. Remove what the config no longer has.
         let keep: Vec<ServiceKey> = tables.services.iter().map(ServiceSlot::key).collect();
-        let stale: Vec<ServiceKey> = dp
-            .maps
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
+        let stale: Vec<ServiceKey> =
+            dp.maps.services.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
         for key in stale {
             dp.maps.services.remove(&key).map_err(map_err("clean", "services"))?;
         }
-        let stale: Vec<u32> = dp
-            .maps
-            .vip_addrs
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|a| !keep.iter().any(|k| k.addr == *a))
-            .collect();
+        let stale: Vec<u32> =
+            dp.maps.vip_addrs.keys().filter_map(Result::ok).filter(|a| !keep.iter().any(|k| k.addr == *a)).collect();
         for addr in stale {
             dp.maps.vip_addrs.remove(&addr).map_err(map_err("clean", "vip_addrs"))?;
         }
+        let stale: Vec<EndpointKey> =
+            dp.maps.server_endpoints.keys().filter_map(Result::ok).filter(|k| !endpoints.contains_key(k)).collect();
+        for key in stale {
+            dp.maps.server_endpoints.remove(&key).map_err(map_err("clean", "server_endpoints"))?;
+        }
         for (id, old) in previous {
             if old.state != server_state::UNUSED && tables.server_by_id(id).is_none() {
-                let unused = Server {
-                    state: server_state::UNUSED,
-                    ..old
-                };
-                dp.maps
-                    .servers
-                    .set(id, unused, 0)
-                    .map_err(map_err("clean", "servers"))?;
+                let unused = Server { state: server_state::UNUSED, ..old };
+                dp.maps.servers.set(id, unused, 0).map_err(map_err("clean", "servers"))?;
             }
         }
         Ok(tables)
+    }
+
+    /// Every server endpoint with the VIP its replies come from; an endpoint
+    /// serving several services is marked shared.
+    fn endpoints(&self) -> HashMap<EndpointKey, ReverseNat> {
+        let mut endpoints: HashMap<EndpointKey, ReverseNat> = HashMap::new();
+        for service in &self.services {
+            let vip = service.key();
+            for slot in self.servers.values().filter(|s| s.pool == service.pool) {
+                let key = EndpointKey {
+                    addr: u32::from_ne_bytes(slot.address.octets()),
+                    port: slot.port.to_be(),
+                    proto: vip.proto,
+                    _pad: 0,
+                };
+                let nat = ReverseNat { vip: vip.addr, port: vip.port, shared: 0, _pad: 0 };
+                endpoints
+                    .entry(key)
+                    .and_modify(|known| {
+                        if (known.vip, known.port) != (nat.vip, nat.port) {
+                            known.shared = 1;
+                        }
+                    })
+                    .or_insert(nat);
+            }
+        }
+        endpoints
     }
 
     /// Recomputes and writes a service's Maglev row from its pool's servers
@@ -257,19 +294,13 @@ impl Tables {
             .servers
             .values()
             .filter(|s| s.pool == service.pool && s.takes_new_flows())
-            .map(|s| Member {
-                id: s.id,
-                identity: s.identity,
-                weight: s.weight,
-            })
+            .map(|s| Member { id: s.id, identity: s.identity, weight: s.weight })
             .collect();
         let row = maglev::build_table(&members);
         let base = service.index * MAGLEV_TABLE_SIZE;
         let keys: Vec<u32> = (base..base + MAGLEV_TABLE_SIZE).collect();
-        bpf_batch::update_batch(dp.maps.maglev_fd(), &keys, &row).map_err(|source| TablesError::Maglev {
-            service: service.label(),
-            source,
-        })
+        bpf_batch::update_batch(dp.maps.maglev_fd(), &keys, &row)
+            .map_err(|source| TablesError::Maglev { service: service.label(), source })
     }
 }
 

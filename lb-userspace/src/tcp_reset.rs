@@ -29,14 +29,8 @@ pub struct Reset {
 impl Reset {
     pub fn from_request(r: &ResetRequest) -> Reset {
         Reset {
-            src: Endpoint {
-                addr: Ipv4Addr::from(r.src_addr.to_ne_bytes()),
-                port: u16::from_be(r.src_port),
-            },
-            dst: Endpoint {
-                addr: Ipv4Addr::from(r.dst_addr.to_ne_bytes()),
-                port: u16::from_be(r.dst_port),
-            },
+            src: Endpoint { addr: Ipv4Addr::from(r.src_addr.to_ne_bytes()), port: u16::from_be(r.src_port) },
+            dst: Endpoint { addr: Ipv4Addr::from(r.dst_addr.to_ne_bytes()), port: u16::from_be(r.dst_port) },
             seq: r.seq,
         }
     }
@@ -67,10 +61,7 @@ impl Reset {
 }
 
 fn sum_words(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum()
+    bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
 }
 
 fn checksum(bytes: &[u8], extra: u32) -> u16 {
@@ -95,9 +86,7 @@ impl ResetSender {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh, valid descriptor.
-        Ok(ResetSender {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(ResetSender { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     pub fn send(&self, reset: &Reset) -> io::Result<()> {
@@ -105,9 +94,7 @@ impl ResetSender {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(reset.dst.addr.octets()),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(reset.dst.addr.octets()) },
             sin_zero: [0; 8],
         };
         // SAFETY: valid buffer and address for the duration of the call.
@@ -121,11 +108,7 @@ impl ResetSender {
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
             )
         };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
@@ -136,14 +119,8 @@ mod tests {
     #[test]
     fn reset_packet_has_valid_checksums() {
         let r = Reset {
-            src: Endpoint {
-                addr: Ipv4Addr::new(10, 100, 0, 1),
-                port: 80,
-            },
-            dst: Endpoint {
-                addr: Ipv4Addr::new(10, 0, 0, 2),
-                port: 40000,
-            },
+            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1), port: 80 },
+            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2), port: 40000 },
             seq: 0xdead_beef,
         };
         let p = r.packet();

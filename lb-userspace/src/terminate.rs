@@ -32,10 +32,7 @@ pub struct Termination {
 }
 
 fn endpoint(addr: u32, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Ipv4Addr::from(addr.to_ne_bytes()),
-        port: u16::from_be(port),
-    }
+    Endpoint { addr: Ipv4Addr::from(addr.to_ne_bytes()), port: u16::from_be(port) }
 }
 
 /// The two resets of a live TCP flow: to the client as from the VIP, and to
@@ -46,18 +43,10 @@ pub fn resets_for(key: &FlowKey, flow: &Flow, server: Endpoint) -> Vec<Reset> {
     let vip = endpoint(key.dst_addr, key.dst_port);
     let mut resets = Vec::with_capacity(2);
     if flow.seen & flow_seen::SERVER_SEQ != 0 {
-        resets.push(Reset {
-            src: vip,
-            dst: client,
-            seq: flow.server_next_seq,
-        });
+        resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq });
     }
     if flow.seen & flow_seen::CLIENT_SEQ != 0 {
-        resets.push(Reset {
-            src: client,
-            dst: server,
-            seq: flow.client_next_seq,
-        });
+        resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq });
     }
     resets
 }
@@ -85,21 +74,16 @@ pub fn terminate(
             if let Some(server) = server {
                 let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
                 if live_tcp {
-                    for reset in resets_for(
-                        key,
-                        flow,
-                        Endpoint {
-                            addr: server.address,
-                            port: server.port,
-                        },
-                    ) {
+                    for reset in resets_for(key, flow, Endpoint { addr: server.address, port: server.port }) {
                         if let Err(e) = sender.send(&reset) {
                             log::warn!("cannot send reset {reset:?}: {e}");
                         }
                     }
                     *done.reset_by_server.entry(flow.server_id).or_default() += 1;
                 }
-                purge_replies.push(reply_key(key, server.address, server.port));
+                if server.shared_endpoint {
+                    purge_replies.push(reply_key(key, server.address, server.port));
+                }
             }
             purge.push(*key);
         }

@@ -60,12 +60,7 @@ impl Agent {
 
     /// Runs `lb --socket <this agent's socket> args...`; returns (success, stdout, stderr).
     pub fn lb(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.lb)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("run lb");
+        let out = Command::new(&self.lb).arg("--socket").arg(self.socket()).args(args).output().expect("run lb");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -109,11 +104,7 @@ impl Agent {
 
     fn launch(&mut self) {
         self.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("agent log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("agent log");
         let child = self
             .lb_command()
             .args(["--log-level", "debug", "agent", "--config"])
@@ -136,12 +127,7 @@ impl Agent {
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
             let attached = self.log().matches("attached to").count() as u32 >= self.starts;
-            if attached
-                && self
-                    .interfaces
-                    .iter()
-                    .all(|i| self.pin_dir().join(format!("link_{i}")).exists())
-            {
+            if attached && self.interfaces.iter().all(|i| self.pin_dir().join(format!("link_{i}")).exists()) {
                 return;
             }
             if Instant::now() > deadline {

@@ -61,30 +61,8 @@ impl FixtureNet {
 pub fn fixture_netns() -> FixtureNet {
     let ns = NetNs::create(&format!("{}-fix", crate::netns::unique_prefix()));
     ns.sysctl("net.ipv4.ip_forward", "1");
-    ns.ip(&[
-        "link",
-        "add",
-        "toclient",
-        "address",
-        "02:00:00:00:00:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "clientpeer",
-    ]);
-    ns.ip(&[
-        "link",
-        "add",
-        "toserver",
-        "address",
-        "02:00:00:00:01:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "serverpeer",
-    ]);
+    ns.ip(&["link", "add", "toclient", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "clientpeer"]);
+    ns.ip(&["link", "add", "toserver", "address", "02:00:00:00:01:01", "type", "veth", "peer", "name", "serverpeer"]);
     for dev in ["toclient", "clientpeer", "toserver", "serverpeer"] {
         ns.ip(&["link", "set", dev, "up"]);
     }
@@ -99,10 +77,7 @@ pub fn fixture_netns() -> FixtureNet {
     ] {
         ns.ip(&["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"]);
     }
-    let pass = ["toclient", "toserver"]
-        .iter()
-        .map(|dev| attach_pass(&ns, dev))
-        .collect();
+    let pass = ["toclient", "toserver"].iter().map(|dev| attach_pass(&ns, dev)).collect();
     FixtureNet { _pass: pass, ns }
 }
 
@@ -156,9 +131,7 @@ impl FixtureBed {
         let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
         let tables = Tables::apply(&mut dp, &config, &AdminStates::new()).expect("apply config");
         let resets = ResetSender::new().expect("raw socket");
-        FixtureBed {
-            control: Control::new(config, dp, tables, resets),
-        }
+        FixtureBed { control: Control::new(config, dp, tables, resets) }
     }
 
     pub fn dp(&self) -> &Datapath {
@@ -183,10 +156,7 @@ impl FixtureBed {
     }
 
     pub fn server_id(&self, pool: &str, server: &str) -> u32 {
-        self.tables()
-            .server(pool, server)
-            .unwrap_or_else(|| panic!("no server {pool}/{server}"))
-            .id
+        self.tables().server(pool, server).unwrap_or_else(|| panic!("no server {pool}/{server}")).id
     }
 
     pub fn server_stats(&self, pool: &str, server: &str) -> ServerStats {
@@ -216,12 +186,7 @@ impl FixtureBed {
         let id = self.server_id(pool, server);
         let mut entry = self.control.dp.maps.servers.get(&id, 0).expect("server entry");
         entry.state = code;
-        self.control
-            .dp
-            .maps
-            .servers
-            .set(id, entry, 0)
-            .expect("write server entry");
+        self.control.dp.maps.servers.set(id, entry, 0).expect("write server entry");
     }
 
     /// The resets the datapath asked the agent to send, oldest first.
@@ -235,23 +200,8 @@ impl FixtureBed {
 
     /// Runs one frame through the program; returns the verdict and the frame after it.
     pub fn run_frame(&self, frame: &[u8], ingress: &str) -> (u32, Vec<u8>) {
-        let ifindex = ifindex(ingress);
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        let result = self
-            .dp()
-            .program()
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame on {ingress}: {e:?}", frame.len()));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let (verdict, out, _) = test_run(self.dp().program(), frame, ifindex(ingress));
+        (verdict, out)
     }
 
     /// Runs the cases in order; panics at the first one that fails, naming it.
@@ -338,7 +288,30 @@ fn state_file_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}-fixture-state.json", crate::netns::unique_prefix()))
 }
 
-fn ifindex(name: &str) -> u32 {
+/// Runs `frame` once through `program` as if it arrived on `ingress_ifindex`;
+/// returns the verdict, the frame after it, and the kernel's timing of the run.
+pub fn test_run(
+    program: &aya::programs::Xdp,
+    frame: &[u8],
+    ingress_ifindex: u32,
+) -> (u32, Vec<u8>, std::time::Duration) {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    let result =
+        program.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e:?}", frame.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out, result.duration)
+}
+
+/// The index of an interface of the current namespace.
+pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("no NUL");
     // SAFETY: valid C string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -358,11 +331,7 @@ pub fn verdict_name(v: u32) -> &'static str {
 }
 
 fn diff(expected: &[u8], got: &[u8]) -> String {
-    let first = expected
-        .iter()
-        .zip(got)
-        .position(|(a, b)| a != b)
-        .unwrap_or(expected.len().min(got.len()));
+    let first = expected.iter().zip(got).position(|(a, b)| a != b).unwrap_or(expected.len().min(got.len()));
     format!(
         "length expected {} got {}; first difference at byte {first}\nexpected: {}\n     got: {}",
         expected.len(),
@@ -373,11 +342,7 @@ fn diff(expected: &[u8], got: &[u8]) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .chunks(2)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.chunks(2).map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>().join(" ")
 }
 
 /// The flow-table key of a client's flow to a VIP.

@@ -2,6 +2,7 @@
 //! real agent, and a packet builder for datapath fixtures.
 
 pub mod agent;
+pub mod bench;
 pub mod fixture;
 pub mod netns;
 pub mod packet;

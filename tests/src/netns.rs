@@ -40,10 +40,7 @@ impl NetNs {
         must(Command::new("ip").args(["netns", "add", name]));
         let path = format!("/run/netns/{name}");
         let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-        let ns = NetNs {
-            name: name.to_owned(),
-            file,
-        };
+        let ns = NetNs { name: name.to_owned(), file };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -56,8 +53,7 @@ impl NetNs {
     /// Sets a sysctl of this namespace (net.*).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.run(|| std::fs::write(&path, value))
-            .unwrap_or_else(|e| panic!("{}: cannot set {key}: {e}", self.name));
+        self.run(|| std::fs::write(&path, value)).unwrap_or_else(|e| panic!("{}: cannot set {key}: {e}", self.name));
     }
 
     /// Runs `f` on a thread inside this namespace. Sockets created there

@@ -43,18 +43,12 @@ impl Server {
         let served = Arc::new(AtomicU64::new(0));
         let resets = Arc::new(AtomicU64::new(0));
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let (name_, stop_, served_, resets_) = (
-            name.to_owned(),
-            Arc::clone(&stop),
-            Arc::clone(&served),
-            Arc::clone(&resets),
-        );
+        let (name_, stop_, served_, resets_) =
+            (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets));
         let thread = match kind {
             Kind::UdpEcho => {
                 let socket = ns.run(|| UdpSocket::bind(addr)).expect("bind UDP server");
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(50)))
-                    .expect("timeout");
+                socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
                 std::thread::spawn(move || udp_echo(socket, &name_, &stop_, &served_))
             }
             Kind::Http | Kind::LineEcho => {
@@ -63,13 +57,7 @@ impl Server {
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &served_, &resets_))
             }
         };
-        Server {
-            name: name.to_owned(),
-            stop,
-            served,
-            resets,
-            thread: Some(thread),
-        }
+        Server { name: name.to_owned(), stop, served, resets, thread: Some(thread) }
     }
 
     pub fn served(&self) -> u64 {
@@ -189,10 +177,7 @@ pub fn http_get(vip: Ipv4Addr, port: u16) -> std::io::Result<String> {
             return Ok(body.trim().to_owned());
         }
     }
-    Err(std::io::Error::new(
-        ErrorKind::UnexpectedEof,
-        format!("incomplete response: {response:?}"),
-    ))
+    Err(std::io::Error::new(ErrorKind::UnexpectedEof, format!("incomplete response: {response:?}")))
 }
 
 /// A connection to a [`Kind::LineEcho`] server.
@@ -205,10 +190,7 @@ impl EchoClient {
     pub fn connect(vip: Ipv4Addr, port: u16) -> std::io::Result<EchoClient> {
         let stream = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(vip, port)), Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        Ok(EchoClient {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-        })
+        Ok(EchoClient { writer: stream.try_clone()?, reader: BufReader::new(stream) })
     }
 
     /// Sends a line; returns the name of the server that echoed it.
@@ -220,9 +202,7 @@ impl EchoClient {
         }
         let (name, echoed) = line.trim_end().split_once(' ').unwrap_or(("", ""));
         if echoed != text {
-            return Err(std::io::Error::other(format!(
-                "echo mismatch: sent {text:?}, got {line:?}"
-            )));
+            return Err(std::io::Error::other(format!("echo mismatch: sent {text:?}, got {line:?}")));
         }
         Ok(name.to_owned())
     }
@@ -250,9 +230,7 @@ pub fn udp_exchange_on(socket: &UdpSocket, vip: Ipv4Addr, port: u16, text: &str)
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     let (name, echoed) = reply.split_once(' ').unwrap_or(("", ""));
     if echoed != text {
-        return Err(std::io::Error::other(format!(
-            "echo mismatch: sent {text:?}, got {reply:?}"
-        )));
+        return Err(std::io::Error::other(format!("echo mismatch: sent {text:?}, got {reply:?}")));
     }
     Ok(name.to_owned())
 }
@@ -297,22 +275,13 @@ impl Session {
                     _ => wait_readable(client.stream(), Duration::from_millis(10)),
                 };
                 if let Err(e) = result {
-                    *ended_.lock().unwrap() = Some(Ended {
-                        at: std::time::Instant::now(),
-                        kind: e.kind(),
-                    });
+                    *ended_.lock().unwrap() = Some(Ended { at: std::time::Instant::now(), kind: e.kind() });
                     return None;
                 }
             }
             Some(client)
         });
-        Session {
-            server: server.to_owned(),
-            stop,
-            exchanges,
-            ended,
-            thread: Some(thread),
-        }
+        Session { server: server.to_owned(), stop, exchanges, ended, thread: Some(thread) }
     }
 
     pub fn exchanges(&self) -> u64 {

@@ -57,46 +57,21 @@ impl Topology {
         let prefix = unique_prefix();
         let client = NetNs::create(&format!("{prefix}-c"));
         let lb = NetNs::create(&format!("{prefix}-lb"));
-        let mut topology = Topology {
-            prefix: prefix.clone(),
-            _pass_programs: Vec::new(),
-            client,
-            lb,
-            servers: Vec::new(),
-        };
+        let mut topology =
+            Topology { prefix: prefix.clone(), _pass_programs: Vec::new(), client, lb, servers: Vec::new() };
         // Before the interfaces exist, so they inherit it: the balancer
         // forwards packets whose source (a VIP) it has no route back to.
         topology.lb.sysctl("net.ipv4.ip_forward", "1");
         topology.lb.sysctl("net.ipv4.conf.all.rp_filter", "0");
         topology.lb.sysctl("net.ipv4.conf.default.rp_filter", "0");
 
-        link(
-            &topology.lb,
-            "lbc",
-            "10.0.0.1/24",
-            &topology.client,
-            "c0",
-            "10.0.0.2/24",
-        );
-        topology
-            .client
-            .ip(&["route", "add", &format!("{VIP}/32"), "via", "10.0.0.1"]);
+        link(&topology.lb, "lbc", "10.0.0.1/24", &topology.client, "c0", "10.0.0.2/24");
+        topology.client.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.0.0.1"]);
         for i in 1..=n_servers {
             let ns = NetNs::create(&format!("{prefix}-s{i}"));
-            link(
-                &topology.lb,
-                &format!("lbs{i}"),
-                &format!("10.0.{i}.1/24"),
-                &ns,
-                "s0",
-                &format!("10.0.{i}.2/24"),
-            );
+            link(&topology.lb, &format!("lbs{i}"), &format!("10.0.{i}.1/24"), &ns, "s0", &format!("10.0.{i}.2/24"));
             ns.ip(&["route", "add", "10.0.0.0/24", "via", &format!("10.0.{i}.1")]);
-            topology.servers.push(ServerHost {
-                name: format!("s{i}"),
-                addr: server_addr(i),
-                ns,
-            });
+            topology.servers.push(ServerHost { name: format!("s{i}"), addr: server_addr(i), ns });
         }
         // Peers that receive frames the balancer redirects need an XDP program.
         let pass = attach_pass(&topology.client, "c0");
@@ -158,10 +133,7 @@ impl Topology {
     }
 
     pub fn server(&self, name: &str) -> &ServerHost {
-        self.servers
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no server host {name}"))
+        self.servers.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no server host {name}"))
     }
 }
 
@@ -170,9 +142,7 @@ impl Topology {
 /// "checksum still to do" mark, so senders must fill checksums in (as a NIC
 /// would have before the frame reached the wire).
 fn link(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: &str) {
-    a.ip(&[
-        "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", &b.name,
-    ]);
+    a.ip(&["link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", &b.name]);
     a.ip(&["addr", "add", addr_a, "dev", name_a]);
     b.ip(&["addr", "add", addr_b, "dev", name_b]);
     for (ns, name) in [(a, name_a), (b, name_b)] {
@@ -183,12 +153,8 @@ fn link(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: 
 
 /// Attaches the trivial pass program; detached when the returned object drops.
 pub fn attach_pass(ns: &NetNs, interface: &str) -> Ebpf {
-    let mut ebpf = lb_userspace::datapath::load_pass_program().expect("load pass program");
-    let program: &mut Xdp = ebpf
-        .program_mut(lb_userspace::datapath::PASS_PROGRAM)
-        .expect("pass program")
-        .try_into()
-        .expect("XDP program");
+    let mut ebpf = lb_userspace::datapath::load_test_program("pass").expect("load pass program");
+    let program: &mut Xdp = ebpf.program_mut("pass").expect("pass program").try_into().expect("XDP program");
     ns.run(|| program.attach(interface, XdpMode::default()))
         .unwrap_or_else(|e| panic!("attach pass program to {interface} in {}: {e}", ns.name));
     ebpf

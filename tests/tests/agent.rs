@@ -17,12 +17,7 @@ fn xdp_attached(topology: &Topology, interface: &str) -> bool {
 #[test]
 fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     let topology = Topology::new(1);
-    let spec = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1],
-    };
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let config = topology
         .config(&[spec], "[flows]\nudp_idle_timeout = \"abc\"\n")
         .replace("pool = \"p80\"", "pool = \"webb\"")
@@ -32,13 +27,7 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     let path = dir.join("lb.toml");
     std::fs::write(&path, config).unwrap();
 
-    let lb = topology
-        .lb
-        .command(testbed::agent::lb_bin())
-        .args(["agent", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let lb = topology.lb.command(testbed::agent::lb_bin()).args(["agent", "--config"]).arg(&path).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&lb.stderr);
     assert!(!lb.status.success(), "agent accepted a bad config: {stderr}");
@@ -50,100 +39,52 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     ] {
         assert!(stderr.contains(problem), "missing {problem:?} in:\n{stderr}");
     }
-    assert!(
-        !std::path::Path::new("/sys/fs/bpf").join(topology.instance()).exists(),
-        "pins were created"
-    );
+    assert!(!std::path::Path::new("/sys/fs/bpf").join(topology.instance()).exists(), "pins were created");
     assert!(!xdp_attached(&topology, "lbc"), "XDP was attached");
 }
 
 #[test]
 fn sigterm_detaches_and_keeps_the_map_pins_for_a_restart() {
     let topology = Topology::new(1);
-    let spec = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1],
-    };
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 
     let status = agent.stop().expect("agent was running");
     assert!(status.success(), "agent exited with {status}:\n{}", agent.log());
-    assert!(
-        !xdp_attached(&topology, "lbc") && !xdp_attached(&topology, "lbs1"),
-        "XDP still attached"
-    );
+    assert!(!xdp_attached(&topology, "lbc") && !xdp_attached(&topology, "lbs1"), "XDP still attached");
     let pins: Vec<String> = std::fs::read_dir(agent.pin_dir())
         .expect("pin dir kept")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(pins.contains(&"flows".to_owned()), "flow table pin kept: {pins:?}");
-    assert!(
-        !pins.iter().any(|p| p.starts_with("link_")),
-        "link pins removed: {pins:?}"
-    );
+    assert!(!pins.iter().any(|p| p.starts_with("link_")), "link pins removed: {pins:?}");
 }
 
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     let topology = Topology::new(3);
-    let _echo: Vec<Server> = topology
-        .servers
-        .iter()
-        .map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007))
-        .collect();
-    let _http: Vec<Server> = topology
-        .servers
-        .iter()
-        .map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080))
-        .collect();
-    let echo = ServiceSpec {
-        port: 7,
-        protocol: "tcp",
-        server_port: 7007,
-        weights: vec![1, 1, 1],
-    };
-    let http = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1, 1, 1],
-    };
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let _http: Vec<Server> = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080)).collect();
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
+    let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
     let mut agent = Agent::start(&topology, &topology.config(&[echo, http], ""));
 
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let server = client.exchange("before").expect("exchange");
 
     agent.kill();
-    assert!(
-        xdp_attached(&topology, "lbc"),
-        "XDP must stay attached when the agent dies"
-    );
-    assert_eq!(
-        client.exchange("agent dead").expect("exchange with the agent dead"),
-        server
-    );
-    topology
-        .client
-        .run(|| http_get(VIP, 80))
-        .expect("new connection with the agent dead");
+    assert!(xdp_attached(&topology, "lbc"), "XDP must stay attached when the agent dies");
+    assert_eq!(client.exchange("agent dead").expect("exchange with the agent dead"), server);
+    topology.client.run(|| http_get(VIP, 80)).expect("new connection with the agent dead");
 
     agent.restart();
     assert!(agent.log().contains("took over the XDP link"), "{}", agent.log());
     for i in 0..5 {
-        assert_eq!(
-            client
-                .exchange(&format!("after restart {i}"))
-                .expect("exchange after restart"),
-            server
-        );
+        assert_eq!(client.exchange(&format!("after restart {i}")).expect("exchange after restart"), server);
     }
-    topology
-        .client
-        .run(|| http_get(VIP, 80))
-        .expect("new connection after restart");
+    topology.client.run(|| http_get(VIP, 80)).expect("new connection after restart");
 }
 
 #[test]
@@ -151,18 +92,8 @@ fn the_agent_ages_out_idle_and_closed_flows() {
     let topology = Topology::new(1);
     let _udp = Server::start(&topology.servers[0].ns, "s1", Kind::UdpEcho, 5353);
     let _http = Server::start(&topology.servers[0].ns, "s1", Kind::Http, 8080);
-    let udp = ServiceSpec {
-        port: 53,
-        protocol: "udp",
-        server_port: 5353,
-        weights: vec![1],
-    };
-    let http = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1],
-    };
+    let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1] };
+    let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let extra = "[flows]\nudp_idle_timeout = \"1s\"\ntcp_closing_timeout = \"1s\"\nsweep_interval = \"200ms\"\n";
     let agent = Agent::start(&topology, &topology.config(&[udp, http], extra));
 
@@ -173,29 +104,17 @@ fn the_agent_ages_out_idle_and_closed_flows() {
     assert_eq!(agent.flow_count(), 2);
     let start = Instant::now();
     while agent.flow_count() > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "flows not aged out: {} left",
-            agent.flow_count()
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "flows not aged out: {} left", agent.flow_count());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        start.elapsed() >= Duration::from_millis(600),
-        "flows removed before their timeout"
-    );
+    assert!(start.elapsed() >= Duration::from_millis(600), "flows removed before their timeout");
 }
 
 #[test]
 fn the_api_socket_is_private_and_a_second_agent_of_the_instance_is_refused() {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     let topology = Topology::new(1);
-    let spec = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1],
-    };
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let agent = Agent::start(&topology, &topology.config(&[spec], ""));
     let meta = std::fs::metadata(agent.socket()).expect("API socket");
     assert!(meta.file_type().is_socket());

@@ -18,20 +18,11 @@ const ECHO: u16 = 7;
 const UDP: u16 = 53;
 
 fn http(weights: &[u32]) -> ServiceSpec {
-    ServiceSpec {
-        port: HTTP,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: weights.to_vec(),
-    }
+    ServiceSpec { port: HTTP, protocol: "tcp", server_port: 8080, weights: weights.to_vec() }
 }
 
 fn start_servers(topology: &Topology, kind: Kind, port: u16) -> Vec<Server> {
-    topology
-        .servers
-        .iter()
-        .map(|s| Server::start(&s.ns, &s.name, kind, port))
-        .collect()
+    topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, kind, port)).collect()
 }
 
 /// `n` HTTP requests, each on a new connection; which server answered each.
@@ -53,17 +44,10 @@ fn new_tcp_connections_spread_over_three_servers() {
     let _agent = Agent::start(&topology, &topology.config(&[http(&[1, 1, 1])], ""));
 
     let counts = spread(&topology, 300);
-    assert_eq!(
-        counts.values().sum::<usize>(),
-        300,
-        "every request answered: {counts:?}"
-    );
+    assert_eq!(counts.values().sum::<usize>(), 300, "every request answered: {counts:?}");
     assert_eq!(counts.len(), 3, "every server used: {counts:?}");
     for (server, n) in &counts {
-        assert!(
-            (60..=141).contains(n),
-            "{server} got {n} of 300 (want 20%..47%): {counts:?}"
-        );
+        assert!((60..=141).contains(n), "{server} got {n} of 300 (want 20%..47%): {counts:?}");
     }
 }
 
@@ -76,10 +60,7 @@ fn weights_one_to_three_split_new_flows_near_one_to_three() {
     let counts = spread(&topology, 400);
     let s1 = counts.get("s1").copied().unwrap_or(0) as f64;
     let share = s1 / 400.0;
-    assert!(
-        (0.17..=0.33).contains(&share),
-        "s1 (weight 1) got {share:.2} of new flows, want ~0.25: {counts:?}"
-    );
+    assert!((0.17..=0.33).contains(&share), "s1 (weight 1) got {share:.2} of new flows, want ~0.25: {counts:?}");
 }
 
 #[test]
@@ -98,12 +79,7 @@ fn a_long_lived_connection_stays_on_its_server_while_others_come_and_go() {
     let topology = Topology::new(3);
     let _echo = start_servers(&topology, Kind::LineEcho, 7007);
     let _http = start_servers(&topology, Kind::Http, 8080);
-    let echo = ServiceSpec {
-        port: ECHO,
-        protocol: "tcp",
-        server_port: 7007,
-        weights: vec![1, 1, 1],
-    };
+    let echo = ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
     let _agent = Agent::start(&topology, &topology.config(&[echo, http(&[1, 1, 1])], ""));
 
     let done = AtomicBool::new(false);
@@ -124,21 +100,14 @@ fn a_long_lived_connection_stays_on_its_server_while_others_come_and_go() {
         let mut i = 0;
         while start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(100));
-            names.push(
-                client
-                    .exchange(&format!("message {i}"))
-                    .unwrap_or_else(|e| panic!("exchange {i}: {e}")),
-            );
+            names.push(client.exchange(&format!("message {i}")).unwrap_or_else(|e| panic!("exchange {i}: {e}")));
             i += 1;
         }
         done.store(true, Ordering::Relaxed);
         (first, names, churn.join().expect("churn thread"))
     });
     assert!(names.len() >= 40, "only {} exchanges in 5 s", names.len());
-    assert!(
-        names.iter().all(|n| *n == first),
-        "connection moved off {first}: {names:?}"
-    );
+    assert!(names.iter().all(|n| *n == first), "connection moved off {first}: {names:?}");
     assert!(churn >= 20, "only {churn} short connections alongside");
 }
 
@@ -146,12 +115,7 @@ fn a_long_lived_connection_stays_on_its_server_while_others_come_and_go() {
 fn udp_request_reply_through_the_vip() {
     let topology = Topology::new(3);
     let _servers = start_servers(&topology, Kind::UdpEcho, 5353);
-    let udp = ServiceSpec {
-        port: UDP,
-        protocol: "udp",
-        server_port: 5353,
-        weights: vec![1, 1, 1],
-    };
+    let udp = ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
     let _agent = Agent::start(&topology, &topology.config(&[udp], ""));
 
     topology.client.run(|| {

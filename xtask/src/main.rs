@@ -113,15 +113,7 @@ struct Binaries {
 fn build() -> anyhow::Result<Binaries> {
     eprintln!("build: lb (agent and CLI, with the XDP program) and lb-demo");
     let output = cargo()
-        .args([
-            "build",
-            "--package",
-            "lb-userspace",
-            "--package",
-            "tests",
-            "--bins",
-            "--message-format=json",
-        ])
+        .args(["build", "--package", "lb-userspace", "--package", "tests", "--bins", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo build")?;

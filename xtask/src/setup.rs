@@ -18,10 +18,7 @@ fn step(what: &str, status: &str) {
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -94,10 +91,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         .args(["toolchain", "list"])
         .output()
         .context("rustup is needed to build the XDP program (nightly, rust-src)")?;
-    if !String::from_utf8_lossy(&has_nightly.stdout)
-        .lines()
-        .any(|l| l.starts_with("nightly"))
-    {
+    if !String::from_utf8_lossy(&has_nightly.stdout).lines().any(|l| l.starts_with("nightly")) {
         step("nightly toolchain", "installing");
         run(
             Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
@@ -110,10 +104,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("cannot list nightly components")?;
-    if String::from_utf8_lossy(&components.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    if String::from_utf8_lossy(&components.stdout).lines().any(|l| l.starts_with("rust-src")) {
         step("nightly rust-src", "present");
         return Ok(());
     }
@@ -125,11 +116,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    if succeeds(
-        Command::new("bpf-linker")
-            .arg("--version")
-            .env("PATH", path_with_cargo_bin()),
-    ) {
+    if succeeds(Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin())) {
         step("bpf-linker", "present");
         return Ok(());
     }
@@ -139,14 +126,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     path.push(path_with_cargo_bin());
     run(
         Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
             .env("PATH", path),
         "installing bpf-linker",
     )

@@ -33,40 +33,18 @@ fn main() {
 
     eprintln!("demo: building namespaces: a client, the load balancer, 3 servers");
     let topology = Topology::new(3);
-    let _http: Vec<Server> = topology
-        .servers
-        .iter()
-        .map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080))
-        .collect();
-    let _udp: Vec<Server> = topology
-        .servers
-        .iter()
-        .map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353))
-        .collect();
-    let http = ServiceSpec {
-        port: 80,
-        protocol: "tcp",
-        server_port: 8080,
-        weights: vec![1, 1, 1],
-    };
-    let udp = ServiceSpec {
-        port: 53,
-        protocol: "udp",
-        server_port: 5353,
-        weights: vec![1, 1, 1],
-    };
+    let _http: Vec<Server> = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080)).collect();
+    let _udp: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
+    let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
+    let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
     let config = topology.config(&[http, udp], "");
     eprintln!("demo: starting the agent");
     let agent = Agent::start_with(lb.clone(), &topology, &config);
 
-    let answers: Vec<String> = topology.client.run(|| {
-        (0..6)
-            .map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}")))
-            .collect()
-    });
-    let udp_answer = topology
-        .client
-        .run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
+    let answers: Vec<String> =
+        topology.client.run(|| (0..6).map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}"))).collect());
+    let udp_answer = topology.client.run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
     let c = &topology.client.name;
     println!(
         r#"
@@ -91,12 +69,7 @@ The agent: config {config}, log {log}, maps pinned in {pins}
 
 Ctrl-C stops the agent and removes the namespaces, pins and files.
 "#,
-        servers = topology
-            .servers
-            .iter()
-            .map(|s| format!("{} {}:8080", s.name, s.addr))
-            .collect::<Vec<_>>()
-            .join(", "),
+        servers = topology.servers.iter().map(|s| format!("{} {}:8080", s.name, s.addr)).collect::<Vec<_>>().join(", "),
         answers = answers.join(" "),
         config = agent.config_path.display(),
         log = agent.log_path().display(),

@@ -1,0 +1,144 @@
+//! `cargo xtask bench`: how fast the balancer is, against a baseline or a
+//! peer measured side by side in the same run, reported as ratios with
+//! medians over rounds (these machines are shared and noisy: absolute
+//! times are informative only).
+
+pub mod control_plane;
+pub mod datapath_cost;
+pub mod end_to_end;
+pub mod pps;
+
+use serde_json::{Value, json};
+
+/// What a figure must reach.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub target: Option<Target>,
+    /// How it was measured, or figures for comparison.
+    pub note: String,
+}
+
+impl Figure {
+    pub fn met(&self) -> Option<bool> {
+        self.target.map(|t| match t {
+            Target::AtMost(limit) => self.value <= limit,
+            Target::AtLeast(floor) => self.value >= floor,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub figures: Vec<Figure>,
+    pub quick: bool,
+}
+
+impl Report {
+    pub fn add(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        target: Option<Target>,
+        note: impl Into<String>,
+    ) {
+        let figure = Figure { section, name: name.into(), value, unit, target, note: note.into() };
+        eprintln!("bench: {:<58} {}", figure.name, format_value(figure.value, figure.unit));
+        self.figures.push(figure);
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for f in &self.figures {
+            if f.section != section {
+                section = f.section;
+                out.push_str(&format!("\n{section}\n"));
+                out.push_str(&format!(
+                    "  {:<58} {:>14}  {:<12} {:<4} {}\n",
+                    "figure", "value", "target", "met", "note"
+                ));
+            }
+            let target = match f.target {
+                Some(Target::AtMost(t)) => format!("<= {}", format_value(t, f.unit)),
+                Some(Target::AtLeast(t)) => format!(">= {}", format_value(t, f.unit)),
+                None => "-".to_owned(),
+            };
+            let met = match f.met() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            out.push_str(&format!(
+                "  {:<58} {:>14}  {:<12} {:<4} {}\n",
+                f.name,
+                format_value(f.value, f.unit),
+                target,
+                met,
+                f.note
+            ));
+        }
+        out
+    }
+
+    pub fn json(&self, machine: &str) -> Value {
+        json!({
+            "machine": machine,
+            "quick": self.quick,
+            "figures": self.figures.iter().map(|f| json!({
+                "section": f.section,
+                "name": f.name,
+                "value": f.value,
+                "unit": f.unit,
+                "target": f.target.map(|t| match t {
+                    Target::AtMost(v) => json!({"at_most": v}),
+                    Target::AtLeast(v) => json!({"at_least": v}),
+                }),
+                "met": f.met(),
+                "note": f.note,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub fn format_value(v: f64, unit: &str) -> String {
+    match unit {
+        "x" => format!("{v:.2}x"),
+        "ns" | "us" | "ms" => format!("{v:.0} {unit}"),
+        "" => format!("{v:.0}"),
+        _ => format!("{v:.2} {unit}"),
+    }
+}
+
+/// The median of `values` (which it sorts).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+/// Pins the calling thread to one CPU (per-CPU maps, and honest timing).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            panic!("cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+}

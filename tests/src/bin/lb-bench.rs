@@ -1,0 +1,66 @@
+//! `cargo xtask bench`: runs every benchmark, prints one table and writes
+//! the same figures as JSON.
+
+use std::path::PathBuf;
+
+use testbed::bench::{self, Report};
+
+fn main() {
+    let mut quick = false;
+    let mut json_path: Option<PathBuf> = None;
+    let mut only: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json_path = args.next().map(PathBuf::from),
+            "--only" => only.extend(args.next()),
+            other => {
+                eprintln!("lb-bench: unknown argument {other:?} (use --quick, --json PATH, --only SECTION)");
+                std::process::exit(2);
+            }
+        }
+    }
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let mut report = Report { quick, ..Report::default() };
+    let started = std::time::Instant::now();
+    if wanted("datapath") {
+        bench::datapath_cost::run(&mut report, quick);
+    }
+    if wanted("pps") {
+        bench::pps::run(&mut report, quick);
+    }
+    if wanted("e2e") {
+        bench::end_to_end::run(&mut report, quick);
+    }
+    if wanted("control") {
+        bench::control_plane::run(&mut report, quick);
+    }
+    let machine = machine();
+    println!(
+        "lb benchmarks ({}, {machine}), {:.0} s",
+        if quick { "quick" } else { "full" },
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", report.table());
+    if let Some(path) = json_path {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create JSON directory");
+        }
+        let json = serde_json::to_string_pretty(&report.json(&machine)).expect("JSON");
+        std::fs::write(&path, json).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("\nJSON: {}", path.display());
+    }
+}
+
+/// CPU model, cores and kernel, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cores} cores, kernel {}", kernel.trim())
+}
