@@ -2,10 +2,11 @@
 //! operators' changes (disable, enable) as one change each, keeps the events
 //! and the flow counts, and answers the API's questions.
 //!
-//! Order of writes in a change, so no packet ever meets a half-made state:
-//! a server coming back is marked ENABLED before the Maglev rows point at it;
-//! a server going out leaves the Maglev rows before it is marked DRAINING or
-//! DISABLED; its flows are reset and purged only after DISABLED is written.
+//! Order of writes in a change: a server coming back is marked ENABLED
+//! before the Maglev rows point at it; a draining server leaves the Maglev
+//! rows before it is marked DRAINING (no new flow is lost); a terminated
+//! server is marked DISABLED first (its traffic stops with that one write),
+//! then leaves the Maglev rows; its flows are reset and purged last.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
@@ -230,7 +231,11 @@ impl Control {
             });
             let slot = self.tables.servers.get_mut(&key(name)).expect("planned server exists");
             slot.admin = to;
-            if *transition == Transition::Enable {
+            // Coming back: ENABLED before the hash table points at it.
+            // Terminated: DISABLED at once, the one write that stops its
+            // traffic, whatever the number of flows (SYNs that hash to it
+            // meanwhile are dropped until its slots move, a few ms).
+            if matches!(transition, Transition::Enable | Transition::Terminate(_)) {
                 let slot = slot.clone();
                 self.tables.write_server(&mut self.dp, &slot)?;
             }
@@ -242,8 +247,9 @@ impl Control {
         for service in &services {
             self.tables.write_maglev_row(&self.dp, service)?;
         }
+        // Draining: only once no slot sends it new flows, so none is dropped.
         for (name, transition) in plan {
-            if matches!(transition, Transition::Drain(_) | Transition::Terminate(_)) {
+            if matches!(transition, Transition::Drain(_)) {
                 let slot = self.tables.servers[&key(name)].clone();
                 self.tables.write_server(&mut self.dp, &slot)?;
             }

@@ -89,14 +89,57 @@ impl ResetSender {
         Ok(ResetSender { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// Sends every reset, in batches of one syscall per 1024 packets;
+    /// returns how many the kernel took.
+    pub fn send_all(&self, resets: &[Reset]) -> usize {
+        const BATCH: usize = 1024;
+        let mut sent = 0;
+        for chunk in resets.chunks(BATCH) {
+            let mut packets: Vec<[u8; 40]> = chunk.iter().map(Reset::packet).collect();
+            let mut addrs: Vec<libc::sockaddr_in> = chunk.iter().map(|r| sockaddr(r.dst.addr)).collect();
+            let mut iovecs: Vec<libc::iovec> =
+                packets.iter_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() }).collect();
+            let mut headers: Vec<libc::mmsghdr> = iovecs
+                .iter_mut()
+                .zip(addrs.iter_mut())
+                .map(|(iov, addr)| {
+                    // SAFETY: an all-zero msghdr is valid; the pointers set
+                    // below stay alive until sendmmsg returns.
+                    let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+                    hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    hdr.msg_hdr.msg_iov = iov;
+                    hdr.msg_hdr.msg_iovlen = 1;
+                    hdr
+                })
+                .collect();
+            let mut offset = 0;
+            while offset < headers.len() {
+                // SAFETY: headers[offset..] are valid mmsghdrs (see above).
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        self.fd.as_raw_fd(),
+                        headers[offset..].as_mut_ptr(),
+                        (headers.len() - offset) as u32,
+                        0,
+                    )
+                };
+                if rc <= 0 {
+                    // Skip the packet the kernel refused (no route, ...) and go on.
+                    log::debug!("reset not sent: {}", io::Error::last_os_error());
+                    offset += 1;
+                } else {
+                    sent += rc as usize;
+                    offset += rc as usize;
+                }
+            }
+        }
+        sent
+    }
+
     pub fn send(&self, reset: &Reset) -> io::Result<()> {
         let packet = reset.packet();
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(reset.dst.addr.octets()) },
-            sin_zero: [0; 8],
-        };
+        let addr = sockaddr(reset.dst.addr);
         // SAFETY: valid buffer and address for the duration of the call.
         let rc = unsafe {
             libc::sendto(
@@ -109,6 +152,15 @@ impl ResetSender {
             )
         };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+        sin_zero: [0; 8],
     }
 }
 

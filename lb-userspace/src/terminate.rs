@@ -8,6 +8,7 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     net::Ipv4Addr,
+    time::{Duration, Instant},
 };
 
 use lb_common::{Flow, FlowKey, flow_seen, flow_state};
@@ -29,6 +30,11 @@ pub struct Termination {
     pub flows: usize,
     /// Live TCP flows reset, by server id.
     pub reset_by_server: HashMap<u32, usize>,
+    /// Time to walk the flow table and purge.
+    pub purge_time: Duration,
+    /// Resets sent (two per live TCP flow), and the time it took.
+    pub resets_sent: usize,
+    pub reset_time: Duration,
 }
 
 fn endpoint(addr: u32, port: u16) -> Endpoint {
@@ -51,34 +57,32 @@ pub fn resets_for(key: &FlowKey, flow: &Flow, server: Endpoint) -> Vec<Reset> {
     resets
 }
 
-/// Resets and purges every flow of the servers with ids in `servers`.
+/// Purges every flow of the servers with ids in `servers`, then resets both
+/// ends of those that were live TCP connections (in batches of packets).
 pub fn terminate(
     maps: &Maps,
     tables: &Tables,
     servers: &HashSet<u32>,
     sender: &ResetSender,
 ) -> io::Result<Termination> {
+    let started = Instant::now();
     let mut done = Termination::default();
     let mut cursor = bpf_batch::Cursor::default();
     let mut keys = vec![FlowKey::default(); CHUNK];
     let mut values = vec![Flow::default(); CHUNK];
     let mut purge = Vec::new();
     let mut purge_replies = Vec::new();
+    let mut resets = Vec::new();
     while !cursor.done {
         let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
         for (key, flow) in keys[..n].iter().zip(&values[..n]) {
             if !servers.contains(&flow.server_id) {
                 continue;
             }
-            let server = tables.server_by_id(flow.server_id);
-            if let Some(server) = server {
+            if let Some(server) = tables.server_by_id(flow.server_id) {
                 let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
                 if live_tcp {
-                    for reset in resets_for(key, flow, Endpoint { addr: server.address, port: server.port }) {
-                        if let Err(e) = sender.send(&reset) {
-                            log::warn!("cannot send reset {reset:?}: {e}");
-                        }
-                    }
+                    resets.extend(resets_for(key, flow, Endpoint { addr: server.address, port: server.port }));
                     *done.reset_by_server.entry(flow.server_id).or_default() += 1;
                 }
                 if server.shared_endpoint {
@@ -93,6 +97,13 @@ pub fn terminate(
             purge.clear();
             purge_replies.clear();
         }
+    }
+    done.purge_time = started.elapsed();
+    let sending = Instant::now();
+    done.resets_sent = sender.send_all(&resets);
+    done.reset_time = sending.elapsed();
+    if done.resets_sent < resets.len() {
+        log::warn!("{} of {} resets could not be sent", resets.len() - done.resets_sent, resets.len());
     }
     Ok(done)
 }

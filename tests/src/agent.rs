@@ -141,6 +141,11 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The agent's process id (it must be running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
     /// Number of flows in the agent's pinned flow table.
     pub fn flow_count(&self) -> usize {
         let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows")).expect("open pinned flow table");

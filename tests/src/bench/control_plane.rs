@@ -1,3 +1,276 @@
-//! (in progress)
+//! Section 4, the control plane at scale: an immediate disable of a server
+//! holding a quarter of 1e5 and 1e6 flows. How long until no packet of its
+//! flows is forwarded (a probe on the other CPU runs one of its packets
+//! through the program again and again and notes when the verdict turns into
+//! a reset), and how fast its entries are purged. Then the agent's memory
+//! with 1e6 flows in its table.
 
-pub fn run(_report: &mut super::Report, _quick: bool) {}
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
+use lb_userspace::{
+    bpf_batch, flow_aging::datapath_now_ns, server_state::DisableMode, tcp_reset::ResetSender, terminate,
+};
+
+use super::{Report, Target, median, pin_to_cpu};
+use crate::{
+    agent::Agent,
+    fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, XDP_TX, fixture_netns, flow_key, ifindex},
+    packet::{ACK, Pkt},
+    topology::{ServiceSpec, Topology},
+};
+
+const SECTION: &str = "4. Control plane at scale";
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 100, 0, 1);
+
+fn config(max_flows: u32) -> String {
+    let servers: String = (1..=4)
+        .map(|i| format!("[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.0.{i}.2\"\nport = 8080\n"))
+        .collect();
+    format!(
+        "interfaces = [\"toclient\"]\n[flows]\nmax = {max_flows}\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}"
+    )
+}
+
+fn client(i: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(0x0b00_0000 | i)
+}
+
+/// `count` established TCP flows, spread over `servers` in turn.
+fn fill(fd: std::os::fd::BorrowedFd<'_>, count: u32, servers: &[u32]) {
+    let now = datapath_now_ns();
+    let mut start = 0;
+    while start < count {
+        let end = (start + 65536).min(count);
+        let keys: Vec<FlowKey> = (start..end).map(|i| flow_key((client(i), 40000), (VIP, 80), proto::TCP)).collect();
+        let values: Vec<Flow> = (start..end)
+            .map(|i| Flow {
+                server_id: servers[i as usize % servers.len()],
+                state: flow_state::TCP_OPEN,
+                seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
+                created_ns: now,
+                last_seen_ns: now,
+                client_next_seq: 1000,
+                server_next_seq: 1,
+                ..Flow::default()
+            })
+            .collect();
+        bpf_batch::update_batch(fd, &keys, &values).expect("fill the flow table");
+        start = end;
+    }
+}
+
+/// BPF_PROG_TEST_RUN straight through the syscall, so that a probe thread
+/// can run the program (by a duplicate of its fd) while the control plane
+/// owns the datapath.
+fn raw_test_run(prog_fd: i32, frame: &[u8], ctx: &[u8; 24]) -> u32 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = TestAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..TestAttr::default()
+    };
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: attr points at live buffers for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>())
+    };
+    assert!(rc == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    attr.retval
+}
+
+struct Scale {
+    effect: Duration,
+    purge_rate: f64,
+    purged: usize,
+    reset_rate: f64,
+}
+
+fn at_scale(flows: u32) -> Scale {
+    let net = fixture_netns();
+    // Clients (11.0.0.0/8) sit behind the fixture's client. The peers must not
+    // forward the resets the agent sends back out (they would loop).
+    net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
+    for peer in ["clientpeer", "serverpeer"] {
+        net.ns.sysctl(&format!("net.ipv4.conf.{peer}.forwarding"), "0");
+    }
+    // Servers s3 and s4 (the fixture has s1 and s2 ready).
+    net.ns.ip(&["addr", "add", "10.0.4.1/24", "dev", "toserver"]);
+    for i in 3..=4 {
+        let addr = format!("10.0.{i}.2");
+        net.ns.ip(&["neigh", "replace", &addr, "lladdr", "02:00:00:00:01:02", "dev", "toserver", "nud", "permanent"]);
+    }
+    net.run(|| {
+        pin_to_cpu(0);
+        let mut bed = FixtureBed::load(&config(2 * flows.max(1_000_000)));
+        let ids: Vec<u32> = (1..=4).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
+        fill(bed.dp().maps.flows_fd(), flows, &ids);
+
+        // The probe: a packet of one of s1's flows (flow 0 is on s1).
+        let probe =
+            Pkt::tcp((client(0), 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(1000, 1).build();
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(probe.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex("toclient").to_ne_bytes());
+        let prog = bed.dp().program().fd().expect("program fd").try_clone().expect("dup program fd");
+        let prog_fd = prog.as_fd().as_raw_fd();
+        assert_eq!(raw_test_run(prog_fd, &probe, &ctx), crate::fixture::XDP_REDIRECT, "probe flow forwarded before");
+
+        let ready = AtomicBool::new(false);
+        let (started, effect_at) = std::thread::scope(|s| {
+            let prober = s.spawn(|| {
+                pin_to_cpu(1);
+                ready.store(true, Ordering::Release);
+                let give_up = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if raw_test_run(prog_fd, &probe, &ctx) == XDP_TX {
+                        return Instant::now();
+                    }
+                    assert!(Instant::now() < give_up, "the disable never took effect");
+                }
+            });
+            while !ready.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let started = Instant::now();
+            bed.control.disable("web", &["s1".into()], DisableMode::Immediate, true).expect("disable s1");
+            (started, prober.join().expect("probe"))
+        });
+
+        // The purge itself, measured apart on s2 (marked DISABLED first, as
+        // a disable does): walk the table, delete its entries, send resets.
+        bed.write_server_state("web", "s2", lb_common::server_state::DISABLED);
+        let sender = ResetSender::new().expect("raw socket");
+        let done =
+            terminate::terminate(&bed.dp().maps, bed.tables(), &HashSet::from([ids[1]]), &sender).expect("purge");
+        Scale {
+            effect: effect_at.saturating_duration_since(started),
+            purge_rate: done.flows as f64 / done.purge_time.as_secs_f64(),
+            purged: done.flows,
+            reset_rate: done.resets_sent as f64 / done.reset_time.as_secs_f64().max(1e-9),
+        }
+    })
+}
+
+pub fn run(report: &mut Report, quick: bool, lb: &Path) {
+    let rounds = if quick { 1 } else { 3 };
+    for flows in [100_000u32, 1_000_000] {
+        let mut effects = Vec::new();
+        let mut purges = Vec::new();
+        let mut resets = Vec::new();
+        let mut purged = 0;
+        for _ in 0..rounds {
+            let s = at_scale(flows);
+            effects.push(s.effect.as_secs_f64() * 1e6);
+            purges.push(s.purge_rate);
+            resets.push(s.reset_rate);
+            purged = s.purged;
+        }
+        let label = if flows == 100_000 { "1e5" } else { "1e6" };
+        let note = format!("median of {rounds}; a quarter of the flows on the server");
+        report.add(
+            SECTION,
+            format!("immediate disable, {label} flows: until no packet is forwarded"),
+            median(&mut effects),
+            "us",
+            Some(Target::AtMost(1000.0)),
+            note.clone(),
+        );
+        report.add(
+            SECTION,
+            format!("immediate disable, {label} flows: purge (walk + batch delete)"),
+            median(&mut purges) / 1e6,
+            "M entries/s",
+            Some(Target::AtLeast(2.0)),
+            format!("{purged} entries; {note}"),
+        );
+        report.add(
+            SECTION,
+            format!("immediate disable, {label} flows: resets to both ends"),
+            median(&mut resets) / 1e6,
+            "M packets/s",
+            None,
+            "raw socket, sendmmsg batches of 1024".to_owned(),
+        );
+    }
+    agent_memory(report, lb);
+}
+
+/// The agent's resident memory with 1e6 flows in its (pinned) table, after
+/// it has walked the table to age and count them.
+fn agent_memory(report: &mut Report, lb: &Path) {
+    let topology = Topology::new(4);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1; 4] };
+    let agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&[spec], "[flows]\nmax = 2000000\n"));
+    let pins = agent.pin_dir();
+    let flows = aya::maps::MapData::from_pin(pins.join("flows")).expect("pinned flow table");
+    let servers: Vec<u32> = (0..4).collect();
+    fill(flows.fd().as_fd(), 1_000_000, &servers);
+    // Let it sweep the full table a few times, and count flows for the API.
+    std::thread::sleep(Duration::from_millis(3500));
+    let view = agent.lb_json(&["pool", "show", "p80"]);
+    let counted: u64 = view["servers"].as_array().unwrap().iter().map(|s| s["active_flows"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 1_000_000, "the agent counted {counted} flows");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    let kernel_mib: f64 = lb_common::map_name::ALL
+        .iter()
+        .filter_map(|name| aya::maps::MapData::from_pin(pins.join(name)).ok())
+        .map(|map| {
+            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd()))
+                .unwrap_or_default();
+            fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum::<f64>()
+        / (1024.0 * 1024.0);
+    report.add(
+        SECTION,
+        "agent resident memory with 1e6 flows (peak)",
+        field("VmHWM:"),
+        "MiB",
+        Some(Target::AtMost(64.0)),
+        format!("now {:.1} MiB; maps' kernel memory apart: {kernel_mib:.0} MiB", field("VmRSS:")),
+    );
+}

@@ -9,18 +9,24 @@ fn main() {
     let mut quick = false;
     let mut json_path: Option<PathBuf> = None;
     let mut only: Vec<String> = Vec::new();
+    let mut lb: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = args.next().map(PathBuf::from),
             "--only" => only.extend(args.next()),
+            "--lb" => lb = args.next().map(PathBuf::from),
             other => {
-                eprintln!("lb-bench: unknown argument {other:?} (use --quick, --json PATH, --only SECTION)");
+                eprintln!("lb-bench: unknown argument {other:?} (use --lb PATH, --quick, --json PATH, --only SECTION)");
                 std::process::exit(2);
             }
         }
     }
+    let lb = lb.unwrap_or_else(|| {
+        eprintln!("lb-bench: --lb PATH-TO-lb is needed (cargo xtask bench passes it)");
+        std::process::exit(2);
+    });
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let mut report = Report { quick, ..Report::default() };
     let started = std::time::Instant::now();
@@ -34,7 +40,7 @@ fn main() {
         bench::end_to_end::run(&mut report, quick);
     }
     if wanted("control") {
-        bench::control_plane::run(&mut report, quick);
+        bench::control_plane::run(&mut report, quick, &lb);
     }
     let machine = machine();
     println!(
