@@ -21,27 +21,29 @@ mod programs {
         xdp_action::XDP_TX
     }
 
-    /// The frame a benchmark sends, and its length (first 4 bytes, then the frame).
+    /// The frame a benchmark sends (under 64 bytes): its length (bytes 0-3),
+    /// the frame (from byte 4), and the verdict to end with (byte 127).
     #[map]
     static ORIGINAL_FRAME: Array<[u8; 128]> = Array::with_max_entries(1, 0);
 
     /// Receives a benchmark's frames: writes the original frame back into the
-    /// buffer, then drops it. Live-frames test runs recycle pages without
-    /// resetting them, so a program that rewrote a frame would otherwise see
-    /// its own output on a later run.
+    /// buffer, then drops or passes it (byte 127). Live-frames test runs
+    /// recycle pages without resetting them, so a program that rewrote a
+    /// frame would otherwise see its own output on a later run.
     #[xdp]
     pub fn restore(ctx: XdpContext) -> u32 {
-        if let Some(stored) = ORIGINAL_FRAME.get(0) {
-            let len = u32::from_ne_bytes([stored[0], stored[1], stored[2], stored[3]]) as usize;
-            let frame_len = ctx.data_end() - ctx.data();
-            if len == frame_len && len <= 124 {
-                // SAFETY: the source lies inside the map value; the helper checks the packet bounds.
-                unsafe {
-                    bpf_xdp_store_bytes(ctx.ctx, 0, stored.as_ptr().add(4) as *mut _, len as u32);
-                }
+        let Some(stored) = ORIGINAL_FRAME.get(0) else { return xdp_action::XDP_DROP };
+        let len = u32::from_ne_bytes([stored[0], stored[1], stored[2], stored[3]]);
+        let frame_len = (ctx.data_end() - ctx.data()) as u32;
+        // Bounded and non-zero in the register the helper gets, for the verifier.
+        let n = len & 0x3f;
+        if len == frame_len && len < 64 && n > 0 {
+            // SAFETY: the source lies inside the map value; the helper checks the packet bounds.
+            unsafe {
+                bpf_xdp_store_bytes(ctx.ctx, 0, stored.as_ptr().add(4) as *mut _, n);
             }
         }
-        xdp_action::XDP_DROP
+        if stored[127] == xdp_action::XDP_PASS as u8 { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
     }
 
     #[panic_handler]

@@ -1,3 +1,179 @@
-//! (in progress)
+//! Section 2, packets per second on one core: frames generated in the kernel
+//! (BPF_PROG_TEST_RUN live-frames mode) on a veth, for an existing flow,
+//! against the trivial XDP_TX reflector on the same pair in the same run.
+//!
+//! The peers that receive the frames run `restore`: live mode recycles pages
+//! without resetting them, so a program that rewrote a frame (ours does:
+//! destination, TTL, MACs) would see its own output on a later run; restore
+//! puts the original frame back and drops it. Both contenders pay for it.
 
-pub fn run(_report: &mut super::Report, _quick: bool) {}
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use lb_common::Outcome;
+use lb_userspace::datapath::load_test_program;
+
+use super::{Report, Target, median, pin_to_cpu};
+use crate::{
+    fixture::{FixtureBed, XDP_DROP, XDP_PASS, XDP_REDIRECT, ifindex},
+    netns::{NetNs, must, unique_prefix},
+    packet::{ACK, Mac, Pkt, SYN},
+};
+
+const SECTION: &str = "2. Packets per second on one core (veth, live frames, existing flow)";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 2];
+const LBC_MAC: Mac = [2, 0, 0, 0, 0, 1];
+
+fn config() -> String {
+    format!(
+        "interfaces = [\"lbc\"]\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+         [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER}\"\nport = 8080\n"
+    )
+}
+
+/// Loads `restore` with `frame` as the original and `verdict` to end with,
+/// attached to `interface` of `ns`.
+fn attach_restore(ns: &NetNs, interface: &str, frame: &[u8], verdict: u32) -> Ebpf {
+    let mut ebpf = load_test_program("restore").expect("restore program");
+    let mut stored = [0u8; 128];
+    stored[..4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    stored[4..4 + frame.len()].copy_from_slice(frame);
+    stored[127] = verdict as u8;
+    let mut map: Array<_, [u8; 128]> = Array::try_from(ebpf.map_mut("ORIGINAL_FRAME").expect("map")).expect("array");
+    map.set(0, stored, 0).expect("store the frame");
+    let program: &mut Xdp = ebpf.program_mut("restore").unwrap().try_into().unwrap();
+    ns.run(|| program.attach(interface, XdpMode::default())).expect("attach restore");
+    ebpf
+}
+
+/// Runs `program` on `frame` `repeat` times in live-frames mode, as if it
+/// arrived on `ingress`; returns packets per second.
+fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+    let started = std::time::Instant::now();
+    let result = program.test_run(opts).expect("live-frames test run");
+    // The kernel reports the mean time per run; fall back on the wall clock.
+    let ns = if result.duration.as_nanos() > 0 {
+        result.duration.as_nanos() as f64
+    } else {
+        started.elapsed().as_nanos() as f64 / repeat as f64
+    };
+    1e9 / ns
+}
+
+/// Rates of the balancer and the reflector, and the median ratio, with the
+/// receiving peers ending each frame with `receiver_verdict`.
+fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64) {
+    let prefix = unique_prefix();
+    let lb = NetNs::create(&format!("{prefix}-plb"));
+    let client = NetNs::create(&format!("{prefix}-pc"));
+    let server = NetNs::create(&format!("{prefix}-ps"));
+    lb.sysctl("net.ipv4.ip_forward", "1");
+    for (name, peer, peer_ns, addr, peer_addr, mac, peer_mac) in [
+        ("lbc", "c0", &client, "10.0.0.1/24", "10.0.0.2/24", "02:00:00:00:00:01", "02:00:00:00:00:02"),
+        ("lbs1", "s0", &server, "10.0.1.1/24", "10.0.1.2/24", "02:00:00:00:01:01", "02:00:00:00:01:02"),
+    ] {
+        lb.ip(&[
+            "link",
+            "add",
+            name,
+            "address",
+            mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "address",
+            peer_mac,
+            "netns",
+            &peer_ns.name,
+        ]);
+        lb.ip(&["addr", "add", addr, "dev", name]);
+        peer_ns.ip(&["addr", "add", peer_addr, "dev", peer]);
+        for (ns, dev) in [(&lb, name), (peer_ns, peer)] {
+            must(ns.command("ethtool").args(["-K", dev, "tx", "off"]));
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+    }
+    lb.ip(&["neigh", "replace", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "lbc", "nud", "permanent"]);
+    lb.ip(&["neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:01:02", "dev", "lbs1", "nud", "permanent"]);
+
+    let frame = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(ACK).seq(1000, 1).build();
+    let _restores = [
+        attach_restore(&client, "c0", &frame, receiver_verdict),
+        attach_restore(&server, "s0", &frame, receiver_verdict),
+    ];
+    lb.run(|| {
+        pin_to_cpu(0);
+        // The ingress and egress veths need an XDP program of their own for
+        // live frames and redirects; the balancer runs by test run.
+        let mut pass = [load_test_program("pass").unwrap(), load_test_program("pass").unwrap()];
+        for (ebpf, dev) in pass.iter_mut().zip(["lbc", "lbs1"]) {
+            let p: &mut Xdp = ebpf.program_mut("pass").unwrap().try_into().unwrap();
+            p.attach(dev, XdpMode::default()).expect("attach pass");
+        }
+        let bed = FixtureBed::load(&config());
+        let syn = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(SYN).seq(999, 0).build();
+        assert_eq!(bed.run_frame(&syn, "lbc").0, XDP_REDIRECT, "the flow is created");
+        let reflect = load_test_program("reflect").unwrap();
+        let reflect: &Xdp = reflect.program("reflect").unwrap().try_into().unwrap();
+        let lbc = ifindex("lbc");
+        let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let reflected = live_rate(reflect, &frame, lbc, repeat);
+            let before = bed.outcomes()[Outcome::ForwardFlow.label()];
+            let balanced = live_rate(bed.dp().program(), &frame, lbc, repeat);
+            let forwarded = bed.outcomes()[Outcome::ForwardFlow.label()] - before;
+            assert_eq!(forwarded, repeat as u64, "every live frame forwarded on the existing flow");
+            ours.push(balanced);
+            theirs.push(reflected);
+            ratios.push(balanced / reflected);
+        }
+        (median(&mut ours), median(&mut theirs), median(&mut ratios))
+    })
+}
+
+pub fn run(report: &mut Report, quick: bool) {
+    let (rounds, repeat) = if quick { (3, 1_000_000) } else { (7, 3_000_000) };
+    let note = |receiver: &str| format!("{receiver}; median of {rounds} rounds x {repeat} frames");
+    // Receivers that take each frame into their stack, like a host (and like
+    // the pass programs of the reference measurement).
+    let (ours, theirs, ratio) = measure(rounds, repeat, XDP_PASS);
+    let n = note("receivers pass frames to their stack");
+    report.add(SECTION, "balancer, existing flow", ours / 1e6, "Mpps", None, n.clone());
+    report.add(SECTION, "trivial XDP_TX reflector", theirs / 1e6, "Mpps", None, n.clone());
+    report.add(
+        SECTION,
+        "balancer / reflector",
+        ratio,
+        "x",
+        Some(Target::AtLeast(0.8)),
+        format!("{n}; reference balancer: 0.65x"),
+    );
+    // Receivers that drop at once: the balancer's own cost weighs more.
+    let (ours, theirs, ratio) = measure(rounds, repeat, XDP_DROP);
+    let n = note("receivers drop at once");
+    report.add(
+        SECTION,
+        "balancer / reflector, dropping receivers",
+        ratio,
+        "x",
+        None,
+        format!("{n}; {:.2} vs {:.2} Mpps", ours / 1e6, theirs / 1e6),
+    );
+}
