@@ -24,6 +24,8 @@ pub enum Kind {
     LineEcho,
     /// Each datagram is answered with "<name> <datagram>".
     UdpEcho,
+    /// Reads and discards everything (long-flow throughput).
+    Sink,
 }
 
 /// A running server; stops on drop.
@@ -51,7 +53,7 @@ impl Server {
                 socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
                 std::thread::spawn(move || udp_echo(socket, &name_, &stop_, &served_))
             }
-            Kind::Http | Kind::LineEcho => {
+            Kind::Http | Kind::LineEcho | Kind::Sink => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
                 listener.set_nonblocking(true).expect("nonblocking");
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &served_, &resets_))
@@ -112,6 +114,20 @@ fn accept_loop(
 
 fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    if kind == Kind::Sink {
+        stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut stream = stream;
+        let mut buf = vec![0u8; 256 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    }
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -321,4 +337,18 @@ fn wait_readable(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
     };
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     result
+}
+
+/// Sends as fast as it can on one connection for `duration`; returns bits per second.
+pub fn bulk_send(addr: Ipv4Addr, port: u16, duration: Duration) -> std::io::Result<f64> {
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(addr, port)), Duration::from_secs(3))?;
+    let buf = vec![0x5au8; 128 * 1024];
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < duration {
+        stream.write_all(&buf)?;
+        sent += buf.len() as u64;
+    }
+    Ok(sent as f64 * 8.0 / started.elapsed().as_secs_f64())
 }

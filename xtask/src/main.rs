@@ -36,6 +36,16 @@ enum Task {
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
+    /// Run the benchmarks: one table, and the same figures as JSON in
+    /// target/bench/latest.json.
+    Bench {
+        /// A smaller, faster run.
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections: datapath, pps, e2e, control.
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
         /// Passed to the test binaries (a filter, --nocapture, ...).
@@ -59,12 +69,12 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Setup => setup::setup(),
         Task::Build => {
             setup::setup()?;
-            build()?;
+            build(false)?;
             Ok(())
         }
         Task::Run { config, agent_args } => {
             setup::setup()?;
-            let bins = build()?;
+            let bins = build(false)?;
             let mut cmd = match (config, agent_args.is_empty()) {
                 (Some(config), _) => {
                     let mut cmd = Command::new(&bins.lb);
@@ -84,9 +94,24 @@ fn run(task: Task) -> anyhow::Result<()> {
             };
             exec(&mut cmd)
         }
+        Task::Bench { quick, only } => {
+            setup::setup()?;
+            setup::bench_setup()?;
+            let bins = build(true)?;
+            let json = target_dir()?.join("bench").join("latest.json");
+            let mut cmd = Command::new(&bins.bench);
+            cmd.arg("--lb").arg(&bins.lb).arg("--json").arg(&json);
+            if quick {
+                cmd.arg("--quick");
+            }
+            for section in only {
+                cmd.arg("--only").arg(section);
+            }
+            exec(&mut cmd)
+        }
         Task::Test { args } => {
             setup::setup()?;
-            let bins = build()?;
+            let bins = build(false)?;
             eprintln!("test: running every test (unit, datapath fixtures, namespace end-to-end)");
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).env("LB_BIN", &bins.lb);
@@ -107,21 +132,32 @@ fn cargo() -> Command {
 struct Binaries {
     lb: PathBuf,
     demo: PathBuf,
+    bench: PathBuf,
 }
 
-/// Builds the agent and the demo; returns their paths as cargo reports them.
-fn build() -> anyhow::Result<Binaries> {
-    eprintln!("build: lb (agent and CLI, with the XDP program) and lb-demo");
-    let output = cargo()
-        .args(["build", "--package", "lb-userspace", "--package", "tests", "--bins", "--message-format=json"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
+/// Where cargo builds, as it reports it.
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = cargo().args(["metadata", "--format-version=1", "--no-deps"]).output().context("cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
+    Ok(PathBuf::from(meta["target_directory"].as_str().context("no target_directory")?))
+}
+
+/// Builds the agent, the demo and the benchmark (optimised when `release`);
+/// returns their paths as cargo reports them.
+fn build(release: bool) -> anyhow::Result<Binaries> {
+    eprintln!("build: lb (agent and CLI, with the XDP program), lb-demo, lb-bench");
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "lb-userspace", "--package", "tests", "--bins", "--message-format=json"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let output = cmd.stderr(Stdio::inherit()).output().context("cannot run cargo build")?;
     if !output.status.success() {
         bail!("build failed");
     }
     let mut lb = None;
     let mut demo = None;
+    let mut bench = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -132,12 +168,14 @@ fn build() -> anyhow::Result<Binaries> {
         match message["target"]["name"].as_str() {
             Some("lb") => lb = Some(PathBuf::from(executable)),
             Some("lb-demo") => demo = Some(PathBuf::from(executable)),
+            Some("lb-bench") => bench = Some(PathBuf::from(executable)),
             _ => {}
         }
     }
     Ok(Binaries {
         lb: lb.context("cargo did not report the lb binary")?,
         demo: demo.context("cargo did not report the lb-demo binary")?,
+        bench: bench.context("cargo did not report the lb-bench binary")?,
     })
 }
 

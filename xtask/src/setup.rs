@@ -53,6 +53,42 @@ pub fn ensure_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the benchmarks compare against, and their load generator.
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "haproxy", "wrk", "nftables", "conntrack"];
+
+/// Installs the benchmarks' peers. Debian would start nginx and haproxy as
+/// services on the host: a policy-rc.d keeps it from doing so (the
+/// benchmark runs its own, in namespaces).
+pub fn bench_setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = BENCH_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        step("benchmark peers", "present");
+        return Ok(());
+    }
+    step("benchmark peers", &format!("installing {}", missing.join(" ")));
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\n# lb xtask: no service starts while installing benchmark peers\nexit 101\n")
+            .context("cannot write /usr/sbin/policy-rc.d")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update").and_then(|()| {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "installing the benchmark peers",
+        )
+    });
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
 pub fn setup() -> anyhow::Result<()> {
     ensure_root()?;
     debian_packages()?;

@@ -1,3 +1,377 @@
-//! (in progress)
+//! Section 3, end to end through namespaces: the same topology (a client,
+//! the balancer's namespace, 3 servers running nginx), the same load
+//! generator (wrk) and the same long-flow sender for every contender,
+//! alternating contenders round by round:
+//! - direct: the client talks to one server (the ceiling);
+//! - multipath: an L4-hash multipath route over the 3 servers (the ceiling
+//!   for spreading load; the servers hold the VIP);
+//! - ours: the XDP balancer (the real agent);
+//! - haproxy: HAProxy 2.6 in TCP mode;
+//! - nftables: DNAT with jhash over the servers and kernel conntrack.
+//!
+//! Both cores are busy with the load generator and the servers, so a
+//! balancer scores by how little CPU it takes from them. Leftover sockets
+//! and conntrack entries are cleared between contenders.
 
-pub fn run(_report: &mut super::Report, _quick: bool) {}
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use super::{Report, Target, median};
+use crate::{
+    agent::Agent,
+    netns::{NetNs, must},
+    servers::{Kind, Server, bulk_send},
+    topology::{ServiceSpec, Topology, VIP},
+};
+
+const SECTION: &str = "3. End to end through namespaces (ratio to the ceilings; higher is better, latency lower)";
+const HTTP_PORT: u16 = 80;
+const BULK_PORT: u16 = 9000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    Direct,
+    Multipath,
+    Ours,
+    Haproxy,
+    Nftables,
+}
+
+impl Contender {
+    const ALL: [Contender; 5] =
+        [Contender::Direct, Contender::Multipath, Contender::Ours, Contender::Haproxy, Contender::Nftables];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct (no balancer)",
+            Contender::Multipath => "multipath route",
+            Contender::Ours => "lb (this XDP balancer)",
+            Contender::Haproxy => "HAProxy 2.6, mode tcp",
+            Contender::Nftables => "nftables DNAT + conntrack",
+        }
+    }
+
+    /// Where the client sends its traffic.
+    fn target(self) -> Ipv4Addr {
+        if self == Contender::Direct { Ipv4Addr::new(10, 0, 1, 2) } else { VIP }
+    }
+}
+
+/// One round's figures for a contender.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    new_conns: f64,
+    keepalive: f64,
+    p99_ms: f64,
+    bulk_gbps: f64,
+}
+
+struct Bed {
+    lb_bin: std::path::PathBuf,
+    // Dropped in order: processes, then servers, then namespaces.
+    nginx: Vec<Child>,
+    _sinks: Vec<Server>,
+    topology: Topology,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // SIGTERM: the nginx master stops its workers before it exits.
+        for child in &mut self.nginx {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx_config(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("nginx-{name}.conf"));
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {pid};\nerror_log /dev/null crit;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n access_log off;\n keepalive_requests 1000000;\n\
+         client_body_temp_path {dir}/body-{name};\n\
+         server {{ listen 80 reuseport backlog=4096; location / {{ return 200 \"{name}\\n\"; }} }}\n}}\n",
+        pid = dir.join(format!("nginx-{name}.pid")).display(),
+        dir = dir.display(),
+    );
+    std::fs::write(&path, conf).expect("nginx config");
+    path
+}
+
+impl Bed {
+    fn new(lb_bin: &Path) -> Bed {
+        let topology = Topology::new(3);
+        // Not the topology's own directory: the agent's guard removes that one.
+        let dir = std::env::temp_dir().join(format!("{}-bench", topology.prefix));
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        // The client reaches server 1 directly (the "direct" ceiling) through
+        // the balancer's namespace, routing.
+        topology.client.ip(&["route", "add", "10.0.1.0/24", "via", "10.0.0.1"]);
+        for (ns, keys) in [
+            (&topology.client, &["net.ipv4.tcp_tw_reuse=1", "net.ipv4.tcp_timestamps=2"][..]),
+            (&topology.lb, &["net.ipv4.tcp_timestamps=2", "net.ipv4.fib_multipath_hash_policy=1"][..]),
+        ] {
+            for kv in keys {
+                let (k, v) = kv.split_once('=').unwrap();
+                ns.sysctl(k, v);
+            }
+        }
+        topology.client.sysctl("net.ipv4.ip_local_port_range", "1024 65000");
+        // Multipath: the servers hold the VIP; the balancer routes it over them.
+        for s in &topology.servers {
+            s.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+        }
+        topology.lb.ip(&[
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "nexthop",
+            "via",
+            "10.0.1.2",
+            "nexthop",
+            "via",
+            "10.0.2.2",
+            "nexthop",
+            "via",
+            "10.0.3.2",
+        ]);
+        let nginx = topology
+            .servers
+            .iter()
+            .map(|s| {
+                let conf = nginx_config(&dir, &s.name);
+                s.ns.command("nginx")
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start nginx")
+            })
+            .collect();
+        let sinks = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Sink, BULK_PORT)).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        Bed { lb_bin: lb_bin.to_owned(), nginx, _sinks: sinks, topology, dir }
+    }
+
+    /// Sets the contender up; the returned guard tears it down.
+    fn start(&self, contender: Contender) -> Running<'_> {
+        let lb = &self.topology.lb;
+        let mut running = Running { bed: self, agent: None, haproxy: None, nft: false, vip_on_lb: false };
+        match contender {
+            Contender::Direct | Contender::Multipath => {}
+            Contender::Ours => {
+                let specs = [
+                    ServiceSpec { port: HTTP_PORT, protocol: "tcp", server_port: HTTP_PORT, weights: vec![1; 3] },
+                    ServiceSpec { port: BULK_PORT, protocol: "tcp", server_port: BULK_PORT, weights: vec![1; 3] },
+                ];
+                let config = self.topology.config(&specs, "[flows]\nmax = 262144\n");
+                running.agent = Some(Agent::start_with(self.lb_bin.clone(), &self.topology, &config));
+            }
+            Contender::Haproxy => {
+                lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+                running.vip_on_lb = true;
+                let servers =
+                    |port: u16| -> String { (1..=3).map(|i| format!("  server s{i} 10.0.{i}.2:{port}\n")).collect() };
+                let conf = format!(
+                    "global\n  maxconn 9000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                     frontend http\n  bind {VIP}:{HTTP_PORT}\n  default_backend web\n\
+                     frontend bulk\n  bind {VIP}:{BULK_PORT}\n  default_backend bulk\n\
+                     backend web\n  balance roundrobin\n{}\
+                     backend bulk\n  balance roundrobin\n{}",
+                    servers(HTTP_PORT),
+                    servers(BULK_PORT)
+                );
+                let path = self.dir.join("haproxy.cfg");
+                std::fs::write(&path, conf).expect("haproxy config");
+                let log = std::fs::File::create(self.dir.join("haproxy.log")).expect("haproxy log");
+                let mut child = lb
+                    .command("haproxy")
+                    .args(["-db", "-f"])
+                    .arg(&path)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("start haproxy");
+                std::thread::sleep(Duration::from_millis(500));
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
+                    panic!("haproxy exited ({status}):\n{log}");
+                }
+                running.haproxy = Some(child);
+            }
+            Contender::Nftables => {
+                let rules = format!(
+                    "table ip lbbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
+                     ip daddr {VIP} tcp dport {{ {HTTP_PORT}, {BULK_PORT} }} dnat to jhash ip saddr . tcp sport mod 3 map {{ 0 : 10.0.1.2, 1 : 10.0.2.2, 2 : 10.0.3.2 }}\n }}\n}}\n"
+                );
+                let path = self.dir.join("nft.rules");
+                std::fs::write(&path, rules).expect("nft rules");
+                must(lb.command("nft").arg("-f").arg(&path));
+                running.nft = true;
+            }
+        }
+        running
+    }
+
+    /// Leftovers from one contender corrupt the next one's figures.
+    fn clear_leftovers(&self) {
+        let mut namespaces: Vec<&NetNs> = vec![&self.topology.client, &self.topology.lb];
+        namespaces.extend(self.topology.servers.iter().map(|s| &s.ns));
+        for ns in namespaces {
+            let _ = ns.command("ss").args(["-K", "-t", "state", "time-wait"]).output();
+            let _ = ns.command("ss").args(["-K", "-t", "state", "fin-wait-2"]).output();
+        }
+        let _ = self.topology.lb.command("conntrack").arg("-F").stderr(Stdio::null()).output();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn wrk(&self, target: Ipv4Addr, close: bool, seconds: u32) -> (f64, f64, f64) {
+        let mut cmd = self.topology.client.command("wrk");
+        cmd.args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "--timeout", "2s"]);
+        if close {
+            cmd.args(["-H", "Connection: close"]);
+        }
+        cmd.arg(format!("http://{target}:{HTTP_PORT}/"));
+        let out = must(&mut cmd);
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn measure(&self, contender: Contender, seconds: u32) -> Figures {
+        self.clear_leftovers();
+        let running = self.start(contender);
+        let target = contender.target();
+        let (new_conns, _, _) = self.wrk(target, true, seconds);
+        self.clear_leftovers();
+        let (keepalive, _p50_ms, p99_ms) = self.wrk(target, false, seconds);
+        let bulk = self
+            .topology
+            .client
+            .run(|| bulk_send(target, BULK_PORT, Duration::from_secs(seconds as u64)))
+            .expect("bulk transfer");
+        drop(running);
+        Figures { new_conns, keepalive, p99_ms, bulk_gbps: bulk / 1e9 }
+    }
+}
+
+/// A contender in place; taken down on drop.
+struct Running<'a> {
+    bed: &'a Bed,
+    agent: Option<Agent>,
+    haproxy: Option<Child>,
+    nft: bool,
+    vip_on_lb: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let lb = &self.bed.topology.lb;
+        self.agent.take();
+        if let Some(mut child) = self.haproxy.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.nft {
+            let _ = lb.command("nft").args(["delete", "table", "ip", "lbbench"]).output();
+        }
+        if self.vip_on_lb {
+            let _ = lb.command("ip").args(["addr", "del", &format!("{VIP}/32"), "dev", "lo"]).output();
+        }
+    }
+}
+
+/// Requests per second, and p50 and p99 latency in ms, from wrk's output.
+fn parse_wrk(out: &str) -> (f64, f64, f64) {
+    let rate = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rate in wrk output:\n{out}"));
+    let percentile = |p: &str| -> f64 {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| {
+                let v = v.trim();
+                let (number, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+                let n: f64 = number.parse().unwrap_or(f64::NAN);
+                match unit {
+                    "us" => n / 1000.0,
+                    "ms" => n,
+                    "s" => n * 1000.0,
+                    _ => f64::NAN,
+                }
+            })
+            .unwrap_or(f64::NAN)
+    };
+    (rate, percentile("50%"), percentile("99%"))
+}
+
+pub fn run(report: &mut Report, quick: bool, lb: &Path) {
+    let (rounds, seconds) = if quick { (1, 2) } else { (3, 4) };
+    let bed = Bed::new(lb);
+    let mut results: Vec<(Contender, Vec<Figures>)> = Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
+    for round in 0..rounds {
+        for (contender, figures) in &mut results {
+            let f = bed.measure(*contender, seconds);
+            eprintln!(
+                "bench: e2e round {} {:<28} {:>8.0} conn/s {:>8.0} req/s  p99 {:>6.2} ms  {:>5.2} Gbit/s",
+                round + 1,
+                contender.name(),
+                f.new_conns,
+                f.keepalive,
+                f.p99_ms,
+                f.bulk_gbps
+            );
+            figures.push(f);
+        }
+    }
+    // Medians per contender, then ratios to the ceilings.
+    let med = |c: Contender, pick: fn(&Figures) -> f64| -> f64 {
+        let mut v: Vec<f64> = results.iter().find(|(x, _)| *x == c).unwrap().1.iter().map(pick).collect();
+        median(&mut v)
+    };
+    let metrics: [(&str, fn(&Figures) -> f64, &str); 4] = [
+        ("new connections/s", |f| f.new_conns, "conn/s"),
+        ("keep-alive requests/s", |f| f.keepalive, "req/s"),
+        ("long-flow throughput", |f| f.bulk_gbps, "Gbit/s"),
+        ("p99 latency (keep-alive)", |f| f.p99_ms, "ms"),
+    ];
+    let note = format!("median of {rounds} rounds x {seconds} s; wrk -t1 -c32; tx checksum offload off for all");
+    for (metric, pick, unit) in metrics {
+        let direct = med(Contender::Direct, pick);
+        let multipath = med(Contender::Multipath, pick);
+        for contender in [Contender::Ours, Contender::Haproxy, Contender::Nftables] {
+            let value = med(contender, pick);
+            let is_ours = contender == Contender::Ours;
+            let (vs_multipath, target) = if metric.starts_with("p99") {
+                (value / multipath, is_ours.then_some(Target::AtMost(1.1)))
+            } else {
+                (value / multipath, (is_ours && !metric.starts_with("long")).then_some(Target::AtLeast(0.95)))
+            };
+            report.add(
+                SECTION,
+                format!("{metric}: {} / multipath", contender.name()),
+                vs_multipath,
+                "x",
+                target,
+                format!("{value:.1} {unit}; / direct {:.2}x; {note}", value / direct),
+            );
+        }
+        report.add(
+            SECTION,
+            format!("{metric}: ceilings, direct and multipath"),
+            multipath,
+            unit,
+            None,
+            format!("direct {direct:.1} {unit}, multipath {multipath:.1} {unit}"),
+        );
+    }
+}

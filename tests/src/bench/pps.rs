@@ -77,7 +77,8 @@ fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
 
 /// Rates of the balancer and the reflector, and the median ratio, with the
 /// receiving peers ending each frame with `receiver_verdict`.
-fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64) {
+/// Also returns the share of frames that took the existing-flow path.
+fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64, f64) {
     let prefix = unique_prefix();
     let lb = NetNs::create(&format!("{prefix}-plb"));
     let client = NetNs::create(&format!("{prefix}-pc"));
@@ -133,28 +134,35 @@ fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64)
         let reflect = load_test_program("reflect").unwrap();
         let reflect: &Xdp = reflect.program("reflect").unwrap().try_into().unwrap();
         let lbc = ifindex("lbc");
-        let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut ratios, mut on_path) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let reflected = live_rate(reflect, &frame, lbc, repeat);
             let before = bed.outcomes()[Outcome::ForwardFlow.label()];
             let balanced = live_rate(bed.dp().program(), &frame, lbc, repeat);
             let forwarded = bed.outcomes()[Outcome::ForwardFlow.label()] - before;
-            assert_eq!(forwarded, repeat as u64, "every live frame forwarded on the existing flow");
+            // A frame the receiver's ring had no room for goes back to the page
+            // pool unrestored, and a later run sees it rewritten (and passes it
+            // to the stack, which costs more): checked to stay marginal.
+            assert!(
+                forwarded as f64 >= 0.99 * repeat as f64,
+                "only {forwarded} of {repeat} live frames took the existing-flow path"
+            );
+            on_path.push(forwarded as f64 / repeat as f64);
             ours.push(balanced);
             theirs.push(reflected);
             ratios.push(balanced / reflected);
         }
-        (median(&mut ours), median(&mut theirs), median(&mut ratios))
+        (median(&mut ours), median(&mut theirs), median(&mut ratios), median(&mut on_path))
     })
 }
 
 pub fn run(report: &mut Report, quick: bool) {
-    let (rounds, repeat) = if quick { (3, 1_000_000) } else { (7, 3_000_000) };
+    let (rounds, repeat) = if quick { (3, 1_000_000) } else { (9, 1_000_000) };
     let note = |receiver: &str| format!("{receiver}; median of {rounds} rounds x {repeat} frames");
     // Receivers that take each frame into their stack, like a host (and like
     // the pass programs of the reference measurement).
-    let (ours, theirs, ratio) = measure(rounds, repeat, XDP_PASS);
-    let n = note("receivers pass frames to their stack");
+    let (ours, theirs, ratio, on_path) = measure(rounds, repeat, XDP_PASS);
+    let n = format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path * 100.0);
     report.add(SECTION, "balancer, existing flow", ours / 1e6, "Mpps", None, n.clone());
     report.add(SECTION, "trivial XDP_TX reflector", theirs / 1e6, "Mpps", None, n.clone());
     report.add(
@@ -166,8 +174,8 @@ pub fn run(report: &mut Report, quick: bool) {
         format!("{n}; reference balancer: 0.65x"),
     );
     // Receivers that drop at once: the balancer's own cost weighs more.
-    let (ours, theirs, ratio) = measure(rounds, repeat, XDP_DROP);
-    let n = note("receivers drop at once");
+    let (ours, theirs, ratio, on_path) = measure(rounds, repeat, XDP_DROP);
+    let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), on_path * 100.0);
     report.add(
         SECTION,
         "balancer / reflector, dropping receivers",

@@ -37,7 +37,7 @@ fn main() {
         bench::pps::run(&mut report, quick);
     }
     if wanted("e2e") {
-        bench::end_to_end::run(&mut report, quick);
+        bench::end_to_end::run(&mut report, quick, &lb);
     }
     if wanted("control") {
         bench::control_plane::run(&mut report, quick, &lb);
