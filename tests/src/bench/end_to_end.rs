@@ -338,7 +338,8 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
         let mut v: Vec<f64> = results.iter().find(|(x, _)| *x == c).unwrap().1.iter().map(pick).collect();
         median(&mut v)
     };
-    let metrics: [(&str, fn(&Figures) -> f64, &str); 4] = [
+    type Metric = (&'static str, fn(&Figures) -> f64, &'static str);
+    let metrics: [Metric; 4] = [
         ("new connections/s", |f| f.new_conns, "conn/s"),
         ("keep-alive requests/s", |f| f.keepalive, "req/s"),
         ("long-flow throughput", |f| f.bulk_gbps, "Gbit/s"),
