@@ -22,13 +22,12 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
         .config(&[spec], "[flows]\nudp_idle_timeout = \"abc\"\n")
         .replace("pool = \"p80\"", "pool = \"webb\"")
         .replace("address = \"10.0.1.2\"", "address = \"10.0.1\"");
-    let dir = std::env::temp_dir().join(format!("{}-bad", topology.prefix));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("lb.toml");
+    let lb_bin = testbed::agent::lb_bin();
+    let path = std::env::temp_dir().join(format!("{}-bad.toml", topology.prefix));
     std::fs::write(&path, config).unwrap();
-
-    let lb = topology.lb.command(testbed::agent::lb_bin()).args(["agent", "--config"]).arg(&path).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let lb = topology.lb.command(lb_bin).args(["agent", "--config"]).arg(&path).output();
+    let _ = std::fs::remove_file(&path);
+    let lb = lb.unwrap();
     let stderr = String::from_utf8_lossy(&lb.stderr);
     assert!(!lb.status.success(), "agent accepted a bad config: {stderr}");
     for problem in [
