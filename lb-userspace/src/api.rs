@@ -43,6 +43,7 @@ pub enum Request {
         servers: Vec<String>,
     },
     Events,
+    Stats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,5 +165,6 @@ fn dispatch(control: &mut Control, request: Request) -> Result<Value, String> {
             to_value(serde_json::to_value(control.enable(&pool, &servers).map_err(explain)?))
         }
         Request::Events => to_value(serde_json::to_value(control.events())),
+        Request::Stats => to_value(serde_json::to_value(control.stats().map_err(explain)?)),
     }
 }

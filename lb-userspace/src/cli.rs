@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     api::{self, Request},
-    control::{Change, Event, PoolSummary, PoolView},
+    control::{Change, Event, PoolSummary, PoolView, Stats},
     duration::{format_time_left, parse_duration},
     server_state::DisableMode,
 };
@@ -191,6 +191,19 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
             "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
             s.name, s.address, s.weight, state, s.active_flows, deadline, s.new_flows
         );
+    }
+    Ok(())
+}
+
+/// Every outcome counter: forwarded, passed, dropped, and why.
+pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let (stats, data): (Stats, Value) = call(socket, &Request::Stats)?;
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    for (outcome, packets) in stats.outcomes {
+        println!("{outcome:<28} {packets:>16}");
     }
     Ok(())
 }

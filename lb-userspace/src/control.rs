@@ -95,8 +95,17 @@ pub struct ServerView {
     pub active_flows: u64,
     pub deadline_left_ms: Option<u64>,
     pub packets_to: u64,
+    pub bytes_to: u64,
     pub packets_from: u64,
+    pub bytes_from: u64,
     pub new_flows: u64,
+}
+
+/// Every packet the datapath saw, by outcome: what it forwarded, passed,
+/// dropped, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub outcomes: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +318,12 @@ impl Control {
         self.events.iter().cloned().collect()
     }
 
+    pub fn stats(&self) -> Result<Stats, ControlError> {
+        let outcomes = stats::outcomes(&self.dp.maps)
+            .map_err(|source| ControlError::Tables(TablesError::Map { action: "read", map: "outcomes", source }))?;
+        Ok(Stats { outcomes: outcomes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
+    }
+
     pub fn pool_list(&self) -> Vec<PoolSummary> {
         self.config
             .pools
@@ -358,7 +373,9 @@ impl Control {
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     deadline_left_ms,
                     packets_to: traffic.packets_to,
+                    bytes_to: traffic.bytes_to,
                     packets_from: traffic.packets_from,
+                    bytes_from: traffic.bytes_from,
                     new_flows: traffic.new_flows,
                 }
             })

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Packets by outcome: forwarded, passed, dropped, and why.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an instance's pinned maps (its agent must be stopped).
     Cleanup {
         #[arg(long, short)]
@@ -138,6 +143,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Pool { command: PoolCommand::List { json } } => cli::pool_list(socket, json),
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
         Command::Events { json } => cli::events(socket, json),
+        Command::Stats { json } => cli::stats(socket, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;
             let dir = agent::pin_dir(&config.instance);

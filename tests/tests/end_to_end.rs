@@ -41,10 +41,21 @@ fn spread(topology: &Topology, n: usize) -> BTreeMap<String, usize> {
 fn new_tcp_connections_spread_over_three_servers() {
     let topology = Topology::new(3);
     let _servers = start_servers(&topology, Kind::Http, 8080);
-    let _agent = Agent::start(&topology, &topology.config(&[http(&[1, 1, 1])], ""));
+    let agent = Agent::start(&topology, &topology.config(&[http(&[1, 1, 1])], ""));
 
     let counts = spread(&topology, 300);
     assert_eq!(counts.values().sum::<usize>(), 300, "every request answered: {counts:?}");
+    // What the operator sees: every packet counted under an outcome, and
+    // traffic per server.
+    let stats = agent.lb_json(&["stats"]);
+    let outcome = |name: &str| stats["outcomes"][name].as_u64().unwrap_or_else(|| panic!("no outcome {name}: {stats}"));
+    assert!(outcome("forward_new_flow") + outcome("pass_neighbour_unresolved") >= 300, "{stats}");
+    assert!(outcome("forward_reply") >= 300, "{stats}");
+    assert_eq!(outcome("drop_no_server"), 0, "{stats}");
+    let view = agent.lb_json(&["pool", "show", "p80"]);
+    for server in view["servers"].as_array().unwrap() {
+        assert!(server["bytes_to"].as_u64().unwrap() > 0 && server["bytes_from"].as_u64().unwrap() > 0, "{server}");
+    }
     assert_eq!(counts.len(), 3, "every server used: {counts:?}");
     for (server, n) in &counts {
         assert!((60..=141).contains(n), "{server} got {n} of 300 (want 20%..47%): {counts:?}");
