@@ -5,7 +5,7 @@ use std::{collections::HashMap, io, time::Duration};
 
 use lb_common::{Flow, FlowKey, flow_seen, flow_state};
 
-use crate::{bpf_batch, config::FlowSettings, datapath::Maps, tables::Tables};
+use crate::{bpf_batch, config::FlowSettings, datapath::Maps, server_state::AdminState, tables::Tables};
 
 /// Entries read per batch: bounds the agent's memory whatever the table size.
 const CHUNK: usize = 4096;
@@ -14,7 +14,7 @@ const CHUNK: usize = 4096;
 pub struct SweepReport {
     /// Flows in the table before the sweep.
     pub scanned: usize,
-    /// Flows removed.
+    /// Flows removed (idle past their timeout, or of a server out of service).
     pub expired: usize,
     /// Live flows remaining, by server id: TCP flows not yet closed by both
     /// sides or reset, UDP flows not idle out.
@@ -50,7 +50,11 @@ pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64)
         report.scanned += n;
         for (key, flow) in keys[..n].iter().zip(&values[..n]) {
             let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
-            if idle <= timeout(settings, flow) {
+            // A flow of a server removed from the config, or left on a
+            // disabled one, is over: the datapath no longer forwards it.
+            let server = tables.server_by_id(flow.server_id);
+            let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
+            if idle <= timeout(settings, flow) && !out_of_service {
                 if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
                     *report.active_by_server.entry(flow.server_id).or_default() += 1;
                 }

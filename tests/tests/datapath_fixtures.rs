@@ -484,3 +484,33 @@ fn an_endpoint_serving_two_services_finds_the_vip_per_flow() {
         assert_eq!((bed.flow_count(), bed.reverse_nat_count()), (0, 0), "aged out with their flows");
     });
 }
+
+#[test]
+fn flows_of_a_server_removed_from_the_config_are_swept_at_once() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 1)));
+        let to_far = client_tcp(43000, 8443).flags(SYN);
+        bed.run(&[Case {
+            name: "a flow on f1",
+            input: to_far.build(),
+            ingress: "toclient",
+            verdict: XDP_PASS,
+            output: Expect::Packet(to_far.clone().addresses((CLIENT, 43000), (SERVER_UNRESOLVED, 8443)).ttl(63).build()),
+            counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", 1)],
+        }]);
+        let key = flow_key((CLIENT, 43000), (VIP, 8443), proto::TCP);
+        let now = flow_aging::datapath_now_ns();
+        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        assert!(bed.flow(&key).is_some(), "a fresh flow stays");
+
+        // The config drops service 8443 and its pool: f1 is gone.
+        let without_far = config((1, 1))
+            .replace("port = 8443\n        protocol = \"tcp\"\n        pool = \"far\"", "port = 8443\n        protocol = \"tcp\"\n        pool = \"web\"")
+            .replace(&format!("[[pools.far.servers]]\n        name = \"f1\"\n        address = \"{SERVER_UNRESOLVED}\"\n        port = 8443\n"), "");
+        assert!(!without_far.contains("pools.far"), "the test config edit did not apply");
+        bed.apply(&without_far);
+        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        assert!(bed.flow(&key).is_none(), "the removed server's flow is swept at once, not after 300 s");
+    });
+}
