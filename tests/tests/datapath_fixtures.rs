@@ -174,6 +174,11 @@ fn datapath_fixtures() {
             forward("SYN to the VIP creates a flow on s1, rewritten exactly", &syn, s1, SERVER1_MAC, "web", "s1", true),
             reply("the server's SYN-ACK is rewritten back to the VIP", &syn_ack, (VIP, 80), "web", "s1"),
             forward("the next packet of the flow goes to the same server", &data, s1, SERVER1_MAC, "web", "s1", false),
+            drop(
+                "a packet larger than the route's MTU drops (cached next hop)",
+                client_tcp(40000, 80).flags(ACK).seq(1001, 7001).payload(&[0u8; 1500]).build(),
+                DropMtuExceeded,
+            ),
             forward("UDP to the VIP creates a flow", &udp, (SERVER1, 5353), SERVER1_MAC, "dns", "d1", true),
             reply("the UDP reply is rewritten back to the VIP", &udp_reply, (VIP, 53), "dns", "d1"),
             forward("a zero UDP checksum stays zero", &udp_no_csum, (SERVER1, 5353), SERVER1_MAC, "dns", "d1", true),
