@@ -16,6 +16,8 @@ pub struct Assignment {
     pub server_id: u32,
     pub server: Server,
     pub new_flow: bool,
+    /// The existing flow, to be touched once the packet is on its way.
+    pub flow: Option<*mut Flow>,
 }
 
 /// Why a packet is not forwarded.
@@ -77,16 +79,16 @@ pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -
                 };
                 return Err(terminated(pkt, flow, to_server));
             }
-            touch(flow, pkt, now, true);
-            return Ok(Assignment { server_id: flow.server_id, server, new_flow: false });
+            return Ok(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(flow) });
         }
     }
     create(pkt, service, vip, vport, now).map_err(Refusal::Outcome)
 }
 
-/// Server -> client: the flow this reply belongs to. Returns its server id.
+/// Server -> client: the flow this reply belongs to (touch it once the
+/// packet is on its way).
 #[inline(always)]
-pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Refusal> {
+pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<*mut Flow, Refusal> {
     let key = FlowKey {
         src_addr: pkt.key.dst_addr,
         dst_addr: nat.vip,
@@ -114,8 +116,7 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat, now: u64) -> Result<u32, Refusal> {
         };
         return Err(terminated(pkt, flow, to_client));
     }
-    touch(flow, pkt, now, false);
-    Ok(flow.server_id)
+    Ok(flow)
 }
 
 #[inline(always)]
@@ -151,13 +152,15 @@ fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Re
         let nat = ReverseNat { vip, port: vport, ..ReverseNat::default() };
         REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
     }
-    Ok(Assignment { server_id, server, new_flow: true })
+    Ok(Assignment { server_id, server, new_flow: true, flow: None })
 }
 
-/// Records a packet of the flow: its time, and for TCP its sequence numbers
-/// and FIN or RST.
+/// Records a packet of the flow that is being forwarded: its time, and for
+/// TCP its sequence numbers and FIN or RST. Not for a packet that is then
+/// dropped: the sequence numbers must stay the ones the ends have seen.
 #[inline(always)]
-fn touch(flow: &mut Flow, pkt: &Packet, now: u64, from_client: bool) {
+pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64, from_client: bool) {
+    let flow = unsafe { &mut *flow };
     // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
     if flow.last_seen_ns != now {
         flow.last_seen_ns = now;

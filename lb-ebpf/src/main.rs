@@ -114,6 +114,9 @@ mod program {
             Err(Refusal::Reset(other_end)) => return reset::reset_sender(ctx, pkt, &other_end),
         };
         let hop = forward::next_hop_to_server(ctx, pkt, a.server_id, a.server.addr, now)?;
+        if let Some(existing) = a.flow {
+            flow::touch(existing, pkt, now, true);
+        }
         nat::rewrite_destination(pkt, a.server.addr, a.server.port);
         nat::decrement_ttl(pkt);
         count_to_server(a.server_id, pkt.len, a.new_flow);
@@ -130,12 +133,14 @@ mod program {
     #[inline(always)]
     fn to_client(ctx: &XdpContext, pkt: &Packet, nat: &ReverseNat) -> Result<(Outcome, u32), Outcome> {
         check_ttl(pkt)?;
-        let server_id = match flow::reply(pkt, nat, now()) {
-            Ok(id) => id,
+        let existing = match flow::reply(pkt, nat) {
+            Ok(f) => f,
             Err(Refusal::Outcome(outcome)) => return Err(outcome),
             Err(Refusal::Reset(other_end)) => return reset::reset_sender(ctx, pkt, &other_end),
         };
         let hop = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
+        flow::touch(existing, pkt, now(), false);
+        let server_id = unsafe { (*existing).server_id };
         nat::rewrite_source(pkt, nat.vip, nat.port);
         nat::decrement_ttl(pkt);
         count_from_server(server_id, pkt.len);

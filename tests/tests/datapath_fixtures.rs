@@ -241,6 +241,12 @@ fn datapath_fixtures() {
             ),
         ]);
         assert_eq!(bed.flow_count(), 4, "flows: web, 2 dns, far");
+        let web_flow = bed.flow(&flow_key((CLIENT, 40000), (VIP, 80), proto::TCP)).expect("web flow");
+        assert_eq!(
+            (web_flow.client_next_seq, web_flow.server_next_seq),
+            (1019, 7001),
+            "tracked sequences are those of forwarded packets (the oversize one was dropped)"
+        );
         assert_eq!(bed.reverse_nat_count(), 0, "no endpoint serves two services: replies find their VIP by endpoint");
 
         // FIN moves the flow to closing; it stays until the linger is over.
