@@ -40,39 +40,59 @@ fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
 /// One pass over the flow table at time `now_ns`.
 pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
+    let (scanned, expired) = remove_flows_where(maps, tables, |_, flow| {
+        let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
+        // A flow of a server removed from the config, or left on a disabled
+        // one, is over: the datapath no longer forwards it.
+        let server = tables.server_by_id(flow.server_id);
+        let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
+        if idle > timeout(settings, flow) || out_of_service {
+            return true;
+        }
+        if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
+            *report.active_by_server.entry(flow.server_id).or_default() += 1;
+        }
+        false
+    })?;
+    report.scanned = scanned;
+    report.expired = expired;
+    Ok(report)
+}
+
+/// Walks the flow table in batches (bounded memory whatever its size) and
+/// removes the flows `remove` picks, with their return-path entries.
+/// Returns how many flows were seen and how many removed.
+pub fn remove_flows_where(
+    maps: &Maps,
+    tables: &Tables,
+    mut remove: impl FnMut(&FlowKey, &Flow) -> bool,
+) -> io::Result<(usize, usize)> {
+    let (mut seen, mut removed) = (0, 0);
     let mut cursor = bpf_batch::Cursor::default();
     let mut keys = vec![FlowKey::default(); CHUNK];
     let mut values = vec![Flow::default(); CHUNK];
-    let mut expired = Vec::new();
-    let mut expired_replies = Vec::new();
+    let mut doomed = Vec::new();
+    let mut doomed_replies = Vec::new();
     while !cursor.done {
         let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
-        report.scanned += n;
+        seen += n;
         for (key, flow) in keys[..n].iter().zip(&values[..n]) {
-            let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
-            // A flow of a server removed from the config, or left on a
-            // disabled one, is over: the datapath no longer forwards it.
-            let server = tables.server_by_id(flow.server_id);
-            let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
-            if idle <= timeout(settings, flow) && !out_of_service {
-                if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
-                    *report.active_by_server.entry(flow.server_id).or_default() += 1;
-                }
+            if !remove(key, flow) {
                 continue;
             }
-            expired.push(*key);
+            doomed.push(*key);
             if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
-                expired_replies.push(reply_key(key, server.address, server.port));
+                doomed_replies.push(reply_key(key, server.address, server.port));
             }
         }
-        if !expired.is_empty() {
-            report.expired += bpf_batch::delete_batch(maps.flows_fd(), &expired)?;
-            bpf_batch::delete_batch(maps.reverse_nat_fd(), &expired_replies)?;
-            expired.clear();
-            expired_replies.clear();
+        if !doomed.is_empty() {
+            removed += bpf_batch::delete_batch(maps.flows_fd(), &doomed)?;
+            bpf_batch::delete_batch(maps.reverse_nat_fd(), &doomed_replies)?;
+            doomed.clear();
+            doomed_replies.clear();
         }
     }
-    Ok(report)
+    Ok((seen, removed))
 }
 
 /// The return-path key of a flow on a server.

@@ -14,15 +14,11 @@ use std::{
 use lb_common::{Flow, FlowKey, flow_seen, flow_state};
 
 use crate::{
-    bpf_batch,
     datapath::Maps,
-    flow_aging::reply_key,
+    flow_aging,
     tables::Tables,
     tcp_reset::{Endpoint, Reset, ResetSender},
 };
-
-/// Entries read per batch: bounds memory whatever the table size.
-const CHUNK: usize = 4096;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Termination {
@@ -67,37 +63,19 @@ pub fn terminate(
 ) -> io::Result<Termination> {
     let started = Instant::now();
     let mut done = Termination::default();
-    let mut cursor = bpf_batch::Cursor::default();
-    let mut keys = vec![FlowKey::default(); CHUNK];
-    let mut values = vec![Flow::default(); CHUNK];
-    let mut purge = Vec::new();
-    let mut purge_replies = Vec::new();
     let mut resets = Vec::new();
-    while !cursor.done {
-        let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
-        for (key, flow) in keys[..n].iter().zip(&values[..n]) {
-            if !servers.contains(&flow.server_id) {
-                continue;
-            }
-            if let Some(server) = tables.server_by_id(flow.server_id) {
-                let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
-                if live_tcp {
-                    resets.extend(resets_for(key, flow, Endpoint { addr: server.address, port: server.port }));
-                    *done.reset_by_server.entry(flow.server_id).or_default() += 1;
-                }
-                if server.shared_endpoint {
-                    purge_replies.push(reply_key(key, server.address, server.port));
-                }
-            }
-            purge.push(*key);
+    let (_, purged) = flow_aging::remove_flows_where(maps, tables, |key, flow| {
+        if !servers.contains(&flow.server_id) {
+            return false;
         }
-        if !purge.is_empty() {
-            done.flows += bpf_batch::delete_batch(maps.flows_fd(), &purge)?;
-            bpf_batch::delete_batch(maps.reverse_nat_fd(), &purge_replies)?;
-            purge.clear();
-            purge_replies.clear();
+        let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
+        if let Some(server) = tables.server_by_id(flow.server_id).filter(|_| live_tcp) {
+            resets.extend(resets_for(key, flow, Endpoint { addr: server.address, port: server.port }));
+            *done.reset_by_server.entry(flow.server_id).or_default() += 1;
         }
-    }
+        true
+    })?;
+    done.flows = purged;
     done.purge_time = started.elapsed();
     let sending = Instant::now();
     done.resets_sent = sender.send_all(&resets);

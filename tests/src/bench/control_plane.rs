@@ -13,15 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
-use lb_userspace::{
-    bpf_batch, flow_aging::datapath_now_ns, server_state::DisableMode, tcp_reset::ResetSender, terminate,
-};
+use lb_userspace::{server_state::DisableMode, tcp_reset::ResetSender, terminate};
 
-use super::{Report, Target, median, pin_to_cpu};
+use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
     agent::Agent,
-    fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, XDP_TX, fixture_netns, flow_key, ifindex},
+    fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, XDP_TX, fixture_netns, ifindex},
     packet::{ACK, Pkt},
     topology::{ServiceSpec, Topology},
 };
@@ -36,34 +33,6 @@ fn config(max_flows: u32) -> String {
     format!(
         "interfaces = [\"toclient\"]\n[flows]\nmax = {max_flows}\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}"
     )
-}
-
-fn client(i: u32) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from(0x0b00_0000 | i)
-}
-
-/// `count` established TCP flows, spread over `servers` in turn.
-fn fill(fd: std::os::fd::BorrowedFd<'_>, count: u32, servers: &[u32]) {
-    let now = datapath_now_ns();
-    let mut start = 0;
-    while start < count {
-        let end = (start + 65536).min(count);
-        let keys: Vec<FlowKey> = (start..end).map(|i| flow_key((client(i), 40000), (VIP, 80), proto::TCP)).collect();
-        let values: Vec<Flow> = (start..end)
-            .map(|i| Flow {
-                server_id: servers[i as usize % servers.len()],
-                state: flow_state::TCP_OPEN,
-                seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
-                created_ns: now,
-                last_seen_ns: now,
-                client_next_seq: 1000,
-                server_next_seq: 1,
-                ..Flow::default()
-            })
-            .collect();
-        bpf_batch::update_batch(fd, &keys, &values).expect("fill the flow table");
-        start = end;
-    }
 }
 
 /// BPF_PROG_TEST_RUN straight through the syscall, so that a probe thread
@@ -133,7 +102,7 @@ fn at_scale(flows: u32) -> Scale {
         pin_to_cpu(0);
         let mut bed = FixtureBed::load(&config(2 * flows.max(1_000_000)));
         let ids: Vec<u32> = (1..=4).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
-        fill(bed.dp().maps.flows_fd(), flows, &ids);
+        fill_flows(bed.dp().maps.flows_fd(), 0..flows, (VIP, 80), |i| ids[i as usize % ids.len()]);
 
         // The probe: a packet of one of s1's flows (flow 0 is on s1).
         let probe =
@@ -235,7 +204,7 @@ fn agent_memory(report: &mut Report, lb: &Path) {
     let pins = agent.pin_dir();
     let flows = aya::maps::MapData::from_pin(pins.join("flows")).expect("pinned flow table");
     let servers: Vec<u32> = (0..4).collect();
-    fill(flows.fd().as_fd(), 1_000_000, &servers);
+    fill_flows(flows.fd().as_fd(), 0..1_000_000, (VIP, 80), |i| servers[i as usize % servers.len()]);
     // Let it sweep the full table a few times, and count flows for the API.
     std::thread::sleep(Duration::from_millis(3500));
     let view = agent.lb_json(&["pool", "show", "p80"]);

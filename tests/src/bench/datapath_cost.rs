@@ -6,10 +6,10 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{Flow, FlowKey, Outcome, flow_seen, flow_state, proto, server_state};
-use lb_userspace::{bpf_batch, datapath::load_test_program, flow_aging::datapath_now_ns};
+use lb_common::{FlowKey, Outcome, proto, server_state};
+use lb_userspace::datapath::load_test_program;
 
-use super::{Report, Target, median, pin_to_cpu};
+use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
     fixture::{CLIENT_MAC, FixtureBed, SERVER1, SERVER2, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
     packet::{ACK, Pkt, SYN},
@@ -44,41 +44,12 @@ fn config() -> String {
     )
 }
 
-/// A client address for flow number `i` (distinct for i < 2^24).
-fn client(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0b00_0000 | i)
-}
-
 fn ack_from(client: Ipv4Addr, port: u16) -> Vec<u8> {
     Pkt::tcp((client, port), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(1000, 1).build()
 }
 
 fn key(client: Ipv4Addr, port: u16) -> FlowKey {
     crate::fixture::flow_key((client, port), (VIP, 80), proto::TCP)
-}
-
-/// Puts `count` established flows from clients `first..` on `server_id`.
-fn prefill(bed: &FixtureBed, first: u32, count: u32, server_id: u32) {
-    let now = datapath_now_ns();
-    let flow = Flow {
-        server_id,
-        state: flow_state::TCP_OPEN,
-        seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
-        created_ns: now,
-        last_seen_ns: now,
-        client_next_seq: 1000,
-        server_next_seq: 1,
-        ..Flow::default()
-    };
-    let fd = bed.dp().maps.flows_fd();
-    let mut start = first;
-    while start < first + count {
-        let end = (start + 65536).min(first + count);
-        let keys: Vec<FlowKey> = (start..end).map(|i| key(client(i), 40000)).collect();
-        let values = vec![flow; keys.len()];
-        bpf_batch::update_batch(fd, &keys, &values).expect("prefill flows");
-        start = end;
-    }
 }
 
 /// Total kernel-timed run of `program` over `frames`, ns.
@@ -168,8 +139,8 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     // Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
     // table (as a drain does) then DISABLED before its flows are purged: the
     // window the disabled-flow path serves.
-    prefill(&bed, 0, FLOWS_1E6, s1);
-    prefill(&bed, FLOWS_1E6, 1000, s2);
+    fill_flows(bed.dp().maps.flows_fd(), 0..FLOWS_1E6, (VIP, 80), |_| s1);
+    fill_flows(bed.dp().maps.flows_fd(), FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
     let graceful = lb_userspace::server_state::DisableMode::Graceful { timeout_ms: None };
     bed.control.disable("web", &["s2".into()], graceful, false).expect("drain s2");
     bed.write_server_state("web", "s2", server_state::DISABLED);

@@ -8,6 +8,10 @@ pub mod datapath_cost;
 pub mod end_to_end;
 pub mod pps;
 
+use std::{net::Ipv4Addr, ops::Range, os::fd::BorrowedFd};
+
+use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
+use lb_userspace::{bpf_batch, flow_aging::datapath_now_ns};
 use serde_json::{Value, json};
 
 /// What a figure must reach.
@@ -140,5 +144,36 @@ pub fn pin_to_cpu(cpu: usize) {
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             panic!("cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
         }
+    }
+}
+
+/// The benchmarks' client number `i` (11.0.0.0/8, distinct for i < 2^24).
+pub fn client(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0b00_0000 | i)
+}
+
+/// Puts established TCP flows from clients `clients` (port 40000) to `vip`
+/// straight into a flow table, each on the server `server_of(i)` gives.
+pub fn fill_flows(flows: BorrowedFd<'_>, clients: Range<u32>, vip: (Ipv4Addr, u16), server_of: impl Fn(u32) -> u32) {
+    let now = datapath_now_ns();
+    let mut start = clients.start;
+    while start < clients.end {
+        let end = (start + 65536).min(clients.end);
+        let keys: Vec<FlowKey> =
+            (start..end).map(|i| crate::fixture::flow_key((client(i), 40000), vip, proto::TCP)).collect();
+        let values: Vec<Flow> = (start..end)
+            .map(|i| Flow {
+                server_id: server_of(i),
+                state: flow_state::TCP_OPEN,
+                seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
+                created_ns: now,
+                last_seen_ns: now,
+                client_next_seq: 1000,
+                server_next_seq: 1,
+                ..Flow::default()
+            })
+            .collect();
+        bpf_batch::update_batch(flows, &keys, &values).expect("fill the flow table");
+        start = end;
     }
 }
