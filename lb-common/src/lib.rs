@@ -40,9 +40,8 @@ pub mod map_name {
     pub const OUTCOMES: &str = "outcomes";
     /// Per-CPU per-server counters, indexed by server id: [`ServerStats`](crate::ServerStats).
     pub const SERVER_STATS: &str = "server_stats";
-    /// Port filter: for each port (indexed by its network-order value), bits
-    /// of [`port_use`](crate::port_use).
-    pub const PORTS: &str = "ports";
+    /// The traffic filter: 65536 bytes of [`filter`](crate::filter) bits.
+    pub const FILTER: &str = "filter";
     /// Next hop towards each server, indexed by server id: [`NextHop`](crate::NextHop).
     pub const NEXT_HOPS: &str = "next_hops";
     /// Ring buffer of [`ResetRequest`](crate::ResetRequest)s: TCP resets the
@@ -60,7 +59,7 @@ pub mod map_name {
         REVERSE_NAT,
         OUTCOMES,
         SERVER_STATS,
-        PORTS,
+        FILTER,
         NEXT_HOPS,
         RESET_REQUESTS,
     ];
@@ -246,14 +245,25 @@ pub struct ReverseNat {
 /// the same layout as a service.
 pub type EndpointKey = ServiceKey;
 
-/// What a port is used for, as bits in the `ports` map. Lets the datapath
-/// pass traffic that is not its own with two array reads instead of two
-/// hash lookups.
-pub mod port_use {
-    /// Some virtual service listens on this port.
+/// The datapath's traffic filter, the `filter` map: a byte array that lets
+/// it pass traffic that is not its own with an array read instead of hash
+/// lookups. Two kinds of bits, at two kinds of index:
+pub mod filter {
+    /// At [`service_index`]`(vip, port, protocol)`: some virtual service may
+    /// be there (several may share an index; the services map decides).
     pub const SERVICE: u8 = 1;
-    /// Some server endpoint sends from this port.
-    pub const SERVER: u8 = 2;
+    /// At a port's network-order value: some server endpoint sends from it.
+    pub const SERVER_PORT: u8 = 2;
+    /// Entries in the map: one per 16-bit index.
+    pub const ENTRIES: u32 = 65536;
+
+    /// Folds a (VIP, port, protocol), as found in a packet (network order
+    /// loaded natively), to 16 bits. VIPs that differ in any octet, or ports
+    /// of one VIP, land on different indexes.
+    #[inline(always)]
+    pub fn service_index(addr: u32, port: u16, proto: u8) -> u32 {
+        ((addr ^ (addr >> 16)) ^ port as u32 ^ ((proto as u32) << 8)) & 0xffff
+    }
 }
 
 /// Bits of [`Server::flags`].
@@ -375,4 +385,34 @@ mod user {
     unsafe impl aya::Pod for ServerStats {}
     unsafe impl aya::Pod for ResetRequest {}
     unsafe impl aya::Pod for NextHop {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::HashSet;
+
+    use super::filter::service_index;
+
+    /// The filter is only worth its read if services do not pile onto few
+    /// indexes: VIPs that differ in one octet, and ports of one VIP, must not
+    /// collide.
+    #[test]
+    fn service_indexes_spread_vips_and_ports() {
+        let vip = |octets: [u8; 4]| u32::from_ne_bytes(octets);
+        let http = 80u16.to_be();
+        for octet in 0..4 {
+            let mut seen = HashSet::new();
+            for value in 0..=255u8 {
+                let mut octets = [10, 100, 0, 1];
+                octets[octet] = value;
+                assert!(seen.insert(service_index(vip(octets), http, 6)), "octet {octet} = {value} collides");
+            }
+        }
+        let mut seen = HashSet::new();
+        for port in 1..=1024u16 {
+            assert!(seen.insert(service_index(vip([10, 100, 0, 1]), port.to_be(), 6)), "port {port} collides");
+        }
+        assert_ne!(service_index(vip([10, 100, 0, 1]), http, 6), service_index(vip([10, 100, 0, 1]), http, 17));
+    }
 }

@@ -56,10 +56,12 @@ fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
     Refusal::Reset(other_end)
 }
 
-/// Client -> VIP: the flow's server, or a new flow on a server chosen by the
-/// service's consistent-hash table.
+/// Client -> VIP: the server of the flow this packet belongs to, or `None`
+/// when it belongs to none (and may start one: see [`create`]). Looked up
+/// before the service: the flow key holds the VIP, so packets of existing
+/// flows need no service lookup.
 #[inline(always)]
-pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Result<Assignment, Refusal> {
+pub fn existing(pkt: &Packet) -> Result<Option<Assignment>, Refusal> {
     // (Measured: looking the flow up before inserting a new one is faster
     // than inserting straight away, even when the lookup misses.)
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
@@ -79,10 +81,10 @@ pub fn assign(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -
                 };
                 return Err(terminated(pkt, flow, to_server));
             }
-            return Ok(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(flow) });
+            return Ok(Some(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(flow) }));
         }
     }
-    create(pkt, service, vip, vport, now).map_err(Refusal::Outcome)
+    Ok(None)
 }
 
 /// Server -> client: the flow this reply belongs to (touch it once the
@@ -119,8 +121,10 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<*mut Flow, Refusal> {
     Ok(flow)
 }
 
+/// Client -> VIP, no flow yet: a new flow, on a server chosen by the
+/// service's consistent-hash table.
 #[inline(always)]
-fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Result<Assignment, Outcome> {
+pub fn create(pkt: &Packet, service: &Service, now: u64) -> Result<Assignment, Outcome> {
     let server_id = choose_server(service, &pkt.key).ok_or(Outcome::DropNoServer)?;
     let server = server(server_id).ok_or(Outcome::DropNoServer)?;
     // The table only holds ENABLED servers; this guards the moment it is rewritten.
@@ -149,7 +153,7 @@ fn create(pkt: &Packet, service: &Service, vip: u32, vport: u16, now: u64) -> Re
             proto: pkt.key.proto,
             _pad: [0; 3],
         };
-        let nat = ReverseNat { vip, port: vport, ..ReverseNat::default() };
+        let nat = ReverseNat { vip: pkt.key.dst_addr, port: pkt.key.dst_port, ..ReverseNat::default() };
         REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
     }
     Ok(Assignment { server_id, server, new_flow: true, flow: None })

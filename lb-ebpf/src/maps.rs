@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, Flow, FlowKey, MAGLEV_TABLE_SIZE,
-    NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey,
+    NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey, filter,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -54,10 +54,10 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_CO
 #[map(name = "server_stats")]
 pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);
 
-/// What each port is used for (`port_use` bits), indexed by the port's
-/// network-order value. Agent writes.
-#[map(name = "ports")]
-pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+/// The traffic filter: `lb_common::filter` bits, so traffic that is not ours
+/// passes after an array read. Agent writes.
+#[map(name = "filter")]
+pub static FILTER: Array<u8> = Array::with_max_entries(filter::ENTRIES, 0);
 
 /// Next hop towards each server, indexed by server id: the FIB's answer,
 /// cached. Datapath writes (after a lookup); the agent clears an entry when

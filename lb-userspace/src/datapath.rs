@@ -22,7 +22,7 @@ use aya::{
 };
 use lb_common::{
     Flow, FlowKey, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats,
-    Service, ServiceKey, map_name,
+    Service, ServiceKey, filter, map_name,
 };
 
 use crate::config::XdpMode;
@@ -116,7 +116,7 @@ impl MapSizes {
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
-            (map_name::PORTS, 4, 1, 65536),
+            (map_name::FILTER, 4, 1, filter::ENTRIES),
             (map_name::NEXT_HOPS, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::SERVER_ENDPOINTS, s(size_of::<ServiceKey>()), s(size_of::<ReverseNat>()), self.max_servers),
             (map_name::RESET_REQUESTS, 0, 0, RESET_REQUESTS_BYTES),
@@ -135,7 +135,7 @@ pub struct Maps {
     pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
     pub outcomes: PerCpuArray<MapData, u64>,
     pub server_stats: PerCpuArray<MapData, ServerStats>,
-    pub ports: Array<MapData, u8>,
+    pub filter: Array<MapData, u8>,
     pub next_hops: Array<MapData, NextHop>,
     pub reset_requests: RingBuf<MapData>,
 }
@@ -149,8 +149,8 @@ impl Maps {
         self.reverse_nat.map().fd().as_fd()
     }
 
-    pub fn ports_fd(&self) -> BorrowedFd<'_> {
-        self.ports.map().fd().as_fd()
+    pub fn filter_fd(&self) -> BorrowedFd<'_> {
+        self.filter.map().fd().as_fd()
     }
 
     pub fn maglev_fd(&self) -> BorrowedFd<'_> {
@@ -302,7 +302,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
         outcomes: take(ebpf, map_name::OUTCOMES)?,
         server_stats: take(ebpf, map_name::SERVER_STATS)?,
-        ports: take(ebpf, map_name::PORTS)?,
+        filter: take(ebpf, map_name::FILTER)?,
         next_hops: take(ebpf, map_name::NEXT_HOPS)?,
         reset_requests: take(ebpf, map_name::RESET_REQUESTS)?,
     })

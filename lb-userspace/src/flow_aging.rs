@@ -1,11 +1,21 @@
 //! Where flows are aged out: the agent walks the flow table in batches and
 //! removes flows idle past their timeout, with their return-path entries.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    time::Duration,
+};
 
-use lb_common::{Flow, FlowKey, flow_seen, flow_state};
+use lb_common::{Flow, FlowKey, ServiceKey, flow_seen, flow_state};
 
-use crate::{bpf_batch, config::FlowSettings, datapath::Maps, server_state::AdminState, tables::Tables};
+use crate::{
+    bpf_batch,
+    config::FlowSettings,
+    datapath::Maps,
+    server_state::AdminState,
+    tables::{ServiceSlot, Tables},
+};
 
 /// Entries read per batch: bounds the agent's memory whatever the table size.
 const CHUNK: usize = 4096;
@@ -40,13 +50,17 @@ fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
 /// One pass over the flow table at time `now_ns`.
 pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
-    let (scanned, expired) = remove_flows_where(maps, tables, |_, flow| {
+    let services: HashSet<ServiceKey> = tables.services.iter().map(ServiceSlot::key).collect();
+    let (scanned, expired) = remove_flows_where(maps, tables, |key, flow| {
         let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
         let server = tables.server_by_id(flow.server_id);
         let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
-        if idle > timeout(settings, flow) || out_of_service {
+        // So is a flow of a service removed from the config: the datapath
+        // finds a packet's flow before its service, and would forward it.
+        let service = ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
+        if idle > timeout(settings, flow) || out_of_service || !services.contains(&service) {
             return true;
         }
         if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
 
 use aya::maps::MapError;
 use lb_common::{
-    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, ServiceKey, port_use, server_flags,
+    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, ServiceKey, filter, server_flags,
     server_state,
 };
 
@@ -40,8 +40,8 @@ pub enum TablesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write the port filter")]
-    Ports {
+    #[error("cannot write the traffic filter")]
+    Filter {
         #[source]
         source: std::io::Error,
     },
@@ -214,17 +214,18 @@ impl Tables {
         for (key, nat) in &endpoints {
             dp.maps.server_endpoints.insert(key, nat, 0).map_err(map_err("write", "server_endpoints"))?;
         }
-        // The port filter, before the services and endpoints it lets through.
-        let mut ports = vec![0u8; 65536];
+        // The filter, before the services and endpoints it lets through.
+        let mut bits = vec![0u8; filter::ENTRIES as usize];
         for service in &tables.services {
-            ports[service.key().port as usize] |= port_use::SERVICE;
+            let key = service.key();
+            bits[filter::service_index(key.addr, key.port, key.proto) as usize] |= filter::SERVICE;
         }
         for key in endpoints.keys() {
-            ports[key.port as usize] |= port_use::SERVER;
+            bits[key.port as usize] |= filter::SERVER_PORT;
         }
-        let indexes: Vec<u32> = (0..65536).collect();
-        bpf_batch::update_batch(dp.maps.ports_fd(), &indexes, &ports)
-            .map_err(|source| TablesError::Ports { source })?;
+        let indexes: Vec<u32> = (0..filter::ENTRIES).collect();
+        bpf_batch::update_batch(dp.maps.filter_fd(), &indexes, &bits)
+            .map_err(|source| TablesError::Filter { source })?;
         // 2. Maglev rows, then the services that use them.
         for service in &tables.services {
             tables.write_maglev_row(dp, service)?;

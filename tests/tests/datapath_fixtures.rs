@@ -525,3 +525,27 @@ fn flows_of_a_server_removed_from_the_config_are_swept_at_once() {
         assert!(bed.flow(&key).is_none(), "the removed server's flow is swept at once, not after 300 s");
     });
 }
+
+#[test]
+fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 0)));
+        let syn = client_tcp(43001, 80).flags(SYN);
+        bed.run(&[forward("a flow on s1", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
+        let key = flow_key((CLIENT, 43001), (VIP, 80), proto::TCP);
+        assert!(bed.flow(&key).is_some());
+
+        // The service moves to port 81; its pool and servers stay.
+        let moved = config((1, 0)).replacen("port = 80\n", "port = 81\n", 1);
+        assert_ne!(moved, config((1, 0)), "the test config edit did not apply");
+        bed.apply(&moved);
+        // The datapath looks a packet's flow up before its service: the flow
+        // must not keep the old service alive.
+        let ack = client_tcp(43001, 80).flags(ACK).build();
+        bed.run(&[pass("a packet of the old service's flow", ack, PassNotForUs)]);
+        let now = flow_aging::datapath_now_ns();
+        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        assert!(bed.flow(&key).is_none(), "the removed service's flow is swept at once");
+    });
+}
