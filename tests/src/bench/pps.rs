@@ -2,6 +2,12 @@
 //! (BPF_PROG_TEST_RUN live-frames mode) on a veth, for an existing flow,
 //! against the trivial XDP_TX reflector on the same pair in the same run.
 //!
+//! Two topologies. One-armed (the target's): client and server behind the
+//! same veth pair, so the balancer sends with XDP_TX like the reflector (and
+//! like the reference balancer, which always does); only the programs' own
+//! costs differ. Routed: the server behind a second pair, so the balancer
+//! redirects, which costs more than XDP_TX whatever the program.
+//!
 //! The peers that receive the frames run `restore`: live mode recycles pages
 //! without resetting them, so a program that rewrote a frame (ours does:
 //! destination, TTL, MACs) would see its own output on a later run; restore
@@ -19,7 +25,7 @@ use lb_userspace::datapath::load_test_program;
 
 use super::{Report, Target, median, pin_to_cpu};
 use crate::{
-    fixture::{FixtureBed, XDP_DROP, XDP_PASS, XDP_REDIRECT, ifindex},
+    fixture::{FixtureBed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, ifindex},
     netns::{NetNs, must, unique_prefix},
     packet::{ACK, Mac, Pkt, SYN},
 };
@@ -27,17 +33,42 @@ use crate::{
 const SECTION: &str = "2. Packets per second on one core (veth, live frames, existing flow)";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// The server when it sits behind the client's own veth (one-armed).
+const SERVER_ONE_ARMED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+/// The server behind a second veth pair (routed).
+const SERVER_ROUTED: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 2];
 const LBC_MAC: Mac = [2, 0, 0, 0, 0, 1];
 /// Frames per live-frames batch: small, so that the receivers (which run
 /// between batches, on the same core) keep their rings from overflowing.
 const LIVE_BATCH: u32 = 16;
 
-fn config() -> String {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    OneArmed,
+    Routed,
+}
+
+impl Topology {
+    fn server(self) -> Ipv4Addr {
+        match self {
+            Topology::OneArmed => SERVER_ONE_ARMED,
+            Topology::Routed => SERVER_ROUTED,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Topology::OneArmed => "one-armed (XDP_TX)",
+            Topology::Routed => "routed to a second veth (redirect)",
+        }
+    }
+}
+
+fn config(server: Ipv4Addr) -> String {
     format!(
         "interfaces = [\"lbc\"]\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
-         [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER}\"\nport = 8080\n"
+         [[pools.web.servers]]\nname = \"s1\"\naddress = \"{server}\"\nport = 8080\n"
     )
 }
 
@@ -82,16 +113,18 @@ fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
 /// receiving peers ending each frame with `receiver_verdict`.
 /// Also returns the share of frames that took the existing-flow path, and
 /// how many rounds were discarded because the receivers overflowed.
-fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64, f64, usize) {
+fn measure(topology: Topology, rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64, f64, usize) {
     let prefix = unique_prefix();
     let lb = NetNs::create(&format!("{prefix}-plb"));
     let client = NetNs::create(&format!("{prefix}-pc"));
     let server = NetNs::create(&format!("{prefix}-ps"));
     lb.sysctl("net.ipv4.ip_forward", "1");
-    for (name, peer, peer_ns, addr, peer_addr, mac, peer_mac) in [
+    let pairs = [
         ("lbc", "c0", &client, "10.0.0.1/24", "10.0.0.2/24", "02:00:00:00:00:01", "02:00:00:00:00:02"),
         ("lbs1", "s0", &server, "10.0.1.1/24", "10.0.1.2/24", "02:00:00:00:01:01", "02:00:00:00:01:02"),
-    ] {
+    ];
+    let used = if topology == Topology::OneArmed { 1 } else { 2 };
+    for &(name, peer, peer_ns, addr, peer_addr, mac, peer_mac) in &pairs[..used] {
         lb.ip(&[
             "link",
             "add",
@@ -116,25 +149,52 @@ fn measure(rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64,
         }
     }
     lb.ip(&["neigh", "replace", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "lbc", "nud", "permanent"]);
-    lb.ip(&["neigh", "replace", "10.0.1.2", "lladdr", "02:00:00:00:01:02", "dev", "lbs1", "nud", "permanent"]);
+    match topology {
+        // The veth delivers to the client's peer whatever the MAC: its
+        // restore program receives the server's frames too.
+        Topology::OneArmed => lb.ip(&[
+            "neigh",
+            "replace",
+            &SERVER_ONE_ARMED.to_string(),
+            "lladdr",
+            "02:00:00:00:00:03",
+            "dev",
+            "lbc",
+            "nud",
+            "permanent",
+        ]),
+        Topology::Routed => lb.ip(&[
+            "neigh",
+            "replace",
+            &SERVER_ROUTED.to_string(),
+            "lladdr",
+            "02:00:00:00:01:02",
+            "dev",
+            "lbs1",
+            "nud",
+            "permanent",
+        ]),
+    };
 
     let frame = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(ACK).seq(1000, 1).build();
-    let _restores = [
-        attach_restore(&client, "c0", &frame, receiver_verdict),
-        attach_restore(&server, "s0", &frame, receiver_verdict),
-    ];
+    let mut _restores = vec![attach_restore(&client, "c0", &frame, receiver_verdict)];
+    if topology == Topology::Routed {
+        _restores.push(attach_restore(&server, "s0", &frame, receiver_verdict));
+    }
     lb.run(|| {
         pin_to_cpu(0);
         // The ingress and egress veths need an XDP program of their own for
         // live frames and redirects; the balancer runs by test run.
-        let mut pass = [load_test_program("pass").unwrap(), load_test_program("pass").unwrap()];
-        for (ebpf, dev) in pass.iter_mut().zip(["lbc", "lbs1"]) {
+        let devs = &["lbc", "lbs1"][..used];
+        let mut pass: Vec<Ebpf> = devs.iter().map(|_| load_test_program("pass").unwrap()).collect();
+        for (ebpf, dev) in pass.iter_mut().zip(devs) {
             let p: &mut Xdp = ebpf.program_mut("pass").unwrap().try_into().unwrap();
             p.attach(dev, XdpMode::default()).expect("attach pass");
         }
-        let bed = FixtureBed::load(&config());
+        let bed = FixtureBed::load(&config(topology.server()));
         let syn = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(SYN).seq(999, 0).build();
-        assert_eq!(bed.run_frame(&syn, "lbc").0, XDP_REDIRECT, "the flow is created");
+        let sent = if topology == Topology::OneArmed { XDP_TX } else { XDP_REDIRECT };
+        assert_eq!(bed.run_frame(&syn, "lbc").0, sent, "the flow is created, and sent as the topology expects");
         let reflect = load_test_program("reflect").unwrap();
         let reflect: &Xdp = reflect.program("reflect").unwrap().try_into().unwrap();
         let lbc = ifindex("lbc");
@@ -171,28 +231,40 @@ pub fn run(report: &mut Report, quick: bool) {
     let note = |receiver: &str| format!("{receiver}; median of {rounds} rounds x {repeat} frames");
     // Receivers that take each frame into their stack, like a host (and like
     // the pass programs of the reference measurement).
-    let (ours, theirs, ratio, on_path, discarded) = measure(rounds, repeat, XDP_PASS);
+    let (ours, theirs, ratio, on_path, discarded) = measure(Topology::OneArmed, rounds, repeat, XDP_PASS);
     let n = format!(
         "{}; {:.1}% of frames on the path; {discarded} rounds discarded (receiver overflow)",
         note("receivers pass frames to their stack"),
         on_path * 100.0
     );
-    report.add(SECTION, "balancer, existing flow", ours / 1e6, "Mpps", None, n.clone());
+    let one_armed = Topology::OneArmed.label();
+    report.add(SECTION, &format!("balancer, existing flow, {one_armed}"), ours / 1e6, "Mpps", None, n.clone());
     report.add(SECTION, "trivial XDP_TX reflector", theirs / 1e6, "Mpps", None, n.clone());
     report.add(
         SECTION,
-        "balancer / reflector",
+        &format!("balancer / reflector, {one_armed}"),
         ratio,
         "x",
         Some(Target::AtLeast(0.8)),
-        format!("{n}; reference balancer: 0.65x"),
+        format!("{n}; reference balancer (always XDP_TX): 0.65x"),
+    );
+    // The same receivers, the server behind a second veth: a redirect.
+    let (ours, theirs, ratio, on_path, _) = measure(Topology::Routed, rounds, repeat, XDP_PASS);
+    let n = format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path * 100.0);
+    report.add(
+        SECTION,
+        &format!("balancer / reflector, {}", Topology::Routed.label()),
+        ratio,
+        "x",
+        None,
+        format!("{n}; {:.2} vs {:.2} Mpps", ours / 1e6, theirs / 1e6),
     );
     // Receivers that drop at once: the balancer's own cost weighs more.
-    let (ours, theirs, ratio, on_path, _) = measure(rounds, repeat, XDP_DROP);
+    let (ours, theirs, ratio, on_path, _) = measure(Topology::OneArmed, rounds, repeat, XDP_DROP);
     let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), on_path * 100.0);
     report.add(
         SECTION,
-        "balancer / reflector, dropping receivers",
+        &format!("balancer / reflector, {one_armed}, dropping receivers"),
         ratio,
         "x",
         None,
