@@ -163,7 +163,18 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two scalar paddings, not a [u8; 3]: the BPF backend zeroes an array
+    // with a call to memset, on every packet.
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+impl FlowKey {
+    /// A 5-tuple, every field in network byte order.
+    #[inline(always)]
+    pub fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> FlowKey {
+        FlowKey { src_addr, dst_addr, src_port, dst_port, proto, _pad: 0, _pad2: 0 }
+    }
 }
 
 /// Flow states, as stored in [`Flow::state`].

@@ -91,14 +91,7 @@ pub fn existing(pkt: &Packet) -> Result<Option<Assignment>, Refusal> {
 /// packet is on its way).
 #[inline(always)]
 pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<*mut Flow, Refusal> {
-    let key = FlowKey {
-        src_addr: pkt.key.dst_addr,
-        dst_addr: nat.vip,
-        src_port: pkt.key.dst_port,
-        dst_port: nat.port,
-        proto: pkt.key.proto,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(pkt.key.dst_addr, nat.vip, pkt.key.dst_port, nat.port, pkt.key.proto);
     // No flow: not a reply of a balanced flow (the server talking to someone
     // else, such as the host's own health checks). Not ours.
     let flow = FLOWS.get_ptr_mut(&key).ok_or(Outcome::PassNotForUs)?;
@@ -145,14 +138,7 @@ pub fn create(pkt: &Packet, service: &Service, now: u64) -> Result<Assignment, O
     // Replies find their VIP by the server's endpoint, unless it serves
     // several services: then by the flow.
     if server.flags & server_flags::SHARED_ENDPOINT != 0 {
-        let reply_key = FlowKey {
-            src_addr: server.addr,
-            dst_addr: pkt.key.src_addr,
-            src_port: server.port,
-            dst_port: pkt.key.src_port,
-            proto: pkt.key.proto,
-            _pad: [0; 3],
-        };
+        let reply_key = FlowKey::new(server.addr, pkt.key.src_addr, server.port, pkt.key.src_port, pkt.key.proto);
         let nat = ReverseNat { vip: pkt.key.dst_addr, port: pkt.key.dst_port, ..ReverseNat::default() };
         REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
     }

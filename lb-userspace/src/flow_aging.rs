@@ -111,12 +111,5 @@ pub fn remove_flows_where(
 
 /// The return-path key of a flow on a server.
 pub fn reply_key(flow: &FlowKey, address: std::net::Ipv4Addr, port: u16) -> FlowKey {
-    FlowKey {
-        src_addr: u32::from_ne_bytes(address.octets()),
-        dst_addr: flow.src_addr,
-        src_port: port.to_be(),
-        dst_port: flow.src_port,
-        proto: flow.proto,
-        _pad: [0; 3],
-    }
+    FlowKey::new(u32::from_ne_bytes(address.octets()), flow.src_addr, port.to_be(), flow.src_port, flow.proto)
 }

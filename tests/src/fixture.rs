@@ -347,12 +347,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The flow-table key of a client's flow to a VIP.
 pub fn flow_key(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), proto: u8) -> FlowKey {
-    FlowKey {
-        src_addr: u32::from_ne_bytes(client.0.octets()),
-        dst_addr: u32::from_ne_bytes(vip.0.octets()),
-        src_port: client.1.to_be(),
-        dst_port: vip.1.to_be(),
+    FlowKey::new(
+        u32::from_ne_bytes(client.0.octets()),
+        u32::from_ne_bytes(vip.0.octets()),
+        client.1.to_be(),
+        vip.1.to_be(),
         proto,
-        _pad: [0; 3],
-    }
+    )
 }
