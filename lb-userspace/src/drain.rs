@@ -31,7 +31,6 @@ impl Control {
         self.enforce_deadlines();
         if self.sweep_due() {
             self.sweep();
-            self.detect_drained();
             self.log_drain_progress();
         }
     }
@@ -89,7 +88,8 @@ impl Control {
         taken.elapsed() >= interval
     }
 
-    /// Walks the flow table: ages flows out and counts live flows per server.
+    /// Walks the flow table: ages flows out, counts live flows per server,
+    /// and ends the drains that have none left.
     pub(crate) fn sweep(&mut self) {
         let started = Instant::now();
         match flow_aging::sweep(&self.dp.maps, &self.tables, &self.config.flows, flow_aging::datapath_now_ns()) {
@@ -100,6 +100,9 @@ impl Control {
                 self.counts.active = report.active_by_server;
                 self.counts.taken = Some(started);
                 self.counts.took = started.elapsed();
+                // Whoever counted (the loop, or an API call that wanted
+                // fresh counts), drains that just ended are seen at once.
+                self.detect_drained();
             }
             Err(e) => log::warn!("flow sweep failed: {e}"),
         }
