@@ -28,7 +28,8 @@ pub mod map_name {
     /// Consistent-hash tables, one row of [`MAGLEV_TABLE_SIZE`](crate::MAGLEV_TABLE_SIZE)
     /// server ids per service: `u32`.
     pub const MAGLEV: &str = "maglev";
-    /// Connection tracking: [`FlowKey`](crate::FlowKey) -> [`Flow`](crate::Flow).
+    /// Connection tracking: an array of [`FlowSlot`](crate::FlowSlot)s, hashed
+    /// as [`flow_table`](crate::flow_table) says.
     pub const FLOWS: &str = "flows";
     /// Return path by server endpoint: [`EndpointKey`](crate::EndpointKey) ->
     /// [`ReverseNat`](crate::ReverseNat) (the VIP its replies come from).
@@ -179,6 +180,8 @@ impl FlowKey {
 
 /// Flow states, as stored in [`Flow::state`].
 pub mod flow_state {
+    /// No flow: a free slot of the flow table.
+    pub const FREE: u8 = 0;
     /// TCP, no FIN or RST seen.
     pub const TCP_OPEN: u8 = 1;
     /// TCP, a FIN or RST was seen from either side: removed after a short
@@ -223,6 +226,90 @@ pub struct Flow {
     pub client_next_seq: u32,
     /// The next sequence number the server will send (host order).
     pub server_next_seq: u32,
+}
+
+/// One slot of the flow table: a cache line holding one flow.
+///
+/// Slots are written under a sequence lock: a writer (the datapath creating
+/// a flow, the agent removing one) moves `version` from even to odd with a
+/// compare-and-swap, rewrites the slot, and makes it even again. A reader
+/// that sees the same even version before and after copying the slot saw
+/// one consistent flow. The version only grows. Touching an existing flow
+/// (time, sequence numbers) writes its fields in place without the lock, as
+/// with any BPF map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowSlot {
+    pub version: u64,
+    pub key: FlowKey,
+    /// `flow.state` is [`flow_state::FREE`] in a free slot.
+    pub flow: Flow,
+    pub _pad: u64,
+}
+
+// A slot is one cache line.
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+
+/// The flow table's layout, shared by the datapath and the agent: an array
+/// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
+/// consecutive slots (one 256-byte run of memory). A flow sits in one of two
+/// buckets its hash picks, both in the same 4 KiB page (one TLB entry): the
+/// one with more free slots when it was created. Two choices keep buckets
+/// even: in a simulation, a million flows in a table sized for two million
+/// never found both their buckets full, and two million pushed out 151 (in
+/// a kernel LRU map at its size, every new flow pushes one out). Lookups
+/// read the buckets' slots; nothing is allocated or linked, so a lookup
+/// costs about one memory access where a kernel hash map costs two.
+pub mod flow_table {
+    use crate::FlowKey;
+
+    pub const BUCKET_SLOTS: u32 = 4;
+    /// Buckets in a 4 KiB page (the array's data starts on a page).
+    const PAGE_BUCKETS: u32 = 16;
+    /// The smallest table: one page.
+    pub const MIN_SLOTS: u32 = PAGE_BUCKETS * BUCKET_SLOTS;
+
+    /// Slots for a table of `max_flows` flows: twice as many, so a full
+    /// table is at most half full, and a power of two, so that a bucket is
+    /// found by a mask.
+    pub const fn slots(max_flows: u32) -> u32 {
+        let n = max_flows.next_power_of_two() * 2;
+        if n < MIN_SLOTS { MIN_SLOTS } else { n }
+    }
+
+    /// The mask that takes a hash to a bucket number, for a table of `slots`.
+    pub const fn bucket_mask(slots: u32) -> u32 {
+        slots / BUCKET_SLOTS - 1
+    }
+
+    /// The first slots of the two buckets a flow may sit in: distinct, in
+    /// the same page.
+    #[inline(always)]
+    pub fn buckets(hash: u64, bucket_mask: u32) -> [u32; 2] {
+        let first = hash as u32 & bucket_mask;
+        // Flipping some of the low 4 bits (never none) stays in the page.
+        let second = (hash >> 32) as u32 & bucket_mask;
+        [first * BUCKET_SLOTS, second * BUCKET_SLOTS]
+    }
+
+    /// A 64-bit mix (MurmurHash3's finaliser) of the 5-tuple: places a flow
+    /// in the table and, for a new flow, picks its Maglev slot.
+    #[inline(always)]
+    pub fn hash(key: &FlowKey) -> u64 {
+        let a = ((key.src_addr as u64) << 32) | ((key.src_port as u64) << 16) | key.proto as u64;
+        let b = ((key.dst_addr as u64) << 32) | key.dst_port as u64;
+        fmix64(a ^ fmix64(b))
+    }
+
+    #[inline(always)]
+    fn fmix64(mut h: u64) -> u64 {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        h
+    }
 }
 
 /// A TCP reset for the agent to send (host order numbers, network order
@@ -361,6 +448,9 @@ outcomes! {
     DropNoRoute = "drop_no_route",
     /// Larger than the egress MTU.
     DropMtuExceeded = "drop_mtu_exceeded",
+    /// A new flow's flow-table slot was taken by another CPU at the same
+    /// instant: dropped, the client's retransmission gets a slot.
+    DropFlowSlotTaken = "drop_flow_slot_taken",
     /// The program hit an internal error (map full, ...): XDP_ABORTED.
     Aborted = "aborted",
 }
@@ -392,6 +482,7 @@ mod user {
     unsafe impl aya::Pod for Server {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for ServerStats {}
     unsafe impl aya::Pod for ResetRequest {}

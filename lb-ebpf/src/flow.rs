@@ -2,12 +2,13 @@
 //! server it was given, and the server's state is checked on every hit.
 
 use lb_common::{
-    Flow, FlowKey, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ResetRequest, ReverseNat, Server, Service, flow_seen,
-    flow_state, proto, server_flags, server_state,
+    Flow, FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ResetRequest, ReverseNat, Server, Service,
+    flow_seen, flow_state, flow_table::hash, proto, server_flags, server_state,
 };
 
 use crate::{
-    maps::{FLOWS, MAGLEV, REVERSE_NAT, SERVERS},
+    flow_table::{self, Found},
+    maps::{MAGLEV, REVERSE_NAT, SERVERS},
     parse::{Packet, tcp_flag},
 };
 
@@ -16,8 +17,8 @@ pub struct Assignment {
     pub server_id: u32,
     pub server: Server,
     pub new_flow: bool,
-    /// The existing flow, to be touched once the packet is on its way.
-    pub flow: Option<*mut Flow>,
+    /// The existing flow's slot, to be touched once the packet is on its way.
+    pub flow: Option<*mut FlowSlot>,
 }
 
 /// Why a packet is not forwarded.
@@ -60,12 +61,10 @@ fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
 /// when it belongs to none (and may start one: see [`create`]). Looked up
 /// before the service: the flow key holds the VIP, so packets of existing
 /// flows need no service lookup.
+/// `hash` is the key's [`hash`], computed once per packet.
 #[inline(always)]
-pub fn existing(pkt: &Packet) -> Result<Option<Assignment>, Refusal> {
-    // (Measured: looking the flow up before inserting a new one is faster
-    // than inserting straight away, even when the lookup misses.)
-    if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
-        let flow = unsafe { &mut *flow };
+pub fn existing(pkt: &Packet, hash: u64) -> Result<Option<Assignment>, Refusal> {
+    if let Some(Found { slot, flow }) = flow_table::lookup(&pkt.key, hash) {
         let server = server(flow.server_id).unwrap_or_default();
         let serving = serves_existing_flows(&server);
         // A SYN on the 5-tuple of a closed or terminated connection (port
@@ -79,9 +78,9 @@ pub fn existing(pkt: &Packet) -> Result<Option<Assignment>, Refusal> {
                     dst_port: server.port,
                     seq: pkt.seq_end,
                 };
-                return Err(terminated(pkt, flow, to_server));
+                return Err(terminated(pkt, &flow, to_server));
             }
-            return Ok(Some(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(flow) }));
+            return Ok(Some(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(slot) }));
         }
     }
     Ok(None)
@@ -90,12 +89,12 @@ pub fn existing(pkt: &Packet) -> Result<Option<Assignment>, Refusal> {
 /// Server -> client: the flow this reply belongs to (touch it once the
 /// packet is on its way).
 #[inline(always)]
-pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<*mut Flow, Refusal> {
+pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<Found, Refusal> {
     let key = FlowKey::new(pkt.key.dst_addr, nat.vip, pkt.key.dst_port, nat.port, pkt.key.proto);
     // No flow: not a reply of a balanced flow (the server talking to someone
     // else, such as the host's own health checks). Not ours.
-    let flow = FLOWS.get_ptr_mut(&key).ok_or(Outcome::PassNotForUs)?;
-    let flow = unsafe { &mut *flow };
+    let found = flow_table::lookup(&key, hash(&key)).ok_or(Outcome::PassNotForUs)?;
+    let flow = &found.flow;
     let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
     // The 5-tuple may have been reused for a flow on another server since.
     if server.addr != pkt.key.src_addr || server.port != pkt.key.src_port {
@@ -111,14 +110,14 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<*mut Flow, Refusal> {
         };
         return Err(terminated(pkt, flow, to_client));
     }
-    Ok(flow)
+    Ok(found)
 }
 
 /// Client -> VIP, no flow yet: a new flow, on a server chosen by the
 /// service's consistent-hash table.
 #[inline(always)]
-pub fn create(pkt: &Packet, service: &Service, now: u64) -> Result<Assignment, Outcome> {
-    let server_id = choose_server(service, &pkt.key).ok_or(Outcome::DropNoServer)?;
+pub fn create(pkt: &Packet, hash: u64, service: &Service, now: u64) -> Result<Assignment, Outcome> {
+    let server_id = choose_server(service, hash).ok_or(Outcome::DropNoServer)?;
     let server = server(server_id).ok_or(Outcome::DropNoServer)?;
     // The table only holds ENABLED servers; this guards the moment it is rewritten.
     if server.state != server_state::ENABLED {
@@ -134,7 +133,7 @@ pub fn create(pkt: &Packet, service: &Service, now: u64) -> Result<Assignment, O
     if pkt.key.proto == proto::TCP {
         track_tcp(&mut flow, pkt, true);
     }
-    FLOWS.insert(&pkt.key, &flow, 0).map_err(|_| Outcome::Aborted)?;
+    flow_table::insert(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)?;
     // Replies find their VIP by the server's endpoint, unless it serves
     // several services: then by the flow.
     if server.flags & server_flags::SHARED_ENDPOINT != 0 {
@@ -149,8 +148,12 @@ pub fn create(pkt: &Packet, service: &Service, now: u64) -> Result<Assignment, O
 /// TCP its sequence numbers and FIN or RST. Not for a packet that is then
 /// dropped: the sequence numbers must stay the ones the ends have seen.
 #[inline(always)]
-pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64, from_client: bool) {
-    let flow = unsafe { &mut *flow };
+pub fn touch(slot: *mut FlowSlot, pkt: &Packet, now: u64, from_client: bool) {
+    // SAFETY: a slot of the flow map. Written in place, without its lock: if
+    // another CPU rewrote it for a new flow this instant, that flow may get
+    // this packet's time or sequence numbers (never its server), as with the
+    // kernel's preallocated hash maps, whose elements are reused the same way.
+    let flow = unsafe { &mut (*slot).flow };
     // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
     if flow.last_seen_ns != now {
         flow.last_seen_ns = now;
@@ -181,31 +184,12 @@ fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
     }
 }
 
-/// Consistent hashing: the client's address and port pick a slot of the
-/// service's Maglev row.
+/// Consistent hashing: the flow's hash picks a slot of the service's Maglev row.
 #[inline(always)]
-fn choose_server(service: &Service, key: &FlowKey) -> Option<u32> {
+fn choose_server(service: &Service, hash: u64) -> Option<u32> {
     // Maps the hash onto 0..MAGLEV_TABLE_SIZE by a multiply and a shift
     // (no division): hash32 * size / 2^32.
-    let slot = (((flow_hash(key) >> 32) * MAGLEV_TABLE_SIZE as u64) >> 32) as u32;
+    let slot = (((hash >> 32) * MAGLEV_TABLE_SIZE as u64) >> 32) as u32;
     let id = *MAGLEV.get(service.index * MAGLEV_TABLE_SIZE + slot)?;
     if id == NO_SERVER { None } else { Some(id) }
-}
-
-/// A 64-bit mix (MurmurHash3's finaliser) of the 5-tuple.
-#[inline(always)]
-fn flow_hash(key: &FlowKey) -> u64 {
-    let a = ((key.src_addr as u64) << 32) | ((key.src_port as u64) << 16) | key.proto as u64;
-    let b = ((key.dst_addr as u64) << 32) | key.dst_port as u64;
-    fmix64(a ^ fmix64(b))
-}
-
-#[inline(always)]
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
 }

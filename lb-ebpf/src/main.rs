@@ -4,6 +4,10 @@
 //! (flow table, server choice, server state), `nat` (rewrite), `forward`
 //! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The flow table's compare-and-swap: BPF has no `AtomicU64` in `core`, but
+// LLVM lowers the intrinsic to the BPF cmpxchg instruction.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod counters;
@@ -11,6 +15,8 @@ mod counters;
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod flow;
+#[cfg(target_arch = "bpf")]
+mod flow_table;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
@@ -25,7 +31,7 @@ mod reset;
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
-    use lb_common::{Outcome, ReverseNat, ServiceKey, filter};
+    use lb_common::{Outcome, ReverseNat, ServiceKey, filter, flow_table};
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
@@ -77,13 +83,14 @@ mod program {
             // when the service lookup comes between the flow-table miss and
             // the insert.)
             let syn_service = if pkt.is_syn() { service() } else { None };
-            match flow::existing(&pkt) {
+            let hash = flow_table::hash(k);
+            match flow::existing(&pkt, hash) {
                 Ok(Some(a)) => return to_server(ctx, &pkt, a, now),
                 Ok(None) => {}
                 Err(refusal) => return refused(ctx, &pkt, refusal),
             }
             if let Some(service) = if pkt.is_syn() { syn_service } else { service() } {
-                let a = flow::create(&pkt, service, now)?;
+                let a = flow::create(&pkt, hash, service, now)?;
                 return to_server(ctx, &pkt, a, now);
             }
         }
@@ -155,8 +162,8 @@ mod program {
             Err(refusal) => return refused(ctx, pkt, refusal),
         };
         let hop = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
-        flow::touch(existing, pkt, now(), false);
-        let server_id = unsafe { (*existing).server_id };
+        flow::touch(existing.slot, pkt, now(), false);
+        let server_id = existing.flow.server_id;
         nat::rewrite_source(pkt, nat.vip, nat.port);
         nat::decrement_ttl(pkt);
         count_from_server(server_id, pkt.len);

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, Flow, FlowKey, MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, FlowKey, FlowSlot, MAGLEV_TABLE_SIZE,
     NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey, filter,
+    flow_table,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -31,10 +32,25 @@ pub static SERVERS: Array<Server> = Array::with_max_entries(DEFAULT_MAX_SERVERS,
 #[map(name = "maglev")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
 
-/// Connection tracking, keyed by the client's 5-tuple (VIP included).
-/// Datapath creates and updates entries; the agent ages them out.
+/// Connection tracking, keyed by the client's 5-tuple (VIP included): the
+/// slots of `lb_common::flow_table`. Datapath creates and updates flows; the
+/// agent ages them out, reading and writing the array through mmap.
 #[map(name = "flows")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+
+/// The flow table's bucket mask (`flow_table::bucket_mask`), set by the agent
+/// at load time for the table size it chose: the verifier sees a constant.
+#[unsafe(no_mangle)]
+static FLOW_BUCKET_MASK: u32 = flow_table::bucket_mask(flow_table::slots(DEFAULT_MAX_FLOWS));
+
+/// `BPF_F_MMAPABLE`: the agent maps the flow table to walk it at memory speed.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[inline(always)]
+pub fn flow_bucket_mask() -> u32 {
+    // Volatile: a load-time constant, not the value compiled in.
+    unsafe { core::ptr::read_volatile(&FLOW_BUCKET_MASK) }
+}
 
 /// Return path by server endpoint: the VIP and port its replies come from.
 /// Agent writes, from the config.

@@ -1,13 +1,12 @@
 //! Batched map operations (BPF_MAP_*_BATCH), which aya 0.14 does not wrap:
-//! walking or cleaning a million-entry flow table one syscall per entry takes
-//! seconds; in batches it takes a fraction of that.
+//! writing a Maglev row or the filter, or cleaning return-path entries, one
+//! syscall per entry would take far longer.
 
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -33,48 +32,6 @@ fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> (u32, Option<io::Error>) {
     let rc =
         unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
     if rc < 0 { (attr.count, Some(io::Error::last_os_error())) } else { (attr.count, None) }
-}
-
-/// Where a batched walk of a map stands.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cursor {
-    token: u64,
-    started: bool,
-    pub done: bool,
-}
-
-/// Reads the next entries of a map into `keys`/`values` (same length);
-/// returns how many were read. A walk is complete when `cursor.done`.
-pub fn lookup_batch<K, V>(
-    fd: BorrowedFd<'_>,
-    cursor: &mut Cursor,
-    keys: &mut [K],
-    values: &mut [V],
-) -> io::Result<usize> {
-    assert_eq!(keys.len(), values.len());
-    if cursor.done {
-        return Ok(0);
-    }
-    let mut out_token: u64 = 0;
-    let mut attr = BatchAttr {
-        in_batch: if cursor.started { &cursor.token as *const u64 as u64 } else { 0 },
-        out_batch: &mut out_token as *mut u64 as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: fd.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    let (count, err) = batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
-    match err {
-        None => {}
-        // ENOENT: the walk reached the end (the last entries are in this batch).
-        Some(e) if e.raw_os_error() == Some(libc::ENOENT) => cursor.done = true,
-        Some(e) => return Err(e),
-    }
-    cursor.token = out_token;
-    cursor.started = true;
-    Ok(count as usize)
 }
 
 /// Deletes `keys`; keys already gone (evicted by the LRU, or removed by the

@@ -5,6 +5,9 @@
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, path::PathBuf, time::Duration};
 
 use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
+
+/// The largest `flows.max`.
+const MAX_FLOWS_LIMIT: u32 = 1 << 26;
 use serde::Deserialize;
 
 use crate::duration::parse_duration;
@@ -324,6 +327,10 @@ impl Validator {
         let max_flows = raw.flows.max.unwrap_or(DEFAULT_MAX_FLOWS);
         if max_flows < 1024 {
             self.problem("flows.max", format!("{max_flows} is too small (at least 1024)"));
+        }
+        // The table has twice as many 64-byte slots, rounded up to a power of two.
+        if max_flows > MAX_FLOWS_LIMIT {
+            self.problem("flows.max", format!("{max_flows} is too large (at most {MAX_FLOWS_LIMIT}: 8 GiB of table)"));
         }
         let flows = FlowSettings {
             max_flows,

@@ -21,11 +21,11 @@ use aya::{
     },
 };
 use lb_common::{
-    Flow, FlowKey, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats,
-    Service, ServiceKey, filter, map_name,
+    FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server,
+    ServerStats, Service, ServiceKey, filter, flow_table, map_name,
 };
 
-use crate::config::XdpMode;
+use crate::{config::XdpMode, flow_table::FlowTable};
 
 /// The XDP object, built by build.rs from lb-ebpf.
 pub fn object() -> &'static [u8] {
@@ -46,6 +46,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("cannot use the flow table")]
+    FlowTable(#[source] io::Error),
     #[error("cannot mount the BPF filesystem on {BPFFS}")]
     MountBpffs(#[source] io::Error),
     #[error("cannot create pin directory {path}")]
@@ -112,7 +114,7 @@ impl MapSizes {
             (map_name::VIP_ADDRS, 4, 1, self.max_services),
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
-            (map_name::FLOWS, s(size_of::<FlowKey>()), s(size_of::<Flow>()), self.max_flows),
+            (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), flow_table::slots(self.max_flows)),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
@@ -130,7 +132,7 @@ pub struct Maps {
     pub vip_addrs: HashMap<MapData, u32, u8>,
     pub servers: Array<MapData, Server>,
     pub maglev: Array<MapData, u32>,
-    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub flows: FlowTable,
     pub server_endpoints: HashMap<MapData, ServiceKey, ReverseNat>,
     pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
     pub outcomes: PerCpuArray<MapData, u64>,
@@ -141,10 +143,6 @@ pub struct Maps {
 }
 
 impl Maps {
-    pub fn flows_fd(&self) -> BorrowedFd<'_> {
-        self.flows.map().fd().as_fd()
-    }
-
     pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
         self.reverse_nat.map().fd().as_fd()
     }
@@ -191,6 +189,9 @@ impl Datapath {
         let pin_paths: Vec<(&str, PathBuf)> =
             pin_dir.map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect()).unwrap_or_default();
         let mut loader = EbpfLoader::new();
+        // The flow table's size, as a constant the verifier sees.
+        let bucket_mask = flow_table::bucket_mask(flow_table::slots(sizes.max_flows));
+        loader.override_global("FLOW_BUCKET_MASK", &bucket_mask, true);
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
         }
@@ -284,6 +285,14 @@ fn aya_mode(mode: XdpMode) -> AyaXdpMode {
     }
 }
 
+fn take_flow_table(ebpf: &mut Ebpf) -> Result<FlowTable, DatapathError> {
+    let name = map_name::FLOWS;
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => FlowTable::new(data).map_err(DatapathError::FlowTable),
+        _ => Err(DatapathError::Map { name, source: None }),
+    }
+}
+
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
     fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
         ebpf: &mut Ebpf,
@@ -297,7 +306,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         vip_addrs: take(ebpf, map_name::VIP_ADDRS)?,
         servers: take(ebpf, map_name::SERVERS)?,
         maglev: take(ebpf, map_name::MAGLEV)?,
-        flows: take(ebpf, map_name::FLOWS)?,
+        flows: take_flow_table(ebpf)?,
         server_endpoints: take(ebpf, map_name::SERVER_ENDPOINTS)?,
         reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
         outcomes: take(ebpf, map_name::OUTCOMES)?,

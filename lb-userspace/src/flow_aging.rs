@@ -17,7 +17,7 @@ use crate::{
     tables::{ServiceSlot, Tables},
 };
 
-/// Entries read per batch: bounds the agent's memory whatever the table size.
+/// Return-path entries deleted per batch.
 const CHUNK: usize = 4096;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,38 +73,26 @@ pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64)
     Ok(report)
 }
 
-/// Walks the flow table in batches (bounded memory whatever its size) and
-/// removes the flows `remove` picks, with their return-path entries.
+/// Walks the flow table (in memory order, a window at a time) and removes
+/// the flows `remove` picks, with their return-path entries.
 /// Returns how many flows were seen and how many removed.
 pub fn remove_flows_where(
     maps: &Maps,
     tables: &Tables,
     mut remove: impl FnMut(&FlowKey, &Flow) -> bool,
 ) -> io::Result<(usize, usize)> {
-    let (mut seen, mut removed) = (0, 0);
-    let mut cursor = bpf_batch::Cursor::default();
-    let mut keys = vec![FlowKey::default(); CHUNK];
-    let mut values = vec![Flow::default(); CHUNK];
-    let mut doomed = Vec::new();
     let mut doomed_replies = Vec::new();
-    while !cursor.done {
-        let n = bpf_batch::lookup_batch(maps.flows_fd(), &mut cursor, &mut keys, &mut values)?;
-        seen += n;
-        for (key, flow) in keys[..n].iter().zip(&values[..n]) {
-            if !remove(key, flow) {
-                continue;
-            }
-            doomed.push(*key);
-            if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
-                doomed_replies.push(reply_key(key, server.address, server.port));
-            }
+    let (seen, removed) = maps.flows.remove_where(|key, flow| {
+        if !remove(key, flow) {
+            return false;
         }
-        if !doomed.is_empty() {
-            removed += bpf_batch::delete_batch(maps.flows_fd(), &doomed)?;
-            bpf_batch::delete_batch(maps.reverse_nat_fd(), &doomed_replies)?;
-            doomed.clear();
-            doomed_replies.clear();
+        if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
+            doomed_replies.push(reply_key(key, server.address, server.port));
         }
+        true
+    })?;
+    for chunk in doomed_replies.chunks(CHUNK) {
+        bpf_batch::delete_batch(maps.reverse_nat_fd(), chunk)?;
     }
     Ok((seen, removed))
 }

@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod drain;
 pub mod duration;
 pub mod flow_aging;
+pub mod flow_table;
 pub mod maglev;
 pub mod server_state;
 pub mod state_file;

@@ -149,9 +149,8 @@ impl Agent {
     /// Number of flows in the agent's pinned flow table.
     pub fn flow_count(&self) -> usize {
         let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows")).expect("open pinned flow table");
-        let flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::Flow> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("flow table");
-        flows.keys().count()
+        let flows = lb_userspace::flow_table::FlowTable::new(data).expect("flow table");
+        flows.len().expect("read the flow table")
     }
 
     /// SIGKILL: the agent gets no chance to clean up (pins and XDP stay).

@@ -301,7 +301,8 @@ fn datapath_fixtures() {
             output: Expect::Unchanged,
             counts: vec![Count::Outcome(DropReplyWithoutFlow, 1)],
         }]);
-        bed.control.dp.maps.flows.remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP)).expect("remove flow");
+        let removed = bed.control.dp.maps.flows.remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP));
+        assert!(removed.expect("remove flow"), "the flow was there");
         let orphan = Pkt::tcp(s2, (CLIENT, 40100)).macs(SERVER2_MAC, TOSERVER_MAC).flags(SYN | ACK);
         bed.run(&[Case {
             name: "a packet from a server endpoint that belongs to no flow passes (e.g. the host's health checks)",
@@ -547,5 +548,44 @@ fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
         let now = flow_aging::datapath_now_ns();
         flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
         assert!(bed.flow(&key).is_none(), "the removed service's flow is swept at once");
+    });
+}
+
+#[test]
+fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        // The smallest table: 2048 slots.
+        let small = config((1, 0)).replace("max = 4096", "max = 1024");
+        let bed = FixtureBed::load(&small);
+        let now = flow_aging::datapath_now_ns();
+        // Twice as many flows as slots, each idle a different time: every
+        // bucket fills up.
+        let flows = (0..4096u32).map(|i| {
+            let key = flow_key((Ipv4Addr::from(0x0b00_0000 | i), 40000), (VIP, 80), proto::TCP);
+            let flow = lb_common::Flow {
+                server_id: bed.server_id("web", "s1"),
+                state: flow_state::TCP_OPEN,
+                last_seen_ns: now - 1_000_000 * (1 + (i as u64 * 7919) % 4096),
+                ..Default::default()
+            };
+            (key, flow)
+        });
+        bed.dp().maps.flows.insert_all(flows).expect("fill");
+        assert_eq!(bed.flow_count(), 2048, "the table is full");
+
+        let key = flow_key((CLIENT, 44000), (VIP, 80), proto::TCP);
+        let mut before = bed.dp().maps.flows.neighbours(&key).expect("neighbours");
+        assert_eq!(before.len(), 8, "both buckets full");
+        before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+        let syn = client_tcp(44000, 80).flags(SYN);
+        bed.run(&[forward("a new flow in a full table", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
+
+        assert!(bed.flow(&key).is_some(), "the new flow is in");
+        assert!(bed.flow(&before[0].0).is_none(), "the oldest of its buckets' flows made room");
+        for (k, _) in &before[1..] {
+            assert!(bed.flow(k).is_some(), "a younger flow was pushed out");
+        }
+        assert_eq!(bed.flow_count(), 2048);
     });
 }

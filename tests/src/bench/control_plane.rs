@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{server_state::DisableMode, tcp_reset::ResetSender, terminate};
+use lb_userspace::{flow_table::FlowTable, server_state::DisableMode, tcp_reset::ResetSender, terminate};
 
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
@@ -102,7 +102,7 @@ fn at_scale(flows: u32) -> Scale {
         pin_to_cpu(0);
         let mut bed = FixtureBed::load(&config(2 * flows.max(1_000_000)));
         let ids: Vec<u32> = (1..=4).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
-        fill_flows(bed.dp().maps.flows_fd(), 0..flows, (VIP, 80), |i| ids[i as usize % ids.len()]);
+        fill_flows(&bed.dp().maps.flows, 0..flows, (VIP, 80), |i| ids[i as usize % ids.len()]);
 
         // The probe: a packet of one of s1's flows (flow 0 is on s1).
         let probe =
@@ -203,8 +203,9 @@ fn agent_memory(report: &mut Report, lb: &Path) {
     let agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&[spec], "[flows]\nmax = 2000000\n"));
     let pins = agent.pin_dir();
     let flows = aya::maps::MapData::from_pin(pins.join("flows")).expect("pinned flow table");
+    let flows = FlowTable::new(flows).expect("flow table");
     let servers: Vec<u32> = (0..4).collect();
-    fill_flows(flows.fd().as_fd(), 0..1_000_000, (VIP, 80), |i| servers[i as usize % servers.len()]);
+    fill_flows(&flows, 0..1_000_000, (VIP, 80), |i| servers[i as usize % servers.len()]);
     // Let it sweep the full table a few times, and count flows for the API.
     std::thread::sleep(Duration::from_millis(3500));
     let view = agent.lb_json(&["pool", "show", "p80"]);

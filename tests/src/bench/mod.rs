@@ -8,10 +8,10 @@ pub mod datapath_cost;
 pub mod end_to_end;
 pub mod pps;
 
-use std::{net::Ipv4Addr, ops::Range, os::fd::BorrowedFd};
+use std::{net::Ipv4Addr, ops::Range};
 
 use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
-use lb_userspace::{bpf_batch, flow_aging::datapath_now_ns};
+use lb_userspace::{flow_aging::datapath_now_ns, flow_table::FlowTable};
 use serde_json::{Value, json};
 
 /// What a figure must reach.
@@ -154,15 +154,13 @@ pub fn client(i: u32) -> Ipv4Addr {
 
 /// Puts established TCP flows from clients `clients` (port 40000) to `vip`
 /// straight into a flow table, each on the server `server_of(i)` gives.
-pub fn fill_flows(flows: BorrowedFd<'_>, clients: Range<u32>, vip: (Ipv4Addr, u16), server_of: impl Fn(u32) -> u32) {
+pub fn fill_flows(flows: &FlowTable, clients: Range<u32>, vip: (Ipv4Addr, u16), server_of: impl Fn(u32) -> u32) {
     let now = datapath_now_ns();
-    let mut start = clients.start;
-    while start < clients.end {
-        let end = (start + 65536).min(clients.end);
-        let keys: Vec<FlowKey> =
-            (start..end).map(|i| crate::fixture::flow_key((client(i), 40000), vip, proto::TCP)).collect();
-        let values: Vec<Flow> = (start..end)
-            .map(|i| Flow {
+    let count = clients.len();
+    let placed = flows
+        .insert_all(clients.map(|i| {
+            let key: FlowKey = crate::fixture::flow_key((client(i), 40000), vip, proto::TCP);
+            let flow = Flow {
                 server_id: server_of(i),
                 state: flow_state::TCP_OPEN,
                 seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
@@ -171,9 +169,9 @@ pub fn fill_flows(flows: BorrowedFd<'_>, clients: Range<u32>, vip: (Ipv4Addr, u1
                 client_next_seq: 1000,
                 server_next_seq: 1,
                 ..Flow::default()
-            })
-            .collect();
-        bpf_batch::update_batch(flows, &keys, &values).expect("fill the flow table");
-        start = end;
-    }
+            };
+            (key, flow)
+        }))
+        .expect("fill the flow table");
+    assert_eq!(placed, count, "every flow found a free slot");
 }

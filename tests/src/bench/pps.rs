@@ -238,11 +238,11 @@ pub fn run(report: &mut Report, quick: bool) {
         on_path * 100.0
     );
     let one_armed = Topology::OneArmed.label();
-    report.add(SECTION, &format!("balancer, existing flow, {one_armed}"), ours / 1e6, "Mpps", None, n.clone());
+    report.add(SECTION, format!("balancer, existing flow, {one_armed}"), ours / 1e6, "Mpps", None, n.clone());
     report.add(SECTION, "trivial XDP_TX reflector", theirs / 1e6, "Mpps", None, n.clone());
     report.add(
         SECTION,
-        &format!("balancer / reflector, {one_armed}"),
+        format!("balancer / reflector, {one_armed}"),
         ratio,
         "x",
         Some(Target::AtLeast(0.8)),
@@ -253,7 +253,7 @@ pub fn run(report: &mut Report, quick: bool) {
     let n = format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path * 100.0);
     report.add(
         SECTION,
-        &format!("balancer / reflector, {}", Topology::Routed.label()),
+        format!("balancer / reflector, {}", Topology::Routed.label()),
         ratio,
         "x",
         None,
@@ -264,7 +264,7 @@ pub fn run(report: &mut Report, quick: bool) {
     let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), on_path * 100.0);
     report.add(
         SECTION,
-        &format!("balancer / reflector, {one_armed}, dropping receivers"),
+        format!("balancer / reflector, {one_armed}, dropping receivers"),
         ratio,
         "x",
         None,
