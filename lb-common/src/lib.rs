@@ -31,6 +31,9 @@ pub mod map_name {
     /// Connection tracking: an array of [`FlowSlot`](crate::FlowSlot)s, hashed
     /// as [`flow_table`](crate::flow_table) says.
     pub const FLOWS: &str = "flows";
+    /// Which buckets of the flow table may hold flows: a byte per bucket,
+    /// in elements of 8 (see [`flow_table::MARKS_PER_ENTRY`](crate::flow_table::MARKS_PER_ENTRY)).
+    pub const FLOW_MARKS: &str = "flow_marks";
     /// Return path by server endpoint: [`EndpointKey`](crate::EndpointKey) ->
     /// [`ReverseNat`](crate::ReverseNat) (the VIP its replies come from).
     pub const SERVER_ENDPOINTS: &str = "server_endpoints";
@@ -50,12 +53,13 @@ pub mod map_name {
     pub const RESET_REQUESTS: &str = "reset_requests";
 
     /// Every map, for pinning and compatibility checks.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
         MAGLEV,
         FLOWS,
+        FLOW_MARKS,
         SERVER_ENDPOINTS,
         REVERSE_NAT,
         OUTCOMES,
@@ -275,6 +279,17 @@ pub mod flow_table {
     pub const fn slots(max_flows: u32) -> u32 {
         let n = max_flows.next_power_of_two() * 2;
         if n < MIN_SLOTS { MIN_SLOTS } else { n }
+    }
+
+    /// Bucket marks per element of the `flow_marks` map. The datapath sets a
+    /// bucket's mark when it writes a flow there; the agent clears it when
+    /// it finds the bucket empty, and walks only marked buckets, so a walk
+    /// costs what the table holds, not its size.
+    pub const MARKS_PER_ENTRY: u32 = 8;
+
+    /// Elements of the `flow_marks` map for a table of `slots`.
+    pub const fn mark_entries(slots: u32) -> u32 {
+        slots / BUCKET_SLOTS / MARKS_PER_ENTRY
     }
 
     /// The mask that takes a hash to a bucket number, for a table of `slots`.

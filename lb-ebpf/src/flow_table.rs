@@ -12,7 +12,7 @@ use lb_common::{
     flow_table::{self, BUCKET_SLOTS},
 };
 
-use crate::maps::{FLOWS, flow_bucket_mask};
+use crate::maps::{FLOW_MARKS, FLOWS, flow_bucket_mask};
 
 /// A flow found in the table: a consistent copy of it, and its slot, where
 /// the packet's time and sequence numbers are recorded.
@@ -77,6 +77,7 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
     let mut free = [0u32; 2];
     let mut first_free: [(*mut FlowSlot, u64); 2] = [(null_mut(), 0); 2];
     let mut oldest: (*mut FlowSlot, u64, u64) = (null_mut(), 0, u64::MAX);
+    let mut oldest_bucket = 0;
     let buckets = flow_table::buckets(hash, flow_bucket_mask());
     for b in 0..2 {
         for i in 0..BUCKET_SLOTS {
@@ -99,13 +100,14 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
                 free[b] += 1;
             } else if last_seen < oldest.2 {
                 oldest = (slot, version, last_seen);
+                oldest_bucket = buckets[b];
             }
         }
     }
-    let (victim, version) = match free {
-        [0, 0] => (oldest.0, oldest.1),
-        [a, b] if b > a => first_free[1],
-        _ => first_free[0],
+    let (victim, version, bucket) = match free {
+        [0, 0] => (oldest.0, oldest.1, oldest_bucket),
+        [a, b] if b > a => (first_free[1].0, first_free[1].1, buckets[1]),
+        _ => (first_free[0].0, first_free[0].1, buckets[0]),
     };
     if victim.is_null() {
         return Err(SlotTaken);
@@ -123,5 +125,17 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
         write_volatile(addr_of_mut!((*victim).flow), *flow);
         write_volatile(lock, version + 2);
     }
+    mark(bucket / BUCKET_SLOTS);
     Ok(())
+}
+
+/// Marks bucket `bucket` as holding a flow, after the flow is written (the
+/// agent clears a mark before reading the bucket, so it never misses one).
+#[inline(always)]
+fn mark(bucket: u32) {
+    let per = flow_table::MARKS_PER_ENTRY;
+    if let Some(marks) = FLOW_MARKS.get_ptr_mut(bucket / per) {
+        // SAFETY: an element of the map; a byte store, no other field.
+        unsafe { write_volatile(addr_of_mut!((*marks)[(bucket % per) as usize]), 1) };
+    }
 }

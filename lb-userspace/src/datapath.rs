@@ -106,7 +106,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 12] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 13] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -115,6 +115,12 @@ impl MapSizes {
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
             (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), flow_table::slots(self.max_flows)),
+            (
+                map_name::FLOW_MARKS,
+                4,
+                flow_table::MARKS_PER_ENTRY,
+                flow_table::mark_entries(flow_table::slots(self.max_flows)),
+            ),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
@@ -286,11 +292,12 @@ fn aya_mode(mode: XdpMode) -> AyaXdpMode {
 }
 
 fn take_flow_table(ebpf: &mut Ebpf) -> Result<FlowTable, DatapathError> {
-    let name = map_name::FLOWS;
-    match ebpf.take_map(name) {
-        Some(aya::maps::Map::Array(data)) => FlowTable::new(data).map_err(DatapathError::FlowTable),
+    let mut array = |name: &'static str| match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
         _ => Err(DatapathError::Map { name, source: None }),
-    }
+    };
+    let (flows, marks) = (array(map_name::FLOWS)?, array(map_name::FLOW_MARKS)?);
+    FlowTable::new(flows, marks).map_err(DatapathError::FlowTable)
 }
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {

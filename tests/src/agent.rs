@@ -148,8 +148,7 @@ impl Agent {
 
     /// Number of flows in the agent's pinned flow table.
     pub fn flow_count(&self) -> usize {
-        let data = aya::maps::MapData::from_pin(self.pin_dir().join("flows")).expect("open pinned flow table");
-        let flows = lb_userspace::flow_table::FlowTable::new(data).expect("flow table");
+        let flows = lb_userspace::flow_table::FlowTable::from_pins(&self.pin_dir()).expect("pinned flow table");
         flows.len().expect("read the flow table")
     }
 

@@ -177,7 +177,7 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
         );
         report.add(
             SECTION,
-            format!("immediate disable, {label} flows: purge (walk + batch delete)"),
+            format!("immediate disable, {label} flows: purge (walk + delete)"),
             median(&mut purges) / 1e6,
             "M entries/s",
             Some(Target::AtLeast(2.0)),
@@ -202,8 +202,7 @@ fn agent_memory(report: &mut Report, lb: &Path) {
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1; 4] };
     let agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&[spec], "[flows]\nmax = 2000000\n"));
     let pins = agent.pin_dir();
-    let flows = aya::maps::MapData::from_pin(pins.join("flows")).expect("pinned flow table");
-    let flows = FlowTable::new(flows).expect("flow table");
+    let flows = FlowTable::from_pins(&pins).expect("pinned flow table");
     let servers: Vec<u32> = (0..4).collect();
     fill_flows(&flows, 0..1_000_000, (VIP, 80), |i| servers[i as usize % servers.len()]);
     // Let it sweep the full table a few times, and count flows for the API.
