@@ -70,10 +70,8 @@ impl FlowTable {
         flow_table::bucket_mask(self.slots)
     }
 
-    /// Maps slots `first..first + len` (`first` a multiple of 64: a page);
-    /// with `populate`, fills its page tables in one go (cheaper than a
-    /// fault per page, when most pages will be read).
-    fn window(&self, first: u32, len: u32, populate: bool) -> io::Result<Window> {
+    /// Maps slots `first..first + len` (`first` a multiple of 64: a page).
+    fn window(&self, first: u32, len: u32) -> io::Result<Window> {
         let bytes = len as usize * size_of::<FlowSlot>();
         let offset = first as i64 * size_of::<FlowSlot>() as i64;
         // SAFETY: a shared mapping of the map's fd; the kernel checks the range.
@@ -82,7 +80,7 @@ impl FlowTable {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 },
+                libc::MAP_SHARED,
                 self.map.fd().as_fd().as_raw_fd(),
                 offset,
             )
@@ -96,7 +94,7 @@ impl FlowTable {
 
     /// The whole table, mapped (pages are read in as they are touched).
     fn whole(&self) -> io::Result<Window> {
-        self.window(0, self.slots, false)
+        self.window(0, self.slots)
     }
 
     /// The bucket marks, a byte per bucket.
@@ -129,10 +127,8 @@ impl FlowTable {
         while first < self.slots {
             let len = WINDOW_SLOTS.min(self.slots - first);
             let buckets = first / BUCKET_SLOTS..(first + len) / BUCKET_SLOTS;
-            let marked = buckets.clone().filter(|&b| marks.get(b)).count();
-            if marked > 0 {
-                // Most pages read: populate (16 buckets a page).
-                let window = self.window(first, len, marked * 16 > buckets.len())?;
+            if buckets.clone().any(|b| marks.get(b)) {
+                let window = self.window(first, len)?;
                 for bucket in buckets.filter(|&b| marks.get(b)) {
                     // Cleared before the bucket is read: a flow the datapath
                     // writes meanwhile marks it again.
