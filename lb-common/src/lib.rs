@@ -31,9 +31,9 @@ pub mod map_name {
     /// Connection tracking: an array of [`FlowSlot`](crate::FlowSlot)s, hashed
     /// as [`flow_table`](crate::flow_table) says.
     pub const FLOWS: &str = "flows";
-    /// Which buckets of the flow table may hold flows: a byte per bucket,
-    /// in elements of 8 (see [`flow_table::MARKS_PER_ENTRY`](crate::flow_table::MARKS_PER_ENTRY)).
-    pub const FLOW_MARKS: &str = "flow_marks";
+    /// The flow table's tags: a `u64` per bucket, a 16-bit tag per slot
+    /// (see [`flow_table::tag`](crate::flow_table::tag)).
+    pub const FLOW_TAGS: &str = "flow_tags";
     /// Return path by server endpoint: [`EndpointKey`](crate::EndpointKey) ->
     /// [`ReverseNat`](crate::ReverseNat) (the VIP its replies come from).
     pub const SERVER_ENDPOINTS: &str = "server_endpoints";
@@ -59,7 +59,7 @@ pub mod map_name {
         SERVERS,
         MAGLEV,
         FLOWS,
-        FLOW_MARKS,
+        FLOW_TAGS,
         SERVER_ENDPOINTS,
         REVERSE_NAT,
         OUTCOMES,
@@ -234,13 +234,11 @@ pub struct Flow {
 
 /// One slot of the flow table: a cache line holding one flow.
 ///
-/// Slots are written under a sequence lock: a writer (the datapath creating
-/// a flow, the agent removing one) moves `version` from even to odd with a
-/// compare-and-swap, rewrites the slot, and makes it even again. A reader
-/// that sees the same even version before and after copying the slot saw
-/// one consistent flow. The version only grows. Touching an existing flow
-/// (time, sequence numbers) writes its fields in place without the lock, as
-/// with any BPF map value.
+/// Slots are written under a sequence lock: the writer (who owns the slot
+/// through its tag, see [`flow_table::tag`]) makes `version` odd, rewrites
+/// the slot, and gives it a new even value. A reader that sees the same even
+/// version before and after copying the slot saw one consistent flow. Touching an existing flow (time, sequence numbers)
+/// writes its fields in place without the lock, as with any BPF map value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowSlot {
@@ -257,13 +255,12 @@ const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 /// The flow table's layout, shared by the datapath and the agent: an array
 /// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
 /// consecutive slots (one 256-byte run of memory). A flow sits in one of two
-/// buckets its hash picks, both in the same 4 KiB page (one TLB entry): the
-/// one with more free slots when it was created. Two choices keep buckets
-/// even: in a simulation, a million flows in a table sized for two million
-/// never found both their buckets full, and two million pushed out 151 (in
-/// a kernel LRU map at its size, every new flow pushes one out). Lookups
-/// read the buckets' slots; nothing is allocated or linked, so a lookup
-/// costs about one memory access where a kernel hash map costs two.
+/// buckets its hash picks: the one with more free slots when it was created.
+/// Two choices keep buckets even: in a simulation, a million flows never
+/// found both their buckets full in a table of 4 Mi slots (sized for two
+/// million), and 6 did in one of 2 Mi slots (in a kernel LRU map at its
+/// size, every new flow pushes one out). Nothing is allocated or linked, so
+/// a lookup costs about one memory access where a kernel hash map costs two.
 pub mod flow_table {
     use crate::FlowKey;
 
@@ -281,15 +278,35 @@ pub mod flow_table {
         if n < MIN_SLOTS { MIN_SLOTS } else { n }
     }
 
-    /// Bucket marks per element of the `flow_marks` map. The datapath sets a
-    /// bucket's mark when it writes a flow there; the agent clears it when
-    /// it finds the bucket empty, and walks only marked buckets, so a walk
-    /// costs what the table holds, not its size.
-    pub const MARKS_PER_ENTRY: u32 = 8;
+    /// A free slot's tag.
+    pub const TAG_FREE: u16 = 0;
+    /// The tag of a slot the agent is freeing.
+    pub const TAG_BUSY: u16 = 1;
 
-    /// Elements of the `flow_marks` map for a table of `slots`.
-    pub const fn mark_entries(slots: u32) -> u32 {
-        slots / BUCKET_SLOTS / MARKS_PER_ENTRY
+    /// A flow's tag: 16 bits of its hash (never free or busy). Each bucket
+    /// has a `u64` of four tags in the `flow_tags` map (slot `i` of the
+    /// bucket in bits `16 i..16 i + 16`), an array a 32nd the table's size:
+    /// a lookup reads its buckets' tags and only the slot whose tag matches,
+    /// so a miss (a new flow) reads no slot. Whoever changes a tag with a
+    /// compare-and-swap owns the slot: the datapath to write a new flow (a
+    /// free tag, or the oldest flow's), the agent to free one (its flow's
+    /// tag, to busy, then free).
+    #[inline(always)]
+    pub fn tag(hash: u64) -> u16 {
+        let t = (hash >> 48) as u16;
+        if t <= TAG_BUSY { t + 2 } else { t }
+    }
+
+    /// Slot `lane`'s tag in a bucket's tag word.
+    #[inline(always)]
+    pub fn lane(tags: u64, lane: u32) -> u16 {
+        (tags >> (16 * lane)) as u16
+    }
+
+    /// The tag word with slot `lane`'s tag set to `tag`.
+    #[inline(always)]
+    pub fn with_lane(tags: u64, lane: u32, tag: u16) -> u64 {
+        (tags & !(0xffff << (16 * lane))) | (tag as u64) << (16 * lane)
     }
 
     /// The mask that takes a hash to a bucket number, for a table of `slots`.

@@ -1,18 +1,19 @@
-//! The flow table (layout in `lb_common::flow_table`): finding a flow's slot,
-//! and taking a slot for a new flow. Array reads the verifier inlines, no
-//! helper calls, no allocation: this is the datapath's hottest code.
+//! The flow table (layout in `lb_common::flow_table`): finding a flow's slot
+//! by its buckets' tags, and taking a slot for a new flow. Array reads the
+//! verifier inlines, no helper calls, no allocation: this is the datapath's
+//! hottest code.
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_cxchg},
-    ptr::{addr_of, addr_of_mut, null_mut, read_volatile, write_volatile},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
 use lb_common::{
     Flow, FlowKey, FlowSlot, flow_state,
-    flow_table::{self, BUCKET_SLOTS},
+    flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, lane, with_lane},
 };
 
-use crate::maps::{FLOW_MARKS, FLOWS, flow_bucket_mask};
+use crate::maps::{FLOW_TAGS, FLOWS, flow_bucket_mask};
 
 /// A flow found in the table: a consistent copy of it, and its slot, where
 /// the packet's time and sequence numbers are recorded.
@@ -30,12 +31,25 @@ fn words(key: &FlowKey) -> [u64; 2] {
     ]
 }
 
-/// The flow of `key` (whose [`flow_table::hash`] is `hash`), if the table has it.
+/// The tag word of bucket `first / BUCKET_SLOTS`.
+#[inline(always)]
+fn tags(first: u32) -> Option<*mut u64> {
+    FLOW_TAGS.get_ptr_mut(first / BUCKET_SLOTS)
+}
+
+/// The flow of `key` (whose [`flow_table::hash`] is `hash`), if the table
+/// has it: only slots whose tag matches are read.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, hash: u64) -> Option<Found> {
     let want = words(key);
+    let tag = flow_table::tag(hash);
     for first in flow_table::buckets(hash, flow_bucket_mask()) {
+        // SAFETY: an element of the tags map.
+        let word = unsafe { read_volatile(tags(first)?) };
         for i in 0..BUCKET_SLOTS {
+            if lane(word, i) != tag {
+                continue;
+            }
             let slot = FLOWS.get_ptr_mut(first + i)?;
             if let Some(flow) = read_if_holds(slot, want) {
                 return Some(Found { slot, flow });
@@ -65,77 +79,83 @@ fn read_if_holds(slot: *mut FlowSlot, want: [u64; 2]) -> Option<Flow> {
     }
 }
 
-/// Another CPU took the slot at the same instant.
+/// Another CPU changed the bucket's tags at the same instant.
 pub struct SlotTaken;
 
 /// Writes a new flow into the first free slot of whichever of its buckets
-/// has more free slots; where both are full, over the slot whose flow has
-/// been idle longest (the oldest flow makes room, as in an LRU).
+/// has more free slots (read from the tags alone); where both are full, over
+/// the slot whose flow has been idle longest (the oldest flow makes room, as
+/// in an LRU).
 #[inline(always)]
 pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
-    // Per bucket: free slots, and the first free one (slot, version).
-    let mut free = [0u32; 2];
-    let mut first_free: [(*mut FlowSlot, u64); 2] = [(null_mut(), 0); 2];
-    let mut oldest: (*mut FlowSlot, u64, u64) = (null_mut(), 0, u64::MAX);
-    let mut oldest_bucket = 0;
     let buckets = flow_table::buckets(hash, flow_bucket_mask());
+    let (Some(tags0), Some(tags1)) = (tags(buckets[0]), tags(buckets[1])) else { return Err(SlotTaken) };
+    // SAFETY: elements of the tags map.
+    let words = unsafe { [read_volatile(tags0), read_volatile(tags1)] };
+    let mut free = [0u32; 2];
+    let mut first_free = [0u32; 2];
     for b in 0..2 {
-        for i in 0..BUCKET_SLOTS {
-            let Some(slot) = FLOWS.get_ptr_mut(buckets[b] + i) else { return Err(SlotTaken) };
-            // SAFETY: as in `read_if_holds`.
-            let (version, state, last_seen) = unsafe {
-                (
-                    read_volatile(addr_of!((*slot).version)),
-                    read_volatile(addr_of!((*slot).flow.state)),
-                    read_volatile(addr_of!((*slot).flow.last_seen_ns)),
-                )
-            };
-            if version & 1 != 0 {
-                continue;
-            }
-            if state == flow_state::FREE {
-                if free[b] == 0 {
-                    first_free[b] = (slot, version);
-                }
+        for i in (0..BUCKET_SLOTS).rev() {
+            if lane(words[b], i) == TAG_FREE {
                 free[b] += 1;
-            } else if last_seen < oldest.2 {
-                oldest = (slot, version, last_seen);
-                oldest_bucket = buckets[b];
+                first_free[b] = i;
             }
         }
     }
-    let (victim, version, bucket) = match free {
-        [0, 0] => (oldest.0, oldest.1, oldest_bucket),
-        [a, b] if b > a => (first_free[1].0, first_free[1].1, buckets[1]),
-        _ => (first_free[0].0, first_free[0].1, buckets[0]),
+    let (b, i) = match free {
+        [0, 0] => oldest(buckets, words).ok_or(SlotTaken)?,
+        [f0, f1] if f1 > f0 => (1, first_free[1]),
+        _ => (0, first_free[0]),
     };
-    if victim.is_null() {
+    // Owning the slot: its tag changes to ours, if no other CPU changed the
+    // bucket's tags since we read them.
+    let tag_word = if b == 0 { tags0 } else { tags1 };
+    // SAFETY: an element of the tags map; the BPF cmpxchg instruction.
+    let (_, owned) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            tag_word,
+            words[b],
+            with_lane(words[b], i, flow_table::tag(hash)),
+        )
+    };
+    if !owned {
         return Err(SlotTaken);
     }
-    // SAFETY: `victim` is a slot of the map. The compare-and-swap makes this
-    // CPU its only writer until the version is even again.
+    let slot = FLOWS.get_ptr_mut(buckets[b] + i).ok_or(SlotTaken)?;
+    // SAFETY: a slot of the map, ours through its tag. Stores only: reading
+    // the slot's line first would wait for memory. A reader needs only a
+    // version that differs from the slot's last one: odd while writing, then
+    // an even value drawn from the flow's hash and time.
     unsafe {
-        let lock = addr_of_mut!((*victim).version);
-        let (_, locked) =
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(lock, version, version + 1);
-        if !locked {
-            return Err(SlotTaken);
-        }
-        write_volatile(addr_of_mut!((*victim).key), *key);
-        write_volatile(addr_of_mut!((*victim).flow), *flow);
-        write_volatile(lock, version + 2);
+        let lock = addr_of_mut!((*slot).version);
+        write_volatile(lock, 1);
+        write_volatile(addr_of_mut!((*slot).key), *key);
+        write_volatile(addr_of_mut!((*slot).flow), *flow);
+        write_volatile(lock, ((hash ^ flow.last_seen_ns) | 2) & !1);
     }
-    mark(bucket / BUCKET_SLOTS);
     Ok(())
 }
 
-/// Marks bucket `bucket` as holding a flow, after the flow is written (the
-/// agent clears a mark before reading the bucket, so it never misses one).
+/// Both buckets full: the slot (bucket, index) whose flow was seen longest
+/// ago, skipping slots being written or freed.
 #[inline(always)]
-fn mark(bucket: u32) {
-    let per = flow_table::MARKS_PER_ENTRY;
-    if let Some(marks) = FLOW_MARKS.get_ptr_mut(bucket / per) {
-        // SAFETY: an element of the map; a byte store, no other field.
-        unsafe { write_volatile(addr_of_mut!((*marks)[(bucket % per) as usize]), 1) };
+fn oldest(buckets: [u32; 2], words: [u64; 2]) -> Option<(usize, u32)> {
+    let mut oldest = None;
+    let mut oldest_seen = u64::MAX;
+    for b in 0..2 {
+        for i in 0..BUCKET_SLOTS {
+            if lane(words[b], i) == TAG_BUSY {
+                continue;
+            }
+            let slot = FLOWS.get_ptr_mut(buckets[b] + i)?;
+            // SAFETY: a slot of the map.
+            let (version, seen) = unsafe {
+                (read_volatile(addr_of!((*slot).version)), read_volatile(addr_of!((*slot).flow.last_seen_ns)))
+            };
+            if version & 1 == 0 && seen < oldest_seen {
+                (oldest, oldest_seen) = (Some((b, i)), seen);
+            }
+        }
     }
+    oldest
 }

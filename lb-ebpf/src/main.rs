@@ -1,7 +1,8 @@
 //! The XDP load balancer: forwards each packet of a virtual service to a
 //! server of its pool (destination NAT), and rewrites the servers' replies
 //! back to the VIP. See the files by concern: `parse` (headers), `flow`
-//! (flow table, server choice, server state), `nat` (rewrite), `forward`
+//! (flows: creation, server choice, server state), `flow_table` (finding and
+//! placing flows), `nat` (rewrite), `forward`
 //! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // The flow table's compare-and-swap: BPF has no `AtomicU64` in `core`, but

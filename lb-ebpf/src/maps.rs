@@ -38,11 +38,12 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * M
 #[map(name = "flows")]
 pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
-/// A mark per bucket of the flow table (`lb_common::flow_table`): set when
-/// the datapath writes a flow there. Agent reads and clears, through mmap.
-#[map(name = "flow_marks")]
-pub static FLOW_MARKS: Array<[u8; flow_table::MARKS_PER_ENTRY as usize]> =
-    Array::with_max_entries(flow_table::mark_entries(flow_table::slots(DEFAULT_MAX_FLOWS)), BPF_F_MMAPABLE);
+/// The flow table's tags (`lb_common::flow_table::tag`): a `u64` of four
+/// 16-bit tags per bucket. Datapath and agent write them by compare-and-swap;
+/// the agent reads them through mmap.
+#[map(name = "flow_tags")]
+pub static FLOW_TAGS: Array<u64> =
+    Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS) / flow_table::BUCKET_SLOTS, BPF_F_MMAPABLE);
 
 /// The flow table's bucket mask (`flow_table::bucket_mask`), set by the agent
 /// at load time for the table size it chose: the verifier sees a constant.

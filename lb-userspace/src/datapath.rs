@@ -115,12 +115,7 @@ impl MapSizes {
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
             (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), flow_table::slots(self.max_flows)),
-            (
-                map_name::FLOW_MARKS,
-                4,
-                flow_table::MARKS_PER_ENTRY,
-                flow_table::mark_entries(flow_table::slots(self.max_flows)),
-            ),
+            (map_name::FLOW_TAGS, 4, 8, flow_table::slots(self.max_flows) / flow_table::BUCKET_SLOTS),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
@@ -296,8 +291,8 @@ fn take_flow_table(ebpf: &mut Ebpf) -> Result<FlowTable, DatapathError> {
         Some(aya::maps::Map::Array(data)) => Ok(data),
         _ => Err(DatapathError::Map { name, source: None }),
     };
-    let (flows, marks) = (array(map_name::FLOWS)?, array(map_name::FLOW_MARKS)?);
-    FlowTable::new(flows, marks).map_err(DatapathError::FlowTable)
+    let (flows, tags) = (array(map_name::FLOWS)?, array(map_name::FLOW_TAGS)?);
+    FlowTable::new(flows, tags).map_err(DatapathError::FlowTable)
 }
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {

@@ -1,11 +1,13 @@
-//! The flow table from the agent's side: the datapath's array of slots
-//! (layout in `lb_common::flow_table`), mapped into the agent's memory.
+//! The flow table from the agent's side: the datapath's array of slots and
+//! its tags (layout in `lb_common::flow_table`), mapped into the agent's
+//! memory.
 //!
-//! Walks map one window at a time, in memory order, and read only the
-//! buckets marked as holding flows (`flow_marks`): a million flows are read
-//! in tens of milliseconds, an empty table in a few, and the agent's resident
-//! memory stays at one window whatever the table's size. Slots are read and
-//! written under the same sequence lock as in the datapath (see [`FlowSlot`]).
+//! A walk reads the tags (a 32nd of the table) and maps the slots one 2 MiB
+//! window at a time, in memory order, reading only slots that hold a flow:
+//! a million flows are read in tens of milliseconds, an empty table in a few,
+//! and the agent's resident memory stays at the tags and one window whatever
+//! the table's size. Slots are owned and written as in the datapath (see
+//! [`flow_table::tag`] and [`FlowSlot`]).
 
 use std::{
     io,
@@ -17,37 +19,37 @@ use std::{
 
 use aya::maps::MapData;
 use lb_common::{
-    Flow, FlowKey, FlowSlot, flow_state,
-    flow_table::{self, BUCKET_SLOTS},
+    Flow, FlowKey, FlowSlot,
+    flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, lane, with_lane},
     map_name,
 };
 
 /// Slots per mapped window of a walk: 2 MiB.
 const WINDOW_SLOTS: u32 = 32 * 1024;
 
-/// Tries to read a slot some other writer holds before giving up on it.
-const READ_TRIES: u32 = 64;
+/// Tries at a slot or a tag word that others keep changing, before giving up.
+const TRIES: u32 = 64;
 
 pub struct FlowTable {
     map: MapData,
-    marks: MapData,
+    tags: MapData,
     slots: u32,
 }
 
 impl FlowTable {
     /// The table in `map` (an mmap-able array of [`FlowSlot`]s), with its
-    /// bucket marks in `marks`.
-    pub fn new(map: MapData, marks: MapData) -> io::Result<FlowTable> {
+    /// tags in `tags` (an mmap-able array of `u64`, one per bucket).
+    pub fn new(map: MapData, tags: MapData) -> io::Result<FlowTable> {
         let info = |m: &MapData| m.info().map_err(|e| io::Error::other(format!("flow table info: {e}")));
         let slots = info(&map)?.max_entries();
         if !slots.is_power_of_two() || slots < flow_table::MIN_SLOTS {
             return Err(io::Error::other(format!("flow table of {slots} slots: not a power of two")));
         }
-        let marks_entries = info(&marks)?.max_entries();
-        if marks_entries != flow_table::mark_entries(slots) {
-            return Err(io::Error::other(format!("{marks_entries} bucket marks for a table of {slots} slots")));
+        let words = info(&tags)?.max_entries();
+        if words != slots / BUCKET_SLOTS {
+            return Err(io::Error::other(format!("{words} tag words for a table of {slots} slots")));
         }
-        Ok(FlowTable { map, marks, slots })
+        Ok(FlowTable { map, tags, slots })
     }
 
     /// The table an agent pinned in `pin_dir`.
@@ -55,7 +57,7 @@ impl FlowTable {
         let open = |name: &str| {
             MapData::from_pin(pin_dir.join(name)).map_err(|e| io::Error::other(format!("pinned map {name}: {e}")))
         };
-        FlowTable::new(open(map_name::FLOWS)?, open(map_name::FLOW_MARKS)?)
+        FlowTable::new(open(map_name::FLOWS)?, open(map_name::FLOW_TAGS)?)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -70,25 +72,30 @@ impl FlowTable {
         flow_table::bucket_mask(self.slots)
     }
 
-    /// Maps slots `first..first + len` (`first` a multiple of 64: a page).
-    fn window(&self, first: u32, len: u32) -> io::Result<Window> {
-        let bytes = len as usize * size_of::<FlowSlot>();
-        let offset = first as i64 * size_of::<FlowSlot>() as i64;
+    /// Maps `len` elements of `size` bytes of `map` from element `first`
+    /// (a page boundary).
+    fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io::Result<*mut libc::c_void> {
         // SAFETY: a shared mapping of the map's fd; the kernel checks the range.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                len as usize * size,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                self.map.fd().as_fd().as_raw_fd(),
-                offset,
+                map.fd().as_fd().as_raw_fd(),
+                first as i64 * size as i64,
             )
         };
         if ptr == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("mapping the flow table: {e}")));
         }
+        Ok(ptr)
+    }
+
+    /// Maps slots `first..first + len` (`first` a multiple of 64: a page).
+    fn window(&self, first: u32, len: u32) -> io::Result<Window> {
+        let ptr = Self::map_range(&self.map, first, len, size_of::<FlowSlot>())?;
         Ok(Window { ptr: ptr as *mut FlowSlot, first, len })
     }
 
@@ -97,61 +104,37 @@ impl FlowTable {
         self.window(0, self.slots)
     }
 
-    /// The bucket marks, a byte per bucket.
-    fn marks(&self) -> io::Result<Marks> {
-        let len = (self.slots / BUCKET_SLOTS) as usize;
-        // SAFETY: a shared mapping of the marks map's fd, its full size.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                self.marks.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mapping the flow table's bucket marks: {e}")));
-        }
-        Ok(Marks { ptr: ptr as *mut u8, len })
+    /// The tag words, one per bucket.
+    fn tags(&self) -> io::Result<Tags> {
+        let len = self.slots / BUCKET_SLOTS;
+        let ptr = Self::map_range(&self.tags, 0, len, size_of::<u64>())?;
+        Ok(Tags { ptr: ptr as *mut u64, len })
     }
 
     /// Visits every flow in memory order and removes those `remove` picks.
     /// Returns how many flows were seen and how many were removed.
     pub fn remove_where(&self, mut remove: impl FnMut(&FlowKey, &Flow) -> bool) -> io::Result<(usize, usize)> {
         let (mut seen, mut removed) = (0, 0);
-        let marks = self.marks()?;
+        let tags = self.tags()?;
         let mut first = 0;
         while first < self.slots {
             let len = WINDOW_SLOTS.min(self.slots - first);
             let buckets = first / BUCKET_SLOTS..(first + len) / BUCKET_SLOTS;
-            if buckets.clone().any(|b| marks.get(b)) {
+            if buckets.clone().any(|b| tags.word(b).load(Ordering::Relaxed) != 0) {
                 let window = self.window(first, len)?;
-                for bucket in buckets.filter(|&b| marks.get(b)) {
-                    // Cleared before the bucket is read: a flow the datapath
-                    // writes meanwhile marks it again.
-                    marks.set(bucket, false);
-                    fence(Ordering::SeqCst);
-                    let mut left = false;
-                    for index in bucket * BUCKET_SLOTS..(bucket + 1) * BUCKET_SLOTS {
-                        let slot = window.slot(index);
-                        match read_slot(slot) {
-                            Slot::Free => {}
-                            Slot::Busy => left = true,
-                            Slot::Flow(version, key, flow) => {
-                                seen += 1;
-                                if remove(&key, &flow) && free(slot, version) {
-                                    removed += 1;
-                                } else {
-                                    left = true;
-                                }
-                            }
+                for bucket in buckets {
+                    let word = tags.word(bucket).load(Ordering::Acquire);
+                    for i in 0..BUCKET_SLOTS {
+                        let tag = lane(word, i);
+                        if tag == TAG_FREE || tag == TAG_BUSY {
+                            continue;
                         }
-                    }
-                    if left {
-                        marks.set(bucket, true);
+                        let slot = window.slot(bucket * BUCKET_SLOTS + i);
+                        let Some((version, key, flow)) = read(slot) else { continue };
+                        seen += 1;
+                        if remove(&key, &flow) && free(&tags, bucket, i, tag, slot, version) {
+                            removed += 1;
+                        }
                     }
                 }
             }
@@ -162,14 +145,16 @@ impl FlowTable {
 
     /// The flow of `key`, if the table has it.
     pub fn get(&self, key: &FlowKey) -> io::Result<Option<Flow>> {
-        let window = self.whole()?;
-        Ok(self.find(&window, key).map(|(_, _, flow)| flow))
+        let (window, tags) = (self.whole()?, self.tags()?);
+        Ok(self.find(&window, &tags, key).map(|found| found.flow))
     }
 
     /// Removes the flow of `key`; whether there was one.
     pub fn remove(&self, key: &FlowKey) -> io::Result<bool> {
-        let window = self.whole()?;
-        Ok(self.find(&window, key).is_some_and(|(slot, version, _)| free(slot, version)))
+        let (window, tags) = (self.whole()?, self.tags()?);
+        Ok(self
+            .find(&window, &tags, key)
+            .is_some_and(|f| free(&tags, f.bucket, f.lane, f.tag, window.slot(f.index), f.version)))
     }
 
     /// Flows in the table.
@@ -182,14 +167,12 @@ impl FlowTable {
     }
 
     /// Inserts flows (benchmarks and tests: the datapath creates them), with
-    /// the datapath's placement. Returns how many found a slot without
-    /// pushing another flow out.
+    /// the datapath's placement. Returns how many found a free slot.
     pub fn insert_all(&self, flows: impl IntoIterator<Item = (FlowKey, Flow)>) -> io::Result<usize> {
-        let window = self.whole()?;
-        let marks = self.marks()?;
+        let (window, tags) = (self.whole()?, self.tags()?);
         let mut placed = 0;
         for (key, flow) in flows {
-            placed += self.insert(&window, &marks, &key, &flow) as usize;
+            placed += self.insert(&window, &tags, &key, &flow) as usize;
         }
         Ok(placed)
     }
@@ -206,14 +189,17 @@ impl FlowTable {
             .collect())
     }
 
-    fn find(&self, window: &Window, key: &FlowKey) -> Option<(*mut FlowSlot, u64, Flow)> {
-        for first in flow_table::buckets(flow_table::hash(key), self.bucket_mask()) {
-            for index in first..first + BUCKET_SLOTS {
-                let slot = window.slot(index);
-                if let Some((version, k, flow)) = read(slot)
+    fn find(&self, window: &Window, tags: &Tags, key: &FlowKey) -> Option<Found> {
+        let hash = flow_table::hash(key);
+        let tag = flow_table::tag(hash);
+        for first in flow_table::buckets(hash, self.bucket_mask()) {
+            let bucket = first / BUCKET_SLOTS;
+            let word = tags.word(bucket).load(Ordering::Acquire);
+            for i in (0..BUCKET_SLOTS).filter(|&i| lane(word, i) == tag) {
+                if let Some((version, k, flow)) = read(window.slot(first + i))
                     && k == *key
                 {
-                    return Some((slot, version, flow));
+                    return Some(Found { bucket, lane: i, tag, index: first + i, version, flow });
                 }
             }
         }
@@ -223,60 +209,66 @@ impl FlowTable {
     /// Writes `flow` where the datapath would: the first free slot of the
     /// bucket with more free slots, else over the one idle longest. Whether
     /// it found a free slot.
-    fn insert(&self, window: &Window, marks: &Marks, key: &FlowKey, flow: &Flow) -> bool {
-        if let Some((slot, version, _)) = self.find(window, key) {
-            return write(slot, version, key, flow);
+    fn insert(&self, window: &Window, tags: &Tags, key: &FlowKey, flow: &Flow) -> bool {
+        let hash = flow_table::hash(key);
+        if let Some(found) = self.find(window, tags, key) {
+            write(window.slot(found.index), key, flow);
+            return true;
         }
-        let mut free: [Vec<(*mut FlowSlot, u64, u32)>; 2] = [Vec::new(), Vec::new()];
-        let mut oldest: Option<(*mut FlowSlot, u64, u64, u32)> = None;
-        let buckets = flow_table::buckets(flow_table::hash(key), self.bucket_mask());
-        for (b, first) in buckets.into_iter().enumerate() {
-            for index in first..first + BUCKET_SLOTS {
-                let slot = window.slot(index);
-                let Some((version, _, old)) = read_any(slot) else { continue };
-                if old.state == flow_state::FREE {
-                    free[b].push((slot, version, first / BUCKET_SLOTS));
-                } else if oldest.is_none_or(|(_, _, seen, _)| old.last_seen_ns < seen) {
-                    oldest = Some((slot, version, old.last_seen_ns, first / BUCKET_SLOTS));
-                }
+        let buckets = flow_table::buckets(hash, self.bucket_mask()).map(|first| first / BUCKET_SLOTS);
+        for _ in 0..TRIES {
+            let words = buckets.map(|b| tags.word(b).load(Ordering::Acquire));
+            let free = words.map(|w| (0..BUCKET_SLOTS).filter(|&i| lane(w, i) == TAG_FREE).count());
+            let b = if free[1] > free[0] { 1 } else { 0 };
+            let choice = match (0..BUCKET_SLOTS).find(|&i| lane(words[b], i) == TAG_FREE) {
+                Some(i) => Some((b, i)),
+                None => (0..2)
+                    .flat_map(|b| (0..BUCKET_SLOTS).map(move |i| (b, i)))
+                    .filter(|&(b, i)| lane(words[b], i) != TAG_BUSY)
+                    .min_by_key(|&(b, i)| {
+                        read(window.slot(buckets[b] * BUCKET_SLOTS + i)).map(|(_, _, f)| f.last_seen_ns)
+                    }),
+            };
+            let Some((b, i)) = choice else { return false };
+            let claimed = with_lane(words[b], i, flow_table::tag(hash));
+            if tags.word(buckets[b]).compare_exchange(words[b], claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                write(window.slot(buckets[b] * BUCKET_SLOTS + i), key, flow);
+                return lane(words[b], i) == TAG_FREE;
             }
         }
-        let bucket = if free[1].len() > free[0].len() { &free[1] } else { &free[0] };
-        let (slot, version, bucket, was_free) = match (bucket.first(), oldest) {
-            (Some(&(slot, version, bucket)), _) => (slot, version, bucket, true),
-            (None, Some((slot, version, _, bucket))) => (slot, version, bucket, false),
-            (None, None) => return false,
-        };
-        let written = write(slot, version, key, flow);
-        marks.set(bucket, true);
-        written && was_free
+        false
     }
 }
 
-/// The mapped bucket marks, unmapped when dropped.
-struct Marks {
-    ptr: *mut u8,
-    len: usize,
+/// Where a flow was found.
+struct Found {
+    bucket: u32,
+    lane: u32,
+    tag: u16,
+    index: u32,
+    version: u64,
+    flow: Flow,
 }
 
-impl Marks {
-    fn get(&self, bucket: u32) -> bool {
-        assert!((bucket as usize) < self.len);
-        // SAFETY: within the mapping; the datapath writes it concurrently.
-        unsafe { read_volatile(self.ptr.add(bucket as usize)) != 0 }
-    }
+/// The mapped tag words, unmapped when dropped.
+struct Tags {
+    ptr: *mut u64,
+    len: u32,
+}
 
-    fn set(&self, bucket: u32, marked: bool) {
-        assert!((bucket as usize) < self.len);
-        // SAFETY: as in `get`.
-        unsafe { write_volatile(self.ptr.add(bucket as usize), marked as u8) }
+impl Tags {
+    fn word(&self, bucket: u32) -> &AtomicU64 {
+        assert!(bucket < self.len, "bucket {bucket} outside the table");
+        // SAFETY: an aligned u64 within the mapping, which lives as long as
+        // `self`; every writer changes it atomically.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(bucket as usize)) }
     }
 }
 
-impl Drop for Marks {
+impl Drop for Tags {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `FlowTable::marks`, of this length.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        // SAFETY: the mapping made in `FlowTable::tags`, of this length.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len as usize * size_of::<u64>()) };
     }
 }
 
@@ -303,15 +295,14 @@ impl Drop for Window {
 }
 
 fn version(slot: *mut FlowSlot) -> &'static AtomicU64 {
-    // SAFETY: the version is an aligned u64 in a live mapping, and every
-    // writer (agent or datapath) changes it atomically.
+    // SAFETY: the version is an aligned u64 in a live mapping.
     unsafe { AtomicU64::from_ptr(addr_of_mut!((*slot).version)) }
 }
 
-/// A consistent copy of a slot, free or not: (version, key, flow). `None`
-/// if writers kept it busy.
-fn read_any(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
-    for _ in 0..READ_TRIES {
+/// A consistent copy of the slot's flow, if it holds one: (version, key,
+/// flow). `None` if free, or if its writer kept it busy.
+fn read(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
+    for _ in 0..TRIES {
         let before = version(slot).load(Ordering::Acquire);
         if before & 1 != 0 {
             std::hint::spin_loop();
@@ -321,52 +312,56 @@ fn read_any(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
         let (key, flow) = unsafe { (read_volatile(addr_of!((*slot).key)), read_volatile(addr_of!((*slot).flow))) };
         fence(Ordering::Acquire);
         if version(slot).load(Ordering::Relaxed) == before {
-            return Some((before, key, flow));
+            return (flow.state != lb_common::flow_state::FREE).then_some((before, key, flow));
         }
     }
     None
 }
 
-enum Slot {
-    Free,
-    /// Other writers kept it busy while we tried to read it.
-    Busy,
-    Flow(u64, FlowKey, Flow),
-}
-
-fn read_slot(slot: *mut FlowSlot) -> Slot {
-    match read_any(slot) {
-        None => Slot::Busy,
-        Some((_, _, flow)) if flow.state == flow_state::FREE => Slot::Free,
-        Some((version, key, flow)) => Slot::Flow(version, key, flow),
-    }
-}
-
-/// The slot's flow, if it holds one: (version, key, flow).
-fn read(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
-    match read_slot(slot) {
-        Slot::Flow(version, key, flow) => Some((version, key, flow)),
-        _ => None,
-    }
-}
-
-/// Rewrites a slot last seen at `version`; false if it changed since.
-fn write(slot: *mut FlowSlot, version_seen: u64, key: &FlowKey, flow: &Flow) -> bool {
+/// Rewrites a slot its writer owns (through its tag): odd version while
+/// writing, then the next even one.
+fn write(slot: *mut FlowSlot, key: &FlowKey, flow: &Flow) {
     let v = version(slot);
-    if v.compare_exchange(version_seen, version_seen + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-        return false;
-    }
-    // SAFETY: the odd version makes this the slot's only writer.
+    let next = (v.load(Ordering::Relaxed) | 1) + 1;
+    v.store(1, Ordering::Relaxed);
+    fence(Ordering::Release);
+    // SAFETY: the odd version tells readers the slot is being written.
     unsafe {
         write_volatile(addr_of_mut!((*slot).key), *key);
         write_volatile(addr_of_mut!((*slot).flow), *flow);
     }
-    v.store(version_seen + 2, Ordering::Release);
+    v.store(next, Ordering::Release);
+}
+
+/// Frees the slot `lane` of `bucket`, last seen holding a flow tagged `tag`
+/// at `version`: owns it (tag to busy), frees it, then frees its tag. False
+/// if it changed hands since (then it holds another flow, which stays).
+fn free(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut FlowSlot, version_seen: u64) -> bool {
+    let word = tags.word(bucket);
+    if !set_lane(word, lane_index, tag, TAG_BUSY) {
+        return false;
+    }
+    if version(slot).load(Ordering::Acquire) != version_seen {
+        // Rewritten for another flow with the same tag meanwhile: not ours.
+        set_lane(word, lane_index, TAG_BUSY, tag);
+        return false;
+    }
+    write(slot, &FlowKey::default(), &Flow::default());
+    set_lane(word, lane_index, TAG_BUSY, TAG_FREE);
     true
 }
 
-/// Frees a slot last seen at `version`; false if it changed since (then it
-/// holds another flow, which stays).
-fn free(slot: *mut FlowSlot, version_seen: u64) -> bool {
-    write(slot, version_seen, &FlowKey::default(), &Flow::default())
+/// Changes one tag of a bucket from `from` to `to`, whatever the others do;
+/// false if it is not `from`.
+fn set_lane(word: &AtomicU64, lane_index: u32, from: u16, to: u16) -> bool {
+    let mut current = word.load(Ordering::Acquire);
+    loop {
+        if lane(current, lane_index) != from {
+            return false;
+        }
+        match word.compare_exchange(current, with_lane(current, lane_index, to), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => current = now,
+        }
+    }
 }
