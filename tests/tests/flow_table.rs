@@ -1,0 +1,121 @@
+//! The flow table under concurrency: the datapath creating flows on both
+//! CPUs while the agent walks the table and removes flows (as its sweeps and
+//! purges do). Every flow read afterwards must be whole: a torn slot would
+//! pair one flow's key with another's sequence numbers or server.
+//!
+//! A smoke test: with a syscall per packet, true overlaps of two writers on
+//! one bucket are rare (a datapath that ignored a lost compare-and-swap still
+//! passed it in three runs). The ownership argument is in
+//! `lb_common::flow_table::tag`.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use lb_common::{flow_state, proto};
+use testbed::{
+    bench::pin_to_cpu,
+    fixture::{
+        CLIENT_MAC, FixtureBed, SERVER1, TOCLIENT_MAC, XDP_REDIRECT, fixture_netns, flow_key, ifindex, test_run,
+    },
+    packet::{Pkt, SYN},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const CLIENTS: u32 = 1500;
+
+fn client(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0b00_0000 | i)
+}
+
+/// Each client's SYN carries its own sequence number: a flow's tracked
+/// sequence tells which client's packet wrote it.
+fn seq_of(i: u32) -> u32 {
+    i.wrapping_mul(2_654_435_761)
+}
+
+#[test]
+fn flows_stay_whole_while_the_datapath_and_the_agent_write_the_table_at_once() {
+    let net = fixture_netns();
+    net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
+    net.run(|| {
+        let config = format!(
+            "instance = \"race\"\ninterfaces = [\"toclient\"]\n[flows]\nmax = 4096\n\
+             [[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER1}\"\nport = 8080\n"
+        );
+        let bed = FixtureBed::load(&config);
+        let s1 = bed.server_id("web", "s1");
+        let program = bed.dp().program();
+        let flows = &bed.dp().maps.flows;
+        let toclient = ifindex("toclient");
+        let syns: Vec<Vec<u8>> = (0..CLIENTS)
+            .map(|i| {
+                Pkt::tcp((client(i), 40000), (VIP, 80))
+                    .macs(CLIENT_MAC, TOCLIENT_MAC)
+                    .flags(SYN)
+                    .seq(seq_of(i), 0)
+                    .build()
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        let removed = std::thread::scope(|s| {
+            // The datapath on both CPUs, in opposite orders: the same keys
+            // and the same buckets are written at once.
+            let writers: Vec<_> = (0..2)
+                .map(|cpu| {
+                    let (syns, stop) = (&syns, &stop);
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        while !stop.load(Ordering::Relaxed) {
+                            let order: Box<dyn Iterator<Item = &Vec<u8>>> =
+                                if cpu == 0 { Box::new(syns.iter()) } else { Box::new(syns.iter().rev()) };
+                            for frame in order {
+                                test_run(program, frame, toclient);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // The agent: removes a third of the flows on each walk.
+            let mut removed = 0;
+            for pass in 0..60u32 {
+                let (_, n) =
+                    flows.remove_where(|key, _| (u32::from_be(key.src_addr) & 0xffff) % 3 == pass % 3).expect("walk");
+                removed += n;
+            }
+            stop.store(true, Ordering::Relaxed);
+            for w in writers {
+                w.join().expect("datapath thread");
+            }
+            removed
+        });
+        assert!(removed > 1000, "the agent removed only {removed} flows: no contention tested");
+
+        // Every flow left is whole.
+        let mut seen: HashMap<u32, u32> = HashMap::new();
+        flows
+            .remove_where(|key, flow| {
+                let i = u32::from_be(key.src_addr) & 0xffff;
+                assert_eq!(*key, flow_key((client(i), 40000), (VIP, 80), proto::TCP), "a key out of nowhere");
+                assert_eq!(flow.client_next_seq, seq_of(i).wrapping_add(1), "client {i}: another flow's sequence");
+                assert_eq!((flow.server_id, flow.state), (s1, flow_state::TCP_OPEN), "client {i}: torn flow");
+                *seen.entry(i).or_default() += 1;
+                false
+            })
+            .expect("walk");
+        // And none is lost: each client's next SYN finds its flow or makes one
+        // (8192 slots: none is pushed out).
+        for frame in &syns {
+            assert_eq!(test_run(program, frame, toclient).0, XDP_REDIRECT);
+        }
+        for i in 0..CLIENTS {
+            let key = flow_key((client(i), 40000), (VIP, 80), proto::TCP);
+            assert!(flows.get(&key).expect("lookup").is_some(), "client {i}'s flow is lost");
+        }
+        let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+        assert!(duplicates < CLIENTS / 100, "{duplicates} duplicate flows");
+    });
+}
