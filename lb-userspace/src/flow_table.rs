@@ -2,11 +2,11 @@
 //! its tags (layout in `lb_common::flow_table`), mapped into the agent's
 //! memory.
 //!
-//! A walk reads the tags (a 32nd of the table) and maps the slots one 2 MiB
-//! window at a time, in memory order, reading only slots that hold a flow:
+//! A walk maps the table one 2 MiB window at a time with its tags (a 32nd of
+//! it), in memory order, reading only slots whose tag says they hold a flow:
 //! a million flows are read in tens of milliseconds, an empty table in a few,
-//! and the agent's resident memory stays at the tags and one window whatever
-//! the table's size. Slots are owned and written as in the datapath (see
+//! and the agent's resident memory stays at one window whatever the table's
+//! size. Slots are owned and written as in the datapath (see
 //! [`flow_table::tag`] and [`FlowSlot`]).
 
 use std::{
@@ -104,22 +104,27 @@ impl FlowTable {
         self.window(0, self.slots)
     }
 
-    /// The tag words, one per bucket.
+    /// The tag words of buckets `first..first + len` (`first` a multiple of
+    /// 512: a page).
+    fn tags_window(&self, first: u32, len: u32) -> io::Result<Tags> {
+        let ptr = Self::map_range(&self.tags, first, len, size_of::<u64>())?;
+        Ok(Tags { ptr: ptr as *mut u64, first, len })
+    }
+
+    /// All the tag words, one per bucket.
     fn tags(&self) -> io::Result<Tags> {
-        let len = self.slots / BUCKET_SLOTS;
-        let ptr = Self::map_range(&self.tags, 0, len, size_of::<u64>())?;
-        Ok(Tags { ptr: ptr as *mut u64, len })
+        self.tags_window(0, self.slots / BUCKET_SLOTS)
     }
 
     /// Visits every flow in memory order and removes those `remove` picks.
     /// Returns how many flows were seen and how many were removed.
     pub fn remove_where(&self, mut remove: impl FnMut(&FlowKey, &Flow) -> bool) -> io::Result<(usize, usize)> {
         let (mut seen, mut removed) = (0, 0);
-        let tags = self.tags()?;
         let mut first = 0;
         while first < self.slots {
             let len = WINDOW_SLOTS.min(self.slots - first);
             let buckets = first / BUCKET_SLOTS..(first + len) / BUCKET_SLOTS;
+            let tags = self.tags_window(buckets.start, buckets.len() as u32)?;
             if buckets.clone().any(|b| tags.word(b).load(Ordering::Relaxed) != 0) {
                 let window = self.window(first, len)?;
                 for bucket in buckets {
@@ -250,18 +255,19 @@ struct Found {
     flow: Flow,
 }
 
-/// The mapped tag words, unmapped when dropped.
+/// The mapped tag words of a range of buckets, unmapped when dropped.
 struct Tags {
     ptr: *mut u64,
+    first: u32,
     len: u32,
 }
 
 impl Tags {
     fn word(&self, bucket: u32) -> &AtomicU64 {
-        assert!(bucket < self.len, "bucket {bucket} outside the table");
+        assert!(bucket >= self.first && bucket < self.first + self.len, "bucket {bucket} outside the window");
         // SAFETY: an aligned u64 within the mapping, which lives as long as
         // `self`; every writer changes it atomically.
-        unsafe { AtomicU64::from_ptr(self.ptr.add(bucket as usize)) }
+        unsafe { AtomicU64::from_ptr(self.ptr.add((bucket - self.first) as usize)) }
     }
 }
 
