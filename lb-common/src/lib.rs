@@ -259,8 +259,9 @@ const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 /// Two choices keep buckets even: in a simulation, a million flows never
 /// found both their buckets full in a table of 4 Mi slots (sized for two
 /// million), and 6 did in one of 2 Mi slots (in a kernel LRU map at its
-/// size, every new flow pushes one out). Nothing is allocated or linked, so
-/// a lookup costs about one memory access where a kernel hash map costs two.
+/// size, every new flow pushes one out). Nothing is allocated or linked: a
+/// lookup reads its buckets' tags (see [`tag`](flow_table::tag)), then only
+/// the slot whose tag matches, and a miss (a new flow) reads no slot.
 pub mod flow_table {
     use crate::FlowKey;
 
