@@ -513,6 +513,17 @@ mod tests {
     }
 
     #[test]
+    fn the_flow_table_size_is_bounded() {
+        let p = problems(&GOOD.replace("max = 65536", "max = 100"));
+        assert_eq!(p, ["flows.max: 100 is too small (at least 1024)"], "{p:?}");
+        let p = problems(&GOOD.replace("max = 65536", "max = 67108865"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("flows.max: 67108865 is too large (at most 67108864"), "{p:?}");
+        let c = Config::parse(&GOOD.replace("max = 65536", "max = 67108864"), Path::new("lb.toml")).expect("the limit");
+        assert_eq!(c.flows.max_flows, 1 << 26);
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key_path() {
         let text = GOOD
             .replace("pool = \"web\"", "pool = \"webb\"")

@@ -81,20 +81,32 @@ pub fn remove_flows_where(
     tables: &Tables,
     mut remove: impl FnMut(&FlowKey, &Flow) -> bool,
 ) -> io::Result<(usize, usize)> {
-    let mut doomed_replies = Vec::new();
+    // Deleted a batch at a time, so the agent's memory stays bounded.
+    let mut doomed_replies = Vec::with_capacity(CHUNK);
+    let mut failed = None;
+    let mut delete = |replies: &mut Vec<FlowKey>| {
+        if let Err(e) = bpf_batch::delete_batch(maps.reverse_nat_fd(), replies) {
+            failed.get_or_insert(e);
+        }
+        replies.clear();
+    };
     let (seen, removed) = maps.flows.remove_where(|key, flow| {
         if !remove(key, flow) {
             return false;
         }
         if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
             doomed_replies.push(reply_key(key, server.address, server.port));
+            if doomed_replies.len() == CHUNK {
+                delete(&mut doomed_replies);
+            }
         }
         true
     })?;
-    for chunk in doomed_replies.chunks(CHUNK) {
-        bpf_batch::delete_batch(maps.reverse_nat_fd(), chunk)?;
+    delete(&mut doomed_replies);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((seen, removed)),
     }
-    Ok((seen, removed))
 }
 
 /// The return-path key of a flow on a server.
