@@ -51,9 +51,16 @@ pub mod map_name {
     /// Ring buffer of [`ResetRequest`](crate::ResetRequest)s: TCP resets the
     /// datapath asks the agent to send (XDP can send only one frame per packet).
     pub const RESET_REQUESTS: &str = "reset_requests";
+    /// The purge's request: one [`purge::Request`](crate::purge::Request).
+    pub const PURGE_REQUEST: &str = "purge_request";
+    /// Servers whose flows the purge removes, indexed by server id: `u8`, 1
+    /// to purge.
+    pub const PURGE_SERVERS: &str = "purge_servers";
+    /// The flows one purge run removed: [`purge::Purged`](crate::purge::Purged)s.
+    pub const PURGED: &str = "purged";
 
     /// Every map, for pinning and compatibility checks.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -67,6 +74,9 @@ pub mod map_name {
         FILTER,
         NEXT_HOPS,
         RESET_REQUESTS,
+        PURGE_REQUEST,
+        PURGE_SERVERS,
+        PURGED,
     ];
 }
 
@@ -261,7 +271,7 @@ const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 /// million), and 6 did in one of 2 Mi slots (in a kernel LRU map at its
 /// size, every new flow pushes one out). Nothing is allocated or linked: a
 /// lookup reads its buckets' tags (see [`tag`](flow_table::tag)), then only
-/// the slot whose tag matches, and a miss (a new flow) reads no slot.
+/// a slot whose tag matches, and a miss (a new flow) reads no slot.
 pub mod flow_table {
     use crate::FlowKey;
 
@@ -281,21 +291,55 @@ pub mod flow_table {
 
     /// A free slot's tag.
     pub const TAG_FREE: u16 = 0;
-    /// The tag of a slot the agent is freeing.
+    /// The tag of a slot being freed (by the agent or the purge program).
     pub const TAG_BUSY: u16 = 1;
 
-    /// A flow's tag: 16 bits of its hash (never free or busy). Each bucket
-    /// has a `u64` of four tags in the `flow_tags` map (slot `i` of the
-    /// bucket in bits `16 i..16 i + 16`), an array a 32nd the table's size:
-    /// a lookup reads its buckets' tags and only the slot whose tag matches,
-    /// so a miss (a new flow) reads no slot. Whoever changes a tag with a
-    /// compare-and-swap owns the slot: the datapath to write a new flow (a
-    /// free tag, or the oldest flow's), the agent to free one (its flow's
-    /// tag, to busy, then free).
+    /// Bits of a tag drawn from the flow's hash: the key part, which a
+    /// lookup compares. The 6 bits above hold its server's hint.
+    const KEY_BITS: u32 = 10;
+    const KEY_MASK: u16 = (1 << KEY_BITS) - 1;
+    /// Server hints there are: the low 6 bits of a server id.
+    pub const SERVER_HINTS: u32 = 1 << (16 - KEY_BITS);
+
+    /// A flow's tag: 10 bits of its hash (never all free or busy) and, above
+    /// them, its server's hint ([`server_hint`]). Each bucket has a `u64` of
+    /// four tags in the `flow_tags` map (slot `i` of the bucket in bits
+    /// `16 i..16 i + 16`), an array a 32nd the table's size: a lookup reads
+    /// its buckets' tags and only the slots whose key part matches (1 in
+    /// 1024 others do), so a miss (a new flow) reads no slot; a purge reads
+    /// only the slots whose hint is one of its servers'. Whoever changes a
+    /// tag with a compare-and-swap owns the slot: the datapath to write a new
+    /// flow (a free tag, or the oldest flow's), the agent or the purge to
+    /// free one (its flow's tag, to busy, then free). The map's elements are
+    /// lines of [`TAG_LINE_BUCKETS`] tag words.
     #[inline(always)]
-    pub fn tag(hash: u64) -> u16 {
-        let t = (hash >> 48) as u16;
+    pub fn tag(hash: u64, server_id: u32) -> u16 {
+        key_tag(hash) | (server_hint(server_id) as u16) << KEY_BITS
+    }
+
+    /// The part of a flow's tag that its key alone decides.
+    #[inline(always)]
+    pub fn key_tag(hash: u64) -> u16 {
+        let t = (hash >> 48) as u16 & KEY_MASK;
         if t <= TAG_BUSY { t + 2 } else { t }
+    }
+
+    /// Whether a slot's tag may be the flow whose [`key_tag`] is `key_tag`.
+    #[inline(always)]
+    pub fn tag_matches(tag: u16, key_tag: u16) -> bool {
+        tag & KEY_MASK == key_tag
+    }
+
+    /// A server's hint, as its flows' tags carry it.
+    #[inline(always)]
+    pub fn server_hint(server_id: u32) -> u32 {
+        server_id % SERVER_HINTS
+    }
+
+    /// The server hint a flow's tag carries.
+    #[inline(always)]
+    pub fn tag_server_hint(tag: u16) -> u32 {
+        (tag >> KEY_BITS) as u32
     }
 
     /// Slot `lane`'s tag in a bucket's tag word.
@@ -310,17 +354,28 @@ pub mod flow_table {
         (tags & !(0xffff << (16 * lane))) | (tag as u64) << (16 * lane)
     }
 
+    /// Buckets whose tag words share an element of the `flow_tags` map: a
+    /// cache line of them, which the purge skips at once when all are free.
+    pub const TAG_LINE_BUCKETS: u32 = 8;
+
+    /// Elements of the `flow_tags` map (`[u64; TAG_LINE_BUCKETS]`) for a
+    /// table of `slots`.
+    pub const fn tag_lines(slots: u32) -> u32 {
+        slots / BUCKET_SLOTS / TAG_LINE_BUCKETS
+    }
+
     /// The mask that takes a hash to a bucket number, for a table of `slots`.
     pub const fn bucket_mask(slots: u32) -> u32 {
         slots / BUCKET_SLOTS - 1
     }
 
-    /// The first slots of the two buckets a flow may sit in: distinct, in
-    /// the same page.
+    /// The first slots of the two buckets a flow may sit in, from separate
+    /// bits of its hash (rarely the same bucket twice: the flow then has one
+    /// choice). Anywhere in the table: keeping both in one page measured
+    /// slower.
     #[inline(always)]
     pub fn buckets(hash: u64, bucket_mask: u32) -> [u32; 2] {
         let first = hash as u32 & bucket_mask;
-        // Flipping some of the low 4 bits (never none) stays in the page.
         let second = (hash >> 32) as u32 & bucket_mask;
         [first * BUCKET_SLOTS, second * BUCKET_SLOTS]
     }
@@ -342,6 +397,46 @@ pub mod flow_table {
         h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         h ^= h >> 33;
         h
+    }
+}
+
+/// The in-kernel purge of servers' flows (program `purge_flows`, in
+/// `lb-ebpf/src/purge.rs`): the agent marks the servers in `purge_servers`,
+/// then runs the program on a range of buckets until the range is done;
+/// each run frees up to [`BATCH`](purge::BATCH) flows and hands them back in
+/// `purged`.
+pub mod purge {
+    use bytemuck::{Pod, Zeroable};
+
+    use crate::{Flow, FlowKey};
+
+    /// Flows one run frees at most: the size of the `purged` map.
+    pub const BATCH: u32 = 16 * 1024;
+
+    /// One run's request and answer (the `purge_request` map's one element).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+    pub struct Request {
+        /// In: the first bucket to scan. Out: the first bucket not scanned
+        /// (`end_bucket` once the range is done).
+        pub next_bucket: u32,
+        /// In: the end of the range (exclusive).
+        pub end_bucket: u32,
+        /// In: 0. Out: flows freed, in `purged[0..purged]`.
+        pub purged: u32,
+        pub _pad: u32,
+        /// In: bit `h` set if a server to purge has the hint `h`
+        /// ([`flow_table::server_hint`](crate::flow_table::server_hint)):
+        /// only slots whose tag has one of these hints are read.
+        pub server_hints: u64,
+    }
+
+    /// A flow the purge freed.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+    pub struct Purged {
+        pub key: FlowKey,
+        pub flow: Flow,
     }
 }
 
@@ -520,6 +615,8 @@ mod user {
     unsafe impl aya::Pod for ServerStats {}
     unsafe impl aya::Pod for ResetRequest {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for purge::Request {}
+    unsafe impl aya::Pod for purge::Purged {}
 }
 
 #[cfg(test)]

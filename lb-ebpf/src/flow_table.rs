@@ -4,13 +4,13 @@
 //! hottest code.
 
 use core::{
-    intrinsics::{AtomicOrdering, atomic_cxchg},
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xor},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
 use lb_common::{
     Flow, FlowKey, FlowSlot, flow_state,
-    flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, lane, with_lane},
+    flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, TAG_LINE_BUCKETS, lane, with_lane},
 };
 
 use crate::maps::{FLOW_TAGS, FLOWS, flow_bucket_mask};
@@ -34,7 +34,15 @@ fn words(key: &FlowKey) -> [u64; 2] {
 /// The tag word of bucket `first / BUCKET_SLOTS`.
 #[inline(always)]
 fn tags(first: u32) -> Option<*mut u64> {
-    FLOW_TAGS.get_ptr_mut(first / BUCKET_SLOTS)
+    tag_word(first / BUCKET_SLOTS)
+}
+
+/// The tag word of `bucket`, within its line.
+#[inline(always)]
+pub fn tag_word(bucket: u32) -> Option<*mut u64> {
+    let line = FLOW_TAGS.get_ptr_mut(bucket / TAG_LINE_BUCKETS)?;
+    // SAFETY: within the line (the index is masked to its length).
+    Some(unsafe { (line as *mut u64).add((bucket % TAG_LINE_BUCKETS) as usize) })
 }
 
 /// The flow of `key` (whose [`flow_table::hash`] is `hash`), if the table
@@ -42,12 +50,12 @@ fn tags(first: u32) -> Option<*mut u64> {
 #[inline(always)]
 pub fn lookup(key: &FlowKey, hash: u64) -> Option<Found> {
     let want = words(key);
-    let tag = flow_table::tag(hash);
+    let tag = flow_table::key_tag(hash);
     for first in flow_table::buckets(hash, flow_bucket_mask()) {
         // SAFETY: an element of the tags map.
         let word = unsafe { read_volatile(tags(first)?) };
         for i in 0..BUCKET_SLOTS {
-            if lane(word, i) != tag {
+            if !flow_table::tag_matches(lane(word, i), tag) {
                 continue;
             }
             let slot = FLOWS.get_ptr_mut(first + i)?;
@@ -115,7 +123,7 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
             tag_word,
             words[b],
-            with_lane(words[b], i, flow_table::tag(hash)),
+            with_lane(words[b], i, flow_table::tag(hash, flow.server_id)),
         )
     };
     if !owned {
@@ -158,4 +166,73 @@ fn oldest(buckets: [u32; 2], words: [u64; 2]) -> Option<(usize, u32)> {
         }
     }
     oldest
+}
+
+/// A consistent copy of the slot's flow, if it holds one and no writer is
+/// at it: (version, key, flow).
+#[inline(always)]
+pub fn read(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
+    // SAFETY: a slot of the map; volatile keeps the seqlock's order.
+    unsafe {
+        let version = read_volatile(addr_of!((*slot).version));
+        if version & 1 != 0 {
+            return None;
+        }
+        let key = read_volatile(addr_of!((*slot).key));
+        let flow = read_volatile(addr_of!((*slot).flow));
+        if flow.state == flow_state::FREE || read_volatile(addr_of!((*slot).version)) != version {
+            return None;
+        }
+        Some((version, key, flow))
+    }
+}
+
+/// Frees slot `lane` of the bucket whose tag word is `tags`, last read
+/// holding a flow tagged `tag` at `version`: owns it (tag to busy), clears
+/// it, then frees its tag, as the agent does. False if it changed hands
+/// since (it then holds another flow, which stays).
+#[inline(always)]
+pub fn free(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut FlowSlot, version: u64) -> bool {
+    // SAFETY: an element of the tags map; the BPF cmpxchg instruction.
+    let current = unsafe { read_volatile(tags) };
+    if lane(current, lane_index) != tag {
+        return false;
+    }
+    // One try: a tag word that changed under us (another CPU took another
+    // slot of the bucket) leaves this flow for the agent's next sweep.
+    let (_, owned) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            tags,
+            current,
+            with_lane(current, lane_index, TAG_BUSY),
+        )
+    };
+    if !owned {
+        return false;
+    }
+    // SAFETY: a slot of the map, ours through its tag.
+    unsafe {
+        let lock = addr_of_mut!((*slot).version);
+        if read_volatile(lock) != version {
+            // Rewritten for another flow with the same tag meanwhile.
+            release(tags, lane_index, tag);
+            return false;
+        }
+        write_volatile(lock, version | 1);
+        write_volatile(addr_of_mut!((*slot).key), FlowKey::default());
+        write_volatile(addr_of_mut!((*slot).flow), Flow::default());
+        write_volatile(lock, version + 2);
+    }
+    release(tags, lane_index, TAG_FREE);
+    true
+}
+
+/// Turns our busy tag (slot `lane` of the bucket) into `to`. An atomic xor,
+/// which cannot fail: no other CPU changes a busy tag.
+#[inline(always)]
+fn release(tags: *mut u64, lane_index: u32, to: u16) {
+    // SAFETY: an element of the tags map; the BPF atomic xor instruction.
+    unsafe {
+        atomic_xor::<u64, u64, { AtomicOrdering::SeqCst }>(tags, ((TAG_BUSY ^ to) as u64) << (16 * lane_index));
+    }
 }

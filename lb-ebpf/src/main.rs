@@ -4,6 +4,8 @@
 //! (flows: creation, server choice, server state), `flow_table` (finding and
 //! placing flows), `nat` (rewrite), `forward`
 //! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
+//! And `purge`: a second program, which the agent runs (never attached) to
+//! free servers' flows in the kernel.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // The flow table's compare-and-swap: BPF has no `AtomicU64` in `core`, but
 // LLVM lowers the intrinsic to the BPF cmpxchg instruction.
@@ -26,6 +28,8 @@ mod maps;
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod purge;
 #[cfg(target_arch = "bpf")]
 mod reset;
 

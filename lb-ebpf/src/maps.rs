@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, FlowKey, FlowSlot, MAGLEV_TABLE_SIZE,
     NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey, filter,
-    flow_table,
+    flow_table, purge,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -39,11 +39,11 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * M
 pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 /// The flow table's tags (`lb_common::flow_table::tag`): a `u64` of four
-/// 16-bit tags per bucket. Datapath and agent write them by compare-and-swap;
+/// 16-bit tags per bucket, in lines of `TAG_LINE_BUCKETS` buckets. Datapath and agent write them by compare-and-swap;
 /// the agent reads them through mmap.
 #[map(name = "flow_tags")]
-pub static FLOW_TAGS: Array<u64> =
-    Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS) / flow_table::BUCKET_SLOTS, BPF_F_MMAPABLE);
+pub static FLOW_TAGS: Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> =
+    Array::with_max_entries(flow_table::tag_lines(flow_table::slots(DEFAULT_MAX_FLOWS)), BPF_F_MMAPABLE);
 
 /// The flow table's bucket mask (`flow_table::bucket_mask`), set by the agent
 /// at load time for the table size it chose: the verifier sees a constant.
@@ -87,6 +87,20 @@ pub static FILTER: Array<u8> = Array::with_max_entries(filter::ENTRIES, 0);
 /// its server changes.
 #[map(name = "next_hops")]
 pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// The purge's request and answer (`lb_common::purge`). Agent writes the
+/// range; the purge program writes where it stopped and how many it freed.
+#[map(name = "purge_request")]
+pub static PURGE_REQUEST: Array<purge::Request> = Array::with_max_entries(1, 0);
+
+/// Servers whose flows the purge frees, by server id (1: purge). Agent writes.
+#[map(name = "purge_servers")]
+pub static PURGE_SERVERS: Array<u8> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// The flows one purge run freed, for the agent's resets and return-path
+/// clean-up. Purge program writes; the agent reads them through mmap.
+#[map(name = "purged")]
+pub static PURGED: Array<purge::Purged> = Array::with_max_entries(purge::BATCH, BPF_F_MMAPABLE);
 
 /// TCP resets for the agent to send: the other end of a terminated flow
 /// whose packet the datapath answered. Datapath writes, agent reads.

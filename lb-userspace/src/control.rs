@@ -265,7 +265,7 @@ impl Control {
         }
         if !terminated.is_empty() {
             let started = Instant::now();
-            let done = terminate::terminate(&self.dp.maps, &self.tables, &terminated, &self.resets)
+            let done = terminate::terminate(&mut self.dp, &self.tables, &terminated, &self.resets)
                 .map_err(ControlError::Terminate)?;
             log::debug!("purged {} flows in {:?}", done.flows, started.elapsed());
             for change in &mut changes {

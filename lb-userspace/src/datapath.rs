@@ -22,7 +22,7 @@ use aya::{
 };
 use lb_common::{
     FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server,
-    ServerStats, Service, ServiceKey, filter, flow_table, map_name,
+    ServerStats, Service, ServiceKey, filter, flow_table, map_name, purge,
 };
 
 use crate::{config::XdpMode, flow_table::FlowTable};
@@ -40,6 +40,9 @@ pub fn test_programs_object() -> &'static [u8] {
 
 /// Name of the balancing program in the object.
 pub const PROGRAM: &str = "lb";
+
+/// Name of the program that purges servers' flows (`crate::purge`).
+pub const PURGE_PROGRAM: &str = "purge_flows";
 
 /// Root of all instances' pins.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -106,7 +109,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 13] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 16] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -115,7 +118,12 @@ impl MapSizes {
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
             (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), flow_table::slots(self.max_flows)),
-            (map_name::FLOW_TAGS, 4, 8, flow_table::slots(self.max_flows) / flow_table::BUCKET_SLOTS),
+            (
+                map_name::FLOW_TAGS,
+                4,
+                8 * flow_table::TAG_LINE_BUCKETS,
+                flow_table::tag_lines(flow_table::slots(self.max_flows)),
+            ),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
@@ -123,6 +131,9 @@ impl MapSizes {
             (map_name::NEXT_HOPS, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::SERVER_ENDPOINTS, s(size_of::<ServiceKey>()), s(size_of::<ReverseNat>()), self.max_servers),
             (map_name::RESET_REQUESTS, 0, 0, RESET_REQUESTS_BYTES),
+            (map_name::PURGE_REQUEST, 4, s(size_of::<purge::Request>()), 1),
+            (map_name::PURGE_SERVERS, 4, 1, self.max_servers),
+            (map_name::PURGED, 4, s(size_of::<purge::Purged>()), purge::BATCH),
         ]
     }
 }
@@ -141,6 +152,9 @@ pub struct Maps {
     pub filter: Array<MapData, u8>,
     pub next_hops: Array<MapData, NextHop>,
     pub reset_requests: RingBuf<MapData>,
+    pub purge_request: Array<MapData, purge::Request>,
+    pub purge_servers: Array<MapData, u8>,
+    pub purged: Array<MapData, purge::Purged>,
 }
 
 impl Maps {
@@ -200,17 +214,27 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DatapathError::Program { name: PROGRAM, source: aya::programs::ProgramError::NotLoaded })?;
-        program.load().map_err(|source| DatapathError::Program { name: PROGRAM, source })?;
+        for name in [PROGRAM, PURGE_PROGRAM] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+            program.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
         let maps = take_maps(&mut ebpf)?;
         Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new() })
     }
 
     pub fn program(&self) -> &Xdp {
         self.ebpf.program(PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load")
+    }
+
+    /// The purge program, with the maps its runs use (exclusively: it has
+    /// one request).
+    pub(crate) fn purge_program(&mut self) -> (&Xdp, &mut Maps) {
+        let program =
+            self.ebpf.program(PURGE_PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load");
+        (program, &mut self.maps)
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
@@ -316,6 +340,9 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         filter: take(ebpf, map_name::FILTER)?,
         next_hops: take(ebpf, map_name::NEXT_HOPS)?,
         reset_requests: take(ebpf, map_name::RESET_REQUESTS)?,
+        purge_request: take(ebpf, map_name::PURGE_REQUEST)?,
+        purge_servers: take(ebpf, map_name::PURGE_SERVERS)?,
+        purged: take(ebpf, map_name::PURGED)?,
     })
 }
 

@@ -94,8 +94,8 @@ pub fn remove_flows_where(
         if !remove(key, flow) {
             return false;
         }
-        if let Some(server) = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint) {
-            doomed_replies.push(reply_key(key, server.address, server.port));
+        if let Some(reply) = return_path(tables, key, flow) {
+            doomed_replies.push(reply);
             if doomed_replies.len() == CHUNK {
                 delete(&mut doomed_replies);
             }
@@ -107,6 +107,13 @@ pub fn remove_flows_where(
         Some(e) => Err(e),
         None => Ok((seen, removed)),
     }
+}
+
+/// The key of a flow's return-path entry, if it has one: only flows on an
+/// endpoint shared by several services do.
+pub fn return_path(tables: &Tables, key: &FlowKey, flow: &Flow) -> Option<FlowKey> {
+    let server = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint)?;
+    Some(reply_key(key, server.address, server.port))
 }
 
 /// The return-path key of a flow on a server.

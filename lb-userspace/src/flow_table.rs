@@ -45,9 +45,9 @@ impl FlowTable {
         if !slots.is_power_of_two() || slots < flow_table::MIN_SLOTS {
             return Err(io::Error::other(format!("flow table of {slots} slots: not a power of two")));
         }
-        let words = info(&tags)?.max_entries();
-        if words != slots / BUCKET_SLOTS {
-            return Err(io::Error::other(format!("{words} tag words for a table of {slots} slots")));
+        let lines = info(&tags)?.max_entries();
+        if lines != flow_table::tag_lines(slots) {
+            return Err(io::Error::other(format!("{lines} lines of tags for a table of {slots} slots")));
         }
         Ok(FlowTable { map, tags, slots })
     }
@@ -74,7 +74,7 @@ impl FlowTable {
 
     /// Maps `len` elements of `size` bytes of `map` from element `first`
     /// (a page boundary).
-    fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io::Result<*mut libc::c_void> {
+    pub(crate) fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io::Result<*mut libc::c_void> {
         // SAFETY: a shared mapping of the map's fd; the kernel checks the range.
         let ptr = unsafe {
             libc::mmap(
@@ -88,7 +88,7 @@ impl FlowTable {
         };
         if ptr == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mapping the flow table: {e}")));
+            return Err(io::Error::new(e.kind(), format!("mapping a flow table map: {e}")));
         }
         Ok(ptr)
     }
@@ -196,14 +196,15 @@ impl FlowTable {
 
     fn find(&self, window: &Window, tags: &Tags, key: &FlowKey) -> Option<Found> {
         let hash = flow_table::hash(key);
-        let tag = flow_table::tag(hash);
+        let key_tag = flow_table::key_tag(hash);
         for first in flow_table::buckets(hash, self.bucket_mask()) {
             let bucket = first / BUCKET_SLOTS;
             let word = tags.word(bucket).load(Ordering::Acquire);
-            for i in (0..BUCKET_SLOTS).filter(|&i| lane(word, i) == tag) {
+            for i in (0..BUCKET_SLOTS).filter(|&i| flow_table::tag_matches(lane(word, i), key_tag)) {
                 if let Some((version, k, flow)) = read(window.slot(first + i))
                     && k == *key
                 {
+                    let tag = lane(word, i);
                     return Some(Found { bucket, lane: i, tag, index: first + i, version, flow });
                 }
             }
@@ -217,6 +218,8 @@ impl FlowTable {
     fn insert(&self, window: &Window, tags: &Tags, key: &FlowKey, flow: &Flow) -> bool {
         let hash = flow_table::hash(key);
         if let Some(found) = self.find(window, tags, key) {
+            // The tag carries the flow's server hint.
+            set_lane(tags.word(found.bucket), found.lane, found.tag, flow_table::tag(hash, flow.server_id));
             write(window.slot(found.index), key, flow);
             return true;
         }
@@ -235,7 +238,7 @@ impl FlowTable {
                     }),
             };
             let Some((b, i)) = choice else { return false };
-            let claimed = with_lane(words[b], i, flow_table::tag(hash));
+            let claimed = with_lane(words[b], i, flow_table::tag(hash, flow.server_id));
             if tags.word(buckets[b]).compare_exchange(words[b], claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 write(window.slot(buckets[b] * BUCKET_SLOTS + i), key, flow);
                 return lane(words[b], i) == TAG_FREE;

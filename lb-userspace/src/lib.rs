@@ -14,6 +14,7 @@ pub mod duration;
 pub mod flow_aging;
 pub mod flow_table;
 pub mod maglev;
+pub mod purge;
 pub mod server_state;
 pub mod state_file;
 pub mod stats;

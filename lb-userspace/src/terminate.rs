@@ -1,6 +1,6 @@
-//! Terminating servers' sessions: both ends of every live TCP flow get a
-//! reset, then the flows and their return-path entries are purged in
-//! batches. The caller has already written DISABLED into the server table,
+//! Terminating servers' sessions: the flows and their return-path entries
+//! are purged in batches, then both ends of every live TCP flow get a
+//! reset. The caller has already written DISABLED into the server table,
 //! which is what stops the traffic at once (one map write); this is the
 //! clean-up and the courtesy to both ends.
 
@@ -11,12 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Flow, FlowKey, flow_seen, flow_state};
+use lb_common::{Flow, FlowKey, flow_seen, flow_state, purge::Purged};
 
 use crate::{
-    datapath::Maps,
-    flow_aging,
-    tables::Tables,
+    bpf_batch,
+    datapath::Datapath,
+    flow_aging, purge,
+    tables::{ServerSlot, Tables},
     tcp_reset::{Endpoint, Reset, ResetSender},
 };
 
@@ -39,24 +40,24 @@ fn endpoint(addr: u32, port: u16) -> Endpoint {
 
 /// The two resets of a live TCP flow: to the client as from the VIP, and to
 /// the server as from the client, each with the receiver's next sequence
-/// number (only for the directions whose sequence is known).
-pub fn resets_for(key: &FlowKey, flow: &Flow, server: Endpoint) -> Vec<Reset> {
+/// number (only for the directions whose sequence is known), added to
+/// `resets`.
+pub fn add_resets(resets: &mut Vec<Reset>, key: &FlowKey, flow: &Flow, server: Endpoint) {
     let client = endpoint(key.src_addr, key.src_port);
     let vip = endpoint(key.dst_addr, key.dst_port);
-    let mut resets = Vec::with_capacity(2);
     if flow.seen & flow_seen::SERVER_SEQ != 0 {
         resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq });
     }
     if flow.seen & flow_seen::CLIENT_SEQ != 0 {
         resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq });
     }
-    resets
 }
 
-/// Purges every flow of the servers with ids in `servers`, then resets both
-/// ends of those that were live TCP connections (in batches of packets).
+/// Purges every flow of the servers with ids in `servers` (in the kernel,
+/// see `purge`), with their return-path entries, then resets both ends of
+/// those that were live TCP connections (in batches of packets).
 pub fn terminate(
-    maps: &Maps,
+    dp: &mut Datapath,
     tables: &Tables,
     servers: &HashSet<u32>,
     sender: &ResetSender,
@@ -64,16 +65,24 @@ pub fn terminate(
     let started = Instant::now();
     let mut done = Termination::default();
     let mut resets = Vec::new();
-    let (_, purged) = flow_aging::remove_flows_where(maps, tables, |key, flow| {
-        if !servers.contains(&flow.server_id) {
-            return false;
+    // The servers' slots, looked up once rather than per flow.
+    let slots: HashMap<u32, &ServerSlot> =
+        servers.iter().filter_map(|&id| Some((id, tables.server_by_id(id)?))).collect();
+    let mut replies = Vec::new();
+    let purged = purge::purge_servers(dp, servers, |maps, batch| {
+        replies.clear();
+        resets.reserve(2 * batch.len());
+        for Purged { key, flow } in batch {
+            let Some(server) = slots.get(&flow.server_id) else { continue };
+            if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
+                add_resets(&mut resets, key, flow, Endpoint { addr: server.address, port: server.port });
+                *done.reset_by_server.entry(flow.server_id).or_default() += 1;
+            }
+            if server.shared_endpoint {
+                replies.push(flow_aging::reply_key(key, server.address, server.port));
+            }
         }
-        let live_tcp = flow.state != flow_state::UDP && !flow_seen::ended(flow.seen);
-        if let Some(server) = tables.server_by_id(flow.server_id).filter(|_| live_tcp) {
-            resets.extend(resets_for(key, flow, Endpoint { addr: server.address, port: server.port }));
-            *done.reset_by_server.entry(flow.server_id).or_default() += 1;
-        }
-        true
+        bpf_batch::delete_batch(maps.reverse_nat_fd(), &replies).map(|_| ())
     })?;
     done.flows = purged;
     done.purge_time = started.elapsed();

@@ -1,6 +1,6 @@
 //! The flow table under concurrency: the datapath creating flows on both
-//! CPUs while the agent walks the table and removes flows (as its sweeps and
-//! purges do). Every flow read afterwards must be whole: a torn slot would
+//! CPUs while the agent walks the table and removes flows (as its sweeps
+//! do). And the in-kernel purge of servers' flows. Every flow read afterwards must be whole: a torn slot would
 //! pair one flow's key with another's sequence numbers or server.
 //!
 //! A smoke test: with a syscall per packet, true overlaps of two writers on
@@ -14,11 +14,13 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use lb_common::{flow_state, proto};
+use lb_common::{FlowKey, flow_state, flow_table::SERVER_HINTS, proto, purge};
+use lb_userspace::purge::purge_servers;
 use testbed::{
-    bench::pin_to_cpu,
+    bench::{fill_flows, pin_to_cpu},
     fixture::{
-        CLIENT_MAC, FixtureBed, SERVER1, TOCLIENT_MAC, XDP_REDIRECT, fixture_netns, flow_key, ifindex, test_run,
+        CLIENT_MAC, FixtureBed, SERVER1, SERVER2, TOCLIENT_MAC, XDP_REDIRECT, fixture_netns, flow_key, ifindex,
+        test_run,
     },
     packet::{Pkt, SYN},
 };
@@ -118,4 +120,72 @@ fn flows_stay_whole_while_the_datapath_and_the_agent_write_the_table_at_once() {
         let duplicates: u32 = seen.values().map(|n| n - 1).sum();
         assert!(duplicates < CLIENTS / 100, "{duplicates} duplicate flows");
     });
+}
+
+/// The purge (in the kernel) frees exactly the flows of the servers it is
+/// given, and hands each back once: flows the datapath created, and more
+/// than one run hands back (so over several runs), but not the flows of a
+/// server whose id shares their tags' server hint.
+#[test]
+fn a_purge_frees_exactly_the_flows_of_its_servers() {
+    let net = fixture_netns();
+    net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
+    net.run(|| {
+        let config = format!(
+            "instance = \"purge\"\ninterfaces = [\"toclient\"]\n[flows]\nmax = 131072\n\
+             [[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER1}\"\nport = 8080\n\
+             [[pools.web.servers]]\nname = \"s2\"\naddress = \"{SERVER2}\"\nport = 8080\n"
+        );
+        let mut bed = FixtureBed::load(&config);
+        let (s1, s2) = (bed.server_id("web", "s1"), bed.server_id("web", "s2"));
+        let toclient = ifindex("toclient");
+        // Flows the datapath creates, on s1 and s2 as Maglev picks.
+        for i in 0..200 {
+            let syn = Pkt::tcp((client(i), 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+            assert_eq!(test_run(bed.dp().program(), &syn, toclient).0, XDP_REDIRECT);
+        }
+        // Flows filled in: 80000 more, on s1, s2, and ids sharing their hints.
+        let twins = [s1 + SERVER_HINTS, s2 + SERVER_HINTS];
+        let server_of = |i: u32| [s1, s2, twins[0], twins[1]][i as usize % 4];
+        fill_flows(&bed.dp().maps.flows, 1000..81_000, (VIP, 80), server_of);
+        let table = |bed: &FixtureBed| {
+            let mut flows: HashMap<FlowKey, u32> = HashMap::new();
+            bed.dp().maps.flows.remove_where(|key, flow| flows.insert(*key, flow.server_id).is_some()).expect("walk");
+            flows
+        };
+        let mut expected = table(&bed);
+        for servers in [vec![s2], vec![twins[0]], vec![s1, twins[1]]] {
+            let doomed: HashMap<FlowKey, u32> =
+                expected.iter().filter(|(_, id)| servers.contains(id)).map(|(k, id)| (*k, *id)).collect();
+            let (mut freed, mut runs) = (HashMap::new(), 0);
+            let count = purge_servers(&mut bed.control.dp, &servers.iter().copied().collect(), |_, batch| {
+                runs += 1;
+                for p in batch {
+                    assert!(freed.insert(p.key, p.flow.server_id).is_none(), "{:?} handed back twice", p.key);
+                }
+                Ok(())
+            })
+            .expect("purge");
+            assert_eq!(count, freed.len());
+            assert_same(&freed, &doomed, &format!("servers {servers:?}: flows freed"));
+            assert!(doomed.len() <= purge::BATCH as usize || runs > 1, "{} flows in {runs} run", doomed.len());
+            expected.retain(|k, _| !doomed.contains_key(k));
+            assert_same(&table(&bed), &expected, &format!("servers {servers:?}: flows left"));
+        }
+        assert!(expected.is_empty());
+    });
+}
+
+/// Equal maps of flows, or a failure that says how they differ (not the
+/// tens of thousands of flows themselves).
+fn assert_same(got: &HashMap<FlowKey, u32>, expected: &HashMap<FlowKey, u32>, what: &str) {
+    let missing = expected.iter().filter(|(k, id)| got.get(k) != Some(id)).count();
+    let extra = got.iter().filter(|(k, id)| expected.get(k) != Some(id)).count();
+    let example = got.iter().find(|(k, id)| expected.get(k) != Some(id));
+    assert!(
+        missing == 0 && extra == 0,
+        "{what}: {missing} expected missing, {extra} unexpected (such as {example:?}), of {}",
+        expected.len()
+    );
 }

@@ -140,8 +140,9 @@ fn at_scale(flows: u32) -> Scale {
         // a disable does): walk the table, delete its entries, send resets.
         bed.write_server_state("web", "s2", lb_common::server_state::DISABLED);
         let sender = ResetSender::new().expect("raw socket");
+        let tables = bed.tables().clone();
         let done =
-            terminate::terminate(&bed.dp().maps, bed.tables(), &HashSet::from([ids[1]]), &sender).expect("purge");
+            terminate::terminate(&mut bed.control.dp, &tables, &HashSet::from([ids[1]]), &sender).expect("purge");
         Scale {
             effect: effect_at.saturating_duration_since(started),
             purge_rate: done.flows as f64 / done.purge_time.as_secs_f64(),
