@@ -59,7 +59,8 @@ pub mod map_name {
     /// The flows one purge run removed: [`purge::Purged`](crate::purge::Purged)s.
     pub const PURGED: &str = "purged";
 
-    /// Every map, for pinning and compatibility checks.
+    /// Every map, for pinning and compatibility checks (the purge's three
+    /// live only during a purge and are never pinned).
     pub const ALL: [&str; 16] = [
         SERVICES,
         VIP_ADDRS,
@@ -624,7 +625,22 @@ mod tests {
     extern crate std;
     use std::collections::HashSet;
 
-    use super::filter::service_index;
+    use super::{filter::service_index, flow_table};
+
+    /// A flow's tag is never a free or busy one, carries its server's hint,
+    /// and is found by its key alone.
+    #[test]
+    fn tags_carry_the_server_hint_and_match_by_key() {
+        for i in 0..100_000u64 {
+            let hash = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let server = (i % 300) as u32;
+            let tag = flow_table::tag(hash, server);
+            assert!(tag > flow_table::TAG_BUSY, "tag {tag} of hash {hash:#x}");
+            assert_eq!(flow_table::tag_server_hint(tag), flow_table::server_hint(server));
+            assert!(flow_table::tag_matches(tag, flow_table::key_tag(hash)));
+            assert!(!flow_table::tag_matches(tag, flow_table::key_tag(hash ^ 1 << 48)));
+        }
+    }
 
     /// The filter is only worth its read if services do not pile onto few
     /// indexes: VIPs that differ in one octet, and ports of one VIP, must not

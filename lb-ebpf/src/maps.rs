@@ -39,8 +39,9 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * M
 pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 /// The flow table's tags (`lb_common::flow_table::tag`): a `u64` of four
-/// 16-bit tags per bucket, in lines of `TAG_LINE_BUCKETS` buckets. Datapath and agent write them by compare-and-swap;
-/// the agent reads them through mmap.
+/// 16-bit tags per bucket, in lines of `TAG_LINE_BUCKETS` buckets. Datapath,
+/// agent and purge write them by compare-and-swap; the agent reads them
+/// through mmap.
 #[map(name = "flow_tags")]
 pub static FLOW_TAGS: Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> =
     Array::with_max_entries(flow_table::tag_lines(flow_table::slots(DEFAULT_MAX_FLOWS)), BPF_F_MMAPABLE);

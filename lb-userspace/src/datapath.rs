@@ -201,8 +201,19 @@ impl Datapath {
 
     fn load(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Datapath, DatapathError> {
         let layout = sizes.layout();
-        let pin_paths: Vec<(&str, PathBuf)> =
-            pin_dir.map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect()).unwrap_or_default();
+        // The purge's maps are not pinned: they only live during one purge,
+        // and marks left by an agent that died mid-purge would make the next
+        // agent's purges free those servers' flows too.
+        let scratch = [map_name::PURGE_REQUEST, map_name::PURGE_SERVERS, map_name::PURGED];
+        let pin_paths: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| {
+                layout
+                    .iter()
+                    .filter(|(name, ..)| !scratch.contains(name))
+                    .map(|(name, ..)| (*name, dir.join(name)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         // The flow table's size, as a constant the verifier sees.
         let bucket_mask = flow_table::bucket_mask(flow_table::slots(sizes.max_flows));
