@@ -164,9 +164,13 @@ pub struct NextHop {
     pub ifindex: u32,
     /// MTU of the route.
     pub mtu: u16,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// The Ethernet header's addresses as the packet carries them, the
+    /// destination MAC then the source MAC, in 16-bit words (the header's
+    /// alignment): the datapath writes them with six stores, not twelve
+    /// byte stores.
+    pub eth_addrs: [u16; 6],
+    pub _pad2: u32,
 }
 
 /// A flow as the client sees it: client address and port, VIP and port.

@@ -16,17 +16,19 @@ const AF_INET: u8 = 2;
 
 /// Where a packet goes next.
 pub enum NextHop {
-    /// Out of `ifindex`, with these MAC addresses.
-    Resolved { ifindex: u32, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u16 },
+    /// Out of `ifindex`, with these Ethernet addresses (destination MAC,
+    /// then source MAC, as the header carries them).
+    Resolved { ifindex: u32, eth_addrs: [u16; 6] },
     /// The route is known but not the neighbour's MAC yet: the kernel must
     /// forward this one (and resolve the neighbour for the next ones).
     Unresolved,
 }
 
 /// Looks up the route for a packet that will carry `saddr` -> `daddr`
-/// (the addresses after rewriting). Does not touch the packet.
+/// (the addresses after rewriting), and the route's MTU. Does not touch the
+/// packet.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Result<NextHop, Outcome> {
+pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Result<(NextHop, u16), Outcome> {
     let ip = unsafe { &*pkt.ip };
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -39,13 +41,11 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Resul
     let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         // On success the union that carried tot_len returns the route's MTU.
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop::Resolved {
-            ifindex: params.ifindex,
-            src_mac: params.smac,
-            dst_mac: params.dmac,
-            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
-        }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop::Unresolved),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok((
+            NextHop::Resolved { ifindex: params.ifindex, eth_addrs: eth_addrs(params.dmac, params.smac) },
+            unsafe { params.__bindgen_anon_1.mtu_result },
+        )),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok((NextHop::Unresolved, 0)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Outcome::DropMtuExceeded),
         _ => Err(Outcome::DropNoRoute),
     }
@@ -68,16 +68,11 @@ pub fn next_hop_to_server(
         if u16::from_be(unsafe { (*pkt.ip).tot_len }) > cached.mtu {
             return Err(Outcome::DropMtuExceeded);
         }
-        return Ok(NextHop::Resolved {
-            ifindex: cached.ifindex,
-            src_mac: cached.src_mac,
-            dst_mac: cached.dst_mac,
-            mtu: cached.mtu,
-        });
+        return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
     }
-    let hop = next_hop(ctx, pkt, pkt.key.src_addr, daddr)?;
-    if let NextHop::Resolved { ifindex, src_mac, dst_mac, mtu } = hop {
-        *cached = CachedHop { checked_ns: now, ifindex, mtu, src_mac, dst_mac, _pad: [0; 6] };
+    let (hop, mtu) = next_hop(ctx, pkt, pkt.key.src_addr, daddr)?;
+    if let NextHop::Resolved { ifindex, eth_addrs } = hop {
+        *cached = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
     }
     Ok(hop)
 }
@@ -86,10 +81,10 @@ pub fn next_hop_to_server(
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
     match *hop {
-        NextHop::Resolved { ifindex, src_mac, dst_mac, .. } => {
-            let eth = unsafe { &mut *pkt.eth };
-            eth.src = src_mac;
-            eth.dst = dst_mac;
+        NextHop::Resolved { ifindex, eth_addrs } => {
+            // SAFETY: the parsed Ethernet header, whose first 12 bytes are
+            // the two addresses (2-byte aligned, like the header).
+            unsafe { *(pkt.eth as *mut [u16; 6]) = eth_addrs };
             if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
                 xdp_action::XDP_TX
             } else {
@@ -98,4 +93,12 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
         }
         NextHop::Unresolved => xdp_action::XDP_PASS,
     }
+}
+
+/// The Ethernet header's addresses in 16-bit words, as the packet carries
+/// them: the destination MAC, then the source MAC.
+#[inline(always)]
+fn eth_addrs(dst: [u8; 6], src: [u8; 6]) -> [u16; 6] {
+    let byte = |i: usize| if i < 6 { dst[i] } else { src[i - 6] };
+    core::array::from_fn(|w| u16::from_ne_bytes([byte(2 * w), byte(2 * w + 1)]))
 }

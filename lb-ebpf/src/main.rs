@@ -166,7 +166,7 @@ mod program {
             Ok(f) => f,
             Err(refusal) => return refused(ctx, pkt, refusal),
         };
-        let hop = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
+        let (hop, _mtu) = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
         flow::touch(existing.slot, pkt, now(), false);
         let server_id = existing.flow.server_id;
         nat::rewrite_source(pkt, nat.vip, nat.port);
