@@ -12,17 +12,25 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Checksum after a 16-bit word changes from `old` to `new`.
+/// What a 16-bit word changing from `old` to `new` adds to the sum.
+/// Unfolded: add several changes up, then [`apply`] them once.
 #[inline(always)]
-pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
-    !fold(!check as u32 + !old as u32 + new as u32)
+pub fn change2(old: u16, new: u16) -> u32 {
+    !old as u32 + new as u32
 }
 
-/// Checksum after a 32-bit word changes from `old` to `new`.
+/// What a 32-bit word changing from `old` to `new` adds to the sum.
 #[inline(always)]
-pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
+pub fn change4(old: u32, new: u32) -> u32 {
     let old = !old;
-    !fold(!check as u32 + (old >> 16) + (old & 0xffff) + (new >> 16) + (new & 0xffff))
+    (old >> 16) + (old & 0xffff) + (new >> 16) + (new & 0xffff)
+}
+
+/// Checksum after the changes summed in `change` (a few [`change2`] and
+/// [`change4`]: two folds carry any such sum back into 16 bits).
+#[inline(always)]
+pub fn apply(check: u16, change: u32) -> u16 {
+    !fold(!check as u32 + change)
 }
 
 /// Checksum of `words` (16-bit words as loaded from memory) plus `extra`

@@ -146,8 +146,8 @@ mod program {
         if let Some(existing) = a.flow {
             flow::touch(existing, pkt, now, true);
         }
+        // Destination NAT, and the TTL decrement of any router.
         nat::rewrite_destination(pkt, a.server.addr, a.server.port);
-        nat::decrement_ttl(pkt);
         count_to_server(a.server_id, pkt.len, a.new_flow);
         let verdict = forward::send(ctx, pkt, &hop);
         let outcome = match hop {
@@ -170,7 +170,6 @@ mod program {
         flow::touch(existing.slot, pkt, now(), false);
         let server_id = existing.flow.server_id;
         nat::rewrite_source(pkt, nat.vip, nat.port);
-        nat::decrement_ttl(pkt);
         count_from_server(server_id, pkt.len);
         let verdict = forward::send(ctx, pkt, &hop);
         let outcome = match hop {
