@@ -103,6 +103,12 @@ pub static PURGE_SERVERS: Array<u8> = Array::with_max_entries(DEFAULT_MAX_SERVER
 #[map(name = "purged")]
 pub static PURGED: Array<purge::Purged> = Array::with_max_entries(purge::BATCH, BPF_F_MMAPABLE);
 
+/// The format of the maps' contents (`lb_common::MAPS_FORMAT`), pinned with
+/// them so that an agent of another format refuses them. Agent writes; the
+/// datapath never reads it.
+#[map(name = "maps_format")]
+pub static MAPS_FORMAT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// TCP resets for the agent to send: the other end of a terminated flow
 /// whose packet the datapath answered. Datapath writes, agent reads.
 #[map(name = "reset_requests")]

@@ -64,6 +64,14 @@ pub enum DatapathError {
          it was made by another version or config: stop the agent and remove {dir} to start afresh"
     )]
     PinnedMapMismatch { path: PathBuf, dir: PathBuf, what: &'static str, found: u32, expected: u32 },
+    #[error(
+        "pinned maps in {dir} hold format {found} (this agent reads format {expected}): they were made by \
+         another version, and this one would not find their flows; stop the agent and run \
+         `lb cleanup --config <its config>` (or remove {dir}) to start afresh"
+    )]
+    PinnedFormatMismatch { dir: PathBuf, found: u32, expected: u32 },
+    #[error("cannot record the maps' format")]
+    WriteFormat(#[source] aya::maps::MapError),
     #[error("cannot read pinned map {path}")]
     PinnedMapInfo {
         path: PathBuf,
@@ -109,7 +117,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 16] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 17] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -134,6 +142,7 @@ impl MapSizes {
             (map_name::PURGE_REQUEST, 4, s(size_of::<purge::Request>()), 1),
             (map_name::PURGE_SERVERS, 4, 1, self.max_servers),
             (map_name::PURGED, 4, s(size_of::<purge::Purged>()), purge::BATCH),
+            (map_name::MAPS_FORMAT, 4, 4, 1),
         ]
     }
 }
@@ -232,6 +241,12 @@ impl Datapath {
                 .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
         }
+        let format = ebpf
+            .map_mut(map_name::MAPS_FORMAT)
+            .ok_or(DatapathError::Map { name: map_name::MAPS_FORMAT, source: None })?;
+        let mut format: Array<_, u32> =
+            Array::try_from(format).map_err(|e| DatapathError::Map { name: map_name::MAPS_FORMAT, source: Some(e) })?;
+        format.set(0, lb_common::MAPS_FORMAT, 0).map_err(DatapathError::WriteFormat)?;
         let maps = take_maps(&mut ebpf)?;
         Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new() })
     }
@@ -360,6 +375,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
 /// Refuses pinned maps whose shape differs from what this agent would create:
 /// aya would silently reuse them, and the datapath would misread them.
 fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
+    check_pinned_format(pin_dir, sizes)?;
     for (name, key_size, value_size, max_entries) in sizes.layout() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -376,6 +392,32 @@ fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathErr
                 return Err(DatapathError::PinnedMapMismatch { path, dir: pin_dir.to_owned(), what, found, expected });
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses pinned maps whose contents are of another format
+/// ([`lb_common::MAPS_FORMAT`]): same shapes, read differently.
+fn check_pinned_format(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
+    if !sizes.layout().iter().any(|(name, ..)| pin_dir.join(name).exists()) {
+        return Ok(());
+    }
+    let path = pin_dir.join(map_name::MAPS_FORMAT);
+    // Maps pinned before the format was recorded are format 1.
+    let found = if path.exists() {
+        let info = |source| DatapathError::PinnedMapInfo { path: path.clone(), source };
+        let map = MapData::from_pin(&path).map_err(info)?;
+        let format: Array<_, u32> = Array::try_from(aya::maps::Map::Array(map)).map_err(info)?;
+        format.get(&0, 0).map_err(info)?
+    } else {
+        1
+    };
+    if found != lb_common::MAPS_FORMAT {
+        return Err(DatapathError::PinnedFormatMismatch {
+            dir: pin_dir.to_owned(),
+            found,
+            expected: lb_common::MAPS_FORMAT,
+        });
     }
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! The agent's life cycle: refusing bad configs, stopping cleanly, surviving
 //! a kill, aging flows.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
+use aya::maps::{Array, Map, MapData};
+use lb_common::{MAPS_FORMAT, map_name};
 use testbed::{
     agent::Agent,
     servers::{EchoClient, Kind, Server, http_get, udp_exchange},
@@ -58,6 +63,72 @@ fn sigterm_detaches_and_keeps_the_map_pins_for_a_restart() {
         .collect();
     assert!(pins.contains(&"flows".to_owned()), "flow table pin kept: {pins:?}");
     assert!(!pins.iter().any(|p| p.starts_with("link_")), "link pins removed: {pins:?}");
+}
+
+/// Writes the format recorded in an instance's pins, as an agent of that
+/// format would have.
+fn set_pinned_format(pin_dir: &std::path::Path, format: u32) {
+    let map = MapData::from_pin(pin_dir.join(map_name::MAPS_FORMAT)).expect("pinned format map");
+    let mut map: Array<_, u32> = Array::try_from(Map::Array(map)).expect("an array");
+    map.set(0, format, 0).expect("write the format");
+}
+
+/// Starts `agent`'s binary on its config once more: whether it refused to
+/// start, and what it said. One still running after 10 s took the pins; it
+/// is stopped (SIGTERM: it detaches).
+fn start_once(agent: &Agent) -> (bool, String) {
+    let mut child = agent
+        .lb_command()
+        .args(["agent", "--config"])
+        .arg(&agent.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lb agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    if running {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let out = child.wait_with_output().unwrap();
+    (!running && !out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    agent.stop().expect("agent was running");
+    let pins = agent.pin_dir();
+
+    // Left by an agent of another format (same shapes, read differently).
+    let other = MAPS_FORMAT + 1;
+    set_pinned_format(&pins, other);
+    let (refused, stderr) = start_once(&agent);
+    assert!(refused, "agent took maps of format {other}: {stderr}");
+    let why = format!("hold format {other} (this agent reads format {MAPS_FORMAT})");
+    assert!(stderr.contains(&why) && stderr.contains("lb cleanup"), "unclear refusal:\n{stderr}");
+    assert!(!xdp_attached(&topology, "lbc"), "nothing may be attached");
+    let map = MapData::from_pin(pins.join(map_name::MAPS_FORMAT)).unwrap();
+    let format: Array<_, u32> = Array::try_from(Map::Array(map)).unwrap();
+    assert_eq!(format.get(&0, 0).unwrap(), other, "the pins are left as they are");
+    assert!(pins.join(map_name::FLOWS).exists(), "the flow table is left as it is");
+
+    // Left before the format was recorded: format 1.
+    std::fs::remove_file(pins.join(map_name::MAPS_FORMAT)).unwrap();
+    let (refused, stderr) = start_once(&agent);
+    assert!(refused && stderr.contains("hold format 1 "), "maps without a format taken:\n{stderr}");
+
+    // `lb cleanup` clears the way.
+    let cleanup = agent.lb_command().args(["cleanup", "--config"]).arg(&agent.config_path).output().unwrap();
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    agent.restart();
+    assert!(xdp_attached(&topology, "lbc"));
 }
 
 #[test]

@@ -559,14 +559,15 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
         let small = config((1, 0)).replace("max = 4096", "max = 1024");
         let bed = FixtureBed::load(&small);
         let now = flow_aging::datapath_now_ns();
-        // Twice as many flows as slots, each idle a different time: every
-        // bucket fills up.
-        let flows = (0..4096u32).map(|i| {
+        // Four times as many flows as slots (each bucket is offered 32 on
+        // average: twice as many leaves one short now and then), each idle a
+        // different time: every bucket fills up.
+        let flows = (0..8192u32).map(|i| {
             let key = flow_key((Ipv4Addr::from(0x0b00_0000 | i), 40000), (VIP, 80), proto::TCP);
             let flow = lb_common::Flow {
                 server_id: bed.server_id("web", "s1"),
                 state: flow_state::TCP_OPEN,
-                last_seen_ns: now - 1_000_000 * (1 + (i as u64 * 7919) % 4096),
+                last_seen_ns: now - 1_000_000 * (1 + (i as u64 * 7919) % 8192),
                 ..Default::default()
             };
             (key, flow)
