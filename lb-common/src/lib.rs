@@ -61,10 +61,14 @@ pub mod map_name {
     /// The format of the pinned maps' contents: one `u32`,
     /// [`MAPS_FORMAT`](crate::MAPS_FORMAT).
     pub const MAPS_FORMAT: &str = "maps_format";
+    /// The datapath's clock: one `u64`, nanoseconds of CLOCK_MONOTONIC_COARSE
+    /// as the agent last published it (see `lb-userspace/src/clock.rs`).
+    pub const CLOCK: &str = "clock";
 
     /// Every map, for pinning and compatibility checks (the purge's three
-    /// live only during a purge and are never pinned).
-    pub const ALL: [&str; 17] = [
+    /// live only during a purge and the clock runs only with its agent:
+    /// they are never pinned).
+    pub const ALL: [&str; 18] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -82,6 +86,7 @@ pub mod map_name {
         PURGE_SERVERS,
         PURGED,
         MAPS_FORMAT,
+        CLOCK,
     ];
 }
 

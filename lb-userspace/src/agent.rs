@@ -80,6 +80,7 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
         log::info!("{}/{} resumes as {}", slot.pool, slot.name, slot.admin.describe());
     }
 
+    let clock = dp.maps.clock.keep_running(Arc::clone(stop)).context("cannot run the datapath's clock")?;
     let control = Arc::new(Mutex::new(Control::new(config, dp, tables, resets)));
     lock(&control).save_states()?;
     let api_thread = {
@@ -102,6 +103,7 @@ fn run_with(config: Config, listener: std::os::unix::net::UnixListener, stop: &A
         std::thread::sleep(TICK);
     }
     let _ = api_thread.join();
+    let _ = clock.join();
     let mut control = lock(&control);
     log::info!("stopping: detaching XDP (map pins kept in {} for a restart)", pins.display());
     control.dp.detach_all();

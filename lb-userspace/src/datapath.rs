@@ -25,7 +25,7 @@ use lb_common::{
     ServerStats, Service, ServiceKey, filter, flow_table, map_name, purge,
 };
 
-use crate::{config::XdpMode, flow_table::FlowTable};
+use crate::{clock::Clock, config::XdpMode, flow_table::FlowTable};
 
 /// The XDP object, built by build.rs from lb-ebpf.
 pub fn object() -> &'static [u8] {
@@ -70,6 +70,8 @@ pub enum DatapathError {
          `lb cleanup --config <its config>` (or remove {dir}) to start afresh"
     )]
     PinnedFormatMismatch { dir: PathBuf, found: u32, expected: u32 },
+    #[error("cannot start the datapath's clock")]
+    StartClock(#[source] io::Error),
     #[error("cannot record the maps' format")]
     WriteFormat(#[source] aya::maps::MapError),
     #[error("cannot read pinned map {path}")]
@@ -117,7 +119,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 17] {
+    fn layout(&self) -> [(&'static str, u32, u32, u32); 18] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -143,6 +145,7 @@ impl MapSizes {
             (map_name::PURGE_SERVERS, 4, 1, self.max_servers),
             (map_name::PURGED, 4, s(size_of::<purge::Purged>()), purge::BATCH),
             (map_name::MAPS_FORMAT, 4, 4, 1),
+            (map_name::CLOCK, 4, 8, 1),
         ]
     }
 }
@@ -164,6 +167,7 @@ pub struct Maps {
     pub purge_request: Array<MapData, purge::Request>,
     pub purge_servers: Array<MapData, u8>,
     pub purged: Array<MapData, purge::Purged>,
+    pub clock: Clock,
 }
 
 impl Maps {
@@ -212,8 +216,9 @@ impl Datapath {
         let layout = sizes.layout();
         // The purge's maps are not pinned: they only live during one purge,
         // and marks left by an agent that died mid-purge would make the next
-        // agent's purges free those servers' flows too.
-        let scratch = [map_name::PURGE_REQUEST, map_name::PURGE_SERVERS, map_name::PURGED];
+        // agent's purges free those servers' flows too. Nor is the clock:
+        // each agent's program reads the clock that agent runs.
+        let scratch = [map_name::PURGE_REQUEST, map_name::PURGE_SERVERS, map_name::PURGED, map_name::CLOCK];
         let pin_paths: Vec<(&str, PathBuf)> = pin_dir
             .map(|dir| {
                 layout
@@ -369,6 +374,14 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         purge_request: take(ebpf, map_name::PURGE_REQUEST)?,
         purge_servers: take(ebpf, map_name::PURGE_SERVERS)?,
         purged: take(ebpf, map_name::PURGED)?,
+        clock: {
+            let map =
+                ebpf.take_map(map_name::CLOCK).ok_or(DatapathError::Map { name: map_name::CLOCK, source: None })?;
+            let aya::maps::Map::Array(map) = map else {
+                return Err(DatapathError::Map { name: map_name::CLOCK, source: None });
+            };
+            Clock::start(map).map_err(DatapathError::StartClock)?
+        },
     })
 }
 

@@ -31,7 +31,8 @@ pub struct SweepReport {
     pub active_by_server: HashMap<u32, u64>,
 }
 
-/// The datapath's clock: `bpf_ktime_get_coarse_ns()` reads CLOCK_MONOTONIC_COARSE.
+/// The time on the datapath's clock (`crate::clock`, which publishes it):
+/// CLOCK_MONOTONIC_COARSE, in nanoseconds.
 pub fn datapath_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
@@ -51,8 +52,12 @@ fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
 pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
     let services: HashSet<ServiceKey> = tables.services.iter().map(ServiceSlot::key).collect();
+    // Idle only since the datapath's clock has been running: a flow seen
+    // while no agent ran carries the time the clock stood at, not the time
+    // of its packets.
+    let clock_since = maps.clock.since_ns();
     let (scanned, expired) = remove_flows_where(maps, tables, |key, flow| {
-        let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
+        let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns.max(clock_since)));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
         let server = tables.server_by_id(flow.server_id);

@@ -200,6 +200,8 @@ impl FixtureBed {
 
     /// Runs one frame through the program; returns the verdict and the frame after it.
     pub fn run_frame(&self, frame: &[u8], ingress: &str) -> (u32, Vec<u8>) {
+        // What the agent's clock thread does: the datapath sees the time now.
+        self.dp().maps.clock.publish().expect("publish the datapath's clock");
         let (verdict, out, _) = test_run(self.dp().program(), frame, ifindex(ingress));
         (verdict, out)
     }

@@ -180,6 +180,32 @@ fn the_agent_ages_out_idle_and_closed_flows() {
     assert!(start.elapsed() >= Duration::from_millis(600), "flows removed before their timeout");
 }
 
+/// The datapath reads the time the agent publishes: a connection that keeps
+/// talking stays one flow well past its idle timeout. (With a clock that
+/// stood still, the sweep would take it for idle and its next packet would
+/// open a second flow.)
+#[test]
+fn a_busy_connection_outlives_its_idle_timeout() {
+    let topology = Topology::new(1);
+    let _echo = Server::start(&topology.servers[0].ns, "s1", Kind::LineEcho, 7007);
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1] };
+    let extra = "[flows]\ntcp_idle_timeout = \"1s\"\nsweep_interval = \"100ms\"\n";
+    let agent = Agent::start(&topology, &topology.config(&[echo], extra));
+
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
+    let start = Instant::now();
+    let mut exchanges = 0;
+    while start.elapsed() < Duration::from_millis(3500) {
+        client.exchange(&format!("ping {exchanges}")).expect("exchange");
+        exchanges += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let view = agent.lb_json(&["pool", "show", "p7"]);
+    let server = &view["servers"][0];
+    assert_eq!(server["new_flows"].as_u64(), Some(1), "one connection, one flow, over {exchanges} exchanges: {server}");
+    assert_eq!(agent.flow_count(), 1);
+}
+
 #[test]
 fn the_api_socket_is_private_and_a_second_agent_of_the_instance_is_refused() {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};

@@ -551,6 +551,35 @@ fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
     });
 }
 
+/// While no agent runs, the datapath's clock stands still and the flows it
+/// forwards keep that time: an agent that starts counts their idle time
+/// from when its clock runs, not from their last-seen time.
+#[test]
+fn idle_time_counts_from_when_the_clock_runs() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let bed = FixtureBed::load(&config((1, 0)));
+        let since = bed.dp().maps.clock.since_ns();
+        let server_id = bed.server_id("web", "s1");
+        // Last seen 400 s before this clock started (the TCP idle timeout
+        // is 300 s), as a flow forwarded while no agent ran would be.
+        let key = flow_key((CLIENT, 45000), (VIP, 80), proto::TCP);
+        let flow = lb_common::Flow {
+            server_id,
+            state: flow_state::TCP_OPEN,
+            last_seen_ns: since - 400_000_000_000,
+            ..Default::default()
+        };
+        bed.dp().maps.flows.insert_all([(key, flow)]).expect("insert");
+        let sweep = |at: u64| flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, at).expect("sweep");
+
+        sweep(since + 1_000_000_000);
+        assert!(bed.flow(&key).is_some(), "idle 1 s by this clock: kept");
+        sweep(since + 301_000_000_000);
+        assert!(bed.flow(&key).is_none(), "idle 301 s by this clock: aged out");
+    });
+}
+
 #[test]
 fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
     let ns = fixture_netns();
