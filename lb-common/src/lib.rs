@@ -175,7 +175,7 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NextHop {
-    /// When it was looked up (`bpf_ktime_get_coarse_ns`); 0: never.
+    /// When it was looked up, on the datapath's clock (the agent's, CLOCK_MONOTONIC_COARSE); 0: never.
     pub checked_ns: u64,
     /// Egress interface.
     pub ifindex: u32,
@@ -253,9 +253,9 @@ pub struct Flow {
     /// Bits of [`flow_seen`].
     pub seen: u8,
     pub _pad: [u8; 2],
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) at creation.
+    /// The datapath's clock (CLOCK_MONOTONIC_COARSE, as the agent publishes it) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_coarse_ns()` of the last packet, either direction.
+    /// The datapath's clock at the last packet, either direction.
     pub last_seen_ns: u64,
     /// The next sequence number the client will send (host order): what the
     /// server expects, so a reset sent to the server with it is accepted.
