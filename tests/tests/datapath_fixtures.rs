@@ -561,21 +561,22 @@ fn idle_time_counts_from_when_the_clock_runs() {
         let bed = FixtureBed::load(&config((1, 0)));
         let since = bed.dp().maps.clock.since_ns();
         let server_id = bed.server_id("web", "s1");
-        // Last seen 400 s before this clock started (the TCP idle timeout
-        // is 300 s), as a flow forwarded while no agent ran would be.
+        // Last seen before this clock started, as a flow forwarded while no
+        // agent ran would be: 400 s before (the TCP idle timeout is 300 s),
+        // or at 0 on a machine that booted less than 400 s ago
+        // (CLOCK_MONOTONIC starts near 0 at boot).
+        const S: u64 = 1_000_000_000;
+        let last_seen_ns = since.saturating_sub(400 * S);
         let key = flow_key((CLIENT, 45000), (VIP, 80), proto::TCP);
-        let flow = lb_common::Flow {
-            server_id,
-            state: flow_state::TCP_OPEN,
-            last_seen_ns: since - 400_000_000_000,
-            ..Default::default()
-        };
+        let flow = lb_common::Flow { server_id, state: flow_state::TCP_OPEN, last_seen_ns, ..Default::default() };
         bed.dp().maps.flows.insert_all([(key, flow)]).expect("insert");
         let sweep = |at: u64| flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, at).expect("sweep");
 
-        sweep(since + 1_000_000_000);
-        assert!(bed.flow(&key).is_some(), "idle 1 s by this clock: kept");
-        sweep(since + 301_000_000_000);
+        // Over 300 s after its last-seen time, but under 300 s of this clock.
+        let early = since.max(last_seen_ns + 301 * S) + S;
+        sweep(early);
+        assert!(bed.flow(&key).is_some(), "idle {} s by this clock: kept", (early - since) / S);
+        sweep(since + 301 * S);
         assert!(bed.flow(&key).is_none(), "idle 301 s by this clock: aged out");
     });
 }
@@ -596,7 +597,7 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
             let flow = lb_common::Flow {
                 server_id: bed.server_id("web", "s1"),
                 state: flow_state::TCP_OPEN,
-                last_seen_ns: now - 1_000_000 * (1 + (i as u64 * 7919) % 8192),
+                last_seen_ns: now.saturating_sub(1_000_000 * (1 + (i as u64 * 7919) % 8192)),
                 ..Default::default()
             };
             (key, flow)

@@ -193,8 +193,46 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
             "raw socket, sendmmsg batches of 1024".to_owned(),
         );
     }
+    sweep_cost(report, rounds);
     agent_memory(report, lb);
 }
+
+/// The sweep (ageing and counting every flow) at 1e6 flows spread over
+/// 1,000 servers: it finds each flow's server, so a lookup that grows with
+/// the number of servers shows here.
+fn sweep_cost(report: &mut Report, rounds: usize) {
+    let servers: String = (0..1000)
+        .map(|i| {
+            format!("[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n", i / 200, i % 200 + 1)
+        })
+        .collect();
+    let config = format!(
+        "interfaces = [\"toclient\"]\n[flows]\nmax = 2000000\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}"
+    );
+    let net = fixture_netns();
+    let mut times = net.run(|| {
+        let bed = FixtureBed::load(&config);
+        let ids: Vec<u32> = (0..1000).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
+        fill_flows(&bed.dp().maps.flows, 0..1_000_000, (VIP, 80), |i| ids[i as usize % ids.len()]);
+        (0..rounds)
+            .map(|_| {
+                let started = Instant::now();
+                let swept = sweep_once(&bed);
+                assert_eq!((swept.scanned, swept.expired), (1_000_000, 0), "every flow seen, none removed");
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .collect::<Vec<f64>>()
+    });
+    report.add(
+        SECTION,
+        "sweep of 1e6 flows on 1,000 servers (age and count)",
+        median(&mut times),
+        "ms",
+        None,
+        format!("median of {rounds}; walk of the mapped table, each flow's server looked up"),
+    );
+}
+
 
 /// The agent's resident memory with 1e6 flows in its (pinned) table, after
 /// it has walked the table to age and count them.
@@ -243,4 +281,9 @@ fn agent_memory(report: &mut Report, lb: &Path) {
         Some(Target::AtMost(64.0)),
         format!("now {:.1} MiB; maps' kernel memory apart: {kernel_mib:.0} MiB", field("VmRSS:")),
     );
+}
+
+fn sweep_once(bed: &FixtureBed) -> lb_userspace::flow_aging::SweepReport {
+    let now = lb_userspace::flow_aging::datapath_now_ns();
+    lb_userspace::flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep")
 }
