@@ -148,7 +148,8 @@ impl Agent {
 
     /// Number of flows in the agent's pinned flow table.
     pub fn flow_count(&self) -> usize {
-        let flows = lb_userspace::flow_table::FlowTable::from_pins(&self.pin_dir()).expect("pinned flow table");
+        let flows =
+            lb_userspace::datapath::flow_table::FlowTable::from_pins(&self.pin_dir()).expect("pinned flow table");
         flows.len().expect("read the flow table")
     }
 

@@ -14,12 +14,20 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Flow, FlowKey, Outcome, ServerStats};
 use lb_userspace::{
+    agent::{
+        owner::{ControlError, Owner},
+        runtime::now_ms,
+    },
+    api::model::{Change, DisableMode},
     config::Config,
-    control::Control,
-    datapath::{Datapath, MapSizes},
-    stats,
-    tables::{AdminStates, Tables},
-    tcp_reset::ResetSender,
+    datapath::{
+        Datapath, MapSizes, counters as stats,
+        ops::Live,
+        sweep::{self, SweepReport},
+        tables::Tables,
+        tcp_reset::ResetSender,
+    },
+    servers::{AdminStates, ServerTable, ServiceSlot},
 };
 
 use crate::{netns::NetNs, packet::Mac, topology::attach_pass};
@@ -112,10 +120,10 @@ pub struct Case {
     pub counts: Vec<Count>,
 }
 
-/// The real program with private maps, driven by the agent's own control
-/// code (config, server states, terminations).
+/// The real program with private maps, driven by the agent's own owner of
+/// the state (config, server states, terminations).
 pub struct FixtureBed {
-    pub control: Control,
+    pub owner: Owner<Live>,
 }
 
 impl FixtureBed {
@@ -131,32 +139,57 @@ impl FixtureBed {
         let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
         let tables = Tables::apply(&mut dp, &config, &AdminStates::new()).expect("apply config");
         let resets = ResetSender::new().expect("raw socket");
-        FixtureBed { control: Control::new(config, dp, tables, resets) }
+        FixtureBed { owner: Owner::new(config, Live::new(dp, resets), tables.servers, tables.services) }
     }
 
     pub fn dp(&self) -> &Datapath {
-        &self.control.dp
+        &self.owner.dp().dp
     }
 
-    pub fn tables(&self) -> &Tables {
-        &self.control.tables
+    pub fn dp_mut(&mut self) -> &mut Datapath {
+        &mut self.owner.dp_mut().dp
+    }
+
+    pub fn servers(&self) -> &ServerTable {
+        self.owner.servers()
+    }
+
+    pub fn services(&self) -> &[ServiceSlot] {
+        self.owner.services()
     }
 
     pub fn config(&self) -> &Config {
-        &self.control.config
+        self.owner.config()
     }
 
     /// Control-plane step: apply another config to the same datapath.
     pub fn apply(&mut self, config: &str) {
         let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
-        config.state_file = self.control.config.state_file.clone();
-        let states = self.control.admin_states();
-        self.control.tables = Tables::apply(&mut self.control.dp, &config, &states).expect("apply config");
-        self.control.config = config;
+        config.state_file = self.config().state_file.clone();
+        let states = self.owner.admin_states();
+        let tables = Tables::apply(self.dp_mut(), &config, &states).expect("apply config");
+        self.owner.reconfigure(config, tables.servers, tables.services);
+    }
+
+    /// Control-plane step: an operator's disable, as the agent executes it.
+    pub fn disable(
+        &mut self,
+        pool: &str,
+        servers: &[&str],
+        mode: DisableMode,
+        force: bool,
+    ) -> Result<Vec<Change>, ControlError> {
+        let names: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        self.owner.disable(pool, &names, mode, force, now_ms())
+    }
+
+    /// One sweep of the flow table at `now_ns` on the datapath's clock.
+    pub fn sweep(&self, now_ns: u64) -> SweepReport {
+        sweep::sweep(&self.dp().maps, self.servers(), self.services(), &self.config().flows, now_ns).expect("sweep")
     }
 
     pub fn server_id(&self, pool: &str, server: &str) -> u32 {
-        self.tables().server(pool, server).unwrap_or_else(|| panic!("no server {pool}/{server}")).id
+        self.servers().find(pool, server).unwrap_or_else(|| panic!("no server {pool}/{server}")).id
     }
 
     pub fn server_stats(&self, pool: &str, server: &str) -> ServerStats {
@@ -184,15 +217,15 @@ impl FixtureBed {
     /// can see how the datapath treats the packets of its flows.
     pub fn write_server_state(&mut self, pool: &str, server: &str, code: u8) {
         let id = self.server_id(pool, server);
-        let mut entry = self.control.dp.maps.servers.get(&id, 0).expect("server entry");
+        let mut entry = self.dp().maps.servers.get(&id, 0).expect("server entry");
         entry.state = code;
-        self.control.dp.maps.servers.set(id, entry, 0).expect("write server entry");
+        self.dp_mut().maps.servers.set(id, entry, 0).expect("write server entry");
     }
 
     /// The resets the datapath asked the agent to send, oldest first.
     pub fn take_reset_requests(&mut self) -> Vec<lb_common::ResetRequest> {
         let mut out = Vec::new();
-        while let Some(item) = self.control.dp.maps.reset_requests.next() {
+        while let Some(item) = self.dp_mut().maps.reset_requests.next() {
             out.push(*bytemuck::from_bytes::<lb_common::ResetRequest>(&item[..16]));
         }
         out
@@ -281,7 +314,7 @@ impl FixtureBed {
 
 impl Drop for FixtureBed {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.control.config.state_file);
+        let _ = std::fs::remove_file(&self.config().state_file);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_common::{Outcome::*, flow_state, proto};
-use lb_userspace::flow_aging;
+use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
     fixture::{
         CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
@@ -254,11 +254,8 @@ fn datapath_fixtures() {
         let fin = client_tcp(40000, 80).flags(FIN | ACK).seq(1020, 7001);
         bed.run(&[forward("FIN is forwarded to the flow's server", &fin, s1, SERVER1_MAC, "web", "s1", false)]);
         assert_eq!(bed.flow(&key).expect("flow").state, flow_state::TCP_CLOSING);
-        let now = flow_aging::datapath_now_ns();
-        let sweep = |at: Duration| {
-            flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now + at.as_nanos() as u64)
-                .expect("sweep")
-        };
+        let now = datapath_now_ns();
+        let sweep = |at: Duration| bed.sweep(now + at.as_nanos() as u64);
         assert_eq!(sweep(Duration::from_secs(5)).expired, 0, "closing flow kept during its linger");
         let report = sweep(Duration::from_secs(11));
         assert_eq!(report.expired, 1, "closing flow removed after 10 s of linger");
@@ -301,7 +298,7 @@ fn datapath_fixtures() {
             output: Expect::Unchanged,
             counts: vec![Count::Outcome(DropReplyWithoutFlow, 1)],
         }]);
-        let removed = bed.control.dp.maps.flows.remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP));
+        let removed = bed.dp().maps.flows.remove(&flow_key((CLIENT, 40100), (VIP, 80), proto::TCP));
         assert!(removed.expect("remove flow"), "the flow was there");
         let orphan = Pkt::tcp(s2, (CLIENT, 40100)).macs(SERVER2_MAC, TOSERVER_MAC).flags(SYN | ACK);
         bed.run(&[Case {
@@ -318,11 +315,11 @@ fn datapath_fixtures() {
             [5000, 5001].iter().filter(|p| bed.flow(&flow_key((CLIENT, **p), (VIP, 53), proto::UDP)).is_some()).count()
         };
         assert_eq!(udp_flows(&bed), 2);
-        let now = flow_aging::datapath_now_ns();
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now + 31_000_000_000).expect("sweep");
+        let now = datapath_now_ns();
+        bed.sweep(now + 31_000_000_000);
         assert_eq!(udp_flows(&bed), 0, "idle UDP flows removed after 30 s");
         assert!(bed.flow(&key).is_some(), "an open TCP flow idle 31 s stays");
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now + 301_000_000_000).expect("sweep");
+        bed.sweep(now + 301_000_000_000);
         assert_eq!(bed.flow_count(), 0, "every flow removed after 300 s idle");
         assert_eq!(bed.reverse_nat_count(), 0);
     });
@@ -341,7 +338,7 @@ fn reset_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32) -> lb_com
 #[test]
 fn maintenance_fixtures() {
     use lb_common::server_state::DISABLED;
-    use lb_userspace::server_state::DisableMode;
+    use lb_userspace::api::model::DisableMode;
     use testbed::{fixture::XDP_TX, packet::RST};
 
     let ns = fixture_netns();
@@ -364,7 +361,7 @@ fn maintenance_fixtures() {
         bed.apply(&config((1, 1)));
 
         // s1 DRAINING: its flows go on, new flows go elsewhere.
-        bed.control.disable("web", &["s1".into()], DisableMode::Graceful { timeout_ms: None }, false).expect("drain");
+        bed.disable("web", &["s1"], DisableMode::Graceful { timeout_ms: None }, false).expect("drain");
         let ack = client_tcp(41000, 80).flags(ACK).seq(1001, 7001);
         let server_data = Pkt::tcp(s1, (CLIENT, 41000))
             .macs(SERVER1_MAC, TOSERVER_MAC)
@@ -444,7 +441,7 @@ fn maintenance_fixtures() {
         // The full immediate disable (state write, resets, purge) leaves none of s1's flows.
         let other_key = flow_key((CLIENT, 41002), (VIP, 80), proto::TCP);
         assert!(bed.flow(&other_key).is_some());
-        bed.control.disable("web", &["s1".into()], DisableMode::Immediate, false).expect("disable");
+        bed.disable("web", &["s1"], DisableMode::Immediate, false).expect("disable");
         assert!(bed.flow(&other_key).is_none(), "s1's flow was not purged");
         let s2_flows = [41000, 41001]
             .iter()
@@ -491,8 +488,8 @@ fn an_endpoint_serving_two_services_finds_the_vip_per_flow() {
             reply("its reply comes back from the second VIP", &reply2, (VIP2, 80), "web", "s1"),
         ]);
         assert_eq!(bed.reverse_nat_count(), 2, "one return-path entry per flow of the shared endpoint");
-        let later = flow_aging::datapath_now_ns() + 301_000_000_000;
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, later).expect("sweep");
+        let later = datapath_now_ns() + 301_000_000_000;
+        bed.sweep(later);
         assert_eq!((bed.flow_count(), bed.reverse_nat_count()), (0, 0), "aged out with their flows");
     });
 }
@@ -512,8 +509,8 @@ fn flows_of_a_server_removed_from_the_config_are_swept_at_once() {
             counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", 1)],
         }]);
         let key = flow_key((CLIENT, 43000), (VIP, 8443), proto::TCP);
-        let now = flow_aging::datapath_now_ns();
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        let now = datapath_now_ns();
+        bed.sweep(now);
         assert!(bed.flow(&key).is_some(), "a fresh flow stays");
 
         // The config drops service 8443 and its pool: f1 is gone.
@@ -522,7 +519,7 @@ fn flows_of_a_server_removed_from_the_config_are_swept_at_once() {
             .replace(&format!("[[pools.far.servers]]\n        name = \"f1\"\n        address = \"{SERVER_UNRESOLVED}\"\n        port = 8443\n"), "");
         assert!(!without_far.contains("pools.far"), "the test config edit did not apply");
         bed.apply(&without_far);
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        bed.sweep(now);
         assert!(bed.flow(&key).is_none(), "the removed server's flow is swept at once, not after 300 s");
     });
 }
@@ -545,8 +542,8 @@ fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
         // must not keep the old service alive.
         let ack = client_tcp(43001, 80).flags(ACK).build();
         bed.run(&[pass("a packet of the old service's flow", ack, PassNotForUs)]);
-        let now = flow_aging::datapath_now_ns();
-        flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep");
+        let now = datapath_now_ns();
+        bed.sweep(now);
         assert!(bed.flow(&key).is_none(), "the removed service's flow is swept at once");
     });
 }
@@ -570,7 +567,7 @@ fn idle_time_counts_from_when_the_clock_runs() {
         let key = flow_key((CLIENT, 45000), (VIP, 80), proto::TCP);
         let flow = lb_common::Flow { server_id, state: flow_state::TCP_OPEN, last_seen_ns, ..Default::default() };
         bed.dp().maps.flows.insert_all([(key, flow)]).expect("insert");
-        let sweep = |at: u64| flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, at).expect("sweep");
+        let sweep = |at: u64| bed.sweep(at);
 
         // Over 300 s after its last-seen time, but under 300 s of this clock.
         let early = since.max(last_seen_ns + 301 * S) + S;
@@ -588,7 +585,7 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
         // The smallest table: 2048 slots.
         let small = config((1, 0)).replace("max = 4096", "max = 1024");
         let bed = FixtureBed::load(&small);
-        let now = flow_aging::datapath_now_ns();
+        let now = datapath_now_ns();
         // Four times as many flows as slots (each bucket is offered 32 on
         // average: twice as many leaves one short now and then), each idle a
         // different time: every bucket fills up.

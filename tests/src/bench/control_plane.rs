@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{flow_table::FlowTable, server_state::DisableMode, tcp_reset::ResetSender, terminate};
+use lb_userspace::{
+    api::model::DisableMode,
+    datapath::{flow_table::FlowTable, tcp_reset::ResetSender, terminate},
+};
 
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
@@ -132,7 +135,7 @@ fn at_scale(flows: u32) -> Scale {
             }
             std::thread::sleep(Duration::from_millis(20));
             let started = Instant::now();
-            bed.control.disable("web", &["s1".into()], DisableMode::Immediate, true).expect("disable s1");
+            bed.disable("web", &["s1"], DisableMode::Immediate, true).expect("disable s1");
             (started, prober.join().expect("probe"))
         });
 
@@ -140,9 +143,8 @@ fn at_scale(flows: u32) -> Scale {
         // a disable does): walk the table, delete its entries, send resets.
         bed.write_server_state("web", "s2", lb_common::server_state::DISABLED);
         let sender = ResetSender::new().expect("raw socket");
-        let tables = bed.tables().clone();
-        let done =
-            terminate::terminate(&mut bed.control.dp, &tables, &HashSet::from([ids[1]]), &sender).expect("purge");
+        let servers = bed.servers().clone();
+        let done = terminate::terminate(bed.dp_mut(), &servers, &HashSet::from([ids[1]]), &sender).expect("purge");
         Scale {
             effect: effect_at.saturating_duration_since(started),
             purge_rate: done.flows as f64 / done.purge_time.as_secs_f64(),
@@ -203,7 +205,11 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
 fn sweep_cost(report: &mut Report, rounds: usize) {
     let servers: String = (0..1000)
         .map(|i| {
-            format!("[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n", i / 200, i % 200 + 1)
+            format!(
+                "[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n",
+                i / 200,
+                i % 200 + 1
+            )
         })
         .collect();
     let config = format!(
@@ -232,7 +238,6 @@ fn sweep_cost(report: &mut Report, rounds: usize) {
         format!("median of {rounds}; walk of the mapped table, each flow's server looked up"),
     );
 }
-
 
 /// The agent's resident memory with 1e6 flows in its (pinned) table, after
 /// it has walked the table to age and count them.
@@ -283,7 +288,6 @@ fn agent_memory(report: &mut Report, lb: &Path) {
     );
 }
 
-fn sweep_once(bed: &FixtureBed) -> lb_userspace::flow_aging::SweepReport {
-    let now = lb_userspace::flow_aging::datapath_now_ns();
-    lb_userspace::flow_aging::sweep(&bed.dp().maps, bed.tables(), &bed.config().flows, now).expect("sweep")
+fn sweep_once(bed: &FixtureBed) -> lb_userspace::datapath::sweep::SweepReport {
+    bed.sweep(lb_userspace::datapath::clock::datapath_now_ns())
 }

@@ -101,7 +101,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         .find(|&c| {
             let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
             assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
-            bed.control.dp.maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
+            bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
         })
         .unwrap();
     let not_for_us =
@@ -141,8 +141,8 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     // window the disabled-flow path serves.
     fill_flows(&bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
     fill_flows(&bed.dp().maps.flows, FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
-    let graceful = lb_userspace::server_state::DisableMode::Graceful { timeout_ms: None };
-    bed.control.disable("web", &["s2".into()], graceful, false).expect("drain s2");
+    let graceful = lb_userspace::api::model::DisableMode::Graceful { timeout_ms: None };
+    bed.disable("web", &["s2"], graceful, false).expect("drain s2");
     bed.write_server_state("web", "s2", server_state::DISABLED);
     let disabled: Vec<Vec<u8>> = (0..1000).map(|i| ack_from(client(FLOWS_1E6 + i), 40000)).collect();
     let mut rng = 0x2545_f491_4f6c_dd1du64;

@@ -11,7 +11,7 @@ pub mod pps;
 use std::{net::Ipv4Addr, ops::Range};
 
 use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
-use lb_userspace::{flow_aging::datapath_now_ns, flow_table::FlowTable};
+use lb_userspace::datapath::{clock::datapath_now_ns, flow_table::FlowTable};
 use serde_json::{Value, json};
 
 /// What a figure must reach.

@@ -1,4 +1,10 @@
-//! Loading the XDP program, its maps and their pins, and attaching it.
+//! The datapath from the agent's side: the only files that use aya. Loading
+//! the XDP program, its maps and their pins, and attaching it (here); the
+//! tables written from the config (`tables`, `maglev`), the flow table
+//! (`flow_table`), the sweep that ages and counts flows (`sweep`), the purge
+//! and resets of terminated flows (`purge`, `terminate`, `tcp_reset`,
+//! `reset_requests`), the counters (`counters`), the datapath's clock
+//! (`clock`), and what the owner of the state asks of it (`ops`).
 //!
 //! Maps are pinned under /sys/fs/bpf/<instance>/ and reused when they are
 //! there, so a restarted agent finds the flows of the one before. XDP links
@@ -13,7 +19,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap, MapData, MapInfo, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, Link as _, LinkError, PinnedLink},
@@ -22,10 +28,29 @@ use aya::{
 };
 use lb_common::{
     FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server,
-    ServerStats, Service, ServiceKey, filter, flow_table, map_name, purge,
+    ServerStats, Service, ServiceKey, filter, flow_table as table_layout, map_name, purge as purge_layout,
 };
 
-use crate::{clock::Clock, config::XdpMode, flow_table::FlowTable};
+pub mod bpf_batch;
+pub mod clock;
+pub mod counters;
+pub mod flow_table;
+pub mod maglev;
+pub mod ops;
+mod pins;
+pub mod purge;
+pub mod reset_requests;
+pub mod sweep;
+pub mod tables;
+pub mod tcp_reset;
+pub mod terminate;
+
+use self::{
+    clock::Clock,
+    flow_table::FlowTable,
+    pins::{check_pinned_maps, ensure_bpffs},
+};
+use crate::config::XdpMode;
 
 /// The XDP object, built by build.rs from lb-ebpf.
 pub fn object() -> &'static [u8] {
@@ -41,7 +66,7 @@ pub fn test_programs_object() -> &'static [u8] {
 /// Name of the balancing program in the object.
 pub const PROGRAM: &str = "lb";
 
-/// Name of the program that purges servers' flows (`crate::purge`).
+/// Name of the program that purges servers' flows (`purge`).
 pub const PURGE_PROGRAM: &str = "purge_flows";
 
 /// Root of all instances' pins.
@@ -119,7 +144,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    fn layout(&self) -> [(&'static str, u32, u32, u32); 18] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 18] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -127,12 +152,12 @@ impl MapSizes {
             (map_name::VIP_ADDRS, 4, 1, self.max_services),
             (map_name::SERVERS, 4, s(size_of::<Server>()), self.max_servers),
             (map_name::MAGLEV, 4, 4, self.max_services * MAGLEV_TABLE_SIZE),
-            (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), flow_table::slots(self.max_flows)),
+            (map_name::FLOWS, 4, s(size_of::<FlowSlot>()), table_layout::slots(self.max_flows)),
             (
                 map_name::FLOW_TAGS,
                 4,
-                8 * flow_table::TAG_LINE_BUCKETS,
-                flow_table::tag_lines(flow_table::slots(self.max_flows)),
+                8 * table_layout::TAG_LINE_BUCKETS,
+                table_layout::tag_lines(table_layout::slots(self.max_flows)),
             ),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
@@ -141,9 +166,9 @@ impl MapSizes {
             (map_name::NEXT_HOPS, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::SERVER_ENDPOINTS, s(size_of::<ServiceKey>()), s(size_of::<ReverseNat>()), self.max_servers),
             (map_name::RESET_REQUESTS, 0, 0, RESET_REQUESTS_BYTES),
-            (map_name::PURGE_REQUEST, 4, s(size_of::<purge::Request>()), 1),
+            (map_name::PURGE_REQUEST, 4, s(size_of::<purge_layout::Request>()), 1),
             (map_name::PURGE_SERVERS, 4, 1, self.max_servers),
-            (map_name::PURGED, 4, s(size_of::<purge::Purged>()), purge::BATCH),
+            (map_name::PURGED, 4, s(size_of::<purge_layout::Purged>()), purge_layout::BATCH),
             (map_name::MAPS_FORMAT, 4, 4, 1),
             (map_name::CLOCK, 4, 8, 1),
         ]
@@ -164,9 +189,9 @@ pub struct Maps {
     pub filter: Array<MapData, u8>,
     pub next_hops: Array<MapData, NextHop>,
     pub reset_requests: RingBuf<MapData>,
-    pub purge_request: Array<MapData, purge::Request>,
+    pub purge_request: Array<MapData, purge_layout::Request>,
     pub purge_servers: Array<MapData, u8>,
-    pub purged: Array<MapData, purge::Purged>,
+    pub purged: Array<MapData, purge_layout::Purged>,
     pub clock: Clock,
 }
 
@@ -181,6 +206,10 @@ impl Maps {
 
     pub fn maglev_fd(&self) -> BorrowedFd<'_> {
         self.maglev.map().fd().as_fd()
+    }
+
+    pub fn reset_requests_fd(&self) -> BorrowedFd<'_> {
+        self.reset_requests.as_fd()
     }
 }
 
@@ -230,7 +259,7 @@ impl Datapath {
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         // The flow table's size, as a constant the verifier sees.
-        let bucket_mask = flow_table::bucket_mask(flow_table::slots(sizes.max_flows));
+        let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
         loader.override_global("FLOW_BUCKET_MASK", &bucket_mask, true);
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
@@ -383,75 +412,6 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
             Clock::start(map).map_err(DatapathError::StartClock)?
         },
     })
-}
-
-/// Refuses pinned maps whose shape differs from what this agent would create:
-/// aya would silently reuse them, and the datapath would misread them.
-fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
-    check_pinned_format(pin_dir, sizes)?;
-    for (name, key_size, value_size, max_entries) in sizes.layout() {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info =
-            MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo { path: path.clone(), source })?;
-        for (what, found, expected) in [
-            ("key size", info.key_size(), key_size),
-            ("value size", info.value_size(), value_size),
-            ("max entries", info.max_entries(), max_entries),
-        ] {
-            if found != expected {
-                return Err(DatapathError::PinnedMapMismatch { path, dir: pin_dir.to_owned(), what, found, expected });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Refuses pinned maps whose contents are of another format
-/// ([`lb_common::MAPS_FORMAT`]): same shapes, read differently.
-fn check_pinned_format(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
-    if !sizes.layout().iter().any(|(name, ..)| pin_dir.join(name).exists()) {
-        return Ok(());
-    }
-    let path = pin_dir.join(map_name::MAPS_FORMAT);
-    // Maps pinned before the format was recorded are format 1.
-    let found = if path.exists() {
-        let info = |source| DatapathError::PinnedMapInfo { path: path.clone(), source };
-        let map = MapData::from_pin(&path).map_err(info)?;
-        let format: Array<_, u32> = Array::try_from(aya::maps::Map::Array(map)).map_err(info)?;
-        format.get(&0, 0).map_err(info)?
-    } else {
-        1
-    };
-    if found != lb_common::MAPS_FORMAT {
-        return Err(DatapathError::PinnedFormatMismatch {
-            dir: pin_dir.to_owned(),
-            found,
-            expected: lb_common::MAPS_FORMAT,
-        });
-    }
-    Ok(())
-}
-
-/// Mounts the BPF filesystem if it is not (a fresh machine may lack it).
-fn ensure_bpffs() -> Result<(), DatapathError> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all(BPFFS).map_err(DatapathError::MountBpffs)?;
-    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(DatapathError::MountBpffs(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Loads one of the test programs (`pass`, `reflect`, `restore`).

@@ -13,13 +13,11 @@ use std::{
 
 use lb_common::{Flow, FlowKey, flow_seen, flow_state, purge::Purged};
 
-use crate::{
-    bpf_batch,
-    datapath::Datapath,
-    flow_aging, purge,
-    tables::{ServerSlot, Tables},
+use super::{
+    Datapath, bpf_batch, purge, sweep,
     tcp_reset::{Endpoint, Reset, ResetSender},
 };
+use crate::servers::{ServerSlot, ServerTable};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Termination {
@@ -58,7 +56,7 @@ pub fn add_resets(resets: &mut Vec<Reset>, key: &FlowKey, flow: &Flow, server: E
 /// those that were live TCP connections (in batches of packets).
 pub fn terminate(
     dp: &mut Datapath,
-    tables: &Tables,
+    table: &ServerTable,
     servers: &HashSet<u32>,
     sender: &ResetSender,
 ) -> io::Result<Termination> {
@@ -66,8 +64,7 @@ pub fn terminate(
     let mut done = Termination::default();
     let mut resets = Vec::new();
     // The servers' slots, looked up once rather than per flow.
-    let slots: HashMap<u32, &ServerSlot> =
-        servers.iter().filter_map(|&id| Some((id, tables.server_by_id(id)?))).collect();
+    let slots: HashMap<u32, &ServerSlot> = servers.iter().filter_map(|&id| Some((id, table.get(id)?))).collect();
     let mut replies = Vec::new();
     let purged = purge::purge_servers(dp, servers, |maps, batch| {
         replies.clear();
@@ -79,7 +76,7 @@ pub fn terminate(
                 *done.reset_by_server.entry(flow.server_id).or_default() += 1;
             }
             if server.shared_endpoint {
-                replies.push(flow_aging::reply_key(key, server.address, server.port));
+                replies.push(sweep::reply_key(key, server.address, server.port));
             }
         }
         bpf_batch::delete_batch(maps.reverse_nat_fd(), &replies).map(|_| ())

@@ -19,7 +19,16 @@ use std::{
 
 use aya::maps::MapData;
 
-use crate::{bpf_batch, flow_aging::datapath_now_ns};
+use super::bpf_batch;
+
+/// The time on the datapath's clock: CLOCK_MONOTONIC_COARSE, in
+/// nanoseconds (near 0 at boot: never subtract from it unchecked).
+pub fn datapath_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer to a timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// How often the agent publishes the time: the datapath's resolution, far
 /// below the flows' timeouts and the next hops' lifetime.
@@ -51,7 +60,7 @@ impl Clock {
     }
 
     /// Publishes the time every [`TICK`], on a thread of its own (never
-    /// behind the agent's lock), until `stop`.
+    /// behind the owner's work), until `stop`.
     pub fn keep_running(&self, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let fd = self.map.fd().as_fd().try_clone_to_owned()?;
         let map = MapData::from_fd(fd).map_err(std::io::Error::other)?;

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{server_state::AdminState, tables::AdminStates};
+use crate::servers::{AdminState, AdminStates};
 
 const VERSION: u32 = 1;
 
@@ -82,7 +82,7 @@ pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server_state::DisableReason;
+    use crate::servers::DisableReason;
 
     #[test]
     fn states_round_trip_and_a_missing_file_is_empty() {

@@ -1,5 +1,7 @@
-//! Where flows are aged out: the agent walks the flow table in batches and
-//! removes flows idle past their timeout, with their return-path entries.
+//! The sweep: where flows are aged out and counted. The agent walks the
+//! flow table and removes flows idle past their timeout (or of a server or
+//! service no longer in service), with their return-path entries, and counts
+//! the live flows of each server. Each flow's server is found by id in O(1).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,12 +11,10 @@ use std::{
 
 use lb_common::{Flow, FlowKey, ServiceKey, flow_seen, flow_state};
 
+use super::{Maps, bpf_batch};
 use crate::{
-    bpf_batch,
     config::FlowSettings,
-    datapath::Maps,
-    server_state::AdminState,
-    tables::{ServiceSlot, Tables},
+    servers::{AdminState, ServerTable, ServiceSlot},
 };
 
 /// Return-path entries deleted per batch.
@@ -31,15 +31,6 @@ pub struct SweepReport {
     pub active_by_server: HashMap<u32, u64>,
 }
 
-/// The time on the datapath's clock (`crate::clock`, which publishes it):
-/// CLOCK_MONOTONIC_COARSE, in nanoseconds.
-pub fn datapath_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
     match flow.state {
         flow_state::TCP_OPEN => settings.tcp_idle_timeout,
@@ -49,18 +40,24 @@ fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
 }
 
 /// One pass over the flow table at time `now_ns`.
-pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64) -> io::Result<SweepReport> {
+pub fn sweep(
+    maps: &Maps,
+    servers: &ServerTable,
+    services: &[ServiceSlot],
+    settings: &FlowSettings,
+    now_ns: u64,
+) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
-    let services: HashSet<ServiceKey> = tables.services.iter().map(ServiceSlot::key).collect();
+    let services: HashSet<ServiceKey> = services.iter().map(ServiceSlot::key).collect();
     // Idle only since the datapath's clock has been running: a flow seen
     // while no agent ran carries the time the clock stood at, not the time
     // of its packets.
     let clock_since = maps.clock.since_ns();
-    let (scanned, expired) = remove_flows_where(maps, tables, |key, flow| {
+    let (scanned, expired) = remove_flows_where(maps, servers, |key, flow| {
         let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns.max(clock_since)));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
-        let server = tables.server_by_id(flow.server_id);
+        let server = servers.get(flow.server_id);
         let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
         // So is a flow of a service removed from the config: the datapath
         // finds a packet's flow before its service, and would forward it.
@@ -83,7 +80,7 @@ pub fn sweep(maps: &Maps, tables: &Tables, settings: &FlowSettings, now_ns: u64)
 /// Returns how many flows were seen and how many removed.
 pub fn remove_flows_where(
     maps: &Maps,
-    tables: &Tables,
+    servers: &ServerTable,
     mut remove: impl FnMut(&FlowKey, &Flow) -> bool,
 ) -> io::Result<(usize, usize)> {
     // Deleted a batch at a time, so the agent's memory stays bounded.
@@ -99,7 +96,7 @@ pub fn remove_flows_where(
         if !remove(key, flow) {
             return false;
         }
-        if let Some(reply) = return_path(tables, key, flow) {
+        if let Some(reply) = return_path(servers, key, flow) {
             doomed_replies.push(reply);
             if doomed_replies.len() == CHUNK {
                 delete(&mut doomed_replies);
@@ -116,8 +113,8 @@ pub fn remove_flows_where(
 
 /// The key of a flow's return-path entry, if it has one: only flows on an
 /// endpoint shared by several services do.
-pub fn return_path(tables: &Tables, key: &FlowKey, flow: &Flow) -> Option<FlowKey> {
-    let server = tables.server_by_id(flow.server_id).filter(|s| s.shared_endpoint)?;
+pub fn return_path(servers: &ServerTable, key: &FlowKey, flow: &Flow) -> Option<FlowKey> {
+    let server = servers.get(flow.server_id).filter(|s| s.shared_endpoint)?;
     Some(reply_key(key, server.address, server.port))
 }
 

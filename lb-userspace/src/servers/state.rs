@@ -2,40 +2,20 @@
 //! member, the transitions an operator's command makes, and the guard that
 //! keeps a pool from losing its last server by accident.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lb_common::server_state;
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds since the Unix epoch: deadlines are wall-clock instants, so
-/// a restarted agent fires them at the same moment.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::api::model::{DisableMode, DisableReason};
+use crate::api::model::{ServerState, StateLabel, Why};
 
-/// Why a server is disabled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DisableReason {
-    /// Disabled at once by an operator: its sessions were terminated.
-    Immediate,
-    /// Its drain deadline came: the sessions left were terminated.
-    Deadline,
-    /// Its last session ended on its own.
-    Drained,
-}
+/// Administrative states by (pool, server), as saved in the state file.
+pub type AdminStates = std::collections::BTreeMap<(String, String), AdminState>;
 
-impl DisableReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            DisableReason::Immediate => "immediate",
-            DisableReason::Deadline => "deadline",
-            DisableReason::Drained => "drained",
-        }
-    }
-}
-
-/// A pool member's administrative state.
+/// A pool member's administrative state. Instants are milliseconds since
+/// the Unix epoch: deadlines are wall-clock instants, so a restarted agent
+/// fires them at the same moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum AdminState {
@@ -61,33 +41,39 @@ impl AdminState {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    pub fn state(&self) -> ServerState {
         match self {
-            AdminState::Enabled => "ENABLED",
-            AdminState::Draining { .. } => "DRAINING",
-            AdminState::Disabled { .. } => "DISABLED",
+            AdminState::Enabled => ServerState::Enabled,
+            AdminState::Draining { .. } => ServerState::Draining,
+            AdminState::Disabled { .. } => ServerState::Disabled,
+        }
+    }
+
+    pub fn why(&self) -> Option<Why> {
+        match self {
+            AdminState::Enabled => None,
+            AdminState::Draining { deadline_ms: None, .. } => Some(Why::UntilDrained),
+            AdminState::Draining { deadline_ms: Some(_), .. } => Some(Why::Deadline),
+            AdminState::Disabled { reason, .. } => Some(Why::from(*reason)),
         }
     }
 
     /// "DISABLED (drained)", "DRAINING (until drained)", ...
-    pub fn describe(&self) -> String {
+    pub fn label(&self) -> StateLabel {
+        StateLabel { state: self.state(), why: self.why() }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        matches!(self, AdminState::Draining { .. })
+    }
+
+    /// The drain deadline, if it drains with one.
+    pub fn deadline_ms(&self) -> Option<u64> {
         match self {
-            AdminState::Enabled => "ENABLED".to_owned(),
-            AdminState::Draining { deadline_ms: None, .. } => "DRAINING (until drained)".to_owned(),
-            AdminState::Draining { deadline_ms: Some(_), .. } => "DRAINING (with deadline)".to_owned(),
-            AdminState::Disabled { reason, .. } => format!("DISABLED ({})", reason.label()),
+            AdminState::Draining { deadline_ms, .. } => *deadline_ms,
+            _ => None,
         }
     }
-}
-
-/// How an operator disables a server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum DisableMode {
-    /// Terminate every session now.
-    Immediate,
-    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
-    Graceful { timeout_ms: Option<u64> },
 }
 
 /// What a command does to one server.

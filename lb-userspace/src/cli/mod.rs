@@ -1,5 +1,6 @@
 //! The operator's commands (`lb server ...`, `lb pool ...`, `lb events`):
 //! clients of the agent's API that print for people, or JSON with `--json`.
+//! They depend on the API's model and client only, not on the agent.
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -12,10 +13,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    api::{self, Request},
-    control::{Change, Event, PoolSummary, PoolView, Stats},
-    duration::{format_time_left, parse_duration},
-    server_state::DisableMode,
+    api::{
+        client,
+        model::{Change, DisableMode, Event, PoolSummary, PoolView, Request, ServerState, Stats},
+    },
+    config::{format_time_left, parse_duration},
 };
 
 /// How `lb server disable` was asked to disable.
@@ -52,7 +54,7 @@ impl DisableArgs {
 }
 
 fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result<(T, Value)> {
-    let data = api::call(socket, request)?;
+    let data = client::call(socket, request)?;
     let typed = serde_json::from_value(data.clone()).context("unexpected answer from the agent")?;
     Ok((typed, data))
 }
@@ -107,13 +109,13 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
     loop {
         let (view, data): (PoolView, Value) = call(socket, &Request::PoolShow { pool: pool.to_owned() })?;
         let targets: Vec<_> = view.servers.iter().filter(|s| servers.contains(&s.name)).collect();
-        if let Some(s) = targets.iter().find(|s| s.state == "ENABLED") {
+        if let Some(s) = targets.iter().find(|s| s.state == ServerState::Enabled) {
             if tty {
                 eprintln!();
             }
             bail!("{pool}/{} was enabled again while waiting", s.name);
         }
-        if targets.iter().all(|s| s.state == "DISABLED") {
+        if targets.iter().all(|s| s.state == ServerState::Disabled) {
             if tty && !last_line.is_empty() {
                 eprintln!();
             }
@@ -121,14 +123,14 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
                 print_json(&data);
             } else {
                 for s in targets {
-                    println!("{pool}/{}: DISABLED ({})", s.name, s.why.as_deref().unwrap_or("-"));
+                    println!("{pool}/{}: {}", s.name, s.label());
                 }
             }
             return Ok(());
         }
         let parts: Vec<String> = targets
             .iter()
-            .filter(|s| s.state == "DRAINING")
+            .filter(|s| s.state == ServerState::Draining)
             .map(|s| {
                 let left = match s.deadline_left_ms {
                     Some(ms) => format!("{} left", format_time_left(Duration::from_millis(ms))),
@@ -182,10 +184,7 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
         "SERVER", "ADDRESS", "WEIGHT", "STATE", "FLOWS", "DEADLINE", "NEW FLOWS"
     );
     for s in view.servers {
-        let state = match &s.why {
-            Some(why) => format!("{} ({why})", s.state),
-            None => s.state.clone(),
-        };
+        let state = s.label().to_string();
         let deadline = s.deadline_left_ms.map(|ms| format_time_left(Duration::from_millis(ms))).unwrap_or("-".into());
         println!(
             "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
@@ -216,7 +215,7 @@ pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
     }
     for e in events {
         let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
-        println!("{time} {}/{} {}: {}", e.pool, e.server, e.kind, e.message);
+        println!("{time} {}/{} {}: {}", e.pool, e.server, e.kind.label(), e.message);
     }
     Ok(())
 }

@@ -21,10 +21,7 @@ use lb_common::{
     purge,
 };
 
-use crate::{
-    datapath::{Datapath, Maps},
-    flow_table::FlowTable,
-};
+use super::{Datapath, Maps, flow_table::FlowTable};
 
 /// Frees every flow of the servers in `servers`, and hands them to `freed`
 /// a batch at a time, with the maps (for their return-path entries).

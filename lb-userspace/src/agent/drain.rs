@@ -1,0 +1,114 @@
+//! Where drains end: drain deadlines are enforced (what is left is
+//! terminated), and servers whose last flow is gone are found by the sweep
+//! (drained). The runtime calls these when a deadline's timer fires and when
+//! a sweep is due ([`Owner::sweep_interval`]).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use super::owner::{Owner, Plan};
+use crate::{
+    config::format_time_left,
+    datapath::ops::DatapathOps,
+    servers::{AdminState, DisableReason, ServerSlot, Transition, state::time_left},
+};
+
+/// While a server drains, its flows are counted at least this often, so it
+/// is reported drained promptly (and `pool show` is this fresh).
+pub const DRAIN_COUNT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the agent logs the progress of each drain.
+const PROGRESS_LOG_MS: u64 = 10_000;
+
+impl<D: DatapathOps> Owner<D> {
+    fn draining(&self) -> impl Iterator<Item = &ServerSlot> {
+        self.servers.iter().filter(|s| s.admin.is_draining())
+    }
+
+    /// The earliest drain deadline (ms since the Unix epoch), if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.draining().filter_map(|s| s.admin.deadline_ms()).min()
+    }
+
+    /// How long after the last sweep began the next one is due: the
+    /// config's `sweep_interval`, or often while a server drains, but never
+    /// spending more than a third of the time walking a large table.
+    pub fn sweep_interval(&self) -> Duration {
+        let interval = self.config.flows.sweep_interval;
+        if self.draining().next().is_none() {
+            return interval;
+        }
+        interval.min(DRAIN_COUNT_INTERVAL.max(self.counts.took * 2))
+    }
+
+    /// Terminates, as an immediate disable would, what is left on servers
+    /// whose deadline has come.
+    pub fn enforce_deadlines(&mut self, now_ms: u64) {
+        let due: Vec<&ServerSlot> =
+            self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
+        let due = by_pool(due, DisableReason::Deadline);
+        self.end_drains(due, now_ms);
+    }
+
+    /// Walks the flow table (started at `now_ms`): ages flows out, counts
+    /// live flows per server, and ends the drains that have none left.
+    pub fn sweep(&mut self, now_ms: u64) {
+        let started = std::time::Instant::now();
+        match self.dp.sweep(&self.servers, &self.services, &self.config.flows) {
+            Ok(report) => {
+                if report.expired > 0 {
+                    log::debug!("flow sweep: {} flows, {} expired", report.scanned, report.expired);
+                }
+                self.counts.active = report.active_by_server;
+                self.counts.at_ms = Some(now_ms);
+                self.counts.took = started.elapsed();
+                self.detect_drained(now_ms);
+                self.log_drain_progress(now_ms);
+            }
+            Err(e) => log::warn!("flow sweep failed: {e}"),
+        }
+    }
+
+    /// Disables (drained) the draining servers that have no live flow left,
+    /// as counted by a walk that started after they began draining.
+    fn detect_drained(&mut self, now_ms: u64) {
+        let Some(walk_started_ms) = self.counts.at_ms else { return };
+        let drained: Vec<&ServerSlot> = self
+            .draining()
+            .filter(|s| matches!(s.admin, AdminState::Draining { since_ms, .. } if since_ms <= walk_started_ms))
+            .filter(|s| self.counts.active.get(&s.id).copied().unwrap_or(0) == 0)
+            .collect();
+        let drained = by_pool(drained, DisableReason::Drained);
+        self.end_drains(drained, now_ms);
+    }
+
+    fn end_drains(&mut self, plans: BTreeMap<String, Plan>, now_ms: u64) {
+        for (pool, plan) in plans {
+            if let Err(e) = self.execute(&pool, &plan, now_ms) {
+                log::error!("cannot end the drain of pool {pool}: {:#}", anyhow::Error::new(e));
+            }
+        }
+    }
+
+    fn log_drain_progress(&mut self, now_ms: u64) {
+        if now_ms < self.last_progress_log_ms + PROGRESS_LOG_MS {
+            return;
+        }
+        self.last_progress_log_ms = now_ms;
+        for s in self.draining() {
+            let flows = self.counts.active.get(&s.id).copied().unwrap_or(0);
+            let left = match s.admin.deadline_ms() {
+                Some(d) => format!("{} to the deadline", format_time_left(time_left(d, now_ms))),
+                None => "no deadline".to_owned(),
+            };
+            log::info!("{}/{} draining: {flows} live flow(s) left, {left}", s.pool, s.name);
+        }
+    }
+}
+
+/// Plans, by pool, that terminate `servers` for `reason`.
+fn by_pool(servers: Vec<&ServerSlot>, reason: DisableReason) -> BTreeMap<String, Plan> {
+    let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
+    for s in servers {
+        plans.entry(s.pool.clone()).or_default().push((s.name.clone(), Transition::Terminate(reason)));
+    }
+    plans
+}

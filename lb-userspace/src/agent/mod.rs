@@ -1,0 +1,195 @@
+//! The agent's life: take the instance's API socket, load the datapath and
+//! the saved server states, fill the tables, attach; then run the owner of
+//! the state (`owner`, `drain`, on a thread of its own: `runtime`), the API,
+//! the answers to the datapath's reset requests and the datapath's clock
+//! until told to stop; then detach.
+
+pub mod drain;
+pub mod events;
+pub mod owner;
+#[cfg(test)]
+mod owner_tests;
+pub mod runtime;
+pub mod snapshot;
+pub mod state_file;
+
+use std::{
+    os::unix::net::UnixListener as StdUnixListener,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use self::{
+    owner::Owner,
+    runtime::{OwnerHandle, now_ms},
+};
+use crate::{
+    api::{self, ops::Ops},
+    config::Config,
+    datapath::{
+        BPFFS, Datapath, MapSizes, counters::Counters, ops::Live, reset_requests::ResetRequests, tables::Tables,
+        tcp_reset::ResetSender,
+    },
+};
+
+/// Where an instance pins its maps and links.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new(BPFFS).join(instance)
+}
+
+pub fn map_sizes(config: &Config) -> MapSizes {
+    MapSizes { max_flows: config.flows.max_flows, max_services: config.max_services, max_servers: config.max_servers }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    // First, so that a second agent of the same instance stops here, before
+    // it touches the datapath.
+    let listener = api::unix::bind(&config.api_socket)?;
+    let socket = config.api_socket.clone();
+    let result = start(config, listener);
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+fn start(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
+    let states = state_file::load(&config.state_file)?;
+    let pins = pin_dir(&config.instance);
+    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config))
+        .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
+    let tables =
+        Tables::apply(&mut dp, &config, &states).context("cannot write the configuration into the datapath")?;
+    let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
+    let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
+    for interface in &config.interfaces {
+        if let Err(e) = dp.attach(interface, config.xdp_mode) {
+            dp.detach_all();
+            return Err(e).context("attach failed; detached from every interface");
+        }
+    }
+    log::info!(
+        "instance {}: {} service(s), {} server(s), attached to {}; maps pinned in {}; API on {}",
+        config.instance,
+        tables.services.len(),
+        tables.servers.len(),
+        dp.attached_interfaces().join(", "),
+        pins.display(),
+        config.api_socket.display()
+    );
+    for service in &tables.services {
+        log::info!("service {} -> pool {}", service.label(), service.pool);
+    }
+    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled) {
+        log::info!("{}/{} resumes as {}", slot.pool, slot.name, slot.admin.label());
+    }
+    let counters = Counters::open(&dp.maps).context("cannot open the counters")?;
+    let requests = ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?;
+    let stop_clock = Arc::new(AtomicBool::new(false));
+    let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
+    let owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
+    owner.save_states()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lb-api")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(owner, listener, counters, requests));
+    stop_clock.store(true, Ordering::Relaxed);
+    let _ = clock.join();
+    let mut live = result?;
+    log::info!("stopping: detaching XDP (map pins kept in {} for a restart)", pins.display());
+    live.dp.detach_all();
+    Ok(())
+}
+
+/// Runs the owner, the API and the reset answers until a signal; returns
+/// the datapath to detach.
+async fn serve(
+    owner: Owner<Live>,
+    listener: StdUnixListener,
+    counters: Counters,
+    requests: ResetRequests,
+) -> anyhow::Result<Live> {
+    let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
+    let (commands_tx, commands) = mpsc::channel(64);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let owner_thread = {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new().name("owner".into()).spawn(move || {
+            let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+            Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(owner, commands, snapshot_tx, shutdown)))
+        })?
+    };
+    let ops = Arc::new(Ops::new(snapshots, counters, OwnerHandle::new(commands_tx)));
+    let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
+    let resets = tokio::spawn(answer_reset_requests(requests, shutdown.clone()));
+    let report = tokio::spawn(report_packets(ops, shutdown));
+    wait_for_stop().await?;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::join!(api, resets, report);
+    let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
+    Ok(owner.into_datapath())
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
+    tokio::select! {
+        _ = interrupt.recv() => {},
+        _ = terminate.recv() => {},
+    }
+    Ok(())
+}
+
+/// Sends the resets the datapath asks for as soon as they are written.
+async fn answer_reset_requests(requests: ResetRequests, mut shutdown: watch::Receiver<bool>) {
+    let interest = tokio::io::Interest::READABLE;
+    // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
+    // which the AsyncFd owns: it stays open and the same while registered.
+    let mut ring = match unsafe { AsyncFd::register_with_interest(requests, interest) } {
+        Ok(ring) => ring,
+        Err(e) => return log::error!("cannot wait on the reset requests: {e}"),
+    };
+    loop {
+        let mut ready = tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            ready = ring.readable_mut() => match ready {
+                Ok(ready) => ready,
+                Err(e) => return log::error!("cannot wait on the reset requests: {e}"),
+            },
+        };
+        ready.get_inner_mut().answer_all();
+        ready.clear_ready();
+    }
+}
+
+/// Logs the packet counters once a minute.
+async fn report_packets(ops: Arc<Ops>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(stats) = ops.stats() {
+            let busy: Vec<String> =
+                stats.outcomes.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+            log::info!("packets: {}", busy.join(" "));
+        }
+    }
+}

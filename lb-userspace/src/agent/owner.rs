@@ -1,0 +1,375 @@
+//! The owner of the balancer's state: the only writer of server states and
+//! of the datapath's maps. It executes the operators' changes (disable,
+//! enable) as one change each, and publishes snapshots for the readers.
+//! Time comes in as an argument (`now_ms`, ms since the Unix epoch), so its
+//! logic runs in unit tests with a fake datapath and a made-up clock.
+//!
+//! Order of writes in a change: a server coming back is marked ENABLED
+//! before the Maglev rows point at it; a draining server leaves the Maglev
+//! rows before it is marked DRAINING (no new flow is lost); a terminated
+//! server is marked DISABLED first (its traffic stops with that one write),
+//! then leaves the Maglev rows; its flows are reset and purged last.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{
+    events::EventLog,
+    snapshot::{PoolSnapshot, ServerSnapshot, Snapshot},
+    state_file,
+};
+use crate::{
+    api::model::{ApiError, Change, ErrorCode, EventKind},
+    config::{Config, format_time_left},
+    datapath::ops::DatapathOps,
+    servers::{self, AdminState, AdminStates, DisableMode, DisableReason, ServerTable, ServiceSlot, Transition},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown pool \"{pool}\"")]
+    UnknownPool { pool: String },
+    #[error("unknown server \"{server}\" in pool \"{pool}\"")]
+    UnknownServer { pool: String, server: String },
+    #[error("name at least one server")]
+    NoServers,
+    #[error(
+        "refused: pool \"{pool}\" would be left with no enabled server (disabling {servers}); \
+         add --force to do it anyway"
+    )]
+    LastServer { pool: String, servers: String },
+    #[error("cannot {step}")]
+    Datapath {
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot save the state")]
+    StateFile(#[from] state_file::StateFileError),
+}
+
+impl From<&ControlError> for ApiError {
+    fn from(e: &ControlError) -> ApiError {
+        let code = match e {
+            ControlError::UnknownPool { .. } => ErrorCode::UnknownPool,
+            ControlError::UnknownServer { .. } => ErrorCode::UnknownServer,
+            ControlError::NoServers => ErrorCode::BadRequest,
+            ControlError::LastServer { .. } => ErrorCode::LastServer,
+            ControlError::Datapath { .. } | ControlError::StateFile(_) => ErrorCode::Failed,
+        };
+        // The error's own line and its causes, for the operator.
+        ApiError::new(code, error_chain(e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn dp_err(step: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> ControlError {
+    move |source| ControlError::Datapath { step, source }
+}
+
+/// Live flows per server, from the last walk of the flow table.
+#[derive(Debug, Default)]
+pub struct FlowCounts {
+    /// When the walk started (ms since the Unix epoch).
+    pub at_ms: Option<u64>,
+    pub took: Duration,
+    pub active: HashMap<u32, u64>,
+}
+
+/// A planned change of one server.
+pub(super) type Plan = Vec<(String, Transition)>;
+
+pub struct Owner<D> {
+    pub(super) config: Config,
+    pub(super) dp: D,
+    pub(super) servers: ServerTable,
+    pub(super) services: Vec<ServiceSlot>,
+    pub(super) counts: FlowCounts,
+    pub(super) events: EventLog,
+    pub(super) last_progress_log_ms: u64,
+    /// Where snapshots go (none in unit tests).
+    snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+}
+
+impl<D: DatapathOps> Owner<D> {
+    pub fn new(config: Config, dp: D, servers: ServerTable, services: Vec<ServiceSlot>) -> Owner<D> {
+        Owner {
+            config,
+            dp,
+            servers,
+            services,
+            counts: FlowCounts::default(),
+            events: EventLog::default(),
+            last_progress_log_ms: 0,
+            snapshots: None,
+        }
+    }
+
+    /// Publishes snapshots to `snapshots` from now on.
+    pub fn publish_to(&mut self, snapshots: watch::Sender<Arc<Snapshot>>) {
+        self.snapshots = Some(snapshots);
+    }
+
+    /// Publishes the state as it is now.
+    pub fn publish(&self, now_ms: u64) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.send_replace(Arc::new(self.snapshot(now_ms)));
+        }
+    }
+
+    /// Takes a config already written into the datapath (by
+    /// `datapath::tables::Tables::apply`, with these servers and services).
+    pub fn reconfigure(&mut self, config: Config, servers: ServerTable, services: Vec<ServiceSlot>) {
+        self.config = config;
+        self.servers = servers;
+        self.services = services;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn servers(&self) -> &ServerTable {
+        &self.servers
+    }
+
+    pub fn services(&self) -> &[ServiceSlot] {
+        &self.services
+    }
+
+    pub fn dp(&self) -> &D {
+        &self.dp
+    }
+
+    pub fn dp_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    pub fn into_datapath(self) -> D {
+        self.dp
+    }
+
+    /// Disables `names` of `pool` in one change.
+    pub fn disable(
+        &mut self,
+        pool: &str,
+        names: &[String],
+        mode: DisableMode,
+        force: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, ControlError> {
+        let plan = self.plan(pool, names, |state| servers::state::disable(state, mode, now_ms))?;
+        if !force && self.leaves_pool_without_server(pool, &plan, now_ms) {
+            let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", ") });
+        }
+        self.execute(pool, &plan, now_ms)
+    }
+
+    /// Puts `names` of `pool` back in service, in one change.
+    pub fn enable(&mut self, pool: &str, names: &[String], now_ms: u64) -> Result<Vec<Change>, ControlError> {
+        let plan = self.plan(pool, names, servers::state::enable)?;
+        self.execute(pool, &plan, now_ms)
+    }
+
+    /// The guard, applied to the pool as the plan would leave it.
+    fn leaves_pool_without_server(&self, pool: &str, plan: &Plan, now_ms: u64) -> bool {
+        let before: Vec<(AdminState, u32)> = self.servers.pool(pool).map(|s| (s.admin, s.weight)).collect();
+        let after: Vec<(AdminState, u32)> = self
+            .servers
+            .pool(pool)
+            .map(|s| {
+                let t = plan.iter().find(|(name, _)| *name == s.name).map_or(Transition::Unchanged, |(_, t)| *t);
+                (servers::state::apply(&s.admin, t, now_ms), s.weight)
+            })
+            .collect();
+        servers::state::leaves_pool_without_server(&before, &after)
+    }
+
+    /// Checks every name before anything changes.
+    fn plan(
+        &self,
+        pool: &str,
+        names: &[String],
+        transition: impl Fn(&AdminState) -> Transition,
+    ) -> Result<Plan, ControlError> {
+        if !self.config.pools.contains_key(pool) {
+            return Err(ControlError::UnknownPool { pool: pool.to_owned() });
+        }
+        if names.is_empty() {
+            return Err(ControlError::NoServers);
+        }
+        let names: BTreeSet<&String> = names.iter().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let slot = self
+                    .servers
+                    .find(pool, name)
+                    .ok_or_else(|| ControlError::UnknownServer { pool: pool.to_owned(), server: name.clone() })?;
+                Ok((name.clone(), transition(&slot.admin)))
+            })
+            .collect()
+    }
+
+    fn id_of(&self, pool: &str, name: &str) -> u32 {
+        self.servers.find(pool, name).expect("planned server exists").id
+    }
+
+    /// Carries out a plan on `pool` (see the module's note on order).
+    pub(super) fn execute(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Vec<Change>, ControlError> {
+        let (mut changes, terminated) = self.mark(pool, plan, now_ms)?;
+        if changes.iter().all(|c| c.from == c.to) {
+            return Ok(changes);
+        }
+        for service in self.services.iter().filter(|s| s.pool == pool) {
+            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
+        }
+        // Draining: only once no slot sends it new flows, so none is dropped.
+        for (name, transition) in plan {
+            if matches!(transition, Transition::Drain(_)) {
+                let slot = self.servers.get(self.id_of(pool, name)).expect("planned server exists");
+                self.dp.write_server(slot).map_err(dp_err("write a server's state"))?;
+            }
+        }
+        // Readers see the new states before the slow part: a purge and the
+        // resets of a million flows take seconds.
+        self.publish(now_ms);
+        self.terminate(&terminated, &mut changes)?;
+        self.save_states()?;
+        self.record(&changes, now_ms);
+        Ok(changes)
+    }
+
+    /// Sets each planned server's new state; writes it at once for those
+    /// coming back (ENABLED before the hash table points at them) and those
+    /// terminated (DISABLED: the one write that stops their traffic, whatever
+    /// the number of flows). Returns the changes and the terminated ids.
+    fn mark(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<(Vec<Change>, HashSet<u32>), ControlError> {
+        let mut changes = Vec::new();
+        let mut terminated = HashSet::new();
+        for (name, transition) in plan {
+            let id = self.id_of(pool, name);
+            let slot = self.servers.get_mut(id).expect("planned server exists");
+            let from = slot.admin;
+            slot.admin = servers::state::apply(&from, *transition, now_ms);
+            changes.push(Change {
+                pool: pool.to_owned(),
+                server: name.clone(),
+                from: from.label(),
+                to: slot.admin.label(),
+                flows_reset: None,
+            });
+            if let Transition::Terminate(_) = transition {
+                terminated.insert(id);
+            }
+            if matches!(transition, Transition::Enable | Transition::Terminate(_)) {
+                self.dp.write_server(slot).map_err(dp_err("write a server's state"))?;
+            }
+        }
+        Ok((changes, terminated))
+    }
+
+    /// Purges the terminated servers' flows and resets their live TCP flows.
+    fn terminate(&mut self, ids: &HashSet<u32>, changes: &mut [Change]) -> Result<(), ControlError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let done = self.dp.terminate(&self.servers, ids).map_err(dp_err("terminate flows"))?;
+        log::debug!("purged {} flows in {:?}", done.flows, done.purge_time);
+        for change in changes.iter_mut() {
+            let id = self.id_of(&change.pool, &change.server);
+            if ids.contains(&id) {
+                change.flows_reset = Some(done.reset_by_server.get(&id).copied().unwrap_or(0));
+                self.counts.active.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The events of the servers a change moved.
+    fn record(&mut self, changes: &[Change], now_ms: u64) {
+        for change in changes.iter().filter(|c| c.from != c.to) {
+            let admin = self.servers.find(&change.pool, &change.server).expect("changed server exists").admin;
+            let (kind, message) = event_of(&admin, change, now_ms);
+            self.events.push(now_ms, &change.pool, &change.server, kind, message);
+        }
+    }
+
+    pub fn admin_states(&self) -> AdminStates {
+        self.servers.iter().map(|s| ((s.pool.clone(), s.name.clone()), s.admin)).collect()
+    }
+
+    pub fn save_states(&self) -> Result<(), ControlError> {
+        state_file::save(&self.config.state_file, &self.admin_states())?;
+        Ok(())
+    }
+
+    /// What readers see: pools, servers, live flow counts, events.
+    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
+        let pools = self
+            .config
+            .pools
+            .keys()
+            .map(|pool| PoolSnapshot {
+                name: pool.clone(),
+                services: self.services.iter().filter(|s| s.pool == *pool).map(ServiceSlot::label).collect(),
+                servers: self
+                    .servers
+                    .pool(pool)
+                    .map(|s| ServerSnapshot {
+                        id: s.id,
+                        name: s.name.clone(),
+                        address: s.address,
+                        port: s.port,
+                        weight: s.weight,
+                        admin: s.admin,
+                        active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Snapshot { taken_ms: now_ms, pools, counted_at_ms: self.counts.at_ms, events: self.events.shared() }
+    }
+}
+
+fn event_of(state: &AdminState, change: &Change, now_ms: u64) -> (EventKind, String) {
+    let reset = change.flows_reset.unwrap_or(0);
+    match state {
+        AdminState::Enabled => (EventKind::Enabled, format!("back in service (was {})", change.from)),
+        AdminState::Draining { deadline_ms: None, .. } => {
+            (EventKind::Draining, "no new flows; existing flows may finish, no deadline".to_owned())
+        }
+        AdminState::Draining { deadline_ms: Some(d), .. } => (
+            EventKind::Draining,
+            format!(
+                "no new flows; flows left in {} will be terminated",
+                format_time_left(servers::state::time_left(*d, now_ms))
+            ),
+        ),
+        AdminState::Disabled { reason: DisableReason::Immediate, .. } => {
+            (EventKind::Disabled, format!("disabled at once: {reset} live TCP flow(s) reset"))
+        }
+        AdminState::Disabled { reason: DisableReason::Deadline, .. } => {
+            (EventKind::Deadline, format!("drain deadline reached: {reset} live TCP flow(s) reset"))
+        }
+        AdminState::Disabled { reason: DisableReason::Drained, .. } => {
+            (EventKind::Drained, "the last flow ended: disabled (drained)".to_owned())
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The owner's loop, and the typed handle the API uses to reach it.
+//!
+//! The owner runs on a thread of its own (with a single-threaded tokio
+//! runtime for its timers), so its blocking work (flow-table walks, purges,
+//! sending resets) never holds up the API's workers. It waits for the first
+//! of: a command, the earliest drain deadline (a timer), the next sweep
+//! (a timer), or shutdown; after each it publishes a snapshot.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::{owner::Owner, snapshot::Snapshot};
+use crate::{
+    api::model::{ApiError, Change, DisableMode, ErrorCode},
+    datapath::ops::DatapathOps,
+};
+
+/// Milliseconds since the Unix epoch: the owner's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+type Reply = oneshot::Sender<Result<Vec<Change>, ApiError>>;
+
+/// A change asked of the owner, with where to send its answer.
+pub enum Command {
+    Disable { pool: String, servers: Vec<String>, mode: DisableMode, force: bool, reply: Reply },
+    Enable { pool: String, servers: Vec<String>, reply: Reply },
+}
+
+/// How the API reaches the owner. Changes queue in order; reads never come
+/// here (they use the snapshot).
+#[derive(Clone)]
+pub struct OwnerHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl OwnerHandle {
+    pub fn new(commands: mpsc::Sender<Command>) -> OwnerHandle {
+        OwnerHandle { commands }
+    }
+
+    pub async fn disable(
+        &self,
+        pool: String,
+        servers: Vec<String>,
+        mode: DisableMode,
+        force: bool,
+    ) -> Result<Vec<Change>, ApiError> {
+        self.ask(|reply| Command::Disable { pool, servers, mode, force, reply }).await
+    }
+
+    pub async fn enable(&self, pool: String, servers: Vec<String>) -> Result<Vec<Change>, ApiError> {
+        self.ask(|reply| Command::Enable { pool, servers, reply }).await
+    }
+
+    async fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<Vec<Change>, ApiError> {
+        let gone = || ApiError::new(ErrorCode::Failed, "the agent is stopping");
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Runs `owner` until `shutdown` turns true (or every handle is gone), then
+/// hands it back (to detach the datapath).
+pub async fn run_owner<D: DatapathOps>(
+    mut owner: Owner<D>,
+    mut commands: mpsc::Receiver<Command>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Owner<D> {
+    owner.publish_to(snapshots);
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        let next_sweep = last_sweep.map_or_else(Instant::now, |at| at + owner.sweep_interval());
+        let deadline = owner.next_deadline();
+        tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => break,
+            command = commands.recv() => match command {
+                Some(command) => handle(&mut owner, command),
+                None => break,
+            },
+            () = until_wall(deadline) => owner.enforce_deadlines(now_ms()),
+            () = sleep_until(next_sweep) => {
+                last_sweep = Some(Instant::now());
+                owner.sweep(now_ms());
+            }
+        }
+        owner.publish(now_ms());
+    }
+    owner
+}
+
+fn handle<D: DatapathOps>(owner: &mut Owner<D>, command: Command) {
+    let (result, reply) = match command {
+        Command::Disable { pool, servers, mode, force, reply } => {
+            (owner.disable(&pool, &servers, mode, force, now_ms()), reply)
+        }
+        Command::Enable { pool, servers, reply } => (owner.enable(&pool, &servers, now_ms()), reply),
+    };
+    let result = result.map_err(|e| ApiError::from(&e));
+    if let Err(e) = &result {
+        log::info!("change refused: {}", e.message);
+    }
+    // The asker may have gone: the change stands all the same.
+    let _ = reply.send(result);
+}
+
+/// Returns once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped here, not held across an await.
+    let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
+}
+
+/// Sleeps until the wall-clock instant `at_ms`, or forever without one.
+/// Woken early by a wall clock set back, the owner checks again.
+async fn until_wall(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}

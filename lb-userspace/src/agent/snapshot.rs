@@ -1,0 +1,46 @@
+//! What the owner publishes after every change, deadline and sweep: the
+//! pools, their servers' states and live flow counts, and the events. Reads
+//! (`pool list`, `pool show`, `events`) answer from the latest snapshot at
+//! once, whatever the owner is doing.
+
+use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
+
+use crate::{api::model::Event, servers::AdminState};
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// When it was taken (ms since the Unix epoch).
+    pub taken_ms: u64,
+    /// Pools by name.
+    pub pools: Vec<PoolSnapshot>,
+    /// When the walk that counted the flows started, if one has.
+    pub counted_at_ms: Option<u64>,
+    pub events: Arc<VecDeque<Event>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolSnapshot {
+    pub name: String,
+    /// Its services, "VIP:port/protocol".
+    pub services: Vec<String>,
+    /// Its servers, by name.
+    pub servers: Vec<ServerSnapshot>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSnapshot {
+    pub id: u32,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub admin: AdminState,
+    /// Live flows at the last count.
+    pub active_flows: u64,
+}
+
+impl Snapshot {
+    pub fn pool(&self, name: &str) -> Option<&PoolSnapshot> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,47 @@
+//! The API's client, for the CLI and scripts: one request line, one answer
+//! line per connection, blocking.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use super::model::{ApiError, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path} (is `lb agent` running?): {source}")]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Refused(#[from] ApiError),
+    #[error("bad answer from the agent at {path}: {message}")]
+    Protocol { path: PathBuf, message: String },
+}
+
+/// Sends a request to the agent at `path`; returns its data.
+pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
+    let unreachable = |source| ClientError::Unreachable { path: path.to_owned(), source };
+    let mut stream = UnixStream::connect(path).map_err(unreachable)?;
+    // Long enough for an immediate disable of millions of flows.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(unreachable)?;
+    let mut line = serde_json::to_string(request).expect("requests serialise");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(unreachable)?;
+    let protocol = |message: String| ClientError::Protocol { path: path.to_owned(), message };
+    let mut answer: Value = serde_json::from_str(answer.trim()).map_err(|e| protocol(e.to_string()))?;
+    if answer["ok"] == Value::Bool(true) {
+        return Ok(answer["data"].take());
+    }
+    let refusal: ApiError = serde_json::from_value(answer).map_err(|e| protocol(e.to_string()))?;
+    Err(ClientError::Refused(refusal))
+}

@@ -1,0 +1,118 @@
+//! The API's operations, whatever the transport: reads answer from the
+//! owner's latest snapshot and the datapath's counters at once (never
+//! waiting for the owner); changes go to the owner, in order.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::model::{ApiError, ErrorCode, Event, PoolSummary, PoolView, Request, ServerState, ServerView, Stats};
+use crate::{
+    agent::{runtime::OwnerHandle, snapshot::Snapshot},
+    datapath::counters::Counters,
+    servers::state::time_left,
+};
+
+pub struct Ops {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    counters: Counters,
+    owner: OwnerHandle,
+}
+
+impl Ops {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, counters: Counters, owner: OwnerHandle) -> Ops {
+        Ops { snapshots, counters, owner }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: Request) -> Result<Value, ApiError> {
+        match request {
+            Request::PoolList => json(self.pool_list()),
+            Request::PoolShow { pool } => json(self.pool_show(&pool)?),
+            Request::Disable { pool, servers, mode, force } => {
+                json(self.owner.disable(pool, servers, mode, force).await?)
+            }
+            Request::Enable { pool, servers } => json(self.owner.enable(pool, servers).await?),
+            Request::Events => json(self.events()),
+            Request::Stats => json(self.stats()?),
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshots.borrow())
+    }
+
+    pub fn pool_list(&self) -> Vec<PoolSummary> {
+        let snapshot = self.snapshot();
+        snapshot
+            .pools
+            .iter()
+            .map(|pool| {
+                let count = |state: ServerState| pool.servers.iter().filter(|s| s.admin.state() == state).count();
+                PoolSummary {
+                    pool: pool.name.clone(),
+                    services: pool.services.clone(),
+                    servers: pool.servers.len(),
+                    enabled: count(ServerState::Enabled),
+                    draining: count(ServerState::Draining),
+                    disabled: count(ServerState::Disabled),
+                }
+            })
+            .collect()
+    }
+
+    /// A pool's servers with their states, live flow counts (as of the last
+    /// count: `counted_ms_ago`) and traffic.
+    pub fn pool_show(&self, name: &str) -> Result<PoolView, ApiError> {
+        let snapshot = self.snapshot();
+        let now = crate::agent::runtime::now_ms();
+        let pool = snapshot
+            .pool(name)
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownPool, format!("unknown pool \"{name}\"")))?;
+        let servers = pool
+            .servers
+            .iter()
+            .map(|s| {
+                let traffic = self.counters.server(s.id).unwrap_or_default();
+                ServerView {
+                    name: s.name.clone(),
+                    address: format!("{}:{}", s.address, s.port),
+                    weight: s.weight,
+                    state: s.admin.state(),
+                    why: s.admin.why(),
+                    active_flows: s.active_flows,
+                    deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
+                    packets_to: traffic.packets_to,
+                    bytes_to: traffic.bytes_to,
+                    packets_from: traffic.packets_from,
+                    bytes_from: traffic.bytes_from,
+                    new_flows: traffic.new_flows,
+                }
+            })
+            .collect();
+        Ok(PoolView {
+            pool: pool.name.clone(),
+            services: pool.services.clone(),
+            servers,
+            counted_ms_ago: snapshot.counted_at_ms.map_or(0, |at| now.saturating_sub(at)),
+        })
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.snapshot().events.iter().cloned().collect()
+    }
+
+    pub fn stats(&self) -> Result<Stats, ApiError> {
+        let outcomes = self
+            .counters
+            .outcomes()
+            .map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot read the outcome counters: {e}")))?;
+        Ok(Stats { outcomes: outcomes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
+    }
+}
+
+fn json(value: impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot encode the answer: {e}")))
+}

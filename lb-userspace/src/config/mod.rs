@@ -1,0 +1,262 @@
+//! The agent's configuration file (TOML): what it reads, and every check made
+//! before anything is applied. Validation collects all problems, each with its
+//! key path, so an operator fixes a file in one pass (`validate`).
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, path::PathBuf, time::Duration};
+
+mod duration;
+mod validate;
+
+pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
+use validate::{RawConfig, Validator};
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Names the pin directory /sys/fs/bpf/<instance> and the default socket.
+    pub instance: String,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub api_socket: PathBuf,
+    /// Where servers' states and drain deadlines are saved.
+    pub state_file: PathBuf,
+    pub flows: FlowSettings,
+    pub max_services: u32,
+    pub max_servers: u32,
+    pub services: Vec<ServiceConfig>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Let the kernel choose (native when the driver supports it).
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSettings {
+    /// Capacity of the flow table (LRU: the least recently used flow is
+    /// evicted when it is full).
+    pub max_flows: u32,
+    /// An open TCP flow idle this long is removed.
+    pub tcp_idle_timeout: Duration,
+    /// A TCP flow that saw FIN or RST is removed after this much quiet.
+    pub tcp_closing_timeout: Duration,
+    pub udp_idle_timeout: Duration,
+    /// How often the agent sweeps the flow table.
+    pub sweep_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// One thing wrong with a config file, at a key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for this agent: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s), nothing was applied:\n{}", problems.len(), list(problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Default API socket of an instance.
+pub fn default_api_socket(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/lb/{instance}.sock"))
+}
+
+/// Default state file of an instance.
+pub fn default_state_file(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/lb/{instance}.state.json"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string().trim().to_owned() })?;
+        let mut v = Validator::default();
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems: v.problems })
+        }
+    }
+
+    /// The pool of a server by names, if both exist.
+    pub fn server(&self, pool: &str, server: &str) -> Option<&ServerConfig> {
+        self.pools.get(pool)?.servers.iter().find(|s| s.name == server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        instance = "lb0"
+        interfaces = ["veth0", "veth1"]
+
+        [flows]
+        max = 65536
+        tcp_idle_timeout = "5m"
+
+        [[services]]
+        vip = "10.0.0.100"
+        port = 80
+        protocol = "tcp"
+        pool = "web"
+
+        [[pools.web.servers]]
+        name = "a"
+        address = "10.0.1.2"
+        port = 8080
+        weight = 3
+
+        [[pools.web.servers]]
+        name = "b"
+        address = "10.0.2.2"
+        port = 8080
+    "#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("lb.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("lb.toml")).expect("valid config");
+        assert_eq!(c.instance, "lb0");
+        assert_eq!(c.flows.max_flows, 65536);
+        assert_eq!(c.flows.tcp_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.flows.udp_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.pools["web"].servers[0].weight, 3);
+        assert_eq!(c.pools["web"].servers[1].weight, 1);
+        assert_eq!(c.api_socket, PathBuf::from("/run/lb/lb0.sock"));
+        assert_eq!(c.services[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn the_flow_table_size_is_bounded() {
+        let p = problems(&GOOD.replace("max = 65536", "max = 100"));
+        assert_eq!(p, ["flows.max: 100 is too small (at least 1024)"], "{p:?}");
+        let p = problems(&GOOD.replace("max = 65536", "max = 67108865"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("flows.max: 67108865 is too large (at most 67108864"), "{p:?}");
+        let c = Config::parse(&GOOD.replace("max = 65536", "max = 67108864"), Path::new("lb.toml")).expect("the limit");
+        assert_eq!(c.flows.max_flows, 1 << 26);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = GOOD
+            .replace("pool = \"web\"", "pool = \"webb\"")
+            .replace("address = \"10.0.2.2\"", "address = \"10.0.2\"")
+            .replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"-5m\"")
+            .replace("weight = 3", "weight = -1");
+        let p = problems(&text);
+        assert!(p.contains(&"services[0].pool: unknown pool \"webb\"".to_owned()), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("flows.tcp_idle_timeout: duration \"-5m\" is negative")), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[0].weight: weight -1 is not in 0..65535".to_owned()), "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
+    }
+
+    #[test]
+    fn duplicates_and_missing_fields_are_problems() {
+        let text =
+            GOOD.replace("name = \"b\"", "name = \"a\"").replace("address = \"10.0.2.2\"", "address = \"10.0.1.2\"");
+        let p = problems(&text);
+        assert!(p.contains(&"pools.web.servers[1].name: \"a\" is already servers[0]".to_owned()), "{p:?}");
+        assert!(p.contains(&"pools.web.servers[1].address: 10.0.1.2:8080 is already servers[0]".to_owned()), "{p:?}");
+        let p = problems("interfaces = []\n[[services]]\nvip = \"10.0.0.1\"\n");
+        assert!(p.contains(&"interfaces: list at least one interface to attach to".to_owned()), "{p:?}");
+        assert!(p.contains(&"services[0].port: missing port".to_owned()), "{p:?}");
+        assert!(p.contains(&"services[0].protocol: missing protocol (tcp or udp)".to_owned()), "{p:?}");
+        assert!(p.contains(&"services[0].pool: missing pool".to_owned()), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_syntax_errors() {
+        let err = Config::parse("interfaces = [\"a\"]\nbogus = 1\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+        let err = Config::parse("interfaces = [", Path::new("x.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! The config file as written, and the checks that turn it into a
+//! [`Config`]: every problem is collected with its key path.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
+use serde::Deserialize;
+
+use super::{
+    Config, FlowSettings, PoolConfig, Problem, Protocol, ServerConfig, ServiceConfig, XdpMode, default_api_socket,
+    default_state_file, parse_duration,
+};
+
+/// The largest `flows.max`.
+const MAX_FLOWS_LIMIT: u32 = 1 << 26;
+
+// The file as written. Durations and addresses are strings here so that a bad
+// one is reported with its key path rather than as a parse failure.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    instance: Option<String>,
+    interfaces: Option<Vec<String>>,
+    xdp_mode: Option<String>,
+    api_socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    #[serde(default)]
+    flows: RawFlows,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    services: Vec<RawService>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlows {
+    max: Option<u32>,
+    tcp_idle_timeout: Option<String>,
+    tcp_closing_timeout: Option<String>,
+    udp_idle_timeout: Option<String>,
+    sweep_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    max_services: Option<u32>,
+    max_servers: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    vip: Option<String>,
+    port: Option<i64>,
+    protocol: Option<String>,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    #[serde(default)]
+    servers: Vec<RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    name: Option<String>,
+    address: Option<String>,
+    port: Option<i64>,
+    weight: Option<i64>,
+}
+
+#[derive(Default)]
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn name(&mut self, path: &str, value: Option<String>, what: &str) -> String {
+        match value {
+            None => {
+                self.problem(path, format!("missing {what}"));
+                String::new()
+            }
+            Some(name) => {
+                if !valid_name(&name) {
+                    self.problem(path, format!("{what} \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"));
+                }
+                name
+            }
+        }
+    }
+
+    fn address(&mut self, path: &str, value: Option<String>) -> Ipv4Addr {
+        match value.as_deref().map(str::parse::<Ipv4Addr>) {
+            Some(Ok(addr)) if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() => addr,
+            Some(Ok(addr)) => {
+                self.problem(path, format!("{addr} cannot be used here"));
+                Ipv4Addr::UNSPECIFIED
+            }
+            Some(Err(_)) => {
+                self.problem(path, format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()));
+                Ipv4Addr::UNSPECIFIED
+            }
+            None => {
+                self.problem(path, "missing address");
+                Ipv4Addr::UNSPECIFIED
+            }
+        }
+    }
+
+    fn port(&mut self, path: &str, value: Option<i64>) -> u16 {
+        match value {
+            Some(p) if (1..=65535).contains(&p) => p as u16,
+            Some(p) => {
+                self.problem(path, format!("port {p} is not in 1..65535"));
+                0
+            }
+            None => {
+                self.problem(path, "missing port");
+                0
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(&text) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => {
+                self.problem(path, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(path, e.to_string());
+                default
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        let instance = self.name("instance", Some(raw.instance.unwrap_or_else(|| "lb".to_owned())), "instance name");
+        let interfaces = self.interfaces(raw.interfaces.unwrap_or_default());
+        let xdp_mode = self.xdp_mode(raw.xdp_mode.as_deref());
+        let api_socket = raw.api_socket.unwrap_or_else(|| default_api_socket(&instance));
+        let state_file = raw.state_file.unwrap_or_else(|| default_state_file(&instance));
+        let flows = self.flows(raw.flows);
+        let (max_services, max_servers) = self.limits(&raw.limits);
+        let pools = self.pools(raw.pools, max_servers);
+        let services = self.services(raw.services, &pools, max_services);
+        Config {
+            instance,
+            interfaces,
+            xdp_mode,
+            api_socket,
+            state_file,
+            flows,
+            max_services,
+            max_servers,
+            services,
+            pools,
+        }
+    }
+
+    fn interfaces(&mut self, interfaces: Vec<String>) -> Vec<String> {
+        if interfaces.is_empty() {
+            self.problem("interfaces", "list at least one interface to attach to");
+        }
+        for (i, name) in interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                self.problem(format!("interfaces[{i}]"), format!("\"{name}\" is not an interface name"));
+            }
+            if interfaces[..i].contains(name) {
+                self.problem(format!("interfaces[{i}]"), format!("\"{name}\" is listed twice"));
+            }
+        }
+        interfaces
+    }
+
+    fn xdp_mode(&mut self, mode: Option<&str>) -> XdpMode {
+        match mode {
+            None | Some("auto") => XdpMode::Auto,
+            Some("native") => XdpMode::Native,
+            Some("generic") => XdpMode::Generic,
+            Some(other) => {
+                self.problem("xdp_mode", format!("\"{other}\" is not one of auto, native, generic"));
+                XdpMode::Auto
+            }
+        }
+    }
+
+    fn flows(&mut self, raw: RawFlows) -> FlowSettings {
+        let max_flows = raw.max.unwrap_or(DEFAULT_MAX_FLOWS);
+        if max_flows < 1024 {
+            self.problem("flows.max", format!("{max_flows} is too small (at least 1024)"));
+        }
+        // The table has twice as many 64-byte slots, rounded up to a power of two.
+        if max_flows > MAX_FLOWS_LIMIT {
+            self.problem("flows.max", format!("{max_flows} is too large (at most {MAX_FLOWS_LIMIT}: 8 GiB of table)"));
+        }
+        let secs = Duration::from_secs;
+        FlowSettings {
+            max_flows,
+            tcp_idle_timeout: self.duration("flows.tcp_idle_timeout", raw.tcp_idle_timeout, secs(300)),
+            tcp_closing_timeout: self.duration("flows.tcp_closing_timeout", raw.tcp_closing_timeout, secs(10)),
+            udp_idle_timeout: self.duration("flows.udp_idle_timeout", raw.udp_idle_timeout, secs(30)),
+            sweep_interval: self.duration("flows.sweep_interval", raw.sweep_interval, secs(1)),
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> (u32, u32) {
+        let max_services = raw.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
+        let max_servers = raw.max_servers.unwrap_or(DEFAULT_MAX_SERVERS);
+        if max_services == 0 || max_services > 1024 {
+            self.problem("limits.max_services", format!("{max_services} is not in 1..1024"));
+        }
+        if max_servers == 0 || max_servers > 65536 {
+            self.problem("limits.max_servers", format!("{max_servers} is not in 1..65536"));
+        }
+        (max_services, max_servers)
+    }
+
+    fn pools(&mut self, raw: BTreeMap<String, RawPool>, max_servers: u32) -> BTreeMap<String, PoolConfig> {
+        let mut pools = BTreeMap::new();
+        for (pool_name, raw_pool) in raw {
+            let base = format!("pools.{pool_name}");
+            self.name(&base, Some(pool_name.clone()), "pool name");
+            let mut servers: Vec<ServerConfig> = Vec::new();
+            for (i, raw_server) in raw_pool.servers.into_iter().enumerate() {
+                let server = self.server(&format!("{base}.servers[{i}]"), raw_server, &servers);
+                servers.push(server);
+            }
+            pools.insert(pool_name, PoolConfig { servers });
+        }
+        let count: usize = pools.values().map(|p| p.servers.len()).sum();
+        if count > max_servers as usize {
+            self.problem("pools", format!("{count} servers, more than limits.max_servers ({max_servers})"));
+        }
+        pools
+    }
+
+    /// A pool's server at `path`, checked against those before it.
+    fn server(&mut self, path: &str, raw: RawServer, before: &[ServerConfig]) -> ServerConfig {
+        let server = ServerConfig {
+            name: self.name(&format!("{path}.name"), raw.name, "server name"),
+            address: self.address(&format!("{path}.address"), raw.address),
+            port: self.port(&format!("{path}.port"), raw.port),
+            weight: match raw.weight {
+                None => 1,
+                Some(w) if (0..=65535).contains(&w) => w as u32,
+                Some(w) => {
+                    self.problem(format!("{path}.weight"), format!("weight {w} is not in 0..65535"));
+                    1
+                }
+            },
+        };
+        if let Some(j) = before.iter().position(|s| s.name == server.name && !s.name.is_empty()) {
+            self.problem(format!("{path}.name"), format!("\"{}\" is already servers[{j}]", server.name));
+        }
+        if let Some(j) = before.iter().position(|s| s.address == server.address && s.port == server.port) {
+            self.problem(
+                format!("{path}.address"),
+                format!("{}:{} is already servers[{j}]", server.address, server.port),
+            );
+        }
+        server
+    }
+
+    fn services(
+        &mut self,
+        raw: Vec<RawService>,
+        pools: &BTreeMap<String, PoolConfig>,
+        max_services: u32,
+    ) -> Vec<ServiceConfig> {
+        let mut services: Vec<ServiceConfig> = Vec::new();
+        for (i, raw_service) in raw.into_iter().enumerate() {
+            let path = format!("services[{i}]");
+            let service = self.service(&path, raw_service, pools);
+            let (vip, port, protocol) = (service.vip, service.port, service.protocol);
+            if let Some(j) =
+                services.iter().position(|s| s.vip == vip && s.port == port && s.protocol == protocol && port != 0)
+            {
+                self.problem(&path, format!("{vip}:{port}/{protocol} is already services[{j}]"));
+            }
+            services.push(service);
+        }
+        if services.len() > max_services as usize {
+            self.problem(
+                "services",
+                format!("{} services, more than limits.max_services ({max_services})", services.len()),
+            );
+        }
+        services
+    }
+
+    fn service(&mut self, path: &str, raw: RawService, pools: &BTreeMap<String, PoolConfig>) -> ServiceConfig {
+        let vip = self.address(&format!("{path}.vip"), raw.vip);
+        let port = self.port(&format!("{path}.port"), raw.port);
+        let protocol = match raw.protocol.as_deref() {
+            Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some(other) => {
+                self.problem(format!("{path}.protocol"), format!("\"{other}\" is not tcp or udp"));
+                Protocol::Tcp
+            }
+            None => {
+                self.problem(format!("{path}.protocol"), "missing protocol (tcp or udp)");
+                Protocol::Tcp
+            }
+        };
+        let pool = match raw.pool {
+            Some(pool) if pools.contains_key(&pool) => pool,
+            Some(pool) => {
+                self.problem(format!("{path}.pool"), format!("unknown pool \"{pool}\""));
+                pool
+            }
+            None => {
+                self.problem(format!("{path}.pool"), "missing pool");
+                String::new()
+            }
+        };
+        ServiceConfig { vip, port, protocol, pool }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

@@ -1,0 +1,78 @@
+//! Checks on an instance's pins before they are reused, and the BPF
+//! filesystem they live on.
+
+use std::{io, path::Path};
+
+use aya::maps::{Array, MapData, MapInfo};
+use lb_common::map_name;
+
+use super::{BPFFS, DatapathError, MapSizes};
+
+/// Refuses pinned maps whose shape differs from what this agent would create:
+/// aya would silently reuse them, and the datapath would misread them.
+pub(super) fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
+    check_pinned_format(pin_dir, sizes)?;
+    for (name, key_size, value_size, max_entries) in sizes.layout() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo { path: path.clone(), source })?;
+        for (what, found, expected) in [
+            ("key size", info.key_size(), key_size),
+            ("value size", info.value_size(), value_size),
+            ("max entries", info.max_entries(), max_entries),
+        ] {
+            if found != expected {
+                return Err(DatapathError::PinnedMapMismatch { path, dir: pin_dir.to_owned(), what, found, expected });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses pinned maps whose contents are of another format
+/// ([`lb_common::MAPS_FORMAT`]): same shapes, read differently.
+pub(super) fn check_pinned_format(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
+    if !sizes.layout().iter().any(|(name, ..)| pin_dir.join(name).exists()) {
+        return Ok(());
+    }
+    let path = pin_dir.join(map_name::MAPS_FORMAT);
+    // Maps pinned before the format was recorded are format 1.
+    let found = if path.exists() {
+        let info = |source| DatapathError::PinnedMapInfo { path: path.clone(), source };
+        let map = MapData::from_pin(&path).map_err(info)?;
+        let format: Array<_, u32> = Array::try_from(aya::maps::Map::Array(map)).map_err(info)?;
+        format.get(&0, 0).map_err(info)?
+    } else {
+        1
+    };
+    if found != lb_common::MAPS_FORMAT {
+        return Err(DatapathError::PinnedFormatMismatch {
+            dir: pin_dir.to_owned(),
+            found,
+            expected: lb_common::MAPS_FORMAT,
+        });
+    }
+    Ok(())
+}
+
+/// Mounts the BPF filesystem if it is not (a fresh machine may lack it).
+pub(super) fn ensure_bpffs() -> Result<(), DatapathError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(DatapathError::MountBpffs)?;
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(DatapathError::MountBpffs(io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The pool members and services the agent serves: each server by its id
+//! (the index the datapath's server table and flows use), found in O(1) by
+//! id for the sweep and the purge, and by (pool, name) for commands.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use lb_common::ServiceKey;
+
+use super::state::AdminState;
+use crate::config::Protocol;
+
+/// A pool member as the agent knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSlot {
+    pub id: u32,
+    pub pool: String,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    /// A hash of (pool, name): how a restarted agent finds the member's id
+    /// in the pinned server table, and its Maglev permutation.
+    pub identity: u64,
+    /// The operator's state: the one source of the code the datapath reads.
+    pub admin: AdminState,
+    /// Its endpoint serves several services: its flows have per-flow
+    /// return-path entries.
+    pub shared_endpoint: bool,
+}
+
+impl ServerSlot {
+    /// Whether the server may take new flows (and so has Maglev slots).
+    pub fn takes_new_flows(&self) -> bool {
+        self.admin == AdminState::Enabled && self.weight > 0
+    }
+}
+
+/// A virtual service and the pool that serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSlot {
+    /// Its row in the datapath's Maglev table.
+    pub index: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub pool: String,
+}
+
+impl ServiceSlot {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: u32::from_ne_bytes(self.vip.octets()),
+            port: self.port.to_be(),
+            proto: self.protocol.number(),
+            _pad: 0,
+        }
+    }
+
+    /// "10.100.0.1:80/tcp"
+    pub fn label(&self) -> String {
+        format!("{}:{}/{}", self.vip, self.port, self.protocol)
+    }
+}
+
+/// Servers by id, with an index by (pool, name).
+#[derive(Clone, Debug, Default)]
+pub struct ServerTable {
+    by_id: Vec<Option<ServerSlot>>,
+    by_name: HashMap<(String, String), u32>,
+}
+
+impl ServerTable {
+    pub fn insert(&mut self, slot: ServerSlot) {
+        let id = slot.id as usize;
+        if self.by_id.len() <= id {
+            self.by_id.resize(id + 1, None);
+        }
+        self.by_name.insert((slot.pool.clone(), slot.name.clone()), slot.id);
+        self.by_id[id] = Some(slot);
+    }
+
+    pub fn get(&self, id: u32) -> Option<&ServerSlot> {
+        self.by_id.get(id as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut ServerSlot> {
+        self.by_id.get_mut(id as usize)?.as_mut()
+    }
+
+    pub fn find(&self, pool: &str, name: &str) -> Option<&ServerSlot> {
+        // Borrowed lookups of a tuple key need owned parts; commands are rare.
+        self.get(*self.by_name.get(&(pool.to_owned(), name.to_owned()))?)
+    }
+
+    /// Every server, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &ServerSlot> {
+        self.by_id.iter().flatten()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut ServerSlot> {
+        self.by_id.iter_mut().flatten()
+    }
+
+    /// The members of `pool`, by name.
+    pub fn pool<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a ServerSlot> {
+        let mut members: Vec<&ServerSlot> = self.iter().filter(|s| s.pool == pool).collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members.into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: u32, pool: &str, name: &str) -> ServerSlot {
+        ServerSlot {
+            id,
+            pool: pool.into(),
+            name: name.into(),
+            address: Ipv4Addr::new(10, 0, 0, id as u8),
+            port: 80,
+            weight: 1,
+            identity: id as u64,
+            admin: AdminState::Enabled,
+            shared_endpoint: false,
+        }
+    }
+
+    #[test]
+    fn servers_are_found_by_id_and_by_name() {
+        let mut table = ServerTable::default();
+        for (id, name) in [(7, "b"), (2, "a"), (4, "c")] {
+            table.insert(slot(id, "web", name));
+        }
+        table.insert(slot(0, "db", "a"));
+        assert_eq!(table.get(7).map(|s| s.name.as_str()), Some("b"));
+        assert!(table.get(3).is_none() && table.get(100).is_none());
+        assert_eq!(table.find("web", "a").map(|s| s.id), Some(2));
+        assert_eq!(table.find("db", "a").map(|s| s.id), Some(0));
+        assert!(table.find("web", "z").is_none());
+        let names: Vec<&str> = table.pool("web").map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(table.len(), 4);
+    }
+}
