@@ -8,7 +8,7 @@ use crate::maps::{OUTCOMES, SERVER_STATS};
 #[inline(always)]
 pub fn count(outcome: Outcome) {
     if let Some(counter) = OUTCOMES.get_ptr_mut(outcome as u32) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: a valid per-CPU slot the map returned; no other writer.
         unsafe { *counter += 1 };
     }
 }
@@ -16,6 +16,7 @@ pub fn count(outcome: Outcome) {
 #[inline(always)]
 pub fn count_to_server(server_id: u32, bytes: u64, new_flow: bool) {
     if let Some(stats) = SERVER_STATS.get_ptr_mut(server_id) {
+        // SAFETY: a valid per-CPU slot the map returned; no other writer.
         let stats = unsafe { &mut *stats };
         stats.packets_to += 1;
         stats.bytes_to += bytes;
@@ -28,6 +29,7 @@ pub fn count_to_server(server_id: u32, bytes: u64, new_flow: bool) {
 #[inline(always)]
 pub fn count_from_server(server_id: u32, bytes: u64) {
     if let Some(stats) = SERVER_STATS.get_ptr_mut(server_id) {
+        // SAFETY: a valid per-CPU slot the map returned; no other writer.
         let stats = unsafe { &mut *stats };
         stats.packets_from += 1;
         stats.bytes_from += bytes;

@@ -200,6 +200,7 @@ pub fn free(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut FlowSlot, vers
     }
     // One try: a tag word that changed under us (another CPU took another
     // slot of the bucket) leaves this flow for the agent's next sweep.
+    // SAFETY: as above.
     let (_, owned) = unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
             tags,

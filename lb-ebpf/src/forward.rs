@@ -29,7 +29,8 @@ pub enum NextHop {
 /// packet.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Result<(NextHop, u16), Outcome> {
-    let ip = unsafe { &*pkt.ip };
+    let ip = pkt.ip();
+    // SAFETY: a plain C struct of integers: all zeroes is a valid value.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = ip.protocol;
@@ -37,12 +38,15 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Resul
     params.__bindgen_anon_2.tos = ip.tos;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: the context the kernel passed this run.
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: `params` is a valid, initialised struct of the size given.
     let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         // On success the union that carried tot_len returns the route's MTU.
         BPF_FIB_LKUP_RET_SUCCESS => Ok((
             NextHop::Resolved { ifindex: params.ifindex, eth_addrs: eth_addrs(params.dmac, params.smac) },
+            // SAFETY: on success the kernel wrote the MTU in this union member.
             unsafe { params.__bindgen_anon_1.mtu_result },
         )),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok((NextHop::Unresolved, 0)),
@@ -63,9 +67,11 @@ pub fn next_hop_to_server(
     now: u64,
 ) -> Result<NextHop, Outcome> {
     let cached = NEXT_HOPS.get_ptr_mut(server_id).ok_or(Outcome::Aborted)?;
+    // SAFETY: a valid element the map returned. Another CPU may rewrite it
+    // at once; a torn entry costs at worst one packet sent by the kernel.
     let cached = unsafe { &mut *cached };
     if cached.checked_ns != 0 && now.wrapping_sub(cached.checked_ns) < NEXT_HOP_TTL_NS {
-        if u16::from_be(unsafe { (*pkt.ip).tot_len }) > cached.mtu {
+        if u16::from_be(pkt.ip().tot_len) > cached.mtu {
             return Err(Outcome::DropMtuExceeded);
         }
         return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
@@ -82,12 +88,12 @@ pub fn next_hop_to_server(
 pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
     match *hop {
         NextHop::Resolved { ifindex, eth_addrs } => {
-            // SAFETY: the parsed Ethernet header, whose first 12 bytes are
-            // the two addresses (2-byte aligned, like the header).
-            unsafe { *(pkt.eth as *mut [u16; 6]) = eth_addrs };
+            *pkt.eth_addrs_mut() = eth_addrs;
+            // SAFETY: the context the kernel passed this run.
             if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
                 xdp_action::XDP_TX
             } else {
+                // SAFETY: a helper taking plain integers.
                 unsafe { bpf_redirect(ifindex, 0) as u32 }
             }
         }

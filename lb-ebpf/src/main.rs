@@ -81,6 +81,8 @@ mod program {
             check_ttl(&pkt)?;
             let now = now();
             let service_key = ServiceKey { addr: k.dst_addr, port: k.dst_port, proto: k.proto, _pad: 0 };
+            // SAFETY: the value (an index) is copied out at once; the agent
+            // writes services only before it points traffic at them.
             let service = || unsafe { SERVICES.get(&service_key) };
             // Packets of existing flows need no service lookup: the flow key
             // holds the VIP. A SYN nearly always opens a flow, so its service
@@ -104,6 +106,8 @@ mod program {
         }
         // From a server endpoint: a reply to rewrite back to the VIP.
         let endpoint = ServiceKey { addr: pkt.key.src_addr, port: pkt.key.src_port, proto: pkt.key.proto, _pad: 0 };
+        // SAFETY (both lookups): the values are read at once, and the agent
+        // writes an entry whole before traffic can use it.
         if let Some(nat) = unsafe { SERVER_ENDPOINTS.get(&endpoint) } {
             if nat.shared == 0 {
                 return to_client(ctx, &pkt, nat);
@@ -126,7 +130,7 @@ mod program {
 
     #[inline(always)]
     fn check_ttl(pkt: &Packet) -> Result<(), Outcome> {
-        if unsafe { (*pkt.ip).ttl } <= 1 {
+        if pkt.ip().ttl <= 1 {
             return Err(Outcome::PassTtlExpired);
         }
         Ok(())

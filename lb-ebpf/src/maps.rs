@@ -56,7 +56,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[inline(always)]
 pub fn flow_bucket_mask() -> u32 {
-    // Volatile: a load-time constant, not the value compiled in.
+    // SAFETY: a plain read of a static (volatile: a load-time constant,
+    // not the value compiled in).
     unsafe { core::ptr::read_volatile(&FLOW_BUCKET_MASK) }
 }
 

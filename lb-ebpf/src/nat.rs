@@ -9,8 +9,8 @@ use crate::{csum, parse::Packet};
 /// Client -> VIP becomes client -> server, one hop further.
 #[inline(always)]
 pub fn rewrite_destination(pkt: &Packet, addr: u32, port: u16) {
-    let ip = unsafe { &mut *pkt.ip };
-    let ports = unsafe { &mut *pkt.ports };
+    let ip = pkt.ip();
+    let ports = pkt.ports();
     let addr_change = csum::change4(ip.daddr, addr);
     rewrite_l4_check(pkt, addr_change + csum::change2(ports.dst, port));
     ip.daddr = addr;
@@ -21,8 +21,8 @@ pub fn rewrite_destination(pkt: &Packet, addr: u32, port: u16) {
 /// Server -> client becomes VIP -> client, one hop further.
 #[inline(always)]
 pub fn rewrite_source(pkt: &Packet, addr: u32, port: u16) {
-    let ip = unsafe { &mut *pkt.ip };
-    let ports = unsafe { &mut *pkt.ports };
+    let ip = pkt.ip();
+    let ports = pkt.ports();
     let addr_change = csum::change4(ip.saddr, addr);
     rewrite_l4_check(pkt, addr_change + csum::change2(ports.src, port));
     ip.saddr = addr;
@@ -33,7 +33,7 @@ pub fn rewrite_source(pkt: &Packet, addr: u32, port: u16) {
 /// The TCP/UDP checksum after the changes summed in `change`.
 #[inline(always)]
 fn rewrite_l4_check(pkt: &Packet, change: u32) {
-    let check = unsafe { &mut *pkt.l4_check };
+    let check = pkt.l4_check();
     // A zero UDP checksum means "none": leave it so.
     if pkt.is_udp() && *check == 0 {
         return;
@@ -50,7 +50,7 @@ fn rewrite_l4_check(pkt: &Packet, change: u32) {
 /// caller has checked that the TTL is above 1.
 #[inline(always)]
 fn decrement_ttl(pkt: &Packet, change: u32) {
-    let ip = unsafe { &mut *pkt.ip };
+    let ip = pkt.ip();
     // TTL and protocol share one 16-bit word of the checksum.
     let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
     ip.ttl -= 1;

@@ -69,12 +69,20 @@ pub struct UdpHdr {
 }
 
 /// A parsed TCP or UDP over IPv4 packet, headers in bounds.
+///
+/// The bounds invariant, stated once: `parse` checked (with [`ptr_at`]) that
+/// each header pointer below lies wholly within the frame, and the frame
+/// neither moves nor shrinks while a `Packet` lives (only `reset::answer`
+/// resizes it, and it finds its headers anew after). The program runs to
+/// completion on one CPU with the frame to itself. So the accessors below,
+/// the only places these pointers become references, are sound; callers hold
+/// at most one reference to each header at a time.
 pub struct Packet {
-    pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
-    pub ports: *mut Ports,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    ports: *mut Ports,
     /// The TCP or UDP checksum field.
-    pub l4_check: *mut u16,
+    l4_check: *mut u16,
     /// 5-tuple as received, network byte order.
     pub key: FlowKey,
     /// TCP flags; 0 for UDP.
@@ -89,6 +97,44 @@ pub struct Packet {
 }
 
 impl Packet {
+    #[inline(always)]
+    pub fn eth(&self) -> &EthHdr {
+        // SAFETY: in bounds (the invariant on `Packet`).
+        unsafe { &*self.eth }
+    }
+
+    /// The Ethernet header's two addresses as six 16-bit words (the header
+    /// is 2-byte aligned, like the frame).
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn eth_addrs_mut(&self) -> &mut [u16; 6] {
+        // SAFETY: in bounds (the invariant on `Packet`); the addresses are
+        // the header's first 12 bytes.
+        unsafe { &mut *(self.eth as *mut [u16; 6]) }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn ip(&self) -> &mut Ipv4Hdr {
+        // SAFETY: in bounds (the invariant on `Packet`).
+        unsafe { &mut *self.ip }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn ports(&self) -> &mut Ports {
+        // SAFETY: in bounds (the invariant on `Packet`).
+        unsafe { &mut *self.ports }
+    }
+
+    /// The TCP or UDP checksum field.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn l4_check(&self) -> &mut u16 {
+        // SAFETY: in bounds (the invariant on `Packet`).
+        unsafe { &mut *self.l4_check }
+    }
+
     #[inline(always)]
     pub fn is_udp(&self) -> bool {
         self.key.proto == proto::UDP
@@ -106,6 +152,8 @@ impl Packet {
     }
 }
 
+/// A pointer to a `T` at `offset` in the frame, if the whole `T` lies
+/// within it (the check the verifier also demands before any access).
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
@@ -120,6 +168,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// are dropped with `reason`; anything else is not ours and goes to the kernel.
 #[inline(always)]
 fn refuse(daddr: u32, reason: Outcome) -> Outcome {
+    // SAFETY: only the presence of the entry is read, never its value.
     if unsafe { VIP_ADDRS.get(&daddr) }.is_some() { reason } else { Outcome::PassNotForUs }
 }
 
@@ -128,10 +177,12 @@ fn refuse(daddr: u32, reason: Outcome) -> Outcome {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::PassNotIpv4)?;
+    // SAFETY (each header below): `ptr_at` checked that it is in the frame.
     if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV4 {
         return Err(Outcome::PassNotIpv4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::DropTruncated)?;
+    // SAFETY: in the frame (`ptr_at`).
     let iph = unsafe { &*ip };
     let ihl = ((iph.version_ihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be(iph.tot_len) as usize;
@@ -152,6 +203,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
     let (ports, l4_check, tcp_flags, tcp_ack, seq_end) = match iph.protocol {
         proto::TCP => {
             let tcp: *mut TcpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
+            // SAFETY: in the frame (`ptr_at`).
             let tcph = unsafe { &mut *tcp };
             let doff = ((tcph.data_offset >> 4) as usize) * 4;
             if doff < core::mem::size_of::<TcpHdr>() || IPV4_HLEN + doff > tot_len {
@@ -166,11 +218,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
         }
         proto::UDP => {
             let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
+            // SAFETY: in the frame (`ptr_at`).
             let udph = unsafe { &mut *udp };
             (&mut udph.ports as *mut Ports, &mut udph.check as *mut u16, 0, 0, 0)
         }
         _ => return Err(refuse(iph.daddr, Outcome::PassOtherProtocol)),
     };
+    // SAFETY: a field of a header in the frame.
     let p = unsafe { &*ports };
     Ok(Packet {
         eth,

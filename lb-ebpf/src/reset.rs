@@ -30,12 +30,14 @@ pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) ->
         (0, pkt.seq_end, tcp_flag::RST | tcp_flag::ACK)
     };
     let key = pkt.key;
-    let eth = unsafe { &*pkt.eth };
+    let eth = pkt.eth();
     let (src_mac, dst_mac) = (eth.src, eth.dst);
 
     // Cut the frame to bare headers (options and payload go).
     let len = ctx.data_end() - ctx.data();
     let want = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
+    // SAFETY: the helper checks the new length itself; `pkt` is not used
+    // after this (its pointers may be stale): the headers are found anew.
     if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
         return Err(Outcome::Aborted);
     }
@@ -43,6 +45,7 @@ pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) ->
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::Aborted)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::Aborted)?;
     let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN).ok_or(Outcome::Aborted)?;
+    // SAFETY: three distinct headers, each in the frame (`ptr_at`).
     let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
 
     eth.src = dst_mac;
@@ -56,6 +59,7 @@ pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) ->
     ip.saddr = key.dst_addr;
     ip.daddr = key.src_addr;
     ip.check = 0;
+    // SAFETY: the 20-byte IPv4 header read as ten 16-bit words (2-byte aligned).
     let ip_words: &[u16; 10] = unsafe { &*(ip as *const Ipv4Hdr as *const [u16; 10]) };
     ip.check = csum::over(ip_words, 0);
 
@@ -75,6 +79,7 @@ pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) ->
         + (key.src_addr & 0xffff)
         + (6u16.to_be() as u32)
         + ((TCP_HLEN as u16).to_be() as u32);
+    // SAFETY: the 20-byte TCP header read as ten 16-bit words (2-byte aligned).
     let tcp_words: &[u16; 10] = unsafe { &*(tcp as *const TcpHdr as *const [u16; 10]) };
     tcp.check = csum::over(tcp_words, pseudo);
     Ok((Outcome::ResetTerminatedFlow, xdp_action::XDP_TX))
