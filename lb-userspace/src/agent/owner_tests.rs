@@ -65,7 +65,7 @@ impl DatapathOps for FakeDatapath {
         names.sort();
         self.writes.push(Write::Terminate(names));
         let reset_by_server = ids.iter().map(|&id| (id, self.live_tcp.remove(&id).unwrap_or(0))).collect();
-        ids.iter().for_each(|id| drop(self.live.remove(id)));
+        self.live.retain(|id, _| !ids.contains(id));
         Ok(Termination { reset_by_server, ..Termination::default() })
     }
 

@@ -101,6 +101,8 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.connections));
+    // Refusals linger too (briefly), a bounded number at once.
+    let refusals = Arc::new(Semaphore::new(limits.connections / 4 + 1));
     loop {
         let stream = tokio::select! {
             () = crate::agent::runtime::stopped(&mut shutdown) => return,
@@ -114,10 +116,13 @@ pub async fn serve<H: Handler>(
             },
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() else { continue };
             let busy =
                 ApiError::new(ErrorCode::Busy, format!("busy: {} connections open, try again", limits.connections));
-            // Told without a task: a short line fits the socket's buffer.
-            let _ = stream.try_write(answer_line(Err(busy)).as_bytes());
+            tokio::spawn(async move {
+                let _refusal = refusal;
+                finish(stream, answer_line(Err(busy)), Duration::from_millis(200)).await;
+            });
             continue;
         };
         let handler = Arc::clone(&handler);
@@ -137,10 +142,28 @@ async fn serve_one<H: Handler>(mut stream: UnixStream, handler: &H, limits: Limi
             Err(e) => Err(bad(format!("bad request: {e}"))),
         },
     };
-    let line = answer_line(answer);
-    if timeout(limits.read_timeout, stream.write_all(line.as_bytes())).await.is_err() {
-        log::debug!("api: a client did not read its answer");
+    finish(stream, answer_line(answer), limits.read_timeout).await;
+}
+
+/// Writes the answer, then lingers: reads and drops what the client still
+/// sends until it closes, for at most `linger` and 1 MiB. (A Unix socket
+/// closed with unread data resets its peer, which may lose its answer.)
+async fn finish(mut stream: UnixStream, line: String, linger: Duration) {
+    if timeout(linger, stream.write_all(line.as_bytes())).await.is_err() {
+        return log::debug!("api: a client did not read its answer");
     }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 1 << 20;
+    let _ = timeout(linger, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 fn bad(message: String) -> ApiError {
@@ -166,4 +189,62 @@ fn answer_line(answer: Result<Value, ApiError>) -> String {
         Err(e) => json!({ "ok": false, "error": e.message, "code": e.code }),
     };
     format!("{value}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// Answers every request at once with its own op.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Result<Value, ApiError> {
+            Ok(serde_json::to_value(request).expect("requests serialise"))
+        }
+    }
+
+    async fn answer(path: &Path, send: &[u8]) -> Value {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        let _ = stream.write_all(send).await;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.expect("read the answer");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad answer {text:?}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn silent_and_oversized_clients_are_answered_and_the_surplus_is_refused() {
+        let path = std::env::temp_dir().join(format!("lb-unix-test-{}.sock", std::process::id()));
+        let listener = UnixListener::from_std(bind(&path).expect("bind")).expect("listener");
+        let limits = Limits { connections: 3, line_bytes: 64, read_timeout: Duration::from_millis(300) };
+        let (stop, shutdown) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), limits, shutdown));
+
+        // Three silent clients hold every place.
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let busy = answer(&path, b"{\"op\":\"events\"}\n").await;
+        assert_eq!(busy["code"], "busy", "{busy}");
+        // Each is told it sent nothing, once its time is up.
+        for mut stream in silent {
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await.expect("read");
+            assert!(text.contains("no request line within"), "{text}");
+        }
+        let good = answer(&path, b"{\"op\":\"stats\"}\n").await;
+        assert_eq!(good, serde_json::json!({"ok": true, "data": {"op": "stats"}}));
+        let long = answer(&path, &[b'x'; 200]).await;
+        assert!(long["error"].as_str().unwrap().contains("longer than 64 bytes"), "{long}");
+        let bad = answer(&path, b"{\"op\":\"reboot\"}\n").await;
+        assert_eq!(bad["code"], "bad_request", "{bad}");
+
+        stop.send(true).unwrap();
+        server.await.unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
 }
