@@ -229,3 +229,40 @@ fn the_api_socket_is_private_and_a_second_agent_of_the_instance_is_refused() {
     let (ok, _, err) = agent.lb(&["pool", "list"]);
     assert!(ok, "the first agent no longer answers: {err}");
 }
+
+/// A packet of a flow whose server is DISABLED is answered with a reset by
+/// the datapath, which asks the agent (through a ring buffer) to reset the
+/// server's end too: the server sees its connection reset.
+#[test]
+fn the_agent_resets_the_server_end_when_the_datapath_answers_a_terminated_flow() {
+    let topology = Topology::new(2);
+    let echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let spec = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
+    let agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
+    let name = client.exchange("which").expect("exchange");
+    let index = topology.servers.iter().position(|s| s.name == name).expect("a known server");
+
+    // DISABLED written straight into the pinned server table, as the first
+    // step of a disable, without the agent's purge: the flow stays, and its
+    // next packet meets the datapath's answer.
+    let map = MapData::from_pin(agent.pin_dir().join(map_name::SERVERS)).expect("pinned server table");
+    let mut servers: Array<_, lb_common::Server> = Array::try_from(Map::Array(map)).expect("an array");
+    let address = u32::from_ne_bytes(topology.servers[index].addr.octets());
+    let id = (0..servers.len())
+        .find(|&id| servers.get(&id, 0).is_ok_and(|s| s.addr == address && s.port == 7007u16.to_be()))
+        .expect("the server's record");
+    let mut record = servers.get(&id, 0).unwrap();
+    record.state = lb_common::server_state::DISABLED;
+    servers.set(id, record, 0).expect("write the server's state");
+
+    let before = echo[index].resets();
+    let error = client.exchange("after").expect_err("the datapath answers with a reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    let asked = Instant::now();
+    while echo[index].resets() == before {
+        assert!(asked.elapsed() < Duration::from_secs(2), "the server's end was never reset");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

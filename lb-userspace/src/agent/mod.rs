@@ -124,6 +124,13 @@ async fn serve(
     requests: ResetRequests,
 ) -> anyhow::Result<Live> {
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
+    // Everything that can fail before anything starts.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
+    // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
+    // which the AsyncFd owns: it stays open and the same while registered.
+    let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
+        .context("cannot wait on the datapath's reset requests")?;
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
     let (commands_tx, commands) = mpsc::channel(64);
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -138,32 +145,18 @@ async fn serve(
     let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
     let resets = tokio::spawn(answer_reset_requests(requests, shutdown.clone()));
     let report = tokio::spawn(report_packets(ops, shutdown));
-    wait_for_stop().await?;
+    tokio::select! {
+        _ = interrupt.recv() => {},
+        _ = terminate.recv() => {},
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::join!(api, resets, report);
     let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
-    tokio::select! {
-        _ = interrupt.recv() => {},
-        _ = terminate.recv() => {},
-    }
-    Ok(())
-}
-
 /// Sends the resets the datapath asks for as soon as they are written.
-async fn answer_reset_requests(requests: ResetRequests, mut shutdown: watch::Receiver<bool>) {
-    let interest = tokio::io::Interest::READABLE;
-    // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
-    // which the AsyncFd owns: it stays open and the same while registered.
-    let mut ring = match unsafe { AsyncFd::register_with_interest(requests, interest) } {
-        Ok(ring) => ring,
-        Err(e) => return log::error!("cannot wait on the reset requests: {e}"),
-    };
+async fn answer_reset_requests(mut ring: AsyncFd<ResetRequests>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let mut ready = tokio::select! {
             () = runtime::stopped(&mut shutdown) => return,

@@ -94,6 +94,10 @@ pub struct FlowCounts {
 /// A planned change of one server.
 pub(super) type Plan = Vec<(String, Transition)>;
 
+/// What `mark` did: the changes, the ids of terminated servers, and the
+/// names of the servers whose state moved.
+type Marked = (Vec<Change>, HashSet<u32>, HashSet<String>);
+
 pub struct Owner<D> {
     pub(super) config: Config,
     pub(super) dp: D,
@@ -233,8 +237,8 @@ impl<D: DatapathOps> Owner<D> {
 
     /// Carries out a plan on `pool` (see the module's note on order).
     pub(super) fn execute(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Vec<Change>, ControlError> {
-        let (mut changes, terminated) = self.mark(pool, plan, now_ms)?;
-        if changes.iter().all(|c| c.from == c.to) {
+        let (mut changes, terminated, moved) = self.mark(pool, plan, now_ms)?;
+        if moved.is_empty() {
             return Ok(changes);
         }
         for service in self.services.iter().filter(|s| s.pool == pool) {
@@ -252,22 +256,28 @@ impl<D: DatapathOps> Owner<D> {
         self.publish(now_ms);
         self.terminate(&terminated, &mut changes)?;
         self.save_states()?;
-        self.record(&changes, now_ms);
+        self.record(changes.iter().filter(|c| moved.contains(&c.server)), now_ms);
         Ok(changes)
     }
 
     /// Sets each planned server's new state; writes it at once for those
     /// coming back (ENABLED before the hash table points at them) and those
     /// terminated (DISABLED: the one write that stops their traffic, whatever
-    /// the number of flows). Returns the changes and the terminated ids.
-    fn mark(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<(Vec<Change>, HashSet<u32>), ControlError> {
+    /// the number of flows). Returns the changes, the terminated ids, and
+    /// the servers whose state moved (a new deadline moves it, though its
+    /// label stays "DRAINING (deadline)").
+    fn mark(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Marked, ControlError> {
         let mut changes = Vec::new();
         let mut terminated = HashSet::new();
+        let mut moved = HashSet::new();
         for (name, transition) in plan {
             let id = self.id_of(pool, name);
             let slot = self.servers.get_mut(id).expect("planned server exists");
             let from = slot.admin;
             slot.admin = servers::state::apply(&from, *transition, now_ms);
+            if slot.admin != from {
+                moved.insert(name.clone());
+            }
             changes.push(Change {
                 pool: pool.to_owned(),
                 server: name.clone(),
@@ -282,7 +292,7 @@ impl<D: DatapathOps> Owner<D> {
                 self.dp.write_server(slot).map_err(dp_err("write a server's state"))?;
             }
         }
-        Ok((changes, terminated))
+        Ok((changes, terminated, moved))
     }
 
     /// Purges the terminated servers' flows and resets their live TCP flows.
@@ -303,8 +313,8 @@ impl<D: DatapathOps> Owner<D> {
     }
 
     /// The events of the servers a change moved.
-    fn record(&mut self, changes: &[Change], now_ms: u64) {
-        for change in changes.iter().filter(|c| c.from != c.to) {
+    fn record<'a>(&mut self, changes: impl Iterator<Item = &'a Change>, now_ms: u64) {
+        for change in changes {
             let admin = self.servers.find(&change.pool, &change.server).expect("changed server exists").admin;
             let (kind, message) = event_of(&admin, change, now_ms);
             self.events.push(now_ms, &change.pool, &change.server, kind, message);

@@ -201,10 +201,9 @@ fn a_draining_server_is_drained_by_the_first_count_that_finds_no_flow() {
     owner.sweep(T0 - 100);
     owner.disable("web", &names(&["a"]), DisableMode::Graceful { timeout_ms: None }, false, T0).unwrap();
     owner.dp_mut().live.clear();
-    // A count taken before the drain began proves nothing.
-    owner.counts.at_ms = Some(T0 - 1);
-    owner.enforce_deadlines(T0 + 1);
-    assert!(state(&owner, "a").is_draining());
+    // A count from a walk that began before the drain proves nothing.
+    owner.sweep(T0 - 1);
+    assert!(state(&owner, "a").is_draining(), "drained by a count older than the drain");
 
     owner.dp_mut().live.insert(0, 1);
     owner.sweep(T0 + 200);
@@ -215,6 +214,20 @@ fn a_draining_server_is_drained_by_the_first_count_that_finds_no_flow() {
     assert_eq!(state(&owner, "a"), AdminState::Disabled { since_ms: T0 + 400, reason: DisableReason::Drained });
     let last = owner.snapshot(T0 + 400).events.back().cloned().unwrap();
     assert_eq!(last.kind, EventKind::Drained);
+}
+
+#[test]
+fn a_new_deadline_for_a_draining_server_is_saved_and_told() {
+    let mut owner = owner("new-deadline");
+    let after = |ms| DisableMode::Graceful { timeout_ms: Some(ms) };
+    owner.disable("web", &names(&["a"]), after(60_000), false, T0).unwrap();
+    owner.disable("web", &names(&["a"]), after(5_000), false, T0 + 1_000).unwrap();
+    assert_eq!(owner.next_deadline(), Some(T0 + 6_000));
+    // What a restarted agent would fire.
+    let saved = super::state_file::load(&owner.config().state_file).unwrap();
+    assert_eq!(saved[&("web".to_owned(), "a".to_owned())].deadline_ms(), Some(T0 + 6_000));
+    let kinds: Vec<EventKind> = owner.snapshot(T0).events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Draining, EventKind::Draining], "the new deadline is an event");
 }
 
 #[test]
