@@ -2,8 +2,10 @@
 //! real agent, and a packet builder for datapath fixtures.
 
 pub mod agent;
+pub mod bed;
 pub mod bench;
 pub mod fixture;
+pub mod http;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -9,120 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use testbed::{
-    agent::Agent,
-    servers::{EchoClient, Kind, Server, Session, udp_exchange_on},
-    topology::{ServiceSpec, Topology, VIP},
+    bed::{Bed, EVERY_100MS, UDP, bed, wait_for},
+    servers::{Session, udp_exchange_on},
+    topology::VIP,
 };
-
-const ECHO: u16 = 7;
-const UDP: u16 = 53;
-const EVERY_100MS: Option<Duration> = Some(Duration::from_millis(100));
-
-/// Fields drop in order: the agent first, then the servers, then the namespaces.
-struct Bed {
-    agent: Agent,
-    echo: Vec<Server>,
-    udp: Vec<Server>,
-    topology: Topology,
-}
-
-fn bed(n: usize, extra: &str) -> Bed {
-    let topology = Topology::new(n);
-    let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
-    let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
-    let services = [
-        ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
-        ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
-    ];
-    let agent = Agent::start(&topology, &topology.config(&services, extra));
-    Bed { agent, echo, udp, topology }
-}
-
-impl Bed {
-    /// A new TCP connection that landed on `server`.
-    fn connect_to(&self, server: &str) -> EchoClient {
-        for _ in 0..300 {
-            let mut client = self.topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
-            if client.exchange("which").expect("first exchange") == server {
-                return client;
-            }
-        }
-        panic!("no connection landed on {server}");
-    }
-
-    /// Servers reached by `n` new TCP connections.
-    fn new_connections(&self, n: usize) -> Vec<String> {
-        (0..n)
-            .map(|_| {
-                let mut c = self.topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
-                c.exchange("new").expect("exchange")
-            })
-            .collect()
-    }
-
-    /// A UDP socket (one flow) whose datagrams land on `server`.
-    fn udp_flow_to(&self, server: &str) -> UdpSocket {
-        for _ in 0..300 {
-            let socket = self.topology.client.run(|| UdpSocket::bind("0.0.0.0:0")).expect("bind");
-            if udp_exchange_on(&socket, VIP, UDP, "which").expect("UDP reply") == server {
-                return socket;
-            }
-        }
-        panic!("no UDP flow landed on {server}");
-    }
-
-    fn lb(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.agent.lb(args);
-        assert!(ok, "lb {args:?} failed: {stderr}\n--- agent log ---\n{}", self.agent.log());
-        stdout
-    }
-
-    fn server(&self, pool: &str, name: &str) -> Value {
-        let view = self.agent.lb_json(&["pool", "show", pool]);
-        view["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server in pool").clone()
-    }
-
-    fn state(&self, pool: &str, name: &str) -> String {
-        let s = self.server(pool, name);
-        match s["why"].as_str() {
-            Some(why) => format!("{} ({why})", s["state"].as_str().unwrap()),
-            None => s["state"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    /// Waits up to `timeout` for `name`'s state; returns when it was seen.
-    fn wait_state(&self, pool: &str, name: &str, want: &str, timeout: Duration) -> Instant {
-        let start = Instant::now();
-        loop {
-            let state = self.state(pool, name);
-            if state == want {
-                return Instant::now();
-            }
-            assert!(start.elapsed() < timeout, "{pool}/{name} is {state}, not {want}, after {timeout:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.agent.lb_json(&["events"]).as_array().unwrap().clone()
-    }
-}
 
 fn assert_reset(session: &Session, what: &str, not_before: Instant, not_after: Instant) {
     let ended = session.ended().unwrap_or_else(|| panic!("{what}: no reset seen"));
     assert_eq!(ended.kind, ErrorKind::ConnectionReset, "{what}: ended by {:?}, not a reset", ended.kind);
     assert!(ended.at >= not_before, "{what}: reset {:?} too early", not_before - ended.at);
     assert!(ended.at <= not_after, "{what}: reset {:?} too late", ended.at - not_after);
-}
-
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -8,9 +8,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages needed to build and test: LLVM 22 for bpf-linker, and
-/// iproute2 and ethtool for the test bed (namespaces, veth offloads).
-const PACKAGES: &[&str] = &["llvm-22-dev", "libclang-22-dev", "iproute2", "ethtool"];
+/// Debian packages needed to build and test: LLVM 22 for bpf-linker,
+/// iproute2 and ethtool for the test bed (namespaces, veth offloads),
+/// Chromium and its WebDriver for the dashboard's browser tests, and
+/// prometheus for `promtool check metrics`.
+const PACKAGES: &[&str] =
+    &["llvm-22-dev", "libclang-22-dev", "iproute2", "ethtool", "chromium", "chromium-driver", "prometheus"];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 fn step(what: &str, status: &str) {
@@ -56,20 +59,25 @@ pub fn ensure_root() -> anyhow::Result<()> {
 /// What the benchmarks compare against, and their load generator.
 const BENCH_PACKAGES: &[&str] = &["nginx-light", "haproxy", "wrk", "nftables", "conntrack"];
 
-/// Installs the benchmarks' peers. Debian would start nginx and haproxy as
-/// services on the host: a policy-rc.d keeps it from doing so (the
-/// benchmark runs its own, in namespaces).
+/// Installs the benchmarks' peers.
 pub fn bench_setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = BENCH_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install_missing("benchmark peers", BENCH_PACKAGES)
+}
+
+/// Installs the packages of `list` that are missing. Debian would start
+/// some as services on the host (nginx, haproxy, prometheus): a policy-rc.d
+/// keeps it from doing so (tests and benchmarks run their own, in namespaces).
+fn install_missing(what: &str, list: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        step("benchmark peers", "present");
+        step(what, "present");
         return Ok(());
     }
-    step("benchmark peers", &format!("installing {}", missing.join(" ")));
+    step(what, &format!("installing {}", missing.join(" ")));
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let ours = !policy.exists();
     if ours {
-        std::fs::write(policy, "#!/bin/sh\n# lb xtask: no service starts while installing benchmark peers\nexit 101\n")
+        std::fs::write(policy, "#!/bin/sh\n# lb xtask: no service starts while installing packages\nexit 101\n")
             .context("cannot write /usr/sbin/policy-rc.d")?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
@@ -80,7 +88,7 @@ pub fn bench_setup() -> anyhow::Result<()> {
                 .args(["install", "-y", "-qq", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-            "installing the benchmark peers",
+            &format!("installing the {what}"),
         )
     });
     if ours {
@@ -91,7 +99,7 @@ pub fn bench_setup() -> anyhow::Result<()> {
 
 pub fn setup() -> anyhow::Result<()> {
     ensure_root()?;
-    debian_packages()?;
+    debian_packages().context("cannot install the Debian packages the build and tests need")?;
     nightly_rust_src()?;
     bpf_linker()?;
     Ok(())
@@ -105,21 +113,7 @@ fn installed(package: &str) -> bool {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        step("Debian packages", "present");
-        return Ok(());
-    }
-    step("Debian packages", &format!("installing {}", missing.join(" ")));
-    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
-    run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "installing Debian packages",
-    )
-    .context("cannot install the Debian packages the build needs")
+    install_missing("Debian packages", PACKAGES)
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {

@@ -58,6 +58,7 @@ impl<D: DatapathOps> Owner<D> {
                     log::debug!("flow sweep: {} flows, {} expired", report.scanned, report.expired);
                 }
                 self.counts.active = report.active_by_server;
+                self.counts.in_table = report.scanned.saturating_sub(report.expired) as u64;
                 self.counts.at_ms = Some(now_ms);
                 self.counts.took = started.elapsed();
                 self.detect_drained(now_ms);

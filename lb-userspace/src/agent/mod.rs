@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod state_file;
 
 use std::{
+    net::SocketAddr,
     os::unix::net::UnixListener as StdUnixListener,
     path::{Path, PathBuf},
     sync::{
@@ -58,12 +59,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // it touches the datapath.
     let listener = api::unix::bind(&config.api_socket)?;
     let socket = config.api_socket.clone();
-    let result = start(config, listener);
+    let result = http_listener(&config).and_then(|http| start(config, listener, http));
     let _ = std::fs::remove_file(&socket);
     result
 }
 
-fn start(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
+/// The HTTP API's address and token, taken before the datapath is touched
+/// so that a port in use or a missing token stops the agent at once.
+fn http_listener(config: &Config) -> anyhow::Result<Option<HttpListener>> {
+    let Some(addr) = config.http.listen else { return Ok(None) };
+    let token = http_token(config)?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+    Ok(Some(HttpListener { addr, listener, token }))
+}
+
+struct HttpListener {
+    addr: SocketAddr,
+    listener: std::net::TcpListener,
+    token: Option<String>,
+}
+
+fn start(config: Config, listener: StdUnixListener, http: Option<HttpListener>) -> anyhow::Result<()> {
     let states = state_file::load(&config.state_file)?;
     let pins = pin_dir(&config.instance);
     let mut dp = Datapath::load_pinned(&pins, map_sizes(&config))
@@ -106,7 +124,7 @@ fn start(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(owner, listener, counters, requests));
+    let result = runtime.block_on(serve(owner, listener, http, counters, requests));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     let mut live = result?;
@@ -115,15 +133,38 @@ fn start(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The HTTP API's token, read from `http.token_file` (refused if missing or empty).
+fn http_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.http.token_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the HTTP API's token (http.token_file {})", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        anyhow::bail!("http.token_file {}: the token must be one word, not empty", path.display());
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        log::warn!("http.token_file {} can be read by other users than its owner (chmod 600 it)", path.display());
+    }
+    Ok(Some(token.to_owned()))
+}
+
 /// Runs the owner, the API and the reset answers until a signal; returns
 /// the datapath to detach.
 async fn serve(
     owner: Owner<Live>,
     listener: StdUnixListener,
+    http: Option<HttpListener>,
     counters: Counters,
     requests: ResetRequests,
 ) -> anyhow::Result<Live> {
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
+    let http = match http {
+        Some(HttpListener { addr, listener, token }) => {
+            Some((tokio::net::TcpListener::from_std(listener).context("cannot serve HTTP")?, addr, token))
+        }
+        None => None,
+    };
     // Everything that can fail before anything starts.
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
@@ -143,6 +184,13 @@ async fn serve(
     };
     let ops = Arc::new(Ops::new(snapshots, counters, OwnerHandle::new(commands_tx)));
     let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
+    let http = http.map(|(listener, addr, token)| {
+        let web =
+            api::http::Web { ops: Arc::clone(&ops), token, limits: Default::default(), shutdown: shutdown.clone() };
+        let token = if web.token.is_some() { "a token" } else { "no token: loopback only" };
+        log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
+        tokio::spawn(api::http::serve(listener, Arc::new(web), shutdown.clone()))
+    });
     let resets = tokio::spawn(answer_reset_requests(requests, shutdown.clone()));
     let report = tokio::spawn(report_packets(ops, shutdown));
     tokio::select! {
@@ -151,6 +199,9 @@ async fn serve(
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::join!(api, resets, report);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
 }

@@ -89,6 +89,8 @@ pub struct FlowCounts {
     pub at_ms: Option<u64>,
     pub took: Duration,
     pub active: HashMap<u32, u64>,
+    /// Flows left in the table after the walk (live, closing, idle).
+    pub in_table: u64,
 }
 
 /// A planned change of one server.
@@ -354,7 +356,15 @@ impl<D: DatapathOps> Owner<D> {
                     .collect(),
             })
             .collect();
-        Snapshot { taken_ms: now_ms, pools, counted_at_ms: self.counts.at_ms, events: self.events.shared() }
+        Snapshot {
+            taken_ms: now_ms,
+            instance: self.config.instance.clone(),
+            max_flows: self.config.flows.max_flows,
+            flows_in_table: self.counts.at_ms.map(|_| self.counts.in_table),
+            pools,
+            counted_at_ms: self.counts.at_ms,
+            events: self.events.shared(),
+        }
     }
 }
 

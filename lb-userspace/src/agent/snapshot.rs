@@ -11,6 +11,11 @@ use crate::{api::model::Event, servers::AdminState};
 pub struct Snapshot {
     /// When it was taken (ms since the Unix epoch).
     pub taken_ms: u64,
+    pub instance: String,
+    /// The flow table's size (`flows.max`).
+    pub max_flows: u32,
+    /// Flows in the table after the last walk, if one has run.
+    pub flows_in_table: Option<u64>,
     /// Pools by name.
     pub pools: Vec<PoolSnapshot>,
     /// When the walk that counted the flows started, if one has.

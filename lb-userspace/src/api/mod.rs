@@ -4,6 +4,7 @@
 //! (`unix`).
 
 pub mod client;
+pub mod http;
 pub mod model;
 pub mod ops;
 pub mod unix;

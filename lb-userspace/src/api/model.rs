@@ -27,7 +27,11 @@ pub enum Request {
         pool: String,
         servers: Vec<String>,
     },
-    Events,
+    /// The event log, oldest first; only events after id `since` if given.
+    Events {
+        #[serde(default)]
+        since: Option<u64>,
+    },
     Stats,
 }
 
@@ -234,9 +238,15 @@ pub struct PoolSummary {
     pub pool: String,
     pub services: Vec<String>,
     pub servers: usize,
+    /// Servers that take new flows (ENABLED, weight above 0).
+    pub in_service: usize,
     pub enabled: usize,
     pub draining: usize,
     pub disabled: usize,
+    /// Live flows of its servers, at the last count.
+    pub active_flows: u64,
+    /// New flows its servers were given since the datapath was loaded.
+    pub new_flows: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +287,15 @@ pub struct PoolView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub outcomes: BTreeMap<String, u64>,
+    pub flow_table: FlowTableUse,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableUse {
+    /// Flows the table is sized for (`flows.max`).
+    pub max_flows: u32,
+    /// Flows in it after the last walk (none before the first).
+    pub flows: Option<u64>,
 }
 
 /// Why the agent refused a request.
@@ -294,6 +313,8 @@ pub enum ErrorCode {
     Busy,
     /// A step of the change failed (a map write, the state file).
     Failed,
+    /// HTTP only: the request carries no valid token.
+    Unauthorized,
 }
 
 /// A refusal: its kind, and a message naming what was wrong.

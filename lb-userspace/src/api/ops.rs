@@ -8,11 +8,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::model::{ApiError, ErrorCode, Event, PoolSummary, PoolView, Request, ServerState, ServerView, Stats};
+use super::model::{
+    ApiError, ErrorCode, Event, FlowTableUse, PoolSummary, PoolView, Request, ServerState, ServerView, Stats,
+};
 use crate::{
     agent::{runtime::OwnerHandle, snapshot::Snapshot},
     datapath::counters::Counters,
-    servers::state::time_left,
+    servers::state::{takes_new_flows, time_left},
 };
 
 pub struct Ops {
@@ -35,12 +37,12 @@ impl Ops {
                 json(self.owner.disable(pool, servers, mode, force).await?)
             }
             Request::Enable { pool, servers } => json(self.owner.enable(pool, servers).await?),
-            Request::Events => json(self.events()),
+            Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
         }
     }
 
-    fn snapshot(&self) -> Arc<Snapshot> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshots.borrow())
     }
 
@@ -51,13 +53,18 @@ impl Ops {
             .iter()
             .map(|pool| {
                 let count = |state: ServerState| pool.servers.iter().filter(|s| s.admin.state() == state).count();
+                let new_flows =
+                    pool.servers.iter().map(|s| self.counters.server(s.id).map_or(0, |t| t.new_flows)).sum();
                 PoolSummary {
                     pool: pool.name.clone(),
                     services: pool.services.clone(),
                     servers: pool.servers.len(),
+                    in_service: pool.servers.iter().filter(|s| takes_new_flows(&s.admin, s.weight)).count(),
                     enabled: count(ServerState::Enabled),
                     draining: count(ServerState::Draining),
                     disabled: count(ServerState::Disabled),
+                    active_flows: pool.servers.iter().map(|s| s.active_flows).sum(),
+                    new_flows,
                 }
             })
             .collect()
@@ -100,8 +107,14 @@ impl Ops {
         })
     }
 
-    pub fn events(&self) -> Vec<Event> {
-        self.snapshot().events.iter().cloned().collect()
+    pub fn events(&self, since: Option<u64>) -> Vec<Event> {
+        let after = since.unwrap_or(0);
+        self.snapshot().events.iter().filter(|e| e.id > after).cloned().collect()
+    }
+
+    /// Every snapshot as the owner publishes it (for live streams).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
     }
 
     pub fn stats(&self) -> Result<Stats, ApiError> {
@@ -109,7 +122,11 @@ impl Ops {
             .counters
             .outcomes()
             .map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot read the outcome counters: {e}")))?;
-        Ok(Stats { outcomes: outcomes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() })
+        let snapshot = self.snapshot();
+        Ok(Stats {
+            outcomes: outcomes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            flow_table: FlowTableUse { max_flows: snapshot.max_flows, flows: snapshot.flows_in_table },
+        })
     }
 }
 

@@ -208,7 +208,7 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let (events, data): (Vec<Event>, Value) = call(socket, &Request::Events)?;
+    let (events, data): (Vec<Event>, Value) = call(socket, &Request::Events { since: None })?;
     if json {
         print_json(&data);
         return Ok(());

@@ -2,7 +2,13 @@
 //! before anything is applied. Validation collects all problems, each with its
 //! key path, so an operator fixes a file in one pass (`validate`).
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 mod duration;
 mod validate;
@@ -23,6 +29,7 @@ pub struct Config {
     pub flows: FlowSettings,
     pub max_services: u32,
     pub max_servers: u32,
+    pub http: HttpSettings,
     pub services: Vec<ServiceConfig>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
@@ -72,6 +79,18 @@ pub struct FlowSettings {
     pub udp_idle_timeout: Duration,
     /// How often the agent sweeps the flow table.
     pub sweep_interval: Duration,
+}
+
+/// The default port of the HTTP API, the dashboard and the metrics.
+pub const DEFAULT_HTTP_PORT: u16 = 8480;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where the HTTP API, the dashboard and `/metrics` are served (none: off).
+    pub listen: Option<SocketAddr>,
+    /// A file holding the token that API requests must carry
+    /// (`Authorization: Bearer <token>`).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +269,25 @@ mod tests {
         assert!(p.contains(&"services[0].port: missing port".to_owned()), "{p:?}");
         assert!(p.contains(&"services[0].protocol: missing protocol (tcp or udp)".to_owned()), "{p:?}");
         assert!(p.contains(&"services[0].pool: missing pool".to_owned()), "{p:?}");
+    }
+
+    #[test]
+    fn the_http_api_is_on_loopback_unless_told_and_elsewhere_needs_a_token() {
+        let c = Config::parse(GOOD, Path::new("lb.toml")).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:8480".parse().unwrap()));
+        let off = Config::parse(&format!("{GOOD}\n[http]\nlisten = \"\"\n"), Path::new("lb.toml")).unwrap();
+        assert_eq!(off.http.listen, None);
+        let p = problems(&format!("{GOOD}\n[http]\nlisten = \"0.0.0.0:8480\"\n"));
+        assert_eq!(
+            p,
+            [
+                "http.token_file: required: http.listen (0.0.0.0:8480) is not a loopback address, so the API needs a token"
+            ]
+        );
+        let with_token = format!("{GOOD}\n[http]\nlisten = \"0.0.0.0:8480\"\ntoken_file = \"/etc/lb/token\"\n");
+        assert!(Config::parse(&with_token, Path::new("lb.toml")).is_ok());
+        let p = problems(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
+        assert_eq!(p, ["http.listen: \"localhost\" is not an address:port (or \"\" for no HTTP API)"]);
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! The config file as written, and the checks that turn it into a
 //! [`Config`]: every problem is collected with its key path.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
 use super::{
-    Config, FlowSettings, PoolConfig, Problem, Protocol, ServerConfig, ServiceConfig, XdpMode, default_api_socket,
-    default_state_file, parse_duration,
+    Config, DEFAULT_HTTP_PORT, FlowSettings, HttpSettings, PoolConfig, Problem, Protocol, ServerConfig, ServiceConfig,
+    XdpMode, default_api_socket, default_state_file, parse_duration,
 };
 
 /// The largest `flows.max`.
@@ -28,6 +33,8 @@ pub(super) struct RawConfig {
     flows: RawFlows,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    http: RawHttp,
     #[serde(default)]
     services: Vec<RawService>,
     #[serde(default)]
@@ -49,6 +56,13 @@ pub(super) struct RawFlows {
 pub(super) struct RawLimits {
     max_services: Option<u32>,
     max_servers: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +170,7 @@ impl Validator {
         let state_file = raw.state_file.unwrap_or_else(|| default_state_file(&instance));
         let flows = self.flows(raw.flows);
         let (max_services, max_servers) = self.limits(&raw.limits);
+        let http = self.http(raw.http);
         let pools = self.pools(raw.pools, max_servers);
         let services = self.services(raw.services, &pools, max_services);
         Config {
@@ -167,9 +182,36 @@ impl Validator {
             flows,
             max_services,
             max_servers,
+            http,
             services,
             pools,
         }
+    }
+
+    /// The HTTP API's address: a non-loopback one needs a token, or anyone
+    /// who reaches the host could take its servers out of service.
+    fn http(&mut self, raw: RawHttp) -> HttpSettings {
+        let listen = match raw.listen.as_deref() {
+            None => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_HTTP_PORT))),
+            Some("") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.problem("http.listen", format!("\"{text}\" is not an address:port (or \"\" for no HTTP API)"));
+                    None
+                }
+            },
+        };
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && raw.token_file.is_none()
+        {
+            self.problem(
+                "http.token_file",
+                format!("required: http.listen ({addr}) is not a loopback address, so the API needs a token"),
+            );
+        }
+        HttpSettings { listen, token_file: raw.token_file }
     }
 
     fn interfaces(&mut self, interfaces: Vec<String>) -> Vec<String> {

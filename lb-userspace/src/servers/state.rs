@@ -124,9 +124,14 @@ pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> Admin
 /// flows with none. `before` and `after` are (state, weight) of every member.
 pub fn leaves_pool_without_server(before: &[(AdminState, u32)], after: &[(AdminState, u32)]) -> bool {
     let serving = |members: &[(AdminState, u32)]| {
-        members.iter().filter(|(state, weight)| *state == AdminState::Enabled && *weight > 0).count()
+        members.iter().filter(|(state, weight)| takes_new_flows(state, *weight)).count()
     };
     serving(before) > 0 && serving(after) == 0
+}
+
+/// Whether a server is given new flows: ENABLED, and a weight above 0.
+pub fn takes_new_flows(state: &AdminState, weight: u32) -> bool {
+    *state == AdminState::Enabled && weight > 0
 }
 
 /// Time left until a deadline, if it is ahead.

@@ -1,0 +1,173 @@
+//! `GET /metrics`: Prometheus' text exposition format, from the same reads
+//! as the API (the snapshot and the datapath's counters, which are read and
+//! never reset: scraping costs the packet path nothing).
+//!
+//! One prefix (`lb_`), base units (seconds, bytes), counters end in
+//! `_total`, and a server's state is a 0/1 family with one series per state
+//! (as node_exporter and kube-state-metrics do), so that
+//! `lb_server_state{state="draining"} == 1` selects draining servers.
+
+use std::{fmt::Display, fmt::Write as _, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+
+use super::Web;
+use crate::api::model::{PoolView, ServerState, Stats};
+
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub async fn scrape(State(web): State<Arc<Web>>) -> Response {
+    let pools: Vec<PoolView> =
+        web.ops.pool_list().iter().filter_map(|summary| web.ops.pool_show(&summary.pool).ok()).collect();
+    let snapshot = web.ops.snapshot();
+    match web.ops.stats() {
+        Ok(stats) => {
+            let text = render(&snapshot.instance, &pools, &stats);
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.message).into_response(),
+    }
+}
+
+/// The whole exposition.
+pub fn render(instance: &str, pools: &[PoolView], stats: &Stats) -> String {
+    let mut out = Exposition::default();
+    out.family("lb_info", "gauge", "The agent: its version and instance (always 1).");
+    out.sample("lb_info", &[("version", env!("CARGO_PKG_VERSION")), ("instance", instance)], 1);
+    servers(&mut out, pools);
+    out.family(
+        "lb_packets_total",
+        "counter",
+        "Packets the datapath saw, by outcome (forwarded, passed, dropped and why).",
+    );
+    for (outcome, packets) in &stats.outcomes {
+        out.sample("lb_packets_total", &[("outcome", outcome)], packets);
+    }
+    out.family("lb_flow_table_max_flows", "gauge", "Flows the flow table is sized for (flows.max).");
+    out.sample("lb_flow_table_max_flows", &[], stats.flow_table.max_flows);
+    if let Some(flows) = stats.flow_table.flows {
+        out.family("lb_flow_table_flows", "gauge", "Flows in the flow table at its last walk.");
+        out.sample("lb_flow_table_flows", &[], flows);
+    }
+    out.text
+}
+
+/// The per-server families, each with every server's series together.
+fn servers(out: &mut Exposition, pools: &[PoolView]) {
+    let each = |out: &mut Exposition, name: &str, value: &dyn Fn(&crate::api::model::ServerView) -> Option<u64>| {
+        for pool in pools {
+            for server in &pool.servers {
+                if let Some(v) = value(server) {
+                    out.sample(name, &[("pool", &pool.pool), ("server", &server.name)], v);
+                }
+            }
+        }
+    };
+    out.family(
+        "lb_server_state",
+        "gauge",
+        "A server's administrative state: 1 for the state it is in, 0 for the others.",
+    );
+    for pool in pools {
+        for server in &pool.servers {
+            for state in [ServerState::Enabled, ServerState::Draining, ServerState::Disabled] {
+                let name = state.to_string().to_ascii_lowercase();
+                let labels = [("pool", pool.pool.as_str()), ("server", &server.name), ("state", &name)];
+                out.sample("lb_server_state", &labels, u8::from(server.state == state));
+            }
+        }
+    }
+    out.family("lb_server_weight", "gauge", "A server's weight in its pool (0: no new flows).");
+    each(out, "lb_server_weight", &|s| Some(u64::from(s.weight)));
+    out.family("lb_server_active_flows", "gauge", "Live flows of a server at the last count of the flow table.");
+    each(out, "lb_server_active_flows", &|s| Some(s.active_flows));
+    out.family("lb_server_new_flows_total", "counter", "New flows given to a server.");
+    each(out, "lb_server_new_flows_total", &|s| Some(s.new_flows));
+    for (unit, help) in [("packets", "Packets"), ("bytes", "Bytes (IP packets)")] {
+        let name = format!("lb_server_{unit}_total");
+        out.family(&name, "counter", &format!("{help} forwarded to a server, and from it back to clients."));
+        for pool in pools {
+            for s in &pool.servers {
+                let (to, from) =
+                    if unit == "packets" { (s.packets_to, s.packets_from) } else { (s.bytes_to, s.bytes_from) };
+                for (direction, value) in [("to_server", to), ("from_server", from)] {
+                    out.sample(&name, &[("pool", &pool.pool), ("server", &s.name), ("direction", direction)], value);
+                }
+            }
+        }
+    }
+    out.family(
+        "lb_server_drain_deadline_left_seconds",
+        "gauge",
+        "Time left until a draining server's flows are terminated (only servers draining with a deadline).",
+    );
+    each(out, "lb_server_drain_deadline_left_seconds", &|s| s.deadline_left_ms.map(|ms| ms.div_ceil(1000)));
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let _ = write!(self.text, "{{{}}}", pairs.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// A label value as the format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::model::{FlowTableUse, ServerView, Why};
+
+    #[test]
+    fn the_exposition_has_one_state_per_series_and_escaped_labels() {
+        let server = ServerView {
+            name: "a".into(),
+            address: "10.0.0.1:80".into(),
+            weight: 2,
+            state: ServerState::Draining,
+            why: Some(Why::Deadline),
+            active_flows: 3,
+            deadline_left_ms: Some(1500),
+            packets_to: 10,
+            bytes_to: 1000,
+            packets_from: 9,
+            bytes_from: 900,
+            new_flows: 4,
+        };
+        let pool = PoolView { pool: "w\"eb".into(), services: vec![], servers: vec![server], counted_ms_ago: 0 };
+        let stats = Stats {
+            outcomes: BTreeMap::from([("forwarded".to_owned(), 7)]),
+            flow_table: FlowTableUse { max_flows: 1024, flows: Some(3) },
+        };
+        let text = render("lb0", &[pool], &stats);
+        assert!(text.contains("lb_server_state{pool=\"w\\\"eb\",server=\"a\",state=\"draining\"} 1\n"), "{text}");
+        assert!(text.contains("lb_server_state{pool=\"w\\\"eb\",server=\"a\",state=\"enabled\"} 0\n"), "{text}");
+        assert!(text.contains("lb_server_drain_deadline_left_seconds{pool=\"w\\\"eb\",server=\"a\"} 2\n"), "{text}");
+        assert!(text.contains("lb_server_bytes_total{pool=\"w\\\"eb\",server=\"a\",direction=\"from_server\"} 900\n"));
+        assert!(text.contains("lb_packets_total{outcome=\"forwarded\"} 7\n"));
+        assert!(text.contains("lb_flow_table_flows 3\n"));
+        assert!(text.contains(&format!("lb_info{{version=\"{}\",instance=\"lb0\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+    }
+}

@@ -1,0 +1,121 @@
+//! The bed most end-to-end tests share: a client, the real agent and N
+//! servers, each running a TCP line echo (VIP port 7) and a UDP echo (VIP
+//! port 53), balanced by pools "p7" and "p53"; with ways to place a
+//! connection on a given server and to read states through the CLI.
+
+use std::{
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    agent::Agent,
+    servers::{EchoClient, Kind, Server, udp_exchange_on},
+    topology::{ServiceSpec, Topology, VIP},
+};
+
+pub const ECHO: u16 = 7;
+pub const UDP: u16 = 53;
+pub const EVERY_100MS: Option<Duration> = Some(Duration::from_millis(100));
+
+/// Fields drop in order: the agent first, then the servers, then the namespaces.
+pub struct Bed {
+    pub agent: Agent,
+    pub echo: Vec<Server>,
+    pub udp: Vec<Server>,
+    pub topology: Topology,
+}
+
+/// N servers (s1..sN, weight 1); `extra` is appended to the config.
+pub fn bed(n: usize, extra: &str) -> Bed {
+    let topology = Topology::new(n);
+    let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
+    let services = [
+        ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
+        ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
+    ];
+    let agent = Agent::start(&topology, &topology.config(&services, extra));
+    Bed { agent, echo, udp, topology }
+}
+
+impl Bed {
+    /// A new TCP connection that landed on `server`.
+    pub fn connect_to(&self, server: &str) -> EchoClient {
+        for _ in 0..300 {
+            let mut client = self.topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
+            if client.exchange("which").expect("first exchange") == server {
+                return client;
+            }
+        }
+        panic!("no connection landed on {server}");
+    }
+
+    /// Servers reached by `n` new TCP connections.
+    pub fn new_connections(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let mut c = self.topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
+                c.exchange("new").expect("exchange")
+            })
+            .collect()
+    }
+
+    /// A UDP socket (one flow) whose datagrams land on `server`.
+    pub fn udp_flow_to(&self, server: &str) -> UdpSocket {
+        for _ in 0..300 {
+            let socket = self.topology.client.run(|| UdpSocket::bind("0.0.0.0:0")).expect("bind");
+            if udp_exchange_on(&socket, VIP, UDP, "which").expect("UDP reply") == server {
+                return socket;
+            }
+        }
+        panic!("no UDP flow landed on {server}");
+    }
+
+    pub fn lb(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.agent.lb(args);
+        assert!(ok, "lb {args:?} failed: {stderr}\n--- agent log ---\n{}", self.agent.log());
+        stdout
+    }
+
+    pub fn server(&self, pool: &str, name: &str) -> Value {
+        let view = self.agent.lb_json(&["pool", "show", pool]);
+        view["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server in pool").clone()
+    }
+
+    pub fn state(&self, pool: &str, name: &str) -> String {
+        let s = self.server(pool, name);
+        match s["why"].as_str() {
+            Some(why) => format!("{} ({why})", s["state"].as_str().unwrap()),
+            None => s["state"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Waits up to `timeout` for `name`'s state; returns when it was seen.
+    pub fn wait_state(&self, pool: &str, name: &str, want: &str, timeout: Duration) -> Instant {
+        let start = Instant::now();
+        loop {
+            let state = self.state(pool, name);
+            if state == want {
+                return Instant::now();
+            }
+            assert!(start.elapsed() < timeout, "{pool}/{name} is {state}, not {want}, after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.agent.lb_json(&["events"]).as_array().unwrap().clone()
+    }
+}
+
+/// Waits up to `timeout` for `condition`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
