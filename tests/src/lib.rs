@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bed;
 pub mod bench;
+pub mod browser;
 pub mod fixture;
 pub mod http;
 pub mod netns;

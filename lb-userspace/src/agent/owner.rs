@@ -40,7 +40,7 @@ pub enum ControlError {
     NoServers,
     #[error(
         "refused: pool \"{pool}\" would be left with no enabled server (disabling {servers}); \
-         add --force to do it anyway"
+         force the change to make it anyway"
     )]
     LastServer { pool: String, servers: String },
     #[error("cannot {step}")]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     api::{
         client,
-        model::{Change, DisableMode, Event, PoolSummary, PoolView, Request, ServerState, Stats},
+        model::{Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, Request, ServerState, Stats},
     },
     config::{format_time_left, parse_duration},
 };
@@ -59,6 +59,10 @@ fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result
     Ok((typed, data))
 }
 
+fn refused_by_guard(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<client::ClientError>(), Some(client::ClientError::Refused(r)) if r.code == ErrorCode::LastServer)
+}
+
 fn print_json(data: &Value) {
     println!("{}", serde_json::to_string_pretty(data).expect("JSON prints"));
 }
@@ -66,7 +70,10 @@ fn print_json(data: &Value) {
 pub fn disable(socket: &Path, pool: &str, servers: &[String], args: &DisableArgs, json: bool) -> anyhow::Result<()> {
     let mode = args.mode()?;
     let request = Request::Disable { pool: pool.to_owned(), servers: servers.to_vec(), mode, force: args.force };
-    let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
+    let (changes, data): (Vec<Change>, Value) = match call(socket, &request) {
+        Err(e) if refused_by_guard(&e) => anyhow::bail!("{e} (add --force)"),
+        other => other?,
+    };
     if json && !args.wait {
         print_json(&data);
         return Ok(());

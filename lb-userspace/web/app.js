@@ -1,0 +1,402 @@
+// The dashboard: Pools > pool > Servers. Everything comes from the agent's
+// HTTP API (/api/v1); the page polls it twice a second, which reads the
+// agent's snapshot and never waits behind a change. Rows are updated in
+// place, so ticked checkboxes and keyboard focus survive every refresh.
+"use strict";
+
+const POLL_MS = 500;
+const TOKEN_KEY = "lb-token";
+
+// ---- the API -------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, data) {
+    super(data.error || `HTTP ${status}`);
+    this.status = status;
+    this.code = data.code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (response.status === 401) askForToken(data.error);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+function askForToken(why) {
+  const dialog = document.getElementById("token-dialog");
+  if (dialog.open) return;
+  sessionStorage.removeItem(TOKEN_KEY);
+  dialog.querySelector("p").textContent = why;
+  dialog.showModal();
+}
+
+document.getElementById("token-form").addEventListener("submit", () => {
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token-input").value.trim());
+  document.getElementById("token-input").value = "";
+  route();
+});
+
+// ---- small helpers -------------------------------------------------------
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function bytes(n) {
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
+function timeLeft(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  const two = (v) => String(v).padStart(2, "0");
+  return h > 0 ? `${h}:${two(m)}:${two(sec)}` : `${m}:${two(sec)}`;
+}
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour12: false });
+}
+
+function list(names) {
+  return names.length <= 1 ? names.join("") : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
+}
+
+// New flows per second, from two samples of a counter.
+const samples = new Map();
+function rate(key, total) {
+  const now = performance.now();
+  const before = samples.get(key);
+  samples.set(key, { now, total, rate: before ? before.rate : null });
+  if (!before || now - before.now < 200) return before ? before.rate : null;
+  const value = Math.max(0, (total - before.total) / ((now - before.now) / 1000));
+  samples.get(key).rate = value;
+  return value;
+}
+
+function perSecond(value) {
+  return value === null ? "–" : value.toFixed(1);
+}
+
+// Rows keyed by name: created once, updated in place, removed when gone.
+function syncRows(tbody, items, key, create, update) {
+  const seen = new Set();
+  items.forEach((item, index) => {
+    const id = key(item);
+    seen.add(id);
+    let row = tbody.querySelector(`:scope > [data-key="${CSS.escape(id)}"]`);
+    if (!row) {
+      row = create(item);
+      row.dataset.key = id;
+    }
+    if (tbody.children[index] !== row) tbody.insertBefore(row, tbody.children[index] || null);
+    update(row, item);
+  });
+  for (const row of [...tbody.children]) if (!seen.has(row.dataset.key)) row.remove();
+}
+
+// ---- live status, events and notices -------------------------------------
+
+const live = document.getElementById("live");
+function connected(ok, error) {
+  live.classList.toggle("lost", !ok);
+  setText(live, ok ? `live · updated ${clock(Date.now())}` : `connection lost (${error}): retrying`);
+}
+
+const events = { all: [], lastId: null };
+
+async function pollEvents() {
+  const path = events.lastId === null ? "/api/v1/events" : `/api/v1/events?since=${events.lastId}`;
+  const fresh = await api("GET", path);
+  const first = events.lastId === null;
+  events.all.push(...fresh);
+  events.all.splice(0, Math.max(0, events.all.length - 1000));
+  if (fresh.length) events.lastId = fresh[fresh.length - 1].id;
+  else if (first) events.lastId = 0;
+  if (!first) for (const e of fresh) if (e.kind === "drained" || e.kind === "deadline") notice(e);
+}
+
+function notice(event) {
+  const box = el("div", { class: "notice", role: "status" },
+    el("strong", { text: `${event.pool}/${event.server} ${event.kind}` }), `: ${event.message}`);
+  const close = el("button", { type: "button", "aria-label": "Dismiss", text: "×" });
+  close.addEventListener("click", () => box.remove());
+  box.append(close);
+  document.getElementById("notices").append(box);
+  setTimeout(() => box.remove(), 20000);
+}
+
+function renderEvents(ol, pool) {
+  const shown = events.all.filter((e) => !pool || e.pool === pool).slice(-100).reverse();
+  syncRows(ol, shown, (e) => String(e.id), (e) => el("li", {},
+    el("time", { text: clock(e.time_ms) }), el("span", { class: "kind", text: e.kind }),
+    `${e.pool}/${e.server}: ${e.message}`), () => {});
+  if (!shown.length && !ol.children.length) ol.append(el("li", { "data-key": "none", text: "No events yet." }));
+}
+
+// ---- pages ---------------------------------------------------------------
+
+const main = document.getElementById("main");
+const crumbs = document.getElementById("crumbs");
+let generation = 0;
+
+function route() {
+  generation++;
+  const match = location.hash.match(/^#\/pools\/([^/]+)$/);
+  const page = match ? poolPage(decodeURIComponent(match[1])) : poolsPage();
+  loop(generation, page);
+}
+
+async function loop(mine, page) {
+  while (mine === generation) {
+    try {
+      await pollEvents();
+      await page.refresh();
+      connected(true);
+    } catch (e) {
+      if (mine !== generation) return;
+      if (e.status === 404) return page.gone(e.message);
+      connected(false, e.message);
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+function crumb(...parts) {
+  crumbs.replaceChildren(...parts.map(([text, href]) =>
+    el("span", {}, href ? el("a", { href, text }) : el("span", { "aria-current": "page", text }))));
+}
+
+function poolsPage() {
+  document.title = "lb: pools";
+  crumb(["Pools"]);
+  const tbody = el("tbody");
+  const ol = el("ol", { class: "events", id: "events" });
+  main.replaceChildren(
+    el("h1", { text: "Pools" }),
+    el("div", { class: "table-wrap" }, el("table", { id: "pools" },
+      el("thead", {}, el("tr", {},
+        el("th", { text: "Pool" }), el("th", { text: "Services" }),
+        el("th", { class: "num", text: "Servers up / total" }), el("th", { class: "num", text: "Enabled" }),
+        el("th", { class: "num", text: "Draining" }), el("th", { class: "num", text: "Disabled" }),
+        el("th", { class: "num", text: "Active flows" }), el("th", { class: "num", text: "New flows/s" }))),
+      tbody)),
+    el("h2", { text: "Events" }), ol);
+  const create = (p) => el("tr", {},
+    el("td", {}, el("a", { href: `#/pools/${encodeURIComponent(p.pool)}`, text: p.pool })),
+    ...["services", "up", "enabled", "draining", "disabled", "flows", "rate"].map((c) =>
+      el("td", { class: c === "services" ? c : `num ${c}` })));
+  const update = (row, p) => {
+    const cell = (c) => row.querySelector(`.${c}`);
+    setText(cell("services"), p.services.join(", "));
+    setText(cell("up"), `${p.in_service} / ${p.servers}`);
+    setText(cell("enabled"), String(p.enabled));
+    setText(cell("draining"), String(p.draining));
+    setText(cell("disabled"), String(p.disabled));
+    setText(cell("flows"), String(p.active_flows));
+    setText(cell("rate"), perSecond(rate(`pool:${p.pool}`, p.new_flows)));
+  };
+  return {
+    async refresh() {
+      const pools = await api("GET", "/api/v1/pools");
+      syncRows(tbody, pools, (p) => p.pool, create, update);
+      renderEvents(ol);
+    },
+    gone(message) { main.replaceChildren(el("p", { class: "message error", text: message })); },
+  };
+}
+
+function poolPage(pool) {
+  document.title = `lb: pool ${pool}`;
+  crumb(["Pools", "#/pools"], [pool]);
+  const view = poolView(pool);
+  main.replaceChildren(...view.nodes);
+  return view;
+}
+
+function poolView(pool) {
+  const tbody = el("tbody");
+  const selectAll = el("input", { type: "checkbox", id: "select-all", "aria-label": "Select every server" });
+  const buttons = {
+    disable: el("button", { type: "button", id: "disable", class: "danger", text: "Disable" }),
+    graceful: el("button", { type: "button", id: "graceful", text: "Gracefully…" }),
+    enable: el("button", { type: "button", id: "enable", text: "Enable" }),
+  };
+  const selection = el("span", { class: "count", id: "selection", "aria-live": "polite" });
+  const result = el("div", { id: "result", "aria-live": "assertive" });
+  const services = el("p", { class: "services" });
+  const ol = el("ol", { class: "events", id: "events" });
+  const deadlines = new Map();
+
+  const checked = () => [...tbody.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.value);
+  const onSelection = () => {
+    const names = checked();
+    for (const b of Object.values(buttons)) b.disabled = names.length === 0;
+    setText(selection, names.length ? `${names.length} selected: ${names.join(", ")}` : "No server selected");
+    for (const row of tbody.children) row.classList.toggle("checked", row.querySelector("input").checked);
+    const all = tbody.querySelectorAll("input[type=checkbox]").length;
+    selectAll.checked = all > 0 && names.length === all;
+    selectAll.indeterminate = names.length > 0 && names.length < all;
+  };
+  selectAll.addEventListener("change", () => {
+    for (const c of tbody.querySelectorAll("input[type=checkbox]")) c.checked = selectAll.checked;
+    onSelection();
+  });
+
+  const create = (s) => {
+    const box = el("input", { type: "checkbox", value: s.name, "aria-label": `Select ${s.name}` });
+    box.addEventListener("change", onSelection);
+    return el("tr", { "data-server": s.name },
+      el("td", {}, box), el("td", { class: "name", text: s.name }), el("td", { class: "address hide-narrow" }),
+      el("td", { class: "num weight hide-narrow" }),
+      el("td", {}, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
+        el("span", { class: "countdown" })),
+      el("td", { class: "num flows" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
+  };
+  const update = (row, s) => {
+    const cell = (c) => row.querySelector(`.${c}`);
+    setText(cell("address"), s.address);
+    setText(cell("weight"), String(s.weight));
+    cell("state").dataset.state = s.state;
+    setText(cell("state"), s.state);
+    setText(cell("why"), s.why ? `(${s.why})` : "");
+    if (s.deadline_left_ms === null) deadlines.delete(s.name);
+    else deadlines.set(s.name, performance.now() + s.deadline_left_ms);
+    setText(cell("flows"), String(s.active_flows));
+    setText(cell("rate"), perSecond(rate(`server:${pool}/${s.name}`, s.new_flows)));
+    setText(cell("bytes"), `${bytes(s.bytes_to)} / ${bytes(s.bytes_from)}`);
+    tickCountdown(row, s.name);
+  };
+  const tickCountdown = (row, name) => {
+    const at = deadlines.get(name);
+    const state = row.querySelector(".state").dataset.state;
+    const text = at === undefined ? (state === "DRAINING" ? "until the last flow ends" : "")
+      : `terminated in ${timeLeft(at - performance.now())}`;
+    setText(row.querySelector(".countdown"), text);
+  };
+  const ticker = setInterval(() => {
+    if (!tbody.isConnected) return clearInterval(ticker);
+    for (const row of tbody.children) tickCountdown(row, row.dataset.key);
+  }, 250);
+
+  const refresh = async () => {
+    const view = await api("GET", `/api/v1/pools/${encodeURIComponent(pool)}`);
+    setText(services, `Services: ${view.services.join(", ") || "none"} · flows counted ${(view.counted_ms_ago / 1000).toFixed(1)} s ago`);
+    syncRows(tbody, view.servers, (s) => s.name, create, update);
+    onSelection();
+    renderEvents(ol, pool);
+  };
+  const actions = poolActions(pool, checked, result, refresh);
+  buttons.disable.addEventListener("click", actions.disable);
+  buttons.graceful.addEventListener("click", actions.graceful);
+  buttons.enable.addEventListener("click", actions.enable);
+
+  const nodes = [
+    el("h1", { text: `Pool ${pool}` }), services,
+    el("div", { class: "tabs", role: "tablist" }, el("span", { role: "tab", "aria-selected": "true", text: "Servers" })),
+    el("div", { class: "toolbar", role: "toolbar", "aria-label": "Act on the selected servers" },
+      buttons.disable, buttons.graceful, buttons.enable, selection),
+    result,
+    el("div", { class: "table-wrap" }, el("table", { id: "servers" },
+      el("thead", {}, el("tr", {},
+        el("th", {}, selectAll), el("th", { text: "Server" }), el("th", { class: "hide-narrow", text: "Address" }),
+        el("th", { class: "num hide-narrow", text: "Weight" }), el("th", { text: "State" }),
+        el("th", { class: "num", text: "Active flows" }), el("th", { class: "num", text: "New flows/s" }),
+        el("th", { class: "num hide-narrow", text: "Bytes to / from" }))),
+      tbody)),
+    el("h2", { text: "Events" }), ol,
+  ];
+  return {
+    nodes, refresh,
+    gone(message) { main.replaceChildren(el("p", { class: "message error", text: message }), el("a", { href: "#/pools", text: "Back to the pools" })); },
+  };
+}
+
+// ---- changes -------------------------------------------------------------
+
+function ask(dialog) {
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true });
+    dialog.returnValue = "cancel";
+    dialog.showModal();
+  });
+}
+
+function poolActions(pool, checked, result, refresh) {
+  const say = (kind, ...content) => result.replaceChildren(el("div", { class: `message ${kind}` }, ...content));
+
+  // Sends one change for every ticked server; offers to force a refusal
+  // of the last-server guard.
+  const send = async (verb, body) => {
+    try {
+      const changes = await api("POST", `/api/v1/pools/${encodeURIComponent(pool)}/${verb}`, body);
+      const lines = changes.map((c) => `${c.server}: ${c.from} → ${c.to}` +
+        (c.flows_reset ? ` (${c.flows_reset} connections reset)` : ""));
+      say("done", lines.length ? lines.join("; ") : "Nothing to change.");
+    } catch (e) {
+      if (e.code === "last_server") {
+        const force = el("button", { type: "button", id: "force", class: "danger", text: "Force it" });
+        force.addEventListener("click", () => send(verb, { ...body, force: true }));
+        say("error", `The last-server guard ${e.message}. `, force);
+        force.focus();
+      } else {
+        say("error", `Refused: ${e.message}`);
+      }
+    }
+    await refresh().catch(() => {});
+  };
+
+  return {
+    async disable() {
+      const names = checked();
+      document.getElementById("confirm-text").textContent =
+        `Disable ${list(names)} now? Their sessions will be terminated: both ends of every connection are reset.`;
+      if (await ask(document.getElementById("confirm-dialog")) === "disable") {
+        await send("disable", { servers: names, mode: "immediate" });
+      }
+    },
+    async graceful() {
+      const names = checked();
+      document.getElementById("graceful-text").textContent =
+        `${list(names)} will take no new sessions. What happens to those they have?`;
+      if (await ask(document.getElementById("graceful-dialog")) !== "start") return;
+      let timeout = null;
+      if (document.getElementById("graceful-after").checked) {
+        const n = Number(document.getElementById("graceful-n").value);
+        if (!Number.isInteger(n) || n < 1) return say("error", "The time must be a whole number above 0.");
+        timeout = `${n}${document.getElementById("graceful-unit").value}`;
+      }
+      await send("disable", { servers: names, mode: "graceful", timeout });
+    },
+    async enable() {
+      await send("enable", { servers: checked() });
+    },
+  };
+}
+
+window.addEventListener("hashchange", route);
+if (!location.hash) history.replaceState(null, "", "#/pools");
+route();

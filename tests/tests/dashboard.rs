@@ -1,0 +1,173 @@
+//! The dashboard in a real headless Chromium, against the real agent in
+//! namespaces with live client connections: Pools > pool > Servers; two
+//! servers drained gracefully with a deadline (countdown, live flows, the
+//! API agrees); one disabled at once (its clients reset), then enabled (new
+//! connections reach it); the guard's refusal shown and forced; a drained
+//! notice; a change made elsewhere shown within a second. Screenshots of
+//! each step are kept in target/screenshots/dashboard/.
+
+use std::{
+    io::ErrorKind,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{
+    bed::{Bed, EVERY_100MS, bed, wait_for},
+    browser::Browser,
+    http::{self, LOCAL_API},
+    servers::Session,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn api_server(name: &str) -> Value {
+    let pool = http::get(LOCAL_API, "/api/v1/pools/p7", &[]).json();
+    pool["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server").clone()
+}
+
+/// A row's cell, as the page shows it.
+fn cell(server: &str, class: &str) -> String {
+    format!("#servers tr[data-server=\"{server}\"] .{class}")
+}
+
+async fn tick(browser: &Browser, servers: &[&str]) {
+    for server in servers {
+        let css = format!("#servers tr[data-server=\"{server}\"] input[type=checkbox]");
+        if !browser.find(&css).await.is_selected().await.unwrap() {
+            browser.click(&css).await;
+        }
+    }
+}
+
+async fn untick_all(browser: &Browser) {
+    browser.eval("document.querySelectorAll('#servers tbody input:checked').forEach(c => c.click()); return 0;").await;
+}
+
+#[test]
+fn an_operator_takes_servers_out_of_service_from_the_dashboard() {
+    let b = bed(4, "[flows]\nsweep_interval = \"500ms\"\n");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Everything in the balancer's namespace, where the agent serves HTTP on
+    // its loopback and the browser runs.
+    b.topology.lb.run(|| runtime.block_on(scenario(&b)));
+}
+
+async fn scenario(b: &Bed) {
+    let sessions: Vec<Session> =
+        ["s1", "s2", "s3"].iter().map(|s| Session::start(b.connect_to(s), s, EVERY_100MS)).collect();
+    let mut browser = Browser::start(&b.topology.lb, "dashboard", 1280, 900).await;
+    browser.goto(&format!("http://{LOCAL_API}/")).await;
+    browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "4 / 4").await;
+    browser.screenshot("pools").await;
+
+    // Pools > p7 > Servers
+    browser.click("#pools a[href=\"#/pools/p7\"]").await;
+    browser.wait_text(&cell("s1", "flows"), 5 * SECOND, |t| t == "1").await;
+    assert_eq!(browser.text("[role=tab][aria-selected=true]").await, "Servers");
+    browser.screenshot("pool-servers").await;
+
+    gracefully_with_a_deadline(&mut browser).await;
+    disable_at_once_then_enable(b, &mut browser, &sessions[2]).await;
+    guard_refuses_then_forced(&mut browser).await;
+    live_updates_and_a_drained_notice(b, &mut browser).await;
+    assert!(sessions[..2].iter().all(|s| s.ended().is_none()), "the draining servers' sessions went on");
+    report_agent_memory(b);
+}
+
+async fn gracefully_with_a_deadline(browser: &mut Browser) {
+    tick(browser, &["s1", "s2"]).await;
+    assert_eq!(browser.text("#selection").await, "2 selected: s1, s2");
+    browser.click("#graceful").await;
+    browser.click("#graceful-after").await;
+    let n = browser.find("#graceful-n").await;
+    n.clear().await.unwrap();
+    n.send_keys("1").await.unwrap();
+    browser.find("#graceful-unit").await.select_by_value("m").await.unwrap();
+    browser.screenshot("gracefully-dialog").await;
+    browser.click("#graceful-start").await;
+    for s in ["s1", "s2"] {
+        browser.wait_text(&cell(s, "state"), 2 * SECOND, |t| t == "DRAINING").await;
+        assert_eq!(browser.text(&cell(s, "why")).await, "(deadline)");
+        let api = api_server(s);
+        assert_eq!((api["state"].as_str(), api["why"].as_str()), (Some("DRAINING"), Some("deadline")));
+        assert!(api["deadline_left_ms"].as_u64().unwrap() > 55_000);
+        assert_eq!(browser.text(&cell(s, "flows")).await, "1", "{s}'s live connection is counted");
+    }
+    let first = browser.wait_text(&cell("s1", "countdown"), 3 * SECOND, |t| t.starts_with("terminated in 0:5")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = browser.text(&cell("s1", "countdown")).await;
+    assert!(later < first, "the countdown runs: {first:?} then {later:?}");
+    assert!(browser.text("#result").await.contains("s1: ENABLED → DRAINING (deadline)"));
+    browser.screenshot("draining-with-countdown").await;
+}
+
+async fn disable_at_once_then_enable(b: &Bed, browser: &mut Browser, on_s3: &Session) {
+    untick_all(browser).await;
+    tick(browser, &["s3"]).await;
+    browser.click("#disable").await;
+    let question = browser.text("#confirm-text").await;
+    assert!(question.contains("sessions will be terminated"), "{question}");
+    browser.screenshot("disable-confirm").await;
+    browser.click("#confirm-disable").await;
+    browser.wait_text(&cell("s3", "state"), 2 * SECOND, |t| t == "DISABLED").await;
+    assert_eq!(browser.text(&cell("s3", "why")).await, "(immediate)");
+    wait_for("s3's client reset", 2 * SECOND, || on_s3.ended().is_some());
+    assert_eq!(on_s3.ended().unwrap().kind, ErrorKind::ConnectionReset);
+    browser.screenshot("disabled-immediate").await;
+
+    browser.click("#enable").await;
+    browser.wait_text(&cell("s3", "state"), 2 * SECOND, |t| t == "ENABLED").await;
+    drop(b.connect_to("s3"));
+    browser.screenshot("enabled-again").await;
+}
+
+async fn guard_refuses_then_forced(browser: &mut Browser) {
+    untick_all(browser).await;
+    tick(browser, &["s3", "s4"]).await;
+    browser.click("#disable").await;
+    browser.click("#confirm-disable").await;
+    let refusal = browser.wait_text("#result", 2 * SECOND, |t| t.starts_with("The last-server guard refused")).await;
+    assert!(refusal.contains("no enabled server"), "{refusal}");
+    assert_eq!(browser.text(&cell("s4", "state")).await, "ENABLED", "a refused change changes nothing");
+    browser.screenshot("guard-refuses").await;
+    browser.click("#force").await;
+    browser.wait_text(&cell("s4", "state"), 2 * SECOND, |t| t == "DISABLED").await;
+    assert_eq!(api_server("s3")["state"], "DISABLED");
+    browser.screenshot("forced").await;
+}
+
+async fn live_updates_and_a_drained_notice(b: &Bed, browser: &mut Browser) {
+    // A change made elsewhere (the CLI) shows within a second.
+    let (ok, _, stderr) = b.agent.lb(&["server", "enable", "p7", "s1", "s2", "s3", "s4"]);
+    assert!(ok, "{stderr}");
+    let changed = Instant::now();
+    browser.wait_text(&cell("s4", "state"), 2 * SECOND, |t| t == "ENABLED").await;
+    assert!(changed.elapsed() < SECOND, "the page showed the CLI's change after {:?}", changed.elapsed());
+
+    // s4 has no flows: drained at the next count, and the page says so.
+    untick_all(browser).await;
+    tick(browser, &["s4"]).await;
+    browser.click("#graceful").await;
+    browser.click("#graceful-until-drained").await;
+    browser.click("#graceful-start").await;
+    let notice = browser.wait_text("#notices .notice", 5 * SECOND, |t| !t.is_empty()).await;
+    assert!(notice.contains("p7/s4 drained"), "{notice}");
+    browser.wait_text(&cell("s4", "why"), SECOND, |t| t == "(drained)").await;
+    browser.wait_text("#events li", SECOND, |t| t.contains("drained")).await;
+    browser.screenshot("drained-notice").await;
+
+    // Narrow window: still readable.
+    browser.client.set_window_size(420, 800).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.screenshot("narrow").await;
+}
+
+/// The agent's resident memory with the dashboard open and live.
+fn report_agent_memory(b: &Bed) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.agent.pid())).unwrap();
+    let rss_kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    eprintln!("agent resident memory with the dashboard open and live: {:.1} MiB", rss_kib as f64 / 1024.0);
+    assert!(rss_kib < 64 * 1024, "the agent uses {rss_kib} KiB");
+}
