@@ -17,6 +17,8 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
 mod flow_table;
@@ -40,6 +42,7 @@ mod program {
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
+        events,
         flow::{self, Assignment, Refusal},
         forward,
         maps::{CLOCK, FILTER, REVERSE_NAT, SERVER_ENDPOINTS, SERVICES},
@@ -97,7 +100,11 @@ mod program {
                 Err(refusal) => return refused(ctx, &pkt, refusal),
             }
             if let Some(service) = if pkt.is_syn() { syn_service } else { service() } {
-                let a = flow::create(&pkt, hash, service, now)?;
+                let a = flow::create(&pkt, hash, service, now).inspect_err(|outcome| {
+                    if *outcome == Outcome::DropFlowSlotTaken {
+                        events::flow_slot_lost(ctx, &pkt);
+                    }
+                })?;
                 return to_server(ctx, &pkt, a, now);
             }
         }
@@ -141,7 +148,10 @@ mod program {
     fn refused(ctx: &XdpContext, pkt: &Packet, refusal: Refusal) -> Result<(Outcome, u32), Outcome> {
         match refusal {
             Refusal::Outcome(outcome) => Err(outcome),
-            Refusal::Reset(other_end) => reset::reset_sender(ctx, pkt, &other_end),
+            Refusal::Reset(other_end) => {
+                events::reset_sent(ctx, pkt);
+                reset::reset_sender(ctx, pkt, &other_end)
+            }
         }
     }
 

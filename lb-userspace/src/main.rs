@@ -28,6 +28,11 @@ enum Command {
     Agent {
         #[arg(long, short)]
         config: PathBuf,
+        /// Log the datapath's rare events (resets sent for terminated
+        /// flows, flow slots lost to another CPU): off, error, warn, info,
+        /// debug or trace. Off costs the packet path nothing.
+        #[arg(long, default_value = "off")]
+        datapath_log: lb_userspace::datapath::ebpf_log::DatapathLog,
         /// Only validate the config, then exit.
         #[arg(long)]
         check: bool,
@@ -123,13 +128,13 @@ fn main() -> ExitCode {
 
 fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     match command {
-        Command::Agent { config, check } => {
+        Command::Agent { config, check, datapath_log } => {
             let config = Config::load(&config)?;
             if check {
                 println!("config is valid: {} service(s), {} pool(s)", config.services.len(), config.pools.len());
                 return Ok(());
             }
-            agent::run(config)
+            agent::run(config, datapath_log)
         }
         Command::Server {
             command: ServerCommand::Disable { pool, servers, graceful, timeout, until_drained, force, wait, json },

@@ -25,6 +25,8 @@ pub struct Agent {
     interfaces: Vec<String>,
     netns: PathBuf,
     starts: u32,
+    /// More arguments for `lb agent` (e.g. --datapath-log debug).
+    agent_args: Vec<String>,
 }
 
 impl Agent {
@@ -35,6 +37,15 @@ impl Agent {
 
     /// Starts the agent binary `lb` on `config` and waits until it is attached.
     pub fn start_with(lb: PathBuf, topology: &Topology, config: &str) -> Agent {
+        Agent::start_full(lb, topology, config, &[])
+    }
+
+    /// Starts the agent with more `lb agent` arguments.
+    pub fn start_with_args(topology: &Topology, config: &str, agent_args: &[&str]) -> Agent {
+        Agent::start_full(lb_bin(), topology, config, agent_args)
+    }
+
+    fn start_full(lb: PathBuf, topology: &Topology, config: &str, agent_args: &[&str]) -> Agent {
         let dir = topology.dir();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
@@ -48,6 +59,7 @@ impl Agent {
             interfaces: topology.lb_interfaces(),
             netns: PathBuf::from(format!("/run/netns/{}", topology.lb.name)),
             starts: 0,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         agent.launch();
         agent
@@ -109,6 +121,7 @@ impl Agent {
             .lb_command()
             .args(["--log-level", "debug", "agent", "--config"])
             .arg(&self.config_path)
+            .args(&self.agent_args)
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .stdin(Stdio::null())

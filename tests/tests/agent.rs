@@ -239,9 +239,11 @@ fn the_agent_resets_the_server_end_when_the_datapath_answers_a_terminated_flow()
     let echo: Vec<Server> =
         topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let spec = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
-    let agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    // With the datapath's log on: the reset it sends is a logged event.
+    let agent = Agent::start_with_args(&topology, &topology.config(&[spec], ""), &["--datapath-log", "debug"]);
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let name = client.exchange("which").expect("exchange");
+    let client_port = client.stream().local_addr().unwrap().port();
     let index = topology.servers.iter().position(|s| s.name == name).expect("a known server");
 
     // DISABLED written straight into the pinned server table, as the first
@@ -263,6 +265,11 @@ fn the_agent_resets_the_server_end_when_the_datapath_answers_a_terminated_flow()
     let asked = Instant::now();
     while echo[index].resets() == before {
         assert!(asked.elapsed() < Duration::from_secs(2), "the server's end was never reset");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logged = format!("datapath debug: reset sent to 10.0.0.2:{client_port} for its flow to {VIP}:7");
+    while !agent.log().contains(&logged) {
+        assert!(asked.elapsed() < Duration::from_secs(2), "no {logged:?} in the agent's log:\n{}", agent.log());
         std::thread::sleep(Duration::from_millis(10));
     }
 }

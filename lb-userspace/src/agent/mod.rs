@@ -39,7 +39,12 @@ use crate::{
     api::{self, ops::Ops},
     config::Config,
     datapath::{
-        BPFFS, Datapath, MapSizes, counters::Counters, ops::Live, reset_requests::ResetRequests, tables::Tables,
+        BPFFS, Datapath, MapSizes,
+        counters::Counters,
+        ebpf_log::{DatapathLog, LogReader},
+        ops::Live,
+        reset_requests::ResetRequests,
+        tables::Tables,
         tcp_reset::ResetSender,
     },
 };
@@ -54,12 +59,12 @@ pub fn map_sizes(config: &Config) -> MapSizes {
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, datapath_log: DatapathLog) -> anyhow::Result<()> {
     // First, so that a second agent of the same instance stops here, before
     // it touches the datapath.
     let listener = api::unix::bind(&config.api_socket)?;
     let socket = config.api_socket.clone();
-    let result = http_listener(&config).and_then(|http| start(config, listener, http));
+    let result = http_listener(&config).and_then(|http| start(config, listener, http, datapath_log));
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -81,10 +86,15 @@ struct HttpListener {
     token: Option<String>,
 }
 
-fn start(config: Config, listener: StdUnixListener, http: Option<HttpListener>) -> anyhow::Result<()> {
+fn start(
+    config: Config,
+    listener: StdUnixListener,
+    http: Option<HttpListener>,
+    datapath_log: DatapathLog,
+) -> anyhow::Result<()> {
     let states = state_file::load(&config.state_file)?;
     let pins = pin_dir(&config.instance);
-    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config))
+    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log)
         .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
     let tables =
         Tables::apply(&mut dp, &config, &states).context("cannot write the configuration into the datapath")?;
@@ -111,8 +121,11 @@ fn start(config: Config, listener: StdUnixListener, http: Option<HttpListener>) 
     for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled) {
         log::info!("{}/{} resumes as {}", slot.pool, slot.name, slot.admin.label());
     }
-    let counters = Counters::open(&dp.maps).context("cannot open the counters")?;
-    let requests = ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?;
+    let readers = Readers {
+        counters: Counters::open(&dp.maps).context("cannot open the counters")?,
+        reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
+        datapath_log: dp.take_log_reader(),
+    };
     let stop_clock = Arc::new(AtomicBool::new(false));
     let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
     let owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
@@ -124,7 +137,7 @@ fn start(config: Config, listener: StdUnixListener, http: Option<HttpListener>) 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(owner, listener, http, counters, requests));
+    let result = runtime.block_on(serve(owner, listener, http, readers));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     let mut live = result?;
@@ -155,9 +168,9 @@ async fn serve(
     owner: Owner<Live>,
     listener: StdUnixListener,
     http: Option<HttpListener>,
-    counters: Counters,
-    requests: ResetRequests,
+    readers: Readers,
 ) -> anyhow::Result<Live> {
+    let Readers { counters, reset_requests: requests, datapath_log } = readers;
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
     let http = match http {
         Some(HttpListener { addr, listener, token }) => {
@@ -172,6 +185,15 @@ async fn serve(
     // which the AsyncFd owns: it stays open and the same while registered.
     let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
         .context("cannot wait on the datapath's reset requests")?;
+    // SAFETY: as above: the ring buffer's descriptor is owned by the reader,
+    // which the AsyncFd owns.
+    let datapath_log = match datapath_log {
+        Some(reader) => Some(
+            unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+                .context("cannot wait on the datapath's log")?,
+        ),
+        None => None,
+    };
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
     let (commands_tx, commands) = mpsc::channel(64);
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -192,6 +214,9 @@ async fn serve(
         tokio::spawn(api::http::serve(listener, Arc::new(web), shutdown.clone()))
     });
     let resets = tokio::spawn(answer_reset_requests(requests, shutdown.clone()));
+    if let Some(reader) = datapath_log {
+        tokio::spawn(print_datapath_log(reader, shutdown.clone()));
+    }
     let report = tokio::spawn(report_packets(ops, shutdown));
     tokio::select! {
         _ = interrupt.recv() => {},
@@ -204,6 +229,28 @@ async fn serve(
     }
     let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
+}
+
+/// What the agent reads from the datapath.
+struct Readers {
+    counters: Counters,
+    reset_requests: ResetRequests,
+    datapath_log: Option<LogReader>,
+}
+
+/// Prints the datapath's log records as they come.
+async fn print_datapath_log(mut reader: AsyncFd<LogReader>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let mut ready = tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            ready = reader.readable_mut() => match ready {
+                Ok(ready) => ready,
+                Err(e) => return log::error!("cannot wait on the datapath's log: {e}"),
+            },
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 /// Sends the resets the datapath asks for as soon as they are written.

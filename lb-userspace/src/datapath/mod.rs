@@ -34,6 +34,7 @@ use lb_common::{
 pub mod bpf_batch;
 pub mod clock;
 pub mod counters;
+pub mod ebpf_log;
 pub mod flow_table;
 pub mod maglev;
 pub mod ops;
@@ -74,6 +75,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("cannot read the datapath's log (--datapath-log)")]
+    Log(#[source] aya_log::Error),
     #[error("cannot use the flow table")]
     FlowTable(#[source] io::Error),
     #[error("cannot mount the BPF filesystem on {BPFFS}")]
@@ -224,24 +227,26 @@ pub struct Datapath {
     pub maps: Maps,
     pin_dir: Option<PathBuf>,
     attached: Vec<Attached>,
+    /// The datapath's log records, when it logs (see `log.rs`).
+    log_reader: Option<ebpf_log::LogReader>,
 }
 
 impl Datapath {
     /// Loads the program with its maps pinned in `pin_dir` (reused if there).
-    pub fn load_pinned(pin_dir: &Path, sizes: MapSizes) -> Result<Datapath, DatapathError> {
+    pub fn load_pinned(pin_dir: &Path, sizes: MapSizes, log: ebpf_log::DatapathLog) -> Result<Datapath, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         check_pinned_maps(pin_dir, &sizes)?;
-        Self::load(Some(pin_dir), sizes)
+        Self::load(Some(pin_dir), sizes, log)
     }
 
     /// Loads the program with private maps (datapath tests, benchmarks).
     pub fn load_unpinned(sizes: MapSizes) -> Result<Datapath, DatapathError> {
-        Self::load(None, sizes)
+        Self::load(None, sizes, ebpf_log::DatapathLog::Off)
     }
 
-    fn load(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Datapath, DatapathError> {
+    fn load(pin_dir: Option<&Path>, sizes: MapSizes, log: ebpf_log::DatapathLog) -> Result<Datapath, DatapathError> {
         let layout = sizes.layout();
         // The purge's maps are not pinned: they only live during one purge,
         // and marks left by an agent that died mid-purge would make the next
@@ -261,6 +266,7 @@ impl Datapath {
         // The flow table's size, as a constant the verifier sees.
         let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
         loader.override_global("FLOW_BUCKET_MASK", &bucket_mask, true);
+        log.set_level(&mut loader);
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
         }
@@ -282,7 +288,16 @@ impl Datapath {
             Array::try_from(format).map_err(|e| DatapathError::Map { name: map_name::MAPS_FORMAT, source: Some(e) })?;
         format.set(0, lb_common::MAPS_FORMAT, 0).map_err(DatapathError::WriteFormat)?;
         let maps = take_maps(&mut ebpf)?;
-        Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new() })
+        let log_reader = match log {
+            ebpf_log::DatapathLog::Off => None,
+            _ => Some(ebpf_log::reader(&mut ebpf).map_err(DatapathError::Log)?),
+        };
+        Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new(), log_reader })
+    }
+
+    /// The reader of the datapath's log records, if it logs (once).
+    pub fn take_log_reader(&mut self) -> Option<ebpf_log::LogReader> {
+        self.log_reader.take()
     }
 
     pub fn program(&self) -> &Xdp {
