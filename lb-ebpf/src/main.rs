@@ -102,7 +102,7 @@ mod program {
             if let Some(service) = if pkt.is_syn() { syn_service } else { service() } {
                 let a = flow::create(&pkt, hash, service, now).inspect_err(|outcome| {
                     if *outcome == Outcome::DropFlowSlotTaken {
-                        events::flow_slot_lost(ctx, &pkt);
+                        events::flow_slot_lost(&pkt.key);
                     }
                 })?;
                 return to_server(ctx, &pkt, a, now);
@@ -149,7 +149,7 @@ mod program {
         match refusal {
             Refusal::Outcome(outcome) => Err(outcome),
             Refusal::Reset(other_end) => {
-                events::reset_sent(ctx, pkt);
+                events::reset_sent(&pkt.key);
                 reset::reset_sender(ctx, pkt, &other_end)
             }
         }
