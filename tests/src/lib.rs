@@ -9,5 +9,6 @@ pub mod fixture;
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod port_forward;
 pub mod servers;
 pub mod topology;

@@ -13,7 +13,9 @@ use std::{
 
 use testbed::{
     agent::Agent,
-    servers::{Kind, Server, http_get, udp_exchange},
+    http::LOCAL_API,
+    port_forward::PortForward,
+    servers::{EchoClient, Kind, Server, Session, http_get, udp_exchange},
     topology::{ServiceSpec, Topology, VIP},
 };
 
@@ -36,25 +38,64 @@ fn main() {
     let _http: Vec<Server> = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080)).collect();
     let _udp: Vec<Server> =
         topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
     let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
-    let config = topology.config(&[http, udp], "");
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
+    let config = topology.config(&[http, udp, echo], "");
     eprintln!("demo: starting the agent");
     let agent = Agent::start_with(lb.clone(), &topology, &config);
 
     let answers: Vec<String> =
         topology.client.run(|| (0..6).map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}"))).collect());
     let udp_answer = topology.client.run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
+    // Something to watch on the dashboard: 9 long-lived connections (a line
+    // each second) and a few new HTTP requests a second.
+    let _sessions: Vec<Session> = (0..9)
+        .filter_map(|_| {
+            let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).ok()?;
+            let server = client.exchange("which").ok()?;
+            Some(Session::start(client, &server, Some(Duration::from_secs(1))))
+        })
+        .collect();
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        let client = &topology.client;
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client.run(|| http_get(VIP, 80));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    };
+    let forward = PortForward::start(8480..=8499, &topology.lb, LOCAL_API.parse().expect("an address"));
+    let dashboard = match &forward {
+        Ok(forward) => format!(
+            "http://{local}/  (forwarded to the agent's {LOCAL_API} in the balancer's namespace;\n  \
+             from another machine: ssh -L {port}:127.0.0.1:{port} root@<this host>, then open http://127.0.0.1:{port}/)",
+            local = forward.local,
+            port = forward.local.port()
+        ),
+        Err(e) => format!("not forwarded ({e}): the agent serves it on {LOCAL_API} in namespace {}", topology.lb.name),
+    };
     let c = &topology.client.name;
     println!(
         r#"
 The load balancer is running.
-  VIP {VIP}:80/tcp (HTTP) and {VIP}:53/udp (echo) -> pool of 3 servers: {servers}
+  VIP {VIP}:80/tcp (HTTP, pool p80), {VIP}:53/udp (echo, p53) and {VIP}:7/tcp (line echo, p7),
+  each to a pool of the same 3 servers: {servers}
   6 test requests were answered by: {answers}; UDP by: {udp_answer}
 
 Send requests from the client namespace (each answer names its server):
   ip netns exec {c} curl -s http://{VIP}/
   ip netns exec {c} bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; tail -n1 <&3'
+
+The dashboard (Pools > p7 > Servers: tick servers, Disable / Gracefully / Enable),
+the HTTP API (/api/v1/...) and the metrics (/metrics):
+  {dashboard}
+  9 connections to {VIP}:7 send a line each second, and a few HTTP requests a second
+  go to {VIP}:80, so that flows and drains can be watched.
 
 Operate it with the CLI (it talks to the agent's API socket):
   export LB_SOCKET={socket}
@@ -69,7 +110,7 @@ The agent: config {config}, log {log}, maps pinned in {pins}
 
 Ctrl-C stops the agent and removes the namespaces, pins and files.
 "#,
-        servers = topology.servers.iter().map(|s| format!("{} {}:8080", s.name, s.addr)).collect::<Vec<_>>().join(", "),
+        servers = topology.servers.iter().map(|s| format!("{} {}", s.name, s.addr)).collect::<Vec<_>>().join(", "),
         answers = answers.join(" "),
         config = agent.config_path.display(),
         log = agent.log_path().display(),
@@ -77,10 +118,15 @@ Ctrl-C stops the agent and removes the namespaces, pins and files.
         socket = agent.socket().display(),
         lb = lb.display(),
     );
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    std::thread::scope(|s| {
+        s.spawn(traffic);
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     eprintln!("demo: stopping the agent and removing everything");
+    drop(forward);
+    drop(_sessions);
     drop(agent);
     drop(topology);
     eprintln!("demo: done");
