@@ -171,3 +171,44 @@ fn report_agent_memory(b: &Bed) {
     eprintln!("agent resident memory with the dashboard open and live: {:.1} MiB", rss_kib as f64 / 1024.0);
     assert!(rss_kib < 64 * 1024, "the agent uses {rss_kib} KiB");
 }
+
+/// A file holding the API's token, removed when dropped.
+struct TokenFile(std::path::PathBuf);
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
+    let token = TokenFile(std::env::temp_dir().join(format!("lb-dashboard-token-{}", std::process::id())));
+    std::fs::write(&token.0, "page-s3cret\n").unwrap();
+    let extra = format!("[http]\nlisten = \"0.0.0.0:8480\"\ntoken_file = \"{}\"\n", token.0.display());
+    let b = bed(2, &extra);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    b.topology.lb.run(|| {
+        runtime.block_on(async {
+            let mut browser = Browser::start(&b.topology.lb, "dashboard-token", 1024, 700).await;
+            // The balancer's own address on the client side: not loopback.
+            browser.goto("http://10.0.0.1:8480/").await;
+            browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains("a token is needed")).await;
+            browser.screenshot("token-asked").await;
+            for (attempt, says) in [("wrong", "the token is wrong"), ("page-s3cret", "")] {
+                browser.find("#token-input").await.send_keys(attempt).await.unwrap();
+                browser.click("#token-form button[type=submit]").await;
+                if !says.is_empty() {
+                    browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains(says)).await;
+                }
+            }
+            browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "2 / 2").await;
+            // Kept for the tab: a reload and another page ask nothing.
+            browser.client.refresh().await.unwrap();
+            browser.click("#pools a[href=\"#/pools/p7\"]").await;
+            browser.wait_text(&cell("s1", "state"), 5 * SECOND, |t| t == "ENABLED").await;
+            assert_eq!(browser.eval("return document.getElementById('token-dialog').open;").await, Value::Bool(false));
+            browser.screenshot("token-kept").await;
+        })
+    });
+}
