@@ -213,9 +213,17 @@ async fn serve(
         log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
         tokio::spawn(api::http::serve(listener, Arc::new(web), shutdown.clone()))
     });
-    let resets = tokio::spawn(answer_reset_requests(requests, shutdown.clone()));
+    // Resets are sent as soon as the datapath asks for them.
+    let resets = tokio::spawn(on_records(
+        requests,
+        "the reset requests",
+        |r| {
+            r.answer_all();
+        },
+        shutdown.clone(),
+    ));
     if let Some(reader) = datapath_log {
-        tokio::spawn(print_datapath_log(reader, shutdown.clone()));
+        tokio::spawn(on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
     }
     let report = tokio::spawn(report_packets(ops, shutdown));
     tokio::select! {
@@ -238,32 +246,24 @@ struct Readers {
     datapath_log: Option<LogReader>,
 }
 
-/// Prints the datapath's log records as they come.
-async fn print_datapath_log(mut reader: AsyncFd<LogReader>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let mut ready = tokio::select! {
-            () = runtime::stopped(&mut shutdown) => return,
-            ready = reader.readable_mut() => match ready {
-                Ok(ready) => ready,
-                Err(e) => return log::error!("cannot wait on the datapath's log: {e}"),
-            },
-        };
-        ready.get_inner_mut().flush();
-        ready.clear_ready();
-    }
-}
-
-/// Sends the resets the datapath asks for as soon as they are written.
-async fn answer_reset_requests(mut ring: AsyncFd<ResetRequests>, mut shutdown: watch::Receiver<bool>) {
+/// Reads a ring buffer of the datapath's each time it has records, until
+/// the agent stops: `read` drains it (answers reset requests, prints log
+/// records).
+async fn on_records<T: std::os::fd::AsRawFd>(
+    mut ring: AsyncFd<T>,
+    what: &str,
+    mut read: impl FnMut(&mut T),
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let mut ready = tokio::select! {
             () = runtime::stopped(&mut shutdown) => return,
             ready = ring.readable_mut() => match ready {
                 Ok(ready) => ready,
-                Err(e) => return log::error!("cannot wait on the reset requests: {e}"),
+                Err(e) => return log::error!("cannot wait on {what}: {e}"),
             },
         };
-        ready.get_inner_mut().answer_all();
+        read(ready.get_inner_mut());
         ready.clear_ready();
     }
 }

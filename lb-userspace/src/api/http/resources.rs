@@ -27,29 +27,28 @@ pub async fn disable(
     State(web): State<Arc<Web>>,
     Path(pool): Path<String>,
     headers: HeaderMap,
-    request_body: Body,
+    body: Body,
 ) -> Response {
-    let request = match body::read_json(&headers, request_body, &web.limits).await {
-        Ok(json) => body::disable(pool, &json),
-        Err(refusal) => return refusal,
-    };
-    match request {
-        Ok(request) => answer(web.ops.handle(request).await),
-        Err(e) => answer(Err(e)),
-    }
+    change(&web, pool, &headers, body, body::disable).await
 }
 
-pub async fn enable(
-    State(web): State<Arc<Web>>,
-    Path(pool): Path<String>,
-    headers: HeaderMap,
+pub async fn enable(State(web): State<Arc<Web>>, Path(pool): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    change(&web, pool, &headers, body, body::enable).await
+}
+
+/// A change: its body read and turned into the operation by `parse`.
+async fn change(
+    web: &Web,
+    pool: String,
+    headers: &HeaderMap,
     request_body: Body,
+    parse: fn(String, &Value) -> Result<Request, ApiError>,
 ) -> Response {
-    let request = match body::read_json(&headers, request_body, &web.limits).await {
-        Ok(json) => body::enable(pool, &json),
+    let json = match body::read_json(headers, request_body, &web.limits).await {
+        Ok(json) => json,
         Err(refusal) => return refusal,
     };
-    match request {
+    match parse(pool, &json) {
         Ok(request) => answer(web.ops.handle(request).await),
         Err(e) => answer(Err(e)),
     }
