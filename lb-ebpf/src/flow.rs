@@ -117,11 +117,18 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<Found, Refusal> {
 /// service's consistent-hash table.
 #[inline(always)]
 pub fn create(pkt: &Packet, hash: u64, service: &Service, now: u64) -> Result<Assignment, Outcome> {
-    let server_id = choose_server(service, hash).ok_or(Outcome::DropNoServer)?;
-    let server = server(server_id).ok_or(Outcome::DropNoServer)?;
-    // The table only holds ENABLED servers; this guards the moment it is rewritten.
+    let mut server_id = choose_server(service, hash).ok_or(Outcome::DropNoServer)?;
+    let mut server = server(server_id).ok_or(Outcome::DropNoServer)?;
+    // The row only names servers that take new flows, but an operator's
+    // disable writes the server's state (the one write that stops its
+    // flows) a moment before the row is rewritten: a SYN of that moment
+    // takes a server from the next slots rather than being dropped.
     if server.state != server_state::ENABLED {
-        return Err(Outcome::DropNoServer);
+        server_id = fallback_server(service.index, hash);
+        server = self::server(server_id).ok_or(Outcome::DropNoServer)?;
+        if server.state != server_state::ENABLED {
+            return Err(Outcome::DropNoServer);
+        }
     }
     let mut flow = Flow {
         server_id,
@@ -187,9 +194,38 @@ fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
 /// Consistent hashing: the flow's hash picks a slot of the service's Maglev row.
 #[inline(always)]
 fn choose_server(service: &Service, hash: u64) -> Option<u32> {
-    // Maps the hash onto 0..MAGLEV_TABLE_SIZE by a multiply and a shift
-    // (no division): hash32 * size / 2^32.
-    let slot = (((hash >> 32) * MAGLEV_TABLE_SIZE as u64) >> 32) as u32;
-    let id = *MAGLEV.get(service.index * MAGLEV_TABLE_SIZE + slot)?;
+    let id = *MAGLEV.get(service.index * MAGLEV_TABLE_SIZE + maglev_slot(hash))?;
     if id == NO_SERVER { None } else { Some(id) }
+}
+
+/// Maps the hash onto 0..MAGLEV_TABLE_SIZE by a multiply and a shift (no
+/// division): hash32 * size / 2^32.
+#[inline(always)]
+fn maglev_slot(hash: u64) -> u32 {
+    (((hash >> 32) * MAGLEV_TABLE_SIZE as u64) >> 32) as u32
+}
+
+/// Slots tried after a flow's own when its server no longer takes new flows.
+/// Maglev spreads a server's slots, so with one of n servers out each try
+/// misses with odds 1/n: 16 tries leave 1 in 65536 SYNs to drop with two.
+const FALLBACK_SLOTS: u32 = 16;
+
+/// The first server after the flow's slot that takes new flows, or
+/// NO_SERVER. Out of line (a BPF-to-BPF call): it runs only in the moment
+/// a row is being rewritten, and inlined it would make the packet path too
+/// large for LLVM to inline whole.
+#[inline(never)]
+fn fallback_server(service_index: u32, hash: u64) -> u32 {
+    let first = maglev_slot(hash);
+    for step in 1..=FALLBACK_SLOTS {
+        let mut slot = first + step;
+        if slot >= MAGLEV_TABLE_SIZE {
+            slot -= MAGLEV_TABLE_SIZE;
+        }
+        let Some(&id) = MAGLEV.get(service_index * MAGLEV_TABLE_SIZE + slot) else { return NO_SERVER };
+        if id != NO_SERVER && server(id).is_some_and(|s| s.state == server_state::ENABLED) {
+            return id;
+        }
+    }
+    NO_SERVER
 }

@@ -617,3 +617,47 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
         assert_eq!(bed.flow_count(), 2048);
     });
 }
+
+#[test]
+fn a_new_flow_is_not_dropped_while_a_disabled_servers_hash_row_is_rewritten() {
+    use lb_common::server_state::{DISABLED, DRAINING};
+
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 1)));
+        let s2 = (SERVER2, 8080);
+        // The first step of an operator's disable of s1, as the agent takes
+        // it: s1's state is written, its service's Maglev row (half its
+        // slots name s1) not yet.
+        for (state, what) in [(DISABLED, "disabled"), (DRAINING, "draining")] {
+            bed.write_server_state("web", "s1", state);
+            let cases: Vec<Case> = (0..64)
+                .map(|i| {
+                    let syn = client_tcp(42000 + i + 100 * u16::from(state), 80).flags(SYN).seq(5000, 0);
+                    forward(
+                        "a SYN whose slot names s1 (not in service yet in the row) goes to s2",
+                        &syn,
+                        s2,
+                        SERVER2_MAC,
+                        "web",
+                        "s2",
+                        true,
+                    )
+                })
+                .collect();
+            bed.run(&cases);
+            assert_eq!(bed.outcomes().get("drop_no_server").copied().unwrap_or(0), 0, "s1 {what}: no SYN dropped");
+        }
+        // With no server in service at all, a SYN is still dropped.
+        bed.write_server_state("web", "s2", DISABLED);
+        let syn = client_tcp(43000, 80).flags(SYN).seq(5000, 0);
+        bed.run(&[Case {
+            name: "no server takes new flows: dropped",
+            input: syn.build(),
+            ingress: "toclient",
+            verdict: testbed::fixture::XDP_DROP,
+            output: Expect::Unchanged,
+            counts: vec![Count::Outcome(DropNoServer, 1)],
+        }]);
+    });
+}

@@ -243,6 +243,14 @@ impl<D: DatapathOps> Owner<D> {
         if moved.is_empty() {
             return Ok(changes);
         }
+        let cut = plan.iter().any(|(_, t)| matches!(t, Transition::Terminate(r) if *r != DisableReason::Drained));
+        if cut {
+            // DISABLED is written: from now on the datapath answers the
+            // servers' live flows with resets, so readers must see it too
+            // (the Maglev rows below take milliseconds; the events, with
+            // the number of flows reset, follow the purge).
+            self.publish(now_ms);
+        }
         for service in self.services.iter().filter(|s| s.pool == pool) {
             self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
         }
