@@ -30,7 +30,14 @@ pub struct Bed {
 
 /// N servers (s1..sN, weight 1); `extra` is appended to the config.
 pub fn bed(n: usize, extra: &str) -> Bed {
+    bed_with(n, extra, |_| {})
+}
+
+/// As [`bed`], with `prepare` run on the topology before the agent starts
+/// (to make its directory's mounts, say).
+pub fn bed_with(n: usize, extra: &str, prepare: impl FnOnce(&Topology)) -> Bed {
     let topology = Topology::new(n);
+    prepare(&topology);
     let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
     let services = [

@@ -101,3 +101,65 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
         assert_eq!(served.len(), 3, "{mode}: every server took connections: {served:?}");
     }
 }
+
+/// A small file system mounted for one test, removed when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: std::path::PathBuf) -> Mount {
+        std::fs::create_dir_all(&path).unwrap();
+        testbed::netns::must(
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&path),
+        );
+        Mount(path)
+    }
+
+    fn remount(&self, mode: &str) {
+        testbed::netns::must(std::process::Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&self.0));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_change_the_state_file_cannot_record_is_refused_and_changes_nothing() {
+    let mut mount = None;
+    // The state file on a file system of its own, made read-only below.
+    let mut b = testbed::bed::bed_with(2, "", |topology| {
+        mount = Some(Mount::tmpfs(topology.dir().join("state-fs")));
+    });
+    // Declared after the bed, so unmounted before the bed is removed.
+    let mount = mount.unwrap();
+    let config = std::fs::read_to_string(&b.agent.config_path).unwrap();
+    assert!(config.contains("state.json"));
+    // Restart on a config whose state file is on the mount.
+    let moved = config.replace("state.json", "state-fs/state.json");
+    std::fs::write(&b.agent.config_path, moved).unwrap();
+    b.agent.stop();
+    b.agent.restart();
+    let session = testbed::servers::Session::start(b.connect_to("s1"), "s1", testbed::bed::EVERY_100MS);
+
+    mount.remount("ro");
+    for args in
+        [&["server", "disable", "p7", "s1"][..], &["server", "disable", "p7", "s1", "--graceful", "--timeout", "1m"]]
+    {
+        let (ok, _, stderr) = b.agent.lb(args);
+        assert!(!ok, "{args:?} succeeded on a read-only state file");
+        assert!(stderr.contains("nothing was changed") && stderr.contains("Read-only file system"), "{stderr}");
+        assert_eq!(b.state("p7", "s1"), "ENABLED");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(session.ended().is_none(), "s1's session was cut: {:?}", session.ended());
+    let reached: Vec<String> = b.new_connections(30);
+    assert!(reached.iter().any(|s| s == "s1"), "s1 no longer takes new connections: {reached:?}");
+    assert!(b.events().is_empty(), "{:?}", b.events());
+
+    // Writable again: the same change is made.
+    mount.remount("rw");
+    b.lb(&["server", "disable", "p7", "s1"]);
+    assert_eq!(b.state("p7", "s1"), "DISABLED (immediate)");
+}

@@ -51,6 +51,8 @@ pub enum ControlError {
     },
     #[error("cannot save the state")]
     StateFile(#[from] state_file::StateFileError),
+    #[error("cannot save the new states, so nothing was changed")]
+    NotSaved(#[source] state_file::StateFileError),
 }
 
 impl From<&ControlError> for ApiError {
@@ -60,7 +62,7 @@ impl From<&ControlError> for ApiError {
             ControlError::UnknownServer { .. } => ErrorCode::UnknownServer,
             ControlError::NoServers => ErrorCode::BadRequest,
             ControlError::LastServer { .. } => ErrorCode::LastServer,
-            ControlError::Datapath { .. } | ControlError::StateFile(_) => ErrorCode::Failed,
+            ControlError::Datapath { .. } | ControlError::StateFile(_) | ControlError::NotSaved(_) => ErrorCode::Failed,
         };
         // The error's own line and its causes, for the operator.
         ApiError::new(code, error_chain(e))
@@ -150,6 +152,11 @@ impl<D: DatapathOps> Owner<D> {
         &self.config
     }
 
+    #[cfg(test)]
+    pub(super) fn config_mut_for_tests(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
     pub fn servers(&self) -> &ServerTable {
         &self.servers
     }
@@ -237,11 +244,52 @@ impl<D: DatapathOps> Owner<D> {
         self.servers.find(pool, name).expect("planned server exists").id
     }
 
-    /// Carries out a plan on `pool` (see the module's note on order).
+    /// Carries out a plan on `pool` (see the module's note on order). The
+    /// new states are saved first: a change that cannot be saved is not
+    /// made, and one whose datapath writes fail is rolled back.
     pub(super) fn execute(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Vec<Change>, ControlError> {
-        let (mut changes, terminated, moved) = self.mark(pool, plan, now_ms)?;
+        let before: Vec<(u32, AdminState)> = plan
+            .iter()
+            .map(|(name, _)| {
+                let id = self.id_of(pool, name);
+                (id, self.servers.get(id).expect("planned server exists").admin)
+            })
+            .collect();
+        let mut after = self.admin_states();
+        for (name, transition) in plan {
+            let key = (pool.to_owned(), name.clone());
+            let planned = servers::state::apply(&after[&key], *transition, now_ms);
+            after.insert(key, planned);
+        }
+        if after != self.admin_states() {
+            state_file::save(&self.config.state_file, &after).map_err(ControlError::NotSaved)?;
+        }
+        let (mut changes, terminated, moved) = match self.write_change(pool, plan, now_ms) {
+            Ok(written) => written,
+            Err(e) => {
+                self.roll_back(pool, &before, now_ms);
+                return Err(e);
+            }
+        };
         if moved.is_empty() {
             return Ok(changes);
+        }
+        // Readers see the new states before the slow part: a purge and the
+        // resets of a million flows take seconds.
+        self.publish(now_ms);
+        // The change is made; what follows cleans up after it (a flow the
+        // purge missed is swept: its server is DISABLED).
+        let cleaned = self.terminate(&terminated, &mut changes);
+        self.record(changes.iter().filter(|c| moved.contains(&c.server)), now_ms);
+        cleaned.map(|()| changes)
+    }
+
+    /// The datapath's part of a change: states, then Maglev rows, then the
+    /// states of servers starting to drain.
+    fn write_change(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Marked, ControlError> {
+        let (changes, terminated, moved) = self.mark(pool, plan, now_ms)?;
+        if moved.is_empty() {
+            return Ok((changes, terminated, moved));
         }
         let cut = plan.iter().any(|(_, t)| matches!(t, Transition::Terminate(r) if *r != DisableReason::Drained));
         if cut {
@@ -251,9 +299,7 @@ impl<D: DatapathOps> Owner<D> {
             // the number of flows reset, follow the purge).
             self.publish(now_ms);
         }
-        for service in self.services.iter().filter(|s| s.pool == pool) {
-            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
-        }
+        self.write_maglev_rows(pool)?;
         // Draining: only once no slot sends it new flows, so none is dropped.
         for (name, transition) in plan {
             if matches!(transition, Transition::Drain(_)) {
@@ -261,13 +307,34 @@ impl<D: DatapathOps> Owner<D> {
                 self.dp.write_server(slot).map_err(dp_err("write a server's state"))?;
             }
         }
-        // Readers see the new states before the slow part: a purge and the
-        // resets of a million flows take seconds.
+        Ok((changes, terminated, moved))
+    }
+
+    fn write_maglev_rows(&mut self, pool: &str) -> Result<(), ControlError> {
+        for service in self.services.iter().filter(|s| s.pool == pool) {
+            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts back the states a failed change had (in memory, in the datapath,
+    /// in the state file), as far as it can; says what it could not.
+    fn roll_back(&mut self, pool: &str, before: &[(u32, AdminState)], now_ms: u64) {
+        for (id, admin) in before {
+            let slot = self.servers.get_mut(*id).expect("planned server exists");
+            slot.admin = *admin;
+            if let Err(e) = self.dp.write_server(slot) {
+                log::error!("rolling back {pool}/{}: cannot write its state back: {e}", slot.name);
+            }
+        }
+        // Enabled servers again first, then the rows that point at them.
+        if let Err(e) = self.write_maglev_rows(pool) {
+            log::error!("rolling back pool {pool}: {e}");
+        }
+        if let Err(e) = self.save_states() {
+            log::error!("rolling back pool {pool}: {e}");
+        }
         self.publish(now_ms);
-        self.terminate(&terminated, &mut changes)?;
-        self.save_states()?;
-        self.record(changes.iter().filter(|c| moved.contains(&c.server)), now_ms);
-        Ok(changes)
     }
 
     /// Sets each planned server's new state; writes it at once for those

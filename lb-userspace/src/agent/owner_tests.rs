@@ -40,6 +40,8 @@ struct FakeDatapath {
     live_tcp: HashMap<u32, usize>,
     sweeps: usize,
     state_file: std::path::PathBuf,
+    /// Fail Maglev row writes (to test roll-backs).
+    fail_maglev: bool,
 }
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -55,6 +57,9 @@ impl DatapathOps for FakeDatapath {
     }
 
     fn write_maglev_row(&mut self, service: &ServiceSlot, servers: &ServerTable) -> DatapathResult<()> {
+        if self.fail_maglev {
+            return Err("the map is gone".into());
+        }
         let members = servers.pool(&service.pool).filter(|s| s.takes_new_flows()).map(|s| name(s.id)).collect();
         self.writes.push(Write::Maglev(members));
         Ok(())
@@ -277,4 +282,36 @@ fn the_snapshot_shows_states_deadlines_and_counts_without_side_effects() {
     assert_eq!(b.admin.deadline_ms(), Some(T0 + 60_000));
     assert_eq!(snapshot.pool("web").unwrap().services, ["10.100.0.1:80/tcp"]);
     assert_eq!((owner.dp().sweeps, take_writes(&mut owner).len()), (sweeps, 0), "a read changes nothing");
+}
+
+#[test]
+fn a_change_that_cannot_be_saved_is_not_made() {
+    let mut owner = owner("unsaved");
+    // A state file that cannot be written: nothing may change.
+    owner.config_mut_for_tests().state_file = "/proc/lb-no-such-dir/state.json".into();
+    for mode in [DisableMode::Immediate, DisableMode::Graceful { timeout_ms: None }] {
+        let refused = owner.disable("web", &names(&["a"]), mode, false, T0);
+        assert!(matches!(refused, Err(ControlError::NotSaved(_))), "{refused:?}");
+        assert_eq!(state(&owner, "a"), AdminState::Enabled);
+    }
+    assert_eq!(owner.dp().writes, vec![], "the datapath was not touched");
+    assert!(owner.snapshot(T0).events.is_empty());
+}
+
+#[test]
+fn a_change_whose_datapath_write_fails_is_rolled_back() {
+    let mut owner = owner("rollback");
+    owner.dp_mut().fail_maglev = true;
+    let refused = owner.disable("web", &names(&["a"]), DisableMode::Immediate, false, T0);
+    assert!(matches!(refused, Err(ControlError::Datapath { .. })), "{refused:?}");
+    assert_eq!(state(&owner, "a"), AdminState::Enabled, "the state is put back");
+    let writes = &owner.dp().writes;
+    assert_eq!(
+        writes,
+        &vec![Write::Server("a", ServerState::Disabled), Write::Server("a", ServerState::Enabled)],
+        "DISABLED written, then ENABLED again (the rows were never rewritten)"
+    );
+    let saved = super::state_file::load(&owner.config().state_file).unwrap();
+    assert_eq!(saved.get(&("web".to_owned(), "a".to_owned())), Some(&AdminState::Enabled), "the file is put back");
+    assert!(owner.snapshot(T0).events.is_empty(), "no event for a change not made");
 }
