@@ -57,7 +57,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove an instance's pinned maps (its agent must be stopped).
+    /// Stop forwarding for good: detach XDP and remove the instance's pinned
+    /// links and maps (its agent must be stopped; stopping the agent alone
+    /// leaves XDP forwarding, so that a restart misses no packet).
     Cleanup {
         #[arg(long, short)]
         config: PathBuf,
@@ -151,10 +153,19 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Stats { json } => cli::stats(socket, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;
+            if std::os::unix::net::UnixStream::connect(&config.api_socket).is_ok() {
+                anyhow::bail!(
+                    "the agent of instance {} is running (it answers on {}): stop it first",
+                    config.instance,
+                    config.api_socket.display()
+                );
+            }
             let dir = agent::pin_dir(&config.instance);
             if dir.exists() {
+                // The link pins go with it: nothing holds the XDP links then,
+                // and the program is detached.
                 std::fs::remove_dir_all(&dir)?;
-                println!("removed {}", dir.display());
+                println!("XDP detached from {}; removed {}", config.interfaces.join(", "), dir.display());
             }
             Ok(())
         }

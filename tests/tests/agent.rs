@@ -15,8 +15,15 @@ use testbed::{
 };
 
 fn xdp_attached(topology: &Topology, interface: &str) -> bool {
-    let out = topology.lb.ip(&["link", "show", "dev", interface]);
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
+    xdp_program(topology, interface).is_some()
+}
+
+/// The id of the XDP program attached to `interface`, if any.
+fn xdp_program(topology: &Topology, interface: &str) -> Option<u32> {
+    let out = topology.lb.ip(&["-d", "link", "show", "dev", interface]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = text.split("prog/xdp id ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
 }
 
 #[test]
@@ -48,21 +55,57 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
 }
 
 #[test]
-fn sigterm_detaches_and_keeps_the_map_pins_for_a_restart() {
+fn sigterm_leaves_forwarding_running_and_only_cleanup_stops_it() {
     let topology = Topology::new(1);
+    let _http = Server::start(&topology.servers[0].ns, "s1", Kind::Http, 8080);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
+    let (ok, _, stderr) = agent.lb(&["cleanup", "--config", agent.config_path.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("is running"), "cleanup while the agent runs: {stderr}");
 
+    // What systemctl stop and restart send.
     let status = agent.stop().expect("agent was running");
     assert!(status.success(), "agent exited with {status}:\n{}", agent.log());
+    assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"), "XDP detached by SIGTERM");
+    let answer = topology.client.run(|| http_get(VIP, 80)).expect("a request with no agent running");
+    assert_eq!(answer, "s1");
+    let pins = || -> Vec<String> {
+        std::fs::read_dir(agent.pin_dir())
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    assert!(pins().contains(&"flows".to_owned()) && pins().contains(&"link_lbc".to_owned()), "{:?}", pins());
+
+    // Stopping forwarding for good is said explicitly.
+    let (ok, stdout, stderr) = agent.lb(&["cleanup", "--config", agent.config_path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("XDP detached"), "{stdout}");
     assert!(!xdp_attached(&topology, "lbc") && !xdp_attached(&topology, "lbs1"), "XDP still attached");
-    let pins: Vec<String> = std::fs::read_dir(agent.pin_dir())
-        .expect("pin dir kept")
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(pins.contains(&"flows".to_owned()), "flow table pin kept: {pins:?}");
-    assert!(!pins.iter().any(|p| p.starts_with("link_")), "link pins removed: {pins:?}");
+    assert!(pins().is_empty());
+}
+
+#[test]
+fn the_agent_refuses_a_bpf_filesystem_private_to_its_mount_namespace() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let config_path = topology.dir().join("lb.toml");
+    std::fs::create_dir_all(topology.dir()).unwrap();
+    std::fs::write(&config_path, topology.config(&[spec], "")).unwrap();
+    // `ip netns exec` gives the agent a /sys of its own: its pins would die with it.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &topology.lb.name])
+        .arg(testbed::agent::lb_bin())
+        .args(["agent", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent ran on a private BPF filesystem");
+    assert!(stderr.contains("private to the agent") && stderr.contains("nsenter --net="), "{stderr}");
+    assert!(!xdp_attached(&topology, "lbc"));
+    let _ = std::fs::remove_dir_all(topology.dir());
 }
 
 /// Writes the format recorded in an instance's pins, as an agent of that
@@ -75,7 +118,7 @@ fn set_pinned_format(pin_dir: &std::path::Path, format: u32) {
 
 /// Starts `agent`'s binary on its config once more: whether it refused to
 /// start, and what it said. One still running after 10 s took the pins; it
-/// is stopped (SIGTERM: it detaches).
+/// is stopped (SIGTERM).
 fn start_once(agent: &Agent) -> (bool, String) {
     let mut child = agent
         .lb_command()
@@ -105,6 +148,9 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
     let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
     agent.stop().expect("agent was running");
     let pins = agent.pin_dir();
+    // The stopped agent's program goes on forwarding.
+    let attached = xdp_program(&topology, "lbc");
+    assert!(attached.is_some());
 
     // Left by an agent of another format (same shapes, read differently).
     let other = MAPS_FORMAT + 1;
@@ -113,7 +159,7 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
     assert!(refused, "agent took maps of format {other}: {stderr}");
     let why = format!("hold format {other} (this agent reads format {MAPS_FORMAT})");
     assert!(stderr.contains(&why) && stderr.contains("lb cleanup"), "unclear refusal:\n{stderr}");
-    assert!(!xdp_attached(&topology, "lbc"), "nothing may be attached");
+    assert_eq!(xdp_program(&topology, "lbc"), attached, "the refused agent must leave what is attached");
     let map = MapData::from_pin(pins.join(map_name::MAPS_FORMAT)).unwrap();
     let format: Array<_, u32> = Array::try_from(Map::Array(map)).unwrap();
     assert_eq!(format.get(&0, 0).unwrap(), other, "the pins are left as they are");

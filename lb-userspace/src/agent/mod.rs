@@ -140,9 +140,15 @@ fn start(
     let result = runtime.block_on(serve(owner, listener, http, readers));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
-    let mut live = result?;
-    log::info!("stopping: detaching XDP (map pins kept in {} for a restart)", pins.display());
-    live.dp.detach_all();
+    // XDP stays attached (its links are pinned): forwarding goes on with the
+    // states as they are, and an agent started again (a restart, an upgrade)
+    // takes over without a packet missed. `lb cleanup` stops forwarding.
+    drop(result?);
+    log::info!(
+        "stopped; XDP stays attached and forwards with the current states (links and maps pinned in {}); \
+         to stop forwarding: lb cleanup --config <this config>",
+        pins.display()
+    );
     Ok(())
 }
 

@@ -75,6 +75,14 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error(
+        "{BPFFS} is not mounted in this mount namespace, which is private to the agent (as under `ip netns \
+         exec`, which mounts its own /sys): a BPF filesystem mounted here would be private to it, and the pins, \
+         and with them the flows and forwarding, would not outlive the agent. \
+         Run it in the host's mount namespace, entering only the network namespace: \
+         nsenter --net=/run/netns/NAME lb agent --config FILE"
+    )]
+    PrivateBpffs,
     #[error("cannot read the datapath's log (--datapath-log)")]
     Log(#[source] aya_log::Error),
     #[error("cannot use the flow table")]

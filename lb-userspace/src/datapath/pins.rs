@@ -67,6 +67,13 @@ pub(super) fn ensure_bpffs() -> Result<(), DatapathError> {
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
+    // Not mounted here. In a mount namespace made for this process alone (as
+    // `ip netns exec` makes, with its own /sys), a BPF filesystem mounted now
+    // would be private to it: the pins, and with them the flows and the
+    // forwarding, would not outlive the agent.
+    if in_own_mount_namespace() {
+        return Err(DatapathError::PrivateBpffs);
+    }
     std::fs::create_dir_all(BPFFS).map_err(DatapathError::MountBpffs)?;
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
     // SAFETY: valid C strings; no data argument.
@@ -75,4 +82,13 @@ pub(super) fn ensure_bpffs() -> Result<(), DatapathError> {
         return Err(DatapathError::MountBpffs(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Whether this process's mount namespace differs from its parent's.
+fn in_own_mount_namespace() -> bool {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let ours = std::fs::read_link("/proc/self/ns/mnt");
+    let theirs = std::fs::read_link(format!("/proc/{parent}/ns/mnt"));
+    matches!((ours, theirs), (Ok(a), Ok(b)) if a != b)
 }
