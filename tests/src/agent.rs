@@ -190,6 +190,13 @@ impl Agent {
         child.wait().ok()
     }
 
+    /// Starts another build of the agent on the same config (after `kill`
+    /// or `stop`), as an upgrade does.
+    pub fn upgrade(&mut self, lb: PathBuf) {
+        self.lb = lb;
+        self.restart();
+    }
+
     /// Starts the agent again on the same config (after `kill` or `stop`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "agent still running");

@@ -13,6 +13,7 @@ use std::{
 
 use testbed::{
     bed::{Bed, ECHO, bed},
+    netns::NetNs,
     servers::EchoClient,
     topology::VIP,
 };
@@ -26,9 +27,9 @@ struct Attempt {
 
 /// Opens connections at `per_second` from the client until `stop`: each
 /// connects, asks which server it reached, and closes.
-fn steady_connections(b: &Bed, per_second: u32, stop: &AtomicBool, attempts: &Mutex<Vec<Attempt>>) {
+fn steady_connections(client: &NetNs, per_second: u32, stop: &AtomicBool, attempts: &Mutex<Vec<Attempt>>) {
     let every = Duration::from_secs(1) / per_second;
-    b.topology.client.run(|| {
+    client.run(|| {
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             next += every;
@@ -64,7 +65,7 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
         let stop = AtomicBool::new(false);
         let attempts = Mutex::new(Vec::new());
         let cycles = std::thread::scope(|s| {
-            s.spawn(|| steady_connections(&b, 400, &stop, &attempts));
+            s.spawn(|| steady_connections(&b.topology.client, 400, &stop, &attempts));
             std::thread::sleep(Duration::from_millis(200));
             let started = Instant::now();
             for _ in 0..50 {
@@ -162,4 +163,65 @@ fn a_change_the_state_file_cannot_record_is_refused_and_changes_nothing() {
     mount.remount("rw");
     b.lb(&["server", "disable", "p7", "s1"]);
     assert_eq!(b.state("p7", "s1"), "DISABLED (immediate)");
+}
+
+#[test]
+fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
+    let mut b = bed(3, "");
+    let draining = testbed::servers::Session::start(b.connect_to("s3"), "s3", testbed::bed::EVERY_100MS);
+    let every_10ms = Some(Duration::from_millis(10));
+    let keep_alive: Vec<testbed::servers::Session> = ["s1", "s2", "s1", "s2"]
+        .iter()
+        .map(|s| testbed::servers::Session::start(b.connect_to(s), s, every_10ms))
+        .collect();
+    let issued = Instant::now();
+    b.lb(&["server", "disable", "p7", "s3", "--graceful", "--timeout", "20s"]);
+    let upgraded = b.agent.dir.join("lb-upgraded");
+    std::fs::copy(testbed::agent::lb_bin(), &upgraded).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let attempts = Mutex::new(Vec::new());
+    let restarts = std::thread::scope(|s| {
+        s.spawn(|| steady_connections(&b.topology.client, 200, &stop, &attempts));
+        let mut restarts = Vec::new();
+        for kind in ["SIGTERM", "SIGKILL", "upgrade"] {
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(150));
+                let started = Instant::now();
+                match kind {
+                    "SIGKILL" => b.agent.kill(),
+                    _ => drop(b.agent.stop()),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                match kind {
+                    "upgrade" => b.agent.upgrade(upgraded.clone()),
+                    _ => b.agent.restart(),
+                }
+                restarts.push((kind, started.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        restarts
+    });
+    eprintln!("restarts (down and up again): {restarts:?}");
+    let attempts = attempts.into_inner().unwrap();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
+    let slowest = attempts.iter().map(|a| a.connect).max().unwrap();
+    eprintln!("{} new connections during 15 restarts, slowest connect {slowest:?}", attempts.len());
+    assert!(failed.is_empty(), "{} connections failed: {:?}", failed.len(), failed.iter().map(|a| &a.outcome).collect::<Vec<_>>());
+    assert!(slowest < Duration::from_millis(500), "a connection took {slowest:?} to open");
+    for session in &keep_alive {
+        assert!(session.ended().is_none(), "a keep-alive connection on {} ended: {:?}", session.server, session.ended());
+    }
+    assert!(keep_alive.iter().all(|s| s.exchanges() > 100));
+    assert_eq!(dropped_syns(&b), 0);
+
+    // The drain begun before the restarts ends at its original deadline.
+    assert_eq!(b.state("p7", "s3"), "DRAINING (deadline)");
+    testbed::bed::wait_for("s3's deadline", Duration::from_secs(25), || draining.ended().is_some());
+    let at = draining.ended().unwrap().at;
+    assert_eq!(draining.ended().unwrap().kind, ErrorKind::ConnectionReset);
+    let deadline = issued + Duration::from_secs(20);
+    assert!(at >= deadline && at <= deadline + Duration::from_secs(1), "reset at {:?} from the deadline", at.checked_duration_since(deadline).ok_or(deadline - at));
 }
