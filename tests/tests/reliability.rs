@@ -209,10 +209,20 @@ fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
     let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
     let slowest = attempts.iter().map(|a| a.connect).max().unwrap();
     eprintln!("{} new connections during 15 restarts, slowest connect {slowest:?}", attempts.len());
-    assert!(failed.is_empty(), "{} connections failed: {:?}", failed.len(), failed.iter().map(|a| &a.outcome).collect::<Vec<_>>());
+    assert!(
+        failed.is_empty(),
+        "{} connections failed: {:?}",
+        failed.len(),
+        failed.iter().map(|a| &a.outcome).collect::<Vec<_>>()
+    );
     assert!(slowest < Duration::from_millis(500), "a connection took {slowest:?} to open");
     for session in &keep_alive {
-        assert!(session.ended().is_none(), "a keep-alive connection on {} ended: {:?}", session.server, session.ended());
+        assert!(
+            session.ended().is_none(),
+            "a keep-alive connection on {} ended: {:?}",
+            session.server,
+            session.ended()
+        );
     }
     assert!(keep_alive.iter().all(|s| s.exchanges() > 100));
     assert_eq!(dropped_syns(&b), 0);
@@ -223,5 +233,9 @@ fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
     let at = draining.ended().unwrap().at;
     assert_eq!(draining.ended().unwrap().kind, ErrorKind::ConnectionReset);
     let deadline = issued + Duration::from_secs(20);
-    assert!(at >= deadline && at <= deadline + Duration::from_secs(1), "reset at {:?} from the deadline", at.checked_duration_since(deadline).ok_or(deadline - at));
+    assert!(
+        at >= deadline && at <= deadline + Duration::from_secs(1),
+        "reset at {:?} from the deadline",
+        at.checked_duration_since(deadline).ok_or(deadline - at)
+    );
 }

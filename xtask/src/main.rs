@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up, build, run and test the load balancer.
 
+mod install;
 mod setup;
 
 use std::{
@@ -46,6 +47,10 @@ enum Task {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// Install the agent on this host: /usr/local/bin/lb and the systemd unit
+    /// lb@.service (run an instance with `systemctl enable --now lb@NAME`,
+    /// on /etc/lb/NAME.toml).
+    Install,
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
         /// Passed to the test binaries (a filter, --nocapture, ...).
@@ -93,6 +98,11 @@ fn run(task: Task) -> anyhow::Result<()> {
                 }
             };
             exec(&mut cmd)
+        }
+        Task::Install => {
+            setup::setup()?;
+            let bins = build(true)?;
+            install::install(&bins.lb)
         }
         Task::Bench { quick, only } => {
             setup::setup()?;
