@@ -42,6 +42,9 @@ pub mod map_name {
     pub const REVERSE_NAT: &str = "reverse_nat";
     /// Per-CPU packet counters, indexed by [`Outcome`](crate::Outcome): `u64`.
     pub const OUTCOMES: &str = "outcomes";
+    /// Per-CPU counters of flows evicted from a full flow table, indexed by
+    /// [`eviction`](crate::eviction) kind: `u64`.
+    pub const EVICTIONS: &str = "evictions";
     /// Per-CPU per-server counters, indexed by server id: [`ServerStats`](crate::ServerStats).
     pub const SERVER_STATS: &str = "server_stats";
     /// The traffic filter: 65536 bytes of [`filter`](crate::filter) bits.
@@ -68,7 +71,7 @@ pub mod map_name {
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -78,6 +81,7 @@ pub mod map_name {
         SERVER_ENDPOINTS,
         REVERSE_NAT,
         OUTCOMES,
+        EVICTIONS,
         SERVER_STATS,
         FILTER,
         NEXT_HOPS,
@@ -235,11 +239,43 @@ pub mod flow_seen {
     pub const CLIENT_SEQ: u8 = 8;
     /// [`Flow::server_next_seq`](crate::Flow::server_next_seq) holds a value.
     pub const SERVER_SEQ: u8 = 16;
+    /// The client sent an ACK: the handshake is done (a flow without it is
+    /// half-open, as every flow of a flood of spoofed SYNs is).
+    pub const CLIENT_ACK: u8 = 32;
 
     /// A TCP flow is over once reset, or closed by both sides. A half-closed
     /// one (one FIN) is still in use: the other side may go on sending.
     pub const fn ended(seen: u8) -> bool {
         seen & RST != 0 || seen & (FIN_FROM_CLIENT | FIN_FROM_SERVER) == FIN_FROM_CLIENT | FIN_FROM_SERVER
+    }
+}
+
+/// Kinds of flows evicted from a full flow table (indexes of the
+/// [`EVICTIONS`](map_name::EVICTIONS) counters). A new flow takes the slot of
+/// the flow idle longest among its candidates that carry no connection in
+/// use (half-open or over), and only when there is none, of the flow idle
+/// longest: a flood of spoofed SYNs evicts its own flows first.
+pub mod eviction {
+    /// A TCP flow whose client never completed the handshake.
+    pub const HALF_OPEN: u32 = 0;
+    /// A TCP flow reset, or closed by both sides.
+    pub const CLOSED: u32 = 1;
+    /// A flow in use: an established TCP connection, or UDP.
+    pub const IN_USE: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["half_open", "closed", "in_use"];
+
+    /// The kind of a flow, from its state and what it has seen.
+    pub const fn kind(state: u8, seen: u8) -> u32 {
+        if state == super::flow_state::UDP {
+            IN_USE
+        } else if super::flow_seen::ended(seen) {
+            CLOSED
+        } else if seen & super::flow_seen::CLIENT_ACK == 0 {
+            HALF_OPEN
+        } else {
+            IN_USE
+        }
     }
 }
 

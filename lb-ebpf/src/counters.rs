@@ -3,11 +3,20 @@
 
 use lb_common::Outcome;
 
-use crate::maps::{OUTCOMES, SERVER_STATS};
+use crate::maps::{EVICTIONS, OUTCOMES, SERVER_STATS};
 
 #[inline(always)]
 pub fn count(outcome: Outcome) {
     if let Some(counter) = OUTCOMES.get_ptr_mut(outcome as u32) {
+        // SAFETY: a valid per-CPU slot the map returned; no other writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// A flow evicted from the full flow table, by its kind.
+#[inline(always)]
+pub fn count_eviction(kind: u32) {
+    if let Some(counter) = EVICTIONS.get_ptr_mut(kind) {
         // SAFETY: a valid per-CPU slot the map returned; no other writer.
         unsafe { *counter += 1 };
     }

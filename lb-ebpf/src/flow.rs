@@ -7,6 +7,7 @@ use lb_common::{
 };
 
 use crate::{
+    counters,
     flow_table::{self, Found},
     maps::{MAGLEV, REVERSE_NAT, SERVERS},
     parse::{Packet, tcp_flag},
@@ -140,7 +141,9 @@ pub fn create(pkt: &Packet, hash: u64, service: &Service, now: u64) -> Result<As
     if pkt.key.proto == proto::TCP {
         track_tcp(&mut flow, pkt, true);
     }
-    flow_table::insert(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)?;
+    if let Some(kind) = flow_table::insert(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)? {
+        counters::count_eviction(kind);
+    }
     // Replies find their VIP by the server's endpoint, unless it serves
     // several services: then by the flow.
     if server.flags & server_flags::SHARED_ENDPOINT != 0 {
@@ -184,6 +187,11 @@ fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
     if !pkt.is_rst() && (flow.seen & seq_bit == 0 || (pkt.seq_end.wrapping_sub(*next) as i32) > 0) {
         *next = pkt.seq_end;
         flow.seen |= seq_bit;
+    }
+    // The client's first ACK completes the handshake: until then the flow is
+    // half-open, and the first to give way in a full table.
+    if from_client && flow.seen & flow_seen::CLIENT_ACK == 0 && pkt.tcp_flags & tcp_flag::ACK != 0 {
+        flow.seen |= flow_seen::CLIENT_ACK;
     }
     if pkt.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
         flow.seen |= if pkt.is_rst() { flow_seen::RST } else { fin_bit };

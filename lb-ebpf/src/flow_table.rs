@@ -9,7 +9,7 @@ use core::{
 };
 
 use lb_common::{
-    Flow, FlowKey, FlowSlot, flow_state,
+    Flow, FlowKey, FlowSlot, eviction, flow_state,
     flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, TAG_LINE_BUCKETS, lane, with_lane},
 };
 
@@ -92,10 +92,12 @@ pub struct SlotTaken;
 
 /// Writes a new flow into the first free slot of whichever of its buckets
 /// has more free slots (read from the tags alone); where both are full, over
-/// the slot whose flow has been idle longest (the oldest flow makes room, as
-/// in an LRU).
+/// a flow that carries no connection in use if one of the eight does (the
+/// one idle longest: a flood of spoofed SYNs evicts its own half-open flows),
+/// else over the flow idle longest (as in an LRU). Returns the kind of the
+/// flow evicted, if one was ([`eviction`]).
 #[inline(always)]
-pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
+pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<Option<u32>, SlotTaken> {
     let buckets = flow_table::buckets(hash, flow_bucket_mask());
     let (Some(tags0), Some(tags1)) = (tags(buckets[0]), tags(buckets[1])) else { return Err(SlotTaken) };
     // SAFETY: elements of the tags map.
@@ -110,10 +112,10 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
             }
         }
     }
-    let (b, i) = match free {
-        [0, 0] => oldest(buckets, words).ok_or(SlotTaken)?,
-        [f0, f1] if f1 > f0 => (1, first_free[1]),
-        _ => (0, first_free[0]),
+    let (b, i, evicted) = match free {
+        [0, 0] => victim(buckets, words).map(|(b, i, kind)| (b, i, Some(kind))).ok_or(SlotTaken)?,
+        [f0, f1] if f1 > f0 => (1, first_free[1], None),
+        _ => (0, first_free[0], None),
     };
     // Owning the slot: its tag changes to ours, if no other CPU changed the
     // bucket's tags since we read them.
@@ -141,31 +143,47 @@ pub fn insert(key: &FlowKey, hash: u64, flow: &Flow) -> Result<(), SlotTaken> {
         write_volatile(addr_of_mut!((*slot).flow), *flow);
         write_volatile(lock, ((hash ^ flow.last_seen_ns) | 2) & !1);
     }
-    Ok(())
+    Ok(evicted)
 }
 
-/// Both buckets full: the slot (bucket, index) whose flow was seen longest
-/// ago, skipping slots being written or freed.
+/// Both buckets full: the slot (bucket, index, kind of its flow) to take.
+/// Of the flows that carry no connection in use (half-open, or closed), the
+/// one seen longest ago; if every one is in use, the one seen longest ago.
+/// Slots being written or freed are skipped.
 #[inline(always)]
-fn oldest(buckets: [u32; 2], words: [u64; 2]) -> Option<(usize, u32)> {
-    let mut oldest = None;
-    let mut oldest_seen = u64::MAX;
+fn victim(buckets: [u32; 2], words: [u64; 2]) -> Option<(usize, u32, u32)> {
+    // [disposable, any]: (bucket, index, kind) and when it was last seen.
+    let mut best: [Option<(usize, u32, u32)>; 2] = [None, None];
+    let mut best_seen = [u64::MAX; 2];
     for b in 0..2 {
         for i in 0..BUCKET_SLOTS {
             if lane(words[b], i) == TAG_BUSY {
                 continue;
             }
             let slot = FLOWS.get_ptr_mut(buckets[b] + i)?;
-            // SAFETY: a slot of the map.
-            let (version, seen) = unsafe {
-                (read_volatile(addr_of!((*slot).version)), read_volatile(addr_of!((*slot).flow.last_seen_ns)))
+            // SAFETY: a slot of the map; a torn read only misjudges which
+            // flow goes, and the version check skips slots being written.
+            let (version, seen, state, bits) = unsafe {
+                (
+                    read_volatile(addr_of!((*slot).version)),
+                    read_volatile(addr_of!((*slot).flow.last_seen_ns)),
+                    read_volatile(addr_of!((*slot).flow.state)),
+                    read_volatile(addr_of!((*slot).flow.seen)),
+                )
             };
-            if version & 1 == 0 && seen < oldest_seen {
-                (oldest, oldest_seen) = (Some((b, i)), seen);
+            if version & 1 != 0 {
+                continue;
+            }
+            let kind = eviction::kind(state, bits);
+            if seen < best_seen[1] {
+                (best[1], best_seen[1]) = (Some((b, i, kind)), seen);
+            }
+            if kind != eviction::IN_USE && seen < best_seen[0] {
+                (best[0], best_seen[0]) = (Some((b, i, kind)), seen);
             }
         }
     }
-    oldest
+    best[0].or(best[1])
 }
 
 /// A consistent copy of the slot's flow, if it holds one and no writer is

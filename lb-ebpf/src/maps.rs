@@ -75,6 +75,9 @@ pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> = LruHashMap::with_max_e
 #[map(name = "outcomes")]
 pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
 
+#[map(name = "evictions")]
+pub static EVICTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lb_common::eviction::COUNT, 0);
+
 /// Traffic per server, indexed by server id. Datapath writes.
 #[map(name = "server_stats")]
 pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVERS, 0);

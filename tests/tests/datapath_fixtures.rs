@@ -661,3 +661,58 @@ fn a_new_flow_is_not_dropped_while_a_disabled_servers_hash_row_is_rewritten() {
         }]);
     });
 }
+
+#[test]
+fn in_a_full_table_half_open_flows_give_way_before_connections_in_use() {
+    use lb_common::{eviction, flow_seen};
+
+    let ns = fixture_netns();
+    ns.run(|| {
+        let small = config((1, 0)).replace("max = 4096", "max = 1024");
+        let bed = FixtureBed::load(&small);
+        let now = datapath_now_ns();
+        // Every bucket full: established connections, idle longer than the
+        // half-open flows (a flood of spoofed SYNs) among them.
+        let established = flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ | flow_seen::CLIENT_ACK;
+        let flows = (0..8192u32).map(|i| {
+            let key = flow_key((Ipv4Addr::from(0x0b00_0000 | i), 40000), (VIP, 80), proto::TCP);
+            let in_use = i % 3 != 0;
+            let idle_ms = (1 + (i as u64 * 7919) % 8192) + if in_use { 60_000 } else { 0 };
+            let flow = lb_common::Flow {
+                server_id: bed.server_id("web", "s1"),
+                state: flow_state::TCP_OPEN,
+                seen: if in_use { established } else { flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ },
+                last_seen_ns: now.saturating_sub(1_000_000 * idle_ms),
+                ..Default::default()
+            };
+            (key, flow)
+        });
+        bed.dp().maps.flows.insert_all(flows).expect("fill");
+        assert_eq!(bed.flow_count(), 2048, "the table is full");
+        let evictions = |kind: u32| -> u64 { bed.dp().maps.evictions.get(&kind, 0).unwrap().iter().sum() };
+
+        let mut evicted_in_use = 0;
+        for port in 44000..44064u16 {
+            let key = flow_key((CLIENT, port), (VIP, 80), proto::TCP);
+            let mut before = bed.dp().maps.flows.neighbours(&key).expect("neighbours");
+            assert_eq!(before.len(), 8, "both buckets full");
+            before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+            let disposable: Vec<_> =
+                before.iter().filter(|(_, f)| eviction::kind(f.state, f.seen) != eviction::IN_USE).collect();
+            let victim = disposable.first().copied().unwrap_or(&before[0]);
+            if disposable.is_empty() {
+                evicted_in_use += 1;
+            }
+            let syn = client_tcp(port, 80).flags(SYN);
+            bed.run(&[forward("a new flow in a full table", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
+            assert!(bed.flow(&key).is_some(), "the new flow is in");
+            assert!(bed.flow(&victim.0).is_none(), "the half-open flow idle longest made room (else the oldest)");
+            for (k, _) in before.iter().filter(|(k, _)| *k != victim.0) {
+                assert!(bed.flow(k).is_some(), "another flow was pushed out");
+            }
+        }
+        assert_eq!(evictions(eviction::IN_USE), evicted_in_use);
+        assert_eq!(evictions(eviction::HALF_OPEN) + evictions(eviction::IN_USE), 64, "each counted once, by kind");
+        assert!(evictions(eviction::HALF_OPEN) > 0);
+    });
+}

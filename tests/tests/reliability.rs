@@ -239,3 +239,84 @@ fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
         at.checked_duration_since(deadline).ok_or(deadline - at)
     );
 }
+
+/// `count` SYNs to the VIP from made-up clients on the client's link (none of
+/// them exists: the servers' answers go nowhere), through a raw socket.
+fn spoofed_syn_flood(count: u32) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket creation; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(VIP.octets()) },
+        sin_zero: [0; 8],
+    };
+    for i in 0..count {
+        let source = std::net::Ipv4Addr::new(10, 0, 0, 3 + (i % 250) as u8);
+        let port = 1024 + ((i / 250) % 60000) as u16;
+        let frame = testbed::packet::Pkt::tcp((source, port), (VIP, ECHO)).flags(testbed::packet::SYN).build();
+        let ip = &frame[14..];
+        // SAFETY: a valid buffer and address for the call's duration.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(count)
+}
+
+#[test]
+fn a_flood_of_spoofed_syns_evicts_no_established_connection() {
+    // 8192 flow slots; the flood is ten times that.
+    let b = bed(3, "[flows]\nmax = 4096\n");
+    let mut connections: Vec<EchoClient> = b.topology.client.run(|| {
+        (0..1000)
+            .map(|_| {
+                let mut c = EchoClient::connect(VIP, ECHO).expect("connect");
+                c.exchange("hello").expect("first exchange");
+                c
+            })
+            .collect()
+    });
+    let (busy, idle) = connections.split_at_mut(500);
+    let flood = std::thread::scope(|s| {
+        let flood = s.spawn(|| b.topology.client.run(|| spoofed_syn_flood(81_920)));
+        let mut rounds = 0;
+        while !flood.is_finished() {
+            for c in busy.iter_mut() {
+                c.exchange("during the flood").expect("a busy connection during the flood");
+            }
+            rounds += 1;
+        }
+        eprintln!("{rounds} rounds of 500 exchanges during the flood");
+        flood.join().unwrap()
+    });
+    assert_eq!(flood.expect("the flood was sent"), 81_920);
+    // An operator drains s3 after the attack: its connections must stay on
+    // it. One whose flow had been evicted would be placed anew, on another
+    // server, which would reset it.
+    b.lb(&["server", "disable", "p7", "s3", "--graceful", "--until-drained"]);
+    for (i, c) in idle.iter_mut().chain(busy.iter_mut()).enumerate() {
+        c.exchange("after the flood").unwrap_or_else(|e| panic!("connection {i} broke: {e}"));
+    }
+    let stats = b.agent.lb_json(&["stats"]);
+    let evictions = &stats["flow_table"]["evictions"];
+    eprintln!("evictions: {evictions}");
+    assert!(evictions["half_open"].as_u64() > Some(60_000), "the flood evicted its own flows: {evictions}");
+    assert_eq!(evictions["in_use"], 0, "no connection in use gave way: {evictions}");
+}

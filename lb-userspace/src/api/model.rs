@@ -296,6 +296,9 @@ pub struct FlowTableUse {
     pub max_flows: u32,
     /// Flows in it after the last walk (none before the first).
     pub flows: Option<u64>,
+    /// Flows a new one took the place of in the full table, by kind
+    /// (half_open, closed, in_use): half-open and closed flows go first.
+    pub evictions: BTreeMap<String, u64>,
 }
 
 /// Why the agent refused a request.

@@ -122,10 +122,18 @@ impl Ops {
             .counters
             .outcomes()
             .map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot read the outcome counters: {e}")))?;
+        let evictions = self
+            .counters
+            .evictions()
+            .map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot read the eviction counters: {e}")))?;
         let snapshot = self.snapshot();
         Ok(Stats {
             outcomes: outcomes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            flow_table: FlowTableUse { max_flows: snapshot.max_flows, flows: snapshot.flows_in_table },
+            flow_table: FlowTableUse {
+                max_flows: snapshot.max_flows,
+                flows: snapshot.flows_in_table,
+                evictions: evictions.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            },
         })
     }
 }

@@ -211,6 +211,12 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     for (outcome, packets) in stats.outcomes {
         println!("{outcome:<28} {packets:>16}");
     }
+    let table = &stats.flow_table;
+    let flows = table.flows.map_or("not counted yet".to_owned(), |n| n.to_string());
+    println!("flow table: {flows} flows of {}", table.max_flows);
+    for (kind, evicted) in &table.evictions {
+        println!("evicted ({kind}){:<width$} {evicted:>16}", "", width = 18usize.saturating_sub(kind.len()));
+    }
     Ok(())
 }
 

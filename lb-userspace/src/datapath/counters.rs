@@ -27,6 +27,15 @@ fn outcomes_of(map: &PerCpuArray<MapData, u64>) -> Result<BTreeMap<&'static str,
     Ok(out)
 }
 
+/// Flows evicted from the full flow table, by kind.
+fn evictions_of(map: &PerCpuArray<MapData, u64>) -> Result<BTreeMap<&'static str, u64>, MapError> {
+    let mut out = BTreeMap::new();
+    for (kind, name) in lb_common::eviction::NAMES.iter().enumerate() {
+        out.insert(*name, map.get(&(kind as u32), 0)?.iter().sum());
+    }
+    Ok(out)
+}
+
 fn server_of(map: &PerCpuArray<MapData, ServerStats>, server_id: u32) -> Result<ServerStats, MapError> {
     let per_cpu = map.get(&server_id, 0)?;
     Ok(per_cpu.iter().fold(ServerStats::default(), |mut sum, s| {
@@ -43,6 +52,7 @@ fn server_of(map: &PerCpuArray<MapData, ServerStats>, server_id: u32) -> Result<
 /// the API: readers never wait for the owner of the datapath.
 pub struct Counters {
     outcomes: PerCpuArray<MapData, u64>,
+    evictions: PerCpuArray<MapData, u64>,
     server_stats: PerCpuArray<MapData, ServerStats>,
 }
 
@@ -55,6 +65,7 @@ impl Counters {
         let typed = |e: MapError| io::Error::other(format!("counter map: {e}"));
         Ok(Counters {
             outcomes: PerCpuArray::try_from(reopen(maps.outcomes.map())?).map_err(typed)?,
+            evictions: PerCpuArray::try_from(reopen(maps.evictions.map())?).map_err(typed)?,
             server_stats: PerCpuArray::try_from(reopen(maps.server_stats.map())?).map_err(typed)?,
         })
     }
@@ -65,5 +76,9 @@ impl Counters {
 
     pub fn server(&self, server_id: u32) -> Result<ServerStats, MapError> {
         server_of(&self.server_stats, server_id)
+    }
+
+    pub fn evictions(&self) -> Result<BTreeMap<&'static str, u64>, MapError> {
+        evictions_of(&self.evictions)
     }
 }

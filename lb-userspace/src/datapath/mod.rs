@@ -155,7 +155,7 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 18] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 19] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         [
@@ -172,6 +172,7 @@ impl MapSizes {
             ),
             (map_name::REVERSE_NAT, s(size_of::<FlowKey>()), s(size_of::<ReverseNat>()), self.max_flows),
             (map_name::OUTCOMES, 4, 8, OUTCOME_COUNT),
+            (map_name::EVICTIONS, 4, 8, lb_common::eviction::COUNT),
             (map_name::SERVER_STATS, 4, s(size_of::<ServerStats>()), self.max_servers),
             (map_name::FILTER, 4, 1, filter::ENTRIES),
             (map_name::NEXT_HOPS, 4, s(size_of::<NextHop>()), self.max_servers),
@@ -196,6 +197,7 @@ pub struct Maps {
     pub server_endpoints: HashMap<MapData, ServiceKey, ReverseNat>,
     pub reverse_nat: HashMap<MapData, FlowKey, ReverseNat>,
     pub outcomes: PerCpuArray<MapData, u64>,
+    pub evictions: PerCpuArray<MapData, u64>,
     pub server_stats: PerCpuArray<MapData, ServerStats>,
     pub filter: Array<MapData, u8>,
     pub next_hops: Array<MapData, NextHop>,
@@ -419,6 +421,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         server_endpoints: take(ebpf, map_name::SERVER_ENDPOINTS)?,
         reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
         outcomes: take(ebpf, map_name::OUTCOMES)?,
+        evictions: take(ebpf, map_name::EVICTIONS)?,
         server_stats: take(ebpf, map_name::SERVER_STATS)?,
         filter: take(ebpf, map_name::FILTER)?,
         next_hops: take(ebpf, map_name::NEXT_HOPS)?,

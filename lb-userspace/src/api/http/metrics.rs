@@ -53,6 +53,14 @@ pub fn render(instance: &str, pools: &[PoolView], stats: &Stats) -> String {
         out.family("lb_flow_table_flows", "gauge", "Flows in the flow table at its last walk.");
         out.sample("lb_flow_table_flows", &[], flows);
     }
+    out.family(
+        "lb_flow_evictions_total",
+        "counter",
+        "Flows that gave their slot to a new flow in the full flow table, by kind (half-open and closed flows go first).",
+    );
+    for (kind, evicted) in &stats.flow_table.evictions {
+        out.sample("lb_flow_evictions_total", &[("kind", kind)], evicted);
+    }
     out.text
 }
 
@@ -159,7 +167,11 @@ mod tests {
         let pool = PoolView { pool: "w\"eb".into(), services: vec![], servers: vec![server], counted_ms_ago: 0 };
         let stats = Stats {
             outcomes: BTreeMap::from([("forwarded".to_owned(), 7)]),
-            flow_table: FlowTableUse { max_flows: 1024, flows: Some(3) },
+            flow_table: FlowTableUse {
+                max_flows: 1024,
+                flows: Some(3),
+                evictions: BTreeMap::from([("half_open".to_owned(), 5)]),
+            },
         };
         let text = render("lb0", &[pool], &stats);
         assert!(text.contains("lb_server_state{pool=\"w\\\"eb\",server=\"a\",state=\"draining\"} 1\n"), "{text}");
@@ -168,6 +180,7 @@ mod tests {
         assert!(text.contains("lb_server_bytes_total{pool=\"w\\\"eb\",server=\"a\",direction=\"from_server\"} 900\n"));
         assert!(text.contains("lb_packets_total{outcome=\"forwarded\"} 7\n"));
         assert!(text.contains("lb_flow_table_flows 3\n"));
+        assert!(text.contains("lb_flow_evictions_total{kind=\"half_open\"} 5\n"));
         assert!(text.contains(&format!("lb_info{{version=\"{}\",instance=\"lb0\"}} 1\n", env!("CARGO_PKG_VERSION"))));
     }
 }
