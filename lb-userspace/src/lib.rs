@@ -15,3 +15,6 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod servers;
+
+#[cfg(test)]
+mod input_fuzz;

@@ -171,3 +171,63 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+    use proptest::{
+        prelude::*,
+        test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
+    };
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn any_arguments_parse_or_are_refused_never_a_panic() {
+        let words = vec![
+            "agent",
+            "server",
+            "disable",
+            "enable",
+            "pool",
+            "list",
+            "show",
+            "events",
+            "stats",
+            "cleanup",
+            "--config",
+            "-c",
+            "--graceful",
+            "--timeout",
+            "--until-drained",
+            "--force",
+            "--wait",
+            "--json",
+            "--socket",
+            "--log-level",
+            "--datapath-log",
+            "debug",
+            "web",
+            "web-1",
+            "5m",
+            "-5m",
+            "",
+            "--",
+            "-",
+            "x".repeat(300).leak(),
+        ];
+        let config = Config { cases: 5000, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[3; 32]));
+        runner
+            .run(&proptest::collection::vec(prop::sample::select(words), 0..8), |args| {
+                let _ = Cli::try_parse_from(std::iter::once("lb").chain(args.iter().copied()));
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -51,6 +51,16 @@ enum Task {
     /// lb@.service (run an instance with `systemctl enable --now lb@NAME`,
     /// on /etc/lb/NAME.toml).
     Install,
+    /// Fuzz the datapath longer than the tests do (BPF_PROG_TEST_RUN with
+    /// generated packets; see tests/tests/fuzz.rs).
+    Fuzz {
+        /// Packets to try.
+        #[arg(long, default_value_t = 2_000_000)]
+        cases: u32,
+        /// Another seed than the tests' (0-255).
+        #[arg(long, default_value_t = 1)]
+        seed: u8,
+    },
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
         /// Passed to the test binaries (a filter, --nocapture, ...).
@@ -117,6 +127,17 @@ fn run(task: Task) -> anyhow::Result<()> {
             for section in only {
                 cmd.arg("--only").arg(section);
             }
+            exec(&mut cmd)
+        }
+        Task::Fuzz { cases, seed } => {
+            setup::setup()?;
+            let bins = build(false)?;
+            eprintln!("fuzz: {cases} packets through the datapath, seed {seed}");
+            let mut cmd = cargo();
+            cmd.args(["test", "-p", "tests", "--test", "fuzz", "--", "--nocapture"])
+                .env("LB_BIN", &bins.lb)
+                .env("LB_FUZZ_CASES", cases.to_string())
+                .env("LB_FUZZ_SEED", seed.to_string());
             exec(&mut cmd)
         }
         Task::Test { args } => {

@@ -13,7 +13,7 @@
 //! closed), headers must arrive within [`Limits::read_timeout`], and so
 //! must a body, of at most [`Limits::body_bytes`].
 
-mod body;
+pub(crate) mod body;
 mod metrics;
 mod pages;
 mod resources;
