@@ -11,4 +11,5 @@ pub mod netns;
 pub mod packet;
 pub mod port_forward;
 pub mod servers;
+pub mod soak;
 pub mod topology;

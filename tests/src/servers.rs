@@ -36,6 +36,8 @@ pub struct Server {
     served: Arc<AtomicU64>,
     /// TCP connections that ended with a reset from the peer.
     resets: Arc<AtomicU64>,
+    /// Lines (line echo) and requests (HTTP) answered.
+    answered: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -44,22 +46,37 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let resets = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(AtomicU64::new(0));
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let (name_, stop_, served_, resets_) =
-            (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets));
+        let (name_, stop_, served_, resets_, answered_) =
+            (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets), Arc::clone(&answered));
         let thread = match kind {
             Kind::UdpEcho => {
                 let socket = ns.run(|| UdpSocket::bind(addr)).expect("bind UDP server");
                 socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-                std::thread::spawn(move || udp_echo(socket, &name_, &stop_, &served_))
+                std::thread::spawn(move || udp_echo(socket, &name_, &stop_, &[&served_, &answered_]))
             }
             Kind::Http | Kind::LineEcho | Kind::Sink => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
                 listener.set_nonblocking(true).expect("nonblocking");
-                std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &served_, &resets_))
+                let counters = Counters { served: served_, resets: resets_, answered: answered_ };
+                std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &counters))
             }
         };
-        Server { name: name.to_owned(), stop, served, resets, thread: Some(thread) }
+        Server { name: name.to_owned(), stop, served, resets, answered, thread: Some(thread) }
+    }
+
+    /// Stops serving: the listener and every connection close.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Lines (line echo), requests (HTTP) or datagrams (UDP) answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     pub fn served(&self) -> u64 {
@@ -73,29 +90,27 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    kind: Kind,
-    name: &str,
-    stop: &Arc<AtomicBool>,
-    served: &AtomicU64,
-    resets: &Arc<AtomicU64>,
-) {
+/// A TCP server's counters.
+struct Counters {
+    served: Arc<AtomicU64>,
+    resets: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+}
+
+fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicBool>, counters: &Counters) {
     let mut workers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                served.fetch_add(1, Ordering::Relaxed);
-                let (name, stop, resets) = (name.to_owned(), Arc::clone(stop), Arc::clone(resets));
+                counters.served.fetch_add(1, Ordering::Relaxed);
+                let (name, stop) = (name.to_owned(), Arc::clone(stop));
+                let (resets, answered) = (Arc::clone(&counters.resets), Arc::clone(&counters.answered));
                 workers.push(std::thread::spawn(move || {
-                    if let Err(e) = serve_connection(stream, kind, &name, &stop)
+                    if let Err(e) = serve_connection(stream, kind, &name, &stop, &answered)
                         && e.kind() == ErrorKind::ConnectionReset
                     {
                         resets.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +127,13 @@ fn accept_loop(
     }
 }
 
-fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool) -> std::io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    kind: Kind,
+    name: &str,
+    stop: &AtomicBool,
+    answered: &AtomicU64,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     if kind == Kind::Sink {
         stream.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -142,7 +163,10 @@ fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool
             Err(e) => return Err(e),
         }
         match kind {
-            Kind::LineEcho => writer.write_all(format!("{name} {line}").as_bytes())?,
+            Kind::LineEcho => {
+                writer.write_all(format!("{name} {line}").as_bytes())?;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {
                 // HTTP: answer when the request's blank line arrives.
                 if line == "\r\n" || line == "\n" {
@@ -152,6 +176,7 @@ fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool
                     let body = format!("{name}\n");
                     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                     writer.write_all(format!("{head}{body}").as_bytes())?;
+                    answered.fetch_add(1, Ordering::Relaxed);
                     request_done = false;
                 }
             }
@@ -161,11 +186,14 @@ fn serve_connection(stream: TcpStream, kind: Kind, name: &str, stop: &AtomicBool
     Ok(())
 }
 
-fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, served: &AtomicU64) {
+/// Echoes datagrams; each counts in `counters` (served, answered).
+fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, counters: &[&AtomicU64]) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
-            served.fetch_add(1, Ordering::Relaxed);
+            for counter in counters {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             let mut reply = format!("{name} ").into_bytes();
             reply.extend_from_slice(&buf[..n]);
             let _ = socket.send_to(&reply, from);

@@ -190,7 +190,9 @@ fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
                 let started = Instant::now();
                 match kind {
                     "SIGKILL" => b.agent.kill(),
-                    _ => drop(b.agent.stop()),
+                    _ => {
+                        let _ = b.agent.stop();
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 match kind {

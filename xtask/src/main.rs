@@ -61,6 +61,16 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u8,
     },
+    /// The chaos soak: traffic through the real agent while servers are
+    /// disabled, enabled, drained and stopped and the agent is restarted.
+    Soak {
+        /// How long (10m, 1h).
+        #[arg(long, default_value = "10m")]
+        duration: String,
+        /// The chaos's seed.
+        #[arg(long, default_value_t = 24301)]
+        seed: u64,
+    },
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
         /// Passed to the test binaries (a filter, --nocapture, ...).
@@ -140,6 +150,13 @@ fn run(task: Task) -> anyhow::Result<()> {
                 .env("LB_FUZZ_SEED", seed.to_string());
             exec(&mut cmd)
         }
+        Task::Soak { duration, seed } => {
+            setup::setup()?;
+            let bins = build(false)?;
+            let mut cmd = Command::new(&bins.soak);
+            cmd.arg("--lb").arg(&bins.lb).args(["--duration", &duration, "--seed", &seed.to_string()]);
+            exec(&mut cmd)
+        }
         Task::Test { args } => {
             setup::setup()?;
             let bins = build(false)?;
@@ -164,6 +181,7 @@ struct Binaries {
     lb: PathBuf,
     demo: PathBuf,
     bench: PathBuf,
+    soak: PathBuf,
 }
 
 /// Where cargo builds, as it reports it.
@@ -176,7 +194,7 @@ fn target_dir() -> anyhow::Result<PathBuf> {
 /// Builds the agent, the demo and the benchmark (optimised when `release`);
 /// returns their paths as cargo reports them.
 fn build(release: bool) -> anyhow::Result<Binaries> {
-    eprintln!("build: lb (agent and CLI, with the XDP program), lb-demo, lb-bench");
+    eprintln!("build: lb (agent and CLI, with the XDP program), lb-demo, lb-bench, lb-soak");
     let mut cmd = cargo();
     cmd.args(["build", "--package", "lb-userspace", "--package", "tests", "--bins", "--message-format=json"]);
     if release {
@@ -189,6 +207,7 @@ fn build(release: bool) -> anyhow::Result<Binaries> {
     let mut lb = None;
     let mut demo = None;
     let mut bench = None;
+    let mut soak = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -200,6 +219,7 @@ fn build(release: bool) -> anyhow::Result<Binaries> {
             Some("lb") => lb = Some(PathBuf::from(executable)),
             Some("lb-demo") => demo = Some(PathBuf::from(executable)),
             Some("lb-bench") => bench = Some(PathBuf::from(executable)),
+            Some("lb-soak") => soak = Some(PathBuf::from(executable)),
             _ => {}
         }
     }
@@ -207,6 +227,7 @@ fn build(release: bool) -> anyhow::Result<Binaries> {
         lb: lb.context("cargo did not report the lb binary")?,
         demo: demo.context("cargo did not report the lb-demo binary")?,
         bench: bench.context("cargo did not report the lb-bench binary")?,
+        soak: soak.context("cargo did not report the lb-soak binary")?,
     })
 }
 

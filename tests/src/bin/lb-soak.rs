@@ -1,0 +1,34 @@
+//! The chaos soak behind `cargo xtask soak`: `lb-soak --lb PATH [--duration
+//! 10m] [--seed N]`. Prints a summary; exits 1 if any check was violated.
+
+use std::time::Duration;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut duration, mut seed) = (Duration::from_secs(600), 0x5eed_u64);
+    while let Some(arg) = args.next() {
+        let value = args.next().unwrap_or_default();
+        match arg.as_str() {
+            // The test bed's agent guard reads the binary from LB_BIN.
+            // SAFETY: set before any thread starts.
+            "--lb" => unsafe { std::env::set_var("LB_BIN", value) },
+            "--duration" => {
+                duration = lb_userspace::config::parse_duration(&value).unwrap_or_else(|e| {
+                    eprintln!("lb-soak: --duration: {e}");
+                    std::process::exit(2)
+                })
+            }
+            "--seed" => seed = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    eprintln!("soak: {duration:?} of chaos, seed {seed}");
+    let report = testbed::soak::soak(duration, seed);
+    println!("{report}");
+    std::process::exit(if report.violations.is_empty() { 0 } else { 1 });
+}
+
+fn usage() -> ! {
+    eprintln!("usage: lb-soak --lb PATH [--duration 10m] [--seed N]   (run it with `cargo xtask soak`)");
+    std::process::exit(2)
+}
