@@ -143,38 +143,50 @@ impl Chaos {
         (0..SERVERS).filter(|&i| i != except && self.admin[i] == Admin::Enabled && self.up[i]).count()
     }
 
+    /// One random change, then the drains' deadlines checked.
     fn step(&mut self) {
         let i = self.random(SERVERS as u64) as usize;
-        let name = Self::name(i);
-        match (self.random(10), self.admin[i]) {
-            (0..=1, Admin::Enabled) if self.serving(i) >= 2 => {
-                if self.lb(&["server", "disable", "p7", &name]) {
-                    // p53 too: UDP flows of the server go as well.
-                    self.lb(&["server", "disable", "p53", &name]);
-                    let now = Instant::now();
-                    self.history.lock().unwrap().cuts.push((i, now));
-                    std::thread::sleep(Duration::from_millis(100));
-                    self.admin[i] = Admin::Disabled(now, self.answered(i));
-                }
-            }
-            (2..=3, Admin::Enabled) if self.serving(i) >= 2 => {
+        let may_disable = self.admin[i] == Admin::Enabled && self.serving(i) >= 2;
+        match self.random(10) {
+            0..=1 if may_disable => self.cut(i),
+            2..=3 if may_disable => {
                 let secs = 2 + self.random(3);
-                let timeout = format!("{secs}s");
-                if self.lb(&["server", "disable", "p7", &name, "--graceful", "--timeout", &timeout]) {
-                    self.admin[i] = Admin::Draining(Some(Instant::now() + Duration::from_secs(secs)));
-                }
+                self.drain(i, Some(secs));
             }
-            (4, Admin::Enabled) if self.serving(i) >= 2 => {
-                if self.lb(&["server", "disable", "p7", &name, "--graceful", "--until-drained"]) {
-                    self.admin[i] = Admin::Draining(None);
-                }
-            }
-            (5..=7, Admin::Draining(_) | Admin::Disabled(..)) => self.enable(i),
-            (8, _) if self.last_agent_restart.elapsed() > Duration::from_secs(8) => self.restart_agent(),
-            (9, _) => self.bounce_server(i),
+            4 if may_disable => self.drain(i, None),
+            5..=7 if self.admin[i] != Admin::Enabled => self.enable(i),
+            8 if self.last_agent_restart.elapsed() > Duration::from_secs(8) => self.restart_agent(),
+            9 => self.bounce_server(i),
             _ => {}
         }
         self.check_deadlines();
+    }
+
+    /// Disables `i` at once in both pools (its UDP flows go too).
+    fn cut(&mut self, i: usize) {
+        let name = Self::name(i);
+        if !self.lb(&["server", "disable", "p7", &name]) {
+            return;
+        }
+        self.lb(&["server", "disable", "p53", &name]);
+        let now = Instant::now();
+        self.history.lock().unwrap().cuts.push((i, now));
+        std::thread::sleep(Duration::from_millis(100));
+        self.admin[i] = Admin::Disabled(now, self.answered(i));
+    }
+
+    /// Drains `i`'s TCP pool, until a deadline `secs` away or until drained.
+    fn drain(&mut self, i: usize, secs: Option<u64>) {
+        let name = Self::name(i);
+        let timeout = secs.map(|s| format!("{s}s"));
+        let mut args = vec!["server", "disable", "p7", &name, "--graceful"];
+        match &timeout {
+            Some(t) => args.extend(["--timeout", t.as_str()]),
+            None => args.push("--until-drained"),
+        }
+        if self.lb(&args) {
+            self.admin[i] = Admin::Draining(secs.map(|s| Instant::now() + Duration::from_secs(s)));
+        }
     }
 
     /// Enables `i` in both pools, after checking that while DISABLED its
@@ -416,10 +428,10 @@ fn judge(mut chaos: Chaos, ended: Vec<Ended>, memory_before: Option<u64>) -> Rep
         }
     }
     drop(history);
-    if let (Some(before), Some(after)) = (memory_before, rss_kib(chaos.b.agent.pid())) {
-        if after > before + 16 * 1024 {
-            chaos.report.violations.push(format!("the agent grew from {before} to {after} KiB"));
-        }
+    if let (Some(before), Some(after)) = (memory_before, rss_kib(chaos.b.agent.pid()))
+        && after > before + 16 * 1024
+    {
+        chaos.report.violations.push(format!("the agent grew from {before} to {after} KiB"));
     }
     // Quiet: closing flows go after 2 s, idle ones after 6 s (UDP 3 s).
     let quiet = Instant::now();
