@@ -62,6 +62,21 @@ pub fn load(path: &Path) -> Result<AdminStates, StateFileError> {
 }
 
 pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
+    prepare(path, states)?.commit()
+}
+
+/// New states written beside the state file, not yet in its place: what can
+/// fail for want of room or of a writable file system fails here, before a
+/// change touches the datapath; the slow part (`commit`: fsync, rename)
+/// comes after. Dropped uncommitted, it leaves the state file as it was.
+pub struct Pending {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+/// Writes `states` into a file beside `path` (see [`Pending`]).
+pub fn prepare(path: &Path, states: &AdminStates) -> Result<Pending, StateFileError> {
     let write_err = |source| StateFileError::Write { path: path.to_owned(), source };
     let file = File {
         version: VERSION,
@@ -71,12 +86,33 @@ pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(write_err)?;
     let tmp = path.with_extension("tmp");
+    let mut pending = Pending { path: path.to_owned(), tmp: tmp.clone(), file: None };
     let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
+    pending.file = Some(f.try_clone().map_err(write_err)?);
     f.write_all(text.as_bytes()).map_err(write_err)?;
-    f.sync_all().map_err(write_err)?;
-    std::fs::rename(&tmp, path).map_err(write_err)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
-    Ok(())
+    Ok(pending)
+}
+
+impl Pending {
+    /// Makes the new states the state file's, durably (fsync, rename, fsync
+    /// the directory): a crash leaves the old file or the new one.
+    pub fn commit(mut self) -> Result<(), StateFileError> {
+        let write_err = |source| StateFileError::Write { path: self.path.clone(), source };
+        let file = self.file.take().expect("prepared");
+        file.sync_all().map_err(write_err)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(write_err)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
