@@ -4,11 +4,15 @@
 //! Time comes in as an argument (`now_ms`, ms since the Unix epoch), so its
 //! logic runs in unit tests with a fake datapath and a made-up clock.
 //!
-//! Order of writes in a change: a server coming back is marked ENABLED
-//! before the Maglev rows point at it; a draining server leaves the Maglev
-//! rows before it is marked DRAINING (no new flow is lost); a terminated
-//! server is marked DISABLED first (its traffic stops with that one write),
-//! then leaves the Maglev rows; its flows are reset and purged last.
+//! Order of writes in a change: the new states are written beside the state
+//! file first (a change that cannot be saved is not made); a server coming
+//! back is marked ENABLED before the Maglev rows point at it; a draining
+//! server leaves the Maglev rows before it is marked DRAINING (no new flow
+//! is lost); a terminated server is marked DISABLED first (its traffic stops
+//! with that one write), then leaves the Maglev rows (a SYN of that moment
+//! takes the next slots' server in the datapath); the states are then made
+//! durable, and the flows are reset and purged last. A failed step rolls
+//! the change back.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
