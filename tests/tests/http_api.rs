@@ -100,6 +100,9 @@ fn every_resource_answers_and_changes_take_effect_as_through_the_cli() {
 #[test]
 fn the_event_stream_delivers_each_change_live_and_resumes_after_an_id() {
     let b = bed(2, "");
+    // A live connection on s1, so that its drains below are not over (a
+    // "drained" event) before the enables that follow them.
+    let _on_s1 = Session::start(b.connect_to("s1"), "s1", None);
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let ns = &b.topology.lb;
     std::thread::scope(|scope| {
@@ -145,6 +148,7 @@ fn the_event_stream_delivers_each_change_live_and_resumes_after_an_id() {
     });
     // Resuming: a new stream with ?since= gets what came after.
     let b = bed(2, "");
+    let _on_s1 = Session::start(b.connect_to("s1"), "s1", None);
     post(&b, "/api/v1/pools/p7/disable", json!({"servers":["s1"],"mode":"graceful"}));
     post(&b, "/api/v1/pools/p7/enable", json!({"servers":["s1"]}));
     let first = get(&b, "/api/v1/events").json()[0]["id"].as_u64().unwrap();
