@@ -212,3 +212,47 @@ fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
         })
     });
 }
+
+/// Presses `key` on whatever has the keyboard focus.
+async fn press(browser: &Browser, key: fantoccini::key::Key) {
+    let focused = browser.client.active_element().await.expect("a focused element");
+    focused.send_keys(&char::from(key).to_string()).await.expect("key press");
+}
+
+#[test]
+fn the_servers_tab_works_from_the_keyboard() {
+    use fantoccini::key::Key;
+
+    let b = bed(2, "");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    b.topology.lb.run(|| {
+        runtime.block_on(async {
+            let mut browser = Browser::start(&b.topology.lb, "dashboard-keyboard", 1024, 700).await;
+            browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+            browser.wait_text(&cell("s2", "state"), 5 * SECOND, |t| t == "ENABLED").await;
+            // Tick s2 with the space bar.
+            browser.eval("document.querySelector('#servers tr[data-server=\"s2\"] input').focus(); return 0;").await;
+            press(&browser, Key::Space).await;
+            browser.wait_text("#selection", SECOND, |t| t == "1 selected: s2").await;
+            // Gracefully... with Enter; Escape cancels, and nothing changes.
+            browser.eval("document.getElementById('graceful').focus(); return 0;").await;
+            press(&browser, Key::Enter).await;
+            let open = "return document.getElementById('graceful-dialog').open;";
+            assert_eq!(browser.eval(open).await, Value::Bool(true), "Enter opens the dialog");
+            press(&browser, Key::Escape).await;
+            assert_eq!(browser.eval(open).await, Value::Bool(false), "Escape closes it");
+            assert_eq!(api_server("s2")["state"], "ENABLED", "a cancelled dialog changes nothing");
+            // Again, and Tab to "Start draining": the radio group, N, the unit, Cancel, Start.
+            browser.eval("document.getElementById('graceful').focus(); return 0;").await;
+            press(&browser, Key::Enter).await;
+            for _ in 0..4 {
+                press(&browser, Key::Tab).await;
+            }
+            assert_eq!(browser.eval("return document.activeElement.id;").await, Value::from("graceful-start"));
+            browser.screenshot("keyboard-start-focused").await;
+            press(&browser, Key::Enter).await;
+            browser.wait_text(&cell("s2", "state"), 2 * SECOND, |t| t != "ENABLED").await;
+            assert_ne!(api_server("s2")["state"], "ENABLED");
+        })
+    });
+}
