@@ -38,6 +38,8 @@ pub struct Server {
     resets: Arc<AtomicU64>,
     /// Lines (line echo) and requests (HTTP) answered.
     answered: Arc<AtomicU64>,
+    /// The source port of every TCP connection accepted.
+    client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -47,6 +49,7 @@ impl Server {
         let served = Arc::new(AtomicU64::new(0));
         let resets = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(AtomicU64::new(0));
+        let client_ports = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let (name_, stop_, served_, resets_, answered_) =
             (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets), Arc::clone(&answered));
@@ -59,11 +62,16 @@ impl Server {
             Kind::Http | Kind::LineEcho | Kind::Sink => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
                 listener.set_nonblocking(true).expect("nonblocking");
-                let counters = Counters { served: served_, resets: resets_, answered: answered_ };
+                let counters = Counters {
+                    served: served_,
+                    resets: resets_,
+                    answered: answered_,
+                    client_ports: Arc::clone(&client_ports),
+                };
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &counters))
             }
         };
-        Server { name: name.to_owned(), stop, served, resets, answered, thread: Some(thread) }
+        Server { name: name.to_owned(), stop, served, resets, answered, client_ports, thread: Some(thread) }
     }
 
     /// Stops serving: the listener and every connection close.
@@ -72,6 +80,11 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    /// Whether a TCP connection from this client port was accepted.
+    pub fn accepted_from(&self, port: u16) -> bool {
+        self.client_ports.lock().unwrap().contains(&port)
     }
 
     /// Lines (line echo), requests (HTTP) or datagrams (UDP) answered.
@@ -99,14 +112,16 @@ struct Counters {
     served: Arc<AtomicU64>,
     resets: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
+    client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
 }
 
 fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicBool>, counters: &Counters) {
     let mut workers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 counters.served.fetch_add(1, Ordering::Relaxed);
+                counters.client_ports.lock().unwrap().insert(peer.port());
                 let (name, stop) = (name.to_owned(), Arc::clone(stop));
                 let (resets, answered) = (Arc::clone(&counters.resets), Arc::clone(&counters.answered));
                 workers.push(std::thread::spawn(move || {

@@ -21,6 +21,8 @@ use testbed::{
 /// What became of one new connection.
 struct Attempt {
     connect: Duration,
+    /// The client's port, once connected.
+    port: Option<u16>,
     /// The server that answered, or how the connection failed.
     outcome: Result<String, ErrorKind>,
 }
@@ -35,10 +37,11 @@ fn steady_connections(client: &NetNs, per_second: u32, stop: &AtomicBool, attemp
             next += every;
             let started = Instant::now();
             let attempt = match EchoClient::connect(VIP, ECHO) {
-                Err(e) => Attempt { connect: started.elapsed(), outcome: Err(e.kind()) },
+                Err(e) => Attempt { connect: started.elapsed(), port: None, outcome: Err(e.kind()) },
                 Ok(mut client) => {
                     let connect = started.elapsed();
-                    Attempt { connect, outcome: client.exchange("which").map_err(|e| e.kind()) }
+                    let port = client.stream().local_addr().ok().map(|a| a.port());
+                    Attempt { connect, port, outcome: client.exchange("which").map_err(|e| e.kind()) }
                 }
             };
             attempts.lock().unwrap().push(attempt);
@@ -94,7 +97,13 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
         assert!(slowest < Duration::from_millis(500), "{mode}: a connection took {slowest:?} to open");
         match mode {
             // Only connections that lived on s1 when it was cut may be reset.
-            "immediate" => assert!(failed.iter().all(|k| *k == ErrorKind::ConnectionReset), "{mode}: {failed:?}"),
+            "immediate" => {
+                assert!(failed.iter().all(|k| *k == ErrorKind::ConnectionReset), "{mode}: {failed:?}");
+                for a in attempts.iter().filter(|a| a.outcome.is_err()) {
+                    let port = a.port.expect("a reset connection had connected");
+                    assert!(b.echo[0].accepted_from(port), "{mode}: a connection from port {port} not on s1 was reset");
+                }
+            }
             _ => assert!(failed.is_empty(), "{mode}: {failed:?}"),
         }
         let served: std::collections::BTreeSet<&str> =
