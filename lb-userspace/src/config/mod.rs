@@ -16,6 +16,8 @@ mod validate;
 pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
 use validate::{RawConfig, Validator};
 
+use crate::api::model::DisableMode;
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -43,7 +45,8 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -104,6 +107,10 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     pub servers: Vec<ServerConfig>,
+    /// How a server is taken out when the config disables or removes it:
+    /// `"0"` at once, a duration (its flows may finish until then), or
+    /// `"infinite"` (until its last flow ends, the default).
+    pub graceful_disable_timeout: DisableMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +119,9 @@ pub struct ServerConfig {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    /// `enabled = false` takes the server out of service (see
+    /// `agent::reload` for how it combines with the operators' commands).
+    pub enabled: bool,
 }
 
 /// One thing wrong with a config file, at a key path.
@@ -175,6 +185,31 @@ impl Config {
         }
     }
 
+    /// What differs from `new` in the settings that only a restart can
+    /// change (the maps' sizes, the interfaces, the listeners, the files),
+    /// as "key: old -> new" lines; empty when a reload can take `new`.
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let mut differ = Vec::new();
+        let mut check = |key: &str, old: String, new: String| {
+            if old != new {
+                differ.push(format!("{key}: {old} -> {new}"));
+            }
+        };
+        check("instance", self.instance.clone(), new.instance.clone());
+        check("interfaces", self.interfaces.join(","), new.interfaces.join(","));
+        check("xdp_mode", format!("{:?}", self.xdp_mode), format!("{:?}", new.xdp_mode));
+        check("api_socket", self.api_socket.display().to_string(), new.api_socket.display().to_string());
+        check("state_file", self.state_file.display().to_string(), new.state_file.display().to_string());
+        check("flows.max", self.flows.max_flows.to_string(), new.flows.max_flows.to_string());
+        check("limits.max_services", self.max_services.to_string(), new.max_services.to_string());
+        check("limits.max_servers", self.max_servers.to_string(), new.max_servers.to_string());
+        let listen = |c: &Config| c.http.listen.map_or("off".to_owned(), |a| a.to_string());
+        check("http.listen", listen(self), listen(new));
+        let token = |c: &Config| c.http.token_file.as_ref().map_or("none".to_owned(), |p| p.display().to_string());
+        check("http.token_file", token(self), token(new));
+        differ
+    }
+
     /// The pool of a server by names, if both exist.
     pub fn server(&self, pool: &str, server: &str) -> Option<&ServerConfig> {
         self.pools.get(pool)?.servers.iter().find(|s| s.name == server)
@@ -229,6 +264,41 @@ mod tests {
         assert_eq!(c.pools["web"].servers[1].weight, 1);
         assert_eq!(c.api_socket, PathBuf::from("/run/lb/lb0.sock"));
         assert_eq!(c.services[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn a_pools_disable_rule_and_a_servers_enabled_line() {
+        let c = Config::parse(GOOD, Path::new("lb.toml")).expect("valid config");
+        assert_eq!(c.pools["web"].graceful_disable_timeout, DisableMode::Graceful { timeout_ms: None });
+        assert!(c.pools["web"].servers.iter().all(|s| s.enabled), "enabled unless said otherwise");
+        let with = |rule: &str| {
+            let text = GOOD.replace("[[pools.web.servers]]\n        name = \"a\"", &format!("[pools.web]\n        graceful_disable_timeout = {rule}\n        [[pools.web.servers]]\n        name = \"a\"\n        enabled = false"));
+            Config::parse(&text, Path::new("lb.toml"))
+        };
+        let c = with("\"5m\"").expect("a duration");
+        assert_eq!(c.pools["web"].graceful_disable_timeout, DisableMode::Graceful { timeout_ms: Some(300_000) });
+        assert!(!c.pools["web"].servers[0].enabled);
+        assert_eq!(with("\"0\"").unwrap().pools["web"].graceful_disable_timeout, DisableMode::Immediate);
+        assert_eq!(
+            with("\"infinite\"").unwrap().pools["web"].graceful_disable_timeout,
+            DisableMode::Graceful { timeout_ms: None }
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = with("\"soon\"") else { panic!("a bad rule is refused") };
+        assert_eq!(problems[0].path, "pools.web.graceful_disable_timeout");
+    }
+
+    #[test]
+    fn a_reload_says_which_settings_need_a_restart() {
+        let c = Config::parse(GOOD, Path::new("lb.toml")).expect("valid config");
+        let mut new = c.clone();
+        new.pools.get_mut("web").unwrap().servers[0].weight = 9;
+        assert!(c.restart_needed(&new).is_empty(), "pools change at run time");
+        new.flows.max_flows = 1 << 17;
+        new.interfaces.push("veth2".into());
+        assert_eq!(
+            c.restart_needed(&new),
+            ["interfaces: veth0,veth1 -> veth0,veth1,veth2", "flows.max: 65536 -> 131072"]
+        );
     }
 
     #[test]

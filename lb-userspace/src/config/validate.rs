@@ -12,8 +12,8 @@ use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
 use super::{
-    Config, DEFAULT_HTTP_PORT, FlowSettings, HttpSettings, PoolConfig, Problem, Protocol, ServerConfig, ServiceConfig,
-    XdpMode, default_api_socket, default_state_file, parse_duration,
+    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, Problem, Protocol, ServerConfig,
+    ServiceConfig, XdpMode, default_api_socket, default_state_file, parse_duration,
 };
 
 /// The largest `flows.max`.
@@ -79,6 +79,7 @@ pub(super) struct RawService {
 pub(super) struct RawPool {
     #[serde(default)]
     servers: Vec<RawServer>,
+    graceful_disable_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +89,7 @@ pub(super) struct RawServer {
     address: Option<String>,
     port: Option<i64>,
     weight: Option<i64>,
+    enabled: Option<bool>,
 }
 
 #[derive(Default)]
@@ -282,13 +284,31 @@ impl Validator {
                 let server = self.server(&format!("{base}.servers[{i}]"), raw_server, &servers);
                 servers.push(server);
             }
-            pools.insert(pool_name, PoolConfig { servers });
+            let graceful_disable_timeout =
+                self.disable_timeout(&format!("{base}.graceful_disable_timeout"), raw_pool.graceful_disable_timeout);
+            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout });
         }
         let count: usize = pools.values().map(|p| p.servers.len()).sum();
         if count > max_servers as usize {
             self.problem("pools", format!("{count} servers, more than limits.max_servers ({max_servers})"));
         }
         pools
+    }
+
+    /// "0" (at once), a duration, or "infinite" (until drained, the default).
+    fn disable_timeout(&mut self, path: &str, value: Option<String>) -> DisableMode {
+        match value.as_deref().map(str::trim) {
+            None | Some("infinite") => DisableMode::Graceful { timeout_ms: None },
+            Some("0") => DisableMode::Immediate,
+            Some(text) => match parse_duration(text) {
+                Ok(d) if d.is_zero() => DisableMode::Immediate,
+                Ok(d) => DisableMode::Graceful { timeout_ms: Some(d.as_millis() as u64) },
+                Err(e) => {
+                    self.problem(path, format!("{e} (or \"0\" for at once, \"infinite\" for until drained)"));
+                    DisableMode::Graceful { timeout_ms: None }
+                }
+            },
+        }
     }
 
     /// A pool's server at `path`, checked against those before it.
@@ -305,6 +325,7 @@ impl Validator {
                     1
                 }
             },
+            enabled: raw.enabled.unwrap_or(true),
         };
         if let Some(j) = before.iter().position(|s| s.name == server.name && !s.name.is_empty()) {
             self.problem(format!("{path}.name"), format!("\"{}\" is already servers[{j}]", server.name));
