@@ -1,5 +1,6 @@
-//! The runtime state that must survive the agent: each server's state and
-//! absolute drain deadline. Written atomically (write, fsync, rename, fsync
+//! The runtime state that must survive the agent (`servers::Saved`): each
+//! server's state and absolute drain deadline, who set it, what the config
+//! last said of it, and what is on its way out of the config. Written atomically (write, fsync, rename, fsync
 //! the directory), so a crash leaves the old file or the new one, never half.
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::servers::{AdminState, AdminStates};
+use crate::servers::{LeavingService, Saved, ServerRecord};
 
 const VERSION: u32 = 1;
 
@@ -32,18 +33,22 @@ pub enum StateFileError {
     },
 }
 
+// Version 1 files of older agents (a state per server, set by operators)
+// read as records whose source is an operator and config line unknown.
 #[derive(Serialize, Deserialize)]
 struct File {
     version: u32,
-    /// "pool/server" -> state.
-    servers: BTreeMap<String, AdminState>,
+    /// "pool/server" -> record.
+    servers: BTreeMap<String, ServerRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    leaving_services: Vec<LeavingService>,
 }
 
 /// Reads the saved states; a missing file means none saved yet.
-pub fn load(path: &Path) -> Result<AdminStates, StateFileError> {
+pub fn load(path: &Path) -> Result<Saved, StateFileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AdminStates::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(source) => {
             return Err(StateFileError::Read { path: path.to_owned(), source });
         }
@@ -53,15 +58,15 @@ pub fn load(path: &Path) -> Result<AdminStates, StateFileError> {
     if file.version != VERSION {
         return Err(corrupt(format!("version {} (this agent writes {VERSION})", file.version)));
     }
-    let mut states = AdminStates::new();
-    for (name, state) in file.servers {
+    let mut saved = Saved { leaving_services: file.leaving_services, ..Saved::default() };
+    for (name, record) in file.servers {
         let (pool, server) = name.split_once('/').ok_or_else(|| corrupt(format!("bad server name {name:?}")))?;
-        states.insert((pool.to_owned(), server.to_owned()), state);
+        saved.servers.insert((pool.to_owned(), server.to_owned()), record);
     }
-    Ok(states)
+    Ok(saved)
 }
 
-pub fn save(path: &Path, states: &AdminStates) -> Result<(), StateFileError> {
+pub fn save(path: &Path, states: &Saved) -> Result<(), StateFileError> {
     prepare(path, states)?.commit()
 }
 
@@ -76,11 +81,12 @@ pub struct Pending {
 }
 
 /// Writes `states` into a file beside `path` (see [`Pending`]).
-pub fn prepare(path: &Path, states: &AdminStates) -> Result<Pending, StateFileError> {
+pub fn prepare(path: &Path, states: &Saved) -> Result<Pending, StateFileError> {
     let write_err = |source| StateFileError::Write { path: path.to_owned(), source };
     let file = File {
         version: VERSION,
-        servers: states.iter().map(|((pool, server), state)| (format!("{pool}/{server}"), *state)).collect(),
+        servers: states.servers.iter().map(|((pool, server), record)| (format!("{pool}/{server}"), *record)).collect(),
+        leaving_services: states.leaving_services.clone(),
     };
     let text = serde_json::to_string_pretty(&file).expect("states serialise");
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -118,20 +124,47 @@ impl Drop for Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::servers::DisableReason;
+    use crate::{
+        config::Protocol,
+        servers::{AdminState, DisableReason, Leaving, Source},
+    };
 
     #[test]
     fn states_round_trip_and_a_missing_file_is_empty() {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let path = dir.join("state.json");
-        assert!(load(&path).unwrap().is_empty());
-        let mut states = AdminStates::new();
-        states.insert(("web".into(), "a".into()), AdminState::Draining { since_ms: 1, deadline_ms: Some(99) });
-        states.insert(("web".into(), "b".into()), AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained });
+        assert_eq!(load(&path).unwrap(), Saved::default());
+        let mut states = Saved::default();
+        let draining = AdminState::Draining { since_ms: 1, deadline_ms: Some(99) };
+        states.servers.insert(("web".into(), "a".into()), ServerRecord::operator(draining));
+        let drained = AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained };
+        let removing =
+            ServerRecord { admin: drained, source: Source::Config, config_enabled: Some(false), removing: true };
+        states.servers.insert(("web".into(), "b".into()), removing);
+        states.leaving_services.push(LeavingService {
+            vip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Udp,
+            pool: "web".into(),
+            leaving: Leaving { since_ms: 5, deadline_ms: None },
+        });
         save(&path, &states).unwrap();
         assert_eq!(load(&path).unwrap(), states);
         std::fs::write(&path, "{").unwrap();
         assert!(matches!(load(&path), Err(StateFileError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_older_agents_file_reads_as_operator_records_with_an_unknown_line() {
+        let dir = std::env::temp_dir().join(format!("lb-state-old-{}", std::process::id()));
+        let path = dir.join("state.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = r#"{"version":1,"servers":{"web/a":{"state":"draining","since_ms":1,"deadline_ms":null}}}"#;
+        std::fs::write(&path, old).unwrap();
+        let record = load(&path).unwrap().servers[&("web".into(), "a".into())];
+        assert_eq!(record.admin, AdminState::Draining { since_ms: 1, deadline_ms: None });
+        assert_eq!((record.source, record.config_enabled, record.removing), (Source::Operator, None, false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,8 +2,10 @@
 //! changes (`state`: states, transitions, the last-server guard) and the
 //! table of servers by id (`table`). Pure logic: no datapath, no clock.
 
+pub mod saved;
 pub mod state;
 pub mod table;
 
-pub use state::{AdminState, AdminStates, DisableMode, DisableReason, Transition};
-pub use table::{ServerSlot, ServerTable, ServiceSlot};
+pub use saved::{LeavingService, Records, Saved, ServerRecord};
+pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
+pub use table::{Leaving, ServerSlot, ServerTable, ServiceSlot};

@@ -7,11 +7,8 @@ use std::time::Duration;
 use lb_common::server_state;
 use serde::{Deserialize, Serialize};
 
-pub use crate::api::model::{DisableMode, DisableReason};
+pub use crate::api::model::{DisableMode, DisableReason, Source};
 use crate::api::model::{ServerState, StateLabel, Why};
-
-/// Administrative states by (pool, server), as saved in the state file.
-pub type AdminStates = std::collections::BTreeMap<(String, String), AdminState>;
 
 /// A pool member's administrative state. Instants are milliseconds since
 /// the Unix epoch: deadlines are wall-clock instants, so a restarted agent

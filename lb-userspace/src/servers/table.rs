@@ -6,7 +6,12 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use lb_common::ServiceKey;
 
-use super::state::AdminState;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    saved::ServerRecord,
+    state::{AdminState, Source},
+};
 use crate::config::Protocol;
 
 /// A pool member as the agent knows it.
@@ -26,12 +31,29 @@ pub struct ServerSlot {
     /// Its endpoint serves several services: its flows have per-flow
     /// return-path entries.
     pub shared_endpoint: bool,
+    /// Who set `admin`.
+    pub source: Source,
+    /// The config's `enabled` as the agent last applied it.
+    pub config_enabled: bool,
+    /// Gone from the config: it takes no new flow, and is forgotten once
+    /// DISABLED (drained, its deadline reached, or at once).
+    pub removing: bool,
 }
 
 impl ServerSlot {
     /// Whether the server may take new flows (and so has Maglev slots).
     pub fn takes_new_flows(&self) -> bool {
-        self.admin == AdminState::Enabled && self.weight > 0
+        self.admin == AdminState::Enabled && self.weight > 0 && !self.removing
+    }
+
+    /// What the state file keeps of it.
+    pub fn record(&self) -> ServerRecord {
+        ServerRecord {
+            admin: self.admin,
+            source: self.source,
+            config_enabled: Some(self.config_enabled),
+            removing: self.removing,
+        }
     }
 }
 
@@ -44,6 +66,16 @@ pub struct ServiceSlot {
     pub port: u16,
     pub protocol: Protocol,
     pub pool: String,
+    /// Gone from the config: no new flows; its flows go on until `deadline`,
+    /// if any, and it is forgotten once none is left.
+    pub leaving: Option<Leaving>,
+}
+
+/// A service on its way out, as the state file keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    pub since_ms: u64,
+    pub deadline_ms: Option<u64>,
 }
 
 impl ServiceSlot {
@@ -108,6 +140,13 @@ impl ServerTable {
         members.into_iter()
     }
 
+    /// Forgets a server (its id is free again).
+    pub fn remove(&mut self, id: u32) -> Option<ServerSlot> {
+        let slot = self.by_id.get_mut(id as usize)?.take()?;
+        self.by_name.remove(&(slot.pool.clone(), slot.name.clone()));
+        Some(slot)
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -132,6 +171,9 @@ mod tests {
             identity: id as u64,
             admin: AdminState::Enabled,
             shared_endpoint: false,
+            source: Source::Config,
+            config_enabled: true,
+            removing: false,
         }
     }
 
