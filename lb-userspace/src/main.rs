@@ -57,6 +57,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the agent's config file and apply the difference: servers and
+    /// services added, changed, removed (removed ones are taken out by their
+    /// pool's graceful_disable_timeout), `enabled` lines that changed.
+    /// Nothing is applied if the config has a problem. SIGHUP does the same.
+    Reload {
+        /// Even if it leaves a pool with no enabled server.
+        #[arg(long)]
+        force: bool,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop forwarding for good: detach XDP and remove the instance's pinned
     /// links and maps (its agent must be stopped; stopping the agent alone
     /// leaves XDP forwarding, so that a restart misses no packet).
@@ -130,13 +144,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     match command {
-        Command::Agent { config, check, datapath_log } => {
-            let config = Config::load(&config)?;
+        Command::Agent { config: path, check, datapath_log } => {
+            let config = Config::load(&path)?;
             if check {
                 println!("config is valid: {} service(s), {} pool(s)", config.services.len(), config.pools.len());
                 return Ok(());
             }
-            agent::run(config, datapath_log)
+            // Re-read on `lb reload` and SIGHUP.
+            let path = std::path::absolute(&path).unwrap_or(path);
+            agent::run(config, path, datapath_log)
         }
         Command::Server {
             command: ServerCommand::Disable { pool, servers, graceful, timeout, until_drained, force, wait, json },
@@ -151,6 +167,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
         Command::Events { json } => cli::events(socket, json),
         Command::Stats { json } => cli::stats(socket, json),
+        Command::Reload { force, dry_run, json } => cli::reload(socket, force, dry_run, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;
             if std::os::unix::net::UnixStream::connect(&config.api_socket).is_ok() {

@@ -16,9 +16,10 @@ use lb_common::{Flow, FlowKey, Outcome, ServerStats};
 use lb_userspace::{
     agent::{
         owner::{ControlError, Owner},
+        reload::ReloadOptions,
         runtime::now_ms,
     },
-    api::model::{Change, DisableMode},
+    api::model::{Change, DisableMode, ReloadReport},
     config::Config,
     datapath::{
         Datapath, MapSizes, counters as stats,
@@ -27,7 +28,7 @@ use lb_userspace::{
         tables::Tables,
         tcp_reset::ResetSender,
     },
-    servers::{AdminStates, ServerTable, ServiceSlot},
+    servers::{Saved, ServerTable, ServiceSlot},
 };
 
 use crate::{netns::NetNs, packet::Mac, topology::attach_pass};
@@ -137,7 +138,7 @@ impl FixtureBed {
             max_servers: config.max_servers,
         };
         let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
-        let tables = Tables::apply(&mut dp, &config, &AdminStates::new()).expect("apply config");
+        let tables = Tables::apply(&mut dp, &config, Saved::default(), now_ms()).expect("apply config");
         let resets = ResetSender::new().expect("raw socket");
         FixtureBed { owner: Owner::new(config, Live::new(dp, resets), tables.servers, tables.services) }
     }
@@ -162,13 +163,18 @@ impl FixtureBed {
         self.owner.config()
     }
 
-    /// Control-plane step: apply another config to the same datapath.
-    pub fn apply(&mut self, config: &str) {
+    /// Control-plane step: reload another config, as the agent does
+    /// (forced: the guard is not what these fixtures test).
+    pub fn apply(&mut self, config: &str) -> ReloadReport {
         let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
         config.state_file = self.config().state_file.clone();
-        let states = self.owner.admin_states();
-        let tables = Tables::apply(self.dp_mut(), &config, &states).expect("apply config");
-        self.owner.reconfigure(config, tables.servers, tables.services);
+        let options = ReloadOptions { force: true, dry_run: false };
+        self.owner.reload(config, options, now_ms()).expect("reload")
+    }
+
+    /// The owner's sweep (which also forgets what a removal left behind).
+    pub fn owner_sweep(&mut self) {
+        self.owner.sweep(now_ms());
     }
 
     /// Control-plane step: an operator's disable, as the agent executes it.

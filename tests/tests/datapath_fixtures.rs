@@ -494,38 +494,60 @@ fn an_endpoint_serving_two_services_finds_the_vip_per_flow() {
     });
 }
 
+/// A server removed from the config is taken out by its pool's
+/// `graceful_disable_timeout`: "infinite" (the default) lets its flow go on
+/// while it is "removing"; "0" terminates the flow at once and forgets it.
 #[test]
-fn flows_of_a_server_removed_from_the_config_are_swept_at_once() {
+fn a_server_removed_from_the_config_is_taken_out_by_its_pools_rule() {
     let ns = fixture_netns();
     ns.run(|| {
         let mut bed = FixtureBed::load(&config((1, 1)));
         let to_far = client_tcp(43000, 8443).flags(SYN);
-        bed.run(&[Case {
-            name: "a flow on f1",
+        let f1 = |name, new_flow| Case {
+            name,
             input: to_far.build(),
             ingress: "toclient",
             verdict: XDP_PASS,
             output: Expect::Packet(to_far.clone().addresses((CLIENT, 43000), (SERVER_UNRESOLVED, 8443)).ttl(63).build()),
-            counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", 1)],
-        }]);
+            counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", new_flow)],
+        };
+        bed.run(&[f1("a flow on f1", 1)]);
         let key = flow_key((CLIENT, 43000), (VIP, 8443), proto::TCP);
-        let now = datapath_now_ns();
-        bed.sweep(now);
-        assert!(bed.flow(&key).is_some(), "a fresh flow stays");
 
-        // The config drops service 8443 and its pool: f1 is gone.
-        let without_far = config((1, 1))
-            .replace("port = 8443\n        protocol = \"tcp\"\n        pool = \"far\"", "port = 8443\n        protocol = \"tcp\"\n        pool = \"web\"")
-            .replace(&format!("[[pools.far.servers]]\n        name = \"f1\"\n        address = \"{SERVER_UNRESOLVED}\"\n        port = 8443\n"), "");
-        assert!(!without_far.contains("pools.far"), "the test config edit did not apply");
-        bed.apply(&without_far);
-        bed.sweep(now);
-        assert!(bed.flow(&key).is_none(), "the removed server's flow is swept at once, not after 300 s");
+        // The config drops f1, the only server of pool far.
+        let f1_line = format!(
+            "[[pools.far.servers]]\n        name = \"f1\"\n        address = \"{SERVER_UNRESOLVED}\"\n        port = 8443\n"
+        );
+        // Pool far stays (empty), so that its service stays valid.
+        let without_f1 = config((1, 1)).replace(&f1_line, "").replacen(
+            "[[services]]\n        vip",
+            "[pools.far]\n        [[services]]\n        vip",
+            1,
+        );
+        assert_ne!(without_f1, config((1, 1)), "the test config edit did not apply");
+        let report = bed.apply(&without_f1);
+        assert!(report.changes.iter().any(|c| c.starts_with("far/f1 removed")), "{:?}", report.changes);
+        bed.owner_sweep();
+        let f1_slot = bed.servers().find("far", "f1").expect("f1 stays while its flow lives");
+        assert!(f1_slot.removing, "listed as removing");
+        bed.run(&[f1("its flow goes on while it is removing", 0)]);
+        assert!(bed.flow(&key).is_some());
+
+        // The same removal with "0": at once.
+        let mut bed = FixtureBed::load(&config((1, 1)).replace("[[pools.far.servers]]", "[pools.far]\n        graceful_disable_timeout = \"0\"\n        [[pools.far.servers]]"));
+        bed.run(&[f1("a flow on f1", 1)]);
+        let at_once = without_f1.replace("[pools.far]\n", "[pools.far]\n        graceful_disable_timeout = \"0\"\n");
+        bed.apply(&at_once);
+        assert!(bed.flow(&key).is_none(), "the removed server's flow is terminated at once");
+        assert!(bed.servers().find("far", "f1").is_none(), "and the server forgotten");
     });
 }
 
+/// A service removed from the config takes no new flow; its flows follow
+/// its pool's `graceful_disable_timeout`: with "infinite" they go on, with
+/// "0" they are terminated at once.
 #[test]
-fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
+fn a_service_removed_from_the_config_takes_no_new_flow_and_its_flows_follow_the_pools_rule() {
     let ns = fixture_netns();
     ns.run(|| {
         let mut bed = FixtureBed::load(&config((1, 0)));
@@ -538,13 +560,22 @@ fn flows_of_a_service_removed_from_the_config_are_no_longer_forwarded() {
         let moved = config((1, 0)).replacen("port = 80\n", "port = 81\n", 1);
         assert_ne!(moved, config((1, 0)), "the test config edit did not apply");
         bed.apply(&moved);
-        // The datapath looks a packet's flow up before its service: the flow
-        // must not keep the old service alive.
-        let ack = client_tcp(43001, 80).flags(ACK).build();
-        bed.run(&[pass("a packet of the old service's flow", ack, PassNotForUs)]);
-        let now = datapath_now_ns();
-        bed.sweep(now);
-        assert!(bed.flow(&key).is_none(), "the removed service's flow is swept at once");
+        let ack = client_tcp(43001, 80).flags(ACK).seq(1, 1);
+        let new_syn = client_tcp(43002, 80).flags(SYN).build();
+        bed.run(&[
+            forward("the leaving service's flow goes on", &ack, (SERVER1, 8080), SERVER1_MAC, "web", "s1", false),
+            pass("a new connection to the removed service is not balanced", new_syn, PassNotForUs),
+        ]);
+        bed.owner_sweep();
+        assert!(bed.flow(&key).is_some(), "its live flow is kept");
+
+        // The same with "0": its flows end at once.
+        let immediate = |c: String| c.replace("[[pools.web.servers]]\n        name = \"s1\"", "[pools.web]\n        graceful_disable_timeout = \"0\"\n        [[pools.web.servers]]\n        name = \"s1\"");
+        let mut bed = FixtureBed::load(&immediate(config((1, 0))));
+        bed.run(&[forward("a flow on s1", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
+        bed.apply(&immediate(moved));
+        assert!(bed.flow(&key).is_none(), "the removed service's flow is terminated at once");
+        bed.run(&[pass("a packet of the old service's flow", ack.build(), PassNotForUs)]);
     });
 }
 

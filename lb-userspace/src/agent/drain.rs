@@ -5,11 +5,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use lb_common::ServiceKey;
+
 use super::owner::{Owner, Plan};
 use crate::{
     config::format_time_left,
     datapath::ops::DatapathOps,
-    servers::{AdminState, DisableReason, ServerSlot, Transition, state::time_left},
+    servers::{AdminState, DisableReason, ServerSlot, ServiceSlot, Transition, state::time_left},
 };
 
 /// While a server drains, its flows are counted at least this often, so it
@@ -23,9 +25,16 @@ impl<D: DatapathOps> Owner<D> {
         self.servers.iter().filter(|s| s.admin.is_draining())
     }
 
-    /// The earliest drain deadline (ms since the Unix epoch), if any.
+    /// The earliest drain deadline (ms since the Unix epoch), if any: of a
+    /// draining server, or of a service leaving the config.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.draining().filter_map(|s| s.admin.deadline_ms()).min()
+        let services = self.services.iter().filter_map(|s| s.leaving?.deadline_ms);
+        self.draining().filter_map(|s| s.admin.deadline_ms()).chain(services).min()
+    }
+
+    /// Whether anything drains: servers, or services leaving the config.
+    fn drains(&self) -> bool {
+        self.draining().next().is_some() || self.services.iter().any(|s| s.leaving.is_some())
     }
 
     /// How long after the last sweep began the next one is due: the
@@ -33,19 +42,43 @@ impl<D: DatapathOps> Owner<D> {
     /// spending more than a third of the time walking a large table.
     pub fn sweep_interval(&self) -> Duration {
         let interval = self.config.flows.sweep_interval;
-        if self.draining().next().is_none() {
+        if !self.drains() {
             return interval;
         }
         interval.min(DRAIN_COUNT_INTERVAL.max(self.counts.took * 2))
     }
 
     /// Terminates, as an immediate disable would, what is left on servers
-    /// whose deadline has come.
+    /// whose deadline has come, and of services leaving the config whose
+    /// deadline has come.
     pub fn enforce_deadlines(&mut self, now_ms: u64) {
         let due: Vec<&ServerSlot> =
             self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
         let due = by_pool(due, DisableReason::Deadline);
         self.end_drains(due, now_ms);
+        let due: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|s| s.leaving.is_some_and(|l| l.deadline_ms.is_some_and(|d| d <= now_ms)))
+            .map(ServiceSlot::key)
+            .collect();
+        for key in &due {
+            let why = match self.dp.terminate_service(&self.servers, *key) {
+                Ok(done) => format!(
+                    "its deadline came: {} live TCP flow(s) reset",
+                    done.reset_by_server.values().sum::<usize>()
+                ),
+                Err(e) => {
+                    log::error!("cannot terminate the flows of a removed service: {e}");
+                    "its deadline came (its flows could not all be reset)".to_owned()
+                }
+            };
+            self.end_service(*key, &why, now_ms);
+        }
+        if !due.is_empty() {
+            self.write_layout();
+        }
+        self.forget_gone(now_ms);
     }
 
     /// Walks the flow table (started at `now_ms`): ages flows out, counts
@@ -58,10 +91,12 @@ impl<D: DatapathOps> Owner<D> {
                     log::debug!("flow sweep: {} flows, {} expired", report.scanned, report.expired);
                 }
                 self.counts.active = report.active_by_server;
+                self.counts.leaving = report.active_by_leaving_service;
                 self.counts.in_table = report.scanned.saturating_sub(report.expired) as u64;
                 self.counts.at_ms = Some(now_ms);
                 self.counts.took = started.elapsed();
                 self.detect_drained(now_ms);
+                self.forget_gone(now_ms);
                 self.log_drain_progress(now_ms);
             }
             Err(e) => log::warn!("flow sweep failed: {e}"),
@@ -83,7 +118,7 @@ impl<D: DatapathOps> Owner<D> {
 
     fn end_drains(&mut self, plans: BTreeMap<String, Plan>, now_ms: u64) {
         for (pool, plan) in plans {
-            if let Err(e) = self.execute(&pool, &plan, now_ms) {
+            if let Err(e) = self.execute(&pool, &plan, None, now_ms) {
                 log::error!("cannot end the drain of pool {pool}: {:#}", anyhow::Error::new(e));
             }
         }

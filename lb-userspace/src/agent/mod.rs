@@ -9,6 +9,9 @@ pub mod events;
 pub mod owner;
 #[cfg(test)]
 mod owner_tests;
+pub mod reload;
+#[cfg(test)]
+mod reload_tests;
 pub mod runtime;
 pub mod snapshot;
 pub mod state_file;
@@ -58,13 +61,14 @@ pub fn map_sizes(config: &Config) -> MapSizes {
     MapSizes { max_flows: config.flows.max_flows, max_services: config.max_services, max_servers: config.max_servers }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run(config: Config, datapath_log: DatapathLog) -> anyhow::Result<()> {
+/// Runs the agent until SIGINT or SIGTERM; `config_path` is re-read on
+/// `lb reload` and SIGHUP.
+pub fn run(config: Config, config_path: PathBuf, datapath_log: DatapathLog) -> anyhow::Result<()> {
     // First, so that a second agent of the same instance stops here, before
     // it touches the datapath.
     let listener = api::unix::bind(&config.api_socket)?;
     let socket = config.api_socket.clone();
-    let result = http_listener(&config).and_then(|http| start(config, listener, http, datapath_log));
+    let result = http_listener(&config).and_then(|http| start(config, config_path, listener, http, datapath_log));
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -88,6 +92,7 @@ struct HttpListener {
 
 fn start(
     config: Config,
+    config_path: PathBuf,
     listener: StdUnixListener,
     http: Option<HttpListener>,
     datapath_log: DatapathLog,
@@ -96,8 +101,8 @@ fn start(
     let pins = pin_dir(&config.instance);
     let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log)
         .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
-    let tables =
-        Tables::apply(&mut dp, &config, &states).context("cannot write the configuration into the datapath")?;
+    let tables = Tables::apply(&mut dp, &config, states, now_ms())
+        .context("cannot write the configuration into the datapath")?;
     let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
     let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
     for interface in &config.interfaces {
@@ -118,8 +123,9 @@ fn start(
     for service in &tables.services {
         log::info!("service {} -> pool {}", service.label(), service.pool);
     }
-    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled) {
-        log::info!("{}/{} resumes as {}", slot.pool, slot.name, slot.admin.label());
+    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled || s.removing) {
+        let removing = if slot.removing { " (being removed from the config)" } else { "" };
+        log::info!("{}/{} resumes as {}{removing}", slot.pool, slot.name, slot.admin.label());
     }
     let readers = Readers {
         counters: Counters::open(&dp.maps).context("cannot open the counters")?,
@@ -128,7 +134,19 @@ fn start(
     };
     let stop_clock = Arc::new(AtomicBool::new(false));
     let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
-    let owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
+    let mut owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
+    // The config's `enabled` lines that changed while no agent ran, and the
+    // servers it removed meanwhile, are applied now, as a reload would.
+    for change in owner.apply_config_lines(now_ms()) {
+        log::info!(
+            "{}/{}: {} -> {} (the config's enabled line changed)",
+            change.pool,
+            change.server,
+            change.from,
+            change.to
+        );
+    }
+    owner.begin_removals(now_ms());
     owner.save_states()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +155,7 @@ fn start(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(owner, listener, http, readers));
+    let result = runtime.block_on(serve(owner, config_path, listener, http, readers));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     // XDP stays attached (its links are pinned): forwarding goes on with the
@@ -172,6 +190,7 @@ fn http_token(config: &Config) -> anyhow::Result<Option<String>> {
 /// the datapath to detach.
 async fn serve(
     owner: Owner<Live>,
+    config_path: PathBuf,
     listener: StdUnixListener,
     http: Option<HttpListener>,
     readers: Readers,
@@ -187,6 +206,7 @@ async fn serve(
     // Everything that can fail before anything starts.
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
+    let hangup = signal(SignalKind::hangup()).context("cannot install signal handlers")?;
     // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
     // which the AsyncFd owns: it stays open and the same while registered.
     let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
@@ -207,10 +227,18 @@ async fn serve(
         let shutdown = shutdown.clone();
         std::thread::Builder::new().name("owner".into()).spawn(move || {
             let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-            Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(owner, commands, snapshot_tx, shutdown)))
+            Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(
+                owner,
+                config_path,
+                commands,
+                snapshot_tx,
+                shutdown,
+            )))
         })?
     };
-    let ops = Arc::new(Ops::new(snapshots, counters, OwnerHandle::new(commands_tx)));
+    let owner_handle = OwnerHandle::new(commands_tx);
+    tokio::spawn(reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
+    let ops = Arc::new(Ops::new(snapshots, counters, owner_handle));
     let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
     let http = http.map(|(listener, addr, token)| {
         let web =
@@ -243,6 +271,28 @@ async fn serve(
     }
     let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
+}
+
+/// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a
+/// reload that would leave a pool with no server is refused, and said so
+/// in the log).
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    owner: OwnerHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            _ = hangup.recv() => {}
+        }
+        log::info!("SIGHUP: reloading the config");
+        match owner.reload(false, false).await {
+            Ok(report) if report.changes.is_empty() => log::info!("reload: nothing changed"),
+            Ok(_) => {}
+            Err(e) => log::error!("reload refused, nothing applied: {}", e.message),
+        }
+    }
 }
 
 /// What the agent reads from the datapath.

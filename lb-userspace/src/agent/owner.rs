@@ -24,14 +24,17 @@ use tokio::sync::watch;
 
 use super::{
     events::EventLog,
-    snapshot::{PoolSnapshot, ServerSnapshot, Snapshot},
+    snapshot::{LeavingSnapshot, PoolSnapshot, ServerSnapshot, Snapshot},
     state_file,
 };
 use crate::{
     api::model::{ApiError, Change, ErrorCode, EventKind},
     config::{Config, format_time_left},
     datapath::ops::DatapathOps,
-    servers::{self, AdminState, AdminStates, DisableMode, DisableReason, ServerTable, ServiceSlot, Transition},
+    servers::{
+        self, AdminState, DisableMode, DisableReason, LeavingService, Saved, ServerTable, ServiceSlot, Source,
+        Transition,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,12 @@ pub enum ControlError {
     StateFile(#[from] state_file::StateFileError),
     #[error("cannot save the new states, so nothing was changed")]
     NotSaved(#[source] state_file::StateFileError),
+    #[error("{pool}/{server} is being removed from the config: add it back to the config to enable it")]
+    Removing { pool: String, server: String },
+    #[error("refused, nothing applied: a restart is needed to change {settings}")]
+    RestartNeeded { settings: String },
+    #[error("{0}")]
+    InvalidConfig(String),
 }
 
 impl From<&ControlError> for ApiError {
@@ -66,6 +75,9 @@ impl From<&ControlError> for ApiError {
             ControlError::UnknownServer { .. } => ErrorCode::UnknownServer,
             ControlError::NoServers => ErrorCode::BadRequest,
             ControlError::LastServer { .. } => ErrorCode::LastServer,
+            ControlError::Removing { .. } => ErrorCode::BadRequest,
+            ControlError::RestartNeeded { .. } => ErrorCode::RestartNeeded,
+            ControlError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControlError::Datapath { .. } | ControlError::StateFile(_) | ControlError::NotSaved(_) => ErrorCode::Failed,
         };
         // The error's own line and its causes, for the operator.
@@ -97,6 +109,8 @@ pub struct FlowCounts {
     pub active: HashMap<u32, u64>,
     /// Flows left in the table after the walk (live, closing, idle).
     pub in_table: u64,
+    /// Live flows of each leaving service.
+    pub leaving: HashMap<lb_common::ServiceKey, u64>,
 }
 
 /// A planned change of one server.
@@ -144,14 +158,6 @@ impl<D: DatapathOps> Owner<D> {
         }
     }
 
-    /// Takes a config already written into the datapath (by
-    /// `datapath::tables::Tables::apply`, with these servers and services).
-    pub fn reconfigure(&mut self, config: Config, servers: ServerTable, services: Vec<ServiceSlot>) {
-        self.config = config;
-        self.servers = servers;
-        self.services = services;
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -195,13 +201,16 @@ impl<D: DatapathOps> Owner<D> {
             let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
             return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", ") });
         }
-        self.execute(pool, &plan, now_ms)
+        self.execute(pool, &plan, Some(Source::Operator), now_ms)
     }
 
     /// Puts `names` of `pool` back in service, in one change.
     pub fn enable(&mut self, pool: &str, names: &[String], now_ms: u64) -> Result<Vec<Change>, ControlError> {
         let plan = self.plan(pool, names, servers::state::enable)?;
-        self.execute(pool, &plan, now_ms)
+        if let Some(slot) = plan.iter().filter_map(|(name, _)| self.servers.find(pool, name)).find(|s| s.removing) {
+            return Err(ControlError::Removing { pool: pool.to_owned(), server: slot.name.clone() });
+        }
+        self.execute(pool, &plan, Some(Source::Operator), now_ms)
     }
 
     /// The guard, applied to the pool as the plan would leave it.
@@ -225,7 +234,7 @@ impl<D: DatapathOps> Owner<D> {
         names: &[String],
         transition: impl Fn(&AdminState) -> Transition,
     ) -> Result<Plan, ControlError> {
-        if !self.config.pools.contains_key(pool) {
+        if !self.config.pools.contains_key(pool) && self.servers.pool(pool).next().is_none() {
             return Err(ControlError::UnknownPool { pool: pool.to_owned() });
         }
         if names.is_empty() {
@@ -248,33 +257,43 @@ impl<D: DatapathOps> Owner<D> {
         self.servers.find(pool, name).expect("planned server exists").id
     }
 
-    /// Carries out a plan on `pool` (see the module's note on order). The
-    /// new states are saved first: a change that cannot be saved is not
+    /// Carries out a plan on `pool` (see the module's note on order), set
+    /// by `source` (none: the end of a drain, which keeps who began it).
+    /// The new states are saved first: a change that cannot be saved is not
     /// made, and one whose datapath writes fail is rolled back.
-    pub(super) fn execute(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Vec<Change>, ControlError> {
-        let before: Vec<(u32, AdminState)> = plan
+    pub(super) fn execute(
+        &mut self,
+        pool: &str,
+        plan: &Plan,
+        source: Option<Source>,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, ControlError> {
+        let before: Vec<(u32, AdminState, Source)> = plan
             .iter()
             .map(|(name, _)| {
-                let id = self.id_of(pool, name);
-                (id, self.servers.get(id).expect("planned server exists").admin)
+                let slot = self.servers.find(pool, name).expect("planned server exists");
+                (slot.id, slot.admin, slot.source)
             })
             .collect();
-        let mut after = self.admin_states();
+        let mut after = self.saved();
         for (name, transition) in plan {
-            let key = (pool.to_owned(), name.clone());
-            let planned = servers::state::apply(&after[&key], *transition, now_ms);
-            after.insert(key, planned);
+            let record = after.servers.get_mut(&(pool.to_owned(), name.clone())).expect("planned server is saved");
+            let planned = servers::state::apply(&record.admin, *transition, now_ms);
+            if planned != record.admin {
+                record.source = source.unwrap_or(record.source);
+            }
+            record.admin = planned;
         }
         // Written beside the state file now (a full or read-only file system
         // fails here, before the datapath is touched), made durable after the
         // datapath's writes: its fsyncs take milliseconds, and an immediate
         // disable stops its server's traffic in microseconds.
-        let pending = if after != self.admin_states() {
+        let pending = if after != self.saved() {
             Some(state_file::prepare(&self.config.state_file, &after).map_err(ControlError::NotSaved)?)
         } else {
             None
         };
-        let written = self.write_change(pool, plan, now_ms);
+        let written = self.write_change(pool, plan, source, now_ms);
         let saved = match (&written, pending) {
             (Ok(_), Some(pending)) => pending.commit().map_err(ControlError::NotSaved),
             _ => Ok(()),
@@ -301,8 +320,14 @@ impl<D: DatapathOps> Owner<D> {
 
     /// The datapath's part of a change: states, then Maglev rows, then the
     /// states of servers starting to drain.
-    fn write_change(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Marked, ControlError> {
-        let (changes, terminated, moved) = self.mark(pool, plan, now_ms)?;
+    fn write_change(
+        &mut self,
+        pool: &str,
+        plan: &Plan,
+        source: Option<Source>,
+        now_ms: u64,
+    ) -> Result<Marked, ControlError> {
+        let (changes, terminated, moved) = self.mark(pool, plan, source, now_ms)?;
         if moved.is_empty() {
             return Ok((changes, terminated, moved));
         }
@@ -326,7 +351,7 @@ impl<D: DatapathOps> Owner<D> {
     }
 
     fn write_maglev_rows(&mut self, pool: &str) -> Result<(), ControlError> {
-        for service in self.services.iter().filter(|s| s.pool == pool) {
+        for service in self.services.iter().filter(|s| s.pool == pool && s.leaving.is_none()) {
             self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
         }
         Ok(())
@@ -334,10 +359,11 @@ impl<D: DatapathOps> Owner<D> {
 
     /// Puts back the states a failed change had (in memory, in the datapath,
     /// in the state file), as far as it can; says what it could not.
-    fn roll_back(&mut self, pool: &str, before: &[(u32, AdminState)], now_ms: u64) {
-        for (id, admin) in before {
+    fn roll_back(&mut self, pool: &str, before: &[(u32, AdminState, Source)], now_ms: u64) {
+        for (id, admin, source) in before {
             let slot = self.servers.get_mut(*id).expect("planned server exists");
             slot.admin = *admin;
+            slot.source = *source;
             if let Err(e) = self.dp.write_server(slot) {
                 log::error!("rolling back {pool}/{}: cannot write its state back: {e}", slot.name);
             }
@@ -358,7 +384,7 @@ impl<D: DatapathOps> Owner<D> {
     /// the number of flows). Returns the changes, the terminated ids, and
     /// the servers whose state moved (a new deadline moves it, though its
     /// label stays "DRAINING (deadline)").
-    fn mark(&mut self, pool: &str, plan: &Plan, now_ms: u64) -> Result<Marked, ControlError> {
+    fn mark(&mut self, pool: &str, plan: &Plan, source: Option<Source>, now_ms: u64) -> Result<Marked, ControlError> {
         let mut changes = Vec::new();
         let mut terminated = HashSet::new();
         let mut moved = HashSet::new();
@@ -369,6 +395,7 @@ impl<D: DatapathOps> Owner<D> {
             slot.admin = servers::state::apply(&from, *transition, now_ms);
             if slot.admin != from {
                 moved.insert(name.clone());
+                slot.source = source.unwrap_or(slot.source);
             }
             changes.push(Change {
                 pool: pool.to_owned(),
@@ -413,39 +440,32 @@ impl<D: DatapathOps> Owner<D> {
         }
     }
 
-    pub fn admin_states(&self) -> AdminStates {
-        self.servers.iter().map(|s| ((s.pool.clone(), s.name.clone()), s.admin)).collect()
+    /// What the state file keeps: every server's record, and the services
+    /// on their way out.
+    pub fn saved(&self) -> Saved {
+        Saved {
+            servers: self.servers.iter().map(|s| ((s.pool.clone(), s.name.clone()), s.record())).collect(),
+            leaving_services: self.services.iter().filter_map(LeavingService::of).collect(),
+        }
     }
 
     pub fn save_states(&self) -> Result<(), ControlError> {
-        state_file::save(&self.config.state_file, &self.admin_states())?;
+        state_file::save(&self.config.state_file, &self.saved())?;
         Ok(())
     }
 
     /// What readers see: pools, servers, live flow counts, events.
     pub fn snapshot(&self, now_ms: u64) -> Snapshot {
-        let pools = self
+        // The config's pools, and those of servers and services on their way out.
+        let names: BTreeSet<&str> = self
             .config
             .pools
             .keys()
-            .map(|pool| PoolSnapshot {
-                name: pool.clone(),
-                services: self.services.iter().filter(|s| s.pool == *pool).map(ServiceSlot::label).collect(),
-                servers: self
-                    .servers
-                    .pool(pool)
-                    .map(|s| ServerSnapshot {
-                        id: s.id,
-                        name: s.name.clone(),
-                        address: s.address,
-                        port: s.port,
-                        weight: s.weight,
-                        admin: s.admin,
-                        active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
-                    })
-                    .collect(),
-            })
+            .map(String::as_str)
+            .chain(self.servers.iter().map(|s| s.pool.as_str()))
+            .chain(self.services.iter().map(|s| s.pool.as_str()))
             .collect();
+        let pools = names.into_iter().map(|pool| self.pool_snapshot(pool)).collect();
         Snapshot {
             taken_ms: now_ms,
             instance: self.config.instance.clone(),
@@ -454,6 +474,38 @@ impl<D: DatapathOps> Owner<D> {
             pools,
             counted_at_ms: self.counts.at_ms,
             events: self.events.shared(),
+        }
+    }
+
+    fn pool_snapshot(&self, pool: &str) -> PoolSnapshot {
+        let services = self.services.iter().filter(|s| s.pool == pool);
+        PoolSnapshot {
+            name: pool.to_owned(),
+            services: services.clone().filter(|s| s.leaving.is_none()).map(ServiceSlot::label).collect(),
+            leaving_services: services
+                .filter_map(|s| {
+                    Some(LeavingSnapshot {
+                        label: s.label(),
+                        active_flows: self.counts.leaving.get(&s.key()).copied().unwrap_or(0),
+                        deadline_ms: s.leaving?.deadline_ms,
+                    })
+                })
+                .collect(),
+            servers: self
+                .servers
+                .pool(pool)
+                .map(|s| ServerSnapshot {
+                    id: s.id,
+                    name: s.name.clone(),
+                    address: s.address,
+                    port: s.port,
+                    weight: s.weight,
+                    admin: s.admin,
+                    active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
+                    source: s.source,
+                    removing: s.removing,
+                })
+                .collect(),
         }
     }
 }

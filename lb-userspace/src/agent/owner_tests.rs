@@ -16,35 +16,47 @@ use crate::{
     datapath::{
         ops::{DatapathOps, DatapathResult},
         sweep::SweepReport,
+        tables::{Previous, Tables},
         terminate::Termination,
     },
-    servers::{AdminState, DisableMode, DisableReason, ServerTable, ServiceSlot},
+    servers::{AdminState, DisableMode, DisableReason, ServerSlot, ServerTable, ServiceSlot},
 };
+use lb_common::ServiceKey;
 
 /// What the fake datapath was asked, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Write {
+pub(super) enum Write {
     /// A server's record, with its state.
     Server(&'static str, ServerState),
     /// A service's Maglev row, with the servers it sends new flows to.
     Maglev(Vec<&'static str>),
     Terminate(Vec<&'static str>),
+    /// A server written new to its slot (reload), with its state.
+    NewServer(&'static str, ServerState),
+    /// Return paths, filter and VIPs, for these services (leaving ones marked).
+    Layout(Vec<String>),
+    /// A service's entry written: it takes new flows.
+    Service(String),
+    Forget(&'static str),
+    TerminateService(String),
 }
 
 #[derive(Default)]
-struct FakeDatapath {
-    writes: Vec<Write>,
+pub(super) struct FakeDatapath {
+    pub(super) writes: Vec<Write>,
     /// Live flows per server id, as the next sweep reports them.
-    live: HashMap<u32, u64>,
+    pub(super) live: HashMap<u32, u64>,
     /// Live TCP flows each terminated server had.
     live_tcp: HashMap<u32, usize>,
+    /// Live flows per leaving service, as the next sweep reports them.
+    pub(super) live_services: HashMap<ServiceKey, u64>,
     sweeps: usize,
     state_file: std::path::PathBuf,
     /// Fail Maglev row writes (to test roll-backs).
     fail_maglev: bool,
 }
 
-const NAMES: [&str; 3] = ["a", "b", "c"];
+const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 fn name(id: u32) -> &'static str {
     NAMES[id as usize]
@@ -76,48 +88,84 @@ impl DatapathOps for FakeDatapath {
 
     fn sweep(&mut self, _: &ServerTable, _: &[ServiceSlot], _: &FlowSettings) -> DatapathResult<SweepReport> {
         self.sweeps += 1;
-        Ok(SweepReport { active_by_server: self.live.clone(), ..SweepReport::default() })
+        Ok(SweepReport {
+            active_by_server: self.live.clone(),
+            active_by_leaving_service: self.live_services.clone(),
+            ..SweepReport::default()
+        })
+    }
+
+    fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
+        self.writes.push(Write::NewServer(name(server.id), server.admin.state()));
+        Ok(())
+    }
+
+    fn add_return_paths(&mut self, _: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<usize> {
+        Ok(ids.len())
+    }
+
+    fn write_layout(&mut self, _: &ServerTable, services: &[ServiceSlot]) -> DatapathResult<()> {
+        let labels = services
+            .iter()
+            .map(|s| if s.leaving.is_some() { format!("{} (leaving)", s.label()) } else { s.label() })
+            .collect();
+        self.writes.push(Write::Layout(labels));
+        Ok(())
+    }
+
+    fn write_service(&mut self, service: &ServiceSlot) -> DatapathResult<()> {
+        self.writes.push(Write::Service(service.label()));
+        Ok(())
+    }
+
+    fn forget_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
+        self.writes.push(Write::Forget(name(server.id)));
+        Ok(())
+    }
+
+    fn terminate_service(&mut self, _: &ServerTable, service: ServiceKey) -> DatapathResult<Termination> {
+        let label = format!("{}:{}", Ipv4Addr::from(service.addr.to_ne_bytes()), u16::from_be(service.port));
+        self.writes.push(Write::TerminateService(label));
+        self.live_services.remove(&service);
+        Ok(Termination::default())
     }
 }
 
-const T0: u64 = 1_700_000_000_000;
+pub(super) const T0: u64 = 1_700_000_000_000;
+
+/// A test's config: pool "web" with `servers` (name and extra lines such as
+/// "weight = 2"; server "a" is at 10.0.0.1, "b" at 10.0.0.2, ...) and the
+/// pool's `rule` lines, behind 10.100.0.1 on each of `ports`.
+pub(super) fn web_config(test: &str, rule: &str, servers: &[(&str, &str)], ports: &[u16]) -> Config {
+    let servers: String = servers
+        .iter()
+        .map(|(n, extra)| {
+            let octet = NAMES.iter().position(|m| m == n).expect("a known name") + 1;
+            format!("[[pools.web.servers]]\nname = \"{n}\"\naddress = \"10.0.0.{octet}\"\nport = 80\n{extra}\n")
+        })
+        .collect();
+    let services: String = ports
+        .iter()
+        .map(|p| format!("[[services]]\nvip = \"10.100.0.1\"\nport = {p}\nprotocol = \"tcp\"\npool = \"web\"\n"))
+        .collect();
+    let text = format!(
+        "interfaces = [\"eth0\"]\nstate_file = \"{}\"\n{services}[pools.web]\n{rule}\n{servers}",
+        std::env::temp_dir().join(format!("lb-owner-{test}-{}.json", std::process::id())).display()
+    );
+    Config::parse(&text, Path::new("test.toml")).expect("test config")
+}
+
+/// An owner of `config`, as a first start writes it.
+pub(super) fn owner_of(config: Config) -> Owner<FakeDatapath> {
+    let tables = Tables::plan(&config, &Previous::default(), T0).expect("plan");
+    let mut fake = FakeDatapath::default();
+    fake.state_file = config.state_file.clone();
+    Owner::new(config, fake, tables.servers, tables.services)
+}
 
 /// A pool "web" of a, b, c (ids 0, 1, 2) behind one service.
 fn owner(test: &str) -> Owner<FakeDatapath> {
-    let servers: String = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("[[pools.web.servers]]\nname = \"{n}\"\naddress = \"10.0.0.{}\"\nport = 80\n", i + 1))
-        .collect();
-    let text = format!(
-        "interfaces = [\"eth0\"]\nstate_file = \"{}\"\n[[services]]\nvip = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}",
-        std::env::temp_dir().join(format!("lb-owner-{test}-{}.json", std::process::id())).display()
-    );
-    let config = Config::parse(&text, Path::new("test.toml")).expect("test config");
-    let mut table = ServerTable::default();
-    for (i, s) in config.pools["web"].servers.iter().enumerate() {
-        table.insert(crate::servers::ServerSlot {
-            id: i as u32,
-            pool: "web".into(),
-            name: s.name.clone(),
-            address: s.address,
-            port: s.port,
-            weight: s.weight,
-            identity: i as u64,
-            admin: AdminState::Enabled,
-            shared_endpoint: false,
-        });
-    }
-    let service = ServiceSlot {
-        index: 0,
-        vip: Ipv4Addr::new(10, 100, 0, 1),
-        port: 80,
-        protocol: config.services[0].protocol,
-        pool: "web".into(),
-    };
-    let mut fake = FakeDatapath::default();
-    fake.state_file = config.state_file.clone();
-    Owner::new(config, fake, table, vec![service])
+    owner_of(web_config(test, "", &[("a", ""), ("b", ""), ("c", "")], &[80]))
 }
 
 /// The fake goes with the owner: it removes the test's state file.
@@ -127,15 +175,15 @@ impl Drop for FakeDatapath {
     }
 }
 
-fn names(list: &[&str]) -> Vec<String> {
+pub(super) fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-fn state(owner: &Owner<FakeDatapath>, server: &str) -> AdminState {
+pub(super) fn state(owner: &Owner<FakeDatapath>, server: &str) -> AdminState {
     owner.servers().find("web", server).unwrap().admin
 }
 
-fn take_writes(owner: &mut Owner<FakeDatapath>) -> Vec<Write> {
+pub(super) fn take_writes(owner: &mut Owner<FakeDatapath>) -> Vec<Write> {
     std::mem::take(&mut owner.dp_mut().writes)
 }
 
@@ -230,7 +278,7 @@ fn a_new_deadline_for_a_draining_server_is_saved_and_told() {
     assert_eq!(owner.next_deadline(), Some(T0 + 6_000));
     // What a restarted agent would fire.
     let saved = super::state_file::load(&owner.config().state_file).unwrap();
-    assert_eq!(saved[&("web".to_owned(), "a".to_owned())].deadline_ms(), Some(T0 + 6_000));
+    assert_eq!(saved.servers[&("web".to_owned(), "a".to_owned())].admin.deadline_ms(), Some(T0 + 6_000));
     let kinds: Vec<EventKind> = owner.snapshot(T0).events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Draining, EventKind::Draining], "the new deadline is an event");
 }
@@ -312,6 +360,7 @@ fn a_change_whose_datapath_write_fails_is_rolled_back() {
         "DISABLED written, then ENABLED again (the rows were never rewritten)"
     );
     let saved = super::state_file::load(&owner.config().state_file).unwrap();
-    assert_eq!(saved.get(&("web".to_owned(), "a".to_owned())), Some(&AdminState::Enabled), "the file is put back");
+    let record = saved.servers.get(&("web".to_owned(), "a".to_owned())).map(|r| r.admin);
+    assert_eq!(record, Some(AdminState::Enabled), "the file is put back");
     assert!(owner.snapshot(T0).events.is_empty(), "no event for a change not made");
 }

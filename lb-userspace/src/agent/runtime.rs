@@ -7,6 +7,7 @@
 //! (a timer), or shutdown; after each it publishes a snapshot.
 
 use std::{
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -16,9 +17,14 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
-use super::{owner::Owner, snapshot::Snapshot};
+use super::{
+    owner::{ControlError, Owner},
+    reload::ReloadOptions,
+    snapshot::Snapshot,
+};
 use crate::{
-    api::model::{ApiError, Change, DisableMode, ErrorCode},
+    api::model::{ApiError, Change, DisableMode, ErrorCode, ReloadReport},
+    config::Config,
     datapath::ops::DatapathOps,
 };
 
@@ -27,12 +33,27 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-type Reply = oneshot::Sender<Result<Vec<Change>, ApiError>>;
+type Reply<T = Vec<Change>> = oneshot::Sender<Result<T, ApiError>>;
 
 /// A change asked of the owner, with where to send its answer.
 pub enum Command {
-    Disable { pool: String, servers: Vec<String>, mode: DisableMode, force: bool, reply: Reply },
-    Enable { pool: String, servers: Vec<String>, reply: Reply },
+    Disable {
+        pool: String,
+        servers: Vec<String>,
+        mode: DisableMode,
+        force: bool,
+        reply: Reply,
+    },
+    Enable {
+        pool: String,
+        servers: Vec<String>,
+        reply: Reply,
+    },
+    /// Re-read the config file (the API's `reload`, or SIGHUP).
+    Reload {
+        options: ReloadOptions,
+        reply: Reply<ReloadReport>,
+    },
 }
 
 /// How the API reaches the owner. Changes queue in order; reads never come
@@ -61,7 +82,11 @@ impl OwnerHandle {
         self.ask(|reply| Command::Enable { pool, servers, reply }).await
     }
 
-    async fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<Vec<Change>, ApiError> {
+    pub async fn reload(&self, force: bool, dry_run: bool) -> Result<ReloadReport, ApiError> {
+        self.ask(|reply| Command::Reload { options: ReloadOptions { force, dry_run }, reply }).await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
         let gone = || ApiError::new(ErrorCode::Failed, "the agent is stopping");
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| gone())?;
@@ -73,6 +98,7 @@ impl OwnerHandle {
 /// hands it back (to detach the datapath).
 pub async fn run_owner<D: DatapathOps>(
     mut owner: Owner<D>,
+    config_path: PathBuf,
     mut commands: mpsc::Receiver<Command>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
@@ -86,7 +112,7 @@ pub async fn run_owner<D: DatapathOps>(
             biased;
             () = stopped(&mut shutdown) => break,
             command = commands.recv() => match command {
-                Some(command) => handle(&mut owner, command),
+                Some(command) => handle(&mut owner, &config_path, command),
                 None => break,
             },
             () = until_wall(deadline) => owner.enforce_deadlines(now_ms()),
@@ -100,13 +126,28 @@ pub async fn run_owner<D: DatapathOps>(
     owner
 }
 
-fn handle<D: DatapathOps>(owner: &mut Owner<D>, command: Command) {
+fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Command) {
     let (result, reply) = match command {
         Command::Disable { pool, servers, mode, force, reply } => {
             (owner.disable(&pool, &servers, mode, force, now_ms()), reply)
         }
         Command::Enable { pool, servers, reply } => (owner.enable(&pool, &servers, now_ms()), reply),
+        Command::Reload { options, reply } => return answer(reload(owner, config_path, options), reply),
     };
+    answer(result, reply);
+}
+
+/// Reads and validates the config file, then applies it.
+fn reload<D: DatapathOps>(
+    owner: &mut Owner<D>,
+    config_path: &Path,
+    options: ReloadOptions,
+) -> Result<ReloadReport, ControlError> {
+    let config = Config::load(config_path).map_err(|e| ControlError::InvalidConfig(format!("{e}")))?;
+    owner.reload(config, options, now_ms())
+}
+
+fn answer<T>(result: Result<T, ControlError>, reply: Reply<T>) {
     let result = result.map_err(|e| ApiError::from(&e));
     if let Err(e) = &result {
         log::info!("change refused: {}", e.message);

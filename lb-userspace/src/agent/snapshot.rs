@@ -5,7 +5,10 @@
 
 use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
 
-use crate::{api::model::Event, servers::AdminState};
+use crate::{
+    api::model::{Event, Source},
+    servers::AdminState,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -30,6 +33,15 @@ pub struct PoolSnapshot {
     pub services: Vec<String>,
     /// Its servers, by name.
     pub servers: Vec<ServerSnapshot>,
+    /// Its services gone from the config whose flows are not over yet.
+    pub leaving_services: Vec<LeavingSnapshot>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeavingSnapshot {
+    pub label: String,
+    pub active_flows: u64,
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +54,8 @@ pub struct ServerSnapshot {
     pub admin: AdminState,
     /// Live flows at the last count.
     pub active_flows: u64,
+    pub source: Source,
+    pub removing: bool,
 }
 
 impl Snapshot {

@@ -33,6 +33,20 @@ pub enum Request {
         since: Option<u64>,
     },
     Stats,
+    /// Re-reads the agent's config file and applies the difference.
+    Reload {
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        dry_run: bool,
+    },
+}
+
+/// What a reload changed (or, for a dry run, would change), a line each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub applied: bool,
+    pub changes: Vec<String>,
 }
 
 /// How an operator disables a server.
@@ -55,6 +69,28 @@ pub enum ServerState {
     Draining,
     /// No flows at all: their packets are answered with a reset or dropped.
     Disabled,
+}
+
+/// Who set a server's current state: the config (its `enabled` line, or its
+/// removal) or an operator (a command through the CLI or the API). The
+/// latest of the two wins (see `agent::reload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    /// What the state file of an older agent (before the config could
+    /// disable servers) recorded.
+    #[default]
+    Operator,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Config => "config",
+            Source::Operator => "operator",
+        })
+    }
 }
 
 /// Why a server is DISABLED.
@@ -196,6 +232,13 @@ pub enum EventKind {
     Deadline,
     /// Its last flow ended: disabled.
     Drained,
+    /// Added to its pool by a reload.
+    Added,
+    /// Gone from the config and from the balancer: its flows ended or were
+    /// terminated. A service's removal names the service as the server.
+    Removed,
+    /// A reload applied a new config: what it changed.
+    Reloaded,
 }
 
 impl EventKind {
@@ -207,6 +250,9 @@ impl EventKind {
             EventKind::Enabled => "enabled",
             EventKind::Deadline => "deadline",
             EventKind::Drained => "drained",
+            EventKind::Added => "added",
+            EventKind::Removed => "removed",
+            EventKind::Reloaded => "reloaded",
         }
     }
 }
@@ -259,6 +305,12 @@ pub struct ServerView {
     /// Live flows: TCP not yet closed by both sides or reset, UDP not idle out.
     pub active_flows: u64,
     pub deadline_left_ms: Option<u64>,
+    /// Who set its state: the config or an operator.
+    #[serde(default)]
+    pub source: Source,
+    /// Gone from the config: taken out, then forgotten.
+    #[serde(default)]
+    pub removing: bool,
     pub packets_to: u64,
     pub bytes_to: u64,
     pub packets_from: u64,
@@ -277,9 +329,20 @@ pub struct PoolView {
     pub pool: String,
     pub services: Vec<String>,
     pub servers: Vec<ServerView>,
+    /// Its services gone from the config whose flows are not over yet.
+    #[serde(default)]
+    pub leaving_services: Vec<LeavingServiceView>,
     /// How old the flow counts are (see `agent::drain` for how often they
     /// are taken).
     pub counted_ms_ago: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeavingServiceView {
+    /// "VIP:port/protocol".
+    pub service: String,
+    pub active_flows: u64,
+    pub deadline_left_ms: Option<u64>,
 }
 
 /// Every packet the datapath saw, by outcome: what it forwarded, passed,
@@ -318,6 +381,10 @@ pub enum ErrorCode {
     Failed,
     /// HTTP only: the request carries no valid token.
     Unauthorized,
+    /// A reload's config has problems (each with its key path).
+    InvalidConfig,
+    /// A reload changes a setting that only a restart can change.
+    RestartNeeded,
 }
 
 /// A refusal: its kind, and a message naming what was wrong.
@@ -372,6 +439,8 @@ mod tests {
             why: Some(Why::UntilDrained),
             active_flows: 3,
             deadline_left_ms: None,
+            source: Source::Operator,
+            removing: false,
             packets_to: 0,
             bytes_to: 0,
             packets_from: 0,

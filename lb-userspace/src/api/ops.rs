@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::model::{
-    ApiError, ErrorCode, Event, FlowTableUse, PoolSummary, PoolView, Request, ServerState, ServerView, Stats,
+    ApiError, ErrorCode, Event, FlowTableUse, LeavingServiceView, PoolSummary, PoolView, Request, ServerState,
+    ServerView, Stats,
 };
 use crate::{
     agent::{runtime::OwnerHandle, snapshot::Snapshot},
@@ -39,6 +40,7 @@ impl Ops {
             Request::Enable { pool, servers } => json(self.owner.enable(pool, servers).await?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
+            Request::Reload { force, dry_run } => json(self.owner.reload(force, dry_run).await?),
         }
     }
 
@@ -91,6 +93,8 @@ impl Ops {
                     why: s.admin.why(),
                     active_flows: s.active_flows,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
+                    source: s.source,
+                    removing: s.removing,
                     packets_to: traffic.packets_to,
                     bytes_to: traffic.bytes_to,
                     packets_from: traffic.packets_from,
@@ -103,6 +107,15 @@ impl Ops {
             pool: pool.name.clone(),
             services: pool.services.clone(),
             servers,
+            leaving_services: pool
+                .leaving_services
+                .iter()
+                .map(|l| LeavingServiceView {
+                    service: l.label.clone(),
+                    active_flows: l.active_flows,
+                    deadline_left_ms: l.deadline_ms.map(|d| time_left(d, now).as_millis() as u64),
+                })
+                .collect(),
             counted_ms_ago: snapshot.counted_at_ms.map_or(0, |at| now.saturating_sub(at)),
         })
     }

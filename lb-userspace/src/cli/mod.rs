@@ -15,7 +15,9 @@ use serde_json::Value;
 use crate::{
     api::{
         client,
-        model::{Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, Request, ServerState, Stats},
+        model::{
+            Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, ReloadReport, Request, ServerState, Stats,
+        },
     },
     config::{format_time_left, parse_duration},
 };
@@ -186,16 +188,31 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("pool {}  services: {}", view.pool, view.services.join(", "));
+    let left = |ms: Option<u64>| ms.map(|ms| format_time_left(Duration::from_millis(ms))).unwrap_or("-".into());
+    for l in &view.leaving_services {
+        println!(
+            "  service {} removed: {} live flow(s), deadline {}",
+            l.service,
+            l.active_flows,
+            left(l.deadline_left_ms)
+        );
+    }
     println!(
-        "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
-        "SERVER", "ADDRESS", "WEIGHT", "STATE", "FLOWS", "DEADLINE", "NEW FLOWS"
+        "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}",
+        "SERVER", "ADDRESS", "WEIGHT", "STATE", "SOURCE", "FLOWS", "DEADLINE", "NEW FLOWS"
     );
     for s in view.servers {
-        let state = s.label().to_string();
-        let deadline = s.deadline_left_ms.map(|ms| format_time_left(Duration::from_millis(ms))).unwrap_or("-".into());
+        let state = if s.removing { format!("removing: {}", s.label()) } else { s.label().to_string() };
         println!(
-            "{:<14} {:<21} {:>6}  {:<27} {:>8}  {:>9}  {:>10}",
-            s.name, s.address, s.weight, state, s.active_flows, deadline, s.new_flows
+            "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}",
+            s.name,
+            s.address,
+            s.weight,
+            state,
+            s.source,
+            s.active_flows,
+            left(s.deadline_left_ms),
+            s.new_flows
         );
     }
     Ok(())
@@ -216,6 +233,26 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     println!("flow table: {flows} flows of {}", table.max_flows);
     for (kind, evicted) in &table.evictions {
         println!("evicted ({kind}){:<width$} {evicted:>16}", "", width = 18usize.saturating_sub(kind.len()));
+    }
+    Ok(())
+}
+
+pub fn reload(socket: &Path, force: bool, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let (report, data): (ReloadReport, Value) = match call(socket, &Request::Reload { force, dry_run }) {
+        Err(e) if refused_by_guard(&e) => anyhow::bail!("{e} (add --force)"),
+        other => other?,
+    };
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    if report.changes.is_empty() {
+        println!("nothing to change: the config is the one running");
+        return Ok(());
+    }
+    println!("{}", if report.applied { "applied:" } else { "would apply (dry run, nothing changed):" });
+    for change in &report.changes {
+        println!("  {change}");
     }
     Ok(())
 }

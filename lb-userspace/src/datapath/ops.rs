@@ -4,10 +4,12 @@
 
 use std::collections::HashSet;
 
+use lb_common::ServiceKey;
+
 use super::{
     Datapath,
     sweep::{self, SweepReport},
-    tables,
+    tables::{self, Tables},
     tcp_reset::ResetSender,
     terminate::{self, Termination},
 };
@@ -28,14 +30,34 @@ pub trait DatapathOps: Send + 'static {
     /// Purges every flow of the servers `ids` and resets both ends of their
     /// live TCP flows. Blocking: up to a few hundred ms for 1e6 flows.
     fn terminate(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<Termination>;
-    /// Walks the flow table: ages flows out, counts the live ones per server.
-    /// Blocking: tens of ms for 1e6 flows.
+    /// Walks the flow table: ages flows out, counts the live ones per server
+    /// (and per leaving service). Blocking: tens of ms for 1e6 flows.
     fn sweep(
         &mut self,
         servers: &ServerTable,
         services: &[ServiceSlot],
         settings: &FlowSettings,
     ) -> DatapathResult<SweepReport>;
+
+    // What a reload and the end of a removal write.
+
+    /// Writes a server new to its slot (or at a new address): its record,
+    /// and no cached next hop.
+    fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()>;
+    /// Gives the flows of servers `ids` return-path entries of their own
+    /// (their endpoint is about to serve several services).
+    fn add_return_paths(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<usize>;
+    /// Writes the return paths, the filter and the VIPs of all `services`
+    /// (leaving ones included) and `servers`; removes the services' entries
+    /// (leaving ones: no new flows), VIPs and return paths in use by none.
+    fn write_layout(&mut self, servers: &ServerTable, services: &[ServiceSlot]) -> DatapathResult<()>;
+    /// Writes a service's entry: it takes new flows from now on.
+    fn write_service(&mut self, service: &ServiceSlot) -> DatapathResult<()>;
+    /// Marks a server's slot unused: it is gone.
+    fn forget_server(&mut self, server: &ServerSlot) -> DatapathResult<()>;
+    /// Removes every flow of a service and resets both ends of its live TCP
+    /// flows. Blocking: a walk of the flow table.
+    fn terminate_service(&mut self, servers: &ServerTable, service: ServiceKey) -> DatapathResult<Termination>;
 }
 
 /// The loaded XDP program and its maps, with the raw socket that resets
@@ -72,5 +94,35 @@ impl DatapathOps for Live {
     ) -> DatapathResult<SweepReport> {
         let now = super::clock::datapath_now_ns();
         Ok(sweep::sweep(&self.dp.maps, servers, services, settings, now)?)
+    }
+
+    fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
+        tables::write_server(&mut self.dp, server)?;
+        Ok(tables::clear_next_hop(&mut self.dp, server.id)?)
+    }
+
+    fn add_return_paths(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<usize> {
+        Ok(terminate::add_return_paths(&self.dp, servers, ids)?)
+    }
+
+    fn write_layout(&mut self, servers: &ServerTable, services: &[ServiceSlot]) -> DatapathResult<()> {
+        let tables = Tables { servers: servers.clone(), services: services.to_vec() };
+        let endpoints = tables.endpoints();
+        tables.write_routes(&mut self.dp, &endpoints)?;
+        Ok(tables.remove_stale(&mut self.dp, &endpoints)?)
+    }
+
+    fn write_service(&mut self, service: &ServiceSlot) -> DatapathResult<()> {
+        Ok(tables::write_service(&mut self.dp, service)?)
+    }
+
+    fn forget_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
+        let old = self.dp.maps.servers.get(&server.id, 0)?;
+        tables::forget_server(&mut self.dp, server.id, &old)?;
+        Ok(tables::clear_next_hop(&mut self.dp, server.id)?)
+    }
+
+    fn terminate_service(&mut self, servers: &ServerTable, service: ServiceKey) -> DatapathResult<Termination> {
+        Ok(terminate::terminate_service(&mut self.dp, servers, service, &self.resets)?)
     }
 }

@@ -3,11 +3,7 @@
 //! service no longer in service), with their return-path entries, and counts
 //! the live flows of each server. Each flow's server is found by id in O(1).
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    time::Duration,
-};
+use std::{collections::HashMap, io, time::Duration};
 
 use lb_common::{Flow, FlowKey, ServiceKey, flow_seen, flow_state};
 
@@ -29,6 +25,8 @@ pub struct SweepReport {
     /// Live flows remaining, by server id: TCP flows not yet closed by both
     /// sides or reset, UDP flows not idle out.
     pub active_by_server: HashMap<u32, u64>,
+    /// Live flows remaining of each leaving service (gone from the config).
+    pub active_by_leaving_service: HashMap<ServiceKey, u64>,
 }
 
 fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
@@ -48,7 +46,8 @@ pub fn sweep(
     now_ns: u64,
 ) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
-    let services: HashSet<ServiceKey> = services.iter().map(ServiceSlot::key).collect();
+    // Every service, and whether it is leaving (its flows are counted).
+    let services: HashMap<ServiceKey, bool> = services.iter().map(|s| (s.key(), s.leaving.is_some())).collect();
     // Idle only since the datapath's clock has been running: a flow seen
     // while no agent ran carries the time the clock stood at, not the time
     // of its packets.
@@ -62,11 +61,15 @@ pub fn sweep(
         // So is a flow of a service removed from the config: the datapath
         // finds a packet's flow before its service, and would forward it.
         let service = ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
-        if idle > timeout(settings, flow) || out_of_service || !services.contains(&service) {
+        let Some(&leaving) = services.get(&service) else { return true };
+        if idle > timeout(settings, flow) || out_of_service {
             return true;
         }
         if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
             *report.active_by_server.entry(flow.server_id).or_default() += 1;
+            if leaving {
+                *report.active_by_leaving_service.entry(service).or_default() += 1;
+            }
         }
         false
     })?;

@@ -6,11 +6,12 @@
 //! on their servers. Writes are ordered so the datapath never sees a Maglev
 //! slot or a flow pointing at a server slot that is not written yet.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use aya::maps::MapError;
 use lb_common::{
-    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, filter, server_flags, server_state,
+    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, ServiceKey, filter, server_flags,
+    server_state,
 };
 
 use super::{
@@ -18,8 +19,8 @@ use super::{
     maglev::{self, Member},
 };
 use crate::{
-    config::Config,
-    servers::{AdminState, AdminStates, ServerSlot, ServerTable, ServiceSlot},
+    config::{Config, ServerConfig},
+    servers::{AdminState, DisableReason, Saved, ServerRecord, ServerSlot, ServerTable, ServiceSlot, Source},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +89,42 @@ pub fn write_maglev_row(dp: &Datapath, service: &ServiceSlot, servers: &ServerTa
         .map_err(|source| TablesError::Maglev { service: service.label(), source })
 }
 
+/// What the servers and services had before: each server's id and
+/// endpoint by identity, each service's Maglev row by key, and the saved
+/// records (states, removals).
+#[derive(Clone, Debug, Default)]
+pub struct Previous {
+    pub servers: HashMap<u64, (u32, Ipv4Addr, u16)>,
+    pub services: HashMap<ServiceKey, u32>,
+    pub saved: Saved,
+}
+
+impl Previous {
+    /// What the running agent has (the starting point of a reload).
+    pub fn of(servers: &ServerTable, services: &[ServiceSlot], saved: Saved) -> Previous {
+        Previous {
+            servers: servers.iter().map(|s| (s.identity, (s.id, s.address, s.port))).collect(),
+            services: services.iter().map(|s| (s.key(), s.index)).collect(),
+            saved,
+        }
+    }
+}
+
 impl Tables {
-    /// Writes `config` into the datapath, reusing the server ids found in
-    /// its (possibly pinned) server table; servers get their state from
-    /// `states` (ENABLED when absent).
-    pub fn apply(dp: &mut Datapath, config: &Config, states: &AdminStates) -> Result<Tables, TablesError> {
-        let previous = read_server_table(dp, config.max_servers)?;
-        let tables = Tables::plan(config, states, &previous)?;
+    /// Writes `config` into the datapath at start-up, reusing the server
+    /// ids and Maglev rows found in its (possibly pinned) maps; servers get
+    /// their saved states, and the saved removals go on.
+    pub fn apply(dp: &mut Datapath, config: &Config, saved: Saved, now_ms: u64) -> Result<Tables, TablesError> {
+        let pinned = read_server_table(dp, config.max_servers)?;
+        let previous = Previous {
+            servers: pinned
+                .iter()
+                .map(|(id, s)| (s.identity, (*id, Ipv4Addr::from(s.addr.to_ne_bytes()), u16::from_be(s.port))))
+                .collect(),
+            services: dp.maps.services.iter().filter_map(Result::ok).map(|(k, v)| (k, v.index)).collect(),
+            saved,
+        };
+        let tables = Tables::plan(config, &previous, now_ms)?;
         let endpoints = tables.endpoints();
         // 1. Servers first: everything below may point at them. Their cached
         // next hops go: an address may have changed.
@@ -102,92 +132,83 @@ impl Tables {
             write_server(dp, slot)?;
             dp.maps.next_hops.set(slot.id, NextHop::default(), 0).map_err(map_err("clear", "next_hops"))?;
         }
-        // Where replies come from, before any service sends traffic there.
-        for (key, nat) in &endpoints {
-            dp.maps.server_endpoints.insert(key, nat, 0).map_err(map_err("write", "server_endpoints"))?;
-        }
-        // The filter, before the services and endpoints it lets through.
-        tables.write_filter(dp, &endpoints)?;
+        // Where replies come from, and the filter, before any service sends
+        // traffic there.
+        tables.write_routes(dp, &endpoints)?;
         // 2. Maglev rows, then the services that use them.
-        for service in &tables.services {
+        for service in tables.services.iter().filter(|s| s.leaving.is_none()) {
             write_maglev_row(dp, service, &tables.servers)?;
-            dp.maps
-                .services
-                .insert(service.key(), Service { index: service.index }, 0)
-                .map_err(map_err("write", "services"))?;
-            dp.maps.vip_addrs.insert(service.key().addr, 0, 0).map_err(map_err("write", "vip_addrs"))?;
+            write_service(dp, service)?;
         }
         // 3. What the config no longer has.
-        tables.remove_stale(dp, &endpoints, &previous)?;
+        tables.remove_stale(dp, &endpoints)?;
+        for (id, old) in &pinned {
+            if tables.servers.get(*id).is_none() {
+                forget_server(dp, *id, old)?;
+            }
+        }
         Ok(tables)
     }
 
-    /// The servers (each with its previous id, or a free one) and services
-    /// of `config`.
-    fn plan(config: &Config, states: &AdminStates, previous: &[(u32, Server)]) -> Result<Tables, TablesError> {
-        let by_identity: HashMap<u64, u32> = previous.iter().map(|(id, s)| (s.identity, *id)).collect();
-        let mut taken = vec![false; config.max_servers as usize];
-        let members: Vec<_> = config
-            .pools
-            .iter()
-            .flat_map(|(pool, p)| p.servers.iter().map(move |server| (pool, server)))
-            .map(|(pool, server)| {
-                let identity = maglev::identity(pool, &server.name);
-                let id = by_identity.get(&identity).copied();
-                id.inspect(|&id| taken[id as usize] = true);
-                (pool, server, identity, id)
-            })
-            .collect();
+    /// The servers and services of `config` (each server with its previous
+    /// id or a free one, each service with its previous row or a free one),
+    /// with the servers and services still on their way out.
+    pub fn plan(config: &Config, previous: &Previous, now_ms: u64) -> Result<Tables, TablesError> {
         let mut tables = Tables::default();
-        for (pool, server, identity, id) in members {
-            let id = match id {
-                Some(id) => id,
-                None => {
-                    let free = taken
-                        .iter()
-                        .position(|t| !t)
-                        .ok_or(TablesError::ServerTableFull { max: config.max_servers })?;
-                    taken[free] = true;
-                    free as u32
-                }
-            };
-            let key = (pool.clone(), server.name.clone());
+        let mut ids = FreeIds::new(config.max_servers, previous.servers.values().map(|(id, ..)| *id));
+        for (pool, p) in &config.pools {
+            for server in &p.servers {
+                let identity = maglev::identity(pool, &server.name);
+                let id = match previous.servers.get(&identity) {
+                    Some((id, ..)) => *id,
+                    None => ids.take().ok_or(TablesError::ServerTableFull { max: config.max_servers })?,
+                };
+                let key = (pool.clone(), server.name.clone());
+                let record = previous.saved.servers.get(&key);
+                tables.servers.insert(member(pool, server, id, identity, record, now_ms));
+            }
+        }
+        // Gone from the config (now, or while no agent ran), not yet out:
+        // kept until DISABLED.
+        for ((pool, name), record) in &previous.saved.servers {
+            let identity = maglev::identity(pool, name);
+            let Some((id, address, port)) = previous.servers.get(&identity) else { continue };
+            if tables.servers.find(pool, name).is_some() {
+                continue;
+            }
             tables.servers.insert(ServerSlot {
-                id,
+                id: *id,
                 pool: pool.clone(),
-                name: server.name.clone(),
-                address: server.address,
-                port: server.port,
-                weight: server.weight,
+                name: name.clone(),
+                address: *address,
+                port: *port,
+                weight: 0,
                 identity,
-                admin: states.get(&key).copied().unwrap_or(AdminState::Enabled),
+                admin: record.admin,
                 shared_endpoint: false,
+                source: record.source,
+                config_enabled: record.config_enabled.unwrap_or(true),
+                removing: true,
             });
         }
-        tables.services = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ServiceSlot {
-                index: i as u32,
-                vip: s.vip,
-                port: s.port,
-                protocol: s.protocol,
-                pool: s.pool.clone(),
-            })
-            .collect();
-        let endpoints = tables.endpoints();
-        for slot in tables.servers.iter_mut() {
+        tables.services = services(config, previous);
+        tables.mark_shared();
+        Ok(tables)
+    }
+
+    /// Marks the servers whose endpoint serves several services.
+    pub fn mark_shared(&mut self) {
+        let endpoints = self.endpoints();
+        for slot in self.servers.iter_mut() {
             let addr = u32::from_ne_bytes(slot.address.octets());
             slot.shared_endpoint =
                 endpoints.iter().any(|(key, nat)| nat.shared != 0 && key.addr == addr && key.port == slot.port.to_be());
         }
-        Ok(tables)
     }
 
     /// Every server endpoint with the VIP its replies come from; an endpoint
     /// serving several services is marked shared.
-    fn endpoints(&self) -> HashMap<EndpointKey, ReverseNat> {
+    pub fn endpoints(&self) -> HashMap<EndpointKey, ReverseNat> {
         let mut endpoints: HashMap<EndpointKey, ReverseNat> = HashMap::new();
         for service in &self.services {
             let vip = service.key();
@@ -212,8 +233,17 @@ impl Tables {
         endpoints
     }
 
-    /// The filter's bits: the services' folds and the endpoints' ports.
-    fn write_filter(&self, dp: &Datapath, endpoints: &HashMap<EndpointKey, ReverseNat>) -> Result<(), TablesError> {
+    /// The return paths, the filter and the VIPs of every service and
+    /// server, leaving ones included (their flows still pass): written
+    /// before any service sends traffic to them.
+    pub fn write_routes(
+        &self,
+        dp: &mut Datapath,
+        endpoints: &HashMap<EndpointKey, ReverseNat>,
+    ) -> Result<(), TablesError> {
+        for (key, nat) in endpoints {
+            dp.maps.server_endpoints.insert(key, nat, 0).map_err(map_err("write", "server_endpoints"))?;
+        }
         let mut bits = vec![0u8; filter::ENTRIES as usize];
         for service in &self.services {
             let key = service.key();
@@ -223,24 +253,28 @@ impl Tables {
             bits[key.port as usize] |= filter::SERVER_PORT;
         }
         let indexes: Vec<u32> = (0..filter::ENTRIES).collect();
-        bpf_batch::update_batch(dp.maps.filter_fd(), &indexes, &bits).map_err(|source| TablesError::Filter { source })
+        bpf_batch::update_batch(dp.maps.filter_fd(), &indexes, &bits)
+            .map_err(|source| TablesError::Filter { source })?;
+        for service in &self.services {
+            dp.maps.vip_addrs.insert(service.key().addr, 0, 0).map_err(map_err("write", "vip_addrs"))?;
+        }
+        Ok(())
     }
 
-    /// Removes the services, VIPs, endpoints and servers that the config no
-    /// longer has.
-    fn remove_stale(
+    /// Removes the services (none leaving), VIPs and endpoints that are no
+    /// longer in use.
+    pub fn remove_stale(
         &self,
         dp: &mut Datapath,
         endpoints: &HashMap<EndpointKey, ReverseNat>,
-        previous: &[(u32, Server)],
     ) -> Result<(), TablesError> {
-        let keep: Vec<_> = self.services.iter().map(ServiceSlot::key).collect();
-        let stale: Vec<_> = dp.maps.services.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let taking: Vec<_> = self.services.iter().filter(|s| s.leaving.is_none()).map(ServiceSlot::key).collect();
+        let stale: Vec<_> = dp.maps.services.keys().filter_map(Result::ok).filter(|k| !taking.contains(k)).collect();
         for key in stale {
             dp.maps.services.remove(&key).map_err(map_err("clean", "services"))?;
         }
-        let stale: Vec<u32> =
-            dp.maps.vip_addrs.keys().filter_map(Result::ok).filter(|a| !keep.iter().any(|k| k.addr == *a)).collect();
+        let vips: Vec<u32> = self.services.iter().map(|s| s.key().addr).collect();
+        let stale: Vec<u32> = dp.maps.vip_addrs.keys().filter_map(Result::ok).filter(|a| !vips.contains(a)).collect();
         for addr in stale {
             dp.maps.vip_addrs.remove(&addr).map_err(map_err("clean", "vip_addrs"))?;
         }
@@ -249,14 +283,133 @@ impl Tables {
         for key in stale {
             dp.maps.server_endpoints.remove(&key).map_err(map_err("clean", "server_endpoints"))?;
         }
-        for (id, old) in previous {
-            if self.servers.get(*id).is_none() {
-                let unused = Server { state: server_state::UNUSED, ..*old };
-                dp.maps.servers.set(*id, unused, 0).map_err(map_err("clean", "servers"))?;
-            }
-        }
         Ok(())
     }
+}
+
+/// A pool member of the config, with its saved record if it has one.
+fn member(
+    pool: &str,
+    server: &ServerConfig,
+    id: u32,
+    identity: u64,
+    record: Option<&ServerRecord>,
+    now_ms: u64,
+) -> ServerSlot {
+    let (admin, source, config_enabled) = match record {
+        // New: it starts as its line says (a server disabled in the config
+        // never takes a flow, so it needs no drain).
+        None if server.enabled => (AdminState::Enabled, Source::Config, true),
+        None => (AdminState::Disabled { since_ms: now_ms, reason: DisableReason::Immediate }, Source::Config, false),
+        // Back in the config while on its way out: its line is applied anew.
+        Some(r) if r.removing => (r.admin, r.source, !server.enabled),
+        // An older agent's record does not know the line: `enabled = false`
+        // is then applied (see `agent::reload`).
+        Some(r) => (r.admin, r.source, r.config_enabled.unwrap_or(true)),
+    };
+    ServerSlot {
+        id,
+        pool: pool.to_owned(),
+        name: server.name.clone(),
+        address: server.address,
+        port: server.port,
+        weight: server.weight,
+        identity,
+        admin,
+        shared_endpoint: false,
+        source,
+        config_enabled,
+        removing: false,
+    }
+}
+
+/// The services of `config`, each on its previous Maglev row or a free one
+/// (a row in use is never given to another service while it may take
+/// flows), then the saved leaving ones.
+fn services(config: &Config, previous: &Previous) -> Vec<ServiceSlot> {
+    let mut rows = FreeIds::new(config.max_services, previous.services.values().copied());
+    let mut services: Vec<ServiceSlot> = config
+        .services
+        .iter()
+        .map(|s| {
+            let mut slot = ServiceSlot {
+                index: 0,
+                vip: s.vip,
+                port: s.port,
+                protocol: s.protocol,
+                pool: s.pool.clone(),
+                leaving: None,
+            };
+            slot.index = match previous.services.get(&slot.key()) {
+                Some(index) => *index,
+                // Validation bounds the services by max_services.
+                None => rows.take().unwrap_or(0),
+            };
+            slot
+        })
+        .collect();
+    for leaving in &previous.saved.leaving_services {
+        let mut slot = ServiceSlot {
+            index: 0,
+            vip: leaving.vip,
+            port: leaving.port,
+            protocol: leaving.protocol,
+            pool: leaving.pool.clone(),
+            leaving: Some(leaving.leaving),
+        };
+        if services.iter().all(|s| s.key() != slot.key()) {
+            slot.index = previous.services.get(&slot.key()).copied().unwrap_or(u32::MAX);
+            services.push(slot);
+        }
+    }
+    services
+}
+
+/// Ids (or rows) not in use, lowest first.
+struct FreeIds {
+    taken: Vec<bool>,
+}
+
+impl FreeIds {
+    fn new(max: u32, in_use: impl Iterator<Item = u32>) -> FreeIds {
+        let mut taken = vec![false; max as usize];
+        for id in in_use {
+            if let Some(t) = taken.get_mut(id as usize) {
+                *t = true;
+            }
+        }
+        FreeIds { taken }
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        let free = self.taken.iter().position(|t| !t)?;
+        self.taken[free] = true;
+        Some(free as u32)
+    }
+}
+
+/// Writes a service's entry (it takes new flows from now on).
+pub fn write_service(dp: &mut Datapath, service: &ServiceSlot) -> Result<(), TablesError> {
+    dp.maps.services.insert(service.key(), Service { index: service.index }, 0).map_err(map_err("write", "services"))
+}
+
+/// Removes a service's entry: it takes no new flows.
+pub fn remove_service(dp: &mut Datapath, service: &ServiceSlot) -> Result<(), TablesError> {
+    match dp.maps.services.remove(&service.key()) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err("clean", "services")(e)),
+    }
+}
+
+/// Marks a server's slot unused (its id is free again).
+pub fn forget_server(dp: &mut Datapath, id: u32, old: &Server) -> Result<(), TablesError> {
+    let unused = Server { state: server_state::UNUSED, ..*old };
+    dp.maps.servers.set(id, unused, 0).map_err(map_err("clean", "servers"))
+}
+
+/// Clears a server's cached next hop (its address changed, or it is new).
+pub fn clear_next_hop(dp: &mut Datapath, id: u32) -> Result<(), TablesError> {
+    dp.maps.next_hops.set(id, NextHop::default(), 0).map_err(map_err("clear", "next_hops"))
 }
 
 /// The records in use in the (possibly pinned) server table.

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Flow, FlowKey, flow_seen, flow_state, purge::Purged};
+use lb_common::{Flow, FlowKey, ReverseNat, ServiceKey, flow_seen, flow_state, purge::Purged};
 
 use super::{
     Datapath, bpf_batch, purge, sweep,
@@ -90,4 +90,59 @@ pub fn terminate(
         log::warn!("{} of {} resets could not be sent", resets.len() - done.resets_sent, resets.len());
     }
     Ok(done)
+}
+
+/// Removes every flow of the service `service` (its deadline came, or it
+/// was removed at once), with their return-path entries, and resets both
+/// ends of those that were live TCP connections. A walk of the table in the
+/// agent: the purge program picks flows by server, not by service.
+pub fn terminate_service(
+    dp: &mut Datapath,
+    table: &ServerTable,
+    service: ServiceKey,
+    sender: &ResetSender,
+) -> io::Result<Termination> {
+    let started = Instant::now();
+    let mut done = Termination::default();
+    let mut resets = Vec::new();
+    let (_, removed) = sweep::remove_flows_where(&dp.maps, table, |key, flow| {
+        if (key.dst_addr, key.dst_port, key.proto) != (service.addr, service.port, service.proto) {
+            return false;
+        }
+        if let Some(server) = table.get(flow.server_id)
+            && flow.state != flow_state::UDP
+            && !flow_seen::ended(flow.seen)
+        {
+            add_resets(&mut resets, key, flow, Endpoint { addr: server.address, port: server.port });
+            *done.reset_by_server.entry(flow.server_id).or_default() += 1;
+        }
+        true
+    })?;
+    done.flows = removed;
+    done.purge_time = started.elapsed();
+    let sending = Instant::now();
+    done.resets_sent = sender.send_all(&resets);
+    done.reset_time = sending.elapsed();
+    Ok(done)
+}
+
+/// Gives the flows of servers `ids` their own return-path entries: their
+/// endpoint is about to serve several services, and replies will then find
+/// their VIP by flow rather than by endpoint. Returns how many were added.
+pub fn add_return_paths(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) -> io::Result<usize> {
+    let mut paths: Vec<(FlowKey, ReverseNat)> = Vec::new();
+    dp.maps.flows.remove_where(|key, flow| {
+        if let Some(server) = table.get(flow.server_id).filter(|_| ids.contains(&flow.server_id)) {
+            let nat = ReverseNat { vip: key.dst_addr, port: key.dst_port, ..ReverseNat::default() };
+            paths.push((sweep::reply_key(key, server.address, server.port), nat));
+        }
+        false
+    })?;
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<FlowKey> = paths.iter().map(|(k, _)| *k).collect();
+    let values: Vec<ReverseNat> = paths.iter().map(|(_, v)| *v).collect();
+    bpf_batch::update_batch(dp.maps.reverse_nat_fd(), &keys, &values)?;
+    Ok(paths.len())
 }

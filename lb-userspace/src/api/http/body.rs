@@ -85,6 +85,17 @@ pub fn enable(pool: String, body: &Value) -> Result<Request, ApiError> {
     Ok(Request::Enable { pool, servers: servers(fields)? })
 }
 
+/// `{"force":false,"dry_run":false}` (both optional).
+pub fn reload(_: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["force", "dry_run"])?;
+    let flag = |name: &str| match fields.get(name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad_field(name, "must be true or false")),
+    };
+    Ok(Request::Reload { force: flag("force")?, dry_run: flag("dry_run")? })
+}
+
 fn known_fields<'a>(body: &'a Value, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
     let fields = body.as_object().ok_or_else(|| bad_field("body", "must be a JSON object"))?;
     if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {

@@ -158,13 +158,21 @@ mod tests {
             why: Some(Why::Deadline),
             active_flows: 3,
             deadline_left_ms: Some(1500),
+            source: crate::api::model::Source::Operator,
+            removing: false,
             packets_to: 10,
             bytes_to: 1000,
             packets_from: 9,
             bytes_from: 900,
             new_flows: 4,
         };
-        let pool = PoolView { pool: "w\"eb".into(), services: vec![], servers: vec![server], counted_ms_ago: 0 };
+        let pool = PoolView {
+            pool: "w\"eb".into(),
+            services: vec![],
+            servers: vec![server],
+            leaving_services: vec![],
+            counted_ms_ago: 0,
+        };
         let stats = Stats {
             outcomes: BTreeMap::from([("forwarded".to_owned(), 7)]),
             flow_table: FlowTableUse {

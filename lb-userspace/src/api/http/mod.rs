@@ -72,6 +72,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/events", get(resources::events))
         .route("/events/stream", get(stream::events))
         .route("/stats", get(resources::stats))
+        .route("/reload", post(resources::reload))
         .fallback(resources::no_such_resource)
         .method_not_allowed_fallback(resources::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&web), resources::require_token));

@@ -36,6 +36,10 @@ pub async fn enable(State(web): State<Arc<Web>>, Path(pool): Path<String>, heade
     change(&web, pool, &headers, body, body::enable).await
 }
 
+pub async fn reload(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> Response {
+    change(&web, String::new(), &headers, body, body::reload).await
+}
+
 /// A change: its body read and turned into the operation by `parse`.
 async fn change(
     web: &Web,
@@ -131,7 +135,8 @@ pub fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response 
 
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
+        ErrorCode::RestartNeeded => StatusCode::CONFLICT,
         ErrorCode::UnknownPool | ErrorCode::UnknownServer => StatusCode::NOT_FOUND,
         ErrorCode::LastServer => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,468 @@
+//! Where the config changes while the agent runs: `lb reload` and SIGHUP.
+//! A new config (validated whole by `Config::load`) is compared with what
+//! runs, and the difference is applied as one change, in a safe order:
+//!
+//! 1. servers new to their slot are written (a server disabled in the
+//!    config is written DISABLED: it never takes a flow), and the flows of
+//!    servers whose endpoint is about to serve several services get their
+//!    own return paths;
+//! 2. the return paths, the filter and the VIPs of every service and
+//!    server, leaving ones included (their flows go on); leaving services
+//!    take no new flow from here;
+//! 3. the Maglev rows whose members or weights changed, then the new
+//!    services that use them;
+//! 4. the config's `enabled` lines and the removals, each an ordinary
+//!    change of states (drain or terminate, by the pool's
+//!    `graceful_disable_timeout`), with its events.
+//!
+//! A removed server or service stays ("removing", "leaving") until its
+//! flows are over, then is forgotten ([`Owner::forget_gone`]).
+//!
+//! **Who wins, the config or the operator.** The latest decision: an
+//! operator's command, or a change of the server's `enabled` line. A
+//! reload (or a restart) applies a server's line only when it differs from
+//! the one the agent applied last (kept in the state file), or when the
+//! server is new; a line that did not change leaves the server as the
+//! operator set it. `lb pool show` says which one set each state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use lb_common::ServiceKey;
+
+use super::owner::{ControlError, Owner, Plan};
+use crate::{
+    api::model::{Change, EventKind, ReloadReport},
+    config::{Config, format_duration},
+    datapath::{
+        ops::DatapathOps,
+        tables::{Previous, Tables},
+    },
+    servers::{
+        self, AdminState, DisableMode, Leaving, LeavingService, ServerSlot, ServerTable, ServiceSlot, Source,
+        Transition,
+    },
+};
+
+/// How a reload is asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadOptions {
+    /// Even if it leaves a pool with no server taking new flows.
+    pub force: bool,
+    /// Say what would change; change nothing.
+    pub dry_run: bool,
+}
+
+/// A reload worked out before anything is written.
+struct Target {
+    tables: Tables,
+    /// The state changes by pool: the config's lines, then the removals.
+    lines: BTreeMap<String, Plan>,
+    removals: BTreeMap<String, Plan>,
+    /// Servers staying at a new address or port: their flows are cut.
+    moved: HashSet<u32>,
+    /// What changes, for people.
+    changes: Vec<String>,
+}
+
+impl<D: DatapathOps> Owner<D> {
+    /// Applies `new` in place of the running config (see the module's note).
+    pub fn reload(&mut self, new: Config, options: ReloadOptions, now_ms: u64) -> Result<ReloadReport, ControlError> {
+        let restart = self.config.restart_needed(&new);
+        if !restart.is_empty() {
+            return Err(ControlError::RestartNeeded { settings: restart.join("; ") });
+        }
+        let target = self.target(&new, now_ms)?;
+        if !options.force {
+            self.guard_reload(&target, now_ms)?;
+        }
+        let changes = target.changes.clone();
+        if options.dry_run || changes.is_empty() {
+            return Ok(ReloadReport { applied: !options.dry_run, changes });
+        }
+        // A change that cannot be saved is not made.
+        drop(super::state_file::prepare(&self.config.state_file, &self.saved()).map_err(ControlError::NotSaved)?);
+        let result = self.apply(new, target, now_ms);
+        self.events.push(now_ms, "", "", EventKind::Reloaded, reload_message(&changes, result.is_ok()));
+        log::info!("config reloaded: {}", changes.join("; "));
+        result.map(|()| ReloadReport { applied: true, changes })
+    }
+
+    /// The tables `new` asks for, from what runs now, with the state
+    /// changes it makes.
+    fn target(&self, new: &Config, now_ms: u64) -> Result<Target, ControlError> {
+        let mut saved = self.saved();
+        for slot in self.servers.iter().filter(|s| new.server(&s.pool, &s.name).is_none()) {
+            saved.servers.get_mut(&(slot.pool.clone(), slot.name.clone())).expect("saved").removing = true;
+        }
+        let mut changes = Vec::new();
+        for service in self.services.iter().filter(|s| s.leaving.is_none()) {
+            if !new
+                .services
+                .iter()
+                .any(|n| (n.vip, n.port, n.protocol) == (service.vip, service.port, service.protocol))
+            {
+                let mode = self.removal_mode(new, &service.pool);
+                let deadline_ms = match mode {
+                    DisableMode::Immediate => Some(now_ms),
+                    DisableMode::Graceful { timeout_ms } => timeout_ms.map(|t| now_ms + t),
+                };
+                let leaving = Leaving { since_ms: now_ms, deadline_ms };
+                changes.push(format!("service {} removed: no new flows; its flows end {}", service.label(), how(mode)));
+                saved.leaving_services.push(LeavingService {
+                    vip: service.vip,
+                    port: service.port,
+                    protocol: service.protocol,
+                    pool: service.pool.clone(),
+                    leaving,
+                });
+            }
+        }
+        let previous = Previous::of(&self.servers, &self.services, saved);
+        let tables = Tables::plan(new, &previous, now_ms)
+            .map_err(|e| ControlError::Datapath { step: "place the new servers", source: Box::new(e) })?;
+        let mut target =
+            Target { tables, lines: BTreeMap::new(), removals: BTreeMap::new(), moved: HashSet::new(), changes };
+        self.describe_services(&mut target);
+        let slots: Vec<ServerSlot> = target.tables.servers.iter().cloned().collect();
+        for slot in &slots {
+            self.plan_server(new, slot, &mut target, now_ms);
+        }
+        Ok(target)
+    }
+
+    /// The pool rule for taking a server or service of `pool` out: the new
+    /// config's, or the old one's if the pool is gone.
+    fn removal_mode(&self, new: &Config, pool: &str) -> DisableMode {
+        let pools = new.pools.get(pool).or_else(|| self.config.pools.get(pool));
+        pools.map_or(DisableMode::Graceful { timeout_ms: None }, |p| p.graceful_disable_timeout)
+    }
+
+    fn describe_services(&self, target: &mut Target) {
+        for service in target.tables.services.iter().filter(|s| s.leaving.is_none()) {
+            match self.services.iter().find(|s| s.key() == service.key()) {
+                None => target.changes.push(format!("service {} added (pool {})", service.label(), service.pool)),
+                Some(old) if old.leaving.is_some() => target.changes.push(format!(
+                    "service {} back in the config (pool {})",
+                    service.label(),
+                    service.pool
+                )),
+                Some(old) if old.pool != service.pool => target.changes.push(format!(
+                    "service {}: new flows go to pool {} (was {}); existing flows stay",
+                    service.label(),
+                    service.pool,
+                    old.pool
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// What happens to one server of the target: added, changed, its line
+    /// applied, or its removal begun.
+    fn plan_server(&self, new: &Config, slot: &ServerSlot, target: &mut Target, now_ms: u64) {
+        let name = format!("{}/{}", slot.pool, slot.name);
+        let old = self.servers.get(slot.id).filter(|o| o.identity == slot.identity);
+        let mode = self.removal_mode(new, &slot.pool);
+        if slot.removing {
+            if old.is_some_and(|o| o.removing) {
+                return;
+            }
+            let transition = match slot.admin {
+                AdminState::Enabled => servers::state::disable(&slot.admin, mode, now_ms),
+                AdminState::Draining { .. } if mode == DisableMode::Immediate => {
+                    servers::state::disable(&slot.admin, mode, now_ms)
+                }
+                _ => Transition::Unchanged,
+            };
+            target.changes.push(format!("{name} removed: taken out {}, then gone", how(mode)));
+            target.removals.entry(slot.pool.clone()).or_default().push((slot.name.clone(), transition));
+            return;
+        }
+        let Some(line) = new.server(&slot.pool, &slot.name) else { return };
+        match old {
+            None => {
+                let disabled = if line.enabled { "" } else { ", DISABLED (enabled = false)" };
+                target
+                    .changes
+                    .push(format!("{name} added ({}:{}, weight {}{disabled})", slot.address, slot.port, slot.weight));
+            }
+            Some(old) => {
+                if old.removing {
+                    target.changes.push(format!("{name} back in the config: no longer removed"));
+                }
+                if old.weight != slot.weight {
+                    target.changes.push(format!("{name} weight {} -> {}", old.weight, slot.weight));
+                }
+                if (old.address, old.port) != (slot.address, slot.port) {
+                    target.changes.push(format!(
+                        "{name} moved {}:{} -> {}:{}: its live flows are reset",
+                        old.address, old.port, slot.address, slot.port
+                    ));
+                    target.moved.insert(slot.id);
+                }
+            }
+        }
+        // Its line, if it changed since the agent applied it last.
+        if old.is_some() && slot.config_enabled != line.enabled {
+            let transition = if line.enabled {
+                servers::state::enable(&slot.admin)
+            } else {
+                servers::state::disable(&slot.admin, mode, now_ms)
+            };
+            let what =
+                if line.enabled { "enabled = true".to_owned() } else { format!("enabled = false: out {}", how(mode)) };
+            target.changes.push(format!("{name} {what}"));
+            target.lines.entry(slot.pool.clone()).or_default().push((slot.name.clone(), transition));
+        }
+    }
+
+    /// The last-server guard, for a reload: no pool of the new config that
+    /// has a server taking new flows is left without one.
+    fn guard_reload(&self, target: &Target, now_ms: u64) -> Result<(), ControlError> {
+        let transitions: HashMap<(&str, &str), Transition> = target
+            .lines
+            .iter()
+            .chain(&target.removals)
+            .flat_map(|(pool, plan)| plan.iter().map(move |(name, t)| ((pool.as_str(), name.as_str()), *t)))
+            .collect();
+        let pools: HashSet<&str> =
+            target.tables.services.iter().filter(|s| s.leaving.is_none()).map(|s| s.pool.as_str()).collect();
+        for pool in pools {
+            let before: Vec<(AdminState, u32)> =
+                self.servers.pool(pool).filter(|s| !s.removing).map(|s| (s.admin, s.weight)).collect();
+            let after: Vec<(AdminState, u32)> = target
+                .tables
+                .servers
+                .pool(pool)
+                .filter(|s| !s.removing)
+                .map(|s| {
+                    let t = transitions.get(&(pool, s.name.as_str())).copied().unwrap_or(Transition::Unchanged);
+                    (servers::state::apply(&s.admin, t, now_ms), s.weight)
+                })
+                .collect();
+            if servers::state::leaves_pool_without_server(&before, &after) {
+                return Err(ControlError::LastServer { pool: pool.to_owned(), servers: "by this reload".to_owned() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the target (see the module's note on order).
+    fn apply(&mut self, new: Config, target: Target, now_ms: u64) -> Result<(), ControlError> {
+        let Target { tables, lines, removals, moved, .. } = target;
+        self.cut_moved(&moved)?;
+        let err = |step: &'static str| move |source| ControlError::Datapath { step, source };
+        let newly_shared: HashSet<u32> = tables
+            .servers
+            .iter()
+            .filter(|s| s.shared_endpoint && !self.servers.get(s.id).is_some_and(|o| o.shared_endpoint))
+            .map(|s| s.id)
+            .collect();
+        for slot in tables.servers.iter() {
+            match self.servers.get(slot.id) {
+                Some(old) if old.identity == slot.identity && !moved.contains(&slot.id) => {
+                    if old.shared_endpoint != slot.shared_endpoint {
+                        self.dp.write_server(slot).map_err(err("write a server"))?;
+                    }
+                }
+                _ => self.dp.write_new_server(slot).map_err(err("write a new server"))?,
+            }
+        }
+        self.dp.add_return_paths(&tables.servers, &newly_shared).map_err(err("add return paths"))?;
+        self.dp.write_layout(&tables.servers, &tables.services).map_err(err("write the return paths and filter"))?;
+        for service in tables.services.iter().filter(|s| s.leaving.is_none()) {
+            let known = self.services.iter().find(|s| s.key() == service.key() && s.leaving.is_none());
+            if known.is_none_or(|k| {
+                k.pool != service.pool || row(&self.servers, &k.pool) != row(&tables.servers, &service.pool)
+            }) {
+                self.dp.write_maglev_row(service, &tables.servers).map_err(err("write a Maglev row"))?;
+            }
+            if known.is_none() {
+                self.dp.write_service(service).map_err(err("write a service"))?;
+            }
+        }
+        let added: Vec<(String, String)> = tables
+            .servers
+            .iter()
+            .filter(|s| self.servers.get(s.id).is_none_or(|o| o.identity != s.identity))
+            .map(|s| (s.pool.clone(), s.name.clone()))
+            .collect();
+        self.servers = tables.servers;
+        self.services = tables.services;
+        self.config = new;
+        for slot in self.servers.iter_mut().filter(|s| !s.removing) {
+            slot.config_enabled = self.config.server(&slot.pool, &slot.name).is_none_or(|l| l.enabled);
+        }
+        for (pool, server) in added {
+            let state = self.servers.find(&pool, &server).expect("added").admin.label();
+            self.events.push(now_ms, &pool, &server, EventKind::Added, format!("added by a reload: {state}"));
+        }
+        self.save_states()?;
+        for (pool, plan) in lines {
+            self.execute(&pool, &plan, Some(Source::Config), now_ms)?;
+        }
+        for (pool, plan) in removals {
+            self.execute(&pool, &plan, Some(Source::Config), now_ms)?;
+        }
+        self.enforce_deadlines(now_ms);
+        self.forget_gone(now_ms);
+        Ok(())
+    }
+
+    /// Servers that stay at a new address: their flows, at the old one,
+    /// cannot go on. Their state is written DISABLED at the old address
+    /// (which stops the flows), then the flows are purged and reset.
+    fn cut_moved(&mut self, moved: &HashSet<u32>) -> Result<(), ControlError> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let err = |step: &'static str| move |source| ControlError::Datapath { step, source };
+        for &id in moved {
+            let mut cut = self.servers.get(id).expect("moved server exists").clone();
+            cut.admin = AdminState::Disabled { since_ms: 0, reason: servers::DisableReason::Immediate };
+            self.dp.write_server(&cut).map_err(err("stop a moved server's flows"))?;
+        }
+        let done = self.dp.terminate(&self.servers, moved).map_err(err("terminate a moved server's flows"))?;
+        log::info!("servers moved to a new address: {} flow(s) purged, {} reset", done.flows, done.resets_sent / 2);
+        Ok(())
+    }
+
+    /// Forgets the removed servers that are out of service (DISABLED), and
+    /// the leaving services with no flow left (as counted by a walk begun
+    /// after they started leaving); writes what that frees.
+    pub fn forget_gone(&mut self, now_ms: u64) {
+        let gone: Vec<ServerSlot> = self
+            .servers
+            .iter()
+            .filter(|s| s.removing && matches!(s.admin, AdminState::Disabled { .. }))
+            .cloned()
+            .collect();
+        let counted_at = self.counts.at_ms;
+        let over: Vec<ServiceSlot> = self
+            .services
+            .iter()
+            .filter(|s| {
+                s.leaving.is_some_and(|l| counted_at.is_some_and(|at| at >= l.since_ms))
+                    && self.counts.leaving.get(&s.key()).copied().unwrap_or(0) == 0
+            })
+            .cloned()
+            .collect();
+        if gone.is_empty() && over.is_empty() {
+            return;
+        }
+        for slot in &gone {
+            if let Err(e) = self.dp.forget_server(slot) {
+                log::error!("cannot free the slot of {}/{}: {e}", slot.pool, slot.name);
+            }
+            self.servers.remove(slot.id);
+            self.counts.active.remove(&slot.id);
+            let message = format!("removed from the config and now out of service ({}): gone", slot.admin.label());
+            self.events.push(now_ms, &slot.pool, &slot.name, EventKind::Removed, message);
+        }
+        for service in &over {
+            self.end_service(service.key(), "its last flow ended", now_ms);
+        }
+        self.write_layout();
+    }
+
+    /// Forgets a leaving service whose flows are over.
+    pub(super) fn end_service(&mut self, key: ServiceKey, why: &str, now_ms: u64) {
+        let Some(at) = self.services.iter().position(|s| s.key() == key) else { return };
+        let service = self.services.remove(at);
+        self.counts.leaving.remove(&key);
+        let message = format!("service removed from the config: {why}: gone");
+        self.events.push(now_ms, &service.pool, &service.label(), EventKind::Removed, message);
+    }
+
+    /// Writes the return paths and filter for what remains, then the
+    /// servers whose endpoint is no longer shared (in that order: replies
+    /// find their VIP by endpoint before new flows stop recording it by
+    /// flow); saves the states.
+    pub(super) fn write_layout(&mut self) {
+        if let Err(e) = self.dp.write_layout(&self.servers, &self.services) {
+            log::error!("cannot write the return paths and filter: {e}");
+        }
+        let mut tables = Tables { servers: self.servers.clone(), services: self.services.clone() };
+        tables.mark_shared();
+        for slot in tables.servers.iter() {
+            let was = self.servers.get(slot.id).is_some_and(|o| o.shared_endpoint);
+            if was != slot.shared_endpoint
+                && let Err(e) = self.dp.write_server(slot)
+            {
+                log::error!("cannot write {}/{}: {e}", slot.pool, slot.name);
+            }
+        }
+        self.servers = tables.servers;
+        if let Err(e) = self.save_states() {
+            log::error!("{e}");
+        }
+    }
+
+    /// Begins taking out, at start-up, the servers the config no longer has
+    /// (removed while no agent ran): by their pool's rule, as a reload would.
+    pub fn begin_removals(&mut self, now_ms: u64) {
+        let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
+        for slot in self.servers.iter().filter(|s| s.removing && s.admin == AdminState::Enabled) {
+            let mode = self.removal_mode(&self.config, &slot.pool);
+            let t = servers::state::disable(&slot.admin, mode, now_ms);
+            plans.entry(slot.pool.clone()).or_default().push((slot.name.clone(), t));
+        }
+        for (pool, plan) in plans {
+            if let Err(e) = self.execute(&pool, &plan, Some(Source::Config), now_ms) {
+                log::error!("cannot take out the servers removed from pool {pool}: {e}");
+            }
+        }
+        self.forget_gone(now_ms);
+    }
+
+    /// Applies the config's `enabled` lines at start-up: those that changed
+    /// since the agent last applied them (see the module's note).
+    pub fn apply_config_lines(&mut self, now_ms: u64) -> Vec<Change> {
+        let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
+        for slot in self.servers.iter().filter(|s| !s.removing) {
+            let Some(line) = self.config.server(&slot.pool, &slot.name) else { continue };
+            if line.enabled == slot.config_enabled {
+                continue;
+            }
+            let mode = self.config.pools[&slot.pool].graceful_disable_timeout;
+            let t = if line.enabled {
+                servers::state::enable(&slot.admin)
+            } else {
+                servers::state::disable(&slot.admin, mode, now_ms)
+            };
+            plans.entry(slot.pool.clone()).or_default().push((slot.name.clone(), t));
+        }
+        for slot in self.servers.iter_mut().filter(|s| !s.removing) {
+            slot.config_enabled = self.config.server(&slot.pool, &slot.name).is_none_or(|l| l.enabled);
+        }
+        let mut changes = Vec::new();
+        for (pool, plan) in plans {
+            match self.execute(&pool, &plan, Some(Source::Config), now_ms) {
+                Ok(c) => changes.extend(c),
+                Err(e) => log::error!("cannot apply the config's enabled lines of pool {pool}: {e}"),
+            }
+        }
+        changes
+    }
+}
+
+/// The members of a pool's Maglev row, to tell whether it must be rewritten.
+fn row(servers: &ServerTable, pool: &str) -> Vec<(u32, u64, u32)> {
+    servers.pool(pool).filter(|s| s.takes_new_flows()).map(|s| (s.id, s.identity, s.weight)).collect()
+}
+
+/// "at once", "within 3s", "when its last flow ends".
+fn how(mode: DisableMode) -> String {
+    match mode {
+        DisableMode::Immediate => "at once".to_owned(),
+        DisableMode::Graceful { timeout_ms: Some(ms) } => {
+            format!("within {}", format_duration(std::time::Duration::from_millis(ms)))
+        }
+        DisableMode::Graceful { timeout_ms: None } => "when their last flow ends".to_owned(),
+    }
+}
+
+fn reload_message(changes: &[String], ok: bool) -> String {
+    let outcome = if ok { "config reloaded" } else { "config reload failed partway" };
+    format!("{outcome}: {}", changes.join("; "))
+}
