@@ -36,15 +36,24 @@ pub fn bed(n: usize, extra: &str) -> Bed {
 /// As [`bed`], with `prepare` run on the topology before the agent starts
 /// (to make its directory's mounts, say).
 pub fn bed_with(n: usize, extra: &str, prepare: impl FnOnce(&Topology)) -> Bed {
+    bed_of(n, |topology| {
+        prepare(topology);
+        let services = [
+            ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
+            ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
+        ];
+        topology.config(&services, extra)
+    })
+}
+
+/// N servers running both echoes, and the agent on the config `config`
+/// writes for the topology.
+pub fn bed_of(n: usize, config: impl FnOnce(&Topology) -> String) -> Bed {
     let topology = Topology::new(n);
-    prepare(&topology);
+    let config = config(&topology);
     let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
-    let services = [
-        ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
-        ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
-    ];
-    let agent = Agent::start(&topology, &topology.config(&services, extra));
+    let agent = Agent::start(&topology, &config);
     Bed { agent, echo, udp, topology }
 }
 

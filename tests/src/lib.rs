@@ -7,6 +7,7 @@ pub mod bench;
 pub mod browser;
 pub mod fixture;
 pub mod http;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod port_forward;

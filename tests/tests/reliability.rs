@@ -13,44 +13,10 @@ use std::{
 
 use testbed::{
     bed::{Bed, ECHO, bed},
-    netns::NetNs,
+    load::{Attempt, steady_connections},
     servers::EchoClient,
     topology::VIP,
 };
-
-/// What became of one new connection.
-struct Attempt {
-    connect: Duration,
-    /// The client's port, once connected.
-    port: Option<u16>,
-    /// The server that answered, or how the connection failed.
-    outcome: Result<String, ErrorKind>,
-}
-
-/// Opens connections at `per_second` from the client until `stop`: each
-/// connects, asks which server it reached, and closes.
-fn steady_connections(client: &NetNs, per_second: u32, stop: &AtomicBool, attempts: &Mutex<Vec<Attempt>>) {
-    let every = Duration::from_secs(1) / per_second;
-    client.run(|| {
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            next += every;
-            let started = Instant::now();
-            let attempt = match EchoClient::connect(VIP, ECHO) {
-                Err(e) => Attempt { connect: started.elapsed(), port: None, outcome: Err(e.kind()) },
-                Ok(mut client) => {
-                    let connect = started.elapsed();
-                    let port = client.stream().local_addr().ok().map(|a| a.port());
-                    Attempt { connect, port, outcome: client.exchange("which").map_err(|e| e.kind()) }
-                }
-            };
-            attempts.lock().unwrap().push(attempt);
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    });
-}
 
 fn dropped_syns(b: &Bed) -> u64 {
     b.agent.lb_json(&["stats"])["outcomes"]["drop_no_server"].as_u64().unwrap_or(0)
