@@ -273,7 +273,7 @@ function poolView(pool) {
       el("td", {}, box), el("td", { class: "name", text: s.name }), el("td", { class: "address hide-narrow" }),
       el("td", { class: "num weight hide-narrow" }),
       el("td", {}, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
-        el("span", { class: "countdown" })),
+        el("span", { class: "countdown" }), " ", el("span", { class: "source" })),
       el("td", { class: "num flows" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
   };
   const update = (row, s) => {
@@ -283,6 +283,9 @@ function poolView(pool) {
     cell("state").dataset.state = s.state;
     setText(cell("state"), s.state);
     setText(cell("why"), s.why ? `(${s.why})` : "");
+    // Who set it (the config or an operator), when it is out of service or leaving.
+    const setBy = s.source === "config" ? "set by the config" : "set by an operator";
+    setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
     if (s.deadline_left_ms === null) deadlines.delete(s.name);
     else deadlines.set(s.name, performance.now() + s.deadline_left_ms);
     setText(cell("flows"), String(s.active_flows));
@@ -304,7 +307,8 @@ function poolView(pool) {
 
   const refresh = async () => {
     const view = await api("GET", `/api/v1/pools/${encodeURIComponent(pool)}`);
-    setText(services, `Services: ${view.services.join(", ") || "none"} · flows counted ${(view.counted_ms_ago / 1000).toFixed(1)} s ago`);
+    const leaving = (view.leaving_services || []).map((l) => `${l.service} (removed: ${l.active_flows} flows left)`);
+    setText(services, `Services: ${[...view.services, ...leaving].join(", ") || "none"} · flows counted ${(view.counted_ms_ago / 1000).toFixed(1)} s ago`);
     syncRows(tbody, view.servers, (s) => s.name, create, update);
     onSelection();
     renderEvents(ol, pool);

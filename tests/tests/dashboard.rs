@@ -21,9 +21,12 @@ use testbed::{
 
 const SECOND: Duration = Duration::from_secs(1);
 
+fn api_pool() -> Value {
+    http::get(LOCAL_API, "/api/v1/pools/p7", &[]).json()
+}
+
 fn api_server(name: &str) -> Value {
-    let pool = http::get(LOCAL_API, "/api/v1/pools/p7", &[]).json();
-    pool["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server").clone()
+    api_pool()["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server").clone()
 }
 
 /// A row's cell, as the page shows it.
@@ -112,6 +115,7 @@ async fn disable_at_once_then_enable(b: &Bed, browser: &mut Browser, on_s3: &Ses
     browser.click("#confirm-disable").await;
     browser.wait_text(&cell("s3", "state"), 2 * SECOND, |t| t == "DISABLED").await;
     assert_eq!(browser.text(&cell("s3", "why")).await, "(immediate)");
+    assert_eq!(browser.text(&cell("s3", "source")).await, "· set by an operator");
     wait_for("s3's client reset", 2 * SECOND, || on_s3.ended().is_some());
     assert_eq!(on_s3.ended().unwrap().kind, ErrorKind::ConnectionReset);
     browser.screenshot("disabled-immediate").await;
@@ -156,6 +160,26 @@ async fn live_updates_and_a_drained_notice(b: &Bed, browser: &mut Browser) {
     browser.wait_text(&cell("s4", "why"), SECOND, |t| t == "(drained)").await;
     browser.wait_text("#events li", SECOND, |t| t.contains("drained")).await;
     browser.screenshot("drained-notice").await;
+
+    // s4 removed from the config by a reload (gone at once: it has no flow);
+    // s3 disabled there (`enabled = false`): the page says who set it.
+    let config = std::fs::read_to_string(&b.agent.config_path).unwrap();
+    let s4 = config.find("[[pools.p7.servers]]\nname = \"s4\"").expect("s4's entry");
+    let end = config[s4..].find("weight = 1\n").unwrap() + s4 + "weight = 1\n".len();
+    let s3_off = config.replacen("name = \"s3\"\n", "name = \"s3\"\nenabled = false\n", 1);
+    let s3_off = s3_off.replacen(&config[s4..end], "", 1);
+    std::fs::write(&b.agent.config_path, s3_off).unwrap();
+    let (ok, _, stderr) = b.agent.lb(&["reload"]);
+    assert!(ok, "{stderr}");
+    browser.wait_text(&cell("s3", "source"), 2 * SECOND, |t| t == "· set by the config").await;
+    wait_for("s4 gone", 2 * SECOND, || api_pool()["servers"].as_array().unwrap().len() == 3);
+    let rows = "return document.querySelectorAll('#servers tbody tr').length";
+    let shown = Instant::now();
+    while browser.eval(rows).await != 3 {
+        assert!(shown.elapsed() < 2 * SECOND, "s4's row is still on the page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.screenshot("after-a-reload").await;
 
     // Narrow window: still readable.
     browser.client.set_window_size(420, 800).await.unwrap();

@@ -265,7 +265,9 @@ pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
     }
     for e in events {
         let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
-        println!("{time} {}/{} {}: {}", e.pool, e.server, e.kind.label(), e.message);
+        // A reload's event is the agent's, not a server's.
+        let subject = if e.pool.is_empty() { String::new() } else { format!("{}/{} ", e.pool, e.server) };
+        println!("{time} {subject}{}: {}", e.kind.label(), e.message);
     }
     Ok(())
 }
