@@ -81,9 +81,10 @@ impl<D: DatapathOps> Owner<D> {
         }
         // A change that cannot be saved is not made.
         drop(super::state_file::prepare(&self.config.state_file, &self.saved()).map_err(ControlError::NotSaved)?);
+        let started = std::time::Instant::now();
         let result = self.apply(new, target, now_ms);
         self.events.push(now_ms, "", "", EventKind::Reloaded, reload_message(&changes, result.is_ok()));
-        log::info!("config reloaded: {}", changes.join("; "));
+        log::info!("config reloaded in {:?}: {}", started.elapsed(), changes.join("; "));
         result.map(|()| ReloadReport { applied: true, changes })
     }
 

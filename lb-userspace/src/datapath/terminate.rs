@@ -130,6 +130,9 @@ pub fn terminate_service(
 /// endpoint is about to serve several services, and replies will then find
 /// their VIP by flow rather than by endpoint. Returns how many were added.
 pub fn add_return_paths(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) -> io::Result<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
     let mut paths: Vec<(FlowKey, ReverseNat)> = Vec::new();
     dp.maps.flows.remove_where(|key, flow| {
         if let Some(server) = table.get(flow.server_id).filter(|_| ids.contains(&flow.server_id)) {

@@ -284,32 +284,47 @@ pub fn reads_during_purge(lb: &Path) -> PurgeReads {
 /// The sweep (ageing and counting every flow) at 1e6 flows spread over
 /// 1,000 servers: it finds each flow's server, so a lookup that grows with
 /// the number of servers shows here.
+/// The sweep of 1e6 flows on 1,000 servers, and reloads at that scale: one
+/// server added, then a second service on the same pool (every flow then
+/// gets a return path of its own before the service opens).
 fn sweep_cost(report: &mut Report, rounds: usize) {
-    let servers: String = (0..1000)
-        .map(|i| {
-            format!(
-                "[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n",
-                i / 200,
-                i % 200 + 1
-            )
-        })
-        .collect();
-    let config = format!(
-        "interfaces = [\"toclient\"]\n[flows]\nmax = 2000000\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}"
-    );
+    let servers = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n",
+                    i / 200,
+                    i % 200 + 1
+                )
+            })
+            .collect()
+    };
+    let service =
+        |port: u16| format!("[[services]]\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\npool = \"web\"\n");
+    let head = "interfaces = [\"toclient\"]\n[flows]\nmax = 2000000\n";
+    let config = format!("{head}{}{}", service(80), servers(1000));
     let net = fixture_netns();
-    let mut times = net.run(|| {
-        let bed = FixtureBed::load(&config);
+    let (mut times, add_ms, share_ms) = net.run(|| {
+        let mut bed = FixtureBed::load(&config);
         let ids: Vec<u32> = (0..1000).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
         fill_flows(&bed.dp().maps.flows, 0..1_000_000, (VIP, 80), |i| ids[i as usize % ids.len()]);
-        (0..rounds)
+        let sweeps = (0..rounds)
             .map(|_| {
                 let started = Instant::now();
                 let swept = sweep_once(&bed);
                 assert_eq!((swept.scanned, swept.expired), (1_000_000, 0), "every flow seen, none removed");
                 started.elapsed().as_secs_f64() * 1e3
             })
-            .collect::<Vec<f64>>()
+            .collect::<Vec<f64>>();
+        let timed = |bed: &mut FixtureBed, config: &str| {
+            let started = Instant::now();
+            let report = bed.apply(config);
+            assert!(!report.changes.is_empty());
+            started.elapsed().as_secs_f64() * 1e3
+        };
+        let add = timed(&mut bed, &format!("{head}{}{}", service(80), servers(1001)));
+        let share = timed(&mut bed, &format!("{head}{}{}{}", service(80), service(81), servers(1001)));
+        (sweeps, add, share)
     });
     report.add(
         SECTION,
@@ -318,6 +333,22 @@ fn sweep_cost(report: &mut Report, rounds: usize) {
         "ms",
         None,
         format!("median of {rounds}; each flow's server found by id (a scan of the servers before: 797 ms)"),
+    );
+    report.add(
+        SECTION,
+        "reload adding a server to a pool of 1,000 (1e6 flows)",
+        add_ms,
+        "ms",
+        None,
+        "the whole reload: plan, server, return paths and filter, the pool's hash row, state file".to_owned(),
+    );
+    report.add(
+        SECTION,
+        "reload adding a second service to that pool (1e6 flows)",
+        share_ms,
+        "ms",
+        None,
+        "its endpoints become shared: 1e6 return paths written first (a walk of the table)".to_owned(),
     );
 }
 
