@@ -355,3 +355,49 @@ fn a_restarted_agent_goes_on_with_removals_and_applies_lines_changed_while_it_wa
     alive(&on_s2, "s2's connection across the restart");
     assert!(b.new_connections(30).iter().all(|s| s == "s1"), "only s1 takes new connections");
 }
+
+/// Blue-green: the service moves from pool blue (s1, s2) to pool green (s3,
+/// s4). New connections go to green at once; those on blue go on (blue's
+/// rule: until drained), then blue's part of the service is forgotten.
+#[test]
+fn a_service_moved_to_another_pool_keeps_the_connections_on_the_old_one() {
+    let pools = |t: &Topology, service_pool: &str| {
+        let mut text = t.config(&[], "");
+        text.push_str(&format!(
+            "[[services]]\nvip = \"{VIP}\"\nport = 7\nprotocol = \"tcp\"\npool = \"{service_pool}\"\n"
+        ));
+        for (pool, names) in [("blue", ["s1", "s2"]), ("green", ["s3", "s4"])] {
+            for name in names {
+                let addr = t.server(name).addr;
+                text.push_str(&format!(
+                    "[[pools.{pool}.servers]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = 7007\n"
+                ));
+            }
+        }
+        text
+    };
+    let b = bed_of(4, |t| pools(t, "blue"));
+    let on_blue = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    let out = reloaded(&b, &pools(&b.topology, "green"));
+    assert!(out.contains("new flows go to pool green; those on pool blue end when their last flow ends"), "{out}");
+    let reached = b.new_connections(40);
+    assert!(reached.iter().all(|s| s == "s3" || s == "s4"), "new connections go to green: {reached:?}");
+    alive(&on_blue, "a connection on blue after the switch");
+    let blue = b.agent.lb_json(&["pool", "show", "blue"]);
+    assert_eq!(blue["leaving_services"][0]["service"], format!("{VIP}:7/tcp"), "{blue}");
+    drop(on_blue.finish());
+    wait_for("blue's part of the service forgotten", Duration::from_secs(10), || {
+        b.agent.lb_json(&["pool", "show", "blue"])["leaving_services"].as_array().unwrap().is_empty()
+    });
+    assert!(b.new_connections(20).iter().all(|s| s == "s3" || s == "s4"));
+    // And back to blue at once: green's connections are reset (rule "0").
+    let on_green = Session::start(b.connect_to("s3"), "s3", EVERY_100MS);
+    let back = pools(&b.topology, "blue").replace(
+        "[[pools.green.servers]]\nname = \"s3\"",
+        "[pools.green]\ngraceful_disable_timeout = \"0\"\n[[pools.green.servers]]\nname = \"s3\"",
+    );
+    let out = reloaded(&b, &back);
+    assert!(out.contains("those on pool green end at once"), "{out}");
+    wait_for("green's connection reset", Duration::from_secs(2), || on_green.ended().is_some());
+    assert!(b.new_connections(20).iter().all(|s| s == "s1" || s == "s2"));
+}

@@ -5,13 +5,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use lb_common::ServiceKey;
-
 use super::owner::{Owner, Plan};
 use crate::{
     config::format_time_left,
     datapath::ops::DatapathOps,
-    servers::{AdminState, DisableReason, ServerSlot, ServiceSlot, Transition, state::time_left},
+    servers::{AdminState, DisableReason, LeavingId, ServerSlot, ServiceSlot, Transition, state::time_left},
 };
 
 /// While a server drains, its flows are counted at least this often, so it
@@ -56,14 +54,14 @@ impl<D: DatapathOps> Owner<D> {
             self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
         let due = by_pool(due, DisableReason::Deadline);
         self.end_drains(due, now_ms);
-        let due: Vec<ServiceKey> = self
+        let due: Vec<LeavingId> = self
             .services
             .iter()
             .filter(|s| s.leaving.is_some_and(|l| l.deadline_ms.is_some_and(|d| d <= now_ms)))
-            .map(ServiceSlot::key)
+            .map(ServiceSlot::leaving_id)
             .collect();
-        for key in &due {
-            let why = match self.dp.terminate_service(&self.servers, *key) {
+        for id in &due {
+            let why = match self.dp.terminate_service(&self.servers, id) {
                 Ok(done) => format!(
                     "its deadline came: {} live TCP flow(s) reset",
                     done.reset_by_server.values().sum::<usize>()
@@ -73,7 +71,7 @@ impl<D: DatapathOps> Owner<D> {
                     "its deadline came (its flows could not all be reset)".to_owned()
                 }
             };
-            self.end_service(*key, &why, now_ms);
+            self.end_service(id, &why, now_ms);
         }
         if !due.is_empty() {
             self.write_layout();

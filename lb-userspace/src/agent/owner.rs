@@ -110,7 +110,7 @@ pub struct FlowCounts {
     /// Flows left in the table after the walk (live, closing, idle).
     pub in_table: u64,
     /// Live flows of each leaving service.
-    pub leaving: HashMap<lb_common::ServiceKey, u64>,
+    pub leaving: HashMap<servers::LeavingId, u64>,
 }
 
 /// A planned change of one server.
@@ -486,7 +486,7 @@ impl<D: DatapathOps> Owner<D> {
                 .filter_map(|s| {
                     Some(LeavingSnapshot {
                         label: s.label(),
-                        active_flows: self.counts.leaving.get(&s.key()).copied().unwrap_or(0),
+                        active_flows: self.counts.leaving.get(&s.leaving_id()).copied().unwrap_or(0),
                         deadline_ms: s.leaving?.deadline_ms,
                     })
                 })

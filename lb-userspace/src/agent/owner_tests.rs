@@ -19,9 +19,8 @@ use crate::{
         tables::{Previous, Tables},
         terminate::Termination,
     },
-    servers::{AdminState, DisableMode, DisableReason, ServerSlot, ServerTable, ServiceSlot},
+    servers::{AdminState, DisableMode, DisableReason, LeavingId, ServerSlot, ServerTable, ServiceSlot},
 };
-use lb_common::ServiceKey;
 
 /// What the fake datapath was asked, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +48,7 @@ pub(super) struct FakeDatapath {
     /// Live TCP flows each terminated server had.
     live_tcp: HashMap<u32, usize>,
     /// Live flows per leaving service, as the next sweep reports them.
-    pub(super) live_services: HashMap<ServiceKey, u64>,
+    pub(super) live_services: HashMap<LeavingId, u64>,
     sweeps: usize,
     state_file: std::path::PathBuf,
     /// Fail Maglev row writes (to test roll-backs).
@@ -123,10 +122,11 @@ impl DatapathOps for FakeDatapath {
         Ok(())
     }
 
-    fn terminate_service(&mut self, _: &ServerTable, service: ServiceKey) -> DatapathResult<Termination> {
-        let label = format!("{}:{}", Ipv4Addr::from(service.addr.to_ne_bytes()), u16::from_be(service.port));
+    fn terminate_service(&mut self, _: &ServerTable, service: &LeavingId) -> DatapathResult<Termination> {
+        let (key, pool) = service;
+        let label = format!("{}:{} of {pool}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port));
         self.writes.push(Write::TerminateService(label));
-        self.live_services.remove(&service);
+        self.live_services.remove(service);
         Ok(Termination::default())
     }
 }

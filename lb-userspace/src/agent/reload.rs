@@ -27,8 +27,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lb_common::ServiceKey;
-
 use super::owner::{ControlError, Owner, Plan};
 use crate::{
     api::model::{Change, EventKind, ReloadReport},
@@ -38,8 +36,8 @@ use crate::{
         tables::{Previous, Tables},
     },
     servers::{
-        self, AdminState, DisableMode, Leaving, LeavingService, ServerSlot, ServerTable, ServiceSlot, Source,
-        Transition,
+        self, AdminState, DisableMode, Leaving, LeavingId, LeavingService, ServerSlot, ServerTable, ServiceSlot,
+        Source, Transition,
     },
 };
 
@@ -96,28 +94,7 @@ impl<D: DatapathOps> Owner<D> {
             saved.servers.get_mut(&(slot.pool.clone(), slot.name.clone())).expect("saved").removing = true;
         }
         let mut changes = Vec::new();
-        for service in self.services.iter().filter(|s| s.leaving.is_none()) {
-            if !new
-                .services
-                .iter()
-                .any(|n| (n.vip, n.port, n.protocol) == (service.vip, service.port, service.protocol))
-            {
-                let mode = self.removal_mode(new, &service.pool);
-                let deadline_ms = match mode {
-                    DisableMode::Immediate => Some(now_ms),
-                    DisableMode::Graceful { timeout_ms } => timeout_ms.map(|t| now_ms + t),
-                };
-                let leaving = Leaving { since_ms: now_ms, deadline_ms };
-                changes.push(format!("service {} removed: no new flows; its flows end {}", service.label(), how(mode)));
-                saved.leaving_services.push(LeavingService {
-                    vip: service.vip,
-                    port: service.port,
-                    protocol: service.protocol,
-                    pool: service.pool.clone(),
-                    leaving,
-                });
-            }
-        }
+        saved.leaving_services.extend(self.leaving_services(new, &mut changes, now_ms));
         let previous = Previous::of(&self.servers, &self.services, saved);
         let tables = Tables::plan(new, &previous, now_ms)
             .map_err(|e| ControlError::Datapath { step: "place the new servers", source: Box::new(e) })?;
@@ -131,6 +108,38 @@ impl<D: DatapathOps> Owner<D> {
         Ok(target)
     }
 
+    /// The services gone from the config, or from their pool (a service
+    /// whose pool changed leaves its old one: its flows there go on by the
+    /// old pool's rule), as leaving services.
+    fn leaving_services(&self, new: &Config, changes: &mut Vec<String>, now_ms: u64) -> Vec<LeavingService> {
+        let mut leaving = Vec::new();
+        for service in self.services.iter().filter(|s| s.leaving.is_none()) {
+            let key = (service.vip, service.port, service.protocol);
+            let moved_to = new.services.iter().find(|n| (n.vip, n.port, n.protocol) == key).map(|n| n.pool.as_str());
+            if moved_to == Some(service.pool.as_str()) {
+                continue;
+            }
+            let mode = self.removal_mode(new, &service.pool);
+            let deadline_ms = match mode {
+                DisableMode::Immediate => Some(now_ms),
+                DisableMode::Graceful { timeout_ms } => timeout_ms.map(|t| now_ms + t),
+            };
+            let (label, old, how) = (service.label(), &service.pool, how(mode));
+            changes.push(match moved_to {
+                None => format!("service {label} removed: no new flows; its flows end {how}"),
+                Some(pool) => format!("service {label}: new flows go to pool {pool}; those on pool {old} end {how}"),
+            });
+            leaving.push(LeavingService {
+                vip: service.vip,
+                port: service.port,
+                protocol: service.protocol,
+                pool: service.pool.clone(),
+                leaving: Leaving { since_ms: now_ms, deadline_ms },
+            });
+        }
+        leaving
+    }
+
     /// The pool rule for taking a server or service of `pool` out: the new
     /// config's, or the old one's if the pool is gone.
     fn removal_mode(&self, new: &Config, pool: &str) -> DisableMode {
@@ -140,19 +149,15 @@ impl<D: DatapathOps> Owner<D> {
 
     fn describe_services(&self, target: &mut Target) {
         for service in target.tables.services.iter().filter(|s| s.leaving.is_none()) {
-            match self.services.iter().find(|s| s.key() == service.key()) {
+            let same_key = |s: &&ServiceSlot| s.key() == service.key();
+            match self.services.iter().filter(same_key).find(|s| s.pool == service.pool || s.leaving.is_none()) {
                 None => target.changes.push(format!("service {} added (pool {})", service.label(), service.pool)),
                 Some(old) if old.leaving.is_some() => target.changes.push(format!(
                     "service {} back in the config (pool {})",
                     service.label(),
                     service.pool
                 )),
-                Some(old) if old.pool != service.pool => target.changes.push(format!(
-                    "service {}: new flows go to pool {} (was {}); existing flows stay",
-                    service.label(),
-                    service.pool,
-                    old.pool
-                )),
+                // A pool change is said with the old pool's leaving.
                 Some(_) => {}
             }
         }
@@ -339,14 +344,14 @@ impl<D: DatapathOps> Owner<D> {
             .cloned()
             .collect();
         let counted_at = self.counts.at_ms;
-        let over: Vec<ServiceSlot> = self
+        let over: Vec<LeavingId> = self
             .services
             .iter()
             .filter(|s| {
                 s.leaving.is_some_and(|l| counted_at.is_some_and(|at| at >= l.since_ms))
-                    && self.counts.leaving.get(&s.key()).copied().unwrap_or(0) == 0
+                    && self.counts.leaving.get(&s.leaving_id()).copied().unwrap_or(0) == 0
             })
-            .cloned()
+            .map(ServiceSlot::leaving_id)
             .collect();
         if gone.is_empty() && over.is_empty() {
             return;
@@ -360,17 +365,18 @@ impl<D: DatapathOps> Owner<D> {
             let message = format!("removed from the config and now out of service ({}): gone", slot.admin.label());
             self.events.push(now_ms, &slot.pool, &slot.name, EventKind::Removed, message);
         }
-        for service in &over {
-            self.end_service(service.key(), "its last flow ended", now_ms);
+        for id in &over {
+            self.end_service(id, "its last flow ended", now_ms);
         }
         self.write_layout();
     }
 
     /// Forgets a leaving service whose flows are over.
-    pub(super) fn end_service(&mut self, key: ServiceKey, why: &str, now_ms: u64) {
-        let Some(at) = self.services.iter().position(|s| s.key() == key) else { return };
+    pub(super) fn end_service(&mut self, id: &LeavingId, why: &str, now_ms: u64) {
+        let leaving = |s: &ServiceSlot| s.leaving.is_some() && s.leaving_id() == *id;
+        let Some(at) = self.services.iter().position(leaving) else { return };
         let service = self.services.remove(at);
-        self.counts.leaving.remove(&key);
+        self.counts.leaving.remove(id);
         let message = format!("service removed from the config: {why}: gone");
         self.events.push(now_ms, &service.pool, &service.label(), EventKind::Removed, message);
     }

@@ -209,7 +209,7 @@ fn a_removed_service_takes_no_new_flow_and_its_flows_end_at_its_deadline() {
     // are written after the return paths that now name the one VIP left.
     let unshared = ["a", "b", "c"].map(|s| Write::Server(s, ServerState::Enabled));
     let mut expected =
-        vec![Write::TerminateService("10.100.0.1:81".into()), Write::Layout(vec!["10.100.0.1:80/tcp".into()])];
+        vec![Write::TerminateService("10.100.0.1:81 of web".into()), Write::Layout(vec!["10.100.0.1:80/tcp".into()])];
     expected.extend(unshared);
     assert_eq!(take_writes(&mut owner), expected);
     assert!(owner.snapshot(T0).pools[0].leaving_services.is_empty());

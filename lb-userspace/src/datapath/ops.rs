@@ -4,8 +4,6 @@
 
 use std::collections::HashSet;
 
-use lb_common::ServiceKey;
-
 use super::{
     Datapath,
     sweep::{self, SweepReport},
@@ -15,7 +13,7 @@ use super::{
 };
 use crate::{
     config::FlowSettings,
-    servers::{ServerSlot, ServerTable, ServiceSlot},
+    servers::{LeavingId, ServerSlot, ServerTable, ServiceSlot},
 };
 
 /// Any datapath error, with its context.
@@ -55,9 +53,10 @@ pub trait DatapathOps: Send + 'static {
     fn write_service(&mut self, service: &ServiceSlot) -> DatapathResult<()>;
     /// Marks a server's slot unused: it is gone.
     fn forget_server(&mut self, server: &ServerSlot) -> DatapathResult<()>;
-    /// Removes every flow of a service and resets both ends of its live TCP
-    /// flows. Blocking: a walk of the flow table.
-    fn terminate_service(&mut self, servers: &ServerTable, service: ServiceKey) -> DatapathResult<Termination>;
+    /// Removes every flow of a leaving service (on its pool's servers) and
+    /// resets both ends of its live TCP flows. Blocking: a walk of the flow
+    /// table.
+    fn terminate_service(&mut self, servers: &ServerTable, service: &LeavingId) -> DatapathResult<Termination>;
 }
 
 /// The loaded XDP program and its maps, with the raw socket that resets
@@ -122,7 +121,7 @@ impl DatapathOps for Live {
         Ok(tables::clear_next_hop(&mut self.dp, server.id)?)
     }
 
-    fn terminate_service(&mut self, servers: &ServerTable, service: ServiceKey) -> DatapathResult<Termination> {
+    fn terminate_service(&mut self, servers: &ServerTable, service: &LeavingId) -> DatapathResult<Termination> {
         Ok(terminate::terminate_service(&mut self.dp, servers, service, &self.resets)?)
     }
 }

@@ -10,7 +10,7 @@ use lb_common::{Flow, FlowKey, ServiceKey, flow_seen, flow_state};
 use super::{Maps, bpf_batch};
 use crate::{
     config::FlowSettings,
-    servers::{AdminState, ServerTable, ServiceSlot},
+    servers::{AdminState, LeavingId, ServerTable, ServiceSlot},
 };
 
 /// Return-path entries deleted per batch.
@@ -25,8 +25,9 @@ pub struct SweepReport {
     /// Live flows remaining, by server id: TCP flows not yet closed by both
     /// sides or reset, UDP flows not idle out.
     pub active_by_server: HashMap<u32, u64>,
-    /// Live flows remaining of each leaving service (gone from the config).
-    pub active_by_leaving_service: HashMap<ServiceKey, u64>,
+    /// Live flows remaining of each leaving service (gone from the config,
+    /// or from this pool), by [`ServiceSlot::leaving_id`].
+    pub active_by_leaving_service: HashMap<LeavingId, u64>,
 }
 
 fn timeout(settings: &FlowSettings, flow: &Flow) -> Duration {
@@ -46,8 +47,13 @@ pub fn sweep(
     now_ns: u64,
 ) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
-    // Every service, and whether it is leaving (its flows are counted).
-    let services: HashMap<ServiceKey, bool> = services.iter().map(|s| (s.key(), s.leaving.is_some())).collect();
+    // Every service by key: its slots, usually one (a service whose pool
+    // changed has its old pool's slot, leaving, beside the new one).
+    let mut by_key: HashMap<ServiceKey, Vec<usize>> = HashMap::new();
+    for (i, s) in services.iter().enumerate() {
+        by_key.entry(s.key()).or_default().push(i);
+    }
+    let mut leaving_flows = vec![0u64; services.len()];
     // Idle only since the datapath's clock has been running: a flow seen
     // while no agent ran carries the time the clock stood at, not the time
     // of its packets.
@@ -56,23 +62,31 @@ pub fn sweep(
         let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns.max(clock_since)));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
-        let server = servers.get(flow.server_id);
-        let out_of_service = server.is_none_or(|s| matches!(s.admin, AdminState::Disabled { .. }));
-        // So is a flow of a service removed from the config: the datapath
-        // finds a packet's flow before its service, and would forward it.
+        let Some(server) = servers.get(flow.server_id) else { return true };
+        if matches!(server.admin, AdminState::Disabled { .. }) {
+            return true;
+        }
+        // So is a flow of a service (of its server's pool) no longer in the
+        // config: the datapath finds a packet's flow before its service, and
+        // would forward it.
         let service = ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
-        let Some(&leaving) = services.get(&service) else { return true };
-        if idle > timeout(settings, flow) || out_of_service {
+        let slot = by_key.get(&service).and_then(|slots| slots.iter().find(|&&i| services[i].pool == server.pool));
+        let Some(&slot) = slot else { return true };
+        if idle > timeout(settings, flow) {
             return true;
         }
         if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
             *report.active_by_server.entry(flow.server_id).or_default() += 1;
-            if leaving {
-                *report.active_by_leaving_service.entry(service).or_default() += 1;
-            }
+            leaving_flows[slot] += 1;
         }
         false
     })?;
+    report.active_by_leaving_service = services
+        .iter()
+        .zip(leaving_flows)
+        .filter(|(s, _)| s.leaving.is_some())
+        .map(|(s, n)| (s.leaving_id(), n))
+        .collect();
     report.scanned = scanned;
     report.expired = expired;
     Ok(report)

@@ -104,7 +104,7 @@ impl Previous {
     pub fn of(servers: &ServerTable, services: &[ServiceSlot], saved: Saved) -> Previous {
         Previous {
             servers: servers.iter().map(|s| (s.identity, (s.id, s.address, s.port))).collect(),
-            services: services.iter().map(|s| (s.key(), s.index)).collect(),
+            services: services.iter().filter(|s| s.leaving.is_none()).map(|s| (s.key(), s.index)).collect(),
             saved,
         }
     }
@@ -325,7 +325,8 @@ fn member(
 
 /// The services of `config`, each on its previous Maglev row or a free one
 /// (a row in use is never given to another service while it may take
-/// flows), then the saved leaving ones.
+/// flows), then the saved leaving ones (a service whose pool changed has
+/// one of each: the new pool's, and the old pool's, leaving).
 fn services(config: &Config, previous: &Previous) -> Vec<ServiceSlot> {
     let mut rows = FreeIds::new(config.max_services, previous.services.values().copied());
     let mut services: Vec<ServiceSlot> = config
@@ -341,9 +342,9 @@ fn services(config: &Config, previous: &Previous) -> Vec<ServiceSlot> {
                 leaving: None,
             };
             slot.index = match previous.services.get(&slot.key()) {
-                Some(index) => *index,
+                Some(index) if *index < config.max_services => *index,
                 // Validation bounds the services by max_services.
-                None => rows.take().unwrap_or(0),
+                _ => rows.take().unwrap_or(0),
             };
             slot
         })
@@ -357,8 +358,10 @@ fn services(config: &Config, previous: &Previous) -> Vec<ServiceSlot> {
             pool: leaving.pool.clone(),
             leaving: Some(leaving.leaving),
         };
-        if services.iter().all(|s| s.key() != slot.key()) {
-            slot.index = previous.services.get(&slot.key()).copied().unwrap_or(u32::MAX);
+        // Back in the config with the same pool: it serves again.
+        if services.iter().all(|s| s.key() != slot.key() || s.pool != slot.pool) {
+            // Its row is unused: the service's entry names the live one's, or none.
+            slot.index = u32::MAX;
             services.push(slot);
         }
     }

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Flow, FlowKey, ReverseNat, ServiceKey, flow_seen, flow_state, purge::Purged};
+use lb_common::{Flow, FlowKey, ReverseNat, flow_seen, flow_state, purge::Purged};
 
 use super::{
     Datapath, bpf_batch, purge, sweep,
     tcp_reset::{Endpoint, Reset, ResetSender},
 };
-use crate::servers::{ServerSlot, ServerTable};
+use crate::servers::{LeavingId, ServerSlot, ServerTable};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Termination {
@@ -92,27 +92,27 @@ pub fn terminate(
     Ok(done)
 }
 
-/// Removes every flow of the service `service` (its deadline came, or it
-/// was removed at once), with their return-path entries, and resets both
-/// ends of those that were live TCP connections. A walk of the table in the
-/// agent: the purge program picks flows by server, not by service.
+/// Removes every flow of the leaving service `service` on its pool's
+/// servers (its deadline came, or it was removed at once), with their
+/// return-path entries, and resets both ends of those that were live TCP
+/// connections. A walk of the table in the agent: the purge program picks
+/// flows by server, not by service.
 pub fn terminate_service(
     dp: &mut Datapath,
     table: &ServerTable,
-    service: ServiceKey,
+    service: &LeavingId,
     sender: &ResetSender,
 ) -> io::Result<Termination> {
     let started = Instant::now();
     let mut done = Termination::default();
     let mut resets = Vec::new();
+    let (key_of, pool) = service;
     let (_, removed) = sweep::remove_flows_where(&dp.maps, table, |key, flow| {
-        if (key.dst_addr, key.dst_port, key.proto) != (service.addr, service.port, service.proto) {
+        if (key.dst_addr, key.dst_port, key.proto) != (key_of.addr, key_of.port, key_of.proto) {
             return false;
         }
-        if let Some(server) = table.get(flow.server_id)
-            && flow.state != flow_state::UDP
-            && !flow_seen::ended(flow.seen)
-        {
+        let Some(server) = table.get(flow.server_id).filter(|s| s.pool == *pool) else { return false };
+        if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
             add_resets(&mut resets, key, flow, Endpoint { addr: server.address, port: server.port });
             *done.reset_by_server.entry(flow.server_id).or_default() += 1;
         }

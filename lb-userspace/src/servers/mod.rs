@@ -8,4 +8,4 @@ pub mod table;
 
 pub use saved::{LeavingService, Records, Saved, ServerRecord};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
-pub use table::{Leaving, ServerSlot, ServerTable, ServiceSlot};
+pub use table::{Leaving, LeavingId, ServerSlot, ServerTable, ServiceSlot};

@@ -78,7 +78,15 @@ pub struct Leaving {
     pub deadline_ms: Option<u64>,
 }
 
+/// A leaving service: its key and the pool whose flows it still has (a
+/// service whose pool changed leaves its old pool while it serves the new).
+pub type LeavingId = (ServiceKey, String);
+
 impl ServiceSlot {
+    pub fn leaving_id(&self) -> LeavingId {
+        (self.key(), self.pool.clone())
+    }
+
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
             addr: u32::from_ne_bytes(self.vip.octets()),
