@@ -354,3 +354,42 @@ fn the_metrics_pass_promtool_and_agree_with_the_api() {
         b.topology.instance()
     )));
 }
+
+#[test]
+fn a_reload_through_the_api_answers_what_changed_and_the_metrics_say_how_it_went() {
+    let b = bed(2, "");
+    let metric = |name: &str| -> f64 {
+        let body = get(&b, "/metrics").body;
+        let line = body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(metric("lb_config_last_reload_successful"), 1.0, "the start's config runs");
+    let config = std::fs::read_to_string(&b.agent.config_path).unwrap();
+    let heavier = config.replacen("weight = 1", "weight = 3", 1);
+    std::fs::write(&b.agent.config_path, &heavier).unwrap();
+
+    let dry = post(&b, "/api/v1/reload", json!({"dry_run": true}));
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(dry.json()["applied"], false);
+    assert_eq!(dry.json()["changes"][0], "p7/s1 weight 1 -> 3");
+    assert_eq!(server(&b, "s1")["weight"], 1, "a dry run changes nothing");
+    let bad = post(&b, "/api/v1/reload", json!({"dryrun": true}));
+    assert_eq!((bad.status, bad.json()["code"].as_str()), (400, Some("bad_request")));
+    assert!(bad.json()["error"].as_str().unwrap().starts_with("dryrun: unknown field"), "{}", bad.body);
+
+    let applied = post(&b, "/api/v1/reload", json!({}));
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert_eq!(server(&b, "s1")["weight"], 3);
+    assert_eq!(metric("lb_config_reloads_total{result=\"applied\"}"), 1.0);
+
+    std::fs::write(&b.agent.config_path, heavier.replace("weight = 3", "weight = -3")).unwrap();
+    let refused = post(&b, "/api/v1/reload", json!({}));
+    assert_eq!((refused.status, refused.json()["code"].as_str()), (400, Some("invalid_config")), "{}", refused.body);
+    assert!(refused.json()["error"].as_str().unwrap().contains("pools.p7.servers[0].weight"), "{}", refused.body);
+    assert_eq!(server(&b, "s1")["weight"], 3, "nothing applied");
+    assert_eq!(metric("lb_config_last_reload_successful"), 0.0, "the file on disk is not what runs");
+    assert_eq!(metric("lb_config_reloads_total{result=\"refused\"}"), 1.0);
+    std::fs::write(&b.agent.config_path, format!("{heavier}\n[flows]\nmax = 4096\n")).unwrap();
+    let restart = post(&b, "/api/v1/reload", json!({}));
+    assert_eq!((restart.status, restart.json()["code"].as_str()), (409, Some("restart_needed")), "{}", restart.body);
+}

@@ -147,6 +147,7 @@ fn start(
         );
     }
     owner.begin_removals(now_ms());
+    owner.started_at(now_ms());
     owner.save_states()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

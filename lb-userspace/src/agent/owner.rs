@@ -28,7 +28,7 @@ use super::{
     state_file,
 };
 use crate::{
-    api::model::{ApiError, Change, ErrorCode, EventKind},
+    api::model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus},
     config::{Config, format_time_left},
     datapath::ops::DatapathOps,
     servers::{
@@ -128,6 +128,7 @@ pub struct Owner<D> {
     pub(super) counts: FlowCounts,
     pub(super) events: EventLog,
     pub(super) last_progress_log_ms: u64,
+    pub(super) reloads: ReloadStatus,
     /// Where snapshots go (none in unit tests).
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
 }
@@ -142,6 +143,7 @@ impl<D: DatapathOps> Owner<D> {
             counts: FlowCounts::default(),
             events: EventLog::default(),
             last_progress_log_ms: 0,
+            reloads: ReloadStatus { last_successful: true, ..ReloadStatus::default() },
             snapshots: None,
         }
     }
@@ -474,6 +476,7 @@ impl<D: DatapathOps> Owner<D> {
             pools,
             counted_at_ms: self.counts.at_ms,
             events: self.events.shared(),
+            reloads: self.reloads,
         }
     }
 

@@ -86,6 +86,22 @@ impl<D: DatapathOps> Owner<D> {
         result.map(|()| ReloadReport { applied: true, changes })
     }
 
+    /// The config given at start-up runs from `now_ms`.
+    pub fn started_at(&mut self, now_ms: u64) {
+        self.reloads.last_success_ms = now_ms;
+    }
+
+    /// Counts a reload (not a dry run): applied, or refused.
+    pub fn note_reload(&mut self, applied: bool, now_ms: u64) {
+        self.reloads.last_successful = applied;
+        if applied {
+            self.reloads.applied += 1;
+            self.reloads.last_success_ms = now_ms;
+        } else {
+            self.reloads.refused += 1;
+        }
+    }
+
     /// The tables `new` asks for, from what runs now, with the state
     /// changes it makes.
     fn target(&self, new: &Config, now_ms: u64) -> Result<Target, ControlError> {

@@ -143,8 +143,13 @@ fn reload<D: DatapathOps>(
     config_path: &Path,
     options: ReloadOptions,
 ) -> Result<ReloadReport, ControlError> {
-    let config = Config::load(config_path).map_err(|e| ControlError::InvalidConfig(format!("{e}")))?;
-    owner.reload(config, options, now_ms())
+    let result = Config::load(config_path)
+        .map_err(|e| ControlError::InvalidConfig(format!("{e}")))
+        .and_then(|config| owner.reload(config, options, now_ms()));
+    if !options.dry_run {
+        owner.note_reload(result.is_ok(), now_ms());
+    }
+    result
 }
 
 fn answer<T>(result: Result<T, ControlError>, reply: Reply<T>) {

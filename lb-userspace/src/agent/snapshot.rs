@@ -6,7 +6,7 @@
 use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
 
 use crate::{
-    api::model::{Event, Source},
+    api::model::{Event, ReloadStatus, Source},
     servers::AdminState,
 };
 
@@ -24,6 +24,7 @@ pub struct Snapshot {
     /// When the walk that counted the flows started, if one has.
     pub counted_at_ms: Option<u64>,
     pub events: Arc<VecDeque<Event>>,
+    pub reloads: ReloadStatus,
 }
 
 #[derive(Clone, Debug)]

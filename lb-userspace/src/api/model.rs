@@ -351,6 +351,21 @@ pub struct LeavingServiceView {
 pub struct Stats {
     pub outcomes: BTreeMap<String, u64>,
     pub flow_table: FlowTableUse,
+    #[serde(default)]
+    pub reloads: ReloadStatus,
+}
+
+/// How the config's reloads went since the agent started (dry runs apart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// Whether the last reload was applied (true before any): false means
+    /// the file on disk is not what runs.
+    pub last_successful: bool,
+    /// When the config that runs was applied (the start, or the last reload
+    /// applied), ms since the Unix epoch.
+    pub last_success_ms: u64,
+    pub applied: u64,
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -147,6 +147,7 @@ impl Ops {
                 flows: snapshot.flows_in_table,
                 evictions: evictions.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             },
+            reloads: snapshot.reloads,
         })
     }
 }

@@ -16,7 +16,7 @@ use axum::{
 };
 
 use super::Web;
-use crate::api::model::{PoolView, ServerState, Stats};
+use crate::api::model::{PoolView, ReloadStatus, ServerState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -61,7 +61,28 @@ pub fn render(instance: &str, pools: &[PoolView], stats: &Stats) -> String {
     for (kind, evicted) in &stats.flow_table.evictions {
         out.sample("lb_flow_evictions_total", &[("kind", kind)], evicted);
     }
+    reloads(&mut out, &stats.reloads);
     out.text
+}
+
+/// Whether the config on disk is the one that runs, as Prometheus itself
+/// says it of its own (`*_config_last_reload_successful`).
+fn reloads(out: &mut Exposition, reloads: &ReloadStatus) {
+    out.family(
+        "lb_config_last_reload_successful",
+        "gauge",
+        "Whether the last reload of the config was applied (1 before any).",
+    );
+    out.sample("lb_config_last_reload_successful", &[], u8::from(reloads.last_successful));
+    out.family(
+        "lb_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the config that runs was applied (the agent's start, or the last reload applied).",
+    );
+    out.sample("lb_config_last_reload_success_timestamp_seconds", &[], reloads.last_success_ms / 1000);
+    out.family("lb_config_reloads_total", "counter", "Reloads of the config (dry runs apart), by result.");
+    out.sample("lb_config_reloads_total", &[("result", "applied")], reloads.applied);
+    out.sample("lb_config_reloads_total", &[("result", "refused")], reloads.refused);
 }
 
 /// The per-server families, each with every server's series together.
@@ -180,8 +201,17 @@ mod tests {
                 flows: Some(3),
                 evictions: BTreeMap::from([("half_open".to_owned(), 5)]),
             },
+            reloads: ReloadStatus {
+                last_successful: false,
+                last_success_ms: 1_700_000_000_500,
+                applied: 2,
+                refused: 1,
+            },
         };
         let text = render("lb0", &[pool], &stats);
+        assert!(text.contains("lb_config_last_reload_successful 0\n"), "{text}");
+        assert!(text.contains("lb_config_last_reload_success_timestamp_seconds 1700000000\n"), "{text}");
+        assert!(text.contains("lb_config_reloads_total{result=\"refused\"} 1\n"), "{text}");
         assert!(text.contains("lb_server_state{pool=\"w\\\"eb\",server=\"a\",state=\"draining\"} 1\n"), "{text}");
         assert!(text.contains("lb_server_state{pool=\"w\\\"eb\",server=\"a\",state=\"enabled\"} 0\n"), "{text}");
         assert!(text.contains("lb_server_drain_deadline_left_seconds{pool=\"w\\\"eb\",server=\"a\"} 2\n"), "{text}");
