@@ -96,7 +96,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn dp_err(step: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> ControlError {
+pub(super) fn dp_err(step: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> ControlError {
     move |source| ControlError::Datapath { step, source }
 }
 

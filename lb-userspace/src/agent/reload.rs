@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::owner::{ControlError, Owner, Plan};
+use super::owner::{ControlError, Owner, Plan, dp_err};
 use crate::{
     api::model::{Change, EventKind, ReloadReport},
     config::{Config, format_duration},
@@ -186,53 +186,38 @@ impl<D: DatapathOps> Owner<D> {
         let old = self.servers.get(slot.id).filter(|o| o.identity == slot.identity);
         let mode = self.removal_mode(new, &slot.pool);
         if slot.removing {
-            if old.is_some_and(|o| o.removing) {
-                return;
+            if !old.is_some_and(|o| o.removing) {
+                target.changes.push(format!("{name} removed: taken out {}, then gone", how(mode)));
+                let transition = servers::state::removal(&slot.admin, mode, now_ms);
+                target.removals.entry(slot.pool.clone()).or_default().push((slot.name.clone(), transition));
             }
-            let transition = match slot.admin {
-                AdminState::Enabled => servers::state::disable(&slot.admin, mode, now_ms),
-                AdminState::Draining { .. } if mode == DisableMode::Immediate => {
-                    servers::state::disable(&slot.admin, mode, now_ms)
-                }
-                _ => Transition::Unchanged,
-            };
-            target.changes.push(format!("{name} removed: taken out {}, then gone", how(mode)));
-            target.removals.entry(slot.pool.clone()).or_default().push((slot.name.clone(), transition));
             return;
         }
         let Some(line) = new.server(&slot.pool, &slot.name) else { return };
-        match old {
-            None => {
-                let disabled = if line.enabled { "" } else { ", DISABLED (enabled = false)" };
-                target
-                    .changes
-                    .push(format!("{name} added ({}:{}, weight {}{disabled})", slot.address, slot.port, slot.weight));
-            }
-            Some(old) => {
-                if old.removing {
-                    target.changes.push(format!("{name} back in the config: no longer removed"));
-                }
-                if old.weight != slot.weight {
-                    target.changes.push(format!("{name} weight {} -> {}", old.weight, slot.weight));
-                }
-                if (old.address, old.port) != (slot.address, slot.port) {
-                    target.changes.push(format!(
-                        "{name} moved {}:{} -> {}:{}: its live flows are reset",
-                        old.address, old.port, slot.address, slot.port
-                    ));
-                    target.moved.insert(slot.id);
-                }
-            }
+        let Some(old) = old else {
+            let disabled = if line.enabled { "" } else { ", DISABLED (enabled = false)" };
+            let (address, port, weight) = (slot.address, slot.port, slot.weight);
+            target.changes.push(format!("{name} added ({address}:{port}, weight {weight}{disabled})"));
+            return;
+        };
+        if old.removing {
+            target.changes.push(format!("{name} back in the config: no longer removed"));
+        }
+        if old.weight != slot.weight {
+            target.changes.push(format!("{name} weight {} -> {}", old.weight, slot.weight));
+        }
+        if (old.address, old.port) != (slot.address, slot.port) {
+            let (from, to) = (format!("{}:{}", old.address, old.port), format!("{}:{}", slot.address, slot.port));
+            target.changes.push(format!("{name} moved {from} -> {to}: its live flows are reset"));
+            target.moved.insert(slot.id);
         }
         // Its line, if it changed since the agent applied it last.
-        if old.is_some() && slot.config_enabled != line.enabled {
-            let transition = if line.enabled {
-                servers::state::enable(&slot.admin)
+        if slot.config_enabled != line.enabled {
+            let (transition, what) = if line.enabled {
+                (servers::state::enable(&slot.admin), "enabled = true".to_owned())
             } else {
-                servers::state::disable(&slot.admin, mode, now_ms)
+                (servers::state::disable(&slot.admin, mode, now_ms), format!("enabled = false: out {}", how(mode)))
             };
-            let what =
-                if line.enabled { "enabled = true".to_owned() } else { format!("enabled = false: out {}", how(mode)) };
             target.changes.push(format!("{name} {what}"));
             target.lines.entry(slot.pool.clone()).or_default().push((slot.name.clone(), transition));
         }
@@ -269,40 +254,67 @@ impl<D: DatapathOps> Owner<D> {
         Ok(())
     }
 
-    /// Writes the target (see the module's note on order).
+    /// Writes the target (see the module's note on order), then takes it
+    /// as the agent's, then makes its state changes.
     fn apply(&mut self, new: Config, target: Target, now_ms: u64) -> Result<(), ControlError> {
         let Target { tables, lines, removals, moved, .. } = target;
         self.cut_moved(&moved)?;
-        let err = |step: &'static str| move |source| ControlError::Datapath { step, source };
-        let newly_shared: HashSet<u32> = tables
-            .servers
-            .iter()
-            .filter(|s| s.shared_endpoint && !self.servers.get(s.id).is_some_and(|o| o.shared_endpoint))
-            .map(|s| s.id)
-            .collect();
+        self.write_servers(&tables, &moved)?;
+        self.dp.write_layout(&tables.servers, &tables.services).map_err(dp_err("write the return paths and filter"))?;
+        self.write_services(&tables)?;
+        self.adopt(new, tables, now_ms);
+        self.save_states()?;
+        for (pool, plan) in lines.into_iter().chain(removals) {
+            self.execute(&pool, &plan, Some(Source::Config), now_ms)?;
+        }
+        self.enforce_deadlines(now_ms);
+        self.forget_gone(now_ms);
+        Ok(())
+    }
+
+    /// Servers new to their slot (or moved) are written whole; servers whose
+    /// endpoint starts or stops serving several services get their flag,
+    /// and the flows of the first their own return paths.
+    fn write_servers(&mut self, tables: &Tables, moved: &HashSet<u32>) -> Result<(), ControlError> {
+        let mut newly_shared = HashSet::new();
         for slot in tables.servers.iter() {
             match self.servers.get(slot.id) {
                 Some(old) if old.identity == slot.identity && !moved.contains(&slot.id) => {
                     if old.shared_endpoint != slot.shared_endpoint {
-                        self.dp.write_server(slot).map_err(err("write a server"))?;
+                        self.dp.write_server(slot).map_err(dp_err("write a server"))?;
+                    }
+                    if slot.shared_endpoint && !old.shared_endpoint {
+                        newly_shared.insert(slot.id);
                     }
                 }
-                _ => self.dp.write_new_server(slot).map_err(err("write a new server"))?,
+                _ => self.dp.write_new_server(slot).map_err(dp_err("write a new server"))?,
             }
         }
-        self.dp.add_return_paths(&tables.servers, &newly_shared).map_err(err("add return paths"))?;
-        self.dp.write_layout(&tables.servers, &tables.services).map_err(err("write the return paths and filter"))?;
+        self.dp.add_return_paths(&tables.servers, &newly_shared).map_err(dp_err("add return paths"))?;
+        Ok(())
+    }
+
+    /// The hash rows whose pool, members or weights changed, then the new
+    /// services that use them.
+    fn write_services(&mut self, tables: &Tables) -> Result<(), ControlError> {
         for service in tables.services.iter().filter(|s| s.leaving.is_none()) {
             let known = self.services.iter().find(|s| s.key() == service.key() && s.leaving.is_none());
-            if known.is_none_or(|k| {
-                k.pool != service.pool || row(&self.servers, &k.pool) != row(&tables.servers, &service.pool)
-            }) {
-                self.dp.write_maglev_row(service, &tables.servers).map_err(err("write a Maglev row"))?;
+            let same_row = known.is_some_and(|k| {
+                k.pool == service.pool && row(&self.servers, &k.pool) == row(&tables.servers, &service.pool)
+            });
+            if !same_row {
+                self.dp.write_maglev_row(service, &tables.servers).map_err(dp_err("write a Maglev row"))?;
             }
             if known.is_none() {
-                self.dp.write_service(service).map_err(err("write a service"))?;
+                self.dp.write_service(service).map_err(dp_err("write a service"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Takes the new config and tables as the agent's; the config's lines
+    /// as the ones applied; an event for each server added.
+    fn adopt(&mut self, new: Config, tables: Tables, now_ms: u64) {
         let added: Vec<(String, String)> = tables
             .servers
             .iter()
@@ -319,16 +331,6 @@ impl<D: DatapathOps> Owner<D> {
             let state = self.servers.find(&pool, &server).expect("added").admin.label();
             self.events.push(now_ms, &pool, &server, EventKind::Added, format!("added by a reload: {state}"));
         }
-        self.save_states()?;
-        for (pool, plan) in lines {
-            self.execute(&pool, &plan, Some(Source::Config), now_ms)?;
-        }
-        for (pool, plan) in removals {
-            self.execute(&pool, &plan, Some(Source::Config), now_ms)?;
-        }
-        self.enforce_deadlines(now_ms);
-        self.forget_gone(now_ms);
-        Ok(())
     }
 
     /// Servers that stay at a new address: their flows, at the old one,
@@ -338,13 +340,12 @@ impl<D: DatapathOps> Owner<D> {
         if moved.is_empty() {
             return Ok(());
         }
-        let err = |step: &'static str| move |source| ControlError::Datapath { step, source };
         for &id in moved {
             let mut cut = self.servers.get(id).expect("moved server exists").clone();
             cut.admin = AdminState::Disabled { since_ms: 0, reason: servers::DisableReason::Immediate };
-            self.dp.write_server(&cut).map_err(err("stop a moved server's flows"))?;
+            self.dp.write_server(&cut).map_err(dp_err("stop a moved server's flows"))?;
         }
-        let done = self.dp.terminate(&self.servers, moved).map_err(err("terminate a moved server's flows"))?;
+        let done = self.dp.terminate(&self.servers, moved).map_err(dp_err("terminate a moved server's flows"))?;
         log::info!("servers moved to a new address: {} flow(s) purged, {} reset", done.flows, done.resets_sent / 2);
         Ok(())
     }
@@ -425,9 +426,9 @@ impl<D: DatapathOps> Owner<D> {
     /// (removed while no agent ran): by their pool's rule, as a reload would.
     pub fn begin_removals(&mut self, now_ms: u64) {
         let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
-        for slot in self.servers.iter().filter(|s| s.removing && s.admin == AdminState::Enabled) {
+        for slot in self.servers.iter().filter(|s| s.removing) {
             let mode = self.removal_mode(&self.config, &slot.pool);
-            let t = servers::state::disable(&slot.admin, mode, now_ms);
+            let t = servers::state::removal(&slot.admin, mode, now_ms);
             plans.entry(slot.pool.clone()).or_default().push((slot.name.clone(), t));
         }
         for (pool, plan) in plans {

@@ -107,6 +107,18 @@ pub fn enable(current: &AdminState) -> Transition {
     }
 }
 
+/// How a removal from the config takes a server out, by its pool's `mode`:
+/// an enabled one as a disable would; a draining one is cut if the rule
+/// says at once, and drains on otherwise; a disabled one is already out.
+pub fn removal(current: &AdminState, mode: DisableMode, now_ms: u64) -> Transition {
+    match (current, mode) {
+        (AdminState::Enabled, _) | (AdminState::Draining { .. }, DisableMode::Immediate) => {
+            disable(current, mode, now_ms)
+        }
+        _ => Transition::Unchanged,
+    }
+}
+
 /// The state after a transition (`Terminate` gives DISABLED with its reason).
 pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> AdminState {
     match transition {
@@ -173,6 +185,17 @@ mod tests {
         assert_eq!(enable(&AdminState::Draining { since_ms: 1, deadline_ms: None }), Transition::Enable);
         let disabled = AdminState::Disabled { since_ms: 1, reason: DisableReason::Deadline };
         assert_eq!(apply(&disabled, enable(&disabled), NOW), AdminState::Enabled);
+    }
+
+    #[test]
+    fn a_removal_keeps_a_drain_going_unless_the_rule_says_at_once() {
+        let draining = AdminState::Draining { since_ms: 1, deadline_ms: Some(9) };
+        let graceful = DisableMode::Graceful { timeout_ms: Some(60_000) };
+        assert_eq!(removal(&draining, graceful, NOW), Transition::Unchanged, "its own deadline stands");
+        assert_eq!(removal(&draining, DisableMode::Immediate, NOW), Transition::Terminate(DisableReason::Immediate));
+        assert_eq!(removal(&AdminState::Enabled, graceful, NOW), disable(&AdminState::Enabled, graceful, NOW));
+        let disabled = AdminState::Disabled { since_ms: 1, reason: DisableReason::Drained };
+        assert_eq!(removal(&disabled, DisableMode::Immediate, NOW), Transition::Unchanged);
     }
 
     #[test]
