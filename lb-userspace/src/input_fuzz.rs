@@ -34,11 +34,14 @@ vip = "10.0.0.100"
 port = 80
 protocol = "tcp"
 pool = "web"
+[pools.web]
+graceful_disable_timeout = "5m"
 [[pools.web.servers]]
 name = "a"
 address = "10.0.1.2"
 port = 8080
-weight = 3"#;
+weight = 3
+enabled = false"#;
 
 const NASTY: &[&str] = &[
     "",
@@ -109,8 +112,20 @@ fn json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        prop::sample::select(vec!["immediate", "graceful", "5m", "0s", "", "web", "a", "pool_show", "disable"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "immediate",
+            "graceful",
+            "5m",
+            "0s",
+            "",
+            "web",
+            "a",
+            "pool_show",
+            "disable",
+            "reload",
+            "infinite"
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
@@ -125,6 +140,7 @@ fn json() -> impl Strategy<Value = Value> {
                     "timeout_ms",
                     "force",
                     "since",
+                    "dry_run",
                     "extra"
                 ])
                 .prop_map(str::to_owned),
@@ -138,13 +154,14 @@ fn json() -> impl Strategy<Value = Value> {
 
 #[test]
 fn api_requests_of_any_shape_are_refused_by_field_never_a_panic() {
-    let fields = ["servers", "mode", "timeout", "force", "body"];
+    let fields = ["servers", "mode", "timeout", "force", "dry_run", "body"];
     runner(5000)
         .run(&json(), |value| {
             // The Unix socket's requests.
             let _ = serde_json::from_value::<Request>(value.clone());
             // The HTTP API's change bodies: a refusal starts with its field.
-            for result in [body::disable("web".into(), &value), body::enable("web".into(), &value)] {
+            let bodies = [body::disable, body::enable, body::reload];
+            for result in bodies.map(|parse| parse("web".into(), &value)) {
                 if let Err(e) = result {
                     let field = e.message.split(':').next().unwrap_or("");
                     prop_assert!(
