@@ -11,9 +11,11 @@ use std::{
 };
 
 mod duration;
+mod monitors;
 mod validate;
 
 pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
+pub use monitors::{MaintenanceSigns, Monitor, OnDown, Probe};
 use validate::{RawConfig, Validator};
 
 use crate::api::model::DisableMode;
@@ -111,6 +113,21 @@ pub struct PoolConfig {
     /// `"0"` at once, a duration (its flows may finish until then), or
     /// `"infinite"` (until its last flow ends, the default).
     pub graceful_disable_timeout: DisableMode,
+    pub health: PoolHealth,
+}
+
+/// A pool's health monitors, and what becomes of servers they find DOWN or
+/// in maintenance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolHealth {
+    /// None: servers are never checked (always UP).
+    pub monitors: Vec<Monitor>,
+    pub on_down: OnDown,
+    /// How long a server a monitor finds in maintenance may drain (none:
+    /// until drained).
+    pub maintenance_timeout: Option<Duration>,
+    /// The longest drain a server may announce in its maintenance reply.
+    pub max_maintenance_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
 use super::{
-    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, Problem, Protocol, ServerConfig,
-    ServiceConfig, XdpMode, default_api_socket, default_state_file, parse_duration,
+    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Problem, Protocol,
+    ServerConfig, ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
 };
 
 /// The largest `flows.max`.
@@ -80,6 +80,11 @@ pub(super) struct RawPool {
     #[serde(default)]
     servers: Vec<RawServer>,
     graceful_disable_timeout: Option<String>,
+    #[serde(default)]
+    monitors: Vec<RawMonitor>,
+    on_down: Option<String>,
+    maintenance_timeout: Option<String>,
+    max_maintenance_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,7 +103,7 @@ pub(super) struct Validator {
 }
 
 impl Validator {
-    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
@@ -135,7 +140,7 @@ impl Validator {
         }
     }
 
-    fn port(&mut self, path: &str, value: Option<i64>) -> u16 {
+    pub(super) fn port(&mut self, path: &str, value: Option<i64>) -> u16 {
         match value {
             Some(p) if (1..=65535).contains(&p) => p as u16,
             Some(p) => {
@@ -286,13 +291,48 @@ impl Validator {
             }
             let graceful_disable_timeout =
                 self.disable_timeout(&format!("{base}.graceful_disable_timeout"), raw_pool.graceful_disable_timeout);
-            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout });
+            let health = self.health(
+                &base,
+                raw_pool.monitors,
+                raw_pool.on_down,
+                raw_pool.maintenance_timeout,
+                raw_pool.max_maintenance_timeout,
+            );
+            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health });
         }
         let count: usize = pools.values().map(|p| p.servers.len()).sum();
         if count > max_servers as usize {
             self.problem("pools", format!("{count} servers, more than limits.max_servers ({max_servers})"));
         }
         pools
+    }
+
+    /// The pool's monitors and what it does with their verdicts.
+    fn health(
+        &mut self,
+        base: &str,
+        monitors: Vec<RawMonitor>,
+        on_down: Option<String>,
+        maintenance_timeout: Option<String>,
+        max_maintenance_timeout: Option<String>,
+    ) -> PoolHealth {
+        let monitors = monitors
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| self.monitor(&format!("{base}.monitors[{i}]"), raw))
+            .collect();
+        let path = format!("{base}.maintenance_timeout");
+        let maintenance_timeout = match maintenance_timeout.as_deref() {
+            None | Some("infinite") => None,
+            Some(text) => Some(self.duration(&path, Some(text.to_owned()), Duration::from_secs(1))),
+        };
+        let max_path = format!("{base}.max_maintenance_timeout");
+        PoolHealth {
+            monitors,
+            on_down: self.on_down(&format!("{base}.on_down"), on_down),
+            maintenance_timeout,
+            max_maintenance_timeout: self.duration(&max_path, max_maintenance_timeout, Duration::from_secs(3600)),
+        }
     }
 
     /// "0" (at once), a duration, or "infinite" (until drained, the default).
