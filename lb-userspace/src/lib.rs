@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod health;
 pub mod servers;
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ enum ServerCommand {
         pool: String,
         #[arg(required = true)]
         servers: Vec<String>,
+        /// Even a server whose health monitor says it is in maintenance.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -160,8 +163,8 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
             let args = DisableArgs { graceful, timeout, until_drained, force, wait };
             cli::disable(socket, &pool, &servers, &args, json)
         }
-        Command::Server { command: ServerCommand::Enable { pool, servers, json } } => {
-            cli::enable(socket, &pool, &servers, json)
+        Command::Server { command: ServerCommand::Enable { pool, servers, force, json } } => {
+            cli::enable(socket, &pool, &servers, force, json)
         }
         Command::Pool { command: PoolCommand::List { json } } => cli::pool_list(socket, json),
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),

@@ -6,6 +6,7 @@
 
 pub mod drain;
 pub mod events;
+pub mod health;
 pub mod owner;
 #[cfg(test)]
 mod owner_tests;
@@ -147,6 +148,7 @@ fn start(
         );
     }
     owner.begin_removals(now_ms());
+    owner.resume_maintenance();
     owner.started_at(now_ms());
     owner.save_states()?;
 
@@ -190,7 +192,7 @@ fn http_token(config: &Config) -> anyhow::Result<Option<String>> {
 /// Runs the owner, the API and the reset answers until a signal; returns
 /// the datapath to detach.
 async fn serve(
-    owner: Owner<Live>,
+    mut owner: Owner<Live>,
     config_path: PathBuf,
     listener: StdUnixListener,
     http: Option<HttpListener>,
@@ -222,6 +224,9 @@ async fn serve(
         None => None,
     };
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
+    let (plan_tx, plan) = watch::channel(Arc::new(Vec::new()));
+    owner.publish_checks_to(plan_tx);
+    let (checks_tx, checks) = watch::channel(Arc::new(crate::health::Checks::new()));
     let (commands_tx, commands) = mpsc::channel(64);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let owner_thread = {
@@ -239,7 +244,14 @@ async fn serve(
     };
     let owner_handle = OwnerHandle::new(commands_tx);
     tokio::spawn(reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
-    let ops = Arc::new(Ops::new(snapshots, counters, owner_handle));
+    let monitors = crate::health::runner::Runner {
+        plan,
+        snapshots: snapshots.clone(),
+        owner: owner_handle.clone(),
+        view: checks_tx,
+    };
+    tokio::spawn(monitors.run(shutdown.clone()));
+    let ops = Arc::new(Ops::new(snapshots, checks, counters, owner_handle));
     let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
     let http = http.map(|(listener, addr, token)| {
         let web =

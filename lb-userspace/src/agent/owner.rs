@@ -66,6 +66,11 @@ pub enum ControlError {
     RestartNeeded { settings: String },
     #[error("{0}")]
     InvalidConfig(String),
+    #[error(
+        "refused: {pool}/{server} says it is in maintenance (its health monitor's replies); \
+         force the change to enable it anyway"
+    )]
+    InMaintenance { pool: String, server: String },
 }
 
 impl From<&ControlError> for ApiError {
@@ -76,6 +81,7 @@ impl From<&ControlError> for ApiError {
             ControlError::NoServers => ErrorCode::BadRequest,
             ControlError::LastServer { .. } => ErrorCode::LastServer,
             ControlError::Removing { .. } => ErrorCode::BadRequest,
+            ControlError::InMaintenance { .. } => ErrorCode::InMaintenance,
             ControlError::RestartNeeded { .. } => ErrorCode::RestartNeeded,
             ControlError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControlError::Datapath { .. } | ControlError::StateFile(_) | ControlError::NotSaved(_) => ErrorCode::Failed,
@@ -129,6 +135,8 @@ pub struct Owner<D> {
     pub(super) events: EventLog,
     pub(super) last_progress_log_ms: u64,
     pub(super) reloads: ReloadStatus,
+    /// Where the health monitors' plan goes (none in unit tests).
+    pub(super) checks: Option<watch::Sender<Arc<crate::health::CheckPlan>>>,
     /// Where snapshots go (none in unit tests).
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
 }
@@ -144,6 +152,7 @@ impl<D: DatapathOps> Owner<D> {
             events: EventLog::default(),
             last_progress_log_ms: 0,
             reloads: ReloadStatus { last_successful: true, ..ReloadStatus::default() },
+            checks: None,
             snapshots: None,
         }
     }
@@ -206,11 +215,23 @@ impl<D: DatapathOps> Owner<D> {
         self.execute(pool, &plan, Some(Source::Operator), now_ms)
     }
 
-    /// Puts `names` of `pool` back in service, in one change.
-    pub fn enable(&mut self, pool: &str, names: &[String], now_ms: u64) -> Result<Vec<Change>, ControlError> {
+    /// Puts `names` of `pool` back in service, in one change (`force`: even
+    /// servers whose monitor says they are in maintenance).
+    pub fn enable(
+        &mut self,
+        pool: &str,
+        names: &[String],
+        force: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, ControlError> {
         let plan = self.plan(pool, names, servers::state::enable)?;
-        if let Some(slot) = plan.iter().filter_map(|(name, _)| self.servers.find(pool, name)).find(|s| s.removing) {
+        let slots: Vec<&servers::ServerSlot> =
+            plan.iter().filter_map(|(name, _)| self.servers.find(pool, name)).collect();
+        if let Some(slot) = slots.iter().find(|s| s.removing) {
             return Err(ControlError::Removing { pool: pool.to_owned(), server: slot.name.clone() });
+        }
+        if let Some(slot) = slots.iter().find(|s| s.health.maintenance && !force) {
+            return Err(ControlError::InMaintenance { pool: pool.to_owned(), server: slot.name.clone() });
         }
         self.execute(pool, &plan, Some(Source::Operator), now_ms)
     }
@@ -507,6 +528,7 @@ impl<D: DatapathOps> Owner<D> {
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     source: s.source,
                     removing: s.removing,
+                    health: s.health.clone(),
                 })
                 .collect(),
         }

@@ -218,7 +218,7 @@ fn an_enable_is_written_before_the_hash_table_points_at_the_server() {
     let mut owner = owner("enable-order");
     owner.disable("web", &names(&["a", "b"]), DisableMode::Immediate, false, T0).unwrap();
     take_writes(&mut owner);
-    owner.enable("web", &names(&["a", "b"]), T0 + 1).unwrap();
+    owner.enable("web", &names(&["a", "b"]), false, T0 + 1).unwrap();
     assert_eq!(
         take_writes(&mut owner),
         [

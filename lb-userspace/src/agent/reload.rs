@@ -269,6 +269,7 @@ impl<D: DatapathOps> Owner<D> {
         }
         self.enforce_deadlines(now_ms);
         self.forget_gone(now_ms);
+        self.publish_checks();
         Ok(())
     }
 

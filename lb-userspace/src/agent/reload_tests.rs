@@ -141,7 +141,7 @@ fn the_latest_decision_wins_an_operators_command_or_a_changed_line() {
     owner.reload(web(test, "", &b_off), APPLY, T0).unwrap();
     assert_eq!(state(&owner, "b").state(), ServerState::Draining);
     // The operator puts b back: a reload with the same line leaves it so.
-    owner.enable("web", &names(&["b"]), T0 + 1).unwrap();
+    owner.enable("web", &names(&["b"]), false, T0 + 1).unwrap();
     let report = owner.reload(web(test, "", &b_off), APPLY, T0 + 2).unwrap();
     assert!(report.changes.is_empty(), "{:?}", report.changes);
     assert_eq!((state(&owner, "b"), source(&owner, "b")), (AdminState::Enabled, Source::Operator));

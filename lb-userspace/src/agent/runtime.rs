@@ -26,6 +26,7 @@ use crate::{
     api::model::{ApiError, Change, DisableMode, ErrorCode, ReloadReport},
     config::Config,
     datapath::ops::DatapathOps,
+    health::tally::Change as HealthChange,
 };
 
 /// Milliseconds since the Unix epoch: the owner's clock.
@@ -47,7 +48,15 @@ pub enum Command {
     Enable {
         pool: String,
         servers: Vec<String>,
+        force: bool,
         reply: Reply,
+    },
+    /// A verdict of the health monitors (no answer).
+    Health {
+        pool: String,
+        server: String,
+        identity: u64,
+        change: HealthChange,
     },
     /// Re-read the config file (the API's `reload`, or SIGHUP).
     Reload {
@@ -78,8 +87,14 @@ impl OwnerHandle {
         self.ask(|reply| Command::Disable { pool, servers, mode, force, reply }).await
     }
 
-    pub async fn enable(&self, pool: String, servers: Vec<String>) -> Result<Vec<Change>, ApiError> {
-        self.ask(|reply| Command::Enable { pool, servers, reply }).await
+    pub async fn enable(&self, pool: String, servers: Vec<String>, force: bool) -> Result<Vec<Change>, ApiError> {
+        self.ask(|reply| Command::Enable { pool, servers, force, reply }).await
+    }
+
+    /// Tells the owner what the monitors found (in order; waits only if the
+    /// owner's queue is full).
+    pub async fn health(&self, pool: String, server: String, identity: u64, change: HealthChange) {
+        let _ = self.commands.send(Command::Health { pool, server, identity, change }).await;
     }
 
     pub async fn reload(&self, force: bool, dry_run: bool) -> Result<ReloadReport, ApiError> {
@@ -107,7 +122,7 @@ pub async fn run_owner<D: DatapathOps>(
     let mut last_sweep: Option<Instant> = None;
     loop {
         let next_sweep = last_sweep.map_or_else(Instant::now, |at| at + owner.sweep_interval());
-        let deadline = owner.next_deadline();
+        let deadline = [owner.next_deadline(), owner.next_cut()].into_iter().flatten().min();
         tokio::select! {
             biased;
             () = stopped(&mut shutdown) => break,
@@ -115,7 +130,10 @@ pub async fn run_owner<D: DatapathOps>(
                 Some(command) => handle(&mut owner, &config_path, command),
                 None => break,
             },
-            () = until_wall(deadline) => owner.enforce_deadlines(now_ms()),
+            () = until_wall(deadline) => {
+                owner.enforce_deadlines(now_ms());
+                owner.enforce_cuts(now_ms());
+            }
             () = sleep_until(next_sweep) => {
                 last_sweep = Some(Instant::now());
                 owner.sweep(now_ms());
@@ -131,7 +149,10 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
         Command::Disable { pool, servers, mode, force, reply } => {
             (owner.disable(&pool, &servers, mode, force, now_ms()), reply)
         }
-        Command::Enable { pool, servers, reply } => (owner.enable(&pool, &servers, now_ms()), reply),
+        Command::Enable { pool, servers, force, reply } => (owner.enable(&pool, &servers, force, now_ms()), reply),
+        Command::Health { pool, server, identity, change } => {
+            return owner.apply_health(&pool, &server, identity, change, now_ms());
+        }
         Command::Reload { options, reply } => return answer(reload(owner, config_path, options), reply),
     };
     answer(result, reply);

@@ -57,6 +57,7 @@ pub struct ServerSnapshot {
     pub active_flows: u64,
     pub source: Source,
     pub removing: bool,
+    pub health: crate::servers::health::Health,
 }
 
 impl Snapshot {

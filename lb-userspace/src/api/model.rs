@@ -26,6 +26,9 @@ pub enum Request {
     Enable {
         pool: String,
         servers: Vec<String>,
+        /// Even a server whose monitor says it is in maintenance.
+        #[serde(default)]
+        force: bool,
     },
     /// The event log, oldest first; only events after id `since` if given.
     Events {
@@ -78,6 +81,8 @@ pub enum ServerState {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Config,
+    /// A health monitor (a server's maintenance reply).
+    Monitor,
     /// What the state file of an older agent (before the config could
     /// disable servers) recorded.
     #[default]
@@ -88,6 +93,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Source::Config => "config",
+            Source::Monitor => "monitor",
             Source::Operator => "operator",
         })
     }
@@ -114,6 +120,8 @@ pub enum Why {
     Deadline,
     Immediate,
     Drained,
+    /// DRAINING because a health monitor's reply says it is in maintenance.
+    Maintenance,
 }
 
 impl Why {
@@ -123,6 +131,7 @@ impl Why {
             Why::Deadline => "deadline",
             Why::Immediate => "immediate",
             Why::Drained => "drained",
+            Why::Maintenance => "maintenance (health monitor)",
         }
     }
 }
@@ -180,7 +189,7 @@ impl FromStr for StateLabel {
         let why = match why {
             None => None,
             Some(label) => Some(
-                [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained]
+                [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained, Why::Maintenance]
                     .into_iter()
                     .find(|w| w.label() == label)
                     .ok_or_else(|| format!("unknown reason {label:?}"))?,
@@ -211,7 +220,7 @@ impl Serialize for Why {
 impl<'de> Deserialize<'de> for Why {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Why, D::Error> {
         let label = String::deserialize(deserializer)?;
-        [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained]
+        [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained, Why::Maintenance]
             .into_iter()
             .find(|w| w.label() == label)
             .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {label:?}")))
@@ -239,6 +248,14 @@ pub enum EventKind {
     Removed,
     /// A reload applied a new config: what it changed.
     Reloaded,
+    /// Its health monitors found it DOWN (and, with `on_down`, its flows cut).
+    Down,
+    /// Its health monitors found it UP again.
+    Up,
+    /// A maintenance reply began or ended its maintenance.
+    Maintenance,
+    /// Every server of a pool in service is DOWN: all serve (fail-open).
+    FailOpen,
 }
 
 impl EventKind {
@@ -253,6 +270,10 @@ impl EventKind {
             EventKind::Added => "added",
             EventKind::Removed => "removed",
             EventKind::Reloaded => "reloaded",
+            EventKind::Down => "down",
+            EventKind::Up => "up",
+            EventKind::Maintenance => "maintenance",
+            EventKind::FailOpen => "fail_open",
         }
     }
 }
@@ -311,6 +332,13 @@ pub struct ServerView {
     /// Gone from the config: taken out, then forgotten.
     #[serde(default)]
     pub removing: bool,
+    /// Its operational state as its pool's monitors found it: "UP", "DOWN
+    /// (refused)", "UNCHECKED" (none if the pool has no monitor).
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The last check: when, which monitor, what it found, how long it took.
+    #[serde(default)]
+    pub last_check: Option<String>,
     pub packets_to: u64,
     pub bytes_to: u64,
     pub packets_from: u64,
@@ -400,6 +428,9 @@ pub enum ErrorCode {
     InvalidConfig,
     /// A reload changes a setting that only a restart can change.
     RestartNeeded,
+    /// An enable of a server whose monitor says it is in maintenance
+    /// (`force` overrides it).
+    InMaintenance,
 }
 
 /// A refusal: its kind, and a message naming what was wrong.
@@ -456,6 +487,8 @@ mod tests {
             deadline_left_ms: None,
             source: Source::Operator,
             removing: false,
+            health: None,
+            last_check: None,
             packets_to: 0,
             bytes_to: 0,
             packets_from: 0,

@@ -14,19 +14,28 @@ use super::model::{
 };
 use crate::{
     agent::{runtime::OwnerHandle, snapshot::Snapshot},
+    api::model::{Source, Why},
     datapath::counters::Counters,
+    health::{Checks, LastCheck, ServerChecks, probe::Outcome, tally::Verdict},
+    servers::health::Health,
     servers::state::{takes_new_flows, time_left},
 };
 
 pub struct Ops {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    checks: watch::Receiver<Arc<Checks>>,
     counters: Counters,
     owner: OwnerHandle,
 }
 
 impl Ops {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, counters: Counters, owner: OwnerHandle) -> Ops {
-        Ops { snapshots, counters, owner }
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        checks: watch::Receiver<Arc<Checks>>,
+        counters: Counters,
+        owner: OwnerHandle,
+    ) -> Ops {
+        Ops { snapshots, checks, counters, owner }
     }
 
     /// Answers one request.
@@ -37,7 +46,7 @@ impl Ops {
             Request::Disable { pool, servers, mode, force } => {
                 json(self.owner.disable(pool, servers, mode, force).await?)
             }
-            Request::Enable { pool, servers } => json(self.owner.enable(pool, servers).await?),
+            Request::Enable { pool, servers, force } => json(self.owner.enable(pool, servers, force).await?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
             Request::Reload { force, dry_run } => json(self.owner.reload(force, dry_run).await?),
@@ -80,6 +89,7 @@ impl Ops {
         let pool = snapshot
             .pool(name)
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownPool, format!("unknown pool \"{name}\"")))?;
+        let checks = Arc::clone(&self.checks.borrow());
         let servers = pool
             .servers
             .iter()
@@ -90,11 +100,20 @@ impl Ops {
                     address: format!("{}:{}", s.address, s.port),
                     weight: s.weight,
                     state: s.admin.state(),
-                    why: s.admin.why(),
+                    why: if s.source == Source::Monitor && s.admin.is_draining() {
+                        Some(Why::Maintenance)
+                    } else {
+                        s.admin.why()
+                    },
                     active_flows: s.active_flows,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
                     source: s.source,
                     removing: s.removing,
+                    health: checks.get(&(name.to_owned(), s.name.clone())).map(|c| health_of(&s.health, c)),
+                    last_check: checks
+                        .get(&(name.to_owned(), s.name.clone()))
+                        .and_then(|c| c.last.as_ref())
+                        .map(|l| last_check(l, now)),
                     packets_to: traffic.packets_to,
                     bytes_to: traffic.bytes_to,
                     packets_from: traffic.packets_from,
@@ -150,6 +169,31 @@ impl Ops {
             reloads: snapshot.reloads,
         })
     }
+}
+
+/// "UP", "DOWN (refused)", "DOWN (refused), serving: all down",
+/// "UNCHECKED": what applies (the owner's) and what the checks found.
+fn health_of(applied: &Health, checks: &ServerChecks) -> String {
+    match (&applied.down, &checks.verdict) {
+        (Some(down), _) if applied.fail_open => format!("DOWN ({}), serving: every server is down", down.reason),
+        (Some(down), _) => format!("DOWN ({})", down.reason),
+        (None, Verdict::Unknown) => "UNCHECKED".to_owned(),
+        (None, _) => "UP".to_owned(),
+    }
+}
+
+/// "http: status 200, 1.2 ms, 0.4 s ago"
+fn last_check(last: &LastCheck, now_ms: u64) -> String {
+    let found = match &last.outcome {
+        Outcome::Pass(what) => what.clone(),
+        Outcome::Fail(why) => why.clone(),
+        Outcome::Maintenance { matched, announced } => match announced {
+            Some(d) => format!("maintenance ({matched}, announces {}s)", d.as_secs()),
+            None => format!("maintenance ({matched})"),
+        },
+    };
+    let ago = now_ms.saturating_sub(last.at_ms) as f64 / 1000.0;
+    format!("{}: {found}, {:.1} ms, {ago:.1} s ago", last.kind, last.took.as_secs_f64() * 1e3)
 }
 
 fn json(value: impl Serialize) -> Result<Value, ApiError> {

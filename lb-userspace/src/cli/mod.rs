@@ -62,7 +62,11 @@ fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result
 }
 
 fn refused_by_guard(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<client::ClientError>(), Some(client::ClientError::Refused(r)) if r.code == ErrorCode::LastServer)
+    refused_for(e, ErrorCode::LastServer)
+}
+
+fn refused_for(e: &anyhow::Error, code: ErrorCode) -> bool {
+    matches!(e.downcast_ref::<client::ClientError>(), Some(client::ClientError::Refused(r)) if r.code == code)
 }
 
 fn print_json(data: &Value) {
@@ -89,9 +93,12 @@ pub fn disable(socket: &Path, pool: &str, servers: &[String], args: &DisableArgs
     Ok(())
 }
 
-pub fn enable(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
-    let request = Request::Enable { pool: pool.to_owned(), servers: servers.to_vec() };
-    let (changes, data): (Vec<Change>, Value) = call(socket, &request)?;
+pub fn enable(socket: &Path, pool: &str, servers: &[String], force: bool, json: bool) -> anyhow::Result<()> {
+    let request = Request::Enable { pool: pool.to_owned(), servers: servers.to_vec(), force };
+    let (changes, data): (Vec<Change>, Value) = match call(socket, &request) {
+        Err(e) if refused_for(&e, ErrorCode::InMaintenance) => anyhow::bail!("{e} (add --force)"),
+        other => other?,
+    };
     if json {
         print_json(&data);
     } else {

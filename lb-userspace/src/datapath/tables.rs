@@ -63,7 +63,7 @@ fn server_entry(slot: &ServerSlot) -> Server {
     Server {
         addr: u32::from_ne_bytes(slot.address.octets()),
         port: slot.port.to_be(),
-        state: slot.admin.code(),
+        state: slot.code(),
         flags: if slot.shared_endpoint { server_flags::SHARED_ENDPOINT } else { 0 },
         identity: slot.identity,
     }
@@ -189,6 +189,7 @@ impl Tables {
                 source: record.source,
                 config_enabled: record.config_enabled.unwrap_or(true),
                 removing: true,
+                health: Default::default(),
             });
         }
         tables.services = services(config, previous);
@@ -320,6 +321,7 @@ fn member(
         source,
         config_enabled,
         removing: false,
+        health: Default::default(),
     }
 }
 

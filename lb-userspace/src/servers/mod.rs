@@ -2,6 +2,7 @@
 //! changes (`state`: states, transitions, the last-server guard) and the
 //! table of servers by id (`table`). Pure logic: no datapath, no clock.
 
+pub mod health;
 pub mod saved;
 pub mod state;
 pub mod table;

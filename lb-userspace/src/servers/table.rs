@@ -9,6 +9,7 @@ use lb_common::ServiceKey;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    health::Health,
     saved::ServerRecord,
     state::{AdminState, Source},
 };
@@ -38,12 +39,20 @@ pub struct ServerSlot {
     /// Gone from the config: it takes no new flow, and is forgotten once
     /// DISABLED (drained, its deadline reached, or at once).
     pub removing: bool,
+    /// What its health monitors found (the owner's view).
+    pub health: Health,
 }
 
 impl ServerSlot {
     /// Whether the server may take new flows (and so has Maglev slots).
     pub fn takes_new_flows(&self) -> bool {
-        self.admin == AdminState::Enabled && self.weight > 0 && !self.removing
+        self.admin == AdminState::Enabled && self.weight > 0 && !self.removing && self.health.serves()
+    }
+
+    /// The code the datapath reads: its administrative state, as its health
+    /// bends it (see [`Health::code`]).
+    pub fn code(&self) -> u8 {
+        self.health.code(&self.admin)
     }
 
     /// What the state file keeps of it.
@@ -182,6 +191,7 @@ mod tests {
             source: Source::Config,
             config_enabled: true,
             removing: false,
+            health: Health::default(),
         }
     }
 

@@ -79,10 +79,15 @@ pub fn disable(pool: String, body: &Value) -> Result<Request, ApiError> {
     Ok(Request::Disable { pool, servers, mode, force })
 }
 
-/// `{"servers":[...]}`
+/// `{"servers":[...],"force":false}`
 pub fn enable(pool: String, body: &Value) -> Result<Request, ApiError> {
-    let fields = known_fields(body, &["servers"])?;
-    Ok(Request::Enable { pool, servers: servers(fields)? })
+    let fields = known_fields(body, &["servers", "force"])?;
+    let force = match fields.get("force") {
+        None => false,
+        Some(Value::Bool(force)) => *force,
+        Some(_) => return Err(bad_field("force", "must be true or false")),
+    };
+    Ok(Request::Enable { pool, servers: servers(fields)?, force })
 }
 
 /// `{"force":false,"dry_run":false}` (both optional).

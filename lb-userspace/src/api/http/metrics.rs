@@ -181,6 +181,8 @@ mod tests {
             deadline_left_ms: Some(1500),
             source: crate::api::model::Source::Operator,
             removing: false,
+            health: None,
+            last_check: None,
             packets_to: 10,
             bytes_to: 1000,
             packets_from: 9,

@@ -138,7 +138,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BadRequest | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
         ErrorCode::RestartNeeded => StatusCode::CONFLICT,
         ErrorCode::UnknownPool | ErrorCode::UnknownServer => StatusCode::NOT_FOUND,
-        ErrorCode::LastServer => StatusCode::CONFLICT,
+        ErrorCode::LastServer | ErrorCode::InMaintenance => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -1,0 +1,260 @@
+//! Where a health verdict changes what the datapath does (the owner's side
+//! of `crate::health`): a server found DOWN takes no new flow and its flows
+//! follow the pool's `on_down`; found UP again it takes new flows; a
+//! maintenance reply drains it as an operator's graceful disable would, and
+//! normal replies put it back unless an operator decided otherwise since.
+//!
+//! A pool whose servers in service are all DOWN keeps serving with all of
+//! them (fail-open): a balancer whose monitor broke must not drop
+//! everything. It says so loudly (an event, the log, `pool show`).
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::owner::{Owner, dp_err};
+use crate::{
+    api::model::EventKind,
+    config::{OnDown, format_duration},
+    datapath::ops::DatapathOps,
+    health::{CheckPlan, CheckTarget, tally::Change},
+    servers::{AdminState, ServerSlot, Source, Transition, health::Down},
+};
+
+/// A server's datapath code and whether it takes new flows.
+type Written = Vec<(u32, u8, bool)>;
+
+impl<D: DatapathOps> Owner<D> {
+    /// Applies a verdict of the monitors on `pool`/`server` (the server of
+    /// that identity: a reload may have replaced it).
+    pub fn apply_health(&mut self, pool: &str, server: &str, identity: u64, change: Change, now_ms: u64) {
+        let Some(slot) = self.servers.find(pool, server).filter(|s| s.identity == identity && !s.removing) else {
+            return;
+        };
+        let id = slot.id;
+        match change {
+            Change::Down { reason } => {
+                let before = self.written(pool);
+                let slot = self.servers.get_mut(id).expect("found");
+                slot.health.down = Some(Down { since_ms: now_ms, reason: reason.clone(), cut: false });
+                self.events.push(now_ms, pool, server, EventKind::Down, format!("DOWN: {reason}; no new flows"));
+                log::warn!("{pool}/{server} is DOWN: {reason}");
+                self.settle(pool, before, now_ms);
+            }
+            Change::Up => {
+                let before = self.written(pool);
+                self.servers.get_mut(id).expect("found").health.down = None;
+                self.events.push(now_ms, pool, server, EventKind::Up, "UP: takes new flows again".to_owned());
+                log::info!("{pool}/{server} is UP");
+                self.settle(pool, before, now_ms);
+            }
+            Change::MaintenanceBegins { matched, announced } => {
+                self.maintenance_begins(pool, id, &matched, announced, now_ms)
+            }
+            Change::MaintenanceEnds => self.maintenance_ends(pool, id, now_ms),
+        }
+    }
+
+    /// Each server of `pool`: its code, and whether it takes new flows.
+    fn written(&self, pool: &str) -> Written {
+        self.servers.pool(pool).map(|s| (s.id, s.code(), s.takes_new_flows())).collect()
+    }
+
+    /// Writes what a change of health did to `pool` (see the owner's note
+    /// on order): servers coming back and servers cut first, then the
+    /// hash rows, then servers that now only drain; the cut ones' flows are
+    /// terminated last.
+    fn settle(&mut self, pool: &str, before: Written, now_ms: u64) {
+        self.mark_fail_open(pool, now_ms);
+        let after = self.written(pool);
+        let moved = |want: u8| -> Vec<u32> {
+            before.iter().zip(&after).filter(|(b, a)| b.1 != a.1 && a.1 == want).map(|(_, a)| a.0).collect()
+        };
+        use lb_common::server_state::{DISABLED, DRAINING, ENABLED};
+        let (first, cut, draining) = (moved(ENABLED), moved(DISABLED), moved(DRAINING));
+        let result = (|| {
+            for id in first.iter().chain(&cut) {
+                self.dp.write_server(self.servers.get(*id).expect("in pool")).map_err(dp_err("write a server"))?;
+            }
+            if before.iter().map(|b| b.2).ne(after.iter().map(|a| a.2)) {
+                self.write_rows(pool)?;
+            }
+            for id in &draining {
+                self.dp.write_server(self.servers.get(*id).expect("in pool")).map_err(dp_err("write a server"))?;
+            }
+            let cut: HashSet<u32> = cut.into_iter().collect();
+            if !cut.is_empty() {
+                let done = self.dp.terminate(&self.servers, &cut).map_err(dp_err("terminate flows"))?;
+                for id in cut {
+                    let s = self.servers.get(id).expect("in pool");
+                    let reset = done.reset_by_server.get(&id).copied().unwrap_or(0);
+                    let message = format!("DOWN and cut (on_down): {reset} live TCP flow(s) reset");
+                    self.events.push(now_ms, pool, &s.name.clone(), EventKind::Down, message);
+                }
+            }
+            Ok::<(), super::owner::ControlError>(())
+        })();
+        if let Err(e) = result {
+            log::error!("cannot apply the health of pool {pool}: {e}");
+        }
+    }
+
+    /// Sets each server's fail-open flag: on when every server of the pool
+    /// in service is DOWN.
+    fn mark_fail_open(&mut self, pool: &str, now_ms: u64) {
+        let in_service: Vec<&ServerSlot> =
+            self.servers.pool(pool).filter(|s| s.admin == AdminState::Enabled && s.weight > 0 && !s.removing).collect();
+        let all_down = !in_service.is_empty() && in_service.iter().all(|s| s.health.down.is_some());
+        let was = in_service.iter().any(|s| s.health.fail_open);
+        let ids: Vec<u32> = self.servers.pool(pool).map(|s| s.id).collect();
+        for id in ids {
+            self.servers.get_mut(id).expect("in pool").health.fail_open = all_down;
+        }
+        if all_down && !was {
+            let message = "every server in service is DOWN: serving with all of them (fail-open) until one is UP";
+            log::error!("pool {pool}: {message}");
+            self.events.push(now_ms, pool, "", EventKind::FailOpen, message.to_owned());
+        } else if was && !all_down {
+            self.events.push(now_ms, pool, "", EventKind::FailOpen, "a server is UP again: fail-open over".to_owned());
+        }
+    }
+
+    fn write_rows(&mut self, pool: &str) -> Result<(), super::owner::ControlError> {
+        for service in self.services.iter().filter(|s| s.pool == pool && s.leaving.is_none()) {
+            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
+        }
+        Ok(())
+    }
+
+    /// The earliest instant a DOWN server's flows are to be cut
+    /// (`on_down` with a duration), if any.
+    pub fn next_cut(&self) -> Option<u64> {
+        self.servers.iter().filter_map(|s| self.cut_at(s)).min()
+    }
+
+    fn cut_at(&self, s: &ServerSlot) -> Option<u64> {
+        let down = s.health.down.as_ref().filter(|d| !d.cut && !s.health.fail_open)?;
+        match self.config.pools.get(&s.pool)?.health.on_down {
+            OnDown::Terminate => Some(down.since_ms),
+            OnDown::After(d) => Some(down.since_ms + d.as_millis() as u64),
+            OnDown::Keep => None,
+        }
+    }
+
+    /// Cuts the flows of DOWN servers whose time has come.
+    pub fn enforce_cuts(&mut self, now_ms: u64) {
+        let due: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .filter(|s| self.cut_at(s).is_some_and(|at| at <= now_ms))
+            .map(|s| (s.pool.clone(), s.id))
+            .collect();
+        for (pool, id) in due {
+            let before = self.written(&pool);
+            if let Some(down) = self.servers.get_mut(id).and_then(|s| s.health.down.as_mut()) {
+                down.cut = true;
+            }
+            self.settle(&pool, before, now_ms);
+        }
+    }
+
+    /// A maintenance reply: an ENABLED server drains, by the pool's
+    /// `maintenance_timeout` or the drain it announced (within the pool's
+    /// maximum); a server an operator took out is left as it is.
+    fn maintenance_begins(&mut self, pool: &str, id: u32, matched: &str, announced: Option<Duration>, now_ms: u64) {
+        let Some(health) = self.config.pools.get(pool).map(|p| p.health.clone()) else { return };
+        let slot = self.servers.get_mut(id).expect("found");
+        slot.health.maintenance = true;
+        let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
+        if admin != AdminState::Enabled {
+            let message = format!("maintenance reply ({matched}); left {} as the {source} set it", admin.label());
+            self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+            return;
+        }
+        let timeout = announced.map(|a| a.min(health.max_maintenance_timeout)).or(health.maintenance_timeout);
+        let how = match (announced, timeout) {
+            (Some(a), Some(t)) if a > t => {
+                format!("it announced {}, bounded to {}", format_duration(a), format_duration(t))
+            }
+            (Some(_), Some(t)) => format!("it announced {}", format_duration(t)),
+            (None, Some(t)) => format!("for at most {}", format_duration(t)),
+            (_, None) => "until drained".to_owned(),
+        };
+        let message = format!("maintenance reply ({matched}): draining, {how}");
+        log::info!("{pool}/{name}: {message}");
+        self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+        let deadline_ms = timeout.map(|t| now_ms + t.as_millis() as u64);
+        let plan = vec![(name, Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms }))];
+        if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
+            log::error!("cannot drain {pool} for maintenance: {e}");
+        }
+    }
+
+    /// Normal replies again: back in service if the maintenance put it out
+    /// and nobody decided otherwise since.
+    fn maintenance_ends(&mut self, pool: &str, id: u32, now_ms: u64) {
+        let slot = self.servers.get_mut(id).expect("found");
+        slot.health.maintenance = false;
+        let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
+        if source != Source::Monitor || admin == AdminState::Enabled {
+            let message = format!("normal replies again; left {} as the {source} set it", admin.label());
+            self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+            return;
+        }
+        self.events.push(
+            now_ms,
+            pool,
+            &name,
+            EventKind::Maintenance,
+            "normal replies again: back in service".to_owned(),
+        );
+        let plan = vec![(name, Transition::Enable)];
+        if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
+            log::error!("cannot put {pool} back after maintenance: {e}");
+        }
+    }
+
+    /// What the monitors are to check: every server of a pool with monitors.
+    pub fn check_plan(&self) -> CheckPlan {
+        let mut plan = Vec::new();
+        for (pool, config) in &self.config.pools {
+            if config.health.monitors.is_empty() {
+                continue;
+            }
+            let monitors = Arc::new(config.health.monitors.clone());
+            for s in self.servers.pool(pool).filter(|s| !s.removing) {
+                plan.push(CheckTarget {
+                    pool: pool.clone(),
+                    server: s.name.clone(),
+                    identity: s.identity,
+                    address: s.address,
+                    port: s.port,
+                    monitors: Arc::clone(&monitors),
+                    in_maintenance: s.health.maintenance,
+                });
+            }
+        }
+        plan
+    }
+
+    /// Publishes what to check to `checks` from now on (and now).
+    pub fn publish_checks_to(&mut self, checks: watch::Sender<Arc<CheckPlan>>) {
+        checks.send_replace(Arc::new(self.check_plan()));
+        self.checks = Some(checks);
+    }
+
+    pub(super) fn publish_checks(&self) {
+        if let Some(checks) = &self.checks {
+            checks.send_replace(Arc::new(self.check_plan()));
+        }
+    }
+
+    /// At start: servers a monitor put in maintenance before the restart
+    /// are known to be so (an operator's enable is guarded; normal replies
+    /// put them back).
+    pub fn resume_maintenance(&mut self) {
+        for slot in self.servers.iter_mut() {
+            slot.health.maintenance = slot.source == Source::Monitor && slot.admin != AdminState::Enabled;
+        }
+    }
+}

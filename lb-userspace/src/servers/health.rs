@@ -1,0 +1,71 @@
+//! A server's operational state (what its health monitors found) beside its
+//! administrative state (what an operator set), and the one code the
+//! datapath reads that comes of both.
+
+use lb_common::server_state;
+
+use super::state::AdminState;
+
+/// What the monitors found, as the owner of the state applied it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// DOWN since this instant, with the reason (none: UP, or not checked
+    /// yet, or not monitored).
+    pub down: Option<Down>,
+    /// A monitor's reply says it is in maintenance.
+    pub maintenance: bool,
+    /// Every server of its pool that an operator left in service is DOWN:
+    /// all of them serve (the monitors, not the servers, may be broken).
+    pub fail_open: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Down {
+    pub since_ms: u64,
+    pub reason: String,
+    /// Its flows were terminated (`on_down` "terminate", or its deadline).
+    pub cut: bool,
+}
+
+impl Health {
+    /// Whether the monitors let it take new flows.
+    pub fn serves(&self) -> bool {
+        self.down.is_none() || self.fail_open
+    }
+
+    /// The code the datapath reads for a server in `admin`: the monitors
+    /// never put a server back that an operator took out; a DOWN server
+    /// takes no new flow (DRAINING), or none at all once cut (DISABLED).
+    pub fn code(&self, admin: &AdminState) -> u8 {
+        match (admin, &self.down) {
+            (AdminState::Enabled, Some(down)) if !self.fail_open => {
+                if down.cut {
+                    server_state::DISABLED
+                } else {
+                    server_state::DRAINING
+                }
+            }
+            _ => admin.code(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_comes_of_both_states() {
+        let down =
+            |cut| Health { down: Some(Down { since_ms: 1, reason: "refused".into(), cut }), ..Health::default() };
+        let e = AdminState::Enabled;
+        assert_eq!(Health::default().code(&e), server_state::ENABLED);
+        assert_eq!(down(false).code(&e), server_state::DRAINING, "DOWN: its flows go on, no new ones");
+        assert_eq!(down(true).code(&e), server_state::DISABLED, "cut");
+        let open = Health { fail_open: true, ..down(false) };
+        assert_eq!(open.code(&e), server_state::ENABLED);
+        assert!(open.serves() && !down(false).serves());
+        let disabled = AdminState::Disabled { since_ms: 1, reason: crate::servers::DisableReason::Immediate };
+        assert_eq!(Health::default().code(&disabled), server_state::DISABLED, "the operator's decision stands");
+    }
+}
