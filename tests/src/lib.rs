@@ -6,6 +6,7 @@ pub mod bed;
 pub mod bench;
 pub mod browser;
 pub mod fixture;
+pub mod health_server;
 pub mod http;
 pub mod load;
 pub mod netns;

@@ -302,9 +302,7 @@ impl<D: DatapathOps> Owner<D> {
         for (name, transition) in plan {
             let record = after.servers.get_mut(&(pool.to_owned(), name.clone())).expect("planned server is saved");
             let planned = servers::state::apply(&record.admin, *transition, now_ms);
-            if planned != record.admin {
-                record.source = source.unwrap_or(record.source);
-            }
+            record.source = decided_by(source, planned != record.admin, record.source);
             record.admin = planned;
         }
         // Written beside the state file now (a full or read-only file system
@@ -416,9 +414,9 @@ impl<D: DatapathOps> Owner<D> {
             let slot = self.servers.get_mut(id).expect("planned server exists");
             let from = slot.admin;
             slot.admin = servers::state::apply(&from, *transition, now_ms);
+            slot.source = decided_by(source, slot.admin != from, slot.source);
             if slot.admin != from {
                 moved.insert(name.clone());
-                slot.source = source.unwrap_or(slot.source);
             }
             changes.push(Change {
                 pool: pool.to_owned(),
@@ -532,6 +530,19 @@ impl<D: DatapathOps> Owner<D> {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Who a change leaves as the setter of a server's state: an operator's
+/// command or a config line is a decision even when the state was already
+/// so (disabling a server in maintenance keeps it out when its replies are
+/// normal again); a monitor's only when it moved the state; the end of a
+/// drain (no source) keeps who began it.
+fn decided_by(source: Option<Source>, moved: bool, was: Source) -> Source {
+    match source {
+        Some(Source::Monitor) if !moved => was,
+        Some(source) => source,
+        None => was,
     }
 }
 

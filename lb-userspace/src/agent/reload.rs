@@ -69,10 +69,11 @@ impl<D: DatapathOps> Owner<D> {
         if !restart.is_empty() {
             return Err(ControlError::RestartNeeded { settings: restart.join("; ") });
         }
-        let target = self.target(&new, now_ms)?;
+        let mut target = self.target(&new, now_ms)?;
         if !options.force {
             self.guard_reload(&target, now_ms)?;
         }
+        target.changes.extend(settings_changed(&self.config, &new));
         let changes = target.changes.clone();
         if options.dry_run || changes.is_empty() {
             return Ok(ReloadReport { applied: !options.dry_run, changes });
@@ -469,6 +470,37 @@ impl<D: DatapathOps> Owner<D> {
         }
         changes
     }
+}
+
+/// The settings a reload changes beside servers and services: flow
+/// timeouts, and each pool's rules and monitors.
+fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.flows != new.flows {
+        changes.push("flow timeouts or sweep interval changed".to_owned());
+    }
+    for (name, pool) in &new.pools {
+        let Some(was) = old.pools.get(name) else { continue };
+        let mut what = Vec::new();
+        if was.graceful_disable_timeout != pool.graceful_disable_timeout {
+            what.push("graceful_disable_timeout");
+        }
+        if was.health.monitors != pool.health.monitors {
+            what.push("monitors");
+        }
+        if was.health.on_down != pool.health.on_down {
+            what.push("on_down");
+        }
+        if (was.health.maintenance_timeout, was.health.max_maintenance_timeout)
+            != (pool.health.maintenance_timeout, pool.health.max_maintenance_timeout)
+        {
+            what.push("maintenance timeouts");
+        }
+        if !what.is_empty() {
+            changes.push(format!("pool {name}: {} changed", what.join(", ")));
+        }
+    }
+    changes
 }
 
 /// The members of a pool's Maglev row, to tell whether it must be rewritten.

@@ -204,14 +204,28 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
             left(l.deadline_left_ms)
         );
     }
+    let monitored = view.servers.iter().any(|s| s.health.is_some());
     println!(
-        "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}",
-        "SERVER", "ADDRESS", "WEIGHT", "STATE", "SOURCE", "FLOWS", "DEADLINE", "NEW FLOWS"
+        "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}{}",
+        "SERVER",
+        "ADDRESS",
+        "WEIGHT",
+        "STATE",
+        "SOURCE",
+        "FLOWS",
+        "DEADLINE",
+        "NEW FLOWS",
+        if monitored { "  HEALTH  (LAST CHECK)" } else { "" }
     );
     for s in view.servers {
         let state = if s.removing { format!("removing: {}", s.label()) } else { s.label().to_string() };
+        let health = match (&s.health, &s.last_check) {
+            (Some(health), Some(last)) => format!("  {health}  ({last})"),
+            (Some(health), None) => format!("  {health}"),
+            _ => String::new(),
+        };
         println!(
-            "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}",
+            "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}{health}",
             s.name,
             s.address,
             s.weight,

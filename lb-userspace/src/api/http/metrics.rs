@@ -110,6 +110,12 @@ fn servers(out: &mut Exposition, pools: &[PoolView]) {
             }
         }
     }
+    out.family(
+        "lb_server_up",
+        "gauge",
+        "Whether a server's health monitors find it UP (1) or DOWN (0); only servers of pools with monitors.",
+    );
+    each(out, "lb_server_up", &|s| s.health.as_ref().map(|h| u64::from(!h.starts_with("DOWN"))));
     out.family("lb_server_weight", "gauge", "A server's weight in its pool (0: no new flows).");
     each(out, "lb_server_weight", &|s| Some(u64::from(s.weight)));
     out.family("lb_server_active_flows", "gauge", "Live flows of a server at the last count of the flow table.");

@@ -1,0 +1,286 @@
+//! Health monitors with real servers in namespaces and real replies: a
+//! server whose health endpoint stops answering goes DOWN and its flows
+//! follow `on_down`; maintenance replies (a status, a string, an announced
+//! drain) drain it and normal replies put it back; the operator's decision
+//! wins; a restarted agent keeps what it knew; checks are never balanced;
+//! a pool whose servers are all DOWN keeps serving (fail-open).
+
+use std::{
+    io::ErrorKind,
+    time::{Duration, Instant},
+};
+
+use testbed::{
+    bed::{Bed, EVERY_100MS, bed_of, wait_for},
+    health_server::{HealthServer, Reply},
+    servers::Session,
+    topology::{Topology, VIP},
+};
+
+const HEALTH_PORT: u16 = 8080;
+/// Checks every 300 ms, 200 ms to answer, rise 2, fall 2: DOWN within
+/// about 0.8 s of the first failure.
+const MONITOR: &str = "interval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nport = 8080\n";
+
+/// The echo service (VIP:7, pool p7 of every server) with `pool` lines
+/// (on_down, ...) and one monitor with `monitor` lines (kind, ...).
+fn config(t: &Topology, pool: &str, monitor: &str) -> String {
+    let mut text = t.config(&[], "");
+    text.push_str(&format!("[[services]]\nvip = \"{VIP}\"\nport = 7\nprotocol = \"tcp\"\npool = \"p7\"\n"));
+    text.push_str(&format!("[pools.p7]\n{pool}\n[[pools.p7.monitors]]\n{MONITOR}{monitor}\n"));
+    for s in &t.servers {
+        text.push_str(&format!("[[pools.p7.servers]]\nname = \"{}\"\naddress = \"{}\"\nport = 7007\n", s.name, s.addr));
+    }
+    text
+}
+
+/// A bed whose servers each have a health endpoint, answering before the
+/// agent starts.
+fn health_bed(n: usize, pool: &str, monitor: &str) -> (Bed, Vec<HealthServer>) {
+    let mut health = Vec::new();
+    let b = bed_of(n, |t| {
+        health = t.servers.iter().map(|s| HealthServer::start(&s.ns, HEALTH_PORT)).collect();
+        config(t, pool, monitor)
+    });
+    (b, health)
+}
+
+fn health_of(b: &Bed, name: &str) -> String {
+    b.server("p7", name)["health"].as_str().unwrap_or("none").to_owned()
+}
+
+fn wait_health(b: &Bed, name: &str, want: &str, timeout: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        let health = health_of(b, name);
+        if health.starts_with(want) {
+            return Instant::now();
+        }
+        assert!(start.elapsed() < timeout, "{name} is {health}, not {want}, after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(session: &Session, what: &str) {
+    let before = session.exchanges();
+    wait_for(what, Duration::from_secs(3), || session.exchanges() > before + 2);
+    assert!(session.ended().is_none(), "{what}: the session ended: {:?}", session.ended());
+}
+
+fn avoided(b: &Bed, name: &str) {
+    let reached = b.new_connections(40);
+    assert!(!reached.iter().any(|s| s == name), "new connections avoid {name}: {reached:?}");
+}
+
+fn reached(b: &Bed, name: &str) {
+    wait_for(&format!("a new connection on {name}"), Duration::from_secs(3), || {
+        b.new_connections(20).iter().any(|s| s == name)
+    });
+}
+
+#[test]
+fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
+    let (b, health) = health_bed(3, "on_down = \"keep\"", "kind = \"tcp\"");
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+
+    // keep: its connection goes on; no new connection reaches it.
+    let session = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    let failed = Instant::now();
+    health[0].set(Reply::Off);
+    let down = wait_health(&b, "s1", "DOWN (refused)", Duration::from_secs(3));
+    eprintln!("DOWN {:?} after the endpoint stopped listening", down - failed);
+    assert!(down - failed < Duration::from_millis(300 * 2 + 200 + 700), "fall x interval + timeout");
+    avoided(&b, "s1");
+    alive(&session, "a DOWN server's connection (on_down keep)");
+    assert_eq!(b.state("p7", "s1"), "ENABLED", "the operator's state is apart");
+    // It listens again: UP, and new connections reach it.
+    health[0].set(Reply::Ok);
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    reached(&b, "s1");
+
+    // terminate: its connections are reset at once.
+    let terminate = config(&b.topology, "on_down = \"terminate\"", "kind = \"tcp\"");
+    std::fs::write(&b.agent.config_path, terminate).unwrap();
+    b.lb(&["reload"]);
+    let session = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
+    health[1].set(Reply::Off);
+    let down = wait_health(&b, "s2", "DOWN", Duration::from_secs(3));
+    wait_for("s2's connection reset", Duration::from_secs(2), || session.ended().is_some());
+    assert_eq!(session.ended().unwrap().kind, ErrorKind::ConnectionReset);
+    assert!(session.ended().unwrap().at - down < Duration::from_millis(500));
+    health[1].set(Reply::Ok);
+
+    // A duration: its connections go on until then.
+    let after = config(&b.topology, "on_down = \"1500ms\"", "kind = \"tcp\"");
+    std::fs::write(&b.agent.config_path, after).unwrap();
+    b.lb(&["reload"]);
+    let session = Session::start(b.connect_to("s3"), "s3", EVERY_100MS);
+    health[2].set(Reply::Off);
+    let down = wait_health(&b, "s3", "DOWN", Duration::from_secs(3));
+    alive(&session, "a DOWN server's connection before on_down's deadline");
+    wait_for("s3's connection reset at on_down's deadline", Duration::from_secs(4), || session.ended().is_some());
+    let at = session.ended().unwrap().at - down;
+    assert!(at > Duration::from_millis(1200) && at < Duration::from_millis(2500), "reset {at:?} after DOWN");
+    let kinds: Vec<String> =
+        b.events().iter().filter(|e| e["server"] == "s1").map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
+    assert!(kinds.contains(&"down".to_owned()) && kinds.contains(&"up".to_owned()), "{kinds:?}");
+}
+
+#[test]
+fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
+    let pool = "maintenance_timeout = \"3s\"";
+    let monitor =
+        "kind = \"http\"\npath = \"/health\"\nmaintenance_codes = [503]\nmaintenance_string = \"maintenance\"";
+    let (b, health) = health_bed(3, pool, monitor);
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+
+    // 503: DRAINING (maintenance), its connection goes on until the timeout.
+    let session = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    let asked = Instant::now();
+    health[0].set(Reply::Status(503));
+    b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    assert_eq!(b.server("p7", "s1")["source"], "monitor");
+    assert!(health_of(&b, "s1").starts_with("UP"), "in maintenance, not DOWN");
+    avoided(&b, "s1");
+    alive(&session, "the connection of a server in maintenance");
+    wait_for("the reset at maintenance_timeout", Duration::from_secs(5), || session.ended().is_some());
+    let at = session.ended().unwrap().at - asked;
+    assert!(at > Duration::from_millis(2900) && at < Duration::from_millis(4500), "reset after {at:?}");
+    assert_eq!(b.state("p7", "s1"), "DISABLED (deadline)");
+    // Normal replies: ENABLED again, by itself.
+    health[0].set(Reply::Ok);
+    b.wait_state("p7", "s1", "ENABLED", Duration::from_secs(3));
+    reached(&b, "s1");
+
+    // The maintenance string in the body does the same (a connection keeps
+    // it draining).
+    let _on_s2 = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
+    health[1].set(Reply::Body("down for maintenance".into()));
+    b.wait_state("p7", "s2", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    // The operator wins: disabled meanwhile, normal replies leave it so.
+    b.lb(&["server", "disable", "p7", "s2"]);
+    health[1].set(Reply::Ok);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.state("p7", "s2"), "DISABLED (immediate)", "an operator's decision wins over the monitor's");
+    assert_eq!(b.server("p7", "s2")["source"], "operator");
+
+    // An operator's enable of a server that says it is in maintenance.
+    health[2].set(Reply::Status(503));
+    b.wait_state("p7", "s3", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    let (ok, _, stderr) = b.agent.lb(&["server", "enable", "p7", "s3"]);
+    assert!(!ok && stderr.contains("maintenance") && stderr.contains("--force"), "{stderr}");
+    assert_ne!(b.state("p7", "s3"), "ENABLED", "refused: nothing changed");
+    b.lb(&["server", "enable", "p7", "s3", "--force"]);
+    assert_eq!(b.state("p7", "s3"), "ENABLED");
+    let events = b.events();
+    let maintenance: Vec<&str> =
+        events.iter().filter(|e| e["kind"] == "maintenance").map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(maintenance.iter().any(|m| m.contains("status 503")), "the reply that caused it: {maintenance:?}");
+    assert!(maintenance.iter().any(|m| m.contains("\"maintenance\"")), "{maintenance:?}");
+}
+
+#[test]
+fn an_announced_drain_is_honoured_within_the_pools_maximum() {
+    let pool = "max_maintenance_timeout = \"2s\"";
+    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
+    let (b, health) = health_bed(3, pool, monitor);
+    wait_health(&b, "s2", "UP", Duration::from_secs(3));
+    // Connections keep them draining (with none, they would be drained at once).
+    let _sessions =
+        [Session::start(b.connect_to("s1"), "s1", EVERY_100MS), Session::start(b.connect_to("s2"), "s2", EVERY_100MS)];
+    health[0].set(Reply::WithHeader(503, "Drain-Timeout: 1".into()));
+    health[1].set(Reply::WithHeader(503, "Drain-Timeout: 600".into()));
+    b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    b.wait_state("p7", "s2", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    let left = |name: &str| b.server("p7", name)["deadline_left_ms"].as_u64().expect("a deadline");
+    assert!(left("s1") <= 1000, "s1 announced 1 s: {} ms left", left("s1"));
+    assert!(left("s2") <= 2000 && left("s2") > 1000, "s2 announced 600 s, bounded to 2 s: {} ms", left("s2"));
+    let events = b.events();
+    assert!(events.iter().any(|e| e["message"].as_str().unwrap().contains("bounded to 2s")), "{events:?}");
+}
+
+#[test]
+fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service() {
+    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
+    let (mut b, health) = health_bed(3, "", monitor);
+    wait_health(&b, "s3", "UP", Duration::from_secs(3));
+    let on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    health[0].set(Reply::Status(503));
+    b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    let on_s2 = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
+    b.agent.stop();
+    b.agent.restart();
+    // At once: s1 still in maintenance (no new connection), s2 and s3 serve.
+    assert_eq!(b.state("p7", "s1"), "DRAINING (maintenance (health monitor))");
+    let reached = b.new_connections(40);
+    assert!(!reached.iter().any(|s| s == "s1") && reached.iter().any(|s| s == "s3"), "{reached:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(["s2", "s3"].iter().all(|s| health_of(&b, s) == "UP"), "healthy servers stay in service");
+    alive(&on_s2, "a connection across the restart");
+    alive(&on_s1, "the connection of the server in maintenance, across the restart");
+    health[0].set(Reply::Ok);
+    b.wait_state("p7", "s1", "ENABLED", Duration::from_secs(3));
+}
+
+#[test]
+fn checks_are_neither_balanced_nor_counted_as_flows() {
+    let (b, health) = health_bed(2, "", "kind = \"http\"");
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    let stats = |b: &Bed| b.agent.lb_json(&["stats"]);
+    let new_flows =
+        |b: &Bed| -> u64 { ["s1", "s2"].iter().map(|s| b.server("p7", s)["new_flows"].as_u64().unwrap()).sum() };
+    let (before, answered) = (stats(&b), health[0].answered());
+    let flows_before = new_flows(&b);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = stats(&b);
+    assert!(health[0].answered() >= answered + 5, "the checks ran");
+    assert_eq!(new_flows(&b), flows_before, "no check became a flow");
+    for outcome in ["forward_new_flow", "forward_flow", "forward_reply"] {
+        assert_eq!(after["outcomes"][outcome], before["outcomes"][outcome], "{outcome} did not move");
+    }
+    assert_eq!(after["flow_table"]["flows"].as_u64().unwrap_or(0), 0, "the flow table holds no check");
+    assert!(after["outcomes"]["pass_not_for_us"].as_u64() > before["outcomes"]["pass_not_for_us"].as_u64());
+}
+
+#[test]
+fn a_pool_whose_servers_are_all_down_keeps_serving_with_all_of_them() {
+    let (b, health) = health_bed(2, "", "kind = \"tcp\"");
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    health[0].set(Reply::Off);
+    wait_health(&b, "s1", "DOWN", Duration::from_secs(3));
+    health[1].set(Reply::Off);
+    wait_health(&b, "s2", "DOWN (refused), serving", Duration::from_secs(3));
+    let reached = b.new_connections(40);
+    assert!(["s1", "s2"].iter().all(|s| reached.iter().any(|r| r == s)), "both serve: {reached:?}");
+    let events = b.events();
+    assert!(events.iter().any(|e| e["kind"] == "fail_open"), "said loudly: {events:?}");
+    assert!(b.agent.log().contains("fail-open"), "and in the log");
+    health[1].set(Reply::Ok);
+    wait_health(&b, "s2", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", "DOWN (refused)", Duration::from_secs(1));
+    avoided(&b, "s1");
+}
+
+#[test]
+fn a_udp_monitor_checks_a_dns_like_service() {
+    let mut health = Vec::new();
+    let mut b = bed_of(2, |t| {
+        health = t.servers.iter().map(|s| HealthServer::start(&s.ns, HEALTH_PORT)).collect::<Vec<_>>();
+        let mut text = t.config(&[], "");
+        text.push_str(&format!("[[services]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\npool = \"p53\"\n"));
+        text.push_str("[[pools.p53.monitors]]\nkind = \"udp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nsend = \"which\"\nexpect = \"s\"\n");
+        for s in &t.servers {
+            text.push_str(&format!(
+                "[[pools.p53.servers]]\nname = \"{}\"\naddress = \"{}\"\nport = 5353\n",
+                s.name, s.addr
+            ));
+        }
+        text
+    });
+    let udp_health = |b: &Bed, name: &str| b.server("p53", name)["health"].as_str().unwrap_or("").to_owned();
+    wait_for("s1 UP by UDP", Duration::from_secs(3), || udp_health(&b, "s1") == "UP");
+    b.udp[0].stop();
+    wait_for("s1 DOWN once its UDP server stops", Duration::from_secs(3), || udp_health(&b, "s1").starts_with("DOWN"));
+    assert!(udp_health(&b, "s2") == "UP");
+    assert!(b.server("p53", "s1")["last_check"].as_str().unwrap().starts_with("udp: "));
+}
