@@ -7,6 +7,8 @@
 pub mod drain;
 pub mod events;
 pub mod health;
+#[cfg(test)]
+mod health_tests;
 pub mod owner;
 #[cfg(test)]
 mod owner_tests;

@@ -55,6 +55,15 @@ pub(super) struct FakeDatapath {
     fail_maglev: bool,
 }
 
+/// The state the datapath would read: the code written.
+fn written(server: &ServerSlot) -> ServerState {
+    match server.code() {
+        lb_common::server_state::ENABLED => ServerState::Enabled,
+        lb_common::server_state::DRAINING => ServerState::Draining,
+        _ => ServerState::Disabled,
+    }
+}
+
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 fn name(id: u32) -> &'static str {
@@ -63,7 +72,7 @@ fn name(id: u32) -> &'static str {
 
 impl DatapathOps for FakeDatapath {
     fn write_server(&mut self, server: &crate::servers::ServerSlot) -> DatapathResult<()> {
-        self.writes.push(Write::Server(name(server.id), server.admin.state()));
+        self.writes.push(Write::Server(name(server.id), written(server)));
         Ok(())
     }
 
@@ -95,7 +104,7 @@ impl DatapathOps for FakeDatapath {
     }
 
     fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
-        self.writes.push(Write::NewServer(name(server.id), server.admin.state()));
+        self.writes.push(Write::NewServer(name(server.id), written(server)));
         Ok(())
     }
 

@@ -305,6 +305,48 @@ mod tests {
     }
 
     #[test]
+    fn monitors_parse_with_defaults_and_every_bad_setting_is_refused_with_its_key_path() {
+        let with = |monitor: &str, pool: &str| {
+            GOOD.replace(
+                "[[pools.web.servers]]\n        name = \"a\"",
+                &format!("[pools.web]\n{pool}\n[[pools.web.monitors]]\n{monitor}\n[[pools.web.servers]]\nname = \"a\""),
+            )
+        };
+        let c = Config::parse(&with("kind = \"http\"\nmaintenance_codes = [503]", "on_down = \"30s\""), Path::new("x"))
+            .expect("valid");
+        let health = &c.pools["web"].health;
+        let m = &health.monitors[0];
+        assert_eq!((m.interval, m.timeout, m.rise, m.fall), (Duration::from_secs(5), Duration::from_secs(2), 2, 2));
+        assert_eq!(
+            m.probe,
+            Probe::Http { method: "GET".into(), path: "/".into(), host: None, codes: vec![(200, 399)], expect: None }
+        );
+        assert_eq!(health.on_down, OnDown::After(Duration::from_secs(30)));
+        assert_eq!(health.maintenance_timeout, None, "until drained");
+
+        let bad = with(
+            "kind = \"http\"\ninterval = \"2s\"\ntimeout = \"2s\"\ncodes = [\"200-299\", \"700\"]\nmaintenance_codes = [500, 501, 502, 503, 504]",
+            "on_down = \"sometimes\"",
+        );
+        let p = problems(&bad);
+        for expected in [
+            "pools.web.monitors[0].timeout: must be below the interval",
+            "pools.web.monitors[0].codes: 700 is not a status code (100-599)",
+            "pools.web.monitors[0].maintenance_codes: 5 codes, at most 4",
+        ] {
+            assert!(p.iter().any(|x| x == expected), "{expected} in {p:?}");
+        }
+        assert!(p.iter().any(|x| x.starts_with("pools.web.on_down: ")), "{p:?}");
+        let p = problems(&with("kind = \"icmp\"", ""));
+        assert_eq!(p, ["pools.web.monitors[0].kind: unknown kind \"icmp\" (tcp, http or udp)"]);
+        let p = problems(&with("kind = \"udp\"\npath = \"/\"", ""));
+        assert!(p.contains(&"pools.web.monitors[0].path: not a setting of a udp monitor".to_owned()), "{p:?}");
+        assert!(p.contains(&"pools.web.monitors[0].send: a udp monitor needs a datagram to send".to_owned()), "{p:?}");
+        let p = problems(&with("kind = \"tcp\"\nmaintenance_codes = [503]", ""));
+        assert_eq!(p, ["pools.web.monitors[0].maintenance_codes: only an http monitor has status codes"]);
+    }
+
+    #[test]
     fn a_reload_says_which_settings_need_a_restart() {
         let c = Config::parse(GOOD, Path::new("lb.toml")).expect("valid config");
         let mut new = c.clone();

@@ -1,0 +1,97 @@
+//! The owner's side of health verdicts, with a fake datapath and a made-up
+//! clock: the order of writes when a server goes DOWN or UP, `on_down`,
+//! fail-open, and maintenance with the operator's decision winning.
+
+use std::time::Duration;
+
+use super::owner_tests::{T0, Write, names, owner_of, state, take_writes, web_config};
+use crate::{
+    api::model::{EventKind, ServerState, Source},
+    health::tally::Change,
+    servers::AdminState,
+};
+
+const ABC: [(&str, &str); 3] = [("a", ""), ("b", ""), ("c", "")];
+
+fn owner(test: &str, rule: &str) -> super::owner::Owner<super::owner_tests::FakeDatapath> {
+    owner_of(web_config(test, rule, &ABC, &[80]))
+}
+
+fn identity(owner: &super::owner::Owner<super::owner_tests::FakeDatapath>, name: &str) -> u64 {
+    owner.servers().find("web", name).unwrap().identity
+}
+
+fn down(reason: &str) -> Change {
+    Change::Down { reason: reason.into() }
+}
+
+#[test]
+fn a_down_server_leaves_the_rows_before_it_drains_and_comes_back_before_them() {
+    let mut owner = owner("health-order", "on_down = \"keep\"");
+    let a = identity(&owner, "a");
+    owner.apply_health("web", "a", a, down("refused"), T0);
+    assert_eq!(
+        take_writes(&mut owner),
+        [Write::Maglev(vec!["b", "c"]), Write::Server("a", ServerState::Draining)],
+        "no new flow is lost: the rows first"
+    );
+    assert_eq!(state(&owner, "a"), AdminState::Enabled, "the operator's state is apart");
+    owner.apply_health("web", "a", a, Change::Up, T0 + 1);
+    assert_eq!(take_writes(&mut owner), [Write::Server("a", ServerState::Enabled), Write::Maglev(vec!["a", "b", "c"])]);
+    let kinds: Vec<EventKind> = owner.snapshot(T0).events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Down, EventKind::Up]);
+}
+
+#[test]
+fn on_down_terminate_cuts_at_once_and_a_duration_at_its_time() {
+    let mut owner = owner("health-cut", "on_down = \"terminate\"");
+    owner.apply_health("web", "a", identity(&owner, "a"), down("timed out"), T0);
+    assert_eq!(owner.next_cut(), Some(T0));
+    take_writes(&mut owner);
+    owner.enforce_cuts(T0);
+    assert_eq!(take_writes(&mut owner), [Write::Server("a", ServerState::Disabled), Write::Terminate(vec!["a"])]);
+
+    let mut owner = super::owner_tests::owner_of(web_config("health-after", "on_down = \"30s\"", &ABC, &[80]));
+    owner.apply_health("web", "b", identity(&owner, "b"), down("refused"), T0);
+    assert_eq!(owner.next_cut(), Some(T0 + 30_000));
+    take_writes(&mut owner);
+    owner.enforce_cuts(T0 + 29_999);
+    assert!(take_writes(&mut owner).is_empty());
+    owner.enforce_cuts(T0 + 30_000);
+    assert!(take_writes(&mut owner).contains(&Write::Terminate(vec!["b"])));
+}
+
+#[test]
+fn when_every_server_is_down_all_serve() {
+    let mut owner = owner("health-open", "");
+    for name in ["a", "b"] {
+        owner.apply_health("web", name, identity(&owner, name), down("refused"), T0);
+    }
+    take_writes(&mut owner);
+    owner.apply_health("web", "c", identity(&owner, "c"), down("refused"), T0);
+    let writes = take_writes(&mut owner);
+    assert!(writes.contains(&Write::Maglev(vec!["a", "b", "c"])), "all serve again: {writes:?}");
+    assert!(owner.servers().iter().all(|s| s.health.fail_open && s.takes_new_flows()));
+    assert!(owner.snapshot(T0).events.iter().any(|e| e.kind == EventKind::FailOpen));
+    owner.apply_health("web", "b", identity(&owner, "b"), Change::Up, T0 + 1);
+    assert!(take_writes(&mut owner).contains(&Write::Maglev(vec!["b"])), "only the UP one once one is UP");
+}
+
+#[test]
+fn maintenance_drains_by_the_announced_time_within_the_maximum_and_ends_unless_an_operator_decided() {
+    let mut owner = owner("health-maint", "max_maintenance_timeout = \"2m\"");
+    let begins =
+        |secs| Change::MaintenanceBegins { matched: "status 503".into(), announced: Some(Duration::from_secs(secs)) };
+    owner.apply_health("web", "a", identity(&owner, "a"), begins(600), T0);
+    assert_eq!(state(&owner, "a"), AdminState::Draining { since_ms: T0, deadline_ms: Some(T0 + 120_000) });
+    assert_eq!(owner.servers().find("web", "a").unwrap().source, Source::Monitor);
+    let refused = owner.enable("web", &names(&["a"]), false, T0 + 1);
+    assert!(matches!(refused, Err(super::owner::ControlError::InMaintenance { .. })), "{refused:?}");
+    owner.apply_health("web", "a", identity(&owner, "a"), Change::MaintenanceEnds, T0 + 2);
+    assert_eq!(state(&owner, "a"), AdminState::Enabled, "back by itself");
+
+    owner.apply_health("web", "b", identity(&owner, "b"), begins(10), T0 + 3);
+    owner.disable("web", &names(&["b"]), crate::servers::DisableMode::Immediate, false, T0 + 4).unwrap();
+    owner.apply_health("web", "b", identity(&owner, "b"), Change::MaintenanceEnds, T0 + 5);
+    assert_eq!(state(&owner, "b").state(), ServerState::Disabled, "the operator's decision wins");
+}
