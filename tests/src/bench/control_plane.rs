@@ -210,6 +210,7 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
         ),
     );
     agent_memory(report, lb);
+    super::health_cost::run(report, lb);
 }
 
 /// Reads of the API while the agent purged a million flows.

@@ -6,6 +6,7 @@
 pub mod control_plane;
 pub mod datapath_cost;
 pub mod end_to_end;
+pub mod health_cost;
 pub mod pps;
 
 use std::{net::Ipv4Addr, ops::Range};
