@@ -273,7 +273,7 @@ function poolView(pool) {
       el("td", {}, box), el("td", { class: "name", text: s.name }), el("td", { class: "address hide-narrow" }),
       el("td", { class: "num weight hide-narrow" }),
       el("td", {}, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
-        el("span", { class: "countdown" }), " ", el("span", { class: "source" })),
+        el("span", { class: "countdown" }), " ", el("span", { class: "source" }), " ", el("span", { class: "health" })),
       el("td", { class: "num flows" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
   };
   const update = (row, s) => {
@@ -286,6 +286,11 @@ function poolView(pool) {
     // Who set it (the config or an operator), when it is out of service or leaving.
     const setBy = s.source === "config" ? "set by the config" : "set by an operator";
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
+    // The monitors' view, when it is not simply UP: DOWN (why), not checked yet.
+    const health = cell("health");
+    setText(health, s.health && s.health !== "UP" ? `· ${s.health}` : "");
+    health.classList.toggle("down", Boolean(s.health && s.health.startsWith("DOWN")));
+    health.title = s.last_check ? `last check: ${s.last_check}` : "";
     if (s.deadline_left_ms === null) deadlines.delete(s.name);
     else deadlines.set(s.name, performance.now() + s.deadline_left_ms);
     setText(cell("flows"), String(s.active_flows));

@@ -280,3 +280,21 @@ fn the_servers_tab_works_from_the_keyboard() {
         })
     });
 }
+
+#[test]
+fn the_servers_tab_shows_what_the_health_monitors_found() {
+    let monitor = "[[pools.p7.monitors]]\nkind = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\n";
+    let mut b = bed(2, monitor);
+    b.echo[0].stop();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    b.topology.lb.run(|| {
+        runtime.block_on(async {
+            let mut browser = Browser::start(&b.topology.lb, "dashboard-health", 1024, 700).await;
+            browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+            browser.wait_text(&cell("s1", "health"), 5 * SECOND, |t| t == "· DOWN (refused)").await;
+            assert_eq!(browser.text(&cell("s1", "state")).await, "ENABLED", "the operator's state is apart");
+            assert_eq!(browser.text(&cell("s2", "health")).await, "", "UP says nothing");
+            browser.screenshot("health-down").await;
+        })
+    });
+}
