@@ -229,6 +229,8 @@ fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
             browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "2 / 2").await;
             // Kept for the tab: a reload and another page ask nothing.
             browser.client.refresh().await.unwrap();
+            // The list is drawn after its first fetch: wait for it, then go on.
+            browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "2 / 2").await;
             browser.click("#pools a[href=\"#/pools/p7\"]").await;
             browser.wait_text(&cell("s1", "state"), 5 * SECOND, |t| t == "ENABLED").await;
             assert_eq!(browser.eval("return document.getElementById('token-dialog').open;").await, Value::Bool(false));
