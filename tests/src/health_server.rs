@@ -30,6 +30,8 @@ pub enum Reply {
     WithHeader(u16, String),
     /// Not listening: connections are refused.
     Off,
+    /// `200` and `500` in turn, starting with `500`: a flapping server.
+    Flapping,
 }
 
 pub struct HealthServer {
@@ -102,8 +104,13 @@ fn serve(first: TcpListener, port: u16, reply: &Mutex<Reply>, stop: &AtomicBool,
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut request = [0u8; 1024];
                 let _ = stream.read(&mut request);
+                let n = answered.fetch_add(1, Ordering::Relaxed);
+                let now = match now {
+                    Reply::Flapping if n % 2 == 0 => Reply::Status(500),
+                    Reply::Flapping => Reply::Ok,
+                    other => other,
+                };
                 let _ = stream.write_all(response(&now).as_bytes());
-                answered.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -116,7 +123,7 @@ fn response(reply: &Reply) -> String {
         Reply::Status(status) => (*status, String::new(), "status".to_owned()),
         Reply::Body(body) => (200, String::new(), body.clone()),
         Reply::WithHeader(status, header) => (*status, format!("{header}\r\n"), "status".to_owned()),
-        Reply::Off => unreachable!("not listening"),
+        Reply::Off | Reply::Flapping => unreachable!("not an answer"),
     };
     format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n{header}\r\n{body}", body.len())
 }

@@ -284,3 +284,25 @@ fn a_udp_monitor_checks_a_dns_like_service() {
     assert!(udp_health(&b, "s2") == "UP");
     assert!(b.server("p53", "s1")["last_check"].as_str().unwrap().starts_with("udp: "));
 }
+
+/// Rise 2, fall 2: a server that fails every other check never goes DOWN;
+/// once DOWN, one that passes every other check never comes back UP.
+#[test]
+fn a_flapping_server_obeys_rise_and_fall() {
+    let (b, health) = health_bed(2, "", "kind = \"http\"");
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    let checks = health[0].answered();
+    health[0].set(Reply::Flapping);
+    wait_for("ten checks", Duration::from_secs(6), || health[0].answered() >= checks + 10);
+    assert_eq!(health_of(&b, "s1"), "UP", "never two failures in a row");
+    health[0].set(Reply::Status(500));
+    wait_health(&b, "s1", "DOWN (wrong status 500)", Duration::from_secs(3));
+    let checks = health[0].answered();
+    health[0].set(Reply::Flapping);
+    wait_for("ten checks", Duration::from_secs(6), || health[0].answered() >= checks + 10);
+    assert!(health_of(&b, "s1").starts_with("DOWN"), "never two successes in a row");
+    let downs = b.events().iter().filter(|e| e["server"] == "s1" && e["kind"] == "down").count();
+    assert_eq!(downs, 1, "one transition, not one per flap");
+    health[0].set(Reply::Ok);
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+}
