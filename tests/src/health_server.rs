@@ -106,7 +106,7 @@ fn serve(first: TcpListener, port: u16, reply: &Mutex<Reply>, stop: &AtomicBool,
                 let _ = stream.read(&mut request);
                 let n = answered.fetch_add(1, Ordering::Relaxed);
                 let now = match now {
-                    Reply::Flapping if n % 2 == 0 => Reply::Status(500),
+                    Reply::Flapping if n.is_multiple_of(2) => Reply::Status(500),
                     Reply::Flapping => Reply::Ok,
                     other => other,
                 };
