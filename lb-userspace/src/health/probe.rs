@@ -122,8 +122,7 @@ async fn udp(to: SocketAddr, send: &str, expect: Option<&str>, signs: &Maintenan
 /// Closes a check's connection with a reset, as HAProxy does: no FIN
 /// exchange, and no socket left in TIME_WAIT (2,000 checks a second would
 /// leave 120,000 of them).
-fn close_at_once(stream: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
+pub fn close_at_once(stream: &impl std::os::fd::AsRawFd) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket descriptor the stream owns, and a `linger` of
     // the size given. Linger 0 makes close send a reset; it never blocks.

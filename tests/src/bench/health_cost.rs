@@ -109,17 +109,7 @@ fn bare_connects(duration: Duration) -> f64 {
     while started.elapsed() < duration {
         let to = SocketAddr::from((farm_addr(i % SERVERS), 7007));
         if let Ok(stream) = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: the stream's own socket, and a `linger` of the size given.
-            unsafe {
-                libc::setsockopt(
-                    stream.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
+            lb_userspace::health::probe::close_at_once(&stream);
         }
         i += 1;
         next += every;
