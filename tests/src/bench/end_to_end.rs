@@ -25,12 +25,33 @@ use crate::{
     agent::Agent,
     netns::{NetNs, must},
     servers::{Kind, Server, bulk_send},
-    topology::{ServiceSpec, Topology, VIP},
+    topology::{ServiceSpec, Topology, VIP, server_addr},
 };
 
 const SECTION: &str = "3. End to end through namespaces (ratio to the ceilings; higher is better, latency lower)";
 const HTTP_PORT: u16 = 80;
 const BULK_PORT: u16 = 9000;
+
+/// Routes `vip` in `ns` over `via` by a hash of each packet's 5-tuple, as
+/// an ECMP router does.
+///
+/// Not `fib_multipath_hash_policy=1`: for a forwarded packet that carries
+/// an L4 hash already, that policy takes the packet's own hash, and on veth
+/// a packet keeps the one its sending socket gave it. A TCP sender draws a
+/// new one at each retransmission timeout, so a long flow that lost a
+/// packet moved to another server, which answered with a reset (the
+/// bench's crash: "multipath route: long flow failed three times").
+/// Policy 3 hashes the fields named, whatever the packet carries.
+pub fn multipath_route(ns: &NetNs, vip: Ipv4Addr, via: &[Ipv4Addr]) {
+    ns.sysctl("net.ipv4.fib_multipath_hash_policy", "3");
+    // Source and destination address, protocol, source and destination port.
+    ns.sysctl("net.ipv4.fib_multipath_hash_fields", "0x0037");
+    let mut args = vec!["route".to_owned(), "add".to_owned(), format!("{vip}/32")];
+    for hop in via {
+        args.extend(["nexthop".to_owned(), "via".to_owned(), hop.to_string()]);
+    }
+    ns.ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
@@ -117,7 +138,7 @@ impl Bed {
         topology.client.ip(&["route", "add", "10.0.1.0/24", "via", "10.0.0.1"]);
         for (ns, keys) in [
             (&topology.client, &["net.ipv4.tcp_tw_reuse=1", "net.ipv4.tcp_timestamps=2"][..]),
-            (&topology.lb, &["net.ipv4.tcp_timestamps=2", "net.ipv4.fib_multipath_hash_policy=1"][..]),
+            (&topology.lb, &["net.ipv4.tcp_timestamps=2"][..]),
         ] {
             for kv in keys {
                 let (k, v) = kv.split_once('=').unwrap();
@@ -129,20 +150,7 @@ impl Bed {
         for s in &topology.servers {
             s.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
         }
-        topology.lb.ip(&[
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "nexthop",
-            "via",
-            "10.0.1.2",
-            "nexthop",
-            "via",
-            "10.0.2.2",
-            "nexthop",
-            "via",
-            "10.0.3.2",
-        ]);
+        multipath_route(&topology.lb, VIP, &[server_addr(1), server_addr(2), server_addr(3)]);
         let nginx = topology
             .servers
             .iter()
@@ -234,24 +242,29 @@ impl Bed {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    fn wrk(&self, target: Ipv4Addr, close: bool, seconds: u32) -> (f64, f64, f64) {
+    fn wrk(&self, target: Ipv4Addr, close: bool, seconds: u32) -> Result<(f64, f64, f64), String> {
         let mut cmd = self.topology.client.command("wrk");
         cmd.args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "--timeout", "2s"]);
         if close {
             cmd.args(["-H", "Connection: close"]);
         }
         cmd.arg(format!("http://{target}:{HTTP_PORT}/"));
-        let out = must(&mut cmd);
-        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+        let out = cmd.output().map_err(|e| format!("cannot run wrk: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("wrk failed ({}): {text}{}", out.status, String::from_utf8_lossy(&out.stderr)));
+        }
+        parse_wrk(&text).ok_or_else(|| format!("no rate in wrk's output: {text}"))
     }
 
-    fn measure(&self, contender: Contender, seconds: u32) -> Figures {
+    /// One round of `contender`, or why it failed.
+    fn measure(&self, contender: Contender, seconds: u32) -> Result<Figures, String> {
         self.clear_leftovers();
         let running = self.start(contender);
         let target = contender.target();
-        let (new_conns, _, _) = self.wrk(target, true, seconds);
+        let (new_conns, _, _) = self.wrk(target, true, seconds)?;
         self.clear_leftovers();
-        let (keepalive, _p50_ms, p99_ms) = self.wrk(target, false, seconds);
+        let (keepalive, _p50_ms, p99_ms) = self.wrk(target, false, seconds)?;
         // A fresh connection for the long flow; a transient failure (a reset
         // on connect, say) is retried twice, and reported.
         let mut attempt = 0;
@@ -260,11 +273,11 @@ impl Bed {
             match self.topology.client.run(|| bulk_send(target, BULK_PORT, Duration::from_secs(seconds as u64))) {
                 Ok(bits) => break bits,
                 Err(e) if attempt < 3 => eprintln!("bench: {}: long flow failed ({e}), trying again", contender.name()),
-                Err(e) => panic!("{}: long flow failed three times: {e}", contender.name()),
+                Err(e) => return Err(format!("long flow failed three times: {e}")),
             }
         };
         drop(running);
-        Figures { new_conns, keepalive, p99_ms, bulk_gbps: bulk / 1e9 }
+        Ok(Figures { new_conns, keepalive, p99_ms, bulk_gbps: bulk / 1e9 })
     }
 }
 
@@ -295,12 +308,8 @@ impl Drop for Running<'_> {
 }
 
 /// Requests per second, and p50 and p99 latency in ms, from wrk's output.
-fn parse_wrk(out: &str) -> (f64, f64, f64) {
-    let rate = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rate in wrk output:\n{out}"));
+fn parse_wrk(out: &str) -> Option<(f64, f64, f64)> {
+    let rate = out.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())?;
     let percentile = |p: &str| -> f64 {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(p))
@@ -317,38 +326,48 @@ fn parse_wrk(out: &str) -> (f64, f64, f64) {
             })
             .unwrap_or(f64::NAN)
     };
-    (rate, percentile("50%"), percentile("99%"))
+    Some((rate, percentile("50%"), percentile("99%")))
 }
 
 pub fn run(report: &mut Report, quick: bool, lb: &Path) {
     let (rounds, seconds) = if quick { (1, 2) } else { (5, 4) };
     let bed = Bed::new(lb);
-    let mut results: Vec<(Contender, Vec<Figures>)> = Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
+    // Each contender's rounds; a failed round is None (and reported).
+    let mut results: Vec<(Contender, Vec<Option<Figures>>)> = Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
     for round in 0..rounds {
         for (contender, figures) in &mut results {
-            let f = bed.measure(*contender, seconds);
-            eprintln!(
-                "bench: e2e round {} {:<28} {:>8.0} conn/s {:>8.0} req/s  p99 {:>6.2} ms  {:>5.2} Gbit/s",
-                round + 1,
-                contender.name(),
-                f.new_conns,
-                f.keepalive,
-                f.p99_ms,
-                f.bulk_gbps
-            );
-            figures.push(f);
+            match bed.measure(*contender, seconds) {
+                Ok(f) => {
+                    eprintln!(
+                        "bench: e2e round {} {:<28} {:>8.0} conn/s {:>8.0} req/s  p99 {:>6.2} ms  {:>5.2} Gbit/s",
+                        round + 1,
+                        contender.name(),
+                        f.new_conns,
+                        f.keepalive,
+                        f.p99_ms,
+                        f.bulk_gbps
+                    );
+                    figures.push(Some(f));
+                }
+                Err(why) => {
+                    report.failed(SECTION, format!("round {}: {}", round + 1, contender.name()), why);
+                    figures.push(None);
+                }
+            }
         }
     }
     // Medians per contender, then ratios to the ceilings.
-    let rounds_of = |c: Contender| -> &Vec<Figures> { &results.iter().find(|(x, _)| *x == c).unwrap().1 };
+    let rounds_of = |c: Contender| -> &Vec<Option<Figures>> { &results.iter().find(|(x, _)| *x == c).unwrap().1 };
     let med = |c: Contender, pick: fn(&Figures) -> f64| -> f64 {
-        let mut v: Vec<f64> = rounds_of(c).iter().map(pick).collect();
+        let mut v: Vec<f64> = rounds_of(c).iter().flatten().map(pick).collect();
         median(&mut v)
     };
     // Each round's contenders ran back to back: their ratio within a round
-    // is steadier than a ratio of medians taken over rounds.
+    // is steadier than a ratio of medians taken over rounds. Rounds where
+    // either failed are left out.
     let ratio = |c: Contender, ceiling: Contender, pick: fn(&Figures) -> f64| -> f64 {
-        let mut v: Vec<f64> = rounds_of(c).iter().zip(rounds_of(ceiling)).map(|(a, b)| pick(a) / pick(b)).collect();
+        let pairs = rounds_of(c).iter().zip(rounds_of(ceiling));
+        let mut v: Vec<f64> = pairs.filter_map(|(a, b)| Some(pick(a.as_ref()?) / pick(b.as_ref()?))).collect();
         median(&mut v)
     };
     type Metric = (&'static str, fn(&Figures) -> f64, &'static str);

@@ -8,6 +8,7 @@ pub mod datapath_cost;
 pub mod end_to_end;
 pub mod health_cost;
 pub mod pps;
+pub mod startup;
 
 use std::{net::Ipv4Addr, ops::Range};
 
@@ -31,10 +32,15 @@ pub struct Figure {
     pub target: Option<Target>,
     /// How it was measured, or figures for comparison.
     pub note: String,
+    /// Why it could not be measured (then `value` means nothing).
+    pub failed: Option<String>,
 }
 
 impl Figure {
     pub fn met(&self) -> Option<bool> {
+        if self.failed.is_some() {
+            return Some(false);
+        }
         self.target.map(|t| match t {
             Target::AtMost(limit) => self.value <= limit,
             Target::AtLeast(floor) => self.value >= floor,
@@ -58,9 +64,30 @@ impl Report {
         target: Option<Target>,
         note: impl Into<String>,
     ) {
-        let figure = Figure { section, name: name.into(), value, unit, target, note: note.into() };
+        let figure = Figure { section, name: name.into(), value, unit, target, note: note.into(), failed: None };
         eprintln!("bench: {:<58} {}", figure.name, format_value(figure.value, figure.unit));
         self.figures.push(figure);
+    }
+
+    /// A figure that could not be measured: said in the table and the
+    /// JSON (as not met), and the run goes on.
+    pub fn failed(&mut self, section: &'static str, name: impl Into<String>, why: impl Into<String>) {
+        let figure = Figure {
+            section,
+            name: name.into(),
+            value: f64::NAN,
+            unit: "",
+            target: None,
+            note: String::new(),
+            failed: Some(why.into()),
+        };
+        eprintln!("bench: {:<58} FAILED: {}", figure.name, figure.failed.as_deref().unwrap_or_default());
+        self.figures.push(figure);
+    }
+
+    /// Figures that could not be measured.
+    pub fn failures(&self) -> usize {
+        self.figures.iter().filter(|f| f.failed.is_some()).count()
     }
 
     pub fn table(&self) -> String {
@@ -85,14 +112,11 @@ impl Report {
                 Some(false) => "NO",
                 None => "-",
             };
-            out.push_str(&format!(
-                "  {:<58} {:>14}  {:<12} {:<4} {}\n",
-                f.name,
-                format_value(f.value, f.unit),
-                target,
-                met,
-                f.note
-            ));
+            let (value, note) = match &f.failed {
+                Some(why) => ("FAILED".to_owned(), why.as_str()),
+                None => (format_value(f.value, f.unit), f.note.as_str()),
+            };
+            out.push_str(&format!("  {:<58} {:>14}  {:<12} {:<4} {}\n", f.name, value, target, met, note));
         }
         out
     }
@@ -104,7 +128,7 @@ impl Report {
             "figures": self.figures.iter().map(|f| json!({
                 "section": f.section,
                 "name": f.name,
-                "value": f.value,
+                "value": if f.failed.is_some() { Value::Null } else { json!(f.value) },
                 "unit": f.unit,
                 "target": f.target.map(|t| match t {
                     Target::AtMost(v) => json!({"at_most": v}),
@@ -112,6 +136,7 @@ impl Report {
                 }),
                 "met": f.met(),
                 "note": f.note,
+                "failed": f.failed,
             })).collect::<Vec<_>>(),
         })
     }

@@ -5,6 +5,13 @@ use std::path::PathBuf;
 
 use testbed::bench::{self, Report};
 
+type Section<'a> = &'a dyn Fn(&mut Report, bool, &std::path::Path);
+
+/// A section's title for its failure line (the table groups by title).
+fn title_of(title: &str) -> &'static str {
+    Box::leak(format!("{title} (failed)").into_boxed_str())
+}
+
 fn main() {
     let mut quick = false;
     let mut json_path: Option<PathBuf> = None;
@@ -30,17 +37,27 @@ fn main() {
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let mut report = Report { quick, ..Report::default() };
     let started = std::time::Instant::now();
-    if wanted("datapath") {
-        bench::datapath_cost::run(&mut report, quick);
-    }
-    if wanted("pps") {
-        bench::pps::run(&mut report, quick);
-    }
-    if wanted("e2e") {
-        bench::end_to_end::run(&mut report, quick, &lb);
-    }
-    if wanted("control") {
-        bench::control_plane::run(&mut report, quick, &lb);
+    // A section that panics is reported as failed, and the others still run.
+    let sections: [(&str, &str, Section); 5] = [
+        ("datapath", "1. Datapath cost per packet", &|r, quick, _| bench::datapath_cost::run(r, quick)),
+        ("pps", "2. Packets per second", &|r, quick, _| bench::pps::run(r, quick)),
+        ("e2e", "3. End to end through namespaces", &|r, quick, lb| bench::end_to_end::run(r, quick, lb)),
+        ("control", "4. Control plane", &|r, quick, lb| bench::control_plane::run(r, quick, lb)),
+        ("start", "5. Agent start-up", &|r, quick, lb| bench::startup::run(r, quick, lb)),
+    ];
+    for (key, title, section) in sections {
+        if !wanted(key) {
+            continue;
+        }
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| section(&mut report, quick, &lb)));
+        if let Err(panic) = ran {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("panicked");
+            report.failed(title_of(title), format!("section {key}"), format!("crashed: {why}"));
+        }
     }
     let machine = machine();
     println!(
@@ -56,6 +73,10 @@ fn main() {
         let json = serde_json::to_string_pretty(&report.json(&machine)).expect("JSON");
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         println!("\nJSON: {}", path.display());
+    }
+    if report.failures() > 0 {
+        eprintln!("lb-bench: {} figure(s) could not be measured (FAILED above)", report.failures());
+        std::process::exit(1);
     }
 }
 
