@@ -27,7 +27,15 @@ fn pool_show_answers_at_once_while_an_immediate_disable_purges_a_million_flows()
     );
     assert_eq!(reads.flows_reset, 1_000_000);
     assert!(reads.reads >= 5, "the disable ({:?}) left no time to read: {} reads", reads.took, reads.reads);
-    assert!(reads.slowest < Duration::from_millis(50), "a read waited {:?} behind the purge", reads.slowest);
+    // A read that waited behind the purge would take about as long as the
+    // disable itself; how long that is depends on the machine (seconds on a
+    // debug build, more on a busy host), so the bound is a share of it.
+    assert!(
+        reads.slowest * 10 < reads.took,
+        "a read waited {:?} behind the purge (the disable took {:?})",
+        reads.slowest,
+        reads.took
+    );
     assert!(reads.saw_disabled, "readers saw s1 DISABLED only once its purge and resets were done");
     assert_eq!(reads.flows_left, 0, "every flow of s1 purged");
 }
