@@ -148,14 +148,16 @@ fn main() -> ExitCode {
 fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     match command {
         Command::Agent { config: path, check, datapath_log } => {
+            let mut startup = agent::startup::StartupClock::begin();
             let config = Config::load(&path)?;
+            startup.mark("config");
             if check {
                 println!("config is valid: {} service(s), {} pool(s)", config.services.len(), config.pools.len());
                 return Ok(());
             }
             // Re-read on `lb reload` and SIGHUP.
             let path = std::path::absolute(&path).unwrap_or(path);
-            agent::run(config, path, datapath_log)
+            agent::run(config, path, datapath_log, startup)
         }
         Command::Server {
             command: ServerCommand::Disable { pool, servers, graceful, timeout, until_drained, force, wait, json },

@@ -115,6 +115,18 @@ impl Agent {
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the agent again (after `kill` or `stop`) without waiting for
+    /// it: the caller times it, then calls [`Agent::wait_ready`].
+    pub fn restart_unwaited(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("agent log");
         let child = self
@@ -128,12 +140,11 @@ impl Agent {
             .spawn()
             .expect("start lb agent");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Ready when every interface's link pin exists (pinned after attach)
     /// and the log says so for this start.
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -179,6 +179,37 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
     assert!(maintenance.iter().any(|m| m.contains("\"maintenance\"")), "{maintenance:?}");
 }
 
+/// A server that said it was in maintenance and was then disabled by an
+/// operator is still checked: once it answers normally again, a plain
+/// enable is not refused (the refusal rests on what it says now).
+#[test]
+fn a_disabled_server_whose_maintenance_is_over_can_be_enabled_without_force() {
+    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
+    let (b, health) = health_bed(2, "", monitor);
+    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    // A connection keeps it draining (with none it would be drained at once).
+    let _on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
+    health[0].set(Reply::Status(503));
+    b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
+    b.lb(&["server", "disable", "p7", "s1"]);
+    let (ok, _, stderr) = b.agent.lb(&["server", "enable", "p7", "s1"]);
+    assert!(!ok && stderr.contains("maintenance"), "still in maintenance: refused ({stderr})");
+
+    health[0].set(Reply::Ok);
+    let normal_again = || {
+        b.events().iter().any(|e| {
+            e["server"] == "s1"
+                && e["kind"] == "maintenance"
+                && e["message"].as_str().unwrap().contains("normal replies")
+        })
+    };
+    wait_for("the monitor to see s1's normal replies", Duration::from_secs(5), normal_again);
+    assert_eq!(b.state("p7", "s1"), "DISABLED (immediate)", "the operator's decision stands meanwhile");
+    let (ok, _, stderr) = b.agent.lb(&["server", "enable", "p7", "s1"]);
+    assert!(ok, "its maintenance is over: the enable is not refused ({stderr})");
+    assert_eq!(b.state("p7", "s1"), "ENABLED");
+}
+
 #[test]
 fn an_announced_drain_is_honoured_within_the_pools_maximum() {
     let pool = "max_maintenance_timeout = \"2s\"";

@@ -43,7 +43,7 @@ enum Task {
         /// A smaller, faster run.
         #[arg(long)]
         quick: bool,
-        /// Only these sections: datapath, pps, e2e, control.
+        /// Only these sections: datapath, pps, e2e, control, start.
         #[arg(long)]
         only: Vec<String>,
     },

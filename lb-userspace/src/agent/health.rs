@@ -37,7 +37,8 @@ impl<D: DatapathOps> Owner<D> {
                 let before = self.written(pool);
                 let slot = self.servers.get_mut(id).expect("found");
                 slot.health.down = Some(Down { since_ms: now_ms, reason: reason.clone(), cut: false });
-                self.events.push(now_ms, pool, server, EventKind::Down, format!("DOWN: {reason}; no new flows"));
+                let what = if slot.admin == AdminState::Enabled { "no new flows" } else { "it is out of service" };
+                self.events.push(now_ms, pool, server, EventKind::Down, format!("DOWN: {reason}; {what}"));
                 log::warn!("{pool}/{server} is DOWN: {reason}");
                 self.settle(pool, before, now_ms);
             }

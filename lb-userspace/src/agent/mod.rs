@@ -17,7 +17,9 @@ pub mod reload;
 mod reload_tests;
 pub mod runtime;
 pub mod snapshot;
+pub mod startup;
 pub mod state_file;
+pub mod supervise;
 
 use std::{
     net::SocketAddr,
@@ -40,6 +42,7 @@ use tokio::{
 use self::{
     owner::Owner,
     runtime::{OwnerHandle, now_ms},
+    startup::StartupClock,
 };
 use crate::{
     api::{self, ops::Ops},
@@ -66,12 +69,19 @@ pub fn map_sizes(config: &Config) -> MapSizes {
 
 /// Runs the agent until SIGINT or SIGTERM; `config_path` is re-read on
 /// `lb reload` and SIGHUP.
-pub fn run(config: Config, config_path: PathBuf, datapath_log: DatapathLog) -> anyhow::Result<()> {
+pub fn run(
+    config: Config,
+    config_path: PathBuf,
+    datapath_log: DatapathLog,
+    mut startup: StartupClock,
+) -> anyhow::Result<()> {
     // First, so that a second agent of the same instance stops here, before
     // it touches the datapath.
     let listener = api::unix::bind(&config.api_socket)?;
     let socket = config.api_socket.clone();
-    let result = http_listener(&config).and_then(|http| start(config, config_path, listener, http, datapath_log));
+    let http = http_listener(&config);
+    startup.mark("API sockets");
+    let result = http.and_then(|http| start(config, config_path, listener, http, datapath_log, startup));
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -99,13 +109,16 @@ fn start(
     listener: StdUnixListener,
     http: Option<HttpListener>,
     datapath_log: DatapathLog,
+    mut startup: StartupClock,
 ) -> anyhow::Result<()> {
     let states = state_file::load(&config.state_file)?;
+    startup.mark("state file");
     let pins = pin_dir(&config.instance);
-    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log)
+    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log, &mut startup)
         .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
     let tables = Tables::apply(&mut dp, &config, states, now_ms())
         .context("cannot write the configuration into the datapath")?;
+    startup.mark("tables");
     let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
     let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
     for interface in &config.interfaces {
@@ -114,6 +127,7 @@ fn start(
             return Err(e).context("attach failed; detached from every interface");
         }
     }
+    startup.mark("attach");
     log::info!(
         "instance {}: {} service(s), {} server(s), attached to {}; maps pinned in {}; API on {}",
         config.instance,
@@ -153,6 +167,7 @@ fn start(
     owner.resume_maintenance();
     owner.started_at(now_ms());
     owner.save_states()?;
+    startup.mark("owner");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -160,7 +175,7 @@ fn start(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(owner, config_path, listener, http, readers));
+    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, startup));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     // XDP stays attached (its links are pinned): forwarding goes on with the
@@ -199,6 +214,7 @@ async fn serve(
     listener: StdUnixListener,
     http: Option<HttpListener>,
     readers: Readers,
+    mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
     let Readers { counters, reset_requests: requests, datapath_log } = readers;
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
@@ -225,15 +241,19 @@ async fn serve(
         ),
         None => None,
     };
+    startup.mark("runtime");
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
+    startup.mark("first snapshot");
     let (plan_tx, plan) = watch::channel(Arc::new(Vec::new()));
     owner.publish_checks_to(plan_tx);
     let (checks_tx, checks) = watch::channel(Arc::new(crate::health::Checks::new()));
     let (commands_tx, commands) = mpsc::channel(64);
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let (mut parts, owner_alive) = supervise::Parts::new();
     let owner_thread = {
         let shutdown = shutdown.clone();
         std::thread::Builder::new().name("owner".into()).spawn(move || {
+            let _alive = owner_alive;
             let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
             Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(
                 owner,
@@ -245,46 +265,45 @@ async fn serve(
         })?
     };
     let owner_handle = OwnerHandle::new(commands_tx);
-    tokio::spawn(reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
-    let monitors = crate::health::runner::Runner {
-        plan,
-        snapshots: snapshots.clone(),
-        owner: owner_handle.clone(),
-        view: checks_tx,
-    };
-    tokio::spawn(monitors.run(shutdown.clone()));
-    let ops = Arc::new(Ops::new(snapshots, checks, counters, owner_handle));
-    let api = tokio::spawn(api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
-    let http = http.map(|(listener, addr, token)| {
+    parts.spawn("SIGHUP", reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
+    let monitors = crate::health::runner::Runner { plan, owner: owner_handle.clone(), view: checks_tx };
+    parts.spawn("health monitors", monitors.run(shutdown.clone()));
+    startup.mark("tasks");
+    let startup = startup.finish();
+    log::info!("started in {}", startup.summary());
+    let ops = Arc::new(Ops::new(snapshots, checks, counters, owner_handle, startup));
+    parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
+    if let Some((listener, addr, token)) = http {
         let web =
             api::http::Web { ops: Arc::clone(&ops), token, limits: Default::default(), shutdown: shutdown.clone() };
         let token = if web.token.is_some() { "a token" } else { "no token: loopback only" };
         log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
-        tokio::spawn(api::http::serve(listener, Arc::new(web), shutdown.clone()))
-    });
+        parts.spawn("HTTP API", api::http::serve(listener, Arc::new(web), shutdown.clone()));
+    }
     // Resets are sent as soon as the datapath asks for them.
-    let resets = tokio::spawn(on_records(
-        requests,
-        "the reset requests",
-        |r| {
-            r.answer_all();
-        },
-        shutdown.clone(),
-    ));
+    let answer = |r: &mut ResetRequests| {
+        r.answer_all();
+    };
+    parts.spawn("reset requests", on_records(requests, "the reset requests", answer, shutdown.clone()));
     if let Some(reader) = datapath_log {
-        tokio::spawn(on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
+        parts.spawn("datapath log", on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
     }
-    let report = tokio::spawn(report_packets(ops, shutdown));
-    tokio::select! {
-        _ = interrupt.recv() => {},
-        _ = terminate.recv() => {},
-    }
+    parts.spawn("packet report", report_packets(ops, shutdown));
+    let stop = async {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    };
+    let fault = parts.until(stop).await;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(api, resets, report);
-    if let Some(http) = http {
-        let _ = http.await;
+    parts.join_all().await;
+    let owner = owner_thread.join();
+    if let Err(fault) = fault {
+        // The cause of a panic is in the log above (the panic's own line).
+        anyhow::bail!("{fault}: stopping, so that it is started again; XDP stays attached and forwards");
     }
-    let owner = owner_thread.join().map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
+    let owner = owner.map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
 }
 

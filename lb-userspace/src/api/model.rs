@@ -5,9 +5,11 @@
 //! On the wire (one JSON line each way): a [`Request`], then
 //! `{"ok":true,"data":...}` or `{"ok":false,"error":"...","code":"..."}`.
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+pub use crate::servers::state::{DisableMode, DisableReason, ServerState, Source, StateLabel, Why};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -50,181 +52,6 @@ pub enum Request {
 pub struct ReloadReport {
     pub applied: bool,
     pub changes: Vec<String>,
-}
-
-/// How an operator disables a server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum DisableMode {
-    /// Terminate every session now.
-    Immediate,
-    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
-    Graceful { timeout_ms: Option<u64> },
-}
-
-/// A server's administrative state, as the datapath reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ServerState {
-    /// Takes new flows (if its weight is above 0).
-    Enabled,
-    /// No new flows; existing flows go on.
-    Draining,
-    /// No flows at all: their packets are answered with a reset or dropped.
-    Disabled,
-}
-
-/// Who set a server's current state: the config (its `enabled` line, or its
-/// removal) or an operator (a command through the CLI or the API). The
-/// latest of the two wins (see `agent::reload`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Config,
-    /// A health monitor (a server's maintenance reply).
-    Monitor,
-    /// What the state file of an older agent (before the config could
-    /// disable servers) recorded.
-    #[default]
-    Operator,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Source::Config => "config",
-            Source::Monitor => "monitor",
-            Source::Operator => "operator",
-        })
-    }
-}
-
-/// Why a server is DISABLED.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DisableReason {
-    /// Disabled at once by an operator: its sessions were terminated.
-    Immediate,
-    /// Its drain deadline came: the sessions left were terminated.
-    Deadline,
-    /// Its last session ended on its own.
-    Drained,
-}
-
-/// Why a server is DRAINING or DISABLED, as people read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Why {
-    /// DRAINING with no deadline.
-    UntilDrained,
-    /// DRAINING until a deadline, or DISABLED when it came.
-    Deadline,
-    Immediate,
-    Drained,
-    /// DRAINING because a health monitor's reply says it is in maintenance.
-    Maintenance,
-}
-
-impl Why {
-    pub fn label(self) -> &'static str {
-        match self {
-            Why::UntilDrained => "until drained",
-            Why::Deadline => "deadline",
-            Why::Immediate => "immediate",
-            Why::Drained => "drained",
-            Why::Maintenance => "maintenance (health monitor)",
-        }
-    }
-}
-
-impl From<DisableReason> for Why {
-    fn from(reason: DisableReason) -> Why {
-        match reason {
-            DisableReason::Immediate => Why::Immediate,
-            DisableReason::Deadline => Why::Deadline,
-            DisableReason::Drained => Why::Drained,
-        }
-    }
-}
-
-impl fmt::Display for ServerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServerState::Enabled => "ENABLED",
-            ServerState::Draining => "DRAINING",
-            ServerState::Disabled => "DISABLED",
-        })
-    }
-}
-
-/// A state with its reason: "ENABLED", "DRAINING (until drained)",
-/// "DISABLED (immediate)". On the wire it is that string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateLabel {
-    pub state: ServerState,
-    pub why: Option<Why>,
-}
-
-impl fmt::Display for StateLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.why {
-            Some(why) => write!(f, "{} ({})", self.state, why.label()),
-            None => write!(f, "{}", self.state),
-        }
-    }
-}
-
-impl FromStr for StateLabel {
-    type Err = String;
-    fn from_str(text: &str) -> Result<StateLabel, String> {
-        let (state, why) = match text.split_once(" (") {
-            Some((state, rest)) => (state, Some(rest.strip_suffix(')').ok_or("unclosed reason")?)),
-            None => (text, None),
-        };
-        let state = match state {
-            "ENABLED" => ServerState::Enabled,
-            "DRAINING" => ServerState::Draining,
-            "DISABLED" => ServerState::Disabled,
-            other => return Err(format!("unknown state {other:?}")),
-        };
-        let why = match why {
-            None => None,
-            Some(label) => Some(
-                [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained, Why::Maintenance]
-                    .into_iter()
-                    .find(|w| w.label() == label)
-                    .ok_or_else(|| format!("unknown reason {label:?}"))?,
-            ),
-        };
-        Ok(StateLabel { state, why })
-    }
-}
-
-impl Serialize for StateLabel {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for StateLabel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StateLabel, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Why {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.label())
-    }
-}
-
-impl<'de> Deserialize<'de> for Why {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Why, D::Error> {
-        let label = String::deserialize(deserializer)?;
-        [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained, Why::Maintenance]
-            .into_iter()
-            .find(|w| w.label() == label)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {label:?}")))
-    }
 }
 
 /// What happened to a server.
@@ -375,12 +202,37 @@ pub struct LeavingServiceView {
 
 /// Every packet the datapath saw, by outcome: what it forwarded, passed,
 /// dropped, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub outcomes: BTreeMap<String, u64>,
     pub flow_table: FlowTableUse,
     #[serde(default)]
     pub reloads: ReloadStatus,
+    /// Where the agent's start-up took its time.
+    #[serde(default)]
+    pub startup: Startup,
+}
+
+/// How long the agent's start took, phase by phase, from the process's
+/// start until its API answered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Startup {
+    pub phases: Vec<StartupPhase>,
+    pub total_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartupPhase {
+    pub phase: String,
+    pub ms: f64,
+}
+
+impl Startup {
+    /// "1.2 ms config, 80.3 ms program load, ..."
+    pub fn summary(&self) -> String {
+        let phases: Vec<String> = self.phases.iter().map(|p| format!("{:.1} ms {}", p.ms, p.phase)).collect();
+        format!("{:.1} ms ({})", self.total_ms, phases.join(", "))
+    }
 }
 
 /// How the config's reloads went since the agent started (dry runs apart).
@@ -451,17 +303,6 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_labels_round_trip_as_strings() {
-        for text in ["ENABLED", "DRAINING (until drained)", "DRAINING (deadline)", "DISABLED (immediate)"] {
-            let label: StateLabel = text.parse().unwrap();
-            assert_eq!(label.to_string(), text);
-            assert_eq!(serde_json::to_string(&label).unwrap(), format!("\"{text}\""));
-        }
-        assert!("RUNNING".parse::<StateLabel>().is_err());
-        assert!("DISABLED (tired)".parse::<StateLabel>().is_err());
-    }
 
     #[test]
     fn the_wire_keeps_its_shape() {

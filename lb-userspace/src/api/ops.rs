@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::model::{
     ApiError, ErrorCode, Event, FlowTableUse, LeavingServiceView, PoolSummary, PoolView, Request, ServerState,
-    ServerView, Stats,
+    ServerView, Startup, Stats,
 };
 use crate::{
     agent::{runtime::OwnerHandle, snapshot::Snapshot},
@@ -26,6 +26,7 @@ pub struct Ops {
     checks: watch::Receiver<Arc<Checks>>,
     counters: Counters,
     owner: OwnerHandle,
+    startup: Startup,
 }
 
 impl Ops {
@@ -34,8 +35,9 @@ impl Ops {
         checks: watch::Receiver<Arc<Checks>>,
         counters: Counters,
         owner: OwnerHandle,
+        startup: Startup,
     ) -> Ops {
-        Ops { snapshots, checks, counters, owner }
+        Ops { snapshots, checks, counters, owner, startup }
     }
 
     /// Answers one request.
@@ -167,6 +169,7 @@ impl Ops {
                 evictions: evictions.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             },
             reloads: snapshot.reloads,
+            startup: self.startup.clone(),
         })
     }
 }

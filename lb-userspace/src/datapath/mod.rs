@@ -136,6 +136,14 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot clear the purge's server marks")]
+    ClearPurgeMarks(#[source] io::Error),
+    #[error("cannot pin the program at {path}")]
+    PinProgram {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot pin the XDP link of {interface} at {path}")]
     PinLink {
         interface: String,
@@ -154,6 +162,11 @@ pub struct MapSizes {
 }
 
 impl MapSizes {
+    /// Every map's name.
+    pub(super) fn layout_names() -> Vec<&'static str> {
+        MapSizes { max_flows: 1, max_services: 1, max_servers: 1 }.layout().iter().map(|(name, ..)| *name).collect()
+    }
+
     /// (map, key size, value size, max entries) of every map.
     pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 19] {
         use std::mem::size_of;
@@ -209,6 +222,16 @@ pub struct Maps {
 }
 
 impl Maps {
+    /// Clears every server's purge mark: an agent that died during a purge
+    /// leaves its marks in the pinned map, and the next purge would free
+    /// those servers' flows too.
+    fn clear_purge_marks(&mut self, max_servers: u32) -> Result<(), DatapathError> {
+        let keys: Vec<u32> = (0..max_servers).collect();
+        let zeros = vec![0u8; keys.len()];
+        bpf_batch::update_batch(self.purge_servers.map().fd().as_fd(), &keys, &zeros)
+            .map_err(|source| DatapathError::ClearPurgeMarks(source))
+    }
+
     pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
         self.reverse_nat.map().fd().as_fd()
     }
@@ -231,9 +254,35 @@ struct Attached {
     link: PinnedLink,
 }
 
+/// The balancing and purge programs: loaded and verified by this agent, or
+/// taken over from the pins of an agent of the same build (a restart skips
+/// the verifier, most of a start's time).
+enum Programs {
+    Loaded(Ebpf),
+    Pinned { lb: Xdp, purge: Xdp },
+}
+
+impl Programs {
+    fn get(&self, name: &'static str) -> &Xdp {
+        match self {
+            Programs::Loaded(ebpf) => ebpf.program(name).and_then(|p| p.try_into().ok()).expect("loaded"),
+            Programs::Pinned { lb, .. } if name == PROGRAM => lb,
+            Programs::Pinned { purge, .. } => purge,
+        }
+    }
+
+    fn get_mut(&mut self, name: &'static str) -> &mut Xdp {
+        match self {
+            Programs::Loaded(ebpf) => ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded"),
+            Programs::Pinned { lb, .. } if name == PROGRAM => lb,
+            Programs::Pinned { purge, .. } => purge,
+        }
+    }
+}
+
 /// The loaded XDP program and its maps.
 pub struct Datapath {
-    ebpf: Ebpf,
+    programs: Programs,
     pub maps: Maps,
     pin_dir: Option<PathBuf>,
     attached: Vec<Attached>,
@@ -243,53 +292,74 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the program with its maps pinned in `pin_dir` (reused if there).
-    pub fn load_pinned(pin_dir: &Path, sizes: MapSizes, log: ebpf_log::DatapathLog) -> Result<Datapath, DatapathError> {
+    pub fn load_pinned(
+        pin_dir: &Path,
+        sizes: MapSizes,
+        log: ebpf_log::DatapathLog,
+        startup: &mut crate::agent::startup::StartupClock,
+    ) -> Result<Datapath, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         check_pinned_maps(pin_dir, &sizes)?;
-        Self::load(Some(pin_dir), sizes, log)
+        startup.mark("pinned maps checked");
+        Self::load(Some(pin_dir), sizes, log, Some(startup))
     }
 
     /// Loads the program with private maps (datapath tests, benchmarks).
     pub fn load_unpinned(sizes: MapSizes) -> Result<Datapath, DatapathError> {
-        Self::load(None, sizes, ebpf_log::DatapathLog::Off)
+        Self::load(None, sizes, ebpf_log::DatapathLog::Off, None)
     }
 
-    fn load(pin_dir: Option<&Path>, sizes: MapSizes, log: ebpf_log::DatapathLog) -> Result<Datapath, DatapathError> {
+    fn load(
+        pin_dir: Option<&Path>,
+        sizes: MapSizes,
+        log: ebpf_log::DatapathLog,
+        mut startup: Option<&mut crate::agent::startup::StartupClock>,
+    ) -> Result<Datapath, DatapathError> {
+        let mut mark = |phase: &str| {
+            if let Some(clock) = startup.as_deref_mut() {
+                clock.mark(phase)
+            }
+        };
         let layout = sizes.layout();
-        // The purge's maps are not pinned: they only live during one purge,
-        // and marks left by an agent that died mid-purge would make the next
-        // agent's purges free those servers' flows too. Nor is the clock:
-        // each agent's program reads the clock that agent runs.
-        let scratch = [map_name::PURGE_REQUEST, map_name::PURGE_SERVERS, map_name::PURGED, map_name::CLOCK];
-        let pin_paths: Vec<(&str, PathBuf)> = pin_dir
-            .map(|dir| {
-                layout
-                    .iter()
-                    .filter(|(name, ..)| !scratch.contains(name))
-                    .map(|(name, ..)| (*name, dir.join(name)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
+        // Programs are pinned, and taken over, only without the datapath's
+        // log: its reader needs the object this agent loads.
+        let build = (log == ebpf_log::DatapathLog::Off).then(|| build_identity(&sizes, bucket_mask));
+        if let (Some(dir), Some(build)) = (pin_dir, build)
+            && let Some(mut dp) = Self::take_over(dir, build)?
+        {
+            mark("programs and maps taken over from the pins");
+            dp.maps.clear_purge_marks(sizes.max_servers)?;
+            return Ok(dp);
+        }
         let mut loader = EbpfLoader::new();
         // The flow table's size, as a constant the verifier sees.
-        let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
         loader.override_global("FLOW_BUCKET_MASK", &bucket_mask, true);
         log.set_level(&mut loader);
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
         }
+        // Every map is pinned, so that an agent of the same build can take
+        // the programs over with the maps they use.
+        let pin_paths: Vec<(&str, PathBuf)> =
+            pin_dir.map(|dir| layout.iter().map(|(name, ..)| (*name, dir.join(name))).collect()).unwrap_or_default();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
+        mark("object and maps");
         for name in [PROGRAM, PURGE_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
+            mark(if name == PROGRAM { "program verified" } else { "purge program verified" });
+        }
+        if let (Some(dir), Some(build)) = (pin_dir, build) {
+            pin_programs(&mut ebpf, dir, build)?;
         }
         let format = ebpf
             .map_mut(map_name::MAPS_FORMAT)
@@ -297,12 +367,46 @@ impl Datapath {
         let mut format: Array<_, u32> =
             Array::try_from(format).map_err(|e| DatapathError::Map { name: map_name::MAPS_FORMAT, source: Some(e) })?;
         format.set(0, lb_common::MAPS_FORMAT, 0).map_err(DatapathError::WriteFormat)?;
-        let maps = take_maps(&mut ebpf)?;
+        let mut maps = take_maps(|name| ebpf.take_map(name))?;
+        maps.clear_purge_marks(sizes.max_servers)?;
+        mark("maps mapped");
         let log_reader = match log {
             ebpf_log::DatapathLog::Off => None,
             _ => Some(ebpf_log::reader(&mut ebpf).map_err(DatapathError::Log)?),
         };
-        Ok(Datapath { ebpf, maps, pin_dir: pin_dir.map(Path::to_owned), attached: Vec::new(), log_reader })
+        Ok(Datapath {
+            programs: Programs::Loaded(ebpf),
+            maps,
+            pin_dir: pin_dir.map(Path::to_owned),
+            attached: Vec::new(),
+            log_reader,
+        })
+    }
+
+    /// The programs an agent of this build pinned, and every map from its
+    /// pin; none if any is missing (then the object is loaded).
+    fn take_over(dir: &Path, build: u64) -> Result<Option<Datapath>, DatapathError> {
+        let (lb_pin, purge_pin) = program_pins(dir, build);
+        let layout = MapSizes::layout_names();
+        if !lb_pin.exists() || !purge_pin.exists() || layout.iter().any(|name| !dir.join(name).exists()) {
+            return Ok(None);
+        }
+        let program = |name: &'static str, path: &Path| {
+            Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|source| DatapathError::Program { name, source })
+        };
+        let (lb, purge) = (program(PROGRAM, &lb_pin)?, program(PURGE_PROGRAM, &purge_pin)?);
+        let maps = take_maps(|name| {
+            let data = MapData::from_pin(dir.join(name)).ok()?;
+            aya::maps::Map::from_map_data(data).ok()
+        })?;
+        Ok(Some(Datapath {
+            programs: Programs::Pinned { lb, purge },
+            maps,
+            pin_dir: Some(dir.to_owned()),
+            attached: Vec::new(),
+            log_reader: None,
+        }))
     }
 
     /// The reader of the datapath's log records, if it logs (once).
@@ -311,19 +415,17 @@ impl Datapath {
     }
 
     pub fn program(&self) -> &Xdp {
-        self.ebpf.program(PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load")
+        self.programs.get(PROGRAM)
     }
 
     /// The purge program, with the maps its runs use (exclusively: it has
     /// one request).
     pub(crate) fn purge_program(&mut self) -> (&Xdp, &mut Maps) {
-        let program =
-            self.ebpf.program(PURGE_PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load");
-        (program, &mut self.maps)
+        (self.programs.get(PURGE_PROGRAM), &mut self.maps)
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
-        self.ebpf.program_mut(PROGRAM).and_then(|p| p.try_into().ok()).expect("loaded in Datapath::load")
+        self.programs.get_mut(PROGRAM)
     }
 
     /// Attaches to `interface` and pins the link. An existing pinned link
@@ -395,8 +497,45 @@ fn aya_mode(mode: XdpMode) -> AyaXdpMode {
     }
 }
 
-fn take_flow_table(ebpf: &mut Ebpf) -> Result<FlowTable, DatapathError> {
-    let mut array = |name: &'static str| match ebpf.take_map(name) {
+/// What identifies a build's programs as loaded: the object and the
+/// constants set at load (FNV-1a, stable across builds of the agent).
+fn build_identity(sizes: &MapSizes, bucket_mask: u32) -> u64 {
+    let constants = format!("{:?} {bucket_mask} {}", sizes.layout(), lb_common::MAPS_FORMAT);
+    object()
+        .iter()
+        .chain(constants.as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Where a build's two programs are pinned.
+fn program_pins(dir: &Path, build: u64) -> (PathBuf, PathBuf) {
+    (dir.join(format!("prog_{PROGRAM}_{build:016x}")), dir.join(format!("prog_purge_{build:016x}")))
+}
+
+/// Pins the programs just loaded for the next agent of this build, and
+/// removes the pins of other builds' programs.
+fn pin_programs(ebpf: &mut Ebpf, dir: &Path, build: u64) -> Result<(), DatapathError> {
+    let (lb_pin, purge_pin) = program_pins(dir, build);
+    for (name, path) in [(PROGRAM, &lb_pin), (PURGE_PROGRAM, &purge_pin)] {
+        let pin_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinProgram { path: path.clone(), source };
+        let _ = std::fs::remove_file(path);
+        let program: &mut Xdp = ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
+        program.pin(path).map_err(|e| pin_error(e.into()))?;
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| DatapathError::PinDir { path: dir.to_owned(), source })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("prog_") && path != lb_pin && path != purge_pin {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+fn take_flow_table(take: &mut impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Result<FlowTable, DatapathError> {
+    let mut array = |name: &'static str| match take(name) {
         Some(aya::maps::Map::Array(data)) => Ok(data),
         _ => Err(DatapathError::Map { name, source: None }),
     };
@@ -404,35 +543,35 @@ fn take_flow_table(ebpf: &mut Ebpf) -> Result<FlowTable, DatapathError> {
     FlowTable::new(flows, tags).map_err(DatapathError::FlowTable)
 }
 
-fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
-    fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-        ebpf: &mut Ebpf,
+/// Every map, typed, each from `take` (the loaded object, or the pins).
+fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Result<Maps, DatapathError> {
+    fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+        take: &mut impl FnMut(&'static str) -> Option<aya::maps::Map>,
         name: &'static str,
     ) -> Result<T, DatapathError> {
-        let map = ebpf.take_map(name).ok_or(DatapathError::Map { name, source: None })?;
+        let map = take(name).ok_or(DatapathError::Map { name, source: None })?;
         T::try_from(map).map_err(|e| DatapathError::Map { name, source: Some(e) })
     }
+    let t = &mut take;
     Ok(Maps {
-        services: take(ebpf, map_name::SERVICES)?,
-        vip_addrs: take(ebpf, map_name::VIP_ADDRS)?,
-        servers: take(ebpf, map_name::SERVERS)?,
-        maglev: take(ebpf, map_name::MAGLEV)?,
-        flows: take_flow_table(ebpf)?,
-        server_endpoints: take(ebpf, map_name::SERVER_ENDPOINTS)?,
-        reverse_nat: take(ebpf, map_name::REVERSE_NAT)?,
-        outcomes: take(ebpf, map_name::OUTCOMES)?,
-        evictions: take(ebpf, map_name::EVICTIONS)?,
-        server_stats: take(ebpf, map_name::SERVER_STATS)?,
-        filter: take(ebpf, map_name::FILTER)?,
-        next_hops: take(ebpf, map_name::NEXT_HOPS)?,
-        reset_requests: take(ebpf, map_name::RESET_REQUESTS)?,
-        purge_request: take(ebpf, map_name::PURGE_REQUEST)?,
-        purge_servers: take(ebpf, map_name::PURGE_SERVERS)?,
-        purged: take(ebpf, map_name::PURGED)?,
+        services: typed(t, map_name::SERVICES)?,
+        vip_addrs: typed(t, map_name::VIP_ADDRS)?,
+        servers: typed(t, map_name::SERVERS)?,
+        maglev: typed(t, map_name::MAGLEV)?,
+        flows: take_flow_table(t)?,
+        server_endpoints: typed(t, map_name::SERVER_ENDPOINTS)?,
+        reverse_nat: typed(t, map_name::REVERSE_NAT)?,
+        outcomes: typed(t, map_name::OUTCOMES)?,
+        evictions: typed(t, map_name::EVICTIONS)?,
+        server_stats: typed(t, map_name::SERVER_STATS)?,
+        filter: typed(t, map_name::FILTER)?,
+        next_hops: typed(t, map_name::NEXT_HOPS)?,
+        reset_requests: typed(t, map_name::RESET_REQUESTS)?,
+        purge_request: typed(t, map_name::PURGE_REQUEST)?,
+        purge_servers: typed(t, map_name::PURGE_SERVERS)?,
+        purged: typed(t, map_name::PURGED)?,
         clock: {
-            let map =
-                ebpf.take_map(map_name::CLOCK).ok_or(DatapathError::Map { name: map_name::CLOCK, source: None })?;
-            let aya::maps::Map::Array(map) = map else {
+            let Some(aya::maps::Map::Array(map)) = t(map_name::CLOCK) else {
                 return Err(DatapathError::Map { name: map_name::CLOCK, source: None });
             };
             Clock::start(map).map_err(DatapathError::StartClock)?

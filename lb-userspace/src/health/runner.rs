@@ -6,7 +6,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::{BinaryHeap, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -21,14 +21,7 @@ use super::{
     probe::{self, Outcome},
     tally::{self, Tally, Verdict},
 };
-use crate::{
-    agent::{
-        runtime::{OwnerHandle, now_ms, stopped},
-        snapshot::Snapshot,
-    },
-    api::model::Source,
-    servers::AdminState,
-};
+use crate::agent::runtime::{OwnerHandle, now_ms, stopped};
 
 /// Checks running at once, at most: the rest wait their turn.
 pub const MAX_CHECKS_IN_FLIGHT: usize = 256;
@@ -51,8 +44,6 @@ struct Checked {
     running: Vec<bool>,
     reported: (Verdict, bool),
     last: Option<LastCheck>,
-    /// An operator took it out of service: not checked.
-    skipped: bool,
 }
 
 /// A check's result (by the server's place in the list).
@@ -67,10 +58,12 @@ struct Done {
 /// When each monitor of each server (by place) is next due.
 type Due = BinaryHeap<Reverse<(Instant, usize, usize)>>;
 
-/// What the runner reads and where it reports.
+/// What the runner reads and where it reports. Every server of the plan is
+/// checked, those an operator took out of service too: what they say now
+/// (in maintenance or not, UP or DOWN) is what an enable is judged by, and
+/// the owner lets it change nothing else of their state.
 pub struct Runner {
     pub plan: watch::Receiver<Arc<CheckPlan>>,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub owner: OwnerHandle,
     pub view: watch::Sender<Arc<Checks>>,
 }
@@ -84,7 +77,6 @@ impl Runner {
         let mut due = Due::new();
         let mut generation = 0;
         adopt(&self.plan.borrow().clone(), &mut checked, &mut due, &mut generation);
-        mark_skipped(&mut checked, &self.snapshots.borrow());
         let mut publish = interval(PUBLISH_EVERY);
         let mut dirty = true;
         loop {
@@ -94,11 +86,7 @@ impl Runner {
                 Ok(()) = self.plan.changed() => {
                     let plan = self.plan.borrow_and_update().clone();
                     adopt(&plan, &mut checked, &mut due, &mut generation);
-                    mark_skipped(&mut checked, &self.snapshots.borrow());
                     dirty = true;
-                }
-                Ok(()) = self.snapshots.changed() => {
-                    mark_skipped(&mut checked, &self.snapshots.borrow_and_update());
                 }
                 Some(done) = done_rx.recv() => {
                     self.take(&mut checked, done).await;
@@ -108,7 +96,7 @@ impl Runner {
                     let Some(Reverse((at, i, monitor))) = due.pop() else { continue };
                     let Some(c) = checked.get_mut(i) else { continue };
                     due.push(Reverse((at + c.target.monitors[monitor].interval, i, monitor)));
-                    if c.skipped || c.running[monitor] {
+                    if c.running[monitor] {
                         continue;
                     }
                     c.running[monitor] = true;
@@ -175,7 +163,6 @@ fn adopt(plan: &CheckPlan, checked: &mut Vec<Checked>, due: &mut Due, generation
                 running: vec![false; monitors],
                 reported: (Verdict::Unknown, target.in_maintenance),
                 last: None,
-                skipped: false,
             },
         };
         for (m, monitor) in target.monitors.iter().enumerate() {
@@ -188,28 +175,6 @@ fn adopt(plan: &CheckPlan, checked: &mut Vec<Checked>, due: &mut Due, generation
 
 fn same_checks(a: &CheckTarget, b: &CheckTarget) -> bool {
     (a.address, a.port, a.identity) == (b.address, b.port, b.identity) && a.monitors == b.monitors
-}
-
-/// Servers an operator took out of service are not checked; one back in
-/// service is checked at its next turn, its first check deciding.
-fn mark_skipped(checked: &mut [Checked], snapshot: &Snapshot) {
-    let out: HashSet<(&str, &str)> = snapshot
-        .pools
-        .iter()
-        .flat_map(|p| {
-            p.servers
-                .iter()
-                .filter(|s| s.source == Source::Operator && matches!(s.admin, AdminState::Disabled { .. }))
-                .map(move |s| (p.name.as_str(), s.name.as_str()))
-        })
-        .collect();
-    for c in checked.iter_mut() {
-        let skipped = out.contains(&(c.key.0.as_str(), c.key.1.as_str()));
-        if c.skipped && !skipped {
-            c.tallies.iter_mut().for_each(|t| *t = Tally::fresh(t.maintenance));
-        }
-        c.skipped = skipped;
-    }
 }
 
 fn view(checked: &[Checked]) -> Checks {

@@ -4,11 +4,147 @@
 
 use std::time::Duration;
 
-use lb_common::server_state;
-use serde::{Deserialize, Serialize};
+use std::fmt;
 
-pub use crate::api::model::{DisableMode, DisableReason, Source};
-use crate::api::model::{ServerState, StateLabel, Why};
+use lb_common::server_state;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// How an operator disables a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum DisableMode {
+    /// Terminate every session now.
+    Immediate,
+    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
+    Graceful { timeout_ms: Option<u64> },
+}
+
+/// A server's administrative state, as the datapath reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerState {
+    /// Takes new flows (if its weight is above 0).
+    Enabled,
+    /// No new flows; existing flows go on.
+    Draining,
+    /// No flows at all: their packets are answered with a reset or dropped.
+    Disabled,
+}
+
+/// Who set a server's current state: the config (its `enabled` line, or its
+/// removal) or an operator (a command through the CLI or the API). The
+/// latest of the two wins (see `agent::reload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    /// A health monitor (a server's maintenance reply).
+    Monitor,
+    /// What the state file of an older agent (before the config could
+    /// disable servers) recorded.
+    #[default]
+    Operator,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Config => "config",
+            Source::Monitor => "monitor",
+            Source::Operator => "operator",
+        })
+    }
+}
+
+/// Why a server is DISABLED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisableReason {
+    /// Disabled at once by an operator: its sessions were terminated.
+    Immediate,
+    /// Its drain deadline came: the sessions left were terminated.
+    Deadline,
+    /// Its last session ended on its own.
+    Drained,
+}
+
+/// Why a server is DRAINING or DISABLED, as people read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// DRAINING with no deadline.
+    UntilDrained,
+    /// DRAINING until a deadline, or DISABLED when it came.
+    Deadline,
+    Immediate,
+    Drained,
+    /// DRAINING because a health monitor's reply says it is in maintenance.
+    Maintenance,
+}
+
+impl Why {
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::UntilDrained => "until drained",
+            Why::Deadline => "deadline",
+            Why::Immediate => "immediate",
+            Why::Drained => "drained",
+            Why::Maintenance => "maintenance (health monitor)",
+        }
+    }
+}
+
+impl From<DisableReason> for Why {
+    fn from(reason: DisableReason) -> Why {
+        match reason {
+            DisableReason::Immediate => Why::Immediate,
+            DisableReason::Deadline => Why::Deadline,
+            DisableReason::Drained => Why::Drained,
+        }
+    }
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerState::Enabled => "ENABLED",
+            ServerState::Draining => "DRAINING",
+            ServerState::Disabled => "DISABLED",
+        })
+    }
+}
+
+/// A state with its reason. On the wire: `{"state":"DRAINING","why":"deadline"}`;
+/// for people: "DRAINING (deadline)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateLabel {
+    pub state: ServerState,
+    pub why: Option<Why>,
+}
+
+impl fmt::Display for StateLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.why {
+            Some(why) => write!(f, "{} ({})", self.state, why.label()),
+            None => write!(f, "{}", self.state),
+        }
+    }
+}
+
+impl Serialize for Why {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
+    }
+}
+
+impl<'de> Deserialize<'de> for Why {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Why, D::Error> {
+        let label = String::deserialize(deserializer)?;
+        [Why::UntilDrained, Why::Deadline, Why::Immediate, Why::Drained, Why::Maintenance]
+            .into_iter()
+            .find(|w| w.label() == label)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {label:?}")))
+    }
+}
 
 /// A pool member's administrative state. Instants are milliseconds since
 /// the Unix epoch: deadlines are wall-clock instants, so a restarted agent

@@ -215,6 +215,7 @@ mod tests {
                 applied: 2,
                 refused: 1,
             },
+            startup: Default::default(),
         };
         let text = render("lb0", &[pool], &stats);
         assert!(text.contains("lb_config_last_reload_successful 0\n"), "{text}");
