@@ -12,7 +12,7 @@ use proptest::{
 use serde_json::Value;
 
 use crate::{
-    api::{http::body, model::Request},
+    api::{model::Request, wire},
     config::{Config, ConfigError, parse_duration},
 };
 
@@ -160,7 +160,7 @@ fn api_requests_of_any_shape_are_refused_by_field_never_a_panic() {
             // The Unix socket's requests.
             let _ = serde_json::from_value::<Request>(value.clone());
             // The HTTP API's change bodies: a refusal starts with its field.
-            let bodies = [body::disable, body::enable, body::reload];
+            let bodies = [wire::disable, wire::enable, wire::reload];
             for result in bodies.map(|parse| parse("web".into(), &value)) {
                 if let Err(e) = result {
                     let field = e.message.split(':').next().unwrap_or("");

@@ -139,9 +139,55 @@ async function pollEvents() {
   if (!first) for (const e of fresh) if (e.kind === "drained" || e.kind === "deadline") notice(e);
 }
 
+// An event's subject as people read it: "web/web-1", "pool web", "agent".
+function subjectText(subject) {
+  switch (subject.kind) {
+    case "server": return `${subject.pool}/${subject.server}`;
+    case "service": return `${subject.pool}: service ${subject.service}`;
+    case "pool": return `pool ${subject.pool}`;
+    default: return "agent";
+  }
+}
+
+// "DRAINING (deadline)", from a state and its reason.
+function stateText(label) {
+  return label.why ? `${label.state} (${label.why})` : label.state;
+}
+
+// "DOWN (wrong status 500)", "UNCHECKED", from a server's typed health.
+function reasonText(reason) {
+  switch (reason.kind) {
+    case "refused": return "refused";
+    case "reset": return "reset";
+    case "timed_out": return "timed out";
+    case "unreachable": return "unreachable";
+    case "not_http": return "not an HTTP reply";
+    case "wrong_status": return `wrong status ${reason.status}`;
+    case "string_not_found": return "string not found";
+    default: return reason.message || reason.kind;
+  }
+}
+
+function healthText(health) {
+  if (health.status === "up") return "UP";
+  if (health.status === "unchecked") return "UNCHECKED";
+  const down = health.reason ? `DOWN (${reasonText(health.reason)})` : "DOWN";
+  return health.fail_open ? `${down}, serving: every server is down` : down;
+}
+
+// "http: status 200, 1.2 ms, 0.4 s ago"
+function checkText(c) {
+  const found = c.result === "fail" && c.reason ? reasonText(c.reason)
+    : c.result === "maintenance" ? `maintenance (${c.maintenance})`
+    : c.status ? `status ${c.status}` : "answered";
+  return `${c.monitor}: ${found}, ${c.latency_ms.toFixed(1)} ms, ${(c.ago_ms / 1000).toFixed(1)} s ago`;
+}
+
+const SET_BY = { config: "set by the config", operator: "set by an operator", monitor: "set by its health monitor" };
+
 function notice(event) {
   const box = el("div", { class: "notice", role: "status" },
-    el("strong", { text: `${event.pool}/${event.server} ${event.kind}` }), `: ${event.message}`);
+    el("strong", { text: `${subjectText(event.subject)} ${event.kind}` }), `: ${event.message}`);
   const close = el("button", { type: "button", "aria-label": "Dismiss", text: "×" });
   close.addEventListener("click", () => box.remove());
   box.append(close);
@@ -150,10 +196,10 @@ function notice(event) {
 }
 
 function renderEvents(ol, pool) {
-  const shown = events.all.filter((e) => !pool || e.pool === pool).slice(-100).reverse();
+  const shown = events.all.filter((e) => !pool || e.subject.pool === pool).slice(-100).reverse();
   syncRows(ol, shown, (e) => String(e.id), (e) => el("li", {},
     el("time", { text: clock(e.time_ms) }), el("span", { class: "kind", text: e.kind }),
-    `${e.pool}/${e.server}: ${e.message}`), () => {});
+    `${subjectText(e.subject)}: ${e.message}`), () => {});
   if (!shown.length && !ol.children.length) ol.append(el("li", { "data-key": "none", text: "No events yet." }));
 }
 
@@ -200,7 +246,7 @@ function poolsPage() {
     el("div", { class: "table-wrap" }, el("table", { id: "pools" },
       el("thead", {}, el("tr", {},
         el("th", { text: "Pool" }), el("th", { text: "Services" }),
-        el("th", { class: "num", text: "Servers up / total" }), el("th", { class: "num", text: "Enabled" }),
+        el("th", { class: "num", text: "In service / total" }), el("th", { class: "num", text: "Enabled" }),
         el("th", { class: "num", text: "Draining" }), el("th", { class: "num", text: "Disabled" }),
         el("th", { class: "num", text: "Active flows" }), el("th", { class: "num", text: "New flows/s" }))),
       tbody)),
@@ -283,14 +329,14 @@ function poolView(pool) {
     cell("state").dataset.state = s.state;
     setText(cell("state"), s.state);
     setText(cell("why"), s.why ? `(${s.why})` : "");
-    // Who set it (the config or an operator), when it is out of service or leaving.
-    const setBy = s.source === "config" ? "set by the config" : "set by an operator";
+    // Who set it (the config, an operator, a monitor), when it is out of service or leaving.
+    const setBy = SET_BY[s.source] || `set by ${s.source}`;
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
     // The monitors' view, when it is not simply UP: DOWN (why), not checked yet.
     const health = cell("health");
-    setText(health, s.health && s.health !== "UP" ? `· ${s.health}` : "");
-    health.classList.toggle("down", Boolean(s.health && s.health.startsWith("DOWN")));
-    health.title = s.last_check ? `last check: ${s.last_check}` : "";
+    setText(health, s.health && s.health.status !== "up" ? `· ${healthText(s.health)}` : "");
+    health.classList.toggle("down", Boolean(s.health && s.health.status === "down"));
+    health.title = s.health && s.health.last_check ? `last check: ${checkText(s.health.last_check)}` : "";
     if (s.deadline_left_ms === null) deadlines.delete(s.name);
     else deadlines.set(s.name, performance.now() + s.deadline_left_ms);
     setText(cell("flows"), String(s.active_flows));
@@ -362,7 +408,7 @@ function poolActions(pool, checked, result, refresh) {
   const send = async (verb, body) => {
     try {
       const changes = await api("POST", `/api/v1/pools/${encodeURIComponent(pool)}/${verb}`, body);
-      const lines = changes.map((c) => `${c.server}: ${c.from} → ${c.to}` +
+      const lines = changes.map((c) => `${c.server}: ${stateText(c.from)} → ${stateText(c.to)}` +
         (c.flows_reset ? ` (${c.flows_reset} connections reset)` : ""));
       say("done", lines.length ? lines.join("; ") : "Nothing to change.");
     } catch (e) {

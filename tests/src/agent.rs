@@ -1,6 +1,10 @@
 //! The real agent (`lb agent`), run as a process in the balancer's namespace.
 //! The guard stops it and removes its pins and files, even if the test fails.
 
+use lb_userspace::api::{
+    client,
+    model::{Event, PoolSummary, PoolView, Request, Stats},
+};
 use std::{
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
@@ -87,6 +91,28 @@ impl Agent {
         let (ok, stdout, stderr) = self.lb(&args);
         assert!(ok, "lb {args:?} failed: {stderr}");
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("lb {args:?}: bad JSON ({e}): {stdout}"))
+    }
+
+    /// A request through the API socket, its answer typed; panics on a refusal.
+    pub fn ask<T: serde::de::DeserializeOwned>(&self, request: &Request) -> T {
+        client::ask(&self.socket(), request)
+            .unwrap_or_else(|e| panic!("{request:?}: {e}\n--- agent log ---\n{}", self.log()))
+    }
+
+    pub fn pool(&self, pool: &str) -> PoolView {
+        self.ask(&Request::PoolShow { pool: pool.to_owned() })
+    }
+
+    pub fn pools(&self) -> Vec<PoolSummary> {
+        self.ask(&Request::PoolList)
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.ask(&Request::Events { since: None })
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.ask(&Request::Stats)
     }
 
     pub fn pin_dir(&self) -> PathBuf {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use lb_userspace::api::model::{Event, EventKind, ServerView};
 
 use crate::{
     agent::Agent,
@@ -96,17 +96,14 @@ impl Bed {
         stdout
     }
 
-    pub fn server(&self, pool: &str, name: &str) -> Value {
-        let view = self.agent.lb_json(&["pool", "show", pool]);
-        view["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server in pool").clone()
+    pub fn server(&self, pool: &str, name: &str) -> ServerView {
+        let view = self.agent.pool(pool);
+        view.servers.into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no server {name} in {pool}"))
     }
 
+    /// Its state and why, as `lb pool show` writes it: "DRAINING (deadline)".
     pub fn state(&self, pool: &str, name: &str) -> String {
-        let s = self.server(pool, name);
-        match s["why"].as_str() {
-            Some(why) => format!("{} ({why})", s["state"].as_str().unwrap()),
-            None => s["state"].as_str().unwrap().to_owned(),
-        }
+        self.server(pool, name).label().to_string()
     }
 
     /// Waits up to `timeout` for `name`'s state; returns when it was seen.
@@ -122,8 +119,13 @@ impl Bed {
         }
     }
 
-    pub fn events(&self) -> Vec<Value> {
-        self.agent.lb_json(&["events"]).as_array().unwrap().clone()
+    pub fn events(&self) -> Vec<Event> {
+        self.agent.events()
+    }
+
+    /// The kinds of `server`'s events, oldest first.
+    pub fn event_kinds_of(&self, server: &str) -> Vec<EventKind> {
+        self.events().into_iter().filter(|e| e.subject.server_name() == Some(server)).map(|e| e.kind).collect()
     }
 }
 

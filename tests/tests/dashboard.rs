@@ -297,6 +297,9 @@ fn the_servers_tab_shows_what_the_health_monitors_found() {
             assert_eq!(browser.text(&cell("s1", "state")).await, "ENABLED", "the operator's state is apart");
             assert_eq!(browser.text(&cell("s2", "health")).await, "", "UP says nothing");
             browser.screenshot("health-down").await;
+            // The Pools page counts a DOWN server out of service.
+            browser.goto(&format!("http://{LOCAL_API}/#/pools")).await;
+            browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "1 / 2").await;
         })
     });
 }

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::api::model::{CheckResult, DownReason, EventKind, HealthStatus, HealthView, Source};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, wait_for},
     health_server::{HealthServer, Reply},
@@ -45,18 +46,40 @@ fn health_bed(n: usize, pool: &str, monitor: &str) -> (Bed, Vec<HealthServer>) {
     (b, health)
 }
 
-fn health_of(b: &Bed, name: &str) -> String {
-    b.server("p7", name)["health"].as_str().unwrap_or("none").to_owned()
+fn health_of(b: &Bed, name: &str) -> HealthView {
+    b.server("p7", name).health.unwrap_or_else(|| panic!("{name} is not monitored"))
 }
 
-fn wait_health(b: &Bed, name: &str, want: &str, timeout: Duration) -> Instant {
+/// The health a test waits for.
+#[derive(Debug)]
+enum Want {
+    Up,
+    Down,
+    DownFor(DownReason),
+    /// DOWN, and serving all the same (fail-open).
+    DownServing(DownReason),
+}
+
+impl Want {
+    fn seen_in(&self, h: &HealthView) -> bool {
+        let down = h.status == HealthStatus::Down;
+        match self {
+            Want::Up => h.status == HealthStatus::Up,
+            Want::Down => down,
+            Want::DownFor(reason) => down && h.reason.as_ref() == Some(reason) && !h.fail_open,
+            Want::DownServing(reason) => down && h.reason.as_ref() == Some(reason) && h.fail_open,
+        }
+    }
+}
+
+fn wait_health(b: &Bed, name: &str, want: Want, timeout: Duration) -> Instant {
     let start = Instant::now();
     loop {
         let health = health_of(b, name);
-        if health.starts_with(want) {
+        if want.seen_in(&health) {
             return Instant::now();
         }
-        assert!(start.elapsed() < timeout, "{name} is {health}, not {want}, after {timeout:?}");
+        assert!(start.elapsed() < timeout, "{name} is {}, not {want:?}, after {timeout:?}", health.label());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -81,21 +104,24 @@ fn reached(b: &Bed, name: &str) {
 #[test]
 fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
     let (b, health) = health_bed(3, "on_down = \"keep\"", "kind = \"tcp\"");
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 
     // keep: its connection goes on; no new connection reaches it.
     let session = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     let failed = Instant::now();
     health[0].set(Reply::Off);
-    let down = wait_health(&b, "s1", "DOWN (refused)", Duration::from_secs(3));
+    let down = wait_health(&b, "s1", Want::DownFor(DownReason::Refused), Duration::from_secs(3));
     eprintln!("DOWN {:?} after the endpoint stopped listening", down - failed);
     assert!(down - failed < Duration::from_millis(300 * 2 + 200 + 700), "fall x interval + timeout");
     avoided(&b, "s1");
+    let p7 = b.agent.pools().into_iter().find(|p| p.pool == "p7").expect("p7");
+    assert_eq!((p7.in_service, p7.down, p7.servers), (2, 1, 3), "a DOWN server is not in service");
+    assert!(!b.server("p7", "s1").takes_new_flows);
     alive(&session, "a DOWN server's connection (on_down keep)");
     assert_eq!(b.state("p7", "s1"), "ENABLED", "the operator's state is apart");
     // It listens again: UP, and new connections reach it.
     health[0].set(Reply::Ok);
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     reached(&b, "s1");
 
     // terminate: its connections are reset at once.
@@ -104,7 +130,7 @@ fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
     b.lb(&["reload"]);
     let session = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
     health[1].set(Reply::Off);
-    let down = wait_health(&b, "s2", "DOWN", Duration::from_secs(3));
+    let down = wait_health(&b, "s2", Want::Down, Duration::from_secs(3));
     wait_for("s2's connection reset", Duration::from_secs(2), || session.ended().is_some());
     assert_eq!(session.ended().unwrap().kind, ErrorKind::ConnectionReset);
     assert!(session.ended().unwrap().at - down < Duration::from_millis(500));
@@ -116,14 +142,13 @@ fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
     b.lb(&["reload"]);
     let session = Session::start(b.connect_to("s3"), "s3", EVERY_100MS);
     health[2].set(Reply::Off);
-    let down = wait_health(&b, "s3", "DOWN", Duration::from_secs(3));
+    let down = wait_health(&b, "s3", Want::Down, Duration::from_secs(3));
     alive(&session, "a DOWN server's connection before on_down's deadline");
     wait_for("s3's connection reset at on_down's deadline", Duration::from_secs(4), || session.ended().is_some());
     let at = session.ended().unwrap().at - down;
     assert!(at > Duration::from_millis(1200) && at < Duration::from_millis(2500), "reset {at:?} after DOWN");
-    let kinds: Vec<String> =
-        b.events().iter().filter(|e| e["server"] == "s1").map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
-    assert!(kinds.contains(&"down".to_owned()) && kinds.contains(&"up".to_owned()), "{kinds:?}");
+    let kinds = b.event_kinds_of("s1");
+    assert!(kinds.contains(&EventKind::Down) && kinds.contains(&EventKind::Up), "{kinds:?}");
 }
 
 #[test]
@@ -132,15 +157,15 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
     let monitor =
         "kind = \"http\"\npath = \"/health\"\nmaintenance_codes = [503]\nmaintenance_string = \"maintenance\"";
     let (b, health) = health_bed(3, pool, monitor);
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 
     // 503: DRAINING (maintenance), its connection goes on until the timeout.
     let session = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     let asked = Instant::now();
     health[0].set(Reply::Status(503));
     b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
-    assert_eq!(b.server("p7", "s1")["source"], "monitor");
-    assert!(health_of(&b, "s1").starts_with("UP"), "in maintenance, not DOWN");
+    assert_eq!(b.server("p7", "s1").source, Source::Monitor);
+    assert_eq!(health_of(&b, "s1").status, HealthStatus::Up, "in maintenance, not DOWN");
     avoided(&b, "s1");
     alive(&session, "the connection of a server in maintenance");
     wait_for("the reset at maintenance_timeout", Duration::from_secs(5), || session.ended().is_some());
@@ -162,7 +187,7 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
     health[1].set(Reply::Ok);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(b.state("p7", "s2"), "DISABLED (immediate)", "an operator's decision wins over the monitor's");
-    assert_eq!(b.server("p7", "s2")["source"], "operator");
+    assert_eq!(b.server("p7", "s2").source, Source::Operator);
 
     // An operator's enable of a server that says it is in maintenance.
     health[2].set(Reply::Status(503));
@@ -174,7 +199,7 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
     assert_eq!(b.state("p7", "s3"), "ENABLED");
     let events = b.events();
     let maintenance: Vec<&str> =
-        events.iter().filter(|e| e["kind"] == "maintenance").map(|e| e["message"].as_str().unwrap()).collect();
+        events.iter().filter(|e| e.kind == EventKind::Maintenance).map(|e| e.message.as_str()).collect();
     assert!(maintenance.iter().any(|m| m.contains("status 503")), "the reply that caused it: {maintenance:?}");
     assert!(maintenance.iter().any(|m| m.contains("\"maintenance\"")), "{maintenance:?}");
 }
@@ -186,7 +211,7 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
 fn a_disabled_server_whose_maintenance_is_over_can_be_enabled_without_force() {
     let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
     let (b, health) = health_bed(2, "", monitor);
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     // A connection keeps it draining (with none it would be drained at once).
     let _on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     health[0].set(Reply::Status(503));
@@ -198,9 +223,9 @@ fn a_disabled_server_whose_maintenance_is_over_can_be_enabled_without_force() {
     health[0].set(Reply::Ok);
     let normal_again = || {
         b.events().iter().any(|e| {
-            e["server"] == "s1"
-                && e["kind"] == "maintenance"
-                && e["message"].as_str().unwrap().contains("normal replies")
+            e.subject.server_name() == Some("s1")
+                && e.kind == EventKind::Maintenance
+                && e.message.contains("normal replies")
         })
     };
     wait_for("the monitor to see s1's normal replies", Duration::from_secs(5), normal_again);
@@ -215,7 +240,7 @@ fn an_announced_drain_is_honoured_within_the_pools_maximum() {
     let pool = "max_maintenance_timeout = \"2s\"";
     let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
     let (b, health) = health_bed(3, pool, monitor);
-    wait_health(&b, "s2", "UP", Duration::from_secs(3));
+    wait_health(&b, "s2", Want::Up, Duration::from_secs(3));
     // Connections keep them draining (with none, they would be drained at once).
     let _sessions =
         [Session::start(b.connect_to("s1"), "s1", EVERY_100MS), Session::start(b.connect_to("s2"), "s2", EVERY_100MS)];
@@ -223,18 +248,18 @@ fn an_announced_drain_is_honoured_within_the_pools_maximum() {
     health[1].set(Reply::WithHeader(503, "Drain-Timeout: 600".into()));
     b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
     b.wait_state("p7", "s2", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
-    let left = |name: &str| b.server("p7", name)["deadline_left_ms"].as_u64().expect("a deadline");
+    let left = |name: &str| b.server("p7", name).deadline_left_ms.expect("a deadline");
     assert!(left("s1") <= 1000, "s1 announced 1 s: {} ms left", left("s1"));
     assert!(left("s2") <= 2000 && left("s2") > 1000, "s2 announced 600 s, bounded to 2 s: {} ms", left("s2"));
     let events = b.events();
-    assert!(events.iter().any(|e| e["message"].as_str().unwrap().contains("bounded to 2s")), "{events:?}");
+    assert!(events.iter().any(|e| e.message.contains("bounded to 2s")), "{events:?}");
 }
 
 #[test]
 fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service() {
     let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
     let (mut b, health) = health_bed(3, "", monitor);
-    wait_health(&b, "s3", "UP", Duration::from_secs(3));
+    wait_health(&b, "s3", Want::Up, Duration::from_secs(3));
     let on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     health[0].set(Reply::Status(503));
     b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(2));
@@ -246,7 +271,10 @@ fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service()
     let reached = b.new_connections(40);
     assert!(!reached.iter().any(|s| s == "s1") && reached.iter().any(|s| s == "s3"), "{reached:?}");
     std::thread::sleep(Duration::from_secs(1));
-    assert!(["s2", "s3"].iter().all(|s| health_of(&b, s) == "UP"), "healthy servers stay in service");
+    assert!(
+        ["s2", "s3"].iter().all(|s| health_of(&b, s).status == HealthStatus::Up),
+        "healthy servers stay in service"
+    );
     alive(&on_s2, "a connection across the restart");
     alive(&on_s1, "the connection of the server in maintenance, across the restart");
     health[0].set(Reply::Ok);
@@ -256,10 +284,9 @@ fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service()
 #[test]
 fn checks_are_neither_balanced_nor_counted_as_flows() {
     let (b, health) = health_bed(2, "", "kind = \"http\"");
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
-    let stats = |b: &Bed| b.agent.lb_json(&["stats"]);
-    let new_flows =
-        |b: &Bed| -> u64 { ["s1", "s2"].iter().map(|s| b.server("p7", s)["new_flows"].as_u64().unwrap()).sum() };
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
+    let stats = |b: &Bed| b.agent.stats();
+    let new_flows = |b: &Bed| -> u64 { ["s1", "s2"].iter().map(|s| b.server("p7", s).new_flows).sum() };
     let (before, answered) = (stats(&b), health[0].answered());
     let flows_before = new_flows(&b);
     std::thread::sleep(Duration::from_secs(2));
@@ -267,28 +294,28 @@ fn checks_are_neither_balanced_nor_counted_as_flows() {
     assert!(health[0].answered() >= answered + 5, "the checks ran");
     assert_eq!(new_flows(&b), flows_before, "no check became a flow");
     for outcome in ["forward_new_flow", "forward_flow", "forward_reply"] {
-        assert_eq!(after["outcomes"][outcome], before["outcomes"][outcome], "{outcome} did not move");
+        assert_eq!(after.outcomes[outcome], before.outcomes[outcome], "{outcome} did not move");
     }
-    assert_eq!(after["flow_table"]["flows"].as_u64().unwrap_or(0), 0, "the flow table holds no check");
-    assert!(after["outcomes"]["pass_not_for_us"].as_u64() > before["outcomes"]["pass_not_for_us"].as_u64());
+    assert_eq!(after.flow_table.flows.unwrap_or(0), 0, "the flow table holds no check");
+    assert!(after.outcomes["pass_not_for_us"] > before.outcomes["pass_not_for_us"]);
 }
 
 #[test]
 fn a_pool_whose_servers_are_all_down_keeps_serving_with_all_of_them() {
     let (b, health) = health_bed(2, "", "kind = \"tcp\"");
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     health[0].set(Reply::Off);
-    wait_health(&b, "s1", "DOWN", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Down, Duration::from_secs(3));
     health[1].set(Reply::Off);
-    wait_health(&b, "s2", "DOWN (refused), serving", Duration::from_secs(3));
+    wait_health(&b, "s2", Want::DownServing(DownReason::Refused), Duration::from_secs(3));
     let reached = b.new_connections(40);
     assert!(["s1", "s2"].iter().all(|s| reached.iter().any(|r| r == s)), "both serve: {reached:?}");
     let events = b.events();
-    assert!(events.iter().any(|e| e["kind"] == "fail_open"), "said loudly: {events:?}");
+    assert!(events.iter().any(|e| e.kind == EventKind::FailOpen), "said loudly: {events:?}");
     assert!(b.agent.log().contains("fail-open"), "and in the log");
     health[1].set(Reply::Ok);
-    wait_health(&b, "s2", "UP", Duration::from_secs(3));
-    wait_health(&b, "s1", "DOWN (refused)", Duration::from_secs(1));
+    wait_health(&b, "s2", Want::Up, Duration::from_secs(3));
+    wait_health(&b, "s1", Want::DownFor(DownReason::Refused), Duration::from_secs(1));
     avoided(&b, "s1");
 }
 
@@ -308,12 +335,17 @@ fn a_udp_monitor_checks_a_dns_like_service() {
         }
         text
     });
-    let udp_health = |b: &Bed, name: &str| b.server("p53", name)["health"].as_str().unwrap_or("").to_owned();
-    wait_for("s1 UP by UDP", Duration::from_secs(3), || udp_health(&b, "s1") == "UP");
+    let udp_health = |b: &Bed, name: &str| b.server("p53", name).health.expect("monitored");
+    wait_for("s1 UP by UDP", Duration::from_secs(3), || udp_health(&b, "s1").status == HealthStatus::Up);
     b.udp[0].stop();
-    wait_for("s1 DOWN once its UDP server stops", Duration::from_secs(3), || udp_health(&b, "s1").starts_with("DOWN"));
-    assert!(udp_health(&b, "s2") == "UP");
-    assert!(b.server("p53", "s1")["last_check"].as_str().unwrap().starts_with("udp: "));
+    let down = || udp_health(&b, "s1").status == HealthStatus::Down;
+    wait_for("s1 DOWN once its UDP server stops", Duration::from_secs(3), down);
+    assert_eq!(udp_health(&b, "s2").status, HealthStatus::Up);
+    // The last check's detail is published twice a second, after the verdict.
+    let failed = || {
+        udp_health(&b, "s1").last_check.is_some_and(|c| (c.monitor.as_str(), c.result) == ("udp", CheckResult::Fail))
+    };
+    wait_for("s1's last check: a failed UDP exchange", Duration::from_secs(2), failed);
 }
 
 /// Rise 2, fall 2: a server that fails every other check never goes DOWN;
@@ -321,19 +353,19 @@ fn a_udp_monitor_checks_a_dns_like_service() {
 #[test]
 fn a_flapping_server_obeys_rise_and_fall() {
     let (b, health) = health_bed(2, "", "kind = \"http\"");
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     let checks = health[0].answered();
     health[0].set(Reply::Flapping);
     wait_for("ten checks", Duration::from_secs(6), || health[0].answered() >= checks + 10);
-    assert_eq!(health_of(&b, "s1"), "UP", "never two failures in a row");
+    assert_eq!(health_of(&b, "s1").status, HealthStatus::Up, "never two failures in a row");
     health[0].set(Reply::Status(500));
-    wait_health(&b, "s1", "DOWN (wrong status 500)", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::DownFor(DownReason::WrongStatus { status: 500 }), Duration::from_secs(3));
     let checks = health[0].answered();
     health[0].set(Reply::Flapping);
     wait_for("ten checks", Duration::from_secs(6), || health[0].answered() >= checks + 10);
-    assert!(health_of(&b, "s1").starts_with("DOWN"), "never two successes in a row");
-    let downs = b.events().iter().filter(|e| e["server"] == "s1" && e["kind"] == "down").count();
+    assert_eq!(health_of(&b, "s1").status, HealthStatus::Down, "never two successes in a row");
+    let downs = b.event_kinds_of("s1").iter().filter(|k| **k == EventKind::Down).count();
     assert_eq!(downs, 1, "one transition, not one per flap");
     health[0].set(Reply::Ok);
-    wait_health(&b, "s1", "UP", Duration::from_secs(3));
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 }

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::api::model::{Change, Event, EventKind, Subject};
 use serde_json::{Value, json};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed, wait_for},
@@ -58,7 +59,8 @@ fn every_resource_answers_and_changes_take_effect_as_through_the_cli() {
 
     let answer = post(&b, "/api/v1/pools/p7/disable", json!({"servers":["s1"],"mode":"graceful","timeout":"1m"}));
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()[0]["to"], "DRAINING (deadline)");
+    let changes: Vec<Change> = serde_json::from_value(answer.json()).expect("changes");
+    assert_eq!(changes[0].to.to_string(), "DRAINING (deadline)");
     let s1 = server(&b, "s1");
     assert_eq!(label(&s1), "DRAINING (deadline)");
     let left = s1["deadline_left_ms"].as_u64().unwrap();
@@ -79,14 +81,12 @@ fn every_resource_answers_and_changes_take_effect_as_through_the_cli() {
     drop(b.connect_to("s2"));
 
     let events = get(&b, "/api/v1/events").json();
-    let kinds: Vec<(&str, &str)> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["server"].as_str().unwrap(), e["kind"].as_str().unwrap()))
-        .collect();
-    assert_eq!(kinds, [("s1", "draining"), ("s2", "disabled"), ("s1", "enabled"), ("s2", "enabled")]);
-    let first = events[0]["id"].as_u64().unwrap();
+    let typed: Vec<Event> = serde_json::from_value(events.clone()).expect("events");
+    let kinds: Vec<(&str, EventKind)> =
+        typed.iter().map(|e| (e.subject.server_name().expect("a server's"), e.kind)).collect();
+    use EventKind::{Disabled, Draining, Enabled};
+    assert_eq!(kinds, [("s1", Draining), ("s2", Disabled), ("s1", Enabled), ("s2", Enabled)]);
+    let first = typed[0].id;
     let later = get(&b, &format!("/api/v1/events?since={first}")).json();
     assert_eq!(later.as_array().unwrap().len(), 3);
     assert_eq!(later, Value::from(b.agent.lb_json(&["events"]).as_array().unwrap()[1..].to_vec()));
@@ -136,11 +136,11 @@ fn the_event_stream_delivers_each_change_live_and_resumes_after_an_id() {
         assert_eq!(answer.status, 200);
         let event = next_event(&lines);
         assert!(sent.elapsed() < Duration::from_secs(1), "the event came {:?} after the change", sent.elapsed());
-        assert_eq!((event["server"].as_str(), event["kind"].as_str()), (Some("s1"), Some("draining")));
+        let event: Event = serde_json::from_value(event).expect("an event");
+        assert_eq!((&event.subject, event.kind), (&Subject::server("p7", "s1"), EventKind::Draining));
         assert_eq!(post(&b, "/api/v1/pools/p7/enable", json!({"servers":["s1"]})).status, 200);
-        let enabled = next_event(&lines);
-        assert_eq!(enabled["kind"], "enabled");
-        assert_eq!(enabled["id"].as_u64(), event["id"].as_u64().map(|id| id + 1));
+        let enabled: Event = serde_json::from_value(next_event(&lines)).expect("an event");
+        assert_eq!((enabled.kind, enabled.id), (EventKind::Enabled, event.id + 1));
         drop(lines);
         // The stream ends when the agent stops, and with it the reader.
         // SAFETY: kill has no memory preconditions; the pid is our child's.

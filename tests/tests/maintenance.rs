@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::api::model::{EventKind, ServerState, Why};
 use testbed::{
     bed::{Bed, EVERY_100MS, UDP, bed, wait_for},
     servers::{Session, udp_exchange_on},
@@ -45,11 +46,11 @@ fn immediate_disable_resets_every_session_at_once_and_spares_the_others() {
     wait_for("s1's four sockets closed by a reset", Duration::from_secs(1), || b.echo[0].resets() == 4);
 
     // s1 gets no packet of those flows, nor any new one.
-    let packets = b.server("p7", "s1")["packets_to"].as_u64().unwrap();
+    let packets = b.server("p7", "s1").packets_to;
     let names = b.new_connections(30);
     assert!(!names.contains(&"s1".to_owned()), "a new connection reached s1: {names:?}");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(b.server("p7", "s1")["packets_to"].as_u64().unwrap(), packets, "s1's counters moved");
+    assert_eq!(b.server("p7", "s1").packets_to, packets, "s1's counters moved");
 
     for s in &others {
         assert!(s.ended().is_none(), "a connection on {} was hurt: {:?}", s.server, s.ended());
@@ -72,7 +73,7 @@ fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadl
     b.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "3s"]);
     let returned = Instant::now();
     assert_eq!(b.state("p7", "s1"), "DRAINING (deadline)");
-    let left = b.server("p7", "s1")["deadline_left_ms"].as_u64().unwrap();
+    let left = b.server("p7", "s1").deadline_left_ms.expect("a deadline");
     assert!((2500..=3000).contains(&left), "deadline in {left} ms");
 
     let names = b.new_connections(20);
@@ -88,7 +89,7 @@ fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadl
     assert_reset(&idle, "idle client", deadline.0, deadline.1 + Duration::from_secs(1));
     wait_for("s1's two sockets closed by a reset", Duration::from_secs(1), || b.echo[0].resets() == 2);
     assert_eq!(b.state("p7", "s1"), "DISABLED (deadline)");
-    assert!(b.events().iter().any(|e| e["kind"] == "deadline" && e["server"] == "s1"), "{:?}", b.events());
+    assert!(b.event_kinds_of("s1").contains(&EventKind::Deadline), "{:?}", b.events());
 }
 
 #[test]
@@ -100,8 +101,8 @@ fn graceful_disable_until_drained_waits_for_the_last_session_then_enable_restore
     for _ in 0..10 {
         std::thread::sleep(Duration::from_secs(1));
         let s1 = b.server("p7", "s1");
-        assert_eq!((s1["state"].as_str(), s1["why"].as_str()), (Some("DRAINING"), Some("until drained")));
-        assert_eq!(s1["active_flows"], 1, "{s1}");
+        assert_eq!((s1.state, s1.why), (ServerState::Draining, Some(Why::UntilDrained)));
+        assert_eq!(s1.active_flows, 1, "{s1:?}");
         assert!(busy.ended().is_none(), "the draining session broke: {:?}", busy.ended());
     }
     assert!(busy.exchanges() >= 90, "only {} exchanges in 10 s", busy.exchanges());
@@ -111,7 +112,7 @@ fn graceful_disable_until_drained_waits_for_the_last_session_then_enable_restore
     drop(client);
     let drained = b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(2));
     assert!(drained - closed <= Duration::from_secs(1), "drained {:?} after the close", drained - closed);
-    assert!(b.events().iter().any(|e| e["kind"] == "drained" && e["server"] == "s1"), "{:?}", b.events());
+    assert!(b.event_kinds_of("s1").contains(&EventKind::Drained), "{:?}", b.events());
 
     // Enable: back in service, new connections reach it again.
     let out = b.lb(&["server", "enable", "p7", "s1"]);

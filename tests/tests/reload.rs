@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::api::model::{EventKind, Source, Subject};
 use serde_json::Value;
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, wait_for},
@@ -91,8 +92,8 @@ fn servers_added_and_weights_changed_by_reload_leave_existing_connections_alone(
     for session in &sessions {
         alive(session, &format!("the connection on {}", session.server));
     }
-    let events: Vec<String> = b.events().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
-    assert!(events.contains(&"added".to_owned()) && events.contains(&"reloaded".to_owned()), "{events:?}");
+    let events: Vec<EventKind> = b.events().iter().map(|e| e.kind).collect();
+    assert!(events.contains(&EventKind::Added) && events.contains(&EventKind::Reloaded), "{events:?}");
 }
 
 #[test]
@@ -137,16 +138,15 @@ fn a_removed_server_is_taken_out_by_its_pools_graceful_disable_timeout() {
     wait_for("the reset at once", Duration::from_secs(2), || session.ended().is_some());
     assert!(session.ended().unwrap().at - removed_at < Duration::from_secs(1));
     assert!(listed(&b, "s3").is_none(), "gone at once");
-    let kinds: Vec<String> =
-        b.events().iter().filter(|e| e["server"] == "s3").map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "removed").count(), 3, "{kinds:?}");
+    let kinds = b.event_kinds_of("s3");
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::Removed).count(), 3, "{kinds:?}");
 }
 
 #[test]
 fn enabled_false_in_the_config_takes_a_server_out_and_the_latest_decision_wins() {
     let rule = |r: &str| format!("graceful_disable_timeout = \"{r}\"");
     let b = bed_of(3, |t| config(t, &rule("2s"), &ALL, ""));
-    let source = |name: &str| b.server("p7", name)["source"].as_str().unwrap().to_owned();
+    let source = |name: &str| b.server("p7", name).source.to_string();
 
     // A duration: DRAINING, its connection goes on, then is reset at the deadline.
     let session = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
@@ -296,7 +296,7 @@ fn no_new_connection_is_dropped_or_delayed_by_twenty_reloads() {
     for session in &sessions {
         alive(session, &format!("{}'s connection through 20 reloads", session.server));
     }
-    let reloads = b.events().iter().filter(|e| e["kind"] == "reloaded").count();
+    let reloads = b.events().iter().filter(|e| e.kind == EventKind::Reloaded && e.subject == Subject::Agent).count();
     assert_eq!(reloads, 20, "each reload changed something and said so");
 }
 
@@ -350,7 +350,7 @@ fn a_restarted_agent_goes_on_with_removals_and_applies_lines_changed_while_it_wa
     let left = s3["deadline_left_ms"].as_u64().unwrap();
     assert!(left <= deadline && left > deadline - 10_000, "the same deadline: {left} ms left (was {deadline})");
     assert_eq!(b.state("p7", "s2"), "DRAINING (deadline)", "the line changed while it was down is applied");
-    assert_eq!(b.server("p7", "s2")["source"], "config");
+    assert_eq!(b.server("p7", "s2").source, Source::Config);
     alive(&on_s3, "the removed server's connection across the restart");
     alive(&on_s2, "s2's connection across the restart");
     assert!(b.new_connections(30).iter().all(|s| s == "s1"), "only s1 takes new connections");

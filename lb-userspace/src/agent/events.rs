@@ -1,10 +1,10 @@
-//! The log of what happened to servers (drains begun and ended, deadlines
+//! The log of what happened to servers, pools and the agent (drains begun and ended, deadlines
 //! reached, enables): the last [`MAX_EVENTS`], shared with the snapshot
 //! without copying until the next event.
 
 use std::{collections::VecDeque, sync::Arc};
 
-use crate::api::model::{Event, EventKind};
+use crate::api::model::{Event, EventKind, Subject};
 
 pub const MAX_EVENTS: usize = 1000;
 
@@ -15,18 +15,11 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    pub fn push(&mut self, now_ms: u64, pool: &str, server: &str, kind: EventKind, message: String) {
-        log::info!("{pool}/{server} {}: {message}", kind.label());
+    pub fn push(&mut self, now_ms: u64, subject: Subject, kind: EventKind, message: String) {
+        log::info!("{subject} {}: {message}", kind.label());
         self.next_id += 1;
         let events = Arc::make_mut(&mut self.events);
-        events.push_back(Event {
-            id: self.next_id,
-            time_ms: now_ms,
-            pool: pool.to_owned(),
-            server: server.to_owned(),
-            kind,
-            message,
-        });
+        events.push_back(Event { id: self.next_id, time_ms: now_ms, subject, kind, message });
         while events.len() > MAX_EVENTS {
             events.pop_front();
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::owner::{Owner, dp_err};
 use crate::{
-    api::model::EventKind,
+    api::model::{EventKind, Subject},
     config::{OnDown, format_duration},
     datapath::ops::DatapathOps,
     health::{CheckPlan, CheckTarget, tally::Change},
@@ -38,14 +38,24 @@ impl<D: DatapathOps> Owner<D> {
                 let slot = self.servers.get_mut(id).expect("found");
                 slot.health.down = Some(Down { since_ms: now_ms, reason: reason.clone(), cut: false });
                 let what = if slot.admin == AdminState::Enabled { "no new flows" } else { "it is out of service" };
-                self.events.push(now_ms, pool, server, EventKind::Down, format!("DOWN: {reason}; {what}"));
+                self.events.push(
+                    now_ms,
+                    Subject::server(pool, server),
+                    EventKind::Down,
+                    format!("DOWN: {reason}; {what}"),
+                );
                 log::warn!("{pool}/{server} is DOWN: {reason}");
                 self.settle(pool, before, now_ms);
             }
             Change::Up => {
                 let before = self.written(pool);
                 self.servers.get_mut(id).expect("found").health.down = None;
-                self.events.push(now_ms, pool, server, EventKind::Up, "UP: takes new flows again".to_owned());
+                self.events.push(
+                    now_ms,
+                    Subject::server(pool, server),
+                    EventKind::Up,
+                    "UP: takes new flows again".to_owned(),
+                );
                 log::info!("{pool}/{server} is UP");
                 self.settle(pool, before, now_ms);
             }
@@ -90,7 +100,7 @@ impl<D: DatapathOps> Owner<D> {
                     let s = self.servers.get(id).expect("in pool");
                     let reset = done.reset_by_server.get(&id).copied().unwrap_or(0);
                     let message = format!("DOWN and cut (on_down): {reset} live TCP flow(s) reset");
-                    self.events.push(now_ms, pool, &s.name.clone(), EventKind::Down, message);
+                    self.events.push(now_ms, Subject::server(pool, &s.name), EventKind::Down, message);
                 }
             }
             Ok::<(), super::owner::ControlError>(())
@@ -114,9 +124,14 @@ impl<D: DatapathOps> Owner<D> {
         if all_down && !was {
             let message = "every server in service is DOWN: serving with all of them (fail-open) until one is UP";
             log::error!("pool {pool}: {message}");
-            self.events.push(now_ms, pool, "", EventKind::FailOpen, message.to_owned());
+            self.events.push(now_ms, Subject::Pool { pool: pool.to_owned() }, EventKind::FailOpen, message.to_owned());
         } else if was && !all_down {
-            self.events.push(now_ms, pool, "", EventKind::FailOpen, "a server is UP again: fail-open over".to_owned());
+            self.events.push(
+                now_ms,
+                Subject::Pool { pool: pool.to_owned() },
+                EventKind::FailOpen,
+                "a server is UP again: fail-open over".to_owned(),
+            );
         }
     }
 
@@ -169,7 +184,7 @@ impl<D: DatapathOps> Owner<D> {
         let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
         if admin != AdminState::Enabled {
             let message = format!("maintenance reply ({matched}); left {} as the {source} set it", admin.label());
-            self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+            self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
             return;
         }
         let timeout = announced.map(|a| a.min(health.max_maintenance_timeout)).or(health.maintenance_timeout);
@@ -183,7 +198,7 @@ impl<D: DatapathOps> Owner<D> {
         };
         let message = format!("maintenance reply ({matched}): draining, {how}");
         log::info!("{pool}/{name}: {message}");
-        self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+        self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
         let deadline_ms = timeout.map(|t| now_ms + t.as_millis() as u64);
         let plan = vec![(name, Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms }))];
         if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
@@ -199,13 +214,12 @@ impl<D: DatapathOps> Owner<D> {
         let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
         if source != Source::Monitor || admin == AdminState::Enabled {
             let message = format!("normal replies again; left {} as the {source} set it", admin.label());
-            self.events.push(now_ms, pool, &name, EventKind::Maintenance, message);
+            self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
             return;
         }
         self.events.push(
             now_ms,
-            pool,
-            &name,
+            Subject::server(pool, &name),
             EventKind::Maintenance,
             "normal replies again: back in service".to_owned(),
         );

@@ -8,7 +8,7 @@ use super::owner_tests::{T0, Write, names, owner_of, state, take_writes, web_con
 use crate::{
     api::model::{EventKind, ServerState, Source},
     health::tally::Change,
-    servers::AdminState,
+    servers::{AdminState, health::DownReason},
 };
 
 const ABC: [(&str, &str); 3] = [("a", ""), ("b", ""), ("c", "")];
@@ -21,15 +21,15 @@ fn identity(owner: &super::owner::Owner<super::owner_tests::FakeDatapath>, name:
     owner.servers().find("web", name).unwrap().identity
 }
 
-fn down(reason: &str) -> Change {
-    Change::Down { reason: reason.into() }
+fn down(reason: DownReason) -> Change {
+    Change::Down { reason }
 }
 
 #[test]
 fn a_down_server_leaves_the_rows_before_it_drains_and_comes_back_before_them() {
     let mut owner = owner("health-order", "on_down = \"keep\"");
     let a = identity(&owner, "a");
-    owner.apply_health("web", "a", a, down("refused"), T0);
+    owner.apply_health("web", "a", a, down(DownReason::Refused), T0);
     assert_eq!(
         take_writes(&mut owner),
         [Write::Maglev(vec!["b", "c"]), Write::Server("a", ServerState::Draining)],
@@ -45,14 +45,14 @@ fn a_down_server_leaves_the_rows_before_it_drains_and_comes_back_before_them() {
 #[test]
 fn on_down_terminate_cuts_at_once_and_a_duration_at_its_time() {
     let mut owner = owner("health-cut", "on_down = \"terminate\"");
-    owner.apply_health("web", "a", identity(&owner, "a"), down("timed out"), T0);
+    owner.apply_health("web", "a", identity(&owner, "a"), down(DownReason::TimedOut), T0);
     assert_eq!(owner.next_cut(), Some(T0));
     take_writes(&mut owner);
     owner.enforce_cuts(T0);
     assert_eq!(take_writes(&mut owner), [Write::Server("a", ServerState::Disabled), Write::Terminate(vec!["a"])]);
 
     let mut owner = super::owner_tests::owner_of(web_config("health-after", "on_down = \"30s\"", &ABC, &[80]));
-    owner.apply_health("web", "b", identity(&owner, "b"), down("refused"), T0);
+    owner.apply_health("web", "b", identity(&owner, "b"), down(DownReason::Refused), T0);
     assert_eq!(owner.next_cut(), Some(T0 + 30_000));
     take_writes(&mut owner);
     owner.enforce_cuts(T0 + 29_999);
@@ -65,10 +65,10 @@ fn on_down_terminate_cuts_at_once_and_a_duration_at_its_time() {
 fn when_every_server_is_down_all_serve() {
     let mut owner = owner("health-open", "");
     for name in ["a", "b"] {
-        owner.apply_health("web", name, identity(&owner, name), down("refused"), T0);
+        owner.apply_health("web", name, identity(&owner, name), down(DownReason::Refused), T0);
     }
     take_writes(&mut owner);
-    owner.apply_health("web", "c", identity(&owner, "c"), down("refused"), T0);
+    owner.apply_health("web", "c", identity(&owner, "c"), down(DownReason::Refused), T0);
     let writes = take_writes(&mut owner);
     assert!(writes.contains(&Write::Maglev(vec!["a", "b", "c"])), "all serve again: {writes:?}");
     assert!(owner.servers().iter().all(|s| s.health.fail_open && s.takes_new_flows()));

@@ -28,7 +28,7 @@ use super::{
     state_file,
 };
 use crate::{
-    api::model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus},
+    api::model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus, Subject},
     config::{Config, format_time_left},
     datapath::ops::DatapathOps,
     servers::{
@@ -457,7 +457,7 @@ impl<D: DatapathOps> Owner<D> {
         for change in changes {
             let admin = self.servers.find(&change.pool, &change.server).expect("changed server exists").admin;
             let (kind, message) = event_of(&admin, change, now_ms);
-            self.events.push(now_ms, &change.pool, &change.server, kind, message);
+            self.events.push(now_ms, Subject::server(&change.pool, &change.server), kind, message);
         }
     }
 
@@ -523,6 +523,8 @@ impl<D: DatapathOps> Owner<D> {
                     port: s.port,
                     weight: s.weight,
                     admin: s.admin,
+                    label: s.label(),
+                    takes_new_flows: s.takes_new_flows(),
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     source: s.source,
                     removing: s.removing,

@@ -218,7 +218,7 @@ fn an_immediate_disable_stops_traffic_first_and_purges_last() {
         [Write::Server("b", ServerState::Disabled), Write::Maglev(vec!["a", "c"]), Write::Terminate(vec!["b"])]
     );
     let event = owner.snapshot(T0).events.back().cloned().unwrap();
-    assert_eq!((event.kind, event.server.as_str()), (EventKind::Disabled, "b"));
+    assert_eq!((event.kind, event.subject.server_name().unwrap_or_default()), (EventKind::Disabled, "b"));
     assert!(event.message.contains("7 live TCP flow(s) reset"), "{}", event.message);
 }
 

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::owner::{ControlError, Owner, Plan, dp_err};
 use crate::{
-    api::model::{Change, EventKind, ReloadReport},
+    api::model::{Change, EventKind, ReloadReport, Subject},
     config::{Config, format_duration},
     datapath::{
         ops::DatapathOps,
@@ -82,7 +82,7 @@ impl<D: DatapathOps> Owner<D> {
         drop(super::state_file::prepare(&self.config.state_file, &self.saved()).map_err(ControlError::NotSaved)?);
         let started = std::time::Instant::now();
         let result = self.apply(new, target, now_ms);
-        self.events.push(now_ms, "", "", EventKind::Reloaded, reload_message(&changes, result.is_ok()));
+        self.events.push(now_ms, Subject::Agent, EventKind::Reloaded, reload_message(&changes, result.is_ok()));
         log::info!("config reloaded in {:?}: {}", started.elapsed(), changes.join("; "));
         result.map(|()| ReloadReport { applied: true, changes })
     }
@@ -331,7 +331,12 @@ impl<D: DatapathOps> Owner<D> {
         }
         for (pool, server) in added {
             let state = self.servers.find(&pool, &server).expect("added").admin.label();
-            self.events.push(now_ms, &pool, &server, EventKind::Added, format!("added by a reload: {state}"));
+            self.events.push(
+                now_ms,
+                Subject::server(&pool, &server),
+                EventKind::Added,
+                format!("added by a reload: {state}"),
+            );
         }
     }
 
@@ -382,7 +387,7 @@ impl<D: DatapathOps> Owner<D> {
             self.servers.remove(slot.id);
             self.counts.active.remove(&slot.id);
             let message = format!("removed from the config and now out of service ({}): gone", slot.admin.label());
-            self.events.push(now_ms, &slot.pool, &slot.name, EventKind::Removed, message);
+            self.events.push(now_ms, Subject::server(&slot.pool, &slot.name), EventKind::Removed, message);
         }
         for id in &over {
             self.end_service(id, "its last flow ended", now_ms);
@@ -397,7 +402,8 @@ impl<D: DatapathOps> Owner<D> {
         let service = self.services.remove(at);
         self.counts.leaving.remove(id);
         let message = format!("service removed from the config: {why}: gone");
-        self.events.push(now_ms, &service.pool, &service.label(), EventKind::Removed, message);
+        let subject = Subject::Service { pool: service.pool.clone(), service: service.label() };
+        self.events.push(now_ms, subject, EventKind::Removed, message);
     }
 
     /// Writes the return paths and filter for what remains, then the

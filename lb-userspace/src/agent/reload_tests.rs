@@ -9,7 +9,7 @@ use super::{
     state_file,
 };
 use crate::{
-    api::model::{EventKind, ServerState, Source},
+    api::model::{EventKind, ServerState, Source, Subject},
     config::Config,
     datapath::tables::{Previous, Tables},
     servers::{AdminState, DisableMode, DisableReason},
@@ -23,7 +23,12 @@ fn web(test: &str, rule: &str, servers: &[(&str, &str)]) -> Config {
 }
 
 fn kinds(owner: &Owner<FakeDatapath>) -> Vec<(String, EventKind)> {
-    owner.snapshot(T0).events.iter().map(|e| (e.server.clone(), e.kind)).collect()
+    let name = |subject: &Subject| match subject {
+        Subject::Server { server, .. } => server.clone(),
+        Subject::Service { service, .. } => service.clone(),
+        Subject::Pool { .. } | Subject::Agent => String::new(),
+    };
+    owner.snapshot(T0).events.iter().map(|e| (name(&e.subject), e.kind)).collect()
 }
 
 fn source(owner: &Owner<FakeDatapath>, server: &str) -> Source {

@@ -6,7 +6,7 @@
 use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
 
 use crate::{
-    api::model::{Event, ReloadStatus, Source},
+    api::model::{Event, ReloadStatus, Source, StateLabel},
     servers::AdminState,
 };
 
@@ -53,6 +53,11 @@ pub struct ServerSnapshot {
     pub port: u16,
     pub weight: u32,
     pub admin: AdminState,
+    /// Its state and why, as people read it (a drain a monitor began reads
+    /// "maintenance").
+    pub label: StateLabel,
+    /// Whether it is given new flows now (its state, weight, health).
+    pub takes_new_flows: bool,
     /// Live flows at the last count.
     pub active_flows: u64,
     pub source: Source,

@@ -32,7 +32,7 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
     // Long enough for an immediate disable of millions of flows.
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(unreachable)?;
-    let mut line = serde_json::to_string(request).expect("requests serialise");
+    let mut line = super::wire::to_line(request);
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut answer = String::new();
@@ -44,4 +44,11 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
     }
     let refusal: ApiError = serde_json::from_value(answer).map_err(|e| protocol(e.to_string()))?;
     Err(ClientError::Refused(refusal))
+}
+
+/// [`call`], its data read as the answer's type (the API's model).
+pub fn ask<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> Result<T, ClientError> {
+    let data = call(path, request)?;
+    serde_json::from_value(data)
+        .map_err(|e| ClientError::Protocol { path: path.to_owned(), message: format!("unexpected answer: {e}") })
 }

@@ -8,3 +8,4 @@ pub mod http;
 pub mod model;
 pub mod ops;
 pub mod unix;
+pub mod wire;

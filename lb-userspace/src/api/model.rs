@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::servers::state::{DisableMode, DisableReason, ServerState, Source, StateLabel, Why};
+pub use crate::servers::{
+    health::DownReason,
+    state::{DisableMode, DisableReason, ServerState, Source, StateLabel, Why},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -105,13 +108,65 @@ impl EventKind {
     }
 }
 
-/// Something that happened to a server, for the log and the API.
+/// What an event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Subject {
+    Server {
+        pool: String,
+        server: String,
+    },
+    /// A service ("VIP:port/protocol") of a pool.
+    Service {
+        pool: String,
+        service: String,
+    },
+    Pool {
+        pool: String,
+    },
+    /// The agent itself (a reload).
+    Agent,
+}
+
+impl Subject {
+    pub fn server(pool: &str, server: &str) -> Subject {
+        Subject::Server { pool: pool.to_owned(), server: server.to_owned() }
+    }
+
+    /// The pool it concerns, if any.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Subject::Server { pool, .. } | Subject::Service { pool, .. } | Subject::Pool { pool } => Some(pool),
+            Subject::Agent => None,
+        }
+    }
+
+    /// The server it concerns, if it is one.
+    pub fn server_name(&self) -> Option<&str> {
+        match self {
+            Subject::Server { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Server { pool, server } => write!(f, "{pool}/{server}"),
+            Subject::Service { pool, service } => write!(f, "{pool}: service {service}"),
+            Subject::Pool { pool } => write!(f, "pool {pool}"),
+            Subject::Agent => f.write_str("agent"),
+        }
+    }
+}
+
+/// Something that happened, for the log and the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub id: u64,
     pub time_ms: u64,
-    pub pool: String,
-    pub server: String,
+    pub subject: Subject,
     pub kind: EventKind,
     pub message: String,
 }
@@ -132,8 +187,11 @@ pub struct PoolSummary {
     pub pool: String,
     pub services: Vec<String>,
     pub servers: usize,
-    /// Servers that take new flows (ENABLED, weight above 0).
+    /// Servers that take new flows (ENABLED, weight above 0, not DOWN).
     pub in_service: usize,
+    /// Servers its monitors find DOWN.
+    #[serde(default)]
+    pub down: usize,
     pub enabled: usize,
     pub draining: usize,
     pub disabled: usize,
@@ -143,7 +201,7 @@ pub struct PoolSummary {
     pub new_flows: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerView {
     pub name: String,
     pub address: String,
@@ -159,13 +217,14 @@ pub struct ServerView {
     /// Gone from the config: taken out, then forgotten.
     #[serde(default)]
     pub removing: bool,
-    /// Its operational state as its pool's monitors found it: "UP", "DOWN
-    /// (refused)", "UNCHECKED" (none if the pool has no monitor).
+    /// Whether it is given new flows now: ENABLED, weight above 0, not
+    /// being removed, and not DOWN (unless its pool fails open).
     #[serde(default)]
-    pub health: Option<String>,
-    /// The last check: when, which monitor, what it found, how long it took.
+    pub takes_new_flows: bool,
+    /// Its operational state as its pool's monitors found it (none if the
+    /// pool has no monitor).
     #[serde(default)]
-    pub last_check: Option<String>,
+    pub health: Option<HealthView>,
     pub packets_to: u64,
     pub bytes_to: u64,
     pub packets_from: u64,
@@ -179,7 +238,90 @@ impl ServerView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A server's operational state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Not checked yet: it serves, and its first check decides.
+    Unchecked,
+    Up,
+    Down,
+}
+
+/// What a server's monitors found, as the owner applied it, and the last
+/// check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub status: HealthStatus,
+    /// Why it is DOWN.
+    pub reason: Option<DownReason>,
+    /// Every server of its pool in service is DOWN: it serves all the same.
+    pub fail_open: bool,
+    /// Its replies say it is in maintenance.
+    pub maintenance: bool,
+    pub last_check: Option<CheckView>,
+}
+
+impl HealthView {
+    /// "UP", "DOWN (refused)", "DOWN (refused), serving: every server is
+    /// down", "UNCHECKED".
+    pub fn label(&self) -> String {
+        match (self.status, &self.reason) {
+            (HealthStatus::Down, Some(reason)) if self.fail_open => {
+                format!("DOWN ({reason}), serving: every server is down")
+            }
+            (HealthStatus::Down, Some(reason)) => format!("DOWN ({reason})"),
+            (HealthStatus::Down, None) => "DOWN".to_owned(),
+            (HealthStatus::Up, _) => "UP".to_owned(),
+            (HealthStatus::Unchecked, _) => "UNCHECKED".to_owned(),
+        }
+    }
+}
+
+/// What one check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    Pass,
+    Fail,
+    Maintenance,
+}
+
+/// A server's last check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// The monitor's kind: "tcp", "http", "udp".
+    pub monitor: String,
+    pub result: CheckResult,
+    /// Its HTTP status, if it answered HTTP.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub reason: Option<DownReason>,
+    /// What said it is in maintenance ("status 503", "\"maintenance\""), and
+    /// the drain it announced.
+    pub maintenance: Option<String>,
+    pub announced_ms: Option<u64>,
+    pub latency_ms: f64,
+    /// How long ago it was made, when the answer was given.
+    pub ago_ms: u64,
+}
+
+impl CheckView {
+    /// "http: status 200, 1.2 ms, 0.4 s ago"
+    pub fn describe(&self) -> String {
+        let found = match (self.result, &self.reason, &self.maintenance) {
+            (CheckResult::Fail, Some(reason), _) => reason.to_string(),
+            (CheckResult::Maintenance, _, Some(matched)) => match self.announced_ms {
+                Some(ms) => format!("maintenance ({matched}, announces {}s)", ms / 1000),
+                None => format!("maintenance ({matched})"),
+            },
+            _ => self.status.map_or_else(|| "answered".to_owned(), |s| format!("status {s}")),
+        };
+        format!("{}: {found}, {:.1} ms, {:.1} s ago", self.monitor, self.latency_ms, self.ago_ms as f64 / 1000.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolView {
     pub pool: String,
     pub services: Vec<String>,
@@ -306,18 +448,6 @@ mod tests {
 
     #[test]
     fn the_wire_keeps_its_shape() {
-        let request: Request =
-            serde_json::from_str(r#"{"op":"disable","pool":"web","servers":["a"],"mode":{"mode":"immediate"}}"#)
-                .unwrap();
-        assert_eq!(
-            request,
-            Request::Disable {
-                pool: "web".into(),
-                servers: vec!["a".into()],
-                mode: DisableMode::Immediate,
-                force: false
-            }
-        );
         let view = ServerView {
             name: "a".into(),
             address: "10.0.0.1:80".into(),
@@ -328,8 +458,8 @@ mod tests {
             deadline_left_ms: None,
             source: Source::Operator,
             removing: false,
+            takes_new_flows: false,
             health: None,
-            last_check: None,
             packets_to: 0,
             bytes_to: 0,
             packets_from: 0,
@@ -338,6 +468,26 @@ mod tests {
         };
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!((json["state"].as_str(), json["why"].as_str()), (Some("DRAINING"), Some("until drained")));
+        let health = HealthView {
+            status: HealthStatus::Down,
+            reason: Some(DownReason::WrongStatus { status: 500 }),
+            fail_open: false,
+            maintenance: false,
+            last_check: None,
+        };
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!((json["status"].as_str(), json["reason"]["kind"].as_str()), (Some("down"), Some("wrong_status")));
+        assert_eq!(json["reason"]["status"], 500);
+        assert_eq!(health.label(), "DOWN (wrong status 500)");
+        let subjects = [Subject::server("web", "a"), Subject::Pool { pool: "web".into() }, Subject::Agent];
+        let json = serde_json::to_value(&subjects).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"kind":"server","pool":"web","server":"a"},{"kind":"pool","pool":"web"},{"kind":"agent"}])
+        );
+        let label = StateLabel { state: ServerState::Draining, why: Some(Why::Deadline) };
+        assert_eq!(serde_json::to_value(label).unwrap(), serde_json::json!({"state":"DRAINING","why":"deadline"}));
+        assert_eq!(label.to_string(), "DRAINING (deadline)");
         let error = serde_json::to_value(ApiError::new(ErrorCode::LastServer, "refused")).unwrap();
         assert_eq!(error, serde_json::json!({"code": "last_server", "error": "refused"}));
     }

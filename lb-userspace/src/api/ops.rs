@@ -9,16 +9,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::model::{
-    ApiError, ErrorCode, Event, FlowTableUse, LeavingServiceView, PoolSummary, PoolView, Request, ServerState,
-    ServerView, Startup, Stats,
+    ApiError, CheckResult, CheckView, ErrorCode, Event, FlowTableUse, HealthStatus, HealthView, LeavingServiceView,
+    PoolSummary, PoolView, Request, ServerState, ServerView, Startup, Stats,
 };
 use crate::{
     agent::{runtime::OwnerHandle, snapshot::Snapshot},
-    api::model::{Source, Why},
     datapath::counters::Counters,
     health::{Checks, LastCheck, ServerChecks, probe::Outcome, tally::Verdict},
-    servers::health::Health,
-    servers::state::{takes_new_flows, time_left},
+    servers::{health::Health, state::time_left},
 };
 
 pub struct Ops {
@@ -65,14 +63,15 @@ impl Ops {
             .pools
             .iter()
             .map(|pool| {
-                let count = |state: ServerState| pool.servers.iter().filter(|s| s.admin.state() == state).count();
+                let count = |state: ServerState| pool.servers.iter().filter(|s| s.label.state == state).count();
                 let new_flows =
                     pool.servers.iter().map(|s| self.counters.server(s.id).map_or(0, |t| t.new_flows)).sum();
                 PoolSummary {
                     pool: pool.name.clone(),
                     services: pool.services.clone(),
                     servers: pool.servers.len(),
-                    in_service: pool.servers.iter().filter(|s| takes_new_flows(&s.admin, s.weight)).count(),
+                    in_service: pool.servers.iter().filter(|s| s.takes_new_flows).count(),
+                    down: pool.servers.iter().filter(|s| s.health.down.is_some()).count(),
                     enabled: count(ServerState::Enabled),
                     draining: count(ServerState::Draining),
                     disabled: count(ServerState::Disabled),
@@ -101,21 +100,14 @@ impl Ops {
                     name: s.name.clone(),
                     address: format!("{}:{}", s.address, s.port),
                     weight: s.weight,
-                    state: s.admin.state(),
-                    why: if s.source == Source::Monitor && s.admin.is_draining() {
-                        Some(Why::Maintenance)
-                    } else {
-                        s.admin.why()
-                    },
+                    state: s.label.state,
+                    why: s.label.why,
                     active_flows: s.active_flows,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
                     source: s.source,
                     removing: s.removing,
-                    health: checks.get(&(name.to_owned(), s.name.clone())).map(|c| health_of(&s.health, c)),
-                    last_check: checks
-                        .get(&(name.to_owned(), s.name.clone()))
-                        .and_then(|c| c.last.as_ref())
-                        .map(|l| last_check(l, now)),
+                    takes_new_flows: s.takes_new_flows,
+                    health: checks.get(&(name.to_owned(), s.name.clone())).map(|c| health_view(&s.health, c, now)),
                     packets_to: traffic.packets_to,
                     bytes_to: traffic.bytes_to,
                     packets_from: traffic.packets_from,
@@ -174,29 +166,40 @@ impl Ops {
     }
 }
 
-/// "UP", "DOWN (refused)", "DOWN (refused), serving: all down",
-/// "UNCHECKED": what applies (the owner's) and what the checks found.
-fn health_of(applied: &Health, checks: &ServerChecks) -> String {
-    match (&applied.down, &checks.verdict) {
-        (Some(down), _) if applied.fail_open => format!("DOWN ({}), serving: every server is down", down.reason),
-        (Some(down), _) => format!("DOWN ({})", down.reason),
-        (None, Verdict::Unknown) => "UNCHECKED".to_owned(),
-        (None, _) => "UP".to_owned(),
+/// What applies (the owner's view) and what the checks found.
+fn health_view(applied: &Health, checks: &ServerChecks, now_ms: u64) -> HealthView {
+    let status = match (&applied.down, &checks.verdict) {
+        (Some(_), _) => HealthStatus::Down,
+        (None, Verdict::Unknown) => HealthStatus::Unchecked,
+        (None, _) => HealthStatus::Up,
+    };
+    HealthView {
+        status,
+        reason: applied.down.as_ref().map(|d| d.reason.clone()),
+        fail_open: applied.fail_open && applied.down.is_some(),
+        maintenance: applied.maintenance,
+        last_check: checks.last.as_ref().map(|last| check_view(last, now_ms)),
     }
 }
 
-/// "http: status 200, 1.2 ms, 0.4 s ago"
-fn last_check(last: &LastCheck, now_ms: u64) -> String {
-    let found = match &last.outcome {
-        Outcome::Pass(what) => what.clone(),
-        Outcome::Fail(why) => why.clone(),
-        Outcome::Maintenance { matched, announced } => match announced {
-            Some(d) => format!("maintenance ({matched}, announces {}s)", d.as_secs()),
-            None => format!("maintenance ({matched})"),
-        },
+fn check_view(last: &LastCheck, now_ms: u64) -> CheckView {
+    let (result, status, reason, maintenance, announced) = match &last.outcome {
+        Outcome::Pass { status } => (CheckResult::Pass, *status, None, None, None),
+        Outcome::Fail(reason) => (CheckResult::Fail, None, Some(reason.clone()), None, None),
+        Outcome::Maintenance { matched, announced } => {
+            (CheckResult::Maintenance, None, None, Some(matched.clone()), announced.map(|d| d.as_millis() as u64))
+        }
     };
-    let ago = now_ms.saturating_sub(last.at_ms) as f64 / 1000.0;
-    format!("{}: {found}, {:.1} ms, {ago:.1} s ago", last.kind, last.took.as_secs_f64() * 1e3)
+    CheckView {
+        monitor: last.kind.to_owned(),
+        result,
+        status,
+        reason,
+        maintenance,
+        announced_ms: announced,
+        latency_ms: last.took.as_secs_f64() * 1e3,
+        ago_ms: now_ms.saturating_sub(last.at_ms),
+    }
 }
 
 fn json(value: impl Serialize) -> Result<Value, ApiError> {

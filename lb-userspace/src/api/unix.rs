@@ -137,9 +137,9 @@ async fn serve_one<H: Handler>(mut stream: UnixStream, handler: &H, limits: Limi
     let answer = match timeout(limits.read_timeout, read_line(&mut stream, limits.line_bytes)).await {
         Err(_) => Err(bad(format!("no request line within {:?}", limits.read_timeout))),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(line)) => match serde_json::from_slice::<Request>(&line) {
+        Ok(Ok(line)) => match super::wire::from_line(&line) {
             Ok(request) => handler.handle(request).await,
-            Err(e) => Err(bad(format!("bad request: {e}"))),
+            Err(e) => Err(e),
         },
     };
     finish(stream, answer_line(answer), limits.read_timeout).await;

@@ -219,10 +219,12 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
     );
     for s in view.servers {
         let state = if s.removing { format!("removing: {}", s.label()) } else { s.label().to_string() };
-        let health = match (&s.health, &s.last_check) {
-            (Some(health), Some(last)) => format!("  {health}  ({last})"),
-            (Some(health), None) => format!("  {health}"),
-            _ => String::new(),
+        let health = match &s.health {
+            Some(health) => match &health.last_check {
+                Some(last) => format!("  {}  ({})", health.label(), last.describe()),
+                None => format!("  {}", health.label()),
+            },
+            None => String::new(),
         };
         println!(
             "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}{health}",
@@ -286,9 +288,7 @@ pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
     }
     for e in events {
         let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
-        // A reload's event is the agent's, not a server's.
-        let subject = if e.pool.is_empty() { String::new() } else { format!("{}/{} ", e.pool, e.server) };
-        println!("{time} {subject}{}: {}", e.kind.label(), e.message);
+        println!("{time} {} {}: {}", e.subject, e.kind.label(), e.message);
     }
     Ok(())
 }

@@ -14,7 +14,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::config::{MaintenanceSigns, Monitor, Probe, parse_duration};
+use crate::{
+    config::{MaintenanceSigns, Monitor, Probe, parse_duration},
+    servers::health::DownReason,
+};
 
 /// How much of a reply is read: headers and body, or a TCP or UDP answer.
 pub const READ_LIMIT: usize = 2048;
@@ -22,10 +25,10 @@ pub const READ_LIMIT: usize = 2048;
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The server answered as expected (what it said, briefly).
-    Pass(String),
-    /// Why it is not well: "refused", "timed out", "wrong status 500", ...
-    Fail(String),
+    /// The server answered as expected (with this HTTP status).
+    Pass { status: Option<u16> },
+    /// Why it is not well.
+    Fail(DownReason),
     /// It says it is going into maintenance: what matched, and the drain
     /// it announced, if any.
     Maintenance { matched: String, announced: Option<Duration> },
@@ -48,26 +51,26 @@ pub async fn check(monitor: &Monitor, address: Ipv4Addr, port: u16) -> Outcome {
             Probe::Udp { send, expect } => udp(to, send, expect.as_deref(), &monitor.maintenance).await,
         }
     };
-    timeout(monitor.timeout, run).await.unwrap_or_else(|_| Outcome::Fail("timed out".to_owned()))
+    timeout(monitor.timeout, run).await.unwrap_or_else(|_| Outcome::Fail(DownReason::TimedOut))
 }
 
 async fn tcp(to: SocketAddr, send: Option<&str>, expect: Option<&str>, signs: &MaintenanceSigns) -> Outcome {
     let mut stream = match TcpStream::connect(to).await {
         Ok(stream) => stream,
-        Err(e) => return Outcome::Fail(io_reason(&e)),
+        Err(e) => return Outcome::Fail(DownReason::from(&e)),
     };
     if let Some(send) = send
         && let Err(e) = stream.write_all(send.as_bytes()).await
     {
-        return Outcome::Fail(io_reason(&e));
+        return Outcome::Fail(DownReason::from(&e));
     }
     if expect.is_none() && signs.string.is_none() {
         close_at_once(&stream);
-        return Outcome::Pass("connected".to_owned());
+        return Outcome::Pass { status: None };
     }
     let reply = match read_reply(&mut stream, |r| expect.is_some_and(|e| contains(r, e))).await {
         Ok(reply) => reply,
-        Err(e) => return Outcome::Fail(io_reason(&e)),
+        Err(e) => return Outcome::Fail(DownReason::from(&e)),
     };
     judge(&reply, signs, None, expect)
 }
@@ -81,23 +84,23 @@ async fn http(
 ) -> Outcome {
     let mut stream = match TcpStream::connect(to).await {
         Ok(stream) => stream,
-        Err(e) => return Outcome::Fail(io_reason(&e)),
+        Err(e) => return Outcome::Fail(DownReason::from(&e)),
     };
     if let Err(e) = stream.write_all(request.as_bytes()).await {
-        return Outcome::Fail(io_reason(&e));
+        return Outcome::Fail(DownReason::from(&e));
     }
     let reply = match read_reply(&mut stream, |_| false).await {
         Ok(reply) => reply,
-        Err(e) => return Outcome::Fail(io_reason(&e)),
+        Err(e) => return Outcome::Fail(DownReason::from(&e)),
     };
-    let Some(status) = status_of(&reply) else { return Outcome::Fail("not an HTTP reply".to_owned()) };
+    let Some(status) = status_of(&reply) else { return Outcome::Fail(DownReason::NotHttp) };
     if signs.codes.contains(&status) {
         return Outcome::Maintenance { matched: format!("status {status}"), announced: drain_header(&reply) };
     }
     if !codes.iter().any(|(low, high)| (*low..=*high).contains(&status)) {
         return match maintenance_string(&reply, signs) {
             Some(found) => found,
-            None => Outcome::Fail(format!("wrong status {status}")),
+            None => Outcome::Fail(DownReason::WrongStatus { status }),
         };
     }
     judge(&reply, signs, Some(status), expect)
@@ -115,7 +118,7 @@ async fn udp(to: SocketAddr, send: &str, expect: Option<&str>, signs: &Maintenan
     };
     match exchange.await {
         Ok(reply) => judge(&String::from_utf8_lossy(&reply), signs, None, expect),
-        Err(e) => Outcome::Fail(io_reason(&e)),
+        Err(e) => Outcome::Fail(DownReason::from(&e)),
     }
 }
 
@@ -161,8 +164,8 @@ fn judge(reply: &str, signs: &MaintenanceSigns, status: Option<u16>, expect: Opt
         return found;
     }
     match expect {
-        Some(expect) if !contains(reply, expect) => Outcome::Fail("string not found".to_owned()),
-        _ => Outcome::Pass(status.map_or_else(|| "answered".to_owned(), |s| format!("status {s}"))),
+        Some(expect) if !contains(reply, expect) => Outcome::Fail(DownReason::StringNotFound),
+        _ => Outcome::Pass { status },
     }
 }
 
@@ -208,17 +211,6 @@ fn contains(reply: &str, expect: &str) -> bool {
     reply.contains(expect)
 }
 
-fn io_reason(e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "refused".to_owned(),
-        ConnectionReset => "reset".to_owned(),
-        TimedOut => "timed out".to_owned(),
-        HostUnreachable | NetworkUnreachable => "unreachable".to_owned(),
-        _ => e.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,8 +222,8 @@ mod tests {
     #[test]
     fn replies_are_judged_pass_fail_or_maintenance() {
         let s = signs(&[503], Some("maintenance"));
-        assert_eq!(judge("ok", &s, None, Some("ok")), Outcome::Pass("answered".into()));
-        assert_eq!(judge("nope", &s, None, Some("ok")), Outcome::Fail("string not found".into()));
+        assert_eq!(judge("ok", &s, None, Some("ok")), Outcome::Pass { status: None });
+        assert_eq!(judge("nope", &s, None, Some("ok")), Outcome::Fail(DownReason::StringNotFound));
         assert_eq!(
             judge("going into maintenance 300s now", &s, None, Some("ok")),
             Outcome::Maintenance { matched: "\"maintenance\"".into(), announced: Some(Duration::from_secs(300)) }

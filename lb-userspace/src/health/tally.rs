@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::probe::Outcome;
+use crate::servers::health::DownReason;
 
 /// A server (or one monitor's view of it) as checks found it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,14 +15,14 @@ pub enum Verdict {
     #[default]
     Unknown,
     Up,
-    Down(String),
+    Down(DownReason),
 }
 
 /// What a result changed, for the owner of the state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     Up,
-    Down { reason: String },
+    Down { reason: DownReason },
     MaintenanceBegins { matched: String, announced: Option<Duration> },
     MaintenanceEnds,
 }
@@ -49,7 +50,7 @@ impl Tally {
     pub fn take(&mut self, outcome: &Outcome, rise: u32, fall: u32) {
         let failed = match outcome {
             Outcome::Fail(reason) => Some(reason),
-            Outcome::Pass(_) | Outcome::Maintenance { .. } => None,
+            Outcome::Pass { .. } | Outcome::Maintenance { .. } => None,
         };
         match (&self.verdict, failed) {
             (Verdict::Unknown, None) => self.verdict = Verdict::Up,
@@ -79,7 +80,7 @@ impl Tally {
                 self.maintenance = true;
                 self.normal = 0;
             }
-            Outcome::Pass(_) if self.maintenance => {
+            Outcome::Pass { .. } if self.maintenance => {
                 self.normal += 1;
                 if self.normal >= rise {
                     self.maintenance = false;
@@ -129,17 +130,21 @@ mod tests {
     use super::*;
 
     fn pass() -> Outcome {
-        Outcome::Pass("ok".into())
+        Outcome::Pass { status: Some(200) }
     }
     fn fail() -> Outcome {
-        Outcome::Fail("refused".into())
+        Outcome::Fail(DownReason::Refused)
     }
 
     #[test]
     fn the_first_check_decides_then_rise_and_fall_count() {
         let mut t = Tally::default();
         t.take(&fail(), 2, 3);
-        assert_eq!(t.verdict, Verdict::Down("refused".into()), "a server that does not answer at start is out at once");
+        assert_eq!(
+            t.verdict,
+            Verdict::Down(DownReason::Refused),
+            "a server that does not answer at start is out at once"
+        );
         t.take(&pass(), 2, 3);
         assert!(matches!(t.verdict, Verdict::Down(_)), "one success is not rise = 2");
         t.take(&pass(), 2, 3);
@@ -189,8 +194,8 @@ mod tests {
     #[test]
     fn a_server_is_down_if_one_monitor_says_so() {
         let up = Tally { verdict: Verdict::Up, ..Tally::default() };
-        let down = Tally { verdict: Verdict::Down("wrong status 500".into()), ..Tally::default() };
-        assert_eq!(combined(&[up.clone(), down]).0, Verdict::Down("wrong status 500".into()));
+        let down = Tally { verdict: Verdict::Down(DownReason::WrongStatus { status: 500 }), ..Tally::default() };
+        assert_eq!(combined(&[up.clone(), down]).0, Verdict::Down(DownReason::WrongStatus { status: 500 }));
         assert_eq!(combined(&[up.clone(), Tally::default()]).0, Verdict::Unknown);
         assert_eq!(combined(&[up.clone(), up]).0, Verdict::Up);
     }

@@ -2,9 +2,62 @@
 //! administrative state (what an operator set), and the one code the
 //! datapath reads that comes of both.
 
+use std::fmt;
+
 use lb_common::server_state;
+use serde::{Deserialize, Serialize};
 
 use super::state::AdminState;
+
+/// Why a check failed, and so why a server is DOWN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DownReason {
+    Refused,
+    Reset,
+    TimedOut,
+    Unreachable,
+    /// Its reply was not HTTP.
+    NotHttp,
+    /// An HTTP status the monitor does not accept.
+    WrongStatus {
+        status: u16,
+    },
+    /// The reply lacks the monitor's `expect` string.
+    StringNotFound,
+    /// Another error of the check's socket.
+    Io {
+        message: String,
+    },
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DownReason::Refused => f.write_str("refused"),
+            DownReason::Reset => f.write_str("reset"),
+            DownReason::TimedOut => f.write_str("timed out"),
+            DownReason::Unreachable => f.write_str("unreachable"),
+            DownReason::NotHttp => f.write_str("not an HTTP reply"),
+            DownReason::WrongStatus { status } => write!(f, "wrong status {status}"),
+            DownReason::StringNotFound => f.write_str("string not found"),
+            DownReason::Io { message } => f.write_str(message),
+        }
+    }
+}
+
+impl From<&std::io::Error> for DownReason {
+    fn from(e: &std::io::Error) -> DownReason {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused => DownReason::Refused,
+            ConnectionReset => DownReason::Reset,
+            TimedOut => DownReason::TimedOut,
+            HostUnreachable | NetworkUnreachable => DownReason::Unreachable,
+            _ => DownReason::Io { message: e.to_string() },
+        }
+    }
+}
 
 /// What the monitors found, as the owner of the state applied it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +75,7 @@ pub struct Health {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Down {
     pub since_ms: u64,
-    pub reason: String,
+    pub reason: DownReason,
     /// Its flows were terminated (`on_down` "terminate", or its deadline).
     pub cut: bool,
 }
@@ -57,7 +110,7 @@ mod tests {
     #[test]
     fn the_code_comes_of_both_states() {
         let down =
-            |cut| Health { down: Some(Down { since_ms: 1, reason: "refused".into(), cut }), ..Health::default() };
+            |cut| Health { down: Some(Down { since_ms: 1, reason: DownReason::Refused, cut }), ..Health::default() };
         let e = AdminState::Enabled;
         assert_eq!(Health::default().code(&e), server_state::ENABLED);
         assert_eq!(down(false).code(&e), server_state::DRAINING, "DOWN: its flows go on, no new ones");

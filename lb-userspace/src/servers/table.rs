@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     health::Health,
     saved::ServerRecord,
-    state::{AdminState, Source},
+    state::{AdminState, Source, StateLabel, Why},
 };
 use crate::config::Protocol;
 
@@ -47,6 +47,16 @@ impl ServerSlot {
     /// Whether the server may take new flows (and so has Maglev slots).
     pub fn takes_new_flows(&self) -> bool {
         self.admin == AdminState::Enabled && self.weight > 0 && !self.removing && self.health.serves()
+    }
+
+    /// Its state and why, as people read it: a drain a monitor began (a
+    /// maintenance reply) reads "maintenance".
+    pub fn label(&self) -> StateLabel {
+        let label = self.admin.label();
+        match (self.source, self.admin) {
+            (Source::Monitor, AdminState::Draining { .. }) => StateLabel { why: Some(Why::Maintenance), ..label },
+            _ => label,
+        }
     }
 
     /// The code the datapath reads: its administrative state, as its health

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use lb_userspace::api::model::{HealthStatus, ServerView};
+
 use super::{Report, Target};
 use crate::{agent::Agent, topology::Topology};
 
@@ -45,8 +47,9 @@ pub fn run(report: &mut Report, lb: &Path) {
     }
     let agent = Agent::start_with(lb.to_owned(), &topology, &config);
     let up = || {
-        let view = agent.lb_json(&["pool", "show", "farm"]);
-        view["servers"].as_array().unwrap().iter().filter(|s| s["health"] == "UP").count()
+        let view = agent.pool("farm");
+        let up = |s: &&ServerView| s.health.as_ref().is_some_and(|h| h.status == HealthStatus::Up);
+        view.servers.iter().filter(up).count()
     };
     let started = std::time::Instant::now();
     while up() < SERVERS && started.elapsed() < Duration::from_secs(20) {

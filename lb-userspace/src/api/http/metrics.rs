@@ -16,7 +16,7 @@ use axum::{
 };
 
 use super::Web;
-use crate::api::model::{PoolView, ReloadStatus, ServerState, Stats};
+use crate::api::model::{HealthStatus, PoolView, ReloadStatus, ServerState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -115,7 +115,7 @@ fn servers(out: &mut Exposition, pools: &[PoolView]) {
         "gauge",
         "Whether a server's health monitors find it UP (1) or DOWN (0); only servers of pools with monitors.",
     );
-    each(out, "lb_server_up", &|s| s.health.as_ref().map(|h| u64::from(!h.starts_with("DOWN"))));
+    each(out, "lb_server_up", &|s| s.health.as_ref().map(|h| u64::from(h.status != HealthStatus::Down)));
     out.family("lb_server_weight", "gauge", "A server's weight in its pool (0: no new flows).");
     each(out, "lb_server_weight", &|s| Some(u64::from(s.weight)));
     out.family("lb_server_active_flows", "gauge", "Live flows of a server at the last count of the flow table.");
@@ -187,8 +187,14 @@ mod tests {
             deadline_left_ms: Some(1500),
             source: crate::api::model::Source::Operator,
             removing: false,
-            health: None,
-            last_check: None,
+            takes_new_flows: false,
+            health: Some(crate::api::model::HealthView {
+                status: HealthStatus::Down,
+                reason: Some(crate::api::model::DownReason::Refused),
+                fail_open: false,
+                maintenance: false,
+                last_check: None,
+            }),
             packets_to: 10,
             bytes_to: 1000,
             packets_from: 9,
@@ -218,6 +224,8 @@ mod tests {
             startup: Default::default(),
         };
         let text = render("lb0", &[pool], &stats);
+        let up = text.lines().find(|l| l.starts_with("lb_server_up{")).expect("lb_server_up");
+        assert!(up.ends_with(" 0"), "a DOWN server: {up}");
         assert!(text.contains("lb_config_last_reload_successful 0\n"), "{text}");
         assert!(text.contains("lb_config_last_reload_success_timestamp_seconds 1700000000\n"), "{text}");
         assert!(text.contains("lb_config_reloads_total{result=\"refused\"} 1\n"), "{text}");

@@ -13,7 +13,10 @@ use axum::{
 use serde_json::Value;
 
 use super::{Web, body};
-use crate::api::model::{ApiError, ErrorCode, Request};
+use crate::api::{
+    model::{ApiError, ErrorCode, Request},
+    wire,
+};
 
 pub async fn pool_list(State(web): State<Arc<Web>>) -> Response {
     answer(web.ops.handle(Request::PoolList).await)
@@ -29,15 +32,15 @@ pub async fn disable(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    change(&web, pool, &headers, body, body::disable).await
+    change(&web, pool, &headers, body, wire::disable).await
 }
 
 pub async fn enable(State(web): State<Arc<Web>>, Path(pool): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    change(&web, pool, &headers, body, body::enable).await
+    change(&web, pool, &headers, body, wire::enable).await
 }
 
 pub async fn reload(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> Response {
-    change(&web, String::new(), &headers, body, body::reload).await
+    change(&web, String::new(), &headers, body, wire::reload).await
 }
 
 /// A change: its body read and turned into the operation by `parse`.

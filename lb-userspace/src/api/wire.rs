@@ -1,0 +1,215 @@
+//! The operations on the wire, read the same way from both transports:
+//! a socket line `{"op":"disable","pool":"web","servers":["web-1"],
+//! "mode":"graceful","timeout":"5m","force":false}` carries the same fields
+//! as `POST /api/v1/pools/web/disable` with `{"servers":["web-1"],
+//! "mode":"graceful","timeout":"5m","force":false}`. The fields of a change
+//! are read one by one, so that a refusal names the field.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::model::{ApiError, DisableMode, ErrorCode, Request};
+use crate::config::{format_duration, parse_duration};
+
+/// A socket line: `op`, the pool where it names one, and the operation's
+/// fields.
+pub fn from_line(line: &[u8]) -> Result<Request, ApiError> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))?;
+    let mut fields = value.as_object().cloned().ok_or_else(|| bad_field("request", "must be a JSON object"))?;
+    let op = match fields.remove("op") {
+        Some(Value::String(op)) => op,
+        _ => return Err(bad_field("op", format!("must name an operation ({})", OPERATIONS.join(", ")))),
+    };
+    let mut pool = || match fields.remove("pool") {
+        Some(Value::String(pool)) => Ok(pool),
+        _ => Err(bad_field("pool", "must name a pool")),
+    };
+    match op.as_str() {
+        "disable" => disable(pool()?, &Value::Object(fields)),
+        "enable" => enable(pool()?, &Value::Object(fields)),
+        "reload" => reload(String::new(), &Value::Object(fields)),
+        "pool_list" | "pool_show" | "events" | "stats" => {
+            let mut value = Value::Object(fields);
+            value["op"] = Value::String(op);
+            serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+        }
+        other => Err(bad_field("op", format!("unknown operation \"{other}\" (known: {})", OPERATIONS.join(", ")))),
+    }
+}
+
+/// Every operation, by its name on the socket.
+pub const OPERATIONS: &[&str] = &["pool_list", "pool_show", "disable", "enable", "events", "stats", "reload"];
+
+/// The socket line of `request` (what the CLI sends).
+pub fn to_line(request: &Request) -> String {
+    let value = match request {
+        Request::Disable { pool, servers, mode, force } => {
+            let (mode, timeout) = match mode {
+                DisableMode::Immediate => ("immediate", None),
+                DisableMode::Graceful { timeout_ms } => ("graceful", timeout_ms.map(exact_duration)),
+            };
+            serde_json::json!({"op": "disable", "pool": pool, "servers": servers, "mode": mode,
+                "timeout": timeout, "force": force})
+        }
+        other => serde_json::to_value(other).expect("requests serialise"),
+    };
+    value.to_string()
+}
+
+/// A timeout as `parse_duration` reads it back, to the millisecond.
+fn exact_duration(ms: u64) -> String {
+    if ms % 1000 == 0 { format_duration(Duration::from_secs(ms / 1000)) } else { format!("{ms}ms") }
+}
+
+fn bad_field(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, format!("{field}: {message}"))
+}
+
+/// `{"servers":[...],"mode":"immediate"|"graceful","timeout":"5m"|null,"force":false}`
+pub fn disable(pool: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["servers", "mode", "timeout", "force"])?;
+    let servers = servers(fields)?;
+    let timeout = match fields.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(timeout(text)?),
+        Some(_) => return Err(bad_field("timeout", "must be a duration such as \"5m\" or \"90s\", or null")),
+    };
+    let mode = match fields.get("mode").and_then(Value::as_str) {
+        Some("immediate") if timeout.is_some() => {
+            return Err(bad_field("timeout", "only a graceful disable has a timeout"));
+        }
+        Some("immediate") => DisableMode::Immediate,
+        Some("graceful") => DisableMode::Graceful { timeout_ms: timeout.map(|t| t.as_millis() as u64) },
+        _ => return Err(bad_field("mode", "must be \"immediate\" or \"graceful\"")),
+    };
+    let force = match fields.get("force") {
+        None => false,
+        Some(Value::Bool(force)) => *force,
+        Some(_) => return Err(bad_field("force", "must be true or false")),
+    };
+    Ok(Request::Disable { pool, servers, mode, force })
+}
+
+/// `{"servers":[...],"force":false}`
+pub fn enable(pool: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["servers", "force"])?;
+    let force = match fields.get("force") {
+        None => false,
+        Some(Value::Bool(force)) => *force,
+        Some(_) => return Err(bad_field("force", "must be true or false")),
+    };
+    Ok(Request::Enable { pool, servers: servers(fields)?, force })
+}
+
+/// `{"force":false,"dry_run":false}` (both optional).
+pub fn reload(_: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["force", "dry_run"])?;
+    let flag = |name: &str| match fields.get(name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad_field(name, "must be true or false")),
+    };
+    Ok(Request::Reload { force: flag("force")?, dry_run: flag("dry_run")? })
+}
+
+fn known_fields<'a>(body: &'a Value, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
+    let fields = body.as_object().ok_or_else(|| bad_field("body", "must be a JSON object"))?;
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad_field(unknown, format!("unknown field (known: {})", known.join(", "))));
+    }
+    Ok(fields)
+}
+
+fn servers(fields: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let names = fields
+        .get("servers")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>());
+    match names {
+        Some(names) if !names.is_empty() => Ok(names),
+        _ => Err(bad_field("servers", "must be a non-empty list of server names")),
+    }
+}
+
+fn timeout(text: &str) -> Result<Duration, ApiError> {
+    match parse_duration(text) {
+        Ok(d) if d > Duration::ZERO => Ok(d),
+        Ok(_) => Err(bad_field("timeout", "must be longer than zero (for at once, use mode \"immediate\")")),
+        Err(e) => Err(bad_field("timeout", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refusal(body: Value) -> String {
+        disable("web".into(), &body).unwrap_err().message
+    }
+
+    #[test]
+    fn both_transports_carry_the_same_fields() {
+        let line = br#"{"op":"disable","pool":"web","servers":["a"],"mode":"graceful","timeout":"1500ms"}"#;
+        let from_socket = from_line(line).unwrap();
+        let from_http = disable("web".into(), &json!({"servers":["a"],"mode":"graceful","timeout":"1500ms"})).unwrap();
+        assert_eq!(from_socket, from_http);
+        assert_eq!(from_line(to_line(&from_socket).as_bytes()).unwrap(), from_socket, "the CLI's line reads back");
+        let immediate = Request::Disable {
+            pool: "web".into(),
+            servers: vec!["a".into()],
+            mode: DisableMode::Immediate,
+            force: true,
+        };
+        assert_eq!(from_line(to_line(&immediate).as_bytes()).unwrap(), immediate);
+        for request in [
+            Request::PoolList,
+            Request::Stats,
+            Request::Events { since: Some(3) },
+            Request::PoolShow { pool: "web".into() },
+        ] {
+            assert_eq!(from_line(to_line(&request).as_bytes()).unwrap(), request);
+        }
+        let refusal = |line: &[u8]| from_line(line).unwrap_err().message;
+        assert!(refusal(br#"{"op":"disable","pool":"web","servers":["a"],"mode":"later"}"#).starts_with("mode: "));
+        assert!(refusal(br#"{"op":"dance"}"#).starts_with("op: unknown operation"));
+        assert!(refusal(br#"{"op":"enable","servers":["a"]}"#).starts_with("pool: "));
+    }
+
+    #[test]
+    fn a_disable_body_becomes_the_operation() {
+        let request = disable("web".into(), &json!({"servers":["a","b"],"mode":"graceful","timeout":"5m"})).unwrap();
+        assert_eq!(
+            request,
+            Request::Disable {
+                pool: "web".into(),
+                servers: vec!["a".into(), "b".into()],
+                mode: DisableMode::Graceful { timeout_ms: Some(300_000) },
+                force: false,
+            }
+        );
+        let request = disable("web".into(), &json!({"servers":["a"],"mode":"graceful","timeout":null,"force":true}));
+        assert!(matches!(
+            request,
+            Ok(Request::Disable { mode: DisableMode::Graceful { timeout_ms: None }, force: true, .. })
+        ));
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        assert!(refusal(json!({"mode":"immediate"})).starts_with("servers: "));
+        assert!(refusal(json!({"servers":[],"mode":"immediate"})).starts_with("servers: "));
+        assert!(refusal(json!({"servers":[1],"mode":"immediate"})).starts_with("servers: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"later"})).starts_with("mode: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"graceful","timeout":"soon"})).starts_with("timeout: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"graceful","timeout":"0s"})).starts_with("timeout: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"graceful","timeout":5})).starts_with("timeout: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"immediate","timeout":"5m"})).starts_with("timeout: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"immediate","force":"yes"})).starts_with("force: "));
+        assert!(refusal(json!({"servers":["a"],"mode":"immediate","forse":true})).starts_with("forse: unknown field"));
+        assert!(enable("web".into(), &json!({"servers":["a"],"mode":"immediate"})).is_err());
+    }
+}
