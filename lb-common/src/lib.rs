@@ -669,16 +669,27 @@ mod user {
     // SAFETY: each type is #[repr(C)], has no padding (checked by bytemuck's
     // Pod derive) and every bit pattern is valid.
     unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Service {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Server {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Flow {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ReverseNat {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ServerStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ResetRequest {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for purge::Request {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for purge::Purged {}
 }
 

@@ -232,10 +232,10 @@ async fn serve(
     // which the AsyncFd owns: it stays open and the same while registered.
     let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
         .context("cannot wait on the datapath's reset requests")?;
-    // SAFETY: as above: the ring buffer's descriptor is owned by the reader,
-    // which the AsyncFd owns.
     let datapath_log = match datapath_log {
         Some(reader) => Some(
+            // SAFETY: as above: the ring buffer's descriptor is owned by the
+            // reader, which the AsyncFd owns.
             unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
                 .context("cannot wait on the datapath's log")?,
         ),

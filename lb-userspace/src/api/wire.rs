@@ -60,7 +60,7 @@ pub fn to_line(request: &Request) -> String {
 
 /// A timeout as `parse_duration` reads it back, to the millisecond.
 fn exact_duration(ms: u64) -> String {
-    if ms % 1000 == 0 { format_duration(Duration::from_secs(ms / 1000)) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format_duration(Duration::from_secs(ms / 1000)) } else { format!("{ms}ms") }
 }
 
 fn bad_field(field: &str, message: impl std::fmt::Display) -> ApiError {

@@ -229,7 +229,7 @@ impl Maps {
         let keys: Vec<u32> = (0..max_servers).collect();
         let zeros = vec![0u8; keys.len()];
         bpf_batch::update_batch(self.purge_servers.map().fd().as_fd(), &keys, &zeros)
-            .map_err(|source| DatapathError::ClearPurgeMarks(source))
+            .map_err(DatapathError::ClearPurgeMarks)
     }
 
     pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
@@ -257,6 +257,7 @@ struct Attached {
 /// The balancing and purge programs: loaded and verified by this agent, or
 /// taken over from the pins of an agent of the same build (a restart skips
 /// the verifier, most of a start's time).
+#[allow(clippy::large_enum_variant, reason = "one per agent, made once at start")]
 enum Programs {
     Loaded(Ebpf),
     Pinned { lb: Xdp, purge: Xdp },

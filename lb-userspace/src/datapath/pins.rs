@@ -62,6 +62,7 @@ pub(super) fn check_pinned_format(pin_dir: &Path, sizes: &MapSizes) -> Result<()
 pub(super) fn ensure_bpffs() -> Result<(), DatapathError> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs is plain data: all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-pointer.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {

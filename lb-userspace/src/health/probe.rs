@@ -51,7 +51,7 @@ pub async fn check(monitor: &Monitor, address: Ipv4Addr, port: u16) -> Outcome {
             Probe::Udp { send, expect } => udp(to, send, expect.as_deref(), &monitor.maintenance).await,
         }
     };
-    timeout(monitor.timeout, run).await.unwrap_or_else(|_| Outcome::Fail(DownReason::TimedOut))
+    timeout(monitor.timeout, run).await.unwrap_or(Outcome::Fail(DownReason::TimedOut))
 }
 
 async fn tcp(to: SocketAddr, send: Option<&str>, expect: Option<&str>, signs: &MaintenanceSigns) -> Outcome {

@@ -100,9 +100,13 @@ pub fn run(report: &mut Report, lb: &Path) {
 fn bare_connects(duration: Duration) -> f64 {
     let every = Duration::from_secs(1) / SERVERS as u32;
     let cpu = || {
-        // SAFETY: getrusage fills the struct given; RUSAGE_THREAD is this thread.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+        // SAFETY: rusage is plain data (all zeroes is valid); getrusage fills
+        // the struct given, and RUSAGE_THREAD is this thread.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            usage
+        };
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         secs(usage.ru_utime) + secs(usage.ru_stime)
     };
