@@ -65,7 +65,7 @@ pub mod map_name {
     /// [`MAPS_FORMAT`](crate::MAPS_FORMAT).
     pub const MAPS_FORMAT: &str = "maps_format";
     /// The datapath's clock: one `u64`, nanoseconds of CLOCK_MONOTONIC_COARSE
-    /// as the agent last published it (see `lb-userspace/src/clock.rs`).
+    /// as the agent last published it (see `lb-userspace/src/datapath/clock.rs`).
     pub const CLOCK: &str = "clock";
 
     /// Every map, for pinning and compatibility checks (the purge's three

@@ -127,7 +127,7 @@ mod program {
     }
 
     /// Time for flow bookkeeping and the next-hop cache: the agent's clock
-    /// (`lb-userspace/src/clock.rs`, 10 ms resolution, far below any
+    /// (`lb-userspace/src/datapath/clock.rs`, 10 ms resolution, far below any
     /// timeout), one load where a helper call cost +0.03 of the reflector's
     /// packet rate.
     #[inline(always)]

@@ -107,7 +107,7 @@ pub static PURGE_SERVERS: Array<u8> = Array::with_max_entries(DEFAULT_MAX_SERVER
 #[map(name = "purged")]
 pub static PURGED: Array<purge::Purged> = Array::with_max_entries(purge::BATCH, BPF_F_MMAPABLE);
 
-/// The time, as the agent publishes it (`lb-userspace/src/clock.rs`): the
+/// The time, as the agent publishes it (`lb-userspace/src/datapath/clock.rs`): the
 /// datapath's clock, one load instead of a helper call per packet.
 #[map(name = "clock")]
 pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);

@@ -16,6 +16,3 @@ pub mod config;
 pub mod datapath;
 pub mod health;
 pub mod servers;
-
-#[cfg(test)]
-mod input_fuzz;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::owner_tests::{T0, Write, names, owner_of, state, take_writes, web_config};
+use super::fake_datapath::{T0, Write, names, owner_of, state, take_writes, web_config};
 use crate::{
     api::model::{EventKind, ServerState, Source},
     health::tally::Change,
@@ -13,11 +13,11 @@ use crate::{
 
 const ABC: [(&str, &str); 3] = [("a", ""), ("b", ""), ("c", "")];
 
-fn owner(test: &str, rule: &str) -> super::owner::Owner<super::owner_tests::FakeDatapath> {
+fn owner(test: &str, rule: &str) -> super::owner::Owner<super::fake_datapath::FakeDatapath> {
     owner_of(web_config(test, rule, &ABC, &[80]))
 }
 
-fn identity(owner: &super::owner::Owner<super::owner_tests::FakeDatapath>, name: &str) -> u64 {
+fn identity(owner: &super::owner::Owner<super::fake_datapath::FakeDatapath>, name: &str) -> u64 {
     owner.servers().find("web", name).unwrap().identity
 }
 
@@ -51,7 +51,7 @@ fn on_down_terminate_cuts_at_once_and_a_duration_at_its_time() {
     owner.enforce_cuts(T0);
     assert_eq!(take_writes(&mut owner), [Write::Server("a", ServerState::Disabled), Write::Terminate(vec!["a"])]);
 
-    let mut owner = super::owner_tests::owner_of(web_config("health-after", "on_down = \"30s\"", &ABC, &[80]));
+    let mut owner = super::fake_datapath::owner_of(web_config("health-after", "on_down = \"30s\"", &ABC, &[80]));
     owner.apply_health("web", "b", identity(&owner, "b"), down(DownReason::Refused), T0);
     assert_eq!(owner.next_cut(), Some(T0 + 30_000));
     take_writes(&mut owner);

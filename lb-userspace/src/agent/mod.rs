@@ -6,6 +6,8 @@
 
 pub mod drain;
 pub mod events;
+#[cfg(test)]
+mod fake_datapath;
 pub mod health;
 #[cfg(test)]
 mod health_tests;

@@ -31,10 +31,7 @@ use crate::{
     api::model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus, Subject},
     config::{Config, format_time_left},
     datapath::ops::DatapathOps,
-    servers::{
-        self, AdminState, DisableMode, DisableReason, LeavingService, Saved, ServerTable, ServiceSlot, Source,
-        Transition,
-    },
+    servers::{self, AdminState, DisableMode, DisableReason, Saved, ServerTable, ServiceSlot, Source, Transition},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -466,7 +463,7 @@ impl<D: DatapathOps> Owner<D> {
     pub fn saved(&self) -> Saved {
         Saved {
             servers: self.servers.iter().map(|s| ((s.pool.clone(), s.name.clone()), s.record())).collect(),
-            leaving_services: self.services.iter().filter_map(LeavingService::of).collect(),
+            leaving_services: self.services.iter().filter_map(ServiceSlot::saved).collect(),
         }
     }
 

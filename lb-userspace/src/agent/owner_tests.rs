@@ -2,198 +2,20 @@
 //! writes in each change, deadlines, drained detection, the guard. No root,
 //! no kernel.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-    path::Path,
-    time::Duration,
-};
+use std::time::Duration;
 
-use super::owner::{ControlError, Owner};
+use super::{
+    fake_datapath::{FakeDatapath, T0, Write, names, owner_of, state, take_writes, web_config},
+    owner::{ControlError, Owner},
+};
 use crate::{
     api::model::{EventKind, ServerState, Why},
-    config::{Config, FlowSettings},
-    datapath::{
-        ops::{DatapathOps, DatapathResult},
-        sweep::SweepReport,
-        tables::{Previous, Tables},
-        terminate::Termination,
-    },
-    servers::{AdminState, DisableMode, DisableReason, LeavingId, ServerSlot, ServerTable, ServiceSlot},
+    servers::{AdminState, DisableMode, DisableReason},
 };
-
-/// What the fake datapath was asked, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Write {
-    /// A server's record, with its state.
-    Server(&'static str, ServerState),
-    /// A service's Maglev row, with the servers it sends new flows to.
-    Maglev(Vec<&'static str>),
-    Terminate(Vec<&'static str>),
-    /// A server written new to its slot (reload), with its state.
-    NewServer(&'static str, ServerState),
-    /// Return paths, filter and VIPs, for these services (leaving ones marked).
-    Layout(Vec<String>),
-    /// A service's entry written: it takes new flows.
-    Service(String),
-    Forget(&'static str),
-    TerminateService(String),
-}
-
-#[derive(Default)]
-pub(super) struct FakeDatapath {
-    pub(super) writes: Vec<Write>,
-    /// Live flows per server id, as the next sweep reports them.
-    pub(super) live: HashMap<u32, u64>,
-    /// Live TCP flows each terminated server had.
-    live_tcp: HashMap<u32, usize>,
-    /// Live flows per leaving service, as the next sweep reports them.
-    pub(super) live_services: HashMap<LeavingId, u64>,
-    sweeps: usize,
-    state_file: std::path::PathBuf,
-    /// Fail Maglev row writes (to test roll-backs).
-    fail_maglev: bool,
-}
-
-/// The state the datapath would read: the code written.
-fn written(server: &ServerSlot) -> ServerState {
-    match server.code() {
-        lb_common::server_state::ENABLED => ServerState::Enabled,
-        lb_common::server_state::DRAINING => ServerState::Draining,
-        _ => ServerState::Disabled,
-    }
-}
-
-const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
-
-fn name(id: u32) -> &'static str {
-    NAMES.get(id as usize).copied().unwrap_or("another")
-}
-
-impl DatapathOps for FakeDatapath {
-    fn write_server(&mut self, server: &crate::servers::ServerSlot) -> DatapathResult<()> {
-        self.writes.push(Write::Server(name(server.id), written(server)));
-        Ok(())
-    }
-
-    fn write_maglev_row(&mut self, service: &ServiceSlot, servers: &ServerTable) -> DatapathResult<()> {
-        if self.fail_maglev {
-            return Err("the map is gone".into());
-        }
-        let members = servers.pool(&service.pool).filter(|s| s.takes_new_flows()).map(|s| name(s.id)).collect();
-        self.writes.push(Write::Maglev(members));
-        Ok(())
-    }
-
-    fn terminate(&mut self, _: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<Termination> {
-        let mut names: Vec<_> = ids.iter().map(|&id| name(id)).collect();
-        names.sort();
-        self.writes.push(Write::Terminate(names));
-        let reset_by_server = ids.iter().map(|&id| (id, self.live_tcp.remove(&id).unwrap_or(0))).collect();
-        self.live.retain(|id, _| !ids.contains(id));
-        Ok(Termination { reset_by_server, ..Termination::default() })
-    }
-
-    fn sweep(&mut self, _: &ServerTable, _: &[ServiceSlot], _: &FlowSettings) -> DatapathResult<SweepReport> {
-        self.sweeps += 1;
-        Ok(SweepReport {
-            active_by_server: self.live.clone(),
-            active_by_leaving_service: self.live_services.clone(),
-            ..SweepReport::default()
-        })
-    }
-
-    fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
-        self.writes.push(Write::NewServer(name(server.id), written(server)));
-        Ok(())
-    }
-
-    fn add_return_paths(&mut self, _: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<usize> {
-        Ok(ids.len())
-    }
-
-    fn write_layout(&mut self, _: &ServerTable, services: &[ServiceSlot]) -> DatapathResult<()> {
-        let labels = services
-            .iter()
-            .map(|s| if s.leaving.is_some() { format!("{} (leaving)", s.label()) } else { s.label() })
-            .collect();
-        self.writes.push(Write::Layout(labels));
-        Ok(())
-    }
-
-    fn write_service(&mut self, service: &ServiceSlot) -> DatapathResult<()> {
-        self.writes.push(Write::Service(service.label()));
-        Ok(())
-    }
-
-    fn forget_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
-        self.writes.push(Write::Forget(name(server.id)));
-        Ok(())
-    }
-
-    fn terminate_service(&mut self, _: &ServerTable, service: &LeavingId) -> DatapathResult<Termination> {
-        let (key, pool) = service;
-        let label = format!("{}:{} of {pool}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port));
-        self.writes.push(Write::TerminateService(label));
-        self.live_services.remove(service);
-        Ok(Termination::default())
-    }
-}
-
-pub(super) const T0: u64 = 1_700_000_000_000;
-
-/// A test's config: pool "web" with `servers` (name and extra lines such as
-/// "weight = 2"; server "a" is at 10.0.0.1, "b" at 10.0.0.2, ...) and the
-/// pool's `rule` lines, behind 10.100.0.1 on each of `ports`.
-pub(super) fn web_config(test: &str, rule: &str, servers: &[(&str, &str)], ports: &[u16]) -> Config {
-    let servers: String = servers
-        .iter()
-        .map(|(n, extra)| {
-            let octet = NAMES.iter().position(|m| m == n).expect("a known name") + 1;
-            format!("[[pools.web.servers]]\nname = \"{n}\"\naddress = \"10.0.0.{octet}\"\nport = 80\n{extra}\n")
-        })
-        .collect();
-    let services: String = ports
-        .iter()
-        .map(|p| format!("[[services]]\nvip = \"10.100.0.1\"\nport = {p}\nprotocol = \"tcp\"\npool = \"web\"\n"))
-        .collect();
-    let text = format!(
-        "interfaces = [\"eth0\"]\nstate_file = \"{}\"\n{services}[pools.web]\n{rule}\n{servers}",
-        std::env::temp_dir().join(format!("lb-owner-{test}-{}.json", std::process::id())).display()
-    );
-    Config::parse(&text, Path::new("test.toml")).expect("test config")
-}
-
-/// An owner of `config`, as a first start writes it.
-pub(super) fn owner_of(config: Config) -> Owner<FakeDatapath> {
-    let tables = Tables::plan(&config, &Previous::default(), T0).expect("plan");
-    let mut fake = FakeDatapath::default();
-    fake.state_file = config.state_file.clone();
-    Owner::new(config, fake, tables.servers, tables.services)
-}
 
 /// A pool "web" of a, b, c (ids 0, 1, 2) behind one service.
 fn owner(test: &str) -> Owner<FakeDatapath> {
     owner_of(web_config(test, "", &[("a", ""), ("b", ""), ("c", "")], &[80]))
-}
-
-/// The fake goes with the owner: it removes the test's state file.
-impl Drop for FakeDatapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.state_file);
-    }
-}
-
-pub(super) fn names(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-pub(super) fn state(owner: &Owner<FakeDatapath>, server: &str) -> AdminState {
-    owner.servers().find("web", server).unwrap().admin
-}
-
-pub(super) fn take_writes(owner: &mut Owner<FakeDatapath>) -> Vec<Write> {
-    std::mem::take(&mut owner.dp_mut().writes)
 }
 
 #[test]

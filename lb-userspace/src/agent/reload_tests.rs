@@ -3,8 +3,8 @@
 //! over whom, the guard, the refusals, dry runs. No root, no kernel.
 
 use super::{
+    fake_datapath::{FakeDatapath, T0, Write, names, owner_of, state, take_writes, web_config},
     owner::{ControlError, Owner},
-    owner_tests::{FakeDatapath, T0, Write, names, owner_of, state, take_writes, web_config},
     reload::ReloadOptions,
     state_file,
 };

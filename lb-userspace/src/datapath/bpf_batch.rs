@@ -1,11 +1,18 @@
 //! Batched map operations (BPF_MAP_*_BATCH), which aya 0.14 does not wrap:
 //! writing a Maglev row or the filter, or cleaning return-path entries, one
 //! syscall per entry would take far longer.
+//!
+//! The kernel reads `count` keys (and values) of the map's own sizes from
+//! the buffers given, so the sizes of `K` and `V` are checked against the
+//! map's before each call, as aya's typed maps do (`check_kv_size`), and
+//! both must be plain data (`aya::Pod`).
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd},
 };
+
+use aya::{Pod, maps::MapData};
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -36,7 +43,9 @@ fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> (u32, Option<io::Error>) {
 
 /// Deletes `keys`; keys already gone (evicted by the LRU, or removed by the
 /// datapath) are skipped. Returns how many were deleted.
-pub fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+pub fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
+    check_sizes::<K>(map, None)?;
+    let fd = map.fd().as_fd();
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -60,8 +69,12 @@ pub fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
 }
 
 /// Writes `keys[i] = values[i]` for all i, in one call per batch.
-pub fn update_batch<K, V>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len());
+pub fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> io::Result<()> {
+    check_sizes::<K>(map, Some(size_of::<V>()))?;
+    if keys.len() != values.len() {
+        return Err(io::Error::other(format!("{} keys for {} values", keys.len(), values.len())));
+    }
+    let fd = map.fd().as_fd();
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -73,4 +86,17 @@ pub fn update_batch<K, V>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::R
         (_, None) => Ok(()),
         (_, Some(e)) => Err(e),
     }
+}
+
+/// Refuses a `K` (and a value size) that is not the map's.
+fn check_sizes<K>(map: &MapData, value_size: Option<usize>) -> io::Result<()> {
+    let info = map.info().map_err(|e| io::Error::other(format!("cannot read the map's sizes: {e}")))?;
+    let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+    if size_of::<K>() != key || value_size.is_some_and(|v| v != value) {
+        return Err(io::Error::other(format!(
+            "batch of {} byte keys and {value_size:?} byte values for a map of {key} byte keys and {value} byte values",
+            size_of::<K>()
+        )));
+    }
+    Ok(())
 }

@@ -50,7 +50,7 @@ impl Clock {
 
     /// Writes the time into the map.
     pub fn publish(&self) -> std::io::Result<()> {
-        bpf_batch::update_batch(self.map.fd().as_fd(), &[0u32], &[datapath_now_ns()])
+        bpf_batch::update_batch(&self.map, &[0u32], &[datapath_now_ns()])
     }
 
     /// When this clock started: earlier times (a last-seen time written

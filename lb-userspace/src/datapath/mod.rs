@@ -228,20 +228,19 @@ impl Maps {
     fn clear_purge_marks(&mut self, max_servers: u32) -> Result<(), DatapathError> {
         let keys: Vec<u32> = (0..max_servers).collect();
         let zeros = vec![0u8; keys.len()];
-        bpf_batch::update_batch(self.purge_servers.map().fd().as_fd(), &keys, &zeros)
-            .map_err(DatapathError::ClearPurgeMarks)
+        bpf_batch::update_batch(self.purge_servers.map(), &keys, &zeros).map_err(DatapathError::ClearPurgeMarks)
     }
 
-    pub fn reverse_nat_fd(&self) -> BorrowedFd<'_> {
-        self.reverse_nat.map().fd().as_fd()
+    pub fn reverse_nat_map(&self) -> &MapData {
+        self.reverse_nat.map()
     }
 
-    pub fn filter_fd(&self) -> BorrowedFd<'_> {
-        self.filter.map().fd().as_fd()
+    pub fn filter_map(&self) -> &MapData {
+        self.filter.map()
     }
 
-    pub fn maglev_fd(&self) -> BorrowedFd<'_> {
-        self.maglev.map().fd().as_fd()
+    pub fn maglev_map(&self) -> &MapData {
+        self.maglev.map()
     }
 
     pub fn reset_requests_fd(&self) -> BorrowedFd<'_> {
@@ -287,7 +286,7 @@ pub struct Datapath {
     pub maps: Maps,
     pin_dir: Option<PathBuf>,
     attached: Vec<Attached>,
-    /// The datapath's log records, when it logs (see `log.rs`).
+    /// The datapath's log records, when it logs (see `ebpf_log.rs`).
     log_reader: Option<ebpf_log::LogReader>,
 }
 

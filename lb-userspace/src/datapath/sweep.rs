@@ -104,7 +104,7 @@ pub fn remove_flows_where(
     let mut doomed_replies = Vec::with_capacity(CHUNK);
     let mut failed = None;
     let mut delete = |replies: &mut Vec<FlowKey>| {
-        if let Err(e) = bpf_batch::delete_batch(maps.reverse_nat_fd(), replies) {
+        if let Err(e) = bpf_batch::delete_batch(maps.reverse_nat_map(), replies) {
             failed.get_or_insert(e);
         }
         replies.clear();

@@ -85,7 +85,7 @@ pub fn write_maglev_row(dp: &Datapath, service: &ServiceSlot, servers: &ServerTa
     let row = maglev::build_table(&members);
     let base = service.index * MAGLEV_TABLE_SIZE;
     let keys: Vec<u32> = (base..base + MAGLEV_TABLE_SIZE).collect();
-    bpf_batch::update_batch(dp.maps.maglev_fd(), &keys, &row)
+    bpf_batch::update_batch(dp.maps.maglev_map(), &keys, &row)
         .map_err(|source| TablesError::Maglev { service: service.label(), source })
 }
 
@@ -254,7 +254,7 @@ impl Tables {
             bits[key.port as usize] |= filter::SERVER_PORT;
         }
         let indexes: Vec<u32> = (0..filter::ENTRIES).collect();
-        bpf_batch::update_batch(dp.maps.filter_fd(), &indexes, &bits)
+        bpf_batch::update_batch(dp.maps.filter_map(), &indexes, &bits)
             .map_err(|source| TablesError::Filter { source })?;
         for service in &self.services {
             dp.maps.vip_addrs.insert(service.key().addr, 0, 0).map_err(map_err("write", "vip_addrs"))?;

@@ -79,7 +79,7 @@ pub fn terminate(
                 replies.push(sweep::reply_key(key, server.address, server.port));
             }
         }
-        bpf_batch::delete_batch(maps.reverse_nat_fd(), &replies).map(|_| ())
+        bpf_batch::delete_batch(maps.reverse_nat_map(), &replies).map(|_| ())
     })?;
     done.flows = purged;
     done.purge_time = started.elapsed();
@@ -146,6 +146,6 @@ pub fn add_return_paths(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) 
     }
     let keys: Vec<FlowKey> = paths.iter().map(|(k, _)| *k).collect();
     let values: Vec<ReverseNat> = paths.iter().map(|(_, v)| *v).collect();
-    bpf_batch::update_batch(dp.maps.reverse_nat_fd(), &keys, &values)?;
+    bpf_batch::update_batch(dp.maps.reverse_nat_map(), &keys, &values)?;
     Ok(paths.len())
 }

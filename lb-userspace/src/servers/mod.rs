@@ -7,6 +7,6 @@ pub mod saved;
 pub mod state;
 pub mod table;
 
-pub use saved::{LeavingService, Records, Saved, ServerRecord};
+pub use saved::{Leaving, LeavingService, Records, Saved, ServerRecord};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
-pub use table::{Leaving, LeavingId, ServerSlot, ServerTable, ServiceSlot};
+pub use table::{LeavingId, ServerSlot, ServerTable, ServiceSlot};

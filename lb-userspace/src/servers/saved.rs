@@ -6,10 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    state::{AdminState, Source},
-    table::{Leaving, ServiceSlot},
-};
+use super::state::{AdminState, Source};
 use crate::config::Protocol;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,14 +52,9 @@ pub struct LeavingService {
     pub leaving: Leaving,
 }
 
-impl LeavingService {
-    pub fn of(slot: &ServiceSlot) -> Option<LeavingService> {
-        Some(LeavingService {
-            vip: slot.vip,
-            port: slot.port,
-            protocol: slot.protocol,
-            pool: slot.pool.clone(),
-            leaving: slot.leaving?,
-        })
-    }
+/// A service on its way out, as the state file keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    pub since_ms: u64,
+    pub deadline_ms: Option<u64>,
 }

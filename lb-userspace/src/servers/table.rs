@@ -6,11 +6,9 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use lb_common::ServiceKey;
 
-use serde::{Deserialize, Serialize};
-
 use super::{
     health::Health,
-    saved::ServerRecord,
+    saved::{Leaving, LeavingService, ServerRecord},
     state::{AdminState, Source, StateLabel, Why},
 };
 use crate::config::Protocol;
@@ -90,18 +88,22 @@ pub struct ServiceSlot {
     pub leaving: Option<Leaving>,
 }
 
-/// A service on its way out, as the state file keeps it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Leaving {
-    pub since_ms: u64,
-    pub deadline_ms: Option<u64>,
-}
-
 /// A leaving service: its key and the pool whose flows it still has (a
 /// service whose pool changed leaves its old pool while it serves the new).
 pub type LeavingId = (ServiceKey, String);
 
 impl ServiceSlot {
+    /// What the state file keeps of it, if it is leaving.
+    pub fn saved(&self) -> Option<LeavingService> {
+        Some(LeavingService {
+            vip: self.vip,
+            port: self.port,
+            protocol: self.protocol,
+            pool: self.pool.clone(),
+            leaving: self.leaving?,
+        })
+    }
+
     pub fn leaving_id(&self) -> LeavingId {
         (self.key(), self.pool.clone())
     }

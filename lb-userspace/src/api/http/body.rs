@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::Value;
 
-use super::{Limits, resources::refuse};
+use super::{Limits, refuse};
 use crate::api::model::ErrorCode;
 
 /// The body as a JSON object, or the answer that refuses it.

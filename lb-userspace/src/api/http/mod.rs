@@ -154,3 +154,13 @@ async fn refuse_busy(mut stream: TcpStream) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
 }
+
+/// A refusal, as every resource answers it: the status, and the API's error.
+pub(super) fn refuse(
+    status: axum::http::StatusCode,
+    code: crate::api::model::ErrorCode,
+    message: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (status, axum::Json(crate::api::model::ApiError::new(code, message))).into_response()
+}

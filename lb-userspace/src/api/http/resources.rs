@@ -12,7 +12,7 @@ use axum::{
 };
 use serde_json::Value;
 
-use super::{Web, body};
+use super::{Web, body, refuse};
 use crate::api::{
     model::{ApiError, ErrorCode, Request},
     wire,
@@ -130,10 +130,6 @@ pub fn answer(result: Result<Value, ApiError>) -> Response {
         Ok(data) => axum::Json(data).into_response(),
         Err(e) => refuse(status_of(e.code), e.code, e.message),
     }
-}
-
-pub fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
-    (status, axum::Json(ApiError::new(code, message))).into_response()
 }
 
 fn status_of(code: ErrorCode) -> StatusCode {
