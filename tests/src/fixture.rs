@@ -25,10 +25,9 @@ use lb_userspace::{
         Datapath, MapSizes, counters as stats,
         ops::Live,
         sweep::{self, SweepReport},
-        tables::Tables,
         tcp_reset::ResetSender,
     },
-    servers::{Saved, ServerTable, ServiceSlot},
+    servers::{Saved, ServerTable, ServiceSlot, plan::Tables},
 };
 
 use crate::{netns::NetNs, packet::Mac, topology::attach_pass};

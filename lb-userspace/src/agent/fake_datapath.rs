@@ -15,9 +15,9 @@ use crate::{
     datapath::{
         ops::{DatapathOps, DatapathResult},
         sweep::SweepReport,
-        tables::{Previous, Tables},
         terminate::Termination,
     },
+    servers::plan::{Previous, Tables},
     servers::{AdminState, LeavingId, ServerSlot, ServerTable, ServiceSlot},
 };
 

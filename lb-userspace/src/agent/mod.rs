@@ -55,9 +55,9 @@ use crate::{
         ebpf_log::{DatapathLog, LogReader},
         ops::Live,
         reset_requests::ResetRequests,
-        tables::Tables,
         tcp_reset::ResetSender,
     },
+    servers::plan::Tables,
 };
 
 /// Where an instance pins its maps and links.

@@ -525,6 +525,7 @@ impl<D: DatapathOps> Owner<D> {
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     source: s.source,
                     removing: s.removing,
+                    monitored: self.config.pools.get(pool).is_some_and(|p| !p.health.monitors.is_empty()),
                     health: s.health.clone(),
                 })
                 .collect(),

@@ -31,10 +31,8 @@ use super::owner::{ControlError, Owner, Plan, dp_err};
 use crate::{
     api::model::{Change, EventKind, ReloadReport, Subject},
     config::{Config, format_duration},
-    datapath::{
-        ops::DatapathOps,
-        tables::{Previous, Tables},
-    },
+    datapath::ops::DatapathOps,
+    servers::plan::{Previous, Tables},
     servers::{
         self, AdminState, DisableMode, Leaving, LeavingId, LeavingService, ServerSlot, ServerTable, ServiceSlot,
         Source, Transition,

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     api::model::{EventKind, ServerState, Source, Subject},
     config::Config,
-    datapath::tables::{Previous, Tables},
+    servers::plan::{Previous, Tables},
     servers::{AdminState, DisableMode, DisableReason},
 };
 

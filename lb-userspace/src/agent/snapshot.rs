@@ -62,6 +62,8 @@ pub struct ServerSnapshot {
     pub active_flows: u64,
     pub source: Source,
     pub removing: bool,
+    /// Its pool has health monitors.
+    pub monitored: bool,
     pub health: crate::servers::health::Health,
 }
 

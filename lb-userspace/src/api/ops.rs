@@ -107,7 +107,13 @@ impl Ops {
                     source: s.source,
                     removing: s.removing,
                     takes_new_flows: s.takes_new_flows,
-                    health: checks.get(&(name.to_owned(), s.name.clone())).map(|c| health_view(&s.health, c, now)),
+                    // A monitored server not yet in the checks' view (they
+                    // are published twice a second) is unchecked so far.
+                    health: s.monitored.then(|| {
+                        let unchecked = ServerChecks::default();
+                        let found = checks.get(&(name.to_owned(), s.name.clone())).unwrap_or(&unchecked);
+                        health_view(&s.health, found, now)
+                    }),
                     packets_to: traffic.packets_to,
                     bytes_to: traffic.bytes_to,
                     packets_from: traffic.packets_from,

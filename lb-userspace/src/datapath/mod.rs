@@ -1,6 +1,6 @@
 //! The datapath from the agent's side: the only files that use aya. Loading
 //! the XDP program, its maps and their pins, and attaching it (here); the
-//! tables written from the config (`tables`, `maglev`), the flow table
+//! tables written from the config (`tables`; what they hold is planned in `servers::plan`), the flow table
 //! (`flow_table`), the sweep that ages and counts flows (`sweep`), the purge
 //! and resets of terminated flows (`purge`, `terminate`, `tcp_reset`,
 //! `reset_requests`), the counters (`counters`), the datapath's clock
@@ -36,7 +36,6 @@ pub mod clock;
 pub mod counters;
 pub mod ebpf_log;
 pub mod flow_table;
-pub mod maglev;
 pub mod ops;
 mod pins;
 pub mod purge;

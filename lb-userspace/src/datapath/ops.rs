@@ -4,10 +4,12 @@
 
 use std::collections::HashSet;
 
+use crate::servers::plan::Tables;
+
 use super::{
     Datapath,
     sweep::{self, SweepReport},
-    tables::{self, Tables},
+    tables,
     tcp_reset::ResetSender,
     terminate::{self, Termination},
 };

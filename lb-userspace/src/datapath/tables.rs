@@ -10,17 +10,17 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use aya::maps::MapError;
 use lb_common::{
-    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, ServiceKey, filter, server_flags,
-    server_state,
+    EndpointKey, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, Server, Service, filter, server_flags, server_state,
 };
 
-use super::{
-    Datapath, bpf_batch,
-    maglev::{self, Member},
-};
+use super::{Datapath, bpf_batch};
 use crate::{
-    config::{Config, ServerConfig},
-    servers::{AdminState, DisableReason, Saved, ServerRecord, ServerSlot, ServerTable, ServiceSlot, Source},
+    config::Config,
+    servers::{
+        Saved, ServerSlot, ServerTable, ServiceSlot,
+        maglev::{self, Member},
+        plan::{PlanError, Previous, Tables},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +43,12 @@ pub enum TablesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the server table is full ({max} slots)")]
-    ServerTableFull { max: u32 },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
 }
 
 fn map_err(action: &'static str, map: &'static str) -> impl FnOnce(MapError) -> TablesError {
     move |source| TablesError::Map { action, map, source }
-}
-
-/// What the agent wrote into the datapath.
-#[derive(Clone, Debug, Default)]
-pub struct Tables {
-    pub servers: ServerTable,
-    pub services: Vec<ServiceSlot>,
 }
 
 /// The server table's record of a member.
@@ -89,27 +82,8 @@ pub fn write_maglev_row(dp: &Datapath, service: &ServiceSlot, servers: &ServerTa
         .map_err(|source| TablesError::Maglev { service: service.label(), source })
 }
 
-/// What the servers and services had before: each server's id and
-/// endpoint by identity, each service's Maglev row by key, and the saved
-/// records (states, removals).
-#[derive(Clone, Debug, Default)]
-pub struct Previous {
-    pub servers: HashMap<u64, (u32, Ipv4Addr, u16)>,
-    pub services: HashMap<ServiceKey, u32>,
-    pub saved: Saved,
-}
-
-impl Previous {
-    /// What the running agent has (the starting point of a reload).
-    pub fn of(servers: &ServerTable, services: &[ServiceSlot], saved: Saved) -> Previous {
-        Previous {
-            servers: servers.iter().map(|s| (s.identity, (s.id, s.address, s.port))).collect(),
-            services: services.iter().filter(|s| s.leaving.is_none()).map(|s| (s.key(), s.index)).collect(),
-            saved,
-        }
-    }
-}
-
+/// What the datapath's side of the tables does: write them at start, and
+/// the return paths, filter and VIPs they need.
 impl Tables {
     /// Writes `config` into the datapath at start-up, reusing the server
     /// ids and Maglev rows found in its (possibly pinned) maps; servers get
@@ -148,63 +122,6 @@ impl Tables {
             }
         }
         Ok(tables)
-    }
-
-    /// The servers and services of `config` (each server with its previous
-    /// id or a free one, each service with its previous row or a free one),
-    /// with the servers and services still on their way out.
-    pub fn plan(config: &Config, previous: &Previous, now_ms: u64) -> Result<Tables, TablesError> {
-        let mut tables = Tables::default();
-        let mut ids = FreeIds::new(config.max_servers, previous.servers.values().map(|(id, ..)| *id));
-        for (pool, p) in &config.pools {
-            for server in &p.servers {
-                let identity = maglev::identity(pool, &server.name);
-                let id = match previous.servers.get(&identity) {
-                    Some((id, ..)) => *id,
-                    None => ids.take().ok_or(TablesError::ServerTableFull { max: config.max_servers })?,
-                };
-                let key = (pool.clone(), server.name.clone());
-                let record = previous.saved.servers.get(&key);
-                tables.servers.insert(member(pool, server, id, identity, record, now_ms));
-            }
-        }
-        // Gone from the config (now, or while no agent ran), not yet out:
-        // kept until DISABLED.
-        for ((pool, name), record) in &previous.saved.servers {
-            let identity = maglev::identity(pool, name);
-            let Some((id, address, port)) = previous.servers.get(&identity) else { continue };
-            if tables.servers.find(pool, name).is_some() {
-                continue;
-            }
-            tables.servers.insert(ServerSlot {
-                id: *id,
-                pool: pool.clone(),
-                name: name.clone(),
-                address: *address,
-                port: *port,
-                weight: 0,
-                identity,
-                admin: record.admin,
-                shared_endpoint: false,
-                source: record.source,
-                config_enabled: record.config_enabled.unwrap_or(true),
-                removing: true,
-                health: Default::default(),
-            });
-        }
-        tables.services = services(config, previous);
-        tables.mark_shared();
-        Ok(tables)
-    }
-
-    /// Marks the servers whose endpoint serves several services.
-    pub fn mark_shared(&mut self) {
-        let endpoints = self.endpoints();
-        for slot in self.servers.iter_mut() {
-            let addr = u32::from_ne_bytes(slot.address.octets());
-            slot.shared_endpoint =
-                endpoints.iter().any(|(key, nat)| nat.shared != 0 && key.addr == addr && key.port == slot.port.to_be());
-        }
     }
 
     /// Every server endpoint with the VIP its replies come from; an endpoint
@@ -285,111 +202,6 @@ impl Tables {
             dp.maps.server_endpoints.remove(&key).map_err(map_err("clean", "server_endpoints"))?;
         }
         Ok(())
-    }
-}
-
-/// A pool member of the config, with its saved record if it has one.
-fn member(
-    pool: &str,
-    server: &ServerConfig,
-    id: u32,
-    identity: u64,
-    record: Option<&ServerRecord>,
-    now_ms: u64,
-) -> ServerSlot {
-    let (admin, source, config_enabled) = match record {
-        // New: it starts as its line says (a server disabled in the config
-        // never takes a flow, so it needs no drain).
-        None if server.enabled => (AdminState::Enabled, Source::Config, true),
-        None => (AdminState::Disabled { since_ms: now_ms, reason: DisableReason::Immediate }, Source::Config, false),
-        // Back in the config while on its way out: its line is applied anew.
-        Some(r) if r.removing => (r.admin, r.source, !server.enabled),
-        // An older agent's record does not know the line: `enabled = false`
-        // is then applied (see `agent::reload`).
-        Some(r) => (r.admin, r.source, r.config_enabled.unwrap_or(true)),
-    };
-    ServerSlot {
-        id,
-        pool: pool.to_owned(),
-        name: server.name.clone(),
-        address: server.address,
-        port: server.port,
-        weight: server.weight,
-        identity,
-        admin,
-        shared_endpoint: false,
-        source,
-        config_enabled,
-        removing: false,
-        health: Default::default(),
-    }
-}
-
-/// The services of `config`, each on its previous Maglev row or a free one
-/// (a row in use is never given to another service while it may take
-/// flows), then the saved leaving ones (a service whose pool changed has
-/// one of each: the new pool's, and the old pool's, leaving).
-fn services(config: &Config, previous: &Previous) -> Vec<ServiceSlot> {
-    let mut rows = FreeIds::new(config.max_services, previous.services.values().copied());
-    let mut services: Vec<ServiceSlot> = config
-        .services
-        .iter()
-        .map(|s| {
-            let mut slot = ServiceSlot {
-                index: 0,
-                vip: s.vip,
-                port: s.port,
-                protocol: s.protocol,
-                pool: s.pool.clone(),
-                leaving: None,
-            };
-            slot.index = match previous.services.get(&slot.key()) {
-                Some(index) if *index < config.max_services => *index,
-                // Validation bounds the services by max_services.
-                _ => rows.take().unwrap_or(0),
-            };
-            slot
-        })
-        .collect();
-    for leaving in &previous.saved.leaving_services {
-        let mut slot = ServiceSlot {
-            index: 0,
-            vip: leaving.vip,
-            port: leaving.port,
-            protocol: leaving.protocol,
-            pool: leaving.pool.clone(),
-            leaving: Some(leaving.leaving),
-        };
-        // Back in the config with the same pool: it serves again.
-        if services.iter().all(|s| s.key() != slot.key() || s.pool != slot.pool) {
-            // Its row is unused: the service's entry names the live one's, or none.
-            slot.index = u32::MAX;
-            services.push(slot);
-        }
-    }
-    services
-}
-
-/// Ids (or rows) not in use, lowest first.
-struct FreeIds {
-    taken: Vec<bool>,
-}
-
-impl FreeIds {
-    fn new(max: u32, in_use: impl Iterator<Item = u32>) -> FreeIds {
-        let mut taken = vec![false; max as usize];
-        for id in in_use {
-            if let Some(t) = taken.get_mut(id as usize) {
-                *t = true;
-            }
-        }
-        FreeIds { taken }
-    }
-
-    fn take(&mut self) -> Option<u32> {
-        let free = self.taken.iter().position(|t| !t)?;
-        self.taken[free] = true;
-        Some(free as u32)
     }
 }
 

@@ -37,8 +37,8 @@ pub struct LastCheck {
     pub took: Duration,
 }
 
-/// What the checks found of a server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the checks found of a server (by default: not checked yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerChecks {
     pub verdict: tally::Verdict,
     pub maintenance: bool,

@@ -3,6 +3,8 @@
 //! table of servers by id (`table`). Pure logic: no datapath, no clock.
 
 pub mod health;
+pub mod maglev;
+pub mod plan;
 pub mod saved;
 pub mod state;
 pub mod table;
