@@ -113,6 +113,23 @@ fn start(
     datapath_log: DatapathLog,
     mut startup: StartupClock,
 ) -> anyhow::Result<()> {
+    // Before anything is attached: a SIGTERM from then on (systemctl stop
+    // during a start) stops the agent cleanly, leaving XDP attached.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lb-api")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let signals = {
+        let _runtime = runtime.enter();
+        let install = |kind| signal(kind).context("cannot install signal handlers");
+        Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        }
+    };
     let states = state_file::load(&config.state_file)?;
     startup.mark("state file");
     let pins = pin_dir(&config.instance);
@@ -171,13 +188,7 @@ fn start(
     owner.save_states()?;
     startup.mark("owner");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("lb-api")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, startup));
+    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, signals, startup));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     // XDP stays attached (its links are pinned): forwarding goes on with the
@@ -216,6 +227,7 @@ async fn serve(
     listener: StdUnixListener,
     http: Option<HttpListener>,
     readers: Readers,
+    signals: Signals,
     mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
     let Readers { counters, reset_requests: requests, datapath_log } = readers;
@@ -227,9 +239,7 @@ async fn serve(
         None => None,
     };
     // Everything that can fail before anything starts.
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
-    let hangup = signal(SignalKind::hangup()).context("cannot install signal handlers")?;
+    let Signals { mut interrupt, mut terminate, hangup } = signals;
     // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
     // which the AsyncFd owns: it stays open and the same while registered.
     let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
@@ -329,6 +339,13 @@ async fn reload_on_hangup(
             Err(e) => log::error!("reload refused, nothing applied: {}", e.message),
         }
     }
+}
+
+/// The signals the agent answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 /// What the agent reads from the datapath.
