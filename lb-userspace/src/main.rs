@@ -4,9 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    agent,
     cli::{self, DisableArgs},
     config::Config,
+    daemon,
 };
 
 #[derive(Parser)]
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
 fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     match command {
         Command::Agent { config: path, check, datapath_log } => {
-            let mut startup = agent::startup::StartupClock::begin();
+            let mut startup = daemon::startup::StartupClock::begin();
             let config = Config::load(&path)?;
             startup.mark("config");
             if check {
@@ -157,7 +157,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
             }
             // Re-read on `lb reload` and SIGHUP.
             let path = std::path::absolute(&path).unwrap_or(path);
-            agent::run(config, path, datapath_log, startup)
+            daemon::run(config, path, datapath_log, startup)
         }
         Command::Server {
             command: ServerCommand::Disable { pool, servers, graceful, timeout, until_drained, force, wait, json },
@@ -182,7 +182,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
                     config.api_socket.display()
                 );
             }
-            let dir = agent::pin_dir(&config.instance);
+            let dir = daemon::pin_dir(&config.instance);
             if dir.exists() {
                 // The link pins go with it: nothing holds the XDP links then,
                 // and the program is detached.

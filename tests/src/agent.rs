@@ -1,8 +1,8 @@
 //! The real agent (`lb agent`), run as a process in the balancer's namespace.
 //! The guard stops it and removes its pins and files, even if the test fails.
 
-use lb_userspace::api::{
-    client,
+use lb_userspace::{
+    api::client,
     model::{Event, PoolSummary, PoolView, Request, Stats},
 };
 use std::{

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::model::{Event, EventKind, ServerView};
+use lb_userspace::model::{Event, EventKind, ServerView};
 
 use crate::{
     agent::Agent,

@@ -19,7 +19,6 @@ use lb_userspace::{
         reload::ReloadOptions,
         runtime::now_ms,
     },
-    api::model::{Change, DisableMode, ReloadReport},
     config::Config,
     datapath::{
         Datapath, MapSizes, counters as stats,
@@ -27,6 +26,7 @@ use lb_userspace::{
         sweep::{self, SweepReport},
         tcp_reset::ResetSender,
     },
+    model::{Change, DisableMode, ReloadReport},
     servers::{Saved, ServerTable, ServiceSlot, plan::Tables},
 };
 

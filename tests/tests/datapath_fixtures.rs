@@ -338,7 +338,7 @@ fn reset_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32) -> lb_com
 #[test]
 fn maintenance_fixtures() {
     use lb_common::server_state::DISABLED;
-    use lb_userspace::api::model::DisableMode;
+    use lb_userspace::model::DisableMode;
     use testbed::{fixture::XDP_TX, packet::RST};
 
     let ns = fixture_netns();

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::model::{CheckResult, DownReason, EventKind, HealthStatus, HealthView, Source};
+use lb_userspace::model::{CheckResult, DownReason, EventKind, HealthStatus, HealthView, Source};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, wait_for},
     health_server::{HealthServer, Reply},

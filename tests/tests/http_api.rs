@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::model::{Change, Event, EventKind, Subject};
+use lb_userspace::model::{Change, Event, EventKind, Subject};
 use serde_json::{Value, json};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed, wait_for},

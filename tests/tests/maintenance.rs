@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::model::{EventKind, ServerState, Why};
+use lb_userspace::model::{EventKind, ServerState, Why};
 use testbed::{
     bed::{Bed, EVERY_100MS, UDP, bed, wait_for},
     servers::{Session, udp_exchange_on},

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::model::{EventKind, Source, Subject};
+use lb_userspace::model::{EventKind, Source, Subject};
 use serde_json::Value;
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, wait_for},

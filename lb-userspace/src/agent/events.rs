@@ -4,7 +4,7 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use crate::api::model::{Event, EventKind, Subject};
+use crate::model::{Event, EventKind, Subject};
 
 pub const MAX_EVENTS: usize = 1000;
 

@@ -10,13 +10,13 @@ use std::{
 
 use super::owner::Owner;
 use crate::{
-    api::model::ServerState,
     config::{Config, FlowSettings},
     datapath::{
         ops::{DatapathOps, DatapathResult},
         sweep::SweepReport,
         terminate::Termination,
     },
+    model::ServerState,
     servers::plan::{Previous, Tables},
     servers::{AdminState, LeavingId, ServerSlot, ServerTable, ServiceSlot},
 };

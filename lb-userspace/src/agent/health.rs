@@ -14,10 +14,10 @@ use tokio::sync::watch;
 
 use super::owner::{Owner, dp_err};
 use crate::{
-    api::model::{EventKind, Subject},
     config::{OnDown, format_duration},
     datapath::ops::DatapathOps,
     health::{CheckPlan, CheckTarget, tally::Change},
+    model::{EventKind, Subject},
     servers::{AdminState, ServerSlot, Source, Transition, health::Down},
 };
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::fake_datapath::{T0, Write, names, owner_of, state, take_writes, web_config};
 use crate::{
-    api::model::{EventKind, ServerState, Source},
     health::tally::Change,
+    model::{EventKind, ServerState, Source},
     servers::{AdminState, health::DownReason},
 };
 

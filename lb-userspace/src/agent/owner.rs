@@ -28,9 +28,9 @@ use super::{
     state_file,
 };
 use crate::{
-    api::model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus, Subject},
     config::{Config, format_time_left},
     datapath::ops::DatapathOps,
+    model::{ApiError, Change, ErrorCode, EventKind, ReloadStatus, Subject},
     servers::{self, AdminState, DisableMode, DisableReason, Saved, ServerTable, ServiceSlot, Source, Transition},
 };
 

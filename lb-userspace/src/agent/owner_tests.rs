@@ -9,7 +9,7 @@ use super::{
     owner::{ControlError, Owner},
 };
 use crate::{
-    api::model::{EventKind, ServerState, Why},
+    model::{EventKind, ServerState, Why},
     servers::{AdminState, DisableMode, DisableReason},
 };
 

@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::owner::{ControlError, Owner, Plan, dp_err};
 use crate::{
-    api::model::{Change, EventKind, ReloadReport, Subject},
     config::{Config, format_duration},
     datapath::ops::DatapathOps,
+    model::{Change, EventKind, ReloadReport, Subject},
     servers::plan::{Previous, Tables},
     servers::{
         self, AdminState, DisableMode, Leaving, LeavingId, LeavingService, ServerSlot, ServerTable, ServiceSlot,

@@ -9,8 +9,8 @@ use super::{
     state_file,
 };
 use crate::{
-    api::model::{EventKind, ServerState, Source, Subject},
     config::Config,
+    model::{EventKind, ServerState, Source, Subject},
     servers::plan::{Previous, Tables},
     servers::{AdminState, DisableMode, DisableReason},
 };

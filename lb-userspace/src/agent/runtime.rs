@@ -23,10 +23,10 @@ use super::{
     snapshot::Snapshot,
 };
 use crate::{
-    api::model::{ApiError, Change, DisableMode, ErrorCode, ReloadReport},
     config::Config,
     datapath::ops::DatapathOps,
     health::tally::Change as HealthChange,
+    model::{ApiError, Change, DisableMode, ErrorCode, ReloadReport},
 };
 
 /// Milliseconds since the Unix epoch: the owner's clock.

@@ -6,7 +6,7 @@
 use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
 
 use crate::{
-    api::model::{Event, ReloadStatus, Source, StateLabel},
+    model::{Event, ReloadStatus, Source, StateLabel},
     servers::AdminState,
 };
 

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::model::{ApiError, Request};
+use crate::model::{ApiError, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -5,7 +5,6 @@
 
 pub mod client;
 pub mod http;
-pub mod model;
 pub mod ops;
 pub mod unix;
 pub mod wire;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::model::{
+use crate::model::{
     ApiError, CheckResult, CheckView, ErrorCode, Event, FlowTableUse, HealthStatus, HealthView, LeavingServiceView,
     PoolSummary, PoolView, Request, ServerState, ServerView, Startup, Stats,
 };

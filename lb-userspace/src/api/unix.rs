@@ -27,7 +27,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::model::{ApiError, ErrorCode, Request};
+use crate::model::{ApiError, ErrorCode, Request};
 
 /// What serves the requests (the agent's [`super::ops::Ops`]; a stub in tests).
 pub trait Handler: Send + Sync + 'static {

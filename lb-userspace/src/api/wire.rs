@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::model::{ApiError, DisableMode, ErrorCode, Request};
 use crate::config::{format_duration, parse_duration};
+use crate::model::{ApiError, DisableMode, ErrorCode, Request};
 
 /// A socket line: `op`, the pool where it names one, and the operation's
 /// fields.

@@ -13,13 +13,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    api::{
-        client,
-        model::{
-            Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, ReloadReport, Request, ServerState, Stats,
-        },
-    },
+    api::client,
     config::{format_time_left, parse_duration},
+    model::{Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, ReloadReport, Request, ServerState, Stats},
 };
 
 /// How `lb server disable` was asked to disable.

@@ -10,15 +10,15 @@ use std::{
     time::Duration,
 };
 
+mod checks;
 mod duration;
 mod monitors;
 mod validate;
 
+use checks::Validator;
 pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
 pub use monitors::{MaintenanceSigns, Monitor, OnDown, Probe};
-use validate::{RawConfig, Validator};
-
-use crate::api::model::DisableMode;
+use validate::RawConfig;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +45,17 @@ pub enum XdpMode {
     Auto,
     Native,
     Generic,
+}
+
+/// How a server is taken out of service, by an operator's disable or by the
+/// config (a pool's `graceful_disable_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum DisableMode {
+    /// Terminate every session now.
+    Immediate,
+    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
+    Graceful { timeout_ms: Option<u64> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

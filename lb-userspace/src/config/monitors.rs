@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, validate::Validator};
+use super::{checks::Validator, parse_duration};
 
 /// How a check asks a server whether it is well.
 #[derive(Clone, Debug, PartialEq, Eq)]

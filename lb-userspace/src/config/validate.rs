@@ -11,9 +11,10 @@ use std::{
 use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
+use super::checks::Validator;
 use super::{
-    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Problem, Protocol,
-    ServerConfig, ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
+    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Protocol, ServerConfig,
+    ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
 };
 
 /// The largest `flows.max`.
@@ -97,78 +98,7 @@ pub(super) struct RawServer {
     enabled: Option<bool>,
 }
 
-#[derive(Default)]
-pub(super) struct Validator {
-    pub(super) problems: Vec<Problem>,
-}
-
 impl Validator {
-    pub(super) fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { path: path.into(), message: message.into() });
-    }
-
-    fn name(&mut self, path: &str, value: Option<String>, what: &str) -> String {
-        match value {
-            None => {
-                self.problem(path, format!("missing {what}"));
-                String::new()
-            }
-            Some(name) => {
-                if !valid_name(&name) {
-                    self.problem(path, format!("{what} \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"));
-                }
-                name
-            }
-        }
-    }
-
-    fn address(&mut self, path: &str, value: Option<String>) -> Ipv4Addr {
-        match value.as_deref().map(str::parse::<Ipv4Addr>) {
-            Some(Ok(addr)) if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() => addr,
-            Some(Ok(addr)) => {
-                self.problem(path, format!("{addr} cannot be used here"));
-                Ipv4Addr::UNSPECIFIED
-            }
-            Some(Err(_)) => {
-                self.problem(path, format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()));
-                Ipv4Addr::UNSPECIFIED
-            }
-            None => {
-                self.problem(path, "missing address");
-                Ipv4Addr::UNSPECIFIED
-            }
-        }
-    }
-
-    pub(super) fn port(&mut self, path: &str, value: Option<i64>) -> u16 {
-        match value {
-            Some(p) if (1..=65535).contains(&p) => p as u16,
-            Some(p) => {
-                self.problem(path, format!("port {p} is not in 1..65535"));
-                0
-            }
-            None => {
-                self.problem(path, "missing port");
-                0
-            }
-        }
-    }
-
-    fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
-        let Some(text) = value else { return default };
-        match parse_duration(&text) {
-            Ok(d) if d > Duration::ZERO => d,
-            Ok(_) => {
-                self.problem(path, "must be longer than zero");
-                default
-            }
-            Err(e) => {
-                self.problem(path, e.to_string());
-                default
-            }
-        }
-    }
-
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
         let instance = self.name("instance", Some(raw.instance.unwrap_or_else(|| "lb".to_owned())), "instance name");
         let interfaces = self.interfaces(raw.interfaces.unwrap_or_default());
@@ -434,10 +364,4 @@ impl Validator {
         };
         ServiceConfig { vip, port, protocol, pool }
     }
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

@@ -291,36 +291,33 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the program with its maps pinned in `pin_dir` (reused if there).
+    /// `mark` is told each phase of the load as it ends (the start-up's
+    /// timings).
     pub fn load_pinned(
         pin_dir: &Path,
         sizes: MapSizes,
         log: ebpf_log::DatapathLog,
-        startup: &mut crate::agent::startup::StartupClock,
+        mark: &mut dyn FnMut(&str),
     ) -> Result<Datapath, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         check_pinned_maps(pin_dir, &sizes)?;
-        startup.mark("pinned maps checked");
-        Self::load(Some(pin_dir), sizes, log, Some(startup))
+        mark("pinned maps checked");
+        Self::load(Some(pin_dir), sizes, log, mark)
     }
 
     /// Loads the program with private maps (datapath tests, benchmarks).
     pub fn load_unpinned(sizes: MapSizes) -> Result<Datapath, DatapathError> {
-        Self::load(None, sizes, ebpf_log::DatapathLog::Off, None)
+        Self::load(None, sizes, ebpf_log::DatapathLog::Off, &mut |_| {})
     }
 
     fn load(
         pin_dir: Option<&Path>,
         sizes: MapSizes,
         log: ebpf_log::DatapathLog,
-        mut startup: Option<&mut crate::agent::startup::StartupClock>,
+        mark: &mut dyn FnMut(&str),
     ) -> Result<Datapath, DatapathError> {
-        let mut mark = |phase: &str| {
-            if let Some(clock) = startup.as_deref_mut() {
-                clock.mark(phase)
-            }
-        };
         let layout = sizes.layout();
         let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
         // Programs are pinned, and taken over, only without the datapath's

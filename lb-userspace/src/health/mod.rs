@@ -1,11 +1,10 @@
 //! Active health monitors: `probe` (one check: TCP, HTTP or UDP, from the
 //! balancer host to a server's own address), `tally` (where results become
-//! verdicts: rise, fall, maintenance), `runner` (the schedule, bounded
-//! concurrency, and the verdicts sent to the owner of the state). What a
+//! verdicts: rise, fall, maintenance). The schedule, bounded concurrency and
+//! the verdicts sent to the owner of the state: `agent/monitors.rs`. What a
 //! verdict does to a server is the owner's: `agent/health.rs`.
 
 pub mod probe;
-pub mod runner;
 pub mod tally;
 
 use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::Duration};

@@ -9,15 +9,9 @@ use std::fmt;
 use lb_common::server_state;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// How an operator disables a server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum DisableMode {
-    /// Terminate every session now.
-    Immediate,
-    /// No new sessions; existing ones may finish, until `timeout_ms` if any.
-    Graceful { timeout_ms: Option<u64> },
-}
+/// How a server is taken out: a word of the config file's vocabulary (a
+/// pool's `graceful_disable_timeout`) as well as of an operator's command.
+pub use crate::config::DisableMode;
 
 /// A server's administrative state, as the datapath reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_userspace::{
-    api::model::DisableMode,
     datapath::{flow_table::FlowTable, tcp_reset::ResetSender, terminate},
+    model::DisableMode,
 };
 
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
@@ -231,8 +231,8 @@ pub struct PurgeReads {
 /// immediate disable of that server, and `pool show` asked again and again
 /// (through the socket) until the disable answers.
 pub fn reads_during_purge(lb: &Path) -> PurgeReads {
-    use lb_userspace::api::{
-        client,
+    use lb_userspace::{
+        api::client,
         model::{PoolView, Request, ServerState},
     };
     let topology = Topology::new(4);

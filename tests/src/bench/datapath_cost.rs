@@ -141,7 +141,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     // window the disabled-flow path serves.
     fill_flows(&bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
     fill_flows(&bed.dp().maps.flows, FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
-    let graceful = lb_userspace::api::model::DisableMode::Graceful { timeout_ms: None };
+    let graceful = lb_userspace::model::DisableMode::Graceful { timeout_ms: None };
     bed.disable("web", &["s2"], graceful, false).expect("drain s2");
     bed.write_server_state("web", "s2", server_state::DISABLED);
     let disabled: Vec<Vec<u8>> = (0..1000).map(|i| ack_from(client(FLOWS_1E6 + i), 40000)).collect();

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::api::model::{HealthStatus, ServerView};
+use lb_userspace::model::{HealthStatus, ServerView};
 
 use super::{Report, Target};
 use crate::{agent::Agent, topology::Topology};

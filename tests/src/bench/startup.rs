@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::api::{
-    client,
+use lb_userspace::{
+    api::client,
     model::{DisableMode, Request, Startup, Stats},
 };
 

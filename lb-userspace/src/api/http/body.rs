@@ -11,7 +11,7 @@ use axum::{
 use serde_json::Value;
 
 use super::{Limits, refuse};
-use crate::api::model::ErrorCode;
+use crate::model::ErrorCode;
 
 /// The body as a JSON object, or the answer that refuses it.
 pub async fn read_json(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Value, Response> {

@@ -16,7 +16,7 @@ use axum::{
 };
 
 use super::Web;
-use crate::api::model::{HealthStatus, PoolView, ReloadStatus, ServerState, Stats};
+use crate::model::{HealthStatus, PoolView, ReloadStatus, ServerState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -87,7 +87,7 @@ fn reloads(out: &mut Exposition, reloads: &ReloadStatus) {
 
 /// The per-server families, each with every server's series together.
 fn servers(out: &mut Exposition, pools: &[PoolView]) {
-    let each = |out: &mut Exposition, name: &str, value: &dyn Fn(&crate::api::model::ServerView) -> Option<u64>| {
+    let each = |out: &mut Exposition, name: &str, value: &dyn Fn(&crate::model::ServerView) -> Option<u64>| {
         for pool in pools {
             for server in &pool.servers {
                 if let Some(v) = value(server) {
@@ -173,7 +173,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::api::model::{FlowTableUse, ServerView, Why};
+    use crate::model::{FlowTableUse, ServerView, Why};
 
     #[test]
     fn the_exposition_has_one_state_per_series_and_escaped_labels() {
@@ -185,12 +185,12 @@ mod tests {
             why: Some(Why::Deadline),
             active_flows: 3,
             deadline_left_ms: Some(1500),
-            source: crate::api::model::Source::Operator,
+            source: crate::model::Source::Operator,
             removing: false,
             takes_new_flows: false,
-            health: Some(crate::api::model::HealthView {
+            health: Some(crate::model::HealthView {
                 status: HealthStatus::Down,
-                reason: Some(crate::api::model::DownReason::Refused),
+                reason: Some(crate::model::DownReason::Refused),
                 fail_open: false,
                 maintenance: false,
                 last_check: None,

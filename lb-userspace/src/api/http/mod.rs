@@ -158,9 +158,9 @@ async fn refuse_busy(mut stream: TcpStream) {
 /// A refusal, as every resource answers it: the status, and the API's error.
 pub(super) fn refuse(
     status: axum::http::StatusCode,
-    code: crate::api::model::ErrorCode,
+    code: crate::model::ErrorCode,
     message: String,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    (status, axum::Json(crate::api::model::ApiError::new(code, message))).into_response()
+    (status, axum::Json(crate::model::ApiError::new(code, message))).into_response()
 }

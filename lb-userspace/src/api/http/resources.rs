@@ -13,9 +13,9 @@ use axum::{
 use serde_json::Value;
 
 use super::{Web, body, refuse};
-use crate::api::{
+use crate::{
+    api::wire,
     model::{ApiError, ErrorCode, Request},
-    wire,
 };
 
 pub async fn pool_list(State(web): State<Arc<Web>>) -> Response {

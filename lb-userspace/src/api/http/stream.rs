@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::{Web, resources};
 use crate::{
     agent::{runtime::stopped, snapshot::Snapshot},
-    api::model::Event,
+    model::Event,
 };
 
 pub async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::api::model::{Startup, StartupPhase};
+use crate::model::{Startup, StartupPhase};
 
 pub struct StartupClock {
     began: Instant,

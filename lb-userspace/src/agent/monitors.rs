@@ -1,4 +1,4 @@
-//! The checks' schedule: each monitor of each server checked every
+//! The health monitors' task, the checks' schedule: each monitor of each server checked every
 //! `interval` (the first check of a server at once, spread over a moment),
 //! at most [`MAX_CHECKS_IN_FLIGHT`] at a time. Results are tallied here (the
 //! one writer of checks' results); what changes a verdict goes to the owner
@@ -16,12 +16,12 @@ use tokio::{
     time::{Instant, interval, sleep_until},
 };
 
-use super::{
+use super::runtime::{OwnerHandle, now_ms, stopped};
+use crate::health::{
     CheckPlan, CheckTarget, Checks, LastCheck, ServerChecks,
     probe::{self, Outcome},
     tally::{self, Tally, Verdict},
 };
-use crate::agent::runtime::{OwnerHandle, now_ms, stopped};
 
 /// Checks running at once, at most: the rest wait their turn.
 pub const MAX_CHECKS_IN_FLIGHT: usize = 256;

@@ -1,0 +1,86 @@
+//! Where a config file's problems are collected, each with its key path,
+//! and the checks of single values (names, addresses, ports, durations) that
+//! every section's validation (`validate.rs`, `monitors.rs`) uses.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use super::{Problem, parse_duration};
+
+#[derive(Default)]
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Validator {
+    pub(super) fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    pub(super) fn name(&mut self, path: &str, value: Option<String>, what: &str) -> String {
+        match value {
+            None => {
+                self.problem(path, format!("missing {what}"));
+                String::new()
+            }
+            Some(name) => {
+                if !valid_name(&name) {
+                    self.problem(path, format!("{what} \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"));
+                }
+                name
+            }
+        }
+    }
+
+    pub(super) fn address(&mut self, path: &str, value: Option<String>) -> Ipv4Addr {
+        match value.as_deref().map(str::parse::<Ipv4Addr>) {
+            Some(Ok(addr)) if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() => addr,
+            Some(Ok(addr)) => {
+                self.problem(path, format!("{addr} cannot be used here"));
+                Ipv4Addr::UNSPECIFIED
+            }
+            Some(Err(_)) => {
+                self.problem(path, format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()));
+                Ipv4Addr::UNSPECIFIED
+            }
+            None => {
+                self.problem(path, "missing address");
+                Ipv4Addr::UNSPECIFIED
+            }
+        }
+    }
+
+    pub(super) fn port(&mut self, path: &str, value: Option<i64>) -> u16 {
+        match value {
+            Some(p) if (1..=65535).contains(&p) => p as u16,
+            Some(p) => {
+                self.problem(path, format!("port {p} is not in 1..65535"));
+                0
+            }
+            None => {
+                self.problem(path, "missing port");
+                0
+            }
+        }
+    }
+
+    pub(super) fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(&text) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => {
+                self.problem(path, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(path, e.to_string());
+                default
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

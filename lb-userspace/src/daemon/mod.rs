@@ -1,0 +1,382 @@
+//! The agent's life: take the instance's API socket, load the datapath and
+//! the saved server states, fill the tables, attach; then run the owner of
+//! the state (`crate::agent`, on a thread of its own), the API, the health
+//! monitors, the answers to the datapath's reset requests and the
+//! datapath's clock until told to stop; then detach. Every part is watched
+//! (`supervise`): one that ends stops the agent with its cause.
+
+pub mod startup;
+pub mod supervise;
+
+use std::{
+    net::SocketAddr,
+    os::unix::net::UnixListener as StdUnixListener,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use self::startup::StartupClock;
+use crate::{
+    agent::{
+        monitors,
+        owner::Owner,
+        runtime::{self, OwnerHandle, now_ms},
+        state_file,
+    },
+    api::{self, ops::Ops},
+    config::Config,
+    datapath::{
+        BPFFS, Datapath, MapSizes,
+        counters::Counters,
+        ebpf_log::{DatapathLog, LogReader},
+        ops::Live,
+        reset_requests::ResetRequests,
+        tcp_reset::ResetSender,
+    },
+    servers::plan::Tables,
+};
+
+/// Where an instance pins its maps and links.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new(BPFFS).join(instance)
+}
+
+pub fn map_sizes(config: &Config) -> MapSizes {
+    MapSizes { max_flows: config.flows.max_flows, max_services: config.max_services, max_servers: config.max_servers }
+}
+
+/// Runs the agent until SIGINT or SIGTERM; `config_path` is re-read on
+/// `lb reload` and SIGHUP.
+pub fn run(
+    config: Config,
+    config_path: PathBuf,
+    datapath_log: DatapathLog,
+    mut startup: StartupClock,
+) -> anyhow::Result<()> {
+    // First, so that a second agent of the same instance stops here, before
+    // it touches the datapath.
+    let listener = api::unix::bind(&config.api_socket)?;
+    let socket = config.api_socket.clone();
+    let http = http_listener(&config);
+    startup.mark("API sockets");
+    let result = http.and_then(|http| start(config, config_path, listener, http, datapath_log, startup));
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// The HTTP API's address and token, taken before the datapath is touched
+/// so that a port in use or a missing token stops the agent at once.
+fn http_listener(config: &Config) -> anyhow::Result<Option<HttpListener>> {
+    let Some(addr) = config.http.listen else { return Ok(None) };
+    let token = http_token(config)?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+    Ok(Some(HttpListener { addr, listener, token }))
+}
+
+struct HttpListener {
+    addr: SocketAddr,
+    listener: std::net::TcpListener,
+    token: Option<String>,
+}
+
+fn start(
+    config: Config,
+    config_path: PathBuf,
+    listener: StdUnixListener,
+    http: Option<HttpListener>,
+    datapath_log: DatapathLog,
+    mut startup: StartupClock,
+) -> anyhow::Result<()> {
+    // Before anything is attached: a SIGTERM from then on (systemctl stop
+    // during a start) stops the agent cleanly, leaving XDP attached.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lb-api")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let signals = {
+        let _runtime = runtime.enter();
+        let install = |kind| signal(kind).context("cannot install signal handlers");
+        Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        }
+    };
+    let states = state_file::load(&config.state_file)?;
+    startup.mark("state file");
+    let pins = pin_dir(&config.instance);
+    let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log, &mut |phase| startup.mark(phase))
+        .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
+    let tables = Tables::apply(&mut dp, &config, states, now_ms())
+        .context("cannot write the configuration into the datapath")?;
+    startup.mark("tables");
+    let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
+    let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
+    for interface in &config.interfaces {
+        if let Err(e) = dp.attach(interface, config.xdp_mode) {
+            dp.detach_all();
+            return Err(e).context("attach failed; detached from every interface");
+        }
+    }
+    startup.mark("attach");
+    log::info!(
+        "instance {}: {} service(s), {} server(s), attached to {}; maps pinned in {}; API on {}",
+        config.instance,
+        tables.services.len(),
+        tables.servers.len(),
+        dp.attached_interfaces().join(", "),
+        pins.display(),
+        config.api_socket.display()
+    );
+    for service in &tables.services {
+        log::info!("service {} -> pool {}", service.label(), service.pool);
+    }
+    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled || s.removing) {
+        let removing = if slot.removing { " (being removed from the config)" } else { "" };
+        log::info!("{}/{} resumes as {}{removing}", slot.pool, slot.name, slot.admin.label());
+    }
+    let readers = Readers {
+        counters: Counters::open(&dp.maps).context("cannot open the counters")?,
+        reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
+        datapath_log: dp.take_log_reader(),
+    };
+    let stop_clock = Arc::new(AtomicBool::new(false));
+    let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
+    let mut owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
+    // The config's `enabled` lines that changed while no agent ran, and the
+    // servers it removed meanwhile, are applied now, as a reload would.
+    for change in owner.apply_config_lines(now_ms()) {
+        log::info!(
+            "{}/{}: {} -> {} (the config's enabled line changed)",
+            change.pool,
+            change.server,
+            change.from,
+            change.to
+        );
+    }
+    owner.begin_removals(now_ms());
+    owner.resume_maintenance();
+    owner.started_at(now_ms());
+    owner.save_states()?;
+    startup.mark("owner");
+
+    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, signals, startup));
+    stop_clock.store(true, Ordering::Relaxed);
+    let _ = clock.join();
+    // XDP stays attached (its links are pinned): forwarding goes on with the
+    // states as they are, and an agent started again (a restart, an upgrade)
+    // takes over without a packet missed. `lb cleanup` stops forwarding.
+    drop(result?);
+    log::info!(
+        "stopped; XDP stays attached and forwards with the current states (links and maps pinned in {}); \
+         to stop forwarding: lb cleanup --config <this config>",
+        pins.display()
+    );
+    Ok(())
+}
+
+/// The HTTP API's token, read from `http.token_file` (refused if missing or empty).
+fn http_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.http.token_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the HTTP API's token (http.token_file {})", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        anyhow::bail!("http.token_file {}: the token must be one word, not empty", path.display());
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        log::warn!("http.token_file {} can be read by other users than its owner (chmod 600 it)", path.display());
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// Runs the owner, the API and the reset answers until a signal; returns
+/// the datapath to detach.
+async fn serve(
+    mut owner: Owner<Live>,
+    config_path: PathBuf,
+    listener: StdUnixListener,
+    http: Option<HttpListener>,
+    readers: Readers,
+    signals: Signals,
+    mut startup: StartupClock,
+) -> anyhow::Result<Live> {
+    let Readers { counters, reset_requests: requests, datapath_log } = readers;
+    let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
+    let http = match http {
+        Some(HttpListener { addr, listener, token }) => {
+            Some((tokio::net::TcpListener::from_std(listener).context("cannot serve HTTP")?, addr, token))
+        }
+        None => None,
+    };
+    // Everything that can fail before anything starts.
+    let Signals { mut interrupt, mut terminate, hangup } = signals;
+    // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
+    // which the AsyncFd owns: it stays open and the same while registered.
+    let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
+        .context("cannot wait on the datapath's reset requests")?;
+    let datapath_log = match datapath_log {
+        Some(reader) => Some(
+            // SAFETY: as above: the ring buffer's descriptor is owned by the
+            // reader, which the AsyncFd owns.
+            unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+                .context("cannot wait on the datapath's log")?,
+        ),
+        None => None,
+    };
+    startup.mark("runtime");
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
+    startup.mark("first snapshot");
+    let (plan_tx, plan) = watch::channel(Arc::new(Vec::new()));
+    owner.publish_checks_to(plan_tx);
+    let (checks_tx, checks) = watch::channel(Arc::new(crate::health::Checks::new()));
+    let (commands_tx, commands) = mpsc::channel(64);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (mut parts, owner_alive) = supervise::Parts::new();
+    let owner_thread = {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new().name("owner".into()).spawn(move || {
+            let _alive = owner_alive;
+            let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+            Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(
+                owner,
+                config_path,
+                commands,
+                snapshot_tx,
+                shutdown,
+            )))
+        })?
+    };
+    let owner_handle = OwnerHandle::new(commands_tx);
+    parts.spawn("SIGHUP", reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
+    let monitors = monitors::Runner { plan, owner: owner_handle.clone(), view: checks_tx };
+    parts.spawn("health monitors", monitors.run(shutdown.clone()));
+    startup.mark("tasks");
+    let startup = startup.finish();
+    log::info!("started in {}", startup.summary());
+    let ops = Arc::new(Ops::new(snapshots, checks, counters, owner_handle, startup));
+    parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
+    if let Some((listener, addr, token)) = http {
+        let web =
+            api::http::Web { ops: Arc::clone(&ops), token, limits: Default::default(), shutdown: shutdown.clone() };
+        let token = if web.token.is_some() { "a token" } else { "no token: loopback only" };
+        log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
+        parts.spawn("HTTP API", api::http::serve(listener, Arc::new(web), shutdown.clone()));
+    }
+    // Resets are sent as soon as the datapath asks for them.
+    let answer = |r: &mut ResetRequests| {
+        r.answer_all();
+    };
+    parts.spawn("reset requests", on_records(requests, "the reset requests", answer, shutdown.clone()));
+    if let Some(reader) = datapath_log {
+        parts.spawn("datapath log", on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
+    }
+    parts.spawn("packet report", report_packets(ops, shutdown));
+    let stop = async {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    };
+    let fault = parts.until(stop).await;
+    let _ = shutdown_tx.send(true);
+    parts.join_all().await;
+    let owner = owner_thread.join();
+    if let Err(fault) = fault {
+        // The cause of a panic is in the log above (the panic's own line).
+        anyhow::bail!("{fault}: stopping, so that it is started again; XDP stays attached and forwards");
+    }
+    let owner = owner.map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
+    Ok(owner.into_datapath())
+}
+
+/// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a
+/// reload that would leave a pool with no server is refused, and said so
+/// in the log).
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    owner: OwnerHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            _ = hangup.recv() => {}
+        }
+        log::info!("SIGHUP: reloading the config");
+        match owner.reload(false, false).await {
+            Ok(report) if report.changes.is_empty() => log::info!("reload: nothing changed"),
+            Ok(_) => {}
+            Err(e) => log::error!("reload refused, nothing applied: {}", e.message),
+        }
+    }
+}
+
+/// The signals the agent answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// What the agent reads from the datapath.
+struct Readers {
+    counters: Counters,
+    reset_requests: ResetRequests,
+    datapath_log: Option<LogReader>,
+}
+
+/// Reads a ring buffer of the datapath's each time it has records, until
+/// the agent stops: `read` drains it (answers reset requests, prints log
+/// records).
+async fn on_records<T: std::os::fd::AsRawFd>(
+    mut ring: AsyncFd<T>,
+    what: &str,
+    mut read: impl FnMut(&mut T),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let mut ready = tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            ready = ring.readable_mut() => match ready {
+                Ok(ready) => ready,
+                Err(e) => return log::error!("cannot wait on {what}: {e}"),
+            },
+        };
+        read(ready.get_inner_mut());
+        ready.clear_ready();
+    }
+}
+
+/// Logs the packet counters once a minute.
+async fn report_packets(ops: Arc<Ops>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = runtime::stopped(&mut shutdown) => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(stats) = ops.stats() {
+            let busy: Vec<String> =
+                stats.outcomes.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+            log::info!("packets: {}", busy.join(" "));
+        }
+    }
+}
