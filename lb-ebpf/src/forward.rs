@@ -85,7 +85,7 @@ pub fn next_hop_to_server(
 
 /// Sends the (fully rewritten) packet to its next hop; returns the verdict.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
+pub fn send(ctx: &XdpContext, pkt: &mut Packet, hop: &NextHop) -> u32 {
     match *hop {
         NextHop::Resolved { ifindex, eth_addrs } => {
             *pkt.eth_addrs_mut() = eth_addrs;

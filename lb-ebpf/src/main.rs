@@ -77,7 +77,7 @@ mod program {
 
     #[inline(always)]
     fn handle(ctx: &XdpContext) -> Result<(Outcome, u32), Outcome> {
-        let pkt = parse::parse(ctx)?;
+        let mut pkt = parse::parse(ctx)?;
         let bits = |index: u32| FILTER.get(index).copied().unwrap_or(0);
         let k = &pkt.key;
         if bits(filter::service_index(k.dst_addr, k.dst_port, k.proto)) & filter::SERVICE != 0 {
@@ -95,9 +95,9 @@ mod program {
             let syn_service = if pkt.is_syn() { service() } else { None };
             let hash = flow_table::hash(k);
             match flow::existing(&pkt, hash) {
-                Ok(Some(a)) => return to_server(ctx, &pkt, a, now),
+                Ok(Some(a)) => return to_server(ctx, &mut pkt, a, now),
                 Ok(None) => {}
-                Err(refusal) => return refused(ctx, &pkt, refusal),
+                Err(refusal) => return refused(ctx, pkt, refusal),
             }
             if let Some(service) = if pkt.is_syn() { syn_service } else { service() } {
                 let a = flow::create(&pkt, hash, service, now).inspect_err(|outcome| {
@@ -105,7 +105,7 @@ mod program {
                         events::flow_slot_lost(&pkt.key);
                     }
                 })?;
-                return to_server(ctx, &pkt, a, now);
+                return to_server(ctx, &mut pkt, a, now);
             }
         }
         if bits(k.src_port as u32) & filter::SERVER_PORT == 0 {
@@ -116,11 +116,12 @@ mod program {
         // SAFETY (both lookups): the values are read at once, and the agent
         // writes an entry whole before traffic can use it.
         if let Some(nat) = unsafe { SERVER_ENDPOINTS.get(&endpoint) } {
-            if nat.shared == 0 {
-                return to_client(ctx, &pkt, nat);
-            }
-            if let Some(nat) = unsafe { REVERSE_NAT.get(&pkt.key) } {
-                return to_client(ctx, &pkt, nat);
+            // SAFETY: as above.
+            let nat = if nat.shared == 0 { Some(nat) } else { unsafe { REVERSE_NAT.get(&pkt.key) } };
+            if let Some(nat) = nat {
+                // A reply of a terminated flow is answered with a reset: that
+                // resizes the frame, so it takes the packet whole.
+                return to_client(ctx, &mut pkt, nat).or_else(|refusal| refused(ctx, pkt, refusal));
             }
         }
         Err(Outcome::PassNotForUs)
@@ -145,7 +146,7 @@ mod program {
 
     /// A packet that is not forwarded: counted, or answered with a reset.
     #[inline(always)]
-    fn refused(ctx: &XdpContext, pkt: &Packet, refusal: Refusal) -> Result<(Outcome, u32), Outcome> {
+    fn refused(ctx: &XdpContext, pkt: Packet, refusal: Refusal) -> Result<(Outcome, u32), Outcome> {
         match refusal {
             Refusal::Outcome(outcome) => Err(outcome),
             Refusal::Reset(other_end) => {
@@ -157,7 +158,7 @@ mod program {
 
     /// Client -> VIP: rewrite the destination to the flow's server.
     #[inline(always)]
-    fn to_server(ctx: &XdpContext, pkt: &Packet, a: Assignment, now: u64) -> Result<(Outcome, u32), Outcome> {
+    fn to_server(ctx: &XdpContext, pkt: &mut Packet, a: Assignment, now: u64) -> Result<(Outcome, u32), Outcome> {
         let hop = forward::next_hop_to_server(ctx, pkt, a.server_id, a.server.addr, now)?;
         if let Some(existing) = a.flow {
             flow::touch(existing, pkt, now, true);
@@ -176,12 +177,9 @@ mod program {
 
     /// Server -> client: rewrite the source back to the VIP.
     #[inline(always)]
-    fn to_client(ctx: &XdpContext, pkt: &Packet, nat: &ReverseNat) -> Result<(Outcome, u32), Outcome> {
+    fn to_client(ctx: &XdpContext, pkt: &mut Packet, nat: &ReverseNat) -> Result<(Outcome, u32), Refusal> {
         check_ttl(pkt)?;
-        let existing = match flow::reply(pkt, nat) {
-            Ok(f) => f,
-            Err(refusal) => return refused(ctx, pkt, refusal),
-        };
+        let existing = flow::reply(pkt, nat)?;
         let (hop, _mtu) = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
         flow::touch(existing.slot, pkt, now(), false);
         let server_id = existing.flow.server_id;

@@ -4,42 +4,44 @@
 //! change is summed once and counts in both (the TCP and UDP checksums cover
 //! the addresses through their pseudo-header).
 
-use crate::{csum, parse::Packet};
+use crate::{
+    csum,
+    parse::{Ipv4Hdr, Packet},
+};
 
 /// Client -> VIP becomes client -> server, one hop further.
 #[inline(always)]
-pub fn rewrite_destination(pkt: &Packet, addr: u32, port: u16) {
-    let ip = pkt.ip();
-    let ports = pkt.ports();
-    let addr_change = csum::change4(ip.daddr, addr);
-    rewrite_l4_check(pkt, addr_change + csum::change2(ports.dst, port));
-    ip.daddr = addr;
-    ports.dst = port;
-    decrement_ttl(pkt, addr_change);
+pub fn rewrite_destination(pkt: &mut Packet, addr: u32, port: u16) {
+    let udp = pkt.is_udp();
+    let h = pkt.rewritable();
+    let addr_change = csum::change4(h.ip.daddr, addr);
+    rewrite_l4_check(h.l4_check, udp, addr_change + csum::change2(h.ports.dst, port));
+    h.ip.daddr = addr;
+    h.ports.dst = port;
+    decrement_ttl(h.ip, addr_change);
 }
 
 /// Server -> client becomes VIP -> client, one hop further.
 #[inline(always)]
-pub fn rewrite_source(pkt: &Packet, addr: u32, port: u16) {
-    let ip = pkt.ip();
-    let ports = pkt.ports();
-    let addr_change = csum::change4(ip.saddr, addr);
-    rewrite_l4_check(pkt, addr_change + csum::change2(ports.src, port));
-    ip.saddr = addr;
-    ports.src = port;
-    decrement_ttl(pkt, addr_change);
+pub fn rewrite_source(pkt: &mut Packet, addr: u32, port: u16) {
+    let udp = pkt.is_udp();
+    let h = pkt.rewritable();
+    let addr_change = csum::change4(h.ip.saddr, addr);
+    rewrite_l4_check(h.l4_check, udp, addr_change + csum::change2(h.ports.src, port));
+    h.ip.saddr = addr;
+    h.ports.src = port;
+    decrement_ttl(h.ip, addr_change);
 }
 
 /// The TCP/UDP checksum after the changes summed in `change`.
 #[inline(always)]
-fn rewrite_l4_check(pkt: &Packet, change: u32) {
-    let check = pkt.l4_check();
+fn rewrite_l4_check(check: &mut u16, udp: bool, change: u32) {
     // A zero UDP checksum means "none": leave it so.
-    if pkt.is_udp() && *check == 0 {
+    if udp && *check == 0 {
         return;
     }
     let mut new = csum::apply(*check, change);
-    if pkt.is_udp() && new == 0 {
+    if udp && new == 0 {
         new = 0xffff;
     }
     *check = new;
@@ -49,8 +51,7 @@ fn rewrite_l4_check(pkt: &Packet, change: u32) {
 /// checksum takes that and `change` (the address rewrite) at once. The
 /// caller has checked that the TTL is above 1.
 #[inline(always)]
-fn decrement_ttl(pkt: &Packet, change: u32) {
-    let ip = pkt.ip();
+fn decrement_ttl(ip: &mut Ipv4Hdr, change: u32) {
     // TTL and protocol share one 16-bit word of the checksum.
     let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
     ip.ttl -= 1;

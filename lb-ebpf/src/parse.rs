@@ -70,13 +70,15 @@ pub struct UdpHdr {
 
 /// A parsed TCP or UDP over IPv4 packet, headers in bounds.
 ///
-/// The bounds invariant, stated once: `parse` checked (with [`ptr_at`]) that
-/// each header pointer below lies wholly within the frame, and the frame
-/// neither moves nor shrinks while a `Packet` lives (only `reset::answer`
-/// resizes it, and it finds its headers anew after). The program runs to
-/// completion on one CPU with the frame to itself. So the accessors below,
-/// the only places these pointers become references, are sound; callers hold
-/// at most one reference to each header at a time.
+/// The invariant, stated once: `parse` checked (with [`ptr_at`]) that each
+/// header pointer below lies wholly within the frame, and the headers do not
+/// overlap (the ports and the checksum are distinct fields of the L4
+/// header). The program runs to completion on one CPU with the frame to
+/// itself. The frame neither moves nor shrinks while a `Packet` lives: the
+/// only code that resizes it (`reset::reset_sender`) takes the `Packet` by
+/// value, so none is left to use afterwards. The types keep the rest: a
+/// header is read through `&self` and written only through `&mut self`, so
+/// no two references to one header coexist.
 pub struct Packet {
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
@@ -96,43 +98,45 @@ pub struct Packet {
     pub len: u64,
 }
 
+/// The headers an address rewrite changes, borrowed together (they are
+/// disjoint, so one `&mut Packet` may lend all three at once).
+pub struct Rewritable<'a> {
+    pub ip: &'a mut Ipv4Hdr,
+    pub ports: &'a mut Ports,
+    /// The TCP or UDP checksum field.
+    pub l4_check: &'a mut u16,
+}
+
 impl Packet {
     #[inline(always)]
     pub fn eth(&self) -> &EthHdr {
-        // SAFETY: in bounds (the invariant on `Packet`).
+        // SAFETY: in bounds (the invariant on `Packet`); no `&mut` to it can
+        // be alive while `self` is borrowed shared.
         unsafe { &*self.eth }
+    }
+
+    #[inline(always)]
+    pub fn ip(&self) -> &Ipv4Hdr {
+        // SAFETY: as for `eth`.
+        unsafe { &*self.ip }
     }
 
     /// The Ethernet header's two addresses as six 16-bit words (the header
     /// is 2-byte aligned, like the frame).
     #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub fn eth_addrs_mut(&self) -> &mut [u16; 6] {
+    pub fn eth_addrs_mut(&mut self) -> &mut [u16; 6] {
         // SAFETY: in bounds (the invariant on `Packet`); the addresses are
-        // the header's first 12 bytes.
+        // the header's first 12 bytes; `&mut self` makes this the only
+        // reference into the packet's headers.
         unsafe { &mut *(self.eth as *mut [u16; 6]) }
     }
 
+    /// The IPv4 header, the ports and the L4 checksum, to rewrite.
     #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub fn ip(&self) -> &mut Ipv4Hdr {
-        // SAFETY: in bounds (the invariant on `Packet`).
-        unsafe { &mut *self.ip }
-    }
-
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub fn ports(&self) -> &mut Ports {
-        // SAFETY: in bounds (the invariant on `Packet`).
-        unsafe { &mut *self.ports }
-    }
-
-    /// The TCP or UDP checksum field.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub fn l4_check(&self) -> &mut u16 {
-        // SAFETY: in bounds (the invariant on `Packet`).
-        unsafe { &mut *self.l4_check }
+    pub fn rewritable(&mut self) -> Rewritable<'_> {
+        // SAFETY: in bounds and disjoint (the invariant on `Packet`);
+        // `&mut self` makes these the only references into its headers.
+        unsafe { Rewritable { ip: &mut *self.ip, ports: &mut *self.ports, l4_check: &mut *self.l4_check } }
     }
 
     #[inline(always)]

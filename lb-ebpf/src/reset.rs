@@ -15,8 +15,10 @@ const DONT_FRAGMENT: u16 = 0x4000;
 
 /// Answers `pkt` with a reset to its sender; `other_end` is the reset the
 /// agent should send to the other side (skipped when its address is unknown).
+/// Takes the packet by value: the frame is resized here, and no `Packet`
+/// (whose pointers would be stale) may outlive that.
 #[inline(always)]
-pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) -> Result<(Outcome, u32), Outcome> {
+pub fn reset_sender(ctx: &XdpContext, pkt: Packet, other_end: &ResetRequest) -> Result<(Outcome, u32), Outcome> {
     if other_end.dst_addr != 0 {
         // Best effort: when the ring is full the other end learns of the reset
         // the next time it sends.
@@ -36,8 +38,10 @@ pub fn reset_sender(ctx: &XdpContext, pkt: &Packet, other_end: &ResetRequest) ->
     // Cut the frame to bare headers (options and payload go).
     let len = ctx.data_end() - ctx.data();
     let want = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
-    // SAFETY: the helper checks the new length itself; `pkt` is not used
-    // after this (its pointers may be stale): the headers are found anew.
+    // The frame is resized: `pkt`'s pointers go stale, so it goes too.
+    drop(pkt);
+    // SAFETY: the helper checks the new length itself; no pointer into the
+    // frame is alive (`pkt` is gone): the headers are found anew below.
     if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
         return Err(Outcome::Aborted);
     }
