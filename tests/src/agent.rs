@@ -6,6 +6,7 @@ use lb_userspace::{
     model::{Event, PoolSummary, PoolView, Request, Stats},
 };
 use std::{
+    fmt::Display,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -35,25 +36,27 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent (`$LB_BIN`) on `config` and waits until it is attached.
-    pub fn start(topology: &Topology, config: &str) -> Agent {
+    pub fn start(topology: &Topology, config: impl Display) -> Agent {
         Agent::start_with(lb_bin(), topology, config)
     }
 
     /// Starts the agent binary `lb` on `config` and waits until it is attached.
-    pub fn start_with(lb: PathBuf, topology: &Topology, config: &str) -> Agent {
+    pub fn start_with(lb: PathBuf, topology: &Topology, config: impl Display) -> Agent {
         Agent::start_full(lb, topology, config, &[])
     }
 
     /// Starts the agent with more `lb agent` arguments.
-    pub fn start_with_args(topology: &Topology, config: &str, agent_args: &[&str]) -> Agent {
+    pub fn start_with_args(topology: &Topology, config: impl Display, agent_args: &[&str]) -> Agent {
         Agent::start_full(lb_bin(), topology, config, agent_args)
     }
 
-    fn start_full(lb: PathBuf, topology: &Topology, config: &str, agent_args: &[&str]) -> Agent {
+    /// `config`: a [`ConfigFile`](crate::config_file::ConfigFile), or a
+    /// file's text as it is (a malformed one, say).
+    fn start_full(lb: PathBuf, topology: &Topology, config: impl Display, agent_args: &[&str]) -> Agent {
         let dir = topology.dir();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, config.to_string()).expect("write config");
         let mut agent = Agent {
             lb,
             child: None,
@@ -84,8 +87,9 @@ impl Agent {
         )
     }
 
-    /// `lb ... --json`, parsed; panics on failure.
-    pub fn lb_json(&self, args: &[&str]) -> serde_json::Value {
+    /// `lb ... --json`, read as the model's type the command prints (a
+    /// `PoolView`, a `Vec<Change>`...); panics on failure.
+    pub fn lb_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
         let mut args = args.to_vec();
         args.push("--json");
         let (ok, stdout, stderr) = self.lb(&args);

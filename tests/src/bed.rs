@@ -12,6 +12,7 @@ use lb_userspace::model::{Event, EventKind, ServerView};
 
 use crate::{
     agent::Agent,
+    config_file::ConfigFile,
     servers::{EchoClient, Kind, Server, udp_exchange_on},
     topology::{ServiceSpec, Topology, VIP},
 };
@@ -23,38 +24,55 @@ pub const EVERY_100MS: Option<Duration> = Some(Duration::from_millis(100));
 /// Fields drop in order: the agent first, then the servers, then the namespaces.
 pub struct Bed {
     pub agent: Agent,
+    /// The config the agent was started with (a test changes a copy and
+    /// writes it for a reload).
+    pub config: ConfigFile,
     pub echo: Vec<Server>,
     pub udp: Vec<Server>,
     pub topology: Topology,
 }
 
-/// N servers (s1..sN, weight 1); `extra` is appended to the config.
-pub fn bed(n: usize, extra: &str) -> Bed {
-    bed_with(n, extra, |_| {})
+/// N servers (s1..sN, weight 1) behind the echo services (pools p7, p53).
+pub fn bed(n: usize) -> Bed {
+    bed_with(n, |config| config)
 }
 
-/// As [`bed`], with `prepare` run on the topology before the agent starts
-/// (to make its directory's mounts, say).
-pub fn bed_with(n: usize, extra: &str, prepare: impl FnOnce(&Topology)) -> Bed {
+/// As [`bed`], its config changed by `configure` (a setting, a monitor).
+pub fn bed_with(n: usize, configure: impl FnOnce(ConfigFile) -> ConfigFile) -> Bed {
+    bed_prepared(n, configure, |_| {})
+}
+
+/// As [`bed_with`], with `prepare` run on the topology before the agent
+/// starts (to make its directory's mounts, say).
+pub fn bed_prepared(
+    n: usize,
+    configure: impl FnOnce(ConfigFile) -> ConfigFile,
+    prepare: impl FnOnce(&Topology),
+) -> Bed {
     bed_of(n, |topology| {
         prepare(topology);
-        let services = [
-            ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
-            ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
-        ];
-        topology.config(&services, extra)
+        configure(topology.config(&echo_services(n)))
     })
+}
+
+/// The echo services: TCP line echo on port 7 (pool p7), UDP on 53 (p53).
+pub fn echo_services(n: usize) -> [ServiceSpec; 2] {
+    [
+        ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
+        ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
+    ]
 }
 
 /// N servers running both echoes, and the agent on the config `config`
 /// writes for the topology.
-pub fn bed_of(n: usize, config: impl FnOnce(&Topology) -> String) -> Bed {
+pub fn bed_of(n: usize, config: impl FnOnce(&Topology) -> ConfigFile) -> Bed {
     let topology = Topology::new(n);
     let config = config(&topology);
+    let text = config.text();
     let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
-    let agent = Agent::start(&topology, &config);
-    Bed { agent, echo, udp, topology }
+    let agent = Agent::start(&topology, text);
+    Bed { agent, config, echo, udp, topology }
 }
 
 impl Bed {
@@ -88,6 +106,11 @@ impl Bed {
             }
         }
         panic!("no UDP flow landed on {server}");
+    }
+
+    /// Writes `config` as the agent's config file (for `lb reload`).
+    pub fn write_config(&self, config: &ConfigFile) {
+        std::fs::write(&self.agent.config_path, config.text()).expect("write the config");
     }
 
     pub fn lb(&self, args: &[&str]) -> String {

@@ -30,7 +30,7 @@ use lb_userspace::{
     servers::{Saved, ServerTable, ServiceSlot, plan::Tables},
 };
 
-use crate::{netns::NetNs, packet::Mac, topology::attach_pass};
+use crate::{config_file::ConfigFile, netns::NetNs, packet::Mac, topology::attach_pass};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -128,8 +128,8 @@ pub struct FixtureBed {
 
 impl FixtureBed {
     /// Must be called inside the fixture namespace (see [`fixture_netns`]).
-    pub fn load(config: &str) -> FixtureBed {
-        let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+    pub fn load(config: &ConfigFile) -> FixtureBed {
+        let mut config = Config::parse(&config.text(), Path::new("fixture.toml")).expect("fixture config");
         config.state_file = state_file_path();
         let sizes = MapSizes {
             max_flows: config.flows.max_flows,
@@ -164,8 +164,8 @@ impl FixtureBed {
 
     /// Control-plane step: reload another config, as the agent does
     /// (forced: the guard is not what these fixtures test).
-    pub fn apply(&mut self, config: &str) -> ReloadReport {
-        let mut config = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+    pub fn apply(&mut self, config: &ConfigFile) -> ReloadReport {
+        let mut config = Config::parse(&config.text(), Path::new("fixture.toml")).expect("fixture config");
         config.state_file = self.config().state_file.clone();
         let options = ReloadOptions { force: true, dry_run: false };
         self.owner.reload(config, options, now_ms()).expect("reload")

@@ -26,6 +26,18 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
+    /// The body as one of the API's model types (a `PoolView`, an
+    /// `ApiError`...): the test reads fields, and the wire shape is checked.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not a {} ({e}): {self:?}", std::any::type_name::<T>()))
+    }
+
+    /// The refusal this answer carries.
+    pub fn refusal(&self) -> lb_userspace::model::ApiError {
+        self.typed()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bed;
 pub mod bench;
 pub mod browser;
+pub mod config_file;
 pub mod fixture;
 pub mod health_server;
 pub mod http;

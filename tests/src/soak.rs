@@ -19,14 +19,13 @@ use std::{
 };
 
 use crate::{
-    bed::{Bed, ECHO, UDP, bed},
+    bed::{Bed, ECHO, UDP, bed_with},
     servers::{EchoClient, Kind, Server, Session, udp_exchange_on},
     topology::VIP,
 };
 
 const SERVERS: usize = 4;
 /// Short timeouts, so that the table empties soon after the traffic stops.
-const FLOWS: &str = "[flows]\ntcp_idle_timeout = \"6s\"\ntcp_closing_timeout = \"2s\"\nudp_idle_timeout = \"3s\"\n";
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -276,7 +275,9 @@ impl Chaos {
 
 /// Runs the soak for `duration` from `seed`; the report lists violations.
 pub fn soak(duration: Duration, seed: u64) -> Report {
-    let b = bed(SERVERS, FLOWS);
+    let b = bed_with(SERVERS, |c| {
+        c.set("flows.tcp_idle_timeout", "6s").set("flows.tcp_closing_timeout", "2s").set("flows.udp_idle_timeout", "3s")
+    });
     let history = Arc::new(Mutex::new(History::default()));
     let mut chaos = Chaos {
         b,

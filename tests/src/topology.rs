@@ -16,7 +16,10 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 
-use crate::netns::{NetNs, must, unique_prefix};
+use crate::{
+    config_file::ConfigFile,
+    netns::{NetNs, must, unique_prefix},
+};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -100,36 +103,32 @@ impl Topology {
         std::env::temp_dir().join(&self.prefix)
     }
 
-    /// An agent config for this topology: pool "p<port>" per service, with
-    /// servers s1..sN; `extra` is appended (e.g. a [flows] table).
-    pub fn config(&self, services: &[ServiceSpec], extra: &str) -> String {
-        let interfaces: Vec<String> = self.lb_interfaces().iter().map(|i| format!("\"{i}\"")).collect();
+    /// An agent config for this topology: its instance, interfaces, socket
+    /// and state file, then pool "p<port>" per service, with servers s1..sN.
+    /// Services and settings are added to it with `ConfigFile`'s methods.
+    pub fn config(&self, services: &[ServiceSpec]) -> ConfigFile {
         let dir = self.dir();
-        let mut text = format!(
-            "instance = \"{}\"\ninterfaces = [{}]\napi_socket = \"{}\"\nstate_file = \"{}\"\n",
-            self.instance(),
-            interfaces.join(", "),
-            dir.join("api.sock").display(),
-            dir.join("state.json").display()
-        );
+        let mut config = ConfigFile::new()
+            .set("instance", self.instance())
+            .set("interfaces", self.lb_interfaces())
+            .set("api_socket", dir.join("api.sock").display().to_string())
+            .set("state_file", dir.join("state.json").display().to_string());
         for s in services {
-            text.push_str(&format!(
-                "\n[[services]]\nvip = \"{VIP}\"\nport = {}\nprotocol = \"{}\"\npool = \"p{}\"\n",
-                s.port, s.protocol, s.port
-            ));
-        }
-        for s in services {
+            let pool = format!("p{}", s.port);
+            config = config.service(VIP, s.port, s.protocol, &pool);
             assert_eq!(s.weights.len(), self.servers.len(), "one weight per server");
             for (host, weight) in self.servers.iter().zip(&s.weights) {
-                text.push_str(&format!(
-                    "\n[[pools.p{}.servers]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nweight = {}\n",
-                    s.port, host.name, host.addr, s.server_port, weight
-                ));
+                config = config
+                    .server(&pool, &host.name, host.addr, s.server_port)
+                    .server_set(&pool, &host.name, "weight", *weight);
             }
         }
-        text.push('\n');
-        text.push_str(extra);
-        text
+        config
+    }
+
+    /// This topology's server `name`, in `pool` of `config`, at `port`.
+    pub fn with_server(&self, config: ConfigFile, pool: &str, name: &str, port: u16) -> ConfigFile {
+        config.server(pool, name, self.server(name).addr, port)
     }
 
     pub fn server(&self, name: &str) -> &ServerHost {

@@ -31,12 +31,14 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     let topology = Topology::new(1);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let config = topology
-        .config(&[spec], "[flows]\nudp_idle_timeout = \"abc\"\n")
-        .replace("pool = \"p80\"", "pool = \"webb\"")
-        .replace("address = \"10.0.1.2\"", "address = \"10.0.1\"");
+        .config(&[])
+        .service(VIP, spec.port, spec.protocol, "webb")
+        .server("p80", "s1", topology.server("s1").addr, spec.server_port)
+        .server_set("p80", "s1", "address", "10.0.1")
+        .set("flows.udp_idle_timeout", "abc");
     let lb_bin = testbed::agent::lb_bin();
     let path = std::env::temp_dir().join(format!("{}-bad.toml", topology.prefix));
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config.text()).unwrap();
     let lb = topology.lb.command(lb_bin).args(["agent", "--config"]).arg(&path).output();
     let _ = std::fs::remove_file(&path);
     let lb = lb.unwrap();
@@ -59,7 +61,7 @@ fn sigterm_leaves_forwarding_running_and_only_cleanup_stops_it() {
     let topology = Topology::new(1);
     let _http = Server::start(&topology.servers[0].ns, "s1", Kind::Http, 8080);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
-    let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
     let (ok, _, stderr) = agent.lb(&["cleanup", "--config", agent.config_path.to_str().unwrap()]);
     assert!(!ok && stderr.contains("is running"), "cleanup while the agent runs: {stderr}");
@@ -91,7 +93,7 @@ fn the_agent_refuses_a_bpf_filesystem_private_to_its_mount_namespace() {
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
     let config_path = topology.dir().join("lb.toml");
     std::fs::create_dir_all(topology.dir()).unwrap();
-    std::fs::write(&config_path, topology.config(&[spec], "")).unwrap();
+    std::fs::write(&config_path, topology.config(&[spec]).text()).unwrap();
     // `ip netns exec` gives the agent a /sys of its own: its pins would die with it.
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &topology.lb.name])
@@ -145,7 +147,7 @@ fn start_once(agent: &Agent) -> (bool, String) {
 fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
     let topology = Topology::new(1);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
-    let mut agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
     agent.stop().expect("agent was running");
     let pins = agent.pin_dir();
     // The stopped agent's program goes on forwarding.
@@ -185,7 +187,7 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     let _http: Vec<Server> = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080)).collect();
     let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
     let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
-    let mut agent = Agent::start(&topology, &topology.config(&[echo, http], ""));
+    let mut agent = Agent::start(&topology, topology.config(&[echo, http]));
 
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let server = client.exchange("before").expect("exchange");
@@ -210,8 +212,9 @@ fn the_agent_ages_out_idle_and_closed_flows() {
     let _http = Server::start(&topology.servers[0].ns, "s1", Kind::Http, 8080);
     let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1] };
     let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
-    let extra = "[flows]\nudp_idle_timeout = \"1s\"\ntcp_closing_timeout = \"1s\"\nsweep_interval = \"200ms\"\n";
-    let agent = Agent::start(&topology, &topology.config(&[udp, http], extra));
+    let config = topology.config(&[udp, http]).set("flows.udp_idle_timeout", "1s");
+    let agent =
+        Agent::start(&topology, config.set("flows.tcp_closing_timeout", "1s").set("flows.sweep_interval", "200ms"));
 
     topology.client.run(|| {
         udp_exchange(VIP, 53, "hello").expect("UDP");
@@ -235,8 +238,8 @@ fn a_busy_connection_outlives_its_idle_timeout() {
     let topology = Topology::new(1);
     let _echo = Server::start(&topology.servers[0].ns, "s1", Kind::LineEcho, 7007);
     let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1] };
-    let extra = "[flows]\ntcp_idle_timeout = \"1s\"\nsweep_interval = \"100ms\"\n";
-    let agent = Agent::start(&topology, &topology.config(&[echo], extra));
+    let config = topology.config(&[echo]).set("flows.tcp_idle_timeout", "1s").set("flows.sweep_interval", "100ms");
+    let agent = Agent::start(&topology, config);
 
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let start = Instant::now();
@@ -246,9 +249,8 @@ fn a_busy_connection_outlives_its_idle_timeout() {
         exchanges += 1;
         std::thread::sleep(Duration::from_millis(150));
     }
-    let view = agent.lb_json(&["pool", "show", "p7"]);
-    let server = &view["servers"][0];
-    assert_eq!(server["new_flows"].as_u64(), Some(1), "one connection, one flow, over {exchanges} exchanges: {server}");
+    let server = &agent.pool("p7").servers[0];
+    assert_eq!(server.new_flows, 1, "one connection, one flow, over {exchanges} exchanges: {server:?}");
     assert_eq!(agent.flow_count(), 1);
 }
 
@@ -257,7 +259,7 @@ fn the_api_socket_is_private_and_a_second_agent_of_the_instance_is_refused() {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     let topology = Topology::new(1);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
-    let agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let agent = Agent::start(&topology, topology.config(&[spec]));
     let meta = std::fs::metadata(agent.socket()).expect("API socket");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "API socket permissions");
@@ -286,7 +288,7 @@ fn the_agent_resets_the_server_end_when_the_datapath_answers_a_terminated_flow()
         topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
     let spec = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
     // With the datapath's log on: the reset it sends is a logged event.
-    let agent = Agent::start_with_args(&topology, &topology.config(&[spec], ""), &["--datapath-log", "debug"]);
+    let agent = Agent::start_with_args(&topology, topology.config(&[spec]), &["--datapath-log", "debug"]);
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let name = client.exchange("which").expect("exchange");
     let client_port = client.stream().local_addr().unwrap().port();

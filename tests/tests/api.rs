@@ -11,6 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::{
+    api::client,
+    model::{ApiError, ErrorCode},
+};
 use serde_json::Value;
 use testbed::{
     agent::Agent,
@@ -41,7 +45,7 @@ fn pool_show_answers_at_once_while_an_immediate_disable_purges_a_million_flows()
 }
 
 /// Sends `payload` (and no more) and reads the answer line, whatever it is.
-fn exchange(socket: &Path, payload: &[u8]) -> (Duration, Value) {
+fn exchange(socket: &Path, payload: &[u8]) -> (Duration, Result<Value, ApiError>) {
     let started = Instant::now();
     let mut stream = UnixStream::connect(socket).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -49,14 +53,14 @@ fn exchange(socket: &Path, payload: &[u8]) -> (Duration, Value) {
     let _ = stream.write_all(payload);
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("an answer, not a hang");
-    (started.elapsed(), serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("bad answer {answer:?}: {e}")))
+    (started.elapsed(), client::read_answer(&answer).unwrap_or_else(|e| panic!("bad answer {answer:?}: {e}")))
 }
 
 #[test]
 fn two_hundred_clients_at_once_are_each_answered_or_refused_without_stalling() {
     let topology = Topology::new(1);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
-    let agent = Agent::start(&topology, &topology.config(&[spec], ""));
+    let agent = Agent::start(&topology, topology.config(&[spec]));
     let socket: PathBuf = agent.socket();
     let barrier = Arc::new(Barrier::new(200));
     let clients: Vec<_> = (0..200)
@@ -79,16 +83,18 @@ fn two_hundred_clients_at_once_are_each_answered_or_refused_without_stalling() {
         let (kind, (took, answer)) = client.join().expect("client thread");
         match kind {
             0 => {
-                assert_eq!(answer["code"], "bad_request", "{answer}");
-                assert!(answer["error"].as_str().unwrap().contains("no request line within"), "{answer}");
+                let refusal = answer.expect_err("a refusal");
+                assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+                assert!(refusal.message.contains("no request line within"), "{refusal:?}");
                 assert!(took < Duration::from_secs(8), "a silent client held on for {took:?}");
             }
             1 => {
-                assert_eq!(answer["code"], "bad_request", "{answer}");
-                assert!(answer["error"].as_str().unwrap().contains("longer than 65536 bytes"), "{answer}");
+                let refusal = answer.expect_err("a refusal");
+                assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+                assert!(refusal.message.contains("longer than 65536 bytes"), "{refusal:?}");
             }
             _ => {
-                assert_eq!(answer["ok"], true, "{answer}");
+                assert!(answer.is_ok(), "{answer:?}");
                 assert!(took < Duration::from_secs(2), "a good client waited {took:?} behind the others");
             }
         }

@@ -11,9 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::model::{PoolView, ServerState, ServerView, Why};
 use serde_json::Value;
 use testbed::{
-    bed::{Bed, EVERY_100MS, bed, wait_for},
+    bed::{Bed, EVERY_100MS, bed, bed_with, wait_for},
     browser::Browser,
     http::{self, LOCAL_API},
     servers::Session,
@@ -21,12 +22,12 @@ use testbed::{
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn api_pool() -> Value {
-    http::get(LOCAL_API, "/api/v1/pools/p7", &[]).json()
+fn api_pool() -> PoolView {
+    http::get(LOCAL_API, "/api/v1/pools/p7", &[]).typed()
 }
 
-fn api_server(name: &str) -> Value {
-    api_pool()["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).expect("server").clone()
+fn api_server(name: &str) -> ServerView {
+    api_pool().servers.into_iter().find(|s| s.name == name).expect("server")
 }
 
 /// A row's cell, as the page shows it.
@@ -49,7 +50,7 @@ async fn untick_all(browser: &Browser) {
 
 #[test]
 fn an_operator_takes_servers_out_of_service_from_the_dashboard() {
-    let b = bed(4, "[flows]\nsweep_interval = \"500ms\"\n");
+    let b = bed_with(4, |c| c.set("flows.sweep_interval", "500ms"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Everything in the balancer's namespace, where the agent serves HTTP on
     // its loopback and the browser runs.
@@ -93,8 +94,8 @@ async fn gracefully_with_a_deadline(browser: &mut Browser) {
         browser.wait_text(&cell(s, "state"), 2 * SECOND, |t| t == "DRAINING").await;
         assert_eq!(browser.text(&cell(s, "why")).await, "(deadline)");
         let api = api_server(s);
-        assert_eq!((api["state"].as_str(), api["why"].as_str()), (Some("DRAINING"), Some("deadline")));
-        assert!(api["deadline_left_ms"].as_u64().unwrap() > 55_000);
+        assert_eq!((api.state, api.why), (ServerState::Draining, Some(Why::Deadline)));
+        assert!(api.deadline_left_ms.expect("a deadline") > 55_000);
         assert_eq!(browser.text(&cell(s, "flows")).await, "1", "{s}'s live connection is counted");
     }
     let first = browser.wait_text(&cell("s1", "countdown"), 3 * SECOND, |t| t.starts_with("terminated in 0:5")).await;
@@ -137,7 +138,7 @@ async fn guard_refuses_then_forced(browser: &mut Browser) {
     browser.screenshot("guard-refuses").await;
     browser.click("#force").await;
     browser.wait_text(&cell("s4", "state"), 2 * SECOND, |t| t == "DISABLED").await;
-    assert_eq!(api_server("s3")["state"], "DISABLED");
+    assert_eq!(api_server("s3").state, ServerState::Disabled);
     browser.screenshot("forced").await;
 }
 
@@ -163,16 +164,11 @@ async fn live_updates_and_a_drained_notice(b: &Bed, browser: &mut Browser) {
 
     // s4 removed from the config by a reload (gone at once: it has no flow);
     // s3 disabled there (`enabled = false`): the page says who set it.
-    let config = std::fs::read_to_string(&b.agent.config_path).unwrap();
-    let s4 = config.find("[[pools.p7.servers]]\nname = \"s4\"").expect("s4's entry");
-    let end = config[s4..].find("weight = 1\n").unwrap() + s4 + "weight = 1\n".len();
-    let s3_off = config.replacen("name = \"s3\"\n", "name = \"s3\"\nenabled = false\n", 1);
-    let s3_off = s3_off.replacen(&config[s4..end], "", 1);
-    std::fs::write(&b.agent.config_path, s3_off).unwrap();
+    b.write_config(&b.config.clone().without_server("p7", "s4").server_set("p7", "s3", "enabled", false));
     let (ok, _, stderr) = b.agent.lb(&["reload"]);
     assert!(ok, "{stderr}");
     browser.wait_text(&cell("s3", "source"), 2 * SECOND, |t| t == "· set by the config").await;
-    wait_for("s4 gone", 2 * SECOND, || api_pool()["servers"].as_array().unwrap().len() == 3);
+    wait_for("s4 gone", 2 * SECOND, || api_pool().servers.len() == 3);
     let rows = "return document.querySelectorAll('#servers tbody tr').length";
     let shown = Instant::now();
     while browser.eval(rows).await != 3 {
@@ -209,8 +205,8 @@ impl Drop for TokenFile {
 fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
     let token = TokenFile(std::env::temp_dir().join(format!("lb-dashboard-token-{}", std::process::id())));
     std::fs::write(&token.0, "page-s3cret\n").unwrap();
-    let extra = format!("[http]\nlisten = \"0.0.0.0:8480\"\ntoken_file = \"{}\"\n", token.0.display());
-    let b = bed(2, &extra);
+    let token_file = token.0.display().to_string();
+    let b = bed_with(2, |c| c.set("http.listen", "0.0.0.0:8480").set("http.token_file", token_file));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     b.topology.lb.run(|| {
         runtime.block_on(async {
@@ -249,7 +245,7 @@ async fn press(browser: &Browser, key: fantoccini::key::Key) {
 fn the_servers_tab_works_from_the_keyboard() {
     use fantoccini::key::Key;
 
-    let b = bed(2, "");
+    let b = bed(2);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     b.topology.lb.run(|| {
         runtime.block_on(async {
@@ -267,7 +263,7 @@ fn the_servers_tab_works_from_the_keyboard() {
             assert_eq!(browser.eval(open).await, Value::Bool(true), "Enter opens the dialog");
             press(&browser, Key::Escape).await;
             assert_eq!(browser.eval(open).await, Value::Bool(false), "Escape closes it");
-            assert_eq!(api_server("s2")["state"], "ENABLED", "a cancelled dialog changes nothing");
+            assert_eq!(api_server("s2").state, ServerState::Enabled, "a cancelled dialog changes nothing");
             // Again, and Tab to "Start draining": the radio group, N, the unit, Cancel, Start.
             browser.eval("document.getElementById('graceful').focus(); return 0;").await;
             press(&browser, Key::Enter).await;
@@ -278,15 +274,15 @@ fn the_servers_tab_works_from_the_keyboard() {
             browser.screenshot("keyboard-start-focused").await;
             press(&browser, Key::Enter).await;
             browser.wait_text(&cell("s2", "state"), 2 * SECOND, |t| t != "ENABLED").await;
-            assert_ne!(api_server("s2")["state"], "ENABLED");
+            assert_ne!(api_server("s2").state, ServerState::Enabled);
         })
     });
 }
 
 #[test]
 fn the_servers_tab_shows_what_the_health_monitors_found() {
-    let monitor = "[[pools.p7.monitors]]\nkind = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\n";
-    let mut b = bed(2, monitor);
+    let monitor = [("kind", "tcp".into()), ("interval", "300ms".into()), ("timeout", "200ms".into())];
+    let mut b = bed_with(2, |c| c.monitor("p7", monitor));
     b.echo[0].stop();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     b.topology.lb.run(|| {

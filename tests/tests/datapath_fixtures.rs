@@ -6,6 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use lb_common::{Outcome::*, flow_state, proto};
 use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
+    config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
         SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, flow_key,
@@ -15,64 +16,26 @@ use testbed::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 
-fn config(web_weights: (u32, u32)) -> String {
-    format!(
-        r#"
-        instance = "fixture"
-        interfaces = ["toclient", "toserver"]
-        [flows]
-        max = 4096
-        tcp_closing_timeout = "10s"
-        udp_idle_timeout = "30s"
-        tcp_idle_timeout = "300s"
-
-        [[services]]
-        vip = "{VIP}"
-        port = 80
-        protocol = "tcp"
-        pool = "web"
-        [[services]]
-        vip = "{VIP}"
-        port = 53
-        protocol = "udp"
-        pool = "dns"
-        [[services]]
-        vip = "{VIP}"
-        port = 8443
-        protocol = "tcp"
-        pool = "far"
-        [[services]]
-        vip = "{VIP}"
-        port = 9999
-        protocol = "tcp"
-        pool = "empty"
-
-        [[pools.web.servers]]
-        name = "s1"
-        address = "{SERVER1}"
-        port = 8080
-        weight = {}
-        [[pools.web.servers]]
-        name = "s2"
-        address = "{SERVER2}"
-        port = 8080
-        weight = {}
-        [[pools.dns.servers]]
-        name = "d1"
-        address = "{SERVER1}"
-        port = 5353
-        [[pools.far.servers]]
-        name = "f1"
-        address = "{SERVER_UNRESOLVED}"
-        port = 8443
-        [[pools.empty.servers]]
-        name = "e1"
-        address = "{SERVER1}"
-        port = 9999
-        weight = 0
-        "#,
-        web_weights.0, web_weights.1
-    )
+fn config(web_weights: (u32, u32)) -> ConfigFile {
+    ConfigFile::new()
+        .set("instance", "fixture")
+        .set("interfaces", vec!["toclient", "toserver"])
+        .set("flows.max", 4096)
+        .set("flows.tcp_closing_timeout", "10s")
+        .set("flows.udp_idle_timeout", "30s")
+        .set("flows.tcp_idle_timeout", "300s")
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP, 53, "udp", "dns")
+        .service(VIP, 8443, "tcp", "far")
+        .service(VIP, 9999, "tcp", "empty")
+        .server("web", "s1", SERVER1, 8080)
+        .server_set("web", "s1", "weight", web_weights.0)
+        .server("web", "s2", SERVER2, 8080)
+        .server_set("web", "s2", "weight", web_weights.1)
+        .server("dns", "d1", SERVER1, 5353)
+        .server("far", "f1", SERVER_UNRESOLVED, 8443)
+        .server("empty", "e1", SERVER1, 9999)
+        .server_set("empty", "e1", "weight", 0)
 }
 
 /// A frame from the client, as it arrives on `toclient`.
@@ -454,25 +417,11 @@ fn maintenance_fixtures() {
 #[test]
 fn an_endpoint_serving_two_services_finds_the_vip_per_flow() {
     const VIP2: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
-    let config = format!(
-        r#"
-        interfaces = ["toclient"]
-        [[services]]
-        vip = "{VIP}"
-        port = 80
-        protocol = "tcp"
-        pool = "web"
-        [[services]]
-        vip = "{VIP2}"
-        port = 80
-        protocol = "tcp"
-        pool = "web"
-        [[pools.web.servers]]
-        name = "s1"
-        address = "{SERVER1}"
-        port = 8080
-        "#
-    );
+    let config = ConfigFile::new()
+        .set("interfaces", vec!["toclient"])
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP2, 80, "tcp", "web")
+        .server("web", "s1", SERVER1, 8080);
     let ns = fixture_netns();
     ns.run(|| {
         let bed = FixtureBed::load(&config);
@@ -508,23 +457,17 @@ fn a_server_removed_from_the_config_is_taken_out_by_its_pools_rule() {
             input: to_far.build(),
             ingress: "toclient",
             verdict: XDP_PASS,
-            output: Expect::Packet(to_far.clone().addresses((CLIENT, 43000), (SERVER_UNRESOLVED, 8443)).ttl(63).build()),
+            output: Expect::Packet(
+                to_far.clone().addresses((CLIENT, 43000), (SERVER_UNRESOLVED, 8443)).ttl(63).build(),
+            ),
             counts: vec![Count::Outcome(PassNeighbourUnresolved, 1), Count::NewFlows("far", "f1", new_flow)],
         };
         bed.run(&[f1("a flow on f1", 1)]);
         let key = flow_key((CLIENT, 43000), (VIP, 8443), proto::TCP);
 
-        // The config drops f1, the only server of pool far.
-        let f1_line = format!(
-            "[[pools.far.servers]]\n        name = \"f1\"\n        address = \"{SERVER_UNRESOLVED}\"\n        port = 8443\n"
-        );
-        // Pool far stays (empty), so that its service stays valid.
-        let without_f1 = config((1, 1)).replace(&f1_line, "").replacen(
-            "[[services]]\n        vip",
-            "[pools.far]\n        [[services]]\n        vip",
-            1,
-        );
-        assert_ne!(without_f1, config((1, 1)), "the test config edit did not apply");
+        // The config drops f1, the only server of pool far (the pool stays,
+        // empty, so that its service stays valid).
+        let without_f1 = config((1, 1)).without_server("far", "f1");
         let report = bed.apply(&without_f1);
         assert!(report.changes.iter().any(|c| c.starts_with("far/f1 removed")), "{:?}", report.changes);
         bed.owner_sweep();
@@ -534,10 +477,10 @@ fn a_server_removed_from_the_config_is_taken_out_by_its_pools_rule() {
         assert!(bed.flow(&key).is_some());
 
         // The same removal with "0": at once.
-        let mut bed = FixtureBed::load(&config((1, 1)).replace("[[pools.far.servers]]", "[pools.far]\n        graceful_disable_timeout = \"0\"\n        [[pools.far.servers]]"));
+        let at_once = |c: ConfigFile| c.set("pools.far.graceful_disable_timeout", "0");
+        let mut bed = FixtureBed::load(&at_once(config((1, 1))));
         bed.run(&[f1("a flow on f1", 1)]);
-        let at_once = without_f1.replace("[pools.far]\n", "[pools.far]\n        graceful_disable_timeout = \"0\"\n");
-        bed.apply(&at_once);
+        bed.apply(&at_once(without_f1));
         assert!(bed.flow(&key).is_none(), "the removed server's flow is terminated at once");
         assert!(bed.servers().find("far", "f1").is_none(), "and the server forgotten");
     });
@@ -557,8 +500,7 @@ fn a_service_removed_from_the_config_takes_no_new_flow_and_its_flows_follow_the_
         assert!(bed.flow(&key).is_some());
 
         // The service moves to port 81; its pool and servers stay.
-        let moved = config((1, 0)).replacen("port = 80\n", "port = 81\n", 1);
-        assert_ne!(moved, config((1, 0)), "the test config edit did not apply");
+        let moved = config((1, 0)).without_services_of("web").service(VIP, 81, "tcp", "web");
         bed.apply(&moved);
         let ack = client_tcp(43001, 80).flags(ACK).seq(1, 1);
         let new_syn = client_tcp(43002, 80).flags(SYN).build();
@@ -570,7 +512,7 @@ fn a_service_removed_from_the_config_takes_no_new_flow_and_its_flows_follow_the_
         assert!(bed.flow(&key).is_some(), "its live flow is kept");
 
         // The same with "0": its flows end at once.
-        let immediate = |c: String| c.replace("[[pools.web.servers]]\n        name = \"s1\"", "[pools.web]\n        graceful_disable_timeout = \"0\"\n        [[pools.web.servers]]\n        name = \"s1\"");
+        let immediate = |c: ConfigFile| c.set("pools.web.graceful_disable_timeout", "0");
         let mut bed = FixtureBed::load(&immediate(config((1, 0))));
         bed.run(&[forward("a flow on s1", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
         bed.apply(&immediate(moved));
@@ -614,7 +556,7 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
     let ns = fixture_netns();
     ns.run(|| {
         // The smallest table: 2048 slots.
-        let small = config((1, 0)).replace("max = 4096", "max = 1024");
+        let small = config((1, 0)).set("flows.max", 1024);
         let bed = FixtureBed::load(&small);
         let now = datapath_now_ns();
         // Four times as many flows as slots (each bucket is offered 32 on
@@ -699,7 +641,7 @@ fn in_a_full_table_half_open_flows_give_way_before_connections_in_use() {
 
     let ns = fixture_netns();
     ns.run(|| {
-        let small = config((1, 0)).replace("max = 4096", "max = 1024");
+        let small = config((1, 0)).set("flows.max", 1024);
         let bed = FixtureBed::load(&small);
         let now = datapath_now_ns();
         // Every bucket full: established connections, idle longer than the

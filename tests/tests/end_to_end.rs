@@ -41,20 +41,19 @@ fn spread(topology: &Topology, n: usize) -> BTreeMap<String, usize> {
 fn new_tcp_connections_spread_over_three_servers() {
     let topology = Topology::new(3);
     let _servers = start_servers(&topology, Kind::Http, 8080);
-    let agent = Agent::start(&topology, &topology.config(&[http(&[1, 1, 1])], ""));
+    let agent = Agent::start(&topology, topology.config(&[http(&[1, 1, 1])]));
 
     let counts = spread(&topology, 300);
     assert_eq!(counts.values().sum::<usize>(), 300, "every request answered: {counts:?}");
     // What the operator sees: every packet counted under an outcome, and
     // traffic per server.
-    let stats = agent.lb_json(&["stats"]);
-    let outcome = |name: &str| stats["outcomes"][name].as_u64().unwrap_or_else(|| panic!("no outcome {name}: {stats}"));
-    assert!(outcome("forward_new_flow") + outcome("pass_neighbour_unresolved") >= 300, "{stats}");
-    assert!(outcome("forward_reply") >= 300, "{stats}");
-    assert_eq!(outcome("drop_no_server"), 0, "{stats}");
-    let view = agent.lb_json(&["pool", "show", "p80"]);
-    for server in view["servers"].as_array().unwrap() {
-        assert!(server["bytes_to"].as_u64().unwrap() > 0 && server["bytes_from"].as_u64().unwrap() > 0, "{server}");
+    let stats = agent.stats().outcomes;
+    let outcome = |name: &str| *stats.get(name).unwrap_or_else(|| panic!("no outcome {name}: {stats:?}"));
+    assert!(outcome("forward_new_flow") + outcome("pass_neighbour_unresolved") >= 300, "{stats:?}");
+    assert!(outcome("forward_reply") >= 300, "{stats:?}");
+    assert_eq!(outcome("drop_no_server"), 0, "{stats:?}");
+    for server in agent.pool("p80").servers {
+        assert!(server.bytes_to > 0 && server.bytes_from > 0, "{server:?}");
     }
     assert_eq!(counts.len(), 3, "every server used: {counts:?}");
     for (server, n) in &counts {
@@ -66,7 +65,7 @@ fn new_tcp_connections_spread_over_three_servers() {
 fn weights_one_to_three_split_new_flows_near_one_to_three() {
     let topology = Topology::new(2);
     let _servers = start_servers(&topology, Kind::Http, 8080);
-    let _agent = Agent::start(&topology, &topology.config(&[http(&[1, 3])], ""));
+    let _agent = Agent::start(&topology, topology.config(&[http(&[1, 3])]));
 
     let counts = spread(&topology, 400);
     let s1 = counts.get("s1").copied().unwrap_or(0) as f64;
@@ -78,7 +77,7 @@ fn weights_one_to_three_split_new_flows_near_one_to_three() {
 fn a_server_of_weight_zero_gets_no_new_flows() {
     let topology = Topology::new(3);
     let _servers = start_servers(&topology, Kind::Http, 8080);
-    let _agent = Agent::start(&topology, &topology.config(&[http(&[1, 0, 1])], ""));
+    let _agent = Agent::start(&topology, topology.config(&[http(&[1, 0, 1])]));
 
     let counts = spread(&topology, 100);
     assert_eq!(counts.get("s2"), None, "weight 0 server got flows: {counts:?}");
@@ -91,7 +90,7 @@ fn a_long_lived_connection_stays_on_its_server_while_others_come_and_go() {
     let _echo = start_servers(&topology, Kind::LineEcho, 7007);
     let _http = start_servers(&topology, Kind::Http, 8080);
     let echo = ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
-    let _agent = Agent::start(&topology, &topology.config(&[echo, http(&[1, 1, 1])], ""));
+    let _agent = Agent::start(&topology, topology.config(&[echo, http(&[1, 1, 1])]));
 
     let done = AtomicBool::new(false);
     let (first, names, churn) = std::thread::scope(|s| {
@@ -127,7 +126,7 @@ fn udp_request_reply_through_the_vip() {
     let topology = Topology::new(3);
     let _servers = start_servers(&topology, Kind::UdpEcho, 5353);
     let udp = ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
-    let _agent = Agent::start(&topology, &topology.config(&[udp], ""));
+    let _agent = Agent::start(&topology, topology.config(&[udp]));
 
     topology.client.run(|| {
         // One socket is one flow: it stays on one server.

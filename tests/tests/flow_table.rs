@@ -18,6 +18,7 @@ use lb_common::{FlowKey, flow_state, flow_table::SERVER_HINTS, proto, purge};
 use lb_userspace::datapath::purge::purge_servers;
 use testbed::{
     bench::{fill_flows, pin_to_cpu},
+    config_file::ConfigFile,
     fixture::{
         CLIENT_MAC, FixtureBed, SERVER1, SERVER2, TOCLIENT_MAC, XDP_REDIRECT, fixture_netns, flow_key, ifindex,
         test_run,
@@ -43,11 +44,12 @@ fn flows_stay_whole_while_the_datapath_and_the_agent_write_the_table_at_once() {
     let net = fixture_netns();
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
     net.run(|| {
-        let config = format!(
-            "instance = \"race\"\ninterfaces = [\"toclient\"]\n[flows]\nmax = 4096\n\
-             [[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
-             [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER1}\"\nport = 8080\n"
-        );
+        let config = ConfigFile::new()
+            .set("instance", "race")
+            .set("interfaces", vec!["toclient"])
+            .set("flows.max", 4096)
+            .service(VIP, 80, "tcp", "web")
+            .server("web", "s1", SERVER1, 8080);
         let bed = FixtureBed::load(&config);
         let s1 = bed.server_id("web", "s1");
         let program = bed.dp().program();
@@ -136,12 +138,13 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
     let net = fixture_netns();
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
     net.run(|| {
-        let config = format!(
-            "instance = \"purge\"\ninterfaces = [\"toclient\"]\n[flows]\nmax = 131072\n\
-             [[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
-             [[pools.web.servers]]\nname = \"s1\"\naddress = \"{SERVER1}\"\nport = 8080\n\
-             [[pools.web.servers]]\nname = \"s2\"\naddress = \"{SERVER2}\"\nport = 8080\n"
-        );
+        let config = ConfigFile::new()
+            .set("instance", "purge")
+            .set("interfaces", vec!["toclient"])
+            .set("flows.max", 131_072)
+            .service(VIP, 80, "tcp", "web")
+            .server("web", "s1", SERVER1, 8080)
+            .server("web", "s2", SERVER2, 8080);
         let mut bed = FixtureBed::load(&config);
         let (s1, s2) = (bed.server_id("web", "s1"), bed.server_id("web", "s2"));
         let toclient = ifindex("toclient");

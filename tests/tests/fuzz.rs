@@ -18,6 +18,7 @@ use proptest::{
     test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
 };
 use testbed::{
+    config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, FixtureBed, SERVER1, SERVER1_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_ABORTED, XDP_DROP,
         XDP_PASS, fixture_netns,
@@ -26,41 +27,19 @@ use testbed::{
     topology::VIP,
 };
 
-const CONFIG: &str = r#"
-    instance = "fuzz"
-    interfaces = ["toclient", "toserver"]
-    [flows]
-    max = 4096
-
-    [[services]]
-    vip = "10.100.0.1"
-    port = 80
-    protocol = "tcp"
-    pool = "web"
-    [[services]]
-    vip = "10.100.0.1"
-    port = 53
-    protocol = "udp"
-    pool = "dns"
-    [[services]]
-    vip = "10.100.0.1"
-    port = 8443
-    protocol = "tcp"
-    pool = "far"
-
-    [[pools.web.servers]]
-    name = "s1"
-    address = "10.0.1.2"
-    port = 8080
-    [[pools.dns.servers]]
-    name = "d1"
-    address = "10.0.1.2"
-    port = 5353
-    [[pools.far.servers]]
-    name = "f1"
-    address = "10.0.3.2"
-    port = 8443
-"#;
+fn config() -> ConfigFile {
+    let far = Ipv4Addr::new(10, 0, 3, 2);
+    ConfigFile::new()
+        .set("instance", "fuzz")
+        .set("interfaces", vec!["toclient", "toserver"])
+        .set("flows.max", 4096)
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP, 53, "udp", "dns")
+        .service(VIP, 8443, "tcp", "far")
+        .server("web", "s1", SERVER1, 8080)
+        .server("dns", "d1", SERVER1, 5353)
+        .server("far", "f1", far, 8443)
+}
 
 /// The paths a packet can take, before mutation.
 #[derive(Clone, Copy, Debug)]
@@ -289,7 +268,7 @@ fn the_datapath_keeps_its_invariants_on_any_packet() {
     let seed: u8 = std::env::var("LB_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let ns = fixture_netns();
     ns.run(|| {
-        let bed = FixtureBed::load(CONFIG);
+        let bed = FixtureBed::load(&config());
         // Flows for the "existing flow" path: SYNs from the ports it uses.
         for port in 40000..40040 {
             let syn = Pkt::tcp((CLIENT, port), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();

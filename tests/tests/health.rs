@@ -13,31 +13,51 @@ use std::{
 use lb_userspace::model::{CheckResult, DownReason, EventKind, HealthStatus, HealthView, Source};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, wait_for},
+    config_file::ConfigFile,
     health_server::{HealthServer, Reply},
     servers::Session,
     topology::{Topology, VIP},
 };
+use toml::Value;
 
 const HEALTH_PORT: u16 = 8080;
+
+/// An http monitor that reads a 503 as "in maintenance".
+fn maintenance_by_503() -> [(&'static str, Value); 2] {
+    [("kind", "http".into()), ("maintenance_codes", vec![503].into())]
+}
+/// Settings as the config file names them: `[("kind", "http".into())]`.
+type Settings<'a> = &'a [(&'a str, Value)];
+
 /// Checks every 300 ms, 200 ms to answer, rise 2, fall 2: DOWN within
 /// about 0.8 s of the first failure.
-const MONITOR: &str = "interval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nport = 8080\n";
+fn monitor_defaults() -> Vec<(&'static str, Value)> {
+    vec![
+        ("interval", "300ms".into()),
+        ("timeout", "200ms".into()),
+        ("rise", 2.into()),
+        ("fall", 2.into()),
+        ("port", i64::from(HEALTH_PORT).into()),
+    ]
+}
 
-/// The echo service (VIP:7, pool p7 of every server) with `pool` lines
-/// (on_down, ...) and one monitor with `monitor` lines (kind, ...).
-fn config(t: &Topology, pool: &str, monitor: &str) -> String {
-    let mut text = t.config(&[], "");
-    text.push_str(&format!("[[services]]\nvip = \"{VIP}\"\nport = 7\nprotocol = \"tcp\"\npool = \"p7\"\n"));
-    text.push_str(&format!("[pools.p7]\n{pool}\n[[pools.p7.monitors]]\n{MONITOR}{monitor}\n"));
-    for s in &t.servers {
-        text.push_str(&format!("[[pools.p7.servers]]\nname = \"{}\"\naddress = \"{}\"\nport = 7007\n", s.name, s.addr));
+/// The echo service (VIP:7, pool p7 of every server) with `pool` settings
+/// (on_down, ...) and one monitor with `monitor` settings (kind, ...).
+fn config(t: &Topology, pool: Settings, monitor: Settings) -> ConfigFile {
+    let mut config = t.config(&[]).service(VIP, 7, "tcp", "p7");
+    for (key, value) in pool {
+        config = config.set(&format!("pools.p7.{key}"), value.clone());
     }
-    text
+    config = config.monitor("p7", monitor_defaults().into_iter().chain(monitor.iter().cloned()));
+    for s in &t.servers {
+        config = config.server("p7", &s.name, s.addr, 7007);
+    }
+    config
 }
 
 /// A bed whose servers each have a health endpoint, answering before the
 /// agent starts.
-fn health_bed(n: usize, pool: &str, monitor: &str) -> (Bed, Vec<HealthServer>) {
+fn health_bed(n: usize, pool: Settings, monitor: Settings) -> (Bed, Vec<HealthServer>) {
     let mut health = Vec::new();
     let b = bed_of(n, |t| {
         health = t.servers.iter().map(|s| HealthServer::start(&s.ns, HEALTH_PORT)).collect();
@@ -103,7 +123,7 @@ fn reached(b: &Bed, name: &str) {
 
 #[test]
 fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
-    let (b, health) = health_bed(3, "on_down = \"keep\"", "kind = \"tcp\"");
+    let (b, health) = health_bed(3, &[("on_down", "keep".into())], &[("kind", "tcp".into())]);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 
     // keep: its connection goes on; no new connection reaches it.
@@ -125,8 +145,8 @@ fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
     reached(&b, "s1");
 
     // terminate: its connections are reset at once.
-    let terminate = config(&b.topology, "on_down = \"terminate\"", "kind = \"tcp\"");
-    std::fs::write(&b.agent.config_path, terminate).unwrap();
+    let terminate = config(&b.topology, &[("on_down", "terminate".into())], &[("kind", "tcp".into())]);
+    std::fs::write(&b.agent.config_path, terminate.text()).unwrap();
     b.lb(&["reload"]);
     let session = Session::start(b.connect_to("s2"), "s2", EVERY_100MS);
     health[1].set(Reply::Off);
@@ -137,8 +157,8 @@ fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
     health[1].set(Reply::Ok);
 
     // A duration: its connections go on until then.
-    let after = config(&b.topology, "on_down = \"1500ms\"", "kind = \"tcp\"");
-    std::fs::write(&b.agent.config_path, after).unwrap();
+    let after = config(&b.topology, &[("on_down", "1500ms".into())], &[("kind", "tcp".into())]);
+    std::fs::write(&b.agent.config_path, after.text()).unwrap();
     b.lb(&["reload"]);
     let session = Session::start(b.connect_to("s3"), "s3", EVERY_100MS);
     health[2].set(Reply::Off);
@@ -153,10 +173,14 @@ fn a_server_whose_monitor_fails_goes_down_and_its_flows_follow_on_down() {
 
 #[test]
 fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
-    let pool = "maintenance_timeout = \"3s\"";
-    let monitor =
-        "kind = \"http\"\npath = \"/health\"\nmaintenance_codes = [503]\nmaintenance_string = \"maintenance\"";
-    let (b, health) = health_bed(3, pool, monitor);
+    let pool = [("maintenance_timeout", "3s".into())];
+    let monitor = [
+        ("kind", "http".into()),
+        ("path", "/health".into()),
+        ("maintenance_codes", vec![503].into()),
+        ("maintenance_string", "maintenance".into()),
+    ];
+    let (b, health) = health_bed(3, &pool, &monitor);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 
     // 503: DRAINING (maintenance), its connection goes on until the timeout.
@@ -209,8 +233,7 @@ fn maintenance_replies_drain_a_server_and_normal_replies_put_it_back() {
 /// enable is not refused (the refusal rests on what it says now).
 #[test]
 fn a_disabled_server_whose_maintenance_is_over_can_be_enabled_without_force() {
-    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
-    let (b, health) = health_bed(2, "", monitor);
+    let (b, health) = health_bed(2, &[], &maintenance_by_503());
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     // A connection keeps it draining (with none it would be drained at once).
     let _on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
@@ -237,9 +260,7 @@ fn a_disabled_server_whose_maintenance_is_over_can_be_enabled_without_force() {
 
 #[test]
 fn an_announced_drain_is_honoured_within_the_pools_maximum() {
-    let pool = "max_maintenance_timeout = \"2s\"";
-    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
-    let (b, health) = health_bed(3, pool, monitor);
+    let (b, health) = health_bed(3, &[("max_maintenance_timeout", "2s".into())], &maintenance_by_503());
     wait_health(&b, "s2", Want::Up, Duration::from_secs(3));
     // Connections keep them draining (with none, they would be drained at once).
     let _sessions =
@@ -257,8 +278,7 @@ fn an_announced_drain_is_honoured_within_the_pools_maximum() {
 
 #[test]
 fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service() {
-    let monitor = "kind = \"http\"\nmaintenance_codes = [503]";
-    let (mut b, health) = health_bed(3, "", monitor);
+    let (mut b, health) = health_bed(3, &[], &maintenance_by_503());
     wait_health(&b, "s3", Want::Up, Duration::from_secs(3));
     let on_s1 = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     health[0].set(Reply::Status(503));
@@ -283,7 +303,7 @@ fn a_restarted_agent_keeps_a_server_in_maintenance_and_healthy_ones_in_service()
 
 #[test]
 fn checks_are_neither_balanced_nor_counted_as_flows() {
-    let (b, health) = health_bed(2, "", "kind = \"http\"");
+    let (b, health) = health_bed(2, &[], &[("kind", "http".into())]);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     let stats = |b: &Bed| b.agent.stats();
     let new_flows = |b: &Bed| -> u64 { ["s1", "s2"].iter().map(|s| b.server("p7", s).new_flows).sum() };
@@ -302,7 +322,7 @@ fn checks_are_neither_balanced_nor_counted_as_flows() {
 
 #[test]
 fn a_pool_whose_servers_are_all_down_keeps_serving_with_all_of_them() {
-    let (b, health) = health_bed(2, "", "kind = \"tcp\"");
+    let (b, health) = health_bed(2, &[], &[("kind", "tcp".into())]);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     health[0].set(Reply::Off);
     wait_health(&b, "s1", Want::Down, Duration::from_secs(3));
@@ -324,16 +344,18 @@ fn a_udp_monitor_checks_a_dns_like_service() {
     let mut health = Vec::new();
     let mut b = bed_of(2, |t| {
         health = t.servers.iter().map(|s| HealthServer::start(&s.ns, HEALTH_PORT)).collect::<Vec<_>>();
-        let mut text = t.config(&[], "");
-        text.push_str(&format!("[[services]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\npool = \"p53\"\n"));
-        text.push_str("[[pools.p53.monitors]]\nkind = \"udp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nsend = \"which\"\nexpect = \"s\"\n");
+        let monitor = [
+            ("kind", "udp".into()),
+            ("interval", "300ms".into()),
+            ("timeout", "200ms".into()),
+            ("send", "which".into()),
+            ("expect", "s".into()),
+        ];
+        let mut config = t.config(&[]).service(VIP, 53, "udp", "p53").monitor("p53", monitor);
         for s in &t.servers {
-            text.push_str(&format!(
-                "[[pools.p53.servers]]\nname = \"{}\"\naddress = \"{}\"\nport = 5353\n",
-                s.name, s.addr
-            ));
+            config = config.server("p53", &s.name, s.addr, 5353);
         }
-        text
+        config
     });
     let udp_health = |b: &Bed, name: &str| b.server("p53", name).health.expect("monitored");
     wait_for("s1 UP by UDP", Duration::from_secs(3), || udp_health(&b, "s1").status == HealthStatus::Up);
@@ -352,7 +374,7 @@ fn a_udp_monitor_checks_a_dns_like_service() {
 /// once DOWN, one that passes every other check never comes back UP.
 #[test]
 fn a_flapping_server_obeys_rise_and_fall() {
-    let (b, health) = health_bed(2, "", "kind = \"http\"");
+    let (b, health) = health_bed(2, &[], &[("kind", "http".into())]);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
     let checks = health[0].answered();
     health[0].set(Reply::Flapping);

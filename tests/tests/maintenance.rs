@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::model::{EventKind, ServerState, Why};
+use lb_userspace::model::{Change, EventKind, ServerState, Why};
 use testbed::{
-    bed::{Bed, EVERY_100MS, UDP, bed, wait_for},
+    bed::{Bed, EVERY_100MS, UDP, bed, bed_with, wait_for},
     servers::{Session, udp_exchange_on},
     topology::VIP,
 };
@@ -25,7 +25,7 @@ fn assert_reset(session: &Session, what: &str, not_before: Instant, not_after: I
 
 #[test]
 fn immediate_disable_resets_every_session_at_once_and_spares_the_others() {
-    let b = bed(3, "");
+    let b = bed(3);
     let busy: Vec<Session> = (0..3).map(|_| Session::start(b.connect_to("s1"), "s1", EVERY_100MS)).collect();
     let idle = Session::start(b.connect_to("s1"), "s1", None);
     let others =
@@ -65,7 +65,7 @@ fn immediate_disable_resets_every_session_at_once_and_spares_the_others() {
 
 #[test]
 fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadline() {
-    let b = bed(3, "");
+    let b = bed(3);
     let busy = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     let idle = Session::start(b.connect_to("s1"), "s1", None);
 
@@ -94,7 +94,7 @@ fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadl
 
 #[test]
 fn graceful_disable_until_drained_waits_for_the_last_session_then_enable_restores_service() {
-    let b = bed(3, "");
+    let b = bed(3);
     let busy = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     b.lb(&["server", "disable", "p7", "s1", "--graceful", "--until-drained"]);
 
@@ -123,9 +123,9 @@ fn graceful_disable_until_drained_waits_for_the_last_session_then_enable_restore
 
 #[test]
 fn several_servers_change_in_one_command_and_the_last_server_is_guarded() {
-    let b = bed(3, "");
-    let changes = b.agent.lb_json(&["server", "disable", "p7", "s1", "s2", "--graceful"]);
-    assert_eq!(changes.as_array().unwrap().len(), 2, "{changes}");
+    let b = bed(3);
+    let changes: Vec<Change> = b.agent.lb_json(&["server", "disable", "p7", "s1", "s2", "--graceful"]);
+    assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(b.state("p7", "s1"), "DRAINING (until drained)");
     assert_eq!(b.state("p7", "s2"), "DRAINING (until drained)");
 
@@ -154,7 +154,7 @@ fn several_servers_change_in_one_command_and_the_last_server_is_guarded() {
 
 #[test]
 fn udp_flows_in_the_three_modes() {
-    let b = bed(3, "[flows]\nudp_idle_timeout = \"1s\"\nsweep_interval = \"200ms\"\n");
+    let b = bed_with(3, |c| c.set("flows.udp_idle_timeout", "1s").set("flows.sweep_interval", "200ms"));
     let served = |i: usize| b.udp[i].served();
     let exchange = |socket: &UdpSocket| b.topology.client.run(|| udp_exchange_on(socket, VIP, UDP, "ping"));
 
@@ -207,7 +207,7 @@ fn udp_flows_in_the_three_modes() {
 
 #[test]
 fn a_drain_survives_an_agent_killed_and_restarted_and_its_deadline_fires_on_time() {
-    let b = bed(3, "");
+    let b = bed(3);
     let busy = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     let issued = Instant::now();
     b.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "5s"]);
@@ -231,7 +231,7 @@ fn a_drain_survives_an_agent_killed_and_restarted_and_its_deadline_fires_on_time
 
 #[test]
 fn bad_input_is_refused_with_one_line_and_changes_nothing() {
-    let b = bed(2, "");
+    let b = bed(2);
     let states = || (b.state("p7", "s1"), b.state("p7", "s2"));
     let before = states();
     for (args, expect) in [
@@ -262,7 +262,7 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
 
 #[test]
 fn wait_follows_a_drain_with_progress_until_the_server_is_disabled() {
-    let b = bed(2, "");
+    let b = bed(2);
     let _busy = Session::start(b.connect_to("s1"), "s1", EVERY_100MS);
     let started = Instant::now();
     let (ok, stdout, stderr) =

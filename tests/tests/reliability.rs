@@ -12,19 +12,19 @@ use std::{
 };
 
 use testbed::{
-    bed::{Bed, ECHO, bed},
+    bed::{Bed, ECHO, bed, bed_with},
     load::{Attempt, steady_connections},
     servers::EchoClient,
     topology::VIP,
 };
 
 fn dropped_syns(b: &Bed) -> u64 {
-    b.agent.lb_json(&["stats"])["outcomes"]["drop_no_server"].as_u64().unwrap_or(0)
+    b.agent.stats().outcomes.get("drop_no_server").copied().unwrap_or(0)
 }
 
 #[test]
 fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enabled() {
-    let b = bed(3, "");
+    let b = bed(3);
     let modes: [(&str, &[&str]); 3] = [
         ("immediate", &[]),
         ("graceful with a timeout", &["--graceful", "--timeout", "30s"]),
@@ -105,9 +105,13 @@ impl Drop for Mount {
 fn a_change_the_state_file_cannot_record_is_refused_and_changes_nothing() {
     let mut mount = None;
     // The state file on a file system of its own, made read-only below.
-    let mut b = testbed::bed::bed_with(2, "", |topology| {
-        mount = Some(Mount::tmpfs(topology.dir().join("state-fs")));
-    });
+    let mut b = testbed::bed::bed_prepared(
+        2,
+        |c| c,
+        |topology| {
+            mount = Some(Mount::tmpfs(topology.dir().join("state-fs")));
+        },
+    );
     // Declared after the bed, so unmounted before the bed is removed.
     let mount = mount.unwrap();
     let config = std::fs::read_to_string(&b.agent.config_path).unwrap();
@@ -142,7 +146,7 @@ fn a_change_the_state_file_cannot_record_is_refused_and_changes_nothing() {
 
 #[test]
 fn restarts_kills_and_upgrades_of_the_agent_interrupt_no_traffic() {
-    let mut b = bed(3, "");
+    let mut b = bed(3);
     let draining = testbed::servers::Session::start(b.connect_to("s3"), "s3", testbed::bed::EVERY_100MS);
     let every_10ms = Some(Duration::from_millis(10));
     let keep_alive: Vec<testbed::servers::Session> = ["s1", "s2", "s1", "s2"]
@@ -269,7 +273,7 @@ fn spoofed_syn_flood(count: u32) -> std::io::Result<u32> {
 #[test]
 fn a_flood_of_spoofed_syns_evicts_no_established_connection() {
     // 8192 flow slots; the flood is ten times that.
-    let b = bed(3, "[flows]\nmax = 4096\n");
+    let b = bed_with(3, |c| c.set("flows.max", 4096));
     let mut connections: Vec<EchoClient> = b.topology.client.run(|| {
         (0..1000)
             .map(|_| {
@@ -300,9 +304,9 @@ fn a_flood_of_spoofed_syns_evicts_no_established_connection() {
     for (i, c) in idle.iter_mut().chain(busy.iter_mut()).enumerate() {
         c.exchange("after the flood").unwrap_or_else(|e| panic!("connection {i} broke: {e}"));
     }
-    let stats = b.agent.lb_json(&["stats"]);
-    let evictions = &stats["flow_table"]["evictions"];
-    eprintln!("evictions: {evictions}");
-    assert!(evictions["half_open"].as_u64() > Some(60_000), "the flood evicted its own flows: {evictions}");
-    assert_eq!(evictions["in_use"], 0, "no connection in use gave way: {evictions}");
+    let evictions = b.agent.stats().flow_table.evictions;
+    eprintln!("evictions: {evictions:?}");
+    let evicted = |kind: &str| evictions.get(kind).copied().unwrap_or(0);
+    assert!(evicted("half_open") > 60_000, "the flood evicted its own flows: {evictions:?}");
+    assert_eq!(evicted("in_use"), 0, "no connection in use gave way: {evictions:?}");
 }

@@ -37,13 +37,20 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).map_err(unreachable)?;
-    let protocol = |message: String| ClientError::Protocol { path: path.to_owned(), message };
-    let mut answer: Value = serde_json::from_str(answer.trim()).map_err(|e| protocol(e.to_string()))?;
-    if answer["ok"] == Value::Bool(true) {
-        return Ok(answer["data"].take());
+    match read_answer(&answer) {
+        Ok(answer) => answer.map_err(ClientError::Refused),
+        Err(message) => Err(ClientError::Protocol { path: path.to_owned(), message }),
     }
-    let refusal: ApiError = serde_json::from_value(answer).map_err(|e| protocol(e.to_string()))?;
-    Err(ClientError::Refused(refusal))
+}
+
+/// The agent's answer line: `{"ok":true,"data":..}` or a refusal
+/// (`{"ok":false,"code":..,"error":..}`); `Err` when it is neither.
+pub fn read_answer(line: &str) -> Result<Result<Value, ApiError>, String> {
+    let mut answer: Value = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
+    if answer["ok"] == Value::Bool(true) {
+        return Ok(Ok(answer["data"].take()));
+    }
+    serde_json::from_value(answer).map(Err).map_err(|e| e.to_string())
 }
 
 /// [`call`], its data read as the answer's type (the API's model).

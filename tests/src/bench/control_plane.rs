@@ -21,6 +21,7 @@ use lb_userspace::{
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
     agent::Agent,
+    config_file::ConfigFile,
     fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, XDP_TX, fixture_netns, ifindex},
     packet::{ACK, Pkt},
     topology::{ServiceSpec, Topology},
@@ -29,13 +30,11 @@ use crate::{
 const SECTION: &str = "4. Control plane at scale";
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 100, 0, 1);
 
-fn config(max_flows: u32) -> String {
-    let servers: String = (1..=4)
-        .map(|i| format!("[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.0.{i}.2\"\nport = 8080\n"))
-        .collect();
-    format!(
-        "interfaces = [\"toclient\"]\n[flows]\nmax = {max_flows}\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n{servers}"
-    )
+fn config(max_flows: u32) -> ConfigFile {
+    let config = ConfigFile::new().set("interfaces", vec!["toclient"]).set("flows.max", max_flows);
+    (1..=4u8).fold(config.service(VIP, 80, "tcp", "web"), |c, i| {
+        c.server("web", &format!("s{i}"), std::net::Ipv4Addr::new(10, 0, i, 2), 8080)
+    })
 }
 
 /// BPF_PROG_TEST_RUN straight through the syscall, so that a probe thread
@@ -233,11 +232,11 @@ pub struct PurgeReads {
 pub fn reads_during_purge(lb: &Path) -> PurgeReads {
     use lb_userspace::{
         api::client,
-        model::{PoolView, Request, ServerState},
+        model::{Change, PoolView, Request, ServerState},
     };
     let topology = Topology::new(4);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1; 4] };
-    let agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&[spec], "[flows]\nmax = 2000000\n"));
+    let agent = Agent::start_with(lb.to_owned(), &topology, topology.config(&[spec]).set("flows.max", 2_000_000));
     // A fresh instance numbers its servers in config order: s1 is id 0.
     let flows = FlowTable::from_pins(&agent.pin_dir()).expect("pinned flow table");
     fill_flows(&flows, 0..1_000_000, (VIP, 80), |_| 0);
@@ -260,7 +259,10 @@ pub fn reads_during_purge(lb: &Path) -> PurgeReads {
             mode: DisableMode::Immediate,
             force: false,
         };
-        move || client::call(&socket, &request).expect("disable s1")
+        move || -> Vec<Change> {
+            let answer = client::call(&socket, &request).expect("disable s1");
+            serde_json::from_value(answer).expect("the changes")
+        }
     });
     let (mut reads, mut slowest, mut saw_disabled) = (0, Duration::ZERO, false);
     while !disable.is_finished() {
@@ -277,7 +279,7 @@ pub fn reads_during_purge(lb: &Path) -> PurgeReads {
         reads,
         slowest,
         saw_disabled,
-        flows_reset: answer[0]["flows_reset"].as_u64().unwrap_or(0),
+        flows_reset: answer[0].flows_reset.unwrap_or(0) as u64,
         flows_left: agent.flow_count(),
     }
 }
@@ -289,24 +291,19 @@ pub fn reads_during_purge(lb: &Path) -> PurgeReads {
 /// server added, then a second service on the same pool (every flow then
 /// gets a return path of its own before the service opens).
 fn sweep_cost(report: &mut Report, rounds: usize) {
-    let servers = |n: usize| -> String {
-        (0..n)
-            .map(|i| {
-                format!(
-                    "[[pools.web.servers]]\nname = \"s{i}\"\naddress = \"10.1.{}.{}\"\nport = 8080\n",
-                    i / 200,
-                    i % 200 + 1
-                )
-            })
-            .collect()
+    // Pool web's `n` servers, and its services on `ports`.
+    let config = |n: usize, ports: &[u16]| {
+        let head = ConfigFile::new().set("interfaces", vec!["toclient"]).set("flows.max", 2_000_000);
+        let with_services = ports.iter().fold(head, |c, port| c.service(VIP, *port, "tcp", "web"));
+        (0..n).fold(with_services, |c, i| {
+            let address = std::net::Ipv4Addr::new(10, 1, (i / 200) as u8, (i % 200 + 1) as u8);
+            c.server("web", &format!("s{i}"), address, 8080)
+        })
     };
-    let service =
-        |port: u16| format!("[[services]]\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\npool = \"web\"\n");
-    let head = "interfaces = [\"toclient\"]\n[flows]\nmax = 2000000\n";
-    let config = format!("{head}{}{}", service(80), servers(1000));
+    let first = config(1000, &[80]);
     let net = fixture_netns();
     let (mut times, add_ms, share_ms) = net.run(|| {
-        let mut bed = FixtureBed::load(&config);
+        let mut bed = FixtureBed::load(&first);
         let ids: Vec<u32> = (0..1000).map(|i| bed.server_id("web", &format!("s{i}"))).collect();
         fill_flows(&bed.dp().maps.flows, 0..1_000_000, (VIP, 80), |i| ids[i as usize % ids.len()]);
         let sweeps = (0..rounds)
@@ -317,14 +314,14 @@ fn sweep_cost(report: &mut Report, rounds: usize) {
                 started.elapsed().as_secs_f64() * 1e3
             })
             .collect::<Vec<f64>>();
-        let timed = |bed: &mut FixtureBed, config: &str| {
+        let timed = |bed: &mut FixtureBed, config: ConfigFile| {
             let started = Instant::now();
-            let report = bed.apply(config);
+            let report = bed.apply(&config);
             assert!(!report.changes.is_empty());
             started.elapsed().as_secs_f64() * 1e3
         };
-        let add = timed(&mut bed, &format!("{head}{}{}", service(80), servers(1001)));
-        let share = timed(&mut bed, &format!("{head}{}{}{}", service(80), service(81), servers(1001)));
+        let add = timed(&mut bed, config(1001, &[80]));
+        let share = timed(&mut bed, config(1001, &[80, 81]));
         (sweeps, add, share)
     });
     report.add(
@@ -358,15 +355,14 @@ fn sweep_cost(report: &mut Report, rounds: usize) {
 fn agent_memory(report: &mut Report, lb: &Path) {
     let topology = Topology::new(4);
     let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1; 4] };
-    let agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&[spec], "[flows]\nmax = 2000000\n"));
+    let agent = Agent::start_with(lb.to_owned(), &topology, topology.config(&[spec]).set("flows.max", 2_000_000));
     let pins = agent.pin_dir();
     let flows = FlowTable::from_pins(&pins).expect("pinned flow table");
     let servers: Vec<u32> = (0..4).collect();
     fill_flows(&flows, 0..1_000_000, (VIP, 80), |i| servers[i as usize % servers.len()]);
     // Let it sweep the full table a few times, and count flows for the API.
     std::thread::sleep(Duration::from_millis(3500));
-    let view = agent.lb_json(&["pool", "show", "p80"]);
-    let counted: u64 = view["servers"].as_array().unwrap().iter().map(|s| s["active_flows"].as_u64().unwrap()).sum();
+    let counted: u64 = agent.pool("p80").servers.iter().map(|s| s.active_flows).sum();
     assert_eq!(counted, 1_000_000, "the agent counted {counted} flows");
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
     let field = |name: &str| -> f64 {

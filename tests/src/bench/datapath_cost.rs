@@ -11,6 +11,7 @@ use lb_userspace::datapath::load_test_program;
 
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
+    config_file::ConfigFile,
     fixture::{CLIENT_MAC, FixtureBed, SERVER1, SERVER2, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
     packet::{ACK, Pkt, SYN},
 };
@@ -19,29 +20,14 @@ const SECTION: &str = "1. Datapath cost per packet (BPF_PROG_TEST_RUN, own cost 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const FLOWS_1E6: u32 = 1_000_000;
 
-fn config() -> String {
-    format!(
-        r#"
-        instance = "bench"
-        interfaces = ["toclient"]
-        [flows]
-        max = {}
-        [[services]]
-        vip = "{VIP}"
-        port = 80
-        protocol = "tcp"
-        pool = "web"
-        [[pools.web.servers]]
-        name = "s1"
-        address = "{SERVER1}"
-        port = 8080
-        [[pools.web.servers]]
-        name = "s2"
-        address = "{SERVER2}"
-        port = 8080
-        "#,
-        2 * FLOWS_1E6
-    )
+fn config() -> ConfigFile {
+    ConfigFile::new()
+        .set("instance", "bench")
+        .set("interfaces", vec!["toclient"])
+        .set("flows.max", 2 * FLOWS_1E6)
+        .service(VIP, 80, "tcp", "web")
+        .server("web", "s1", SERVER1, 8080)
+        .server("web", "s2", SERVER2, 8080)
 }
 
 fn ack_from(client: Ipv4Addr, port: u16) -> Vec<u8> {

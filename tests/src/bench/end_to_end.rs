@@ -181,8 +181,8 @@ impl Bed {
                     ServiceSpec { port: HTTP_PORT, protocol: "tcp", server_port: HTTP_PORT, weights: vec![1; 3] },
                     ServiceSpec { port: BULK_PORT, protocol: "tcp", server_port: BULK_PORT, weights: vec![1; 3] },
                 ];
-                let config = self.topology.config(&specs, "[flows]\nmax = 262144\n");
-                running.agent = Some(Agent::start_with(self.lb_bin.clone(), &self.topology, &config));
+                let config = self.topology.config(&specs).set("flows.max", 262_144);
+                running.agent = Some(Agent::start_with(self.lb_bin.clone(), &self.topology, config));
             }
             Contender::Haproxy => {
                 lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);

@@ -17,7 +17,10 @@ use std::{
 use lb_userspace::model::{HealthStatus, ServerView};
 
 use super::{Report, Target};
-use crate::{agent::Agent, topology::Topology};
+use crate::{
+    agent::Agent,
+    topology::{Topology, VIP},
+};
 
 const SECTION: &str = "4. Control plane at scale";
 const SERVERS: usize = 2000;
@@ -36,16 +39,14 @@ pub fn run(report: &mut Report, lb: &Path) {
     topology.lb.ip(&["route", "add", "10.3.0.0/16", "via", &farm.addr.to_string()]);
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = accept_and_close(&farm.ns.name, 7007, Arc::clone(&stop));
-    let mut config = topology.config(&[], "");
-    config.push_str("[[services]]\nvip = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"farm\"\n");
-    config.push_str("[[pools.farm.monitors]]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n");
+    let mut config = topology
+        .config(&[])
+        .service(VIP, 80, "tcp", "farm")
+        .monitor("farm", [("kind", "tcp".into()), ("interval", "1s".into()), ("timeout", "500ms".into())]);
     for i in 0..SERVERS {
-        config.push_str(&format!(
-            "[[pools.farm.servers]]\nname = \"f{i}\"\naddress = \"{}\"\nport = 7007\n",
-            farm_addr(i)
-        ));
+        config = config.server("farm", &format!("f{i}"), farm_addr(i), 7007);
     }
-    let agent = Agent::start_with(lb.to_owned(), &topology, &config);
+    let agent = Agent::start_with(lb.to_owned(), &topology, config);
     let up = || {
         let view = agent.pool("farm");
         let up = |s: &&ServerView| s.health.as_ref().is_some_and(|h| h.status == HealthStatus::Up);

@@ -25,6 +25,7 @@ use lb_userspace::datapath::load_test_program;
 
 use super::{Report, Target, median, pin_to_cpu};
 use crate::{
+    config_file::ConfigFile,
     fixture::{FixtureBed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, ifindex},
     netns::{NetNs, must, unique_prefix},
     packet::{ACK, Mac, Pkt, SYN},
@@ -65,11 +66,8 @@ impl Topology {
     }
 }
 
-fn config(server: Ipv4Addr) -> String {
-    format!(
-        "interfaces = [\"lbc\"]\n[[services]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
-         [[pools.web.servers]]\nname = \"s1\"\naddress = \"{server}\"\nport = 8080\n"
-    )
+fn config(server: Ipv4Addr) -> ConfigFile {
+    ConfigFile::new().set("interfaces", vec!["lbc"]).service(VIP, 80, "tcp", "web").server("web", "s1", server, 8080)
 }
 
 /// Loads `restore` with `frame` as the original and `verdict` to end with,

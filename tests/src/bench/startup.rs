@@ -20,10 +20,6 @@ use crate::{
 };
 
 const SECTION: &str = "5. Agent start-up (pins in place: a restart)";
-/// The configuration's shape: two services over 3 servers, a flow table
-/// sized for a million flows (the default).
-const FLOWS: &str = "[flows]\nmax = 1048576\n";
-
 pub struct StartTimes {
     pub until_api: Duration,
     pub until_change: Duration,
@@ -65,7 +61,10 @@ pub fn run(report: &mut Report, quick: bool, lb: &Path) {
         ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1; 3] },
         ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1; 3] },
     ];
-    let mut agent = Agent::start_with(lb.to_owned(), &topology, &topology.config(&specs, FLOWS));
+    // The configuration's shape: two services over 3 servers, a flow table
+    // sized for a million flows (the default).
+    let config = topology.config(&specs).set("flows.max", 1_048_576);
+    let mut agent = Agent::start_with(lb.to_owned(), &topology, config);
     let starts: Vec<StartTimes> = (0..rounds).map(|_| restart_timed(&mut agent)).collect();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let note = format!("median of {rounds} restarts (SIGTERM, then a start), 2 services, 3 servers, flows.max 1048576");

@@ -43,9 +43,9 @@ fn main() {
     let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
     let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
     let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
-    let config = topology.config(&[http, udp, echo], "");
+    let config = topology.config(&[http, udp, echo]);
     eprintln!("demo: starting the agent");
-    let agent = Agent::start_with(lb.clone(), &topology, &config);
+    let agent = Agent::start_with(lb.clone(), &topology, config);
 
     let answers: Vec<String> =
         topology.client.run(|| (0..6).map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}"))).collect());
