@@ -10,7 +10,7 @@
 // The flow table's compare-and-swap: BPF has no `AtomicU64` in `core`, but
 // LLVM lowers the intrinsic to the BPF cmpxchg instruction.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features, reason = "core_intrinsics, for the cmpxchg above"))]
 
 #[cfg(target_arch = "bpf")]
 mod counters;

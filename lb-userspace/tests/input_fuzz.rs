@@ -154,16 +154,16 @@ fn json() -> impl Strategy<Value = Value> {
 
 #[test]
 fn api_requests_of_any_shape_are_refused_by_field_never_a_panic() {
-    let fields = ["servers", "mode", "timeout", "force", "dry_run", "body"];
+    let fields = ["servers", "mode", "timeout", "force", "dry_run", "since", "body"];
     runner(5000)
         .run(&json(), |value| {
             // The Unix socket's requests: a refusal names its field too.
             if let Err(e) = wire::from_line(value.to_string().as_bytes()) {
                 prop_assert!(e.message.contains(':'), "refusal names nothing: {}", e.message);
             }
-            // The HTTP API's change bodies: a refusal starts with its field.
-            let bodies = [wire::disable, wire::enable, wire::reload];
-            for result in bodies.map(|parse| parse("web".into(), &value)) {
+            // Every operation's fields (an HTTP body or query): a refusal
+            // starts with its field.
+            for result in wire::OPERATIONS.iter().map(|op| (op.read)("web".into(), &value)) {
                 if let Err(e) = result {
                     let field = e.message.split(':').next().unwrap_or("");
                     prop_assert!(

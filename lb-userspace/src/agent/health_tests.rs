@@ -91,7 +91,13 @@ fn maintenance_drains_by_the_announced_time_within_the_maximum_and_ends_unless_a
     assert_eq!(state(&owner, "a"), AdminState::Enabled, "back by itself");
 
     owner.apply_health("web", "b", identity(&owner, "b"), begins(10), T0 + 3);
-    owner.disable("web", &names(&["b"]), crate::servers::DisableMode::Immediate, false, T0 + 4).unwrap();
+    let changes = owner.disable("web", &names(&["b"]), crate::servers::DisableMode::Immediate, false, T0 + 4).unwrap();
+    let labels: Vec<String> = changes.iter().map(|c| format!("{} -> {}", c.from, c.to)).collect();
+    assert_eq!(
+        labels,
+        ["DRAINING (maintenance (health monitor)) -> DISABLED (immediate)"],
+        "the change says what the operator saw"
+    );
     owner.apply_health("web", "b", identity(&owner, "b"), Change::MaintenanceEnds, T0 + 5);
     assert_eq!(state(&owner, "b").state(), ServerState::Disabled, "the operator's decision wins");
 }

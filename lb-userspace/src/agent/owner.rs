@@ -409,17 +409,18 @@ impl<D: DatapathOps> Owner<D> {
         for (name, transition) in plan {
             let id = self.id_of(pool, name);
             let slot = self.servers.get_mut(id).expect("planned server exists");
-            let from = slot.admin;
+            let (from, from_label) = (slot.admin, slot.label());
             slot.admin = servers::state::apply(&from, *transition, now_ms);
             slot.source = decided_by(source, slot.admin != from, slot.source);
             if slot.admin != from {
                 moved.insert(name.clone());
             }
+            // As people read them: a drain a monitor began reads "maintenance".
             changes.push(Change {
                 pool: pool.to_owned(),
                 server: name.clone(),
-                from: from.label(),
-                to: slot.admin.label(),
+                from: from_label,
+                to: slot.label(),
                 flows_reset: None,
             });
             if let Transition::Terminate(_) = transition {

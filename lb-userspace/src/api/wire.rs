@@ -12,35 +12,80 @@ use serde_json::{Map, Value};
 use crate::config::{format_duration, parse_duration};
 use crate::model::{ApiError, DisableMode, ErrorCode, Request};
 
+/// How an operation travels over HTTP (under `/api/v1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// A read: its fields come from the query (`?since=3`).
+    Get,
+    /// A change: its fields come from the JSON body.
+    Post,
+}
+
+/// One operation: its name on the socket, its HTTP resource, and how its
+/// fields are read (the same fields from a socket line as from an HTTP
+/// body or query).
+pub struct Operation {
+    pub name: &'static str,
+    pub verb: Verb,
+    /// Under `/api/v1`; `{pool}` is the pool the operation names (on the
+    /// socket: the line's `pool` field).
+    pub path: &'static str,
+    pub read: fn(pool: String, fields: &Value) -> Result<Request, ApiError>,
+}
+
+impl Operation {
+    pub fn names_pool(&self) -> bool {
+        self.path.contains("{pool}")
+    }
+}
+
+/// Every operation the API has: the one place that says so. The socket
+/// (`from_line`) and the HTTP router (`api/http/mod.rs`) are made from it;
+/// a new one needs its `Request`, its entry here, its answer in `ops.rs`
+/// and its CLI command.
+pub const OPERATIONS: &[Operation] = &[
+    Operation { name: "pool_list", verb: Verb::Get, path: "/pools", read: pool_list },
+    Operation { name: "pool_show", verb: Verb::Get, path: "/pools/{pool}", read: pool_show },
+    Operation { name: "disable", verb: Verb::Post, path: "/pools/{pool}/disable", read: disable },
+    Operation { name: "enable", verb: Verb::Post, path: "/pools/{pool}/enable", read: enable },
+    Operation { name: "events", verb: Verb::Get, path: "/events", read: events },
+    Operation { name: "stats", verb: Verb::Get, path: "/stats", read: stats },
+    Operation { name: "reload", verb: Verb::Post, path: "/reload", read: reload },
+];
+
 /// A socket line: `op`, the pool where it names one, and the operation's
 /// fields.
 pub fn from_line(line: &[u8]) -> Result<Request, ApiError> {
     let value: Value =
         serde_json::from_slice(line).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))?;
     let mut fields = value.as_object().cloned().ok_or_else(|| bad_field("request", "must be a JSON object"))?;
+    let names = || OPERATIONS.iter().map(|op| op.name).collect::<Vec<_>>().join(", ");
     let op = match fields.remove("op") {
         Some(Value::String(op)) => op,
-        _ => return Err(bad_field("op", format!("must name an operation ({})", OPERATIONS.join(", ")))),
+        _ => return Err(bad_field("op", format!("must name an operation ({})", names()))),
     };
-    let mut pool = || match fields.remove("pool") {
-        Some(Value::String(pool)) => Ok(pool),
-        _ => Err(bad_field("pool", "must name a pool")),
+    let Some(operation) = OPERATIONS.iter().find(|o| o.name == op) else {
+        return Err(bad_field("op", format!("unknown operation \"{op}\" (known: {})", names())));
     };
-    match op.as_str() {
-        "disable" => disable(pool()?, &Value::Object(fields)),
-        "enable" => enable(pool()?, &Value::Object(fields)),
-        "reload" => reload(String::new(), &Value::Object(fields)),
-        "pool_list" | "pool_show" | "events" | "stats" => {
-            let mut value = Value::Object(fields);
-            value["op"] = Value::String(op);
-            serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))
-        }
-        other => Err(bad_field("op", format!("unknown operation \"{other}\" (known: {})", OPERATIONS.join(", ")))),
-    }
+    let pool = match (operation.names_pool(), fields.remove("pool")) {
+        (false, None) => String::new(),
+        (true, Some(Value::String(pool))) => pool,
+        (true, _) => return Err(bad_field("pool", "must name a pool")),
+        (false, Some(_)) => return Err(bad_field("pool", format!("unknown field for {op}"))),
+    };
+    (operation.read)(pool, &Value::Object(fields))
 }
 
-/// Every operation, by its name on the socket.
-pub const OPERATIONS: &[&str] = &["pool_list", "pool_show", "disable", "enable", "events", "stats", "reload"];
+/// An HTTP query (`since=3&x=y`) as the operation's fields (values as
+/// strings: each reader takes a number written either way).
+pub fn query_fields(query: Option<&str>) -> Result<Value, ApiError> {
+    let mut fields = Map::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| bad_field(pair, "must be name=value"))?;
+        fields.insert(key.to_owned(), Value::String(value.to_owned()));
+    }
+    Ok(Value::Object(fields))
+}
 
 /// The socket line of `request` (what the CLI sends).
 pub fn to_line(request: &Request) -> String {
@@ -65,6 +110,40 @@ fn exact_duration(ms: u64) -> String {
 
 fn bad_field(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, format!("{field}: {message}"))
+}
+
+/// No fields.
+pub fn pool_list(_: String, fields: &Value) -> Result<Request, ApiError> {
+    known_fields(fields, &[])?;
+    Ok(Request::PoolList)
+}
+
+/// No fields: the pool is in the path (or the line's `pool`).
+pub fn pool_show(pool: String, fields: &Value) -> Result<Request, ApiError> {
+    known_fields(fields, &[])?;
+    Ok(Request::PoolShow { pool })
+}
+
+/// `{"since":ID}` (optional): only events after that one.
+pub fn events(_: String, fields: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(fields, &["since"])?;
+    let since = match fields.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(id)) => Some(id.as_u64().ok_or_else(|| not_an_event_id(id))?),
+        Some(Value::String(id)) => Some(id.parse().map_err(|_| not_an_event_id(id))?),
+        Some(other) => return Err(not_an_event_id(other)),
+    };
+    Ok(Request::Events { since })
+}
+
+fn not_an_event_id(id: impl std::fmt::Display) -> ApiError {
+    bad_field("since", format!("\"{id}\" is not an event id (a number)"))
+}
+
+/// No fields.
+pub fn stats(_: String, fields: &Value) -> Result<Request, ApiError> {
+    known_fields(fields, &[])?;
+    Ok(Request::Stats)
 }
 
 /// `{"servers":[...],"mode":"immediate"|"graceful","timeout":"5m"|null,"force":false}`
@@ -117,7 +196,8 @@ pub fn reload(_: String, body: &Value) -> Result<Request, ApiError> {
 fn known_fields<'a>(body: &'a Value, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
     let fields = body.as_object().ok_or_else(|| bad_field("body", "must be a JSON object"))?;
     if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(bad_field(unknown, format!("unknown field (known: {})", known.join(", "))));
+        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        return Err(bad_field(unknown, format!("unknown field (known: {known})")));
     }
     Ok(fields)
 }
@@ -177,6 +257,27 @@ mod tests {
         assert!(refusal(br#"{"op":"disable","pool":"web","servers":["a"],"mode":"later"}"#).starts_with("mode: "));
         assert!(refusal(br#"{"op":"dance"}"#).starts_with("op: unknown operation"));
         assert!(refusal(br#"{"op":"enable","servers":["a"]}"#).starts_with("pool: "));
+        assert!(refusal(br#"{"op":"stats","verbose":true}"#).starts_with("verbose: unknown field"));
+        assert!(refusal(br#"{"op":"events","since":"x"}"#).starts_with("since: "));
+    }
+
+    #[test]
+    fn an_http_query_carries_the_fields_a_socket_line_does() {
+        let from_query = events(String::new(), &query_fields(Some("since=7")).unwrap()).unwrap();
+        assert_eq!(from_query, from_line(br#"{"op":"events","since":7}"#).unwrap());
+        assert_eq!(events(String::new(), &query_fields(None).unwrap()).unwrap(), Request::Events { since: None });
+        let refusal = |query| events(String::new(), &query_fields(Some(query)).unwrap()).unwrap_err().message;
+        assert!(refusal("since=yesterday").starts_with("since: "));
+        assert!(refusal("limit=3").starts_with("limit: unknown field"));
+    }
+
+    #[test]
+    fn every_operation_has_a_resource_of_its_own() {
+        let mut resources: Vec<_> = OPERATIONS.iter().map(|o| o.path).collect();
+        resources.sort_unstable();
+        resources.dedup();
+        assert_eq!(resources.len(), OPERATIONS.len(), "two operations on one path");
+        assert!(OPERATIONS.iter().filter(|o| o.names_pool()).all(|o| o.path.starts_with("/pools/{pool}")));
     }
 
     #[test]

@@ -23,6 +23,9 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    body::Body,
+    extract::{RawPathParams, RawQuery, State},
+    http::HeaderMap,
     routing::{get, post},
 };
 use hyper_util::{
@@ -35,7 +38,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use super::ops::Ops;
+use super::{ops::Ops, wire};
 use crate::agent::runtime::stopped;
 
 #[derive(Clone, Copy, Debug)]
@@ -64,15 +67,25 @@ pub struct Web {
 }
 
 pub fn router(web: Arc<Web>) -> Router {
-    let api = Router::new()
-        .route("/pools", get(resources::pool_list))
-        .route("/pools/{pool}", get(resources::pool_show))
-        .route("/pools/{pool}/disable", post(resources::disable))
-        .route("/pools/{pool}/enable", post(resources::enable))
-        .route("/events", get(resources::events))
-        .route("/events/stream", get(stream::events))
-        .route("/stats", get(resources::stats))
-        .route("/reload", post(resources::reload))
+    // Every operation at its resource (`wire::OPERATIONS`), and the live
+    // event stream.
+    let mut api = Router::new().route("/events/stream", get(stream::events));
+    for op in wire::OPERATIONS {
+        let handler =
+            move |State(web): State<Arc<Web>>,
+                  params: RawPathParams,
+                  RawQuery(query): RawQuery,
+                  headers: HeaderMap,
+                  body: Body| async move { resources::operation(&web, op, params, query, &headers, body).await };
+        api = api.route(
+            op.path,
+            match op.verb {
+                wire::Verb::Get => get(handler),
+                wire::Verb::Post => post(handler),
+            },
+        );
+    }
+    let api = api
         .fallback(resources::no_such_resource)
         .method_not_allowed_fallback(resources::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&web), resources::require_token));

@@ -1,11 +1,12 @@
-//! `/api/v1/...`: each resource turns into one [`Request`] for the
-//! operations, and each answer or refusal into JSON with its status code.
+//! `/api/v1/...`: each resource is an operation of [`wire::OPERATIONS`],
+//! read into one request for the operations, and each answer or refusal
+//! becomes JSON with its status code.
 
 use std::sync::Arc;
 
 use axum::{
     body::Body,
-    extract::{Path, RawQuery, Request as HttpRequest, State},
+    extract::{RawPathParams, Request as HttpRequest, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -15,77 +16,35 @@ use serde_json::Value;
 use super::{Web, body, refuse};
 use crate::{
     api::wire,
-    model::{ApiError, ErrorCode, Request},
+    model::{ApiError, ErrorCode},
 };
 
-pub async fn pool_list(State(web): State<Arc<Web>>) -> Response {
-    answer(web.ops.handle(Request::PoolList).await)
-}
-
-pub async fn pool_show(State(web): State<Arc<Web>>, Path(pool): Path<String>) -> Response {
-    answer(web.ops.handle(Request::PoolShow { pool }).await)
-}
-
-pub async fn disable(
-    State(web): State<Arc<Web>>,
-    Path(pool): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    change(&web, pool, &headers, body, wire::disable).await
-}
-
-pub async fn enable(State(web): State<Arc<Web>>, Path(pool): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    change(&web, pool, &headers, body, wire::enable).await
-}
-
-pub async fn reload(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> Response {
-    change(&web, String::new(), &headers, body, wire::reload).await
-}
-
-/// A change: its body read and turned into the operation by `parse`.
-async fn change(
+/// Operation `op` asked over HTTP: its pool from the path, its fields from
+/// the query (a read) or the JSON body (a change), then the same reading
+/// and answer as on the socket.
+pub async fn operation(
     web: &Web,
-    pool: String,
+    op: &wire::Operation,
+    params: RawPathParams,
+    query: Option<String>,
     headers: &HeaderMap,
     request_body: Body,
-    parse: fn(String, &Value) -> Result<Request, ApiError>,
 ) -> Response {
-    let json = match body::read_json(headers, request_body, &web.limits).await {
-        Ok(json) => json,
-        Err(refusal) => return refusal,
+    let pool = params.iter().find(|(name, _)| *name == "pool").map(|(_, pool)| pool.to_owned()).unwrap_or_default();
+    let fields = match op.verb {
+        wire::Verb::Get => match wire::query_fields(query.as_deref()) {
+            Ok(fields) => fields,
+            Err(e) => return answer(Err(e)),
+        },
+        wire::Verb::Post => match body::read_json(headers, request_body, &web.limits).await {
+            Ok(json) => json,
+            Err(refusal) => return refusal,
+        },
     };
-    match parse(pool, &json) {
+    match (op.read)(pool, &fields) {
         Ok(request) => answer(web.ops.handle(request).await),
         Err(e) => answer(Err(e)),
     }
-}
-
-pub async fn events(State(web): State<Arc<Web>>, RawQuery(query): RawQuery) -> Response {
-    match since(query.as_deref()) {
-        Ok(since) => answer(web.ops.handle(Request::Events { since }).await),
-        Err(e) => answer(Err(e)),
-    }
-}
-
-pub async fn stats(State(web): State<Arc<Web>>) -> Response {
-    answer(web.ops.handle(Request::Stats).await)
-}
-
-/// `?since=ID`: only events after that one.
-pub fn since(query: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let mut since = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("since", id)) => {
-                since = Some(id.parse().map_err(|_| {
-                    ApiError::new(ErrorCode::BadRequest, format!("since: \"{id}\" is not an event id (a number)"))
-                })?);
-            }
-            _ => return Err(ApiError::new(ErrorCode::BadRequest, format!("unknown query parameter \"{pair}\""))),
-        }
-    }
-    Ok(since)
 }
 
 pub async fn no_such_resource(method: Method, uri: Uri) -> Response {
@@ -147,14 +106,6 @@ fn status_of(code: ErrorCode) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_is_a_number_and_nothing_else_is_asked() {
-        assert_eq!(since(None).unwrap(), None);
-        assert_eq!(since(Some("since=7")).unwrap(), Some(7));
-        assert!(since(Some("since=x")).unwrap_err().message.starts_with("since: "));
-        assert!(since(Some("limit=3")).is_err());
-    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -19,12 +19,14 @@ use tokio::sync::watch;
 use super::{Web, resources};
 use crate::{
     agent::{runtime::stopped, snapshot::Snapshot},
-    model::Event,
+    api::wire,
+    model::{Event, Request},
 };
 
 pub async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let since = match resources::since(query.as_deref()) {
-        Ok(since) => since,
+    let since = match wire::query_fields(query.as_deref()).and_then(|fields| wire::events(String::new(), &fields)) {
+        Ok(Request::Events { since }) => since,
+        Ok(_) => unreachable!("wire::events reads an events request"),
         Err(e) => return resources::answer(Err(e)),
     };
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()?.trim().parse().ok());
