@@ -27,7 +27,9 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
-  if (response.status === 401) askForToken(data.error);
+  // A refusal of a request sent before the token changed (a poll that was
+  // under way while the operator typed it) says nothing of the new token.
+  if (response.status === 401 && sessionStorage.getItem(TOKEN_KEY) === token) askForToken(data.error);
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
 }

@@ -32,6 +32,8 @@ pub struct Agent {
     starts: u32,
     /// More arguments for `lb agent` (e.g. --datapath-log debug).
     agent_args: Vec<String>,
+    /// A fault the agent is made to have (`LB_FAIL`, debug builds only).
+    fault: Option<String>,
 }
 
 impl Agent {
@@ -42,17 +44,29 @@ impl Agent {
 
     /// Starts the agent binary `lb` on `config` and waits until it is attached.
     pub fn start_with(lb: PathBuf, topology: &Topology, config: impl Display) -> Agent {
-        Agent::start_full(lb, topology, config, &[])
+        Agent::start_full(lb, topology, config, &[], None)
     }
 
     /// Starts the agent with more `lb agent` arguments.
     pub fn start_with_args(topology: &Topology, config: impl Display, agent_args: &[&str]) -> Agent {
-        Agent::start_full(lb_bin(), topology, config, agent_args)
+        Agent::start_full(lb_bin(), topology, config, agent_args, None)
+    }
+
+    /// Starts the agent with a fault it will have: `part` panics (the
+    /// owner: at its first command). Debug builds of the agent only.
+    pub fn start_faulty(topology: &Topology, config: impl Display, part: &str) -> Agent {
+        Agent::start_full(lb_bin(), topology, config, &[], Some(part))
     }
 
     /// `config`: a [`ConfigFile`](crate::config_file::ConfigFile), or a
     /// file's text as it is (a malformed one, say).
-    fn start_full(lb: PathBuf, topology: &Topology, config: impl Display, agent_args: &[&str]) -> Agent {
+    fn start_full(
+        lb: PathBuf,
+        topology: &Topology,
+        config: impl Display,
+        agent_args: &[&str],
+        fault: Option<&str>,
+    ) -> Agent {
         let dir = topology.dir();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
@@ -67,6 +81,7 @@ impl Agent {
             netns: PathBuf::from(format!("/run/netns/{}", topology.lb.name)),
             starts: 0,
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+            fault: fault.map(str::to_owned),
         };
         agent.launch();
         agent
@@ -159,8 +174,11 @@ impl Agent {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("agent log");
-        let child = self
-            .lb_command()
+        let mut command = self.lb_command();
+        if let Some(part) = &self.fault {
+            command.env("LB_FAIL", part);
+        }
+        let child = command
             .args(["--log-level", "debug", "agent", "--config"])
             .arg(&self.config_path)
             .args(&self.agent_args)
@@ -242,6 +260,25 @@ impl Agent {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "agent still running");
         self.launch();
+    }
+
+    /// Starts again (after it stopped) without the fault it was given.
+    pub fn restart_without_fault(&mut self) {
+        self.fault = None;
+        self.restart();
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("agent status") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent still runs after {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -87,6 +87,31 @@ fn sigterm_leaves_forwarding_running_and_only_cleanup_stops_it() {
     assert!(pins().is_empty());
 }
 
+/// A part of the agent that stops (here the owner of the state, made to
+/// panic by a fault the test provokes) stops the whole agent, non-zero,
+/// with the cause in its log, instead of answering from a frozen snapshot;
+/// XDP stays attached and forwards, and the agent started again serves.
+#[test]
+fn an_agent_whose_owner_dies_exits_with_the_cause_and_forwarding_goes_on() {
+    let topology = Topology::new(1);
+    let _http = Server::start(&topology.servers[0].ns, "s1", Kind::Http, 8080);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start_faulty(&topology, topology.config(&[spec]), "owner");
+    assert_eq!(agent.pools().len(), 1, "reads are answered from the snapshot");
+    let (ok, _, stderr) = agent.lb(&["reload"]);
+    assert!(!ok, "the owner died on this change, which is not answered as done: {stderr}");
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "the agent exited with {status}");
+    let log = agent.log();
+    assert!(log.contains("LB_FAIL=owner") && log.contains("the owner of the state stopped"), "{log}");
+    assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"), "XDP stays attached");
+    let answer = topology.client.run(|| http_get(VIP, 80)).expect("forwarding goes on");
+    assert_eq!(answer, "s1");
+    agent.restart_without_fault();
+    let (ok, _, stderr) = agent.lb(&["reload"]);
+    assert!(ok, "started again, it serves changes: {stderr}");
+}
+
 #[test]
 fn the_agent_refuses_a_bpf_filesystem_private_to_its_mount_namespace() {
     let topology = Topology::new(1);

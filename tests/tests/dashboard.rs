@@ -201,6 +201,21 @@ impl Drop for TokenFile {
     }
 }
 
+/// How late the page's tokenless requests are answered, in the test below.
+const LATE: Duration = Duration::from_secs(3);
+
+/// Delays the answers to requests sent without a token by `LATE`, and
+/// sends one such request now (the page's polls send more).
+const LATE_TOKENLESS_ANSWERS: &str = "
+    const fetchNow = window.fetch;
+    window.fetch = (path, init) => {
+        const answer = fetchNow(path, init);
+        if (init && init.headers && init.headers.Authorization) return answer;
+        return answer.then(r => new Promise(done => setTimeout(() => done(r), 3000)));
+    };
+    api('GET', '/api/v1/pools').catch(() => {});
+    return 0;";
+
 #[test]
 fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
     let token = TokenFile(std::env::temp_dir().join(format!("lb-dashboard-token-{}", std::process::id())));
@@ -215,14 +230,22 @@ fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
             browser.goto("http://10.0.0.1:8480/").await;
             browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains("a token is needed")).await;
             browser.screenshot("token-asked").await;
-            for (attempt, says) in [("wrong", "the token is wrong"), ("page-s3cret", "")] {
-                browser.find("#token-input").await.send_keys(attempt).await.unwrap();
-                browser.click("#token-form button[type=submit]").await;
-                if !says.is_empty() {
-                    browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains(says)).await;
-                }
-            }
+            browser.find("#token-input").await.send_keys("wrong").await.unwrap();
+            browser.click("#token-form button[type=submit]").await;
+            browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains("the token is wrong")).await;
+            // Refusals of requests sent without a token come back late, after
+            // the right one is entered: they must not undo it.
+            browser.eval(LATE_TOKENLESS_ANSWERS).await;
+            browser.find("#token-input").await.send_keys("page-s3cret").await.unwrap();
+            browser.click("#token-form button[type=submit]").await;
             browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "2 / 2").await;
+            tokio::time::sleep(LATE + SECOND).await;
+            let kept = "return [document.getElementById('token-dialog').open, sessionStorage.getItem('lb-token')];";
+            assert_eq!(
+                browser.eval(kept).await,
+                serde_json::json!([false, "page-s3cret"]),
+                "a late refusal undid the token"
+            );
             // Kept for the tab: a reload and another page ask nothing.
             browser.client.refresh().await.unwrap();
             // The list is drawn after its first fetch: wait for it, then go on.

@@ -127,7 +127,10 @@ pub async fn run_owner<D: DatapathOps>(
             biased;
             () = stopped(&mut shutdown) => break,
             command = commands.recv() => match command {
-                Some(command) => handle(&mut owner, &config_path, command),
+                Some(command) => {
+                    provoked_fault("owner");
+                    handle(&mut owner, &config_path, command)
+                }
                 None => break,
             },
             () = until_wall(deadline) => {
@@ -142,6 +145,19 @@ pub async fn run_owner<D: DatapathOps>(
         owner.publish(now_ms());
     }
     owner
+}
+
+/// Debug builds only: with `LB_FAIL=<part>` in the agent's environment,
+/// that part panics (the owner: at its first command), so that an
+/// end-to-end test sees the agent stop with the cause while forwarding goes
+/// on (`tests/tests/agent.rs`). A release build has no such hook.
+fn provoked_fault(part: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("LB_FAIL").is_ok_and(|fail| fail == part) {
+        panic!("LB_FAIL={part}: a fault provoked by a test");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = part;
 }
 
 fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Command) {
