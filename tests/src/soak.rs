@@ -18,6 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::model::ServerState;
+
 use crate::{
     bed::{Bed, ECHO, UDP, bed_with},
     servers::{EchoClient, Kind, Server, Session, udp_exchange_on},
@@ -220,8 +222,9 @@ impl Chaos {
             if Instant::now() < deadline + Duration::from_secs(1) {
                 continue;
             }
-            let state = self.b.state("p7", &Self::name(i));
-            if !state.starts_with("DISABLED") {
+            let server = self.b.server("p7", &Self::name(i));
+            if server.state != ServerState::Disabled {
+                let state = server.label();
                 self.report.violations.push(format!("s{} is {state} 1 s after its drain's deadline", i + 1));
             }
             self.history.lock().unwrap().cuts.push((i, deadline));

@@ -242,7 +242,7 @@ fn a_reload_with_a_problem_changes_nothing_and_says_why() {
     // Forced, the guard lets it through; SIGHUP applies a good file.
     let (ok, _, stderr) = reload(&b, config(&b.topology, None, &none), &["--force"]);
     assert!(ok, "{stderr}");
-    assert!(["s1", "s2", "s3"].iter().all(|s| b.state("p7", s).starts_with("DRAINING")));
+    assert!(["s1", "s2", "s3"].iter().all(|s| b.server("p7", s).state == ServerState::Draining));
     std::fs::write(&b.agent.config_path, good.text()).unwrap();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(b.agent.pid() as i32, libc::SIGHUP) }, 0);
