@@ -206,15 +206,19 @@ const LATE: Duration = Duration::from_secs(3);
 
 /// Delays the answers to requests sent without a token by `LATE`, and
 /// sends one such request now (the page's polls send more).
-const LATE_TOKENLESS_ANSWERS: &str = "
-    const fetchNow = window.fetch;
-    window.fetch = (path, init) => {
-        const answer = fetchNow(path, init);
-        if (init && init.headers && init.headers.Authorization) return answer;
-        return answer.then(r => new Promise(done => setTimeout(() => done(r), 3000)));
-    };
-    api('GET', '/api/v1/pools').catch(() => {});
-    return 0;";
+fn late_tokenless_answers() -> String {
+    format!(
+        "const fetchNow = window.fetch;
+        window.fetch = (path, init) => {{
+            const answer = fetchNow(path, init);
+            if (init && init.headers && init.headers.Authorization) return answer;
+            return answer.then(r => new Promise(done => setTimeout(() => done(r), {})));
+        }};
+        api('GET', '/api/v1/pools').catch(() => {{}});
+        return 0;",
+        LATE.as_millis()
+    )
+}
 
 #[test]
 fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
@@ -235,7 +239,7 @@ fn the_page_asks_for_the_token_once_and_keeps_it_for_the_tab() {
             browser.wait_text("#token-dialog[open] p", 5 * SECOND, |t| t.contains("the token is wrong")).await;
             // Refusals of requests sent without a token come back late, after
             // the right one is entered: they must not undo it.
-            browser.eval(LATE_TOKENLESS_ANSWERS).await;
+            browser.eval(&late_tokenless_answers()).await;
             browser.find("#token-input").await.send_keys("page-s3cret").await.unwrap();
             browser.click("#token-form button[type=submit]").await;
             browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "2 / 2").await;

@@ -4,7 +4,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use super::{Problem, parse_duration};
+use super::{Problem, format_duration, parse_duration};
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -63,12 +63,28 @@ impl Validator {
         }
     }
 
+    /// A duration longer than zero (`default` when not set).
     pub(super) fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
+        self.duration_of_at_least(path, value, default, Duration::ZERO)
+    }
+
+    /// A duration of at least `least` (longer than zero when `least` is 0).
+    pub(super) fn duration_of_at_least(
+        &mut self,
+        path: &str,
+        value: Option<String>,
+        default: Duration,
+        least: Duration,
+    ) -> Duration {
         let Some(text) = value else { return default };
         match parse_duration(&text) {
-            Ok(d) if d > Duration::ZERO => d,
-            Ok(_) => {
+            Ok(d) if d > Duration::ZERO && d >= least => d,
+            Ok(_) if least.is_zero() => {
                 self.problem(path, "must be longer than zero");
+                default
+            }
+            Ok(_) => {
+                self.problem(path, format!("must be at least {}", format_duration(least)));
                 default
             }
             Err(e) => {

@@ -355,6 +355,11 @@ mod tests {
         assert!(p.contains(&"pools.web.monitors[0].send: a udp monitor needs a datagram to send".to_owned()), "{p:?}");
         let p = problems(&with("kind = \"tcp\"\nmaintenance_codes = [503]", ""));
         assert_eq!(p, ["pools.web.monitors[0].maintenance_codes: only an http monitor has status codes"]);
+
+        let p = problems(&with("kind = \"tcp\"\ninterval = \"5ms\"\ntimeout = \"1ms\"", ""));
+        assert!(p.contains(&"pools.web.monitors[0].interval: must be at least 10ms".to_owned()), "{p:?}");
+        let p = problems(&GOOD.replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"0s\""));
+        assert_eq!(p, ["flows.tcp_idle_timeout: must be longer than zero"]);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub enum OnDown {
     After(Duration),
 }
 
+/// The shortest interval or timeout a monitor may have.
+const MIN_CHECK_TIME: Duration = Duration::from_millis(10);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMonitor {
@@ -84,8 +87,11 @@ pub(super) struct RawMonitor {
 
 impl Validator {
     pub(super) fn monitor(&mut self, path: &str, raw: RawMonitor) -> Monitor {
-        let interval = self.positive(&format!("{path}.interval"), raw.interval.clone(), Duration::from_secs(5));
-        let timeout = self.positive(&format!("{path}.timeout"), raw.timeout.clone(), Duration::from_secs(2));
+        let at_least = |v: &mut Self, key: &str, value: &Option<String>, default: Duration| {
+            v.duration_of_at_least(&format!("{path}.{key}"), value.clone(), default, MIN_CHECK_TIME)
+        };
+        let interval = at_least(self, "interval", &raw.interval, Duration::from_secs(5));
+        let timeout = at_least(self, "timeout", &raw.timeout, Duration::from_secs(2));
         if timeout >= interval {
             self.problem(format!("{path}.timeout"), "must be below the interval");
         }
@@ -196,21 +202,6 @@ impl Validator {
             Some(n) if (1..=100).contains(&n) => n as u32,
             Some(n) => {
                 self.problem(path, format!("{n} is not in 1..100"));
-                default
-            }
-        }
-    }
-
-    fn positive(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
-        let Some(text) = value else { return default };
-        match parse_duration(&text) {
-            Ok(d) if d >= Duration::from_millis(10) => d,
-            Ok(_) => {
-                self.problem(path, "must be at least 10ms");
-                default
-            }
-            Err(e) => {
-                self.problem(path, e.to_string());
                 default
             }
         }
