@@ -11,6 +11,8 @@
 //! - `datapath`: everything that touches the XDP program and its maps.
 //! - `agent`: the owner of the state, its runtime, snapshots, drains, events,
 //!   the monitors' task.
+//! - `cluster`: many nodes, one state: the shared store (etcd), following
+//!   it, the nodes' records.
 //! - `api`: the operations and their transports (socket, HTTP), the client.
 //! - `cli`: the operator's commands (a client of the API).
 //! - `daemon`: the agent process: start, serve every part, stop.
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster's nodes: up or gone, when each last synced, its revision,
+    /// its flows, its config hash, its clock's offset.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
     /// Packets by outcome: forwarded, passed, dropped, and why.
     Stats {
         #[arg(long)]
@@ -172,6 +178,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
         Command::Events { json } => cli::events(socket, json),
         Command::Stats { json } => cli::stats(socket, json),
+        Command::Nodes { json } => cli::nodes(socket, json),
         Command::Reload { force, dry_run, json } => cli::reload(socket, force, dry_run, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;

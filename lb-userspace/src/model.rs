@@ -48,6 +48,8 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// The cluster's nodes as this node sees them.
+    Nodes,
 }
 
 /// What a reload changed (or, for a dry run, would change), a line each.
@@ -86,6 +88,9 @@ pub enum EventKind {
     Maintenance,
     /// Every server of a pool in service is DOWN: all serve (fail-open).
     FailOpen,
+    /// The cluster: its store lost or found again, a decision about a
+    /// server this node does not know, a node whose config differs.
+    Cluster,
 }
 
 impl EventKind {
@@ -104,6 +109,7 @@ impl EventKind {
             EventKind::Up => "up",
             EventKind::Maintenance => "maintenance",
             EventKind::FailOpen => "fail_open",
+            EventKind::Cluster => "cluster",
         }
     }
 }
@@ -211,6 +217,13 @@ pub struct ServerView {
     /// Live flows: TCP not yet closed by both sides or reset, UDP not idle out.
     pub active_flows: u64,
     pub deadline_left_ms: Option<u64>,
+    /// The drain's deadline (ms since the Unix epoch): in a cluster, the
+    /// same instant on every node.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// In a cluster: its live flows on each node, by node (this one's too).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flows_by_node: BTreeMap<String, u64>,
     /// Who set its state: the config or an operator.
     #[serde(default)]
     pub source: Source,
@@ -355,6 +368,42 @@ pub struct Stats {
     pub startup: Startup,
 }
 
+/// The cluster as this node sees it (`lb nodes`, `GET /api/v1/nodes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesView {
+    /// This node's name.
+    pub node: String,
+    /// Whether the store answers this node now.
+    pub store_reachable: bool,
+    /// The store's revision whose states this node applies.
+    pub revision: Option<i64>,
+    /// Every node seen since this one started, by name.
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node: String,
+    /// Its record is in the store (its lease lives).
+    pub up: bool,
+    /// When its record last changed, as this node saw it.
+    pub last_sync_ms: Option<u64>,
+    pub revision: i64,
+    pub config_hash: String,
+    /// Its config hash is this node's.
+    pub same_config: bool,
+    /// Its live flows.
+    pub flows: u64,
+    /// Its live flows by "pool/server".
+    pub flows_by_server: BTreeMap<String, u64>,
+    /// Its clock minus this node's, as its last record showed (within the
+    /// store's polling interval, a quarter second).
+    pub clock_offset_ms: Option<i64>,
+    /// It started from its state file while the store was unreachable.
+    pub stale: bool,
+    pub started_ms: u64,
+}
+
 /// How long the agent's start took, phase by phase, from the process's
 /// start until its API answered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -425,6 +474,12 @@ pub enum ErrorCode {
     /// An enable of a server whose monitor says it is in maintenance
     /// (`force` overrides it).
     InMaintenance,
+    /// Cluster: the server was changed through another node meanwhile (the
+    /// store's order decided): nothing was changed by this request.
+    Conflict,
+    /// Cluster: the shared store cannot be reached (no quorum): nothing was
+    /// changed.
+    StoreUnreachable,
 }
 
 /// A refusal: its kind, and a message naming what was wrong.
@@ -456,6 +511,8 @@ mod tests {
             why: Some(Why::UntilDrained),
             active_flows: 3,
             deadline_left_ms: None,
+            deadline_ms: None,
+            flows_by_node: BTreeMap::new(),
             source: Source::Operator,
             removing: false,
             takes_new_flows: false,

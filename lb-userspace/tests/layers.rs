@@ -5,7 +5,8 @@
 use std::{fs, path::Path};
 
 /// Lowest first, as in `src/lib.rs`.
-const LAYERS: &[&str] = &["config", "servers", "model", "health", "datapath", "agent", "api", "cli", "daemon"];
+const LAYERS: &[&str] =
+    &["config", "servers", "model", "health", "datapath", "agent", "cluster", "api", "cli", "daemon"];
 
 #[test]
 fn every_module_uses_only_the_layers_below_it() {

@@ -10,10 +10,23 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages needed to build and test: LLVM 22 for bpf-linker,
 /// iproute2 and ethtool for the test bed (namespaces, veth offloads),
-/// Chromium and its WebDriver for the dashboard's browser tests, and
-/// prometheus for `promtool check metrics`.
-const PACKAGES: &[&str] =
-    &["llvm-22-dev", "libclang-22-dev", "iproute2", "ethtool", "chromium", "chromium-driver", "prometheus"];
+/// Chromium and its WebDriver for the dashboard's browser tests,
+/// prometheus for `promtool check metrics`, etcd (server and etcdctl) for
+/// the cluster tests, and protoc with protobuf's well-known .proto files,
+/// which the etcd client crate's build needs.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "iproute2",
+    "ethtool",
+    "chromium",
+    "chromium-driver",
+    "prometheus",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 fn step(what: &str, status: &str) {

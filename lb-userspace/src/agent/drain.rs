@@ -53,6 +53,14 @@ impl<D: DatapathOps> Owner<D> {
         let due: Vec<&ServerSlot> =
             self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
         let due = by_pool(due, DisableReason::Deadline);
+        // In a cluster every node cuts at the deadline on its own (it is
+        // the same instant everywhere), then records the cut: the first
+        // node's record stands.
+        if self.in_cluster() {
+            for (pool, plan) in &due {
+                self.propose(pool, plan, now_ms);
+            }
+        }
         self.end_drains(due, now_ms);
         let due: Vec<LeavingId> = self
             .services
@@ -109,9 +117,25 @@ impl<D: DatapathOps> Owner<D> {
             .draining()
             .filter(|s| matches!(s.admin, AdminState::Draining { since_ms, .. } if since_ms <= walk_started_ms))
             .filter(|s| self.counts.active.get(&s.id).copied().unwrap_or(0) == 0)
+            .filter(|s| !self.in_cluster() || self.fleet_drained(s))
             .collect();
         let drained = by_pool(drained, DisableReason::Drained);
+        if self.in_cluster() {
+            // Drained when no node has a flow of it left: the store records
+            // it once, and every node applies it from there.
+            for (pool, plan) in &drained {
+                self.propose(pool, plan, now_ms);
+            }
+            return;
+        }
         self.end_drains(drained, now_ms);
+    }
+
+    /// In a cluster: whether the other nodes, counting after the drain
+    /// began, have no live flow of `server` either.
+    fn fleet_drained(&self, server: &ServerSlot) -> bool {
+        let AdminState::Draining { since_ms, .. } = server.admin else { return false };
+        self.others_flows(&server.pool, &server.name, since_ms) == Some(0)
     }
 
     fn end_drains(&mut self, plans: BTreeMap<String, Plan>, now_ms: u64) {

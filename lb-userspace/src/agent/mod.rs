@@ -18,5 +18,6 @@ pub mod reload;
 #[cfg(test)]
 mod reload_tests;
 pub mod runtime;
+pub mod shared;
 pub mod snapshot;
 pub mod state_file;

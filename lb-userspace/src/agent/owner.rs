@@ -117,7 +117,7 @@ pub struct FlowCounts {
 }
 
 /// A planned change of one server.
-pub(super) type Plan = Vec<(String, Transition)>;
+pub type Plan = Vec<(String, Transition)>;
 
 /// What `mark` did: the changes, the ids of terminated servers, and the
 /// names of the servers whose state moved.
@@ -136,6 +136,9 @@ pub struct Owner<D> {
     pub(super) checks: Option<watch::Sender<Arc<crate::health::CheckPlan>>>,
     /// Where snapshots go (none in unit tests).
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    /// In a cluster: the store's view of the servers' states (none: one
+    /// node on its own).
+    pub(super) shared: Option<super::shared::Shared>,
 }
 
 impl<D: DatapathOps> Owner<D> {
@@ -151,6 +154,7 @@ impl<D: DatapathOps> Owner<D> {
             reloads: ReloadStatus { last_successful: true, ..ReloadStatus::default() },
             checks: None,
             snapshots: None,
+            shared: None,
         }
     }
 
@@ -204,12 +208,25 @@ impl<D: DatapathOps> Owner<D> {
         force: bool,
         now_ms: u64,
     ) -> Result<Vec<Change>, ControlError> {
+        let plan = self.plan_disable(pool, names, mode, force, now_ms)?;
+        self.execute(pool, &plan, Some(Source::Operator), now_ms)
+    }
+
+    /// A disable's plan, checked (names, the guard) before anything changes.
+    pub fn plan_disable(
+        &self,
+        pool: &str,
+        names: &[String],
+        mode: DisableMode,
+        force: bool,
+        now_ms: u64,
+    ) -> Result<Plan, ControlError> {
         let plan = self.plan(pool, names, |state| servers::state::disable(state, mode, now_ms))?;
         if !force && self.leaves_pool_without_server(pool, &plan, now_ms) {
             let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
             return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", ") });
         }
-        self.execute(pool, &plan, Some(Source::Operator), now_ms)
+        Ok(plan)
     }
 
     /// Puts `names` of `pool` back in service, in one change (`force`: even
@@ -221,6 +238,12 @@ impl<D: DatapathOps> Owner<D> {
         force: bool,
         now_ms: u64,
     ) -> Result<Vec<Change>, ControlError> {
+        let plan = self.plan_enable(pool, names, force)?;
+        self.execute(pool, &plan, Some(Source::Operator), now_ms)
+    }
+
+    /// An enable's plan, checked (names, removals, maintenance).
+    pub fn plan_enable(&self, pool: &str, names: &[String], force: bool) -> Result<Plan, ControlError> {
         let plan = self.plan(pool, names, servers::state::enable)?;
         let slots: Vec<&servers::ServerSlot> =
             plan.iter().filter_map(|(name, _)| self.servers.find(pool, name)).collect();
@@ -230,7 +253,7 @@ impl<D: DatapathOps> Owner<D> {
         if let Some(slot) = slots.iter().find(|s| s.health.maintenance && !force) {
             return Err(ControlError::InMaintenance { pool: pool.to_owned(), server: slot.name.clone() });
         }
-        self.execute(pool, &plan, Some(Source::Operator), now_ms)
+        Ok(plan)
     }
 
     /// The guard, applied to the pool as the plan would leave it.
@@ -494,6 +517,8 @@ impl<D: DatapathOps> Owner<D> {
             counted_at_ms: self.counts.at_ms,
             events: self.events.shared(),
             reloads: self.reloads,
+            config_hash: self.config.fleet_hash(),
+            shared_revision: self.shared_revision(),
         }
     }
 
@@ -539,7 +564,7 @@ impl<D: DatapathOps> Owner<D> {
 /// so (disabling a server in maintenance keeps it out when its replies are
 /// normal again); a monitor's only when it moved the state; the end of a
 /// drain (no source) keeps who began it.
-fn decided_by(source: Option<Source>, moved: bool, was: Source) -> Source {
+pub(super) fn decided_by(source: Option<Source>, moved: bool, was: Source) -> Source {
     match source {
         Some(Source::Monitor) if !moved => was,
         Some(source) => source,

@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     owner::{ControlError, Owner},
     reload::ReloadOptions,
+    shared::{Decision, OthersFlows, StoredState},
     snapshot::Snapshot,
 };
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     datapath::ops::DatapathOps,
     health::tally::Change as HealthChange,
     model::{ApiError, Change, DisableMode, ErrorCode, ReloadReport},
+    servers::Source,
 };
 
 /// Milliseconds since the Unix epoch: the owner's clock.
@@ -63,6 +65,27 @@ pub enum Command {
         options: ReloadOptions,
         reply: Reply<ReloadReport>,
     },
+    /// In a cluster: plan an operator's change, to be recorded in the store
+    /// (nothing is applied yet).
+    Decide {
+        intent: Intent,
+        reply: Reply<Decision>,
+    },
+    /// In a cluster: the states the store holds, as of a revision.
+    ApplyShared {
+        states: Vec<StoredState>,
+        revision: i64,
+    },
+    /// In a cluster: the other nodes' live flows (none: not known).
+    OthersFlows(Option<OthersFlows>),
+    /// In a cluster: something the operator must know (an event).
+    Note(String),
+}
+
+/// An operator's change of servers' states.
+pub enum Intent {
+    Disable { pool: String, servers: Vec<String>, mode: DisableMode, force: bool },
+    Enable { pool: String, servers: Vec<String>, force: bool },
 }
 
 /// How the API reaches the owner. Changes queue in order; reads never come
@@ -99,6 +122,24 @@ impl OwnerHandle {
 
     pub async fn reload(&self, force: bool, dry_run: bool) -> Result<ReloadReport, ApiError> {
         self.ask(|reply| Command::Reload { options: ReloadOptions { force, dry_run }, reply }).await
+    }
+
+    /// Plans an operator's change for the cluster's store.
+    pub async fn decide(&self, intent: Intent) -> Result<Decision, ApiError> {
+        self.ask(|reply| Command::Decide { intent, reply }).await
+    }
+
+    /// Hands the owner what the store holds (in order).
+    pub async fn apply_shared(&self, states: Vec<StoredState>, revision: i64) {
+        let _ = self.commands.send(Command::ApplyShared { states, revision }).await;
+    }
+
+    pub async fn others_flows(&self, others: Option<OthersFlows>) {
+        let _ = self.commands.send(Command::OthersFlows(others)).await;
+    }
+
+    pub async fn note(&self, message: String) {
+        let _ = self.commands.send(Command::Note(message)).await;
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
@@ -170,6 +211,10 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
             return owner.apply_health(&pool, &server, identity, change, now_ms());
         }
         Command::Reload { options, reply } => return answer(reload(owner, config_path, options), reply),
+        Command::Decide { intent, reply } => return answer(decide(owner, intent), reply),
+        Command::ApplyShared { states, revision } => return owner.apply_shared(states, revision, now_ms()),
+        Command::OthersFlows(others) => return owner.set_others_flows(others),
+        Command::Note(message) => return owner.note(message, now_ms()),
     };
     answer(result, reply);
 }
@@ -187,6 +232,20 @@ fn reload<D: DatapathOps>(
         owner.note_reload(result.is_ok(), now_ms());
     }
     result
+}
+
+fn decide<D: DatapathOps>(owner: &Owner<D>, intent: Intent) -> Result<Decision, ControlError> {
+    let now = now_ms();
+    match intent {
+        Intent::Disable { pool, servers, mode, force } => {
+            let plan = owner.plan_disable(&pool, &servers, mode, force, now)?;
+            owner.decide(&pool, &plan, Source::Operator, now)
+        }
+        Intent::Enable { pool, servers, force } => {
+            let plan = owner.plan_enable(&pool, &servers, force)?;
+            owner.decide(&pool, &plan, Source::Operator, now)
+        }
+    }
 }
 
 fn answer<T>(result: Result<T, ControlError>, reply: Reply<T>) {

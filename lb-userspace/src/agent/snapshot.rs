@@ -25,6 +25,10 @@ pub struct Snapshot {
     pub counted_at_ms: Option<u64>,
     pub events: Arc<VecDeque<Event>>,
     pub reloads: ReloadStatus,
+    /// The hash of the config's services and pools (`Config::fleet_hash`).
+    pub config_hash: String,
+    /// In a cluster: the store's revision whose states it shows.
+    pub shared_revision: Option<i64>,
 }
 
 #[derive(Clone, Debug)]

@@ -9,11 +9,15 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::model::{
-    ApiError, CheckResult, CheckView, ErrorCode, Event, FlowTableUse, HealthStatus, HealthView, LeavingServiceView,
-    PoolSummary, PoolView, Request, ServerState, ServerView, Startup, Stats,
+    ApiError, Change, CheckResult, CheckView, ErrorCode, Event, FlowTableUse, HealthStatus, HealthView,
+    LeavingServiceView, NodesView, PoolSummary, PoolView, Request, ServerState, ServerView, Startup, Stats,
 };
 use crate::{
-    agent::{runtime::OwnerHandle, snapshot::Snapshot},
+    agent::{
+        runtime::{Intent, OwnerHandle},
+        snapshot::Snapshot,
+    },
+    cluster::Cluster,
     datapath::counters::Counters,
     health::{Checks, LastCheck, ServerChecks, probe::Outcome, tally::Verdict},
     servers::{health::Health, state::time_left},
@@ -25,6 +29,8 @@ pub struct Ops {
     counters: Counters,
     owner: OwnerHandle,
     startup: Startup,
+    /// In a cluster: where changes are recorded (none: one node).
+    cluster: Option<Cluster>,
 }
 
 impl Ops {
@@ -35,7 +41,13 @@ impl Ops {
         owner: OwnerHandle,
         startup: Startup,
     ) -> Ops {
-        Ops { snapshots, checks, counters, owner, startup }
+        Ops { snapshots, checks, counters, owner, startup, cluster: None }
+    }
+
+    /// Records changes in the cluster's store from now on.
+    pub fn in_cluster(mut self, cluster: Cluster) -> Ops {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Answers one request.
@@ -43,13 +55,48 @@ impl Ops {
         match request {
             Request::PoolList => json(self.pool_list()),
             Request::PoolShow { pool } => json(self.pool_show(&pool)?),
-            Request::Disable { pool, servers, mode, force } => {
-                json(self.owner.disable(pool, servers, mode, force).await?)
-            }
-            Request::Enable { pool, servers, force } => json(self.owner.enable(pool, servers, force).await?),
+            Request::Disable { pool, servers, mode, force } => match &self.cluster {
+                None => json(self.owner.disable(pool, servers, mode, force).await?),
+                Some(cluster) => json(self.decide(cluster, Intent::Disable { pool, servers, mode, force }).await?),
+            },
+            Request::Enable { pool, servers, force } => match &self.cluster {
+                None => json(self.owner.enable(pool, servers, force).await?),
+                Some(cluster) => json(self.decide(cluster, Intent::Enable { pool, servers, force }).await?),
+            },
+            Request::Nodes => json(self.nodes()?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
             Request::Reload { force, dry_run } => json(self.owner.reload(force, dry_run).await?),
+        }
+    }
+
+    /// In a cluster: plans a change here, records it in the store (every
+    /// node applies it from there), and answers once this node has.
+    async fn decide(&self, cluster: &Cluster, intent: Intent) -> Result<Vec<Change>, ApiError> {
+        let decision = self.owner.decide(intent).await?;
+        cluster.record(&decision.proposals, &self.snapshots).await?;
+        Ok(decision.changes)
+    }
+
+    /// In a cluster: a server's live flows on each node that is up.
+    fn flows_by_node(&self, pool: &str, server: &str) -> std::collections::BTreeMap<String, u64> {
+        let Some(cluster) = &self.cluster else { return Default::default() };
+        let key = format!("{pool}/{server}");
+        let view = cluster.view.borrow();
+        view.nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| (n.node.clone(), n.flows_by_server.get(&key).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// The cluster's nodes (refused without a `[cluster]` section).
+    pub fn nodes(&self) -> Result<NodesView, ApiError> {
+        match &self.cluster {
+            Some(cluster) => Ok(NodesView::clone(&cluster.view.borrow())),
+            None => {
+                Err(ApiError::new(ErrorCode::BadRequest, "this agent runs alone: its config has no [cluster] section"))
+            }
         }
     }
 
@@ -104,6 +151,8 @@ impl Ops {
                     why: s.label.why,
                     active_flows: s.active_flows,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
+                    deadline_ms: s.admin.deadline_ms(),
+                    flows_by_node: self.flows_by_node(&pool.name, &s.name),
                     source: s.source,
                     removing: s.removing,
                     takes_new_flows: s.takes_new_flows,

@@ -51,6 +51,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { name: "events", verb: Verb::Get, path: "/events", read: events },
     Operation { name: "stats", verb: Verb::Get, path: "/stats", read: stats },
     Operation { name: "reload", verb: Verb::Post, path: "/reload", read: reload },
+    Operation { name: "nodes", verb: Verb::Get, path: "/nodes", read: nodes },
 ];
 
 /// A socket line: `op`, the pool where it names one, and the operation's
@@ -144,6 +145,11 @@ fn not_an_event_id(id: impl std::fmt::Display) -> ApiError {
 pub fn stats(_: String, fields: &Value) -> Result<Request, ApiError> {
     known_fields(fields, &[])?;
     Ok(Request::Stats)
+}
+
+pub fn nodes(_: String, fields: &Value) -> Result<Request, ApiError> {
+    known_fields(fields, &[])?;
+    Ok(Request::Nodes)
 }
 
 /// `{"servers":[...],"mode":"immediate"|"graceful","timeout":"5m"|null,"force":false}`

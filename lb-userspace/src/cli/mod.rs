@@ -15,7 +15,10 @@ use serde_json::Value;
 use crate::{
     api::client,
     config::{format_time_left, parse_duration},
-    model::{Change, DisableMode, ErrorCode, Event, PoolSummary, PoolView, ReloadReport, Request, ServerState, Stats},
+    model::{
+        Change, DisableMode, ErrorCode, Event, NodesView, PoolSummary, PoolView, ReloadReport, Request, ServerState,
+        Stats,
+    },
 };
 
 /// How `lb server disable` was asked to disable.
@@ -252,6 +255,32 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     println!("flow table: {flows} flows of {}", table.max_flows);
     for (kind, evicted) in &table.evictions {
         println!("evicted ({kind}){:<width$} {evicted:>16}", "", width = 18usize.saturating_sub(kind.len()));
+    }
+    Ok(())
+}
+
+/// The cluster's nodes as this node sees them.
+pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let (view, data): (NodesView, Value) = call(socket, &Request::Nodes)?;
+    if json {
+        print_json(&data);
+        return Ok(());
+    }
+    let store = if view.store_reachable { "reachable" } else { "UNREACHABLE (changes are refused)" };
+    println!("this node: {}; store {store}; revision {}", view.node, view.revision.unwrap_or(0));
+    println!(
+        "{:<16} {:<5} {:>9} {:>8} {:<17} {:>9} {:>12}",
+        "NODE", "UP", "REVISION", "FLOWS", "CONFIG", "CLOCK", "LAST SYNC"
+    );
+    for n in &view.nodes {
+        let config = if n.same_config { n.config_hash.clone() } else { format!("{} DIFFERS", n.config_hash) };
+        let clock = n.clock_offset_ms.map_or("-".to_owned(), |ms| format!("{ms:+} ms"));
+        let synced = n.last_sync_ms.map_or("never".to_owned(), |at| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(at)).to_string()
+        });
+        let up = if n.up { "up" } else { "GONE" };
+        let stale = if n.stale { " (stale: started without the store)" } else { "" };
+        println!("{:<16} {up:<5} {:>9} {:>8} {config:<17} {clock:>9} {synced:>12}{stale}", n.node, n.revision, n.flows);
     }
     Ok(())
 }

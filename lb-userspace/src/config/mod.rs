@@ -11,11 +11,13 @@ use std::{
 };
 
 mod checks;
+mod cluster;
 mod duration;
 mod monitors;
 mod validate;
 
 use checks::Validator;
+pub use cluster::{ClusterConfig, ClusterTls};
 pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
 pub use monitors::{MaintenanceSigns, Monitor, OnDown, Probe};
 use validate::RawConfig;
@@ -37,6 +39,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// None: one node on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +198,16 @@ pub fn default_state_file(instance: &str) -> PathBuf {
 }
 
 impl Config {
+    /// A hash of what must be the same on every node of a cluster (the
+    /// services and pools: they make the server ids and the Maglev rows),
+    /// as 16 hex digits (FNV-1a: the same on every build and host).
+    pub fn fleet_hash(&self) -> String {
+        let text = format!("{:?}{:?}", self.services, self.pools);
+        let hash =
+            text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{hash:016x}")
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;

@@ -12,6 +12,7 @@ use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
 use super::checks::Validator;
+use super::cluster::RawCluster;
 use super::{
     Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Protocol, ServerConfig,
     ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
@@ -40,6 +41,7 @@ pub(super) struct RawConfig {
     services: Vec<RawService>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
+    cluster: Option<RawCluster>,
 }
 
 #[derive(Deserialize, Default)]
@@ -110,6 +112,7 @@ impl Validator {
         let http = self.http(raw.http);
         let pools = self.pools(raw.pools, max_servers);
         let services = self.services(raw.services, &pools, max_services);
+        let cluster = raw.cluster.map(|c| self.cluster(c));
         Config {
             instance,
             interfaces,
@@ -122,6 +125,7 @@ impl Validator {
             http,
             services,
             pools,
+            cluster,
         }
     }
 

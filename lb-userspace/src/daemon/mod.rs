@@ -28,6 +28,7 @@ use tokio::{
 
 use self::startup::StartupClock;
 use crate::{
+    agent::shared::Shared,
     agent::{
         monitors,
         owner::Owner,
@@ -35,7 +36,8 @@ use crate::{
         state_file,
     },
     api::{self, ops::Ops},
-    config::Config,
+    cluster::{self, Cluster, presence::Presence},
+    config::{ClusterConfig, Config},
     datapath::{
         BPFFS, Datapath, MapSizes,
         counters::Counters,
@@ -127,22 +129,6 @@ fn start(
     startup.mark("tables");
     let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
     let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
-    for interface in &config.interfaces {
-        if let Err(e) = dp.attach(interface, config.xdp_mode) {
-            dp.detach_all();
-            return Err(e).context("attach failed; detached from every interface");
-        }
-    }
-    startup.mark("attach");
-    log::info!(
-        "instance {}: {} service(s), {} server(s), attached to {}; maps pinned in {}; API on {}",
-        config.instance,
-        tables.services.len(),
-        tables.servers.len(),
-        dp.attached_interfaces().join(", "),
-        pins.display(),
-        config.api_socket.display()
-    );
     for service in &tables.services {
         log::info!("service {} -> pool {}", service.label(), service.pool);
     }
@@ -150,6 +136,7 @@ fn start(
         let removing = if slot.removing { " (being removed from the config)" } else { "" };
         log::info!("{}/{} resumes as {}{removing}", slot.pool, slot.name, slot.admin.label());
     }
+    let (services, servers) = (tables.services.len(), tables.servers.len());
     let readers = Readers {
         counters: Counters::open(&dp.maps).context("cannot open the counters")?,
         reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
@@ -171,11 +158,26 @@ fn start(
     }
     owner.begin_removals(now_ms());
     owner.resume_maintenance();
+    // In a cluster: the store's states, before a flow can be assigned.
+    let cluster = match owner.config().cluster.clone() {
+        Some(config) => Some(runtime.block_on(join_cluster(&mut owner, config))?),
+        None => None,
+    };
     owner.started_at(now_ms());
     owner.save_states()?;
     startup.mark("owner");
+    let (interfaces, mode) = (owner.config().interfaces.clone(), owner.config().xdp_mode);
+    attach(&mut owner.dp_mut().dp, &interfaces, mode)?;
+    startup.mark("attach");
+    log::info!(
+        "instance {}: {services} service(s), {servers} server(s), attached to {}; maps pinned in {}; API on {}",
+        owner.config().instance,
+        owner.dp().dp.attached_interfaces().join(", "),
+        pins.display(),
+        owner.config().api_socket.display()
+    );
 
-    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, signals, startup));
+    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, signals, cluster, startup));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     // XDP stays attached (its links are pinned): forwarding goes on with the
@@ -188,6 +190,48 @@ fn start(
         pins.display()
     );
     Ok(())
+}
+
+/// Attaches XDP to every configured interface (all or none).
+fn attach(dp: &mut Datapath, interfaces: &[String], mode: crate::config::XdpMode) -> anyhow::Result<()> {
+    for interface in interfaces {
+        if let Err(e) = dp.attach(interface, mode) {
+            dp.detach_all();
+            return Err(e).context("attach failed; detached from every interface");
+        }
+    }
+    Ok(())
+}
+
+/// A node joining its cluster: the store's states are applied before XDP
+/// is attached; with the store unreachable the node starts from its state
+/// file and says it is stale until it syncs.
+async fn join_cluster(owner: &mut Owner<Live>, config: ClusterConfig) -> anyhow::Result<Joining> {
+    let joined = cluster::join(&config).await.context("cannot set up the cluster store's client")?;
+    let (outbox, proposals) = mpsc::unbounded_channel();
+    owner.join_cluster(Shared::new(config.node.clone(), outbox));
+    let revision = match joined.states {
+        Some((states, revision)) => {
+            log::info!(
+                "cluster: joined as node {}: {} server state(s) at revision {revision}",
+                config.node,
+                states.len()
+            );
+            owner.apply_shared(states, revision, now_ms());
+            Some(revision)
+        }
+        None => None,
+    };
+    Ok(Joining { store: joined.store, config, revision, proposals })
+}
+
+/// What the cluster's tasks start from.
+struct Joining {
+    store: cluster::store::Store,
+    config: ClusterConfig,
+    /// The revision applied at the start (none: stale, resync first).
+    revision: Option<i64>,
+    proposals: mpsc::UnboundedReceiver<Vec<crate::servers::Proposal>>,
 }
 
 /// The HTTP API's token, read from `http.token_file` (refused if missing or empty).
@@ -215,6 +259,7 @@ async fn serve(
     http: Option<HttpListener>,
     readers: Readers,
     signals: Signals,
+    cluster: Option<Joining>,
     mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
     let Readers { counters, reset_requests: requests, datapath_log } = readers;
@@ -270,7 +315,12 @@ async fn serve(
     startup.mark("tasks");
     let startup = startup.finish();
     log::info!("started in {}", startup.summary());
-    let ops = Arc::new(Ops::new(snapshots, checks, counters, owner_handle, startup));
+    let mut ops = Ops::new(snapshots.clone(), checks, counters, owner_handle.clone(), startup);
+    if let Some(joining) = cluster {
+        let cluster = follow_cluster(joining, &owner_handle, &snapshots, &mut parts, &shutdown);
+        ops = ops.in_cluster(cluster);
+    }
+    let ops = Arc::new(ops);
     parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
     if let Some((listener, addr, token)) = http {
         let web =
@@ -304,6 +354,36 @@ async fn serve(
     }
     let owner = owner.map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
+}
+
+/// Starts the cluster's tasks: following the store's states, recording
+/// the owner's proposals, publishing this node and seeing the others.
+fn follow_cluster(
+    joining: Joining,
+    owner: &OwnerHandle,
+    snapshots: &watch::Receiver<Arc<crate::agent::snapshot::Snapshot>>,
+    parts: &mut supervise::Parts,
+    shutdown: &watch::Receiver<bool>,
+) -> Cluster {
+    let Joining { store, config, revision, proposals } = joining;
+    let (reachable_tx, reachable) = watch::channel(revision.is_some());
+    let (view_tx, view) = watch::channel(Arc::new(crate::model::NodesView::default()));
+    let follow = cluster::sync::follow_states(store.clone(), owner.clone(), revision, reachable_tx, shutdown.clone());
+    parts.spawn("cluster states", follow);
+    parts.spawn("cluster proposals", cluster::sync::record_proposals(store.clone(), proposals, shutdown.clone()));
+    let presence = Presence {
+        store: store.clone(),
+        node: config.node.clone(),
+        lease_ttl: config.lease,
+        started_ms: now_ms(),
+        stale: revision.is_none(),
+        owner: owner.clone(),
+        snapshots: snapshots.clone(),
+        reachable,
+        view: view_tx,
+    };
+    parts.spawn("cluster presence", presence.run(shutdown.clone()));
+    Cluster { store, timeout: config.timeout, view }
 }
 
 /// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a

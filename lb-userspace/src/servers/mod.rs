@@ -6,9 +6,11 @@ pub mod health;
 pub mod maglev;
 pub mod plan;
 pub mod saved;
+pub mod shared;
 pub mod state;
 pub mod table;
 
 pub use saved::{Leaving, LeavingService, Records, Saved, ServerRecord};
+pub use shared::{Proposal, SharedState};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
 pub use table::{LeavingId, ServerSlot, ServerTable, ServiceSlot};

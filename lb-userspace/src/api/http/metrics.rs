@@ -185,6 +185,8 @@ mod tests {
             why: Some(Why::Deadline),
             active_flows: 3,
             deadline_left_ms: Some(1500),
+            deadline_ms: Some(1_000_000),
+            flows_by_node: Default::default(),
             source: crate::model::Source::Operator,
             removing: false,
             takes_new_flows: false,

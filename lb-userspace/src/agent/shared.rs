@@ -1,0 +1,207 @@
+//! The owner in a cluster. The store holds the fleet's decision about each
+//! server; a node applies what the store says (`apply_shared`), in the
+//! store's order, and never decides alone what the fleet must agree on:
+//! an operator's change is planned here and recorded in the store
+//! (`decide`), then applied by every node, this one included, from the
+//! store's watch. Two things a node does on its own, because they must not
+//! wait for the store: a drain's deadline is enforced by every node at the
+//! same instant (it is absolute), then recorded; and the end of a drain
+//! with no deadline is proposed once no node has a live flow of the server
+//! left (the fleet's count, published by every node under its lease).
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::sync::mpsc;
+
+use super::owner::{ControlError, Owner, Plan, decided_by};
+use crate::{
+    datapath::ops::DatapathOps,
+    model::{Change, EventKind, Subject},
+    servers::{self, Proposal, SharedState, Source, shared::toward},
+};
+
+/// A server, by (pool, name).
+pub type ServerKey = (String, String);
+
+/// What the owner keeps of the store in a cluster.
+pub struct Shared {
+    pub node: String,
+    /// The store's revision last applied.
+    pub revision: i64,
+    /// Each server's key's revision in the store, when last applied.
+    revisions: HashMap<ServerKey, i64>,
+    /// Live flows of each server on the other nodes (none until known).
+    others: Option<OthersFlows>,
+    /// Where the owner's own proposals (a deadline's cut, a fleet drained)
+    /// go to be recorded in the store.
+    outbox: mpsc::UnboundedSender<Vec<Proposal>>,
+    /// Proposals already sent, by the revision they were based on.
+    proposed: HashSet<(ServerKey, i64)>,
+}
+
+/// The other live nodes' flows, as they last published them.
+#[derive(Clone, Debug, Default)]
+pub struct OthersFlows {
+    pub by_server: HashMap<ServerKey, u64>,
+    /// The oldest of their counts (ms since the Unix epoch): a drain is
+    /// over only once every node counted after it began.
+    pub counted_ms: u64,
+}
+
+impl Shared {
+    pub fn new(node: String, outbox: mpsc::UnboundedSender<Vec<Proposal>>) -> Shared {
+        Shared { node, revision: 0, revisions: HashMap::new(), others: None, outbox, proposed: HashSet::new() }
+    }
+}
+
+/// An operator's change, planned, to be recorded in the store.
+pub struct Decision {
+    pub proposals: Vec<Proposal>,
+    pub changes: Vec<Change>,
+}
+
+/// One server's state as the store holds it, with its key's revision.
+pub struct StoredState {
+    pub pool: String,
+    pub server: String,
+    pub state: SharedState,
+    pub revision: i64,
+}
+
+impl<D: DatapathOps> Owner<D> {
+    pub fn join_cluster(&mut self, shared: Shared) {
+        self.shared = Some(shared);
+    }
+
+    pub fn shared_revision(&self) -> Option<i64> {
+        self.shared.as_ref().map(|s| s.revision)
+    }
+
+    /// Plans `plan` of `pool` as a change of the fleet: the new states, each
+    /// to be recorded if its key is as this node last saw it.
+    pub fn decide(&self, pool: &str, plan: &Plan, source: Source, now_ms: u64) -> Result<Decision, ControlError> {
+        let shared = self.shared.as_ref().expect("decide is for a cluster");
+        let mut decision = Decision { proposals: Vec::new(), changes: Vec::new() };
+        for (name, transition) in plan {
+            let slot = self.servers.find(pool, name).expect("planned server exists");
+            let admin = servers::state::apply(&slot.admin, *transition, now_ms);
+            let mut to = slot.clone();
+            to.admin = admin;
+            decision.changes.push(Change {
+                pool: pool.to_owned(),
+                server: name.clone(),
+                from: slot.label(),
+                to: to.label(),
+                flows_reset: None,
+            });
+            let key = (pool.to_owned(), name.clone());
+            decision.proposals.push(Proposal {
+                pool: pool.to_owned(),
+                server: name.clone(),
+                state: SharedState {
+                    admin,
+                    source: decided_by(Some(source), admin != slot.admin, slot.source),
+                    by: shared.node.clone(),
+                },
+                expected_revision: shared.revisions.get(&key).copied().unwrap_or(0),
+            });
+        }
+        Ok(decision)
+    }
+
+    /// Applies the states the store holds (a watch's events, or all of them
+    /// after a resync) as of `revision`, in one change per pool.
+    pub fn apply_shared(&mut self, states: Vec<StoredState>, revision: i64, now_ms: u64) {
+        let mut plans: std::collections::BTreeMap<String, (Plan, Vec<Source>)> = Default::default();
+        for stored in states {
+            let Some(slot) = self.servers.find(&stored.pool, &stored.server) else {
+                self.unknown_server(&stored, now_ms);
+                continue;
+            };
+            let transition = toward(&slot.admin, &stored.state.admin, now_ms);
+            if let Some(shared) = &mut self.shared {
+                shared.revisions.insert((stored.pool.clone(), stored.server.clone()), stored.revision);
+            }
+            let (plan, sources) = plans.entry(stored.pool).or_default();
+            plan.push((stored.server, transition));
+            sources.push(stored.state.source);
+        }
+        for (pool, (plan, sources)) in plans {
+            // Grouped by who decided, so each server keeps its own source.
+            for source in [Source::Operator, Source::Config, Source::Monitor] {
+                let part: Plan =
+                    plan.iter().zip(&sources).filter(|(_, s)| **s == source).map(|(p, _)| p.clone()).collect();
+                if part.iter().all(|(_, t)| *t == servers::Transition::Unchanged) {
+                    continue;
+                }
+                if let Err(e) = self.execute(&pool, &part, Some(source), now_ms) {
+                    log::error!("cannot apply the cluster's states of pool {pool}: {:#}", anyhow::Error::new(e));
+                }
+            }
+        }
+        if let Some(shared) = &mut self.shared {
+            shared.revision = shared.revision.max(revision);
+        }
+    }
+
+    /// A decision about a server this node's config does not have: said,
+    /// not dropped (its config differs from the fleet's).
+    fn unknown_server(&mut self, stored: &StoredState, now_ms: u64) {
+        let message = format!(
+            "the cluster decided {} for {}/{} (through node {}), which this node's config does not have: \
+             is its config the fleet's?",
+            stored.state.admin.label(),
+            stored.pool,
+            stored.server,
+            stored.state.by
+        );
+        log::warn!("{message}");
+        self.events.push(now_ms, Subject::server(&stored.pool, &stored.server), EventKind::Cluster, message);
+    }
+
+    /// Something about the cluster the operator must know.
+    pub fn note(&mut self, message: String, now_ms: u64) {
+        log::warn!("cluster: {message}");
+        self.events.push(now_ms, Subject::Agent, EventKind::Cluster, message);
+    }
+
+    /// What the other nodes last published of their flows.
+    pub fn set_others_flows(&mut self, others: Option<OthersFlows>) {
+        if let Some(shared) = &mut self.shared {
+            shared.others = others;
+        }
+    }
+
+    /// In a cluster: the live flows of a server on the other nodes, if every
+    /// one of them counted after `since_ms`.
+    pub(super) fn others_flows(&self, pool: &str, server: &str, since_ms: u64) -> Option<u64> {
+        let others = self.shared.as_ref()?.others.as_ref()?;
+        (others.counted_ms >= since_ms)
+            .then(|| others.by_server.get(&(pool.to_owned(), server.to_owned())).copied().unwrap_or(0))
+    }
+
+    pub(super) fn in_cluster(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Asks the store to record the end of drains this node found (each
+    /// once per revision of its key).
+    pub(super) fn propose(&mut self, pool: &str, plan: &Plan, now_ms: u64) {
+        let Ok(decision) = self.decide(pool, plan, Source::Operator, now_ms) else { return };
+        let shared = self.shared.as_mut().expect("propose is for a cluster");
+        let fresh: Vec<Proposal> = decision
+            .proposals
+            .into_iter()
+            .filter(|p| shared.proposed.insert(((p.pool.clone(), p.server.clone()), p.expected_revision)))
+            .map(|mut p| {
+                // The end of a drain keeps who began it.
+                let slot = self.servers.find(&p.pool, &p.server).expect("planned server exists");
+                p.state.source = slot.source;
+                p
+            })
+            .collect();
+        if !fresh.is_empty() {
+            let _ = shared.outbox.send(fresh);
+        }
+    }
+}

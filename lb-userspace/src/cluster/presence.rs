@@ -1,0 +1,238 @@
+//! Where a node shows itself to the others and sees them: it publishes its
+//! record (its flows per server, its revision, its config hash, its clock)
+//! under a lease, so that a dead node's record and counts vanish with it,
+//! and reads every node's record a few times a second. From those the
+//! owner learns the other nodes' flows (a drain with no deadline ends when
+//! the fleet has none left) and readers get the Nodes view.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::store::{NodeRecord, Store};
+use crate::{
+    agent::{
+        runtime::{OwnerHandle, now_ms, stopped},
+        shared::OthersFlows,
+        snapshot::Snapshot,
+    },
+    model::{NodeView, NodesView},
+};
+
+/// How often a node reads the others' records (and publishes its own if
+/// it changed).
+pub const TICK: Duration = Duration::from_millis(250);
+/// A record unchanged this long is written again (its clock, for offsets).
+const HEARTBEAT_MS: u64 = 5_000;
+
+pub struct Presence {
+    pub store: Store,
+    pub node: String,
+    pub lease_ttl: Duration,
+    pub started_ms: u64,
+    pub stale: bool,
+    pub owner: OwnerHandle,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub reachable: watch::Receiver<bool>,
+    pub view: watch::Sender<Arc<NodesView>>,
+}
+
+/// What this node keeps of the others between reads.
+#[derive(Default)]
+struct Seen {
+    /// By node: its last record, when it changed, its clock offset.
+    nodes: BTreeMap<String, (NodeRecord, u64, Option<i64>)>,
+    up: Vec<String>,
+    /// Nodes whose config differs, already said so.
+    told: Vec<String>,
+}
+
+impl Presence {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut lease: Option<i64> = None;
+        let mut last_put: Option<(NodeRecord, u64)> = None;
+        let mut last_keep_alive_ms = 0;
+        let mut seen = Seen::default();
+        let mut every = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = stopped(&mut shutdown) => return,
+                _ = every.tick() => {}
+            }
+            let record = self.record();
+            let now = now_ms();
+            let published = self.publish(&record, &mut lease, &mut last_put, &mut last_keep_alive_ms, now).await;
+            match self.store.nodes().await {
+                Ok(records) if published => {
+                    let others = others_flows(&records, &self.node);
+                    self.owner.others_flows(Some(others)).await;
+                    self.see(&mut seen, records, &record, now).await;
+                }
+                Ok(_) | Err(_) => {
+                    self.owner.others_flows(None).await;
+                    self.show(&seen, &record, false);
+                }
+            }
+        }
+    }
+
+    /// This node's record, from the owner's latest snapshot.
+    fn record(&self) -> NodeRecord {
+        let snapshot = Arc::clone(&self.snapshots.borrow());
+        let flows = snapshot
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.iter().map(move |s| (format!("{}/{}", p.name, s.name), s.active_flows)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        NodeRecord {
+            node: self.node.clone(),
+            config_hash: snapshot.config_hash.clone(),
+            revision: snapshot.shared_revision.unwrap_or(0),
+            clock_ms: now_ms(),
+            counted_at_ms: snapshot.counted_at_ms.unwrap_or(0),
+            flows,
+            started_ms: self.started_ms,
+            stale: self.stale && !*self.reachable.borrow(),
+        }
+    }
+
+    /// Writes this node's record if it changed (or for the heartbeat), and
+    /// keeps its lease alive; false if the store did not answer.
+    async fn publish(
+        &self,
+        record: &NodeRecord,
+        lease: &mut Option<i64>,
+        last_put: &mut Option<(NodeRecord, u64)>,
+        last_keep_alive_ms: &mut u64,
+        now: u64,
+    ) -> bool {
+        let id = match *lease {
+            Some(id) => id,
+            None => match self.store.grant(self.lease_ttl.as_secs().max(1) as i64).await {
+                Ok(id) => {
+                    *lease = Some(id);
+                    *last_put = None;
+                    id
+                }
+                Err(e) => {
+                    log::debug!("cluster: no lease yet: {e}");
+                    return false;
+                }
+            },
+        };
+        let same = |(last, at): &(NodeRecord, u64)| {
+            NodeRecord { clock_ms: record.clock_ms, ..last.clone() } == *record && now < at + HEARTBEAT_MS
+        };
+        if !last_put.as_ref().is_some_and(same) {
+            if let Err(e) = self.store.put_node(record, id).await {
+                log::debug!("cluster: cannot publish this node's record: {e}");
+                *lease = None;
+                return false;
+            }
+            *last_put = Some((record.clone(), now));
+        }
+        if now >= *last_keep_alive_ms + self.lease_ttl.as_millis() as u64 / 3 {
+            match self.store.keep_alive(id).await {
+                Ok(true) => *last_keep_alive_ms = now,
+                Ok(false) | Err(_) => {
+                    *lease = None;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    async fn see(&self, seen: &mut Seen, records: Vec<NodeRecord>, this: &NodeRecord, now: u64) {
+        seen.up = records.iter().map(|r| r.node.clone()).collect();
+        for record in records {
+            let changed = seen.nodes.get(&record.node).is_none_or(|(last, _, _)| *last != record);
+            if changed {
+                let offset = i64::try_from(record.clock_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
+                let offset = (record.node != self.node).then_some(offset);
+                if record.config_hash != this.config_hash && !seen.told.contains(&record.node) {
+                    let message = format!(
+                        "node {} runs another config than this node (config hash {} here, {} there): \
+                         their server ids and Maglev rows may differ",
+                        record.node, this.config_hash, record.config_hash
+                    );
+                    self.owner.note(message).await;
+                    seen.told.push(record.node.clone());
+                }
+                seen.nodes.insert(record.node.clone(), (record, now, offset));
+            }
+        }
+        self.show(seen, this, true);
+    }
+
+    fn show(&self, seen: &Seen, this: &NodeRecord, reachable: bool) {
+        let nodes = seen
+            .nodes
+            .values()
+            .map(|(r, at, offset)| NodeView {
+                node: r.node.clone(),
+                up: seen.up.contains(&r.node) && reachable || r.node == self.node,
+                last_sync_ms: Some(*at),
+                revision: if r.node == self.node { this.revision } else { r.revision },
+                config_hash: r.config_hash.clone(),
+                same_config: r.config_hash == this.config_hash,
+                flows: r.flows.values().sum(),
+                flows_by_server: r.flows.clone(),
+                clock_offset_ms: *offset,
+                stale: r.stale,
+                started_ms: r.started_ms,
+            })
+            .collect();
+        self.view.send_replace(Arc::new(NodesView {
+            node: self.node.clone(),
+            store_reachable: reachable,
+            revision: Some(this.revision),
+            nodes,
+        }));
+    }
+}
+
+/// The other nodes' flows, and the oldest of their counts.
+fn others_flows(records: &[NodeRecord], this: &str) -> OthersFlows {
+    let mut by_server = HashMap::new();
+    let mut counted_ms = u64::MAX;
+    for record in records.iter().filter(|r| r.node != this) {
+        counted_ms = counted_ms.min(record.counted_at_ms);
+        for (name, flows) in &record.flows {
+            if let Some((pool, server)) = name.split_once('/') {
+                *by_server.entry((pool.to_owned(), server.to_owned())).or_insert(0) += flows;
+            }
+        }
+    }
+    OthersFlows { by_server, counted_ms }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleets_flows_leave_this_node_out_and_wait_for_the_oldest_count() {
+        let record = |node: &str, counted_at_ms, flows: &[(&str, u64)]| NodeRecord {
+            node: node.to_owned(),
+            counted_at_ms,
+            flows: flows.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            ..NodeRecord::default()
+        };
+        let records = [
+            record("a", 500, &[("web/w1", 3)]),
+            record("b", 200, &[("web/w1", 2), ("web/w2", 1)]),
+            record("c", 900, &[("web/w1", 4)]),
+        ];
+        let others = others_flows(&records, "a");
+        assert_eq!(others.by_server[&("web".to_owned(), "w1".to_owned())], 6);
+        assert_eq!(others.by_server[&("web".to_owned(), "w2".to_owned())], 1);
+        assert_eq!(others.counted_ms, 200);
+        assert_eq!(others_flows(&records[..1], "a").counted_ms, u64::MAX, "alone: nobody to wait for");
+    }
+}

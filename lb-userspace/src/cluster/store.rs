@@ -1,0 +1,236 @@
+//! The cluster's store (etcd): the only code that speaks to it. Its keys,
+//! under the config's `cluster.prefix`:
+//! - `<prefix>/states/<pool>/<server>`: the fleet's decision about a server
+//!   (a [`SharedState`], JSON). Written by a transaction that checks the
+//!   key's revision, so of two concurrent decisions one wins.
+//! - `<prefix>/nodes/<node>`: what a node publishes (a [`NodeRecord`],
+//!   JSON), under its lease: gone with the node.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    agent::shared::StoredState,
+    config::ClusterConfig,
+    servers::{Proposal, SharedState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the cluster store is unreachable ({endpoints}): {source}")]
+    Unreachable {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("cannot read the store's key {key}: {why}")]
+    Malformed { key: String, why: String },
+    #[error("cannot read the cluster's TLS file {path}: {source}")]
+    Tls {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a node publishes about itself (under its lease).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    /// The hash of its pools and services (the same config gives the same
+    /// server ids and Maglev rows on every node).
+    pub config_hash: String,
+    /// The store's revision whose states it applies.
+    pub revision: i64,
+    /// Its clock when it wrote this record (ms since the Unix epoch).
+    pub clock_ms: u64,
+    /// When its last count of flows started.
+    pub counted_at_ms: u64,
+    /// Its live flows, by "pool/server" (servers with none are left out).
+    pub flows: BTreeMap<String, u64>,
+    pub started_ms: u64,
+    /// Started while the store was unreachable: its states came from its
+    /// state file, until it syncs.
+    pub stale: bool,
+}
+
+/// How a decision fared.
+pub enum Recorded {
+    /// Recorded at this revision.
+    At(i64),
+    /// A server was changed meanwhile: nothing was recorded. Its state now.
+    Conflict(Vec<(String, String, Option<SharedState>)>),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl Store {
+    /// Connects to the store's members (lazily: a member down is tried
+    /// again at each request).
+    pub async fn connect(config: &ClusterConfig) -> Result<Store, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_timeout(config.timeout)
+            .with_keep_alive(config.timeout / 2, config.timeout);
+        if let Some(tls) = &config.tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| StoreError::Tls { path: path.display().to_string(), source })
+            };
+            let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(t);
+        }
+        let endpoints = config.endpoints.join(",");
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|source| StoreError::Unreachable { endpoints: endpoints.clone(), source })?;
+        Ok(Store { client, prefix: config.prefix.clone(), endpoints })
+    }
+
+    fn unreachable(&self) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
+        |source| StoreError::Unreachable { endpoints: self.endpoints.clone(), source }
+    }
+
+    fn states_prefix(&self) -> String {
+        format!("{}/states/", self.prefix)
+    }
+
+    fn state_key(&self, pool: &str, server: &str) -> String {
+        format!("{}/states/{pool}/{server}", self.prefix)
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+
+    /// Every server's state, and the store's revision they are as of.
+    pub async fn states(&self) -> Result<(Vec<StoredState>, i64), StoreError> {
+        let mut client = self.client.clone();
+        let answer = client
+            .get(self.states_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(self.unreachable())?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        let states = answer.kvs().iter().map(|kv| self.stored(kv)).collect::<Result<_, _>>()?;
+        Ok((states, revision))
+    }
+
+    fn stored(&self, kv: &etcd_client::KeyValue) -> Result<StoredState, StoreError> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let malformed = |why: String| StoreError::Malformed { key: key.clone(), why };
+        let rest = key.strip_prefix(&self.states_prefix()).ok_or_else(|| malformed("not a state's key".into()))?;
+        let (pool, server) = rest.split_once('/').ok_or_else(|| malformed("not <pool>/<server>".into()))?;
+        let state: SharedState = serde_json::from_slice(kv.value()).map_err(|e| malformed(e.to_string()))?;
+        Ok(StoredState { pool: pool.to_owned(), server: server.to_owned(), state, revision: kv.mod_revision() })
+    }
+
+    /// Records a decision in one transaction: every server's key must still
+    /// be at the revision the decision was made from.
+    pub async fn record(&self, proposals: &[Proposal]) -> Result<Recorded, StoreError> {
+        let keys: Vec<String> = proposals.iter().map(|p| self.state_key(&p.pool, &p.server)).collect();
+        let compares: Vec<Compare> = keys
+            .iter()
+            .zip(proposals)
+            .map(|(key, p)| Compare::mod_revision(key.as_str(), CompareOp::Equal, p.expected_revision))
+            .collect();
+        let mut puts = Vec::new();
+        for (key, p) in keys.iter().zip(proposals) {
+            let value = serde_json::to_vec(&p.state).expect("a state serializes");
+            puts.push(TxnOp::put(key.as_str(), value, None));
+        }
+        let gets: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
+        let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
+        let mut client = self.client.clone();
+        let answer = client.txn(txn).await.map_err(self.unreachable())?;
+        if answer.succeeded() {
+            return Ok(Recorded::At(answer.header().map_or(0, |h| h.revision())));
+        }
+        let mut now = Vec::new();
+        for (p, response) in proposals.iter().zip(answer.op_responses()) {
+            let TxnOpResponse::Get(get) = response else { continue };
+            let state = get.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok());
+            now.push((p.pool.clone(), p.server.clone(), state));
+        }
+        Ok(Recorded::Conflict(now))
+    }
+
+    /// The states' changes after `revision`.
+    pub async fn watch_states(&self, revision: i64) -> Result<WatchStream, StoreError> {
+        let mut client = self.client.clone();
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        client.watch(self.states_prefix(), Some(options)).await.map_err(self.unreachable())
+    }
+
+    /// The states a watch's answer carries (puts; a deleted key is no
+    /// decision, and is logged).
+    pub fn changed(&self, answer: &etcd_client::WatchResponse) -> Result<Vec<StoredState>, StoreError> {
+        let mut states = Vec::new();
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                etcd_client::EventType::Put => states.push(self.stored(kv)?),
+                etcd_client::EventType::Delete => {
+                    log::warn!(
+                        "the store's key {} was deleted: its server keeps its state",
+                        kv.key_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// A lease for this node's record, of `ttl_s` seconds.
+    pub async fn grant(&self, ttl_s: i64) -> Result<i64, StoreError> {
+        let mut client = self.client.clone();
+        Ok(client.lease_grant(ttl_s, None).await.map_err(self.unreachable())?.id())
+    }
+
+    /// Keeps `lease` alive once; false if it is gone (expired).
+    pub async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        let mut client = self.client.clone();
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.map_err(self.unreachable())?;
+        keeper.keep_alive().await.map_err(self.unreachable())?;
+        let answer = answers.message().await.map_err(self.unreachable())?;
+        Ok(answer.is_some_and(|a| a.ttl() > 0))
+    }
+
+    pub async fn put_node(&self, record: &NodeRecord, lease: i64) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        let value = serde_json::to_vec(record).expect("a record serializes");
+        client
+            .put(self.node_key(&record.node), value, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(self.unreachable())?;
+        Ok(())
+    }
+
+    /// Every live node's record.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut client = self.client.clone();
+        let prefix = format!("{}/nodes/", self.prefix);
+        let answer = client.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(self.unreachable())?;
+        answer
+            .kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Malformed {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    why: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}

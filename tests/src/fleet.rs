@@ -1,0 +1,76 @@
+//! Many balancer nodes sharing one store: three beds (each its client, its
+//! agent, its servers s1..sN with the same names and addresses, so the
+//! three configs are the same) and a three-member etcd reachable from every
+//! balancer namespace. A node is addressed directly, through its own bed's
+//! client.
+
+use std::time::{Duration, Instant};
+
+use lb_userspace::model::NodesView;
+
+use crate::{
+    bed::{Bed, bed_prepared},
+    config_file::ConfigFile,
+    store::Store,
+};
+
+/// Fields drop in order: the nodes (agents, servers, namespaces), then the store.
+pub struct Fleet {
+    pub nodes: Vec<Bed>,
+    pub store: Store,
+}
+
+/// The node names.
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+impl Fleet {
+    /// Three nodes of `n` servers each, on one store.
+    pub fn start(n: usize) -> Fleet {
+        let mut store = Store::start();
+        let mut nodes = Vec::new();
+        for node in NODES {
+            let endpoints = store.endpoints();
+            let configure = |c: ConfigFile| {
+                c.set("cluster.node", node).set("cluster.endpoints", endpoints).set("cluster.timeout", "2s")
+            };
+            let bed = bed_prepared(n, configure, |t| store.link(&t.lb));
+            nodes.push(bed);
+        }
+        let fleet = Fleet { nodes, store };
+        fleet.wait_all_see_each_other();
+        fleet
+    }
+
+    pub fn node(&self, name: &str) -> &Bed {
+        &self.nodes[NODES.iter().position(|n| *n == name).expect("a node's name")]
+    }
+
+    pub fn nodes_view(bed: &Bed) -> NodesView {
+        bed.agent.lb_json(&["nodes"])
+    }
+
+    /// Every node's record is seen by every node.
+    pub fn wait_all_see_each_other(&self) {
+        let start = Instant::now();
+        for bed in &self.nodes {
+            loop {
+                let view = Fleet::nodes_view(bed);
+                if view.nodes.iter().filter(|n| n.up).count() == NODES.len() {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "{} sees only {:?}", view.node, view.nodes);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until `server` of `pool` reads `want` on every node; returns
+    /// when the last one did.
+    pub fn wait_state_everywhere(&self, pool: &str, server: &str, want: &str, timeout: Duration) -> Instant {
+        let mut last = Instant::now();
+        for bed in &self.nodes {
+            last = bed.wait_state(pool, server, want, timeout);
+        }
+        last
+    }
+}
