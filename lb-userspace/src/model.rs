@@ -377,6 +377,10 @@ pub struct NodesView {
     pub store_reachable: bool,
     /// The store's revision whose states this node applies.
     pub revision: Option<i64>,
+    /// This node started while the store was unreachable and has not
+    /// synced since: its states came from its state file and may be stale.
+    #[serde(default)]
+    pub stale: bool,
     /// Every node seen since this one started, by name.
     pub nodes: Vec<NodeView>,
 }

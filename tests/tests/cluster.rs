@@ -88,3 +88,172 @@ fn each_disable_mode_through_one_node_takes_effect_on_every_node() {
         assert_eq!(drained, 1, "{:?}", node.events());
     }
 }
+
+#[test]
+fn without_quorum_nodes_forward_cut_at_the_deadlines_they_know_refuse_changes_then_resync() {
+    let mut fleet = Fleet::start(2);
+    let spared: Vec<Session> =
+        fleet.nodes.iter().map(|n| Session::start(n.connect_to("s2"), "s2", EVERY_100MS)).collect();
+    let cut: Vec<Session> = fleet.nodes.iter().map(|n| Session::start(n.connect_to("s1"), "s1", EVERY_100MS)).collect();
+    fleet.node("n1").lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "4s"]);
+    fleet.wait_state_everywhere("p7", "s1", "DRAINING (deadline)", Duration::from_secs(2));
+    let deadline_ms = fleet.node("n1").server("p7", "s1").deadline_ms.expect("a deadline");
+
+    // Two of three members stopped: no quorum.
+    fleet.store.kill_member(0);
+    fleet.store.kill_member(1);
+    let (ok, _, err) = fleet.node("n2").agent.lb(&["server", "disable", "p7", "s2", "--force"]);
+    assert!(!ok, "a change without quorum was accepted");
+    eprintln!("refused: {err}");
+    assert!(err.contains("the cluster store is unreachable; nothing was changed"), "{err}");
+    for node in &fleet.nodes {
+        assert_eq!(node.state("p7", "s2"), "ENABLED", "a refused change moved a state");
+        let names = node.new_connections(6);
+        assert!(names.iter().all(|n| n == "s2"), "new flows go on, to s2 only: {names:?}");
+        wait_for("the node says the store is unreachable", Duration::from_secs(10), || {
+            !Fleet::nodes_view(node).store_reachable
+        });
+    }
+    // The deadline every node knew is enforced without the store.
+    wait_for("s1's sessions reset at the deadline", Duration::from_secs(8), || cut.iter().all(|s| s.ended().is_some()));
+    assert!(wall_ms() >= deadline_ms);
+    fleet.wait_state_everywhere("p7", "s1", "DISABLED (deadline)", Duration::from_secs(2));
+    assert!(spared.iter().all(|s| s.ended().is_none()), "a session on s2 was hurt");
+
+    // Quorum back: the nodes resync on their own, and changes are taken again.
+    fleet.store.start_member(0);
+    fleet.store.start_member(1);
+    fleet.store.wait_healthy(Duration::from_secs(30));
+    for node in &fleet.nodes {
+        wait_for("the node syncs again", Duration::from_secs(15), || Fleet::nodes_view(node).store_reachable);
+    }
+    fleet.node("n3").lb(&["server", "enable", "p7", "s1"]);
+    fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(2));
+    assert!(spared.iter().all(|s| s.ended().is_none()), "a session on s2 was hurt");
+}
+
+/// Disables s1 (gracefully, with a deadline an hour away) or enables it
+/// through `node`, until the store takes it: a request the store could not
+/// confirm (its leader killed) is tried again only if its node does not
+/// show it, so none is lost and none is applied twice.
+fn change_until_taken(node: &testbed::bed::Bed, disable: bool) {
+    let args: &[&str] = if disable {
+        &["server", "disable", "p7", "s1", "--graceful", "--timeout", "1h"]
+    } else {
+        &["server", "enable", "p7", "s1"]
+    };
+    let want = if disable { "DRAINING (deadline)" } else { "ENABLED" };
+    let start = Instant::now();
+    loop {
+        let (ok, _, err) = node.agent.lb(args);
+        if ok {
+            return;
+        }
+        assert!(err.contains("the cluster store is unreachable"), "refused for another cause: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+        if node.state("p7", "s1") == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the store took no change for 30 s: {err}");
+    }
+}
+
+#[test]
+fn the_stores_leader_killed_during_changes_loses_none_and_applies_none_twice() {
+    let mut fleet = Fleet::start(2);
+    let session = Session::start(fleet.node("n2").connect_to("s2"), "s2", EVERY_100MS);
+    const CHANGES: usize = 12;
+    for i in 0..CHANGES {
+        if i == 4 {
+            let leader = fleet.store.leader();
+            eprintln!("killing the store's leader, member {leader}");
+            fleet.store.kill_member(leader);
+        }
+        change_until_taken(&fleet.nodes[i % 3], i % 2 == 0);
+    }
+    fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(5));
+    for node in &fleet.nodes {
+        let moves = node
+            .event_kinds_of("s1")
+            .into_iter()
+            .filter(|k| matches!(k, EventKind::Draining | EventKind::Enabled))
+            .count();
+        assert_eq!(moves, CHANGES, "each change applied once on every node: {:?}", node.events());
+    }
+    assert!(session.ended().is_none(), "a session on s2 was hurt");
+}
+
+#[test]
+fn a_starting_node_takes_the_stores_states_before_it_attaches_or_starts_stale_without_the_store() {
+    let mut fleet = Fleet::start(2);
+    fleet.nodes[2].agent.stop();
+    fleet.node("n1").lb(&["server", "disable", "p7", "s1"]);
+    fleet.nodes[2].agent.restart();
+    // Its first answer already has the fleet's state: it was applied before
+    // XDP was attached (the log says so in that order).
+    let n3 = fleet.node("n3");
+    assert_eq!(n3.state("p7", "s1"), "DISABLED (immediate)");
+    let log = n3.agent.log();
+    let (joined, attached) = (log.rfind("cluster: joined as node n3"), log.rfind("attached to"));
+    assert!(joined.is_some() && joined < attached, "joined after attaching:\n{log}");
+    let names = n3.new_connections(12);
+    assert!(!names.contains(&"s1".to_owned()), "a new flow reached s1 on the joining node: {names:?}");
+
+    // With the store unreachable, it starts from its state file and says
+    // it is stale, until the store answers again.
+    fleet.nodes[2].agent.stop();
+    for member in 0..testbed::store::MEMBERS {
+        fleet.store.kill_member(member);
+    }
+    fleet.nodes[2].agent.restart();
+    let n3 = fleet.node("n3");
+    assert_eq!(n3.state("p7", "s1"), "DISABLED (immediate)", "the state file's state");
+    let view = Fleet::nodes_view(n3);
+    assert!(view.stale && !view.store_reachable, "{view:?}");
+    assert!(n3.agent.log().contains("the states may be stale"), "{}", n3.agent.log());
+    for member in 0..testbed::store::MEMBERS {
+        fleet.store.start_member(member);
+    }
+    fleet.store.wait_healthy(Duration::from_secs(30));
+    wait_for("the node syncs and is stale no more", Duration::from_secs(15), || {
+        let view = Fleet::nodes_view(fleet.node("n3"));
+        view.store_reachable && !view.stale
+    });
+}
+
+#[test]
+fn a_node_killed_mid_drain_keeps_the_deadline_and_a_lost_nodes_flows_vanish_with_its_lease() {
+    let mut fleet = Fleet::start(2);
+    let session = Session::start(fleet.node("n3").connect_to("s1"), "s1", EVERY_100MS);
+    wait_for("n1 sees n3's flow", Duration::from_secs(5), || {
+        fleet.node("n1").server("p7", "s1").flows_by_node.get("n3").copied() == Some(1)
+    });
+    fleet.node("n1").lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "6s"]);
+    fleet.wait_state_everywhere("p7", "s1", "DRAINING (deadline)", Duration::from_secs(2));
+    let deadline_ms = fleet.node("n1").server("p7", "s1").deadline_ms.expect("a deadline");
+
+    // n3's agent is killed and started again mid-drain: XDP forwarded on
+    // meanwhile, and the restarted agent cuts at the same deadline.
+    fleet.nodes[2].agent.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(session.ended().is_none(), "the session broke with the agent");
+    fleet.nodes[2].agent.restart();
+    assert_eq!(fleet.node("n3").server("p7", "s1").deadline_ms, Some(deadline_ms));
+    wait_for("the session reset at the deadline", Duration::from_secs(10), || session.ended().is_some());
+    assert!(wall_ms() >= deadline_ms, "reset before the deadline");
+    fleet.wait_state_everywhere("p7", "s1", "DISABLED (deadline)", Duration::from_secs(2));
+
+    // n2 lost for good: its record, and its flows, vanish with its lease.
+    let _flow = fleet.node("n2").connect_to("s2");
+    wait_for("n1 sees n2's flow", Duration::from_secs(5), || {
+        fleet.node("n1").server("p7", "s2").flows_by_node.get("n2").copied() == Some(1)
+    });
+    fleet.nodes[1].agent.kill();
+    let killed = Instant::now();
+    wait_for("n2 gone from n1's view", Duration::from_secs(15), || {
+        let view = Fleet::nodes_view(fleet.node("n1"));
+        view.nodes.iter().any(|n| n.node == "n2" && !n.up)
+    });
+    eprintln!("n2's record gone {:?} after it was killed (lease 5 s)", killed.elapsed());
+    assert!(!fleet.node("n1").server("p7", "s2").flows_by_node.contains_key("n2"));
+}

@@ -267,7 +267,8 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let store = if view.store_reachable { "reachable" } else { "UNREACHABLE (changes are refused)" };
-    println!("this node: {}; store {store}; revision {}", view.node, view.revision.unwrap_or(0));
+    let stale = if view.stale { " (STALE: started from its state file, not synced since)" } else { "" };
+    println!("this node: {}; store {store}; revision {}{stale}", view.node, view.revision.unwrap_or(0));
     println!(
         "{:<16} {:<5} {:>9} {:>8} {:<17} {:>9} {:>12}",
         "NODE", "UP", "REVISION", "FLOWS", "CONFIG", "CLOCK", "LAST SYNC"

@@ -72,8 +72,8 @@ impl Cluster {
         let revision = match recorded {
             Ok(Ok(Recorded::At(revision))) => revision,
             Ok(Ok(Recorded::Conflict(now))) => return Err(conflict(&now)),
-            Ok(Err(e)) => return Err(unreachable(&e.to_string())),
-            Err(_) => return Err(unreachable(&format!("no answer within {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(unreachable(&late(&e.to_string()))),
+            Err(_) => return Err(unreachable(&late(&format!("no answer within {:?}", self.timeout)))),
         };
         let mut snapshots = snapshots.clone();
         let applied = snapshots.wait_for(|s| s.shared_revision.is_some_and(|r| r >= revision));
@@ -86,6 +86,12 @@ impl Cluster {
 
 fn unreachable(why: &str) -> ApiError {
     ApiError::new(ErrorCode::StoreUnreachable, format!("the cluster store is unreachable; nothing was changed ({why})"))
+}
+
+/// A request that timed out may still be recorded by a store that lost
+/// its leader mid-commit: said, so the operator reads before retrying.
+fn late(why: &str) -> String {
+    format!("{why}; should the store record it late, every node applies it then: read the state before retrying")
 }
 
 fn conflict(now: &[(String, String, Option<crate::servers::SharedState>)]) -> ApiError {

@@ -34,7 +34,8 @@ pub struct Presence {
     pub node: String,
     pub lease_ttl: Duration,
     pub started_ms: u64,
-    pub stale: bool,
+    /// Started without the store (cleared once it syncs).
+    pub stale: std::sync::atomic::AtomicBool,
     pub owner: OwnerHandle,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub reachable: watch::Receiver<bool>,
@@ -97,8 +98,16 @@ impl Presence {
             counted_at_ms: snapshot.counted_at_ms.unwrap_or(0),
             flows,
             started_ms: self.started_ms,
-            stale: self.stale && !*self.reachable.borrow(),
+            stale: self.stale_now(),
         }
+    }
+
+    /// Started without the store, and not synced since.
+    fn stale_now(&self) -> bool {
+        if *self.reachable.borrow() {
+            self.stale.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Writes this node's record if it changed (or for the heartbeat), and
@@ -192,6 +201,7 @@ impl Presence {
             node: self.node.clone(),
             store_reachable: reachable,
             revision: Some(this.revision),
+            stale: this.stale,
             nodes,
         }));
     }

@@ -376,7 +376,7 @@ fn follow_cluster(
         node: config.node.clone(),
         lease_ttl: config.lease,
         started_ms: now_ms(),
-        stale: revision.is_none(),
+        stale: revision.is_none().into(),
         owner: owner.clone(),
         snapshots: snapshots.clone(),
         reachable,
