@@ -257,3 +257,167 @@ fn a_node_killed_mid_drain_keeps_the_deadline_and_a_lost_nodes_flows_vanish_with
     eprintln!("n2's record gone {:?} after it was killed (lease 5 s)", killed.elapsed());
     assert!(!fleet.node("n1").server("p7", "s2").flows_by_node.contains_key("n2"));
 }
+
+/// An instance's server table and its services' Maglev rows, as pinned.
+fn tables_of(pin_dir: &std::path::Path) -> (Vec<lb_common::Server>, std::collections::BTreeMap<String, Vec<u32>>) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let servers: Array<MapData, lb_common::Server> =
+        Array::try_from(Map::Array(open(lb_common::map_name::SERVERS))).expect("the server table");
+    let servers: Vec<lb_common::Server> = (0..servers.len()).map(|i| servers.get(&i, 0).expect("a server")).collect();
+    let maglev: Array<MapData, u32> = Array::try_from(Map::Array(open(lb_common::map_name::MAGLEV))).expect("maglev");
+    let services: HashMap<MapData, lb_common::ServiceKey, lb_common::Service> =
+        HashMap::try_from(Map::HashMap(open(lb_common::map_name::SERVICES))).expect("services");
+    let mut rows = std::collections::BTreeMap::new();
+    for entry in services.iter() {
+        let (key, service) = entry.expect("a service");
+        let size = lb_common::MAGLEV_TABLE_SIZE;
+        let row: Vec<u32> =
+            (0..size).map(|i| maglev.get(&(service.index * size + i), 0).expect("a Maglev slot")).collect();
+        rows.insert(format!("{key:?}"), row);
+    }
+    (servers, rows)
+}
+
+#[test]
+fn three_nodes_give_every_server_the_same_id_and_build_the_same_maglev_rows() {
+    let fleet = Fleet::start(3);
+    fleet.node("n2").lb(&["server", "disable", "p7", "s2", "--graceful", "--until-drained"]);
+    fleet.wait_state_everywhere("p7", "s2", "DRAINING (until drained)", Duration::from_secs(2));
+    let tables: Vec<_> = fleet.nodes.iter().map(|n| tables_of(&n.agent.pin_dir())).collect();
+    let (servers, rows) = &tables[0];
+    assert!(servers.iter().filter(|s| s.state != lb_common::server_state::UNUSED).count() == 6, "{servers:?}");
+    assert_eq!(rows.len(), 2, "two services");
+    for (i, (other_servers, other_rows)) in tables.iter().enumerate().skip(1) {
+        assert!(servers == other_servers, "node {i}'s server table differs from n1's");
+        assert!(rows == other_rows, "node {i}'s Maglev rows differ from n1's");
+    }
+    // The same config hash everywhere, and every node says so.
+    for node in &fleet.nodes {
+        let view = Fleet::nodes_view(node);
+        assert!(view.nodes.iter().all(|n| n.same_config), "{view:?}");
+    }
+}
+
+#[test]
+fn a_node_with_another_config_says_so_and_a_decision_about_a_server_it_lacks_is_reported() {
+    let mut fleet = Fleet::start(2);
+    // n3 gets a config without s2 (the two others keep theirs).
+    let without = fleet.nodes[2].config.clone().without_server("p7", "s2");
+    fleet.nodes[2].write_config(&without);
+    fleet.nodes[2].lb(&["reload"]);
+    let n3_hash = wait_hash_differs(&fleet);
+    for node in &fleet.nodes {
+        wait_for("every node sees n3's other config", Duration::from_secs(5), || {
+            Fleet::nodes_view(node).nodes.iter().any(|n| n.node == "n3" && n.config_hash == n3_hash)
+        });
+    }
+    let view = Fleet::nodes_view(fleet.node("n1"));
+    let n3 = view.nodes.iter().find(|n| n.node == "n3").expect("n3");
+    assert!(!n3.same_config, "{view:?}");
+    let n1 = fleet.node("n1");
+    let metrics = n1.topology.lb.run(|| testbed::http::get(testbed::http::LOCAL_API, "/metrics", &[])).body;
+    assert!(metrics.contains("lb_cluster_config_mismatch 1"), "{metrics}");
+    let said = |bed: &testbed::bed::Bed| {
+        bed.events().iter().any(|e| e.kind == EventKind::Cluster && e.message.contains("node n3 runs another config"))
+    };
+    wait_for("n1 says n3's config differs", Duration::from_secs(5), || said(fleet.node("n1")));
+
+    // n3's removal of s2 is its own: s2 stays ENABLED on the others.
+    wait_for("s2 gone from n3", Duration::from_secs(5), || {
+        fleet.node("n3").event_kinds_of("s2").contains(&EventKind::Removed)
+    });
+    for node in &fleet.nodes[..2] {
+        assert_eq!(node.state("p7", "s2"), "ENABLED", "a node's own removal reached the fleet");
+    }
+    // A decision about s2, which n3 does not have: reported there.
+    fleet.node("n1").lb(&["server", "disable", "p7", "s2", "--graceful", "--until-drained"]);
+    wait_for("n3 reports the decision it cannot apply", Duration::from_secs(5), || {
+        fleet.node("n3").events().iter().any(|e| {
+            e.kind == EventKind::Cluster && e.subject.server_name() == Some("s2") && e.message.contains("does not have")
+        })
+    });
+}
+
+/// n3's config hash, once it differs from n1's.
+fn wait_hash_differs(fleet: &Fleet) -> String {
+    let mut hash = String::new();
+    wait_for("n3's config hash changes", Duration::from_secs(5), || {
+        let view = Fleet::nodes_view(fleet.node("n3"));
+        let own = |name: &str| view.nodes.iter().find(|n| n.node == name).map(|n| n.config_hash.clone());
+        hash = own("n3").unwrap_or_default();
+        own("n1").is_some_and(|h| h != hash) && !hash.is_empty()
+    });
+    hash
+}
+
+#[test]
+fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_the_other() {
+    use lb_userspace::{
+        cluster::store::{Recorded, Store as Client},
+        config::Config,
+        servers::{AdminState, Proposal, SharedState, Source},
+    };
+    let store = testbed::store::Store::start();
+    let config = Config::parse(
+        &format!("interfaces = [\"lo\"]\n[cluster]\nnode = \"n1\"\nendpoints = {:?}\n", store.endpoints()),
+        std::path::Path::new("test.toml"),
+    )
+    .expect("a cluster config");
+    let cluster = config.cluster.expect("the cluster section");
+    let decision = |by: &str, admin| Proposal {
+        pool: "p7".into(),
+        server: "s1".into(),
+        state: SharedState { admin, source: Source::Operator, by: by.into() },
+        expected_revision: 0,
+    };
+    let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
+    let cut = AdminState::Disabled { since_ms: 1, reason: lb_userspace::servers::DisableReason::Immediate };
+    let (first, second) = store.ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let client = Client::connect(&cluster).await.expect("connect");
+            let first = client.record(&[decision("n1", draining)]).await.expect("an answer");
+            let second = client.record(&[decision("n2", cut)]).await.expect("an answer");
+            (first, second)
+        })
+    });
+    assert!(matches!(first, Recorded::At(_)), "the first decision is taken");
+    let Recorded::Conflict(now) = second else { panic!("the second decision, made from the same revision, was taken") };
+    assert_eq!(now.len(), 1);
+    let (_, _, state) = &now[0];
+    let state = state.as_ref().expect("the state that won");
+    assert_eq!((state.admin, state.by.as_str()), (draining, "n1"), "told what won");
+    assert!(store.get("/lb/states/p7/s1").contains("\"by\":\"n1\""));
+}
+
+#[test]
+fn two_operators_changing_one_server_at_once_through_two_nodes_are_both_told_and_every_node_agrees() {
+    let fleet = Fleet::start(2);
+    let mut conflicts = 0;
+    for round in 0..8 {
+        let barrier = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                barrier.wait();
+                fleet.node("n1").agent.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "1h"])
+            });
+            let two = s.spawn(|| {
+                barrier.wait();
+                fleet.node("n2").agent.lb(&["server", "disable", "p7", "s1"])
+            });
+            (one.join().expect("n1's operator"), two.join().expect("n2's operator"))
+        });
+        for (ok, _, err) in [&a, &b] {
+            assert!(*ok || err.contains("changed meanwhile through another node"), "round {round}: {err}");
+        }
+        assert!(a.0 || b.0, "round {round}: neither change was taken");
+        conflicts += usize::from(!a.0) + usize::from(!b.0);
+        // Whatever won, every node shows it.
+        let want = fleet.node("n1").state("p7", "s1");
+        fleet.wait_state_everywhere("p7", "s1", &want, Duration::from_secs(2));
+        fleet.node("n3").lb(&["server", "enable", "p7", "s1"]);
+        fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(2));
+    }
+    eprintln!("{conflicts} of 16 changes refused as concurrent");
+}

@@ -52,14 +52,13 @@ impl<D: DatapathOps> Owner<D> {
     pub fn enforce_deadlines(&mut self, now_ms: u64) {
         let due: Vec<&ServerSlot> =
             self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
+        // In a cluster every node cuts the fleet's drains at the deadline on
+        // its own (it is the same instant everywhere), then records the
+        // cut: the first node's record stands.
+        let fleets = by_pool(due.iter().copied().filter(|s| self.fleets(s)).collect(), DisableReason::Deadline);
         let due = by_pool(due, DisableReason::Deadline);
-        // In a cluster every node cuts at the deadline on its own (it is
-        // the same instant everywhere), then records the cut: the first
-        // node's record stands.
-        if self.in_cluster() {
-            for (pool, plan) in &due {
-                self.propose(pool, plan, now_ms);
-            }
+        for (pool, plan) in fleets {
+            self.propose(&pool, &plan, now_ms);
         }
         self.end_drains(due, now_ms);
         let due: Vec<LeavingId> = self
@@ -117,18 +116,16 @@ impl<D: DatapathOps> Owner<D> {
             .draining()
             .filter(|s| matches!(s.admin, AdminState::Draining { since_ms, .. } if since_ms <= walk_started_ms))
             .filter(|s| self.counts.active.get(&s.id).copied().unwrap_or(0) == 0)
-            .filter(|s| !self.in_cluster() || self.fleet_drained(s))
             .collect();
-        let drained = by_pool(drained, DisableReason::Drained);
-        if self.in_cluster() {
-            // Drained when no node has a flow of it left: the store records
-            // it once, and every node applies it from there.
-            for (pool, plan) in &drained {
-                self.propose(pool, plan, now_ms);
-            }
-            return;
+        // The fleet's drains end when no node has a flow left: the store
+        // records it once, and every node applies it from there.
+        let (fleets, here): (Vec<&ServerSlot>, Vec<&ServerSlot>) = drained.into_iter().partition(|s| self.fleets(s));
+        let fleets = by_pool(fleets.into_iter().filter(|s| self.fleet_drained(s)).collect(), DisableReason::Drained);
+        let here = by_pool(here, DisableReason::Drained);
+        for (pool, plan) in fleets {
+            self.propose(&pool, &plan, now_ms);
         }
-        self.end_drains(drained, now_ms);
+        self.end_drains(here, now_ms);
     }
 
     /// In a cluster: whether the other nodes, counting after the drain

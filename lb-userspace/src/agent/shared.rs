@@ -17,7 +17,7 @@ use super::owner::{ControlError, Owner, Plan, decided_by};
 use crate::{
     datapath::ops::DatapathOps,
     model::{Change, EventKind, Subject},
-    servers::{self, Proposal, SharedState, Source, shared::toward},
+    servers::{self, AdminState, Proposal, ServerSlot, SharedState, Source, shared::toward},
 };
 
 /// A server, by (pool, name).
@@ -28,8 +28,9 @@ pub struct Shared {
     pub node: String,
     /// The store's revision last applied.
     pub revision: i64,
-    /// Each server's key's revision in the store, when last applied.
-    revisions: HashMap<ServerKey, i64>,
+    /// Each server's key's revision in the store, and the state it held,
+    /// when last applied.
+    records: HashMap<ServerKey, (i64, AdminState)>,
     /// Live flows of each server on the other nodes (none until known).
     others: Option<OthersFlows>,
     /// Where the owner's own proposals (a deadline's cut, a fleet drained)
@@ -50,7 +51,7 @@ pub struct OthersFlows {
 
 impl Shared {
     pub fn new(node: String, outbox: mpsc::UnboundedSender<Vec<Proposal>>) -> Shared {
-        Shared { node, revision: 0, revisions: HashMap::new(), others: None, outbox, proposed: HashSet::new() }
+        Shared { node, revision: 0, records: HashMap::new(), others: None, outbox, proposed: HashSet::new() }
     }
 }
 
@@ -103,7 +104,7 @@ impl<D: DatapathOps> Owner<D> {
                     source: decided_by(Some(source), admin != slot.admin, slot.source),
                     by: shared.node.clone(),
                 },
-                expected_revision: shared.revisions.get(&key).copied().unwrap_or(0),
+                expected_revision: shared.records.get(&key).map_or(0, |(revision, _)| *revision),
             });
         }
         Ok(decision)
@@ -120,7 +121,8 @@ impl<D: DatapathOps> Owner<D> {
             };
             let transition = toward(&slot.admin, &stored.state.admin, now_ms);
             if let Some(shared) = &mut self.shared {
-                shared.revisions.insert((stored.pool.clone(), stored.server.clone()), stored.revision);
+                let record = (stored.revision, stored.state.admin);
+                shared.records.insert((stored.pool.clone(), stored.server.clone()), record);
             }
             let (plan, sources) = plans.entry(stored.pool).or_default();
             plan.push((stored.server, transition));
@@ -180,8 +182,14 @@ impl<D: DatapathOps> Owner<D> {
             .then(|| others.by_server.get(&(pool.to_owned(), server.to_owned())).copied().unwrap_or(0))
     }
 
-    pub(super) fn in_cluster(&self) -> bool {
-        self.shared.is_some()
+    /// Whether a server's state is the fleet's (as the store recorded it),
+    /// so that the end of its drain is the fleet's too. A state this node
+    /// set alone (its config's removal of the server, a maintenance reply)
+    /// ends here, as on a node on its own.
+    pub(super) fn fleets(&self, server: &ServerSlot) -> bool {
+        let Some(shared) = &self.shared else { return false };
+        let key = (server.pool.clone(), server.name.clone());
+        shared.records.get(&key).is_some_and(|(_, admin)| *admin == server.admin)
     }
 
     /// Asks the store to record the end of drains this node found (each

@@ -16,7 +16,7 @@ use axum::{
 };
 
 use super::Web;
-use crate::model::{HealthStatus, PoolView, ReloadStatus, ServerState, Stats};
+use crate::model::{HealthStatus, NodesView, PoolView, ReloadStatus, ServerState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -26,7 +26,10 @@ pub async fn scrape(State(web): State<Arc<Web>>) -> Response {
     let snapshot = web.ops.snapshot();
     match web.ops.stats() {
         Ok(stats) => {
-            let text = render(&snapshot.instance, &pools, &stats);
+            let mut text = render(&snapshot.instance, &pools, &stats);
+            if let Ok(nodes) = web.ops.nodes() {
+                text.push_str(&cluster(&nodes));
+            }
             ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.message).into_response(),
@@ -62,6 +65,26 @@ pub fn render(instance: &str, pools: &[PoolView], stats: &Stats) -> String {
         out.sample("lb_flow_evictions_total", &[("kind", kind)], evicted);
     }
     reloads(&mut out, &stats.reloads);
+    out.text
+}
+
+/// In a cluster: the store, the nodes, and whose config differs.
+pub fn cluster(view: &NodesView) -> String {
+    let mut out = Exposition::default();
+    out.family("lb_cluster_store_reachable", "gauge", "Whether the cluster's store answers this node (1) or not (0).");
+    out.sample("lb_cluster_store_reachable", &[], u8::from(view.store_reachable));
+    out.family("lb_cluster_revision", "gauge", "The store's revision whose server states this node applies.");
+    out.sample("lb_cluster_revision", &[], view.revision.unwrap_or(0));
+    out.family("lb_cluster_node_up", "gauge", "Each node seen: its record is in the store (1) or gone (0).");
+    for node in &view.nodes {
+        out.sample("lb_cluster_node_up", &[("node", &node.node)], u8::from(node.up));
+    }
+    out.family(
+        "lb_cluster_config_mismatch",
+        "gauge",
+        "Nodes up whose config (services and pools) differs from this node's: their server ids and Maglev rows may differ.",
+    );
+    out.sample("lb_cluster_config_mismatch", &[], view.nodes.iter().filter(|n| n.up && !n.same_config).count());
     out.text
 }
 
