@@ -301,7 +301,7 @@ fn three_nodes_give_every_server_the_same_id_and_build_the_same_maglev_rows() {
 
 #[test]
 fn a_node_with_another_config_says_so_and_a_decision_about_a_server_it_lacks_is_reported() {
-    let mut fleet = Fleet::start(2);
+    let fleet = Fleet::start(2);
     // n3 gets a config without s2 (the two others keep theirs).
     let without = fleet.nodes[2].config.clone().without_server("p7", "s2");
     fleet.nodes[2].write_config(&without);

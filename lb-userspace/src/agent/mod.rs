@@ -19,5 +19,7 @@ pub mod reload;
 mod reload_tests;
 pub mod runtime;
 pub mod shared;
+#[cfg(test)]
+mod shared_tests;
 pub mod snapshot;
 pub mod state_file;

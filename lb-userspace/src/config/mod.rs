@@ -249,6 +249,9 @@ impl Config {
         check("http.listen", listen(self), listen(new));
         let token = |c: &Config| c.http.token_file.as_ref().map_or("none".to_owned(), |p| p.display().to_string());
         check("http.token_file", token(self), token(new));
+        // Joining or leaving a cluster, or another store: the start joins.
+        let cluster = |c: &Config| c.cluster.as_ref().map_or("none".to_owned(), |k| format!("{k:?}"));
+        check("cluster", cluster(self), cluster(new));
         differ
     }
 
@@ -388,6 +391,33 @@ mod tests {
             c.restart_needed(&new),
             ["interfaces: veth0,veth1 -> veth0,veth1,veth2", "flows.max: 65536 -> 131072"]
         );
+    }
+
+    #[test]
+    fn a_cluster_section_parses_with_defaults_and_every_bad_setting_is_refused_with_its_key_path() {
+        let with = |section: &str| format!("{GOOD}\n[cluster]\n{section}\n");
+        let c = Config::parse(&with("node = \"n1\"\nendpoints = [\"http://10.0.9.1:2379\"]"), Path::new("lb.toml"))
+            .expect("valid cluster section");
+        let cluster = c.cluster.as_ref().expect("a cluster");
+        assert_eq!((cluster.node.as_str(), cluster.prefix.as_str()), ("n1", "/lb"));
+        assert_eq!(
+            (cluster.timeout, cluster.lease, cluster.tls.is_none()),
+            (Duration::from_secs(2), Duration::from_secs(5), true)
+        );
+        assert!(Config::parse(GOOD, Path::new("lb.toml")).expect("valid").cluster.is_none(), "alone by default");
+        let p = problems(&with("endpoints = []\nprefix = \"lb/\"\nlease = \"1s\""));
+        assert!(p.iter().any(|p| p.starts_with("cluster.node: missing node name")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("cluster.endpoints: name at least one")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("cluster.prefix:")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("cluster.lease: must be at least 2s")), "{p:?}");
+        let p = problems(&with("node = \"n1\"\nendpoints = [\"10.0.9.1:2379\"]\ncert_file = \"c.pem\""));
+        assert!(p.iter().any(|p| p.starts_with("cluster.endpoints[0]:")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("cluster.cert_file: cert_file and key_file go together")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("cluster.ca_file:")), "{p:?}");
+        let p = problems(&with("node = \"n1\"\nendpoints = [\"http://a:2379\"]\nca_file = \"ca.pem\""));
+        assert!(p.iter().any(|p| p.contains("must start with https://")), "{p:?}");
+        // Joining or leaving a cluster takes a restart.
+        assert_eq!(Config::parse(GOOD, Path::new("lb.toml")).unwrap().restart_needed(&c).len(), 1);
     }
 
     #[test]

@@ -177,7 +177,7 @@ fn start(
         owner.config().api_socket.display()
     );
 
-    let result = runtime.block_on(serve(owner, config_path, listener, http, readers, signals, cluster, startup));
+    let result = runtime.block_on(serve(owner, config_path, (listener, http), readers, signals, cluster, startup));
     stop_clock.store(true, Ordering::Relaxed);
     let _ = clock.join();
     // XDP stays attached (its links are pinned): forwarding goes on with the
@@ -255,8 +255,7 @@ fn http_token(config: &Config) -> anyhow::Result<Option<String>> {
 async fn serve(
     mut owner: Owner<Live>,
     config_path: PathBuf,
-    listener: StdUnixListener,
-    http: Option<HttpListener>,
+    (listener, http): (StdUnixListener, Option<HttpListener>),
     readers: Readers,
     signals: Signals,
     cluster: Option<Joining>,
