@@ -179,6 +179,9 @@ fn change_until_taken(node: &testbed::bed::Bed, disable: bool) {
 fn the_stores_leader_killed_during_changes_loses_none_and_applies_none_twice() {
     let mut fleet = Fleet::start(2);
     let session = Session::start(fleet.node("n2").connect_to("s2"), "s2", EVERY_100MS);
+    // A flow on s1 keeps each drain going (one with no flow left would end
+    // on its own, drained, racing the next change).
+    let _keeps_draining = Session::start(fleet.node("n1").connect_to("s1"), "s1", EVERY_100MS);
     const CHANGES: usize = 12;
     for i in 0..CHANGES {
         if i == 4 {
@@ -299,10 +302,10 @@ fn tables_of(pin_dir: &std::path::Path) -> (Vec<lb_common::Server>, std::collect
 #[test]
 fn three_nodes_give_every_server_the_same_id_and_build_the_same_maglev_rows() {
     let fleet = Fleet::start(3);
-    // A state that stays put (a drain with no flow and no deadline would
-    // end between two nodes' dumps).
-    fleet.node("n2").lb(&["server", "disable", "p7", "s2", "--graceful", "--timeout", "1h"]);
-    fleet.wait_state_everywhere("p7", "s2", "DRAINING (deadline)", Duration::from_secs(2));
+    // A state that stays put (a drain with no flow left ends, as drained,
+    // maybe between two nodes' dumps).
+    fleet.node("n2").lb(&["server", "disable", "p7", "s2"]);
+    fleet.wait_state_everywhere("p7", "s2", "DISABLED (immediate)", Duration::from_secs(2));
     let tables: Vec<_> = fleet.nodes.iter().map(|n| tables_of(&n.agent.pin_dir())).collect();
     let (servers, rows) = &tables[0];
     assert!(servers.iter().filter(|s| s.state != lb_common::server_state::UNUSED).count() == 6, "{servers:?}");
@@ -469,6 +472,8 @@ fn a_change_reaches_every_nodes_datapath_figures() {
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         status[0]["Status"]["header"]["revision"].as_i64().expect("a revision")
     };
+    // A flow on s1 keeps each drain going (see above).
+    let _keeps_draining = Session::start(fleet.node("n1").connect_to("s1"), "s1", EVERY_100MS);
     let before = revision();
     const CHANGES: usize = 100;
     let mut trips = Vec::new();
