@@ -125,6 +125,8 @@ type Marked = (Vec<Change>, HashSet<u32>, HashSet<String>);
 
 pub struct Owner<D> {
     pub(super) config: Config,
+    /// `config.fleet_hash()`, kept with it (snapshots carry it).
+    pub(super) config_hash: String,
     pub(super) dp: D,
     pub(super) servers: ServerTable,
     pub(super) services: Vec<ServiceSlot>,
@@ -144,6 +146,7 @@ pub struct Owner<D> {
 impl<D: DatapathOps> Owner<D> {
     pub fn new(config: Config, dp: D, servers: ServerTable, services: Vec<ServiceSlot>) -> Owner<D> {
         Owner {
+            config_hash: config.fleet_hash(),
             config,
             dp,
             servers,
@@ -517,7 +520,7 @@ impl<D: DatapathOps> Owner<D> {
             counted_at_ms: self.counts.at_ms,
             events: self.events.shared(),
             reloads: self.reloads,
-            config_hash: self.config.fleet_hash(),
+            config_hash: self.config_hash.clone(),
             shared_revision: self.shared_revision(),
         }
     }

@@ -323,6 +323,7 @@ impl<D: DatapathOps> Owner<D> {
             .collect();
         self.servers = tables.servers;
         self.services = tables.services;
+        self.config_hash = new.fleet_hash();
         self.config = new;
         for slot in self.servers.iter_mut().filter(|s| !s.removing) {
             slot.config_enabled = self.config.server(&slot.pool, &slot.name).is_none_or(|l| l.enabled);
