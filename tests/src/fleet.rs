@@ -26,12 +26,28 @@ pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 impl Fleet {
     /// Three nodes of `n` servers each, on one store.
     pub fn start(n: usize) -> Fleet {
-        let mut store = Store::start();
+        Fleet::on(Store::start(), n)
+    }
+
+    /// Three nodes on a store that requires TLS client certificates.
+    pub fn start_tls(n: usize) -> Fleet {
+        Fleet::on(Store::start_tls(), n)
+    }
+
+    fn on(mut store: Store, n: usize) -> Fleet {
         let mut nodes = Vec::new();
         for node in NODES {
             let endpoints = store.endpoints();
+            let tls = store.tls().cloned();
             let configure = |c: ConfigFile| {
-                c.set("cluster.node", node).set("cluster.endpoints", endpoints).set("cluster.timeout", "2s")
+                let c = c.set("cluster.node", node).set("cluster.endpoints", endpoints).set("cluster.timeout", "2s");
+                match tls {
+                    None => c,
+                    Some(tls) => c
+                        .set("cluster.ca_file", tls.ca.display().to_string())
+                        .set("cluster.cert_file", tls.client_cert.display().to_string())
+                        .set("cluster.key_file", tls.client_key.display().to_string()),
+                }
             };
             let bed = bed_prepared(n, configure, |t| store.link(&t.lb));
             nodes.push(bed);

@@ -509,3 +509,22 @@ fn a_change_reaches_every_nodes_datapath_figures() {
         writes as f64 / CHANGES as f64
     );
 }
+
+#[test]
+fn a_store_that_requires_tls_client_certificates_serves_nodes_that_present_theirs() {
+    let fleet = Fleet::start_tls(2);
+    // The store refuses a client without a certificate...
+    let refused = fleet.store.etcdctl_without_certificate(&["get", "--prefix", "/lb"]).output().expect("etcdctl");
+    assert!(!refused.status.success(), "a client without a certificate was served");
+    // ...and the nodes, with theirs, share decisions through it.
+    fleet.node("n2").lb(&["server", "disable", "p7", "s1", "--graceful", "--until-drained"]);
+    fleet.wait_state_everywhere("p7", "s1", "DISABLED (drained)", Duration::from_secs(5));
+    let stored = fleet.store.get("/lb/states/p7/s1");
+    assert!(stored.contains("\"reason\":\"drained\""), "the store holds the fleet's end of the drain: {stored}");
+    fleet.node("n3").lb(&["server", "enable", "p7", "s1"]);
+    fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(2));
+    for node in &fleet.nodes {
+        let view = Fleet::nodes_view(node);
+        assert!(view.store_reachable && !view.stale, "{view:?}");
+    }
+}
