@@ -273,6 +273,11 @@ pub struct HealthView {
     /// Its replies say it is in maintenance.
     pub maintenance: bool,
     pub last_check: Option<CheckView>,
+    /// In a cluster: what each live node's own monitors find ("UP",
+    /// "DOWN (refused)"); the status above is the fleet's (see
+    /// docs/cluster.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_node: BTreeMap<String, String>,
 }
 
 impl HealthView {
@@ -400,6 +405,9 @@ pub struct NodeView {
     pub flows: u64,
     /// Its live flows by "pool/server".
     pub flows_by_server: BTreeMap<String, u64>,
+    /// The servers its own monitors find DOWN, by "pool/server".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub down: BTreeMap<String, DownReason>,
     /// Its clock minus this node's, as its last record showed (within the
     /// store's polling interval, a quarter second).
     pub clock_offset_ms: Option<i64>,
@@ -535,6 +543,7 @@ mod tests {
             fail_open: false,
             maintenance: false,
             last_check: None,
+            by_node: Default::default(),
         };
         let json = serde_json::to_value(&health).unwrap();
         assert_eq!((json["status"].as_str(), json["reason"]["kind"].as_str()), (Some("down"), Some("wrong_status")));

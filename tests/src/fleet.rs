@@ -11,8 +11,13 @@ use lb_userspace::model::NodesView;
 use crate::{
     bed::{Bed, bed_prepared},
     config_file::ConfigFile,
+    health_server::HealthServer,
     store::Store,
+    topology::Topology,
 };
+
+/// The port of the servers' health endpoints in a monitored fleet.
+pub const HEALTH_PORT: u16 = 8080;
 
 /// Fields drop in order: the nodes (agents, servers, namespaces), then the store.
 pub struct Fleet {
@@ -26,15 +31,44 @@ pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 impl Fleet {
     /// Three nodes of `n` servers each, on one store.
     pub fn start(n: usize) -> Fleet {
-        Fleet::on(Store::start(), n)
+        Fleet::on(Store::start(), n, &|c| c, &mut |_| {})
     }
 
     /// Three nodes on a store that requires TLS client certificates.
     pub fn start_tls(n: usize) -> Fleet {
-        Fleet::on(Store::start_tls(), n)
+        Fleet::on(Store::start_tls(), n, &|c| c, &mut |_| {})
     }
 
-    fn on(mut store: Store, n: usize) -> Fleet {
+    /// Three nodes whose pool p7 has an http monitor (every 300 ms, rise
+    /// and fall 2, a 503 means maintenance, drained for at most 20 s), each
+    /// server with its health endpoint: by node, by server.
+    pub fn monitored(n: usize) -> (Fleet, Vec<Vec<HealthServer>>) {
+        let mut health = Vec::new();
+        let monitor = |c: ConfigFile| {
+            let settings: [(&str, toml::Value); 7] = [
+                ("kind", "http".into()),
+                ("interval", "300ms".into()),
+                ("timeout", "200ms".into()),
+                ("rise", 2.into()),
+                ("fall", 2.into()),
+                ("port", i64::from(HEALTH_PORT).into()),
+                ("maintenance_codes", vec![503].into()),
+            ];
+            c.set("pools.p7.maintenance_timeout", "20s").monitor("p7", settings)
+        };
+        let mut prepare = |t: &Topology| {
+            health.push(t.servers.iter().map(|s| HealthServer::start(&s.ns, HEALTH_PORT)).collect());
+        };
+        let fleet = Fleet::on(Store::start(), n, &monitor, &mut prepare);
+        (fleet, health)
+    }
+
+    fn on(
+        mut store: Store,
+        n: usize,
+        extra: &dyn Fn(ConfigFile) -> ConfigFile,
+        prepare: &mut dyn FnMut(&Topology),
+    ) -> Fleet {
         let mut nodes = Vec::new();
         for node in NODES {
             let endpoints = store.endpoints();
@@ -49,7 +83,14 @@ impl Fleet {
                         .set("cluster.key_file", tls.client_key.display().to_string()),
                 }
             };
-            let bed = bed_prepared(n, configure, |t| store.link(&t.lb));
+            let bed = bed_prepared(
+                n,
+                |c| extra(configure(c)),
+                |t| {
+                    store.link(&t.lb);
+                    prepare(t);
+                },
+            );
             nodes.push(bed);
         }
         let fleet = Fleet { nodes, store };

@@ -6,10 +6,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lb_userspace::model::{EventKind, ServerState, Why};
+use lb_userspace::model::{EventKind, HealthStatus, HealthView, ServerState, Why};
 use testbed::{
-    bed::{EVERY_100MS, wait_for},
+    bed::{Bed, EVERY_100MS, wait_for},
     fleet::Fleet,
+    health_server::Reply,
     servers::Session,
 };
 
@@ -527,4 +528,72 @@ fn a_store_that_requires_tls_client_certificates_serves_nodes_that_present_their
         let view = Fleet::nodes_view(node);
         assert!(view.store_reachable && !view.stale, "{view:?}");
     }
+}
+
+fn health_of(bed: &Bed, server: &str) -> HealthView {
+    bed.server("p7", server).health.unwrap_or_else(|| panic!("{server} is not monitored"))
+}
+
+fn wait_health_everywhere(fleet: &Fleet, server: &str, want: HealthStatus) {
+    wait_for(&format!("{server} {want:?} on every node"), Duration::from_secs(10), || {
+        fleet.nodes.iter().all(|n| health_of(n, server).status == want)
+    });
+}
+
+#[test]
+fn a_server_is_down_for_the_fleet_when_most_live_nodes_find_it_down_and_each_nodes_view_is_shown() {
+    let (fleet, health) = Fleet::monitored(2);
+    wait_health_everywhere(&fleet, "s1", HealthStatus::Up);
+
+    // n1's own monitors find s1 DOWN: one node of three, s1 stays UP on
+    // every node, n1 included; each node shows n1's view.
+    health[0][0].set(Reply::Off);
+    wait_for("every node shows n1's view of s1", Duration::from_secs(10), || {
+        fleet.nodes.iter().all(|n| health_of(n, "s1").by_node.get("n1").is_some_and(|v| v.starts_with("DOWN")))
+    });
+    for node in &fleet.nodes {
+        let h = health_of(node, "s1");
+        assert_eq!(h.status, HealthStatus::Up, "one node of three took s1 out: {h:?}");
+        assert_eq!(h.by_node.get("n2").map(String::as_str), Some("UP"), "{h:?}");
+    }
+    let names = fleet.node("n1").new_connections(12);
+    assert!(names.contains(&"s1".to_owned()), "n1 follows the fleet's verdict, not its own: {names:?}");
+
+    // n2's too: two of three, DOWN on every node, n3 included (whose own
+    // monitors find it UP); no new flow reaches it anywhere.
+    health[1][0].set(Reply::Off);
+    wait_health_everywhere(&fleet, "s1", HealthStatus::Down);
+    for node in &fleet.nodes {
+        let names = node.new_connections(12);
+        assert!(!names.contains(&"s1".to_owned()), "a new flow reached s1, DOWN for the fleet: {names:?}");
+    }
+    let n3 = fleet.node("n3");
+    assert_eq!(health_of(n3, "s1").by_node.get("n3").map(String::as_str), Some("UP"));
+    let said: Vec<String> = n3.events().into_iter().filter(|e| e.kind == EventKind::Down).map(|e| e.message).collect();
+    assert!(said.iter().any(|m| m.contains("2 of 3 nodes find it DOWN")), "{said:?}");
+
+    // n1 finds it UP again: one of three, UP on every node.
+    health[0][0].set(Reply::Ok);
+    wait_health_everywhere(&fleet, "s1", HealthStatus::Up);
+}
+
+#[test]
+fn a_maintenance_reply_seen_by_one_node_drains_the_server_on_every_node_with_one_deadline() {
+    let (fleet, health) = Fleet::monitored(2);
+    wait_health_everywhere(&fleet, "s1", HealthStatus::Up);
+    // A live flow on every node keeps the drain going until its deadline.
+    let sessions: Vec<Session> =
+        fleet.nodes.iter().map(|n| Session::start(n.connect_to("s1"), "s1", EVERY_100MS)).collect();
+    // Only n3 reaches s1's maintenance reply: the fleet drains it.
+    health[2][0].set(Reply::Status(503));
+    fleet.wait_state_everywhere("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(10));
+    let deadlines: Vec<Option<u64>> = fleet.nodes.iter().map(|n| n.server("p7", "s1").deadline_ms).collect();
+    assert!(deadlines[0].is_some() && deadlines.iter().all(|d| *d == deadlines[0]), "deadlines {deadlines:?}");
+    let stored = fleet.store.get("/lb/states/p7/s1");
+    assert!(stored.contains("\"source\":\"monitor\"") && stored.contains("\"by\":\"n3\""), "{stored}");
+    assert!(sessions.iter().all(|s| s.ended().is_none()), "a draining session broke");
+    // Normal replies: back in service on every node.
+    health[2][0].set(Reply::Ok);
+    fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(10));
+    assert!(sessions.iter().all(|s| s.ended().is_none()), "a session broke");
 }

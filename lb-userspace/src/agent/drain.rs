@@ -58,7 +58,7 @@ impl<D: DatapathOps> Owner<D> {
         let fleets = by_pool(due.iter().copied().filter(|s| self.fleets(s)).collect(), DisableReason::Deadline);
         let due = by_pool(due, DisableReason::Deadline);
         for (pool, plan) in fleets {
-            self.propose(&pool, &plan, now_ms);
+            self.propose(&pool, &plan, None, now_ms);
         }
         self.end_drains(due, now_ms);
         let due: Vec<LeavingId> = self
@@ -123,7 +123,7 @@ impl<D: DatapathOps> Owner<D> {
         let fleets = by_pool(fleets.into_iter().filter(|s| self.fleet_drained(s)).collect(), DisableReason::Drained);
         let here = by_pool(here, DisableReason::Drained);
         for (pool, plan) in fleets {
-            self.propose(&pool, &plan, now_ms);
+            self.propose(&pool, &plan, None, now_ms);
         }
         self.end_drains(here, now_ms);
     }

@@ -18,8 +18,18 @@ use crate::{
     datapath::ops::DatapathOps,
     health::{CheckPlan, CheckTarget, tally::Change},
     model::{EventKind, Subject},
-    servers::{AdminState, ServerSlot, Source, Transition, health::Down},
+    servers::{
+        AdminState, ServerSlot, Source, Transition,
+        health::{Down, DownReason},
+    },
 };
+
+/// Why a server is to be DOWN: one reason found, and in a cluster how many
+/// of how many live nodes find it so.
+pub struct HealthVerdict {
+    pub reason: DownReason,
+    pub seen_by: Option<(usize, usize)>,
+}
 
 /// A server's datapath code and whether it takes new flows.
 type Written = Vec<(u32, u8, bool)>;
@@ -34,36 +44,53 @@ impl<D: DatapathOps> Owner<D> {
         let id = slot.id;
         match change {
             Change::Down { reason } => {
-                let before = self.written(pool);
-                let slot = self.servers.get_mut(id).expect("found");
-                slot.health.down = Some(Down { since_ms: now_ms, reason: reason.clone(), cut: false });
-                let what = if slot.admin == AdminState::Enabled { "no new flows" } else { "it is out of service" };
-                self.events.push(
-                    now_ms,
-                    Subject::server(pool, server),
-                    EventKind::Down,
-                    format!("DOWN: {reason}; {what}"),
-                );
-                log::warn!("{pool}/{server} is DOWN: {reason}");
-                self.settle(pool, before, now_ms);
+                self.servers.get_mut(id).expect("found").health.seen_down = Some(reason);
+                self.follow_health(pool, id, now_ms);
             }
             Change::Up => {
-                let before = self.written(pool);
-                self.servers.get_mut(id).expect("found").health.down = None;
-                self.events.push(
-                    now_ms,
-                    Subject::server(pool, server),
-                    EventKind::Up,
-                    "UP: takes new flows again".to_owned(),
-                );
-                log::info!("{pool}/{server} is UP");
-                self.settle(pool, before, now_ms);
+                self.servers.get_mut(id).expect("found").health.seen_down = None;
+                self.follow_health(pool, id, now_ms);
             }
             Change::MaintenanceBegins { matched, announced } => {
                 self.maintenance_begins(pool, id, &matched, announced, now_ms)
             }
             Change::MaintenanceEnds => self.maintenance_ends(pool, id, now_ms),
         }
+    }
+
+    /// Brings a server's applied health to the verdict: its own monitors'
+    /// on a node alone, the fleet's rule in a cluster.
+    pub(super) fn follow_health(&mut self, pool: &str, id: u32, now_ms: u64) {
+        let Some(slot) = self.servers.get(id) else { return };
+        match (self.health_verdict(slot), slot.health.down.is_some()) {
+            (Some(verdict), false) => self.mark_down(pool, id, verdict, now_ms),
+            (None, true) => self.mark_up(pool, id, now_ms),
+            (Some(_), true) | (None, false) => {}
+        }
+    }
+
+    fn mark_down(&mut self, pool: &str, id: u32, verdict: HealthVerdict, now_ms: u64) {
+        let before = self.written(pool);
+        let slot = self.servers.get_mut(id).expect("found");
+        let reason = verdict.reason;
+        slot.health.down = Some(Down { since_ms: now_ms, reason: reason.clone(), cut: false });
+        let what = if slot.admin == AdminState::Enabled { "no new flows" } else { "it is out of service" };
+        let fleet = verdict.seen_by.map(|(n, of)| format!(" ({n} of {of} nodes find it DOWN)")).unwrap_or_default();
+        let (name, message) = (slot.name.clone(), format!("DOWN: {reason}{fleet}; {what}"));
+        log::warn!("{pool}/{name} is {message}");
+        self.events.push(now_ms, Subject::server(pool, &name), EventKind::Down, message);
+        self.settle(pool, before, now_ms);
+    }
+
+    fn mark_up(&mut self, pool: &str, id: u32, now_ms: u64) {
+        let before = self.written(pool);
+        let slot = self.servers.get_mut(id).expect("found");
+        slot.health.down = None;
+        let name = slot.name.clone();
+        let message = "UP: takes new flows again".to_owned();
+        self.events.push(now_ms, Subject::server(pool, &name), EventKind::Up, message);
+        log::info!("{pool}/{name} is UP");
+        self.settle(pool, before, now_ms);
     }
 
     /// Each server of `pool`: its code, and whether it takes new flows.
@@ -201,6 +228,9 @@ impl<D: DatapathOps> Owner<D> {
         self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
         let deadline_ms = timeout.map(|t| now_ms + t.as_millis() as u64);
         let plan = vec![(name, Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms }))];
+        if self.with_fleet() {
+            return self.propose(pool, &plan, Some(Source::Monitor), now_ms);
+        }
         if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
             log::error!("cannot drain {pool} for maintenance: {e}");
         }
@@ -224,6 +254,9 @@ impl<D: DatapathOps> Owner<D> {
             "normal replies again: back in service".to_owned(),
         );
         let plan = vec![(name, Transition::Enable)];
+        if self.with_fleet() {
+            return self.propose(pool, &plan, Some(Source::Monitor), now_ms);
+        }
         if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
             log::error!("cannot put {pool} back after maintenance: {e}");
         }

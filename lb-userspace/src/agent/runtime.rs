@@ -20,7 +20,7 @@ use tokio::{
 use super::{
     owner::{ControlError, Owner},
     reload::ReloadOptions,
-    shared::{Decision, OthersFlows, StoredState},
+    shared::{Decision, Others, StoredState},
     snapshot::Snapshot,
 };
 use crate::{
@@ -77,7 +77,7 @@ pub enum Command {
         revision: i64,
     },
     /// In a cluster: the other nodes' live flows (none: not known).
-    OthersFlows(Option<OthersFlows>),
+    Others(Option<Others>),
     /// In a cluster: something the operator must know (an event).
     Note(String),
 }
@@ -134,8 +134,8 @@ impl OwnerHandle {
         let _ = self.commands.send(Command::ApplyShared { states, revision }).await;
     }
 
-    pub async fn others_flows(&self, others: Option<OthersFlows>) {
-        let _ = self.commands.send(Command::OthersFlows(others)).await;
+    pub async fn others(&self, others: Option<Others>) {
+        let _ = self.commands.send(Command::Others(others)).await;
     }
 
     pub async fn note(&self, message: String) {
@@ -213,7 +213,7 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
         Command::Reload { options, reply } => return answer(reload(owner, config_path, options), reply),
         Command::Decide { intent, reply } => return answer(decide(owner, intent), reply),
         Command::ApplyShared { states, revision } => return owner.apply_shared(states, revision, now_ms()),
-        Command::OthersFlows(others) => return owner.set_others_flows(others),
+        Command::Others(others) => return owner.set_others(others, now_ms()),
         Command::Note(message) => return owner.note(message, now_ms()),
     };
     answer(result, reply);

@@ -13,11 +13,14 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::mpsc;
 
-use super::owner::{ControlError, Owner, Plan, decided_by};
+use super::{
+    health::HealthVerdict,
+    owner::{ControlError, Owner, Plan, decided_by},
+};
 use crate::{
     datapath::ops::DatapathOps,
     model::{Change, EventKind, Subject},
-    servers::{self, AdminState, Proposal, ServerSlot, SharedState, Source, shared::toward},
+    servers::{self, AdminState, Proposal, ServerSlot, SharedState, Source, health::DownReason, shared::toward},
 };
 
 /// A server, by (pool, name).
@@ -31,8 +34,9 @@ pub struct Shared {
     /// Each server's key's revision in the store, and the state it held,
     /// when last applied.
     records: HashMap<ServerKey, (i64, AdminState)>,
-    /// Live flows of each server on the other nodes (none until known).
-    others: Option<OthersFlows>,
+    /// What the other live nodes published (none until known, or while
+    /// the store does not answer).
+    others: Option<Others>,
     /// Where the owner's own proposals (a deadline's cut, a fleet drained)
     /// go to be recorded in the store.
     outbox: mpsc::UnboundedSender<Vec<Proposal>>,
@@ -40,13 +44,18 @@ pub struct Shared {
     proposed: HashSet<(ServerKey, i64)>,
 }
 
-/// The other live nodes' flows, as they last published them.
+/// The other live nodes' flows and health verdicts, as they last
+/// published them.
 #[derive(Clone, Debug, Default)]
-pub struct OthersFlows {
+pub struct Others {
+    /// How many other nodes are live (their record is under a live lease).
+    pub live: usize,
     pub by_server: HashMap<ServerKey, u64>,
     /// The oldest of their counts (ms since the Unix epoch): a drain is
     /// over only once every node counted after it began.
     pub counted_ms: u64,
+    /// The servers some of them find DOWN: how many, and one's reason.
+    pub down: HashMap<ServerKey, (usize, DownReason)>,
 }
 
 impl Shared {
@@ -167,10 +176,43 @@ impl<D: DatapathOps> Owner<D> {
         self.events.push(now_ms, Subject::Agent, EventKind::Cluster, message);
     }
 
-    /// What the other nodes last published of their flows.
-    pub fn set_others_flows(&mut self, others: Option<OthersFlows>) {
+    /// What the other nodes last published: their flows (for the ends of
+    /// drains) and their monitors' verdicts (for the fleet's health).
+    pub fn set_others(&mut self, others: Option<Others>, now_ms: u64) {
         if let Some(shared) = &mut self.shared {
             shared.others = others;
+            self.follow_fleet_health(now_ms);
+        }
+    }
+
+    /// The health rule of a cluster: a server is DOWN for the fleet when
+    /// more than half of the live nodes (this one included) find it DOWN.
+    /// A tie keeps it UP: one node's broken path or monitor must not take a
+    /// server out of the fleet, and the whole fleet flaps no more than its
+    /// majority does. Alone, or while the store does not answer, this
+    /// node's own monitors decide.
+    pub(super) fn health_verdict(&self, slot: &ServerSlot) -> Option<HealthVerdict> {
+        let own = slot.health.seen_down.clone();
+        let Some(others) = self.shared.as_ref().and_then(|s| s.others.as_ref()) else {
+            return own.map(|reason| HealthVerdict { reason, seen_by: None });
+        };
+        let theirs = others.down.get(&(slot.pool.clone(), slot.name.clone()));
+        let seen_by = usize::from(own.is_some()) + theirs.map_or(0, |(n, _)| *n);
+        let live = others.live + 1;
+        let reason = own.or_else(|| theirs.map(|(_, r)| r.clone()))?;
+        (2 * seen_by > live).then_some(HealthVerdict { reason, seen_by: Some((seen_by, live)) })
+    }
+
+    /// Every monitored server's health, after the others' verdicts changed.
+    fn follow_fleet_health(&mut self, now_ms: u64) {
+        let monitored: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .filter(|s| self.config.pools.get(&s.pool).is_some_and(|p| !p.health.monitors.is_empty()))
+            .map(|s| (s.pool.clone(), s.id))
+            .collect();
+        for (pool, id) in monitored {
+            self.follow_health(&pool, id, now_ms);
         }
     }
 
@@ -192,19 +234,28 @@ impl<D: DatapathOps> Owner<D> {
         shared.records.get(&key).is_some_and(|(_, admin)| *admin == server.admin)
     }
 
-    /// Asks the store to record the end of drains this node found (each
-    /// once per revision of its key).
-    pub(super) fn propose(&mut self, pool: &str, plan: &Plan, now_ms: u64) {
-        let Ok(decision) = self.decide(pool, plan, Source::Operator, now_ms) else { return };
+    /// In a cluster that this node sees: what its monitors find of a
+    /// server's maintenance is proposed to the fleet, not applied here
+    /// alone (without the store, it acts alone, as a node on its own).
+    pub(super) fn with_fleet(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.others.is_some())
+    }
+
+    /// Asks the store to record a change this node found: the end of a
+    /// drain (`source` none: it keeps who began it), a maintenance reply's
+    /// drain or its end (the monitor). Each once per revision of its key;
+    /// of several nodes proposing from one revision, the store takes the
+    /// first.
+    pub(super) fn propose(&mut self, pool: &str, plan: &Plan, source: Option<Source>, now_ms: u64) {
+        let Ok(decision) = self.decide(pool, plan, source.unwrap_or(Source::Operator), now_ms) else { return };
         let shared = self.shared.as_mut().expect("propose is for a cluster");
         let fresh: Vec<Proposal> = decision
             .proposals
             .into_iter()
             .filter(|p| shared.proposed.insert(((p.pool.clone(), p.server.clone()), p.expected_revision)))
             .map(|mut p| {
-                // The end of a drain keeps who began it.
                 let slot = self.servers.find(&p.pool, &p.server).expect("planned server exists");
-                p.state.source = slot.source;
+                p.state.source = source.unwrap_or(slot.source);
                 p
             })
             .collect();

@@ -8,9 +8,13 @@ use tokio::sync::mpsc;
 use super::{
     fake_datapath::{FakeDatapath, T0, names, owner_of, web_config},
     owner::Owner,
-    shared::{OthersFlows, Shared, StoredState},
+    shared::{Others, Shared, StoredState},
 };
-use crate::servers::{AdminState, DisableMode, DisableReason, Proposal, Source};
+use crate::{
+    health::tally::Change,
+    model::EventKind,
+    servers::{AdminState, DisableMode, DisableReason, Proposal, Source, health::DownReason},
+};
 
 fn clustered(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Vec<Proposal>>) {
     let mut owner = owner_of(web_config(test, "", &[("a", ""), ("b", "")], &[80]));
@@ -43,12 +47,13 @@ fn a_drain_of_the_fleet_ends_when_no_node_has_a_flow_left() {
     assert!(proposals.try_recv().is_err());
     // Another node still has one.
     let key = ("web".to_owned(), "a".to_owned());
-    let others = |n| Some(OthersFlows { by_server: [(key.clone(), n)].into(), counted_ms: T0 + 400 });
-    owner.set_others_flows(others(1));
+    let others =
+        |n| Some(Others { live: 1, by_server: [(key.clone(), n)].into(), counted_ms: T0 + 400, ..Others::default() });
+    owner.set_others(others(1), T0);
     owner.sweep(T0 + 600);
     assert!(proposals.try_recv().is_err());
     // None left anywhere: proposed once (with the key's revision), not applied here alone.
-    owner.set_others_flows(others(0));
+    owner.set_others(others(0), T0);
     owner.sweep(T0 + 800);
     owner.sweep(T0 + 1000);
     let proposed = proposals.try_recv().expect("the end of the drain proposed");
@@ -80,4 +85,83 @@ fn a_deadline_is_cut_here_at_once_and_the_store_is_told() {
     };
     owner.apply_shared(vec![stored], 4, T0 + 3100);
     assert_eq!(owner.servers().find("web", "a").unwrap().admin, a);
+}
+
+/// A clustered owner whose pool has a monitor, and the others' view: `live`
+/// other nodes, of which `down` find `a` DOWN.
+fn monitored(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Vec<Proposal>>) {
+    let rule = "maintenance_timeout = \"30s\"\n[[pools.web.monitors]]\nkind = \"tcp\"";
+    let mut owner = owner_of(web_config(test, rule, &[("a", ""), ("b", ""), ("c", "")], &[80]));
+    let (outbox, proposals) = mpsc::unbounded_channel();
+    owner.join_cluster(Shared::new("n1".into(), outbox));
+    (owner, proposals)
+}
+
+fn others_finding_a_down(live: usize, down: usize) -> Option<Others> {
+    let key = ("web".to_owned(), "a".to_owned());
+    let down = (down > 0).then_some((key, (down, DownReason::Refused))).into_iter().collect();
+    Some(Others { live, down, ..Others::default() })
+}
+
+fn is_down(owner: &Owner<FakeDatapath>, name: &str) -> bool {
+    owner.servers().find("web", name).unwrap().health.down.is_some()
+}
+
+#[test]
+fn a_server_is_down_for_the_fleet_when_a_majority_of_live_nodes_find_it_down() {
+    let (mut owner, _proposals) = monitored("fleet-health");
+    let a = owner.servers().find("web", "a").unwrap().identity;
+    owner.set_others(others_finding_a_down(2, 0), T0);
+    // This node alone finds it DOWN: 1 of 3, it stays UP (in the fleet and here).
+    owner.apply_health("web", "a", a, Change::Down { reason: DownReason::TimedOut }, T0);
+    assert!(!is_down(&owner, "a"), "one node of three took it out");
+    // A second node agrees: 2 of 3, DOWN, with the count in the event.
+    owner.set_others(others_finding_a_down(2, 1), T0 + 1);
+    assert!(is_down(&owner, "a"));
+    let said = owner.snapshot(T0).events.iter().rev().find(|e| e.kind == EventKind::Down).unwrap().message.clone();
+    assert!(said.contains("2 of 3 nodes find it DOWN"), "{said}");
+    // This node sees it UP again: 1 of 3, UP for the fleet.
+    owner.apply_health("web", "a", a, Change::Up, T0 + 2);
+    assert!(!is_down(&owner, "a"));
+    // Two other nodes find it DOWN while this one does not: DOWN here too.
+    owner.set_others(others_finding_a_down(2, 2), T0 + 3);
+    assert!(is_down(&owner, "a"), "the fleet's verdict, not this node's");
+    // Of two live nodes, one is a tie: UP.
+    owner.set_others(others_finding_a_down(1, 1), T0 + 4);
+    assert!(!is_down(&owner, "a"), "a tie keeps it UP");
+    // Without the store, this node's own monitors decide.
+    owner.set_others(others_finding_a_down(2, 0), T0 + 5);
+    owner.apply_health("web", "a", a, Change::Down { reason: DownReason::Refused }, T0 + 5);
+    assert!(!is_down(&owner, "a"));
+    owner.set_others(None, T0 + 6);
+    assert!(is_down(&owner, "a"), "alone, its own verdict");
+}
+
+#[test]
+fn a_maintenance_reply_is_proposed_to_the_fleet_not_applied_here_alone() {
+    let (mut owner, mut proposals) = monitored("fleet-maintenance");
+    let a = owner.servers().find("web", "a").unwrap().identity;
+    owner.set_others(others_finding_a_down(2, 0), T0);
+    let begins = Change::MaintenanceBegins { matched: "status 503".into(), announced: None };
+    owner.apply_health("web", "a", a, begins.clone(), T0);
+    assert_eq!(owner.servers().find("web", "a").unwrap().admin, AdminState::Enabled, "not alone");
+    let batch = proposals.try_recv().expect("proposed");
+    let p = &batch[0];
+    assert_eq!(
+        (p.state.source, p.state.admin),
+        (Source::Monitor, AdminState::Draining { since_ms: T0, deadline_ms: Some(T0 + 30_000) })
+    );
+    // The store's record comes back: applied as the monitor's drain.
+    let stored = StoredState { pool: p.pool.clone(), server: p.server.clone(), state: p.state.clone(), revision: 3 };
+    owner.apply_shared(vec![stored], 3, T0 + 10);
+    let slot = owner.servers().find("web", "a").unwrap();
+    assert_eq!((slot.source, slot.admin.deadline_ms()), (Source::Monitor, Some(T0 + 30_000)));
+    // Normal replies: the return is proposed too.
+    owner.apply_health("web", "a", a, Change::MaintenanceEnds, T0 + 20);
+    let batch = proposals.try_recv().expect("the end proposed");
+    assert_eq!((batch[0].state.admin, batch[0].expected_revision), (AdminState::Enabled, 3));
+    // Without the store, a node acts alone.
+    owner.set_others(None, T0 + 30);
+    owner.apply_health("web", "b", owner.servers().find("web", "b").unwrap().identity, begins, T0 + 30);
+    assert!(matches!(owner.servers().find("web", "b").unwrap().admin, AdminState::Draining { .. }));
 }

@@ -90,6 +90,18 @@ impl Ops {
             .collect()
     }
 
+    /// In a cluster: what each live node's own monitors find of a server.
+    fn health_by_node(&self, pool: &str, server: &str) -> std::collections::BTreeMap<String, String> {
+        let Some(cluster) = &self.cluster else { return Default::default() };
+        let key = format!("{pool}/{server}");
+        let view = cluster.view.borrow();
+        let label = |n: &crate::model::NodeView| match n.down.get(&key) {
+            Some(reason) => format!("DOWN ({reason})"),
+            None => "UP".to_owned(),
+        };
+        view.nodes.iter().filter(|n| n.up).map(|n| (n.node.clone(), label(n))).collect()
+    }
+
     /// The cluster's nodes (refused without a `[cluster]` section).
     pub fn nodes(&self) -> Result<NodesView, ApiError> {
         match &self.cluster {
@@ -161,7 +173,10 @@ impl Ops {
                     health: s.monitored.then(|| {
                         let unchecked = ServerChecks::default();
                         let found = checks.get(&(name.to_owned(), s.name.clone())).unwrap_or(&unchecked);
-                        health_view(&s.health, found, now)
+                        HealthView {
+                            by_node: self.health_by_node(&pool.name, &s.name),
+                            ..health_view(&s.health, found, now)
+                        }
                     }),
                     packets_to: traffic.packets_to,
                     bytes_to: traffic.bytes_to,
@@ -234,6 +249,7 @@ fn health_view(applied: &Health, checks: &ServerChecks, now_ms: u64) -> HealthVi
         fail_open: applied.fail_open && applied.down.is_some(),
         maintenance: applied.maintenance,
         last_check: checks.last.as_ref().map(|last| check_view(last, now_ms)),
+        by_node: Default::default(),
     }
 }
 

@@ -5,11 +5,7 @@
 //! owner learns the other nodes' flows (a drain with no deadline ends when
 //! the fleet has none left) and readers get the Nodes view.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
@@ -17,9 +13,10 @@ use super::store::{NodeRecord, Store};
 use crate::{
     agent::{
         runtime::{OwnerHandle, now_ms, stopped},
-        shared::OthersFlows,
+        shared::Others,
         snapshot::Snapshot,
     },
+    health::{Checks, tally::Verdict},
     model::{NodeView, NodesView},
 };
 
@@ -38,6 +35,8 @@ pub struct Presence {
     pub stale: std::sync::atomic::AtomicBool,
     pub owner: OwnerHandle,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// This node's monitors' verdicts (its own view, not the fleet's).
+    pub checks: watch::Receiver<Arc<Checks>>,
     pub reachable: watch::Receiver<bool>,
     pub view: watch::Sender<Arc<NodesView>>,
 }
@@ -69,12 +68,12 @@ impl Presence {
             let published = self.publish(&record, &mut lease, &mut last_put, &mut last_keep_alive_ms, now).await;
             match self.store.nodes().await {
                 Ok(records) if published => {
-                    let others = others_flows(&records, &self.node);
-                    self.owner.others_flows(Some(others)).await;
+                    let others = others_of(&records, &self.node);
+                    self.owner.others(Some(others)).await;
                     self.see(&mut seen, records, &record, now).await;
                 }
                 Ok(_) | Err(_) => {
-                    self.owner.others_flows(None).await;
+                    self.owner.others(None).await;
                     self.show(&seen, &record, false);
                 }
             }
@@ -90,6 +89,15 @@ impl Presence {
             .flat_map(|p| p.servers.iter().map(move |s| (format!("{}/{}", p.name, s.name), s.active_flows)))
             .filter(|(_, n)| *n > 0)
             .collect();
+        let down = self
+            .checks
+            .borrow()
+            .iter()
+            .filter_map(|((pool, server), checks)| match &checks.verdict {
+                Verdict::Down(reason) => Some((format!("{pool}/{server}"), reason.clone())),
+                Verdict::Unknown | Verdict::Up => None,
+            })
+            .collect();
         NodeRecord {
             node: self.node.clone(),
             config_hash: snapshot.config_hash.clone(),
@@ -97,6 +105,7 @@ impl Presence {
             clock_ms: now_ms(),
             counted_at_ms: snapshot.counted_at_ms.unwrap_or(0),
             flows,
+            down,
             started_ms: self.started_ms,
             stale: self.stale_now(),
         }
@@ -192,6 +201,7 @@ impl Presence {
                 same_config: r.config_hash == this.config_hash,
                 flows: r.flows.values().sum(),
                 flows_by_server: r.flows.clone(),
+                down: r.down.clone(),
                 clock_offset_ms: *offset,
                 stale: r.stale,
                 started_ms: r.started_ms,
@@ -207,24 +217,32 @@ impl Presence {
     }
 }
 
-/// The other nodes' flows, and the oldest of their counts.
-fn others_flows(records: &[NodeRecord], this: &str) -> OthersFlows {
-    let mut by_server = HashMap::new();
-    let mut counted_ms = u64::MAX;
+/// The other nodes' flows, the oldest of their counts, and how many of
+/// them find each server DOWN.
+fn others_of(records: &[NodeRecord], this: &str) -> Others {
+    let key = |name: &str| name.split_once('/').map(|(pool, server)| (pool.to_owned(), server.to_owned()));
+    let mut others = Others { counted_ms: u64::MAX, ..Others::default() };
     for record in records.iter().filter(|r| r.node != this) {
-        counted_ms = counted_ms.min(record.counted_at_ms);
+        others.live += 1;
+        others.counted_ms = others.counted_ms.min(record.counted_at_ms);
         for (name, flows) in &record.flows {
-            if let Some((pool, server)) = name.split_once('/') {
-                *by_server.entry((pool.to_owned(), server.to_owned())).or_insert(0) += flows;
+            if let Some(key) = key(name) {
+                *others.by_server.entry(key).or_insert(0) += flows;
+            }
+        }
+        for (name, reason) in &record.down {
+            if let Some(key) = key(name) {
+                others.down.entry(key).or_insert((0, reason.clone())).0 += 1;
             }
         }
     }
-    OthersFlows { by_server, counted_ms }
+    others
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::servers::health::DownReason;
 
     #[test]
     fn the_fleets_flows_leave_this_node_out_and_wait_for_the_oldest_count() {
@@ -239,10 +257,25 @@ mod tests {
             record("b", 200, &[("web/w1", 2), ("web/w2", 1)]),
             record("c", 900, &[("web/w1", 4)]),
         ];
-        let others = others_flows(&records, "a");
+        let others = others_of(&records, "a");
         assert_eq!(others.by_server[&("web".to_owned(), "w1".to_owned())], 6);
         assert_eq!(others.by_server[&("web".to_owned(), "w2".to_owned())], 1);
         assert_eq!(others.counted_ms, 200);
-        assert_eq!(others_flows(&records[..1], "a").counted_ms, u64::MAX, "alone: nobody to wait for");
+        assert_eq!(others_of(&records[..1], "a").counted_ms, u64::MAX, "alone: nobody to wait for");
+        assert_eq!(others.live, 2);
+    }
+
+    #[test]
+    fn the_others_verdicts_are_counted_per_server() {
+        let record = |node: &str, down: &[&str]| NodeRecord {
+            node: node.to_owned(),
+            down: down.iter().map(|k| ((*k).to_owned(), DownReason::Refused)).collect(),
+            ..NodeRecord::default()
+        };
+        let records = [record("a", &["web/w1"]), record("b", &["web/w1", "web/w2"]), record("c", &["web/w1"])];
+        let others = others_of(&records, "a");
+        assert_eq!(others.down[&("web".to_owned(), "w1".to_owned())], (2, DownReason::Refused));
+        assert_eq!(others.down[&("web".to_owned(), "w2".to_owned())].0, 1);
+        assert_eq!(others.live, 2);
     }
 }

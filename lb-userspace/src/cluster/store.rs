@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::shared::StoredState,
     config::ClusterConfig,
-    servers::{Proposal, SharedState},
+    servers::{Proposal, SharedState, health::DownReason},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,9 @@ pub struct NodeRecord {
     pub counted_at_ms: u64,
     /// Its live flows, by "pool/server" (servers with none are left out).
     pub flows: BTreeMap<String, u64>,
+    /// The servers its own monitors find DOWN, by "pool/server", and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub down: BTreeMap<String, DownReason>,
     pub started_ms: u64,
     /// Started while the store was unreachable: its states came from its
     /// state file, until it syncs.

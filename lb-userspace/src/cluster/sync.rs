@@ -107,13 +107,14 @@ pub async fn record_proposals(
         loop {
             match store.record(&batch).await {
                 Ok(Recorded::At(revision)) => {
-                    let names: Vec<String> = batch.iter().map(|p| format!("{}/{}", p.pool, p.server)).collect();
-                    log::info!("cluster: recorded the end of the drain of {} at revision {revision}", names.join(", "));
+                    let names: Vec<String> =
+                        batch.iter().map(|p| format!("{}/{} {}", p.pool, p.server, p.state.admin.label())).collect();
+                    log::info!("cluster: recorded {} at revision {revision}", names.join(", "));
                     break;
                 }
                 Ok(Recorded::Conflict(_)) => break,
                 Err(e) => {
-                    log::debug!("cluster: cannot record a drain's end yet: {e}");
+                    log::debug!("cluster: cannot record this node's proposal yet: {e}");
                     tokio::select! {
                         () = stopped(&mut shutdown) => return,
                         () = tokio::time::sleep(RETRY) => {}

@@ -314,9 +314,9 @@ async fn serve(
     startup.mark("tasks");
     let startup = startup.finish();
     log::info!("started in {}", startup.summary());
-    let mut ops = Ops::new(snapshots.clone(), checks, counters, owner_handle.clone(), startup);
+    let mut ops = Ops::new(snapshots.clone(), checks.clone(), counters, owner_handle.clone(), startup);
     if let Some(joining) = cluster {
-        let cluster = follow_cluster(joining, &owner_handle, &snapshots, &mut parts, &shutdown);
+        let cluster = follow_cluster(joining, &owner_handle, &snapshots, &checks, &mut parts, &shutdown);
         ops = ops.in_cluster(cluster);
     }
     let ops = Arc::new(ops);
@@ -361,6 +361,7 @@ fn follow_cluster(
     joining: Joining,
     owner: &OwnerHandle,
     snapshots: &watch::Receiver<Arc<crate::agent::snapshot::Snapshot>>,
+    checks: &watch::Receiver<Arc<crate::health::Checks>>,
     parts: &mut supervise::Parts,
     shutdown: &watch::Receiver<bool>,
 ) -> Cluster {
@@ -378,6 +379,7 @@ fn follow_cluster(
         stale: revision.is_none().into(),
         owner: owner.clone(),
         snapshots: snapshots.clone(),
+        checks: checks.clone(),
         reachable,
         view: view_tx,
     };

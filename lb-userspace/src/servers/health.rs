@@ -65,6 +65,9 @@ pub struct Health {
     /// DOWN since this instant, with the reason (none: UP, or not checked
     /// yet, or not monitored).
     pub down: Option<Down>,
+    /// What this node's own monitors find. Alone, `down` follows it; in a
+    /// cluster, `down` follows the fleet's rule over every node's verdict.
+    pub seen_down: Option<DownReason>,
     /// A monitor's reply says it is in maintenance.
     pub maintenance: bool,
     /// Every server of its pool that an operator left in service is DOWN:

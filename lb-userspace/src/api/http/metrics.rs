@@ -219,6 +219,7 @@ mod tests {
                 fail_open: false,
                 maintenance: false,
                 last_check: None,
+                by_node: Default::default(),
             }),
             packets_to: 10,
             bytes_to: 1000,
