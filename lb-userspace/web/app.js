@@ -1,4 +1,4 @@
-// The dashboard: Pools > pool > Servers. Everything comes from the agent's
+// The dashboard: Pools > pool > Servers, and Nodes in a cluster. Everything comes from the agent's
 // HTTP API (/api/v1); the page polls it twice a second, which reads the
 // agent's snapshot and never waits behind a change. Rows are updated in
 // place, so ticked checkboxes and keyboard focus survive every refresh.
@@ -214,9 +214,19 @@ let generation = 0;
 function route() {
   generation++;
   const match = location.hash.match(/^#\/pools\/([^/]+)$/);
-  const page = match ? poolPage(decodeURIComponent(match[1])) : poolsPage();
+  if (location.hash !== "#/nodes" && inCluster) nodesLink.hidden = false;
+  const page = location.hash === "#/nodes" ? nodesPage()
+    : match ? poolPage(decodeURIComponent(match[1])) : poolsPage();
   loop(generation, page);
 }
+
+// In a cluster, the Nodes page is linked from every page (a node alone has none).
+const nodesLink = document.getElementById("nodes-link");
+let inCluster = false;
+api("GET", "/api/v1/nodes").then(() => {
+  inCluster = true;
+  nodesLink.hidden = location.hash === "#/nodes";
+}, () => {});
 
 async function loop(mine, page) {
   while (mine === generation) {
@@ -298,6 +308,8 @@ function poolView(pool) {
   const services = el("p", { class: "services" });
   const ol = el("ol", { class: "events", id: "events" });
   const deadlines = new Map();
+  // In a cluster: the active flows are the fleet's, and each node's are shown.
+  const flowsByNode = el("th", { text: "By node", hidden: "" });
 
   const checked = () => [...tbody.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.value);
   const onSelection = () => {
@@ -320,9 +332,9 @@ function poolView(pool) {
     return el("tr", { "data-server": s.name },
       el("td", {}, box), el("td", { class: "name", text: s.name }), el("td", { class: "address hide-narrow" }),
       el("td", { class: "num weight hide-narrow" }),
-      el("td", {}, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
+      el("td", { class: "state-cell" }, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
         el("span", { class: "countdown" }), " ", el("span", { class: "source" }), " ", el("span", { class: "health" })),
-      el("td", { class: "num flows" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
+      el("td", { class: "num flows" }), el("td", { class: "by-node", hidden: "" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
   };
   const update = (row, s) => {
     const cell = (c) => row.querySelector(`.${c}`);
@@ -335,13 +347,26 @@ function poolView(pool) {
     const setBy = SET_BY[s.source] || `set by ${s.source}`;
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
     // The monitors' view, when it is not simply UP: DOWN (why), not checked yet.
+    // In a cluster the status is the fleet's; the tooltip has each node's view.
     const health = cell("health");
-    setText(health, s.health && s.health.status !== "up" ? `· ${healthText(s.health)}` : "");
+    const byNode = Object.entries((s.health && s.health.by_node) || {});
+    const downOn = byNode.filter(([, v]) => v !== "UP").map(([n]) => n);
+    const fleetUp = s.health && s.health.status === "up" && downOn.length ? `· UP for the fleet (DOWN on ${list(downOn)})` : "";
+    setText(health, s.health && s.health.status !== "up" ? `· ${healthText(s.health)}` : fleetUp);
     health.classList.toggle("down", Boolean(s.health && s.health.status === "down"));
-    health.title = s.health && s.health.last_check ? `last check: ${checkText(s.health.last_check)}` : "";
+    health.title = [
+      s.health && s.health.last_check ? `last check: ${checkText(s.health.last_check)}` : "",
+      ...byNode.map(([n, v]) => `${n}: ${v}`),
+    ].filter(Boolean).join("\n");
     if (s.deadline_left_ms === null) deadlines.delete(s.name);
     else deadlines.set(s.name, performance.now() + s.deadline_left_ms);
-    setText(cell("flows"), String(s.active_flows));
+    // In a cluster: the fleet's live flows, and each node's.
+    const byNodeFlows = Object.entries(s.flows_by_node || {});
+    const fleetFlows = byNodeFlows.reduce((sum, [, v]) => sum + v, 0);
+    setText(cell("flows"), String(byNodeFlows.length ? fleetFlows : s.active_flows));
+    setText(cell("by-node"), byNodeFlows.map(([n, v]) => `${n} ${v}`).join(" · "));
+    flowsByNode.hidden = !byNodeFlows.length;
+    cell("by-node").hidden = !byNodeFlows.length;
     setText(cell("rate"), perSecond(rate(`server:${pool}/${s.name}`, s.new_flows)));
     setText(cell("bytes"), `${bytes(s.bytes_to)} / ${bytes(s.bytes_from)}`);
     tickCountdown(row, s.name);
@@ -381,7 +406,7 @@ function poolView(pool) {
       el("thead", {}, el("tr", {},
         el("th", {}, selectAll), el("th", { text: "Server" }), el("th", { class: "hide-narrow", text: "Address" }),
         el("th", { class: "num hide-narrow", text: "Weight" }), el("th", { text: "State" }),
-        el("th", { class: "num", text: "Active flows" }), el("th", { class: "num", text: "New flows/s" }),
+        el("th", { class: "num", text: "Active flows" }), flowsByNode, el("th", { class: "num", text: "New flows/s" }),
         el("th", { class: "num hide-narrow", text: "Bytes to / from" }))),
       tbody)),
     el("h2", { text: "Events" }), ol,
@@ -389,6 +414,60 @@ function poolView(pool) {
   return {
     nodes, refresh,
     gone(message) { main.replaceChildren(el("p", { class: "message error", text: message }), el("a", { href: "#/pools", text: "Back to the pools" })); },
+  };
+}
+
+// ---- nodes (a cluster) ---------------------------------------------------
+
+function ago(ms) {
+  if (ms === null || ms === undefined) return "never";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 60 ? `${s.toFixed(1)} s ago` : `${Math.floor(s / 60)} min ago`;
+}
+
+function nodesPage() {
+  document.title = "lb: nodes";
+  crumb(["Pools", "#/pools"], ["Nodes"]);
+  nodesLink.hidden = true;
+  const tbody = el("tbody");
+  const status = el("p", { class: "services", id: "cluster-status" });
+  main.replaceChildren(
+    el("h1", { text: "Nodes" }), status,
+    el("div", { class: "table-wrap" }, el("table", { id: "nodes" },
+      el("thead", {}, el("tr", {},
+        el("th", { text: "Node" }), el("th", { text: "Status" }), el("th", { text: "Last synced" }),
+        el("th", { class: "num", text: "Revision" }), el("th", { class: "num", text: "Live flows" }),
+        el("th", { text: "Config" }), el("th", { class: "num", text: "Clock offset" }))),
+      tbody)),
+    el("p", { class: "services", text: "Deadlines are absolute: the nodes' clocks must be synchronised (NTP). An offset is as the store last showed it, within a quarter second." }));
+  const create = () => el("tr", {}, ...["name", "up", "sync", "num revision", "num flows", "config", "num offset"]
+    .map((c) => el("td", { class: c })));
+  const update = (row, n, view) => {
+    const cell = (c) => row.querySelector(`.${c}`);
+    setText(cell("name"), n.node === view.node ? `${n.node} (this node)` : n.node);
+    const up = cell("up");
+    setText(up, n.up ? (n.stale ? "UP · STALE (started without the store)" : "UP") : "GONE (its lease ended)");
+    up.dataset.state = n.up && !n.stale ? "ENABLED" : "DISABLED";
+    up.className = "up state";
+    setText(cell("sync"), ago(n.last_sync_ms));
+    setText(cell("revision"), String(n.revision));
+    const flows = cell("flows");
+    setText(flows, String(n.flows));
+    flows.title = Object.entries(n.flows_by_server).map(([k, v]) => `${k}: ${v}`).join("\n");
+    const config = cell("config");
+    setText(config, n.same_config ? `${n.config_hash} · same` : `${n.config_hash} · DIFFERS from this node's`);
+    config.classList.toggle("differs", !n.same_config);
+    setText(cell("offset"), n.clock_offset_ms === null ? "–" : `${n.clock_offset_ms > 0 ? "+" : ""}${n.clock_offset_ms} ms`);
+  };
+  return {
+    async refresh() {
+      const view = await api("GET", "/api/v1/nodes");
+      const store = view.store_reachable ? "the store answers" : "THE STORE IS UNREACHABLE: changes are refused";
+      setText(status, `This node: ${view.node} · ${store} · revision ${view.revision ?? "–"}${view.stale ? " · STALE" : ""}`);
+      status.classList.toggle("error", !view.store_reachable);
+      syncRows(tbody, view.nodes, (n) => n.node, create, (row, n) => update(row, n, view));
+    },
+    gone(message) { main.replaceChildren(el("p", { class: "message error", text: message })); },
   };
 }
 

@@ -16,6 +16,8 @@ use serde_json::Value;
 use testbed::{
     bed::{Bed, EVERY_100MS, bed, bed_with, wait_for},
     browser::Browser,
+    fleet::Fleet,
+    health_server::{HealthServer, Reply},
     http::{self, LOCAL_API},
     servers::Session,
 };
@@ -325,4 +327,65 @@ fn the_servers_tab_shows_what_the_health_monitors_found() {
             browser.wait_text("#pools tbody tr[data-key=\"p7\"] .up", 5 * SECOND, |t| t == "1 / 2").await;
         })
     });
+}
+
+/// A cluster of three nodes, the browser on n1: the Nodes page, each
+/// node's flows and health view on the pool page, and a drain decided on
+/// n1's page taking effect on every node. Screenshots in
+/// target/screenshots/dashboard-cluster/.
+#[test]
+fn in_a_cluster_the_dashboard_shows_the_nodes_and_a_drain_decided_there_reaches_every_node() {
+    let (fleet, health) = Fleet::monitored(2);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    fleet.node("n1").topology.lb.run(|| runtime.block_on(cluster_scenario(&fleet, &health)));
+}
+
+async fn cluster_scenario(fleet: &Fleet, health: &[Vec<HealthServer>]) {
+    let on_n2 = Session::start(fleet.node("n2").connect_to("s1"), "s1", EVERY_100MS);
+    let mut browser = Browser::start(&fleet.node("n1").topology.lb, "dashboard-cluster", 1280, 900).await;
+    browser.goto(&format!("http://{LOCAL_API}/")).await;
+    wait_js(&browser, "!document.getElementById('nodes-link').hidden", 5 * SECOND).await;
+    browser.click("#nodes-link").await;
+    for node in ["n1", "n2", "n3"] {
+        let row = format!("#nodes tr[data-key=\"{node}\"]");
+        browser.wait_text(&format!("{row} .up"), 5 * SECOND, |t| t == "UP").await;
+        assert!(browser.text(&format!("{row} .config")).await.ends_with("· same"));
+    }
+    assert_eq!(browser.text("#nodes tr[data-key=\"n1\"] .name").await, "n1 (this node)");
+    let status = browser.text("#cluster-status").await;
+    assert!(status.starts_with("This node: n1 · the store answers"), "{status}");
+    browser.screenshot("nodes").await;
+
+    // The pool page: the fleet's flows by node; n3's own view of s1 in the
+    // tooltip while the fleet finds it UP.
+    browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+    browser.wait_text(&cell("s1", "by-node"), 5 * SECOND, |t| t == "n1 0 · n2 1 · n3 0").await;
+    assert_eq!(browser.text(&cell("s1", "flows")).await, "1", "the fleet's live flows");
+    health[2][0].set(Reply::Off);
+    browser.wait_text(&cell("s1", "health"), 10 * SECOND, |t| t == "· UP for the fleet (DOWN on n3)").await;
+    let tooltip = browser.eval(&format!("return document.querySelector('{}').title;", cell("s1", "health"))).await;
+    let tooltip = tooltip.as_str().unwrap_or_default().to_owned();
+    assert!(tooltip.contains("n3: DOWN (refused)") && tooltip.contains("n1: UP"), "{tooltip}");
+    browser.screenshot("pool-in-a-cluster").await;
+
+    // Until drained, decided on n1's page: DRAINING on every node while n2
+    // has the flow, drained everywhere once it ends.
+    tick(&browser, &["s1"]).await;
+    browser.click("#graceful").await;
+    browser.click("#graceful-start").await;
+    browser.wait_text(&cell("s1", "countdown"), 5 * SECOND, |t| t == "until the last flow ends").await;
+    fleet.wait_state_everywhere("p7", "s1", "DRAINING (until drained)", 5 * SECOND);
+    browser.screenshot("draining-on-every-node").await;
+    drop(on_n2.finish());
+    fleet.wait_state_everywhere("p7", "s1", "DISABLED (drained)", 10 * SECOND);
+    browser.wait_text(&cell("s1", "state"), 5 * SECOND, |t| t == "DISABLED").await;
+    browser.screenshot("drained-on-every-node").await;
+}
+
+async fn wait_js(browser: &Browser, condition: &str, timeout: Duration) {
+    let start = Instant::now();
+    while browser.eval(&format!("return Boolean({condition});")).await != Value::Bool(true) {
+        assert!(start.elapsed() < timeout, "{condition} is still false after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
