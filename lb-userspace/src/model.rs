@@ -57,6 +57,27 @@ pub enum Request {
 pub struct ReloadReport {
     pub applied: bool,
     pub changes: Vec<String>,
+    /// In a cluster: how each live node fared with this reload (each
+    /// re-reads its own config file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReload>,
+}
+
+/// How a node fared with a fleet reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReload {
+    pub node: String,
+    /// None: it did not say within the store's timeout.
+    pub outcome: Option<ReloadOutcome>,
+}
+
+/// What a node did with a fleet reload (the request's revision).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub request: i64,
+    pub ok: bool,
+    /// "applied 2 change(s)", "nothing to change", or why it was refused.
+    pub message: String,
 }
 
 /// What happened to a server.
@@ -408,6 +429,9 @@ pub struct NodeView {
     /// The servers its own monitors find DOWN, by "pool/server".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub down: BTreeMap<String, DownReason>,
+    /// How it fared with the last fleet reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadOutcome>,
     /// Its clock minus this node's, as its last record showed (within the
     /// store's polling interval, a quarter second).
     pub clock_offset_ms: Option<i64>,

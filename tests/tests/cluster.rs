@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lb_userspace::model::{EventKind, HealthStatus, HealthView, ServerState, Why};
 use testbed::{
     bed::{Bed, EVERY_100MS, wait_for},
-    fleet::Fleet,
+    fleet::{Fleet, NODES},
     health_server::Reply,
     servers::Session,
 };
@@ -596,4 +596,57 @@ fn a_maintenance_reply_seen_by_one_node_drains_the_server_on_every_node_with_one
     health[2][0].set(Reply::Ok);
     fleet.wait_state_everywhere("p7", "s1", "ENABLED", Duration::from_secs(10));
     assert!(sessions.iter().all(|s| s.ended().is_none()), "a session broke");
+}
+
+/// Writes `weight` for p7/s2 into the config file of each node in `on`.
+fn write_weight(fleet: &Fleet, on: &[&str], weight: i64) {
+    for name in on {
+        let bed = fleet.node(name);
+        let config = bed.config.clone().server_set("p7", "s2", "weight", weight);
+        std::fs::write(&bed.agent.config_path, config.text()).expect("write a node's config");
+    }
+}
+
+fn weights(fleet: &Fleet) -> Vec<u32> {
+    fleet.nodes.iter().map(|n| n.server("p7", "s2").weight).collect()
+}
+
+#[test]
+fn a_reload_through_one_node_makes_every_node_reread_its_file_and_says_how_each_fared() {
+    let fleet = Fleet::start(2);
+    let [n1, n2] = [fleet.node("n1"), fleet.node("n2")];
+
+    // The same new file on every node, one reload through n1.
+    write_weight(&fleet, &NODES, 2);
+    let out = n1.lb(&["reload"]);
+    eprintln!("{out}");
+    for node in NODES {
+        assert!(out.lines().any(|l| l.trim_start().starts_with(node) && l.contains("applied 1 change(s)")), "{out}");
+    }
+    wait_for("every node has the new weight", Duration::from_secs(5), || weights(&fleet) == [2, 2, 2]);
+    wait_for("every node has the same config hash", Duration::from_secs(5), || {
+        Fleet::nodes_view(n1).nodes.iter().all(|n| n.same_config)
+    });
+
+    // n3's file is broken: n1 and n2 take theirs, n3 refuses and says so;
+    // the operator is told, and n3 is shown with another config.
+    write_weight(&fleet, &["n1", "n2"], 3);
+    std::fs::write(&fleet.node("n3").agent.config_path, "this is not toml [").expect("write");
+    let (ok, out, err) = n2.agent.lb(&["reload"]);
+    eprintln!("{out}{err}");
+    assert!(!ok, "a reload that did not take on n3 reads as done");
+    assert!(out.lines().any(|l| l.contains("n3") && l.contains("REFUSED")), "{out}");
+    assert!(err.contains("did not take on n3"), "{err}");
+    wait_for("n1 and n2 have the new weight", Duration::from_secs(5), || weights(&fleet) == [3, 3, 2]);
+    wait_for("n3's config is shown to differ", Duration::from_secs(5), || {
+        Fleet::nodes_view(n1).nodes.iter().any(|n| n.node == "n3" && !n.same_config)
+    });
+
+    // A file the asking node refuses: nothing is asked of the fleet.
+    write_weight(&fleet, &["n2"], 4);
+    std::fs::write(&n1.agent.config_path, "neither is this [").expect("write");
+    let (ok, _, err) = n1.agent.lb(&["reload"]);
+    assert!(!ok && err.contains("lb.toml"), "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(weights(&fleet), [3, 3, 2], "a reload refused where it was asked reached another node");
 }

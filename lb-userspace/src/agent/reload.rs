@@ -74,7 +74,7 @@ impl<D: DatapathOps> Owner<D> {
         target.changes.extend(settings_changed(&self.config, &new));
         let changes = target.changes.clone();
         if options.dry_run || changes.is_empty() {
-            return Ok(ReloadReport { applied: !options.dry_run, changes });
+            return Ok(ReloadReport { applied: !options.dry_run, changes, nodes: Vec::new() });
         }
         // A change that cannot be saved is not made.
         drop(super::state_file::prepare(&self.config.state_file, &self.saved()).map_err(ControlError::NotSaved)?);
@@ -82,7 +82,7 @@ impl<D: DatapathOps> Owner<D> {
         let result = self.apply(new, target, now_ms);
         self.events.push(now_ms, Subject::Agent, EventKind::Reloaded, reload_message(&changes, result.is_ok()));
         log::info!("config reloaded in {:?}: {}", started.elapsed(), changes.join("; "));
-        result.map(|()| ReloadReport { applied: true, changes })
+        result.map(|()| ReloadReport { applied: true, changes, nodes: Vec::new() })
     }
 
     /// The config given at start-up runs from `now_ms`.

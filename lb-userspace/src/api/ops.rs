@@ -66,7 +66,10 @@ impl Ops {
             Request::Nodes => json(self.nodes()?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
-            Request::Reload { force, dry_run } => json(self.owner.reload(force, dry_run).await?),
+            Request::Reload { force, dry_run } => match &self.cluster {
+                Some(cluster) if !dry_run => json(self.reload_fleet(cluster, force).await?),
+                _ => json(self.owner.reload(force, dry_run).await?),
+            },
         }
     }
 
@@ -76,6 +79,16 @@ impl Ops {
         let decision = self.owner.decide(intent).await?;
         cluster.record(&decision.proposals, &self.snapshots).await?;
         Ok(decision.changes)
+    }
+
+    /// In a cluster: this node's file is checked first (a dry run: refused
+    /// here, nothing is asked of the fleet), then every node is asked to
+    /// re-read its own file; the answer has each live node's outcome.
+    async fn reload_fleet(&self, cluster: &Cluster, force: bool) -> Result<crate::model::ReloadReport, ApiError> {
+        let planned = self.owner.reload(force, true).await?;
+        let nodes = cluster.reload(force).await?;
+        let here = nodes.iter().find(|n| n.node == cluster.node).and_then(|n| n.outcome.as_ref());
+        Ok(crate::model::ReloadReport { applied: here.is_some_and(|o| o.ok), changes: planned.changes, nodes })
     }
 
     /// In a cluster: a server's live flows on each node that is up.

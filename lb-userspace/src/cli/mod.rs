@@ -297,11 +297,43 @@ pub fn reload(socket: &Path, force: bool, dry_run: bool, json: bool) -> anyhow::
     }
     if report.changes.is_empty() {
         println!("nothing to change: the config is the one running");
+    } else {
+        let fleet = !report.nodes.is_empty();
+        let head = match (report.applied, fleet) {
+            (_, true) => "this node's file changes:",
+            (true, false) => "applied:",
+            (false, false) => "would apply (dry run, nothing changed):",
+        };
+        println!("{head}");
+        for change in &report.changes {
+            println!("  {change}");
+        }
+    }
+    print_fleet_reload(&report.nodes)
+}
+
+/// In a cluster: how each live node fared (each re-read its own file).
+fn print_fleet_reload(nodes: &[crate::model::NodeReload]) -> anyhow::Result<()> {
+    if nodes.is_empty() {
         return Ok(());
     }
-    println!("{}", if report.applied { "applied:" } else { "would apply (dry run, nothing changed):" });
-    for change in &report.changes {
-        println!("  {change}");
+    println!("every node re-read its own config file:");
+    let mut refused = Vec::new();
+    for n in nodes {
+        match &n.outcome {
+            Some(o) if o.ok => println!("  {:<16} {}", n.node, o.message),
+            Some(o) => {
+                println!("  {:<16} REFUSED: {}", n.node, o.message);
+                refused.push(n.node.as_str());
+            }
+            None => {
+                println!("  {:<16} no answer yet (see lb nodes)", n.node);
+                refused.push(n.node.as_str());
+            }
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!("the reload did not take on {}: their configs may now differ (lb nodes)", refused.join(", "));
     }
     Ok(())
 }

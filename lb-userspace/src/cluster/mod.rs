@@ -15,11 +15,11 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use self::store::{Recorded, Store, StoreError};
+use self::store::{Recorded, ReloadRequest, Store, StoreError};
 use crate::{
     agent::{shared::StoredState, snapshot::Snapshot},
     config::ClusterConfig,
-    model::{ApiError, ErrorCode, NodesView},
+    model::{ApiError, ErrorCode, NodeReload, NodeView, NodesView},
     servers::Proposal,
 };
 
@@ -55,6 +55,8 @@ pub async fn join(config: &ClusterConfig) -> Result<Joined, StoreError> {
 /// The API's way to the cluster: records decisions, shows the nodes.
 pub struct Cluster {
     pub store: Store,
+    /// This node's name.
+    pub node: String,
     pub timeout: Duration,
     pub view: watch::Receiver<Arc<NodesView>>,
 }
@@ -82,6 +84,31 @@ impl Cluster {
         }
         Ok(revision)
     }
+}
+
+impl Cluster {
+    /// Asks every node to re-read its own config file, then waits (within
+    /// the store's timeout) until every live node says how it fared.
+    pub async fn reload(&self, force: bool) -> Result<Vec<NodeReload>, ApiError> {
+        let request = ReloadRequest { by: self.node.clone(), force };
+        let asked = tokio::time::timeout(self.timeout, self.store.request_reload(&request)).await;
+        let revision = match asked {
+            Ok(Ok(revision)) => revision,
+            Ok(Err(e)) => return Err(unreachable(&late(&e.to_string()))),
+            Err(_) => return Err(unreachable(&late(&format!("no answer within {:?}", self.timeout)))),
+        };
+        let mut view = self.view.clone();
+        let answered = |v: &NodesView| v.nodes.iter().filter(|n| n.up).all(|n| reloaded(n, revision).is_some());
+        let _ = tokio::time::timeout(self.timeout, view.wait_for(|v| answered(v))).await;
+        let view = view.borrow();
+        let nodes = view.nodes.iter().filter(|n| n.up);
+        Ok(nodes.map(|n| NodeReload { node: n.node.clone(), outcome: reloaded(n, revision) }).collect())
+    }
+}
+
+/// A node's outcome of the reload asked at `revision` (or of a later one).
+fn reloaded(node: &NodeView, revision: i64) -> Option<crate::model::ReloadOutcome> {
+    node.reload.clone().filter(|r| r.request >= revision)
 }
 
 fn unreachable(why: &str) -> ApiError {

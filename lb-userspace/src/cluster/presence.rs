@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use super::store::{NodeRecord, Store};
+use super::store::{NodeRecord, ReloadOutcome, Store};
 use crate::{
     agent::{
         runtime::{OwnerHandle, now_ms, stopped},
@@ -37,6 +37,8 @@ pub struct Presence {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// This node's monitors' verdicts (its own view, not the fleet's).
     pub checks: watch::Receiver<Arc<Checks>>,
+    /// How this node fared with the last fleet reload.
+    pub reload: watch::Receiver<Option<ReloadOutcome>>,
     pub reachable: watch::Receiver<bool>,
     pub view: watch::Sender<Arc<NodesView>>,
 }
@@ -106,6 +108,7 @@ impl Presence {
             counted_at_ms: snapshot.counted_at_ms.unwrap_or(0),
             flows,
             down,
+            reload: self.reload.borrow().clone(),
             started_ms: self.started_ms,
             stale: self.stale_now(),
         }
@@ -202,6 +205,7 @@ impl Presence {
                 flows: r.flows.values().sum(),
                 flows_by_server: r.flows.clone(),
                 down: r.down.clone(),
+                reload: r.reload.clone(),
                 clock_offset_ms: *offset,
                 stale: r.stale,
                 started_ms: r.started_ms,

@@ -5,6 +5,9 @@
 //!   key's revision, so of two concurrent decisions one wins.
 //! - `<prefix>/nodes/<node>`: what a node publishes (a [`NodeRecord`],
 //!   JSON), under its lease: gone with the node.
+//! - `<prefix>/reload`: the last fleet reload asked for (a
+//!   [`ReloadRequest`]); its revision identifies it. Every node re-reads
+//!   its own config file when it changes.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +63,21 @@ pub struct NodeRecord {
     /// Started while the store was unreachable: its states came from its
     /// state file, until it syncs.
     pub stale: bool,
+    /// How it fared with the last fleet reload it followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadOutcome>,
 }
+
+/// A fleet reload: every node re-reads its own config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    /// The node it was asked through.
+    pub by: String,
+    /// Taken past the guard (a pool left with no server in service).
+    pub force: bool,
+}
+
+pub use crate::model::ReloadOutcome;
 
 /// How a decision fared.
 pub enum Recorded {
@@ -193,6 +210,46 @@ impl Store {
             }
         }
         Ok(states)
+    }
+
+    fn reload_key(&self) -> String {
+        format!("{}/reload", self.prefix)
+    }
+
+    /// Asks every node to reload its config file; the request's revision.
+    pub async fn request_reload(&self, request: &ReloadRequest) -> Result<i64, StoreError> {
+        let mut client = self.client.clone();
+        let value = serde_json::to_vec(request).expect("a request serializes");
+        let answer = client.put(self.reload_key(), value, None).await.map_err(self.unreachable())?;
+        Ok(answer.header().map_or(0, |h| h.revision()))
+    }
+
+    /// The last reload asked for (its revision), and the store's revision.
+    pub async fn last_reload(&self) -> Result<(Option<(i64, ReloadRequest)>, i64), StoreError> {
+        let mut client = self.client.clone();
+        let answer = client.get(self.reload_key(), None).await.map_err(self.unreachable())?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        let last = answer.kvs().first().map(|kv| self.reload_of(kv)).transpose()?;
+        Ok((last, revision))
+    }
+
+    fn reload_of(&self, kv: &etcd_client::KeyValue) -> Result<(i64, ReloadRequest), StoreError> {
+        let request = serde_json::from_slice(kv.value())
+            .map_err(|e| StoreError::Malformed { key: self.reload_key(), why: e.to_string() })?;
+        Ok((kv.mod_revision(), request))
+    }
+
+    /// Reloads asked for after `revision`.
+    pub async fn watch_reloads(&self, revision: i64) -> Result<WatchStream, StoreError> {
+        let mut client = self.client.clone();
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        client.watch(self.reload_key(), Some(options)).await.map_err(self.unreachable())
+    }
+
+    /// The reload requests a watch's answer carries.
+    pub fn reloads(&self, answer: &etcd_client::WatchResponse) -> Result<Vec<(i64, ReloadRequest)>, StoreError> {
+        let puts = answer.events().iter().filter(|e| e.event_type() == etcd_client::EventType::Put);
+        puts.filter_map(|e| e.kv()).map(|kv| self.reload_of(kv)).collect()
     }
 
     /// A lease for this node's record, of `ttl_s` seconds.

@@ -2,13 +2,14 @@
 //! the store's order; a broken watch (a member lost, quorum lost, the
 //! history compacted) is followed by a full read once the store answers
 //! again, so a node resyncs without an operator. And where the owner's own
-//! proposals (a deadline's cut, a fleet drained) are recorded.
+//! proposals (a deadline's cut, a fleet drained) are recorded, and where a
+//! fleet reload reaches this node (it re-reads its own config file).
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::store::{Recorded, Store};
+use super::store::{Recorded, ReloadOutcome, ReloadRequest, Store};
 use crate::{
     agent::runtime::{OwnerHandle, stopped},
     servers::Proposal,
@@ -123,4 +124,88 @@ pub async fn record_proposals(
             }
         }
     }
+}
+
+/// Follows the fleet's reload requests until `shutdown`: each one asked
+/// after this node started makes it re-read its own config file, and the
+/// outcome goes to `outcome` (published with this node's record). A request
+/// made while the watch was broken is found by the read that follows.
+pub async fn follow_reloads(
+    store: Store,
+    owner: OwnerHandle,
+    outcome: watch::Sender<Option<ReloadOutcome>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The config was read at start: the requests made before are done.
+    let mut done: Option<i64> = None;
+    loop {
+        let from = match store.last_reload().await {
+            Ok((last, revision)) => {
+                let last = last.filter(|(at, _)| done.is_some_and(|d| *at > d));
+                if let Some((at, request)) = last {
+                    reload(&owner, at, &request, &outcome).await;
+                }
+                revision
+            }
+            Err(e) => {
+                log::debug!("cluster: cannot read the reload requests: {e}");
+                tokio::select! {
+                    () = stopped(&mut shutdown) => return,
+                    () = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+        };
+        done = Some(from);
+        let stream = match store.watch_reloads(from).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::debug!("cluster: cannot watch the reload requests: {e}");
+                continue;
+            }
+        };
+        match watch_reloads(&store, stream, &owner, &outcome, &mut done, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => log::debug!("cluster: the reloads' watch broke ({e})"),
+        }
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+async fn watch_reloads(
+    store: &Store,
+    mut stream: etcd_client::WatchStream,
+    owner: &OwnerHandle,
+    outcome: &watch::Sender<Option<ReloadOutcome>>,
+    done: &mut Option<i64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        let message = tokio::select! {
+            () = stopped(shutdown) => return Ok(()),
+            m = stream.message() => m,
+        };
+        let answer = message.map_err(|e| e.to_string())?.ok_or("the store closed it")?;
+        if answer.canceled() {
+            return Err(format!("canceled: {}", answer.cancel_reason()));
+        }
+        for (at, request) in store.reloads(&answer).map_err(|e| e.to_string())? {
+            reload(owner, at, &request, outcome).await;
+            *done = Some(at);
+        }
+    }
+}
+
+/// Re-reads this node's config file for the fleet's request `at`.
+async fn reload(owner: &OwnerHandle, at: i64, request: &ReloadRequest, outcome: &watch::Sender<Option<ReloadOutcome>>) {
+    let (ok, message) = match owner.reload(request.force, false).await {
+        Ok(report) if report.changes.is_empty() => (true, "nothing to change".to_owned()),
+        Ok(report) => (true, format!("applied {} change(s)", report.changes.len())),
+        Err(e) => (false, e.message),
+    };
+    let how = if ok { "done" } else { "refused" };
+    log::info!("cluster: reload asked through node {} (revision {at}): {how}: {message}", request.by);
+    outcome.send_replace(Some(ReloadOutcome { request: at, ok, message }));
 }

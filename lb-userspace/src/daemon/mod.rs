@@ -371,6 +371,9 @@ fn follow_cluster(
     let follow = cluster::sync::follow_states(store.clone(), owner.clone(), revision, reachable_tx, shutdown.clone());
     parts.spawn("cluster states", follow);
     parts.spawn("cluster proposals", cluster::sync::record_proposals(store.clone(), proposals, shutdown.clone()));
+    let (reload_tx, reload_outcome) = watch::channel(None);
+    let reloads = cluster::sync::follow_reloads(store.clone(), owner.clone(), reload_tx, shutdown.clone());
+    parts.spawn("cluster reloads", reloads);
     let presence = Presence {
         store: store.clone(),
         node: config.node.clone(),
@@ -380,11 +383,12 @@ fn follow_cluster(
         owner: owner.clone(),
         snapshots: snapshots.clone(),
         checks: checks.clone(),
+        reload: reload_outcome,
         reachable,
         view: view_tx,
     };
     parts.spawn("cluster presence", presence.run(shutdown.clone()));
-    Cluster { store, timeout: config.timeout, view }
+    Cluster { store, node: config.node.clone(), timeout: config.timeout, view }
 }
 
 /// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a
