@@ -131,3 +131,50 @@ impl Fleet {
         last
     }
 }
+
+/// An instance's server table and its services' Maglev rows, as pinned.
+pub fn tables_of(pin_dir: &std::path::Path) -> (Vec<lb_common::Server>, std::collections::BTreeMap<String, Vec<u32>>) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let servers: Array<MapData, lb_common::Server> =
+        Array::try_from(Map::Array(open(lb_common::map_name::SERVERS))).expect("the server table");
+    let servers: Vec<lb_common::Server> = (0..servers.len()).map(|i| servers.get(&i, 0).expect("a server")).collect();
+    let maglev: Array<MapData, u32> = Array::try_from(Map::Array(open(lb_common::map_name::MAGLEV))).expect("maglev");
+    let services: HashMap<MapData, lb_common::ServiceKey, lb_common::Service> =
+        HashMap::try_from(Map::HashMap(open(lb_common::map_name::SERVICES))).expect("services");
+    let mut rows = std::collections::BTreeMap::new();
+    for entry in services.iter() {
+        let (key, service) = entry.expect("a service");
+        let size = lb_common::MAGLEV_TABLE_SIZE;
+        let row: Vec<u32> =
+            (0..size).map(|i| maglev.get(&(service.index * size + i), 0).expect("a Maglev slot")).collect();
+        rows.insert(format!("{key:?}"), row);
+    }
+    (servers, rows)
+}
+
+/// A node's pinned server table, opened once (read without the agent).
+pub struct ServerTable(aya::maps::Array<aya::maps::MapData, lb_common::Server>);
+
+impl ServerTable {
+    pub fn open(pin_dir: &std::path::Path) -> ServerTable {
+        use aya::maps::{Array, Map, MapData};
+        let map = MapData::from_pin(pin_dir.join(lb_common::map_name::SERVERS)).expect("the pinned server table");
+        ServerTable(Array::try_from(Map::Array(map)).expect("an array"))
+    }
+
+    /// The datapath's state code of server `id`.
+    pub fn state(&self, id: u32) -> u8 {
+        self.0.get(&id, 0).expect("a server").state
+    }
+
+    /// The id of the server at `address`:`port`.
+    pub fn id_of(&self, address: std::net::Ipv4Addr, port: u16) -> u32 {
+        (0..self.0.len())
+            .find(|i| {
+                let s = self.0.get(i, 0).expect("a server");
+                std::net::Ipv4Addr::from(u32::from_be(s.addr)) == address && u16::from_be(s.port) == port
+            })
+            .expect("the server in the table")
+    }
+}

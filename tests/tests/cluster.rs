@@ -279,27 +279,6 @@ fn a_node_killed_mid_drain_keeps_the_deadline_and_a_lost_nodes_flows_vanish_with
     assert!(!fleet.node("n1").server("p7", "s2").flows_by_node.contains_key("n2"));
 }
 
-/// An instance's server table and its services' Maglev rows, as pinned.
-fn tables_of(pin_dir: &std::path::Path) -> (Vec<lb_common::Server>, std::collections::BTreeMap<String, Vec<u32>>) {
-    use aya::maps::{Array, HashMap, Map, MapData};
-    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let servers: Array<MapData, lb_common::Server> =
-        Array::try_from(Map::Array(open(lb_common::map_name::SERVERS))).expect("the server table");
-    let servers: Vec<lb_common::Server> = (0..servers.len()).map(|i| servers.get(&i, 0).expect("a server")).collect();
-    let maglev: Array<MapData, u32> = Array::try_from(Map::Array(open(lb_common::map_name::MAGLEV))).expect("maglev");
-    let services: HashMap<MapData, lb_common::ServiceKey, lb_common::Service> =
-        HashMap::try_from(Map::HashMap(open(lb_common::map_name::SERVICES))).expect("services");
-    let mut rows = std::collections::BTreeMap::new();
-    for entry in services.iter() {
-        let (key, service) = entry.expect("a service");
-        let size = lb_common::MAGLEV_TABLE_SIZE;
-        let row: Vec<u32> =
-            (0..size).map(|i| maglev.get(&(service.index * size + i), 0).expect("a Maglev slot")).collect();
-        rows.insert(format!("{key:?}"), row);
-    }
-    (servers, rows)
-}
-
 #[test]
 fn three_nodes_give_every_server_the_same_id_and_build_the_same_maglev_rows() {
     let fleet = Fleet::start(3);
@@ -307,7 +286,7 @@ fn three_nodes_give_every_server_the_same_id_and_build_the_same_maglev_rows() {
     // maybe between two nodes' dumps).
     fleet.node("n2").lb(&["server", "disable", "p7", "s2"]);
     fleet.wait_state_everywhere("p7", "s2", "DISABLED (immediate)", Duration::from_secs(2));
-    let tables: Vec<_> = fleet.nodes.iter().map(|n| tables_of(&n.agent.pin_dir())).collect();
+    let tables: Vec<_> = fleet.nodes.iter().map(|n| testbed::fleet::tables_of(&n.agent.pin_dir())).collect();
     let (servers, rows) = &tables[0];
     assert!(servers.iter().filter(|s| s.state != lb_common::server_state::UNUSED).count() == 6, "{servers:?}");
     assert_eq!(rows.len(), 2, "two services");
@@ -446,70 +425,6 @@ fn two_operators_changing_one_server_at_once_through_two_nodes_are_both_told_and
 }
 
 /// A server's state code in an instance's pinned server table.
-fn datapath_state(pin_dir: &std::path::Path, id: u32) -> u8 {
-    use aya::maps::{Array, Map, MapData};
-    let map = MapData::from_pin(pin_dir.join(lb_common::map_name::SERVERS)).expect("the pinned server table");
-    let servers: Array<MapData, lb_common::Server> = Array::try_from(Map::Array(map)).expect("an array");
-    servers.get(&id, 0).expect("a server").state
-}
-
-/// The figures of a change's trip (printed, not judged: timing targets are
-/// the bench's): from the call through node n1 until every node's datapath
-/// has it, over 100 changes; the store's writes per change; each agent's
-/// memory.
-#[test]
-fn a_change_reaches_every_nodes_datapath_figures() {
-    let fleet = Fleet::start(2);
-    let pins: Vec<_> = fleet.nodes.iter().map(|n| n.agent.pin_dir()).collect();
-    // s1 of p7 (10.0.1.2:7007) in the server table: its id on every node.
-    let (servers, _) = tables_of(&pins[0]);
-    let s1 = |s: &lb_common::Server| {
-        std::net::Ipv4Addr::from(u32::from_be(s.addr)) == testbed::topology::server_addr(1)
-            && u16::from_be(s.port) == 7007
-    };
-    let id = servers.iter().position(s1).expect("s1 in the server table") as u32;
-    let revision = || -> i64 {
-        let out = testbed::netns::must(&mut fleet.store.etcdctl(&["endpoint", "status", "-w", "json"]));
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        status[0]["Status"]["header"]["revision"].as_i64().expect("a revision")
-    };
-    // A flow on s1 keeps each drain going (see above).
-    let _keeps_draining = Session::start(fleet.node("n1").connect_to("s1"), "s1", EVERY_100MS);
-    let before = revision();
-    const CHANGES: usize = 100;
-    let mut trips = Vec::new();
-    for i in 0..CHANGES {
-        let (args, want): (&[&str], u8) = if i % 2 == 0 {
-            (&["server", "disable", "p7", "s1", "--graceful", "--timeout", "1h"], lb_common::server_state::DRAINING)
-        } else {
-            (&["server", "enable", "p7", "s1"], lb_common::server_state::ENABLED)
-        };
-        let start = Instant::now();
-        fleet.node("n1").lb(args);
-        for pin in &pins {
-            wait_for("the change in a node's datapath", Duration::from_secs(10), || datapath_state(pin, id) == want);
-        }
-        trips.push(start.elapsed());
-    }
-    let writes = revision() - before;
-    trips.sort();
-    let rss: Vec<String> = fleet
-        .nodes
-        .iter()
-        .map(|n| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", n.agent.pid())).unwrap_or_default();
-            status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?").to_owned()
-        })
-        .collect();
-    eprintln!(
-        "change through n1 until every node's datapath has it: p50 {:?}, p99 {:?}, max {:?} (the CLI's own process start included); \
-         store revisions per change {:.2} (node records included); agents' memory {rss:?}",
-        trips[CHANGES / 2],
-        trips[CHANGES * 99 / 100],
-        trips[CHANGES - 1],
-        writes as f64 / CHANGES as f64
-    );
-}
 
 #[test]
 fn a_store_that_requires_tls_client_certificates_serves_nodes_that_present_theirs() {

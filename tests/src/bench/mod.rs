@@ -3,6 +3,7 @@
 //! medians over rounds (these machines are shared and noisy: absolute
 //! times are informative only).
 
+pub mod cluster;
 pub mod control_plane;
 pub mod datapath_cost;
 pub mod end_to_end;
