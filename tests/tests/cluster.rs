@@ -167,6 +167,7 @@ fn change_until_taken(node: &testbed::bed::Bed, disable: bool) {
         if ok {
             return;
         }
+        eprintln!("refused after {:?}: {err}", start.elapsed());
         assert!(err.contains("the cluster store is unreachable"), "refused for another cause: {err}");
         std::thread::sleep(Duration::from_millis(300));
         if node.state("p7", "s1") == want {
@@ -372,6 +373,7 @@ fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_th
         server: "s1".into(),
         state: SharedState { admin, source: Source::Operator, by: by.into() },
         expected_revision: 0,
+        from: AdminState::Enabled,
     };
     let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
     let cut = AdminState::Disabled { since_ms: 1, reason: lb_userspace::servers::DisableReason::Immediate };
@@ -387,7 +389,7 @@ fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_th
     assert!(matches!(first, Recorded::At(_)), "the first decision is taken");
     let Recorded::Conflict(now) = second else { panic!("the second decision, made from the same revision, was taken") };
     assert_eq!(now.len(), 1);
-    let (_, _, state) = &now[0];
+    let state = &now[0].state;
     let state = state.as_ref().expect("the state that won");
     assert_eq!((state.admin, state.by.as_str()), (draining, "n1"), "told what won");
     assert!(store.get("/lb/states/p7/s1").contains("\"by\":\"n1\""));

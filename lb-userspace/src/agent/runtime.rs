@@ -83,6 +83,7 @@ pub enum Command {
 }
 
 /// An operator's change of servers' states.
+#[derive(Clone, Debug)]
 pub enum Intent {
     Disable { pool: String, servers: Vec<String>, mode: DisableMode, force: bool },
     Enable { pool: String, servers: Vec<String>, force: bool },

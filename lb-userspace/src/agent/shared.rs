@@ -114,6 +114,7 @@ impl<D: DatapathOps> Owner<D> {
                     by: shared.node.clone(),
                 },
                 expected_revision: shared.records.get(&key).map_or(0, |(revision, _)| *revision),
+                from: slot.admin,
             });
         }
         Ok(decision)

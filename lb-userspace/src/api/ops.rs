@@ -17,7 +17,7 @@ use crate::{
         runtime::{Intent, OwnerHandle},
         snapshot::Snapshot,
     },
-    cluster::Cluster,
+    cluster::{Cluster, Refused},
     datapath::counters::Counters,
     health::{Checks, LastCheck, ServerChecks, probe::Outcome, tally::Verdict},
     servers::{health::Health, state::time_left},
@@ -75,10 +75,29 @@ impl Ops {
 
     /// In a cluster: plans a change here, records it in the store (every
     /// node applies it from there), and answers once this node has.
+    /// A drain that ended by itself meanwhile (its deadline, its last flow)
+    /// is no other operator's decision: the change is planned again from
+    /// the store's state, up to a few times.
     async fn decide(&self, cluster: &Cluster, intent: Intent) -> Result<Vec<Change>, ApiError> {
-        let decision = self.owner.decide(intent).await?;
-        cluster.record(&decision.proposals, &self.snapshots).await?;
-        Ok(decision.changes)
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let decision = self.owner.decide(intent.clone()).await?;
+            match cluster.record(&decision.proposals, &self.snapshots).await {
+                Ok(_) => return Ok(decision.changes),
+                Err(Refused::DrainEnded(revision)) if attempts < 3 => {
+                    log::info!("cluster: a drain ended while {intent:?} was recorded: planned again");
+                    cluster.applied_here(revision, &self.snapshots).await;
+                }
+                Err(Refused::DrainEnded(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "the servers' drains kept ending meanwhile: ask again",
+                    ));
+                }
+                Err(Refused::Api(e)) => return Err(e),
+            }
+        }
     }
 
     /// In a cluster: this node's file is checked first (a dry run: refused

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use self::store::{Recorded, ReloadRequest, Store, StoreError};
+use self::store::{Current, Recorded, ReloadRequest, Store, StoreError};
 use crate::{
     agent::{shared::StoredState, snapshot::Snapshot},
     config::ClusterConfig,
@@ -69,20 +69,19 @@ impl Cluster {
         &self,
         proposals: &[Proposal],
         snapshots: &watch::Receiver<Arc<Snapshot>>,
-    ) -> Result<i64, ApiError> {
-        let recorded = tokio::time::timeout(self.timeout, self.store.record(proposals)).await;
-        let revision = match recorded {
-            Ok(Ok(Recorded::At(revision))) => revision,
-            Ok(Ok(Recorded::Conflict(now))) => return Err(conflict(&now)),
-            Ok(Err(e)) => return Err(unreachable(&late(&e.to_string()))),
-            Err(_) => return Err(unreachable(&late(&format!("no answer within {:?}", self.timeout)))),
-        };
+    ) -> Result<i64, Refused> {
+        let revision = self.record_within_timeout(proposals).await?;
+        self.applied_here(revision, snapshots).await;
+        Ok(revision)
+    }
+
+    /// Waits (within the store's timeout) until this node applies `revision`.
+    pub async fn applied_here(&self, revision: i64, snapshots: &watch::Receiver<Arc<Snapshot>>) {
         let mut snapshots = snapshots.clone();
         let applied = snapshots.wait_for(|s| s.shared_revision.is_some_and(|r| r >= revision));
         if tokio::time::timeout(self.timeout, applied).await.is_err() {
             log::warn!("cluster: revision {revision} is recorded but not applied here yet");
         }
-        Ok(revision)
     }
 }
 
@@ -111,6 +110,82 @@ fn reloaded(node: &NodeView, revision: i64) -> Option<crate::model::ReloadOutcom
     node.reload.clone().filter(|r| r.request >= revision)
 }
 
+/// How long an attempt to record may take before it is made again (a
+/// member gone, a leader being elected: another member may answer).
+const ATTEMPT: Duration = Duration::from_millis(700);
+/// The pause between two attempts.
+const RETRY: Duration = Duration::from_millis(100);
+
+impl Cluster {
+    /// Tries to record `proposals` until the store answers or the timeout
+    /// passes. Trying again is safe: each key's revision is checked, so an
+    /// attempt whose answer was lost but which the store took shows, at the
+    /// next attempt, as a "conflict" with exactly the states proposed, at
+    /// their revision: taken once.
+    async fn record_within_timeout(&self, proposals: &[Proposal]) -> Result<i64, Refused> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let why = match tokio::time::timeout(left.min(ATTEMPT), self.store.record(proposals)).await {
+                Ok(Ok(Recorded::At(revision))) => return Ok(revision),
+                Ok(Ok(Recorded::Conflict(now))) => match taken_before(proposals, &now) {
+                    Some(revision) if attempts > 1 => return Ok(revision),
+                    _ if drains_ended(proposals, &now) => {
+                        return Err(Refused::DrainEnded(now.iter().map(|c| c.revision).max().unwrap_or(0)));
+                    }
+                    _ => return Err(conflict(&now).into()),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:?}", left.min(ATTEMPT)),
+            };
+            if tokio::time::Instant::now() + RETRY >= deadline {
+                let why = format!("{why}; {attempts} attempt(s) within {:?}", self.timeout);
+                return Err(unreachable(&late(&why)).into());
+            }
+            log::debug!("cluster: recording a decision: {why}; trying again");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Why a decision was not recorded.
+#[derive(Debug)]
+pub enum Refused {
+    /// Said to the operator.
+    Api(ApiError),
+    /// A drain it was planned from ended meanwhile, by itself (at this
+    /// revision): to be planned again from there.
+    DrainEnded(i64),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Refused {
+        Refused::Api(e)
+    }
+}
+
+/// Whether every server that moved meanwhile only ended the drain the
+/// decision was planned from.
+fn drains_ended(proposals: &[Proposal], now: &[Current]) -> bool {
+    proposals.iter().zip(now).all(|(p, c)| {
+        c.revision == p.expected_revision
+            || c.state.as_ref().is_some_and(|s| crate::servers::shared::ends(&p.from, &s.admin))
+    })
+}
+
+/// If the store holds exactly what was proposed (an earlier attempt was
+/// taken), the revision it was taken at.
+fn taken_before(proposals: &[Proposal], now: &[Current]) -> Option<i64> {
+    let same = proposals.len() == now.len()
+        && proposals
+            .iter()
+            .zip(now)
+            .all(|(p, c)| c.state.as_ref() == Some(&p.state) && c.revision > p.expected_revision);
+    same.then(|| now.iter().map(|c| c.revision).max().unwrap_or(0))
+}
+
 fn unreachable(why: &str) -> ApiError {
     ApiError::new(ErrorCode::StoreUnreachable, format!("the cluster store is unreachable; nothing was changed ({why})"))
 }
@@ -121,12 +196,12 @@ fn late(why: &str) -> String {
     format!("{why}; should the store record it late, every node applies it then: read the state before retrying")
 }
 
-fn conflict(now: &[(String, String, Option<crate::servers::SharedState>)]) -> ApiError {
+fn conflict(now: &[Current]) -> ApiError {
     let states: Vec<String> = now
         .iter()
-        .map(|(pool, server, state)| match state {
-            Some(s) => format!("{pool}/{server} is {} (through node {})", s.admin.label(), s.by),
-            None => format!("{pool}/{server}"),
+        .map(|c| match &c.state {
+            Some(s) => format!("{}/{} is {} (through node {})", c.pool, c.server, s.admin.label(), s.by),
+            None => format!("{}/{}", c.pool, c.server),
         })
         .collect();
     ApiError::new(
@@ -137,4 +212,36 @@ fn conflict(now: &[(String, String, Option<crate::servers::SharedState>)]) -> Ap
             states.join(", ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::servers::{AdminState, DisableReason, SharedState, Source};
+
+    fn proposal(from: AdminState, to: AdminState, expected_revision: i64) -> Proposal {
+        let state = SharedState { admin: to, source: Source::Operator, by: "n1".into() };
+        Proposal { pool: "web".into(), server: "a".into(), state, expected_revision, from }
+    }
+
+    fn current(admin: AdminState, revision: i64) -> Current {
+        let state = Some(SharedState { admin, source: Source::Operator, by: "n2".into() });
+        Current { pool: "web".into(), server: "a".into(), state, revision }
+    }
+
+    #[test]
+    fn a_drain_that_ended_by_itself_is_no_conflict_but_another_decision_is() {
+        let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
+        let drained = AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained };
+        let cut = AdminState::Disabled { since_ms: 2, reason: DisableReason::Immediate };
+        let enable = [proposal(draining, AdminState::Enabled, 5)];
+        assert!(drains_ended(&enable, &[current(drained, 6)]), "the drain's own end: planned again");
+        assert!(!drains_ended(&enable, &[current(cut, 6)]), "another operator's disable: a conflict");
+        assert!(!drains_ended(&[proposal(AdminState::Enabled, cut, 5)], &[current(draining, 6)]));
+        // An attempt whose answer was lost but which the store took.
+        let taken = [proposal(draining, AdminState::Enabled, 5)];
+        let now = [Current { state: Some(taken[0].state.clone()), ..current(AdminState::Enabled, 7) }];
+        assert_eq!(taken_before(&taken, &now), Some(7));
+        assert_eq!(taken_before(&taken, &[current(AdminState::Enabled, 7)]), None, "another node's state");
+    }
 }

@@ -83,8 +83,17 @@ pub use crate::model::ReloadOutcome;
 pub enum Recorded {
     /// Recorded at this revision.
     At(i64),
-    /// A server was changed meanwhile: nothing was recorded. Its state now.
-    Conflict(Vec<(String, String, Option<SharedState>)>),
+    /// A server was changed meanwhile: nothing was recorded. Each
+    /// server's state now.
+    Conflict(Vec<Current>),
+}
+
+/// A server's state in the store now, and its key's revision.
+pub struct Current {
+    pub pool: String,
+    pub server: String,
+    pub state: Option<SharedState>,
+    pub revision: i64,
 }
 
 #[derive(Clone)]
@@ -180,8 +189,10 @@ impl Store {
         let mut now = Vec::new();
         for (p, response) in proposals.iter().zip(answer.op_responses()) {
             let TxnOpResponse::Get(get) = response else { continue };
-            let state = get.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok());
-            now.push((p.pool.clone(), p.server.clone(), state));
+            let kv = get.kvs().first();
+            let state = kv.and_then(|kv| serde_json::from_slice(kv.value()).ok());
+            let revision = kv.map_or(0, |kv| kv.mod_revision());
+            now.push(Current { pool: p.pool.clone(), server: p.server.clone(), state, revision });
         }
         Ok(Recorded::Conflict(now))
     }

@@ -28,6 +28,17 @@ pub struct Proposal {
     pub server: String,
     pub state: SharedState,
     pub expected_revision: i64,
+    /// The state it was planned from (as the store held it then).
+    pub from: AdminState,
+}
+
+/// Whether the store's `now` is the end of the drain `from` (its deadline
+/// came, or its last flow ended): the drain's own course, no one else's
+/// decision, so a decision planned from `from` is planned again rather
+/// than refused as a conflict.
+pub fn ends(from: &AdminState, now: &AdminState) -> bool {
+    use super::DisableReason::{Deadline, Drained};
+    matches!((from, now), (AdminState::Draining { .. }, AdminState::Disabled { reason: Deadline | Drained, .. }))
 }
 
 /// What brings a node's state `current` to the fleet's `target` at
