@@ -34,6 +34,11 @@ impl Fleet {
         Fleet::on(Store::start(), n, &|c| c, &mut |_| {})
     }
 
+    /// Three nodes whose configs `extra` adds to (the same on each).
+    pub fn start_with(n: usize, extra: &dyn Fn(ConfigFile) -> ConfigFile) -> Fleet {
+        Fleet::on(Store::start(), n, extra, &mut |_| {})
+    }
+
     /// Three nodes on a store that requires TLS client certificates.
     pub fn start_tls(n: usize) -> Fleet {
         Fleet::on(Store::start_tls(), n, &|c| c, &mut |_| {})

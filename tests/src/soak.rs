@@ -1,9 +1,15 @@
 //! The chaos soak (`cargo xtask soak`, and a 60 s run in the tests): mixed
 //! TCP and UDP traffic through the real agent while servers are disabled in
 //! random modes, enabled and drained, the agent is killed and restarted,
-//! and server processes stop and start. Checked throughout:
-//! - nothing reaches a DISABLED server (its processes answer nothing);
-//! - every drain with a deadline ends by it (plus 1 s);
+//! and server processes stop and start. In cluster mode ([`Mode::Cluster`])
+//! three nodes share a three-member etcd: each change goes through a random
+//! node, a random node's agent is killed and restarted, and store members
+//! are killed and started again (one at a time: quorum holds, so a change
+//! refused while the store elects a leader is asked again). Checked
+//! throughout:
+//! - nothing reaches a DISABLED server on any node (its processes answer
+//!   nothing);
+//! - every drain with a deadline ends by it (plus 1 s), on every node;
 //! - no connection is reset unless its server was cut or went down;
 //! - the agent's memory does not grow;
 //! - the flow table empties once traffic stops and the idle timeouts pass.
@@ -22,9 +28,19 @@ use lb_userspace::model::ServerState;
 
 use crate::{
     bed::{Bed, ECHO, UDP, bed_with},
+    config_file::ConfigFile,
+    fleet::Fleet,
     servers::{EchoClient, Kind, Server, Session, udp_exchange_on},
+    store::{MEMBERS, Store},
     topology::VIP,
 };
+
+/// One node, or three on one store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    Cluster,
+}
 
 const SERVERS: usize = 4;
 /// Short timeouts, so that the table empties soon after the traffic stops.
@@ -37,6 +53,9 @@ pub struct Report {
     pub changes: u64,
     pub agent_restarts: u64,
     pub server_restarts: u64,
+    pub member_kills: u64,
+    /// Changes refused while the store was electing a leader, then asked again.
+    pub changes_retried: u64,
     pub resets_explained: u64,
     pub violations: Vec<String>,
 }
@@ -45,14 +64,17 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "soak: {} new connections, {} exchanges on long connections, {} datagrams; {} changes, {} agent \
-             restarts, {} server restarts; {} connections reset by a cut or a stopped server; violations: {}",
+            "soak: {} new connections, {} exchanges on long connections, {} datagrams; {} changes ({} asked \
+             again), {} agent restarts, {} server restarts, {} store members killed; {} connections reset by a \
+             cut or a stopped server; violations: {}",
             self.connections,
             self.exchanges,
             self.datagrams,
             self.changes,
+            self.changes_retried,
             self.agent_restarts,
             self.server_restarts,
+            self.member_kills,
             self.resets_explained,
             self.violations.len()
         )?;
@@ -98,8 +120,12 @@ enum Admin {
     Disabled(Instant, u64),
 }
 
+/// Fields drop in order: the nodes, then the store.
 struct Chaos {
-    b: Bed,
+    /// One node, or the fleet's three (each with its own client and
+    /// servers s1..s4: the same server on every node is one server).
+    nodes: Vec<Bed>,
+    store: Option<Store>,
     admin: Vec<Admin>,
     up: Vec<bool>,
     history: Arc<Mutex<History>>,
@@ -122,21 +148,33 @@ impl Chaos {
     }
 
     fn answered(&self, i: usize) -> u64 {
-        self.b.echo[i].answered() + self.b.udp[i].answered()
+        self.nodes.iter().map(|b| b.echo[i].answered() + b.udp[i].answered()).sum()
     }
 
     fn name(i: usize) -> String {
         format!("s{}", i + 1)
     }
 
+    /// A change through a random node. In a cluster, one refused because
+    /// the store did not answer (a member just killed, a leader being
+    /// elected) is asked again, for up to 10 s: quorum holds throughout.
     fn lb(&mut self, args: &[&str]) -> bool {
-        self.history.lock().unwrap().log.push((Instant::now(), args.join(" ")));
-        let (ok, _, stderr) = self.b.agent.lb(args);
-        if !ok {
-            self.report.violations.push(format!("lb {args:?} failed: {}", stderr.trim()));
-        }
+        let node = self.random(self.nodes.len() as u64) as usize;
+        self.history.lock().unwrap().log.push((Instant::now(), format!("n{}: {}", node + 1, args.join(" "))));
         self.report.changes += 1;
-        ok
+        let asked = Instant::now();
+        loop {
+            let (ok, _, stderr) = self.nodes[node].agent.lb(args);
+            let unreachable = stderr.contains("the cluster store is unreachable");
+            if ok || !unreachable || self.store.is_none() || asked.elapsed() > Duration::from_secs(10) {
+                if !ok {
+                    self.report.violations.push(format!("lb {args:?} through n{} failed: {}", node + 1, stderr.trim()));
+                }
+                return ok;
+            }
+            self.report.changes_retried += 1;
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Servers that take new flows and answer, other than `except`.
@@ -157,6 +195,7 @@ impl Chaos {
             4 if may_disable => self.drain(i, None),
             5..=7 if self.admin[i] != Admin::Enabled => self.enable(i),
             8 if self.last_agent_restart.elapsed() > Duration::from_secs(8) => self.restart_agent(),
+            9 if self.store.is_some() && self.random(2) == 0 => self.bounce_member(),
             9 => self.bounce_server(i),
             _ => {}
         }
@@ -222,10 +261,13 @@ impl Chaos {
             if Instant::now() < deadline + Duration::from_secs(1) {
                 continue;
             }
-            let server = self.b.server("p7", &Self::name(i));
-            if server.state != ServerState::Disabled {
-                let state = server.label();
-                self.report.violations.push(format!("s{} is {state} 1 s after its drain's deadline", i + 1));
+            for (n, node) in self.nodes.iter().enumerate() {
+                let server = node.server("p7", &Self::name(i));
+                if server.state != ServerState::Disabled {
+                    let state = server.label();
+                    let on = if self.store.is_some() { format!(" on n{}", n + 1) } else { String::new() };
+                    self.report.violations.push(format!("s{} is {state}{on} 1 s after its drain's deadline", i + 1));
+                }
             }
             self.history.lock().unwrap().cuts.push((i, deadline));
             // p53 was not drained: disable it too, so both agree.
@@ -236,21 +278,40 @@ impl Chaos {
     }
 
     fn restart_agent(&mut self) {
+        let node = self.random(self.nodes.len() as u64) as usize;
         if self.random(2) == 0 {
-            self.b.agent.kill();
+            self.nodes[node].agent.kill();
         } else {
-            let _ = self.b.agent.stop();
+            let _ = self.nodes[node].agent.stop();
         }
         std::thread::sleep(Duration::from_millis(50));
-        self.history.lock().unwrap().log.push((Instant::now(), "agent restart".into()));
-        self.b.agent.restart();
+        self.history.lock().unwrap().log.push((Instant::now(), format!("n{}: agent restart", node + 1)));
+        self.nodes[node].agent.restart();
         self.report.agent_restarts += 1;
         self.last_agent_restart = Instant::now();
     }
 
-    /// Stops `i`'s server processes, or starts them again.
+    /// Kills a store member (SIGKILL), or starts the one down again: one
+    /// at a time, so the store keeps its quorum.
+    fn bounce_member(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        let what = match store.down_member() {
+            Some(member) => {
+                store.start_member(member);
+                format!("store member {member} started")
+            }
+            None => {
+                let member = (self.rng % MEMBERS as u64) as usize;
+                store.kill_member(member);
+                self.report.member_kills += 1;
+                format!("store member {member} killed")
+            }
+        };
+        self.history.lock().unwrap().log.push((Instant::now(), what));
+    }
+
+    /// Stops `i`'s server processes (on every node), or starts them again.
     fn bounce_server(&mut self, i: usize) {
-        let ns = &self.b.topology.servers[i].ns;
         let name = Self::name(i);
         if self.up[i] {
             if self.serving(i) < 2 {
@@ -258,12 +319,17 @@ impl Chaos {
             }
             self.history.lock().unwrap().down.push((i, Instant::now(), None));
             self.history.lock().unwrap().log.push((Instant::now(), format!("stop s{}", i + 1)));
-            self.b.echo[i].stop();
-            self.b.udp[i].stop();
+            for b in &mut self.nodes {
+                b.echo[i].stop();
+                b.udp[i].stop();
+            }
             self.up[i] = false;
         } else {
-            self.b.echo[i] = Server::start(ns, &name, Kind::LineEcho, 7007);
-            self.b.udp[i] = Server::start(ns, &name, Kind::UdpEcho, 5353);
+            for b in &mut self.nodes {
+                let ns = &b.topology.servers[i].ns;
+                b.echo[i] = Server::start(ns, &name, Kind::LineEcho, 7007);
+                b.udp[i] = Server::start(ns, &name, Kind::UdpEcho, 5353);
+            }
             if let Some(down) = self.history.lock().unwrap().down.iter_mut().rev().find(|d| d.0 == i) {
                 down.2 = Some(Instant::now());
             }
@@ -276,14 +342,24 @@ impl Chaos {
     }
 }
 
+/// Short timeouts, so that the table empties soon after the traffic stops.
+fn short_timeouts(c: ConfigFile) -> ConfigFile {
+    c.set("flows.tcp_idle_timeout", "6s").set("flows.tcp_closing_timeout", "2s").set("flows.udp_idle_timeout", "3s")
+}
+
 /// Runs the soak for `duration` from `seed`; the report lists violations.
-pub fn soak(duration: Duration, seed: u64) -> Report {
-    let b = bed_with(SERVERS, |c| {
-        c.set("flows.tcp_idle_timeout", "6s").set("flows.tcp_closing_timeout", "2s").set("flows.udp_idle_timeout", "3s")
-    });
+pub fn soak(duration: Duration, seed: u64, mode: Mode) -> Report {
+    let (nodes, store) = match mode {
+        Mode::Single => (vec![bed_with(SERVERS, short_timeouts)], None),
+        Mode::Cluster => {
+            let Fleet { nodes, store } = Fleet::start_with(SERVERS, &short_timeouts);
+            (nodes, Some(store))
+        }
+    };
     let history = Arc::new(Mutex::new(History::default()));
     let mut chaos = Chaos {
-        b,
+        nodes,
+        store,
         admin: vec![Admin::Enabled; SERVERS],
         up: vec![true; SERVERS],
         history: Arc::clone(&history),
@@ -294,24 +370,33 @@ pub fn soak(duration: Duration, seed: u64) -> Report {
     let stop = AtomicBool::new(false);
     let counts = Counts::default();
     let ended = Mutex::new(Vec::new());
-    let memory_before = Mutex::new(None);
-    // The client's namespace, held apart from the bed that the chaos changes.
-    let client = std::fs::File::open(format!("/run/netns/{}", chaos.b.topology.client.name)).expect("client netns");
+    let mut memory_before = None;
+    // Each node's client namespace, held apart from the beds the chaos changes.
+    let clients: Vec<std::fs::File> = chaos
+        .nodes
+        .iter()
+        .map(|b| std::fs::File::open(format!("/run/netns/{}", b.topology.client.name)).expect("client netns"))
+        .collect();
     std::thread::scope(|s| {
-        s.spawn(|| in_netns(&client, || long_connections(&stop, &counts, &ended)));
-        s.spawn(|| in_netns(&client, || new_connections(&stop, &counts, &ended)));
-        s.spawn(|| in_netns(&client, || datagrams(&stop, &counts)));
+        for client in &clients {
+            let (stop, counts, ended) = (&stop, &counts, &ended);
+            s.spawn(move || in_netns(client, || long_connections(stop, counts, ended)));
+            s.spawn(move || in_netns(client, || new_connections(stop, counts, ended)));
+            s.spawn(move || in_netns(client, || datagrams(stop, counts)));
+        }
         let started = Instant::now();
         while started.elapsed() < duration {
-            std::thread::sleep(Duration::from_millis(400 + chaos.random(800)));
-            if memory_before.lock().unwrap().is_none() && started.elapsed() > Duration::from_secs(5) {
-                *memory_before.lock().unwrap() = rss_kib(chaos.b.agent.pid());
+            // A cluster's steps take longer (three agents, the store): shorter pauses.
+            let pause = if chaos.store.is_some() { 250 + chaos.random(500) } else { 400 + chaos.random(800) };
+            std::thread::sleep(Duration::from_millis(pause));
+            if memory_before.is_none() && started.elapsed() > Duration::from_secs(5) {
+                memory_before = Some(chaos.memory());
             }
             chaos.step();
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let mut report = judge(chaos, ended.into_inner().unwrap(), memory_before.into_inner().unwrap());
+    let mut report = judge(chaos, ended.into_inner().unwrap(), memory_before);
     report.connections = counts.connections.load(Ordering::Relaxed);
     report.exchanges = counts.exchanges.load(Ordering::Relaxed);
     report.datagrams = counts.datagrams.load(Ordering::Relaxed);
@@ -397,8 +482,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").parse().ok()
 }
 
-/// The end: connections judged, memory compared, the flow table emptied.
-fn judge(mut chaos: Chaos, ended: Vec<Ended>, memory_before: Option<u64>) -> Report {
+impl Chaos {
+    /// Each agent's RSS.
+    fn memory(&self) -> Vec<Option<u64>> {
+        self.nodes.iter().map(|b| rss_kib(b.agent.pid())).collect()
+    }
+
+    fn flows_left(&self) -> usize {
+        self.nodes.iter().map(|b| b.agent.flow_count()).sum()
+    }
+}
+
+/// The end: connections judged, memory compared, the flow tables emptied.
+fn judge(mut chaos: Chaos, ended: Vec<Ended>, memory_before: Option<Vec<Option<u64>>>) -> Report {
     let history = chaos.history.lock().unwrap();
     for &(server, at, kind) in &ended {
         let explained = if server == usize::MAX {
@@ -432,17 +528,20 @@ fn judge(mut chaos: Chaos, ended: Vec<Ended>, memory_before: Option<u64>) -> Rep
         }
     }
     drop(history);
-    if let (Some(before), Some(after)) = (memory_before, rss_kib(chaos.b.agent.pid()))
-        && after > before + 16 * 1024
-    {
-        chaos.report.violations.push(format!("the agent grew from {before} to {after} KiB"));
+    let after = chaos.memory();
+    for (n, (before, after)) in memory_before.unwrap_or_default().into_iter().zip(after).enumerate() {
+        if let (Some(before), Some(after)) = (before, after)
+            && after > before + 16 * 1024
+        {
+            chaos.report.violations.push(format!("agent {} grew from {before} to {after} KiB", n + 1));
+        }
     }
     // Quiet: closing flows go after 2 s, idle ones after 6 s (UDP 3 s).
     let quiet = Instant::now();
-    while chaos.b.agent.flow_count() > 0 && quiet.elapsed() < Duration::from_secs(15) {
+    while chaos.flows_left() > 0 && quiet.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(250));
     }
-    let left = chaos.b.agent.flow_count();
+    let left = chaos.flows_left();
     if left > 0 {
         chaos.report.violations.push(format!("{left} flows left 15 s after the traffic stopped"));
     }

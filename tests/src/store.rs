@@ -131,6 +131,11 @@ impl Store {
         self.members[i] = Some(child);
     }
 
+    /// A member that is not running, if any.
+    pub fn down_member(&self) -> Option<usize> {
+        (0..MEMBERS).find(|i| self.members[*i].is_none())
+    }
+
     /// SIGKILL to member `i`.
     pub fn kill_member(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].take() {

@@ -70,6 +70,10 @@ enum Task {
         /// The chaos's seed.
         #[arg(long, default_value_t = 24301)]
         seed: u64,
+        /// Three nodes sharing a three-member etcd, with nodes and store
+        /// members killed at random.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Run every test (unit, datapath fixtures, namespace end-to-end).
     Test {
@@ -150,11 +154,14 @@ fn run(task: Task) -> anyhow::Result<()> {
                 .env("LB_FUZZ_SEED", seed.to_string());
             exec(&mut cmd)
         }
-        Task::Soak { duration, seed } => {
+        Task::Soak { duration, seed, cluster } => {
             setup::setup()?;
             let bins = build(false)?;
             let mut cmd = Command::new(&bins.soak);
             cmd.arg("--lb").arg(&bins.lb).args(["--duration", &duration, "--seed", &seed.to_string()]);
+            if cluster {
+                cmd.arg("--cluster");
+            }
             exec(&mut cmd)
         }
         Task::Test { args } => {

@@ -1,12 +1,17 @@
 //! The chaos soak behind `cargo xtask soak`: `lb-soak --lb PATH [--duration
-//! 10m] [--seed N]`. Prints a summary; exits 1 if any check was violated.
+//! 10m] [--seed N] [--cluster]`. Prints a summary; exits 1 if any check was
+//! violated.
 
 use std::time::Duration;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut duration, mut seed) = (Duration::from_secs(600), 0x5eed_u64);
+    let (mut duration, mut seed, mut mode) = (Duration::from_secs(600), 0x5eed_u64, testbed::soak::Mode::Single);
     while let Some(arg) = args.next() {
+        if arg == "--cluster" {
+            mode = testbed::soak::Mode::Cluster;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match arg.as_str() {
             // The test bed's agent guard reads the binary from LB_BIN.
@@ -22,13 +27,13 @@ fn main() {
             _ => usage(),
         }
     }
-    eprintln!("soak: {duration:?} of chaos, seed {seed}");
-    let report = testbed::soak::soak(duration, seed);
+    eprintln!("soak: {duration:?} of chaos, seed {seed}, {mode:?}");
+    let report = testbed::soak::soak(duration, seed, mode);
     println!("{report}");
     std::process::exit(if report.violations.is_empty() { 0 } else { 1 });
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lb-soak --lb PATH [--duration 10m] [--seed N]   (run it with `cargo xtask soak`)");
+    eprintln!("usage: lb-soak --lb PATH [--duration 10m] [--seed N] [--cluster]   (run it with `cargo xtask soak`)");
     std::process::exit(2)
 }
