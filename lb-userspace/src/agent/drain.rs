@@ -46,6 +46,12 @@ impl<D: DatapathOps> Owner<D> {
         interval.min(DRAIN_COUNT_INTERVAL.max(self.counts.took * 2))
     }
 
+    /// How long the last sweep held the owner (a deadline must not fall
+    /// within the next one: see `runtime::sweep_at`).
+    pub fn sweep_took(&self) -> Duration {
+        self.counts.took
+    }
+
     /// Terminates, as an immediate disable would, what is left on servers
     /// whose deadline has come, and of services leaving the config whose
     /// deadline has come.

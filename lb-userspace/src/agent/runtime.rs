@@ -163,8 +163,9 @@ pub async fn run_owner<D: DatapathOps>(
     owner.publish_to(snapshots);
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let next_sweep = last_sweep.map_or_else(Instant::now, |at| at + owner.sweep_interval());
         let deadline = [owner.next_deadline(), owner.next_cut()].into_iter().flatten().min();
+        let planned = last_sweep.map_or_else(Instant::now, |at| at + owner.sweep_interval());
+        let next_sweep = sweep_at(planned, deadline.map(instant_of), owner.sweep_took());
         tokio::select! {
             biased;
             () = stopped(&mut shutdown) => break,
@@ -266,9 +267,44 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Sleeps until the wall-clock instant `at_ms`, or forever without one.
 /// Woken early by a wall clock set back, the owner checks again.
+/// When to sweep: as `planned`, unless the sweep (it holds the owner for
+/// about `took`) would still run at `deadline`, an instant promised to
+/// every node's flows: then right after it.
+fn sweep_at(planned: Instant, deadline: Option<Instant>, took: Duration) -> Instant {
+    match deadline {
+        Some(at) if planned <= at && planned + took * 2 + Duration::from_millis(5) > at => {
+            at + Duration::from_millis(1)
+        }
+        _ => planned,
+    }
+}
+
+/// The monotonic instant of a wall-clock time (ms since the Unix epoch).
+fn instant_of(at_ms: u64) -> Instant {
+    let now = Instant::now();
+    now + Duration::from_millis(at_ms.saturating_sub(now_ms()))
+}
+
 async fn until_wall(at_ms: Option<u64>) {
     match at_ms {
         Some(at) => sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_that_would_hold_the_owner_at_a_deadline_waits_until_after_it() {
+        let now = Instant::now();
+        let took = Duration::from_millis(30);
+        let deadline = now + Duration::from_millis(40);
+        assert_eq!(sweep_at(now, Some(deadline), took), deadline + Duration::from_millis(1), "it would overlap");
+        assert_eq!(sweep_at(now, Some(now + Duration::from_secs(1)), took), now, "far from the deadline");
+        assert_eq!(sweep_at(now, None, took), now);
+        let after = now + Duration::from_millis(50);
+        assert_eq!(sweep_at(after, Some(deadline), took), after, "planned after the deadline");
     }
 }

@@ -1,7 +1,8 @@
 //! Section 6, many nodes on one store: three agents and a three-member
 //! etcd in namespaces, as the cluster tests run them. How long a change
 //! asked through node n1 (its API: no CLI process in the figure) takes
-//! until every node's datapath has it; what a change costs the store;
+//! until every node's datapath has it; how late after a drain's absolute
+//! deadline each node resets its flows; what a change costs the store;
 //! each agent's memory.
 
 use std::time::{Duration, Instant};
@@ -82,10 +83,60 @@ pub fn run(report: &mut Report, quick: bool) {
         Some(Target::AtMost(1.0)),
         note,
     );
+    deadline_lag(report, &fleet, if quick { 3 } else { 7 });
     let rss: Vec<f64> = fleet.nodes.iter().map(|n| rss_mb(n.agent.pid())).collect();
     let note =
         format!("each agent (n1, n2, n3): {}", rss.iter().map(|m| format!("{m:.1} MB")).collect::<Vec<_>>().join(", "));
     report.add(SECTION, "memory per node (largest RSS)", rss.iter().copied().fold(0.0, f64::max), "MB", None, note);
+}
+
+/// How long after a drain's absolute deadline each node resets its flows:
+/// a session through each node, a graceful disable through n1 with a
+/// deadline 1.5 s away, each session's reset seen by its client (which
+/// watches its socket every 10 ms) against the deadline, over `rounds`.
+fn deadline_lag(report: &mut Report, fleet: &Fleet, rounds: usize) {
+    let mut lags = Vec::new();
+    for _ in 0..rounds {
+        let sessions: Vec<Session> =
+            fleet.nodes.iter().map(|n| Session::start(n.connect_to("s2"), "s2", EVERY_100MS)).collect();
+        fleet.node("n1").lb(&["server", "disable", "p7", "s2", "--graceful", "--timeout", "1500ms"]);
+        let deadline_ms = fleet.node("n1").server("p7", "s2").deadline_ms.expect("a deadline");
+        let start = Instant::now();
+        while !sessions.iter().all(|s| s.ended().is_some()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "a session outlived its deadline by seconds");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (now_wall, now) = (wall_ms(), Instant::now());
+        for s in &sessions {
+            let ended = s.ended().expect("ended");
+            let ended_ms = now_wall as f64 - (now - ended.at).as_secs_f64() * 1000.0;
+            lags.push(ended_ms - deadline_ms as f64);
+        }
+        fleet.wait_state_everywhere("p7", "s2", "DISABLED (deadline)", Duration::from_secs(5));
+        fleet.node("n2").lb(&["server", "enable", "p7", "s2"]);
+        fleet.wait_state_everywhere("p7", "s2", "ENABLED", Duration::from_secs(5));
+    }
+    lags.sort_by(f64::total_cmp);
+    let note = format!(
+        "{rounds} drains through n1 (deadline 1.5 s), a session through each node; each node's own timer, no store \
+         round trip; median {:.0} ms, earliest {:.0} ms",
+        lags[lags.len() / 2],
+        lags[0]
+    );
+    let latest = lags[lags.len() - 1];
+    report.add(
+        SECTION,
+        "reset after the absolute deadline, latest node",
+        latest,
+        "ms",
+        Some(Target::AtMost(50.0)),
+        note,
+    );
+}
+
+fn wall_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("a clock after 1970").as_millis() as u64
 }
 
 /// The store's revision now.
