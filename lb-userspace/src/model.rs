@@ -432,8 +432,9 @@ pub struct NodeView {
     /// How it fared with the last fleet reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadOutcome>,
-    /// Its clock minus this node's, as its last record showed (within the
-    /// store's polling interval, a quarter second).
+    /// Its clock minus this node's, estimated from its last records' clocks
+    /// (the largest of the last samples: each is seen late by up to the
+    /// store's polling interval, a quarter second, never early).
     pub clock_offset_ms: Option<i64>,
     /// It started from its state file while the store was unreachable.
     pub stale: bool,

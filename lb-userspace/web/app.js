@@ -439,7 +439,7 @@ function nodesPage() {
         el("th", { class: "num", text: "Revision" }), el("th", { class: "num", text: "Live flows" }),
         el("th", { text: "Config" }), el("th", { class: "num", text: "Clock offset" }))),
       tbody)),
-    el("p", { class: "services", text: "Deadlines are absolute: the nodes' clocks must be synchronised (NTP). An offset is as the store last showed it, within a quarter second." }));
+    el("p", { class: "services", text: "Deadlines are absolute: the nodes' clocks must be synchronised (NTP). An offset is estimated from the nodes' records in the store: a few ms off once it has seen a minute of them." }));
   const create = () => el("tr", {}, ...["name", "up", "sync", "num revision", "num flows", "config", "num offset"]
     .map((c) => el("td", { class: c })));
   const update = (row, n, view) => {

@@ -49,6 +49,8 @@ struct Seen {
     /// By node: its last record, when it changed, its clock offset.
     nodes: BTreeMap<String, (NodeRecord, u64, Option<i64>)>,
     up: Vec<String>,
+    /// By node: its last clock samples (see [`ClockSamples`]).
+    clocks: BTreeMap<String, ClockSamples>,
     /// Nodes whose config differs, already said so.
     told: Vec<String>,
 }
@@ -174,8 +176,9 @@ impl Presence {
         for record in records {
             let changed = seen.nodes.get(&record.node).is_none_or(|(last, _, _)| *last != record);
             if changed {
-                let offset = i64::try_from(record.clock_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
-                let offset = (record.node != self.node).then_some(offset);
+                let sample = i64::try_from(record.clock_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
+                let offset = (record.node != self.node)
+                    .then(|| seen.clocks.entry(record.node.clone()).or_default().offset_with(sample));
                 if record.config_hash != this.config_hash && !seen.told.contains(&record.node) {
                     let message = format!(
                         "node {} runs another config than this node (config hash {} here, {} there): \
@@ -218,6 +221,28 @@ impl Presence {
             stale: this.stale,
             nodes,
         }));
+    }
+}
+
+/// How a node's clock is estimated from this one: each record carries its
+/// writer's clock; seen `d` ms after it was written (0 to a tick, and a
+/// first read may see one written seconds ago), a sample is the offset
+/// minus `d`, never more than the offset. So the largest of the last
+/// samples is the estimate: a few ms off once a sample was seen soon after
+/// its write (one heartbeat in twelve or so, within a minute).
+#[derive(Default)]
+struct ClockSamples(std::collections::VecDeque<i64>);
+
+/// Samples kept: a minute of heartbeats.
+const CLOCK_SAMPLES: usize = 12;
+
+impl ClockSamples {
+    fn offset_with(&mut self, sample: i64) -> i64 {
+        if self.0.len() == CLOCK_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back(sample);
+        self.0.iter().copied().max().unwrap_or(sample)
     }
 }
 
@@ -267,6 +292,20 @@ mod tests {
         assert_eq!(others.counted_ms, 200);
         assert_eq!(others_of(&records[..1], "a").counted_ms, u64::MAX, "alone: nobody to wait for");
         assert_eq!(others.live, 2);
+    }
+
+    #[test]
+    fn a_clock_offset_is_the_largest_of_the_late_samples() {
+        let mut clock = ClockSamples::default();
+        // A true offset of +40 ms, each record seen 0 to 250 ms after its write.
+        assert_eq!(clock.offset_with(40 - 4_000), -3_960, "a first read of an old record");
+        assert_eq!(clock.offset_with(40 - 180), -140);
+        assert_eq!(clock.offset_with(40 - 3), 37, "one seen soon after its write");
+        assert_eq!(clock.offset_with(40 - 220), 37);
+        for _ in 0..CLOCK_SAMPLES {
+            clock.offset_with(-500);
+        }
+        assert_eq!(clock.offset_with(-500), -500, "a clock that moved shows within a minute");
     }
 
     #[test]
