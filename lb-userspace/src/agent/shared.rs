@@ -114,7 +114,10 @@ impl<D: DatapathOps> Owner<D> {
                     by: shared.node.clone(),
                 },
                 expected_revision: shared.records.get(&key).map_or(0, |(revision, _)| *revision),
-                from: slot.admin,
+                // The store's state, not this node's: a node that cut a
+                // drain at its deadline is ahead of the store until its
+                // cut is recorded.
+                from: shared.records.get(&key).map_or(slot.admin, |(_, admin)| *admin),
             });
         }
         Ok(decision)

@@ -85,6 +85,14 @@ fn a_deadline_is_cut_here_at_once_and_the_store_is_told() {
     };
     owner.apply_shared(vec![stored], 4, T0 + 3100);
     assert_eq!(owner.servers().find("web", "a").unwrap().admin, a);
+    // An enable planned before the cut is recorded is planned from the
+    // store's drain (so the cut's record is the drain's own end, not
+    // another operator's decision: planned again, not refused).
+    let plan = owner.plan_enable("web", &names(&["a"]), false).unwrap();
+    let decision = owner.decide("web", &plan, Source::Operator, T0 + 3200).unwrap();
+    let p = &decision.proposals[0];
+    assert!(matches!(p.from, AdminState::Draining { .. }), "planned from {:?}", p.from);
+    assert!(crate::servers::shared::ends(&p.from, &a));
 }
 
 /// A clustered owner whose pool has a monitor, and the others' view: `live`
