@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The cluster tests make their TLS certificates with it.
+    "openssl",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

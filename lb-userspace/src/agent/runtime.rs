@@ -265,8 +265,6 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
 }
 
-/// Sleeps until the wall-clock instant `at_ms`, or forever without one.
-/// Woken early by a wall clock set back, the owner checks again.
 /// When to sweep: as `planned`, unless the sweep (it holds the owner for
 /// about `took`) would still run at `deadline`, an instant promised to
 /// every node's flows: then right after it.
@@ -285,6 +283,8 @@ fn instant_of(at_ms: u64) -> Instant {
     now + Duration::from_millis(at_ms.saturating_sub(now_ms()))
 }
 
+/// Sleeps until the wall-clock instant `at_ms`, or forever without one.
+/// Woken early by a wall clock set back, the owner checks again.
 async fn until_wall(at_ms: Option<u64>) {
     match at_ms {
         Some(at) => sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
