@@ -68,10 +68,32 @@ pub mod map_name {
     /// as the agent last published it (see `lb-userspace/src/datapath/clock.rs`).
     pub const CLOCK: &str = "clock";
 
+    /// IPv6 services: [`ServiceKey6`](crate::ServiceKey6) -> [`Service`](crate::Service).
+    pub const SERVICES6: &str = "services6";
+    /// IPv6 VIP addresses (any port): [`Addr6`](crate::Addr6) -> u8 (unused).
+    pub const VIP_ADDRS6: &str = "vip_addrs6";
+    /// Each server's IPv6 address, indexed by server id: [`Addr6`](crate::Addr6)
+    /// (all zeroes: none). Its state is the one in [`SERVERS`].
+    pub const SERVER_ADDRS6: &str = "server_addrs6";
+    /// The IPv6 flow table: [`FlowSlot6`](crate::FlowSlot6)s, laid out as
+    /// [`flow_table`](crate::flow_table) says.
+    pub const FLOWS6: &str = "flows6";
+    /// The IPv6 flow table's tags.
+    pub const FLOW_TAGS6: &str = "flow_tags6";
+    /// IPv6 return path by server endpoint: [`EndpointKey6`](crate::EndpointKey6)
+    /// -> [`ReverseNat6`](crate::ReverseNat6).
+    pub const SERVER_ENDPOINTS6: &str = "server_endpoints6";
+    /// IPv6 return path per flow, for shared endpoints.
+    pub const REVERSE_NAT6: &str = "reverse_nat6";
+    /// Next hop towards each server's IPv6 address, by server id: [`NextHop`](crate::NextHop).
+    pub const NEXT_HOPS6: &str = "next_hops6";
+    /// The IPv6 flows one purge run removed: [`purge::Purged6`](crate::purge::Purged6)s.
+    pub const PURGED6: &str = "purged6";
+
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 28] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -91,6 +113,15 @@ pub mod map_name {
         PURGED,
         MAPS_FORMAT,
         CLOCK,
+        SERVICES6,
+        VIP_ADDRS6,
+        SERVER_ADDRS6,
+        FLOWS6,
+        FLOW_TAGS6,
+        SERVER_ENDPOINTS6,
+        REVERSE_NAT6,
+        NEXT_HOPS6,
+        PURGED6,
     ];
 }
 
@@ -121,6 +152,10 @@ pub const DEFAULT_MAX_SERVICES: u32 = 64;
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
+/// An IPv6 address as the datapath loads it: four 32-bit words in network
+/// byte order (all zeroes: none).
+pub type Addr6 = [u32; 4];
+
 /// A virtual service: where clients send their packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -128,6 +163,16 @@ pub struct ServiceKey {
     /// VIP, network byte order.
     pub addr: u32,
     /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// An IPv6 virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey6 {
+    pub addr: Addr6,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -215,6 +260,27 @@ impl FlowKey {
     #[inline(always)]
     pub fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> FlowKey {
         FlowKey { src_addr, dst_addr, src_port, dst_port, proto, _pad: 0, _pad2: 0 }
+    }
+}
+
+/// An IPv6 flow as the client sees it (see [`FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey6 {
+    pub src_addr: Addr6,
+    pub dst_addr: Addr6,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+impl FlowKey6 {
+    /// A 5-tuple, every field in network byte order.
+    #[inline(always)]
+    pub fn new(src_addr: Addr6, dst_addr: Addr6, src_port: u16, dst_port: u16, proto: u8) -> FlowKey6 {
+        FlowKey6 { src_addr, dst_addr, src_port, dst_port, proto, _pad: 0, _pad2: 0 }
     }
 }
 
@@ -320,6 +386,67 @@ pub struct FlowSlot {
 // A slot is one cache line.
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 
+/// One slot of the IPv6 flow table: two cache lines, the key (40 bytes)
+/// and the flow, under the same sequence lock as a [`FlowSlot`]. A table of
+/// its own, so IPv4 flows keep their one-line slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowSlot6 {
+    pub version: u64,
+    pub key: FlowKey6,
+    pub flow: Flow,
+    pub _pad: [u64; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowSlot6>() == 128);
+
+/// A flow-table slot of either family, as the datapath and the agent both
+/// read and write it: its parts under one sequence lock, and its key's hash.
+pub trait TableSlot: Copy + 'static {
+    type Key: Copy + Default + PartialEq + 'static;
+    /// The slot's version, key and flow (field addresses: nothing is read).
+    fn parts(slot: *mut Self) -> (*mut u64, *mut Self::Key, *mut Flow);
+    fn hash(key: &Self::Key) -> u64;
+}
+
+impl TableSlot for FlowSlot {
+    type Key = FlowKey;
+    #[inline(always)]
+    fn parts(slot: *mut Self) -> (*mut u64, *mut FlowKey, *mut Flow) {
+        // Offsets, not dereferences: the pointer may be one the caller has
+        // yet to prove valid.
+        let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
+        (
+            at(core::mem::offset_of!(FlowSlot, version)).cast(),
+            at(core::mem::offset_of!(FlowSlot, key)).cast(),
+            at(core::mem::offset_of!(FlowSlot, flow)).cast(),
+        )
+    }
+    #[inline(always)]
+    fn hash(key: &FlowKey) -> u64 {
+        flow_table::hash(key)
+    }
+}
+
+impl TableSlot for FlowSlot6 {
+    type Key = FlowKey6;
+    #[inline(always)]
+    fn parts(slot: *mut Self) -> (*mut u64, *mut FlowKey6, *mut Flow) {
+        // Offsets, not dereferences: the pointer may be one the caller has
+        // yet to prove valid.
+        let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
+        (
+            at(core::mem::offset_of!(FlowSlot6, version)).cast(),
+            at(core::mem::offset_of!(FlowSlot6, key)).cast(),
+            at(core::mem::offset_of!(FlowSlot6, flow)).cast(),
+        )
+    }
+    #[inline(always)]
+    fn hash(key: &FlowKey6) -> u64 {
+        flow_table::hash6(key)
+    }
+}
+
 /// The flow table's layout, shared by the datapath and the agent: an array
 /// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
 /// consecutive slots (one 256-byte run of memory). A flow sits in one of two
@@ -412,6 +539,38 @@ pub mod flow_table {
         (tags & !(0xffff << (16 * lane))) | (tag as u64) << (16 * lane)
     }
 
+    /// The top bit of each lane of a bucket's tag word, where its slot is
+    /// free (its tag [`TAG_FREE`], 0): no loop, no branch.
+    #[inline(always)]
+    pub fn free_lanes(tags: u64) -> u64 {
+        const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+        const HIGH: u64 = !LOW;
+        // A lane's top bit: set if any of its bits is (its low 15 bits plus
+        // 0x7fff carry into it without crossing into the next lane).
+        !(((tags & LOW) + LOW) | tags) & HIGH
+    }
+
+    /// How many lanes [`free_lanes`] marked.
+    #[inline(always)]
+    pub fn lanes_count(marks: u64) -> u32 {
+        ((marks >> 15 & 1) + (marks >> 31 & 1) + (marks >> 47 & 1) + (marks >> 63)) as u32
+    }
+
+    /// The first lane [`free_lanes`] marked (3 if none is: callers check
+    /// there is one).
+    #[inline(always)]
+    pub fn first_lane(marks: u64) -> u32 {
+        if marks & 1 << 15 != 0 {
+            0
+        } else if marks & 1 << 31 != 0 {
+            1
+        } else if marks & 1 << 47 != 0 {
+            2
+        } else {
+            3
+        }
+    }
+
     /// Buckets whose tag words share an element of the `flow_tags` map: a
     /// cache line of them, which the purge skips at once when all are free.
     pub const TAG_LINE_BUCKETS: u32 = 8;
@@ -452,6 +611,16 @@ pub mod flow_table {
         fmix64(a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     }
 
+    /// The same for an IPv6 5-tuple: each address folded to 64 bits first
+    /// (a xor of its halves: a client's or VIP's address varies in either).
+    #[inline(always)]
+    pub fn hash6(key: &crate::FlowKey6) -> u64 {
+        let fold = |a: &crate::Addr6| (a[0] ^ a[2]) as u64 | ((a[1] ^ a[3]) as u64) << 32;
+        let a = fold(&key.src_addr) ^ ((key.src_port as u64) << 16 | key.proto as u64).rotate_left(40);
+        let b = fold(&key.dst_addr) ^ (key.dst_port as u64) << 48;
+        fmix64(fmix64(a) ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
     #[inline(always)]
     fn fmix64(mut h: u64) -> u64 {
         h ^= h >> 33;
@@ -473,6 +642,10 @@ pub mod purge {
 
     use crate::{Flow, FlowKey};
 
+    /// In [`Request::family`]: which flow table a run walks.
+    pub const IPV4: u32 = 4;
+    pub const IPV6: u32 = 6;
+
     /// Flows one run frees at most: the size of the `purged` map.
     pub const BATCH: u32 = 16 * 1024;
 
@@ -487,7 +660,8 @@ pub mod purge {
         pub end_bucket: u32,
         /// In: 0. Out: flows freed, in `purged[0..purged]`.
         pub purged: u32,
-        pub _pad: u32,
+        /// In: [`IPV4`] (or 0) or [`IPV6`].
+        pub family: u32,
         /// In: bit `h` set if a server to purge has the hint `h`
         /// ([`flow_table::server_hint`](crate::flow_table::server_hint)):
         /// only slots whose tag has one of these hints are read.
@@ -501,6 +675,14 @@ pub mod purge {
         pub key: FlowKey,
         pub flow: Flow,
     }
+
+    /// An IPv6 flow the purge freed.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+    pub struct Purged6 {
+        pub key: crate::FlowKey6,
+        pub flow: Flow,
+    }
 }
 
 /// A TCP reset for the agent to send (host order numbers, network order
@@ -511,6 +693,17 @@ pub mod purge {
 pub struct ResetRequest {
     pub src_addr: u32,
     pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+}
+
+/// An IPv6 TCP reset for the agent to send (see [`ResetRequest`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ResetRequest6 {
+    pub src_addr: Addr6,
+    pub dst_addr: Addr6,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -534,6 +727,20 @@ pub struct ReverseNat {
 /// the same layout as a service.
 pub type EndpointKey = ServiceKey;
 
+/// Where a server's IPv6 reply must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReverseNat6 {
+    pub vip: Addr6,
+    pub port: u16,
+    /// As in [`ReverseNat::shared`].
+    pub shared: u8,
+    pub _pad: u8,
+}
+
+/// An IPv6 server endpoint, keying `server_endpoints6`.
+pub type EndpointKey6 = ServiceKey6;
+
 /// The datapath's traffic filter, the `filter` map: a byte array that lets
 /// it pass traffic that is not its own with an array read instead of hash
 /// lookups. Two kinds of bits, at two kinds of index:
@@ -552,6 +759,12 @@ pub mod filter {
     #[inline(always)]
     pub fn service_index(addr: u32, port: u16, proto: u8) -> u32 {
         ((addr ^ (addr >> 16)) ^ port as u32 ^ ((proto as u32) << 8)) & 0xffff
+    }
+
+    /// The same for an IPv6 VIP: its words folded to one first.
+    #[inline(always)]
+    pub fn service_index6(addr: &crate::Addr6, port: u16, proto: u8) -> u32 {
+        service_index(addr[0] ^ addr[1] ^ addr[2] ^ addr[3], port, proto)
     }
 }
 
@@ -600,11 +813,11 @@ macro_rules! outcomes {
 }
 
 outcomes! {
-    /// Not IPv4 (ARP, IPv6, ...): passed to the kernel.
-    PassNotIpv4 = "pass_not_ipv4",
+    /// Neither IPv4 nor IPv6 (ARP, ...): passed to the kernel.
+    PassNotIp = "pass_not_ip",
     /// IPv4 but neither for a virtual service nor a server's reply.
     PassNotForUs = "pass_not_for_us",
-    /// To a VIP address but neither TCP nor UDP (ICMP, ...): passed.
+    /// To a VIP address but neither TCP nor UDP (ICMP, NDP, ...): passed.
     PassOtherProtocol = "pass_other_protocol",
     /// TTL would expire: passed unchanged, the kernel answers with ICMP.
     PassTtlExpired = "pass_ttl_expired",
@@ -619,12 +832,21 @@ outcomes! {
     ForwardReply = "forward_reply",
     /// Headers cut short (Ethernet, IPv4, TCP or UDP) on a packet to a VIP.
     DropTruncated = "drop_truncated",
-    /// IPv4 header length below 20 bytes or beyond the total length.
+    /// IPv4 header length below 20 bytes or beyond the total length, or an
+    /// IPv6 header whose version or payload length is wrong.
     DropBadIpHeader = "drop_bad_ip_header",
     /// IPv4 options on a packet to a VIP (not supported).
     DropIpOptions = "drop_ip_options",
-    /// IPv4 fragment to a VIP (not supported: ports are only in the first).
+    /// IPv4 fragment, or IPv6 packet with a fragment header, to a VIP (not
+    /// supported: ports are only in the first).
     DropFragment = "drop_fragment",
+    /// IPv6 packet to a VIP whose extension headers are not walked: a
+    /// routing header with segments left, an unknown header, or a chain
+    /// longer than the datapath follows.
+    DropIpv6ExtensionHeaders = "drop_ipv6_extension_headers",
+    /// IPv6 UDP with a zero checksum, to a VIP: RFC 8200 makes the checksum
+    /// mandatory (the receiver would drop it).
+    DropUdpZeroChecksum = "drop_udp_zero_checksum",
     /// The service has no server that may take new flows.
     DropNoServer = "drop_no_server",
     /// The flow's server is disabled or no longer configured, and the flow
@@ -661,6 +883,10 @@ const _: () = {
     assert!(size_of::<ReverseNat>() == 8);
     assert!(size_of::<ServerStats>() == 40);
     assert!(size_of::<NextHop>() == 32);
+    assert!(size_of::<ServiceKey6>() == 20);
+    assert!(size_of::<FlowKey6>() == 40);
+    assert!(size_of::<ResetRequest6>() == 40);
+    assert!(size_of::<ReverseNat6>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -691,6 +917,18 @@ mod user {
     unsafe impl aya::Pod for purge::Request {}
     // SAFETY: as above.
     unsafe impl aya::Pod for purge::Purged {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowSlot6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReverseNat6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ResetRequest6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for purge::Purged6 {}
 }
 
 #[cfg(test)]
@@ -741,6 +979,29 @@ mod tests {
             assert!(*least >= 25 && *most <= 100, "{case}: tags drawn {least} to {most} times");
             for count in ranges {
                 assert!((count as f64 / n - 1.0 / 16.0).abs() < 0.005, "{case}: Maglev ranges {ranges:?}");
+            }
+        }
+    }
+
+    /// The free lanes of a tag word, found without a loop, are the lanes
+    /// whose tag is free: every combination of free and taken lanes, with
+    /// tags that set only the top bit, only the low bit, or all bits.
+    #[test]
+    fn free_lanes_are_the_lanes_whose_tag_is_free() {
+        for tag in [1u16, 2, 0x8000, 0xffff, 0x0400, 0x7fff] {
+            for pattern in 0..16u32 {
+                let mut word = 0;
+                for lane in 0..4 {
+                    if pattern & 1 << lane != 0 {
+                        word = flow_table::with_lane(word, lane, tag);
+                    }
+                }
+                let marks = flow_table::free_lanes(word);
+                let free: std::vec::Vec<u32> = (0..4).filter(|l| flow_table::lane(word, *l) == 0).collect();
+                assert_eq!(flow_table::lanes_count(marks), free.len() as u32, "tag {tag:#x}, pattern {pattern:04b}");
+                if let Some(first) = free.first() {
+                    assert_eq!(flow_table::first_lane(marks), *first, "tag {tag:#x}, pattern {pattern:04b}");
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ use aya_log_ebpf::{
     debug,
     macro_support::{Level, level_enabled},
 };
-use lb_common::FlowKey;
+use lb_common::{FlowKey, FlowKey6};
 
 #[inline(always)]
 pub fn reset_sent(k: &FlowKey) {
@@ -52,6 +52,51 @@ fn log_flow_slot_lost(k: &FlowKey) {
         u32::from_be(k.src_addr),
         u16::from_be(k.src_port),
         u32::from_be(k.dst_addr),
+        u16::from_be(k.dst_port)
+    );
+}
+
+#[inline(always)]
+pub fn reset_sent6(k: &FlowKey6) {
+    if level_enabled(Level::Debug) {
+        log_reset_sent6(k);
+    }
+}
+
+#[inline(always)]
+pub fn flow_slot_lost6(k: &FlowKey6) {
+    if level_enabled(Level::Debug) {
+        log_flow_slot_lost6(k);
+    }
+}
+
+/// An IPv6 address as aya-log prints one: its 16 bytes.
+#[inline(always)]
+fn octets(addr: &lb_common::Addr6) -> [u8; 16] {
+    // SAFETY: four u32 words are sixteen bytes, in memory (network) order.
+    unsafe { core::mem::transmute::<lb_common::Addr6, [u8; 16]>(*addr) }
+}
+
+#[inline(never)]
+fn log_reset_sent6(k: &FlowKey6) {
+    debug!(
+        &(),
+        "reset sent to [{:i}]:{} for its flow to [{:i}]:{}: the flow's server is disabled",
+        octets(&k.src_addr),
+        u16::from_be(k.src_port),
+        octets(&k.dst_addr),
+        u16::from_be(k.dst_port)
+    );
+}
+
+#[inline(never)]
+fn log_flow_slot_lost6(k: &FlowKey6) {
+    debug!(
+        &(),
+        "new flow [{:i}]:{} -> [{:i}]:{} dropped: another CPU took its flow-table slot (the retransmission gets one)",
+        octets(&k.src_addr),
+        u16::from_be(k.src_port),
+        octets(&k.dst_addr),
         u16::from_be(k.dst_port)
     );
 }

@@ -2,37 +2,40 @@
 //! server it was given, and the server's state is checked on every hit.
 
 use lb_common::{
-    Flow, FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, ResetRequest, ReverseNat, Server, Service,
-    flow_seen, flow_state, flow_table::hash, proto, server_flags, server_state,
+    Flow, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, Server, Service, flow_seen, flow_state, proto, server_flags,
+    server_state,
 };
 
 use crate::{
     counters,
+    family::{self, Family, Key, Nat},
     flow_table::{self, Found},
-    maps::{MAGLEV, REVERSE_NAT, SERVERS},
+    maps::{MAGLEV, SERVERS},
     parse::{Packet, tcp_flag},
 };
 
 /// The server a packet goes to.
-pub struct Assignment {
+pub struct Assignment<F: Family> {
     pub server_id: u32,
-    pub server: Server,
+    /// Its address in the packet's family.
+    pub addr: F::Addr,
+    pub port: u16,
     pub new_flow: bool,
     /// The existing flow's slot, to be touched once the packet is on its way.
-    pub flow: Option<*mut FlowSlot>,
+    pub flow: Option<*mut F::Slot>,
 }
 
 /// Why a packet is not forwarded.
-pub enum Refusal {
+pub enum Refusal<F: Family> {
     /// Passed or dropped, counted under this outcome.
     Outcome(Outcome),
     /// A packet of a terminated TCP flow: reset its sender, and ask the agent
     /// to send this reset to the other end.
-    Reset(ResetRequest),
+    Reset(F::Reset),
 }
 
-impl From<Outcome> for Refusal {
-    fn from(outcome: Outcome) -> Refusal {
+impl<F: Family> From<Outcome> for Refusal<F> {
+    fn from(outcome: Outcome) -> Refusal<F> {
         Refusal::Outcome(outcome)
     }
 }
@@ -51,7 +54,7 @@ fn server(server_id: u32) -> Option<Server> {
 /// A packet of a flow whose server no longer serves it. TCP flows still in
 /// use are reset at both ends; UDP, finished flows and resets are dropped.
 #[inline(always)]
-fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
+fn terminated<F: Family>(pkt: &Packet<F>, flow: &Flow, other_end: F::Reset) -> Refusal<F> {
     if pkt.is_udp() || pkt.is_rst() || flow_seen::ended(flow.seen) {
         return Refusal::Outcome(Outcome::DropServerUnavailable);
     }
@@ -64,24 +67,22 @@ fn terminated(pkt: &Packet, flow: &Flow, other_end: ResetRequest) -> Refusal {
 /// flows need no service lookup.
 /// `hash` is the key's [`hash`], computed once per packet.
 #[inline(always)]
-pub fn existing(pkt: &Packet, hash: u64) -> Result<Option<Assignment>, Refusal> {
-    if let Some(Found { slot, flow }) = flow_table::lookup(&pkt.key, hash) {
+pub fn existing<F: Family>(pkt: &Packet<F>, hash: u64) -> Result<Option<Assignment<F>>, Refusal<F>> {
+    if let Some(Found { slot, flow }) = flow_table::lookup::<F>(&pkt.key, hash) {
         let server = server(flow.server_id).unwrap_or_default();
-        let serving = serves_existing_flows(&server);
+        let addr = F::server_addr(flow.server_id, &server);
+        let serving = serves_existing_flows(&server) && addr.is_some();
         // A SYN on the 5-tuple of a closed or terminated connection (port
         // reuse) is a new connection: it gets a new flow.
         if !(pkt.is_syn() && (flow.state == flow_state::TCP_CLOSING || !serving)) {
+            let addr = addr.unwrap_or_default();
             if !serving {
-                let to_server = ResetRequest {
-                    src_addr: pkt.key.src_addr,
-                    dst_addr: server.addr,
-                    src_port: pkt.key.src_port,
-                    dst_port: server.port,
-                    seq: pkt.seq_end,
-                };
+                let k = &pkt.key;
+                let to_server = F::reset_request(k.src(), addr, k.src_port(), server.port, pkt.seq_end);
                 return Err(terminated(pkt, &flow, to_server));
             }
-            return Ok(Some(Assignment { server_id: flow.server_id, server, new_flow: false, flow: Some(slot) }));
+            let (server_id, port) = (flow.server_id, server.port);
+            return Ok(Some(Assignment { server_id, addr, port, new_flow: false, flow: Some(slot) }));
         }
     }
     Ok(None)
@@ -90,25 +91,20 @@ pub fn existing(pkt: &Packet, hash: u64) -> Result<Option<Assignment>, Refusal> 
 /// Server -> client: the flow this reply belongs to (touch it once the
 /// packet is on its way).
 #[inline(always)]
-pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<Found, Refusal> {
-    let key = FlowKey::new(pkt.key.dst_addr, nat.vip, pkt.key.dst_port, nat.port, pkt.key.proto);
+pub fn reply<F: Family>(pkt: &Packet<F>, nat: &F::Nat) -> Result<Found<F>, Refusal<F>> {
+    let k = &pkt.key;
+    let key = F::Key::new(k.dst(), nat.vip(), k.dst_port(), nat.port(), k.proto());
     // No flow: not a reply of a balanced flow (the server talking to someone
     // else, such as the host's own health checks). Not ours.
-    let found = flow_table::lookup(&key, hash(&key)).ok_or(Outcome::PassNotForUs)?;
+    let found = flow_table::lookup::<F>(&key, family::hash::<F>(&key)).ok_or(Outcome::PassNotForUs)?;
     let flow = &found.flow;
     let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
     // The 5-tuple may have been reused for a flow on another server since.
-    if server.addr != pkt.key.src_addr || server.port != pkt.key.src_port {
+    if F::server_addr(flow.server_id, &server) != Some(k.src()) || server.port != k.src_port() {
         return Err(Outcome::DropReplyWithoutFlow.into());
     }
     if !serves_existing_flows(&server) {
-        let to_client = ResetRequest {
-            src_addr: nat.vip,
-            dst_addr: pkt.key.dst_addr,
-            src_port: nat.port,
-            dst_port: pkt.key.dst_port,
-            seq: pkt.seq_end,
-        };
+        let to_client = F::reset_request(nat.vip(), k.dst(), nat.port(), k.dst_port(), pkt.seq_end);
         return Err(terminated(pkt, flow, to_client));
     }
     Ok(found)
@@ -117,7 +113,7 @@ pub fn reply(pkt: &Packet, nat: &ReverseNat) -> Result<Found, Refusal> {
 /// Client -> VIP, no flow yet: a new flow, on a server chosen by the
 /// service's consistent-hash table.
 #[inline(always)]
-pub fn create(pkt: &Packet, hash: u64, service: &Service, now: u64) -> Result<Assignment, Outcome> {
+pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64) -> Result<Assignment<F>, Outcome> {
     let mut server_id = choose_server(service, hash).ok_or(Outcome::DropNoServer)?;
     let mut server = server(server_id).ok_or(Outcome::DropNoServer)?;
     // The row only names servers that take new flows, but an operator's
@@ -131,44 +127,54 @@ pub fn create(pkt: &Packet, hash: u64, service: &Service, now: u64) -> Result<As
             return Err(Outcome::DropNoServer);
         }
     }
+    let addr = F::server_addr(server_id, &server).ok_or(Outcome::DropNoServer)?;
     let mut flow = Flow {
         server_id,
-        state: if pkt.key.proto == proto::UDP { flow_state::UDP } else { flow_state::TCP_OPEN },
+        state: if pkt.is_udp() { flow_state::UDP } else { flow_state::TCP_OPEN },
         created_ns: now,
         last_seen_ns: now,
         ..Flow::default()
     };
-    if pkt.key.proto == proto::TCP {
+    if pkt.proto() == proto::TCP {
         track_tcp(&mut flow, pkt, true);
     }
-    if let Some(kind) = flow_table::insert(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)? {
+    if let Some(kind) = flow_table::insert::<F>(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)? {
         counters::count_eviction(kind);
     }
     // Replies find their VIP by the server's endpoint, unless it serves
     // several services: then by the flow.
-    if server.flags & server_flags::SHARED_ENDPOINT != 0 {
-        let reply_key = FlowKey::new(server.addr, pkt.key.src_addr, server.port, pkt.key.src_port, pkt.key.proto);
-        let nat = ReverseNat { vip: pkt.key.dst_addr, port: pkt.key.dst_port, ..ReverseNat::default() };
-        REVERSE_NAT.insert(&reply_key, &nat, 0).map_err(|_| Outcome::Aborted)?;
+    if server.flags & server_flags::SHARED_ENDPOINT != 0 && !remember_return_path::<F>(&pkt.key, &addr, server.port) {
+        return Err(Outcome::Aborted);
     }
-    Ok(Assignment { server_id, server, new_flow: true, flow: None })
+    Ok(Assignment { server_id, addr, port: server.port, new_flow: true, flow: None })
+}
+
+/// The return path of a new flow on a shared endpoint (`addr`, `port`):
+/// its replies' 5-tuple -> the VIP they come from. Out of line (a
+/// BPF-to-BPF call): a rare path, whose keys would otherwise take stack
+/// from every new flow's frame.
+#[inline(never)]
+fn remember_return_path<F: Family>(k: &F::Key, addr: &F::Addr, port: u16) -> bool {
+    let reply_key = F::Key::new(*addr, k.src(), port, k.src_port(), k.proto());
+    let nat = F::Nat::new(k.dst(), k.dst_port());
+    F::reverse_nat().insert(&reply_key, &nat, 0).is_ok()
 }
 
 /// Records a packet of the flow that is being forwarded: its time, and for
 /// TCP its sequence numbers and FIN or RST. Not for a packet that is then
 /// dropped: the sequence numbers must stay the ones the ends have seen.
 #[inline(always)]
-pub fn touch(slot: *mut FlowSlot, pkt: &Packet, now: u64, from_client: bool) {
+pub fn touch<F: Family>(slot: *mut F::Slot, pkt: &Packet<F>, now: u64, from_client: bool) {
     // SAFETY: a slot of the flow map. Written in place, without its lock: if
     // another CPU rewrote it for a new flow this instant, that flow may get
     // this packet's time or sequence numbers (never its server), as with the
     // kernel's preallocated hash maps, whose elements are reused the same way.
-    let flow = unsafe { &mut (*slot).flow };
+    let flow = unsafe { &mut *<F::Slot as lb_common::TableSlot>::parts(slot).2 };
     // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
     if flow.last_seen_ns != now {
         flow.last_seen_ns = now;
     }
-    if pkt.key.proto == proto::TCP {
+    if pkt.proto() == proto::TCP {
         track_tcp(flow, pkt, from_client);
     }
 }
@@ -176,7 +182,7 @@ pub fn touch(slot: *mut FlowSlot, pkt: &Packet, now: u64, from_client: bool) {
 /// Keeps each side's next sequence number (so the agent can reset both ends
 /// in-window, idle connections included) and what closed the connection.
 #[inline(always)]
-fn track_tcp(flow: &mut Flow, pkt: &Packet, from_client: bool) {
+fn track_tcp<F: Family>(flow: &mut Flow, pkt: &Packet<F>, from_client: bool) {
     let (fin_bit, seq_bit) = if from_client {
         (flow_seen::FIN_FROM_CLIENT, flow_seen::CLIENT_SEQ)
     } else {

@@ -10,9 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{NEXT_HOP_TTL_NS, NextHop as CachedHop, Outcome};
 
-use crate::{maps::NEXT_HOPS, parse::Packet};
-
-const AF_INET: u8 = 2;
+use crate::{family::Family, parse::Packet};
 
 /// Where a packet goes next.
 pub enum NextHop {
@@ -28,55 +26,63 @@ pub enum NextHop {
 /// (the addresses after rewriting), and the route's MTU. Does not touch the
 /// packet.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, pkt: &Packet, saddr: u32, daddr: u32) -> Result<(NextHop, u16), Outcome> {
-    let ip = pkt.ip();
-    // SAFETY: a plain C struct of integers: all zeroes is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = ip.protocol;
-    params.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len);
-    params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: the context the kernel passed this run.
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: `params` is a valid, initialised struct of the size given.
-    let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    match rc as u32 {
-        // On success the union that carried tot_len returns the route's MTU.
-        BPF_FIB_LKUP_RET_SUCCESS => Ok((
-            NextHop::Resolved { ifindex: params.ifindex, eth_addrs: eth_addrs(params.dmac, params.smac) },
-            // SAFETY: on success the kernel wrote the MTU in this union member.
-            unsafe { params.__bindgen_anon_1.mtu_result },
-        )),
+pub fn next_hop<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    saddr: F::Addr,
+    daddr: F::Addr,
+) -> Result<(NextHop, u16), Outcome> {
+    let mut hop = CachedHop::default();
+    match fib(ctx, pkt, &saddr, &daddr, &mut hop) {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok((NextHop::Resolved { ifindex: hop.ifindex, eth_addrs: hop.eth_addrs }, hop.mtu)),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok((NextHop::Unresolved, 0)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Outcome::DropMtuExceeded),
         _ => Err(Outcome::DropNoRoute),
     }
 }
 
+/// The FIB lookup: its answer code, and on success the egress interface,
+/// MTU and Ethernet addresses in `hop`.
+#[inline(always)]
+fn fib<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, saddr: &F::Addr, daddr: &F::Addr, hop: &mut CachedHop) -> u32 {
+    // SAFETY: a plain C struct of integers: all zeroes is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    F::fib_params(&mut params, pkt.ip(), pkt.proto(), *saddr, *daddr);
+    // SAFETY: the context the kernel passed this run.
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: `params` is a valid, initialised struct of the size given.
+    let rc = unsafe { fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc as u32 == BPF_FIB_LKUP_RET_SUCCESS {
+        hop.ifindex = params.ifindex;
+        hop.eth_addrs = eth_addrs(params.dmac, params.smac);
+        // SAFETY: on success the union that carried tot_len holds the route's MTU.
+        hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    }
+    rc as u32
+}
+
 /// The next hop towards server `server_id` (address `daddr`): from the
 /// cache while it is fresh, else from the FIB (and then cached). Saves the
 /// route and neighbour lookup on almost every packet to a server.
 #[inline(always)]
-pub fn next_hop_to_server(
+pub fn next_hop_to_server<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     server_id: u32,
-    daddr: u32,
+    daddr: F::Addr,
     now: u64,
 ) -> Result<NextHop, Outcome> {
-    let cached = NEXT_HOPS.get_ptr_mut(server_id).ok_or(Outcome::Aborted)?;
+    let cached = F::next_hops().get_ptr_mut(server_id).ok_or(Outcome::Aborted)?;
     // SAFETY: a valid element the map returned. Another CPU may rewrite it
     // at once; a torn entry costs at worst one packet sent by the kernel.
     let cached = unsafe { &mut *cached };
     if cached.checked_ns != 0 && now.wrapping_sub(cached.checked_ns) < NEXT_HOP_TTL_NS {
-        if u16::from_be(pkt.ip().tot_len) > cached.mtu {
+        if F::ip_len(pkt.ip()) > cached.mtu {
             return Err(Outcome::DropMtuExceeded);
         }
         return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
     }
-    let (hop, mtu) = next_hop(ctx, pkt, pkt.key.src_addr, daddr)?;
+    let (hop, mtu) = next_hop(ctx, pkt, crate::family::Key::src(&pkt.key), daddr)?;
     if let NextHop::Resolved { ifindex, eth_addrs } = hop {
         *cached = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
     }
@@ -85,7 +91,7 @@ pub fn next_hop_to_server(
 
 /// Sends the (fully rewritten) packet to its next hop; returns the verdict.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &mut Packet, hop: &NextHop) -> u32 {
+pub fn send<F: Family>(ctx: &XdpContext, pkt: &mut Packet<F>, hop: &NextHop) -> u32 {
     match *hop {
         NextHop::Resolved { ifindex, eth_addrs } => {
             *pkt.eth_addrs_mut() = eth_addrs;

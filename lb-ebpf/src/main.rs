@@ -2,7 +2,8 @@
 //! server of its pool (destination NAT), and rewrites the servers' replies
 //! back to the VIP. See the files by concern: `parse` (headers), `flow`
 //! (flows: creation, server choice, server state), `flow_table` (finding and
-//! placing flows), `nat` (rewrite), `forward`
+//! placing flows), `family` (what differs between IPv4 and IPv6: the code
+//! is generic over it), `nat` (rewrite), `forward`
 //! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
 //! And `purge`: a second program, which the agent runs (never attached) to
 //! free servers' flows in the kernel.
@@ -18,6 +19,8 @@ mod counters;
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod family;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
@@ -38,34 +41,90 @@ mod reset;
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use lb_common::{Outcome, ReverseNat, ServiceKey, filter, flow_table};
+    use lb_common::{Outcome, Service, filter};
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
-        events,
+        family::{self, Family, Key, Nat, V6},
         flow::{self, Assignment, Refusal},
         forward,
-        maps::{CLOCK, FILTER, REVERSE_NAT, SERVER_ENDPOINTS, SERVICES},
+        maps::{CLOCK, FILTER},
         nat,
-        parse::{self, Packet},
-        reset,
+        parse::{self, ETH_P_IPV4, ETH_P_IPV6, Packet},
+        reset::{self, Resets},
     };
 
     #[xdp]
     pub fn lb(ctx: XdpContext) -> u32 {
-        let (outcome, verdict) = match handle(&ctx) {
-            Ok(done) => done,
-            Err(outcome) => (outcome, verdict_of(outcome)),
+        let (outcome, verdict) = match parse::ether_type(&ctx) {
+            Some(ETH_P_IPV4) => unpack(handle4(&ctx)),
+            Some(ETH_P_IPV6) => match unpack(handle6(&ctx)) {
+                (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
+                    unpack(new_flow6(&ctx, verdict & !NEW_FLOW))
+                }
+                done => done,
+            },
+            _ => (Outcome::PassNotIp, xdp_action::XDP_PASS),
         };
         count(outcome);
         verdict
+    }
+
+    /// Each family out of line (a BPF-to-BPF call): the verifier allows 512
+    /// bytes of stack along a call chain, and either family's path inlined
+    /// beside the other's takes most of it. The outcome and verdict come
+    /// back packed in one register.
+    #[inline(never)]
+    fn handle4(ctx: &XdpContext) -> u64 {
+        pack(parse::parse4(ctx).and_then(|pkt| handle(ctx, pkt)))
+    }
+
+    /// As [`handle4`], but a new flow is created in a second call
+    /// ([`new_flow6`]), so the two paths' stacks never add up: IPv6's keys
+    /// are larger, and both in one frame did not fit.
+    #[inline(never)]
+    fn handle6(ctx: &XdpContext) -> u64 {
+        pack(parse::parse6(ctx).and_then(|pkt| handle(ctx, pkt)))
+    }
+
+    /// In the verdict of a `ForwardNewFlow` answer: not sent yet, the flow
+    /// is to be created on the service whose row the other bits hold
+    /// (no XDP verdict has this bit).
+    const NEW_FLOW: u32 = 1 << 31;
+
+    /// An IPv6 packet's new flow, on the service [`handle6`] found. The
+    /// packet is parsed again (it is unchanged): a few nanoseconds a SYN.
+    #[inline(never)]
+    fn new_flow6(ctx: &XdpContext, index: u32) -> u64 {
+        let create = |mut pkt: Packet<V6>| {
+            let now = now();
+            let hash = family::hash::<V6>(&pkt.key);
+            create_flow(ctx, &mut pkt, hash, &Service { index }, now)
+        };
+        pack(parse::parse6(ctx).and_then(create))
+    }
+
+    #[inline(always)]
+    fn pack(done: Result<(Outcome, u32), Outcome>) -> u64 {
+        let (outcome, verdict) = match done {
+            Ok(done) => done,
+            Err(outcome) => (outcome, verdict_of(outcome)),
+        };
+        (outcome as u64) << 32 | verdict as u64
+    }
+
+    #[inline(always)]
+    fn unpack(packed: u64) -> (Outcome, u32) {
+        let index = (packed >> 32) as usize;
+        let outcome = Outcome::ALL.get(index).copied().unwrap_or(Outcome::Aborted);
+        (outcome, packed as u32)
     }
 
     /// The verdict for a packet that is not forwarded.
     #[inline(always)]
     fn verdict_of(outcome: Outcome) -> u32 {
         match outcome {
-            Outcome::PassNotIpv4
+            Outcome::PassNotIp
             | Outcome::PassNotForUs
             | Outcome::PassOtherProtocol
             | Outcome::PassTtlExpired
@@ -76,48 +135,45 @@ mod program {
     }
 
     #[inline(always)]
-    fn handle(ctx: &XdpContext) -> Result<(Outcome, u32), Outcome> {
-        let mut pkt = parse::parse(ctx)?;
+    fn handle<F: Resets>(ctx: &XdpContext, mut pkt: Packet<F>) -> Result<(Outcome, u32), Outcome> {
         let bits = |index: u32| FILTER.get(index).copied().unwrap_or(0);
         let k = &pkt.key;
-        if bits(filter::service_index(k.dst_addr, k.dst_port, k.proto)) & filter::SERVICE != 0 {
+        if bits(F::service_index(&k.dst(), k.dst_port(), k.proto())) & filter::SERVICE != 0 {
             check_ttl(&pkt)?;
             let now = now();
-            let service_key = ServiceKey { addr: k.dst_addr, port: k.dst_port, proto: k.proto, _pad: 0 };
+            let service_key = F::service_key(k.dst(), k.dst_port(), k.proto());
             // SAFETY: the value (an index) is copied out at once; the agent
             // writes services only before it points traffic at them.
-            let service = || unsafe { SERVICES.get(&service_key) };
+            let service = || unsafe { F::services().get(&service_key) };
             // Packets of existing flows need no service lookup: the flow key
             // holds the VIP. A SYN nearly always opens a flow, so its service
             // is looked up first. (Measured: a new flow costs about 100 ns
             // more when the service lookup comes between the flow-table miss
             // and the insert.)
             let syn_service = if pkt.is_syn() { service() } else { None };
-            let hash = flow_table::hash(k);
+            let hash = family::hash::<F>(k);
             match flow::existing(&pkt, hash) {
                 Ok(Some(a)) => return to_server(ctx, &mut pkt, a, now),
                 Ok(None) => {}
                 Err(refusal) => return refused(ctx, pkt, refusal),
             }
             if let Some(service) = if pkt.is_syn() { syn_service } else { service() } {
-                let a = flow::create(&pkt, hash, service, now).inspect_err(|outcome| {
-                    if *outcome == Outcome::DropFlowSlotTaken {
-                        events::flow_slot_lost(&pkt.key);
-                    }
-                })?;
-                return to_server(ctx, &mut pkt, a, now);
+                if F::SPLIT_FRAMES {
+                    return Ok((Outcome::ForwardNewFlow, NEW_FLOW | service.index));
+                }
+                return create_flow(ctx, &mut pkt, hash, service, now);
             }
         }
-        if bits(k.src_port as u32) & filter::SERVER_PORT == 0 {
+        if bits(k.src_port() as u32) & filter::SERVER_PORT == 0 {
             return Err(Outcome::PassNotForUs);
         }
         // From a server endpoint: a reply to rewrite back to the VIP.
-        let endpoint = ServiceKey { addr: pkt.key.src_addr, port: pkt.key.src_port, proto: pkt.key.proto, _pad: 0 };
+        let endpoint = F::service_key(k.src(), k.src_port(), k.proto());
         // SAFETY (both lookups): the values are read at once, and the agent
         // writes an entry whole before traffic can use it.
-        if let Some(nat) = unsafe { SERVER_ENDPOINTS.get(&endpoint) } {
+        if let Some(nat) = unsafe { F::endpoints().get(&endpoint) } {
             // SAFETY: as above.
-            let nat = if nat.shared == 0 { Some(nat) } else { unsafe { REVERSE_NAT.get(&pkt.key) } };
+            let nat = if !nat.shared() { Some(nat) } else { unsafe { F::reverse_nat().get(&pkt.key) } };
             if let Some(nat) = nat {
                 // A reply of a terminated flow is answered with a reset: that
                 // resizes the frame, so it takes the packet whole.
@@ -125,6 +181,24 @@ mod program {
             }
         }
         Err(Outcome::PassNotForUs)
+    }
+
+    /// Client -> VIP, no flow yet: a flow on a server of `service`, and the
+    /// packet on its way to it.
+    #[inline(always)]
+    fn create_flow<F: Family>(
+        ctx: &XdpContext,
+        pkt: &mut Packet<F>,
+        hash: u64,
+        service: &Service,
+        now: u64,
+    ) -> Result<(Outcome, u32), Outcome> {
+        let a = flow::create(pkt, hash, service, now).inspect_err(|outcome| {
+            if *outcome == Outcome::DropFlowSlotTaken {
+                F::log_flow_slot_lost(&pkt.key);
+            }
+        })?;
+        to_server(ctx, pkt, a, now)
     }
 
     /// Time for flow bookkeeping and the next-hop cache: the agent's clock
@@ -137,8 +211,8 @@ mod program {
     }
 
     #[inline(always)]
-    fn check_ttl(pkt: &Packet) -> Result<(), Outcome> {
-        if pkt.ip().ttl <= 1 {
+    fn check_ttl<F: Family>(pkt: &Packet<F>) -> Result<(), Outcome> {
+        if F::hop_limit(pkt.ip()) <= 1 {
             return Err(Outcome::PassTtlExpired);
         }
         Ok(())
@@ -146,11 +220,11 @@ mod program {
 
     /// A packet that is not forwarded: counted, or answered with a reset.
     #[inline(always)]
-    fn refused(ctx: &XdpContext, pkt: Packet, refusal: Refusal) -> Result<(Outcome, u32), Outcome> {
+    fn refused<F: Resets>(ctx: &XdpContext, pkt: Packet<F>, refusal: Refusal<F>) -> Result<(Outcome, u32), Outcome> {
         match refusal {
             Refusal::Outcome(outcome) => Err(outcome),
             Refusal::Reset(other_end) => {
-                events::reset_sent(&pkt.key);
+                F::log_reset_sent(&pkt.key);
                 reset::reset_sender(ctx, pkt, &other_end)
             }
         }
@@ -158,13 +232,18 @@ mod program {
 
     /// Client -> VIP: rewrite the destination to the flow's server.
     #[inline(always)]
-    fn to_server(ctx: &XdpContext, pkt: &mut Packet, a: Assignment, now: u64) -> Result<(Outcome, u32), Outcome> {
-        let hop = forward::next_hop_to_server(ctx, pkt, a.server_id, a.server.addr, now)?;
+    fn to_server<F: Family>(
+        ctx: &XdpContext,
+        pkt: &mut Packet<F>,
+        a: Assignment<F>,
+        now: u64,
+    ) -> Result<(Outcome, u32), Outcome> {
+        let hop = forward::next_hop_to_server(ctx, pkt, a.server_id, a.addr, now)?;
         if let Some(existing) = a.flow {
             flow::touch(existing, pkt, now, true);
         }
         // Destination NAT, and the TTL decrement of any router.
-        nat::rewrite_destination(pkt, a.server.addr, a.server.port);
+        nat::rewrite_destination(pkt, a.addr, a.port);
         count_to_server(a.server_id, pkt.len, a.new_flow);
         let verdict = forward::send(ctx, pkt, &hop);
         let outcome = match hop {
@@ -177,13 +256,13 @@ mod program {
 
     /// Server -> client: rewrite the source back to the VIP.
     #[inline(always)]
-    fn to_client(ctx: &XdpContext, pkt: &mut Packet, nat: &ReverseNat) -> Result<(Outcome, u32), Refusal> {
+    fn to_client<F: Family>(ctx: &XdpContext, pkt: &mut Packet<F>, nat: &F::Nat) -> Result<(Outcome, u32), Refusal<F>> {
         check_ttl(pkt)?;
         let existing = flow::reply(pkt, nat)?;
-        let (hop, _mtu) = forward::next_hop(ctx, pkt, nat.vip, pkt.key.dst_addr)?;
+        let (hop, _mtu) = forward::next_hop(ctx, pkt, nat.vip(), pkt.key.dst())?;
         flow::touch(existing.slot, pkt, now(), false);
         let server_id = existing.flow.server_id;
-        nat::rewrite_source(pkt, nat.vip, nat.port);
+        nat::rewrite_source(pkt, nat.vip(), nat.port());
         count_from_server(server_id, pkt.len);
         let verdict = forward::send(ctx, pkt, &hop);
         let outcome = match hop {

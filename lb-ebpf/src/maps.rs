@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, FlowKey, FlowSlot, MAGLEV_TABLE_SIZE,
-    NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server, ServerStats, Service, ServiceKey, filter,
-    flow_table, purge,
+    Addr6, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, EndpointKey6, FlowKey, FlowKey6,
+    FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6,
+    Server, ServerStats, Service, ServiceKey, ServiceKey6, filter, flow_table, purge,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -60,6 +60,50 @@ pub fn flow_bucket_mask() -> u32 {
     // not the value compiled in).
     unsafe { core::ptr::read_volatile(&FLOW_BUCKET_MASK) }
 }
+
+/// The IPv6 services, VIPs, return paths and flows: the same as their IPv4
+/// maps above, keyed by 128-bit addresses. A server's state stays in
+/// `servers` (one state for both families); its IPv6 address is here.
+#[map(name = "services6")]
+pub static SERVICES6: HashMap<ServiceKey6, Service> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "vip_addrs6")]
+pub static VIP_ADDRS6: HashMap<Addr6, u8> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Each server's IPv6 address by server id (all zeroes: none). Agent writes.
+#[map(name = "server_addrs6")]
+pub static SERVER_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// The IPv6 flow table, slots of two cache lines (`lb_common::FlowSlot6`).
+/// The agent sizes it for `flows.max` when the config has an IPv6 service,
+/// and at its minimum otherwise.
+#[map(name = "flows6")]
+pub static FLOWS6: Array<FlowSlot6> = Array::with_max_entries(flow_table::slots(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+
+#[map(name = "flow_tags6")]
+pub static FLOW_TAGS6: Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> =
+    Array::with_max_entries(flow_table::tag_lines(flow_table::slots(DEFAULT_MAX_FLOWS)), BPF_F_MMAPABLE);
+
+#[unsafe(no_mangle)]
+static FLOW_BUCKET_MASK6: u32 = flow_table::bucket_mask(flow_table::slots(DEFAULT_MAX_FLOWS));
+
+#[inline(always)]
+pub fn flow_bucket_mask6() -> u32 {
+    // SAFETY: as for `flow_bucket_mask`.
+    unsafe { core::ptr::read_volatile(&FLOW_BUCKET_MASK6) }
+}
+
+#[map(name = "server_endpoints6")]
+pub static SERVER_ENDPOINTS6: HashMap<EndpointKey6, ReverseNat6> = HashMap::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+#[map(name = "reverse_nat6")]
+pub static REVERSE_NAT6: LruHashMap<FlowKey6, ReverseNat6> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "next_hops6")]
+pub static NEXT_HOPS6: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+#[map(name = "purged6")]
+pub static PURGED6: Array<purge::Purged6> = Array::with_max_entries(purge::BATCH, BPF_F_MMAPABLE);
 
 /// Return path by server endpoint: the VIP and port its replies come from.
 /// Agent writes, from the config.

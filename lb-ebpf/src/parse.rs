@@ -1,17 +1,35 @@
 //! Where a packet is parsed. Everything the rest of the datapath needs is
-//! bounds-checked here, once, before anything is looked up or rewritten.
+//! bounds-checked here, once, before anything is looked up or rewritten:
+//! Ethernet, then IPv4 (`parse4`) or IPv6 and its extension headers
+//! (`parse6`), then TCP or UDP.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, Outcome, proto};
+use lb_common::{Addr6, FlowKey, FlowKey6, Outcome, proto};
 
-use crate::maps::VIP_ADDRS;
+use crate::{
+    family::{Family, V4, V6},
+    maps::{VIP_ADDRS, VIP_ADDRS6},
+};
 
 pub const ETH_HLEN: usize = 14;
 pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 pub const TCP_HLEN: usize = 20;
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 /// Fragment offset and More Fragments bits of `frag_off` (network order).
 const IP_FRAGMENTED: u16 = 0x3fff;
+
+/// IPv6 extension headers the walk knows (next-header values).
+mod ext {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DESTINATION: u8 = 60;
+}
+/// Extension headers walked before giving up on a packet to a VIP: real
+/// traffic carries one or two (hop-by-hop, destination options).
+const MAX_EXT_HEADERS: usize = 4;
 
 pub mod tcp_flag {
     pub const FIN: u8 = 0x01;
@@ -25,6 +43,28 @@ pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
     pub ether_type: u16,
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class and flow label.
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: Addr6,
+    pub daddr: Addr6,
+}
+
+/// The two bytes every IPv6 extension header starts with (the fragment
+/// header's second is reserved; its length is fixed).
+#[repr(C)]
+pub struct ExtHdr {
+    pub nexthdr: u8,
+    pub len: u8,
+    /// Routing header: the type, then the segments left.
+    pub routing_type: u8,
+    pub segments_left: u8,
 }
 
 #[repr(C)]
@@ -68,7 +108,7 @@ pub struct UdpHdr {
     pub check: u16,
 }
 
-/// A parsed TCP or UDP over IPv4 packet, headers in bounds.
+/// A parsed TCP or UDP packet of family `F`, headers in bounds.
 ///
 /// The invariant, stated once: `parse` checked (with [`ptr_at`]) that each
 /// header pointer below lies wholly within the frame, and the headers do not
@@ -79,14 +119,14 @@ pub struct UdpHdr {
 /// value, so none is left to use afterwards. The types keep the rest: a
 /// header is read through `&self` and written only through `&mut self`, so
 /// no two references to one header coexist.
-pub struct Packet {
+pub struct Packet<F: Family> {
     eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     ports: *mut Ports,
     /// The TCP or UDP checksum field.
     l4_check: *mut u16,
     /// 5-tuple as received, network byte order.
-    pub key: FlowKey,
+    pub key: F::Key,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
     /// TCP acknowledgement number, host order; 0 for UDP.
@@ -100,14 +140,14 @@ pub struct Packet {
 
 /// The headers an address rewrite changes, borrowed together (they are
 /// disjoint, so one `&mut Packet` may lend all three at once).
-pub struct Rewritable<'a> {
-    pub ip: &'a mut Ipv4Hdr,
+pub struct Rewritable<'a, F: Family> {
+    pub ip: &'a mut F::Ip,
     pub ports: &'a mut Ports,
     /// The TCP or UDP checksum field.
     pub l4_check: &'a mut u16,
 }
 
-impl Packet {
+impl<F: Family> Packet<F> {
     #[inline(always)]
     pub fn eth(&self) -> &EthHdr {
         // SAFETY: in bounds (the invariant on `Packet`); no `&mut` to it can
@@ -116,7 +156,7 @@ impl Packet {
     }
 
     #[inline(always)]
-    pub fn ip(&self) -> &Ipv4Hdr {
+    pub fn ip(&self) -> &F::Ip {
         // SAFETY: as for `eth`.
         unsafe { &*self.ip }
     }
@@ -131,9 +171,9 @@ impl Packet {
         unsafe { &mut *(self.eth as *mut [u16; 6]) }
     }
 
-    /// The IPv4 header, the ports and the L4 checksum, to rewrite.
+    /// The IP header, the ports and the L4 checksum, to rewrite.
     #[inline(always)]
-    pub fn rewritable(&mut self) -> Rewritable<'_> {
+    pub fn rewritable(&mut self) -> Rewritable<'_, F> {
         // SAFETY: in bounds and disjoint (the invariant on `Packet`);
         // `&mut self` makes these the only references into its headers.
         unsafe { Rewritable { ip: &mut *self.ip, ports: &mut *self.ports, l4_check: &mut *self.l4_check } }
@@ -141,7 +181,12 @@ impl Packet {
 
     #[inline(always)]
     pub fn is_udp(&self) -> bool {
-        self.key.proto == proto::UDP
+        self.proto() == proto::UDP
+    }
+
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        crate::family::Key::proto(&self.key)
     }
 
     #[inline(always)]
@@ -176,15 +221,83 @@ fn refuse(daddr: u32, reason: Outcome) -> Outcome {
     if unsafe { VIP_ADDRS.get(&daddr) }.is_some() { reason } else { Outcome::PassNotForUs }
 }
 
-/// Parses Ethernet, IPv4 and the TCP or UDP header. `Err` carries the outcome
-/// of a packet that goes no further (passed or dropped, never rewritten).
+/// [`refuse`] for an IPv6 destination.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::PassNotIpv4)?;
-    // SAFETY (each header below): `ptr_at` checked that it is in the frame.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV4 {
-        return Err(Outcome::PassNotIpv4);
+fn refuse6(daddr: &Addr6, reason: Outcome) -> Outcome {
+    // SAFETY: only the presence of the entry is read, never its value.
+    if unsafe { VIP_ADDRS6.get(daddr) }.is_some() { reason } else { Outcome::PassNotForUs }
+}
+
+/// The frame's EtherType, if it has an Ethernet header.
+#[inline(always)]
+pub fn ether_type(ctx: &XdpContext) -> Option<u16> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: in the frame (`ptr_at`).
+    Some(u16::from_be(unsafe { (*eth).ether_type }))
+}
+
+/// What the TCP or UDP header gives a packet: its ports' and checksum's
+/// places, TCP flags, acknowledgement and the sequence number after it.
+struct L4 {
+    ports: *mut Ports,
+    l4_check: *mut u16,
+    tcp_flags: u8,
+    tcp_ack: u32,
+    seq_end: u32,
+}
+
+/// Parses the TCP or UDP header at `l4` of a packet whose IP payload (from
+/// `l4` on) is `payload` bytes. `refused` turns a reason into the outcome.
+#[inline(always)]
+fn parse_l4(
+    ctx: &XdpContext,
+    protocol: u8,
+    l4: usize,
+    payload: usize,
+    refused: impl Fn(Outcome) -> Outcome,
+) -> Result<L4, Outcome> {
+    match protocol {
+        proto::TCP => {
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4).ok_or_else(|| refused(Outcome::DropTruncated))?;
+            // SAFETY: in the frame (`ptr_at`).
+            let tcph = unsafe { &mut *tcp };
+            let doff = ((tcph.data_offset >> 4) as usize) * 4;
+            if doff < core::mem::size_of::<TcpHdr>() || doff > payload {
+                return Err(refused(Outcome::DropTruncated));
+            }
+            let seq = u32::from_be(tcph.seq);
+            let data = (payload - doff) as u32;
+            let syn_fin = ((tcph.flags & tcp_flag::SYN != 0) as u32) + ((tcph.flags & tcp_flag::FIN != 0) as u32);
+            Ok(L4 {
+                ports: &mut tcph.ports as *mut Ports,
+                l4_check: &mut tcph.check as *mut u16,
+                tcp_flags: tcph.flags,
+                tcp_ack: u32::from_be(tcph.ack_seq),
+                seq_end: seq.wrapping_add(data + syn_fin),
+            })
+        }
+        proto::UDP => {
+            let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or_else(|| refused(Outcome::DropTruncated))?;
+            // SAFETY: in the frame (`ptr_at`).
+            let udph = unsafe { &mut *udp };
+            Ok(L4 {
+                ports: &mut udph.ports as *mut Ports,
+                l4_check: &mut udph.check as *mut u16,
+                tcp_flags: 0,
+                tcp_ack: 0,
+                seq_end: 0,
+            })
+        }
+        _ => Err(refused(Outcome::PassOtherProtocol)),
     }
+}
+
+/// Parses Ethernet, IPv4 and the TCP or UDP header (the caller checked the
+/// EtherType). `Err` carries the outcome of a packet that goes no further
+/// (passed or dropped, never rewritten).
+#[inline(always)]
+pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::PassNotIp)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::DropTruncated)?;
     // SAFETY: in the frame (`ptr_at`).
     let iph = unsafe { &*ip };
@@ -203,42 +316,98 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Outcome> {
     if ihl != IPV4_HLEN {
         return Err(refuse(iph.daddr, Outcome::DropIpOptions));
     }
-    let l4 = ETH_HLEN + IPV4_HLEN;
-    let (ports, l4_check, tcp_flags, tcp_ack, seq_end) = match iph.protocol {
-        proto::TCP => {
-            let tcp: *mut TcpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
-            // SAFETY: in the frame (`ptr_at`).
-            let tcph = unsafe { &mut *tcp };
-            let doff = ((tcph.data_offset >> 4) as usize) * 4;
-            if doff < core::mem::size_of::<TcpHdr>() || IPV4_HLEN + doff > tot_len {
-                return Err(refuse(iph.daddr, Outcome::DropTruncated));
-            }
-            let seq = u32::from_be(tcph.seq);
-            let payload = (tot_len - IPV4_HLEN - doff) as u32;
-            let syn_fin = ((tcph.flags & tcp_flag::SYN != 0) as u32) + ((tcph.flags & tcp_flag::FIN != 0) as u32);
-            let seq_end = seq.wrapping_add(payload + syn_fin);
-            let ack = u32::from_be(tcph.ack_seq);
-            (&mut tcph.ports as *mut Ports, &mut tcph.check as *mut u16, tcph.flags, ack, seq_end)
-        }
-        proto::UDP => {
-            let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or_else(|| refuse(iph.daddr, Outcome::DropTruncated))?;
-            // SAFETY: in the frame (`ptr_at`).
-            let udph = unsafe { &mut *udp };
-            (&mut udph.ports as *mut Ports, &mut udph.check as *mut u16, 0, 0, 0)
-        }
-        _ => return Err(refuse(iph.daddr, Outcome::PassOtherProtocol)),
-    };
+    let daddr = iph.daddr;
+    let l4 = parse_l4(ctx, iph.protocol, ETH_HLEN + IPV4_HLEN, tot_len - IPV4_HLEN, |r| refuse(daddr, r))?;
     // SAFETY: a field of a header in the frame.
-    let p = unsafe { &*ports };
+    let p = unsafe { &*l4.ports };
     Ok(Packet {
         eth,
         ip,
-        ports,
-        l4_check,
+        ports: l4.ports,
+        l4_check: l4.l4_check,
         key: FlowKey::new(iph.saddr, iph.daddr, p.src, p.dst, iph.protocol),
-        tcp_flags,
-        tcp_ack,
-        seq_end,
+        tcp_flags: l4.tcp_flags,
+        tcp_ack: l4.tcp_ack,
+        seq_end: l4.seq_end,
         len,
     })
+}
+
+/// Parses Ethernet, IPv6, its extension headers and the TCP or UDP header
+/// (the caller checked the EtherType). As [`parse4`]: fragments and odd
+/// extension headers to a VIP are dropped with their reason.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::PassNotIp)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::DropTruncated)?;
+    // SAFETY: in the frame (`ptr_at`).
+    let iph = unsafe { &*ip };
+    if (u32::from_be(iph.vtc_flow) >> 28) != 6 {
+        return Err(Outcome::DropBadIpHeader);
+    }
+    let daddr = iph.daddr;
+    let refused = |reason| refuse6(&daddr, reason);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let end = ETH_HLEN + IPV6_HLEN + u16::from_be(iph.payload_len) as usize;
+    if end > len as usize {
+        return Err(refused(Outcome::DropTruncated));
+    }
+    let (protocol, l4) = walk_extensions(ctx, iph.nexthdr, &refused)?;
+    if l4 > end {
+        return Err(refused(Outcome::DropTruncated));
+    }
+    let l4h = parse_l4(ctx, protocol, l4, end - l4, refused)?;
+    // SAFETY: a field of a header in the frame.
+    if protocol == proto::UDP && unsafe { *l4h.l4_check } == 0 {
+        return Err(refused(Outcome::DropUdpZeroChecksum));
+    }
+    // SAFETY: a field of a header in the frame.
+    let p = unsafe { &*l4h.ports };
+    Ok(Packet {
+        eth,
+        ip,
+        ports: l4h.ports,
+        l4_check: l4h.l4_check,
+        key: FlowKey6::new(iph.saddr, daddr, p.src, p.dst, protocol),
+        tcp_flags: l4h.tcp_flags,
+        tcp_ack: l4h.tcp_ack,
+        seq_end: l4h.seq_end,
+        len,
+    })
+}
+
+/// Walks IPv6 extension headers from the one `next` names: the upper-layer
+/// protocol and its offset in the frame. A bounded walk: hop-by-hop and
+/// destination options, and routing headers with no segments left, are
+/// skipped; a fragment header, a routing header still routing, or more
+/// headers than [`MAX_EXT_HEADERS`] end it with a reason.
+#[inline(always)]
+fn walk_extensions(
+    ctx: &XdpContext,
+    mut next: u8,
+    refused: &impl Fn(Outcome) -> Outcome,
+) -> Result<(u8, usize), Outcome> {
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            ext::HOP_BY_HOP | ext::DESTINATION | ext::ROUTING => {}
+            ext::FRAGMENT => return Err(refused(Outcome::DropFragment)),
+            _ => return Ok((next, offset)),
+        }
+        let hdr: *mut ExtHdr = ptr_at(ctx, offset).ok_or_else(|| refused(Outcome::DropTruncated))?;
+        // SAFETY: in the frame (`ptr_at`).
+        let hdr = unsafe { &*hdr };
+        if next == ext::ROUTING && hdr.segments_left != 0 {
+            return Err(refused(Outcome::DropIpv6ExtensionHeaders));
+        }
+        next = hdr.nexthdr;
+        // Length in 8-byte units, not counting the first 8: at most 2 KiB,
+        // so the offset stays bounded for the verifier.
+        offset += (hdr.len as usize + 1) * 8;
+    }
+    match next {
+        ext::FRAGMENT => Err(refused(Outcome::DropFragment)),
+        ext::HOP_BY_HOP | ext::DESTINATION | ext::ROUTING => Err(refused(Outcome::DropIpv6ExtensionHeaders)),
+        _ => Ok((next, offset)),
+    }
 }

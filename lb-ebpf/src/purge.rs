@@ -9,19 +9,53 @@
 //! for a table sized for two million flows, however few it holds. The
 //! program reads the table where it lies, and reads only the slots whose tag
 //! carries the hint of a server to purge (`lb_common::flow_table::tag`).
+//! One program for both families' tables: the request names the family.
 
 use core::{ffi::c_void, ptr::write_volatile};
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_loop, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_loop, macros::xdp, maps::Array, programs::XdpContext};
 use lb_common::{
+    Flow, FlowKey, FlowKey6,
     flow_table::{BUCKET_SLOTS, TAG_BUSY, TAG_FREE, TAG_LINE_BUCKETS, lane, tag_server_hint},
     purge,
 };
 
 use crate::{
+    family::{Family, V4, V6},
     flow_table,
-    maps::{FLOW_TAGS, FLOWS, PURGE_REQUEST, PURGE_SERVERS, PURGED, flow_bucket_mask},
+    maps::{PURGE_REQUEST, PURGE_SERVERS, PURGED, PURGED6},
 };
+
+/// Where a family's purged flows are handed back.
+trait Purgeable: Family {
+    type Purged;
+    fn purged() -> &'static Array<Self::Purged>;
+    fn record(key: Self::Key, flow: Flow) -> Self::Purged;
+}
+
+impl Purgeable for V4 {
+    type Purged = purge::Purged;
+    #[inline(always)]
+    fn purged() -> &'static Array<purge::Purged> {
+        &PURGED
+    }
+    #[inline(always)]
+    fn record(key: FlowKey, flow: Flow) -> purge::Purged {
+        purge::Purged { key, flow }
+    }
+}
+
+impl Purgeable for V6 {
+    type Purged = purge::Purged6;
+    #[inline(always)]
+    fn purged() -> &'static Array<purge::Purged6> {
+        &PURGED6
+    }
+    #[inline(always)]
+    fn record(key: FlowKey6, flow: Flow) -> purge::Purged6 {
+        purge::Purged6 { key, flow }
+    }
+}
 
 /// The walk's state, shared with the loop's steps.
 struct Scan {
@@ -37,15 +71,15 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
     // SAFETY: the map's one element; only the agent's serialised runs use it.
     // The count starts from the request's (0), not from a constant: the
     // verifier would otherwise follow every count apart, and give up.
-    let (next, end, purged, hints) =
-        unsafe { ((*request).next_bucket, (*request).end_bucket, (*request).purged, (*request).server_hints) };
-    let mut scan = Scan { next, end: end.min(flow_bucket_mask() + 1), purged, hints };
-    if scan.next < scan.end {
-        // A step per line, and one for a range that starts within a line.
-        let steps = (scan.end - scan.next).div_ceil(TAG_LINE_BUCKETS) + 1;
-        // SAFETY: `step` is a callback of the signature bpf_loop expects, and
-        // `scan` outlives the loop.
-        unsafe { bpf_loop(steps, step as *mut c_void, &mut scan as *mut Scan as *mut c_void, 0) };
+    let (next, end, purged, hints, family) = unsafe {
+        let r = &*request;
+        (r.next_bucket, r.end_bucket, r.purged, r.server_hints, r.family)
+    };
+    let mut scan = Scan { next, end, purged, hints };
+    if family == purge::IPV6 {
+        walk::<V6>(&mut scan);
+    } else {
+        walk::<V4>(&mut scan);
     }
     // SAFETY: as above.
     unsafe {
@@ -55,18 +89,31 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Walks the request's range of family `F`'s table.
+#[inline(always)]
+fn walk<F: Purgeable>(scan: &mut Scan) {
+    scan.end = scan.end.min(F::bucket_mask() + 1);
+    if scan.next < scan.end {
+        // A step per line, and one for a range that starts within a line.
+        let steps = (scan.end - scan.next).div_ceil(TAG_LINE_BUCKETS) + 1;
+        // SAFETY: `step` is a callback of the signature bpf_loop expects, and
+        // `scan` outlives the loop.
+        unsafe { bpf_loop(steps, step::<F> as *mut c_void, scan as *mut Scan as *mut c_void, 0) };
+    }
+}
+
 /// One loop step: the rest of the line of tags (`TAG_LINE_BUCKETS`
 /// buckets) holding bucket `scan.next`, skipped at once if all its slots
 /// are free. Stops the loop (1) at the end of the range, or when `purged`
 /// may not hold a whole line's flows more.
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the `Scan` that `purge_flows` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
     let (next, purged) = (scan.next, scan.purged);
     if next >= scan.end || purged > purge::BATCH - TAG_LINE_BUCKETS * BUCKET_SLOTS {
         return 1;
     }
-    let Some(line) = FLOW_TAGS.get_ptr_mut(next / TAG_LINE_BUCKETS) else { return 1 };
+    let Some(line) = F::flow_tags().get_ptr_mut(next / TAG_LINE_BUCKETS) else { return 1 };
     // SAFETY: an element of the tags map.
     let words = unsafe { core::ptr::read_volatile(line) };
     let first = next - next % TAG_LINE_BUCKETS;
@@ -77,7 +124,7 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             if word != 0 && bucket >= next && bucket < scan.end {
                 // SAFETY: within the line.
                 let tags = unsafe { (line as *mut u64).add(k) };
-                freed += purge_bucket(bucket, tags, word, scan.hints, purged + freed);
+                freed += purge_bucket::<F>(bucket, tags, word, scan.hints, purged + freed);
             }
         }
         scan.purged = purged + freed;
@@ -89,22 +136,22 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 /// Frees the flows of `bucket` that are on marked servers, writing them to
 /// `purged` from index `first`; how many.
 #[inline(always)]
-fn purge_bucket(bucket: u32, tags: *mut u64, word: u64, hints: u64, first: u32) -> u32 {
+fn purge_bucket<F: Purgeable>(bucket: u32, tags: *mut u64, word: u64, hints: u64, first: u32) -> u32 {
     let mut freed = 0;
     for i in 0..BUCKET_SLOTS {
         let tag = lane(word, i);
         if tag == TAG_FREE || tag == TAG_BUSY || hints >> tag_server_hint(tag) & 1 == 0 {
             continue;
         }
-        let Some(slot) = FLOWS.get_ptr_mut(bucket * BUCKET_SLOTS + i) else { break };
-        let Some((version, key, flow)) = flow_table::read(slot) else { continue };
+        let Some(slot) = F::flows().get_ptr_mut(bucket * BUCKET_SLOTS + i) else { break };
+        let Some((version, key, flow)) = flow_table::read::<F>(slot) else { continue };
         if PURGE_SERVERS.get(flow.server_id).copied().unwrap_or(0) == 0 {
             continue;
         }
-        let Some(out) = PURGED.get_ptr_mut(first + freed) else { break };
-        if flow_table::free(tags, i, tag, slot, version) {
+        let Some(out) = F::purged().get_ptr_mut(first + freed) else { break };
+        if flow_table::free::<F>(tags, i, tag, slot, version) {
             // SAFETY: an element of the `purged` map.
-            unsafe { write_volatile(out, purge::Purged { key, flow }) };
+            unsafe { write_volatile(out, F::record(key, flow)) };
             freed += 1;
         }
     }

@@ -4,7 +4,7 @@
 //! the text is TOML made by the `toml` crate, so it is always well formed
 //! (a test that needs a malformed file writes that text itself).
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
 
 use toml::{Table, Value};
 
@@ -32,9 +32,9 @@ impl ConfigFile {
     }
 
     /// A virtual service `vip:port/protocol` served by `pool`.
-    pub fn service(mut self, vip: Ipv4Addr, port: u16, protocol: &str, pool: &str) -> ConfigFile {
+    pub fn service(mut self, vip: impl Into<IpAddr>, port: u16, protocol: &str, pool: &str) -> ConfigFile {
         let service = table([
-            ("vip", vip.to_string().into()),
+            ("vip", vip.into().to_string().into()),
             ("port", i64::from(port).into()),
             ("protocol", protocol.into()),
             ("pool", pool.into()),
@@ -44,9 +44,9 @@ impl ConfigFile {
     }
 
     /// Server `name` at `address:port` in `pool` (weight 1, enabled).
-    pub fn server(mut self, pool: &str, name: &str, address: Ipv4Addr, port: u16) -> ConfigFile {
-        let server =
-            table([("name", name.into()), ("address", address.to_string().into()), ("port", i64::from(port).into())]);
+    pub fn server(mut self, pool: &str, name: &str, address: impl Into<IpAddr>, port: u16) -> ConfigFile {
+        let address = address.into().to_string();
+        let server = table([("name", name.into()), ("address", address.into()), ("port", i64::from(port).into())]);
         array(self.pool(pool), "servers").push(server);
         self
     }
@@ -116,7 +116,7 @@ fn array<'a>(table: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{net::Ipv4Addr, path::Path};
 
     use lb_userspace::config::{Config, DisableMode};
 
@@ -137,7 +137,7 @@ mod tests {
             .monitor("web", [("kind", "tcp".into())]);
         let parsed = Config::parse(&config.text(), Path::new("built.toml")).expect("a valid config");
         assert_eq!((parsed.instance.as_str(), parsed.flows.max_flows), ("t1", 4096));
-        assert_eq!((parsed.services[0].vip, parsed.services[0].pool.as_str()), (vip, "web"));
+        assert_eq!((parsed.services[0].vip, parsed.services[0].pool.as_str()), (vip.into(), "web"));
         let web = &parsed.pools["web"];
         assert_eq!(web.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect::<Vec<_>>(), [("s1", 1), ("s2", 3)]);
         assert_eq!(web.graceful_disable_timeout, DisableMode::Immediate);

@@ -9,7 +9,11 @@
 //! 10.0.3.1 (servers 10.0.1.2 and 10.0.2.2 have neighbour entries, 10.0.3.2
 //! has none).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Flow, FlowKey, Outcome, ServerStats};
@@ -21,7 +25,7 @@ use lb_userspace::{
     },
     config::Config,
     datapath::{
-        Datapath, MapSizes, counters as stats,
+        Datapath, counters as stats,
         ops::Live,
         sweep::{self, SweepReport},
         tcp_reset::ResetSender,
@@ -30,7 +34,12 @@ use lb_userspace::{
     servers::{Saved, ServerTable, ServiceSlot, plan::Tables},
 };
 
-use crate::{config_file::ConfigFile, netns::NetNs, packet::Mac, topology::attach_pass};
+use crate::{
+    config_file::ConfigFile,
+    netns::NetNs,
+    packet::{Mac, Pkt},
+    topology::attach_pass,
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -49,6 +58,11 @@ pub const SERVER1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 pub const SERVER2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// Routed, but no neighbour entry.
 pub const SERVER_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
+
+/// The same hosts' IPv6 addresses (ULA), on the same interfaces.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+pub const SERVER1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+pub const SERVER2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
 
 /// The namespace fixtures run in.
 pub struct FixtureNet {
@@ -69,6 +83,8 @@ impl FixtureNet {
 pub fn fixture_netns() -> FixtureNet {
     let ns = NetNs::create(&format!("{}-fix", crate::netns::unique_prefix()));
     ns.sysctl("net.ipv4.ip_forward", "1");
+    // The FIB answers IPv6 lookups only where forwarding is on.
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
     ns.ip(&["link", "add", "toclient", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "clientpeer"]);
     ns.ip(&["link", "add", "toserver", "address", "02:00:00:00:01:01", "type", "veth", "peer", "name", "serverpeer"]);
     for dev in ["toclient", "clientpeer", "toserver", "serverpeer"] {
@@ -78,10 +94,16 @@ pub fn fixture_netns() -> FixtureNet {
     for net in ["10.0.1.1/24", "10.0.2.1/24", "10.0.3.1/24"] {
         ns.ip(&["addr", "add", net, "dev", "toserver"]);
     }
+    for (net, dev) in [("fd00::1/64", "toclient"), ("fd00:1::1/64", "toserver"), ("fd00:2::1/64", "toserver")] {
+        ns.ip(&["-6", "addr", "add", net, "dev", dev, "nodad"]);
+    }
     for (addr, mac, dev) in [
         ("10.0.0.2", "02:00:00:00:00:02", "toclient"),
         ("10.0.1.2", "02:00:00:00:01:02", "toserver"),
         ("10.0.2.2", "02:00:00:00:02:02", "toserver"),
+        ("fd00::2", "02:00:00:00:00:02", "toclient"),
+        ("fd00:1::2", "02:00:00:00:01:02", "toserver"),
+        ("fd00:2::2", "02:00:00:00:02:02", "toserver"),
     ] {
         ns.ip(&["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"]);
     }
@@ -131,11 +153,7 @@ impl FixtureBed {
     pub fn load(config: &ConfigFile) -> FixtureBed {
         let mut config = Config::parse(&config.text(), Path::new("fixture.toml")).expect("fixture config");
         config.state_file = state_file_path();
-        let sizes = MapSizes {
-            max_flows: config.flows.max_flows,
-            max_services: config.max_services,
-            max_servers: config.max_servers,
-        };
+        let sizes = lb_userspace::daemon::map_sizes(&config);
         let mut dp = Datapath::load_unpinned(sizes).expect("load XDP program");
         let tables = Tables::apply(&mut dp, &config, Saved::default(), now_ms()).expect("apply config");
         let resets = ResetSender::new().expect("raw socket");
@@ -232,6 +250,16 @@ impl FixtureBed {
         let mut out = Vec::new();
         while let Some(item) = self.dp_mut().maps.reset_requests.next() {
             out.push(*bytemuck::from_bytes::<lb_common::ResetRequest>(&item[..16]));
+        }
+        out
+    }
+
+    /// The raw records of the resets the datapath asked for (IPv4 and
+    /// IPv6 ones differ in size), oldest first.
+    pub fn take_reset_request_records(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.dp_mut().maps.reset_requests.next() {
+            out.push(item.to_vec());
         }
         out
     }
@@ -348,6 +376,75 @@ pub fn test_run(
         program.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e:?}", frame.len()));
     out.truncate(result.data_size_out as usize);
     (result.return_value, out, result.duration)
+}
+
+/// The same frame after the balancer: to `server`, out of `toserver`.
+pub fn at_server(p: &Pkt, server: (impl Into<IpAddr>, u16), server_mac: [u8; 6]) -> Vec<u8> {
+    p.clone().addresses((p.src, p.sport), server).macs(TOSERVER_MAC, server_mac).ttl(p.ttl - 1).build()
+}
+
+/// A server's reply, back at the client as if from the VIP.
+pub fn at_client(p: &Pkt, vip: (impl Into<IpAddr>, u16)) -> Vec<u8> {
+    p.clone().addresses(vip, (p.dst, p.dport)).macs(TOCLIENT_MAC, CLIENT_MAC).ttl(p.ttl - 1).build()
+}
+
+pub fn pass(name: &'static str, input: Vec<u8>, outcome: Outcome) -> Case {
+    Case {
+        name,
+        input,
+        ingress: "toclient",
+        verdict: XDP_PASS,
+        output: Expect::Unchanged,
+        counts: vec![Count::Outcome(outcome, 1)],
+    }
+}
+
+pub fn drop(name: &'static str, input: Vec<u8>, outcome: Outcome) -> Case {
+    Case {
+        name,
+        input,
+        ingress: "toclient",
+        verdict: XDP_DROP,
+        output: Expect::Unchanged,
+        counts: vec![Count::Outcome(outcome, 1)],
+    }
+}
+
+pub fn forward(
+    name: &'static str,
+    input: &Pkt,
+    server: (impl Into<IpAddr>, u16),
+    mac: [u8; 6],
+    pool: &'static str,
+    srv: &'static str,
+    new: bool,
+) -> Case {
+    let outcome = if new { Outcome::ForwardNewFlow } else { Outcome::ForwardFlow };
+    Case {
+        name,
+        input: input.build(),
+        ingress: "toclient",
+        verdict: XDP_REDIRECT,
+        output: Expect::Packet(at_server(input, server, mac)),
+        counts: vec![Count::Outcome(outcome, 1), Count::NewFlows(pool, srv, new as u64), Count::ToServer(pool, srv, 1)],
+    }
+}
+
+pub fn reply(
+    name: &'static str,
+    input: &Pkt,
+    vip: (impl Into<IpAddr>, u16),
+    pool: &'static str,
+    srv: &'static str,
+) -> Case {
+    Case {
+        name,
+        input: input.build(),
+        ingress: "toserver",
+        verdict: XDP_REDIRECT,
+        output: Expect::Packet(at_client(input, vip)),
+        counts: vec![Count::Outcome(Outcome::ForwardReply, 1), Count::FromServer(pool, srv, 1)],
+    }
 }
 
 /// The index of an interface of the current namespace.

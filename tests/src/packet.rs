@@ -4,7 +4,7 @@
 //! Checksums are computed in full here, so comparing with the datapath's
 //! output also checks its incremental checksum updates.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -18,8 +18,9 @@ pub type Mac = [u8; 6];
 pub struct Pkt {
     pub src_mac: Mac,
     pub dst_mac: Mac,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// IPv4 or IPv6 (both of one family): the frame's IP header follows.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub ttl: u8,
     pub protocol: u8,
     /// IPv4 option bytes (a multiple of 4); sets the header length.
@@ -44,15 +45,17 @@ pub struct Pkt {
     pub tot_len_override: Option<u16>,
     /// Cut the frame to this many bytes.
     pub truncate: Option<usize>,
+    /// IPv6 extension headers, in order: (type, bytes after the first two).
+    pub ext_headers: Vec<(u8, Vec<u8>)>,
 }
 
 impl Pkt {
-    fn new(protocol: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+    fn new(protocol: u8, src: (impl Into<IpAddr>, u16), dst: (impl Into<IpAddr>, u16)) -> Pkt {
         Pkt {
             src_mac: [2, 0, 0, 0, 0, 0xaa],
             dst_mac: [2, 0, 0, 0, 0, 0xbb],
-            src: src.0,
-            dst: dst.0,
+            src: src.0.into(),
+            dst: dst.0.into(),
             ttl: 64,
             protocol,
             options: Vec::new(),
@@ -70,19 +73,20 @@ impl Pkt {
             udp_no_checksum: false,
             tot_len_override: None,
             truncate: None,
+            ext_headers: Vec::new(),
         }
     }
 
-    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+    pub fn tcp(src: (impl Into<IpAddr>, u16), dst: (impl Into<IpAddr>, u16)) -> Pkt {
         Pkt::new(6, src, dst)
     }
 
-    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+    pub fn udp(src: (impl Into<IpAddr>, u16), dst: (impl Into<IpAddr>, u16)) -> Pkt {
         Pkt::new(17, src, dst)
     }
 
     /// Another IP protocol (ICMP is 1), with `payload` as its whole body.
-    pub fn ip_protocol(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr) -> Pkt {
+    pub fn ip_protocol(protocol: u8, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Pkt {
         Pkt::new(protocol, (src, 0), (dst, 0))
     }
 
@@ -146,11 +150,20 @@ impl Pkt {
         self
     }
     /// The same packet with other addresses and ports (for expected output).
-    pub fn addresses(mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
-        self.src = src.0;
+    pub fn addresses(mut self, src: (impl Into<IpAddr>, u16), dst: (impl Into<IpAddr>, u16)) -> Pkt {
+        self.src = src.0.into();
         self.sport = src.1;
-        self.dst = dst.0;
+        self.dst = dst.0.into();
         self.dport = dst.1;
+        self
+    }
+
+    /// An IPv6 extension header of `kind` (0 hop-by-hop, 43 routing, 44
+    /// fragment, 60 destination options), with `body` after its first two
+    /// bytes (next header and length, filled in): 6, 14, 22... bytes.
+    pub fn ext_header(mut self, kind: u8, body: &[u8]) -> Pkt {
+        assert_eq!((body.len() + 2) % 8, 0, "extension headers are multiples of 8 bytes");
+        self.ext_headers.push((kind, body.to_vec()));
         self
     }
 
@@ -193,15 +206,23 @@ impl Pkt {
 
     fn pseudo_header(&self, l4_len: usize) -> Vec<u8> {
         let mut p = Vec::new();
-        p.extend_from_slice(&self.src.octets());
-        p.extend_from_slice(&self.dst.octets());
-        p.push(0);
-        p.push(self.protocol);
-        p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        p.extend_from_slice(&octets(self.src));
+        p.extend_from_slice(&octets(self.dst));
+        if self.src.is_ipv6() {
+            p.extend_from_slice(&(l4_len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, self.protocol]);
+        } else {
+            p.push(0);
+            p.push(self.protocol);
+            p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        }
         p
     }
 
     pub fn build(&self) -> Vec<u8> {
+        if self.src.is_ipv6() {
+            return self.build6();
+        }
         let l4 = self.l4();
         let hlen = 20 + self.options.len();
         let mut ip = Vec::with_capacity(hlen);
@@ -215,8 +236,8 @@ impl Pkt {
         ip.push(self.ttl);
         ip.push(self.protocol);
         ip.extend_from_slice(&[0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&octets(self.src));
+        ip.extend_from_slice(&octets(self.dst));
         ip.extend_from_slice(&self.options);
         let sum = checksum(&[&ip]);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
@@ -228,6 +249,45 @@ impl Pkt {
             frame.truncate(len);
         }
         frame
+    }
+}
+
+impl Pkt {
+    /// The IPv6 frame: header (the TTL as hop limit, `tot_len` as the
+    /// payload length), extension headers, then TCP or UDP.
+    fn build6(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let mut ext = Vec::new();
+        for (i, (_, body)) in self.ext_headers.iter().enumerate() {
+            let next = self.ext_headers.get(i + 1).map_or(self.protocol, |(kind, _)| *kind);
+            ext.push(next);
+            ext.push(((body.len() + 2) / 8 - 1) as u8);
+            ext.extend_from_slice(body);
+        }
+        let first = self.ext_headers.first().map_or(self.protocol, |(kind, _)| *kind);
+        let mut ip = vec![0x60, 0, 0, 0];
+        let payload_len = self.tot_len_override.unwrap_or((ext.len() + l4.len()) as u16);
+        ip.extend_from_slice(&payload_len.to_be_bytes());
+        ip.push(first);
+        ip.push(self.ttl);
+        ip.extend_from_slice(&octets(self.src));
+        ip.extend_from_slice(&octets(self.dst));
+        let mut frame = ethernet(self.dst_mac, self.src_mac, 0x86dd);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&ext);
+        frame.extend_from_slice(&l4);
+        if let Some(len) = self.truncate {
+            frame.truncate(len);
+        }
+        frame
+    }
+}
+
+/// An address's bytes, of either family.
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 

@@ -46,7 +46,7 @@ fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     assert!(!lb.status.success(), "agent accepted a bad config: {stderr}");
     for problem in [
         "services[0].pool: unknown pool \"webb\"",
-        "pools.p80.servers[0].address: \"10.0.1\" is not an IPv4 address",
+        "pools.p80.servers[0].address: \"10.0.1\" is not an IPv4 or IPv6 address",
         "flows.udp_idle_timeout: duration \"abc\" is not a number followed by a unit",
         "nothing was applied",
     ] {

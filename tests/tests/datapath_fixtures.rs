@@ -9,7 +9,8 @@ use testbed::{
     config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
-        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, flow_key,
+        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, drop, fixture_netns, flow_key, forward, pass,
+        reply,
     },
     packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame},
 };
@@ -43,69 +44,6 @@ fn client_tcp(port: u16, vport: u16) -> Pkt {
     Pkt::tcp((CLIENT, port), (VIP, vport)).macs(CLIENT_MAC, TOCLIENT_MAC)
 }
 
-/// The same frame after the balancer: to `server`, out of `toserver`.
-fn at_server(p: &Pkt, server: (Ipv4Addr, u16), server_mac: [u8; 6]) -> Vec<u8> {
-    p.clone().addresses((p.src, p.sport), server).macs(TOSERVER_MAC, server_mac).ttl(p.ttl - 1).build()
-}
-
-/// A server's reply, back at the client as if from the VIP.
-fn at_client(p: &Pkt, vip: (Ipv4Addr, u16)) -> Vec<u8> {
-    p.clone().addresses(vip, (p.dst, p.dport)).macs(TOCLIENT_MAC, CLIENT_MAC).ttl(p.ttl - 1).build()
-}
-
-fn pass(name: &'static str, input: Vec<u8>, outcome: lb_common::Outcome) -> Case {
-    Case {
-        name,
-        input,
-        ingress: "toclient",
-        verdict: XDP_PASS,
-        output: Expect::Unchanged,
-        counts: vec![Count::Outcome(outcome, 1)],
-    }
-}
-
-fn drop(name: &'static str, input: Vec<u8>, outcome: lb_common::Outcome) -> Case {
-    Case {
-        name,
-        input,
-        ingress: "toclient",
-        verdict: XDP_DROP,
-        output: Expect::Unchanged,
-        counts: vec![Count::Outcome(outcome, 1)],
-    }
-}
-
-fn forward(
-    name: &'static str,
-    input: &Pkt,
-    server: (Ipv4Addr, u16),
-    mac: [u8; 6],
-    pool: &'static str,
-    srv: &'static str,
-    new: bool,
-) -> Case {
-    let outcome = if new { ForwardNewFlow } else { ForwardFlow };
-    Case {
-        name,
-        input: input.build(),
-        ingress: "toclient",
-        verdict: XDP_REDIRECT,
-        output: Expect::Packet(at_server(input, server, mac)),
-        counts: vec![Count::Outcome(outcome, 1), Count::NewFlows(pool, srv, new as u64), Count::ToServer(pool, srv, 1)],
-    }
-}
-
-fn reply(name: &'static str, input: &Pkt, vip: (Ipv4Addr, u16), pool: &'static str, srv: &'static str) -> Case {
-    Case {
-        name,
-        input: input.build(),
-        ingress: "toserver",
-        verdict: XDP_REDIRECT,
-        output: Expect::Packet(at_client(input, vip)),
-        counts: vec![Count::Outcome(ForwardReply, 1), Count::FromServer(pool, srv, 1)],
-    }
-}
-
 #[test]
 fn datapath_fixtures() {
     let ns = fixture_netns();
@@ -124,8 +62,8 @@ fn datapath_fixtures() {
             Pkt::udp((CLIENT, 5001), (VIP, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).payload(b"q").no_udp_checksum();
         let far = client_tcp(40001, 8443).flags(SYN);
         bed.run(&[
-            pass("ARP passes", arp_request(CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 0, 0, 1)), PassNotIpv4),
-            pass("IPv6 passes", ipv6_frame(CLIENT_MAC, TOCLIENT_MAC), PassNotIpv4),
+            pass("ARP passes", arp_request(CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 0, 0, 1)), PassNotIp),
+            pass("IPv6 not for a VIP passes", ipv6_frame(CLIENT_MAC, TOCLIENT_MAC), PassNotForUs),
             // (A frame shorter than an Ethernet header cannot be tested: the
             // kernel refuses it as test input.)
             pass(

@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_common::{FlowKey, flow_state, flow_table::SERVER_HINTS, proto, purge};
-use lb_userspace::datapath::purge::purge_servers;
+use lb_userspace::datapath::{family::V4, purge::purge_servers};
 use testbed::{
     bench::{fill_flows, pin_to_cpu},
     config_file::ConfigFile,
@@ -167,7 +167,7 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
             let doomed: HashMap<FlowKey, u32> =
                 expected.iter().filter(|(_, id)| servers.contains(id)).map(|(k, id)| (*k, *id)).collect();
             let (mut freed, mut runs) = (HashMap::new(), 0);
-            let count = purge_servers(bed.dp_mut(), &servers.iter().copied().collect(), |_, batch| {
+            let count = purge_servers::<V4>(bed.dp_mut(), &servers.iter().copied().collect(), |_, batch| {
                 runs += 1;
                 for p in batch {
                     assert!(freed.insert(p.key, p.flow.server_id).is_none(), "{:?} handed back twice", p.key);

@@ -13,6 +13,7 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use lb_common::{flow_state, proto};
+use lb_userspace::{datapath::sweep::remove_flows_where, servers::ServiceId};
 use proptest::{
     prelude::*,
     test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
@@ -232,32 +233,24 @@ fn check(bed: &FixtureBed, input: &Input) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Every flow in the table is of a service, on one of its servers, in a
-/// state of its protocol.
+/// Every flow in the tables (both families) is of a service, on one of its
+/// servers, in a state of its protocol.
 fn flows_are_well_formed(bed: &FixtureBed) {
-    let services: HashSet<(u32, u16, u8)> = bed
-        .services()
-        .iter()
-        .map(|s| (u32::from_ne_bytes(s.vip.octets()), s.port.to_be(), s.protocol.number()))
-        .collect();
+    let services: HashSet<ServiceId> = bed.services().iter().map(|s| s.key()).collect();
     let mut bad = Vec::new();
-    let (seen, _) = bed
-        .dp()
-        .maps
-        .flows
-        .remove_where(|key, flow| {
-            let service = services.contains(&(key.dst_addr, key.dst_port, key.proto));
-            let state = match key.proto {
-                proto::TCP => matches!(flow.state, flow_state::TCP_OPEN | flow_state::TCP_CLOSING),
-                proto::UDP => flow.state == flow_state::UDP,
-                _ => false,
-            };
-            if !service || !state || bed.servers().get(flow.server_id).is_none() {
-                bad.push((*key, *flow));
-            }
-            false
-        })
-        .expect("walk the flow table");
+    let (seen, _) = remove_flows_where(&bed.dp().maps, bed.servers(), |ends, flow| {
+        let service = services.contains(&ends.service());
+        let state = match ends.proto {
+            proto::TCP => matches!(flow.state, flow_state::TCP_OPEN | flow_state::TCP_CLOSING),
+            proto::UDP => flow.state == flow_state::UDP,
+            _ => false,
+        };
+        if !service || !state || bed.servers().get(flow.server_id).is_none() {
+            bad.push((*ends, *flow));
+        }
+        false
+    })
+    .expect("walk the flow tables");
     assert!(seen > 0, "the fuzzing made flows");
     assert!(bad.is_empty(), "{} malformed flows, e.g. {:?}", bad.len(), &bad[..bad.len().min(3)]);
 }

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
     path::Path,
 };
 
@@ -132,7 +131,7 @@ impl DatapathOps for FakeDatapath {
 
     fn terminate_service(&mut self, _: &ServerTable, service: &LeavingId) -> DatapathResult<Termination> {
         let (key, pool) = service;
-        let label = format!("{}:{} of {pool}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port));
+        let label = format!("{} of {pool}", std::net::SocketAddr::new(key.vip, key.port));
         self.writes.push(Write::TerminateService(label));
         self.live_services.remove(service);
         Ok(Termination::default())

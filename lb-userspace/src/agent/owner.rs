@@ -546,6 +546,7 @@ impl<D: DatapathOps> Owner<D> {
                     id: s.id,
                     name: s.name.clone(),
                     address: s.address,
+                    address6: s.address6,
                     port: s.port,
                     weight: s.weight,
                     admin: s.admin,

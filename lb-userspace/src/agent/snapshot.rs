@@ -3,7 +3,7 @@
 //! (`pool list`, `pool show`, `events`) answer from the latest snapshot at
 //! once, whatever the owner is doing.
 
-use std::{collections::VecDeque, net::Ipv4Addr, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use crate::{
     model::{Event, ReloadStatus, Source, StateLabel},
@@ -53,7 +53,9 @@ pub struct LeavingSnapshot {
 pub struct ServerSnapshot {
     pub id: u32,
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: std::net::IpAddr,
+    /// Its IPv6 address beside an IPv4 `address` (dual stack).
+    pub address6: Option<std::net::Ipv6Addr>,
     pub port: u16,
     pub weight: u32,
     pub admin: AdminState,

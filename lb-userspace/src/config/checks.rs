@@ -2,7 +2,10 @@
 //! and the checks of single values (names, addresses, ports, durations) that
 //! every section's validation (`validate.rs`, `monitors.rs`) uses.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use super::{Problem, format_duration, parse_duration};
 
@@ -31,20 +34,25 @@ impl Validator {
         }
     }
 
-    pub(super) fn address(&mut self, path: &str, value: Option<String>) -> Ipv4Addr {
-        match value.as_deref().map(str::parse::<Ipv4Addr>) {
-            Some(Ok(addr)) if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() => addr,
+    pub(super) fn address(&mut self, path: &str, value: Option<String>) -> IpAddr {
+        let unusable = |a: &IpAddr| match a {
+            IpAddr::V4(a) => a.is_unspecified() || a.is_broadcast() || a.is_multicast(),
+            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
+        };
+        let none = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        match value.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(addr)) if !unusable(&addr) => addr,
             Some(Ok(addr)) => {
                 self.problem(path, format!("{addr} cannot be used here"));
-                Ipv4Addr::UNSPECIFIED
+                none
             }
             Some(Err(_)) => {
-                self.problem(path, format!("\"{}\" is not an IPv4 address", value.unwrap_or_default()));
-                Ipv4Addr::UNSPECIFIED
+                self.problem(path, format!("\"{}\" is not an IPv4 or IPv6 address", value.unwrap_or_default()));
+                none
             }
             None => {
                 self.problem(path, "missing address");
-                Ipv4Addr::UNSPECIFIED
+                none
             }
         }
     }

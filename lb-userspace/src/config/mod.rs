@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -115,7 +115,8 @@ pub struct HttpSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
-    pub vip: Ipv4Addr,
+    /// IPv4 or IPv6: its pool's servers are reached in the same family.
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub pool: String,
@@ -148,12 +149,32 @@ pub struct PoolHealth {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// The address its line names (`address`), of either family.
+    pub address: IpAddr,
+    /// Its IPv6 address beside an IPv4 `address` (`address6`): a dual-stack
+    /// server, reached by IPv4 and IPv6 services alike, with one state.
+    pub address6: Option<Ipv6Addr>,
     pub port: u16,
     pub weight: u32,
     /// `enabled = false` takes the server out of service (see
     /// `agent::reload` for how it combines with the operators' commands).
     pub enabled: bool,
+}
+
+impl ServerConfig {
+    /// Its address in the family of `vip`, if it has one.
+    pub fn address_for(&self, vip: IpAddr) -> Option<IpAddr> {
+        server_address_for(self.address, self.address6, vip)
+    }
+}
+
+/// The address of a server (`address`, `address6`) in the family of `vip`.
+pub fn server_address_for(address: IpAddr, address6: Option<Ipv6Addr>, vip: IpAddr) -> Option<IpAddr> {
+    match (vip, address) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => Some(address),
+        (IpAddr::V6(_), IpAddr::V4(_)) => address6.map(IpAddr::V6),
+        (IpAddr::V4(_), IpAddr::V6(_)) => None,
+    }
 }
 
 /// One thing wrong with a config file, at a key path.
@@ -243,6 +264,10 @@ impl Config {
         check("api_socket", self.api_socket.display().to_string(), new.api_socket.display().to_string());
         check("state_file", self.state_file.display().to_string(), new.state_file.display().to_string());
         check("flows.max", self.flows.max_flows.to_string(), new.flows.max_flows.to_string());
+        // The IPv6 flow table is sized at start: for flows.max with an IPv6
+        // service, at its smallest without.
+        let six = |c: &Config| if c.max_flows6() > 0 { "some".to_owned() } else { "none".to_owned() };
+        check("IPv6 services", six(self), six(new));
         check("limits.max_services", self.max_services.to_string(), new.max_services.to_string());
         check("limits.max_servers", self.max_servers.to_string(), new.max_servers.to_string());
         let listen = |c: &Config| c.http.listen.map_or("off".to_owned(), |a| a.to_string());
@@ -253,6 +278,12 @@ impl Config {
         let cluster = |c: &Config| c.cluster.as_ref().map_or("none".to_owned(), |k| format!("{k:?}"));
         check("cluster", cluster(self), cluster(new));
         differ
+    }
+
+    /// The IPv6 flow table's size (`MapSizes::max_flows6`): `flows.max` if
+    /// some service has an IPv6 VIP, else 0.
+    pub fn max_flows6(&self) -> u32 {
+        if self.services.iter().any(|s| s.vip.is_ipv6()) { self.flows.max_flows } else { 0 }
     }
 
     /// The pool of a server by names, if both exist.
@@ -432,6 +463,49 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_pool_serves_an_ipv4_and_an_ipv6_vip() {
+        let text = GOOD
+            .replace("address = \"10.0.1.2\"", "address = \"10.0.1.2\"\n        address6 = \"fd00:1::2\"")
+            .replace("address = \"10.0.2.2\"", "address = \"fd00:2::2\"")
+            .replace("vip = \"10.0.0.100\"", "vip = \"fd00:100::1\"");
+        let c = Config::parse(&text, Path::new("lb.toml")).expect("IPv6 VIP, servers with IPv6 addresses");
+        let web = &c.pools["web"].servers;
+        assert_eq!(web[0].address_for(c.services[0].vip), Some("fd00:1::2".parse().unwrap()));
+        assert_eq!(web[1].address_for(c.services[0].vip), Some("fd00:2::2".parse().unwrap()));
+        assert_eq!(web[0].address_for("10.0.0.100".parse().unwrap()), Some("10.0.1.2".parse().unwrap()));
+        assert_eq!(c.max_flows6(), c.flows.max_flows, "an IPv6 service sizes the IPv6 flow table");
+        let four = Config::parse(GOOD, Path::new("lb.toml")).unwrap();
+        assert_eq!(four.max_flows6(), 0);
+        assert_eq!(four.restart_needed(&c), ["IPv6 services: none -> some"]);
+    }
+
+    #[test]
+    fn a_service_and_its_servers_of_different_families_are_refused() {
+        let text = GOOD.replace("vip = \"10.0.0.100\"", "vip = \"fd00:100::1\"");
+        let p = problems(&text);
+        assert!(
+            p.contains(
+                &"services[0].vip: fd00:100::1 is IPv6, but server web/a has no IPv6 address (give it address6 \
+                  beside its IPv4 address): a service reaches its servers in its VIP's family"
+                    .to_owned()
+            ),
+            "{p:?}"
+        );
+        let text = GOOD.replace("address = \"10.0.1.2\"", "address = \"fd00:1::2\"");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l.starts_with("services[0].vip: 10.0.0.100 is IPv4, but server web/a has no IPv4")),
+            "{p:?}"
+        );
+        let text = GOOD.replace("address = \"10.0.1.2\"", "address = \"10.0.1.2\"\n        address6 = \"10.0.9.9\"");
+        assert_eq!(problems(&text), ["pools.web.servers[0].address6: 10.0.9.9 is not an IPv6 address"]);
+        let text = GOOD.replace("address = \"10.0.1.2\"", "address = \"fd00:1::2\"\n        address6 = \"fd00:1::3\"");
+        assert!(
+            problems(&text).iter().any(|l| l.starts_with("pools.web.servers[0].address6: address is already IPv6"))
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key_path() {
         let text = GOOD
             .replace("pool = \"web\"", "pool = \"webb\"")
@@ -440,7 +514,10 @@ mod tests {
             .replace("weight = 3", "weight = -1");
         let p = problems(&text);
         assert!(p.contains(&"services[0].pool: unknown pool \"webb\"".to_owned()), "{p:?}");
-        assert!(p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 address".to_owned()), "{p:?}");
+        assert!(
+            p.contains(&"pools.web.servers[1].address: \"10.0.2\" is not an IPv4 or IPv6 address".to_owned()),
+            "{p:?}"
+        );
         assert!(p.iter().any(|l| l.starts_with("flows.tcp_idle_timeout: duration \"-5m\" is negative")), "{p:?}");
         assert!(p.contains(&"pools.web.servers[0].weight: weight -1 is not in 0..65535".to_owned()), "{p:?}");
         assert_eq!(p.len(), 4, "{p:?}");

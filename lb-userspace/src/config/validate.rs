@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -95,6 +95,7 @@ pub(super) struct RawPool {
 pub(super) struct RawServer {
     name: Option<String>,
     address: Option<String>,
+    address6: Option<String>,
     port: Option<i64>,
     weight: Option<i64>,
     enabled: Option<bool>,
@@ -287,9 +288,11 @@ impl Validator {
 
     /// A pool's server at `path`, checked against those before it.
     fn server(&mut self, path: &str, raw: RawServer, before: &[ServerConfig]) -> ServerConfig {
+        let address = self.address(&format!("{path}.address"), raw.address);
         let server = ServerConfig {
             name: self.name(&format!("{path}.name"), raw.name, "server name"),
-            address: self.address(&format!("{path}.address"), raw.address),
+            address,
+            address6: raw.address6.map(|text| self.address6(path, address, text)),
             port: self.port(&format!("{path}.port"), raw.port),
             weight: match raw.weight {
                 None => 1,
@@ -304,13 +307,32 @@ impl Validator {
         if let Some(j) = before.iter().position(|s| s.name == server.name && !s.name.is_empty()) {
             self.problem(format!("{path}.name"), format!("\"{}\" is already servers[{j}]", server.name));
         }
-        if let Some(j) = before.iter().position(|s| s.address == server.address && s.port == server.port) {
-            self.problem(
-                format!("{path}.address"),
-                format!("{}:{} is already servers[{j}]", server.address, server.port),
-            );
+        let endpoints = |s: &ServerConfig| [Some(s.address), s.address6.map(IpAddr::V6)].into_iter().flatten();
+        for (key, address) in [("address", Some(server.address)), ("address6", server.address6.map(IpAddr::V6))] {
+            let Some(address) = address else { continue };
+            if let Some(j) = before.iter().position(|s| endpoints(s).any(|a| a == address) && s.port == server.port) {
+                let shown = std::net::SocketAddr::new(address, server.port);
+                self.problem(format!("{path}.{key}"), format!("{shown} is already servers[{j}]"));
+            }
         }
         server
+    }
+
+    /// A server's `address6`: an IPv6 address beside an IPv4 `address`.
+    fn address6(&mut self, path: &str, address: IpAddr, text: String) -> Ipv6Addr {
+        let key = format!("{path}.address6");
+        match self.address(&key, Some(text)) {
+            IpAddr::V6(a) if address.is_ipv4() => a,
+            IpAddr::V6(_) => {
+                self.problem(key, format!("address is already IPv6 ({address}): address6 goes beside an IPv4 one"));
+                Ipv6Addr::UNSPECIFIED
+            }
+            IpAddr::V4(a) if a.is_unspecified() => Ipv6Addr::UNSPECIFIED,
+            IpAddr::V4(a) => {
+                self.problem(key, format!("{a} is not an IPv6 address"));
+                Ipv6Addr::UNSPECIFIED
+            }
+        }
     }
 
     fn services(
@@ -366,6 +388,26 @@ impl Validator {
                 String::new()
             }
         };
+        if let Some(p) = pools.get(&pool) {
+            self.same_family(path, vip, &pool, p);
+        }
         ServiceConfig { vip, port, protocol, pool }
+    }
+
+    /// A service reaches its servers in its VIP's family (no NAT46/64):
+    /// each server of its pool needs an address of that family.
+    fn same_family(&mut self, path: &str, vip: IpAddr, pool_name: &str, pool: &PoolConfig) {
+        let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+        for server in pool.servers.iter().filter(|s| s.address_for(vip).is_none()) {
+            let hint = if vip.is_ipv6() { " (give it address6 beside its IPv4 address)" } else { "" };
+            self.problem(
+                format!("{path}.vip"),
+                format!(
+                    "{vip} is {family}, but server {pool_name}/{} has no {family} address{hint}: a service \
+                     reaches its servers in its VIP's family",
+                    server.name
+                ),
+            );
+        }
     }
 }

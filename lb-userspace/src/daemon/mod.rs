@@ -55,7 +55,12 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 pub fn map_sizes(config: &Config) -> MapSizes {
-    MapSizes { max_flows: config.flows.max_flows, max_services: config.max_services, max_servers: config.max_servers }
+    MapSizes {
+        max_flows: config.flows.max_flows,
+        max_flows6: config.max_flows6(),
+        max_services: config.max_services,
+        max_servers: config.max_servers,
+    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM; `config_path` is re-read on

@@ -7,19 +7,21 @@
 //! a million flows are read in tens of milliseconds, an empty table in a few,
 //! and the agent's resident memory stays at one window whatever the table's
 //! size. Slots are owned and written as in the datapath (see
-//! [`flow_table::tag`] and [`FlowSlot`]).
+//! [`flow_table::tag`] and [`FlowSlot`]). One type for both families'
+//! tables: [`FlowTable`] of [`FlowSlot`]s (IPv4) or of
+//! [`FlowSlot6`](lb_common::FlowSlot6)s (IPv6).
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
-    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+    ptr::{read_volatile, write_volatile},
     sync::atomic::{AtomicU64, Ordering, fence},
 };
 
 use aya::maps::MapData;
 use lb_common::{
-    Flow, FlowKey, FlowSlot,
+    Flow, FlowSlot, TableSlot,
     flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, lane, with_lane},
     map_name,
 };
@@ -30,16 +32,20 @@ const WINDOW_SLOTS: u32 = 32 * 1024;
 /// Tries at a slot or a tag word that others keep changing, before giving up.
 const TRIES: u32 = 64;
 
-pub struct FlowTable {
+pub struct FlowTable<S: TableSlot = FlowSlot> {
     map: MapData,
     tags: MapData,
     slots: u32,
+    _slot: std::marker::PhantomData<S>,
 }
 
-impl FlowTable {
+/// The key of a table's flows.
+type Key<S> = <S as TableSlot>::Key;
+
+impl<S: TableSlot> FlowTable<S> {
     /// The table in `map` (an mmap-able array of [`FlowSlot`]s), with its
     /// tags in `tags` (an mmap-able array of `u64`, one per bucket).
-    pub fn new(map: MapData, tags: MapData) -> io::Result<FlowTable> {
+    pub fn new(map: MapData, tags: MapData) -> io::Result<FlowTable<S>> {
         let info = |m: &MapData| m.info().map_err(|e| io::Error::other(format!("flow table info: {e}")));
         let slots = info(&map)?.max_entries();
         if !slots.is_power_of_two() || slots < flow_table::MIN_SLOTS {
@@ -49,15 +55,7 @@ impl FlowTable {
         if lines != flow_table::tag_lines(slots) {
             return Err(io::Error::other(format!("{lines} lines of tags for a table of {slots} slots")));
         }
-        Ok(FlowTable { map, tags, slots })
-    }
-
-    /// The table an agent pinned in `pin_dir`.
-    pub fn from_pins(pin_dir: &Path) -> io::Result<FlowTable> {
-        let open = |name: &str| {
-            MapData::from_pin(pin_dir.join(name)).map_err(|e| io::Error::other(format!("pinned map {name}: {e}")))
-        };
-        FlowTable::new(open(map_name::FLOWS)?, open(map_name::FLOW_TAGS)?)
+        Ok(FlowTable { map, tags, slots, _slot: std::marker::PhantomData })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -72,42 +70,21 @@ impl FlowTable {
         flow_table::bucket_mask(self.slots)
     }
 
-    /// Maps `len` elements of `size` bytes of `map` from element `first`
-    /// (a page boundary).
-    pub(crate) fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io::Result<*mut libc::c_void> {
-        // SAFETY: a shared mapping of the map's fd; the kernel checks the range.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize * size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                first as i64 * size as i64,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mapping a flow table map: {e}")));
-        }
-        Ok(ptr)
-    }
-
     /// Maps slots `first..first + len` (`first` a multiple of 64: a page).
-    fn window(&self, first: u32, len: u32) -> io::Result<Window> {
-        let ptr = Self::map_range(&self.map, first, len, size_of::<FlowSlot>())?;
-        Ok(Window { ptr: ptr as *mut FlowSlot, first, len })
+    fn window(&self, first: u32, len: u32) -> io::Result<Window<S>> {
+        let ptr = map_range(&self.map, first, len, size_of::<S>())?;
+        Ok(Window { ptr: ptr as *mut S, first, len })
     }
 
     /// The whole table, mapped (pages are read in as they are touched).
-    fn whole(&self) -> io::Result<Window> {
+    fn whole(&self) -> io::Result<Window<S>> {
         self.window(0, self.slots)
     }
 
     /// The tag words of buckets `first..first + len` (`first` a multiple of
     /// 512: a page).
     fn tags_window(&self, first: u32, len: u32) -> io::Result<Tags> {
-        let ptr = Self::map_range(&self.tags, first, len, size_of::<u64>())?;
+        let ptr = map_range(&self.tags, first, len, size_of::<u64>())?;
         Ok(Tags { ptr: ptr as *mut u64, first, len })
     }
 
@@ -118,7 +95,7 @@ impl FlowTable {
 
     /// Visits every flow in memory order and removes those `remove` picks.
     /// Returns how many flows were seen and how many were removed.
-    pub fn remove_where(&self, mut remove: impl FnMut(&FlowKey, &Flow) -> bool) -> io::Result<(usize, usize)> {
+    pub fn remove_where(&self, mut remove: impl FnMut(&Key<S>, &Flow) -> bool) -> io::Result<(usize, usize)> {
         let (mut seen, mut removed) = (0, 0);
         let mut first = 0;
         while first < self.slots {
@@ -149,13 +126,13 @@ impl FlowTable {
     }
 
     /// The flow of `key`, if the table has it.
-    pub fn get(&self, key: &FlowKey) -> io::Result<Option<Flow>> {
+    pub fn get(&self, key: &Key<S>) -> io::Result<Option<Flow>> {
         let (window, tags) = (self.whole()?, self.tags()?);
         Ok(self.find(&window, &tags, key).map(|found| found.flow))
     }
 
     /// Removes the flow of `key`; whether there was one.
-    pub fn remove(&self, key: &FlowKey) -> io::Result<bool> {
+    pub fn remove(&self, key: &Key<S>) -> io::Result<bool> {
         let (window, tags) = (self.whole()?, self.tags()?);
         Ok(self
             .find(&window, &tags, key)
@@ -173,7 +150,7 @@ impl FlowTable {
 
     /// Inserts flows (benchmarks and tests: the datapath creates them), with
     /// the datapath's placement. Returns how many found a free slot.
-    pub fn insert_all(&self, flows: impl IntoIterator<Item = (FlowKey, Flow)>) -> io::Result<usize> {
+    pub fn insert_all(&self, flows: impl IntoIterator<Item = (Key<S>, Flow)>) -> io::Result<usize> {
         let (window, tags) = (self.whole()?, self.tags()?);
         let mut placed = 0;
         for (key, flow) in flows {
@@ -184,9 +161,9 @@ impl FlowTable {
 
     /// The flows in the two buckets `key` may sit in: the ones a new flow of
     /// `key` would push out (the oldest first) if both buckets were full.
-    pub fn neighbours(&self, key: &FlowKey) -> io::Result<Vec<(FlowKey, Flow)>> {
+    pub fn neighbours(&self, key: &Key<S>) -> io::Result<Vec<(Key<S>, Flow)>> {
         let window = self.whole()?;
-        let buckets = flow_table::buckets(flow_table::hash(key), self.bucket_mask());
+        let buckets = flow_table::buckets(S::hash(key), self.bucket_mask());
         Ok(buckets
             .into_iter()
             .flat_map(|first| first..first + BUCKET_SLOTS)
@@ -194,8 +171,8 @@ impl FlowTable {
             .collect())
     }
 
-    fn find(&self, window: &Window, tags: &Tags, key: &FlowKey) -> Option<Found> {
-        let hash = flow_table::hash(key);
+    fn find(&self, window: &Window<S>, tags: &Tags, key: &Key<S>) -> Option<Found> {
+        let hash = S::hash(key);
         let key_tag = flow_table::key_tag(hash);
         for first in flow_table::buckets(hash, self.bucket_mask()) {
             let bucket = first / BUCKET_SLOTS;
@@ -215,8 +192,8 @@ impl FlowTable {
     /// Writes `flow` where the datapath would: the first free slot of the
     /// bucket with more free slots, else over the one idle longest. Whether
     /// it found a free slot.
-    fn insert(&self, window: &Window, tags: &Tags, key: &FlowKey, flow: &Flow) -> bool {
-        let hash = flow_table::hash(key);
+    fn insert(&self, window: &Window<S>, tags: &Tags, key: &Key<S>, flow: &Flow) -> bool {
+        let hash = S::hash(key);
         if let Some(found) = self.find(window, tags, key) {
             // The tag carries the flow's server hint.
             set_lane(tags.word(found.bucket), found.lane, found.tag, flow_table::tag(hash, flow.server_id));
@@ -246,6 +223,27 @@ impl FlowTable {
         }
         false
     }
+}
+
+/// Maps `len` elements of `size` bytes of `map` from element `first`
+/// (a page boundary).
+pub(crate) fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a shared mapping of the map's fd; the kernel checks the range.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize * size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            first as i64 * size as i64,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("mapping a flow table map: {e}")));
+    }
+    Ok(ptr)
 }
 
 /// Where a flow was found.
@@ -281,44 +279,68 @@ impl Drop for Tags {
     }
 }
 
+impl FlowTable<FlowSlot> {
+    /// The IPv4 table an agent pinned in `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> io::Result<FlowTable> {
+        FlowTable::pinned(pin_dir, map_name::FLOWS, map_name::FLOW_TAGS)
+    }
+}
+
+impl FlowTable<lb_common::FlowSlot6> {
+    /// The IPv6 table an agent pinned in `pin_dir`.
+    pub fn from_pins6(pin_dir: &Path) -> io::Result<FlowTable<lb_common::FlowSlot6>> {
+        FlowTable::pinned(pin_dir, map_name::FLOWS6, map_name::FLOW_TAGS6)
+    }
+}
+
+impl<S: TableSlot> FlowTable<S> {
+    fn pinned(pin_dir: &Path, flows: &str, tags: &str) -> io::Result<FlowTable<S>> {
+        let open = |name: &str| {
+            MapData::from_pin(pin_dir.join(name)).map_err(|e| io::Error::other(format!("pinned map {name}: {e}")))
+        };
+        FlowTable::new(open(flows)?, open(tags)?)
+    }
+}
+
 /// A mapped range of slots, unmapped when dropped.
-struct Window {
-    ptr: *mut FlowSlot,
+struct Window<S> {
+    ptr: *mut S,
     first: u32,
     len: u32,
 }
 
-impl Window {
-    fn slot(&self, index: u32) -> *mut FlowSlot {
+impl<S> Window<S> {
+    fn slot(&self, index: u32) -> *mut S {
         assert!(index >= self.first && index < self.first + self.len, "slot {index} outside the window");
         // SAFETY: within the mapping, checked above.
         unsafe { self.ptr.add((index - self.first) as usize) }
     }
 }
 
-impl Drop for Window {
+impl<S> Drop for Window<S> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `FlowTable::window`, of this length.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len as usize * size_of::<FlowSlot>()) };
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len as usize * size_of::<S>()) };
     }
 }
 
-fn version(slot: *mut FlowSlot) -> &'static AtomicU64 {
+fn version<S: TableSlot>(slot: *mut S) -> &'static AtomicU64 {
     // SAFETY: the version is an aligned u64 in a live mapping.
-    unsafe { AtomicU64::from_ptr(addr_of_mut!((*slot).version)) }
+    unsafe { AtomicU64::from_ptr(S::parts(slot).0) }
 }
 
 /// A consistent copy of the slot's flow, if it holds one: (version, key,
 /// flow). `None` if free, or if its writer kept it busy.
-fn read(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
+fn read<S: TableSlot>(slot: *mut S) -> Option<(u64, Key<S>, Flow)> {
     for _ in 0..TRIES {
         let before = version(slot).load(Ordering::Acquire);
         if before & 1 != 0 {
             std::hint::spin_loop();
             continue;
         }
+        let (_, key, flow) = S::parts(slot);
         // SAFETY: within a live mapping; volatile, as the datapath writes it.
-        let (key, flow) = unsafe { (read_volatile(addr_of!((*slot).key)), read_volatile(addr_of!((*slot).flow))) };
+        let (key, flow) = unsafe { (read_volatile(key), read_volatile(flow)) };
         fence(Ordering::Acquire);
         if version(slot).load(Ordering::Relaxed) == before {
             return (flow.state != lb_common::flow_state::FREE).then_some((before, key, flow));
@@ -329,15 +351,17 @@ fn read(slot: *mut FlowSlot) -> Option<(u64, FlowKey, Flow)> {
 
 /// Rewrites a slot its writer owns (through its tag): odd version while
 /// writing, then the next even one.
-fn write(slot: *mut FlowSlot, key: &FlowKey, flow: &Flow) {
+fn write<S: TableSlot>(slot: *mut S, key: &Key<S>, flow: &Flow) {
     let v = version(slot);
     let next = (v.load(Ordering::Relaxed) | 1) + 1;
     v.store(1, Ordering::Relaxed);
     fence(Ordering::Release);
-    // SAFETY: the odd version tells readers the slot is being written.
+    let (_, slot_key, slot_flow) = S::parts(slot);
+    // SAFETY: within a live mapping; the odd version tells readers the slot
+    // is being written.
     unsafe {
-        write_volatile(addr_of_mut!((*slot).key), *key);
-        write_volatile(addr_of_mut!((*slot).flow), *flow);
+        write_volatile(slot_key, *key);
+        write_volatile(slot_flow, *flow);
     }
     v.store(next, Ordering::Release);
 }
@@ -345,7 +369,7 @@ fn write(slot: *mut FlowSlot, key: &FlowKey, flow: &Flow) {
 /// Frees the slot `lane` of `bucket`, last seen holding a flow tagged `tag`
 /// at `version`: owns it (tag to busy), frees it, then frees its tag. False
 /// if it changed hands since (then it holds another flow, which stays).
-fn free(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut FlowSlot, version_seen: u64) -> bool {
+fn free<S: TableSlot>(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut S, version_seen: u64) -> bool {
     let word = tags.word(bucket);
     if !set_lane(word, lane_index, tag, TAG_BUSY) {
         return false;
@@ -355,7 +379,7 @@ fn free(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut FlowSlot
         set_lane(word, lane_index, TAG_BUSY, tag);
         return false;
     }
-    write(slot, &FlowKey::default(), &Flow::default());
+    write(slot, &Key::<S>::default(), &Flow::default());
     set_lane(word, lane_index, TAG_BUSY, TAG_FREE);
     true
 }

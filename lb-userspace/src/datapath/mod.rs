@@ -27,14 +27,16 @@ use aya::{
     },
 };
 use lb_common::{
-    FlowKey, FlowSlot, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, Server,
-    ServerStats, Service, ServiceKey, filter, flow_table as table_layout, map_name, purge as purge_layout,
+    Addr6, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES,
+    ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey, ServiceKey6, TableSlot, filter,
+    flow_table as table_layout, map_name, purge as purge_layout,
 };
 
 pub mod bpf_batch;
 pub mod clock;
 pub mod counters;
 pub mod ebpf_log;
+pub mod family;
 pub mod flow_table;
 pub mod ops;
 mod pins;
@@ -156,6 +158,10 @@ pub enum DatapathError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub max_flows: u32,
+    /// The IPv6 flow table's flows: `max_flows` when the config has an IPv6
+    /// service, else 0 (the table at its smallest, a page: IPv4-only nodes
+    /// do not pay for it, as with Cilium's IPv6 maps).
+    pub max_flows6: u32,
     pub max_services: u32,
     pub max_servers: u32,
 }
@@ -163,13 +169,23 @@ pub struct MapSizes {
 impl MapSizes {
     /// Every map's name.
     pub(super) fn layout_names() -> Vec<&'static str> {
-        MapSizes { max_flows: 1, max_services: 1, max_servers: 1 }.layout().iter().map(|(name, ..)| *name).collect()
+        MapSizes { max_flows: 1, max_flows6: 1, max_services: 1, max_servers: 1 }
+            .layout()
+            .iter()
+            .map(|(name, ..)| *name)
+            .collect()
+    }
+
+    /// The IPv6 flow table's slots.
+    fn slots6(&self) -> u32 {
+        table_layout::slots(self.max_flows6.max(1))
     }
 
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 19] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 28] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
+        let tag_size = 8 * table_layout::TAG_LINE_BUCKETS;
         [
             (map_name::SERVICES, s(size_of::<ServiceKey>()), s(size_of::<Service>()), self.max_services),
             (map_name::VIP_ADDRS, 4, 1, self.max_services),
@@ -195,6 +211,15 @@ impl MapSizes {
             (map_name::PURGED, 4, s(size_of::<purge_layout::Purged>()), purge_layout::BATCH),
             (map_name::MAPS_FORMAT, 4, 4, 1),
             (map_name::CLOCK, 4, 8, 1),
+            (map_name::SERVICES6, s(size_of::<ServiceKey6>()), s(size_of::<Service>()), self.max_services),
+            (map_name::VIP_ADDRS6, 16, 1, self.max_services),
+            (map_name::SERVER_ADDRS6, 4, 16, self.max_servers),
+            (map_name::FLOWS6, 4, s(size_of::<FlowSlot6>()), self.slots6()),
+            (map_name::FLOW_TAGS6, 4, tag_size, table_layout::tag_lines(self.slots6())),
+            (map_name::SERVER_ENDPOINTS6, s(size_of::<ServiceKey6>()), s(size_of::<ReverseNat6>()), self.max_servers),
+            (map_name::REVERSE_NAT6, s(size_of::<FlowKey6>()), s(size_of::<ReverseNat6>()), self.max_flows6.max(1)),
+            (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
+            (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
         ]
     }
 }
@@ -218,6 +243,14 @@ pub struct Maps {
     pub purge_servers: Array<MapData, u8>,
     pub purged: Array<MapData, purge_layout::Purged>,
     pub clock: Clock,
+    pub services6: HashMap<MapData, ServiceKey6, Service>,
+    pub vip_addrs6: HashMap<MapData, Addr6, u8>,
+    pub server_addrs6: Array<MapData, Addr6>,
+    pub flows6: FlowTable<FlowSlot6>,
+    pub server_endpoints6: HashMap<MapData, ServiceKey6, ReverseNat6>,
+    pub reverse_nat6: HashMap<MapData, FlowKey6, ReverseNat6>,
+    pub next_hops6: Array<MapData, NextHop>,
+    pub purged6: Array<MapData, purge_layout::Purged6>,
 }
 
 impl Maps {
@@ -232,6 +265,10 @@ impl Maps {
 
     pub fn reverse_nat_map(&self) -> &MapData {
         self.reverse_nat.map()
+    }
+
+    pub fn reverse_nat6_map(&self) -> &MapData {
+        self.reverse_nat6.map()
     }
 
     pub fn filter_map(&self) -> &MapData {
@@ -320,9 +357,10 @@ impl Datapath {
     ) -> Result<Datapath, DatapathError> {
         let layout = sizes.layout();
         let bucket_mask = table_layout::bucket_mask(table_layout::slots(sizes.max_flows));
+        let bucket_mask6 = table_layout::bucket_mask(sizes.slots6());
         // Programs are pinned, and taken over, only without the datapath's
         // log: its reader needs the object this agent loads.
-        let build = (log == ebpf_log::DatapathLog::Off).then(|| build_identity(&sizes, bucket_mask));
+        let build = (log == ebpf_log::DatapathLog::Off).then(|| build_identity(&sizes, [bucket_mask, bucket_mask6]));
         if let (Some(dir), Some(build)) = (pin_dir, build)
             && let Some(mut dp) = Self::take_over(dir, build)?
         {
@@ -333,6 +371,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         // The flow table's size, as a constant the verifier sees.
         loader.override_global("FLOW_BUCKET_MASK", &bucket_mask, true);
+        loader.override_global("FLOW_BUCKET_MASK6", &bucket_mask6, true);
         log.set_level(&mut loader);
         for (name, _, _, max_entries) in &layout {
             loader.map_max_entries(name, *max_entries);
@@ -495,8 +534,8 @@ fn aya_mode(mode: XdpMode) -> AyaXdpMode {
 
 /// What identifies a build's programs as loaded: the object and the
 /// constants set at load (FNV-1a, stable across builds of the agent).
-fn build_identity(sizes: &MapSizes, bucket_mask: u32) -> u64 {
-    let constants = format!("{:?} {bucket_mask} {}", sizes.layout(), lb_common::MAPS_FORMAT);
+fn build_identity(sizes: &MapSizes, bucket_masks: [u32; 2]) -> u64 {
+    let constants = format!("{:?} {bucket_masks:?} {}", sizes.layout(), lb_common::MAPS_FORMAT);
     object()
         .iter()
         .chain(constants.as_bytes())
@@ -530,12 +569,17 @@ fn pin_programs(ebpf: &mut Ebpf, dir: &Path, build: u64) -> Result<(), DatapathE
     Ok(())
 }
 
-fn take_flow_table(take: &mut impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Result<FlowTable, DatapathError> {
+/// A flow table (`flows` and its `tags`) of either family.
+fn take_flow_table<S: TableSlot>(
+    take: &mut impl FnMut(&'static str) -> Option<aya::maps::Map>,
+    flows: &'static str,
+    tags: &'static str,
+) -> Result<FlowTable<S>, DatapathError> {
     let mut array = |name: &'static str| match take(name) {
         Some(aya::maps::Map::Array(data)) => Ok(data),
         _ => Err(DatapathError::Map { name, source: None }),
     };
-    let (flows, tags) = (array(map_name::FLOWS)?, array(map_name::FLOW_TAGS)?);
+    let (flows, tags) = (array(flows)?, array(tags)?);
     FlowTable::new(flows, tags).map_err(DatapathError::FlowTable)
 }
 
@@ -554,7 +598,7 @@ fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Re
         vip_addrs: typed(t, map_name::VIP_ADDRS)?,
         servers: typed(t, map_name::SERVERS)?,
         maglev: typed(t, map_name::MAGLEV)?,
-        flows: take_flow_table(t)?,
+        flows: take_flow_table(t, map_name::FLOWS, map_name::FLOW_TAGS)?,
         server_endpoints: typed(t, map_name::SERVER_ENDPOINTS)?,
         reverse_nat: typed(t, map_name::REVERSE_NAT)?,
         outcomes: typed(t, map_name::OUTCOMES)?,
@@ -572,6 +616,14 @@ fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Re
             };
             Clock::start(map).map_err(DatapathError::StartClock)?
         },
+        services6: typed(t, map_name::SERVICES6)?,
+        vip_addrs6: typed(t, map_name::VIP_ADDRS6)?,
+        server_addrs6: typed(t, map_name::SERVER_ADDRS6)?,
+        flows6: take_flow_table(t, map_name::FLOWS6, map_name::FLOW_TAGS6)?,
+        server_endpoints6: typed(t, map_name::SERVER_ENDPOINTS6)?,
+        reverse_nat6: typed(t, map_name::REVERSE_NAT6)?,
+        next_hops6: typed(t, map_name::NEXT_HOPS6)?,
+        purged6: typed(t, map_name::PURGED6)?,
     })
 }
 

@@ -98,8 +98,7 @@ impl DatapathOps for Live {
     }
 
     fn write_new_server(&mut self, server: &ServerSlot) -> DatapathResult<()> {
-        tables::write_server(&mut self.dp, server)?;
-        Ok(tables::clear_next_hop(&mut self.dp, server.id)?)
+        Ok(tables::write_new_server(&mut self.dp, server)?)
     }
 
     fn add_return_paths(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<usize> {

@@ -2,7 +2,8 @@
 //! `purge_flows` program (`lb-ebpf/src/purge.rs`, layout in
 //! `lb_common::purge`). The kernel walks the flow table and frees the
 //! flows; the agent marks the servers, runs the program a range at a time,
-//! and reads back the flows it freed.
+//! and reads back the flows it freed. One family's table a purge (the
+//! request names it; the records are the family's).
 //!
 //! The agent could free them itself ([`FlowTable::remove_where`]), but it
 //! would first have to map the whole table: a fixed cost of about 10 ms for
@@ -13,7 +14,7 @@
 use std::{collections::HashSet, io, slice};
 
 use aya::{
-    maps::{Array, IterableMap, MapData},
+    maps::{Array, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
@@ -21,39 +22,41 @@ use lb_common::{
     purge,
 };
 
-use super::{Datapath, Maps, flow_table::FlowTable};
+use super::{Datapath, Maps, family::Family, flow_table::map_range};
 
-/// Frees every flow of the servers in `servers`, and hands them to `freed`
-/// a batch at a time, with the maps (for their return-path entries).
-/// Returns how many there were.
-pub fn purge_servers(
+/// Frees every flow of the servers in `servers` in family `F`'s table,
+/// and hands them to `freed` a batch at a time, with the maps (for their
+/// return-path entries). Returns how many there were.
+pub fn purge_servers<F: Family>(
     dp: &mut Datapath,
     servers: &HashSet<u32>,
-    freed: impl FnMut(&Maps, &[purge::Purged]) -> io::Result<()>,
+    freed: impl FnMut(&Maps, &[F::Purged]) -> io::Result<()>,
 ) -> io::Result<usize> {
     if servers.is_empty() {
         return Ok(0);
     }
     let (program, maps) = dp.purge_program();
     mark(&mut maps.purge_servers, servers, 1)?;
-    let purged = run(program, maps, servers, freed);
+    let purged = run::<F>(program, maps, servers, freed);
     // Unmarked however the runs ended: the next purge starts from a clean map.
     let unmarked = mark(&mut maps.purge_servers, servers, 0);
     let purged = purged?;
     unmarked.map(|()| purged)
 }
 
-/// Runs the program over the whole table, a batch of freed flows at a time.
-fn run(
+/// Runs the program over family `F`'s whole table, a batch of freed flows
+/// at a time.
+fn run<F: Family>(
     program: &Xdp,
     maps: &mut Maps,
     servers: &HashSet<u32>,
-    mut freed: impl FnMut(&Maps, &[purge::Purged]) -> io::Result<()>,
+    mut freed: impl FnMut(&Maps, &[F::Purged]) -> io::Result<()>,
 ) -> io::Result<usize> {
-    let records = Records::map(maps.purged.map())?;
-    let buckets = maps.flows.slots() / BUCKET_SLOTS;
+    let records = Records::<F::Purged>::map(F::purged(maps))?;
+    let buckets = F::table(maps).slots() / BUCKET_SLOTS;
     let server_hints = servers.iter().fold(0u64, |hints, &id| hints | 1 << flow_table::server_hint(id));
-    let mut request = purge::Request { next_bucket: 0, end_bucket: buckets, server_hints, ..Default::default() };
+    let mut request =
+        purge::Request { next_bucket: 0, end_bucket: buckets, server_hints, family: F::PURGE, ..Default::default() };
     // The smallest frame an XDP test run takes: the program ignores it.
     let frame = [0u8; 64];
     let mut total = 0;
@@ -85,27 +88,27 @@ fn mark(map: &mut Array<MapData, u8>, servers: &HashSet<u32>, mark: u8) -> io::R
     Ok(())
 }
 
-/// The `purged` map, mapped read-only for one purge.
-struct Records {
-    ptr: *const purge::Purged,
+/// The `purged` (or `purged6`) map, mapped read-only for one purge.
+struct Records<R> {
+    ptr: *const R,
 }
 
-impl Records {
-    fn map(map: &MapData) -> io::Result<Records> {
-        let ptr = FlowTable::map_range(map, 0, purge::BATCH, size_of::<purge::Purged>())?;
-        Ok(Records { ptr: ptr as *const purge::Purged })
+impl<R> Records<R> {
+    fn map(map: &MapData) -> io::Result<Records<R>> {
+        let ptr = map_range(map, 0, purge::BATCH, size_of::<R>())?;
+        Ok(Records { ptr: ptr as *const R })
     }
 
-    fn all(&self) -> &[purge::Purged] {
+    fn all(&self) -> &[R] {
         // SAFETY: the mapping holds BATCH records; the program wrote the ones
         // read and is done (its run returned).
         unsafe { slice::from_raw_parts(self.ptr, purge::BATCH as usize) }
     }
 }
 
-impl Drop for Records {
+impl<R> Drop for Records<R> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `Records::map`, of this length.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, purge::BATCH as usize * size_of::<purge::Purged>()) };
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, purge::BATCH as usize * size_of::<R>()) };
     }
 }

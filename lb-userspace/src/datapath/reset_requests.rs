@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, RingBuf};
-use lb_common::ResetRequest;
+use lb_common::{ResetRequest, ResetRequest6};
 
 use super::{
     Maps,
@@ -35,11 +35,16 @@ impl ResetRequests {
     pub fn answer_all(&mut self) -> usize {
         let mut sent = 0;
         while let Some(item) = self.ring.next() {
-            if item.len() < size_of::<ResetRequest>() {
-                continue;
-            }
-            let request: ResetRequest = bytemuck::pod_read_unaligned(&item[..size_of::<ResetRequest>()]);
-            let reset = Reset::from_request(&request);
+            // The record's size tells its family.
+            let reset = match item.len() {
+                n if n >= size_of::<ResetRequest6>() => {
+                    Reset::from_request6(&bytemuck::pod_read_unaligned(&item[..size_of::<ResetRequest6>()]))
+                }
+                n if n >= size_of::<ResetRequest>() => {
+                    Reset::from_request(&bytemuck::pod_read_unaligned(&item[..size_of::<ResetRequest>()]))
+                }
+                _ => continue,
+            };
             match self.sender.send(&reset) {
                 Ok(()) => sent += 1,
                 Err(e) => log::warn!("cannot send reset {reset:?}: {e}"),

@@ -2,15 +2,19 @@
 //! flow table and removes flows idle past their timeout (or of a server or
 //! service no longer in service), with their return-path entries, and counts
 //! the live flows of each server. Each flow's server is found by id in O(1).
+//! Both families' tables are walked, each flow seen as its [`FlowEnds`].
 
 use std::{collections::HashMap, io, time::Duration};
 
-use lb_common::{Flow, FlowKey, ServiceKey, flow_seen, flow_state};
+use lb_common::{Flow, flow_seen, flow_state};
 
-use super::{Maps, bpf_batch};
+use super::{
+    Maps, bpf_batch,
+    family::{Family, FlowEnds, Key, V4, V6},
+};
 use crate::{
     config::FlowSettings,
-    servers::{AdminState, LeavingId, ServerTable, ServiceSlot},
+    servers::{AdminState, LeavingId, ServerTable, ServiceId, ServiceSlot},
 };
 
 /// Return-path entries deleted per batch.
@@ -49,7 +53,7 @@ pub fn sweep(
     let mut report = SweepReport::default();
     // Every service by key: its slots, usually one (a service whose pool
     // changed has its old pool's slot, leaving, beside the new one).
-    let mut by_key: HashMap<ServiceKey, Vec<usize>> = HashMap::new();
+    let mut by_key: HashMap<ServiceId, Vec<usize>> = HashMap::new();
     for (i, s) in services.iter().enumerate() {
         by_key.entry(s.key()).or_default().push(i);
     }
@@ -58,7 +62,7 @@ pub fn sweep(
     // while no agent ran carries the time the clock stood at, not the time
     // of its packets.
     let clock_since = maps.clock.since_ns();
-    let (scanned, expired) = remove_flows_where(maps, servers, |key, flow| {
+    let (scanned, expired) = remove_flows_where(maps, servers, |ends, flow| {
         let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns.max(clock_since)));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
@@ -69,8 +73,8 @@ pub fn sweep(
         // So is a flow of a service (of its server's pool) no longer in the
         // config: the datapath finds a packet's flow before its service, and
         // would forward it.
-        let service = ServiceKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
-        let slot = by_key.get(&service).and_then(|slots| slots.iter().find(|&&i| services[i].pool == server.pool));
+        let slot =
+            by_key.get(&ends.service()).and_then(|slots| slots.iter().find(|&&i| services[i].pool == server.pool));
         let Some(&slot) = slot else { return true };
         if idle > timeout(settings, flow) {
             return true;
@@ -92,28 +96,39 @@ pub fn sweep(
     Ok(report)
 }
 
-/// Walks the flow table (in memory order, a window at a time) and removes
-/// the flows `remove` picks, with their return-path entries.
+/// Walks both flow tables (in memory order, a window at a time) and
+/// removes the flows `remove` picks, with their return-path entries.
 /// Returns how many flows were seen and how many removed.
 pub fn remove_flows_where(
     maps: &Maps,
     servers: &ServerTable,
-    mut remove: impl FnMut(&FlowKey, &Flow) -> bool,
+    mut remove: impl FnMut(&FlowEnds, &Flow) -> bool,
+) -> io::Result<(usize, usize)> {
+    let (seen4, removed4) = remove_family_flows_where::<V4>(maps, servers, &mut remove)?;
+    let (seen6, removed6) = remove_family_flows_where::<V6>(maps, servers, &mut remove)?;
+    Ok((seen4 + seen6, removed4 + removed6))
+}
+
+/// [`remove_flows_where`] in one family's table.
+pub fn remove_family_flows_where<F: Family>(
+    maps: &Maps,
+    servers: &ServerTable,
+    remove: &mut impl FnMut(&FlowEnds, &Flow) -> bool,
 ) -> io::Result<(usize, usize)> {
     // Deleted a batch at a time, so the agent's memory stays bounded.
     let mut doomed_replies = Vec::with_capacity(CHUNK);
     let mut failed = None;
-    let mut delete = |replies: &mut Vec<FlowKey>| {
-        if let Err(e) = bpf_batch::delete_batch(maps.reverse_nat_map(), replies) {
+    let mut delete = |replies: &mut Vec<Key<F>>| {
+        if let Err(e) = bpf_batch::delete_batch(F::reverse_nat(maps), replies) {
             failed.get_or_insert(e);
         }
         replies.clear();
     };
-    let (seen, removed) = maps.flows.remove_where(|key, flow| {
-        if !remove(key, flow) {
+    let (seen, removed) = F::table(maps).remove_where(|key, flow| {
+        if !remove(&F::ends(key), flow) {
             return false;
         }
-        if let Some(reply) = return_path(servers, key, flow) {
+        if let Some(reply) = return_path::<F>(servers, key, flow) {
             doomed_replies.push(reply);
             if doomed_replies.len() == CHUNK {
                 delete(&mut doomed_replies);
@@ -130,12 +145,13 @@ pub fn remove_flows_where(
 
 /// The key of a flow's return-path entry, if it has one: only flows on an
 /// endpoint shared by several services do.
-pub fn return_path(servers: &ServerTable, key: &FlowKey, flow: &Flow) -> Option<FlowKey> {
+pub fn return_path<F: Family>(servers: &ServerTable, key: &Key<F>, flow: &Flow) -> Option<Key<F>> {
     let server = servers.get(flow.server_id).filter(|s| s.shared_endpoint)?;
-    Some(reply_key(key, server.address, server.port))
+    reply_key::<F>(key, server)
 }
 
-/// The return-path key of a flow on a server.
-pub fn reply_key(flow: &FlowKey, address: std::net::Ipv4Addr, port: u16) -> FlowKey {
-    FlowKey::new(u32::from_ne_bytes(address.octets()), flow.src_addr, port.to_be(), flow.src_port, flow.proto)
+/// The return-path key of a flow on `server`: its replies' 5-tuple, from
+/// the server's address in the flow's family.
+pub fn reply_key<F: Family>(key: &Key<F>, server: &crate::servers::ServerSlot) -> Option<Key<F>> {
+    F::reply_key(key, server.address_for(F::ends(key).vip.ip())?, server.port)
 }

@@ -1,24 +1,27 @@
-//! Sending TCP resets from the agent, through a raw IP socket: to both ends
-//! of a terminated flow, and to the other end of a flow whose packet the
-//! datapath answered with a reset.
+//! Sending TCP resets from the agent, through raw IP sockets (one per
+//! family): to both ends of a terminated flow, and to the other end of a
+//! flow whose packet the datapath answered with a reset.
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use lb_common::ResetRequest;
+use lb_common::{ResetRequest, ResetRequest6};
+
+use super::family::{ip4, ip6};
 
 /// One side of a TCP connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 /// A reset from `src` to `dst` with sequence number `seq` (the receiver's
-/// next expected one, so it is accepted at once, RFC 5961).
+/// next expected one, so it is accepted at once, RFC 5961). Both ends are
+/// of one family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reset {
     pub src: Endpoint,
@@ -26,38 +29,78 @@ pub struct Reset {
     pub seq: u32,
 }
 
+/// The longest reset: an IPv6 header and a TCP header.
+const MAX_PACKET: usize = 60;
+const TCP_HLEN: usize = 20;
+
 impl Reset {
     pub fn from_request(r: &ResetRequest) -> Reset {
         Reset {
-            src: Endpoint { addr: Ipv4Addr::from(r.src_addr.to_ne_bytes()), port: u16::from_be(r.src_port) },
-            dst: Endpoint { addr: Ipv4Addr::from(r.dst_addr.to_ne_bytes()), port: u16::from_be(r.dst_port) },
+            src: Endpoint { addr: ip4(r.src_addr).into(), port: u16::from_be(r.src_port) },
+            dst: Endpoint { addr: ip4(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
             seq: r.seq,
         }
     }
 
-    /// The IPv4 + TCP packet, checksums included.
-    pub fn packet(&self) -> [u8; 40] {
-        let mut p = [0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[6] = 0x40; // don't fragment
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&self.src.addr.octets());
-        p[16..20].copy_from_slice(&self.dst.addr.octets());
-        let ip_sum = checksum(&p[..20], 0);
-        p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let t = &mut p[20..];
+    pub fn from_request6(r: &ResetRequest6) -> Reset {
+        Reset {
+            src: Endpoint { addr: ip6(r.src_addr).into(), port: u16::from_be(r.src_port) },
+            dst: Endpoint { addr: ip6(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
+            seq: r.seq,
+        }
+    }
+
+    /// The IP + TCP packet, checksums included, in a buffer of which the
+    /// first `len` bytes are the packet.
+    pub fn packet(&self) -> ([u8; MAX_PACKET], usize) {
+        let mut p = [0u8; MAX_PACKET];
+        let (ip_len, pseudo) = match (self.src.addr, self.dst.addr) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => (ipv4_header(&mut p, src, dst), sum_words(&p[12..20])),
+            (src, dst) => {
+                let six = |a: IpAddr| match a {
+                    IpAddr::V6(a) => a,
+                    IpAddr::V4(a) => a.to_ipv6_mapped(),
+                };
+                (ipv6_header(&mut p, six(src), six(dst)), sum_words(&p[8..40]))
+            }
+        };
+        let t = &mut p[ip_len..ip_len + TCP_HLEN];
         t[0..2].copy_from_slice(&self.src.port.to_be_bytes());
         t[2..4].copy_from_slice(&self.dst.port.to_be_bytes());
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[12] = 5 << 4;
         t[13] = 0x04; // RST
-        let pseudo = sum_words(&self.src.addr.octets()) + sum_words(&self.dst.addr.octets()) + 6 + 20;
-        let tcp_sum = checksum(&p[20..], pseudo);
-        p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
-        p
+        // The pseudo-header's protocol and TCP length (IPv4's 16-bit fields
+        // and IPv6's 32-bit ones sum the same).
+        let tcp_sum = checksum(t, pseudo + 6 + TCP_HLEN as u32);
+        t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
+        (p, ip_len + TCP_HLEN)
     }
+}
+
+/// Writes an IPv4 header for a bare TCP segment; its length.
+fn ipv4_header(p: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> usize {
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40; // don't fragment
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let ip_sum = checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    20
+}
+
+/// Writes an IPv6 header for a bare TCP segment (no checksum in IPv6); its length.
+fn ipv6_header(p: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr) -> usize {
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(TCP_HLEN as u16).to_be_bytes());
+    p[6] = 6;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    40
 }
 
 fn sum_words(bytes: &[u8]) -> u32 {
@@ -72,33 +115,83 @@ fn checksum(bytes: &[u8], extra: u32) -> u16 {
     !(sum as u16)
 }
 
-/// A raw socket that sends whole IPv4 packets (the kernel routes them).
+/// A destination as the socket calls take it.
+enum SockAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddr {
+    fn of(addr: IpAddr) -> SockAddr {
+        match addr {
+            IpAddr::V4(a) => SockAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
+                sin_zero: [0; 8],
+            }),
+            IpAddr::V6(a) => SockAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.octets() },
+                sin6_scope_id: 0,
+            }),
+        }
+    }
+
+    fn as_ptr(&mut self) -> (*mut libc::c_void, libc::socklen_t) {
+        match self {
+            SockAddr::V4(a) => ((a as *mut libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32),
+            SockAddr::V6(a) => ((a as *mut libc::sockaddr_in6).cast(), size_of::<libc::sockaddr_in6>() as u32),
+        }
+    }
+}
+
+/// Raw sockets that send whole IP packets (the kernel routes them): one
+/// for IPv4, one for IPv6 (IPPROTO_RAW implies the header is included).
 pub struct ResetSender {
-    fd: OwnedFd,
+    fd4: OwnedFd,
+    fd6: OwnedFd,
+}
+
+fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl ResetSender {
     /// Needs CAP_NET_RAW; sends in the caller's network namespace.
     pub fn new() -> io::Result<ResetSender> {
-        // SAFETY: plain socket(2) call; the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor.
-        Ok(ResetSender { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(ResetSender { fd4: raw_socket(libc::AF_INET)?, fd6: raw_socket(libc::AF_INET6)? })
     }
 
-    /// Sends every reset, in batches of one syscall per 1024 packets;
-    /// returns how many the kernel took.
+    fn fd(&self, dst: IpAddr) -> &OwnedFd {
+        if dst.is_ipv4() { &self.fd4 } else { &self.fd6 }
+    }
+
+    /// Sends every reset, in batches of one syscall per 1024 packets of a
+    /// family; returns how many the kernel took.
     pub fn send_all(&self, resets: &[Reset]) -> usize {
+        let (four, six): (Vec<Reset>, Vec<Reset>) = resets.iter().partition(|r| r.dst.addr.is_ipv4());
+        self.send_batches(&self.fd4, &four) + self.send_batches(&self.fd6, &six)
+    }
+
+    fn send_batches(&self, fd: &OwnedFd, resets: &[Reset]) -> usize {
         const BATCH: usize = 1024;
         let mut sent = 0;
         for chunk in resets.chunks(BATCH) {
-            let mut packets: Vec<[u8; 40]> = chunk.iter().map(Reset::packet).collect();
-            let mut addrs: Vec<libc::sockaddr_in> = chunk.iter().map(|r| sockaddr(r.dst.addr)).collect();
-            let mut iovecs: Vec<libc::iovec> =
-                packets.iter_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() }).collect();
+            let mut packets: Vec<([u8; MAX_PACKET], usize)> = chunk.iter().map(Reset::packet).collect();
+            let mut addrs: Vec<SockAddr> = chunk.iter().map(|r| SockAddr::of(r.dst.addr)).collect();
+            let mut iovecs: Vec<libc::iovec> = packets
+                .iter_mut()
+                .map(|(p, len)| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: *len })
+                .collect();
             let mut headers: Vec<libc::mmsghdr> = iovecs
                 .iter_mut()
                 .zip(addrs.iter_mut())
@@ -106,8 +199,7 @@ impl ResetSender {
                     // SAFETY: an all-zero msghdr is valid; the pointers set
                     // below stay alive until sendmmsg returns.
                     let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
-                    hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    (hdr.msg_hdr.msg_name, hdr.msg_hdr.msg_namelen) = addr.as_ptr();
                     hdr.msg_hdr.msg_iov = iov;
                     hdr.msg_hdr.msg_iovlen = 1;
                     hdr
@@ -117,12 +209,7 @@ impl ResetSender {
             while offset < headers.len() {
                 // SAFETY: headers[offset..] are valid mmsghdrs (see above).
                 let rc = unsafe {
-                    libc::sendmmsg(
-                        self.fd.as_raw_fd(),
-                        headers[offset..].as_mut_ptr(),
-                        (headers.len() - offset) as u32,
-                        0,
-                    )
+                    libc::sendmmsg(fd.as_raw_fd(), headers[offset..].as_mut_ptr(), (headers.len() - offset) as u32, 0)
                 };
                 if rc <= 0 {
                     // Skip the packet the kernel refused (no route, ...) and go on.
@@ -138,29 +225,14 @@ impl ResetSender {
     }
 
     pub fn send(&self, reset: &Reset) -> io::Result<()> {
-        let packet = reset.packet();
-        let addr = sockaddr(reset.dst.addr);
+        let (packet, len) = reset.packet();
+        let mut addr = SockAddr::of(reset.dst.addr);
+        let (name, namelen) = addr.as_ptr();
         // SAFETY: valid buffer and address for the duration of the call.
         let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
+            libc::sendto(self.fd(reset.dst.addr).as_raw_fd(), packet.as_ptr().cast(), len, 0, name.cast(), namelen)
         };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-}
-
-fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
-        sin_zero: [0; 8],
     }
 }
 
@@ -171,15 +243,32 @@ mod tests {
     #[test]
     fn reset_packet_has_valid_checksums() {
         let r = Reset {
-            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1), port: 80 },
-            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2), port: 40000 },
+            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
+            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
             seq: 0xdead_beef,
         };
-        let p = r.packet();
+        let (p, len) = r.packet();
+        assert_eq!(len, 40);
         assert_eq!(checksum(&p[..20], 0), 0, "IPv4 header checksum");
         let pseudo = sum_words(&p[12..20]) + 6 + 20;
-        assert_eq!(checksum(&p[20..], pseudo), 0, "TCP checksum");
+        assert_eq!(checksum(&p[20..40], pseudo), 0, "TCP checksum");
         assert_eq!(&p[24..28], &0xdead_beefu32.to_be_bytes());
         assert_eq!(p[33], 0x04);
+    }
+
+    #[test]
+    fn ipv6_reset_packet_has_a_valid_checksum() {
+        let r = Reset {
+            src: Endpoint { addr: "fd00:100::1".parse::<Ipv6Addr>().unwrap().into(), port: 80 },
+            dst: Endpoint { addr: "fd00::2".parse::<Ipv6Addr>().unwrap().into(), port: 40000 },
+            seq: 7,
+        };
+        let (p, len) = r.packet();
+        assert_eq!(len, 60);
+        assert_eq!(p[0] >> 4, 6);
+        assert_eq!(u16::from_be_bytes([p[4], p[5]]), 20, "payload length");
+        let pseudo = sum_words(&p[8..40]) + 6 + 20;
+        assert_eq!(checksum(&p[40..60], pseudo), 0, "TCP checksum over the IPv6 pseudo-header");
+        assert_eq!(p[53], 0x04);
     }
 }

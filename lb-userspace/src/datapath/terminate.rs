@@ -7,14 +7,15 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
-    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use lb_common::{Flow, FlowKey, ReverseNat, flow_seen, flow_state, purge::Purged};
+use lb_common::{Flow, flow_seen, flow_state};
 
 use super::{
-    Datapath, bpf_batch, purge, sweep,
+    Datapath, bpf_batch,
+    family::{Family, FlowEnds, Key, V4, V6},
+    purge, sweep,
     tcp_reset::{Endpoint, Reset, ResetSender},
 };
 use crate::servers::{LeavingId, ServerSlot, ServerTable};
@@ -32,17 +33,13 @@ pub struct Termination {
     pub reset_time: Duration,
 }
 
-fn endpoint(addr: u32, port: u16) -> Endpoint {
-    Endpoint { addr: Ipv4Addr::from(addr.to_ne_bytes()), port: u16::from_be(port) }
-}
-
 /// The two resets of a live TCP flow: to the client as from the VIP, and to
 /// the server as from the client, each with the receiver's next sequence
 /// number (only for the directions whose sequence is known), added to
 /// `resets`.
-pub fn add_resets(resets: &mut Vec<Reset>, key: &FlowKey, flow: &Flow, server: Endpoint) {
-    let client = endpoint(key.src_addr, key.src_port);
-    let vip = endpoint(key.dst_addr, key.dst_port);
+pub fn add_resets(resets: &mut Vec<Reset>, ends: &FlowEnds, flow: &Flow, server: Endpoint) {
+    let client = Endpoint { addr: ends.client.ip(), port: ends.client.port() };
+    let vip = Endpoint { addr: ends.vip.ip(), port: ends.vip.port() };
     if flow.seen & flow_seen::SERVER_SEQ != 0 {
         resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq });
     }
@@ -65,23 +62,8 @@ pub fn terminate(
     let mut resets = Vec::new();
     // The servers' slots, looked up once rather than per flow.
     let slots: HashMap<u32, &ServerSlot> = servers.iter().filter_map(|&id| Some((id, table.get(id)?))).collect();
-    let mut replies = Vec::new();
-    let purged = purge::purge_servers(dp, servers, |maps, batch| {
-        replies.clear();
-        resets.reserve(2 * batch.len());
-        for Purged { key, flow } in batch {
-            let Some(server) = slots.get(&flow.server_id) else { continue };
-            if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
-                add_resets(&mut resets, key, flow, Endpoint { addr: server.address, port: server.port });
-                *done.reset_by_server.entry(flow.server_id).or_default() += 1;
-            }
-            if server.shared_endpoint {
-                replies.push(sweep::reply_key(key, server.address, server.port));
-            }
-        }
-        bpf_batch::delete_batch(maps.reverse_nat_map(), &replies).map(|_| ())
-    })?;
-    done.flows = purged;
+    done.flows = purge_family::<V4>(dp, &slots, servers, &mut resets, &mut done.reset_by_server)?
+        + purge_family::<V6>(dp, &slots, servers, &mut resets, &mut done.reset_by_server)?;
     done.purge_time = started.elapsed();
     let sending = Instant::now();
     done.resets_sent = sender.send_all(&resets);
@@ -90,6 +72,41 @@ pub fn terminate(
         log::warn!("{} of {} resets could not be sent", resets.len() - done.resets_sent, resets.len());
     }
     Ok(done)
+}
+
+/// The purge of family `F`'s table: the live TCP flows' resets go to
+/// `resets` (counted by server), the return paths are deleted. How many
+/// flows there were.
+fn purge_family<F: Family>(
+    dp: &mut Datapath,
+    slots: &HashMap<u32, &ServerSlot>,
+    servers: &HashSet<u32>,
+    resets: &mut Vec<Reset>,
+    reset_by_server: &mut HashMap<u32, usize>,
+) -> io::Result<usize> {
+    let mut replies: Vec<Key<F>> = Vec::new();
+    purge::purge_servers::<F>(dp, servers, |maps, batch| {
+        replies.clear();
+        resets.reserve(2 * batch.len());
+        for record in batch {
+            let (key, flow) = F::purged_flow(record);
+            let Some(server) = slots.get(&flow.server_id) else { continue };
+            let ends = F::ends(key);
+            if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
+                add_resets(resets, &ends, flow, server_endpoint(server, &ends));
+                *reset_by_server.entry(flow.server_id).or_default() += 1;
+            }
+            if server.shared_endpoint {
+                replies.extend(sweep::reply_key::<F>(key, server));
+            }
+        }
+        bpf_batch::delete_batch(F::reverse_nat(maps), &replies).map(|_| ())
+    })
+}
+
+/// The server's end of a flow: its address in the flow's family.
+fn server_endpoint(server: &ServerSlot, ends: &FlowEnds) -> Endpoint {
+    Endpoint { addr: server.address_for(ends.vip.ip()).unwrap_or(server.address), port: server.port }
 }
 
 /// Removes every flow of the leaving service `service` on its pool's
@@ -107,13 +124,13 @@ pub fn terminate_service(
     let mut done = Termination::default();
     let mut resets = Vec::new();
     let (key_of, pool) = service;
-    let (_, removed) = sweep::remove_flows_where(&dp.maps, table, |key, flow| {
-        if (key.dst_addr, key.dst_port, key.proto) != (key_of.addr, key_of.port, key_of.proto) {
+    let (_, removed) = sweep::remove_flows_where(&dp.maps, table, |ends, flow| {
+        if ends.service() != *key_of {
             return false;
         }
         let Some(server) = table.get(flow.server_id).filter(|s| s.pool == *pool) else { return false };
         if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
-            add_resets(&mut resets, key, flow, Endpoint { addr: server.address, port: server.port });
+            add_resets(&mut resets, ends, flow, server_endpoint(server, ends));
             *done.reset_by_server.entry(flow.server_id).or_default() += 1;
         }
         true
@@ -133,19 +150,21 @@ pub fn add_return_paths(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) 
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut paths: Vec<(FlowKey, ReverseNat)> = Vec::new();
-    dp.maps.flows.remove_where(|key, flow| {
-        if let Some(server) = table.get(flow.server_id).filter(|_| ids.contains(&flow.server_id)) {
-            let nat = ReverseNat { vip: key.dst_addr, port: key.dst_port, ..ReverseNat::default() };
-            paths.push((sweep::reply_key(key, server.address, server.port), nat));
+    Ok(add_family_return_paths::<V4>(dp, table, ids)? + add_family_return_paths::<V6>(dp, table, ids)?)
+}
+
+fn add_family_return_paths<F: Family>(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) -> io::Result<usize> {
+    let (mut keys, mut values): (Vec<Key<F>>, Vec<F::Nat>) = (Vec::new(), Vec::new());
+    F::table(&dp.maps).remove_where(|key, flow| {
+        let server = table.get(flow.server_id).filter(|_| ids.contains(&flow.server_id));
+        if let Some(reply) = server.and_then(|server| sweep::reply_key::<F>(key, server)) {
+            keys.push(reply);
+            values.push(F::nat(key));
         }
         false
     })?;
-    if paths.is_empty() {
-        return Ok(0);
+    if !keys.is_empty() {
+        bpf_batch::update_batch(F::reverse_nat(&dp.maps), &keys, &values)?;
     }
-    let keys: Vec<FlowKey> = paths.iter().map(|(k, _)| *k).collect();
-    let values: Vec<ReverseNat> = paths.iter().map(|(_, v)| *v).collect();
-    bpf_batch::update_batch(dp.maps.reverse_nat_map(), &keys, &values)?;
-    Ok(paths.len())
+    Ok(keys.len())
 }

@@ -7,7 +7,7 @@
 pub mod probe;
 pub mod tally;
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::config::Monitor;
 
@@ -17,7 +17,7 @@ pub struct CheckTarget {
     pub pool: String,
     pub server: String,
     pub identity: u64,
-    pub address: Ipv4Addr,
+    pub address: std::net::IpAddr,
     pub port: u16,
     pub monitors: Arc<Vec<Monitor>>,
     /// The owner has it in maintenance (from a monitor, before a restart).

@@ -36,7 +36,7 @@ pub enum Outcome {
 
 /// Runs `monitor` against the server at `address`:`port` (the monitor's
 /// port if it has one).
-pub async fn check(monitor: &Monitor, address: Ipv4Addr, port: u16) -> Outcome {
+pub async fn check(monitor: &Monitor, address: std::net::IpAddr, port: u16) -> Outcome {
     let to = SocketAddr::from((address, monitor.port.unwrap_or(port)));
     let run = async {
         match &monitor.probe {

@@ -13,4 +13,4 @@ pub mod table;
 pub use saved::{Leaving, LeavingService, Records, Saved, ServerRecord};
 pub use shared::{Proposal, SharedState};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
-pub use table::{LeavingId, ServerSlot, ServerTable, ServiceSlot};
+pub use table::{LeavingId, ServerSlot, ServerTable, ServiceId, ServiceSlot};

@@ -5,11 +5,14 @@
 //! servers and services on their way out are kept until they are out. Pure:
 //! the datapath writes what this plans (`datapath::tables`).
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
-use lb_common::ServiceKey;
-
-use super::{AdminState, DisableReason, Saved, ServerRecord, ServerSlot, ServerTable, ServiceSlot, Source, maglev};
+use super::{
+    AdminState, DisableReason, Saved, ServerRecord, ServerSlot, ServerTable, ServiceId, ServiceSlot, Source, maglev,
+};
 use crate::config::{Config, Protocol, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +33,31 @@ pub struct Tables {
 /// records (states, removals).
 #[derive(Clone, Debug, Default)]
 pub struct Previous {
-    pub servers: HashMap<u64, (u32, Ipv4Addr, u16)>,
-    pub services: HashMap<ServiceKey, u32>,
+    pub servers: HashMap<u64, PreviousServer>,
+    pub services: HashMap<ServiceId, u32>,
     pub saved: Saved,
+}
+
+/// A server as the tables had it: its id and endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreviousServer {
+    pub id: u32,
+    pub address: IpAddr,
+    pub address6: Option<Ipv6Addr>,
+    pub port: u16,
 }
 
 impl Previous {
     /// What the running agent has (the starting point of a reload).
     pub fn of(servers: &ServerTable, services: &[ServiceSlot], saved: Saved) -> Previous {
         Previous {
-            servers: servers.iter().map(|s| (s.identity, (s.id, s.address, s.port))).collect(),
+            servers: servers
+                .iter()
+                .map(|s| {
+                    let (id, address, address6, port) = (s.id, s.address, s.address6, s.port);
+                    (s.identity, PreviousServer { id, address, address6, port })
+                })
+                .collect(),
             services: services.iter().filter(|s| s.leaving.is_none()).map(|s| (s.key(), s.index)).collect(),
             saved,
         }
@@ -52,12 +70,12 @@ impl Tables {
     /// with the servers and services still on their way out.
     pub fn plan(config: &Config, previous: &Previous, now_ms: u64) -> Result<Tables, PlanError> {
         let mut tables = Tables::default();
-        let mut ids = FreeIds::new(config.max_servers, previous.servers.values().map(|(id, ..)| *id));
+        let mut ids = FreeIds::new(config.max_servers, previous.servers.values().map(|s| s.id));
         for (pool, p) in &config.pools {
             for server in &p.servers {
                 let identity = maglev::identity(pool, &server.name);
                 let id = match previous.servers.get(&identity) {
-                    Some((id, ..)) => *id,
+                    Some(s) => s.id,
                     None => ids.take().ok_or(PlanError::ServerTableFull { max: config.max_servers })?,
                 };
                 let key = (pool.clone(), server.name.clone());
@@ -69,16 +87,19 @@ impl Tables {
         // kept until DISABLED.
         for ((pool, name), record) in &previous.saved.servers {
             let identity = maglev::identity(pool, name);
-            let Some((id, address, port)) = previous.servers.get(&identity) else { continue };
+            let Some(&PreviousServer { id, address, address6, port }) = previous.servers.get(&identity) else {
+                continue;
+            };
             if tables.servers.find(pool, name).is_some() {
                 continue;
             }
             tables.servers.insert(ServerSlot {
-                id: *id,
+                id,
                 pool: pool.clone(),
                 name: name.clone(),
-                address: *address,
-                port: *port,
+                address,
+                address6,
+                port,
                 weight: 0,
                 identity,
                 admin: record.admin,
@@ -94,20 +115,23 @@ impl Tables {
         Ok(tables)
     }
 
-    /// Marks the servers whose endpoint (address, port, protocol) serves
-    /// several services: their flows need return paths of their own.
+    /// Marks the servers with an endpoint (address in a service's family,
+    /// port, protocol) serving several services: their flows need return
+    /// paths of their own.
     pub fn mark_shared(&mut self) {
-        let mut vips: HashMap<(Ipv4Addr, u16, Protocol), Vec<(Ipv4Addr, u16)>> = HashMap::new();
+        let mut vips: HashMap<(IpAddr, u16, Protocol), Vec<(IpAddr, u16)>> = HashMap::new();
         for service in &self.services {
             for slot in self.servers.pool(&service.pool) {
-                let vip = vips.entry((slot.address, slot.port, service.protocol)).or_default();
+                let Some(address) = slot.address_for(service.vip) else { continue };
+                let vip = vips.entry((address, slot.port, service.protocol)).or_default();
                 if !vip.contains(&(service.vip, service.port)) {
                     vip.push((service.vip, service.port));
                 }
             }
         }
         let shared = |slot: &ServerSlot| {
-            vips.iter().any(|((address, port, _), v)| v.len() > 1 && (*address, *port) == (slot.address, slot.port))
+            let mine = |address: &IpAddr| *address == slot.address || Some(*address) == slot.address6.map(IpAddr::V6);
+            vips.iter().any(|((address, port, _), v)| v.len() > 1 && mine(address) && *port == slot.port)
         };
         let ids: Vec<u32> = self.servers.iter().filter(|s| shared(s)).map(|s| s.id).collect();
         for slot in self.servers.iter_mut() {
@@ -141,6 +165,7 @@ fn member(
         pool: pool.to_owned(),
         name: server.name.clone(),
         address: server.address,
+        address6: server.address6,
         port: server.port,
         weight: server.weight,
         identity,
@@ -254,13 +279,15 @@ mod tests {
             saved.servers.insert(("web".into(), name.into()), ServerRecord::operator(AdminState::Enabled));
         }
         let mut previous = Previous::of(&first.servers, &first.services, saved);
-        previous.servers.retain(|_, (id, ..)| *id != 1);
+        previous.servers.retain(|_, s| s.id != 1);
         let next = Tables::plan(&config(&["a", "c", "d"], &[80], 8), &previous, 2).unwrap();
         assert_eq!([id(&next, "a"), id(&next, "c"), id(&next, "d")], [0, 2, 1]);
         // Every id still held by servers of before: no room for a new one.
         let mut held = Previous::default();
         for (id, name) in ["x", "y"].iter().enumerate() {
-            held.servers.insert(maglev::identity("web", name), (id as u32, Ipv4Addr::new(10, 0, 9, 1), 80));
+            let address = std::net::Ipv4Addr::new(10, 0, 9, 1).into();
+            let server = PreviousServer { id: id as u32, address, address6: None, port: 80 };
+            held.servers.insert(maglev::identity("web", name), server);
         }
         let full = Tables::plan(&config(&["a"], &[80], 2), &held, 1);
         assert!(matches!(full, Err(PlanError::ServerTableFull { max: 2 })));

@@ -2,8 +2,6 @@
 //! who set it, what the config last said of it, and the servers and
 //! services on their way out of the config.
 
-use std::net::Ipv4Addr;
-
 use serde::{Deserialize, Serialize};
 
 use super::state::{AdminState, Source};
@@ -44,7 +42,7 @@ impl ServerRecord {
 /// A service gone from the config whose flows are not over yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeavingService {
-    pub vip: Ipv4Addr,
+    pub vip: std::net::IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub pool: String,

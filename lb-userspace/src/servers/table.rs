@@ -2,9 +2,10 @@
 //! (the index the datapath's server table and flows use), found in O(1) by
 //! id for the sweep and the purge, and by (pool, name) for commands.
 
-use std::{collections::HashMap, net::Ipv4Addr};
-
-use lb_common::ServiceKey;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use super::{
     health::Health,
@@ -19,7 +20,10 @@ pub struct ServerSlot {
     pub id: u32,
     pub pool: String,
     pub name: String,
-    pub address: Ipv4Addr,
+    /// Its address as its line names it (either family), and its IPv6
+    /// address beside an IPv4 one (see [`ServerConfig`](crate::config::ServerConfig)).
+    pub address: IpAddr,
+    pub address6: Option<Ipv6Addr>,
     pub port: u16,
     pub weight: u32,
     /// A hash of (pool, name): how a restarted agent finds the member's id
@@ -42,6 +46,19 @@ pub struct ServerSlot {
 }
 
 impl ServerSlot {
+    /// Its address in the family of `vip`, if it has one.
+    pub fn address_for(&self, vip: IpAddr) -> Option<IpAddr> {
+        crate::config::server_address_for(self.address, self.address6, vip)
+    }
+
+    /// Its IPv6 address, if it has one.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        match self.address {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => self.address6,
+        }
+    }
+
     /// Whether the server may take new flows (and so has Maglev slots).
     pub fn takes_new_flows(&self) -> bool {
         self.admin == AdminState::Enabled && self.weight > 0 && !self.removing && self.health.serves()
@@ -79,7 +96,7 @@ impl ServerSlot {
 pub struct ServiceSlot {
     /// Its row in the datapath's Maglev table.
     pub index: u32,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub pool: String,
@@ -90,7 +107,16 @@ pub struct ServiceSlot {
 
 /// A leaving service: its key and the pool whose flows it still has (a
 /// service whose pool changed leaves its old pool while it serves the new).
-pub type LeavingId = (ServiceKey, String);
+pub type LeavingId = (ServiceId, String);
+
+/// A service as the datapath finds it: VIP (either family), port and
+/// protocol number, host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceId {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+}
 
 impl ServiceSlot {
     /// What the state file keeps of it, if it is leaving.
@@ -108,18 +134,13 @@ impl ServiceSlot {
         (self.key(), self.pool.clone())
     }
 
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey {
-            addr: u32::from_ne_bytes(self.vip.octets()),
-            port: self.port.to_be(),
-            proto: self.protocol.number(),
-            _pad: 0,
-        }
+    pub fn key(&self) -> ServiceId {
+        ServiceId { vip: self.vip, port: self.port, proto: self.protocol.number() }
     }
 
-    /// "10.100.0.1:80/tcp"
+    /// "10.100.0.1:80/tcp", "[fd00::1]:80/tcp"
     pub fn label(&self) -> String {
-        format!("{}:{}/{}", self.vip, self.port, self.protocol)
+        format!("{}/{}", std::net::SocketAddr::new(self.vip, self.port), self.protocol)
     }
 }
 
@@ -194,7 +215,8 @@ mod tests {
             id,
             pool: pool.into(),
             name: name.into(),
-            address: Ipv4Addr::new(10, 0, 0, id as u8),
+            address: std::net::Ipv4Addr::new(10, 0, 0, id as u8).into(),
+            address6: None,
             port: 80,
             weight: 1,
             identity: id as u64,

@@ -1,0 +1,200 @@
+//! The XDP program's IPv6 paths, packet by packet (as `datapath_fixtures`
+//! for IPv4): new flows, replies, UDP, extension headers, fragments, ICMPv6,
+//! malformed packets, resets of a disabled server's flows, and a dual-stack
+//! pool whose server has one state for both families.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use lb_common::{Outcome::*, server_state};
+use testbed::{
+    config_file::ConfigFile,
+    fixture::{
+        CLIENT, CLIENT_MAC, CLIENT6, Case, Count, Expect, FixtureBed, SERVER1, SERVER1_6, SERVER1_MAC, TOCLIENT_MAC,
+        XDP_TX, drop, fixture_netns, forward, pass, reply,
+    },
+    packet::{ACK, PSH, Pkt, RST, SYN},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+
+/// Pool web is dual stack (s1 by 10.0.1.2 and fd00:1::2, one server),
+/// behind an IPv4 and an IPv6 VIP; pool dns is IPv6 only.
+fn config() -> ConfigFile {
+    ConfigFile::new()
+        .set("instance", "fixture6")
+        .set("interfaces", vec!["toclient", "toserver"])
+        .set("flows.max", 4096)
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP6, 80, "tcp", "web")
+        .service(VIP6, 53, "udp", "dns")
+        .server("web", "s1", SERVER1, 8080)
+        .server_set("web", "s1", "address6", SERVER1_6.to_string())
+        .server("dns", "d1", SERVER1_6, 5353)
+}
+
+fn client6(port: u16, vport: u16) -> Pkt {
+    Pkt::tcp((CLIENT6, port), (VIP6, vport)).macs(CLIENT_MAC, TOCLIENT_MAC)
+}
+
+/// A destination-options or hop-by-hop header's body: one PadN option.
+const PADDING: [u8; 6] = [1, 4, 0, 0, 0, 0];
+
+#[test]
+fn ipv6_fixtures() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config());
+        let s1 = (SERVER1_6, 8080);
+        let syn = client6(40000, 80).flags(SYN).seq(1000, 0);
+        let syn_ack = Pkt::tcp(s1, (CLIENT6, 40000)).macs(SERVER1_MAC, TOCLIENT_MAC).flags(SYN | ACK).seq(7000, 1001);
+        let syn_ack = syn_ack.macs(SERVER1_MAC, testbed::fixture::TOSERVER_MAC);
+        let data = client6(40000, 80).flags(ACK | PSH).seq(1001, 7001).payload(b"GET / HTTP/1.1\r\n\r\n");
+        let udp = Pkt::udp((CLIENT6, 5000), (VIP6, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).payload(b"query");
+        let with_options = client6(40001, 80).flags(SYN).ext_header(0, &PADDING).ext_header(60, &PADDING);
+        let routed_here = client6(40002, 80).flags(SYN).ext_header(43, &[0, 0, 0, 0, 0, 0]);
+        bed.run(&[
+            forward(
+                "IPv6 SYN to the VIP creates a flow on s1's IPv6 address",
+                &syn,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            reply("the server's SYN-ACK is rewritten back to the IPv6 VIP", &syn_ack, (VIP6, 80), "web", "s1"),
+            forward("the next packet goes to the same server", &data, s1, SERVER1_MAC, "web", "s1", false),
+            forward(
+                "UDP to the IPv6 VIP, checksum over the 128-bit pseudo-header",
+                &udp,
+                (SERVER1_6, 5353),
+                SERVER1_MAC,
+                "dns",
+                "d1",
+                true,
+            ),
+            drop(
+                "IPv6 UDP without a checksum to a VIP drops (RFC 8200)",
+                Pkt::udp((CLIENT6, 5001), (VIP6, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).no_udp_checksum().build(),
+                DropUdpZeroChecksum,
+            ),
+            forward(
+                "hop-by-hop and destination options are walked and kept",
+                &with_options,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            forward(
+                "a routing header with no segments left is walked",
+                &routed_here,
+                s1,
+                SERVER1_MAC,
+                "web",
+                "s1",
+                true,
+            ),
+            drop(
+                "a routing header still routing drops",
+                client6(40003, 80).flags(SYN).ext_header(43, &[0, 1, 0, 0, 0, 0]).build(),
+                DropIpv6ExtensionHeaders,
+            ),
+            drop(
+                "a fragment header to a VIP drops",
+                client6(40004, 80).flags(SYN).ext_header(44, &[0, 1, 0, 0, 0, 1]).build(),
+                DropFragment,
+            ),
+            drop(
+                "more extension headers than the walk follows drop",
+                (0..5).fold(client6(40005, 80).flags(SYN), |p, _| p.ext_header(60, &PADDING)).build(),
+                DropIpv6ExtensionHeaders,
+            ),
+            pass(
+                "ICMPv6 to the VIP passes (NDP, errors)",
+                Pkt::ip_protocol(58, CLIENT6, VIP6)
+                    .macs(CLIENT_MAC, TOCLIENT_MAC)
+                    .payload(&[135, 0, 0, 0, 0, 0, 0, 0])
+                    .build(),
+                PassOtherProtocol,
+            ),
+            pass(
+                "IPv6 to another host passes",
+                Pkt::tcp((CLIENT6, 1), ("fd00:9::9".parse::<Ipv6Addr>().unwrap(), 80)).build(),
+                PassNotForUs,
+            ),
+            pass("hop limit 1 passes for the kernel's ICMPv6", client6(40000, 80).ttl(1).build(), PassTtlExpired),
+            drop("IPv6 header cut short drops", client6(40000, 80).build()[..40].to_vec(), DropTruncated),
+            drop(
+                "payload length beyond the frame drops",
+                client6(40000, 80).payload(b"abc").truncate(14 + 40 + 20).build(),
+                DropTruncated,
+            ),
+            drop("TCP header cut short drops", client6(40000, 80).tot_len(10).truncate(14 + 50).build(), DropTruncated),
+            drop(
+                "an extension header cut short drops",
+                client6(40006, 80).ext_header(60, &PADDING).tot_len(4).truncate(14 + 44).build(),
+                DropTruncated,
+            ),
+        ]);
+
+        // The same server by IPv4: one flow of each family on s1.
+        let syn4 = Pkt::tcp((CLIENT, 41000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).seq(500, 0);
+        bed.run(&[forward(
+            "IPv4 SYN to the same pool lands on s1 too",
+            &syn4,
+            (SERVER1, 8080),
+            SERVER1_MAC,
+            "web",
+            "s1",
+            true,
+        )]);
+
+        // One state for both families: s1 DISABLED stops both.
+        bed.write_server_state("web", "s1", server_state::DISABLED);
+        let reset_to_client = Pkt::tcp((VIP6, 80), (CLIENT6, 40000))
+            .macs(TOCLIENT_MAC, CLIENT_MAC)
+            .flags(RST)
+            .seq(7001, 0)
+            .ttl(64)
+            .window(0);
+        let data4 = Pkt::tcp((CLIENT, 41000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(501, 9001);
+        let reset4 = Pkt::tcp((VIP, 80), (CLIENT, 41000))
+            .macs(TOCLIENT_MAC, CLIENT_MAC)
+            .flags(RST)
+            .seq(9001, 0)
+            .ttl(64)
+            .ip_id(0)
+            .window(0);
+        bed.run(&[
+            Case {
+                name: "disabled: an IPv6 client packet is answered with an IPv6 reset",
+                input: data.build(),
+                ingress: "toclient",
+                verdict: XDP_TX,
+                output: Expect::Packet(reset_to_client.build()),
+                counts: vec![Count::Outcome(ResetTerminatedFlow, 1), Count::ToServer("web", "s1", 0)],
+            },
+            Case {
+                name: "disabled: the IPv4 flow of the same server is reset too",
+                input: data4.build(),
+                ingress: "toclient",
+                verdict: XDP_TX,
+                output: Expect::Packet(reset4.build()),
+                counts: vec![Count::Outcome(ResetTerminatedFlow, 1), Count::ToServer("web", "s1", 0)],
+            },
+            drop("disabled: no new IPv6 flow goes to s1", client6(40010, 80).flags(SYN).build(), DropNoServer),
+        ]);
+        let requests = bed.take_reset_request_records();
+        assert_eq!(requests.len(), 2, "one reset asked for per answered packet: {requests:?}");
+        let six = requests.iter().find(|r| r.len() == size_of::<lb_common::ResetRequest6>()).expect("an IPv6 request");
+        let six: lb_common::ResetRequest6 = bytemuck::pod_read_unaligned(six);
+        assert_eq!(
+            (six.dst_addr, u16::from_be(six.dst_port), six.seq),
+            (lb_userspace::datapath::family::addr6(SERVER1_6), 8080, 1001 + 18),
+            "the agent is asked to reset s1's IPv6 end at the client's next sequence number"
+        );
+    });
+}
