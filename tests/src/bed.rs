@@ -78,8 +78,13 @@ pub fn bed_of(n: usize, config: impl FnOnce(&Topology) -> ConfigFile) -> Bed {
 impl Bed {
     /// A new TCP connection that landed on `server`.
     pub fn connect_to(&self, server: &str) -> EchoClient {
+        self.connect_via(VIP.into(), server)
+    }
+
+    /// A new TCP connection to `vip` (IPv4 or IPv6) that landed on `server`.
+    pub fn connect_via(&self, vip: std::net::IpAddr, server: &str) -> EchoClient {
         for _ in 0..300 {
-            let mut client = self.topology.client.run(|| EchoClient::connect(VIP, ECHO)).expect("connect");
+            let mut client = self.topology.client.run(|| EchoClient::connect(vip, ECHO)).expect("connect");
             if client.exchange("which").expect("first exchange") == server {
                 return client;
             }

@@ -50,7 +50,8 @@ impl Server {
         let resets = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(AtomicU64::new(0));
         let client_ports = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        // Dual stack: IPv4 clients arrive as v4-mapped addresses.
+        let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         let (name_, stop_, served_, resets_, answered_) =
             (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets), Arc::clone(&answered));
         let thread = match kind {
@@ -246,8 +247,8 @@ pub struct EchoClient {
 }
 
 impl EchoClient {
-    pub fn connect(vip: Ipv4Addr, port: u16) -> std::io::Result<EchoClient> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(vip, port)), Duration::from_secs(3))?;
+    pub fn connect(vip: impl Into<std::net::IpAddr>, port: u16) -> std::io::Result<EchoClient> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::new(vip.into(), port), Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         Ok(EchoClient { writer: stream.try_clone()?, reader: BufReader::new(stream) })
     }

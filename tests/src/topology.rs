@@ -9,7 +9,7 @@
 //! The client reaches the VIP through the balancer; each server routes the
 //! client subnet back through it (NAT mode: replies must pass the balancer).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf,
@@ -22,16 +22,24 @@ use crate::{
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+/// The IPv6 VIP (ULA), routed by the client to the balancer like [`VIP`].
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 pub fn server_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, i as u8, 2)
 }
 
+/// Server `i`'s IPv6 address (every host is dual stack: ULA beside IPv4).
+pub fn server_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, i as u16, 0, 0, 0, 0, 0, 2)
+}
+
 pub struct ServerHost {
     /// "s1", "s2", ...: also the server's name in the configs made here.
     pub name: String,
     pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
     pub ns: NetNs,
 }
 
@@ -67,14 +75,27 @@ impl Topology {
         topology.lb.sysctl("net.ipv4.ip_forward", "1");
         topology.lb.sysctl("net.ipv4.conf.all.rp_filter", "0");
         topology.lb.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        topology.lb.sysctl("net.ipv6.conf.all.forwarding", "1");
 
         link(&topology.lb, "lbc", "10.0.0.1/24", &topology.client, "c0", "10.0.0.2/24");
+        link6(&topology.lb, "lbc", "fd00::1/64", &topology.client, "c0", "fd00::2/64");
         topology.client.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.0.0.1"]);
+        topology.client.ip(&["-6", "route", "add", &format!("{VIP6}/128"), "via", "fd00::1"]);
         for i in 1..=n_servers {
             let ns = NetNs::create(&format!("{prefix}-s{i}"));
             link(&topology.lb, &format!("lbs{i}"), &format!("10.0.{i}.1/24"), &ns, "s0", &format!("10.0.{i}.2/24"));
+            link6(
+                &topology.lb,
+                &format!("lbs{i}"),
+                &format!("fd00:{i:x}::1/64"),
+                &ns,
+                "s0",
+                &format!("{}/64", server_addr6(i)),
+            );
             ns.ip(&["route", "add", "10.0.0.0/24", "via", &format!("10.0.{i}.1")]);
-            topology.servers.push(ServerHost { name: format!("s{i}"), addr: server_addr(i), ns });
+            ns.ip(&["-6", "route", "add", "fd00::/64", "via", &format!("fd00:{i:x}::1")]);
+            let (addr, addr6) = (server_addr(i), server_addr6(i));
+            topology.servers.push(ServerHost { name: format!("s{i}"), addr, addr6, ns });
         }
         // Peers that receive frames the balancer redirects need an XDP program.
         let pass = attach_pass(&topology.client, "c0");
@@ -127,6 +148,20 @@ impl Topology {
     }
 
     /// This topology's server `name`, in `pool` of `config`, at `port`.
+    /// [`Topology::config`] in dual stack: every service also on [`VIP6`],
+    /// every server also by its IPv6 address (`address6`), one state.
+    pub fn config_dual_stack(&self, services: &[ServiceSpec]) -> ConfigFile {
+        let mut config = self.config(services);
+        for s in services {
+            let pool = format!("p{}", s.port);
+            config = config.service(VIP6, s.port, s.protocol, &pool);
+            for host in &self.servers {
+                config = config.server_set(&pool, &host.name, "address6", host.addr6.to_string());
+            }
+        }
+        config
+    }
+
     pub fn with_server(&self, config: ConfigFile, pool: &str, name: &str, port: u16) -> ConfigFile {
         config.server(pool, name, self.server(name).addr, port)
     }
@@ -134,6 +169,13 @@ impl Topology {
     pub fn server(&self, name: &str) -> &ServerHost {
         self.servers.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no server host {name}"))
     }
+}
+
+/// IPv6 addresses on a linked pair (no duplicate detection: the test's own
+/// namespaces, and usable at once).
+fn link6(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: &str) {
+    a.ip(&["-6", "addr", "add", addr_a, "dev", name_a, "nodad"]);
+    b.ip(&["-6", "addr", "add", addr_b, "dev", name_b, "nodad"]);
 }
 
 /// A veth pair from `a` (name_a, addr_a) to `b` (name_b, addr_b), both up,

@@ -4,7 +4,7 @@
 //! the thread pinned to one CPU, minus a trivial program's cost measured the
 //! same way in the same round. Each path is checked with the counters.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::{FlowKey, Outcome, proto, server_state};
 use lb_userspace::datapath::load_test_program;
@@ -12,12 +12,15 @@ use lb_userspace::datapath::load_test_program;
 use super::{Report, Target, client, fill_flows, median, pin_to_cpu};
 use crate::{
     config_file::ConfigFile,
-    fixture::{CLIENT_MAC, FixtureBed, SERVER1, SERVER2, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
+    fixture::{
+        CLIENT_MAC, FixtureBed, SERVER1, SERVER1_6, SERVER2, SERVER2_6, TOCLIENT_MAC, fixture_netns, ifindex, test_run,
+    },
     packet::{ACK, Pkt, SYN},
 };
 
 const SECTION: &str = "1. Datapath cost per packet (BPF_PROG_TEST_RUN, own cost = path - trivial program)";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 const FLOWS_1E6: u32 = 1_000_000;
 
 fn config() -> ConfigFile {
@@ -26,8 +29,16 @@ fn config() -> ConfigFile {
         .set("interfaces", vec!["toclient"])
         .set("flows.max", 2 * FLOWS_1E6)
         .service(VIP, 80, "tcp", "web")
+        .service(VIP6, 80, "tcp", "web")
         .server("web", "s1", SERVER1, 8080)
+        .server_set("web", "s1", "address6", SERVER1_6.to_string())
         .server("web", "s2", SERVER2, 8080)
+        .server_set("web", "s2", "address6", SERVER2_6.to_string())
+}
+
+/// The benchmark's IPv6 clients (fd00:b::/32, behind the fixture's client).
+fn client6(i: u32) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, (i >> 16) as u16, i as u16)
 }
 
 fn ack_from(client: Ipv4Addr, port: u16) -> Vec<u8> {
@@ -51,6 +62,7 @@ pub fn run(report: &mut Report, quick: bool) {
     let net = fixture_netns();
     // The benchmark's clients (11.0.0.0/8) sit behind the fixture's client.
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
+    net.ns.ip(&["-6", "route", "add", "fd00:b::/32", "via", "fd00::2"]);
     let results: Results = net.run(|| measure_paths(rounds, calls));
 
     let get = |name: &str| results.iter().find(|(n, _)| *n == name).unwrap().1;
@@ -66,6 +78,18 @@ pub fn run(report: &mut Report, quick: bool) {
     ];
     for (label, name, target, reference) in rows {
         report.add(SECTION, label, get(name), "ns", target.map(Target::AtMost), note(reference));
+    }
+    // IPv6 beside IPv4, the same paths in the same rounds: the ratio of
+    // their own costs (issue target: at most 1.1).
+    let six: [(&str, &str, &str); 4] = [
+        ("IPv6 / IPv4 cost: packet not for a VIP", "not_for_vip6", "not_for_vip"),
+        ("IPv6 / IPv4 cost: SYN creating a new flow", "new_flow6", "new_flow"),
+        ("IPv6 / IPv4 cost: ACK of an existing flow, cache-hot", "hot6", "hot"),
+        ("IPv6 / IPv4 cost: server reply on the return path", "reply6", "reply"),
+    ];
+    for (label, v6, v4) in six {
+        let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", get(v6), get(v4), note("n/a"));
+        report.add(SECTION, label, get(v6) / get(v4), "x", Some(Target::AtMost(1.1)), detail);
     }
 }
 
@@ -95,6 +119,39 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     let hot_ack = vec![ack_from(hot, 40000)];
     let reply =
         vec![Pkt::tcp((SERVER1, 8080), (hot, 40000)).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build()];
+    // The same flows in IPv6.
+    let syn6 = |c: Ipv6Addr| Pkt::tcp((c, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+    let hot6 = (0..)
+        .map(client6)
+        .find(|&c| {
+            assert_eq!(bed.run_frame(&syn6(c), "toclient").0, crate::fixture::XDP_REDIRECT);
+            let key = lb_common::FlowKey6::new(
+                lb_userspace::datapath::family::addr6(c),
+                lb_userspace::datapath::family::addr6(VIP6),
+                40000u16.to_be(),
+                80u16.to_be(),
+                proto::TCP,
+            );
+            bed.dp().maps.flows6.get(&key).unwrap().unwrap().server_id == s1
+        })
+        .unwrap();
+    let not_for_us6 = vec![
+        Pkt::tcp((hot6, 40000), ("fd00:9::9".parse::<Ipv6Addr>().unwrap(), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build(),
+    ];
+    let hot_ack6 =
+        vec![Pkt::tcp((hot6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(1000, 1).build()];
+    let reply6 = vec![
+        Pkt::tcp((SERVER1_6, 8080), (hot6, 40000)).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build(),
+    ];
+    let mut syn6_counter = 0x10_0000u32;
+    let mut new_syns6 = || -> Vec<Vec<u8>> {
+        (0..calls)
+            .map(|_| {
+                syn6_counter += 1;
+                syn6(client6(syn6_counter))
+            })
+            .collect()
+    };
     let cycle = |v: &Vec<Vec<u8>>| (0..calls).map(|i| v[i % v.len()].clone()).collect::<Vec<_>>();
     let mut syn_counter = 0u32;
     let mut new_syns = || -> Vec<Vec<u8>> {
@@ -120,6 +177,10 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         record("new_flow", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
         record("hot", measure(&mut bed, &cycle(&hot_ack), toclient, Outcome::ForwardFlow) - base);
         record("reply", measure(&mut bed, &cycle(&reply), toserver, Outcome::ForwardReply) - base);
+        record("not_for_vip6", measure(&mut bed, &cycle(&not_for_us6), toclient, Outcome::PassNotForUs) - base);
+        record("new_flow6", measure(&mut bed, &new_syns6(), toclient, Outcome::ForwardNewFlow) - base);
+        record("hot6", measure(&mut bed, &cycle(&hot_ack6), toclient, Outcome::ForwardFlow) - base);
+        record("reply6", measure(&mut bed, &cycle(&reply6), toserver, Outcome::ForwardReply) - base);
     }
 
     // Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
