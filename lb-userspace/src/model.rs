@@ -231,6 +231,8 @@ pub struct PoolSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerView {
     pub name: String,
+    /// "10.0.1.2:8080"; a dual-stack server's IPv6 endpoint follows,
+    /// "10.0.1.2:8080, [fd00:1::2]:8080".
     pub address: String,
     pub weight: u32,
     pub state: ServerState,

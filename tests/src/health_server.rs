@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex,
@@ -81,7 +81,8 @@ impl Drop for HealthServer {
 }
 
 fn bind(port: u16) -> TcpListener {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).expect("bind health");
+    // Dual stack: monitors reach it by IPv4 or IPv6.
+    let listener = TcpListener::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))).expect("bind health");
     listener.set_nonblocking(true).expect("nonblocking");
     listener
 }

@@ -10,7 +10,10 @@
 //! 100,000 cases here (`cargo xtask test`); `cargo xtask fuzz --cases N` runs
 //! more (`LB_FUZZ_CASES`), with another seed if `LB_FUZZ_SEED` is set.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use lb_common::{flow_state, proto};
 use lb_userspace::{datapath::sweep::remove_flows_where, servers::ServiceId};
@@ -21,8 +24,8 @@ use proptest::{
 use testbed::{
     config_file::ConfigFile,
     fixture::{
-        CLIENT, CLIENT_MAC, FixtureBed, SERVER1, SERVER1_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_ABORTED, XDP_DROP,
-        XDP_PASS, fixture_netns,
+        CLIENT, CLIENT_MAC, CLIENT6, FixtureBed, SERVER1, SERVER1_6, SERVER1_MAC, TOCLIENT_MAC, TOSERVER_MAC,
+        XDP_ABORTED, XDP_DROP, XDP_PASS, fixture_netns,
     },
     packet::{ACK, FIN, PSH, Pkt, RST, SYN, arp_request, checksum, ipv6_frame},
     topology::VIP,
@@ -37,10 +40,16 @@ fn config() -> ConfigFile {
         .service(VIP, 80, "tcp", "web")
         .service(VIP, 53, "udp", "dns")
         .service(VIP, 8443, "tcp", "far")
+        .service(VIP6, 80, "tcp", "web")
+        .service(VIP6, 53, "udp", "dns")
         .server("web", "s1", SERVER1, 8080)
+        .server_set("web", "s1", "address6", SERVER1_6.to_string())
         .server("dns", "d1", SERVER1, 5353)
+        .server_set("dns", "d1", "address6", SERVER1_6.to_string())
         .server("far", "f1", far, 8443)
 }
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 
 /// The paths a packet can take, before mutation.
 #[derive(Clone, Copy, Debug)]
@@ -55,9 +64,15 @@ enum Path {
     Icmp,
     Arp,
     Ipv6,
+    NewTcpFlow6,
+    TcpReply6,
+    UdpToVip6,
+    UdpReply6,
+    NotForUs6,
+    Icmp6,
 }
 
-const PATHS: [Path; 10] = [
+const PATHS: [Path; 16] = [
     Path::NewTcpFlow,
     Path::ExistingTcpFlow,
     Path::TcpReply,
@@ -68,7 +83,17 @@ const PATHS: [Path; 10] = [
     Path::Icmp,
     Path::Arp,
     Path::Ipv6,
+    Path::NewTcpFlow6,
+    Path::TcpReply6,
+    Path::UdpToVip6,
+    Path::UdpReply6,
+    Path::NotForUs6,
+    Path::Icmp6,
 ];
+
+/// IPv6 extension headers a packet may carry: hop-by-hop, routing,
+/// fragment, destination options, and one the walk does not know (AH).
+const EXT_KINDS: [u8; 5] = [0, 43, 44, 60, 51];
 
 /// One generated packet: a path, its variable fields, and mutations.
 #[derive(Clone, Debug)]
@@ -88,6 +113,10 @@ struct Input {
     pokes: Vec<(usize, u8)>,
     /// Cut to this share of the frame (in 1/256), if set.
     cut: Option<u8>,
+    /// IPv6 extension headers (indexes into `EXT_KINDS`), and a routing
+    /// header's segments left.
+    ext_headers: Vec<usize>,
+    segments_left: u8,
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -102,6 +131,7 @@ fn input() -> impl Strategy<Value = Input> {
         (prop_oneof![4 => Just(0u8), 1 => 0u8..11], proptest::option::weighted(0.1, (0u16..3000, any::<bool>()))),
         (proptest::option::weighted(0.1, 0u8..16), proptest::option::weighted(0.1, any::<u16>())),
         (proptest::collection::vec((0usize..64, any::<u8>()), 0..3), proptest::option::weighted(0.15, any::<u8>())),
+        (proptest::collection::vec(0usize..EXT_KINDS.len(), 0..6), prop_oneof![3 => Just(0u8), 1 => any::<u8>()]),
     )
         .prop_map(
             |(
@@ -109,6 +139,7 @@ fn input() -> impl Strategy<Value = Input> {
                 (option_words, fragment),
                 (data_offset, tot_len),
                 (pokes, cut),
+                (ext_headers, segments_left),
             )| {
                 Input {
                     path: PATHS[path],
@@ -122,6 +153,8 @@ fn input() -> impl Strategy<Value = Input> {
                     tot_len,
                     pokes,
                     cut,
+                    ext_headers,
+                    segments_left,
                 }
             },
         )
@@ -131,7 +164,14 @@ impl Input {
     /// The frame, and the interface it comes in on.
     fn frame(&self) -> (Vec<u8>, &'static str) {
         let client = (CLIENT, self.client_port);
+        let client6 = (CLIENT6, self.client_port);
         let (pkt, ingress) = match self.path {
+            Path::NewTcpFlow6 => (Pkt::tcp(client6, (VIP6, 80)), "toclient"),
+            Path::TcpReply6 => (Pkt::tcp((SERVER1_6, 8080), client6).macs(SERVER1_MAC, TOSERVER_MAC), "toserver"),
+            Path::UdpToVip6 => (Pkt::udp(client6, (VIP6, 53)), "toclient"),
+            Path::UdpReply6 => (Pkt::udp((SERVER1_6, 5353), client6).macs(SERVER1_MAC, TOSERVER_MAC), "toserver"),
+            Path::NotForUs6 => (Pkt::tcp(client6, ("fd00::1".parse::<Ipv6Addr>().unwrap(), 22)), "toclient"),
+            Path::Icmp6 => (Pkt::ip_protocol(58, CLIENT6, VIP6), "toclient"),
             Path::NewTcpFlow | Path::ExistingTcpFlow => (Pkt::tcp(client, (VIP, 80)), "toclient"),
             Path::TcpReply => (Pkt::tcp((SERVER1, 8080), client).macs(SERVER1_MAC, TOSERVER_MAC), "toserver"),
             Path::UdpToVip => (Pkt::udp(client, (VIP, 53)), "toclient"),
@@ -144,7 +184,7 @@ impl Input {
         };
         let pkt = if ingress == "toclient" { pkt.macs(CLIENT_MAC, TOCLIENT_MAC) } else { pkt };
         let flags = match self.path {
-            Path::NewTcpFlow => SYN,
+            Path::NewTcpFlow | Path::NewTcpFlow6 => SYN,
             _ => self.flags & (SYN | ACK | PSH | FIN | RST),
         };
         let mut pkt = pkt.flags(flags).payload(&vec![0x5a; self.payload]).ttl(self.ttl);
@@ -159,6 +199,13 @@ impl Input {
         }
         if let Some(len) = self.tot_len {
             pkt = pkt.tot_len(len);
+        }
+        if pkt.src.is_ipv6() {
+            for &kind in &self.ext_headers {
+                let kind = EXT_KINDS[kind];
+                let body = if kind == 43 { [0, self.segments_left, 0, 0, 0, 0] } else { [1, 4, 0, 0, 0, 0] };
+                pkt = pkt.ext_header(kind, &body);
+            }
         }
         let mut frame = pkt.build();
         for &(offset, value) in &self.pokes {
@@ -175,8 +222,11 @@ impl Input {
     }
 }
 
-/// Whether the frame's IPv4 header and TCP/UDP checksums verify.
+/// Whether the frame's IP header (IPv4) and TCP/UDP checksums verify.
 fn checksums_verify(frame: &[u8]) -> bool {
+    if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+        return checksums_verify6(frame);
+    }
     let Some(ip) = frame.get(14..) else { return false };
     let ihl = (ip.first().copied().unwrap_or(0) & 0x0f) as usize * 4;
     let Some(header) = ip.get(..ihl) else { return false };
@@ -193,9 +243,42 @@ fn checksums_verify(frame: &[u8]) -> bool {
     checksum(&[&pseudo, l4]) == 0
 }
 
+/// An IPv6 frame's upper-layer protocol and its offset from the IPv6
+/// header, past the extension headers the datapath walks.
+fn upper_layer6(ip: &[u8]) -> Option<(u8, usize)> {
+    let (mut next, mut at) = (*ip.get(6)?, 40);
+    while matches!(next, 0 | 43 | 60) {
+        next = *ip.get(at)?;
+        at += (*ip.get(at + 1)? as usize + 1) * 8;
+    }
+    Some((next, at))
+}
+
+/// Whether an IPv6 frame's TCP/UDP checksum verifies (over the 128-bit
+/// pseudo-header; a zero UDP checksum does not).
+fn checksums_verify6(frame: &[u8]) -> bool {
+    let Some(ip) = frame.get(14..) else { return false };
+    let Some((proto, at)) = upper_layer6(ip) else { return false };
+    let end = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let Some(l4) = ip.get(at..end) else { return false };
+    let pseudo = [&ip[8..40], &(l4.len() as u32).to_be_bytes()[..], &[0, 0, 0, proto]].concat();
+    checksum(&[&pseudo, l4]) == 0
+}
+
 /// The bytes a rewrite may change: MACs, TTL, IP checksum and addresses,
-/// the ports and the TCP/UDP checksum.
+/// the ports and the TCP/UDP checksum (for IPv6: the hop limit, addresses,
+/// ports and checksum).
 fn may_change(offset: usize, frame: &[u8]) -> bool {
+    if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+        let Some((proto, at)) = upper_layer6(&frame[14..]) else { return offset < 12 };
+        let l4 = 14 + at;
+        let l4_checksum = if proto == proto::UDP { l4 + 6 } else { l4 + 16 };
+        return offset < 12
+            || offset == 21
+            || (22..54).contains(&offset)
+            || (l4..l4 + 4).contains(&offset)
+            || (l4_checksum..l4_checksum + 2).contains(&offset);
+    }
     let l4 = 14 + 20;
     let l4_checksum = if frame.get(23) == Some(&proto::UDP) { l4 + 6 } else { l4 + 16 };
     offset < 12
@@ -273,5 +356,8 @@ fn the_datapath_keeps_its_invariants_on_any_packet() {
         runner.run(&input(), |input| check(&bed, &input)).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{cases} packets in {:?}; outcomes: {:?}", started.elapsed(), bed.outcomes());
         flows_are_well_formed(&bed);
+        // IPv6 took its paths too: flows in its table, headers walked and refused.
+        assert!(bed.dp().maps.flows6.len().expect("walk") > 0, "the fuzzing made IPv6 flows");
+        assert!(bed.outcomes()["drop_ipv6_extension_headers"] > 0, "no extension-header chain was refused");
     });
 }

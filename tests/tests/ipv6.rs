@@ -9,11 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::model::{EventKind, ServerState, Why};
+use lb_userspace::model::{EventKind, HealthStatus, ServerState, Why};
 use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, echo_services, wait_for},
-    servers::Session,
-    topology::{VIP, VIP6},
+    config_file::ConfigFile,
+    health_server::{HealthServer, Reply},
+    servers::{EchoClient, Session},
+    topology::{Topology, VIP, VIP6},
 };
 
 fn dual_stack_bed(n: usize) -> Bed {
@@ -40,6 +42,10 @@ fn an_immediate_disable_resets_the_servers_sessions_of_both_families() {
         b.server("p7", "s1").active_flows == 3
     });
 
+    let host = b.topology.server("s1");
+    let shown = b.server("p7", "s1").address;
+    assert_eq!(shown, format!("{}:7007, [{}]:7007", host.addr, host.addr6), "both endpoints shown");
+
     let out = b.lb(&["server", "disable", "p7", "s1"]);
     let returned = Instant::now();
     assert!(out.contains("p7/s1: ENABLED -> DISABLED (immediate), 3 live TCP flow(s) reset"), "{out}");
@@ -53,7 +59,7 @@ fn an_immediate_disable_resets_the_servers_sessions_of_both_families() {
     // No new flow of either family reaches s1; enable puts it back in both.
     for vip in [vip6, VIP.into()] {
         for _ in 0..20 {
-            let mut c = b.topology.client.run(|| testbed::servers::EchoClient::connect(vip, 7)).expect("connect");
+            let mut c = b.topology.client.run(|| EchoClient::connect(vip, 7)).expect("connect");
             assert_eq!(c.exchange("which").expect("exchange"), "s2", "a new flow to {vip} reached disabled s1");
         }
     }
@@ -80,4 +86,74 @@ fn a_drain_until_drained_waits_for_the_last_session_of_either_family() {
     drop(six.finish().expect("IPv6 session open"));
     b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(3));
     assert!(b.event_kinds_of("s1").contains(&EventKind::Drained), "{:?}", b.events());
+}
+
+/// The echo service on the IPv6 VIP only, its servers by their IPv6
+/// addresses alone (`servers` of them), with an http monitor that reads 503
+/// as maintenance.
+fn ipv6_only(t: &Topology, servers: usize) -> ConfigFile {
+    let monitor = [
+        ("kind", "http".into()),
+        ("maintenance_codes", vec![503].into()),
+        ("interval", "300ms".into()),
+        ("timeout", "200ms".into()),
+        ("rise", 2.into()),
+        ("fall", 2.into()),
+        ("port", 8080.into()),
+    ];
+    let mut config = t.config(&[]).service(VIP6, 7, "tcp", "p7").monitor("p7", monitor);
+    for s in &t.servers[..servers] {
+        config = config.server("p7", &s.name, s.addr6, 7007);
+    }
+    config
+}
+
+/// The servers new connections to the IPv6 VIP reach.
+fn reached(b: &Bed, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let mut c = b.topology.client.run(|| EchoClient::connect(VIP6, 7)).expect("connect");
+            c.exchange("which").expect("exchange")
+        })
+        .collect()
+}
+
+#[test]
+fn health_monitors_check_servers_by_their_ipv6_addresses() {
+    let mut health = Vec::new();
+    let b = bed_of(2, |t| {
+        health = t.servers.iter().map(|s| HealthServer::start(&s.ns, 8080)).collect();
+        ipv6_only(t, 2)
+    });
+    wait_for("both servers UP by their IPv6 addresses", Duration::from_secs(5), || {
+        ["s1", "s2"].iter().all(|s| b.server("p7", s).health.is_some_and(|h| h.status == HealthStatus::Up))
+    });
+    health[0].set(Reply::Status(503));
+    b.wait_state("p7", "s1", "DRAINING (maintenance (health monitor))", Duration::from_secs(3));
+    assert!(!reached(&b, 20).contains(&"s1".to_owned()), "a new connection reached s1 in maintenance");
+    health[0].set(Reply::Ok);
+    b.wait_state("p7", "s1", "ENABLED", Duration::from_secs(3));
+    drop(health.pop());
+    wait_for("s2 DOWN when its health endpoint stops", Duration::from_secs(5), || {
+        b.server("p7", "s2").health.is_some_and(|h| h.status == HealthStatus::Down)
+    });
+}
+
+#[test]
+fn a_reload_adds_an_ipv6_server_and_refuses_the_first_ipv6_service_of_an_ipv4_node() {
+    let b = bed_of(3, |t| ipv6_only(t, 2));
+    let session = Session::start(b.connect_via(IpAddr::V6(VIP6), "s1"), "s1", EVERY_100MS);
+    let more = ipv6_only(&b.topology, 3);
+    b.write_config(&more);
+    let out = b.lb(&["reload"]);
+    assert!(out.contains("s3"), "{out}");
+    wait_for("a new IPv6 connection reaches s3", Duration::from_secs(5), || reached(&b, 10).contains(&"s3".to_owned()));
+    assert!(session.ended().is_none(), "the reload broke an IPv6 session: {:?}", session.ended());
+
+    // An IPv4-only node cannot take its first IPv6 service without a restart.
+    let four = testbed::bed::bed(1);
+    four.write_config(&four.topology.config_dual_stack(&echo_services(1)));
+    let (ok, _, stderr) = four.agent.lb(&["reload"]);
+    assert!(!ok, "refused: {stderr}");
+    assert!(stderr.contains("IPv6 services: none -> some"), "{stderr}");
 }

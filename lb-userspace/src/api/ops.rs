@@ -189,7 +189,7 @@ impl Ops {
                 let traffic = self.counters.server(s.id).unwrap_or_default();
                 ServerView {
                     name: s.name.clone(),
-                    address: format!("{}:{}", s.address, s.port),
+                    address: endpoints(s),
                     weight: s.weight,
                     state: s.label.state,
                     why: s.label.why,
@@ -307,4 +307,14 @@ fn check_view(last: &LastCheck, now_ms: u64) -> CheckView {
 
 fn json(value: impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Failed, format!("cannot encode the answer: {e}")))
+}
+
+/// A server's endpoints as people read them: "10.0.1.2:8080", with its
+/// IPv6 one beside it in dual stack ("10.0.1.2:8080, [fd00:1::2]:8080").
+fn endpoints(s: &crate::agent::snapshot::ServerSnapshot) -> String {
+    let first = std::net::SocketAddr::new(s.address, s.port).to_string();
+    match s.address6 {
+        Some(six) => format!("{first}, {}", std::net::SocketAddr::new(six.into(), s.port)),
+        None => first,
+    }
 }
