@@ -279,12 +279,18 @@ pub fn udp_exchange(vip: Ipv4Addr, port: u16, text: &str) -> std::io::Result<Str
 }
 
 /// One UDP request/reply on `socket` (the same socket is the same flow).
-pub fn udp_exchange_on(socket: &UdpSocket, vip: Ipv4Addr, port: u16, text: &str) -> std::io::Result<String> {
+pub fn udp_exchange_on(
+    socket: &UdpSocket,
+    vip: impl Into<std::net::IpAddr>,
+    port: u16,
+    text: &str,
+) -> std::io::Result<String> {
+    let vip = SocketAddr::new(vip.into(), port);
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-    socket.send_to(text.as_bytes(), (vip, port))?;
+    socket.send_to(text.as_bytes(), vip)?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
-    if from != SocketAddr::V4(SocketAddrV4::new(vip, port)) {
+    if from != vip {
         return Err(std::io::Error::other(format!("reply from {from}, not from the VIP")));
     }
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();

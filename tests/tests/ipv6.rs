@@ -14,7 +14,7 @@ use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, echo_services, wait_for},
     config_file::ConfigFile,
     health_server::{HealthServer, Reply},
-    servers::{EchoClient, Session},
+    servers::{EchoClient, Session, udp_exchange_on},
     topology::{Topology, VIP, VIP6},
 };
 
@@ -36,6 +36,10 @@ fn an_immediate_disable_resets_the_servers_sessions_of_both_families() {
     let idle6 = Session::start(b.connect_via(vip6, "s1"), "s1", None);
     let four = Session::start(b.connect_via(VIP.into(), "s1"), "s1", EVERY_100MS);
     let other6 = Session::start(b.connect_via(vip6, "s2"), "s2", EVERY_100MS);
+    // UDP over IPv6 (its checksum is mandatory: the kernels at both ends check it).
+    let udp6 = b.topology.client.run(|| std::net::UdpSocket::bind("[::]:0")).expect("bind");
+    let name = udp_exchange_on(&udp6, VIP6, 53, "which").expect("a UDP answer through the IPv6 VIP");
+    assert!(name == "s1" || name == "s2", "{name}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(six.exchanges() > 0 && four.exchanges() > 0, "sessions of both families run");
     wait_for("the sweep counts s1's flows of both families", Duration::from_secs(3), || {
