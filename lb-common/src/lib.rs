@@ -89,11 +89,13 @@ pub mod map_name {
     pub const NEXT_HOPS6: &str = "next_hops6";
     /// The IPv6 flows one purge run removed: [`purge::Purged6`](crate::purge::Purged6)s.
     pub const PURGED6: &str = "purged6";
+    /// The programs `lb` tail-calls for a family: the IPv6 program at 0.
+    pub const FAMILY_PROGRAMS: &str = "family_programs";
 
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -122,6 +124,7 @@ pub mod map_name {
         REVERSE_NAT6,
         NEXT_HOPS6,
         PURGED6,
+        FAMILY_PROGRAMS,
     ];
 }
 

@@ -5,8 +5,9 @@
 //! placing flows), `family` (what differs between IPv4 and IPv6: the code
 //! is generic over it), `nat` (rewrite), `forward`
 //! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
-//! And `purge`: a second program, which the agent runs (never attached) to
-//! free servers' flows in the kernel.
+//! IPv6 packets go on by a tail call to `lb6` (the same code, generic over
+//! `family`), so IPv4's path stays inline in `lb`. And `purge`: a program
+//! the agent runs (never attached) to free servers' flows in the kernel.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // The flow table's compare-and-swap: BPF has no `AtomicU64` in `core`, but
 // LLVM lowers the intrinsic to the BPF cmpxchg instruction.
@@ -48,7 +49,7 @@ mod program {
         family::{self, Family, Key, Nat, V6},
         flow::{self, Assignment, Refusal},
         forward,
-        maps::{CLOCK, FILTER},
+        maps::{CLOCK, FAMILY_PROGRAMS, FILTER, IPV6_PROGRAM},
         nat,
         parse::{self, ETH_P_IPV4, ETH_P_IPV6, Packet},
         reset::{self, Resets},
@@ -57,31 +58,42 @@ mod program {
     #[xdp]
     pub fn lb(ctx: XdpContext) -> u32 {
         let (outcome, verdict) = match parse::ether_type(&ctx) {
-            Some(ETH_P_IPV4) => unpack(handle4(&ctx)),
-            Some(ETH_P_IPV6) => match unpack(handle6(&ctx)) {
-                (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
-                    unpack(new_flow6(&ctx, verdict & !NEW_FLOW))
-                }
-                done => done,
+            Some(ETH_P_IPV4) => match parse::parse4(&ctx).and_then(|pkt| handle(&ctx, pkt)) {
+                Ok(done) => done,
+                Err(outcome) => (outcome, verdict_of(outcome)),
             },
+            Some(ETH_P_IPV6) => {
+                // SAFETY: the context the kernel passed this run. A tail call
+                // does not return when it succeeds: `lb6` counts the packet.
+                unsafe { FAMILY_PROGRAMS.tail_call(&ctx, IPV6_PROGRAM) };
+                // No IPv6 program in the array (an agent that set none).
+                (Outcome::PassNotForUs, xdp_action::XDP_PASS)
+            }
             _ => (Outcome::PassNotIp, xdp_action::XDP_PASS),
         };
         count(outcome);
         verdict
     }
 
-    /// Each family out of line (a BPF-to-BPF call): the verifier allows 512
-    /// bytes of stack along a call chain, and either family's path inlined
-    /// beside the other's takes most of it. The outcome and verdict come
-    /// back packed in one register.
-    #[inline(never)]
-    fn handle4(ctx: &XdpContext) -> u64 {
-        pack(parse::parse4(ctx).and_then(|pkt| handle(ctx, pkt)))
+    /// IPv6 packets, entered from `lb` by a tail call: a program of its own,
+    /// so IPv4's path stays inline in `lb`, as before IPv6 existed, and each
+    /// family has the verifier's 512 bytes of stack to itself.
+    #[xdp]
+    pub fn lb6(ctx: XdpContext) -> u32 {
+        let (outcome, verdict) = match unpack(handle6(&ctx)) {
+            (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
+                unpack(new_flow6(&ctx, verdict & !NEW_FLOW))
+            }
+            done => done,
+        };
+        count(outcome);
+        verdict
     }
 
-    /// As [`handle4`], but a new flow is created in a second call
-    /// ([`new_flow6`]), so the two paths' stacks never add up: IPv6's keys
-    /// are larger, and both in one frame did not fit.
+    /// IPv6's path, out of line (a BPF-to-BPF call), and a new flow is
+    /// created in a second call ([`new_flow6`]), so the two paths' stacks
+    /// never add up: IPv6's keys are larger, and both in one frame did not
+    /// fit. The outcome and verdict come back packed in one register.
     #[inline(never)]
     fn handle6(ctx: &XdpContext) -> u64 {
         pack(parse::parse6(ctx).and_then(|pkt| handle(ctx, pkt)))

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     Addr6, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, EndpointKey6, FlowKey, FlowKey6,
@@ -166,3 +166,11 @@ pub static MAPS_FORMAT: Array<u32> = Array::with_max_entries(1, 0);
 /// whose packet the datapath answered. Datapath writes, agent reads.
 #[map(name = "reset_requests")]
 pub static RESET_REQUESTS: RingBuf = RingBuf::with_byte_size(RESET_REQUESTS_BYTES, 0);
+
+/// The programs `lb` hands a family's packets to by a tail call: the IPv6
+/// program (`lb6`) at [`IPV6_PROGRAM`]. Agent writes, at load.
+#[map(name = "family_programs")]
+pub static FAMILY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// `lb6`'s index in [`FAMILY_PROGRAMS`].
+pub const IPV6_PROGRAM: u32 = 0;

@@ -68,6 +68,9 @@ pub fn test_programs_object() -> &'static [u8] {
 /// Name of the balancing program in the object.
 pub const PROGRAM: &str = "lb";
 
+/// Name of the IPv6 program, which `lb` tail-calls for IPv6 packets.
+pub const PROGRAM6: &str = "lb6";
+
 /// Name of the program that purges servers' flows (`purge`).
 pub const PURGE_PROGRAM: &str = "purge_flows";
 
@@ -182,7 +185,7 @@ impl MapSizes {
     }
 
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 28] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 29] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         let tag_size = 8 * table_layout::TAG_LINE_BUCKETS;
@@ -220,6 +223,7 @@ impl MapSizes {
             (map_name::REVERSE_NAT6, s(size_of::<FlowKey6>()), s(size_of::<ReverseNat6>()), self.max_flows6.max(1)),
             (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
+            (map_name::FAMILY_PROGRAMS, 4, 4, 1),
         ]
     }
 }
@@ -385,14 +389,19 @@ impl Datapath {
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
         mark("object and maps");
-        for name in [PROGRAM, PURGE_PROGRAM] {
+        for name in [PROGRAM, PROGRAM6, PURGE_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
-            mark(if name == PROGRAM { "program verified" } else { "purge program verified" });
+            mark(match name {
+                PROGRAM => "program verified",
+                PROGRAM6 => "IPv6 program verified",
+                _ => "purge program verified",
+            });
         }
+        set_family_programs(&mut ebpf)?;
         if let (Some(dir), Some(build)) = (pin_dir, build) {
             pin_programs(&mut ebpf, dir, build)?;
         }
@@ -625,6 +634,21 @@ fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Re
         next_hops6: typed(t, map_name::NEXT_HOPS6)?,
         purged6: typed(t, map_name::PURGED6)?,
     })
+}
+
+/// Puts the IPv6 program where `lb` tail-calls it. In the (pinned) array,
+/// it replaces the previous agent's: a program still attached from before
+/// then hands IPv6 to this one, over the same maps.
+fn set_family_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let failed = |source| DatapathError::Program { name: PROGRAM6, source };
+    let program: &Xdp = ebpf.program(PROGRAM6).and_then(|p| p.try_into().ok()).expect("loaded");
+    let fd = program.fd().map_err(failed)?.try_clone().map_err(|e| failed(e.into()))?;
+    let map = ebpf
+        .map_mut(map_name::FAMILY_PROGRAMS)
+        .ok_or(DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: None })?;
+    let mut programs = aya::maps::ProgramArray::try_from(map)
+        .map_err(|e| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: Some(e) })?;
+    programs.set(0, &fd, 0).map_err(|e| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: Some(e) })
 }
 
 /// Loads one of the test programs (`pass`, `reflect`, `restore`).
