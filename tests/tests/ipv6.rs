@@ -161,3 +161,23 @@ fn a_reload_adds_an_ipv6_server_and_refuses_the_first_ipv6_service_of_an_ipv4_no
     assert!(!ok, "refused: {stderr}");
     assert!(stderr.contains("IPv6 services: none -> some"), "{stderr}");
 }
+
+#[test]
+fn ipv6_sessions_survive_a_killed_agent_and_the_restarted_one_still_drains_them() {
+    let mut b = dual_stack_bed(2);
+    let six = Session::start(b.connect_via(IpAddr::V6(VIP6), "s1"), "s1", EVERY_100MS);
+    b.agent.kill();
+    let during = six.exchanges();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(six.exchanges() > during, "the IPv6 session stalled while no agent ran");
+    b.agent.restart();
+    assert!(six.ended().is_none(), "the restart broke the IPv6 session: {:?}", six.ended());
+
+    // The restarted agent finds the flow in the pinned IPv6 table: it holds
+    // a drain, and ends it when it closes.
+    b.lb(&["server", "disable", "p7", "s1", "--graceful", "--until-drained"]);
+    wait_for("the pinned IPv6 flow counted", Duration::from_secs(3), || b.server("p7", "s1").active_flows == 1);
+    assert_eq!(b.server("p7", "s1").state, ServerState::Draining);
+    drop(six.finish().expect("IPv6 session open"));
+    b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(3));
+}
