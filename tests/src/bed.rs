@@ -155,6 +155,16 @@ impl Bed {
     pub fn event_kinds_of(&self, server: &str) -> Vec<EventKind> {
         self.events().into_iter().filter(|e| e.subject.server_name() == Some(server)).map(|e| e.kind).collect()
     }
+
+    /// Waits up to `timeout` until `server` has `count` events of `kind`,
+    /// then checks it has no more. A change's event follows its state: a
+    /// termination's carries the number of flows reset, known only once
+    /// the purge that follows the published state is done.
+    pub fn wait_events(&self, server: &str, kind: EventKind, count: usize, timeout: Duration) {
+        let seen = || self.event_kinds_of(server).iter().filter(|k| **k == kind).count();
+        wait_for(&format!("{count} {kind:?} event(s) of {server}"), timeout, || seen() >= count);
+        assert_eq!(seen(), count, "{kind:?} events of {server}: {:?}", self.events());
+    }
 }
 
 /// Waits up to `timeout` for `condition`.

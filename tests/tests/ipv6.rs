@@ -89,9 +89,7 @@ fn a_drain_until_drained_waits_for_the_last_session_of_either_family() {
 
     drop(six.finish().expect("IPv6 session open"));
     b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(3));
-    // The event follows the state (it carries the count of flows reset,
-    // known once the purge is done): it comes, a moment later.
-    wait_for("the drained event", Duration::from_secs(2), || b.event_kinds_of("s1").contains(&EventKind::Drained));
+    b.wait_events("s1", EventKind::Drained, 1, Duration::from_secs(2));
 }
 
 /// The echo service on the IPv6 VIP only, its servers by their IPv6

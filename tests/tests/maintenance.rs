@@ -89,9 +89,7 @@ fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadl
     assert_reset(&idle, "idle client", deadline.0, deadline.1 + Duration::from_secs(1));
     wait_for("s1's two sockets closed by a reset", Duration::from_secs(1), || b.echo[0].resets() == 2);
     assert_eq!(b.state("p7", "s1"), "DISABLED (deadline)");
-    // The event follows the state (it carries the count of flows reset,
-    // known once the purge is done): it comes, a moment later.
-    wait_for("the deadline event", Duration::from_secs(2), || b.event_kinds_of("s1").contains(&EventKind::Deadline));
+    b.wait_events("s1", EventKind::Deadline, 1, Duration::from_secs(2));
 }
 
 #[test]
@@ -114,9 +112,7 @@ fn graceful_disable_until_drained_waits_for_the_last_session_then_enable_restore
     drop(client);
     let drained = b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(2));
     assert!(drained - closed <= Duration::from_secs(1), "drained {:?} after the close", drained - closed);
-    // The event follows the state (it carries the count of flows reset,
-    // known once the purge is done): it comes, a moment later.
-    wait_for("the drained event", Duration::from_secs(2), || b.event_kinds_of("s1").contains(&EventKind::Drained));
+    b.wait_events("s1", EventKind::Drained, 1, Duration::from_secs(2));
 
     // Enable: back in service, new connections reach it again.
     let out = b.lb(&["server", "enable", "p7", "s1"]);
