@@ -57,13 +57,19 @@ impl Purgeable for V6 {
     }
 }
 
-/// The walk's state, shared with the loop's steps.
+/// The walk's state, shared with the loop's steps: the next slot to look
+/// at (bucket and lane).
 struct Scan {
     next: u32,
+    lane: u32,
     end: u32,
     purged: u32,
     hints: u64,
 }
+
+/// The most steps one `bpf_loop` takes (the helper refuses more); a run
+/// that stops short hands back where it got to, and the agent runs again.
+const MAX_STEPS: u32 = 1 << 23;
 
 #[xdp]
 pub fn purge_flows(_ctx: XdpContext) -> u32 {
@@ -75,7 +81,7 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
         let r = &*request;
         (r.next_bucket, r.end_bucket, r.purged, r.server_hints, r.family)
     };
-    let mut scan = Scan { next, end, purged, hints };
+    let mut scan = Scan { next, lane: 0, end, purged, hints };
     if family == purge::IPV6 {
         walk::<V6>(&mut scan);
     } else {
@@ -94,66 +100,71 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
 fn walk<F: Purgeable>(scan: &mut Scan) {
     scan.end = scan.end.min(F::bucket_mask() + 1);
     if scan.next < scan.end {
-        // A step per line, and one for a range that starts within a line.
-        let steps = (scan.end - scan.next).div_ceil(TAG_LINE_BUCKETS) + 1;
+        // At most a step per slot, and one to stop.
+        let steps = (scan.end - scan.next).saturating_mul(BUCKET_SLOTS).saturating_add(1).min(MAX_STEPS);
         // SAFETY: `step` is a callback of the signature bpf_loop expects, and
         // `scan` outlives the loop.
         unsafe { bpf_loop(steps, step::<F> as *mut c_void, scan as *mut Scan as *mut c_void, 0) };
     }
 }
 
-/// One loop step: the rest of the line of tags (`TAG_LINE_BUCKETS`
-/// buckets) holding bucket `scan.next`, skipped at once if all its slots
-/// are free. Stops the loop (1) at the end of the range, or when `purged`
-/// may not hold a whole line's flows more.
+/// One loop step: one slot, or a whole line of tags (`TAG_LINE_BUCKETS`
+/// buckets) or bucket skipped at once when all their slots are free. A step
+/// holds no loop: the verifier follows each step's few paths once (a step
+/// that walked a line's buckets and their slots made it follow too many on
+/// a 6.18.44 kernel, and give up). Stops the loop (1) at the end of the
+/// range, or between buckets when `purged` may not hold a bucket's flows.
 extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the `Scan` that `purge_flows` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
-    let (next, purged) = (scan.next, scan.purged);
-    if next >= scan.end || purged > purge::BATCH - TAG_LINE_BUCKETS * BUCKET_SLOTS {
+    let next = scan.next;
+    if scan.lane == 0 && (next >= scan.end || scan.purged > purge::BATCH - BUCKET_SLOTS) {
         return 1;
     }
     let Some(line) = F::flow_tags().get_ptr_mut(next / TAG_LINE_BUCKETS) else { return 1 };
-    // SAFETY: an element of the tags map.
-    let words = unsafe { core::ptr::read_volatile(line) };
-    let first = next - next % TAG_LINE_BUCKETS;
-    if words.iter().fold(0, |any, w| any | w) != 0 {
-        let mut freed = 0;
-        for (k, &word) in words.iter().enumerate() {
-            let bucket = first + k as u32;
-            if word != 0 && bucket >= next && bucket < scan.end {
-                // SAFETY: within the line.
-                let tags = unsafe { (line as *mut u64).add(k) };
-                freed += purge_bucket::<F>(bucket, tags, word, scan.hints, purged + freed);
-            }
+    if scan.lane == 0 {
+        // SAFETY: an element of the tags map.
+        let words = unsafe { core::ptr::read_volatile(line) };
+        if words.iter().fold(0, |any, w| any | w) == 0 {
+            scan.next = (next - next % TAG_LINE_BUCKETS + TAG_LINE_BUCKETS).min(scan.end);
+            return 0;
         }
-        scan.purged = purged + freed;
     }
-    scan.next = (first + TAG_LINE_BUCKETS).min(scan.end);
+    // SAFETY: within the line (the index is taken modulo its length).
+    let tags = unsafe { (line as *mut u64).add((next % TAG_LINE_BUCKETS) as usize) };
+    // SAFETY: an element of the tags map.
+    let word = unsafe { core::ptr::read_volatile(tags) };
+    let lane = scan.lane;
+    if word != 0 && lane < BUCKET_SLOTS {
+        scan.purged += purge_slot::<F>(next, lane, tags, word, scan.hints, scan.purged);
+    }
+    if word == 0 || lane + 1 >= BUCKET_SLOTS {
+        scan.next = next + 1;
+        scan.lane = 0;
+    } else {
+        scan.lane = lane + 1;
+    }
     0
 }
 
-/// Frees the flows of `bucket` that are on marked servers, writing them to
-/// `purged` from index `first`; how many.
+/// Frees slot `i` of `bucket` if its flow is on a marked server, writing it
+/// to `purged` at index `at`; 1 if it did.
 #[inline(always)]
-fn purge_bucket<F: Purgeable>(bucket: u32, tags: *mut u64, word: u64, hints: u64, first: u32) -> u32 {
-    let mut freed = 0;
-    for i in 0..BUCKET_SLOTS {
-        let tag = lane(word, i);
-        if tag == TAG_FREE || tag == TAG_BUSY || hints >> tag_server_hint(tag) & 1 == 0 {
-            continue;
-        }
-        let Some(slot) = F::flows().get_ptr_mut(bucket * BUCKET_SLOTS + i) else { break };
-        let Some((version, key, flow)) = flow_table::read::<F>(slot) else { continue };
-        if PURGE_SERVERS.get(flow.server_id).copied().unwrap_or(0) == 0 {
-            continue;
-        }
-        let Some(out) = F::purged().get_ptr_mut(first + freed) else { break };
-        if flow_table::free::<F>(tags, i, tag, slot, version) {
-            // SAFETY: an element of the `purged` map.
-            unsafe { write_volatile(out, F::record(key, flow)) };
-            freed += 1;
-        }
+fn purge_slot<F: Purgeable>(bucket: u32, i: u32, tags: *mut u64, word: u64, hints: u64, at: u32) -> u32 {
+    let tag = lane(word, i);
+    if tag == TAG_FREE || tag == TAG_BUSY || hints >> tag_server_hint(tag) & 1 == 0 {
+        return 0;
     }
-    freed
+    let Some(slot) = F::flows().get_ptr_mut(bucket * BUCKET_SLOTS + i) else { return 0 };
+    let Some((version, key, flow)) = flow_table::read::<F>(slot) else { return 0 };
+    if PURGE_SERVERS.get(flow.server_id).copied().unwrap_or(0) == 0 {
+        return 0;
+    }
+    let Some(out) = F::purged().get_ptr_mut(at) else { return 0 };
+    if !flow_table::free::<F>(tags, i, tag, slot, version) {
+        return 0;
+    }
+    // SAFETY: an element of the `purged` map.
+    unsafe { write_volatile(out, F::record(key, flow)) };
+    1
 }
