@@ -820,7 +820,8 @@ outcomes! {
     PassNotIp = "pass_not_ip",
     /// IPv4 but neither for a virtual service nor a server's reply.
     PassNotForUs = "pass_not_for_us",
-    /// To a VIP address but neither TCP nor UDP (ICMP, NDP, ...): passed.
+    /// To a VIP address but neither TCP nor UDP (ICMP, NDP, ...), and not
+    /// an error about a balanced flow: passed.
     PassOtherProtocol = "pass_other_protocol",
     /// TTL would expire: passed unchanged, the kernel answers with ICMP.
     PassTtlExpired = "pass_ttl_expired",
@@ -833,6 +834,10 @@ outcomes! {
     ForwardFlow = "forward_flow",
     /// Server reply, rewritten to come from the VIP and forwarded.
     ForwardReply = "forward_reply",
+    /// ICMP "fragmentation needed" or ICMPv6 "packet too big" to a VIP about
+    /// a balanced flow: sent on to the flow's server, rewritten as if its own
+    /// packet had drawn it (path MTU discovery through the balancer).
+    ForwardIcmpTooBig = "forward_icmp_too_big",
     /// Headers cut short (Ethernet, IPv4, TCP or UDP) on a packet to a VIP.
     DropTruncated = "drop_truncated",
     /// IPv4 header length below 20 bytes or beyond the total length, or an

@@ -10,7 +10,41 @@ use aya_ebpf::{
 };
 use lb_common::{NEXT_HOP_TTL_NS, NextHop as CachedHop, Outcome};
 
-use crate::{family::Family, parse::Packet};
+use crate::{
+    family::{Family, Key},
+    parse::Packet,
+};
+
+/// What sending a packet on reads and writes of it: a balanced flow's
+/// packet, or an ICMP error about one (`icmp`).
+pub trait Routed<F: Family> {
+    fn ip(&self) -> &F::Ip;
+    /// The protocol after the IP header, for the route lookup.
+    fn l4_protocol(&self) -> u8;
+    /// The source address as received.
+    fn source(&self) -> F::Addr;
+    /// The Ethernet header's two addresses as six 16-bit words.
+    fn eth_addrs_mut(&mut self) -> &mut [u16; 6];
+}
+
+impl<F: Family> Routed<F> for Packet<F> {
+    #[inline(always)]
+    fn ip(&self) -> &F::Ip {
+        Packet::ip(self)
+    }
+    #[inline(always)]
+    fn l4_protocol(&self) -> u8 {
+        self.proto()
+    }
+    #[inline(always)]
+    fn source(&self) -> F::Addr {
+        self.key.src()
+    }
+    #[inline(always)]
+    fn eth_addrs_mut(&mut self) -> &mut [u16; 6] {
+        Packet::eth_addrs_mut(self)
+    }
+}
 
 /// Where a packet goes next.
 pub enum NextHop {
@@ -28,7 +62,7 @@ pub enum NextHop {
 #[inline(always)]
 pub fn next_hop<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet<F>,
+    pkt: &impl Routed<F>,
     saddr: F::Addr,
     daddr: F::Addr,
 ) -> Result<(NextHop, u16), Outcome> {
@@ -44,10 +78,16 @@ pub fn next_hop<F: Family>(
 /// The FIB lookup: its answer code, and on success the egress interface,
 /// MTU and Ethernet addresses in `hop`.
 #[inline(always)]
-fn fib<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, saddr: &F::Addr, daddr: &F::Addr, hop: &mut CachedHop) -> u32 {
+fn fib<F: Family>(
+    ctx: &XdpContext,
+    pkt: &impl Routed<F>,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    hop: &mut CachedHop,
+) -> u32 {
     // SAFETY: a plain C struct of integers: all zeroes is a valid value.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    F::fib_params(&mut params, pkt.ip(), pkt.proto(), *saddr, *daddr);
+    F::fib_params(&mut params, pkt.ip(), pkt.l4_protocol(), *saddr, *daddr);
     // SAFETY: the context the kernel passed this run.
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: `params` is a valid, initialised struct of the size given.
@@ -67,7 +107,7 @@ fn fib<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, saddr: &F::Addr, daddr: &F:
 #[inline(always)]
 pub fn next_hop_to_server<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet<F>,
+    pkt: &impl Routed<F>,
     server_id: u32,
     daddr: F::Addr,
     now: u64,
@@ -82,7 +122,7 @@ pub fn next_hop_to_server<F: Family>(
         }
         return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
     }
-    let (hop, mtu) = next_hop(ctx, pkt, crate::family::Key::src(&pkt.key), daddr)?;
+    let (hop, mtu) = next_hop(ctx, pkt, pkt.source(), daddr)?;
     if let NextHop::Resolved { ifindex, eth_addrs } = hop {
         *cached = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
     }
@@ -91,7 +131,7 @@ pub fn next_hop_to_server<F: Family>(
 
 /// Sends the (fully rewritten) packet to its next hop; returns the verdict.
 #[inline(always)]
-pub fn send<F: Family>(ctx: &XdpContext, pkt: &mut Packet<F>, hop: &NextHop) -> u32 {
+pub fn send<F: Family>(ctx: &XdpContext, pkt: &mut impl Routed<F>, hop: &NextHop) -> u32 {
     match *hop {
         NextHop::Resolved { ifindex, eth_addrs } => {
             *pkt.eth_addrs_mut() = eth_addrs;

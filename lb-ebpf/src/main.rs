@@ -4,7 +4,8 @@
 //! (flows: creation, server choice, server state), `flow_table` (finding and
 //! placing flows), `family` (what differs between IPv4 and IPv6: the code
 //! is generic over it), `nat` (rewrite), `forward`
-//! (FIB, redirect), `reset` (answering terminated flows), `maps`, `counters`.
+//! (FIB, redirect), `reset` (answering terminated flows), `icmp` (errors
+//! about balanced flows, sent on to their servers), `maps`, `counters`.
 //! IPv6 packets go on by a tail call to `lb6` (the same code, generic over
 //! `family`), so IPv4's path stays inline in `lb`. And `purge`: a program
 //! the agent runs (never attached) to free servers' flows in the kernel.
@@ -29,6 +30,8 @@ mod flow_table;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
@@ -46,9 +49,9 @@ mod program {
 
     use crate::{
         counters::{count, count_from_server, count_to_server},
-        family::{self, Family, Key, Nat, V6},
+        family::{self, Family, Key, Nat, V4, V6},
         flow::{self, Assignment, Refusal},
-        forward,
+        forward, icmp,
         maps::{CLOCK, FAMILY_PROGRAMS, FILTER, IPV6_PROGRAM},
         nat,
         parse::{self, ETH_P_IPV4, ETH_P_IPV6, Packet},
@@ -60,6 +63,7 @@ mod program {
         let (outcome, verdict) = match parse::ether_type(&ctx) {
             Some(ETH_P_IPV4) => match parse::parse4(&ctx).and_then(|pkt| handle(&ctx, pkt)) {
                 Ok(done) => done,
+                Err(Outcome::PassOtherProtocol) => unpack(icmp4(&ctx)),
                 Err(outcome) => (outcome, verdict_of(outcome)),
             },
             Some(ETH_P_IPV6) => {
@@ -84,6 +88,7 @@ mod program {
             (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
                 unpack(new_flow6(&ctx, verdict & !NEW_FLOW))
             }
+            (Outcome::PassOtherProtocol, _) => unpack(icmp6(&ctx)),
             done => done,
         };
         count(outcome);
@@ -114,6 +119,20 @@ mod program {
             create_flow(ctx, &mut pkt, hash, &Service { index }, now)
         };
         pack(parse::parse6(ctx).and_then(create))
+    }
+
+    /// ICMP to a VIP (neither TCP nor UDP): an error about a balanced flow
+    /// goes to its server (`icmp`). Out of line: rare, and kept out of the
+    /// TCP and UDP paths' code.
+    #[inline(never)]
+    fn icmp4(ctx: &XdpContext) -> u64 {
+        pack(icmp::too_big::<V4>(ctx))
+    }
+
+    /// [`icmp4`] for ICMPv6 (NDP and the rest pass to the kernel).
+    #[inline(never)]
+    fn icmp6(ctx: &XdpContext) -> u64 {
+        pack(icmp::too_big::<V6>(ctx))
     }
 
     #[inline(always)]

@@ -382,7 +382,7 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
 /// skipped; a fragment header, a routing header still routing, or more
 /// headers than [`MAX_EXT_HEADERS`] end it with a reason.
 #[inline(always)]
-fn walk_extensions(
+pub fn walk_extensions(
     ctx: &XdpContext,
     mut next: u8,
     refused: &impl Fn(Outcome) -> Outcome,

@@ -447,6 +447,20 @@ pub fn reply(
     }
 }
 
+/// An ICMP error from the client's side (`error`) sent on to a flow's
+/// server: out of `toserver` as `at_server` is (`expected`, addressed to
+/// the server, one hop further, with the server's MAC).
+pub fn icmp_to_server(name: &'static str, error: &Pkt, expected: &Pkt, server_mac: [u8; 6]) -> Case {
+    Case {
+        name,
+        input: error.build(),
+        ingress: "toclient",
+        verdict: XDP_REDIRECT,
+        output: Expect::Packet(expected.clone().macs(TOSERVER_MAC, server_mac).ttl(expected.ttl - 1).build()),
+        counts: vec![Count::Outcome(Outcome::ForwardIcmpTooBig, 1)],
+    }
+}
+
 /// The index of an interface of the current namespace.
 pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("no NUL");

@@ -283,6 +283,27 @@ impl Pkt {
     }
 }
 
+/// An ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" from
+/// `router`, about `quoted` (a packet the router could not send on): to the
+/// quoted packet's source, with the next hop's `mtu`, quoting the first
+/// `quote` bytes of `quoted` from its IP header on. Checksum computed whole.
+pub fn too_big(router: impl Into<IpAddr>, quoted: &Pkt, mtu: u16, quote: usize) -> Pkt {
+    let router = router.into();
+    let mut body = quoted.build().split_off(14);
+    body.truncate(quote);
+    let (protocol, mut message) = match router {
+        IpAddr::V4(_) => (1, vec![3, 4, 0, 0, 0, 0]),
+        IpAddr::V6(_) => (58, vec![2, 0, 0, 0, 0, 0]),
+    };
+    message.extend_from_slice(&mtu.to_be_bytes());
+    message.extend_from_slice(&body);
+    let error = Pkt::ip_protocol(protocol, router, quoted.src);
+    let pseudo = if router.is_ipv6() { error.pseudo_header(message.len()) } else { Vec::new() };
+    let sum = checksum(&[&pseudo, &message]);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    error.payload(&message)
+}
+
 /// An address's bytes, of either family.
 fn octets(a: IpAddr) -> Vec<u8> {
     match a {

@@ -3,16 +3,16 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use lb_common::{Outcome::*, flow_state, proto};
+use lb_common::{Outcome::*, flow_state, proto, server_state};
 use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
     config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
-        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, drop, fixture_netns, flow_key, forward, pass,
-        reply,
+        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, drop, fixture_netns, flow_key, forward,
+        icmp_to_server, pass, reply,
     },
-    packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame},
+    packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame, too_big},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
@@ -223,6 +223,78 @@ fn datapath_fixtures() {
         bed.sweep(now + 301_000_000_000);
         assert_eq!(bed.flow_count(), 0, "every flow removed after 300 s idle");
         assert_eq!(bed.reverse_nat_count(), 0);
+    });
+}
+
+/// Path MTU discovery through the balancer: a router on the clients' side
+/// that cannot send a server's reply on answers the VIP "fragmentation
+/// needed"; the error reaches the flow's server as if the server's own
+/// packet had drawn it (quoted source, port and every checksum as the
+/// server sent it). Other ICMP, and errors about no flow, pass as before.
+#[test]
+fn fragmentation_needed_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 0)));
+        let router = Ipv4Addr::new(10, 0, 0, 254);
+        let s1 = (SERVER1, 8080);
+        // The servers' large replies as they left s1, and as the router got
+        // them: from the VIP, one hop further.
+        let reply = Pkt::tcp(s1, (CLIENT, 40000)).flags(ACK | PSH).seq(7001, 1001).payload(&[0x61; 1400]).ttl(63);
+        let from_vip = reply.clone().addresses((VIP, 80), (CLIENT, 40000));
+        let udp_reply = Pkt::udp((SERVER1, 5353), (CLIENT, 5000)).payload(&[0x62; 1400]).ttl(63);
+        let udp_from_vip = udp_reply.clone().addresses((VIP, 53), (CLIENT, 5000));
+        let error = |quoted: &Pkt, quote: usize| too_big(router, quoted, 1280, quote).macs(CLIENT_MAC, TOCLIENT_MAC);
+        let to_s1 = |quoted: &Pkt, quote: usize| too_big(router, quoted, 1280, quote);
+        let udp = Pkt::udp((CLIENT, 5000), (VIP, 53)).macs(CLIENT_MAC, TOCLIENT_MAC);
+        bed.run(&[
+            forward("a TCP flow on s1", &client_tcp(40000, 80).flags(SYN), s1, SERVER1_MAC, "web", "s1", true),
+            forward("a UDP flow on d1", &udp, (SERVER1, 5353), SERVER1_MAC, "dns", "d1", true),
+            icmp_to_server(
+                "fragmentation needed about a TCP reply reaches s1, quoting s1's own packet",
+                &error(&from_vip, 548),
+                &to_s1(&reply, 548),
+                SERVER1_MAC,
+            ),
+            icmp_to_server(
+                "a quote of the TCP header's first 8 bytes (no checksum in it) too",
+                &error(&from_vip, 28),
+                &to_s1(&reply, 28),
+                SERVER1_MAC,
+            ),
+            icmp_to_server(
+                "about a UDP reply, to its server",
+                &error(&udp_from_vip, 548),
+                &to_s1(&udp_reply, 548),
+                SERVER1_MAC,
+            ),
+            pass(
+                "about a packet of no flow: passed",
+                error(&from_vip.clone().addresses((VIP, 80), (CLIENT, 40999)), 548).build(),
+                PassOtherProtocol,
+            ),
+            pass(
+                "quoting a packet that did not leave from the VIP: passed",
+                to_s1(&reply, 548).addresses((router, 0), (VIP, 0)).macs(CLIENT_MAC, TOCLIENT_MAC).build(),
+                PassOtherProtocol,
+            ),
+            pass("its quoted header cut short: passed untouched", error(&from_vip, 10).build(), PassOtherProtocol),
+            pass(
+                "an echo request to the VIP passes",
+                Pkt::ip_protocol(1, CLIENT, VIP)
+                    .macs(CLIENT_MAC, TOCLIENT_MAC)
+                    .payload(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0])
+                    .build(),
+                PassOtherProtocol,
+            ),
+        ]);
+        // A terminated flow's server is sent nothing more.
+        bed.write_server_state("web", "s1", server_state::DISABLED);
+        bed.run(&[drop(
+            "about a flow of a disabled server: dropped",
+            error(&from_vip, 548).build(),
+            DropServerUnavailable,
+        )]);
     });
 }
 

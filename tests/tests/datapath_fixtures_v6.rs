@@ -10,9 +10,9 @@ use testbed::{
     config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, CLIENT6, Case, Count, Expect, FixtureBed, SERVER1, SERVER1_6, SERVER1_MAC, TOCLIENT_MAC,
-        XDP_TX, drop, fixture_netns, forward, pass, reply,
+        XDP_TX, drop, fixture_netns, forward, icmp_to_server, pass, reply,
     },
-    packet::{ACK, PSH, Pkt, RST, SYN},
+    packet::{ACK, PSH, Pkt, RST, SYN, too_big},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
@@ -196,5 +196,61 @@ fn ipv6_fixtures() {
             (lb_userspace::datapath::family::addr6(SERVER1_6), 8080, 1001 + 18),
             "the agent is asked to reset s1's IPv6 end at the client's next sequence number"
         );
+    });
+}
+
+/// Path MTU discovery through the balancer, IPv6: a router on the clients'
+/// side answers the VIP "packet too big" about a server's reply; the error
+/// reaches the flow's server as if the server's own packet had drawn it
+/// (the ICMPv6 checksum covers the pseudo-header: the new destination
+/// counts). NDP and errors about no flow pass to the kernel.
+#[test]
+fn packet_too_big_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config());
+        let router: Ipv6Addr = "fd00::fe".parse().unwrap();
+        let s1 = (SERVER1_6, 8080);
+        let reply = Pkt::tcp(s1, (CLIENT6, 40000)).flags(ACK | PSH).seq(7001, 1001).payload(&[0x61; 1400]).ttl(63);
+        let from_vip = reply.clone().addresses((VIP6, 80), (CLIENT6, 40000));
+        let udp_reply = Pkt::udp((SERVER1_6, 5353), (CLIENT6, 5000)).payload(&[0x62; 1400]).ttl(63);
+        let udp_from_vip = udp_reply.clone().addresses((VIP6, 53), (CLIENT6, 5000));
+        let error = |quoted: &Pkt, quote: usize| too_big(router, quoted, 1280, quote).macs(CLIENT_MAC, TOCLIENT_MAC);
+        let to_s1 = |quoted: &Pkt, quote: usize| too_big(router, quoted, 1280, quote);
+        let udp = Pkt::udp((CLIENT6, 5000), (VIP6, 53)).macs(CLIENT_MAC, TOCLIENT_MAC);
+        bed.run(&[
+            forward("a TCP flow on s1", &client6(40000, 80).flags(SYN), s1, SERVER1_MAC, "web", "s1", true),
+            forward("a UDP flow on d1", &udp, (SERVER1_6, 5353), SERVER1_MAC, "dns", "d1", true),
+            icmp_to_server(
+                "packet too big about a TCP reply reaches s1, quoting s1's own packet",
+                &error(&from_vip, 1232),
+                &to_s1(&reply, 1232),
+                SERVER1_MAC,
+            ),
+            icmp_to_server(
+                "about a UDP reply, to its server",
+                &error(&udp_from_vip, 1232),
+                &to_s1(&udp_reply, 1232),
+                SERVER1_MAC,
+            ),
+            icmp_to_server(
+                "behind a destination-options header too",
+                &error(&from_vip, 600).ext_header(60, &PADDING),
+                &to_s1(&reply, 600).ext_header(60, &PADDING),
+                SERVER1_MAC,
+            ),
+            pass(
+                "about a packet of no flow: passed",
+                error(&from_vip.clone().addresses((VIP6, 80), (CLIENT6, 40999)), 1232).build(),
+                PassOtherProtocol,
+            ),
+            pass("its quoted header cut short: passed untouched", error(&from_vip, 30).build(), PassOtherProtocol),
+        ]);
+        bed.write_server_state("web", "s1", server_state::DISABLED);
+        bed.run(&[drop(
+            "about a flow of a disabled server: dropped",
+            error(&from_vip, 1232).build(),
+            DropServerUnavailable,
+        )]);
     });
 }

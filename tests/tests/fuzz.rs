@@ -1,6 +1,6 @@
 //! The datapath, fuzzed through BPF_PROG_TEST_RUN: packets of every path
 //! (new flows, existing flows, replies, UDP, traffic not for a VIP, other
-//! protocols), mutated in lengths, header fields, flags, options, fragments
+//! protocols, ICMP errors about flows), mutated in lengths, header fields, flags, options, fragments
 //! and truncation, from a fixed seed. For each: a pass or a drop leaves the
 //! bytes as they were; a forward changes only what the rewrite may change
 //! and keeps its checksums as valid as they came; exactly one outcome is
@@ -12,7 +12,7 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{flow_state, proto};
@@ -27,7 +27,7 @@ use testbed::{
         CLIENT, CLIENT_MAC, CLIENT6, FixtureBed, SERVER1, SERVER1_6, SERVER1_MAC, TOCLIENT_MAC, TOSERVER_MAC,
         XDP_ABORTED, XDP_DROP, XDP_PASS, fixture_netns,
     },
-    packet::{ACK, FIN, PSH, Pkt, RST, SYN, arp_request, checksum, ipv6_frame},
+    packet::{ACK, FIN, PSH, Pkt, RST, SYN, arp_request, checksum, ipv6_frame, too_big},
     topology::VIP,
 };
 
@@ -70,9 +70,13 @@ enum Path {
     UdpReply6,
     NotForUs6,
     Icmp6,
+    /// A "too big" error about a reply of a flow (or of none, for a port
+    /// without one), quoting as much of it as the payload length says.
+    TooBig,
+    TooBig6,
 }
 
-const PATHS: [Path; 16] = [
+const PATHS: [Path; 18] = [
     Path::NewTcpFlow,
     Path::ExistingTcpFlow,
     Path::TcpReply,
@@ -89,6 +93,8 @@ const PATHS: [Path; 16] = [
     Path::UdpReply6,
     Path::NotForUs6,
     Path::Icmp6,
+    Path::TooBig,
+    Path::TooBig6,
 ];
 
 /// IPv6 extension headers a packet may carry: hop-by-hop, routing,
@@ -181,13 +187,20 @@ impl Input {
             Path::Icmp => (Pkt::ip_protocol(1, CLIENT, VIP), "toclient"),
             Path::Arp => return (arp_request(CLIENT_MAC, CLIENT, VIP), "toclient"),
             Path::Ipv6 => return (ipv6_frame(CLIENT_MAC, TOCLIENT_MAC), "toclient"),
+            Path::TooBig => (self.too_big((VIP, 80), client), "toclient"),
+            Path::TooBig6 => (self.too_big((VIP6, 80), client6), "toclient"),
         };
         let pkt = if ingress == "toclient" { pkt.macs(CLIENT_MAC, TOCLIENT_MAC) } else { pkt };
         let flags = match self.path {
             Path::NewTcpFlow | Path::NewTcpFlow6 => SYN,
             _ => self.flags & (SYN | ACK | PSH | FIN | RST),
         };
-        let mut pkt = pkt.flags(flags).payload(&vec![0x5a; self.payload]).ttl(self.ttl);
+        let pkt = match self.path {
+            // The quoted packet took the flags and the payload.
+            Path::TooBig | Path::TooBig6 => pkt,
+            _ => pkt.flags(flags).payload(&vec![0x5a; self.payload]),
+        };
+        let mut pkt = pkt.ttl(self.ttl);
         if self.option_words > 0 {
             pkt = pkt.options(&vec![1; 4 * self.option_words as usize]);
         }
@@ -222,7 +235,21 @@ impl Input {
     }
 }
 
-/// Whether the frame's IP header (IPv4) and TCP/UDP checksums verify.
+impl Input {
+    /// A router's "too big" error to the VIP about the reply `vip` ->
+    /// `client`, quoting its IP header and `payload` bytes more.
+    fn too_big(&self, vip: (impl Into<IpAddr>, u16), client: (impl Into<IpAddr>, u16)) -> Pkt {
+        let quoted = Pkt::tcp(vip, client).flags(self.flags).payload(&vec![0x5a; self.payload]);
+        let (router, header): (IpAddr, usize) = match quoted.src {
+            IpAddr::V4(_) => (Ipv4Addr::new(10, 0, 0, 254).into(), 20),
+            IpAddr::V6(_) => ("fd00::fe".parse::<Ipv6Addr>().unwrap().into(), 40),
+        };
+        too_big(router, &quoted, 1280, header + self.payload)
+    }
+}
+
+/// Whether the frame's IP header (IPv4) and TCP/UDP (or ICMP) checksums
+/// verify.
 fn checksums_verify(frame: &[u8]) -> bool {
     if frame.get(12..14) == Some(&[0x86, 0xdd]) {
         return checksums_verify6(frame);
@@ -238,6 +265,9 @@ fn checksums_verify(frame: &[u8]) -> bool {
     let proto = ip[9];
     if proto == proto::UDP && l4.len() >= 8 && l4[6..8] == [0, 0] {
         return true;
+    }
+    if proto == ICMP {
+        return checksum(&[l4]) == 0;
     }
     let pseudo = [&ip[12..20], &[0, proto], &(l4.len() as u16).to_be_bytes()[..]].concat();
     checksum(&[&pseudo, l4]) == 0
@@ -267,11 +297,24 @@ fn checksums_verify6(frame: &[u8]) -> bool {
 
 /// The bytes a rewrite may change: MACs, TTL, IP checksum and addresses,
 /// the ports and the TCP/UDP checksum (for IPv6: the hop limit, addresses,
-/// ports and checksum).
+/// ports and checksum). Of an ICMP error: those of its outer header, its
+/// checksum, and the quoted packet's source address and port and its
+/// checksums.
 fn may_change(offset: usize, frame: &[u8]) -> bool {
     if frame.get(12..14) == Some(&[0x86, 0xdd]) {
         let Some((proto, at)) = upper_layer6(&frame[14..]) else { return offset < 12 };
         let l4 = 14 + at;
+        if proto == ICMPV6 {
+            let quoted = l4 + 8;
+            let quoted_l4 = quoted + 40;
+            return offset < 12
+                || offset == 21
+                || (22..54).contains(&offset)
+                || (l4 + 2..l4 + 4).contains(&offset)
+                || (quoted + 8..quoted + 24).contains(&offset)
+                || (quoted_l4..quoted_l4 + 2).contains(&offset)
+                || quoted_l4_check(offset, quoted_l4, frame.get(quoted + 6));
+        }
         let l4_checksum = if proto == proto::UDP { l4 + 6 } else { l4 + 16 };
         return offset < 12
             || offset == 21
@@ -280,12 +323,33 @@ fn may_change(offset: usize, frame: &[u8]) -> bool {
             || (l4_checksum..l4_checksum + 2).contains(&offset);
     }
     let l4 = 14 + 20;
+    if frame.get(23) == Some(&ICMP) {
+        let quoted = l4 + 8;
+        let quoted_l4 = quoted + 20;
+        return offset < 12
+            || offset == 22
+            || (24..34).contains(&offset)
+            || (l4 + 2..l4 + 4).contains(&offset)
+            || (quoted + 10..quoted + 16).contains(&offset)
+            || (quoted_l4..quoted_l4 + 2).contains(&offset)
+            || quoted_l4_check(offset, quoted_l4, frame.get(quoted + 9));
+    }
     let l4_checksum = if frame.get(23) == Some(&proto::UDP) { l4 + 6 } else { l4 + 16 };
     offset < 12
         || offset == 22
         || (24..34).contains(&offset)
         || (l4..l4 + 4).contains(&offset)
         || (l4_checksum..l4_checksum + 2).contains(&offset)
+}
+
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// Whether `offset` is in the checksum of the TCP or UDP header quoted at
+/// `quoted_l4`, its protocol being `proto`.
+fn quoted_l4_check(offset: usize, quoted_l4: usize, proto: Option<&u8>) -> bool {
+    let check = if proto == Some(&proto::UDP) { quoted_l4 + 6 } else { quoted_l4 + 16 };
+    (check..check + 2).contains(&offset)
 }
 
 fn check(bed: &FixtureBed, input: &Input) -> Result<(), TestCaseError> {
@@ -349,6 +413,8 @@ fn the_datapath_keeps_its_invariants_on_any_packet() {
         for port in 40000..40040 {
             let syn = Pkt::tcp((CLIENT, port), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
             bed.run_frame(&syn, "toclient");
+            let syn6 = Pkt::tcp((CLIENT6, port), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+            bed.run_frame(&syn6, "toclient");
         }
         let config = Config { cases, failure_persistence: None, ..Config::default() };
         let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]));
@@ -359,5 +425,6 @@ fn the_datapath_keeps_its_invariants_on_any_packet() {
         // IPv6 took its paths too: flows in its table, headers walked and refused.
         assert!(bed.dp().maps.flows6.len().expect("walk") > 0, "the fuzzing made IPv6 flows");
         assert!(bed.outcomes()["drop_ipv6_extension_headers"] > 0, "no extension-header chain was refused");
+        assert!(bed.outcomes()["forward_icmp_too_big"] > 0, "no ICMP error reached a server");
     });
 }
