@@ -12,8 +12,11 @@
 //! without resetting them, so a program that rewrote a frame (ours does:
 //! destination, TTL, MACs) would see its own output on a later run; restore
 //! puts the original frame back and drops it. Both contenders pay for it.
+//!
+//! IPv6 beside IPv4: the same flow in IPv6, one-armed, its rate against the
+//! reflector's in its own rounds, then as a ratio to IPv4's.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf,
@@ -38,6 +41,10 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SERVER_ONE_ARMED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 /// The server behind a second veth pair (routed).
 const SERVER_ROUTED: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const SERVER6_ONE_ARMED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const SERVER6_ROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
 const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 2];
 const LBC_MAC: Mac = [2, 0, 0, 0, 0, 1];
 /// Frames per live-frames batch: small, so that the receivers (which run
@@ -50,11 +57,29 @@ enum Topology {
     Routed,
 }
 
-impl Topology {
-    fn server(self) -> Ipv4Addr {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The client and the VIP.
+    fn ends(self) -> (IpAddr, IpAddr) {
         match self {
-            Topology::OneArmed => SERVER_ONE_ARMED,
-            Topology::Routed => SERVER_ROUTED,
+            Family::V4 => (CLIENT.into(), VIP.into()),
+            Family::V6 => (CLIENT6.into(), VIP6.into()),
+        }
+    }
+}
+
+impl Topology {
+    fn server(self, family: Family) -> IpAddr {
+        match (self, family) {
+            (Topology::OneArmed, Family::V4) => SERVER_ONE_ARMED.into(),
+            (Topology::Routed, Family::V4) => SERVER_ROUTED.into(),
+            (Topology::OneArmed, Family::V6) => SERVER6_ONE_ARMED.into(),
+            (Topology::Routed, Family::V6) => SERVER6_ROUTED.into(),
         }
     }
 
@@ -66,8 +91,8 @@ impl Topology {
     }
 }
 
-fn config(server: Ipv4Addr) -> ConfigFile {
-    ConfigFile::new().set("interfaces", vec!["lbc"]).service(VIP, 80, "tcp", "web").server("web", "s1", server, 8080)
+fn config(vip: IpAddr, server: IpAddr) -> ConfigFile {
+    ConfigFile::new().set("interfaces", vec!["lbc"]).service(vip, 80, "tcp", "web").server("web", "s1", server, 8080)
 }
 
 /// Loads `restore` with `frame` as the original and `verdict` to end with,
@@ -111,15 +136,38 @@ fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
 /// receiving peers ending each frame with `receiver_verdict`.
 /// Also returns the share of frames that took the existing-flow path, and
 /// how many rounds were discarded because the receivers overflowed.
-fn measure(topology: Topology, rounds: usize, repeat: u32, receiver_verdict: u32) -> (f64, f64, f64, f64, usize) {
+fn measure(
+    family: Family,
+    topology: Topology,
+    rounds: usize,
+    repeat: u32,
+    receiver_verdict: u32,
+) -> (f64, f64, f64, f64, usize) {
     let prefix = unique_prefix();
     let lb = NetNs::create(&format!("{prefix}-plb"));
     let client = NetNs::create(&format!("{prefix}-pc"));
     let server = NetNs::create(&format!("{prefix}-ps"));
     lb.sysctl("net.ipv4.ip_forward", "1");
+    lb.sysctl("net.ipv6.conf.all.forwarding", "1");
     let pairs = [
-        ("lbc", "c0", &client, "10.0.0.1/24", "10.0.0.2/24", "02:00:00:00:00:01", "02:00:00:00:00:02"),
-        ("lbs1", "s0", &server, "10.0.1.1/24", "10.0.1.2/24", "02:00:00:00:01:01", "02:00:00:00:01:02"),
+        (
+            "lbc",
+            "c0",
+            &client,
+            ["10.0.0.1/24", "fd00::1/64"],
+            ["10.0.0.2/24", "fd00::2/64"],
+            "02:00:00:00:00:01",
+            "02:00:00:00:00:02",
+        ),
+        (
+            "lbs1",
+            "s0",
+            &server,
+            ["10.0.1.1/24", "fd00:1::1/64"],
+            ["10.0.1.2/24", "fd00:1::2/64"],
+            "02:00:00:00:01:01",
+            "02:00:00:00:01:02",
+        ),
     ];
     let used = if topology == Topology::OneArmed { 1 } else { 2 };
     for &(name, peer, peer_ns, addr, peer_addr, mac, peer_mac) in &pairs[..used] {
@@ -139,42 +187,29 @@ fn measure(topology: Topology, rounds: usize, repeat: u32, receiver_verdict: u32
             "netns",
             &peer_ns.name,
         ]);
-        lb.ip(&["addr", "add", addr, "dev", name]);
-        peer_ns.ip(&["addr", "add", peer_addr, "dev", peer]);
+        for (addr, peer_addr) in addr.iter().zip(peer_addr) {
+            // No duplicate address detection: the addresses serve at once.
+            lb.ip(&["addr", "add", addr, "dev", name, "nodad"]);
+            peer_ns.ip(&["addr", "add", peer_addr, "dev", peer, "nodad"]);
+        }
         for (ns, dev) in [(&lb, name), (peer_ns, peer)] {
             must(ns.command("ethtool").args(["-K", dev, "tx", "off"]));
             ns.ip(&["link", "set", dev, "up"]);
         }
     }
-    lb.ip(&["neigh", "replace", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "lbc", "nud", "permanent"]);
-    match topology {
-        // The veth delivers to the client's peer whatever the MAC: its
-        // restore program receives the server's frames too.
-        Topology::OneArmed => lb.ip(&[
-            "neigh",
-            "replace",
-            &SERVER_ONE_ARMED.to_string(),
-            "lladdr",
-            "02:00:00:00:00:03",
-            "dev",
-            "lbc",
-            "nud",
-            "permanent",
-        ]),
-        Topology::Routed => lb.ip(&[
-            "neigh",
-            "replace",
-            &SERVER_ROUTED.to_string(),
-            "lladdr",
-            "02:00:00:00:01:02",
-            "dev",
-            "lbs1",
-            "nud",
-            "permanent",
-        ]),
+    let (client_addr, vip) = family.ends();
+    let server_addr = topology.server(family);
+    // The veth delivers to the client's peer whatever the MAC: one-armed,
+    // its restore program receives the server's frames too.
+    let (server_mac, server_dev) = match topology {
+        Topology::OneArmed => ("02:00:00:00:00:03", "lbc"),
+        Topology::Routed => ("02:00:00:00:01:02", "lbs1"),
     };
+    for (addr, mac, dev) in [(client_addr, "02:00:00:00:00:02", "lbc"), (server_addr, server_mac, server_dev)] {
+        lb.ip(&["neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", dev, "nud", "permanent"]);
+    }
 
-    let frame = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(ACK).seq(1000, 1).build();
+    let frame = Pkt::tcp((client_addr, 40000), (vip, 80)).macs(CLIENT_MAC, LBC_MAC).flags(ACK).seq(1000, 1).build();
     let mut _restores = vec![attach_restore(&client, "c0", &frame, receiver_verdict)];
     if topology == Topology::Routed {
         _restores.push(attach_restore(&server, "s0", &frame, receiver_verdict));
@@ -189,8 +224,8 @@ fn measure(topology: Topology, rounds: usize, repeat: u32, receiver_verdict: u32
             let p: &mut Xdp = ebpf.program_mut("pass").unwrap().try_into().unwrap();
             p.attach(dev, XdpMode::default()).expect("attach pass");
         }
-        let bed = FixtureBed::load(&config(topology.server()));
-        let syn = Pkt::tcp((CLIENT, 40000), (VIP, 80)).macs(CLIENT_MAC, LBC_MAC).flags(SYN).seq(999, 0).build();
+        let bed = FixtureBed::load(&config(vip, server_addr));
+        let syn = Pkt::tcp((client_addr, 40000), (vip, 80)).macs(CLIENT_MAC, LBC_MAC).flags(SYN).seq(999, 0).build();
         let sent = if topology == Topology::OneArmed { XDP_TX } else { XDP_REDIRECT };
         assert_eq!(bed.run_frame(&syn, "lbc").0, sent, "the flow is created, and sent as the topology expects");
         let reflect = load_test_program("reflect").unwrap();
@@ -229,7 +264,7 @@ pub fn run(report: &mut Report, quick: bool) {
     let note = |receiver: &str| format!("{receiver}; median of {rounds} rounds x {repeat} frames");
     // Receivers that take each frame into their stack, like a host (and like
     // the pass programs of the reference measurement).
-    let (ours, theirs, ratio, on_path, discarded) = measure(Topology::OneArmed, rounds, repeat, XDP_PASS);
+    let (ours, theirs, ratio, on_path, discarded) = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_PASS);
     let n = format!(
         "{}; {:.1}% of frames on the path; {discarded} rounds discarded (receiver overflow)",
         note("receivers pass frames to their stack"),
@@ -247,7 +282,29 @@ pub fn run(report: &mut Report, quick: bool) {
         format!("{n}; reference balancer (always XDP_TX): 0.65x"),
     );
     // The same receivers, the server behind a second veth: a redirect.
-    let (ours, theirs, ratio, on_path, _) = measure(Topology::Routed, rounds, repeat, XDP_PASS);
+    let ratio4 = ratio;
+    // The same flow in IPv6, one-armed: against the reflector in its own
+    // rounds, then against IPv4's ratio (the host's speed cancels out).
+    let (ours6, theirs6, ratio6, on_path6, _) = measure(Family::V6, Topology::OneArmed, rounds, repeat, XDP_PASS);
+    let n6 =
+        format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path6 * 100.0);
+    report.add(
+        SECTION,
+        format!("IPv6 balancer / reflector, {one_armed}"),
+        ratio6,
+        "x",
+        None,
+        format!("{n6}; {:.2} vs {:.2} Mpps", ours6 / 1e6, theirs6 / 1e6),
+    );
+    report.add(
+        SECTION,
+        format!("IPv6 / IPv4 packets per second, {one_armed}"),
+        ratio6 / ratio4,
+        "x",
+        Some(Target::AtLeast(0.95)),
+        format!("each family's balancer / reflector ratio: {ratio6:.2} / {ratio4:.2}"),
+    );
+    let (ours, theirs, ratio, on_path, _) = measure(Family::V4, Topology::Routed, rounds, repeat, XDP_PASS);
     let n = format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path * 100.0);
     report.add(
         SECTION,
@@ -258,7 +315,7 @@ pub fn run(report: &mut Report, quick: bool) {
         format!("{n}; {:.2} vs {:.2} Mpps", ours / 1e6, theirs / 1e6),
     );
     // Receivers that drop at once: the balancer's own cost weighs more.
-    let (ours, theirs, ratio, on_path, _) = measure(Topology::OneArmed, rounds, repeat, XDP_DROP);
+    let (ours, theirs, ratio, on_path, _) = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_DROP);
     let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), on_path * 100.0);
     report.add(
         SECTION,
