@@ -99,15 +99,26 @@ pub trait Quoting: Family {
     fn quoted_ip_check(ip: &mut Self::Ip, change: u32) -> u32;
 }
 
-/// The quoted packet's ports and TCP or UDP checksum, from `l4` on.
+/// The quoted TCP or UDP header (at `l4`, of `protocol`) of a packet sent
+/// from `vip` to `client`: its ports, its checksum if quoted, and the key
+/// of the flow it belongs to.
 #[inline(always)]
-fn quoted_l4(ctx: &XdpContext, l4: usize, protocol: u8) -> Option<(*mut Ports, Option<*mut u16>)> {
+fn quoted_l4<F: Family>(
+    ctx: &XdpContext,
+    l4: usize,
+    protocol: u8,
+    vip: F::Addr,
+    client: F::Addr,
+) -> Option<(*mut Ports, Option<*mut u16>, F::Key)> {
     let check_at = match protocol {
         proto::TCP => 16,
         proto::UDP => 6,
         _ => return None,
     };
-    Some((ptr_at(ctx, l4)?, ptr_at(ctx, l4 + check_at)))
+    let ports: *mut Ports = ptr_at(ctx, l4)?;
+    // SAFETY: in the frame (`ptr_at`).
+    let p = unsafe { &*ports };
+    Some((ports, ptr_at(ctx, l4 + check_at), Key::new(client, vip, p.dst, p.src, protocol)))
 }
 
 impl Quoting for V4 {
@@ -134,18 +145,17 @@ impl Quoting for V4 {
         if q.version_ihl != 0x45 || q.saddr != o.daddr {
             return None;
         }
-        let (ports, l4_check) = quoted_l4(ctx, icmp_at + ICMP_HLEN + IPV4_HLEN, q.protocol)?;
-        // SAFETY: in the frame (`ptr_at`).
-        let p = unsafe { &*ports };
+        let l4 = icmp_at + ICMP_HLEN + IPV4_HLEN;
+        let (quoted_ports, quoted_l4_check, flow_key) = quoted_l4::<V4>(ctx, l4, q.protocol, q.saddr, q.daddr)?;
         Some(TooBig {
             eth: ptr_at(ctx, 0)?,
             outer,
             icmp,
             quoted,
-            quoted_ports: ports,
-            quoted_l4_check: l4_check,
+            quoted_ports,
+            quoted_l4_check,
             source: o.saddr,
-            flow_key: Key::new(q.daddr, q.saddr, p.dst, p.src, q.protocol),
+            flow_key,
         })
     }
 
@@ -181,18 +191,17 @@ impl Quoting for V6 {
         if (u32::from_be(q.vtc_flow) >> 28) != 6 || q.saddr != o.daddr {
             return None;
         }
-        let (ports, l4_check) = quoted_l4(ctx, icmp_at + ICMP_HLEN + IPV6_HLEN, q.nexthdr)?;
-        // SAFETY: in the frame (`ptr_at`).
-        let p = unsafe { &*ports };
+        let l4 = icmp_at + ICMP_HLEN + IPV6_HLEN;
+        let (quoted_ports, quoted_l4_check, flow_key) = quoted_l4::<V6>(ctx, l4, q.nexthdr, q.saddr, q.daddr)?;
         Some(TooBig {
             eth: ptr_at(ctx, 0)?,
             outer,
             icmp,
             quoted,
-            quoted_ports: ports,
-            quoted_l4_check: l4_check,
+            quoted_ports,
+            quoted_l4_check,
             source: o.saddr,
-            flow_key: Key::new(q.daddr, q.saddr, p.dst, p.src, q.nexthdr),
+            flow_key,
         })
     }
 
