@@ -73,6 +73,43 @@ fn an_immediate_disable_resets_the_servers_sessions_of_both_families() {
 }
 
 #[test]
+fn a_graceful_disable_with_a_deadline_lets_sessions_of_both_families_run_then_resets_them_at_it() {
+    let b = dual_stack_bed(2);
+    let vip6 = IpAddr::V6(VIP6);
+    let six = Session::start(b.connect_via(vip6, "s1"), "s1", EVERY_100MS);
+    let idle6 = Session::start(b.connect_via(vip6, "s1"), "s1", None);
+    let four = Session::start(b.connect_via(VIP.into(), "s1"), "s1", EVERY_100MS);
+    let issued = Instant::now();
+    b.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "2s"]);
+    let returned = Instant::now();
+    assert_eq!(b.state("p7", "s1"), "DRAINING (deadline)");
+    let during = six.exchanges();
+    for _ in 0..10 {
+        let mut c = b.topology.client.run(|| EchoClient::connect(vip6, 7)).expect("connect");
+        assert_eq!(c.exchange("which").expect("exchange"), "s2", "a new IPv6 flow reached draining s1");
+    }
+
+    // Reset at the deadline (the agent set it 2 s after it took the
+    // command): not before, and within a second of it.
+    wait_for("every session reset", Duration::from_secs(5), || {
+        [&six, &idle6, &four].iter().all(|s| s.ended().is_some())
+    });
+    for (session, what) in [(&six, "IPv6 client"), (&idle6, "idle IPv6 client"), (&four, "IPv4 client")] {
+        assert_reset(session, what, returned + Duration::from_secs(3));
+        let at = session.ended().expect("ended").at;
+        assert!(
+            at >= issued + Duration::from_secs(2),
+            "{what}: reset {:?} before the deadline",
+            issued + Duration::from_secs(2) - at
+        );
+    }
+    assert!(six.exchanges() > during, "the IPv6 session did not run while s1 drained");
+    wait_for("s1's three sockets closed by a reset", Duration::from_secs(1), || b.echo[0].resets() == 3);
+    assert_eq!(b.state("p7", "s1"), "DISABLED (deadline)");
+    b.wait_events("s1", EventKind::Deadline, 1, Duration::from_secs(2));
+}
+
+#[test]
 fn a_drain_until_drained_waits_for_the_last_session_of_either_family() {
     let b = dual_stack_bed(2);
     let six = Session::start(b.connect_via(IpAddr::V6(VIP6), "s1"), "s1", EVERY_100MS);
@@ -141,6 +178,33 @@ fn health_monitors_check_servers_by_their_ipv6_addresses() {
     wait_for("s2 DOWN when its health endpoint stops", Duration::from_secs(5), || {
         b.server("p7", "s2").health.is_some_and(|h| h.status == HealthStatus::Down)
     });
+}
+
+#[test]
+fn tcp_and_udp_monitors_check_servers_by_their_ipv6_addresses() {
+    let mut b = bed_of(2, |t| {
+        let timing = [("interval", "300ms".into()), ("timeout", "200ms".into())];
+        let tcp = [[("kind", "tcp".into())].as_slice(), &timing].concat();
+        let udp =
+            [[("kind", "udp".into()), ("send", "which".into()), ("expect", "s".into())].as_slice(), &timing].concat();
+        let mut config = t.config(&[]).service(VIP6, 7, "tcp", "p7").monitor("p7", tcp);
+        config = config.service(VIP6, 53, "udp", "p53").monitor("p53", udp);
+        for s in &t.servers {
+            config = config.server("p7", &s.name, s.addr6, 7007).server("p53", &s.name, s.addr6, 5353);
+        }
+        config
+    });
+    let status = |b: &Bed, pool: &str, name: &str| b.server(pool, name).health.expect("monitored").status;
+    let every = [("p7", "s1"), ("p7", "s2"), ("p53", "s1"), ("p53", "s2")];
+    wait_for("every server UP by TCP and by UDP over IPv6", Duration::from_secs(5), || {
+        every.iter().all(|(pool, name)| status(&b, pool, name) == HealthStatus::Up)
+    });
+    b.echo[0].stop();
+    b.udp[0].stop();
+    wait_for("s1 DOWN by both monitors once its servers stop", Duration::from_secs(5), || {
+        status(&b, "p7", "s1") == HealthStatus::Down && status(&b, "p53", "s1") == HealthStatus::Down
+    });
+    assert_eq!((status(&b, "p7", "s2"), status(&b, "p53", "s2")), (HealthStatus::Up, HealthStatus::Up));
 }
 
 #[test]

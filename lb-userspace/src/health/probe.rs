@@ -4,7 +4,7 @@
 //! the monitor's timeout. What it found is an [`Outcome`].
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -108,7 +108,11 @@ async fn http(
 
 async fn udp(to: SocketAddr, send: &str, expect: Option<&str>, signs: &MaintenanceSigns) -> Outcome {
     let exchange = async {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        // A socket of the server address's family (an IPv4 one cannot
+        // send to an IPv6 server).
+        let any: SocketAddr =
+            if to.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+        let socket = UdpSocket::bind(any).await?;
         socket.connect(to).await?;
         socket.send(send.as_bytes()).await?;
         let mut buf = vec![0u8; READ_LIMIT];
