@@ -506,3 +506,9 @@ pub fn flow_key(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), proto: u8) -> Flo
         proto,
     )
 }
+
+/// [`flow_key`] in IPv6.
+pub fn flow_key6(client: (Ipv6Addr, u16), vip: (Ipv6Addr, u16), proto: u8) -> lb_common::FlowKey6 {
+    use lb_userspace::datapath::family::addr6;
+    lb_common::FlowKey6::new(addr6(client.0), addr6(vip.0), client.1.to_be(), vip.1.to_be(), proto)
+}

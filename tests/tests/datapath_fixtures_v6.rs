@@ -10,7 +10,7 @@ use testbed::{
     config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, CLIENT6, Case, Count, Expect, FixtureBed, SERVER1, SERVER1_6, SERVER1_MAC, TOCLIENT_MAC,
-        XDP_TX, drop, fixture_netns, forward, icmp_to_server, pass, reply,
+        XDP_TX, drop, fixture_netns, flow_key6, forward, icmp_to_server, pass, reply,
     },
     packet::{ACK, PSH, Pkt, RST, SYN, too_big},
 };
@@ -252,5 +252,60 @@ fn packet_too_big_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it()
             error(&from_vip, 1232).build(),
             DropServerUnavailable,
         )]);
+    });
+}
+
+/// The flood rule in IPv6's own table: in a full table, a new flow pushes
+/// out the half-open flow idle longest among its buckets' (the oldest flow
+/// when there is none), never a connection in use first.
+#[test]
+fn in_a_full_ipv6_table_half_open_flows_give_way_before_connections_in_use() {
+    use lb_common::{eviction, flow_seen, flow_state, proto};
+
+    let ns = fixture_netns();
+    ns.run(|| {
+        let bed = FixtureBed::load(&config().set("flows.max", 1024));
+        let now = lb_userspace::datapath::clock::datapath_now_ns();
+        let slots = bed.dp().maps.flows6.slots() as usize;
+        let established = flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ | flow_seen::CLIENT_ACK;
+        // Four times as many flows as slots: every bucket fills up, with
+        // half-open flows (a flood of spoofed SYNs) idle less long than the
+        // connections in use among them.
+        let flows = (0..4 * slots as u32).map(|i| {
+            let client = Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
+            let in_use = i % 3 != 0;
+            let idle_ms = (1 + (i as u64 * 7919) % 8192) + if in_use { 60_000 } else { 0 };
+            let flow = lb_common::Flow {
+                server_id: bed.server_id("web", "s1"),
+                state: flow_state::TCP_OPEN,
+                seen: if in_use { established } else { flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ },
+                last_seen_ns: now.saturating_sub(1_000_000 * idle_ms),
+                ..Default::default()
+            };
+            (flow_key6((client, 40000), (VIP6, 80), proto::TCP), flow)
+        });
+        bed.dp().maps.flows6.insert_all(flows).expect("fill");
+        assert_eq!(bed.dp().maps.flows6.len().expect("count"), slots, "the table is full");
+        let evictions = |kind: u32| -> u64 { bed.dp().maps.evictions.get(&kind, 0).unwrap().iter().sum() };
+
+        for port in 44000..44064u16 {
+            let key = flow_key6((CLIENT6, port), (VIP6, 80), proto::TCP);
+            let mut before = bed.dp().maps.flows6.neighbours(&key).expect("neighbours");
+            assert_eq!(before.len(), 8, "both buckets full");
+            before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+            let disposable: Vec<_> =
+                before.iter().filter(|(_, f)| eviction::kind(f.state, f.seen) != eviction::IN_USE).collect();
+            let victim = disposable.first().copied().unwrap_or(&before[0]);
+            let syn = client6(port, 80).flags(SYN);
+            bed.run(&[forward("a new flow in a full table", &syn, (SERVER1_6, 8080), SERVER1_MAC, "web", "s1", true)]);
+            let flows = &bed.dp().maps.flows6;
+            assert!(flows.get(&key).expect("read").is_some(), "the new flow is in");
+            assert!(flows.get(&victim.0).expect("read").is_none(), "the half-open flow idle longest made room");
+            for (k, _) in before.iter().filter(|(k, _)| *k != victim.0) {
+                assert!(flows.get(k).expect("read").is_some(), "another flow was pushed out");
+            }
+        }
+        assert_eq!(evictions(eviction::HALF_OPEN) + evictions(eviction::IN_USE), 64, "each counted once, by kind");
+        assert!(evictions(eviction::HALF_OPEN) > 0);
     });
 }
