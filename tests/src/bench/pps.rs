@@ -298,7 +298,7 @@ pub fn run(report: &mut Report, quick: bool) {
     );
     report.add(
         SECTION,
-        format!("IPv6 / IPv4 packets per second, {one_armed}"),
+        format!("IPv6 / IPv4 packets per second, {one_armed}, each against the reflector"),
         ratio6 / ratio4,
         "x",
         Some(Target::AtLeast(0.95)),
