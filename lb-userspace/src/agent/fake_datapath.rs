@@ -144,6 +144,11 @@ pub const T0: u64 = 1_700_000_000_000;
 /// "weight = 2"; server "a" is at 10.0.0.1, "b" at 10.0.0.2, ...) and the
 /// pool's `rule` lines, behind 10.100.0.1 on each of `ports`.
 pub fn web_config(test: &str, rule: &str, servers: &[(&str, &str)], ports: &[u16]) -> Config {
+    Config::parse(&web_config_text(test, rule, servers, ports), Path::new("test.toml")).expect("test config")
+}
+
+/// [`web_config`]'s text, for a test that writes it to a file.
+pub fn web_config_text(test: &str, rule: &str, servers: &[(&str, &str)], ports: &[u16]) -> String {
     let servers: String = servers
         .iter()
         .map(|(n, extra)| {
@@ -155,11 +160,10 @@ pub fn web_config(test: &str, rule: &str, servers: &[(&str, &str)], ports: &[u16
         .iter()
         .map(|p| format!("[[services]]\nvip = \"10.100.0.1\"\nport = {p}\nprotocol = \"tcp\"\npool = \"web\"\n"))
         .collect();
-    let text = format!(
+    format!(
         "interfaces = [\"eth0\"]\nstate_file = \"{}\"\n{services}[pools.web]\n{rule}\n{servers}",
         std::env::temp_dir().join(format!("lb-owner-{test}-{}.json", std::process::id())).display()
-    );
-    Config::parse(&text, Path::new("test.toml")).expect("test config")
+    )
 }
 
 /// An owner of `config`, as a first start writes it.

@@ -204,20 +204,35 @@ fn provoked_fault(part: &str) {
 }
 
 fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Command) {
-    let (result, reply) = match command {
+    match command {
         Command::Disable { pool, servers, mode, force, reply } => {
-            (owner.disable(&pool, &servers, mode, force, now_ms()), reply)
+            let result = owner.disable(&pool, &servers, mode, force, now_ms());
+            answer_seen(owner, result, reply);
         }
-        Command::Enable { pool, servers, force, reply } => (owner.enable(&pool, &servers, force, now_ms()), reply),
+        Command::Enable { pool, servers, force, reply } => {
+            let result = owner.enable(&pool, &servers, force, now_ms());
+            answer_seen(owner, result, reply);
+        }
         Command::Health { pool, server, identity, change } => {
-            return owner.apply_health(&pool, &server, identity, change, now_ms());
+            owner.apply_health(&pool, &server, identity, change, now_ms())
         }
-        Command::Reload { options, reply } => return answer(reload(owner, config_path, options), reply),
-        Command::Decide { intent, reply } => return answer(decide(owner, intent), reply),
-        Command::ApplyShared { states, revision } => return owner.apply_shared(states, revision, now_ms()),
-        Command::Others(others) => return owner.set_others(others, now_ms()),
-        Command::Note(message) => return owner.note(message, now_ms()),
-    };
+        Command::Reload { options, reply } => {
+            let result = reload(owner, config_path, options);
+            answer_seen(owner, result, reply);
+        }
+        Command::Decide { intent, reply } => answer(decide(owner, intent), reply),
+        Command::ApplyShared { states, revision } => owner.apply_shared(states, revision, now_ms()),
+        Command::Others(others) => owner.set_others(others, now_ms()),
+        Command::Note(message) => owner.note(message, now_ms()),
+    }
+}
+
+/// Answers a change once readers can see all of it: the snapshot is
+/// published first (a reload forgets removed servers after its last
+/// change's own publication), so a read that follows the answer, such as
+/// `lb pool show` after `lb reload`, sees the change whole.
+fn answer_seen<D: DatapathOps, T>(owner: &mut Owner<D>, result: Result<T, ControlError>, reply: Reply<T>) {
+    owner.publish(now_ms());
     answer(result, reply);
 }
 
@@ -295,6 +310,27 @@ async fn until_wall(at_ms: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::fake_datapath::{owner_of, web_config_text};
+
+    /// A reload that removes a server at once forgets it after its last
+    /// change was published: the answer comes once a read sees it gone.
+    #[test]
+    fn a_reload_is_answered_once_a_read_sees_all_of_it() {
+        let rule = "graceful_disable_timeout = \"0\"";
+        let text = |servers: &[(&str, &str)]| web_config_text("answer-seen", rule, servers, &[80]);
+        let path = std::env::temp_dir().join(format!("lb-runtime-answer-seen-{}.toml", std::process::id()));
+        std::fs::write(&path, text(&[("a", ""), ("b", ""), ("c", "")])).unwrap();
+        let mut owner = owner_of(Config::load(&path).unwrap());
+        let (snapshots, seen) = watch::channel(Arc::new(owner.snapshot(now_ms())));
+        owner.publish_to(snapshots);
+        std::fs::write(&path, text(&[("a", ""), ("b", "")])).unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        handle(&mut owner, &path, Command::Reload { options: ReloadOptions { force: false, dry_run: false }, reply });
+        let _ = std::fs::remove_file(&path);
+        assert!(answer.try_recv().expect("answered").is_ok(), "the reload is taken");
+        let listed: Vec<String> = seen.borrow().pools[0].servers.iter().map(|s| s.name.clone()).collect();
+        assert_eq!(listed, ["a", "b"], "a read after the answer sees c gone");
+    }
 
     #[test]
     fn a_sweep_that_would_hold_the_owner_at_a_deadline_waits_until_after_it() {
