@@ -63,6 +63,32 @@ fn immediate_disable_resets_every_session_at_once_and_spares_the_others() {
     assert_eq!(b.state("p7", "s1"), "DISABLED (immediate)");
 }
 
+/// A client whose SYN reached s1 just before an immediate disable has seen
+/// nothing of s1 yet (here s1's answers never come back): it is told at
+/// once (a reset that acknowledges its SYN: "connection refused"), rather
+/// than left to wait on its SYN's retransmissions.
+#[test]
+fn an_immediate_disable_refuses_at_once_a_handshake_in_flight_to_the_server() {
+    let b = bed(1);
+    b.topology.server("s1").ns.ip(&["route", "replace", "blackhole", "10.0.0.0/24"]);
+    let (result, ended, disabled) = std::thread::scope(|s| {
+        let connecting = s.spawn(|| {
+            b.topology.client.run(|| {
+                let to = std::net::SocketAddr::from((VIP, 7));
+                let result = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(20));
+                (result.map(drop).map_err(|e| e.kind()), Instant::now())
+            })
+        });
+        wait_for("the handshake's flow on s1", Duration::from_secs(5), || b.server("p7", "s1").active_flows == 1);
+        b.lb(&["server", "disable", "p7", "s1", "--force"]);
+        let disabled = Instant::now();
+        let (result, ended) = connecting.join().expect("the connecting thread");
+        (result, ended, disabled)
+    });
+    assert_eq!(result, Err(ErrorKind::ConnectionRefused), "the handshake in flight was not refused");
+    eprintln!("refused {:?} after the disable returned", ended.saturating_duration_since(disabled));
+}
+
 #[test]
 fn graceful_disable_with_timeout_lets_sessions_run_then_resets_them_at_the_deadline() {
     let b = bed(3);

@@ -27,6 +27,10 @@ pub struct Reset {
     pub src: Endpoint,
     pub dst: Endpoint,
     pub seq: u32,
+    /// An acknowledgement (the ACK flag set), for a receiver that takes a
+    /// reset only with one: a client whose SYN went unanswered (SYN_SENT,
+    /// RFC 793) takes one that acknowledges its SYN, whatever its `seq`.
+    pub ack: Option<u32>,
 }
 
 /// The longest reset: an IPv6 header and a TCP header.
@@ -39,6 +43,7 @@ impl Reset {
             src: Endpoint { addr: ip4(r.src_addr).into(), port: u16::from_be(r.src_port) },
             dst: Endpoint { addr: ip4(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
             seq: r.seq,
+            ack: None,
         }
     }
 
@@ -47,6 +52,7 @@ impl Reset {
             src: Endpoint { addr: ip6(r.src_addr).into(), port: u16::from_be(r.src_port) },
             dst: Endpoint { addr: ip6(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
             seq: r.seq,
+            ack: None,
         }
     }
 
@@ -70,6 +76,10 @@ impl Reset {
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[12] = 5 << 4;
         t[13] = 0x04; // RST
+        if let Some(ack) = self.ack {
+            t[8..12].copy_from_slice(&ack.to_be_bytes());
+            t[13] |= 0x10; // ACK
+        }
         // The pseudo-header's protocol and TCP length (IPv4's 16-bit fields
         // and IPv6's 32-bit ones sum the same).
         let tcp_sum = checksum(t, pseudo + 6 + TCP_HLEN as u32);
@@ -246,6 +256,7 @@ mod tests {
             src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
             dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
             seq: 0xdead_beef,
+            ack: None,
         };
         let (p, len) = r.packet();
         assert_eq!(len, 40);
@@ -262,6 +273,7 @@ mod tests {
             src: Endpoint { addr: "fd00:100::1".parse::<Ipv6Addr>().unwrap().into(), port: 80 },
             dst: Endpoint { addr: "fd00::2".parse::<Ipv6Addr>().unwrap().into(), port: 40000 },
             seq: 7,
+            ack: None,
         };
         let (p, len) = r.packet();
         assert_eq!(len, 60);
@@ -270,5 +282,20 @@ mod tests {
         let pseudo = sum_words(&p[8..40]) + 6 + 20;
         assert_eq!(checksum(&p[40..60], pseudo), 0, "TCP checksum over the IPv6 pseudo-header");
         assert_eq!(p[53], 0x04);
+    }
+
+    #[test]
+    fn a_reset_for_an_unanswered_syn_acknowledges_it() {
+        let r = Reset {
+            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
+            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
+            seq: 0,
+            ack: Some(1001),
+        };
+        let (p, _) = r.packet();
+        assert_eq!(&p[28..32], &1001u32.to_be_bytes(), "the acknowledgement");
+        assert_eq!(p[33], 0x14, "RST and ACK");
+        let pseudo = sum_words(&p[12..20]) + 6 + 20;
+        assert_eq!(checksum(&p[20..40], pseudo), 0, "TCP checksum");
     }
 }

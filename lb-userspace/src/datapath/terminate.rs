@@ -36,15 +36,19 @@ pub struct Termination {
 /// The two resets of a live TCP flow: to the client as from the VIP, and to
 /// the server as from the client, each with the receiver's next sequence
 /// number (only for the directions whose sequence is known), added to
-/// `resets`.
+/// `resets`. A client that has seen nothing of the server (its handshake
+/// in flight) takes a reset that acknowledges its SYN: it learns at once,
+/// rather than waiting to send its SYN again (a second, then a stall).
 pub fn add_resets(resets: &mut Vec<Reset>, ends: &FlowEnds, flow: &Flow, server: Endpoint) {
     let client = Endpoint { addr: ends.client.ip(), port: ends.client.port() };
     let vip = Endpoint { addr: ends.vip.ip(), port: ends.vip.port() };
     if flow.seen & flow_seen::SERVER_SEQ != 0 {
-        resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq });
+        resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq, ack: None });
+    } else if flow.seen & flow_seen::CLIENT_SEQ != 0 {
+        resets.push(Reset { src: vip, dst: client, seq: 0, ack: Some(flow.client_next_seq) });
     }
     if flow.seen & flow_seen::CLIENT_SEQ != 0 {
-        resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq });
+        resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq, ack: None });
     }
 }
 
@@ -167,4 +171,33 @@ fn add_family_return_paths<F: Family>(dp: &Datapath, table: &ServerTable, ids: &
         bpf_batch::update_batch(F::reverse_nat(&dp.maps), &keys, &values)?;
     }
     Ok(keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resets_of(seen: u8) -> Vec<Reset> {
+        let ends =
+            FlowEnds { client: "10.0.0.2:40000".parse().unwrap(), vip: "10.100.0.1:80".parse().unwrap(), proto: 6 };
+        let server = Endpoint { addr: "10.0.1.2".parse().unwrap(), port: 8080 };
+        let flow = Flow { seen, client_next_seq: 1001, server_next_seq: 7001, ..Flow::default() };
+        let mut resets = Vec::new();
+        add_resets(&mut resets, &ends, &flow, server);
+        resets
+    }
+
+    #[test]
+    fn a_connection_is_reset_at_both_ends_at_their_next_sequence_numbers() {
+        let resets = resets_of(flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ | flow_seen::CLIENT_ACK);
+        let seqs: Vec<(u16, u32, Option<u32>)> = resets.iter().map(|r| (r.dst.port, r.seq, r.ack)).collect();
+        assert_eq!(seqs, [(40000, 7001, None), (8080, 1001, None)]);
+    }
+
+    #[test]
+    fn a_handshake_in_flight_is_reset_at_the_client_by_acknowledging_its_syn() {
+        let resets = resets_of(flow_seen::CLIENT_SEQ);
+        let seqs: Vec<(u16, u32, Option<u32>)> = resets.iter().map(|r| (r.dst.port, r.seq, r.ack)).collect();
+        assert_eq!(seqs, [(40000, 0, Some(1001)), (8080, 1001, None)]);
+    }
 }
