@@ -108,8 +108,9 @@ fn walk<F: Purgeable>(scan: &mut Scan) {
     }
 }
 
-/// One loop step: one slot, or a whole line of tags (`TAG_LINE_BUCKETS`
-/// buckets) or bucket skipped at once when all their slots are free. A step
+/// One loop step: one slot of a marked server's flow, or a whole line of
+/// tags (`TAG_LINE_BUCKETS` buckets) or bucket skipped at once when none of
+/// their slots holds one. A step
 /// holds no loop: the verifier follows each step's few paths once (a step
 /// that walked a line's buckets and their slots made it follow too many on
 /// a 6.18.44 kernel, and give up). Stops the loop (1) at the end of the
@@ -134,17 +135,32 @@ extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     let tags = unsafe { (line as *mut u64).add((next % TAG_LINE_BUCKETS) as usize) };
     // SAFETY: an element of the tags map.
     let word = unsafe { core::ptr::read_volatile(tags) };
-    let lane = scan.lane;
-    if word != 0 && lane < BUCKET_SLOTS {
+    let lane = first_marked(word, scan.lane, scan.hints);
+    if lane < BUCKET_SLOTS {
         scan.purged += purge_slot::<F>(next, lane, tags, word, scan.hints, scan.purged);
     }
-    if word == 0 || lane + 1 >= BUCKET_SLOTS {
+    if lane + 1 >= BUCKET_SLOTS {
         scan.next = next + 1;
         scan.lane = 0;
     } else {
         scan.lane = lane + 1;
     }
     0
+}
+
+/// The first slot from lane `from` on whose tag is a flow's with the hint
+/// of a marked server (`hints`), or `BUCKET_SLOTS` if none: the slots in
+/// between are passed over in the same step.
+#[inline(always)]
+fn first_marked(word: u64, from: u32, hints: u64) -> u32 {
+    let mut found = BUCKET_SLOTS;
+    for i in (0..BUCKET_SLOTS).rev() {
+        let tag = lane(word, i);
+        if i >= from && tag != TAG_FREE && tag != TAG_BUSY && hints >> tag_server_hint(tag) & 1 != 0 {
+            found = i;
+        }
+    }
+    found
 }
 
 /// Frees slot `i` of `bucket` if its flow is on a marked server, writing it
