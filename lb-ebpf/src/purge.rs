@@ -110,11 +110,13 @@ fn walk<F: Purgeable>(scan: &mut Scan) {
 
 /// One loop step: one slot of a marked server's flow, or a whole line of
 /// tags (`TAG_LINE_BUCKETS` buckets) or bucket skipped at once when none of
-/// their slots holds one. A step
-/// holds no loop: the verifier follows each step's few paths once (a step
-/// that walked a line's buckets and their slots made it follow too many on
-/// a 6.18.44 kernel, and give up). Stops the loop (1) at the end of the
-/// range, or between buckets when `purged` may not hold a bucket's flows.
+/// their slots holds one. A step reads at most one slot's flow, so the
+/// verifier follows its few paths once (a step that read every flow of a
+/// line's buckets made it follow too many on a 6.18.44 kernel, and give
+/// up). Stops the loop (1) at the end of the range, or between buckets
+/// when `purged` may not hold a bucket's flows. A run cut short by
+/// [`MAX_STEPS`] within a bucket starts that bucket again: its freed slots
+/// read as free.
 extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the `Scan` that `purge_flows` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
