@@ -91,11 +91,21 @@ pub mod map_name {
     pub const PURGED6: &str = "purged6";
     /// The programs `lb` tail-calls for a family: the IPv6 program at 0.
     pub const FAMILY_PROGRAMS: &str = "family_programs";
+    /// New flows for the other balancer nodes: a ring buffer of
+    /// [`flow_sync::NewFlow`](crate::flow_sync::NewFlow)s, written only
+    /// while [`FLOW_SYNC`] is on.
+    pub const NEW_FLOWS: &str = "new_flows";
+    /// Flow sharing, per CPU: `u64`s indexed by
+    /// [`flow_sync::ON`](crate::flow_sync::ON) (non-zero: new flows are
+    /// shared; the agent writes every CPU's) and
+    /// [`flow_sync::LOST`](crate::flow_sync::LOST) (new flows the ring had
+    /// no room for).
+    pub const FLOW_SYNC: &str = "flow_sync";
 
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 31] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -125,6 +135,8 @@ pub mod map_name {
         NEXT_HOPS6,
         PURGED6,
         FAMILY_PROGRAMS,
+        NEW_FLOWS,
+        FLOW_SYNC,
     ];
 }
 
@@ -640,6 +652,47 @@ pub mod flow_table {
 /// then runs the program on a range of buckets until the range is done;
 /// each run frees up to [`BATCH`](purge::BATCH) flows and hands them back in
 /// `purged`.
+/// Flow replication between balancer nodes: the datapath hands each new
+/// flow to its agent, which sends it to the other nodes (see
+/// `lb-userspace/src/cluster/replicate.rs`), so that any node can continue
+/// any flow when the router sends it elsewhere.
+pub mod flow_sync {
+    use bytemuck::{Pod, Zeroable};
+
+    use crate::{Flow, FlowKey, FlowKey6};
+
+    /// Size of the new-flow ring buffer, bytes (a power of two, pages): some
+    /// 20,000 IPv4 flows, far more than arrive between two reads.
+    pub const RING_BYTES: u32 = 1024 * 1024;
+
+    /// The indexes of the `flow_sync` map's counters.
+    pub const ON: u32 = 0;
+    pub const LOST: u32 = 1;
+
+    /// A new flow as the datapath created it: its key (the client's
+    /// 5-tuple, VIP included) and its flow (server id, state, times,
+    /// sequence numbers). The record's size tells its family.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NewFlow<K> {
+        pub key: K,
+        pub flow: Flow,
+    }
+
+    // SAFETY: both are `repr(C)` of Pod fields with no padding: the key's
+    // size (16, 40) is a multiple of the flow's alignment (8), and the
+    // flow's size (32) of the key's (4); asserted below.
+    unsafe impl Zeroable for NewFlow<FlowKey> {}
+    // SAFETY: as above.
+    unsafe impl Pod for NewFlow<FlowKey> {}
+    // SAFETY: as above.
+    unsafe impl Zeroable for NewFlow<FlowKey6> {}
+    // SAFETY: as above.
+    unsafe impl Pod for NewFlow<FlowKey6> {}
+    const _: () = assert!(size_of::<NewFlow<FlowKey>>() == size_of::<FlowKey>() + size_of::<Flow>());
+    const _: () = assert!(size_of::<NewFlow<FlowKey6>>() == size_of::<FlowKey6>() + size_of::<Flow>());
+}
+
 pub mod purge {
     use bytemuck::{Pod, Zeroable};
 

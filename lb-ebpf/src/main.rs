@@ -26,6 +26,8 @@ mod family;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod flow_sync;
+#[cfg(target_arch = "bpf")]
 mod flow_table;
 #[cfg(target_arch = "bpf")]
 mod forward;

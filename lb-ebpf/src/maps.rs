@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr6, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, EndpointKey6, FlowKey, FlowKey6,
     FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6,
-    Server, ServerStats, Service, ServiceKey, ServiceKey6, filter, flow_table, purge,
+    Server, ServerStats, Service, ServiceKey, ServiceKey6, filter, flow_sync, flow_table, purge,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -166,6 +166,16 @@ pub static MAPS_FORMAT: Array<u32> = Array::with_max_entries(1, 0);
 /// whose packet the datapath answered. Datapath writes, agent reads.
 #[map(name = "reset_requests")]
 pub static RESET_REQUESTS: RingBuf = RingBuf::with_byte_size(RESET_REQUESTS_BYTES, 0);
+
+/// New flows for the other balancer nodes (`lb_common::flow_sync`).
+/// Datapath writes while `FLOW_SYNC` says so; agent reads.
+#[map(name = "new_flows")]
+pub static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(flow_sync::RING_BYTES, 0);
+
+/// Whether new flows are shared, and how many the ring had no room for
+/// (`lb_common::flow_sync::ON`, `LOST`). Agent writes `ON`; datapath counts.
+#[map(name = "flow_sync")]
+pub static FLOW_SYNC: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// The programs `lb` hands a family's packets to by a tail call: the IPv6
 /// program (`lb6`) at [`IPV6_PROGRAM`]. Agent writes, at load.

@@ -8,6 +8,7 @@
 //! decisions. Without `[cluster]` none of this runs.
 
 pub mod presence;
+pub mod replicate;
 pub mod store;
 pub mod sync;
 

@@ -41,6 +41,11 @@ pub struct Presence {
     pub reload: watch::Receiver<Option<ReloadOutcome>>,
     pub reachable: watch::Receiver<bool>,
     pub view: watch::Sender<Arc<NodesView>>,
+    /// Where this node receives replicated flows (none: not replicated).
+    pub sync: Option<std::net::SocketAddr>,
+    /// The other live nodes' addresses for replicated flows; kept as last
+    /// seen while the store is unreachable (replication does not need it).
+    pub peers: watch::Sender<Vec<std::net::SocketAddr>>,
 }
 
 /// What this node keeps of the others between reads.
@@ -113,6 +118,7 @@ impl Presence {
             reload: self.reload.borrow().clone(),
             started_ms: self.started_ms,
             stale: self.stale_now(),
+            sync: self.sync,
         }
     }
 
@@ -173,6 +179,8 @@ impl Presence {
 
     async fn see(&self, seen: &mut Seen, records: Vec<NodeRecord>, this: &NodeRecord, now: u64) {
         seen.up = records.iter().map(|r| r.node.clone()).collect();
+        let peers: Vec<_> = records.iter().filter(|r| r.node != self.node).filter_map(|r| r.sync).collect();
+        self.peers.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
         for record in records {
             let changed = seen.nodes.get(&record.node).is_none_or(|(last, _, _)| *last != record);
             if changed {

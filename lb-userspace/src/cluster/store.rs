@@ -66,6 +66,9 @@ pub struct NodeRecord {
     /// How it fared with the last fleet reload it followed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadOutcome>,
+    /// Where it receives the other nodes' new flows (flow replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<std::net::SocketAddr>,
 }
 
 /// A fleet reload: every node re-reads its own config file.

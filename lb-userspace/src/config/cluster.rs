@@ -2,7 +2,7 @@
 //! share, and how to reach it. Without the section the agent is one node on
 //! its own, as before.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -30,6 +30,10 @@ pub struct ClusterConfig {
     /// A node's record (its flows, its view) vanishes this long after the
     /// node is gone.
     pub lease: Duration,
+    /// Where this node receives the other nodes' new flows, and the address
+    /// it gives them to send to (flow replication: any node can continue
+    /// any flow). None: flows are not replicated.
+    pub sync_address: Option<SocketAddr>,
 }
 
 /// TLS to the store: the CA that signed its members' certificates, and this
@@ -53,6 +57,7 @@ pub(super) struct RawCluster {
     key_file: Option<PathBuf>,
     timeout: Option<String>,
     lease: Option<String>,
+    sync_address: Option<String>,
 }
 
 impl Validator {
@@ -79,7 +84,16 @@ impl Validator {
         }
         let timeout = self.duration("cluster.timeout", raw.timeout, DEFAULT_TIMEOUT);
         let lease = self.duration_of_at_least("cluster.lease", raw.lease, DEFAULT_LEASE, Duration::from_secs(2));
-        ClusterConfig { node, endpoints: raw.endpoints, prefix, tls, timeout, lease }
+        let sync_address = raw.sync_address.and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => Some(addr),
+            _ => {
+                let why =
+                    "must be this node's own address and a port, such as \"10.0.0.11:7946\" or \"[fd00::11]:7946\"";
+                self.problem("cluster.sync_address", format!("\"{text}\" {why}"));
+                None
+            }
+        });
+        ClusterConfig { node, endpoints: raw.endpoints, prefix, tls, timeout, lease, sync_address }
     }
 
     fn cluster_tls(&mut self, raw: &RawCluster) -> Option<ClusterTls> {

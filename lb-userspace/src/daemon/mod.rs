@@ -146,6 +146,7 @@ fn start(
         counters: Counters::open(&dp.maps).context("cannot open the counters")?,
         reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
         datapath_log: dp.take_log_reader(),
+        replication: replication(&mut dp, &pins, &config)?,
     };
     let stop_clock = Arc::new(AtomicBool::new(false));
     let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
@@ -195,6 +196,20 @@ fn start(
         pins.display()
     );
     Ok(())
+}
+
+/// Flow replication's parts, with `cluster.sync_address` (the datapath
+/// shares new flows from now on); none without (it shares none: an earlier
+/// agent may have left sharing on in the pinned maps).
+fn replication(
+    dp: &mut Datapath,
+    pins: &Path,
+    config: &crate::config::Config,
+) -> anyhow::Result<Option<cluster::replicate::Parts>> {
+    let address = config.cluster.as_ref().and_then(|c| c.sync_address);
+    dp.maps.share_new_flows(address.is_some()).context("cannot turn the sharing of new flows on or off")?;
+    let Some(address) = address else { return Ok(None) };
+    cluster::replicate::Parts::open(&dp.maps, pins, address).map(Some)
 }
 
 /// Attaches XDP to every configured interface (all or none).
@@ -266,7 +281,7 @@ async fn serve(
     cluster: Option<Joining>,
     mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
-    let Readers { counters, reset_requests: requests, datapath_log } = readers;
+    let Readers { counters, reset_requests: requests, datapath_log, replication } = readers;
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
     let http = match http {
         Some(HttpListener { addr, listener, token }) => {
@@ -321,7 +336,14 @@ async fn serve(
     log::info!("started in {}", startup.summary());
     let mut ops = Ops::new(snapshots.clone(), checks.clone(), counters, owner_handle.clone(), startup);
     if let Some(joining) = cluster {
-        let cluster = follow_cluster(joining, &owner_handle, &snapshots, &checks, &mut parts, &shutdown);
+        let (peers_tx, peers) = watch::channel(Vec::new());
+        let sync = replication.as_ref().map(|r| r.address);
+        if let Some(replication) = replication {
+            let replicator = replication.start(peers, snapshots.clone()).context("cannot start flow replication")?;
+            parts.spawn("flow replication", replicator.run(shutdown.clone()));
+        }
+        let cluster =
+            follow_cluster(joining, (sync, peers_tx), &owner_handle, &snapshots, &checks, &mut parts, &shutdown);
         ops = ops.in_cluster(cluster);
     }
     let ops = Arc::new(ops);
@@ -364,6 +386,7 @@ async fn serve(
 /// the owner's proposals, publishing this node and seeing the others.
 fn follow_cluster(
     joining: Joining,
+    (sync, peers): (Option<std::net::SocketAddr>, watch::Sender<Vec<std::net::SocketAddr>>),
     owner: &OwnerHandle,
     snapshots: &watch::Receiver<Arc<crate::agent::snapshot::Snapshot>>,
     checks: &watch::Receiver<Arc<crate::health::Checks>>,
@@ -391,6 +414,8 @@ fn follow_cluster(
         reload: reload_outcome,
         reachable,
         view: view_tx,
+        sync,
+        peers,
     };
     parts.spawn("cluster presence", presence.run(shutdown.clone()));
     Cluster { store, node: config.node.clone(), timeout: config.timeout, view }
@@ -430,6 +455,7 @@ struct Readers {
     counters: Counters,
     reset_requests: ResetRequests,
     datapath_log: Option<LogReader>,
+    replication: Option<cluster::replicate::Parts>,
 }
 
 /// Reads a ring buffer of the datapath's each time it has records, until

@@ -185,7 +185,7 @@ impl MapSizes {
     }
 
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 29] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 31] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         let tag_size = 8 * table_layout::TAG_LINE_BUCKETS;
@@ -224,6 +224,8 @@ impl MapSizes {
             (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
             (map_name::FAMILY_PROGRAMS, 4, 4, 1),
+            (map_name::NEW_FLOWS, 0, 0, lb_common::flow_sync::RING_BYTES),
+            (map_name::FLOW_SYNC, 4, 8, 2),
         ]
     }
 }
@@ -255,6 +257,8 @@ pub struct Maps {
     pub reverse_nat6: HashMap<MapData, FlowKey6, ReverseNat6>,
     pub next_hops6: Array<MapData, NextHop>,
     pub purged6: Array<MapData, purge_layout::Purged6>,
+    pub new_flows: RingBuf<MapData>,
+    pub flow_sync: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -285,6 +289,22 @@ impl Maps {
 
     pub fn reset_requests_fd(&self) -> BorrowedFd<'_> {
         self.reset_requests.as_fd()
+    }
+
+    pub fn new_flows_fd(&self) -> BorrowedFd<'_> {
+        self.new_flows.as_fd()
+    }
+
+    /// Turns the sharing of new flows on or off (every CPU's flag).
+    pub fn share_new_flows(&mut self, on: bool) -> std::io::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
+        let values = aya::maps::PerCpuValues::try_from(vec![u64::from(on); cpus]).map_err(std::io::Error::other)?;
+        self.flow_sync.set(lb_common::flow_sync::ON, values, 0).map_err(std::io::Error::other)
+    }
+
+    /// New flows the ring had no room for, since the maps were made.
+    pub fn new_flows_lost(&self) -> u64 {
+        self.flow_sync.get(&lb_common::flow_sync::LOST, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
@@ -633,6 +653,8 @@ fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Re
         reverse_nat6: typed(t, map_name::REVERSE_NAT6)?,
         next_hops6: typed(t, map_name::NEXT_HOPS6)?,
         purged6: typed(t, map_name::PURGED6)?,
+        new_flows: typed(t, map_name::NEW_FLOWS)?,
+        flow_sync: typed(t, map_name::FLOW_SYNC)?,
     })
 }
 

@@ -1,0 +1,412 @@
+//! Flow replication: every flow this node's datapath creates is sent to
+//! the other nodes, and theirs are written into this node's flow tables.
+//! When the router moves a flow to another node (a node withdrawn, lost or
+//! added rehashes flows), or ECMPs a server's reply to another node, that
+//! node continues it on the flow's own server, even if the pool changed
+//! since the flow began (a Maglev row rebuilt since would pick another:
+//! katran#155), and rewrites its replies back to the VIP.
+//!
+//! Design: the datapath hands each new flow to a ring buffer (only while
+//! sharing is on; `lb-ebpf/src/flow_sync.rs`); this task reads it as soon as
+//! it has records, and sends them in datagrams of up to [`BATCH`] flows to
+//! each peer's `sync_address` over the nodes' own network (UDP: a lost
+//! datagram costs the flows it held only if their node is lost too). A
+//! received flow names its server by identity (pool and server names), not
+//! by id, and is written where the datapath would write it.
+//!
+//! Datagrams are taken only from the addresses of live nodes (their records
+//! in the store); the nodes' network should be a trusted one, as for IPVS's
+//! sync daemon.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, RingBuf};
+use bytemuck::{Pod, Zeroable};
+use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_sync::NewFlow};
+use tokio::{io::unix::AsyncFd, net::UdpSocket, sync::watch};
+
+use crate::{
+    agent::{runtime::stopped, snapshot::Snapshot},
+    datapath::{
+        Maps,
+        clock::datapath_now_ns,
+        flow_table::{FlowTable, TableWriter},
+    },
+    servers::maglev::identity,
+};
+
+/// Flows per datagram: 24 records and the header fit in 1,400 bytes, below
+/// any path's MTU.
+pub const BATCH: usize = 24;
+
+/// The datagram's first bytes: the format's name and version.
+const MAGIC: [u8; 4] = *b"LBF1";
+
+/// One replicated flow on the wire: both families in one shape, addresses
+/// and ports as the flow key holds them (network order), the server by its
+/// identity ([`identity`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct WireFlow {
+    pub server: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub state: u8,
+    pub seen: u8,
+    pub client_next_seq: u32,
+    pub server_next_seq: u32,
+}
+
+/// A flow of either family, as the tables hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    V4(FlowKey, Flow),
+    V6(FlowKey6, Flow),
+}
+
+impl WireFlow {
+    /// The wire form of a flow whose server has identity `server`.
+    pub fn of(replicated: &Replicated, server: u64) -> WireFlow {
+        let (flow, mut wire) = match replicated {
+            Replicated::V4(key, flow) => {
+                let mut w =
+                    WireFlow { family: 4, src_port: key.src_port, dst_port: key.dst_port, ..Default::default() };
+                w.proto = key.proto;
+                w.src[..4].copy_from_slice(&key.src_addr.to_ne_bytes());
+                w.dst[..4].copy_from_slice(&key.dst_addr.to_ne_bytes());
+                (flow, w)
+            }
+            Replicated::V6(key, flow) => {
+                let mut w =
+                    WireFlow { family: 6, src_port: key.src_port, dst_port: key.dst_port, ..Default::default() };
+                w.proto = key.proto;
+                w.src.copy_from_slice(bytemuck::bytes_of(&key.src_addr));
+                w.dst.copy_from_slice(bytemuck::bytes_of(&key.dst_addr));
+                (flow, w)
+            }
+        };
+        wire.server = server;
+        wire.state = flow.state;
+        wire.seen = flow.seen;
+        wire.client_next_seq = flow.client_next_seq;
+        wire.server_next_seq = flow.server_next_seq;
+        wire
+    }
+
+    /// The flow this node writes: on its server `server_id`, seen now.
+    pub fn to_flow(&self, server_id: u32, now_ns: u64) -> Option<Replicated> {
+        let flow = Flow {
+            server_id,
+            state: self.state,
+            seen: self.seen,
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+            client_next_seq: self.client_next_seq,
+            server_next_seq: self.server_next_seq,
+            ..Flow::default()
+        };
+        let addr4 = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        let addr6 = |a: &[u8; 16]| bytemuck::pod_read_unaligned(a);
+        match self.family {
+            4 => {
+                let key = FlowKey {
+                    src_addr: addr4(&self.src),
+                    dst_addr: addr4(&self.dst),
+                    src_port: self.src_port,
+                    dst_port: self.dst_port,
+                    proto: self.proto,
+                    ..FlowKey::default()
+                };
+                Some(Replicated::V4(key, flow))
+            }
+            6 => {
+                let key = FlowKey6 {
+                    src_addr: addr6(&self.src),
+                    dst_addr: addr6(&self.dst),
+                    src_port: self.src_port,
+                    dst_port: self.dst_port,
+                    proto: self.proto,
+                    ..FlowKey6::default()
+                };
+                Some(Replicated::V6(key, flow))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A datagram of up to [`BATCH`] flows.
+pub fn encode(flows: &[WireFlow]) -> Vec<u8> {
+    let mut datagram = Vec::with_capacity(MAGIC.len() + 4 + size_of_val(flows));
+    datagram.extend_from_slice(&MAGIC);
+    datagram.extend_from_slice(&(flows.len() as u32).to_le_bytes());
+    datagram.extend_from_slice(bytemuck::cast_slice(flows));
+    datagram
+}
+
+/// The flows of a datagram; an error says what is wrong with it.
+pub fn decode(datagram: &[u8]) -> Result<Vec<WireFlow>, String> {
+    let (head, body) = datagram.split_at_checked(8).ok_or_else(|| format!("{} bytes: no header", datagram.len()))?;
+    if head[..4] != MAGIC {
+        return Err("not a flow datagram (unknown magic)".into());
+    }
+    let count = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if count > BATCH || body.len() != count * size_of::<WireFlow>() {
+        return Err(format!("{count} flows announced, {} bytes of them", body.len()));
+    }
+    Ok(body.chunks_exact(size_of::<WireFlow>()).map(bytemuck::pod_read_unaligned).collect())
+}
+
+/// What replication did, for the metrics and `lb nodes`.
+#[derive(Default)]
+pub struct SyncCounts {
+    /// New flows of this node sent (each to every peer).
+    pub sent: AtomicU64,
+    /// Other nodes' flows written into this node's tables.
+    pub received: AtomicU64,
+    /// Datagrams refused: from an unknown address, malformed, or naming a
+    /// server this node does not have.
+    pub refused: AtomicU64,
+}
+
+/// What replication needs from the start-up, opened before the runtime
+/// runs: the ring (a second descriptor: this task is its only reader), the
+/// flow tables (from the pins), the bound socket.
+pub struct Parts {
+    pub address: SocketAddr,
+    socket: std::net::UdpSocket,
+    ring: RingBuf<MapData>,
+    table: TableWriter,
+    table6: TableWriter<FlowSlot6>,
+}
+
+impl Parts {
+    pub fn open(maps: &Maps, pins: &Path, address: SocketAddr) -> anyhow::Result<Parts> {
+        let fd = maps.new_flows_fd().try_clone_to_owned().context("cannot open the new flows' ring")?;
+        let ring = MapData::from_fd(fd).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
+        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
+        let table = FlowTable::from_pins(pins).and_then(FlowTable::writer).context("cannot map the flow table")?;
+        let table6 =
+            FlowTable::from_pins6(pins).and_then(FlowTable::writer).context("cannot map the IPv6 flow table")?;
+        let socket = std::net::UdpSocket::bind(address)
+            .with_context(|| format!("cluster.sync_address {address}: cannot receive other nodes' flows there"))?;
+        socket.set_nonblocking(true)?;
+        Ok(Parts { address, socket, ring, table, table6 })
+    }
+
+    /// The task, on the runtime.
+    pub fn start(
+        self,
+        peers: watch::Receiver<Vec<SocketAddr>>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> std::io::Result<Replicator> {
+        Ok(Replicator {
+            socket: UdpSocket::from_std(self.socket)?,
+            // SAFETY: the descriptor is the ring buffer's own, owned by the
+            // ring, which the AsyncFd owns: it stays open and the same while
+            // registered.
+            ring: unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }?,
+            table: self.table,
+            table6: self.table6,
+            peers,
+            snapshots,
+            counts: Arc::default(),
+        })
+    }
+}
+
+pub struct Replicator {
+    pub socket: UdpSocket,
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    pub table: TableWriter,
+    pub table6: TableWriter<FlowSlot6>,
+    pub peers: watch::Receiver<Vec<SocketAddr>>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub counts: Arc<SyncCounts>,
+}
+
+/// Server ids and identities of the latest snapshot, both ways.
+#[derive(Default)]
+struct Ids {
+    of: Option<Arc<Snapshot>>,
+    identity: HashMap<u32, u64>,
+    id: HashMap<u64, u32>,
+}
+
+impl Ids {
+    fn refresh(&mut self, snapshot: &Arc<Snapshot>) {
+        if self.of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snapshot)) {
+            return;
+        }
+        self.identity.clear();
+        self.id.clear();
+        for pool in &snapshot.pools {
+            for server in &pool.servers {
+                let identity = identity(&pool.name, &server.name);
+                self.identity.insert(server.id, identity);
+                self.id.insert(identity, server.id);
+            }
+        }
+        self.of = Some(Arc::clone(snapshot));
+    }
+}
+
+impl Replicator {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut ids = Ids::default();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            tokio::select! {
+                () = stopped(&mut shutdown) => return,
+                ready = self.ring.readable_mut() => match ready {
+                    Ok(mut ready) => {
+                        let flows = read_new_flows(ready.get_inner_mut());
+                        ready.clear_ready();
+                        ids.refresh(&self.snapshots.borrow());
+                        self.send(&flows, &ids).await;
+                    }
+                    Err(e) => return log::error!("flow replication: cannot wait on the new flows: {e}"),
+                },
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok((len, from)) => {
+                        ids.refresh(&self.snapshots.borrow());
+                        self.receive(&buffer[..len], from, &ids);
+                    }
+                    Err(e) => log::debug!("flow replication: receiving: {e}"),
+                },
+            }
+        }
+    }
+
+    async fn send(&self, flows: &[Replicated], ids: &Ids) {
+        let wire: Vec<WireFlow> = flows
+            .iter()
+            .filter_map(|f| {
+                let server_id = match f {
+                    Replicated::V4(_, flow) | Replicated::V6(_, flow) => flow.server_id,
+                };
+                ids.identity.get(&server_id).map(|identity| WireFlow::of(f, *identity))
+            })
+            .collect();
+        let peers = self.peers.borrow().clone();
+        for batch in wire.chunks(BATCH) {
+            let datagram = encode(batch);
+            for peer in &peers {
+                if let Err(e) = self.socket.send_to(&datagram, peer).await {
+                    log::debug!("flow replication: cannot send to {peer}: {e}");
+                }
+            }
+        }
+        self.counts.sent.fetch_add(wire.len() as u64, Ordering::Relaxed);
+    }
+
+    fn receive(&self, datagram: &[u8], from: SocketAddr, ids: &Ids) {
+        let known = |ip: IpAddr| self.peers.borrow().iter().any(|p| p.ip().to_canonical() == ip.to_canonical());
+        if !known(from.ip()) {
+            self.counts.refused.fetch_add(1, Ordering::Relaxed);
+            return log::debug!("flow replication: a datagram from {from}, not a live node's address: ignored");
+        }
+        let flows = match decode(datagram) {
+            Ok(flows) => flows,
+            Err(why) => {
+                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                return log::debug!("flow replication: a datagram from {from} refused: {why}");
+            }
+        };
+        let now = datapath_now_ns();
+        let mut written = 0;
+        for wire in &flows {
+            let flow = ids.id.get(&wire.server).and_then(|id| wire.to_flow(*id, now));
+            match flow {
+                Some(Replicated::V4(key, flow)) => written += u64::from(self.table.insert(&key, &flow)),
+                Some(Replicated::V6(key, flow)) => written += u64::from(self.table6.insert(&key, &flow)),
+                None => {
+                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.counts.received.fetch_add(written, Ordering::Relaxed);
+    }
+}
+
+/// Every record in the ring now; the record's size tells its family.
+fn read_new_flows(ring: &mut RingBuf<MapData>) -> Vec<Replicated> {
+    let mut flows = Vec::new();
+    while let Some(item) = ring.next() {
+        let flow = match item.len() {
+            n if n == size_of::<NewFlow<FlowKey6>>() => {
+                let r: NewFlow<FlowKey6> = bytemuck::pod_read_unaligned(&item);
+                Replicated::V6(r.key, r.flow)
+            }
+            n if n == size_of::<NewFlow<FlowKey>>() => {
+                let r: NewFlow<FlowKey> = bytemuck::pod_read_unaligned(&item);
+                Replicated::V4(r.key, r.flow)
+            }
+            _ => continue,
+        };
+        flows.push(flow);
+    }
+    flows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(server_id: u32) -> Flow {
+        Flow { server_id, state: 2, seen: 5, client_next_seq: 1000, server_next_seq: 7, ..Flow::default() }
+    }
+
+    #[test]
+    fn a_flow_of_either_family_crosses_the_wire_whole_on_the_receivers_own_server_id() {
+        let key = FlowKey {
+            src_addr: 0x0200000a,
+            dst_addr: 0x0100640a,
+            src_port: 0x3930,
+            dst_port: 0x5000,
+            proto: 6,
+            ..Default::default()
+        };
+        let key6 = FlowKey6 { src_port: 1, dst_port: 2, proto: 17, ..Default::default() };
+        let flows = [Replicated::V4(key, flow(3)), Replicated::V6(key6, flow(3))];
+        let wire: Vec<WireFlow> = flows.iter().map(|f| WireFlow::of(f, 0xabcd)).collect();
+        let back = decode(&encode(&wire)).expect("a datagram of ours");
+        assert_eq!(back, wire);
+        let now = 42;
+        match back[0].to_flow(9, now) {
+            Some(Replicated::V4(k, f)) => {
+                assert_eq!(k, key);
+                assert_eq!(f, Flow { server_id: 9, created_ns: now, last_seen_ns: now, ..flow(9) });
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(back[1].to_flow(9, now), Some(Replicated::V6(k, _)) if k == key6));
+        assert!(encode(&[WireFlow::default(); BATCH]).len() <= 1400, "a full datagram fits any path");
+    }
+
+    #[test]
+    fn malformed_datagrams_are_refused_with_the_reason() {
+        let good = encode(&[WireFlow { family: 4, ..Default::default() }]);
+        assert!(decode(&good[..good.len() - 1]).unwrap_err().contains("1 flows announced"));
+        assert!(decode(b"LBF").unwrap_err().contains("no header"));
+        assert!(decode(b"XXXX\0\0\0\0").unwrap_err().contains("magic"));
+        let mut too_many = good.clone();
+        too_many[4] = 200;
+        assert!(decode(&too_many).is_err());
+        assert_eq!(WireFlow { family: 5, ..Default::default() }.to_flow(1, 0), None, "an unknown family");
+    }
+}
