@@ -12,8 +12,9 @@ use anyhow::{Context as _, bail};
 /// iproute2 and ethtool for the test bed (namespaces, veth offloads),
 /// Chromium and its WebDriver for the dashboard's browser tests,
 /// prometheus for `promtool check metrics`, etcd (server and etcdctl) for
-/// the cluster tests, and protoc with protobuf's well-known .proto files,
-/// which the etcd client crate's build needs.
+/// the cluster tests, protoc with protobuf's well-known .proto files,
+/// which the etcd client crate's build needs, and BIRD 2 for the ECMP
+/// tests' router and nodes.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -28,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     // The cluster tests make their TLS certificates with it.
     "openssl",
+    "bird2",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

@@ -522,6 +522,7 @@ impl<D: DatapathOps> Owner<D> {
             reloads: self.reloads,
             config_hash: self.config_hash.clone(),
             shared_revision: self.shared_revision(),
+            vips: self.config.services.iter().map(|s| s.vip).collect(),
         }
     }
 

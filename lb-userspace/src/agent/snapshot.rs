@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub config_hash: String,
     /// In a cluster: the store's revision whose states it shows.
     pub shared_revision: Option<i64>,
+    /// The config's VIPs (what a node announces to its routers).
+    pub vips: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug)]

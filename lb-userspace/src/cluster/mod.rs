@@ -7,6 +7,7 @@
 //! node's state and maps; the store is the one source of the fleet's
 //! decisions. Without `[cluster]` none of this runs.
 
+pub mod announce;
 pub mod presence;
 pub mod replicate;
 pub mod store;

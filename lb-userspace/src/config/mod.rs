@@ -10,12 +10,14 @@ use std::{
     time::Duration,
 };
 
+mod bgp;
 mod checks;
 mod cluster;
 mod duration;
 mod monitors;
 mod validate;
 
+pub use bgp::BgpConfig;
 use checks::Validator;
 pub use cluster::{ClusterConfig, ClusterTls};
 pub use duration::{DurationError, format_duration, format_time_left, parse_duration};
@@ -41,6 +43,8 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// None: one node on its own.
     pub cluster: Option<ClusterConfig>,
+    /// None: the VIPs are not announced by this agent.
+    pub bgp: Option<BgpConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,6 +281,8 @@ impl Config {
         // Joining or leaving a cluster, or another store: the start joins.
         let cluster = |c: &Config| c.cluster.as_ref().map_or("none".to_owned(), |k| format!("{k:?}"));
         check("cluster", cluster(self), cluster(new));
+        let bgp = |c: &Config| c.bgp.as_ref().map_or("none".to_owned(), |b| format!("{b:?}"));
+        check("bgp", bgp(self), bgp(new));
         differ
     }
 

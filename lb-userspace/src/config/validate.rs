@@ -12,11 +12,11 @@ use lb_common::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES};
 use serde::Deserialize;
 
 use super::checks::Validator;
-use super::cluster::RawCluster;
 use super::{
     Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Protocol, ServerConfig,
     ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
 };
+use super::{bgp::RawBgp, cluster::RawCluster};
 
 /// The largest `flows.max`.
 const MAX_FLOWS_LIMIT: u32 = 1 << 26;
@@ -42,6 +42,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
     cluster: Option<RawCluster>,
+    bgp: Option<RawBgp>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +115,7 @@ impl Validator {
         let pools = self.pools(raw.pools, max_servers);
         let services = self.services(raw.services, &pools, max_services);
         let cluster = raw.cluster.map(|c| self.cluster(c));
+        let bgp = raw.bgp.map(|b| self.bgp(b));
         Config {
             instance,
             interfaces,
@@ -127,6 +129,7 @@ impl Validator {
             services,
             pools,
             cluster,
+            bgp,
         }
     }
 

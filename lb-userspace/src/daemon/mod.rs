@@ -307,6 +307,7 @@ async fn serve(
     startup.mark("runtime");
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
     startup.mark("first snapshot");
+    let bgp = owner.config().bgp.clone();
     let (plan_tx, plan) = watch::channel(Arc::new(Vec::new()));
     owner.publish_checks_to(plan_tx);
     let (checks_tx, checks) = watch::channel(Arc::new(crate::health::Checks::new()));
@@ -345,6 +346,15 @@ async fn serve(
         let cluster =
             follow_cluster(joining, (sync, peers_tx), &owner_handle, &snapshots, &checks, &mut parts, &shutdown);
         ops = ops.in_cluster(cluster);
+    }
+    // The VIPs are announced once this node forwards them with the store's
+    // states (a joining node applied them before XDP was attached).
+    let (_node_in_service, in_service) = watch::channel(true);
+    if let Some(bgp) = bgp {
+        let (announced, _) = watch::channel(Default::default());
+        let announcer =
+            cluster::announce::Announcer { config: bgp, snapshots: snapshots.clone(), in_service, announced };
+        parts.spawn("BGP announcements", announcer.run(shutdown.clone()));
     }
     let ops = Arc::new(ops);
     parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
