@@ -7,12 +7,18 @@ use lb_common::{Flow, flow_sync};
 
 use crate::maps::{FLOW_SYNC, NEW_FLOWS};
 
+/// Whether new flows are shared (this node replicates flows).
+#[inline(always)]
+pub fn on() -> bool {
+    FLOW_SYNC.get(flow_sync::ON).copied().unwrap_or(0) != 0
+}
+
 /// Shares the flow just created for `key`, if sharing is on. A full ring
 /// (an agent that stopped reading) loses the record, counted: the flow
 /// itself goes on here.
 #[inline(always)]
 pub fn share<K: Copy>(key: &K, flow: &Flow) {
-    if FLOW_SYNC.get(flow_sync::ON).copied().unwrap_or(0) == 0 {
+    if !on() {
         return;
     }
     let record = flow_sync::NewFlow { key: *key, flow: *flow };

@@ -53,7 +53,7 @@ mod program {
         counters::{count, count_from_server, count_to_server},
         family::{self, Family, Key, Nat, V4, V6},
         flow::{self, Assignment, Refusal},
-        forward, icmp,
+        flow_sync, forward, icmp,
         maps::{CLOCK, FAMILY_PROGRAMS, FILTER, IPV6_PROGRAM},
         nat,
         parse::{self, ETH_P_IPV4, ETH_P_IPV6, Packet},
@@ -291,12 +291,25 @@ mod program {
     #[inline(always)]
     fn to_client<F: Family>(ctx: &XdpContext, pkt: &mut Packet<F>, nat: &F::Nat) -> Result<(Outcome, u32), Refusal<F>> {
         check_ttl(pkt)?;
-        let existing = flow::reply(pkt, nat)?;
-        let (hop, _mtu) = forward::next_hop(ctx, pkt, nat.vip(), pkt.key.dst())?;
-        flow::touch(existing.slot, pkt, now(), false);
-        let server_id = existing.flow.server_id;
+        let existing = match flow::reply(pkt, nat) {
+            Ok(found) => Some(found),
+            // With flow replication, a reply may reach this node before the
+            // copy of its flow (another node's) does: its server's own
+            // endpoint names its VIP (`nat` is not a shared endpoint's).
+            Err(Refusal::Outcome(Outcome::PassNotForUs)) if flow_sync::on() => None,
+            Err(refusal) => return Err(refusal),
+        };
+        let (hop, _mtu) = match forward::next_hop(ctx, pkt, nat.vip(), pkt.key.dst()) {
+            // Without a flow, a packet to this node itself (its health
+            // checks' answers) or to nowhere is not ours.
+            Err(Outcome::DropNoRoute) if existing.is_none() => return Err(Outcome::PassNotForUs.into()),
+            hop => hop?,
+        };
+        if let Some(existing) = existing {
+            flow::touch(existing.slot, pkt, now(), false);
+            count_from_server(existing.flow.server_id, pkt.len);
+        }
         nat::rewrite_source(pkt, nat.vip(), nat.port());
-        count_from_server(server_id, pkt.len);
         let verdict = forward::send(ctx, pkt, &hop);
         let outcome = match hop {
             forward::NextHop::Unresolved => Outcome::PassNeighbourUnresolved,

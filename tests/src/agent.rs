@@ -21,6 +21,15 @@ pub fn lb_bin() -> PathBuf {
     ))
 }
 
+/// Where an agent runs: its files' directory (removed with the agent), its
+/// instance (pins), the interfaces it attaches to, its namespace's name.
+pub struct Place {
+    pub dir: PathBuf,
+    pub instance: String,
+    pub interfaces: Vec<String>,
+    pub netns: String,
+}
+
 pub struct Agent {
     lb: PathBuf,
     child: Option<Child>,
@@ -58,6 +67,12 @@ impl Agent {
         Agent::start_full(lb_bin(), topology, config, &[], Some(part))
     }
 
+    /// Starts the agent in a namespace of another test bed than
+    /// [`Topology`]'s (an ECMP bed's node, say).
+    pub fn start_at(place: Place, config: impl Display) -> Agent {
+        Agent::start_placed(lb_bin(), place, config, &[], None)
+    }
+
     /// `config`: a [`ConfigFile`](crate::config_file::ConfigFile), or a
     /// file's text as it is (a malformed one, say).
     fn start_full(
@@ -67,18 +82,34 @@ impl Agent {
         agent_args: &[&str],
         fault: Option<&str>,
     ) -> Agent {
-        let dir = topology.dir();
+        let place = Place {
+            dir: topology.dir(),
+            instance: topology.instance().to_owned(),
+            interfaces: topology.lb_interfaces(),
+            netns: topology.lb.name.clone(),
+        };
+        Agent::start_placed(lb, place, config, agent_args, fault)
+    }
+
+    fn start_placed(
+        lb: PathBuf,
+        place: Place,
+        config: impl Display,
+        agent_args: &[&str],
+        fault: Option<&str>,
+    ) -> Agent {
+        let Place { dir, instance, interfaces, netns } = place;
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("lb.toml");
         std::fs::write(&config_path, config.to_string()).expect("write config");
         let mut agent = Agent {
             lb,
             child: None,
-            instance: topology.instance().to_owned(),
+            instance,
             dir,
             config_path,
-            interfaces: topology.lb_interfaces(),
-            netns: PathBuf::from(format!("/run/netns/{}", topology.lb.name)),
+            interfaces,
+            netns: PathBuf::from(format!("/run/netns/{netns}")),
             starts: 0,
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             fault: fault.map(str::to_owned),

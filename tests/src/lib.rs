@@ -6,6 +6,7 @@ pub mod bed;
 pub mod bench;
 pub mod browser;
 pub mod config_file;
+pub mod ecmp;
 pub mod fixture;
 pub mod fleet;
 pub mod health_server;

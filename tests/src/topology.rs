@@ -182,13 +182,13 @@ fn link6(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b:
 /// with transmit checksum offload off: a frame redirected by XDP loses the
 /// "checksum still to do" mark, so senders must fill checksums in (as a NIC
 /// would have before the frame reached the wire).
-fn link(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: &str) {
+pub fn link(a: &NetNs, name_a: &str, addr_a: &str, b: &NetNs, name_b: &str, addr_b: &str) {
     a.ip(&["link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", &b.name]);
     a.ip(&["addr", "add", addr_a, "dev", name_a]);
     b.ip(&["addr", "add", addr_b, "dev", name_b]);
     for (ns, name) in [(a, name_a), (b, name_b)] {
         must(ns.command("ethtool").args(["-K", name, "tx", "off"]));
-        ns.ip(&["link", "set", name, "up"]);
+        ns.ip(&["link", "set", "dev", name, "up"]);
     }
 }
 

@@ -274,8 +274,11 @@ impl Replicator {
                 () = stopped(&mut shutdown) => return,
                 ready = self.ring.readable_mut() => match ready {
                     Ok(mut ready) => {
-                        let flows = read_new_flows(ready.get_inner_mut());
+                        // Cleared before reading: a record written after the
+                        // read brings a new wake-up (the ring wakes a reader
+                        // only when it was empty), which must not be lost.
                         ready.clear_ready();
+                        let flows = read_new_flows(ready.get_inner_mut());
                         ids.refresh(&self.snapshots.borrow());
                         self.send(&flows, &ids).await;
                     }

@@ -485,8 +485,12 @@ async fn on_records<T: std::os::fd::AsRawFd>(
                 Err(e) => return log::error!("cannot wait on {what}: {e}"),
             },
         };
-        read(ready.get_inner_mut());
+        // Cleared before reading: a record written after the read brings a
+        // new wake-up (a ring wakes its reader only when it was empty), and
+        // clearing after it would lose that one, and leave the ring's later
+        // records unread.
         ready.clear_ready();
+        read(ready.get_inner_mut());
     }
 }
 

@@ -1,0 +1,373 @@
+//! Balancer nodes behind a router that spreads a VIP's flows over them by
+//! ECMP, learnt over real BGP sessions (BIRD 2, BFD on) from the nodes'
+//! own BIRDs, which the agents drive (`[bgp]`). The nodes share a real
+//! three-member etcd and replicate their flows to each other.
+//!
+//! ```text
+//!  client c 10.240.9.2 ── r 10.240.9.1
+//!                         r 10.240.k.1 ── node nk 10.240.k.2 (one interface "uplink": XDP in and out)
+//!                         r 10.240.2j.1 ── server sj 10.240.2j.2 (j = 1, 2, ...)
+//! ```
+//! Return path: the servers' default route is r; r looks up their packets
+//! (an `ip rule` per server interface) in table 100, where the default
+//! routes the nodes announce make one ECMP route: a reply reaches any live
+//! node, which rewrites it back to the VIP (it has the flow, its own or a
+//! replicated one) and sends it to the client through r.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::Ebpf;
+
+use crate::{
+    agent::{Agent, Place},
+    config_file::ConfigFile,
+    netns::{NetNs, unique_prefix},
+    servers::{Kind, Server},
+    store::Store,
+    topology::{attach_pass, link},
+};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 240, 100, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 240, 9, 2);
+/// The services' ports: line echo over TCP, datagram echo over UDP.
+pub const TCP_PORT: u16 = 7000;
+pub const UDP_PORT: u16 = 7001;
+/// The nodes' port for replicated flows.
+pub const SYNC_PORT: u16 = 7946;
+
+fn node_addr(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 240, k as u8, 2)
+}
+
+fn server_addr(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 240, 20 + j as u8, 2)
+}
+
+/// A BIRD daemon of the test's, in a namespace, stopped by its id on drop.
+pub struct Bird {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Bird {
+    fn start(ns: &NetNs, dir: &std::path::Path, config: &str) -> Bird {
+        std::fs::create_dir_all(dir).expect("BIRD's directory");
+        let (conf, socket) = (dir.join("bird.conf"), dir.join("bird.ctl"));
+        std::fs::write(&conf, config).expect("BIRD's config");
+        let log = std::fs::File::create(dir.join("bird.out")).expect("BIRD's output");
+        let child = ns
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(&socket)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start bird");
+        Bird { child, socket }
+    }
+
+    /// SIGSTOP: a hung node's BIRD, its sessions open and silent (only
+    /// BFD or the hold timer can tell).
+    pub fn freeze(&self) {
+        // SAFETY: signalling our own child by its id.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGKILL: its BGP sessions' sockets close with it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bed's directory, removed last.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    /// Its agent's config as written.
+    pub config: ConfigFile,
+    pub agent: Agent,
+    pub bird: Bird,
+    pub ns: NetNs,
+}
+
+/// Fields drop in order: agents and BIRDs, then servers, then namespaces,
+/// then the store.
+pub struct EcmpBed {
+    pub nodes: Vec<Node>,
+    _router_bird: Bird,
+    pub servers: Vec<(Server, Server)>,
+    pub client: NetNs,
+    pub router: NetNs,
+    _server_ns: Vec<NetNs>,
+    _pass: Vec<Ebpf>,
+    pub store: Store,
+    _dir: DirGuard,
+}
+
+impl EcmpBed {
+    /// `nodes` nodes, `servers` server hosts, the first `configured` of
+    /// them in the pools; all up: the router has one path per node to the
+    /// VIP, and every node sees the others.
+    pub fn start(nodes: usize, servers: usize, configured: usize) -> EcmpBed {
+        let prefix = unique_prefix();
+        let dir = std::env::temp_dir().join(format!("{prefix}-ecmp"));
+        std::fs::create_dir_all(&dir).expect("bed directory");
+        let router = NetNs::create(&format!("{prefix}-r"));
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.fib_multipath_hash_policy", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            router.sysctl(key, value);
+        }
+        let client = NetNs::create(&format!("{prefix}-c"));
+        link(&router, "r-c", "10.240.9.1/30", &client, "c-r", "10.240.9.2/30");
+        client.ip(&["route", "add", "default", "via", "10.240.9.1"]);
+        let mut pass = Vec::new();
+        let mut server_ns = Vec::new();
+        let mut echo = Vec::new();
+        for j in 1..=servers {
+            let ns = NetNs::create(&format!("{prefix}-s{j}"));
+            let there = format!("r-s{j}");
+            link(&router, &there, &format!("10.240.{}.1/30", 20 + j), &ns, "s-r", &format!("{}/30", server_addr(j)));
+            ns.ip(&["route", "add", "default", "via", &format!("10.240.{}.1", 20 + j)]);
+            // Replies go back through a node (table 100: the nodes' paths).
+            router.ip(&["rule", "add", "iif", &there, "lookup", "100", "pref", "100"]);
+            let name = format!("s{j}");
+            echo.push((
+                Server::start(&ns, &name, Kind::LineEcho, TCP_PORT),
+                Server::start(&ns, &name, Kind::UdpEcho, UDP_PORT),
+            ));
+            server_ns.push(ns);
+        }
+        let mut store = Store::start();
+        let mut bed_nodes = Vec::new();
+        for k in 1..=nodes {
+            let ns = NetNs::create(&format!("{prefix}-n{k}"));
+            ns.sysctl("net.ipv4.ip_forward", "1");
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
+            link(
+                &router,
+                &format!("r-n{k}"),
+                &format!("10.240.{k}.1/30"),
+                &ns,
+                "uplink",
+                &format!("{}/30", node_addr(k)),
+            );
+            ns.ip(&["route", "add", "default", "via", &format!("10.240.{k}.1")]);
+            store.link(&ns);
+            // The node sends its packets back out to r by XDP_TX: r's end needs
+            // an XDP program to take them (DATAPATH-FACTS).
+            pass.push(attach_pass(&router, &format!("r-n{k}")));
+            bed_nodes.push((k, ns));
+        }
+        let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes));
+        let endpoints = store.endpoints();
+        let nodes = bed_nodes
+            .into_iter()
+            .map(|(k, ns)| {
+                let node_dir = dir.join(format!("n{k}"));
+                std::fs::create_dir_all(&node_dir).expect("node directory");
+                let include = node_dir.join("lb-vips.conf");
+                std::fs::write(&include, "").expect("an empty include file until the agent writes it");
+                let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include));
+                let instance = format!("{prefix}-n{k}");
+                let config = node_agent_config(k, configured, &node_dir, &bird.socket, &include, &endpoints)
+                    .set("instance", instance.as_str());
+                let place = Place {
+                    dir: node_dir.join("agent"),
+                    instance,
+                    interfaces: vec!["uplink".to_owned()],
+                    netns: ns.name.clone(),
+                };
+                let agent = Agent::start_at(place, config.text());
+                Node { name: format!("n{k}"), config, agent, bird, ns }
+            })
+            .collect();
+        let bed = EcmpBed {
+            nodes,
+            _router_bird: router_bird,
+            servers: echo,
+            client,
+            router,
+            _server_ns: server_ns,
+            _pass: pass,
+            store,
+            _dir: DirGuard(dir),
+        };
+        let all: Vec<usize> = (1..=bed.nodes.len()).collect();
+        bed.wait_paths(&all, Duration::from_secs(60));
+        bed.wait_return_paths(bed.nodes.len(), Duration::from_secs(60));
+        // Flows are replicated to the nodes a node has seen in the store.
+        for node in &bed.nodes {
+            crate::bed::wait_for(&format!("{} sees every node", node.name), Duration::from_secs(30), || {
+                let view: lb_userspace::model::NodesView = node.agent.lb_json(&["nodes"]);
+                view.nodes.iter().filter(|n| n.up).count() == bed.nodes.len()
+            });
+        }
+        bed
+    }
+
+    /// The nodes (1-based) r's route to the VIP goes through now.
+    pub fn paths(&self) -> Vec<usize> {
+        let out = self.router.ip(&["-4", "route", "show", &format!("{VIP}/32")]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut nodes: Vec<usize> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].split('.').nth(2).and_then(|k| k.parse().ok()))
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// Waits until r's paths to the VIP are exactly `want`; how long it took.
+    pub fn wait_paths(&self, want: &[usize], timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.paths() == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "r's paths to the VIP: {:?}, want {want:?} after {timeout:?}",
+                self.paths()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait_return_paths(&self, count: usize, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let out = self.router.ip(&["-4", "route", "show", "table", "100"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.matches("via").count() == count {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "r's return paths (table 100): {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Adds server host `j` to both pools in every node's config, then has
+    /// every node re-read its config (a fleet reload through `through`).
+    pub fn add_server(&mut self, j: usize, through: &str) {
+        let name = format!("s{j}");
+        for node in &mut self.nodes {
+            let config = std::mem::take(&mut node.config);
+            node.config =
+                config.server("echo", &name, server_addr(j), TCP_PORT).server("uecho", &name, server_addr(j), UDP_PORT);
+            std::fs::write(&node.agent.config_path, node.config.text()).expect("rewrite a node's config");
+        }
+        let (ok, out, err) = self.node(through).agent.lb(&["reload"]);
+        assert!(ok, "lb reload: {out}{err}");
+        for node in &self.nodes {
+            crate::bed::wait_for(&format!("{name} in {}'s pool", node.name), Duration::from_secs(10), || {
+                node.agent.pool("echo").servers.iter().any(|s| s.name == name)
+            });
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).expect("a node of the bed")
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).expect("a node of the bed")
+    }
+}
+
+/// r: one eBGP session per node (BFD on); the VIPs' paths merged into one
+/// ECMP route of the main table, the nodes' default routes into table 100.
+fn router_config(nodes: usize) -> String {
+    let mut text = String::from(
+        "router id 10.240.9.1;\n\
+         protocol device { scan time 10; }\n\
+         protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
+         protocol kernel vips { ipv4 { import none; export where net != 0.0.0.0/0; }; merge paths on; }\n\
+         ipv4 table return_paths;\n\
+         protocol pipe { table master4; peer table return_paths; import none; export where net = 0.0.0.0/0; }\n\
+         protocol kernel to_nodes { kernel table 100; ipv4 { table return_paths; import none; export all; }; merge paths on; }\n\
+         template bgp node { local as 65000; bfd on; ipv4 { import all; export none; }; }\n",
+    );
+    for k in 1..=nodes {
+        text += &format!("protocol bgp n{k} from node {{ neighbor 10.240.{k}.2 as {}; }}\n", 65000 + k);
+    }
+    text
+}
+
+/// A node: its VIPs from the agent's include file, and a default route
+/// for the servers' replies.
+fn node_config(k: usize, include: &std::path::Path) -> String {
+    format!(
+        "router id 10.240.{k}.2;\n\
+         protocol device {{ scan time 10; }}\n\
+         protocol bfd {{ interface \"*\" {{ interval 100 ms; multiplier 3; }}; }}\n\
+         include \"{}\";\n\
+         protocol static lb_return {{ ipv4; route 0.0.0.0/0 blackhole; }}\n\
+         protocol bgp up {{\n  local 10.240.{k}.2 as {}; neighbor 10.240.{k}.1 as 65000; bfd on;\n  \
+         ipv4 {{ import none; export where proto = \"lb_vips4\" || proto = \"lb_return\"; }};\n}}\n",
+        include.display(),
+        65000 + k
+    )
+}
+
+fn node_agent_config(
+    k: usize,
+    servers: usize,
+    dir: &std::path::Path,
+    bird_socket: &std::path::Path,
+    include: &std::path::Path,
+    endpoints: &[String],
+) -> ConfigFile {
+    let agent_dir = dir.join("agent");
+    let mut config = ConfigFile::new()
+        .set("interfaces", vec!["uplink".to_owned()])
+        .set("api_socket", agent_dir.join("api.sock").display().to_string())
+        .set("state_file", agent_dir.join("state.json").display().to_string())
+        .service(VIP, TCP_PORT, "tcp", "echo")
+        .service(VIP, UDP_PORT, "udp", "uecho")
+        .set("cluster.node", format!("n{k}"))
+        .set("cluster.endpoints", endpoints.to_vec())
+        .set("cluster.timeout", "2s")
+        .set("cluster.sync_address", format!("{}:{SYNC_PORT}", node_addr(k)))
+        .set("bgp.bird_socket", bird_socket.display().to_string())
+        .set("bgp.include_file", include.display().to_string());
+    for j in 1..=servers {
+        config = config.server("echo", &format!("s{j}"), server_addr(j), TCP_PORT).server(
+            "uecho",
+            &format!("s{j}"),
+            server_addr(j),
+            UDP_PORT,
+        );
+    }
+    config
+}
