@@ -9,8 +9,8 @@ use testbed::{
     config_file::ConfigFile,
     fixture::{
         CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
-        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, drop, fixture_netns, flow_key, forward,
-        icmp_to_server, pass, reply,
+        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, at_client, drop, fixture_netns,
+        flow_key, forward, icmp_to_server, pass, reply,
     },
     packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame, too_big},
 };
@@ -210,6 +210,30 @@ fn datapath_fixtures() {
             output: Expect::Unchanged,
             counts: vec![Count::Outcome(PassNotForUs, 1)],
         }]);
+        // A cluster node sharing its flows: the reply may be of another
+        // node's flow whose copy is not here yet; its endpoint names its VIP.
+        bed.dp_mut().maps.share_new_flows(true).expect("sharing on");
+        bed.run(&[Case {
+            name: "with flow sharing on, a reply ahead of its flow's copy is rewritten by its endpoint",
+            input: orphan.build(),
+            ingress: "toserver",
+            verdict: XDP_REDIRECT,
+            output: Expect::Packet(at_client(&orphan, (VIP, 80))),
+            counts: vec![Count::Outcome(ForwardReply, 1)],
+        }]);
+        // A new flow is handed to the agent for the other nodes, whole.
+        let shared = client_tcp(40200, 80).flags(SYN).seq(5000, 0);
+        bed.run(&[forward("with flow sharing on, a new flow is shared", &shared, s2, SERVER2_MAC, "web", "s2", true)]);
+        let records: Vec<Vec<u8>> =
+            std::iter::from_fn(|| bed.dp_mut().maps.new_flows.next().map(|r| r.to_vec())).collect();
+        assert_eq!(records.len(), 1, "one record per new flow");
+        let record: lb_common::flow_sync::NewFlow<lb_common::FlowKey> = bytemuck::pod_read_unaligned(&records[0]);
+        assert_eq!(record.key, flow_key((CLIENT, 40200), (VIP, 80), proto::TCP));
+        assert_eq!(record.flow, bed.flow(&record.key).expect("the flow"), "the record is the flow as created");
+        bed.dp_mut().maps.share_new_flows(false).expect("sharing off");
+        let unshared = client_tcp(40201, 80).flags(SYN).seq(5000, 0);
+        bed.run(&[forward("with flow sharing off, nothing is shared", &unshared, s2, SERVER2_MAC, "web", "s2", true)]);
+        assert!(bed.dp_mut().maps.new_flows.next().is_none(), "no record with sharing off");
 
         // Idle flows age out by their own timeouts: UDP after 30 s, TCP after 300 s.
         let udp_flows = |bed: &FixtureBed| {
