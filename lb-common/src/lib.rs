@@ -323,6 +323,9 @@ pub mod flow_seen {
     /// The client sent an ACK: the handshake is done (a flow without it is
     /// half-open, as every flow of a flood of spoofed SYNs is).
     pub const CLIENT_ACK: u8 = 32;
+    /// Written from another node's copy (flow replication): this node has
+    /// forwarded it only if it was seen since (`last_seen_ns > created_ns`).
+    pub const COPY: u8 = 64;
 
     /// A TCP flow is over once reset, or closed by both sides. A half-closed
     /// one (one FIN) is still in use: the other side may go on sending.

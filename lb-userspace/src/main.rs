@@ -58,6 +58,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a balancer node out of service (its VIPs withdrawn from its
+    /// routers; the other nodes continue its flows), or put it back.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Packets by outcome: forwarded, passed, dropped, and why.
     Stats {
         #[arg(long)]
@@ -126,6 +132,42 @@ enum ServerCommand {
 }
 
 #[derive(Subcommand)]
+enum NodeCommand {
+    /// Withdraw a node: at once, or gracefully (its flows' copies pushed to
+    /// the other nodes first; disabled once none reaches it, or at --timeout).
+    Disable {
+        node: String,
+        #[arg(long)]
+        graceful: bool,
+        /// With --graceful: disabled after this long even if flows still reach it.
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+        timeout: Option<String>,
+        /// With --graceful: no deadline; disabled once no flow reaches it.
+        #[arg(long)]
+        until_drained: bool,
+        /// Even if no other node in service announces its VIPs.
+        #[arg(long)]
+        force: bool,
+        /// Follow the drain until the node is disabled.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a node back into service: its VIPs announced again.
+    Enable {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes, their announcements and states (as `lb nodes`).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PoolCommand {
     List {
         #[arg(long)]
@@ -178,7 +220,14 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
         Command::Events { json } => cli::events(socket, json),
         Command::Stats { json } => cli::stats(socket, json),
-        Command::Nodes { json } => cli::nodes(socket, json),
+        Command::Nodes { json } | Command::Node { command: NodeCommand::List { json } } => cli::nodes(socket, json),
+        Command::Node {
+            command: NodeCommand::Disable { node, graceful, timeout, until_drained, force, wait, json },
+        } => {
+            let args = DisableArgs { graceful, timeout, until_drained, force, wait };
+            cli::node_disable(socket, &node, &args, json)
+        }
+        Command::Node { command: NodeCommand::Enable { node, json } } => cli::node_enable(socket, &node, json),
         Command::Reload { force, dry_run, json } => cli::reload(socket, force, dry_run, json),
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;

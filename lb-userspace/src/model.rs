@@ -50,6 +50,68 @@ pub enum Request {
     },
     /// The cluster's nodes as this node sees them.
     Nodes,
+    /// Takes a balancer node out of service: its VIPs withdrawn from its
+    /// routers, its flows continued by the other nodes.
+    NodeDisable {
+        node: String,
+        mode: DisableMode,
+        /// Even if no other node in service announces its VIPs.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Puts a balancer node back into service: its VIPs announced again.
+    NodeEnable {
+        node: String,
+    },
+}
+
+/// A balancer node's administrative state, the fleet's decision (in the
+/// store). Absent: in service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NodeAdmin {
+    /// Announces its VIPs (once it forwards them).
+    #[default]
+    InService,
+    /// Withdrawn; its flows are moving to the other nodes (the routers
+    /// rehash them; the other nodes hold copies). Disabled once none has
+    /// reached it for a while, or at the deadline.
+    Draining {
+        since_ms: u64,
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+    },
+    /// Withdrawn, and no longer carrying flows: it may be stopped.
+    Disabled { since_ms: u64, reason: NodeDisabled },
+}
+
+/// A node's state changed by an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChange {
+    pub node: String,
+    pub from: NodeAdmin,
+    pub to: NodeAdmin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeDisabled {
+    /// Withdrawn at once, flows left to their copies.
+    Immediate,
+    /// No flow reached it for a while after it was withdrawn.
+    Drained,
+    /// Its drain's deadline passed while flows still reached it.
+    Deadline,
+}
+
+impl NodeAdmin {
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeAdmin::InService => "in service",
+            NodeAdmin::Draining { .. } => "draining",
+            NodeAdmin::Disabled { .. } => "disabled",
+        }
+    }
 }
 
 /// What a reload changed (or, for a dry run, would change), a line each.
@@ -441,6 +503,18 @@ pub struct NodeView {
     /// It started from its state file while the store was unreachable.
     pub stale: bool,
     pub started_ms: u64,
+    /// Its administrative state (node maintenance), and who decided it.
+    #[serde(default)]
+    pub admin: NodeAdmin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_by: Option<String>,
+    /// The VIPs its BGP daemon announces now (none without `[bgp]`).
+    #[serde(default)]
+    pub announced: Vec<std::net::IpAddr>,
+    /// While it drains: its flows that still reached it in the last
+    /// seconds (the router has not moved them yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_arriving: Option<u64>,
 }
 
 /// How long the agent's start took, phase by phase, from the process's
@@ -519,6 +593,13 @@ pub enum ErrorCode {
     /// Cluster: the shared store cannot be reached (no quorum): nothing was
     /// changed.
     StoreUnreachable,
+    /// Cluster: no node of that name was ever seen.
+    UnknownNode,
+    /// The last-node guard: no other node in service would announce the
+    /// node's VIPs (`force` overrides it).
+    LastNode,
+    /// A cluster operation on an agent without `[cluster]`.
+    NotInCluster,
 }
 
 /// A refusal: its kind, and a message naming what was wrong.

@@ -135,6 +135,7 @@ fn json() -> impl Strategy<Value = Value> {
                     "op",
                     "pool",
                     "servers",
+                    "node",
                     "mode",
                     "timeout",
                     "timeout_ms",
@@ -154,7 +155,7 @@ fn json() -> impl Strategy<Value = Value> {
 
 #[test]
 fn api_requests_of_any_shape_are_refused_by_field_never_a_panic() {
-    let fields = ["servers", "mode", "timeout", "force", "dry_run", "since", "body"];
+    let fields = ["servers", "node", "mode", "timeout", "force", "dry_run", "since", "body"];
     runner(5000)
         .run(&json(), |value| {
             // The Unix socket's requests: a refusal names its field too.

@@ -64,6 +64,8 @@ impl Ops {
                 Some(cluster) => json(self.decide(cluster, Intent::Enable { pool, servers, force }).await?),
             },
             Request::Nodes => json(self.nodes()?),
+            Request::NodeDisable { node, mode, force } => json(self.cluster()?.node_disable(&node, mode, force).await?),
+            Request::NodeEnable { node } => json(self.cluster()?.node_enable(&node).await?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
             Request::Reload { force, dry_run } => match &self.cluster {
@@ -136,12 +138,13 @@ impl Ops {
 
     /// The cluster's nodes (refused without a `[cluster]` section).
     pub fn nodes(&self) -> Result<NodesView, ApiError> {
-        match &self.cluster {
-            Some(cluster) => Ok(NodesView::clone(&cluster.view.borrow())),
-            None => {
-                Err(ApiError::new(ErrorCode::BadRequest, "this agent runs alone: its config has no [cluster] section"))
-            }
-        }
+        Ok(NodesView::clone(&self.cluster()?.view.borrow()))
+    }
+
+    fn cluster(&self) -> Result<&Cluster, ApiError> {
+        self.cluster.as_ref().ok_or_else(|| {
+            ApiError::new(ErrorCode::NotInCluster, "this agent runs alone: its config has no [cluster] section")
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

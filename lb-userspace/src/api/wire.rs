@@ -52,6 +52,8 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { name: "stats", verb: Verb::Get, path: "/stats", read: stats },
     Operation { name: "reload", verb: Verb::Post, path: "/reload", read: reload },
     Operation { name: "nodes", verb: Verb::Get, path: "/nodes", read: nodes },
+    Operation { name: "node_disable", verb: Verb::Post, path: "/nodes/disable", read: node_disable },
+    Operation { name: "node_enable", verb: Verb::Post, path: "/nodes/enable", read: node_enable },
 ];
 
 /// A socket line: `op`, the pool where it names one, and the operation's
@@ -98,6 +100,13 @@ pub fn to_line(request: &Request) -> String {
             };
             serde_json::json!({"op": "disable", "pool": pool, "servers": servers, "mode": mode,
                 "timeout": timeout, "force": force})
+        }
+        Request::NodeDisable { node, mode, force } => {
+            let (mode, timeout) = match mode {
+                DisableMode::Immediate => ("immediate", None),
+                DisableMode::Graceful { timeout_ms } => ("graceful", timeout_ms.map(exact_duration)),
+            };
+            serde_json::json!({"op": "node_disable", "node": node, "mode": mode, "timeout": timeout, "force": force})
         }
         other => serde_json::to_value(other).expect("requests serialise"),
     };
@@ -156,6 +165,30 @@ pub fn nodes(_: String, fields: &Value) -> Result<Request, ApiError> {
 pub fn disable(pool: String, body: &Value) -> Result<Request, ApiError> {
     let fields = known_fields(body, &["servers", "mode", "timeout", "force"])?;
     let servers = servers(fields)?;
+    Ok(Request::Disable { pool, servers, mode: mode(fields)?, force: force(fields)? })
+}
+
+/// `{"node":"n2","mode":"immediate"|"graceful","timeout":"5m"|null,"force":false}`
+pub fn node_disable(_: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["node", "mode", "timeout", "force"])?;
+    Ok(Request::NodeDisable { node: node(fields)?, mode: mode(fields)?, force: force(fields)? })
+}
+
+/// `{"node":"n2"}`
+pub fn node_enable(_: String, body: &Value) -> Result<Request, ApiError> {
+    let fields = known_fields(body, &["node"])?;
+    Ok(Request::NodeEnable { node: node(fields)? })
+}
+
+fn node(fields: &Map<String, Value>) -> Result<String, ApiError> {
+    match fields.get("node") {
+        Some(Value::String(node)) if !node.is_empty() => Ok(node.clone()),
+        _ => Err(bad_field("node", "must name a node")),
+    }
+}
+
+/// A disable's `mode` and `timeout`.
+fn mode(fields: &Map<String, Value>) -> Result<DisableMode, ApiError> {
     let timeout = match fields.get("timeout") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(timeout(text)?),
@@ -169,12 +202,15 @@ pub fn disable(pool: String, body: &Value) -> Result<Request, ApiError> {
         Some("graceful") => DisableMode::Graceful { timeout_ms: timeout.map(|t| t.as_millis() as u64) },
         _ => return Err(bad_field("mode", "must be \"immediate\" or \"graceful\"")),
     };
-    let force = match fields.get("force") {
-        None => false,
-        Some(Value::Bool(force)) => *force,
-        Some(_) => return Err(bad_field("force", "must be true or false")),
-    };
-    Ok(Request::Disable { pool, servers, mode, force })
+    Ok(mode)
+}
+
+fn force(fields: &Map<String, Value>) -> Result<bool, ApiError> {
+    match fields.get("force") {
+        None => Ok(false),
+        Some(Value::Bool(force)) => Ok(*force),
+        Some(_) => Err(bad_field("force", "must be true or false")),
+    }
 }
 
 /// `{"servers":[...],"force":false}`

@@ -16,8 +16,8 @@ use crate::{
     api::client,
     config::{format_time_left, parse_duration},
     model::{
-        Change, DisableMode, ErrorCode, Event, NodesView, PoolSummary, PoolView, ReloadReport, Request, ServerState,
-        Stats,
+        Change, DisableMode, ErrorCode, Event, NodeAdmin, NodeChange, NodeDisabled, NodesView, PoolSummary, PoolView,
+        ReloadReport, Request, ServerState, Stats,
     },
 };
 
@@ -270,8 +270,8 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
     let stale = if view.stale { " (STALE: started from its state file, not synced since)" } else { "" };
     println!("this node: {}; store {store}; revision {}{stale}", view.node, view.revision.unwrap_or(0));
     println!(
-        "{:<16} {:<5} {:>9} {:>8} {:<17} {:>9} {:>12}",
-        "NODE", "UP", "REVISION", "FLOWS", "CONFIG", "CLOCK", "LAST SYNC"
+        "{:<16} {:<5} {:>9} {:>8} {:<17} {:>9} {:>12}  {:<12} STATE",
+        "NODE", "UP", "REVISION", "FLOWS", "CONFIG", "CLOCK", "LAST SYNC", "ANNOUNCES"
     );
     for n in &view.nodes {
         let config = if n.same_config { n.config_hash.clone() } else { format!("{} DIFFERS", n.config_hash) };
@@ -281,7 +281,93 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
         });
         let up = if n.up { "up" } else { "GONE" };
         let stale = if n.stale { " (stale: started without the store)" } else { "" };
-        println!("{:<16} {up:<5} {:>9} {:>8} {config:<17} {clock:>9} {synced:>12}{stale}", n.node, n.revision, n.flows);
+        let announces = if n.announced.is_empty() {
+            "-".to_owned()
+        } else {
+            n.announced.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        };
+        let state = node_state(&n.admin, n.still_arriving);
+        println!(
+            "{:<16} {up:<5} {:>9} {:>8} {config:<17} {clock:>9} {synced:>12}  {announces:<12} {state}{stale}",
+            n.node, n.revision, n.flows
+        );
+    }
+    Ok(())
+}
+
+/// `lb node disable`: withdraws a balancer node's VIPs; with `--wait`,
+/// follows its drain until it is disabled.
+pub fn node_disable(socket: &Path, node: &str, args: &DisableArgs, json: bool) -> anyhow::Result<()> {
+    let request = Request::NodeDisable { node: node.to_owned(), mode: args.mode()?, force: args.force };
+    let (change, data): (NodeChange, Value) = match call(socket, &request) {
+        Err(e) if refused_for(&e, ErrorCode::LastNode) => anyhow::bail!("{e} (add --force)"),
+        other => other?,
+    };
+    if json && !args.wait {
+        print_json(&data);
+        return Ok(());
+    }
+    if !json {
+        println!("{}: {} -> {}", change.node, change.from.label(), node_state(&change.to, None));
+    }
+    if args.wait {
+        wait_until_node_disabled(socket, node, json)?;
+    }
+    Ok(())
+}
+
+/// Prints the node's drain a line at a time until it is disabled.
+fn wait_until_node_disabled(socket: &Path, node: &str, json: bool) -> anyhow::Result<()> {
+    let mut last = String::new();
+    loop {
+        let (view, data): (NodesView, Value) = call(socket, &Request::Nodes)?;
+        let n = view.nodes.iter().find(|n| n.node == node).context("the node left the view")?;
+        let line = node_state(&n.admin, n.still_arriving);
+        if json {
+            print_json(&data);
+        } else if line != last {
+            println!("{node}: {line}");
+        }
+        if matches!(n.admin, NodeAdmin::Disabled { .. }) {
+            return Ok(());
+        }
+        if !matches!(n.admin, NodeAdmin::Draining { .. }) {
+            anyhow::bail!("{node} is {} now: changed meanwhile", n.admin.label());
+        }
+        last = line;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A node's state as `lb nodes` shows it: the drain's progress and deadline.
+fn node_state(admin: &NodeAdmin, still_arriving: Option<u64>) -> String {
+    let now = crate::agent::runtime::now_ms();
+    match admin {
+        NodeAdmin::InService => "in service".to_owned(),
+        NodeAdmin::Draining { deadline_ms, .. } => {
+            let arriving = still_arriving.map(|n| format!(", {n} flow(s) still arriving")).unwrap_or_default();
+            let deadline = deadline_ms.map_or(", until its flows have moved".to_owned(), |d| {
+                format!(", deadline in {}s", d.saturating_sub(now).div_ceil(1000))
+            });
+            format!("draining (withdrawn){arriving}{deadline}")
+        }
+        NodeAdmin::Disabled { reason, .. } => {
+            let why = match reason {
+                NodeDisabled::Immediate => "withdrawn at once",
+                NodeDisabled::Drained => "drained",
+                NodeDisabled::Deadline => "deadline passed",
+            };
+            format!("disabled ({why})")
+        }
+    }
+}
+
+pub fn node_enable(socket: &Path, node: &str, json: bool) -> anyhow::Result<()> {
+    let (change, data): (NodeChange, Value) = call(socket, &Request::NodeEnable { node: node.to_owned() })?;
+    if json {
+        print_json(&data);
+    } else {
+        println!("{}: {} -> {}", change.node, change.from.label(), change.to.label());
     }
     Ok(())
 }

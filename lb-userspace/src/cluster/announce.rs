@@ -35,28 +35,39 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// The pause before trying again when BIRD refused or did not answer.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The include file's text for the VIPs to announce.
-pub fn include_text(vips: &BTreeSet<IpAddr>) -> String {
+/// The include file's text for the VIPs to announce, and whether to
+/// announce the return route (a default route per family, `[bgp]
+/// return_route`; withdrawn with the VIPs).
+pub fn include_text(vips: &BTreeSet<IpAddr>, return_route: bool) -> String {
     let routes = |v6: bool| -> String {
         vips.iter()
             .filter(|vip| vip.is_ipv6() == v6)
             .map(|vip| format!("  route {vip}/{} blackhole;\n", if v6 { 128 } else { 32 }))
             .collect()
     };
+    let default = |route: &str| {
+        if return_route && !vips.is_empty() { format!("  route {route} blackhole;\n") } else { String::new() }
+    };
     format!(
         "# Written by lb: the VIPs this node announces. Do not edit: lb rewrites it.\n\
          protocol static lb_vips4 {{\n  ipv4;\n{}}}\n\
-         protocol static lb_vips6 {{\n  ipv6;\n{}}}\n",
+         protocol static lb_vips6 {{\n  ipv6;\n{}}}\n\
+         protocol static lb_return4 {{\n  ipv4;\n{}}}\n\
+         protocol static lb_return6 {{\n  ipv6;\n{}}}\n",
         routes(false),
-        routes(true)
+        routes(true),
+        default("0.0.0.0/0"),
+        default("::/0"),
     )
 }
 
 pub struct Announcer {
     pub config: BgpConfig,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// Whether this node is in service (node maintenance withdraws it).
-    pub in_service: watch::Receiver<bool>,
+    /// Whether this node is in service (node maintenance withdraws it);
+    /// none until decided: BIRD is left as it is meanwhile (an agent that
+    /// restarts must not withdraw a node in service while it joins).
+    pub in_service: watch::Receiver<Option<bool>>,
     /// What BIRD announces now, for `lb nodes` and the metrics.
     pub announced: watch::Sender<BTreeSet<IpAddr>>,
 }
@@ -65,8 +76,13 @@ impl Announcer {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut done: Option<BTreeSet<IpAddr>> = None;
         loop {
-            let want = if *self.in_service.borrow() { self.snapshots.borrow().vips.clone() } else { BTreeSet::new() };
-            let failed = done.as_ref() != Some(&want) && {
+            let want = match *self.in_service.borrow() {
+                Some(true) => Some(self.snapshots.borrow().vips.clone()),
+                Some(false) => Some(BTreeSet::new()),
+                None => None,
+            };
+            let failed = want.is_some() && done != want && {
+                let want = want.unwrap_or_default();
                 match self.announce(&want).await {
                     Ok(()) => {
                         log::info!("BGP: announcing {} VIP(s) through BIRD: {}", want.len(), list(&want));
@@ -91,7 +107,7 @@ impl Announcer {
 
     /// Writes the include file, then has BIRD re-read its config.
     async fn announce(&self, vips: &BTreeSet<IpAddr>) -> Result<(), String> {
-        write_atomically(&self.config.include_file, &include_text(vips))
+        write_atomically(&self.config.include_file, &include_text(vips, self.config.return_route))
             .map_err(|e| format!("cannot write {}: {e}", self.config.include_file.display()))?;
         let answer = tokio::time::timeout(ANSWER_WITHIN, bird_request(&self.config.bird_socket, "configure"))
             .await
@@ -156,12 +172,17 @@ mod tests {
     #[test]
     fn the_include_file_announces_each_vip_in_its_familys_protocol() {
         let vips: BTreeSet<IpAddr> = ["10.100.0.1", "fd00:100::1", "10.100.0.2"].map(|a| a.parse().unwrap()).into();
-        let text = include_text(&vips);
+        let text = include_text(&vips, false);
         assert!(text.contains("protocol static lb_vips4 {\n  ipv4;\n  route 10.100.0.1/32 blackhole;\n  route 10.100.0.2/32 blackhole;\n}"), "{text}");
         assert!(text.contains("protocol static lb_vips6 {\n  ipv6;\n  route fd00:100::1/128 blackhole;\n}"), "{text}");
         // Withdrawn: both protocols stay (BIRD's export filters name them), empty.
-        let none = include_text(&BTreeSet::new());
+        let none = include_text(&BTreeSet::new(), true);
         assert!(none.contains("protocol static lb_vips4 {\n  ipv4;\n}") && !none.contains("route"), "{none}");
+        // The return route goes with the VIPs.
+        let back = include_text(&vips, true);
+        assert!(back.contains("protocol static lb_return4 {\n  ipv4;\n  route 0.0.0.0/0 blackhole;\n}"), "{back}");
+        assert!(back.contains("protocol static lb_return6 {\n  ipv6;\n  route ::/0 blackhole;\n}"), "{back}");
+        assert!(!text.contains("0.0.0.0/0"), "{text}");
     }
 
     #[tokio::test]

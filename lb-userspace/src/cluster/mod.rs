@@ -8,6 +8,7 @@
 //! decisions. Without `[cluster]` none of this runs.
 
 pub mod announce;
+pub mod maintenance;
 pub mod presence;
 pub mod replicate;
 pub mod store;
@@ -61,6 +62,8 @@ pub struct Cluster {
     pub node: String,
     pub timeout: Duration,
     pub view: watch::Receiver<Arc<NodesView>>,
+    /// Every node's administrative state, as last read.
+    pub admins: watch::Receiver<presence::Admins>,
 }
 
 impl Cluster {

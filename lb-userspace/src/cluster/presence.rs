@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use super::store::{NodeRecord, ReloadOutcome, Store};
+use super::{
+    replicate::Peer,
+    store::{NodeRecord, ReloadOutcome, Store, StoredNodeAdmin},
+};
 use crate::{
     agent::{
         runtime::{OwnerHandle, now_ms, stopped},
@@ -43,10 +46,21 @@ pub struct Presence {
     pub view: watch::Sender<Arc<NodesView>>,
     /// Where this node receives replicated flows (none: not replicated).
     pub sync: Option<std::net::SocketAddr>,
-    /// The other live nodes' addresses for replicated flows; kept as last
-    /// seen while the store is unreachable (replication does not need it).
-    pub peers: watch::Sender<Vec<std::net::SocketAddr>>,
+    /// The other live nodes that receive replicated flows; none until the
+    /// store first answered, then kept as last seen while it is
+    /// unreachable (replication does not need it).
+    pub peers: watch::Sender<Option<Vec<Peer>>>,
+    /// Every node's administrative state, as last read.
+    pub admins: watch::Sender<Admins>,
+    /// What this node's BGP daemon announces now.
+    pub announced: watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// While this node drains: its flows still reaching it.
+    pub still_arriving: watch::Receiver<Option<u64>>,
 }
+
+/// Every node's administrative state decided in the store, by node, with
+/// its key's revision.
+pub type Admins = BTreeMap<String, (StoredNodeAdmin, i64)>;
 
 /// What this node keeps of the others between reads.
 #[derive(Default)]
@@ -75,6 +89,9 @@ impl Presence {
             let record = self.record();
             let now = now_ms();
             let published = self.publish(&record, &mut lease, &mut last_put, &mut last_keep_alive_ms, now).await;
+            if published && let Ok(admins) = self.store.node_admins().await {
+                self.admins.send_if_modified(|old| std::mem::replace(old, admins.clone()) != admins);
+            }
             match self.store.nodes().await {
                 Ok(records) if published => {
                     let others = others_of(&records, &self.node);
@@ -119,6 +136,8 @@ impl Presence {
             started_ms: self.started_ms,
             stale: self.stale_now(),
             sync: self.sync,
+            announced: self.announced.borrow().iter().copied().collect(),
+            still_arriving: *self.still_arriving.borrow(),
         }
     }
 
@@ -179,7 +198,12 @@ impl Presence {
 
     async fn see(&self, seen: &mut Seen, records: Vec<NodeRecord>, this: &NodeRecord, now: u64) {
         seen.up = records.iter().map(|r| r.node.clone()).collect();
-        let peers: Vec<_> = records.iter().filter(|r| r.node != self.node).filter_map(|r| r.sync).collect();
+        let peers: Vec<_> = records
+            .iter()
+            .filter(|r| r.node != self.node)
+            .filter_map(|r| r.sync.map(|address| Peer { node: r.node.clone(), address, started_ms: r.started_ms }))
+            .collect();
+        let peers = Some(peers);
         self.peers.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
         for record in records {
             let changed = seen.nodes.get(&record.node).is_none_or(|(last, _, _)| *last != record);
@@ -203,10 +227,15 @@ impl Presence {
     }
 
     fn show(&self, seen: &Seen, this: &NodeRecord, reachable: bool) {
+        let admins = self.admins.borrow();
         let nodes = seen
             .nodes
             .values()
             .map(|(r, at, offset)| NodeView {
+                admin: admins.get(&r.node).map(|(a, _)| a.admin).unwrap_or_default(),
+                admin_by: admins.get(&r.node).map(|(a, _)| a.by.clone()),
+                announced: if r.node == self.node { this.announced.clone() } else { r.announced.clone() },
+                still_arriving: if r.node == self.node { this.still_arriving } else { r.still_arriving },
                 node: r.node.clone(),
                 up: seen.up.contains(&r.node) && reachable || r.node == self.node,
                 last_sync_ms: Some(*at),

@@ -26,13 +26,18 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use aya::maps::{Map, MapData, RingBuf};
 use bytemuck::{Pod, Zeroable};
-use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_sync::NewFlow};
-use tokio::{io::unix::AsyncFd, net::UdpSocket, sync::watch};
+use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_seen, flow_sync::NewFlow};
+use tokio::{
+    io::unix::AsyncFd,
+    net::UdpSocket,
+    sync::{mpsc, oneshot, watch},
+};
 
 use crate::{
     agent::{runtime::stopped, snapshot::Snapshot},
@@ -112,7 +117,7 @@ impl WireFlow {
         let flow = Flow {
             server_id,
             state: self.state,
-            seen: self.seen,
+            seen: self.seen | flow_seen::COPY,
             created_ns: now_ns,
             last_seen_ns: now_ns,
             client_next_seq: self.client_next_seq,
@@ -174,7 +179,8 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<WireFlow>, String> {
 /// What replication did, for the metrics and `lb nodes`.
 #[derive(Default)]
 pub struct SyncCounts {
-    /// New flows of this node sent (each to every peer).
+    /// Flows of this node sent (each to every peer): new ones, pushes to a
+    /// joining node, refreshes of long-lived ones.
     pub sent: AtomicU64,
     /// Other nodes' flows written into this node's tables.
     pub received: AtomicU64,
@@ -182,6 +188,25 @@ pub struct SyncCounts {
     /// server this node does not have.
     pub refused: AtomicU64,
 }
+
+/// Another live node, as its record in the store names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    /// Its `cluster.sync_address`.
+    pub address: SocketAddr,
+    /// When its agent started: a restarted peer gets a full push again.
+    pub started_ms: u64,
+}
+
+/// How long a joining node waits for its peers' pushes before it goes on
+/// without the missing ones (and says which).
+pub const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the replicator to push every flow this node forwards to every peer
+/// now (a graceful node disable, before withdrawing); answered with how
+/// many flows were pushed.
+pub type PushAll = oneshot::Sender<u64>;
 
 /// What replication needs from the start-up, opened before the runtime
 /// runs: the ring (a second descriptor: this task is its only reader), the
@@ -192,10 +217,13 @@ pub struct Parts {
     ring: RingBuf<MapData>,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
+    refresh: Duration,
 }
 
 impl Parts {
-    pub fn open(maps: &Maps, pins: &Path, address: SocketAddr) -> anyhow::Result<Parts> {
+    /// `refresh`: how often the copies of this node's long-lived flows are
+    /// sent again, so that the peers' copies do not idle out.
+    pub fn open(maps: &Maps, pins: &Path, address: SocketAddr, refresh: Duration) -> anyhow::Result<Parts> {
         let fd = maps.new_flows_fd().try_clone_to_owned().context("cannot open the new flows' ring")?;
         let ring = MapData::from_fd(fd).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
         let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
@@ -205,15 +233,11 @@ impl Parts {
         let socket = std::net::UdpSocket::bind(address)
             .with_context(|| format!("cluster.sync_address {address}: cannot receive other nodes' flows there"))?;
         socket.set_nonblocking(true)?;
-        Ok(Parts { address, socket, ring, table, table6 })
+        Ok(Parts { address, socket, ring, table, table6, refresh })
     }
 
     /// The task, on the runtime.
-    pub fn start(
-        self,
-        peers: watch::Receiver<Vec<SocketAddr>>,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-    ) -> std::io::Result<Replicator> {
+    pub fn start(self, links: Links) -> std::io::Result<Replicator> {
         Ok(Replicator {
             socket: UdpSocket::from_std(self.socket)?,
             // SAFETY: the descriptor is the ring buffer's own, owned by the
@@ -222,20 +246,31 @@ impl Parts {
             ring: unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }?,
             table: self.table,
             table6: self.table6,
-            peers,
-            snapshots,
+            refresh: self.refresh,
+            links,
             counts: Arc::default(),
         })
     }
 }
 
-pub struct Replicator {
-    pub socket: UdpSocket,
-    pub ring: AsyncFd<RingBuf<MapData>>,
-    pub table: TableWriter,
-    pub table6: TableWriter<FlowSlot6>,
-    pub peers: watch::Receiver<Vec<SocketAddr>>,
+/// The replicator's links with the rest of the agent.
+pub struct Links {
+    /// The other live nodes; none until the store first answered.
+    pub peers: watch::Receiver<Option<Vec<Peer>>>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Set once this node has the live flows of the peers it found at its
+    /// start (or waited [`JOIN_WAIT`] for them): it may then be announced.
+    pub joined: watch::Sender<bool>,
+    pub push_all: mpsc::Receiver<PushAll>,
+}
+
+pub struct Replicator {
+    socket: UdpSocket,
+    ring: AsyncFd<RingBuf<MapData>>,
+    table: TableWriter,
+    table6: TableWriter<FlowSlot6>,
+    refresh: Duration,
+    links: Links,
     pub counts: Arc<SyncCounts>,
 }
 
@@ -265,11 +300,30 @@ impl Ids {
     }
 }
 
+/// Whether this node forwards `flow` (its own, or a copy it has forwarded
+/// since it was written): the flows it pushes and refreshes. A copy never
+/// used here is left to its own node, so copies do not keep each other
+/// alive.
+pub fn forwarded_here(flow: &Flow) -> bool {
+    flow.seen & flow_seen::COPY == 0 || flow.last_seen_ns > flow.created_ns
+}
+
+/// Where a joining node stands: the peers whose push it still waits for.
+struct Joining {
+    waiting: Option<Vec<SocketAddr>>,
+    until: tokio::time::Instant,
+}
+
 impl Replicator {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut ids = Ids::default();
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut pushed: Vec<(SocketAddr, u64)> = Vec::new();
+        let mut joining = Joining { waiting: None, until: tokio::time::Instant::now() + JOIN_WAIT };
+        let mut refresh = tokio::time::interval(self.refresh);
+        let mut refreshed_ns = datapath_now_ns();
         loop {
+            let joined = *self.links.joined.borrow();
             tokio::select! {
                 () = stopped(&mut shutdown) => return,
                 ready = self.ring.readable_mut() => match ready {
@@ -279,23 +333,89 @@ impl Replicator {
                         // only when it was empty), which must not be lost.
                         ready.clear_ready();
                         let flows = read_new_flows(ready.get_inner_mut());
-                        ids.refresh(&self.snapshots.borrow());
-                        self.send(&flows, &ids).await;
+                        ids.refresh(&self.links.snapshots.borrow());
+                        let peers = self.peer_addresses();
+                        self.send(&flows, &ids, &peers).await;
                     }
                     Err(e) => return log::error!("flow replication: cannot wait on the new flows: {e}"),
                 },
                 received = self.socket.recv_from(&mut buffer) => match received {
                     Ok((len, from)) => {
-                        ids.refresh(&self.snapshots.borrow());
-                        self.receive(&buffer[..len], from, &ids);
+                        ids.refresh(&self.links.snapshots.borrow());
+                        if self.receive(&buffer[..len], from, &ids) {
+                            joining.pushed_by(from, &self.links.joined);
+                        }
                     }
                     Err(e) => log::debug!("flow replication: receiving: {e}"),
                 },
+                _ = self.links.peers.changed() => {
+                    let Some(peers) = self.links.peers.borrow_and_update().clone() else { continue };
+                    joining.found(&peers, &self.links.joined);
+                    ids.refresh(&self.links.snapshots.borrow());
+                    self.push_to_new(&peers, &mut pushed, &ids).await;
+                }
+                Some(asked) = self.links.push_all.recv() => {
+                    ids.refresh(&self.links.snapshots.borrow());
+                    let peers = self.peer_addresses();
+                    let flows = self.flows_where(|_| true);
+                    self.send(&flows, &ids, &peers).await;
+                    let _ = asked.send(flows.len() as u64);
+                }
+                _ = refresh.tick() => {
+                    // Flows forwarded here since the last refresh, older
+                    // than it (newer ones were sent when created).
+                    let since = std::mem::replace(&mut refreshed_ns, datapath_now_ns());
+                    let flows = self.flows_where(|f| f.last_seen_ns >= since && f.created_ns < since);
+                    ids.refresh(&self.links.snapshots.borrow());
+                    let peers = self.peer_addresses();
+                    self.send(&flows, &ids, &peers).await;
+                }
+                () = tokio::time::sleep_until(joining.until), if !joined => joining.give_up(&self.links.joined),
             }
         }
     }
 
-    async fn send(&self, flows: &[Replicated], ids: &Ids) {
+    fn peer_addresses(&self) -> Vec<SocketAddr> {
+        self.links.peers.borrow().iter().flatten().map(|p| p.address).collect()
+    }
+
+    /// Pushes every live flow this node forwards to each peer not pushed to
+    /// yet (a node that joined, or restarted), then the end of the push.
+    async fn push_to_new(&self, peers: &[Peer], pushed: &mut Vec<(SocketAddr, u64)>, ids: &Ids) {
+        pushed.retain(|done| peers.iter().any(|p| (p.address, p.started_ms) == *done));
+        let new: Vec<&Peer> = peers.iter().filter(|p| !pushed.contains(&(p.address, p.started_ms))).collect();
+        if new.is_empty() {
+            return;
+        }
+        let flows = self.flows_where(|_| true);
+        for peer in new {
+            self.send(&flows, ids, &[peer.address]).await;
+            if let Err(e) = self.socket.send_to(&encode(&[]), peer.address).await {
+                log::warn!("flow replication: cannot end the push to {} ({}): {e}", peer.node, peer.address);
+            }
+            log::info!("flow replication: pushed {} live flow(s) to {} ({})", flows.len(), peer.node, peer.address);
+            pushed.push((peer.address, peer.started_ms));
+        }
+    }
+
+    /// The live flows this node forwards that `pick` picks, both families.
+    fn flows_where(&self, pick: impl Fn(&Flow) -> bool) -> Vec<Replicated> {
+        let live = |f: &Flow| forwarded_here(f) && !flow_seen::ended(f.seen) && pick(f);
+        let mut flows = Vec::new();
+        self.table.for_each(|k, f| {
+            if live(f) {
+                flows.push(Replicated::V4(*k, *f));
+            }
+        });
+        self.table6.for_each(|k, f| {
+            if live(f) {
+                flows.push(Replicated::V6(*k, *f));
+            }
+        });
+        flows
+    }
+
+    async fn send(&self, flows: &[Replicated], ids: &Ids, peers: &[SocketAddr]) {
         let wire: Vec<WireFlow> = flows
             .iter()
             .filter_map(|f| {
@@ -305,10 +425,9 @@ impl Replicator {
                 ids.identity.get(&server_id).map(|identity| WireFlow::of(f, *identity))
             })
             .collect();
-        let peers = self.peers.borrow().clone();
         for batch in wire.chunks(BATCH) {
             let datagram = encode(batch);
-            for peer in &peers {
+            for peer in peers {
                 if let Err(e) = self.socket.send_to(&datagram, peer).await {
                     log::debug!("flow replication: cannot send to {peer}: {e}");
                 }
@@ -317,17 +436,22 @@ impl Replicator {
         self.counts.sent.fetch_add(wire.len() as u64, Ordering::Relaxed);
     }
 
-    fn receive(&self, datagram: &[u8], from: SocketAddr, ids: &Ids) {
-        let known = |ip: IpAddr| self.peers.borrow().iter().any(|p| p.ip().to_canonical() == ip.to_canonical());
+    /// Writes a datagram's flows; true if it ends a push to this node.
+    fn receive(&self, datagram: &[u8], from: SocketAddr, ids: &Ids) -> bool {
+        let known = |ip: IpAddr| {
+            self.links.peers.borrow().iter().flatten().any(|p| p.address.ip().to_canonical() == ip.to_canonical())
+        };
         if !known(from.ip()) {
             self.counts.refused.fetch_add(1, Ordering::Relaxed);
-            return log::debug!("flow replication: a datagram from {from}, not a live node's address: ignored");
+            log::debug!("flow replication: a datagram from {from}, not a live node's address: ignored");
+            return false;
         }
         let flows = match decode(datagram) {
             Ok(flows) => flows,
             Err(why) => {
                 self.counts.refused.fetch_add(1, Ordering::Relaxed);
-                return log::debug!("flow replication: a datagram from {from} refused: {why}");
+                log::debug!("flow replication: a datagram from {from} refused: {why}");
+                return false;
             }
         };
         let now = datapath_now_ns();
@@ -343,6 +467,43 @@ impl Replicator {
             }
         }
         self.counts.received.fetch_add(written, Ordering::Relaxed);
+        flows.is_empty()
+    }
+}
+
+impl Joining {
+    /// The store answered: the peers to wait for (none: joined at once).
+    fn found(&mut self, peers: &[Peer], joined: &watch::Sender<bool>) {
+        if self.waiting.is_none() && !*joined.borrow() {
+            self.waiting = Some(peers.iter().map(|p| p.address).collect());
+            self.until = tokio::time::Instant::now() + JOIN_WAIT;
+            self.check(joined);
+        }
+    }
+
+    fn pushed_by(&mut self, from: SocketAddr, joined: &watch::Sender<bool>) {
+        if let Some(waiting) = &mut self.waiting {
+            waiting.retain(|p| p.ip().to_canonical() != from.ip().to_canonical());
+            self.check(joined);
+        }
+    }
+
+    fn check(&mut self, joined: &watch::Sender<bool>) {
+        if self.waiting.as_ref().is_some_and(Vec::is_empty) && !*joined.borrow() {
+            log::info!("flow replication: this node has its peers' live flows");
+            joined.send_replace(true);
+        }
+    }
+
+    fn give_up(&mut self, joined: &watch::Sender<bool>) {
+        match &self.waiting {
+            Some(waiting) => log::warn!(
+                "flow replication: no complete push from {waiting:?} within {JOIN_WAIT:?}: going on without \
+                 their flows (those moved here later may change server if their pool changed)"
+            ),
+            None => log::warn!("flow replication: the store did not answer within {JOIN_WAIT:?}: going on alone"),
+        }
+        joined.send_replace(true);
     }
 }
 
@@ -393,7 +554,10 @@ mod tests {
         match back[0].to_flow(9, now) {
             Some(Replicated::V4(k, f)) => {
                 assert_eq!(k, key);
-                assert_eq!(f, Flow { server_id: 9, created_ns: now, last_seen_ns: now, ..flow(9) });
+                let seen = flow(9).seen | flow_seen::COPY;
+                assert_eq!(f, Flow { server_id: 9, seen, created_ns: now, last_seen_ns: now, ..flow(9) });
+                assert!(!forwarded_here(&f), "a copy is its own node's until used here");
+                assert!(forwarded_here(&Flow { last_seen_ns: now + 1, ..f }));
             }
             other => panic!("{other:?}"),
         }

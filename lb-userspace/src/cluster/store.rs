@@ -5,6 +5,9 @@
 //!   key's revision, so of two concurrent decisions one wins.
 //! - `<prefix>/nodes/<node>`: what a node publishes (a [`NodeRecord`],
 //!   JSON), under its lease: gone with the node.
+//! - `<prefix>/node-admin/<node>`: the fleet's decision about a balancer
+//!   node (a [`StoredNodeAdmin`], JSON; none: in service). Written by a
+//!   transaction that checks the key's revision, as a server's state.
 //! - `<prefix>/reload`: the last fleet reload asked for (a
 //!   [`ReloadRequest`]); its revision identifies it. Every node re-reads
 //!   its own config file when it changes.
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::shared::StoredState,
     config::ClusterConfig,
+    model::NodeAdmin,
     servers::{Proposal, SharedState, health::DownReason},
 };
 
@@ -69,6 +73,20 @@ pub struct NodeRecord {
     /// Where it receives the other nodes' new flows (flow replication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<std::net::SocketAddr>,
+    /// The VIPs its BGP daemon announces now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<std::net::IpAddr>,
+    /// While it drains: its flows still reaching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_arriving: Option<u64>,
+}
+
+/// A balancer node's administrative state, and the node it was decided
+/// through (or that ended its drain).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNodeAdmin {
+    pub admin: NodeAdmin,
+    pub by: String,
 }
 
 /// A fleet reload: every node re-reads its own config file.
@@ -289,6 +307,47 @@ impl Store {
             .await
             .map_err(self.unreachable())?;
         Ok(())
+    }
+
+    fn node_admin_key(&self, node: &str) -> String {
+        format!("{}/node-admin/{node}", self.prefix)
+    }
+
+    /// Every node's administrative state that was ever decided, with its
+    /// key's revision (a node without one is in service).
+    pub async fn node_admins(&self) -> Result<BTreeMap<String, (StoredNodeAdmin, i64)>, StoreError> {
+        let mut client = self.client.clone();
+        let prefix = self.node_admin_key("");
+        let answer =
+            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(self.unreachable())?;
+        let mut admins = BTreeMap::new();
+        for kv in answer.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let stored = serde_json::from_slice(kv.value())
+                .map_err(|e| StoreError::Malformed { key: key.clone(), why: e.to_string() })?;
+            let node = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
+            admins.insert(node, (stored, kv.mod_revision()));
+        }
+        Ok(admins)
+    }
+
+    /// Sets a node's administrative state if its key is still at revision
+    /// `expected` (0: never set): the revision it was set at, or none if it
+    /// changed meanwhile.
+    pub async fn put_node_admin(
+        &self,
+        node: &str,
+        admin: &StoredNodeAdmin,
+        expected: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = self.node_admin_key(node);
+        let value = serde_json::to_vec(admin).expect("a node's state serializes");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        let mut client = self.client.clone();
+        let answer = client.txn(txn).await.map_err(self.unreachable())?;
+        Ok(answer.succeeded().then(|| answer.header().map_or(0, |h| h.revision())))
     }
 
     /// Every live node's record.

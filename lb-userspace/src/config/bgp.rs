@@ -17,6 +17,11 @@ pub struct BgpConfig {
     /// protocols (`lb_vips4`, `lb_vips6`); BIRD's config includes it and
     /// exports those protocols to its BGP peers.
     pub include_file: PathBuf,
+    /// Also announce a default route (`lb_return4`, `lb_return6`) while
+    /// the node is in service: where the router sends the servers'
+    /// replies (its return table), so that a withdrawn node stops getting
+    /// them too.
+    pub return_route: bool,
 }
 
 #[derive(Deserialize)]
@@ -24,6 +29,8 @@ pub struct BgpConfig {
 pub(super) struct RawBgp {
     bird_socket: Option<PathBuf>,
     include_file: Option<PathBuf>,
+    #[serde(default)]
+    return_route: bool,
 }
 
 impl Validator {
@@ -41,6 +48,6 @@ impl Validator {
         };
         let bird_socket = path("bird_socket", raw.bird_socket, "/run/bird/bird.ctl");
         let include_file = path("include_file", raw.include_file, "/etc/bird/lb-vips.conf");
-        BgpConfig { bird_socket, include_file }
+        BgpConfig { bird_socket, include_file, return_route: raw.return_route }
     }
 }

@@ -147,6 +147,10 @@ fn start(
         reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
         datapath_log: dp.take_log_reader(),
         replication: replication(&mut dp, &pins, &config)?,
+        flow_tables: match &config.cluster {
+            Some(_) => Some(open_flow_tables(&pins)?),
+            None => None,
+        },
     };
     let stop_clock = Arc::new(AtomicBool::new(false));
     let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
@@ -209,7 +213,25 @@ fn replication(
     let address = config.cluster.as_ref().and_then(|c| c.sync_address);
     dp.maps.share_new_flows(address.is_some()).context("cannot turn the sharing of new flows on or off")?;
     let Some(address) = address else { return Ok(None) };
-    cluster::replicate::Parts::open(&dp.maps, pins, address).map(Some)
+    // Copies on the peers idle out as any flow does: refreshed well within
+    // the shortest idle timeout.
+    let idle = config.flows.tcp_idle_timeout.min(config.flows.udp_idle_timeout);
+    let refresh = (idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    cluster::replicate::Parts::open(&dp.maps, pins, address, refresh).map(Some)
+}
+
+/// Both flow tables, for node maintenance to count the flows that still
+/// reach a draining node.
+fn open_flow_tables(
+    pins: &Path,
+) -> anyhow::Result<(
+    crate::datapath::flow_table::FlowTable,
+    crate::datapath::flow_table::FlowTable<lb_common::FlowSlot6>,
+)> {
+    use crate::datapath::flow_table::FlowTable;
+    let v4 = FlowTable::from_pins(pins).context("cannot open the flow table")?;
+    let v6 = FlowTable::from_pins6(pins).context("cannot open the IPv6 flow table")?;
+    Ok((v4, v6))
 }
 
 /// Attaches XDP to every configured interface (all or none).
@@ -281,7 +303,7 @@ async fn serve(
     cluster: Option<Joining>,
     mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
-    let Readers { counters, reset_requests: requests, datapath_log, replication } = readers;
+    let Readers { counters, reset_requests: requests, datapath_log, replication, flow_tables } = readers;
     let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
     let http = match http {
         Some(HttpListener { addr, listener, token }) => {
@@ -336,24 +358,34 @@ async fn serve(
     let startup = startup.finish();
     log::info!("started in {}", startup.summary());
     let mut ops = Ops::new(snapshots.clone(), checks.clone(), counters, owner_handle.clone(), startup);
-    if let Some(joining) = cluster {
-        let (peers_tx, peers) = watch::channel(Vec::new());
-        let sync = replication.as_ref().map(|r| r.address);
-        if let Some(replication) = replication {
-            let replicator = replication.start(peers, snapshots.clone()).context("cannot start flow replication")?;
-            parts.spawn("flow replication", replicator.run(shutdown.clone()));
-        }
-        let cluster =
-            follow_cluster(joining, (sync, peers_tx), &owner_handle, &snapshots, &checks, &mut parts, &shutdown);
-        ops = ops.in_cluster(cluster);
-    }
     // The VIPs are announced once this node forwards them with the store's
-    // states (a joining node applied them before XDP was attached).
-    let (_node_in_service, in_service) = watch::channel(true);
+    // states (a joining node applied them before XDP was attached), and,
+    // in a cluster, has its peers' flows and is in service.
+    let (in_service_tx, in_service) = watch::channel(None);
+    let (announced_tx, announced) = watch::channel(Default::default());
+    match (cluster, flow_tables) {
+        (Some(joining), Some(tables)) => {
+            let node = NodeLinks { replication, tables, in_service: in_service_tx, announced };
+            let cluster = follow_cluster(joining, node, &owner_handle, &snapshots, &checks, &mut parts, &shutdown)?;
+            ops = ops.in_cluster(cluster);
+        }
+        _ => {
+            in_service_tx.send_replace(Some(true));
+            // Held for the agent's life: the announcer waits on it.
+            let mut stop = shutdown.clone();
+            parts.spawn("node state", async move {
+                let _in_service = in_service_tx;
+                runtime::stopped(&mut stop).await;
+            });
+        }
+    }
     if let Some(bgp) = bgp {
-        let (announced, _) = watch::channel(Default::default());
-        let announcer =
-            cluster::announce::Announcer { config: bgp, snapshots: snapshots.clone(), in_service, announced };
+        let announcer = cluster::announce::Announcer {
+            config: bgp,
+            snapshots: snapshots.clone(),
+            in_service,
+            announced: announced_tx,
+        };
         parts.spawn("BGP announcements", announcer.run(shutdown.clone()));
     }
     let ops = Arc::new(ops);
@@ -392,18 +424,58 @@ async fn serve(
     Ok(owner.into_datapath())
 }
 
+/// What the cluster's tasks share with this node's flows and announcer.
+struct NodeLinks {
+    replication: Option<cluster::replicate::Parts>,
+    tables: (crate::datapath::flow_table::FlowTable, crate::datapath::flow_table::FlowTable<lb_common::FlowSlot6>),
+    in_service: watch::Sender<Option<bool>>,
+    announced: watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>,
+}
+
 /// Starts the cluster's tasks: following the store's states, recording
-/// the owner's proposals, publishing this node and seeing the others.
+/// the owner's proposals, publishing this node and seeing the others,
+/// replicating flows, following this node's maintenance state.
 fn follow_cluster(
     joining: Joining,
-    (sync, peers): (Option<std::net::SocketAddr>, watch::Sender<Vec<std::net::SocketAddr>>),
+    node: NodeLinks,
     owner: &OwnerHandle,
     snapshots: &watch::Receiver<Arc<crate::agent::snapshot::Snapshot>>,
     checks: &watch::Receiver<Arc<crate::health::Checks>>,
     parts: &mut supervise::Parts,
     shutdown: &watch::Receiver<bool>,
-) -> Cluster {
+) -> anyhow::Result<Cluster> {
+    let NodeLinks { replication, tables, in_service, announced } = node;
+    let (peers_tx, peers) = watch::channel(None);
+    let (joined_tx, joined) = watch::channel(false);
+    let sync = replication.as_ref().map(|r| r.address);
+    let push_all = match replication {
+        Some(replication) => {
+            let (push_all, asked) = mpsc::channel(4);
+            let links =
+                cluster::replicate::Links { peers, snapshots: snapshots.clone(), joined: joined_tx, push_all: asked };
+            let replicator = replication.start(links).context("cannot start flow replication")?;
+            parts.spawn("flow replication", replicator.run(shutdown.clone()));
+            Some(push_all)
+        }
+        None => {
+            joined_tx.send_replace(true);
+            None
+        }
+    };
     let Joining { store, config, revision, proposals } = joining;
+    let (admins_tx, admins) = watch::channel(Default::default());
+    let (still_arriving_tx, still_arriving) = watch::channel(None);
+    let maintenance = cluster::maintenance::Maintenance {
+        node: config.node.clone(),
+        store: store.clone(),
+        admins: admins.clone(),
+        joined,
+        push_all,
+        tables,
+        in_service,
+        still_arriving: still_arriving_tx,
+    };
+    parts.spawn("node maintenance", maintenance.run(shutdown.clone()));
     let (reachable_tx, reachable) = watch::channel(revision.is_some());
     let (view_tx, view) = watch::channel(Arc::new(crate::model::NodesView::default()));
     let follow = cluster::sync::follow_states(store.clone(), owner.clone(), revision, reachable_tx, shutdown.clone());
@@ -425,10 +497,13 @@ fn follow_cluster(
         reachable,
         view: view_tx,
         sync,
-        peers,
+        peers: peers_tx,
+        admins: admins_tx,
+        announced,
+        still_arriving,
     };
     parts.spawn("cluster presence", presence.run(shutdown.clone()));
-    Cluster { store, node: config.node.clone(), timeout: config.timeout, view }
+    Ok(Cluster { store, node: config.node.clone(), timeout: config.timeout, view, admins })
 }
 
 /// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a
@@ -466,6 +541,9 @@ struct Readers {
     reset_requests: ResetRequests,
     datapath_log: Option<LogReader>,
     replication: Option<cluster::replicate::Parts>,
+    /// In a cluster: both flow tables (node maintenance).
+    flow_tables:
+        Option<(crate::datapath::flow_table::FlowTable, crate::datapath::flow_table::FlowTable<lb_common::FlowSlot6>)>,
 }
 
 /// Reads a ring buffer of the datapath's each time it has records, until

@@ -259,6 +259,21 @@ impl<S: TableSlot> TableWriter<S> {
     pub fn get(&self, key: &Key<S>) -> Option<Flow> {
         self.table.find(&self.window, &self.tags, key).map(|found| found.flow)
     }
+
+    /// Visits every flow (a consistent copy of each), in memory order.
+    pub fn for_each(&self, mut visit: impl FnMut(&Key<S>, &Flow)) {
+        for bucket in 0..self.table.slots / BUCKET_SLOTS {
+            let word = self.tags.word(bucket).load(Ordering::Acquire);
+            if word == 0 {
+                continue;
+            }
+            for i in (0..BUCKET_SLOTS).filter(|&i| !matches!(lane(word, i), TAG_FREE | TAG_BUSY)) {
+                if let Some((_, key, flow)) = read(self.window.slot(bucket * BUCKET_SLOTS + i)) {
+                    visit(&key, &flow);
+                }
+            }
+        }
+    }
 }
 
 /// Maps `len` elements of `size` bytes of `map` from element `first`

@@ -95,8 +95,11 @@ fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
         ErrorCode::RestartNeeded => StatusCode::CONFLICT,
-        ErrorCode::UnknownPool | ErrorCode::UnknownServer => StatusCode::NOT_FOUND,
-        ErrorCode::LastServer | ErrorCode::InMaintenance | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::UnknownPool | ErrorCode::UnknownServer | ErrorCode::UnknownNode => StatusCode::NOT_FOUND,
+        ErrorCode::NotInCluster => StatusCode::CONFLICT,
+        ErrorCode::LastServer | ErrorCode::InMaintenance | ErrorCode::Conflict | ErrorCode::LastNode => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::StoreUnreachable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Failed => StatusCode::INTERNAL_SERVER_ERROR,
