@@ -425,6 +425,18 @@ function ago(ms) {
   return s < 60 ? `${s.toFixed(1)} s ago` : `${Math.floor(s / 60)} min ago`;
 }
 
+// A node's maintenance state, as `lb nodes` says it: a drain shows its progress.
+function nodeState(n) {
+  const a = n.admin;
+  if (a.state === "in_service") return "in service";
+  if (a.state === "draining") {
+    const arriving = n.still_arriving === undefined || n.still_arriving === null ? "" : `, ${n.still_arriving} flow(s) still arriving`;
+    const deadline = a.deadline_ms ? `, deadline in ${Math.max(0, Math.ceil((a.deadline_ms - Date.now()) / 1000))}s` : ", until its flows have moved";
+    return `draining (withdrawn)${arriving}${deadline}`;
+  }
+  return `disabled (${{ immediate: "withdrawn at once", drained: "drained", deadline: "deadline passed" }[a.reason]})`;
+}
+
 function nodesPage() {
   document.title = "lb: nodes";
   crumb(["Pools", "#/pools"], ["Nodes"]);
@@ -435,12 +447,13 @@ function nodesPage() {
     el("h1", { text: "Nodes" }), status,
     el("div", { class: "table-wrap" }, el("table", { id: "nodes" },
       el("thead", {}, el("tr", {},
-        el("th", { text: "Node" }), el("th", { text: "Status" }), el("th", { text: "Last synced" }),
+        el("th", { text: "Node" }), el("th", { text: "Status" }), el("th", { text: "State" }),
+        el("th", { text: "Announces" }), el("th", { text: "Last synced" }),
         el("th", { class: "num", text: "Revision" }), el("th", { class: "num", text: "Live flows" }),
         el("th", { text: "Config" }), el("th", { class: "num", text: "Clock offset" }))),
       tbody)),
     el("p", { class: "services", text: "Deadlines are absolute: the nodes' clocks must be synchronised (NTP). An offset is estimated from the nodes' records in the store: a few ms off once it has seen a minute of them." }));
-  const create = () => el("tr", {}, ...["name", "up", "sync", "num revision", "num flows", "config", "num offset"]
+  const create = () => el("tr", {}, ...["name", "up", "admin", "announces", "sync", "num revision", "num flows", "config", "num offset"]
     .map((c) => el("td", { class: c })));
   const update = (row, n, view) => {
     const cell = (c) => row.querySelector(`.${c}`);
@@ -458,6 +471,12 @@ function nodesPage() {
     setText(config, n.same_config ? `${n.config_hash} · same` : `${n.config_hash} · DIFFERS from this node's`);
     config.classList.toggle("differs", !n.same_config);
     setText(cell("offset"), n.clock_offset_ms === null ? "–" : `${n.clock_offset_ms > 0 ? "+" : ""}${n.clock_offset_ms} ms`);
+    setText(cell("announces"), n.announced.length ? n.announced.join(", ") : "–");
+    const admin = cell("admin");
+    setText(admin, nodeState(n));
+    admin.dataset.state = { in_service: "ENABLED", draining: "DRAINING", disabled: "DISABLED" }[n.admin.state];
+    admin.className = "admin state";
+    admin.title = n.admin_by ? `decided through ${n.admin_by}` : "";
   };
   return {
     async refresh() {

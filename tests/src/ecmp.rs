@@ -122,9 +122,12 @@ pub struct EcmpBed {
     pub client: NetNs,
     pub router: NetNs,
     _server_ns: Vec<NetNs>,
-    _pass: Vec<Ebpf>,
+    pass: Vec<Ebpf>,
     pub store: Store,
-    _dir: DirGuard,
+    prefix: String,
+    /// Server hosts in the pools of a node started now.
+    configured: usize,
+    dir: DirGuard,
 }
 
 impl EcmpBed {
@@ -147,7 +150,7 @@ impl EcmpBed {
         let client = NetNs::create(&format!("{prefix}-c"));
         link(&router, "r-c", "10.240.9.1/30", &client, "c-r", "10.240.9.2/30");
         client.ip(&["route", "add", "default", "via", "10.240.9.1"]);
-        let mut pass = Vec::new();
+        let pass = Vec::new();
         let mut server_ns = Vec::new();
         let mut echo = Vec::new();
         for j in 1..=servers {
@@ -164,73 +167,84 @@ impl EcmpBed {
             ));
             server_ns.push(ns);
         }
-        let mut store = Store::start();
-        let mut bed_nodes = Vec::new();
-        for k in 1..=nodes {
-            let ns = NetNs::create(&format!("{prefix}-n{k}"));
-            ns.sysctl("net.ipv4.ip_forward", "1");
-            ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
-            ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
-            link(
-                &router,
-                &format!("r-n{k}"),
-                &format!("10.240.{k}.1/30"),
-                &ns,
-                "uplink",
-                &format!("{}/30", node_addr(k)),
-            );
-            ns.ip(&["route", "add", "default", "via", &format!("10.240.{k}.1")]);
-            store.link(&ns);
-            // The node sends its packets back out to r by XDP_TX: r's end needs
-            // an XDP program to take them (DATAPATH-FACTS).
-            pass.push(attach_pass(&router, &format!("r-n{k}")));
-            bed_nodes.push((k, ns));
-        }
-        let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes));
-        let endpoints = store.endpoints();
-        let nodes = bed_nodes
-            .into_iter()
-            .map(|(k, ns)| {
-                let node_dir = dir.join(format!("n{k}"));
-                std::fs::create_dir_all(&node_dir).expect("node directory");
-                let include = node_dir.join("lb-vips.conf");
-                std::fs::write(&include, "").expect("an empty include file until the agent writes it");
-                let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include));
-                let instance = format!("{prefix}-n{k}");
-                let config = node_agent_config(k, configured, &node_dir, &bird.socket, &include, &endpoints)
-                    .set("instance", instance.as_str());
-                let place = Place {
-                    dir: node_dir.join("agent"),
-                    instance,
-                    interfaces: vec!["uplink".to_owned()],
-                    netns: ns.name.clone(),
-                };
-                let agent = Agent::start_at(place, config.text());
-                Node { name: format!("n{k}"), config, agent, bird, ns }
-            })
-            .collect();
-        let bed = EcmpBed {
-            nodes,
+        let store = Store::start();
+        // One BGP session more than nodes: room for a node added later.
+        let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes + 1));
+        let mut bed = EcmpBed {
+            nodes: Vec::new(),
             _router_bird: router_bird,
             servers: echo,
             client,
             router,
             _server_ns: server_ns,
-            _pass: pass,
+            pass,
             store,
-            _dir: DirGuard(dir),
+            prefix,
+            configured,
+            dir: DirGuard(dir),
         };
-        let all: Vec<usize> = (1..=bed.nodes.len()).collect();
-        bed.wait_paths(&all, Duration::from_secs(60));
-        bed.wait_return_paths(bed.nodes.len(), Duration::from_secs(60));
-        // Flows are replicated to the nodes a node has seen in the store.
-        for node in &bed.nodes {
+        for _ in 0..nodes {
+            bed.start_node();
+        }
+        bed.wait_all_nodes();
+        bed
+    }
+
+    /// Starts the next node (its namespace, link to r, BIRD and agent).
+    fn start_node(&mut self) {
+        let k = self.nodes.len() + 1;
+        let prefix = &self.prefix;
+        let ns = NetNs::create(&format!("{prefix}-n{k}"));
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        let addr = format!("{}/30", node_addr(k));
+        link(&self.router, &format!("r-n{k}"), &format!("10.240.{k}.1/30"), &ns, "uplink", &addr);
+        ns.ip(&["route", "add", "default", "via", &format!("10.240.{k}.1")]);
+        self.store.link(&ns);
+        // The node sends its packets back out to r by XDP_TX: r's end needs
+        // an XDP program to take them (DATAPATH-FACTS).
+        self.pass.push(attach_pass(&self.router, &format!("r-n{k}")));
+        let node_dir = self.dir.0.join(format!("n{k}"));
+        std::fs::create_dir_all(&node_dir).expect("node directory");
+        let include = node_dir.join("lb-vips.conf");
+        std::fs::write(&include, "").expect("an empty include file until the agent writes it");
+        let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include));
+        let instance = format!("{prefix}-n{k}");
+        let endpoints = self.store.endpoints();
+        let config = node_agent_config(k, self.configured, &node_dir, &bird.socket, &include, &endpoints)
+            .set("instance", instance.as_str());
+        let place = Place {
+            dir: node_dir.join("agent"),
+            instance,
+            interfaces: vec!["uplink".to_owned()],
+            netns: ns.name.clone(),
+        };
+        let agent = Agent::start_at(place, config.text());
+        self.nodes.push(Node { name: format!("n{k}"), config, agent, bird, ns });
+    }
+
+    /// Adds a node under way: started, announced once it has the others'
+    /// flows; returns once r uses it and every node sees every other.
+    pub fn add_node(&mut self) -> &Node {
+        self.start_node();
+        self.wait_all_nodes();
+        self.nodes.last().expect("the node just added")
+    }
+
+    /// Waits until r has a path (and a return path) through every node,
+    /// and every node sees every other (flows are replicated to the nodes
+    /// a node has seen in the store).
+    fn wait_all_nodes(&self) {
+        let all: Vec<usize> = (1..=self.nodes.len()).collect();
+        self.wait_paths(&all, Duration::from_secs(60));
+        self.wait_return_paths(self.nodes.len(), Duration::from_secs(60));
+        for node in &self.nodes {
             crate::bed::wait_for(&format!("{} sees every node", node.name), Duration::from_secs(30), || {
                 let view: lb_userspace::model::NodesView = node.agent.lb_json(&["nodes"]);
-                view.nodes.iter().filter(|n| n.up).count() == bed.nodes.len()
+                view.nodes.iter().filter(|n| n.up).count() == self.nodes.len()
             });
         }
-        bed
     }
 
     /// The nodes (1-based) r's route to the VIP goes through now.
@@ -264,7 +278,7 @@ impl EcmpBed {
         }
     }
 
-    fn wait_return_paths(&self, count: usize, timeout: Duration) {
+    pub fn wait_return_paths(&self, count: usize, timeout: Duration) {
         let start = Instant::now();
         loop {
             let out = self.router.ip(&["-4", "route", "show", "table", "100"]);
@@ -287,6 +301,7 @@ impl EcmpBed {
                 config.server("echo", &name, server_addr(j), TCP_PORT).server("uecho", &name, server_addr(j), UDP_PORT);
             std::fs::write(&node.agent.config_path, node.config.text()).expect("rewrite a node's config");
         }
+        self.configured = self.configured.max(j);
         let (ok, out, err) = self.node(through).agent.lb(&["reload"]);
         assert!(ok, "lb reload: {out}{err}");
         for node in &self.nodes {
@@ -324,17 +339,16 @@ fn router_config(nodes: usize) -> String {
     text
 }
 
-/// A node: its VIPs from the agent's include file, and a default route
-/// for the servers' replies.
+/// A node: its VIPs, and the default route for the servers' replies,
+/// from the agent's include file (both withdrawn with the node).
 fn node_config(k: usize, include: &std::path::Path) -> String {
     format!(
         "router id 10.240.{k}.2;\n\
          protocol device {{ scan time 10; }}\n\
          protocol bfd {{ interface \"*\" {{ interval 100 ms; multiplier 3; }}; }}\n\
          include \"{}\";\n\
-         protocol static lb_return {{ ipv4; route 0.0.0.0/0 blackhole; }}\n\
          protocol bgp up {{\n  local 10.240.{k}.2 as {}; neighbor 10.240.{k}.1 as 65000; bfd on;\n  \
-         ipv4 {{ import none; export where proto = \"lb_vips4\" || proto = \"lb_return\"; }};\n}}\n",
+         ipv4 {{ import none; export where proto = \"lb_vips4\" || proto = \"lb_return4\"; }};\n}}\n",
         include.display(),
         65000 + k
     )
@@ -360,7 +374,8 @@ fn node_agent_config(
         .set("cluster.timeout", "2s")
         .set("cluster.sync_address", format!("{}:{SYNC_PORT}", node_addr(k)))
         .set("bgp.bird_socket", bird_socket.display().to_string())
-        .set("bgp.include_file", include.display().to_string());
+        .set("bgp.include_file", include.display().to_string())
+        .set("bgp.return_route", true);
     for j in 1..=servers {
         config = config.server("echo", &format!("s{j}"), server_addr(j), TCP_PORT).server(
             "uecho",

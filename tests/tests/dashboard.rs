@@ -354,7 +354,21 @@ async fn cluster_scenario(fleet: &Fleet, health: &[Vec<HealthServer>]) {
     assert_eq!(browser.text("#nodes tr[data-key=\"n1\"] .name").await, "n1 (this node)");
     let status = browser.text("#cluster-status").await;
     assert!(status.starts_with("This node: n1 · the store answers"), "{status}");
+    assert_eq!(browser.text("#nodes tr[data-key=\"n3\"] .admin").await, "in service");
     browser.screenshot("nodes").await;
+
+    // A node taken out of service through n2 (without [bgp] it announces
+    // nothing, so no other node need take its VIPs), then put back: each
+    // node's page shows its state.
+    let (ok, out, err) = fleet.node("n2").agent.lb(&["node", "disable", "n3"]);
+    assert!(ok, "{out}{err}");
+    let n3 = "#nodes tr[data-key=\"n3\"]";
+    browser.wait_text(&format!("{n3} .admin"), 5 * SECOND, |t| t == "disabled (withdrawn at once)").await;
+    assert_eq!(browser.text(&format!("{n3} .announces")).await, "–");
+    browser.screenshot("node-disabled").await;
+    let (ok, out, err) = fleet.node("n1").agent.lb(&["node", "enable", "n3"]);
+    assert!(ok, "{out}{err}");
+    browser.wait_text(&format!("{n3} .admin"), 5 * SECOND, |t| t == "in service").await;
 
     // The pool page: the fleet's flows by node; n3's own view of s1 in the
     // tooltip while the fleet finds it UP.

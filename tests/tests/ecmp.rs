@@ -1,6 +1,8 @@
 //! Balancer nodes behind a router's ECMP, over real BGP (BIRD, BFD on):
-//! a node lost, or a server added and then a node lost (katran#155), costs
-//! no connection, because every node holds every flow (replication).
+//! a node lost, taken out for maintenance (gracefully or at once) and put
+//! back, or added, and a server added then a node lost (katran#155), cost
+//! no connection, because every node holds every flow (replication, and a
+//! joining node's push).
 
 use std::{
     sync::{
@@ -11,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::model::{NodeAdmin, NodeDisabled, NodesView};
 use testbed::{
     bed::EVERY_100MS,
     ecmp::{EcmpBed, TCP_PORT, UDP_PORT, VIP},
@@ -24,8 +27,24 @@ struct Load {
     sessions: Vec<Session>,
     udp: Vec<JoinHandle<Result<u64, String>>>,
     stop: Arc<AtomicBool>,
-    /// A steady stream of new connections: (slowest connect, failures).
-    churn: Option<JoinHandle<(Duration, Vec<String>)>>,
+    /// A steady stream of new connections.
+    churn: Option<JoinHandle<Churn>>,
+}
+
+/// What the stream of new connections met.
+#[derive(Default)]
+struct Churn {
+    slowest: Duration,
+    failures: Vec<String>,
+    /// When each connection began, and its server.
+    landed: Vec<(Instant, String)>,
+}
+
+/// What the load met, once stopped: every session kept.
+struct Outcome {
+    slowest: Duration,
+    sessions: usize,
+    landed: Vec<(Instant, String)>,
 }
 
 impl Load {
@@ -70,9 +89,9 @@ impl Load {
 
     /// Stops the load; every session must still be open and every UDP
     /// flow must have had every answer, on its own server.
-    fn check(mut self) -> (Duration, usize) {
+    fn check(mut self) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
-        let (slowest, failures) = self.churn.take().expect("churn").join().expect("churn thread");
+        let Churn { slowest, failures, landed } = self.churn.take().expect("churn").join().expect("churn thread");
         let ended: Vec<String> = (self.sessions.iter().enumerate())
             .filter_map(|(i, s)| s.ended().map(|e| format!("session {i} on {}: {:?} at {:?}", s.server, e.kind, e.at)))
             .collect();
@@ -82,28 +101,39 @@ impl Load {
             assert!(datagrams > 0, "UDP flow {i} exchanged nothing");
         }
         assert!(failures.is_empty(), "new connections failed: {failures:?}");
-        (slowest, self.sessions.len())
+        let outcome = Outcome { slowest, sessions: self.sessions.len(), landed };
+        eprintln!(
+            "{} sessions kept; {} new connections, the slowest in {} ms",
+            outcome.sessions,
+            outcome.landed.len(),
+            outcome.slowest.as_millis()
+        );
+        assert!(outcome.slowest < Duration::from_secs(1), "a new connection took {:?}", outcome.slowest);
+        outcome
     }
 }
 
 /// New connections one after another (connect, one line, close) until
-/// stopped: the slowest connect, and every failure.
-fn churn(client: &str, stop: &AtomicBool) -> (Duration, Vec<String>) {
+/// stopped.
+fn churn(client: &str, stop: &AtomicBool) -> Churn {
     let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("client netns");
     // SAFETY: setns on this thread only; the file is a namespace's.
     assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
-    let (mut slowest, mut failures) = (Duration::ZERO, Vec::new());
+    let mut churn = Churn::default();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let start = Instant::now();
         match EchoClient::connect(VIP, TCP_PORT).and_then(|mut c| c.exchange("new")) {
-            Ok(_) => slowest = slowest.max(start.elapsed()),
-            Err(e) => failures.push(format!("connection {i}: {e}")),
+            Ok(server) => {
+                churn.slowest = churn.slowest.max(start.elapsed());
+                churn.landed.push((start, server));
+            }
+            Err(e) => churn.failures.push(format!("connection {i}: {e}")),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    (slowest, failures)
+    churn
 }
 
 #[test]
@@ -124,9 +154,7 @@ fn nodes_lost_cost_no_connection_and_the_router_drops_a_silent_one_within_bfds_t
     eprintln!("r stopped using n3 {} ms after its BIRD froze (BFD target: 300 ms)", dropped.as_millis());
     assert!(dropped < Duration::from_secs(5), "BFD did not drop the silent node: {dropped:?}");
     std::thread::sleep(Duration::from_secs(1));
-    let (slowest, sessions) = load.check();
-    eprintln!("{sessions} sessions kept; slowest new connection {} ms", slowest.as_millis());
-    assert!(slowest < Duration::from_secs(1), "a new connection took {slowest:?}");
+    load.check();
 }
 
 #[test]
@@ -143,7 +171,89 @@ fn a_server_added_then_a_node_lost_moves_no_flow_to_another_server() {
     bed.node("n3").ns.ip(&["link", "set", "dev", "uplink", "down"]);
     bed.wait_paths(&[1, 2], Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    let (slowest, sessions) = load.check();
-    eprintln!("{sessions} sessions kept; slowest new connection {} ms", slowest.as_millis());
-    assert!(slowest < Duration::from_secs(1), "a new connection took {slowest:?}");
+    load.check();
+}
+
+#[test]
+fn nodes_disabled_gracefully_or_at_once_then_enabled_cost_no_connection() {
+    let bed = EcmpBed::start(3, 3, 3);
+    let load = Load::start(&bed.client, 24, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = &bed.node("n1").agent;
+    // Bad input changes nothing.
+    let (ok, _, err) = n1.lb(&["node", "disable", "n9"]);
+    assert!(!ok && err.contains("no node named \"n9\""), "{err}");
+    let (ok, _, err) = n1.lb(&["node", "disable", "n2", "--timeout", "5s"]);
+    assert!(!ok && err.contains("go with --graceful"), "{err}");
+    assert_eq!(bed.paths(), [1, 2, 3]);
+
+    // n2 gracefully, followed until drained: its flows' copies pushed, its
+    // VIP and return route withdrawn, then disabled once none reached it.
+    let (ok, out, err) = n1.lb(&["node", "disable", "n2", "--graceful", "--wait"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("n2: in service -> draining (withdrawn)"), "{out}");
+    assert!(out.contains("flow(s) still arriving"), "the drain's progress: {out}");
+    assert!(out.contains("n2: disabled (drained)"), "{out}");
+    assert_eq!(bed.paths(), [1, 3], "withdrawn while draining");
+    bed.wait_return_paths(2, Duration::from_secs(10));
+
+    // n1 at once, through n3; n3 is then the last node announcing the VIP.
+    let n3 = &bed.node("n3").agent;
+    let (ok, out, err) = n3.lb(&["node", "disable", "n1"]);
+    assert!(ok && out.contains("n1: in service -> disabled (withdrawn at once)"), "{out}{err}");
+    bed.wait_paths(&[3], Duration::from_secs(10));
+    let (ok, _, err) = n1.lb(&["node", "disable", "n3", "--graceful"]);
+    assert!(!ok && err.contains("no other node in service announces 10.240.100.1"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bed.paths(), [3], "the refused disable changed nothing");
+
+    // Each node's announcement and state, as every node sees them.
+    let view: NodesView = n1.lb_json(&["node", "list"]);
+    let state = |name: &str| view.nodes.iter().find(|n| n.node == name).expect("a node").clone();
+    assert!(matches!(state("n1").admin, NodeAdmin::Disabled { reason: NodeDisabled::Immediate, .. }));
+    assert!(matches!(state("n2").admin, NodeAdmin::Disabled { reason: NodeDisabled::Drained, .. }));
+    assert_eq!(state("n3").admin, NodeAdmin::InService);
+    assert!(state("n1").announced.is_empty() && state("n2").announced.is_empty());
+    assert_eq!(state("n3").announced, [std::net::IpAddr::from(VIP)]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Back into service.
+    for node in ["n1", "n2"] {
+        let (ok, out, err) = n3.lb(&["node", "enable", node]);
+        assert!(ok && out.contains(&format!("{node}: disabled -> in service")), "{out}{err}");
+    }
+    bed.wait_paths(&[1, 2, 3], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    load.check();
+}
+
+#[test]
+fn a_fourth_node_joins_under_load_with_the_live_flows_while_a_server_drains() {
+    // The pools changed (s3 added) since the sessions began, and s1 is
+    // drained (no deadline) as n4 joins: the flows the router moves to n4
+    // are continued only if n4 received them before it was announced.
+    let mut bed = EcmpBed::start(3, 3, 2);
+    let load = Load::start(&bed.client, 30, 6);
+    std::thread::sleep(Duration::from_millis(300));
+    bed.add_server(3, "n1");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, err) = bed.node("n2").agent.lb(&["server", "disable", "echo", "s1", "--graceful"]);
+    assert!(ok, "{out}{err}");
+    let disabled = Instant::now();
+    let n4 = bed.add_node();
+    // n4 follows the fleet's decision: s1 drains there too.
+    let s1 = n4.agent.pool("echo").servers.into_iter().find(|s| s.name == "s1").expect("s1 on n4");
+    assert_eq!(s1.state, lb_userspace::model::ServerState::Draining, "s1 on n4");
+    std::thread::sleep(Duration::from_millis(1500));
+    let outcome = load.check();
+    // No node sent a new connection to s1 once the decision was everywhere
+    // (within a watch's round trip: half a second is ample).
+    let late: Vec<_> = outcome
+        .landed
+        .iter()
+        .filter(|(at, server)| *at > disabled + Duration::from_millis(500) && server == "s1")
+        .collect();
+    assert!(late.is_empty(), "{} new connection(s) went to the draining s1", late.len());
+    assert!(outcome.landed.iter().any(|(_, s)| s == "s3"), "new connections use s3");
 }

@@ -80,6 +80,12 @@ impl Presence {
         let mut last_put: Option<(NodeRecord, u64)> = None;
         let mut last_keep_alive_ms = 0;
         let mut seen = Seen::default();
+        // The peers known before this node shows itself: a peer that sees
+        // it pushes its flows at once, and they must not be refused as
+        // from an unknown address.
+        if let Ok(records) = self.store.nodes().await {
+            self.see_peers(&records);
+        }
         let mut every = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -198,13 +204,7 @@ impl Presence {
 
     async fn see(&self, seen: &mut Seen, records: Vec<NodeRecord>, this: &NodeRecord, now: u64) {
         seen.up = records.iter().map(|r| r.node.clone()).collect();
-        let peers: Vec<_> = records
-            .iter()
-            .filter(|r| r.node != self.node)
-            .filter_map(|r| r.sync.map(|address| Peer { node: r.node.clone(), address, started_ms: r.started_ms }))
-            .collect();
-        let peers = Some(peers);
-        self.peers.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
+        self.see_peers(&records);
         for record in records {
             let changed = seen.nodes.get(&record.node).is_none_or(|(last, _, _)| *last != record);
             if changed {
@@ -224,6 +224,17 @@ impl Presence {
             }
         }
         self.show(seen, this, true);
+    }
+
+    /// The other live nodes that receive replicated flows.
+    fn see_peers(&self, records: &[NodeRecord]) {
+        let peers: Vec<_> = records
+            .iter()
+            .filter(|r| r.node != self.node)
+            .filter_map(|r| r.sync.map(|address| Peer { node: r.node.clone(), address, started_ms: r.started_ms }))
+            .collect();
+        let peers = Some(peers);
+        self.peers.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
     }
 
     fn show(&self, seen: &Seen, this: &NodeRecord, reachable: bool) {
