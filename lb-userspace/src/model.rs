@@ -473,6 +473,22 @@ pub struct NodesView {
     pub stale: bool,
     /// Every node seen since this one started, by name.
     pub nodes: Vec<NodeView>,
+    /// This node's flow replication, since its agent started (none: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationCounts>,
+}
+
+/// What a node's flow replication did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationCounts {
+    /// Flows sent to the other nodes (new ones, pushes, refreshes).
+    pub sent: u64,
+    /// Other nodes' flows written into this node's tables.
+    pub received: u64,
+    /// Datagrams refused (unknown sender, malformed, unknown server).
+    pub refused: u64,
+    /// New flows the datapath could not hand over (its ring was full).
+    pub lost: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

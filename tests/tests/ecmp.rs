@@ -245,6 +245,11 @@ fn a_fourth_node_joins_under_load_with_the_live_flows_while_a_server_drains() {
     // n4 follows the fleet's decision: s1 drains there too.
     let s1 = n4.agent.pool("echo").servers.into_iter().find(|s| s.name == "s1").expect("s1 on n4");
     assert_eq!(s1.state, lb_userspace::model::ServerState::Draining, "s1 on n4");
+    // It got the others' live flows (pushed) before it was announced.
+    let view: NodesView = n4.agent.lb_json(&["nodes"]);
+    let replication = view.replication.expect("replication on");
+    assert!(replication.received >= 30, "the sessions' flows pushed to n4: {replication:?}");
+    assert_eq!((replication.refused, replication.lost), (0, 0), "{replication:?}");
     std::thread::sleep(Duration::from_millis(1500));
     let outcome = load.check();
     // No node sent a new connection to s1 once the decision was everywhere

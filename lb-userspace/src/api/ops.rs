@@ -138,7 +138,10 @@ impl Ops {
 
     /// The cluster's nodes (refused without a `[cluster]` section).
     pub fn nodes(&self) -> Result<NodesView, ApiError> {
-        Ok(NodesView::clone(&self.cluster()?.view.borrow()))
+        let cluster = self.cluster()?;
+        let mut view = NodesView::clone(&cluster.view.borrow());
+        view.replication = cluster.replication.as_ref().map(|counts| counts.view());
+        Ok(view)
     }
 
     fn cluster(&self) -> Result<&Cluster, ApiError> {

@@ -292,6 +292,13 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
             n.node, n.revision, n.flows
         );
     }
+    if let Some(r) = &view.replication {
+        println!(
+            "flow replication here: {} flow(s) sent, {} received, {} datagram(s) refused, {} new flow(s) not shared \
+             (ring full)",
+            r.sent, r.received, r.refused, r.lost
+        );
+    }
     Ok(())
 }
 

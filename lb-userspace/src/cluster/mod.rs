@@ -64,6 +64,8 @@ pub struct Cluster {
     pub view: watch::Receiver<Arc<NodesView>>,
     /// Every node's administrative state, as last read.
     pub admins: watch::Receiver<presence::Admins>,
+    /// This node's flow replication (none: off).
+    pub replication: Option<Arc<replicate::SyncCounts>>,
 }
 
 impl Cluster {

@@ -268,6 +268,8 @@ impl Presence {
             revision: Some(this.revision),
             stale: this.stale,
             nodes,
+            // Filled in by the API from the replicator's counts.
+            replication: None,
         }));
     }
 }

@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use bytemuck::{Pod, Zeroable};
 use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_seen, flow_sync::NewFlow};
 use tokio::{
@@ -45,6 +45,7 @@ use crate::{
         Maps,
         clock::datapath_now_ns,
         flow_table::{FlowTable, TableWriter},
+        lost_of,
     },
     servers::maglev::identity,
 };
@@ -187,6 +188,19 @@ pub struct SyncCounts {
     /// Datagrams refused: from an unknown address, malformed, or naming a
     /// server this node does not have.
     pub refused: AtomicU64,
+    /// New flows the datapath could not hand over (its ring was full).
+    pub lost: AtomicU64,
+}
+
+impl SyncCounts {
+    pub fn view(&self) -> crate::model::ReplicationCounts {
+        crate::model::ReplicationCounts {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Another live node, as its record in the store names it.
@@ -217,6 +231,7 @@ pub struct Parts {
     ring: RingBuf<MapData>,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
+    flow_sync: PerCpuArray<MapData, u64>,
     refresh: Duration,
 }
 
@@ -233,7 +248,8 @@ impl Parts {
         let socket = std::net::UdpSocket::bind(address)
             .with_context(|| format!("cluster.sync_address {address}: cannot receive other nodes' flows there"))?;
         socket.set_nonblocking(true)?;
-        Ok(Parts { address, socket, ring, table, table6, refresh })
+        let flow_sync = maps.flow_sync_handle().context("cannot open the flow sharing's counts")?;
+        Ok(Parts { address, socket, ring, table, table6, flow_sync, refresh })
     }
 
     /// The task, on the runtime.
@@ -246,6 +262,7 @@ impl Parts {
             ring: unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }?,
             table: self.table,
             table6: self.table6,
+            flow_sync: self.flow_sync,
             refresh: self.refresh,
             links,
             counts: Arc::default(),
@@ -269,6 +286,7 @@ pub struct Replicator {
     ring: AsyncFd<RingBuf<MapData>>,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
+    flow_sync: PerCpuArray<MapData, u64>,
     refresh: Duration,
     links: Links,
     pub counts: Arc<SyncCounts>,
@@ -333,6 +351,7 @@ impl Replicator {
                         // only when it was empty), which must not be lost.
                         ready.clear_ready();
                         let flows = read_new_flows(ready.get_inner_mut());
+                        self.counts.lost.store(lost_of(&self.flow_sync), Ordering::Relaxed);
                         ids.refresh(&self.links.snapshots.borrow());
                         let peers = self.peer_addresses();
                         self.send(&flows, &ids, &peers).await;

@@ -448,12 +448,14 @@ fn follow_cluster(
     let (peers_tx, peers) = watch::channel(None);
     let (joined_tx, joined) = watch::channel(false);
     let sync = replication.as_ref().map(|r| r.address);
+    let mut counts = None;
     let push_all = match replication {
         Some(replication) => {
             let (push_all, asked) = mpsc::channel(4);
             let links =
                 cluster::replicate::Links { peers, snapshots: snapshots.clone(), joined: joined_tx, push_all: asked };
             let replicator = replication.start(links).context("cannot start flow replication")?;
+            counts = Some(Arc::clone(&replicator.counts));
             parts.spawn("flow replication", replicator.run(shutdown.clone()));
             Some(push_all)
         }
@@ -503,7 +505,7 @@ fn follow_cluster(
         still_arriving,
     };
     parts.spawn("cluster presence", presence.run(shutdown.clone()));
-    Ok(Cluster { store, node: config.node.clone(), timeout: config.timeout, view, admins })
+    Ok(Cluster { store, node: config.node.clone(), timeout: config.timeout, view, admins, replication: counts })
 }
 
 /// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a

@@ -304,8 +304,21 @@ impl Maps {
 
     /// New flows the ring had no room for, since the maps were made.
     pub fn new_flows_lost(&self) -> u64 {
-        self.flow_sync.get(&lb_common::flow_sync::LOST, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        lost_of(&self.flow_sync)
     }
+
+    /// A second handle on the sharing flag and its count of lost flows
+    /// (for the replicator, whose counts show it).
+    pub fn flow_sync_handle(&self) -> std::io::Result<PerCpuArray<MapData, u64>> {
+        let map =
+            MapData::from_fd(self.flow_sync.map().fd().as_fd().try_clone_to_owned()?).map_err(std::io::Error::other)?;
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).map_err(std::io::Error::other)
+    }
+}
+
+/// The flows the new flows' ring had no room for, summed over the CPUs.
+pub fn lost_of(flow_sync: &PerCpuArray<MapData, u64>) -> u64 {
+    flow_sync.get(&lb_common::flow_sync::LOST, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 struct Attached {

@@ -16,7 +16,7 @@ use axum::{
 };
 
 use super::Web;
-use crate::model::{HealthStatus, NodesView, PoolView, ReloadStatus, ServerState, Stats};
+use crate::model::{HealthStatus, NodeAdmin, NodesView, PoolView, ReloadStatus, ServerState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -85,6 +85,39 @@ pub fn cluster(view: &NodesView) -> String {
         "Nodes up whose config (services and pools) differs from this node's: their server ids and Maglev rows may differ.",
     );
     out.sample("lb_cluster_config_mismatch", &[], view.nodes.iter().filter(|n| n.up && !n.same_config).count());
+    out.family(
+        "lb_cluster_node_in_service",
+        "gauge",
+        "Each node's maintenance state: in service (1), or draining or disabled (0): withdrawn from its routers.",
+    );
+    for node in &view.nodes {
+        out.sample("lb_cluster_node_in_service", &[("node", &node.node)], u8::from(node.admin == NodeAdmin::InService));
+    }
+    out.family("lb_cluster_node_announced_vips", "gauge", "The VIPs each node's BGP daemon announces now.");
+    for node in &view.nodes {
+        out.sample("lb_cluster_node_announced_vips", &[("node", &node.node)], node.announced.len());
+    }
+    if let Some(r) = &view.replication {
+        out.family(
+            "lb_cluster_replicated_flows_total",
+            "counter",
+            "Flows this node sent to the other nodes (new, pushed to a joining node, refreshed), and received from them.",
+        );
+        out.sample("lb_cluster_replicated_flows_total", &[("direction", "sent")], r.sent);
+        out.sample("lb_cluster_replicated_flows_total", &[("direction", "received")], r.received);
+        out.family(
+            "lb_cluster_replication_refused_total",
+            "counter",
+            "Replication datagrams refused: from an address not a live node's, malformed, or naming an unknown server.",
+        );
+        out.sample("lb_cluster_replication_refused_total", &[], r.refused);
+        out.family(
+            "lb_cluster_replication_lost_total",
+            "counter",
+            "New flows the datapath could not hand to replication (its ring was full): not copied until refreshed.",
+        );
+        out.sample("lb_cluster_replication_lost_total", &[], r.lost);
+    }
     out.text
 }
 
@@ -263,5 +296,35 @@ mod tests {
         assert!(text.contains("lb_flow_table_flows 3\n"));
         assert!(text.contains("lb_flow_evictions_total{kind=\"half_open\"} 5\n"));
         assert!(text.contains(&format!("lb_info{{version=\"{}\",instance=\"lb0\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn a_clusters_nodes_show_their_maintenance_state_and_replication_its_counts() {
+        use crate::model::{NodeView, ReplicationCounts};
+        let node = |name: &str, admin, announced: &[&str]| NodeView {
+            node: name.into(),
+            up: true,
+            same_config: true,
+            admin,
+            announced: announced.iter().map(|a| a.parse().unwrap()).collect(),
+            ..NodeView::default()
+        };
+        let view = NodesView {
+            nodes: vec![
+                node("n1", NodeAdmin::InService, &["10.0.0.1", "fd00::1"]),
+                node("n2", NodeAdmin::Draining { since_ms: 1, deadline_ms: None }, &[]),
+            ],
+            replication: Some(ReplicationCounts { sent: 12, received: 30, refused: 1, lost: 0 }),
+            ..NodesView::default()
+        };
+        let text = cluster(&view);
+        assert!(text.contains("lb_cluster_node_in_service{node=\"n1\"} 1\n"), "{text}");
+        assert!(text.contains("lb_cluster_node_in_service{node=\"n2\"} 0\n"), "{text}");
+        assert!(text.contains("lb_cluster_node_announced_vips{node=\"n1\"} 2\n"), "{text}");
+        assert!(text.contains("lb_cluster_replicated_flows_total{direction=\"received\"} 30\n"), "{text}");
+        assert!(text.contains("lb_cluster_replication_refused_total 1\n"), "{text}");
+        assert!(text.contains("lb_cluster_replication_lost_total 0\n"), "{text}");
+        let alone = cluster(&NodesView { replication: None, ..view });
+        assert!(!alone.contains("lb_cluster_replicated_flows_total"), "no replication, no counts: {alone}");
     }
 }
