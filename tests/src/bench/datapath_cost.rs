@@ -91,6 +91,16 @@ pub fn run(report: &mut Report, quick: bool) {
         let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", get(v6), get(v4), note("n/a"));
         report.add(SECTION, label, get(v6) / get(v4), "x", Some(Target::AtMost(1.1)), detail);
     }
+    // Flow replication (a cluster with cluster.sync_address): each new
+    // flow is also handed to the ring. Issue target: within 10% of without.
+    let detail = format!(
+        "with sharing on {:.0} ns, off {:.0} ns (the ring emptied between chunks, as the agent does); {}",
+        get("new_flow_shared"),
+        get("new_flow"),
+        note("n/a")
+    );
+    let ratio = get("new_flow_shared") / get("new_flow");
+    report.add(SECTION, "new flow cost with flow replication on / off", ratio, "x", Some(Target::AtMost(1.1)), detail);
 }
 
 /// Runs inside the fixture namespace: phase 1 on a table holding only the
@@ -175,6 +185,9 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         let base = total_ns(trivial, &cycle(&hot_ack), toclient) as f64 / calls as f64;
         record("not_for_vip", measure(&mut bed, &cycle(&not_for_us), toclient, Outcome::PassNotForUs) - base);
         record("new_flow", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
+        bed.dp_mut().maps.share_new_flows(true).expect("sharing on");
+        record("new_flow_shared", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
+        bed.dp_mut().maps.share_new_flows(false).expect("sharing off");
         record("hot", measure(&mut bed, &cycle(&hot_ack), toclient, Outcome::ForwardFlow) - base);
         record("reply", measure(&mut bed, &cycle(&reply), toserver, Outcome::ForwardReply) - base);
         record("not_for_vip6", measure(&mut bed, &cycle(&not_for_us6), toclient, Outcome::PassNotForUs) - base);
@@ -223,6 +236,8 @@ fn measure(bed: &mut FixtureBed, frames: &[Vec<u8>], ingress: u32, expect: Outco
     for chunk in frames.chunks(1024) {
         total += total_ns(bed.dp().program(), chunk, ingress);
         bed.take_reset_requests();
+        // And the new flows' ring (when sharing is on), as the agent does.
+        while bed.dp_mut().maps.new_flows.next().is_some() {}
     }
     assert_eq!(count(bed) - before, frames.len() as u64, "path not taken every time ({})", expect.label());
     total as f64 / frames.len() as f64
