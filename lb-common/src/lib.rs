@@ -91,21 +91,22 @@ pub mod map_name {
     pub const PURGED6: &str = "purged6";
     /// The programs `lb` tail-calls for a family: the IPv6 program at 0.
     pub const FAMILY_PROGRAMS: &str = "family_programs";
-    /// New flows for the other balancer nodes: a ring buffer of
-    /// [`flow_sync::NewFlow`](crate::flow_sync::NewFlow)s, written only
-    /// while [`FLOW_SYNC`] is on.
+    /// New IPv4 flows for the other balancer nodes: each CPU's log of
+    /// [`flow_sync::LOG_SLOTS`](crate::flow_sync::LOG_SLOTS)
+    /// [`flow_sync::LogSlot`](crate::flow_sync::LogSlot)s, one after the
+    /// other (mmapable), written only while [`FLOW_SYNC`] is on.
     pub const NEW_FLOWS: &str = "new_flows";
-    /// Flow sharing, per CPU: `u64`s indexed by
-    /// [`flow_sync::ON`](crate::flow_sync::ON) (non-zero: new flows are
-    /// shared; the agent writes every CPU's) and
-    /// [`flow_sync::LOST`](crate::flow_sync::LOST) (new flows the ring had
-    /// no room for).
+    /// The same for IPv6 flows.
+    pub const NEW_FLOWS6: &str = "new_flows6";
+    /// Flow sharing: a line of [`flow_sync::LINE`](crate::flow_sync::LINE)
+    /// `u64`s per CPU (mmapable): the flag the agent sets, and the CPU's
+    /// count of flows written to each log.
     pub const FLOW_SYNC: &str = "flow_sync";
 
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 32] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -136,6 +137,7 @@ pub mod map_name {
         PURGED6,
         FAMILY_PROGRAMS,
         NEW_FLOWS,
+        NEW_FLOWS6,
         FLOW_SYNC,
     ];
 }
@@ -659,41 +661,56 @@ pub mod flow_table {
 /// flow to its agent, which sends it to the other nodes (see
 /// `lb-userspace/src/cluster/replicate.rs`), so that any node can continue
 /// any flow when the router sends it elsewhere.
+///
+/// Each CPU writes its new flows into its own part of a log (one per
+/// family), a ring of [`LOG_SLOTS`] slots it alone writes: no lock, no
+/// helper call, a few stores. Its line of the `flow_sync` map holds the
+/// sharing flag and the number of flows it has written to each log; the
+/// agent polls those and reads the slots through mmap. A slot overwritten
+/// before the agent read it is counted as lost by the agent (its flow's
+/// copy waits for the next refresh).
 pub mod flow_sync {
     use bytemuck::{Pod, Zeroable};
 
     use crate::{Flow, FlowKey, FlowKey6};
 
-    /// Size of the new-flow ring buffer, bytes (a power of two, pages): some
-    /// 20,000 IPv4 flows, far more than arrive between two reads.
-    pub const RING_BYTES: u32 = 1024 * 1024;
+    /// Slots of each CPU's log, per family (a power of two): the agent
+    /// reads every few milliseconds, so a CPU would need to create flows
+    /// at some 800,000 per second to lap it.
+    pub const LOG_SLOTS: u32 = 4096;
 
-    /// The indexes of the `flow_sync` map's counters.
-    pub const ON: u32 = 0;
-    pub const LOST: u32 = 1;
+    /// A CPU's line of the `flow_sync` map: `u64`s at these indexes.
+    pub const LINE: usize = 8;
+    /// Non-zero: new flows are shared (the agent writes every CPU's).
+    pub const ON: usize = 0;
+    /// Flows this CPU has written to the IPv4 log, ever.
+    pub const HEAD4: usize = 1;
+    /// Flows this CPU has written to the IPv6 log, ever.
+    pub const HEAD6: usize = 2;
 
-    /// A new flow as the datapath created it: its key (the client's
-    /// 5-tuple, VIP included) and its flow (server id, state, times,
-    /// sequence numbers). The record's size tells its family.
+    /// A slot of a log: a new flow as the datapath created it, its key (the
+    /// client's 5-tuple, VIP included) and its flow (server id, state,
+    /// times, sequence numbers). `seq` is the flow's number in its CPU's
+    /// log plus one once written, 0 while being written.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct NewFlow<K> {
+    pub struct LogSlot<K> {
+        pub seq: u64,
         pub key: K,
         pub flow: Flow,
     }
 
-    // SAFETY: both are `repr(C)` of Pod fields with no padding: the key's
-    // size (16, 40) is a multiple of the flow's alignment (8), and the
-    // flow's size (32) of the key's (4); asserted below.
-    unsafe impl Zeroable for NewFlow<FlowKey> {}
+    // SAFETY: `repr(C)` of Pod fields with no padding: the key's size (16,
+    // 40) is a multiple of the flow's alignment (8); asserted below.
+    unsafe impl Zeroable for LogSlot<FlowKey> {}
     // SAFETY: as above.
-    unsafe impl Pod for NewFlow<FlowKey> {}
+    unsafe impl Pod for LogSlot<FlowKey> {}
     // SAFETY: as above.
-    unsafe impl Zeroable for NewFlow<FlowKey6> {}
+    unsafe impl Zeroable for LogSlot<FlowKey6> {}
     // SAFETY: as above.
-    unsafe impl Pod for NewFlow<FlowKey6> {}
-    const _: () = assert!(size_of::<NewFlow<FlowKey>>() == size_of::<FlowKey>() + size_of::<Flow>());
-    const _: () = assert!(size_of::<NewFlow<FlowKey6>>() == size_of::<FlowKey6>() + size_of::<Flow>());
+    unsafe impl Pod for LogSlot<FlowKey6> {}
+    const _: () = assert!(size_of::<LogSlot<FlowKey>>() == 8 + size_of::<FlowKey>() + size_of::<Flow>());
+    const _: () = assert!(size_of::<LogSlot<FlowKey6>>() == 8 + size_of::<FlowKey6>() + size_of::<Flow>());
 }
 
 pub mod purge {

@@ -16,8 +16,8 @@ use lb_common::{
 use crate::{
     csum, events,
     maps::{
-        FLOW_TAGS, FLOW_TAGS6, FLOWS, FLOWS6, NEXT_HOPS, NEXT_HOPS6, REVERSE_NAT, REVERSE_NAT6, SERVER_ADDRS6,
-        SERVER_ENDPOINTS, SERVER_ENDPOINTS6, SERVICES, SERVICES6, flow_bucket_mask, flow_bucket_mask6,
+        FLOW_TAGS, FLOW_TAGS6, FLOWS, FLOWS6, NEW_FLOWS, NEW_FLOWS6, NEXT_HOPS, NEXT_HOPS6, REVERSE_NAT, REVERSE_NAT6,
+        SERVER_ADDRS6, SERVER_ENDPOINTS, SERVER_ENDPOINTS6, SERVICES, SERVICES6, flow_bucket_mask, flow_bucket_mask6,
     },
     parse::{Ipv4Hdr, Ipv6Hdr},
 };
@@ -66,6 +66,10 @@ pub trait Family: Sized + 'static {
     fn endpoints() -> &'static HashMap<Self::ServiceKey, Self::Nat>;
     fn reverse_nat() -> &'static LruHashMap<Self::Key, Self::Nat>;
     fn flows() -> &'static Array<Self::Slot>;
+    /// Each CPU's log of new flows (flow replication), and the index of
+    /// its count in the CPU's `flow_sync` line.
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<Self::Key>>;
+    const LOG_HEAD: usize;
     fn flow_tags() -> &'static Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]>;
     fn bucket_mask() -> u32;
     fn next_hops() -> &'static Array<NextHop>;
@@ -255,6 +259,11 @@ impl Family for V4 {
         &FLOWS
     }
     #[inline(always)]
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<FlowKey>> {
+        &NEW_FLOWS
+    }
+    const LOG_HEAD: usize = lb_common::flow_sync::HEAD4;
+    #[inline(always)]
     fn flow_tags() -> &'static Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> {
         &FLOW_TAGS
     }
@@ -351,6 +360,11 @@ impl Family for V6 {
     fn flows() -> &'static Array<FlowSlot6> {
         &FLOWS6
     }
+    #[inline(always)]
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<FlowKey6>> {
+        &NEW_FLOWS6
+    }
+    const LOG_HEAD: usize = lb_common::flow_sync::HEAD6;
     #[inline(always)]
     fn flow_tags() -> &'static Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> {
         &FLOW_TAGS6

@@ -141,7 +141,7 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
     if let Some(kind) = flow_table::insert::<F>(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)? {
         counters::count_eviction(kind);
     }
-    crate::flow_sync::share(&pkt.key, &flow);
+    crate::flow_sync::share::<F>(&pkt.key, &flow);
     // Replies find their VIP by the server's endpoint, unless it serves
     // several services: then by the flow.
     if server.flags & server_flags::SHARED_ENDPOINT != 0 && !remember_return_path::<F>(&pkt.key, &addr, server.port) {

@@ -167,15 +167,22 @@ pub static MAPS_FORMAT: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "reset_requests")]
 pub static RESET_REQUESTS: RingBuf = RingBuf::with_byte_size(RESET_REQUESTS_BYTES, 0);
 
-/// New flows for the other balancer nodes (`lb_common::flow_sync`).
-/// Datapath writes while `FLOW_SYNC` says so; agent reads.
+/// New IPv4 flows for the other balancer nodes (`lb_common::flow_sync`):
+/// each CPU's log. Datapath writes while `FLOW_SYNC` says so; agent reads
+/// through mmap. The agent sizes it to its CPUs.
 #[map(name = "new_flows")]
-pub static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(flow_sync::RING_BYTES, 0);
+pub static NEW_FLOWS: Array<flow_sync::LogSlot<FlowKey>> =
+    Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
 
-/// Whether new flows are shared, and how many the ring had no room for
-/// (`lb_common::flow_sync::ON`, `LOST`). Agent writes `ON`; datapath counts.
+/// New IPv6 flows, the same way.
+#[map(name = "new_flows6")]
+pub static NEW_FLOWS6: Array<flow_sync::LogSlot<FlowKey6>> =
+    Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
+
+/// Flow sharing, a line per CPU (`lb_common::flow_sync::LINE`): the agent
+/// sets `ON`; the datapath counts the flows it wrote to each log.
 #[map(name = "flow_sync")]
-pub static FLOW_SYNC: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub static FLOW_SYNC: Array<[u64; flow_sync::LINE]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The programs `lb` hands a family's packets to by a tail call: the IPv6
 /// program (`lb6`) at [`IPV6_PROGRAM`]. Agent writes, at load.

@@ -222,18 +222,31 @@ fn datapath_fixtures() {
             counts: vec![Count::Outcome(ForwardReply, 1)],
         }]);
         // A new flow is handed to the agent for the other nodes, whole.
+        let mut log = bed.dp().maps.flow_log().expect("the log of new flows");
         let shared = client_tcp(40200, 80).flags(SYN).seq(5000, 0);
         bed.run(&[forward("with flow sharing on, a new flow is shared", &shared, s2, SERVER2_MAC, "web", "s2", true)]);
-        let records: Vec<Vec<u8>> =
-            std::iter::from_fn(|| bed.dp_mut().maps.new_flows.next().map(|r| r.to_vec())).collect();
-        assert_eq!(records.len(), 1, "one record per new flow");
-        let record: lb_common::flow_sync::NewFlow<lb_common::FlowKey> = bytemuck::pod_read_unaligned(&records[0]);
-        assert_eq!(record.key, flow_key((CLIENT, 40200), (VIP, 80), proto::TCP));
-        assert_eq!(record.flow, bed.flow(&record.key).expect("the flow"), "the record is the flow as created");
+        let new = log.poll();
+        assert_eq!((new.v4.len(), new.v6.len(), new.lost), (1, 0, 0), "one record per new flow: {new:?}");
+        let (key, flow) = new.v4[0];
+        assert_eq!(key, flow_key((CLIENT, 40200), (VIP, 80), proto::TCP));
+        assert_eq!(flow, bed.flow(&key).expect("the flow"), "the record is the flow as created");
+        assert_eq!(log.poll().v4.len(), 0, "each record is read once");
+        // More new flows than a CPU's log holds between two reads: the
+        // last lap is read, the flows before it are counted lost. (On one
+        // CPU: each CPU has its own part of the log.)
+        testbed::bench::pin_to_cpu(0);
+        let lap = lb_common::flow_sync::LOG_SLOTS as u16;
+        for port in 0..lap + 5 {
+            let syn = Pkt::tcp((CLIENT, 10_000 + port), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+            assert_eq!(bed.run_frame(&syn, "toclient").0, XDP_REDIRECT);
+        }
+        let new = log.poll();
+        assert_eq!((new.v4.len(), new.lost), (usize::from(lap), 5), "a lapped log");
+        assert_eq!(new.v4.last().map(|(k, _)| k.src_port), Some(u16::to_be(10_000 + lap + 4)), "the newest flow read");
         bed.dp_mut().maps.share_new_flows(false).expect("sharing off");
         let unshared = client_tcp(40201, 80).flags(SYN).seq(5000, 0);
         bed.run(&[forward("with flow sharing off, nothing is shared", &unshared, s2, SERVER2_MAC, "web", "s2", true)]);
-        assert!(bed.dp_mut().maps.new_flows.next().is_none(), "no record with sharing off");
+        assert_eq!(log.poll().v4.len(), 0, "no record with sharing off");
 
         // Idle flows age out by their own timeouts: UDP after 30 s, TCP after 300 s.
         let udp_flows = |bed: &FixtureBed| {

@@ -6,9 +6,10 @@
 //! since the flow began (a Maglev row rebuilt since would pick another:
 //! katran#155), and rewrites its replies back to the VIP.
 //!
-//! Design: the datapath hands each new flow to a ring buffer (only while
-//! sharing is on; `lb-ebpf/src/flow_sync.rs`); this task reads it as soon as
-//! it has records, and sends them in datagrams of up to [`BATCH`] flows to
+//! Design: the datapath logs each new flow (only while sharing is on; each
+//! CPU in its own part of a log: `lb-ebpf/src/flow_sync.rs`); this task
+//! polls the log every [`POLL`], and sends them in datagrams of up to
+//! [`BATCH`] flows to
 //! each peer's `sync_address` over the nodes' own network (UDP: a lost
 //! datagram costs the flows it held only if their node is lost too). A
 //! received flow names its server by identity (pool and server names), not
@@ -30,11 +31,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use bytemuck::{Pod, Zeroable};
-use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_seen, flow_sync::NewFlow};
+use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_seen};
 use tokio::{
-    io::unix::AsyncFd,
     net::UdpSocket,
     sync::{mpsc, oneshot, watch},
 };
@@ -44,11 +43,15 @@ use crate::{
     datapath::{
         Maps,
         clock::datapath_now_ns,
+        flow_log::{FlowLog, NewFlows},
         flow_table::{FlowTable, TableWriter},
-        lost_of,
     },
     servers::maglev::identity,
 };
+
+/// How often the datapath's log of new flows is read: a flow's copy
+/// leaves within this (and a datagram's way) of its first packet.
+pub const POLL: Duration = Duration::from_millis(5);
 
 /// Flows per datagram: 24 records and the header fit in 1,400 bytes, below
 /// any path's MTU.
@@ -188,7 +191,7 @@ pub struct SyncCounts {
     /// Datagrams refused: from an unknown address, malformed, or naming a
     /// server this node does not have.
     pub refused: AtomicU64,
-    /// New flows the datapath could not hand over (its ring was full).
+    /// New flows overwritten in the datapath's log before they were read.
     pub lost: AtomicU64,
 }
 
@@ -223,15 +226,14 @@ pub const JOIN_WAIT: Duration = Duration::from_secs(5);
 pub type PushAll = oneshot::Sender<u64>;
 
 /// What replication needs from the start-up, opened before the runtime
-/// runs: the ring (a second descriptor: this task is its only reader), the
-/// flow tables (from the pins), the bound socket.
+/// runs: the log of new flows and the flow tables (mapped), the bound
+/// socket.
 pub struct Parts {
     pub address: SocketAddr,
     socket: std::net::UdpSocket,
-    ring: RingBuf<MapData>,
+    log: FlowLog,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
-    flow_sync: PerCpuArray<MapData, u64>,
     refresh: Duration,
 }
 
@@ -239,30 +241,23 @@ impl Parts {
     /// `refresh`: how often the copies of this node's long-lived flows are
     /// sent again, so that the peers' copies do not idle out.
     pub fn open(maps: &Maps, pins: &Path, address: SocketAddr, refresh: Duration) -> anyhow::Result<Parts> {
-        let fd = maps.new_flows_fd().try_clone_to_owned().context("cannot open the new flows' ring")?;
-        let ring = MapData::from_fd(fd).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
-        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|e| anyhow::anyhow!("the new flows' ring: {e}"))?;
+        let log = maps.flow_log().context("cannot map the log of new flows")?;
         let table = FlowTable::from_pins(pins).and_then(FlowTable::writer).context("cannot map the flow table")?;
         let table6 =
             FlowTable::from_pins6(pins).and_then(FlowTable::writer).context("cannot map the IPv6 flow table")?;
         let socket = std::net::UdpSocket::bind(address)
             .with_context(|| format!("cluster.sync_address {address}: cannot receive other nodes' flows there"))?;
         socket.set_nonblocking(true)?;
-        let flow_sync = maps.flow_sync_handle().context("cannot open the flow sharing's counts")?;
-        Ok(Parts { address, socket, ring, table, table6, flow_sync, refresh })
+        Ok(Parts { address, socket, log, table, table6, refresh })
     }
 
     /// The task, on the runtime.
     pub fn start(self, links: Links) -> std::io::Result<Replicator> {
         Ok(Replicator {
             socket: UdpSocket::from_std(self.socket)?,
-            // SAFETY: the descriptor is the ring buffer's own, owned by the
-            // ring, which the AsyncFd owns: it stays open and the same while
-            // registered.
-            ring: unsafe { AsyncFd::register_with_interest(self.ring, tokio::io::Interest::READABLE) }?,
+            log: self.log,
             table: self.table,
             table6: self.table6,
-            flow_sync: self.flow_sync,
             refresh: self.refresh,
             links,
             counts: Arc::default(),
@@ -283,10 +278,9 @@ pub struct Links {
 
 pub struct Replicator {
     socket: UdpSocket,
-    ring: AsyncFd<RingBuf<MapData>>,
+    log: FlowLog,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
-    flow_sync: PerCpuArray<MapData, u64>,
     refresh: Duration,
     links: Links,
     pub counts: Arc<SyncCounts>,
@@ -340,24 +334,22 @@ impl Replicator {
         let mut joining = Joining { waiting: None, until: tokio::time::Instant::now() + JOIN_WAIT };
         let mut refresh = tokio::time::interval(self.refresh);
         let mut refreshed_ns = datapath_now_ns();
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let joined = *self.links.joined.borrow();
             tokio::select! {
                 () = stopped(&mut shutdown) => return,
-                ready = self.ring.readable_mut() => match ready {
-                    Ok(mut ready) => {
-                        // Cleared before reading: a record written after the
-                        // read brings a new wake-up (the ring wakes a reader
-                        // only when it was empty), which must not be lost.
-                        ready.clear_ready();
-                        let flows = read_new_flows(ready.get_inner_mut());
-                        self.counts.lost.store(lost_of(&self.flow_sync), Ordering::Relaxed);
+                _ = poll.tick() => {
+                    let new = self.log.poll();
+                    self.counts.lost.fetch_add(new.lost, Ordering::Relaxed);
+                    let flows = replicated(new);
+                    if !flows.is_empty() {
                         ids.refresh(&self.links.snapshots.borrow());
                         let peers = self.peer_addresses();
                         self.send(&flows, &ids, &peers).await;
                     }
-                    Err(e) => return log::error!("flow replication: cannot wait on the new flows: {e}"),
-                },
+                }
                 received = self.socket.recv_from(&mut buffer) => match received {
                     Ok((len, from)) => {
                         ids.refresh(&self.links.snapshots.borrow());
@@ -526,24 +518,10 @@ impl Joining {
     }
 }
 
-/// Every record in the ring now; the record's size tells its family.
-fn read_new_flows(ring: &mut RingBuf<MapData>) -> Vec<Replicated> {
-    let mut flows = Vec::new();
-    while let Some(item) = ring.next() {
-        let flow = match item.len() {
-            n if n == size_of::<NewFlow<FlowKey6>>() => {
-                let r: NewFlow<FlowKey6> = bytemuck::pod_read_unaligned(&item);
-                Replicated::V6(r.key, r.flow)
-            }
-            n if n == size_of::<NewFlow<FlowKey>>() => {
-                let r: NewFlow<FlowKey> = bytemuck::pod_read_unaligned(&item);
-                Replicated::V4(r.key, r.flow)
-            }
-            _ => continue,
-        };
-        flows.push(flow);
-    }
-    flows
+/// The new flows of both families, as replication sends them.
+fn replicated(new: NewFlows) -> Vec<Replicated> {
+    let v4 = new.v4.into_iter().map(|(key, flow)| Replicated::V4(key, flow));
+    v4.chain(new.v6.into_iter().map(|(key, flow)| Replicated::V6(key, flow))).collect()
 }
 
 #[cfg(test)]

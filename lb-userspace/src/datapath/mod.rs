@@ -29,6 +29,7 @@ use aya::{
 use lb_common::{
     Addr6, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES,
     ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey, ServiceKey6, TableSlot, filter,
+    flow_sync::{self, LogSlot},
     flow_table as table_layout, map_name, purge as purge_layout,
 };
 
@@ -37,6 +38,7 @@ pub mod clock;
 pub mod counters;
 pub mod ebpf_log;
 pub mod family;
+pub mod flow_log;
 pub mod flow_table;
 pub mod ops;
 mod pins;
@@ -185,7 +187,7 @@ impl MapSizes {
     }
 
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 31] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 32] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         let tag_size = 8 * table_layout::TAG_LINE_BUCKETS;
@@ -224,8 +226,9 @@ impl MapSizes {
             (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
             (map_name::FAMILY_PROGRAMS, 4, 4, 1),
-            (map_name::NEW_FLOWS, 0, 0, lb_common::flow_sync::RING_BYTES),
-            (map_name::FLOW_SYNC, 4, 8, 2),
+            (map_name::NEW_FLOWS, 4, s(size_of::<LogSlot<FlowKey>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
+            (map_name::NEW_FLOWS6, 4, s(size_of::<LogSlot<FlowKey6>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
+            (map_name::FLOW_SYNC, 4, s(8 * flow_sync::LINE), flow_log::cpus()),
         ]
     }
 }
@@ -257,8 +260,10 @@ pub struct Maps {
     pub reverse_nat6: HashMap<MapData, FlowKey6, ReverseNat6>,
     pub next_hops6: Array<MapData, NextHop>,
     pub purged6: Array<MapData, purge_layout::Purged6>,
-    pub new_flows: RingBuf<MapData>,
-    pub flow_sync: PerCpuArray<MapData, u64>,
+    /// Flow replication's logs and the CPUs' lines (see [`flow_log`]).
+    pub new_flows: MapData,
+    pub new_flows6: MapData,
+    pub flow_sync: MapData,
 }
 
 impl Maps {
@@ -291,34 +296,16 @@ impl Maps {
         self.reset_requests.as_fd()
     }
 
-    pub fn new_flows_fd(&self) -> BorrowedFd<'_> {
-        self.new_flows.as_fd()
+    /// The new flows' logs, mapped (flow replication reads them).
+    pub fn flow_log(&self) -> std::io::Result<flow_log::FlowLog> {
+        flow_log::FlowLog::open(&self.flow_sync, &self.new_flows, &self.new_flows6)
     }
 
     /// Turns the sharing of new flows on or off (every CPU's flag).
     pub fn share_new_flows(&mut self, on: bool) -> std::io::Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
-        let values = aya::maps::PerCpuValues::try_from(vec![u64::from(on); cpus]).map_err(std::io::Error::other)?;
-        self.flow_sync.set(lb_common::flow_sync::ON, values, 0).map_err(std::io::Error::other)
+        self.flow_log()?.share(on);
+        Ok(())
     }
-
-    /// New flows the ring had no room for, since the maps were made.
-    pub fn new_flows_lost(&self) -> u64 {
-        lost_of(&self.flow_sync)
-    }
-
-    /// A second handle on the sharing flag and its count of lost flows
-    /// (for the replicator, whose counts show it).
-    pub fn flow_sync_handle(&self) -> std::io::Result<PerCpuArray<MapData, u64>> {
-        let map =
-            MapData::from_fd(self.flow_sync.map().fd().as_fd().try_clone_to_owned()?).map_err(std::io::Error::other)?;
-        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).map_err(std::io::Error::other)
-    }
-}
-
-/// The flows the new flows' ring had no room for, summed over the CPUs.
-pub fn lost_of(flow_sync: &PerCpuArray<MapData, u64>) -> u64 {
-    flow_sync.get(&lb_common::flow_sync::LOST, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 struct Attached {
@@ -666,9 +653,21 @@ fn take_maps(mut take: impl FnMut(&'static str) -> Option<aya::maps::Map>) -> Re
         reverse_nat6: typed(t, map_name::REVERSE_NAT6)?,
         next_hops6: typed(t, map_name::NEXT_HOPS6)?,
         purged6: typed(t, map_name::PURGED6)?,
-        new_flows: typed(t, map_name::NEW_FLOWS)?,
-        flow_sync: typed(t, map_name::FLOW_SYNC)?,
+        new_flows: take_array(t, map_name::NEW_FLOWS)?,
+        new_flows6: take_array(t, map_name::NEW_FLOWS6)?,
+        flow_sync: take_array(t, map_name::FLOW_SYNC)?,
     })
+}
+
+/// An array map as it is (mapped by its reader, not read through aya).
+fn take_array(
+    take: &mut impl FnMut(&'static str) -> Option<aya::maps::Map>,
+    name: &'static str,
+) -> Result<MapData, DatapathError> {
+    match take(name) {
+        Some(aya::maps::Map::Array(map)) => Ok(map),
+        _ => Err(DatapathError::Map { name, source: None }),
+    }
 }
 
 /// Puts the IPv6 program where `lb` tail-calls it. In the (pinned) array,
