@@ -524,6 +524,9 @@ pub struct NodeView {
     pub admin: NodeAdmin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_by: Option<String>,
+    /// The store's revision of that state (0: never decided).
+    #[serde(default)]
+    pub admin_revision: i64,
     /// The VIPs its BGP daemon announces now (none without `[bgp]`).
     #[serde(default)]
     pub announced: Vec<std::net::IpAddr>,

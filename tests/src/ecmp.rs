@@ -37,6 +37,9 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 240, 9, 2);
 /// The services' ports: line echo over TCP, datagram echo over UDP.
 pub const TCP_PORT: u16 = 7000;
 pub const UDP_PORT: u16 = 7001;
+/// A second TCP service on the same pool (with [`EcmpBed::start_shared`]):
+/// the servers' endpoints then serve two services.
+pub const SHARED_PORT: u16 = 7002;
 /// The nodes' port for replicated flows.
 pub const SYNC_PORT: u16 = 7946;
 
@@ -127,6 +130,8 @@ pub struct EcmpBed {
     prefix: String,
     /// Server hosts in the pools of a node started now.
     configured: usize,
+    /// The second service on the pool ([`SHARED_PORT`]).
+    shared: bool,
     dir: DirGuard,
 }
 
@@ -135,6 +140,17 @@ impl EcmpBed {
     /// them in the pools; all up: the router has one path per node to the
     /// VIP, and every node sees the others.
     pub fn start(nodes: usize, servers: usize, configured: usize) -> EcmpBed {
+        EcmpBed::start_with(nodes, servers, configured, false)
+    }
+
+    /// As [`EcmpBed::start`], with a second TCP service ([`SHARED_PORT`])
+    /// on the same pool: every server's endpoint serves two services, so
+    /// its replies find their VIP by flow, not by endpoint.
+    pub fn start_shared(nodes: usize, servers: usize, configured: usize) -> EcmpBed {
+        EcmpBed::start_with(nodes, servers, configured, true)
+    }
+
+    fn start_with(nodes: usize, servers: usize, configured: usize, shared: bool) -> EcmpBed {
         let prefix = unique_prefix();
         let dir = std::env::temp_dir().join(format!("{prefix}-ecmp"));
         std::fs::create_dir_all(&dir).expect("bed directory");
@@ -181,6 +197,7 @@ impl EcmpBed {
             store,
             prefix,
             configured,
+            shared,
             dir: DirGuard(dir),
         };
         for _ in 0..nodes {
@@ -212,8 +229,11 @@ impl EcmpBed {
         let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include));
         let instance = format!("{prefix}-n{k}");
         let endpoints = self.store.endpoints();
-        let config = node_agent_config(k, self.configured, &node_dir, &bird.socket, &include, &endpoints)
+        let mut config = node_agent_config(k, self.configured, &node_dir, &bird.socket, &include, &endpoints)
             .set("instance", instance.as_str());
+        if self.shared {
+            config = config.service(VIP, SHARED_PORT, "tcp", "echo");
+        }
         let place = Place {
             dir: node_dir.join("agent"),
             instance,

@@ -16,7 +16,7 @@ use std::{
 use lb_userspace::model::{NodeAdmin, NodeDisabled, NodesView};
 use testbed::{
     bed::EVERY_100MS,
-    ecmp::{EcmpBed, TCP_PORT, UDP_PORT, VIP},
+    ecmp::{EcmpBed, SHARED_PORT, TCP_PORT, UDP_PORT, VIP},
     netns::NetNs,
     servers::{EchoClient, Session, udp_exchange_on},
 };
@@ -49,10 +49,15 @@ struct Outcome {
 
 impl Load {
     fn start(client: &NetNs, sessions: usize, udp_flows: usize) -> Load {
+        Load::start_on(client, TCP_PORT, sessions, udp_flows)
+    }
+
+    /// With its TCP sessions and new connections to `port`.
+    fn start_on(client: &NetNs, port: u16, sessions: usize, udp_flows: usize) -> Load {
         let sessions = (0..sessions)
             .map(|i| {
                 let mut c =
-                    client.run(|| EchoClient::connect(VIP, TCP_PORT)).unwrap_or_else(|e| panic!("session {i}: {e}"));
+                    client.run(|| EchoClient::connect(VIP, port)).unwrap_or_else(|e| panic!("session {i}: {e}"));
                 let server = c.exchange("hello").expect("a first exchange");
                 Session::start(c, &server, EVERY_100MS)
             })
@@ -82,7 +87,7 @@ impl Load {
         let churn = {
             let stop = Arc::clone(&stop);
             let client = client.name.clone();
-            Some(std::thread::spawn(move || churn(&client, &stop)))
+            Some(std::thread::spawn(move || churn(&client, port, &stop)))
         };
         Load { sessions, udp, stop, churn }
     }
@@ -108,14 +113,21 @@ impl Load {
             outcome.landed.len(),
             outcome.slowest.as_millis()
         );
-        assert!(outcome.slowest < Duration::from_secs(1), "a new connection took {:?}", outcome.slowest);
         outcome
+    }
+}
+
+impl Outcome {
+    /// No new connection took a second (a lost SYN or SYN-ACK costs one).
+    fn fast(self) -> Outcome {
+        assert!(self.slowest < Duration::from_secs(1), "a new connection took {:?}", self.slowest);
+        self
     }
 }
 
 /// New connections one after another (connect, one line, close) until
 /// stopped.
-fn churn(client: &str, stop: &AtomicBool) -> Churn {
+fn churn(client: &str, port: u16, stop: &AtomicBool) -> Churn {
     let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("client netns");
     // SAFETY: setns on this thread only; the file is a namespace's.
     assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
@@ -124,7 +136,7 @@ fn churn(client: &str, stop: &AtomicBool) -> Churn {
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let start = Instant::now();
-        match EchoClient::connect(VIP, TCP_PORT).and_then(|mut c| c.exchange("new")) {
+        match EchoClient::connect(VIP, port).and_then(|mut c| c.exchange("new")) {
             Ok(server) => {
                 churn.slowest = churn.slowest.max(start.elapsed());
                 churn.landed.push((start, server));
@@ -154,7 +166,7 @@ fn nodes_lost_cost_no_connection_and_the_router_drops_a_silent_one_within_bfds_t
     eprintln!("r stopped using n3 {} ms after its BIRD froze (BFD target: 300 ms)", dropped.as_millis());
     assert!(dropped < Duration::from_secs(5), "BFD did not drop the silent node: {dropped:?}");
     std::thread::sleep(Duration::from_secs(1));
-    load.check();
+    load.check().fast();
 }
 
 #[test]
@@ -171,7 +183,7 @@ fn a_server_added_then_a_node_lost_moves_no_flow_to_another_server() {
     bed.node("n3").ns.ip(&["link", "set", "dev", "uplink", "down"]);
     bed.wait_paths(&[1, 2], Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    load.check();
+    load.check().fast();
 }
 
 #[test]
@@ -225,7 +237,7 @@ fn nodes_disabled_gracefully_or_at_once_then_enabled_cost_no_connection() {
     }
     bed.wait_paths(&[1, 2, 3], Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    load.check();
+    load.check().fast();
 }
 
 #[test]
@@ -251,7 +263,7 @@ fn a_fourth_node_joins_under_load_with_the_live_flows_while_a_server_drains() {
     assert!(replication.received >= 30, "the sessions' flows pushed to n4: {replication:?}");
     assert_eq!((replication.refused, replication.lost), (0, 0), "{replication:?}");
     std::thread::sleep(Duration::from_millis(1500));
-    let outcome = load.check();
+    let outcome = load.check().fast();
     // No node sent a new connection to s1 once the decision was everywhere
     // (within a watch's round trip: half a second is ample).
     let late: Vec<_> = outcome
@@ -261,4 +273,22 @@ fn a_fourth_node_joins_under_load_with_the_live_flows_while_a_server_drains() {
         .collect();
     assert!(late.is_empty(), "{} new connection(s) went to the draining s1", late.len());
     assert!(outcome.landed.iter().any(|(_, s)| s == "s3"), "new connections use s3");
+}
+
+#[test]
+fn flows_of_an_endpoint_serving_two_services_return_through_any_node_and_survive_a_node_lost() {
+    // Each server serves two services (7000 and 7002): a reply finds its
+    // VIP by its flow's return path, which every node must then hold too.
+    let bed = EcmpBed::start_shared(3, 3, 3);
+    let load = Load::start_on(&bed.client, SHARED_PORT, 24, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    bed.node("n2").ns.ip(&["link", "set", "dev", "uplink", "down"]);
+    bed.wait_paths(&[1, 3], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    // Every session kept, every new connection made; but a new connection's
+    // SYN-ACK may reach a node before its flow's copy, which cannot tell
+    // the reply's service from the endpoint alone: it waits for the SYN's
+    // retransmission (1 s). docs/cluster.md says so.
+    let outcome = load.check();
+    assert!(outcome.slowest < Duration::from_millis(3500), "a new connection took {:?}", outcome.slowest);
 }

@@ -70,6 +70,9 @@ pub struct ServerSnapshot {
     pub active_flows: u64,
     pub source: Source,
     pub removing: bool,
+    /// Its endpoint serves several services: replies find their VIP by
+    /// flow (`reverse_nat`), not by endpoint.
+    pub shared_endpoint: bool,
     /// Its pool has health monitors.
     pub monitored: bool,
     pub health: crate::servers::health::Health,

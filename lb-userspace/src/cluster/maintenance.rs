@@ -122,8 +122,10 @@ impl Cluster {
             Ok(Err(e)) => return Err(unreachable(&e.to_string())),
             Err(_) => return Err(unreachable(&format!("no answer within {:?}", self.timeout))),
         };
-        let mut admins = self.admins.clone();
-        let seen = admins.wait_for(|a| a.get(node).is_some_and(|(_, r)| *r >= revision));
+        // Answered once this node's view shows it: a reader of `lb nodes`
+        // right after sees the change.
+        let mut view = self.view.clone();
+        let seen = view.wait_for(|v| v.nodes.iter().any(|n| n.node == node && n.admin_revision >= revision));
         let _ = tokio::time::timeout(self.timeout, seen).await;
         log::info!("node {node}: {} -> {} (through {})", from.label(), to.label(), self.node);
         Ok(NodeChange { node: node.to_owned(), from, to })

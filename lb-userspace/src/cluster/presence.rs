@@ -245,6 +245,7 @@ impl Presence {
             .map(|(r, at, offset)| NodeView {
                 admin: admins.get(&r.node).map(|(a, _)| a.admin).unwrap_or_default(),
                 admin_by: admins.get(&r.node).map(|(a, _)| a.by.clone()),
+                admin_revision: admins.get(&r.node).map_or(0, |(_, revision)| *revision),
                 announced: if r.node == self.node { this.announced.clone() } else { r.announced.clone() },
                 still_arriving: if r.node == self.node { this.still_arriving } else { r.still_arriving },
                 node: r.node.clone(),

@@ -31,8 +31,9 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::MapData;
 use bytemuck::{Pod, Zeroable};
-use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, flow_seen};
+use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, ReverseNat, ReverseNat6, flow_seen, map_name};
 use tokio::{
     net::UdpSocket,
     sync::{mpsc, oneshot, watch},
@@ -41,8 +42,9 @@ use tokio::{
 use crate::{
     agent::{runtime::stopped, snapshot::Snapshot},
     datapath::{
-        Maps,
+        Maps, bpf_batch,
         clock::datapath_now_ns,
+        family::{Family, Key, V4, V6},
         flow_log::{FlowLog, NewFlows},
         flow_table::{FlowTable, TableWriter},
     },
@@ -234,6 +236,8 @@ pub struct Parts {
     log: FlowLog,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
+    /// The return paths of flows on shared endpoints, both families.
+    reverse_nat: (MapData, MapData),
     refresh: Duration,
 }
 
@@ -248,7 +252,11 @@ impl Parts {
         let socket = std::net::UdpSocket::bind(address)
             .with_context(|| format!("cluster.sync_address {address}: cannot receive other nodes' flows there"))?;
         socket.set_nonblocking(true)?;
-        Ok(Parts { address, socket, log, table, table6, refresh })
+        let pinned = |name: &str| {
+            MapData::from_pin(pins.join(name)).with_context(|| format!("cannot open the pinned map {name}"))
+        };
+        let reverse_nat = (pinned(map_name::REVERSE_NAT)?, pinned(map_name::REVERSE_NAT6)?);
+        Ok(Parts { address, socket, log, table, table6, reverse_nat, refresh })
     }
 
     /// The task, on the runtime.
@@ -258,6 +266,7 @@ impl Parts {
             log: self.log,
             table: self.table,
             table6: self.table6,
+            reverse_nat: self.reverse_nat,
             refresh: self.refresh,
             links,
             counts: Arc::default(),
@@ -281,6 +290,7 @@ pub struct Replicator {
     log: FlowLog,
     table: TableWriter,
     table6: TableWriter<FlowSlot6>,
+    reverse_nat: (MapData, MapData),
     refresh: Duration,
     links: Links,
     pub counts: Arc<SyncCounts>,
@@ -292,6 +302,9 @@ struct Ids {
     of: Option<Arc<Snapshot>>,
     identity: HashMap<u32, u64>,
     id: HashMap<u64, u32>,
+    /// Servers whose endpoint serves several services, by id: their
+    /// address(es) and port. A copy of their flows needs its return path.
+    shared: HashMap<u32, (IpAddr, Option<std::net::Ipv6Addr>, u16)>,
 }
 
 impl Ids {
@@ -301,11 +314,15 @@ impl Ids {
         }
         self.identity.clear();
         self.id.clear();
+        self.shared.clear();
         for pool in &snapshot.pools {
             for server in &pool.servers {
                 let identity = identity(&pool.name, &server.name);
                 self.identity.insert(server.id, identity);
                 self.id.insert(identity, server.id);
+                if server.shared_endpoint {
+                    self.shared.insert(server.id, (server.address, server.address6, server.port));
+                }
             }
         }
         self.of = Some(Arc::clone(snapshot));
@@ -467,18 +484,60 @@ impl Replicator {
         };
         let now = datapath_now_ns();
         let mut written = 0;
+        let mut paths = ReturnPaths::default();
         for wire in &flows {
             let flow = ids.id.get(&wire.server).and_then(|id| wire.to_flow(*id, now));
             match flow {
-                Some(Replicated::V4(key, flow)) => written += u64::from(self.table.insert(&key, &flow)),
-                Some(Replicated::V6(key, flow)) => written += u64::from(self.table6.insert(&key, &flow)),
+                Some(Replicated::V4(key, flow)) => {
+                    written += u64::from(self.table.insert(&key, &flow));
+                    return_path::<V4>(&mut paths.v4, &key, ids.shared.get(&flow.server_id));
+                }
+                Some(Replicated::V6(key, flow)) => {
+                    written += u64::from(self.table6.insert(&key, &flow));
+                    return_path::<V6>(&mut paths.v6, &key, ids.shared.get(&flow.server_id));
+                }
                 None => {
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+        paths.write(&self.reverse_nat);
         self.counts.received.fetch_add(written, Ordering::Relaxed);
         flows.is_empty()
+    }
+}
+
+/// The return paths of received flows whose server's endpoint serves
+/// several services: there, replies find their VIP by flow.
+#[derive(Default)]
+struct ReturnPaths {
+    v4: (Vec<FlowKey>, Vec<ReverseNat>),
+    v6: (Vec<FlowKey6>, Vec<ReverseNat6>),
+}
+
+impl ReturnPaths {
+    fn write(&self, (reverse_nat, reverse_nat6): &(MapData, MapData)) {
+        let written = [
+            (!self.v4.0.is_empty()).then(|| bpf_batch::update_batch(reverse_nat, &self.v4.0, &self.v4.1)),
+            (!self.v6.0.is_empty()).then(|| bpf_batch::update_batch(reverse_nat6, &self.v6.0, &self.v6.1)),
+        ];
+        for e in written.into_iter().flatten().filter_map(Result::err) {
+            log::warn!("flow replication: cannot write the return paths of shared endpoints' flows: {e}");
+        }
+    }
+}
+
+/// Adds the return path of `key` to a family's part of [`ReturnPaths`] if
+/// its server is `shared`.
+fn return_path<F: Family>(
+    (keys, nats): &mut (Vec<Key<F>>, Vec<F::Nat>),
+    key: &Key<F>,
+    shared: Option<&(IpAddr, Option<std::net::Ipv6Addr>, u16)>,
+) {
+    let Some(&(address, address6, port)) = shared else { return };
+    if let Some(reply) = F::reply_key(key, address, port).or_else(|| F::reply_key(key, address6?.into(), port)) {
+        keys.push(reply);
+        nats.push(F::nat(key));
     }
 }
 
