@@ -116,6 +116,15 @@ pub struct Node {
     pub ns: NetNs,
 }
 
+/// What a bed's nodes run beside the defaults.
+#[derive(Clone, Copy, Default)]
+pub struct Options {
+    /// A second TCP service on the pool ([`SHARED_PORT`]).
+    pub shared: bool,
+    /// `bgp.withdraw_without_servers`.
+    pub withdraw_without_servers: bool,
+}
+
 /// Fields drop in order: agents and BIRDs, then servers, then namespaces,
 /// then the store.
 pub struct EcmpBed {
@@ -130,8 +139,7 @@ pub struct EcmpBed {
     prefix: String,
     /// Server hosts in the pools of a node started now.
     configured: usize,
-    /// The second service on the pool ([`SHARED_PORT`]).
-    shared: bool,
+    options: Options,
     dir: DirGuard,
 }
 
@@ -140,17 +148,17 @@ impl EcmpBed {
     /// them in the pools; all up: the router has one path per node to the
     /// VIP, and every node sees the others.
     pub fn start(nodes: usize, servers: usize, configured: usize) -> EcmpBed {
-        EcmpBed::start_with(nodes, servers, configured, false)
+        EcmpBed::start_with(nodes, servers, configured, Options::default())
     }
 
     /// As [`EcmpBed::start`], with a second TCP service ([`SHARED_PORT`])
     /// on the same pool: every server's endpoint serves two services, so
     /// its replies find their VIP by flow, not by endpoint.
     pub fn start_shared(nodes: usize, servers: usize, configured: usize) -> EcmpBed {
-        EcmpBed::start_with(nodes, servers, configured, true)
+        EcmpBed::start_with(nodes, servers, configured, Options { shared: true, ..Options::default() })
     }
 
-    fn start_with(nodes: usize, servers: usize, configured: usize, shared: bool) -> EcmpBed {
+    pub fn start_with(nodes: usize, servers: usize, configured: usize, options: Options) -> EcmpBed {
         let prefix = unique_prefix();
         let dir = std::env::temp_dir().join(format!("{prefix}-ecmp"));
         std::fs::create_dir_all(&dir).expect("bed directory");
@@ -197,7 +205,7 @@ impl EcmpBed {
             store,
             prefix,
             configured,
-            shared,
+            options,
             dir: DirGuard(dir),
         };
         for _ in 0..nodes {
@@ -231,8 +239,11 @@ impl EcmpBed {
         let endpoints = self.store.endpoints();
         let mut config = node_agent_config(k, self.configured, &node_dir, &bird.socket, &include, &endpoints)
             .set("instance", instance.as_str());
-        if self.shared {
+        if self.options.shared {
             config = config.service(VIP, SHARED_PORT, "tcp", "echo");
+        }
+        if self.options.withdraw_without_servers {
+            config = config.set("bgp.withdraw_without_servers", true);
         }
         let place = Place {
             dir: node_dir.join("agent"),

@@ -16,7 +16,7 @@ use std::{
 use lb_userspace::model::{NodeAdmin, NodeDisabled, NodesView};
 use testbed::{
     bed::EVERY_100MS,
-    ecmp::{EcmpBed, SHARED_PORT, TCP_PORT, UDP_PORT, VIP},
+    ecmp::{EcmpBed, Options, SHARED_PORT, TCP_PORT, UDP_PORT, VIP},
     netns::NetNs,
     servers::{EchoClient, Session, udp_exchange_on},
 };
@@ -291,4 +291,31 @@ fn flows_of_an_endpoint_serving_two_services_return_through_any_node_and_survive
     // retransmission (1 s). docs/cluster.md says so.
     let outcome = load.check();
     assert!(outcome.slowest < Duration::from_millis(3500), "a new connection took {:?}", outcome.slowest);
+}
+
+#[test]
+fn a_vip_whose_servers_are_all_out_is_withdrawn_when_asked_and_announced_again_with_the_first_back() {
+    let options = Options { withdraw_without_servers: true, ..Options::default() };
+    let bed = EcmpBed::start_with(2, 1, 1, options);
+    let n1 = &bed.node("n1").agent;
+    // The VIP's TCP pool has no server left; its UDP pool still has s1.
+    let (ok, out, err) = n1.lb(&["server", "disable", "echo", "s1", "--force"]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bed.paths(), [1, 2], "a service of the VIP still has a server");
+    // None left: every node withdraws it.
+    let (ok, out, err) = n1.lb(&["server", "disable", "uecho", "s1", "--force"]);
+    assert!(ok, "{out}{err}");
+    bed.wait_paths(&[], Duration::from_secs(10));
+    // Each node's record says so (published within a tick).
+    testbed::bed::wait_for("every node's record announcing nothing", Duration::from_secs(5), || {
+        let view: NodesView = bed.node("n2").agent.lb_json(&["nodes"]);
+        view.nodes.iter().all(|n| n.announced.is_empty())
+    });
+    // The first server back: announced again.
+    let (ok, out, err) = bed.node("n2").agent.lb(&["server", "enable", "echo", "s1"]);
+    assert!(ok, "{out}{err}");
+    bed.wait_paths(&[1, 2], Duration::from_secs(10));
+    let mut c = bed.client.run(|| EchoClient::connect(VIP, TCP_PORT)).expect("a connection to the VIP again");
+    assert_eq!(c.exchange("back").expect("an answer"), "s1");
 }

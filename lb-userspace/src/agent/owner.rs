@@ -522,8 +522,19 @@ impl<D: DatapathOps> Owner<D> {
             reloads: self.reloads,
             config_hash: self.config_hash.clone(),
             shared_revision: self.shared_revision(),
-            vips: self.config.services.iter().map(|s| s.vip).collect(),
+            vips: self.vips(),
         }
+    }
+
+    /// The config's VIPs, each with whether one of its services has a
+    /// server taking new flows.
+    fn vips(&self) -> std::collections::BTreeMap<std::net::IpAddr, bool> {
+        let mut vips = std::collections::BTreeMap::new();
+        for service in &self.config.services {
+            let serving = self.servers.pool(&service.pool).any(|s| s.takes_new_flows());
+            *vips.entry(service.vip).or_insert(false) |= serving;
+        }
+        vips
     }
 
     fn pool_snapshot(&self, pool: &str) -> PoolSnapshot {

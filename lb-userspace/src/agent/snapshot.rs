@@ -29,8 +29,9 @@ pub struct Snapshot {
     pub config_hash: String,
     /// In a cluster: the store's revision whose states it shows.
     pub shared_revision: Option<i64>,
-    /// The config's VIPs (what a node announces to its routers).
-    pub vips: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The config's VIPs (what a node announces to its routers), each with
+    /// whether one of its services has a server taking new flows.
+    pub vips: std::collections::BTreeMap<std::net::IpAddr, bool>,
 }
 
 #[derive(Clone, Debug)]

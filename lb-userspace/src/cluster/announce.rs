@@ -12,7 +12,7 @@
 //! announcement as it is: XDP stays attached and forwards meanwhile.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -77,7 +77,7 @@ impl Announcer {
         let mut done: Option<BTreeSet<IpAddr>> = None;
         loop {
             let want = match *self.in_service.borrow() {
-                Some(true) => Some(self.snapshots.borrow().vips.clone()),
+                Some(true) => Some(announced(&self.snapshots.borrow().vips, self.config.withdraw_without_servers)),
                 Some(false) => Some(BTreeSet::new()),
                 None => None,
             };
@@ -115,6 +115,12 @@ impl Announcer {
         log::debug!("BGP: BIRD: {answer}");
         Ok(())
     }
+}
+
+/// The VIPs to announce while the node is in service: every VIP, or with
+/// `withdraw_without_servers` only those with a server in service.
+pub fn announced(vips: &BTreeMap<IpAddr, bool>, withdraw_without_servers: bool) -> BTreeSet<IpAddr> {
+    vips.iter().filter(|(_, serving)| **serving || !withdraw_without_servers).map(|(vip, _)| *vip).collect()
 }
 
 fn list(vips: &BTreeSet<IpAddr>) -> String {
@@ -183,6 +189,14 @@ mod tests {
         assert!(back.contains("protocol static lb_return4 {\n  ipv4;\n  route 0.0.0.0/0 blackhole;\n}"), "{back}");
         assert!(back.contains("protocol static lb_return6 {\n  ipv6;\n  route ::/0 blackhole;\n}"), "{back}");
         assert!(!text.contains("0.0.0.0/0"), "{text}");
+    }
+
+    #[test]
+    fn a_vip_without_a_server_in_service_is_withdrawn_only_if_asked() {
+        let vips: BTreeMap<IpAddr, bool> =
+            [("10.100.0.1".parse().unwrap(), true), ("10.100.0.2".parse().unwrap(), false)].into();
+        assert_eq!(announced(&vips, false).len(), 2, "by default a VIP stays announced");
+        assert_eq!(announced(&vips, true), ["10.100.0.1".parse().unwrap()].into());
     }
 
     #[tokio::test]

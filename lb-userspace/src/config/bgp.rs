@@ -22,6 +22,11 @@ pub struct BgpConfig {
     /// replies (its return table), so that a withdrawn node stops getting
     /// them too.
     pub return_route: bool,
+    /// Withdraw a VIP while none of its services has a server in service
+    /// (all disabled, draining or DOWN), so that the routers send its
+    /// clients to another site announcing it; announce it again with the
+    /// first server back. Off by default: a VIP stays announced.
+    pub withdraw_without_servers: bool,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +36,8 @@ pub(super) struct RawBgp {
     include_file: Option<PathBuf>,
     #[serde(default)]
     return_route: bool,
+    #[serde(default)]
+    withdraw_without_servers: bool,
 }
 
 impl Validator {
@@ -48,6 +55,11 @@ impl Validator {
         };
         let bird_socket = path("bird_socket", raw.bird_socket, "/run/bird/bird.ctl");
         let include_file = path("include_file", raw.include_file, "/etc/bird/lb-vips.conf");
-        BgpConfig { bird_socket, include_file, return_route: raw.return_route }
+        BgpConfig {
+            bird_socket,
+            include_file,
+            return_route: raw.return_route,
+            withdraw_without_servers: raw.withdraw_without_servers,
+        }
     }
 }
