@@ -88,6 +88,22 @@ pub fn run(report: &mut Report, quick: bool) {
     let note =
         format!("each agent (n1, n2, n3): {}", rss.iter().map(|m| format!("{m:.1} MB")).collect::<Vec<_>>().join(", "));
     report.add(SECTION, "memory per node (largest RSS)", rss.iter().copied().fold(0.0, f64::max), "MB", None, note);
+    replication_bytes(report);
+}
+
+/// Replication's traffic per new flow and peer, from the wire format
+/// itself (`cluster/replicate.rs`): full datagrams at a high rate of new
+/// flows, one flow a datagram at a trickle. IP and UDP headers counted.
+fn replication_bytes(report: &mut Report) {
+    use lb_userspace::cluster::replicate::{BATCH, WireFlow, encode};
+    const IP_UDP: usize = 20 + 8;
+    let full = (encode(&[WireFlow::default(); BATCH]).len() + IP_UDP) as f64 / BATCH as f64;
+    let one = (encode(&[WireFlow::default()]).len() + IP_UDP) as f64;
+    let note = format!(
+        "computed from the encoder: {full:.1} B in full datagrams of {BATCH} flows, {one:.0} B with one flow a \
+         datagram; each new flow goes to every other node"
+    );
+    report.add(SECTION, "replication traffic per new flow and peer", full, "B", None, note);
 }
 
 /// How long after a drain's absolute deadline each node resets its flows:
