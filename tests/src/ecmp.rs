@@ -15,7 +15,7 @@
 //! replicated one) and sends it to the client through r.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -33,6 +33,8 @@ use crate::{
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 240, 100, 1);
+/// The IPv6 VIP (with [`Options::ipv6`]): the same TCP service.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x240, 0x100, 0, 0, 0, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 240, 9, 2);
 /// The services' ports: line echo over TCP, datagram echo over UDP.
 pub const TCP_PORT: u16 = 7000;
@@ -49,6 +51,18 @@ fn node_addr(k: usize) -> Ipv4Addr {
 
 fn server_addr(j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 240, 20 + j as u8, 2)
+}
+
+/// The IPv6 network of link `n` (`k` for node k, `9` the client, `2j` server j).
+fn net6(n: usize) -> String {
+    format!("fd00:240:{n}::")
+}
+
+/// IPv6 addresses on a linked pair, usable at once (no duplicate detection:
+/// the test's own namespaces).
+fn link6(a: &NetNs, name_a: &str, b: &NetNs, name_b: &str, n: usize) {
+    a.ip(&["-6", "addr", "add", &format!("{}1/64", net6(n)), "dev", name_a, "nodad"]);
+    b.ip(&["-6", "addr", "add", &format!("{}2/64", net6(n)), "dev", name_b, "nodad"]);
 }
 
 /// A BIRD daemon of the test's, in a namespace, stopped by its id on drop.
@@ -123,6 +137,9 @@ pub struct Options {
     pub shared: bool,
     /// `bgp.withdraw_without_servers`.
     pub withdraw_without_servers: bool,
+    /// Dual stack: IPv6 on every link, BGP sessions for IPv6, and the TCP
+    /// service on [`VIP6`] too (the servers dual-stack).
+    pub ipv6: bool,
 }
 
 /// Fields drop in order: agents and BIRDs, then servers, then namespaces,
@@ -168,12 +185,18 @@ impl EcmpBed {
             ("net.ipv4.fib_multipath_hash_policy", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),
         ] {
             router.sysctl(key, value);
         }
         let client = NetNs::create(&format!("{prefix}-c"));
         link(&router, "r-c", "10.240.9.1/30", &client, "c-r", "10.240.9.2/30");
         client.ip(&["route", "add", "default", "via", "10.240.9.1"]);
+        if options.ipv6 {
+            link6(&router, "r-c", &client, "c-r", 9);
+            client.ip(&["-6", "route", "add", "default", "via", &format!("{}1", net6(9))]);
+        }
         let pass = Vec::new();
         let mut server_ns = Vec::new();
         let mut echo = Vec::new();
@@ -184,6 +207,11 @@ impl EcmpBed {
             ns.ip(&["route", "add", "default", "via", &format!("10.240.{}.1", 20 + j)]);
             // Replies go back through a node (table 100: the nodes' paths).
             router.ip(&["rule", "add", "iif", &there, "lookup", "100", "pref", "100"]);
+            if options.ipv6 {
+                link6(&router, &there, &ns, "s-r", 20 + j);
+                ns.ip(&["-6", "route", "add", "default", "via", &format!("{}1", net6(20 + j))]);
+                router.ip(&["-6", "rule", "add", "iif", &there, "lookup", "100", "pref", "100"]);
+            }
             let name = format!("s{j}");
             echo.push((
                 Server::start(&ns, &name, Kind::LineEcho, TCP_PORT),
@@ -193,7 +221,7 @@ impl EcmpBed {
         }
         let store = Store::start();
         // One BGP session more than nodes: room for a node added later.
-        let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes + 1));
+        let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes + 1, options.ipv6));
         let mut bed = EcmpBed {
             nodes: Vec::new(),
             _router_bird: router_bird,
@@ -226,6 +254,11 @@ impl EcmpBed {
         let addr = format!("{}/30", node_addr(k));
         link(&self.router, &format!("r-n{k}"), &format!("10.240.{k}.1/30"), &ns, "uplink", &addr);
         ns.ip(&["route", "add", "default", "via", &format!("10.240.{k}.1")]);
+        if self.options.ipv6 {
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+            link6(&self.router, &format!("r-n{k}"), &ns, "uplink", k);
+            ns.ip(&["-6", "route", "add", "default", "via", &format!("{}1", net6(k))]);
+        }
         self.store.link(&ns);
         // The node sends its packets back out to r by XDP_TX: r's end needs
         // an XDP program to take them (DATAPATH-FACTS).
@@ -234,7 +267,7 @@ impl EcmpBed {
         std::fs::create_dir_all(&node_dir).expect("node directory");
         let include = node_dir.join("lb-vips.conf");
         std::fs::write(&include, "").expect("an empty include file until the agent writes it");
-        let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include));
+        let bird = Bird::start(&ns, &node_dir.join("bird"), &node_config(k, &include, self.options.ipv6));
         let instance = format!("{prefix}-n{k}");
         let endpoints = self.store.endpoints();
         let mut config = node_agent_config(k, self.configured, &node_dir, &bird.socket, &include, &endpoints)
@@ -244,6 +277,12 @@ impl EcmpBed {
         }
         if self.options.withdraw_without_servers {
             config = config.set("bgp.withdraw_without_servers", true);
+        }
+        if self.options.ipv6 {
+            config = config.service(VIP6, TCP_PORT, "tcp", "echo");
+            for j in 1..=self.configured {
+                config = config.server_set("echo", &format!("s{j}"), "address6", format!("{}2", net6(20 + j)));
+            }
         }
         let place = Place {
             dir: node_dir.join("agent"),
@@ -269,6 +308,9 @@ impl EcmpBed {
     fn wait_all_nodes(&self) {
         let all: Vec<usize> = (1..=self.nodes.len()).collect();
         self.wait_paths(&all, Duration::from_secs(60));
+        if self.options.ipv6 {
+            crate::bed::wait_for("r's IPv6 paths through every node", Duration::from_secs(60), || self.paths6() == all);
+        }
         self.wait_return_paths(self.nodes.len(), Duration::from_secs(60));
         for node in &self.nodes {
             crate::bed::wait_for(&format!("{} sees every node", node.name), Duration::from_secs(30), || {
@@ -288,6 +330,21 @@ impl EcmpBed {
             .windows(2)
             .filter(|w| w[0] == "via")
             .filter_map(|w| w[1].split('.').nth(2).and_then(|k| k.parse().ok()))
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// The nodes (1-based) r's route to the IPv6 VIP goes through now.
+    pub fn paths6(&self) -> Vec<usize> {
+        let out = self.router.ip(&["-6", "route", "show", &format!("{VIP6}/128")]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut nodes: Vec<usize> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].split(':').nth(2).and_then(|k| k.parse().ok()))
             .collect();
         nodes.sort_unstable();
         nodes
@@ -330,6 +387,10 @@ impl EcmpBed {
             let config = std::mem::take(&mut node.config);
             node.config =
                 config.server("echo", &name, server_addr(j), TCP_PORT).server("uecho", &name, server_addr(j), UDP_PORT);
+            if self.options.ipv6 {
+                let config = std::mem::take(&mut node.config);
+                node.config = config.server_set("echo", &name, "address6", format!("{}2", net6(20 + j)));
+            }
             std::fs::write(&node.agent.config_path, node.config.text()).expect("rewrite a node's config");
         }
         self.configured = self.configured.max(j);
@@ -353,7 +414,7 @@ impl EcmpBed {
 
 /// r: one eBGP session per node (BFD on); the VIPs' paths merged into one
 /// ECMP route of the main table, the nodes' default routes into table 100.
-fn router_config(nodes: usize) -> String {
+fn router_config(nodes: usize, ipv6: bool) -> String {
     let mut text = String::from(
         "router id 10.240.9.1;\n\
          protocol device { scan time 10; }\n\
@@ -367,12 +428,33 @@ fn router_config(nodes: usize) -> String {
     for k in 1..=nodes {
         text += &format!("protocol bgp n{k} from node {{ neighbor 10.240.{k}.2 as {}; }}\n", 65000 + k);
     }
+    if ipv6 {
+        // The same for IPv6, over IPv6 sessions.
+        text += "protocol kernel vips6 { ipv6 { import none; export where net != ::/0; }; merge paths on; }\n\
+                 ipv6 table return_paths6;\n\
+                 protocol pipe { table master6; peer table return_paths6; import none; export where net = ::/0; }\n\
+                 protocol kernel to_nodes6 { kernel table 100; ipv6 { table return_paths6; import none; export all; }; merge paths on; }\n\
+                 template bgp node6 { local as 65000; bfd on; ipv6 { import all; export none; }; }\n";
+        for k in 1..=nodes {
+            text += &format!("protocol bgp n{k}v6 from node6 {{ neighbor {}2 as {}; }}\n", net6(k), 65000 + k);
+        }
+    }
     text
 }
 
 /// A node: its VIPs, and the default route for the servers' replies,
 /// from the agent's include file (both withdrawn with the node).
-fn node_config(k: usize, include: &std::path::Path) -> String {
+fn node_config(k: usize, include: &std::path::Path, ipv6: bool) -> String {
+    let up6 = if ipv6 {
+        format!(
+            "protocol bgp up6 {{\n  local {net}2 as {asn}; neighbor {net}1 as 65000; bfd on;\n  \
+             ipv6 {{ import none; export where proto = \"lb_vips6\" || proto = \"lb_return6\"; }};\n}}\n",
+            net = net6(k),
+            asn = 65000 + k
+        )
+    } else {
+        String::new()
+    };
     format!(
         "router id 10.240.{k}.2;\n\
          protocol device {{ scan time 10; }}\n\
@@ -382,7 +464,7 @@ fn node_config(k: usize, include: &std::path::Path) -> String {
          ipv4 {{ import none; export where proto = \"lb_vips4\" || proto = \"lb_return4\"; }};\n}}\n",
         include.display(),
         65000 + k
-    )
+    ) + &up6
 }
 
 fn node_agent_config(

@@ -5,6 +5,7 @@
 //! joining node's push).
 
 use std::{
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +17,7 @@ use std::{
 use lb_userspace::model::{NodeAdmin, NodeDisabled, NodesView};
 use testbed::{
     bed::EVERY_100MS,
-    ecmp::{EcmpBed, Options, SHARED_PORT, TCP_PORT, UDP_PORT, VIP},
+    ecmp::{EcmpBed, Options, SHARED_PORT, TCP_PORT, UDP_PORT, VIP, VIP6},
     netns::NetNs,
     servers::{EchoClient, Session, udp_exchange_on},
 };
@@ -49,15 +50,16 @@ struct Outcome {
 
 impl Load {
     fn start(client: &NetNs, sessions: usize, udp_flows: usize) -> Load {
-        Load::start_on(client, TCP_PORT, sessions, udp_flows)
+        Load::start_on(client, (VIP.into(), TCP_PORT), sessions, udp_flows)
     }
 
-    /// With its TCP sessions and new connections to `port`.
-    fn start_on(client: &NetNs, port: u16, sessions: usize, udp_flows: usize) -> Load {
+    /// With its TCP sessions and new connections to `service`.
+    fn start_on(client: &NetNs, service: (IpAddr, u16), sessions: usize, udp_flows: usize) -> Load {
         let sessions = (0..sessions)
             .map(|i| {
-                let mut c =
-                    client.run(|| EchoClient::connect(VIP, port)).unwrap_or_else(|e| panic!("session {i}: {e}"));
+                let mut c = client
+                    .run(|| EchoClient::connect(service.0, service.1))
+                    .unwrap_or_else(|e| panic!("session {i}: {e}"));
                 let server = c.exchange("hello").expect("a first exchange");
                 Session::start(c, &server, EVERY_100MS)
             })
@@ -87,7 +89,7 @@ impl Load {
         let churn = {
             let stop = Arc::clone(&stop);
             let client = client.name.clone();
-            Some(std::thread::spawn(move || churn(&client, port, &stop)))
+            Some(std::thread::spawn(move || churn(&client, service, &stop)))
         };
         Load { sessions, udp, stop, churn }
     }
@@ -127,7 +129,7 @@ impl Outcome {
 
 /// New connections one after another (connect, one line, close) until
 /// stopped.
-fn churn(client: &str, port: u16, stop: &AtomicBool) -> Churn {
+fn churn(client: &str, (vip, port): (IpAddr, u16), stop: &AtomicBool) -> Churn {
     let ns = std::fs::File::open(format!("/run/netns/{client}")).expect("client netns");
     // SAFETY: setns on this thread only; the file is a namespace's.
     assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
@@ -136,7 +138,7 @@ fn churn(client: &str, port: u16, stop: &AtomicBool) -> Churn {
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let start = Instant::now();
-        match EchoClient::connect(VIP, port).and_then(|mut c| c.exchange("new")) {
+        match EchoClient::connect(vip, port).and_then(|mut c| c.exchange("new")) {
             Ok(server) => {
                 churn.slowest = churn.slowest.max(start.elapsed());
                 churn.landed.push((start, server));
@@ -280,7 +282,7 @@ fn flows_of_an_endpoint_serving_two_services_return_through_any_node_and_survive
     // Each server serves two services (7000 and 7002): a reply finds its
     // VIP by its flow's return path, which every node must then hold too.
     let bed = EcmpBed::start_shared(3, 3, 3);
-    let load = Load::start_on(&bed.client, SHARED_PORT, 24, 6);
+    let load = Load::start_on(&bed.client, (VIP.into(), SHARED_PORT), 24, 6);
     std::thread::sleep(Duration::from_millis(500));
     bed.node("n2").ns.ip(&["link", "set", "dev", "uplink", "down"]);
     bed.wait_paths(&[1, 3], Duration::from_secs(10));
@@ -318,4 +320,21 @@ fn a_vip_whose_servers_are_all_out_is_withdrawn_when_asked_and_announced_again_w
     bed.wait_paths(&[1, 2], Duration::from_secs(10));
     let mut c = bed.client.run(|| EchoClient::connect(VIP, TCP_PORT)).expect("a connection to the VIP again");
     assert_eq!(c.exchange("back").expect("an answer"), "s1");
+}
+
+#[test]
+fn ipv6_flows_are_replicated_too_and_survive_a_server_added_then_a_node_lost() {
+    // Dual stack: BGP sessions for IPv6 too; the TCP service on the IPv6
+    // VIP, on the same dual-stack servers. katran#155 in IPv6: its flows'
+    // copies keep them on their servers.
+    let options = Options { ipv6: true, ..Options::default() };
+    let mut bed = EcmpBed::start_with(3, 3, 2, options);
+    let load = Load::start_on(&bed.client, (VIP6.into(), TCP_PORT), 24, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    bed.add_server(3, "n1");
+    std::thread::sleep(Duration::from_millis(500));
+    bed.node("n3").ns.ip(&["link", "set", "dev", "uplink", "down"]);
+    testbed::bed::wait_for("r's IPv6 paths without n3", Duration::from_secs(10), || bed.paths6() == [1, 2]);
+    std::thread::sleep(Duration::from_secs(1));
+    load.check().fast();
 }
