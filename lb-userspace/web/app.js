@@ -443,18 +443,28 @@ function nodesPage() {
   nodesLink.hidden = true;
   const tbody = el("tbody");
   const status = el("p", { class: "services", id: "cluster-status" });
+  const result = el("div", { id: "node-result", "aria-live": "polite" });
   main.replaceChildren(
-    el("h1", { text: "Nodes" }), status,
+    el("h1", { text: "Nodes" }), status, result,
     el("div", { class: "table-wrap" }, el("table", { id: "nodes" },
       el("thead", {}, el("tr", {},
-        el("th", { text: "Node" }), el("th", { text: "Status" }), el("th", { text: "State" }),
+        el("th", { text: "Node" }), el("th", { text: "Status" }), el("th", { text: "State" }), el("th", { text: "" }),
         el("th", { text: "Announces" }), el("th", { text: "Last synced" }),
         el("th", { class: "num", text: "Revision" }), el("th", { class: "num", text: "Live flows" }),
         el("th", { text: "Config" }), el("th", { class: "num", text: "Clock offset" }))),
       tbody)),
     el("p", { class: "services", text: "Deadlines are absolute: the nodes' clocks must be synchronised (NTP). An offset is estimated from the nodes' records in the store: a few ms off once it has seen a minute of them." }));
-  const create = () => el("tr", {}, ...["name", "up", "admin", "announces", "sync", "num revision", "num flows", "config", "num offset"]
-    .map((c) => el("td", { class: c })));
+  let refresh = async () => {};
+  const actions = nodeActions(result, () => refresh());
+  const create = (n) => {
+    const takeOut = el("button", { type: "button", class: "take-out", text: "Take out…" });
+    takeOut.addEventListener("click", () => actions.takeOut(n.node));
+    const putBack = el("button", { type: "button", class: "put-back", text: "Put back" });
+    putBack.addEventListener("click", () => actions.putBack(n.node));
+    const cell = (c) => el("td", { class: c });
+    return el("tr", {}, ...["name", "up", "admin"].map(cell), el("td", { class: "node-actions" }, takeOut, putBack),
+      ...["announces", "sync", "num revision", "num flows", "config", "num offset"].map(cell));
+  };
   const update = (row, n, view) => {
     const cell = (c) => row.querySelector(`.${c}`);
     setText(cell("name"), n.node === view.node ? `${n.node} (this node)` : n.node);
@@ -477,15 +487,18 @@ function nodesPage() {
     admin.dataset.state = { in_service: "ENABLED", draining: "DRAINING", disabled: "DISABLED" }[n.admin.state];
     admin.className = "admin state";
     admin.title = n.admin_by ? `decided through ${n.admin_by}` : "";
+    row.querySelector(".take-out").hidden = n.admin.state === "disabled";
+    row.querySelector(".put-back").hidden = n.admin.state === "in_service";
+  };
+  refresh = async () => {
+    const view = await api("GET", "/api/v1/nodes");
+    const store = view.store_reachable ? "the store answers" : "THE STORE IS UNREACHABLE: changes are refused";
+    setText(status, `This node: ${view.node} · ${store} · revision ${view.revision ?? "–"}${view.stale ? " · STALE" : ""}`);
+    status.classList.toggle("error", !view.store_reachable);
+    syncRows(tbody, view.nodes, (n) => n.node, create, (row, n) => update(row, n, view));
   };
   return {
-    async refresh() {
-      const view = await api("GET", "/api/v1/nodes");
-      const store = view.store_reachable ? "the store answers" : "THE STORE IS UNREACHABLE: changes are refused";
-      setText(status, `This node: ${view.node} · ${store} · revision ${view.revision ?? "–"}${view.stale ? " · STALE" : ""}`);
-      status.classList.toggle("error", !view.store_reachable);
-      syncRows(tbody, view.nodes, (n) => n.node, create, (row, n) => update(row, n, view));
-    },
+    refresh: () => refresh(),
     gone(message) { main.replaceChildren(el("p", { class: "message error", text: message })); },
   };
 }
@@ -498,6 +511,48 @@ function ask(dialog) {
     dialog.returnValue = "cancel";
     dialog.showModal();
   });
+}
+
+// Taking a balancer node out of service (its VIPs withdrawn; the other
+// nodes continue its flows) and putting it back; offers to force a refusal
+// of the last-node guard.
+function nodeActions(result, refresh) {
+  const say = (kind, ...content) => result.replaceChildren(el("div", { class: `message ${kind}` }, ...content));
+  const send = async (verb, body) => {
+    try {
+      const c = await api("POST", `/api/v1/nodes/${verb}`, body);
+      say("done", `${c.node}: ${nodeState({ admin: c.from })} → ${nodeState({ admin: c.to })}`);
+    } catch (e) {
+      if (e.code === "last_node") {
+        const force = el("button", { type: "button", id: "node-force", class: "danger", text: "Force it" });
+        force.addEventListener("click", () => send(verb, { ...body, force: true }));
+        say("error", `The last-node guard: ${e.message}. `, force);
+        force.focus();
+      } else {
+        say("error", `Refused: ${e.message}`);
+      }
+    }
+    await refresh().catch(() => {});
+  };
+  return {
+    async takeOut(node) {
+      document.getElementById("node-text").textContent =
+        `${node} will withdraw its VIPs from its routers; the other nodes continue its flows.`;
+      if (await ask(document.getElementById("node-dialog")) !== "take-out") return;
+      const mode = document.querySelector("input[name=node-mode]:checked").value;
+      if (mode === "now") return send("disable", { node, mode: "immediate" });
+      let timeout = null;
+      if (mode === "within") {
+        const n = Number(document.getElementById("node-seconds").value);
+        if (!Number.isInteger(n) || n < 1) return say("error", "The time must be a whole number above 0.");
+        timeout = `${n}s`;
+      }
+      await send("disable", { node, mode: "graceful", timeout });
+    },
+    async putBack(node) {
+      await send("enable", { node });
+    },
+  };
 }
 
 function poolActions(pool, checked, result, refresh) {

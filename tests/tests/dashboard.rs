@@ -370,6 +370,20 @@ async fn cluster_scenario(fleet: &Fleet, health: &[Vec<HealthServer>]) {
     assert!(ok, "{out}{err}");
     browser.wait_text(&format!("{n3} .admin"), 5 * SECOND, |t| t == "in service").await;
 
+    // The same from this page: n2 taken out gracefully. Its session's
+    // packets still reach it (no router here moves them), and the drain
+    // shows them; then put back.
+    let n2 = "#nodes tr[data-key=\"n2\"]";
+    browser.click(&format!("{n2} .take-out")).await;
+    browser.click("#node-take-out").await;
+    let draining = |t: &str| t.starts_with("draining (withdrawn), 1 flow(s) still arriving");
+    browser.wait_text(&format!("{n2} .admin"), 5 * SECOND, draining).await;
+    let said = browser.text("#node-result").await;
+    assert_eq!(said, "n2: in service → draining (withdrawn), until its flows have moved");
+    browser.screenshot("node-draining").await;
+    browser.click(&format!("{n2} .put-back")).await;
+    browser.wait_text(&format!("{n2} .admin"), 5 * SECOND, |t| t == "in service").await;
+
     // The pool page: the fleet's flows by node; n3's own view of s1 in the
     // tooltip while the fleet finds it UP.
     browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
