@@ -43,10 +43,10 @@ pub enum ControlError {
     #[error("name at least one server")]
     NoServers,
     #[error(
-        "refused: pool \"{pool}\" would be left with no enabled server (disabling {servers}); \
-         force the change to make it anyway"
+        "refused: pool \"{pool}\" would be left with {} (disabling {servers}); force the change to make it anyway",
+        left_in_service(*left, *min)
     )]
-    LastServer { pool: String, servers: String },
+    LastServer { pool: String, servers: String, left: usize, min: usize },
     #[error("cannot {step}")]
     Datapath {
         step: &'static str,
@@ -225,9 +225,10 @@ impl<D: DatapathOps> Owner<D> {
         now_ms: u64,
     ) -> Result<Plan, ControlError> {
         let plan = self.plan(pool, names, |state| servers::state::disable(state, mode, now_ms))?;
-        if !force && self.leaves_pool_without_server(pool, &plan, now_ms) {
+        if let Some(left) = self.falls_below_minimum(pool, &plan, now_ms).filter(|_| !force) {
             let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", ") });
+            let min = self.min_in_service(pool);
+            return Err(ControlError::LastServer { pool: pool.to_owned(), servers: names.join(", "), left, min });
         }
         Ok(plan)
     }
@@ -260,7 +261,14 @@ impl<D: DatapathOps> Owner<D> {
     }
 
     /// The guard, applied to the pool as the plan would leave it.
-    fn leaves_pool_without_server(&self, pool: &str, plan: &Plan, now_ms: u64) -> bool {
+    /// The pool's `min_in_service` (1 for a pool the config no longer has).
+    fn min_in_service(&self, pool: &str) -> usize {
+        self.config.pools.get(pool).map_or(1, |p| p.min_in_service)
+    }
+
+    /// The servers left in service if `plan` would leave fewer than the
+    /// pool's minimum.
+    fn falls_below_minimum(&self, pool: &str, plan: &Plan, now_ms: u64) -> Option<usize> {
         let before: Vec<(AdminState, u32)> = self.servers.pool(pool).map(|s| (s.admin, s.weight)).collect();
         let after: Vec<(AdminState, u32)> = self
             .servers
@@ -270,7 +278,7 @@ impl<D: DatapathOps> Owner<D> {
                 (servers::state::apply(&s.admin, t, now_ms), s.weight)
             })
             .collect();
-        servers::state::leaves_pool_without_server(&before, &after)
+        servers::state::falls_below_minimum(&before, &after, self.min_in_service(pool))
     }
 
     /// Checks every name before anything changes.
@@ -573,6 +581,15 @@ impl<D: DatapathOps> Owner<D> {
                 })
                 .collect(),
         }
+    }
+}
+
+/// How many servers a refused change would leave in service, as said.
+pub fn left_in_service(left: usize, min: usize) -> String {
+    if left == 0 {
+        "no enabled server".to_owned()
+    } else {
+        format!("{left} enabled server(s), fewer than its min_in_service ({min})")
     }
 }
 

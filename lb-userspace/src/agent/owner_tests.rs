@@ -139,6 +139,22 @@ fn the_guard_refuses_to_leave_a_pool_without_a_server_and_nothing_changes() {
 }
 
 #[test]
+fn a_pools_minimum_in_service_is_kept_unless_forced_and_says_why() {
+    let config = web_config("minimum", "min_in_service = 2", &[("a", ""), ("b", ""), ("c", "")], &[80]);
+    let mut owner = owner_of(config);
+    let graceful = DisableMode::Graceful { timeout_ms: None };
+    owner.disable("web", &names(&["a"]), graceful, false, T0).expect("2 left in service");
+    take_writes(&mut owner);
+    let refused = owner.disable("web", &names(&["b"]), DisableMode::Immediate, false, T0).unwrap_err();
+    assert!(matches!(refused, ControlError::LastServer { left: 1, min: 2, .. }), "{refused}");
+    assert!(refused.to_string().contains("1 enabled server(s), fewer than its min_in_service (2)"), "{refused}");
+    assert!(take_writes(&mut owner).is_empty(), "nothing written");
+    assert_eq!(state(&owner, "b"), AdminState::Enabled);
+    owner.disable("web", &names(&["b"]), DisableMode::Immediate, true, T0).expect("forced");
+    assert_eq!(state(&owner, "b").state(), ServerState::Disabled);
+}
+
+#[test]
 fn unknown_names_are_refused_before_anything_changes() {
     let mut owner = owner("unknown");
     let e = owner.disable("db", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap_err();

@@ -69,7 +69,7 @@ impl<D: DatapathOps> Owner<D> {
         }
         let mut target = self.target(&new, now_ms)?;
         if !options.force {
-            self.guard_reload(&target, now_ms)?;
+            self.guard_reload(&target, &new, now_ms)?;
         }
         target.changes.extend(settings_changed(&self.config, &new));
         let changes = target.changes.clone();
@@ -222,9 +222,9 @@ impl<D: DatapathOps> Owner<D> {
         }
     }
 
-    /// The last-server guard, for a reload: no pool of the new config that
-    /// has a server taking new flows is left without one.
-    fn guard_reload(&self, target: &Target, now_ms: u64) -> Result<(), ControlError> {
+    /// The guard, for a reload: no pool of the new config is left with
+    /// fewer servers taking new flows than its (new) `min_in_service`.
+    fn guard_reload(&self, target: &Target, new: &Config, now_ms: u64) -> Result<(), ControlError> {
         let transitions: HashMap<(&str, &str), Transition> = target
             .lines
             .iter()
@@ -246,8 +246,10 @@ impl<D: DatapathOps> Owner<D> {
                     (servers::state::apply(&s.admin, t, now_ms), s.weight)
                 })
                 .collect();
-            if servers::state::leaves_pool_without_server(&before, &after) {
-                return Err(ControlError::LastServer { pool: pool.to_owned(), servers: "by this reload".to_owned() });
+            let min = new.pools.get(pool).map_or(1, |p| p.min_in_service);
+            if let Some(left) = servers::state::falls_below_minimum(&before, &after, min) {
+                let servers = "by this reload".to_owned();
+                return Err(ControlError::LastServer { pool: pool.to_owned(), servers, left, min });
             }
         }
         Ok(())
@@ -500,6 +502,9 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
             != (pool.health.maintenance_timeout, pool.health.max_maintenance_timeout)
         {
             what.push("maintenance timeouts");
+        }
+        if was.min_in_service != pool.min_in_service {
+            what.push("min_in_service");
         }
         if !what.is_empty() {
             changes.push(format!("pool {name}: {} changed", what.join(", ")));

@@ -162,6 +162,25 @@ fn the_latest_decision_wins_an_operators_command_or_a_changed_line() {
 }
 
 #[test]
+fn a_reload_is_held_to_the_pools_new_minimum_in_service() {
+    let test = "minimum-reload";
+    let mut owner = owner_of(web(test, "", &ABC));
+    let a_off = [("a", "enabled = false"), ("b", ""), ("c", "")];
+    let two_off = [("a", "enabled = false"), ("b", "enabled = false"), ("c", "")];
+    // A new minimum of 2: a left out passes, b too is refused.
+    owner.reload(web(test, "min_in_service = 2", &a_off), APPLY, T0).expect("2 left");
+    let refused = owner.reload(web(test, "min_in_service = 2", &two_off), APPLY, T0 + 1).unwrap_err();
+    assert!(matches!(refused, ControlError::LastServer { left: 1, min: 2, .. }), "{refused}");
+    assert_eq!(state(&owner, "b"), AdminState::Enabled);
+    // Raising it above what is in service takes nothing away: applied, and
+    // held from then on.
+    let report = owner.reload(web(test, "min_in_service = 3", &a_off), APPLY, T0 + 2).expect("nothing taken away");
+    assert_eq!(report.changes, ["pool web: min_in_service changed"]);
+    let refused = owner.disable("web", &names(&["c"]), DisableMode::Immediate, false, T0 + 3).unwrap_err();
+    assert!(matches!(refused, ControlError::LastServer { left: 1, min: 3, .. }), "{refused}");
+}
+
+#[test]
 fn the_guard_refuses_a_reload_that_leaves_a_pool_without_a_server_unless_forced() {
     let all_off = [("a", "enabled = false"), ("b", "enabled = false"), ("c", "enabled = false")];
     let mut owner = owner_of(web("guard-reload", "", &ABC));

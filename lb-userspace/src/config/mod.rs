@@ -134,6 +134,10 @@ pub struct PoolConfig {
     /// `"infinite"` (until its last flow ends, the default).
     pub graceful_disable_timeout: DisableMode,
     pub health: PoolHealth,
+    /// The fewest servers taking new flows an operator's change or a
+    /// reload may leave (1: the last-server guard; 0: none); refused below
+    /// it unless forced.
+    pub min_in_service: usize,
 }
 
 /// A pool's health monitors, and what becomes of servers they find DOWN or
@@ -367,6 +371,24 @@ mod tests {
         );
         let Err(ConfigError::Invalid { problems, .. }) = with("\"soon\"") else { panic!("a bad rule is refused") };
         assert_eq!(problems[0].path, "pools.web.graceful_disable_timeout");
+    }
+
+    #[test]
+    fn a_pools_minimum_in_service_is_at_most_its_servers() {
+        let with = |line: &str| {
+            let text = GOOD.replace(
+                "[[pools.web.servers]]\n        name = \"a\"",
+                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
+            );
+            Config::parse(&text, Path::new("t.toml"))
+        };
+        assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].min_in_service, 1, "the last server");
+        assert_eq!(with("min_in_service = 0").unwrap().pools["web"].min_in_service, 0);
+        let Err(ConfigError::Invalid { problems, .. }) = with("min_in_service = 9") else { panic!("too many") };
+        assert_eq!(problems[0].path, "pools.web.min_in_service");
+        assert!(problems[0].message.contains("9 servers wanted in service, but the pool has"), "{problems:?}");
+        let Err(ConfigError::Invalid { problems, .. }) = with("min_in_service = -1") else { panic!("below 0") };
+        assert_eq!(problems[0].path, "pools.web.min_in_service");
     }
 
     #[test]

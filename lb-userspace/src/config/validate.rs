@@ -89,6 +89,7 @@ pub(super) struct RawPool {
     on_down: Option<String>,
     maintenance_timeout: Option<String>,
     max_maintenance_timeout: Option<String>,
+    min_in_service: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -236,13 +237,31 @@ impl Validator {
                 raw_pool.maintenance_timeout,
                 raw_pool.max_maintenance_timeout,
             );
-            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health });
+            let min_in_service = self.min_in_service(&base, raw_pool.min_in_service, servers.len());
+            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health, min_in_service });
         }
         let count: usize = pools.values().map(|p| p.servers.len()).sum();
         if count > max_servers as usize {
             self.problem("pools", format!("{count} servers, more than limits.max_servers ({max_servers})"));
         }
         pools
+    }
+
+    /// `min_in_service`: 1 by default; at most the pool's servers.
+    fn min_in_service(&mut self, base: &str, raw: Option<i64>, servers: usize) -> usize {
+        let Some(min) = raw else { return 1 };
+        match usize::try_from(min) {
+            Ok(min) if min <= servers => min,
+            Ok(min) => {
+                let why = format!("{min} servers wanted in service, but the pool has {servers}");
+                self.problem(format!("{base}.min_in_service"), why);
+                1
+            }
+            Err(_) => {
+                self.problem(format!("{base}.min_in_service"), format!("{min} is below 0"));
+                1
+            }
+        }
     }
 
     /// The pool's monitors and what it does with their verdicts.

@@ -259,13 +259,17 @@ pub fn apply(current: &AdminState, transition: Transition, now_ms: u64) -> Admin
     }
 }
 
-/// The guard: a change must not leave a pool that had a server taking new
-/// flows with none. `before` and `after` are (state, weight) of every member.
-pub fn leaves_pool_without_server(before: &[(AdminState, u32)], after: &[(AdminState, u32)]) -> bool {
+/// The guard: a change must not leave a pool with fewer servers taking new
+/// flows than its minimum (`min_in_service`, 1 by default: the last
+/// server), unless it had fewer already and the change takes none away.
+/// `before` and `after` are (state, weight) of every member. The servers
+/// left in service if it would.
+pub fn falls_below_minimum(before: &[(AdminState, u32)], after: &[(AdminState, u32)], min: usize) -> Option<usize> {
     let serving = |members: &[(AdminState, u32)]| {
         members.iter().filter(|(state, weight)| takes_new_flows(state, *weight)).count()
     };
-    serving(before) > 0 && serving(after) == 0
+    let (was, left) = (serving(before), serving(after));
+    (left < min && left < was).then_some(left)
 }
 
 /// Whether a server is given new flows: ENABLED, and a weight above 0.
@@ -332,11 +336,28 @@ mod tests {
     fn the_guard_protects_the_last_serving_server() {
         let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
         let e = AdminState::Enabled;
-        assert!(leaves_pool_without_server(&[(e, 1), (e, 1)], &[(draining, 1), (draining, 1)]));
-        assert!(!leaves_pool_without_server(&[(e, 1), (e, 1)], &[(draining, 1), (e, 1)]));
+        let last = |before: &[(AdminState, u32)], after: &[(AdminState, u32)]| falls_below_minimum(before, after, 1);
+        assert_eq!(last(&[(e, 1), (e, 1)], &[(draining, 1), (draining, 1)]), Some(0));
+        assert_eq!(last(&[(e, 1), (e, 1)], &[(draining, 1), (e, 1)]), None);
         // Weight 0 takes no new flows: it does not count as serving.
-        assert!(leaves_pool_without_server(&[(e, 1), (e, 0)], &[(draining, 1), (e, 0)]));
+        assert_eq!(last(&[(e, 1), (e, 0)], &[(draining, 1), (e, 0)]), Some(0));
         // Already without a serving server: nothing more to protect.
-        assert!(!leaves_pool_without_server(&[(draining, 1), (e, 0)], &[(draining, 1), (draining, 0)]));
+        assert_eq!(last(&[(draining, 1), (e, 0)], &[(draining, 1), (draining, 0)]), None);
+    }
+
+    #[test]
+    fn a_pools_minimum_in_service_is_kept_and_a_pool_below_it_may_only_gain() {
+        let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
+        let e = AdminState::Enabled;
+        let three = [(e, 1), (e, 1), (e, 1)];
+        assert_eq!(falls_below_minimum(&three, &[(draining, 1), (e, 1), (e, 1)], 2), None, "2 left: enough");
+        assert_eq!(falls_below_minimum(&three, &[(draining, 1), (draining, 1), (e, 1)], 2), Some(1));
+        // Below it already (a server DOWN): a change that takes none away passes.
+        let below = [(draining, 1), (e, 1), (draining, 1)];
+        assert_eq!(falls_below_minimum(&below, &below, 2), None);
+        assert_eq!(falls_below_minimum(&below, &[(e, 1), (e, 1), (draining, 1)], 3), None, "a gain");
+        assert_eq!(falls_below_minimum(&below, &[(draining, 1); 3], 2), Some(0));
+        // 0: no guard at all.
+        assert_eq!(falls_below_minimum(&three, &[(draining, 1); 3], 0), None);
     }
 }
