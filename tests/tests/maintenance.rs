@@ -299,3 +299,16 @@ fn wait_follows_a_drain_with_progress_until_the_server_is_disabled() {
     assert!(stderr.contains("s left"), "no time left shown: {stderr}");
     assert!(stdout.ends_with("p7/s1: DISABLED (deadline)\n"), "{stdout}");
 }
+
+#[test]
+fn a_pools_minimum_in_service_refuses_a_disable_below_it_through_the_cli() {
+    let b = bed_with(3, |config| config.set("pools.p7.min_in_service", 2));
+    b.lb(&["server", "disable", "p7", "s1", "--graceful"]);
+    let (ok, _, stderr) = b.agent.lb(&["server", "disable", "p7", "s2"]);
+    assert!(!ok, "a disable below the pool's minimum was allowed");
+    assert!(stderr.contains("1 enabled server(s), fewer than its min_in_service (2)"), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(b.state("p7", "s2"), "ENABLED", "the refused change changed something");
+    b.lb(&["server", "disable", "p7", "s2", "--force"]);
+    assert_eq!(b.state("p7", "s2"), "DISABLED (immediate)");
+}
