@@ -322,29 +322,25 @@ impl EcmpBed {
 
     /// The nodes (1-based) r's route to the VIP goes through now.
     pub fn paths(&self) -> Vec<usize> {
-        let out = self.router.ip(&["-4", "route", "show", &format!("{VIP}/32")]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut nodes: Vec<usize> = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .filter_map(|w| w[1].split('.').nth(2).and_then(|k| k.parse().ok()))
-            .collect();
-        nodes.sort_unstable();
-        nodes
+        self.paths_to("-4", &format!("{VIP}/32"), '.')
     }
 
     /// The nodes (1-based) r's route to the IPv6 VIP goes through now.
     pub fn paths6(&self) -> Vec<usize> {
-        let out = self.router.ip(&["-6", "route", "show", &format!("{VIP6}/128")]);
+        self.paths_to("-6", &format!("{VIP6}/128"), ':')
+    }
+
+    /// The nodes of r's route to `route`: the third group of each next
+    /// hop's address (groups split by `separator`) is its node's number.
+    fn paths_to(&self, family: &str, route: &str, separator: char) -> Vec<usize> {
+        let out = self.router.ip(&[family, "route", "show", route]);
         let text = String::from_utf8_lossy(&out.stdout);
         let mut nodes: Vec<usize> = text
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
             .filter(|w| w[0] == "via")
-            .filter_map(|w| w[1].split(':').nth(2).and_then(|k| k.parse().ok()))
+            .filter_map(|w| w[1].split(separator).nth(2).and_then(|k| k.parse().ok()))
             .collect();
         nodes.sort_unstable();
         nodes
