@@ -357,6 +357,10 @@ pub struct HealthView {
     pub fail_open: bool,
     /// Its replies say it is in maintenance.
     pub maintenance: bool,
+    /// Its maintenance waits its turn (rolling maintenance): its place in
+    /// line (1: next). It keeps serving meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<usize>,
     pub last_check: Option<CheckView>,
     /// In a cluster: what each live node's own monitors find ("UP",
     /// "DOWN (refused)"); the status above is the fleet's (see
@@ -375,7 +379,10 @@ impl HealthView {
             }
             (HealthStatus::Down, Some(reason)) => format!("DOWN ({reason})"),
             (HealthStatus::Down, None) => "DOWN".to_owned(),
-            (HealthStatus::Up, _) => "UP".to_owned(),
+            (HealthStatus::Up, _) => match self.queued {
+                Some(place) => format!("UP, queued for maintenance ({place} in line)"),
+                None => "UP".to_owned(),
+            },
             (HealthStatus::Unchecked, _) => "UNCHECKED".to_owned(),
         }
     }
@@ -669,6 +676,7 @@ mod tests {
             reason: Some(DownReason::WrongStatus { status: 500 }),
             fail_open: false,
             maintenance: false,
+            queued: None,
             last_check: None,
             by_node: Default::default(),
         };

@@ -171,7 +171,9 @@ function reasonText(reason) {
 }
 
 function healthText(health) {
-  if (health.status === "up") return "UP";
+  if (health.status === "up") {
+    return health.queued ? `UP, queued for maintenance (${health.queued} in line)` : "UP";
+  }
   if (health.status === "unchecked") return "UNCHECKED";
   const down = health.reason ? `DOWN (${reasonText(health.reason)})` : "DOWN";
   return health.fail_open ? `${down}, serving: every server is down` : down;
@@ -346,13 +348,15 @@ function poolView(pool) {
     // Who set it (the config, an operator, a monitor), when it is out of service or leaving.
     const setBy = SET_BY[s.source] || `set by ${s.source}`;
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
-    // The monitors' view, when it is not simply UP: DOWN (why), not checked yet.
+    // The monitors' view, when it is not simply UP: DOWN (why), not checked yet,
+    // queued for maintenance (rolling maintenance: it serves until its turn).
     // In a cluster the status is the fleet's; the tooltip has each node's view.
     const health = cell("health");
     const byNode = Object.entries((s.health && s.health.by_node) || {});
     const downOn = byNode.filter(([, v]) => v !== "UP").map(([n]) => n);
     const fleetUp = s.health && s.health.status === "up" && downOn.length ? `· UP for the fleet (DOWN on ${list(downOn)})` : "";
-    setText(health, s.health && s.health.status !== "up" ? `· ${healthText(s.health)}` : fleetUp);
+    const shown = s.health && (s.health.status !== "up" || s.health.queued);
+    setText(health, shown ? `· ${healthText(s.health)}` : fleetUp);
     health.classList.toggle("down", Boolean(s.health && s.health.status === "down"));
     health.title = [
       s.health && s.health.last_check ? `last check: ${checkText(s.health.last_check)}` : "",

@@ -415,3 +415,59 @@ fn a_flapping_server_obeys_rise_and_fall() {
     health[0].set(Reply::Ok);
     wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
 }
+
+/// Rolling maintenance (`max_in_maintenance = 1`): three servers announce
+/// maintenance together; one goes, the other two keep serving, queued in
+/// line, and each goes when the one before is back. Never more than one is
+/// out, as sampled throughout.
+#[test]
+fn servers_announcing_maintenance_together_go_one_at_a_time() {
+    let (b, health) = health_bed(4, &[("max_in_maintenance", 1.into())], &maintenance_by_503());
+    for name in ["s1", "s2", "s3", "s4"] {
+        wait_health(&b, name, Want::Up, Duration::from_secs(3));
+    }
+    let three = ["s1", "s2", "s3"];
+    // Each from one view of the pool (one snapshot), so that a turn passing
+    // between two reads is not taken for two servers out.
+    let out = |b: &Bed| -> Vec<String> {
+        let view = b.agent.pool("p7");
+        view.servers.iter().filter(|s| s.label().to_string() != "ENABLED").map(|s| s.name.clone()).collect()
+    };
+    let queued = |b: &Bed| -> Vec<String> {
+        let view = b.agent.pool("p7");
+        let queued = view.servers.iter().filter(|s| s.health.as_ref().is_some_and(|h| h.queued.is_some()));
+        queued.map(|s| s.name.clone()).collect()
+    };
+    for h in &health[..3] {
+        h.set(Reply::Status(503));
+    }
+    wait_for("one out, two queued", Duration::from_secs(3), || out(&b).len() == 1 && queued(&b).len() == 2);
+    let mut gone = Vec::new();
+    for turn in 0..3 {
+        let first = out(&b);
+        assert_eq!(first.len(), 1, "turn {turn}: one at a time: {first:?}");
+        let waiting = queued(&b);
+        assert_eq!(waiting.len(), 2 - turn, "turn {turn}: the others wait: {waiting:?}");
+        if let Some(next) = waiting.iter().find(|n| health_of(&b, n).queued == Some(1)) {
+            let shown = b.lb(&["pool", "show", "p7"]);
+            assert!(shown.contains("UP, queued for maintenance (1 in line)"), "{shown}");
+            reached(&b, next);
+        }
+        gone.push(first[0].clone());
+        // Its maintenance is over: back in service, and the next one goes.
+        let index = three.iter().position(|n| *n == first[0]).unwrap();
+        health[index].set(Reply::Ok);
+        let back = first[0].clone();
+        let start = Instant::now();
+        while b.state("p7", &back) != "ENABLED" || (turn < 2 && out(&b).is_empty()) {
+            assert!(out(&b).len() <= 1, "never more than one out: {:?}", out(&b));
+            assert!(start.elapsed() < Duration::from_secs(5), "{back} back and the next one out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(out(&b).len() <= 1, "never more than one out: {:?}", out(&b));
+    }
+    gone.sort();
+    assert_eq!(gone, three, "each had its turn");
+    let events = b.events();
+    assert!(events.iter().any(|e| e.message.contains("its turn came after")), "{events:?}");
+}

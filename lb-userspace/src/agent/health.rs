@@ -203,9 +203,9 @@ impl<D: DatapathOps> Owner<D> {
 
     /// A maintenance reply: an ENABLED server drains, by the pool's
     /// `maintenance_timeout` or the drain it announced (within the pool's
-    /// maximum); a server an operator took out is left as it is.
+    /// maximum), or waits its turn (`max_in_maintenance`, see `rolling`);
+    /// a server an operator took out is left as it is.
     fn maintenance_begins(&mut self, pool: &str, id: u32, matched: &str, announced: Option<Duration>, now_ms: u64) {
-        let Some(health) = self.config.pools.get(pool).map(|p| p.health.clone()) else { return };
         let slot = self.servers.get_mut(id).expect("found");
         slot.health.maintenance = true;
         let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
@@ -214,6 +214,24 @@ impl<D: DatapathOps> Owner<D> {
             self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
             return;
         }
+        if !self.waits_its_turn(pool, id, matched, announced, now_ms) {
+            self.drain_for_maintenance(pool, id, matched, announced, "", now_ms);
+        }
+    }
+
+    /// Drains a server for its maintenance reply (`turn`: how it came to
+    /// go, if it waited).
+    pub(super) fn drain_for_maintenance(
+        &mut self,
+        pool: &str,
+        id: u32,
+        matched: &str,
+        announced: Option<Duration>,
+        turn: &str,
+        now_ms: u64,
+    ) {
+        let Some(health) = self.config.pools.get(pool).map(|p| p.health.clone()) else { return };
+        let name = self.servers.get(id).expect("found").name.clone();
         let timeout = announced.map(|a| a.min(health.max_maintenance_timeout)).or(health.maintenance_timeout);
         let how = match (announced, timeout) {
             (Some(a), Some(t)) if a > t => {
@@ -223,7 +241,8 @@ impl<D: DatapathOps> Owner<D> {
             (None, Some(t)) => format!("for at most {}", format_duration(t)),
             (_, None) => "until drained".to_owned(),
         };
-        let message = format!("maintenance reply ({matched}): draining, {how}");
+        let turn = if turn.is_empty() { String::new() } else { format!("; {turn}") };
+        let message = format!("maintenance reply ({matched}): draining, {how}{turn}");
         log::info!("{pool}/{name}: {message}");
         self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
         let deadline_ms = timeout.map(|t| now_ms + t.as_millis() as u64);
@@ -239,6 +258,10 @@ impl<D: DatapathOps> Owner<D> {
     /// Normal replies again: back in service if the maintenance put it out
     /// and nobody decided otherwise since.
     fn maintenance_ends(&mut self, pool: &str, id: u32, now_ms: u64) {
+        if self.leaves_queue(pool, id, now_ms) {
+            self.servers.get_mut(id).expect("found").health.maintenance = false;
+            return;
+        }
         let slot = self.servers.get_mut(id).expect("found");
         slot.health.maintenance = false;
         let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);

@@ -101,3 +101,49 @@ fn maintenance_drains_by_the_announced_time_within_the_maximum_and_ends_unless_a
     owner.apply_health("web", "b", identity(&owner, "b"), Change::MaintenanceEnds, T0 + 5);
     assert_eq!(state(&owner, "b").state(), ServerState::Disabled, "the operator's decision wins");
 }
+
+/// Rolling maintenance: three servers announce maintenance together, one
+/// goes at a time; the others keep serving, queued in order, and go as
+/// places free; one whose maintenance ends while queued leaves the queue.
+#[test]
+fn with_max_in_maintenance_servers_announcing_maintenance_together_go_one_at_a_time() {
+    let abcd = [("a", ""), ("b", ""), ("c", ""), ("d", "")];
+    let mut owner = owner_of(web_config("health-rolling", "max_in_maintenance = 1", &abcd, &[80]));
+    let begins = Change::MaintenanceBegins { matched: "status 503".into(), announced: None };
+    for (i, name) in ["b", "a", "c"].into_iter().enumerate() {
+        owner.apply_health("web", name, identity(&owner, name), begins.clone(), T0 + i as u64);
+        owner.admit_queued(T0 + i as u64);
+    }
+    let draining = |owner: &super::owner::Owner<_>| -> Vec<String> {
+        owner.servers().pool("web").filter(|s| s.admin.is_draining()).map(|s| s.name.clone()).collect()
+    };
+    let queued = |owner: &super::owner::Owner<_>| -> Vec<String> {
+        owner.servers().pool("web").filter(|s| s.health.queued.is_some()).map(|s| s.name.clone()).collect()
+    };
+    assert_eq!(draining(&owner), ["b"], "the first to announce goes");
+    assert_eq!(queued(&owner), ["a", "c"], "the others wait, ENABLED");
+    assert!(owner.servers().find("web", "a").unwrap().takes_new_flows(), "a queued server keeps serving");
+    let said: Vec<String> = owner.snapshot(T0).events.iter().map(|e| e.message.clone()).collect();
+    assert!(said.iter().any(|m| m.contains("queued (2 in line)")), "{said:?}");
+
+    // b's maintenance is over: back in service, and a (next in line) goes.
+    owner.apply_health("web", "b", identity(&owner, "b"), Change::MaintenanceEnds, T0 + 10);
+    owner.admit_queued(T0 + 10);
+    assert_eq!(draining(&owner), ["a"]);
+    assert_eq!(queued(&owner), ["c"]);
+    // c's maintenance ends while it waits: it leaves the queue.
+    owner.apply_health("web", "c", identity(&owner, "c"), Change::MaintenanceEnds, T0 + 11);
+    assert!(queued(&owner).is_empty());
+    // An operator's disable counts as out too: a's place is not freed by
+    // its own end while d is disabled.
+    owner.disable("web", &names(&["d"]), crate::servers::DisableMode::Immediate, true, T0 + 12).unwrap();
+    owner.apply_health("web", "a", identity(&owner, "a"), Change::MaintenanceEnds, T0 + 13);
+    owner.apply_health("web", "b", identity(&owner, "b"), begins.clone(), T0 + 14);
+    owner.admit_queued(T0 + 14);
+    assert_eq!(queued(&owner), ["b"], "d is out: b waits");
+    owner.enable("web", &names(&["d"]), false, T0 + 15).unwrap();
+    owner.admit_queued(T0 + 15);
+    assert_eq!(draining(&owner), ["b"], "d back: b's turn");
+    let said: Vec<String> = owner.snapshot(T0).events.iter().map(|e| e.message.clone()).collect();
+    assert!(said.iter().any(|m| m.contains("its turn came after")), "{said:?}");
+}

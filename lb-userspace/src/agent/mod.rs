@@ -17,6 +17,7 @@ mod owner_tests;
 pub mod reload;
 #[cfg(test)]
 mod reload_tests;
+pub mod rolling;
 pub mod runtime;
 pub mod shared;
 #[cfg(test)]

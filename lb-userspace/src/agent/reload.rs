@@ -506,6 +506,9 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         if was.min_in_service != pool.min_in_service {
             what.push("min_in_service");
         }
+        if was.health.max_in_maintenance != pool.health.max_in_maintenance {
+            what.push("max_in_maintenance");
+        }
         if !what.is_empty() {
             changes.push(format!("pool {name}: {} changed", what.join(", ")));
         }

@@ -4,7 +4,8 @@
 //! runtime for its timers), so its blocking work (flow-table walks, purges,
 //! sending resets) never holds up the API's workers. It waits for the first
 //! of: a command, the earliest drain deadline (a timer), the next sweep
-//! (a timer), or shutdown; after each it publishes a snapshot.
+//! (a timer), or shutdown; after each it lets queued maintenance go where
+//! a place freed (`rolling`) and publishes a snapshot.
 
 use std::{
     path::{Path, PathBuf},
@@ -185,6 +186,8 @@ pub async fn run_owner<D: DatapathOps>(
                 owner.sweep(now_ms());
             }
         }
+        // Whatever happened may have freed a place for a queued maintenance.
+        owner.admit_queued(now_ms());
         owner.publish(now_ms());
     }
     owner

@@ -245,6 +245,15 @@ impl<D: DatapathOps> Owner<D> {
         self.shared.as_ref().is_some_and(|s| s.others.is_some())
     }
 
+    /// In a cluster: a change of `server` this node proposed and the store
+    /// has not recorded yet (rolling maintenance counts it as out).
+    pub(super) fn proposed_out(&self, server: &ServerSlot) -> bool {
+        let Some(shared) = &self.shared else { return false };
+        let key = (server.pool.clone(), server.name.clone());
+        let revision = shared.records.get(&key).map_or(0, |(revision, _)| *revision);
+        shared.proposed.contains(&(key, revision))
+    }
+
     /// Asks the store to record a change this node found: the end of a
     /// drain (`source` none: it keeps who began it), a maintenance reply's
     /// drain or its end (the monitor). Each once per revision of its key;

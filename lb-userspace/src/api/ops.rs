@@ -15,7 +15,7 @@ use crate::model::{
 use crate::{
     agent::{
         runtime::{Intent, OwnerHandle},
-        snapshot::Snapshot,
+        snapshot::{ServerSnapshot, Snapshot},
     },
     cluster::{Cluster, Refused},
     datapath::counters::Counters,
@@ -213,6 +213,7 @@ impl Ops {
                         let found = checks.get(&(name.to_owned(), s.name.clone())).unwrap_or(&unchecked);
                         HealthView {
                             by_node: self.health_by_node(&pool.name, &s.name),
+                            queued: place_in_line(&pool.servers, s),
                             ..health_view(&s.health, found, now)
                         }
                     }),
@@ -274,6 +275,13 @@ impl Ops {
     }
 }
 
+/// A queued server's place in its pool's line for maintenance (1: next).
+fn place_in_line(servers: &[ServerSnapshot], server: &ServerSnapshot) -> Option<usize> {
+    let since = |s: &ServerSnapshot| s.health.queued.as_ref().map(|q| (q.since_ms, s.name.clone()));
+    let mine = since(server)?;
+    Some(1 + servers.iter().filter_map(since).filter(|other| *other < mine).count())
+}
+
 /// What applies (the owner's view) and what the checks found.
 fn health_view(applied: &Health, checks: &ServerChecks, now_ms: u64) -> HealthView {
     let status = match (&applied.down, &checks.verdict) {
@@ -286,6 +294,7 @@ fn health_view(applied: &Health, checks: &ServerChecks, now_ms: u64) -> HealthVi
         reason: applied.down.as_ref().map(|d| d.reason.clone()),
         fail_open: applied.fail_open && applied.down.is_some(),
         maintenance: applied.maintenance,
+        queued: None,
         last_check: checks.last.as_ref().map(|last| check_view(last, now_ms)),
         by_node: Default::default(),
     }
@@ -317,7 +326,7 @@ fn json(value: impl Serialize) -> Result<Value, ApiError> {
 
 /// A server's endpoints as people read them: "10.0.1.2:8080", with its
 /// IPv6 one beside it in dual stack ("10.0.1.2:8080, [fd00:1::2]:8080").
-fn endpoints(s: &crate::agent::snapshot::ServerSnapshot) -> String {
+fn endpoints(s: &ServerSnapshot) -> String {
     let first = std::net::SocketAddr::new(s.address, s.port).to_string();
     match s.address6 {
         Some(six) => format!("{first}, {}", std::net::SocketAddr::new(six.into(), s.port)),

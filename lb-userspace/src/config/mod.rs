@@ -152,6 +152,11 @@ pub struct PoolHealth {
     pub maintenance_timeout: Option<Duration>,
     /// The longest drain a server may announce in its maintenance reply.
     pub max_maintenance_timeout: Duration,
+    /// Rolling maintenance: the most servers of the pool out of service at
+    /// once (drained or draining, whoever took them out) for a maintenance
+    /// reply to take one more out; a server announcing maintenance beyond
+    /// it waits its turn, serving (none: no limit).
+    pub max_in_maintenance: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -389,6 +394,26 @@ mod tests {
         assert!(problems[0].message.contains("9 servers wanted in service, but the pool has"), "{problems:?}");
         let Err(ConfigError::Invalid { problems, .. }) = with("min_in_service = -1") else { panic!("below 0") };
         assert_eq!(problems[0].path, "pools.web.min_in_service");
+    }
+
+    #[test]
+    fn a_pools_rolling_maintenance_takes_at_least_one_server_at_a_time() {
+        let with = |line: &str| {
+            let text = GOOD.replace(
+                "[[pools.web.servers]]\n        name = \"a\"",
+                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
+            );
+            Config::parse(&text, Path::new("t.toml"))
+        };
+        assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].health.max_in_maintenance, None);
+        assert_eq!(with("max_in_maintenance = 1").unwrap().pools["web"].health.max_in_maintenance, Some(1));
+        for bad in ["0", "-2"] {
+            let Err(ConfigError::Invalid { problems, .. }) = with(&format!("max_in_maintenance = {bad}")) else {
+                panic!("{bad} is refused")
+            };
+            assert_eq!(problems[0].path, "pools.web.max_in_maintenance");
+            assert!(problems[0].message.contains("at least 1"), "{problems:?}");
+        }
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub(super) struct RawPool {
     maintenance_timeout: Option<String>,
     max_maintenance_timeout: Option<String>,
     min_in_service: Option<i64>,
+    max_in_maintenance: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -230,13 +231,14 @@ impl Validator {
             }
             let graceful_disable_timeout =
                 self.disable_timeout(&format!("{base}.graceful_disable_timeout"), raw_pool.graceful_disable_timeout);
-            let health = self.health(
+            let mut health = self.health(
                 &base,
                 raw_pool.monitors,
                 raw_pool.on_down,
                 raw_pool.maintenance_timeout,
                 raw_pool.max_maintenance_timeout,
             );
+            health.max_in_maintenance = self.max_in_maintenance(&base, raw_pool.max_in_maintenance);
             let min_in_service = self.min_in_service(&base, raw_pool.min_in_service, servers.len());
             pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health, min_in_service });
         }
@@ -260,6 +262,20 @@ impl Validator {
             Err(_) => {
                 self.problem(format!("{base}.min_in_service"), format!("{min} is below 0"));
                 1
+            }
+        }
+    }
+
+    /// `max_in_maintenance`: none by default (every server announcing
+    /// maintenance goes at once); at least 1.
+    fn max_in_maintenance(&mut self, base: &str, raw: Option<i64>) -> Option<usize> {
+        let max = raw?;
+        match usize::try_from(max) {
+            Ok(max) if max >= 1 => Some(max),
+            _ => {
+                let why = format!("{max}: at least 1 (leave it out to let every server go at once)");
+                self.problem(format!("{base}.max_in_maintenance"), why);
+                None
             }
         }
     }
@@ -289,6 +305,7 @@ impl Validator {
             on_down: self.on_down(&format!("{base}.on_down"), on_down),
             maintenance_timeout,
             max_maintenance_timeout: self.duration(&max_path, max_maintenance_timeout, Duration::from_secs(3600)),
+            max_in_maintenance: None,
         }
     }
 

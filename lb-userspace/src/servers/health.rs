@@ -70,9 +70,22 @@ pub struct Health {
     pub seen_down: Option<DownReason>,
     /// A monitor's reply says it is in maintenance.
     pub maintenance: bool,
+    /// Its maintenance waits its turn (the pool's `max_in_maintenance`
+    /// servers are out): it keeps serving until a place frees.
+    pub queued: Option<Queued>,
     /// Every server of its pool that an operator left in service is DOWN:
     /// all of them serve (the monitors, not the servers, may be broken).
     pub fail_open: bool,
+}
+
+/// A maintenance reply held back by rolling maintenance, as it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    pub since_ms: u64,
+    /// What in the reply said maintenance ("status 503").
+    pub matched: String,
+    /// The drain it announced.
+    pub announced: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

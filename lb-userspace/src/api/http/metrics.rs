@@ -251,6 +251,7 @@ mod tests {
                 reason: Some(crate::model::DownReason::Refused),
                 fail_open: false,
                 maintenance: false,
+                queued: None,
                 last_check: None,
                 by_node: Default::default(),
             }),
