@@ -442,6 +442,12 @@ pub struct PoolView {
     /// How old the flow counts are (see `agent::drain` for how often they
     /// are taken).
     pub counted_ms_ago: u64,
+    /// The fewest servers in service a change may leave (`min_in_service`).
+    #[serde(default)]
+    pub min_in_service: usize,
+    /// Rolling maintenance: the most servers out at once (none: no limit).
+    #[serde(default)]
+    pub max_in_maintenance: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -547,8 +547,11 @@ impl<D: DatapathOps> Owner<D> {
 
     fn pool_snapshot(&self, pool: &str) -> PoolSnapshot {
         let services = self.services.iter().filter(|s| s.pool == pool);
+        let config = self.config.pools.get(pool);
         PoolSnapshot {
             name: pool.to_owned(),
+            min_in_service: self.min_in_service(pool),
+            max_in_maintenance: config.and_then(|p| p.health.max_in_maintenance),
             services: services.clone().filter(|s| s.leaving.is_none()).map(ServiceSlot::label).collect(),
             leaving_services: services
                 .filter_map(|s| {
@@ -576,7 +579,7 @@ impl<D: DatapathOps> Owner<D> {
                     source: s.source,
                     removing: s.removing,
                     shared_endpoint: s.shared_endpoint,
-                    monitored: self.config.pools.get(pool).is_some_and(|p| !p.health.monitors.is_empty()),
+                    monitored: config.is_some_and(|p| !p.health.monitors.is_empty()),
                     health: s.health.clone(),
                 })
                 .collect(),

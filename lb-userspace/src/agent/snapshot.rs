@@ -43,6 +43,9 @@ pub struct PoolSnapshot {
     pub servers: Vec<ServerSnapshot>,
     /// Its services gone from the config whose flows are not over yet.
     pub leaving_services: Vec<LeavingSnapshot>,
+    /// Its `min_in_service` and `max_in_maintenance` (the capacity it keeps).
+    pub min_in_service: usize,
+    pub max_in_maintenance: Option<usize>,
 }
 
 #[derive(Clone, Debug)]

@@ -239,6 +239,8 @@ impl Ops {
                 })
                 .collect(),
             counted_ms_ago: snapshot.counted_at_ms.map_or(0, |at| now.saturating_sub(at)),
+            min_in_service: pool.min_in_service,
+            max_in_maintenance: pool.max_in_maintenance,
         })
     }
 

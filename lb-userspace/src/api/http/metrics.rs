@@ -42,6 +42,7 @@ pub fn render(instance: &str, pools: &[PoolView], stats: &Stats) -> String {
     out.family("lb_info", "gauge", "The agent: its version and instance (always 1).");
     out.sample("lb_info", &[("version", env!("CARGO_PKG_VERSION")), ("instance", instance)], 1);
     servers(&mut out, pools);
+    capacity(&mut out, pools);
     out.family(
         "lb_packets_total",
         "counter",
@@ -139,6 +140,50 @@ fn reloads(out: &mut Exposition, reloads: &ReloadStatus) {
     out.family("lb_config_reloads_total", "counter", "Reloads of the config (dry runs apart), by result.");
     out.sample("lb_config_reloads_total", &[("result", "applied")], reloads.applied);
     out.sample("lb_config_reloads_total", &[("result", "refused")], reloads.refused);
+}
+
+/// Each pool's capacity: what serves, what it must keep, and fail-open.
+fn capacity(out: &mut Exposition, pools: &[PoolView]) {
+    let each = |out: &mut Exposition, name: &str, value: &dyn Fn(&PoolView) -> Option<usize>| {
+        for pool in pools {
+            if let Some(v) = value(pool) {
+                out.sample(name, &[("pool", &pool.pool)], v);
+            }
+        }
+    };
+    out.family(
+        "lb_pool_servers_in_service",
+        "gauge",
+        "Servers of a pool given new flows now (ENABLED, weight above 0, not DOWN unless the pool fails open).",
+    );
+    each(out, "lb_pool_servers_in_service", &|p| Some(p.servers.iter().filter(|s| s.takes_new_flows).count()));
+    out.family(
+        "lb_pool_min_in_service",
+        "gauge",
+        "A pool's min_in_service: the fewest servers in service an operator's change or a reload may leave.",
+    );
+    each(out, "lb_pool_min_in_service", &|p| Some(p.min_in_service));
+    out.family(
+        "lb_pool_max_in_maintenance",
+        "gauge",
+        "A pool's max_in_maintenance: the most servers out at once for a maintenance reply (only pools with it).",
+    );
+    each(out, "lb_pool_max_in_maintenance", &|p| p.max_in_maintenance);
+    out.family(
+        "lb_pool_fail_open",
+        "gauge",
+        "Whether every server of a pool in service is DOWN, so that all of them serve (1) or not (0).",
+    );
+    let fail_open = |p: &PoolView| p.servers.iter().any(|s| s.health.as_ref().is_some_and(|h| h.fail_open));
+    each(out, "lb_pool_fail_open", &|p| Some(usize::from(fail_open(p))));
+    out.family(
+        "lb_pool_servers_queued_for_maintenance",
+        "gauge",
+        "Servers of a pool whose maintenance waits its turn (max_in_maintenance), serving meanwhile.",
+    );
+    let queued =
+        |p: &PoolView| p.servers.iter().filter(|s| s.health.as_ref().is_some_and(|h| h.queued.is_some())).count();
+    each(out, "lb_pool_servers_queued_for_maintenance", &|p| Some(queued(p)));
 }
 
 /// The per-server families, each with every server's series together.
@@ -267,6 +312,8 @@ mod tests {
             servers: vec![server],
             leaving_services: vec![],
             counted_ms_ago: 0,
+            min_in_service: 2,
+            max_in_maintenance: None,
         };
         let stats = Stats {
             outcomes: BTreeMap::from([("forwarded".to_owned(), 7)]),
@@ -295,6 +342,9 @@ mod tests {
         assert!(text.contains("lb_server_bytes_total{pool=\"w\\\"eb\",server=\"a\",direction=\"from_server\"} 900\n"));
         assert!(text.contains("lb_packets_total{outcome=\"forwarded\"} 7\n"));
         assert!(text.contains("lb_flow_table_flows 3\n"));
+        assert!(text.contains("lb_pool_servers_in_service{pool=\"w\\\"eb\"} 0\n"), "{text}");
+        assert!(text.contains("lb_pool_min_in_service{pool=\"w\\\"eb\"} 2\n"), "{text}");
+        assert!(!text.contains("lb_pool_max_in_maintenance{"), "no limit, no series: {text}");
         assert!(text.contains("lb_flow_evictions_total{kind=\"half_open\"} 5\n"));
         assert!(text.contains(&format!("lb_info{{version=\"{}\",instance=\"lb0\"}} 1\n", env!("CARGO_PKG_VERSION"))));
     }
@@ -327,5 +377,45 @@ mod tests {
         assert!(text.contains("lb_cluster_replication_lost_total 0\n"), "{text}");
         let alone = cluster(&NodesView { replication: None, ..view });
         assert!(!alone.contains("lb_cluster_replicated_flows_total"), "no replication, no counts: {alone}");
+    }
+
+    /// The alerting rules and the Grafana dashboard shipped in
+    /// `lb-userspace/monitoring/` name only metrics the agent exports (a
+    /// renamed family would leave an alert silent forever); promtool checks
+    /// the rules themselves (`tests/tests/monitoring.rs`).
+    #[test]
+    fn the_shipped_alerts_and_dashboard_name_only_exported_metrics() {
+        use crate::model::ReplicationCounts;
+        let stats = Stats {
+            outcomes: BTreeMap::new(),
+            flow_table: FlowTableUse { max_flows: 1, flows: Some(0), evictions: BTreeMap::new() },
+            reloads: ReloadStatus::default(),
+            startup: Default::default(),
+        };
+        let nodes = NodesView { replication: Some(ReplicationCounts::default()), ..NodesView::default() };
+        let text = render("lb0", &[], &stats) + &cluster(&nodes);
+        let families: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let alerts = include_str!("../../../monitoring/alerts.yml");
+        let dashboard = include_str!("../../../monitoring/grafana-dashboard.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
+        let exprs: Vec<&str> = json["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .map(|t| t["expr"].as_str().expect("each target has an expression"))
+            .collect();
+        assert!(exprs.len() >= 15, "{} queries", exprs.len());
+        for (file, text) in [("alerts.yml", alerts), ("grafana-dashboard.json", dashboard)] {
+            let named: Vec<&str> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("lb_"))
+                .collect();
+            assert!(!named.is_empty(), "{file} names no metric");
+            for name in named {
+                assert!(families.contains(name), "{file} names {name}, which the agent does not export");
+            }
+        }
     }
 }
