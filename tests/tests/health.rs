@@ -471,3 +471,22 @@ fn servers_announcing_maintenance_together_go_one_at_a_time() {
     let events = b.events();
     assert!(events.iter().any(|e| e.message.contains("its turn came after")), "{events:?}");
 }
+
+/// A reload does not bring a DOWN server back: the monitors keep their
+/// tallies across it (and do not say DOWN again), so the agent keeps what
+/// they found. Before, any reload put a DOWN server back in the hash rows
+/// until its health next changed.
+#[test]
+fn a_down_server_stays_out_across_a_reload() {
+    let (b, health) = health_bed(3, &[], &[("kind", "tcp".into())]);
+    wait_health(&b, "s1", Want::Up, Duration::from_secs(3));
+    health[0].set(Reply::Off);
+    wait_health(&b, "s1", Want::DownFor(DownReason::Refused), Duration::from_secs(3));
+    let changed = config(&b.topology, &[("min_in_service", 2.into())], &[("kind", "tcp".into())]);
+    std::fs::write(&b.agent.config_path, changed.text()).unwrap();
+    let said = b.lb(&["reload"]);
+    assert!(said.contains("min_in_service"), "the reload changed something: {said}");
+    assert_eq!(health_of(&b, "s1").status, HealthStatus::Down, "still DOWN after the reload");
+    assert!(!b.server("p7", "s1").takes_new_flows);
+    avoided(&b, "s1");
+}

@@ -111,8 +111,9 @@ impl<D: DatapathOps> Owner<D> {
         let mut changes = Vec::new();
         saved.leaving_services.extend(self.leaving_services(new, &mut changes, now_ms));
         let previous = Previous::of(&self.servers, &self.services, saved);
-        let tables = Tables::plan(new, &previous, now_ms)
+        let mut tables = Tables::plan(new, &previous, now_ms)
             .map_err(|e| ControlError::Datapath { step: "place the new servers", source: Box::new(e) })?;
+        self.keep_health(new, &mut tables);
         let mut target =
             Target { tables, lines: BTreeMap::new(), removals: BTreeMap::new(), moved: HashSet::new(), changes };
         self.describe_services(&mut target);
@@ -121,6 +122,22 @@ impl<D: DatapathOps> Owner<D> {
             self.plan_server(new, slot, &mut target, now_ms);
         }
         Ok(target)
+    }
+
+    /// What the monitors found of each server that stays as it was (same
+    /// member, endpoint and monitors): the monitors keep their tallies
+    /// across a reload and do not tell it again, so the owner keeps it too
+    /// (a DOWN server must not take new flows because of a reload).
+    fn keep_health(&self, new: &Config, tables: &mut Tables) {
+        let monitors = |config: &Config, pool: &str| config.pools.get(pool).map(|p| p.health.monitors.clone());
+        for slot in tables.servers.iter_mut() {
+            let Some(old) = self.servers.get(slot.id) else { continue };
+            let same = (old.identity, old.address, old.port) == (slot.identity, slot.address, slot.port)
+                && monitors(&self.config, &slot.pool) == monitors(new, &slot.pool);
+            if same {
+                slot.health = old.health.clone();
+            }
+        }
     }
 
     /// The services gone from the config, or from their pool (a service

@@ -252,3 +252,18 @@ fn a_restarted_agent_goes_on_with_a_removal() {
     assert!(c.removing && c.admin.deadline_ms() == Some(T0 + 3000), "{c:?}");
     assert!(!c.takes_new_flows());
 }
+
+/// What the monitors found outlives a reload: a DOWN server stays DOWN
+/// (out of the rows), a queued maintenance stays queued.
+#[test]
+fn a_reload_keeps_what_the_monitors_found() {
+    let mut owner = owner_of(web("keeps-health", "", &ABC));
+    let a = owner.servers().find("web", "a").unwrap().identity;
+    let down = crate::health::tally::Change::Down { reason: crate::servers::health::DownReason::Refused };
+    owner.apply_health("web", "a", a, down, T0);
+    take_writes(&mut owner);
+    owner.reload(web("keeps-health", "", &[("a", ""), ("b", ""), ("c", "weight = 2")]), APPLY, T0 + 1).unwrap();
+    assert!(owner.servers().find("web", "a").unwrap().health.down.is_some(), "still DOWN after a reload");
+    let rows: Vec<Write> = take_writes(&mut owner).into_iter().filter(|w| matches!(w, Write::Maglev(_))).collect();
+    assert_eq!(rows, [Write::Maglev(vec!["b", "c"])], "a stays out of the rows");
+}
