@@ -171,6 +171,8 @@ pub enum EventKind {
     Maintenance,
     /// Every server of a pool in service is DOWN: all serve (fail-open).
     FailOpen,
+    /// A server back in service began its ramp-up, or ended it.
+    RampUp,
     /// The cluster: its store lost or found again, a decision about a
     /// server this node does not know, a node whose config differs.
     Cluster,
@@ -192,6 +194,7 @@ impl EventKind {
             EventKind::Up => "up",
             EventKind::Maintenance => "maintenance",
             EventKind::FailOpen => "fail_open",
+            EventKind::RampUp => "ramp_up",
             EventKind::Cluster => "cluster",
         }
     }
@@ -319,6 +322,10 @@ pub struct ServerView {
     /// being removed, and not DOWN (unless its pool fails open).
     #[serde(default)]
     pub takes_new_flows: bool,
+    /// Ramping up after it came back (the pool's `ramp_up`): the part of
+    /// its weight the hash rows give it now, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_up_percent: Option<u32>,
     /// Its operational state as its pool's monitors found it (none if the
     /// pool has no monitor).
     #[serde(default)]
@@ -668,6 +675,7 @@ mod tests {
             source: Source::Operator,
             removing: false,
             takes_new_flows: false,
+            ramp_up_percent: None,
             health: None,
             packets_to: 0,
             bytes_to: 0,

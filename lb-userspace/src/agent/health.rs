@@ -115,7 +115,7 @@ impl<D: DatapathOps> Owner<D> {
                 self.dp.write_server(self.servers.get(*id).expect("in pool")).map_err(dp_err("write a server"))?;
             }
             if before.iter().map(|b| b.2).ne(after.iter().map(|a| a.2)) {
-                self.write_rows(pool)?;
+                self.write_rows(pool, now_ms)?;
             }
             for id in &draining {
                 self.dp.write_server(self.servers.get(*id).expect("in pool")).map_err(dp_err("write a server"))?;
@@ -160,13 +160,6 @@ impl<D: DatapathOps> Owner<D> {
                 "a server is UP again: fail-open over".to_owned(),
             );
         }
-    }
-
-    fn write_rows(&mut self, pool: &str) -> Result<(), super::owner::ControlError> {
-        for service in self.services.iter().filter(|s| s.pool == pool && s.leaving.is_none()) {
-            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
-        }
-        Ok(())
     }
 
     /// The earliest instant a DOWN server's flows are to be cut

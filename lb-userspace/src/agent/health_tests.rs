@@ -147,3 +147,57 @@ fn with_max_in_maintenance_servers_announcing_maintenance_together_go_one_at_a_t
     let said: Vec<String> = owner.snapshot(T0).events.iter().map(|e| e.message.clone()).collect();
     assert!(said.iter().any(|m| m.contains("its turn came after")), "{said:?}");
 }
+
+/// Ramp-up: a server back in service (an operator's enable, health UP)
+/// starts at a tenth of its weight in the rows, climbs a step each tenth
+/// of `ramp_up` (one rewrite of the rows each), and ends at full weight;
+/// a server alone, or a pool without `ramp_up`, takes its share at once.
+#[test]
+fn a_server_back_in_service_ramps_up_its_share_a_step_at_a_time() {
+    use crate::servers::{DisableMode, ramp::STEPS};
+    let mut owner = owner("ramp", "ramp_up = \"9s\"");
+    let weight = |owner: &super::owner::Owner<_>, name: &str| owner.servers().find("web", name).unwrap().hash_weight();
+    assert_eq!(weight(&owner, "a"), STEPS, "no ramp at start: the whole pool starts together");
+    owner.disable("web", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap();
+    take_writes(&mut owner);
+    owner.enable("web", &names(&["a"]), false, T0 + 1).unwrap();
+    assert!(take_writes(&mut owner).contains(&Write::Maglev(vec!["a", "b", "c"])));
+    assert_eq!((weight(&owner, "a"), weight(&owner, "b")), (1, STEPS), "a tenth of its weight");
+    assert_eq!(owner.next_ramp_step(), Some(T0 + 1 + 1_000));
+    owner.climb_ramps(T0 + 1 + 999);
+    assert!(take_writes(&mut owner).is_empty(), "not yet");
+    owner.climb_ramps(T0 + 1 + 1_000);
+    assert_eq!(take_writes(&mut owner), [Write::Maglev(vec!["a", "b", "c"])], "one rewrite per step");
+    assert_eq!(weight(&owner, "a"), 2);
+    owner.climb_ramps(T0 + 1 + 5_500);
+    assert_eq!(weight(&owner, "a"), 6, "a late timer climbs to the step due");
+    owner.climb_ramps(T0 + 1 + 8_999);
+    assert_eq!(weight(&owner, "a"), 9, "the last step before full weight");
+    owner.climb_ramps(T0 + 1 + 9_000);
+    assert_eq!(weight(&owner, "a"), STEPS, "over: its full weight");
+    assert_eq!(owner.next_ramp_step(), None);
+    let said: Vec<String> =
+        owner.snapshot(T0).events.iter().filter(|e| e.kind == EventKind::RampUp).map(|e| e.message.clone()).collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("ramps up over 9s"), "{said:?}");
+
+    // Health UP again ramps too.
+    let b = identity(&owner, "b");
+    owner.apply_health("web", "b", b, down(DownReason::Refused), T0 + 20_000);
+    owner.apply_health("web", "b", b, Change::Up, T0 + 21_000);
+    assert_eq!(weight(&owner, "b"), 1, "UP again: ramping");
+    // A server leaving the rows mid-ramp ends its ramp.
+    owner.disable("web", &names(&["b"]), DisableMode::Immediate, false, T0 + 22_000).unwrap();
+    assert!(owner.servers().find("web", "b").unwrap().ramp.is_none());
+
+    // The only server coming back gets everything at once: nobody to share with.
+    let mut alone = owner_of(web_config("ramp-alone", "ramp_up = \"10s\"\nmin_in_service = 0", &[("a", "")], &[80]));
+    alone.disable("web", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap();
+    alone.enable("web", &names(&["a"]), false, T0 + 1).unwrap();
+    assert!(alone.servers().find("web", "a").unwrap().ramp.is_none());
+    // Without ramp_up, at once.
+    let mut off = owner_of(web_config("ramp-off", "", &ABC, &[80]));
+    off.disable("web", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap();
+    off.enable("web", &names(&["a"]), false, T0 + 1).unwrap();
+    assert!(off.servers().find("web", "a").unwrap().ramp.is_none());
+}

@@ -14,6 +14,7 @@ pub mod monitors;
 pub mod owner;
 #[cfg(test)]
 mod owner_tests;
+pub mod ramp;
 pub mod reload;
 #[cfg(test)]
 mod reload_tests;

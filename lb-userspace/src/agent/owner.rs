@@ -144,7 +144,12 @@ pub struct Owner<D> {
 }
 
 impl<D: DatapathOps> Owner<D> {
-    pub fn new(config: Config, dp: D, servers: ServerTable, services: Vec<ServiceSlot>) -> Owner<D> {
+    /// An owner of `servers` and `services`, whose rows were written at
+    /// start (so no server ramps up: the whole pool starts together).
+    pub fn new(config: Config, dp: D, mut servers: ServerTable, services: Vec<ServiceSlot>) -> Owner<D> {
+        for slot in servers.iter_mut() {
+            slot.in_rows = slot.takes_new_flows();
+        }
         Owner {
             config_hash: config.fleet_hash(),
             config,
@@ -391,7 +396,7 @@ impl<D: DatapathOps> Owner<D> {
             // the number of flows reset, follow the purge).
             self.publish(now_ms);
         }
-        self.write_maglev_rows(pool)?;
+        self.write_rows(pool, now_ms)?;
         // Draining: only once no slot sends it new flows, so none is dropped.
         for (name, transition) in plan {
             if matches!(transition, Transition::Drain(_)) {
@@ -400,13 +405,6 @@ impl<D: DatapathOps> Owner<D> {
             }
         }
         Ok((changes, terminated, moved))
-    }
-
-    fn write_maglev_rows(&mut self, pool: &str) -> Result<(), ControlError> {
-        for service in self.services.iter().filter(|s| s.pool == pool && s.leaving.is_none()) {
-            self.dp.write_maglev_row(service, &self.servers).map_err(dp_err("write a Maglev row"))?;
-        }
-        Ok(())
     }
 
     /// Puts back the states a failed change had (in memory, in the datapath,
@@ -421,7 +419,7 @@ impl<D: DatapathOps> Owner<D> {
             }
         }
         // Enabled servers again first, then the rows that point at them.
-        if let Err(e) = self.write_maglev_rows(pool) {
+        if let Err(e) = self.write_rows(pool, now_ms) {
             log::error!("rolling back pool {pool}: {e}");
         }
         if let Err(e) = self.save_states() {
@@ -575,6 +573,7 @@ impl<D: DatapathOps> Owner<D> {
                     admin: s.admin,
                     label: s.label(),
                     takes_new_flows: s.takes_new_flows(),
+                    ramp: s.ramp,
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     source: s.source,
                     removing: s.removing,

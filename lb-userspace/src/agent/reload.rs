@@ -25,7 +25,7 @@
 //! server is new; a line that did not change leaves the server as the
 //! operator set it. `lb pool show` says which one set each state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::owner::{ControlError, Owner, Plan, dp_err};
 use crate::{
@@ -113,7 +113,7 @@ impl<D: DatapathOps> Owner<D> {
         let previous = Previous::of(&self.servers, &self.services, saved);
         let mut tables = Tables::plan(new, &previous, now_ms)
             .map_err(|e| ControlError::Datapath { step: "place the new servers", source: Box::new(e) })?;
-        self.keep_health(new, &mut tables);
+        self.keep_what_runs(new, &mut tables);
         let mut target =
             Target { tables, lines: BTreeMap::new(), removals: BTreeMap::new(), moved: HashSet::new(), changes };
         self.describe_services(&mut target);
@@ -124,15 +124,17 @@ impl<D: DatapathOps> Owner<D> {
         Ok(target)
     }
 
-    /// What the monitors found of each server that stays as it was (same
-    /// member, endpoint and monitors): the monitors keep their tallies
-    /// across a reload and do not tell it again, so the owner keeps it too
-    /// (a DOWN server must not take new flows because of a reload).
-    fn keep_health(&self, new: &Config, tables: &mut Tables) {
+    /// What runs of each server that stays: whether the rows give it slots
+    /// and its ramp; and what the monitors found of it if it stays as it
+    /// was (same member, endpoint and monitors): the monitors keep their
+    /// tallies across a reload and do not tell it again, so the owner keeps
+    /// it too (a DOWN server must not take new flows because of a reload).
+    fn keep_what_runs(&self, new: &Config, tables: &mut Tables) {
         let monitors = |config: &Config, pool: &str| config.pools.get(pool).map(|p| p.health.monitors.clone());
         for slot in tables.servers.iter_mut() {
-            let Some(old) = self.servers.get(slot.id) else { continue };
-            let same = (old.identity, old.address, old.port) == (slot.identity, slot.address, slot.port)
+            let Some(old) = self.servers.get(slot.id).filter(|o| o.identity == slot.identity) else { continue };
+            (slot.in_rows, slot.ramp) = (old.in_rows, old.ramp);
+            let same = (old.address, old.port) == (slot.address, slot.port)
                 && monitors(&self.config, &slot.pool) == monitors(new, &slot.pool);
             if same {
                 slot.health = old.health.clone();
@@ -275,11 +277,11 @@ impl<D: DatapathOps> Owner<D> {
     /// Writes the target (see the module's note on order), then takes it
     /// as the agent's, then makes its state changes.
     fn apply(&mut self, new: Config, target: Target, now_ms: u64) -> Result<(), ControlError> {
-        let Target { tables, lines, removals, moved, .. } = target;
+        let Target { mut tables, lines, removals, moved, .. } = target;
         self.cut_moved(&moved)?;
         self.write_servers(&tables, &moved)?;
         self.dp.write_layout(&tables.servers, &tables.services).map_err(dp_err("write the return paths and filter"))?;
-        self.write_services(&tables)?;
+        self.write_services(&mut tables, &new, now_ms)?;
         self.adopt(new, tables, now_ms);
         self.save_states()?;
         for (pool, plan) in lines.into_iter().chain(removals) {
@@ -315,7 +317,16 @@ impl<D: DatapathOps> Owner<D> {
 
     /// The hash rows whose pool, members or weights changed, then the new
     /// services that use them.
-    fn write_services(&mut self, tables: &Tables) -> Result<(), ControlError> {
+    fn write_services(&mut self, tables: &mut Tables, new: &Config, now_ms: u64) -> Result<(), ControlError> {
+        let pools: BTreeSet<String> = tables.servers.iter().map(|s| s.pool.clone()).collect();
+        for pool in &pools {
+            let over = new.pools.get(pool).and_then(|p| p.ramp_up);
+            for name in servers::ramp::before_rows(&mut tables.servers, pool, over, now_ms) {
+                let over = format_duration(over.expect("a ramp has a length"));
+                let message = format!("in service: its share of new flows ramps up over {over}, from a tenth");
+                self.events.push(now_ms, Subject::server(pool, &name), EventKind::RampUp, message);
+            }
+        }
         for service in tables.services.iter().filter(|s| s.leaving.is_none()) {
             let known = self.services.iter().find(|s| s.key() == service.key() && s.leaving.is_none());
             let same_row = known.is_some_and(|k| {
@@ -327,6 +338,9 @@ impl<D: DatapathOps> Owner<D> {
             if known.is_none() {
                 self.dp.write_service(service).map_err(dp_err("write a service"))?;
             }
+        }
+        for pool in &pools {
+            servers::ramp::after_rows(&mut tables.servers, pool);
         }
         Ok(())
     }
@@ -526,6 +540,9 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         if was.health.max_in_maintenance != pool.health.max_in_maintenance {
             what.push("max_in_maintenance");
         }
+        if was.ramp_up != pool.ramp_up {
+            what.push("ramp_up");
+        }
         if !what.is_empty() {
             changes.push(format!("pool {name}: {} changed", what.join(", ")));
         }
@@ -535,7 +552,7 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
 
 /// The members of a pool's Maglev row, to tell whether it must be rewritten.
 fn row(servers: &ServerTable, pool: &str) -> Vec<(u32, u64, u32)> {
-    servers.pool(pool).filter(|s| s.takes_new_flows()).map(|s| (s.id, s.identity, s.weight)).collect()
+    servers.pool(pool).filter(|s| s.takes_new_flows()).map(|s| (s.id, s.identity, s.hash_weight())).collect()
 }
 
 /// "at once", "within 3s", "when its last flow ends".

@@ -3,9 +3,9 @@
 //! The owner runs on a thread of its own (with a single-threaded tokio
 //! runtime for its timers), so its blocking work (flow-table walks, purges,
 //! sending resets) never holds up the API's workers. It waits for the first
-//! of: a command, the earliest drain deadline (a timer), the next sweep
-//! (a timer), or shutdown; after each it lets queued maintenance go where
-//! a place freed (`rolling`) and publishes a snapshot.
+//! of: a command, the earliest drain deadline, cut or ramp step (a timer),
+//! the next sweep (a timer), or shutdown; after each it lets queued
+//! maintenance go where a place freed (`rolling`) and publishes a snapshot.
 
 use std::{
     path::{Path, PathBuf},
@@ -164,7 +164,7 @@ pub async fn run_owner<D: DatapathOps>(
     owner.publish_to(snapshots);
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let deadline = [owner.next_deadline(), owner.next_cut()].into_iter().flatten().min();
+        let deadline = [owner.next_deadline(), owner.next_cut(), owner.next_ramp_step()].into_iter().flatten().min();
         let planned = last_sweep.map_or_else(Instant::now, |at| at + owner.sweep_interval());
         let next_sweep = sweep_at(planned, deadline.map(instant_of), owner.sweep_took());
         tokio::select! {
@@ -180,6 +180,7 @@ pub async fn run_owner<D: DatapathOps>(
             () = until_wall(deadline) => {
                 owner.enforce_deadlines(now_ms());
                 owner.enforce_cuts(now_ms());
+                owner.climb_ramps(now_ms());
             }
             () = sleep_until(next_sweep) => {
                 last_sweep = Some(Instant::now());

@@ -70,6 +70,8 @@ pub struct ServerSnapshot {
     pub label: StateLabel,
     /// Whether it is given new flows now (its state, weight, health).
     pub takes_new_flows: bool,
+    /// Its ramp-up, if its share of new flows is still climbing.
+    pub ramp: Option<crate::servers::ramp::Ramp>,
     /// Live flows at the last count.
     pub active_flows: u64,
     pub source: Source,

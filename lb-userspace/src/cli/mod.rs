@@ -217,7 +217,11 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
         if monitored { "  HEALTH  (LAST CHECK)" } else { "" }
     );
     for s in view.servers {
-        let state = if s.removing { format!("removing: {}", s.label()) } else { s.label().to_string() };
+        let state = match (s.removing, s.ramp_up_percent) {
+            (true, _) => format!("removing: {}", s.label()),
+            (false, Some(percent)) => format!("{}, ramping up {percent}%", s.label()),
+            (false, None) => s.label().to_string(),
+        };
         let health = match &s.health {
             Some(health) => match &health.last_check {
                 Some(last) => format!("  {}  ({})", health.label(), last.describe()),

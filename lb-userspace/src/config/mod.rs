@@ -138,6 +138,9 @@ pub struct PoolConfig {
     /// reload may leave (1: the last-server guard; 0: none); refused below
     /// it unless forced.
     pub min_in_service: usize,
+    /// How long a server coming back into service takes to reach its full
+    /// share of new flows (none: at once); see `servers::ramp`.
+    pub ramp_up: Option<Duration>,
 }
 
 /// A pool's health monitors, and what becomes of servers they find DOWN or
@@ -394,6 +397,26 @@ mod tests {
         assert!(problems[0].message.contains("9 servers wanted in service, but the pool has"), "{problems:?}");
         let Err(ConfigError::Invalid { problems, .. }) = with("min_in_service = -1") else { panic!("below 0") };
         assert_eq!(problems[0].path, "pools.web.min_in_service");
+    }
+
+    #[test]
+    fn a_pools_ramp_up_is_off_by_default_and_at_least_a_second() {
+        let with = |line: &str| {
+            let text = GOOD.replace(
+                "[[pools.web.servers]]\n        name = \"a\"",
+                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
+            );
+            Config::parse(&text, Path::new("t.toml"))
+        };
+        assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].ramp_up, None);
+        assert_eq!(with("ramp_up = \"0\"").unwrap().pools["web"].ramp_up, None);
+        assert_eq!(with("ramp_up = \"30s\"").unwrap().pools["web"].ramp_up, Some(Duration::from_secs(30)));
+        for bad in ["\"500ms\"", "\"soon\""] {
+            let Err(ConfigError::Invalid { problems, .. }) = with(&format!("ramp_up = {bad}")) else {
+                panic!("{bad} is refused")
+            };
+            assert_eq!(problems[0].path, "pools.web.ramp_up");
+        }
     }
 
     #[test]

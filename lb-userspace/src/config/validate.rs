@@ -91,6 +91,7 @@ pub(super) struct RawPool {
     max_maintenance_timeout: Option<String>,
     min_in_service: Option<i64>,
     max_in_maintenance: Option<i64>,
+    ramp_up: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -240,7 +241,8 @@ impl Validator {
             );
             health.max_in_maintenance = self.max_in_maintenance(&base, raw_pool.max_in_maintenance);
             let min_in_service = self.min_in_service(&base, raw_pool.min_in_service, servers.len());
-            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health, min_in_service });
+            let ramp_up = self.ramp_up(&base, raw_pool.ramp_up);
+            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health, min_in_service, ramp_up });
         }
         let count: usize = pools.values().map(|p| p.servers.len()).sum();
         if count > max_servers as usize {
@@ -262,6 +264,17 @@ impl Validator {
             Err(_) => {
                 self.problem(format!("{base}.min_in_service"), format!("{min} is below 0"));
                 1
+            }
+        }
+    }
+
+    /// `ramp_up`: off by default (or "0"); at least 1 s.
+    fn ramp_up(&mut self, base: &str, raw: Option<String>) -> Option<Duration> {
+        match raw.as_deref().map(str::trim) {
+            None | Some("0") => None,
+            Some(_) => {
+                let path = format!("{base}.ramp_up");
+                Some(self.duration_of_at_least(&path, raw, Duration::from_secs(1), Duration::from_secs(1)))
             }
         }
     }

@@ -104,7 +104,7 @@ pub fn write_maglev_row(dp: &Datapath, service: &ServiceSlot, servers: &ServerTa
     let members: Vec<Member> = servers
         .pool(&service.pool)
         .filter(|s| s.takes_new_flows())
-        .map(|s| Member { id: s.id, identity: s.identity, weight: s.weight })
+        .map(|s| Member { id: s.id, identity: s.identity, weight: s.hash_weight() })
         .collect();
     let row = maglev::build_table(&members);
     let base = service.index * MAGLEV_TABLE_SIZE;

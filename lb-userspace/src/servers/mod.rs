@@ -5,6 +5,7 @@
 pub mod health;
 pub mod maglev;
 pub mod plan;
+pub mod ramp;
 pub mod saved;
 pub mod shared;
 pub mod state;

@@ -108,6 +108,8 @@ impl Tables {
                 config_enabled: record.config_enabled.unwrap_or(true),
                 removing: true,
                 health: Default::default(),
+                in_rows: false,
+                ramp: None,
             });
         }
         tables.services = services(config, previous);
@@ -175,6 +177,8 @@ fn member(
         config_enabled,
         removing: false,
         health: Default::default(),
+        in_rows: false,
+        ramp: None,
     }
 }
 

@@ -9,6 +9,7 @@ use std::{
 
 use super::{
     health::Health,
+    ramp::{self, Ramp},
     saved::{Leaving, LeavingService, ServerRecord},
     state::{AdminState, Source, StateLabel, Why},
 };
@@ -43,6 +44,10 @@ pub struct ServerSlot {
     pub removing: bool,
     /// What its health monitors found (the owner's view).
     pub health: Health,
+    /// Whether the hash rows as last written give it slots.
+    pub in_rows: bool,
+    /// Its share of new flows ramping up (the pool's `ramp_up`).
+    pub ramp: Option<Ramp>,
 }
 
 impl ServerSlot {
@@ -60,6 +65,12 @@ impl ServerSlot {
     }
 
     /// Whether the server may take new flows (and so has Maglev slots).
+    /// Its weight in the hash rows: its weight, in `ramp::STEPS` parts, of
+    /// which a ramping server has only its step's.
+    pub fn hash_weight(&self) -> u32 {
+        self.weight.saturating_mul(self.ramp.map_or(ramp::STEPS, |r| r.step))
+    }
+
     pub fn takes_new_flows(&self) -> bool {
         self.admin == AdminState::Enabled && self.weight > 0 && !self.removing && self.health.serves()
     }
@@ -226,6 +237,8 @@ mod tests {
             config_enabled: true,
             removing: false,
             health: Health::default(),
+            in_rows: false,
+            ramp: None,
         }
     }
 

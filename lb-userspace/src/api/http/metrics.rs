@@ -291,6 +291,7 @@ mod tests {
             source: crate::model::Source::Operator,
             removing: false,
             takes_new_flows: false,
+            ramp_up_percent: None,
             health: Some(crate::model::HealthView {
                 status: HealthStatus::Down,
                 reason: Some(crate::model::DownReason::Refused),
