@@ -124,6 +124,15 @@ impl Agent {
     }
 
     /// Runs `lb --socket <this agent's socket> args...`; returns (success, stdout, stderr).
+    /// Runs the CLI on a pseudo-terminal (util-linux `script`), as a person
+    /// at a terminal would: what it drew, both streams together. `args` are
+    /// plain words (no quoting).
+    pub fn lb_in_terminal(&self, args: &[&str]) -> (bool, String) {
+        let line = format!("{} --socket {} {}", self.lb.display(), self.socket().display(), args.join(" "));
+        let out = Command::new("script").args(["-qfec", &line, "/dev/null"]).output().expect("run script");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn lb(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&self.lb).arg("--socket").arg(self.socket()).args(args).output().expect("run lb");
         (

@@ -298,6 +298,17 @@ fn wait_follows_a_drain_with_progress_until_the_server_is_disabled() {
     assert!(stderr.contains("draining p7: s1: 1 flow(s), "), "no progress line: {stderr}");
     assert!(stderr.contains("s left"), "no time left shown: {stderr}");
     assert!(stdout.ends_with("p7/s1: DISABLED (deadline)\n"), "{stdout}");
+    assert!(!stderr.contains('\r') && !stderr.contains("drained ·"), "no bar when not a terminal: {stderr}");
+
+    // At a terminal: one line redrawn, with a bar of the flows drained.
+    let _busy = [Session::start(b.connect_to("s2"), "s2", EVERY_100MS), Session::start(b.connect_to("s2"), "s2", None)];
+    b.lb(&["server", "enable", "p7", "s1"]);
+    let (ok, drawn) =
+        b.agent.lb_in_terminal(&["server", "disable", "p7", "s2", "--graceful", "--timeout", "2s", "--wait"]);
+    assert!(ok, "{drawn}");
+    assert!(drawn.contains("draining p7 [--------------------]   0% drained · s2: 2 flow(s), "), "{drawn:?}");
+    assert!(drawn.contains("\r\x1b[K"), "the line is redrawn in place: {drawn:?}");
+    assert!(drawn.contains("p7/s2: DISABLED (deadline)"), "{drawn:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::{
     config::{format_time_left, parse_duration},
     model::{
         Change, DisableMode, ErrorCode, Event, NodeAdmin, NodeChange, NodeDisabled, NodesView, PoolSummary, PoolView,
-        ReloadReport, Request, ServerState, Stats,
+        ReloadReport, Request, ServerState, ServerView, Stats,
     },
 };
 
@@ -117,10 +117,12 @@ fn print_changes(changes: &[Change]) {
     }
 }
 
-/// Follows the drain of `servers` with a progress line until each is DISABLED.
+/// Follows the drain of `servers` with a progress line until each is DISABLED:
+/// on a terminal one line redrawn, with a bar; otherwise a line per change.
 fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
+    let mut most = 0;
     loop {
         let (view, data): (PoolView, Value) = call(socket, &Request::PoolShow { pool: pool.to_owned() })?;
         let targets: Vec<_> = view.servers.iter().filter(|s| servers.contains(&s.name)).collect();
@@ -143,18 +145,9 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
             }
             return Ok(());
         }
-        let parts: Vec<String> = targets
-            .iter()
-            .filter(|s| s.state == ServerState::Draining)
-            .map(|s| {
-                let left = match s.deadline_left_ms {
-                    Some(ms) => format!("{} left", format_time_left(Duration::from_millis(ms))),
-                    None => "no deadline".to_owned(),
-                };
-                format!("{}: {} flow(s), {left}", s.name, s.active_flows)
-            })
-            .collect();
-        let line = format!("draining {pool}: {}", parts.join("; "));
+        let draining: Vec<&ServerView> = targets.into_iter().filter(|s| s.state == ServerState::Draining).collect();
+        most = most.max(draining.iter().map(|s| s.active_flows).sum());
+        let line = drain_line(pool, &draining, most, tty);
         if tty {
             eprint!("\r\x1b[K{line}");
             let _ = std::io::stderr().flush();
@@ -164,6 +157,35 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
         last_line = line;
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// "draining web: s1: 3 flow(s), 1m20s left"; on a terminal, a bar of the
+/// flows gone since the wait began (`most`: the most seen at once) first.
+fn drain_line(pool: &str, draining: &[&ServerView], most: u64, tty: bool) -> String {
+    let parts: Vec<String> = draining
+        .iter()
+        .map(|s| {
+            let left = match s.deadline_left_ms {
+                Some(ms) => format!("{} left", format_time_left(Duration::from_millis(ms))),
+                None => "no deadline".to_owned(),
+            };
+            format!("{}: {} flow(s), {left}", s.name, s.active_flows)
+        })
+        .collect();
+    if !tty {
+        return format!("draining {pool}: {}", parts.join("; "));
+    }
+    const WIDTH: u64 = 20;
+    // None seen yet: the agent has not counted them since the drain began
+    // (a drain with no flow left ends at its first count).
+    if most == 0 {
+        return format!("draining {pool} [{}] counting · {}", "-".repeat(WIDTH as usize), parts.join("; "));
+    }
+    let left: u64 = draining.iter().map(|s| s.active_flows).sum();
+    let gone = most.saturating_sub(left);
+    let filled = gone * WIDTH / most;
+    let bar = format!("{}{}", "#".repeat(filled as usize), "-".repeat((WIDTH - filled) as usize));
+    format!("draining {pool} [{bar}] {:>3}% drained · {}", gone * 100 / most, parts.join("; "))
 }
 
 pub fn pool_list(socket: &Path, json: bool) -> anyhow::Result<()> {
@@ -446,4 +468,32 @@ pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
         println!("{time} {} {}: {}", e.subject, e.kind.label(), e.message);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draining(name: &str, flows: u64, deadline_left_ms: Option<u64>) -> ServerView {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "address": "10.0.0.1:80", "weight": 1, "state": "DRAINING",
+            "active_flows": flows, "deadline_left_ms": deadline_left_ms,
+            "packets_to": 0, "bytes_to": 0, "packets_from": 0, "bytes_from": 0, "new_flows": 0
+        }))
+        .expect("a server view")
+    }
+
+    #[test]
+    fn a_drain_shows_a_bar_on_a_terminal_and_plain_lines_otherwise() {
+        let (s1, s2) = (draining("s1", 3, Some(80_000)), draining("s2", 2, None));
+        let plain = drain_line("web", &[&s1, &s2], 20, false);
+        assert_eq!(plain, "draining web: s1: 3 flow(s), 1m20s left; s2: 2 flow(s), no deadline");
+        let bar = drain_line("web", &[&s1, &s2], 20, true);
+        assert_eq!(
+            bar,
+            "draining web [###############-----]  75% drained · s1: 3 flow(s), 1m20s left; s2: 2 flow(s), no deadline"
+        );
+        let counting = drain_line("web", &[&draining("s1", 0, None)], 0, true);
+        assert!(counting.contains("[--------------------] counting"), "not yet counted, not drained: {counting}");
+    }
 }
