@@ -21,6 +21,10 @@ pub enum Request {
     PoolShow {
         pool: String,
     },
+    /// Each server's live flows and new flows over the last minutes.
+    PoolHistory {
+        pool: String,
+    },
     Disable {
         pool: String,
         servers: Vec<String>,
@@ -309,6 +313,9 @@ pub struct ServerView {
     /// same instant on every node.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// When it went DRAINING or DISABLED (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
     /// In a cluster: its live flows on each node, by node (this one's too).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub flows_by_node: BTreeMap<String, u64>,
@@ -455,6 +462,32 @@ pub struct PoolView {
     /// Rolling maintenance: the most servers out at once (none: no limit).
     #[serde(default)]
     pub max_in_maintenance: Option<usize>,
+}
+
+/// What the dashboard draws of a pool: each server's recent past.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolHistory {
+    pub pool: String,
+    /// How often a point is taken.
+    pub every_ms: u64,
+    pub servers: Vec<ServerHistory>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerHistory {
+    pub name: String,
+    /// Oldest first.
+    pub points: Vec<HistoryPoint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Live flows at the last count before it.
+    pub flows: u64,
+    /// New flows given to the server per second, since the point before.
+    pub new_per_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -671,6 +704,7 @@ mod tests {
             active_flows: 3,
             deadline_left_ms: None,
             deadline_ms: None,
+            since_ms: None,
             flows_by_node: BTreeMap::new(),
             source: Source::Operator,
             removing: false,

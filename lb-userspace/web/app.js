@@ -216,8 +216,10 @@ let generation = 0;
 function route() {
   generation++;
   const match = location.hash.match(/^#\/pools\/([^/]+)$/);
+  const server = location.hash.match(/^#\/pools\/([^/]+)\/servers\/([^/]+)$/);
   if (location.hash !== "#/nodes" && inCluster) nodesLink.hidden = false;
   const page = location.hash === "#/nodes" ? nodesPage()
+    : server ? serverPage(decodeURIComponent(server[1]), decodeURIComponent(server[2]))
     : match ? poolPage(decodeURIComponent(match[1])) : poolsPage();
   loop(generation, page);
 }
@@ -332,11 +334,14 @@ function poolView(pool) {
     const box = el("input", { type: "checkbox", value: s.name, "aria-label": `Select ${s.name}` });
     box.addEventListener("change", onSelection);
     return el("tr", { "data-server": s.name },
-      el("td", {}, box), el("td", { class: "name", text: s.name }), el("td", { class: "address hide-narrow" }),
+      el("td", {}, box),
+      el("td", { class: "name" }, el("a", { href: serverHref(pool, s.name), text: s.name })),
+      el("td", { class: "address hide-narrow" }),
       el("td", { class: "num weight hide-narrow" }),
       el("td", { class: "state-cell" }, el("span", { class: "state" }), " ", el("span", { class: "why" }), " ",
         el("span", { class: "countdown" }), " ", el("span", { class: "source" }), " ", el("span", { class: "health" })),
-      el("td", { class: "num flows" }), el("td", { class: "by-node", hidden: "" }), el("td", { class: "num rate" }), el("td", { class: "num bytes hide-narrow" }));
+      el("td", { class: "num flows" }), el("td", { class: "by-node", hidden: "" }), el("td", { class: "num rate" }),
+      el("td", { class: "history hide-narrow" }), el("td", { class: "num bytes hide-narrow" }));
   };
   const update = (row, s) => {
     const cell = (c) => row.querySelector(`.${c}`);
@@ -389,8 +394,15 @@ function poolView(pool) {
     for (const row of tbody.children) tickCountdown(row, row.dataset.key);
   }, 250);
 
+  const history = histories(pool);
   const refresh = async () => {
     const view = await api("GET", `/api/v1/pools/${encodeURIComponent(pool)}`);
+    const drawn = await history.fetch();
+    if (drawn) {
+      for (const row of tbody.children) {
+        row.querySelector(".history").replaceChildren(sparkline(drawn.get(row.dataset.key) || []));
+      }
+    }
     const leaving = (view.leaving_services || []).map((l) => `${l.service} (removed: ${l.active_flows} flows left)`);
     setText(services, `Services: ${[...view.services, ...leaving].join(", ") || "none"} · flows counted ${(view.counted_ms_ago / 1000).toFixed(1)} s ago`);
     syncRows(tbody, view.servers, (s) => s.name, create, update);
@@ -413,6 +425,7 @@ function poolView(pool) {
         el("th", {}, selectAll), el("th", { text: "Server" }), el("th", { class: "hide-narrow", text: "Address" }),
         el("th", { class: "num hide-narrow", text: "Weight" }), el("th", { text: "State" }),
         el("th", { class: "num", text: "Active flows" }), flowsByNode, el("th", { class: "num", text: "New flows/s" }),
+        el("th", { class: "hide-narrow", text: "Last 5 min", title: "Live flows (blue) and new flows/s (green)" }),
         el("th", { class: "num hide-narrow", text: "Bytes to / from" }))),
       tbody)),
     el("h2", { text: "Events" }), ol,
@@ -420,6 +433,70 @@ function poolView(pool) {
   return {
     nodes, refresh,
     gone(message) { main.replaceChildren(el("p", { class: "message error", text: message }), el("a", { href: "#/pools", text: "Back to the pools" })); },
+  };
+}
+
+function serverHref(pool, name) {
+  return `#/pools/${encodeURIComponent(pool)}/servers/${encodeURIComponent(name)}`;
+}
+
+// A pool's history, fetched at most every 2 s (it changes once a second and
+// weighs more than the pool's view): a Map of server name to points, or
+// null when not fetched this time.
+function histories(pool) {
+  let last = 0;
+  return {
+    async fetch() {
+      if (performance.now() - last < 2000) return null;
+      last = performance.now();
+      const h = await api("GET", `/api/v1/pools/${encodeURIComponent(pool)}/history`);
+      return new Map(h.servers.map((s) => [s.name, s.points]));
+    },
+  };
+}
+
+// ---- a server's own page: its chart and its drain ---------------------------
+
+function serverPage(pool, name) {
+  document.title = `lb: ${pool}/${name}`;
+  crumb(["Pools", "#/pools"], [pool, `#/pools/${encodeURIComponent(pool)}`], [name]);
+  const facts = el("dl", { class: "server-facts", id: "server-facts" });
+  const figure = el("div", { id: "server-chart" });
+  const ol = el("ol", { class: "events", id: "events" });
+  main.replaceChildren(
+    el("h1", { text: `Server ${name}` }), facts,
+    el("h2", { text: "Live flows and new flows, last 5 minutes" }), figure,
+    el("p", { class: "legend" }, el("span", { class: "flows-key", text: "━ live flows" }), " (left scale) · ",
+      el("span", { class: "rate-key", text: "━ new flows/s" }), " (right scale) · ",
+      el("span", { class: "deadline-key", text: "┆ drain deadline" }), " · the time axis reaches the deadline"),
+    el("h2", { text: "Events" }), ol);
+  const history = histories(pool);
+  let points = [];
+  const fact = (term, text) => [el("dt", { text: term }), el("dd", { text })];
+  return {
+    async refresh() {
+      const view = await api("GET", `/api/v1/pools/${encodeURIComponent(pool)}`);
+      const s = view.servers.find((x) => x.name === name);
+      if (!s) throw new ApiError(404, { error: `no server ${name} in pool ${pool}` });
+      const drawn = await history.fetch();
+      if (drawn) points = drawn.get(name) || [];
+      const left = s.deadline_ms ? `terminated at ${clock(s.deadline_ms)} (in ${timeLeft(s.deadline_ms - Date.now())})`
+        : s.state === "DRAINING" ? "until the last flow ends" : "–";
+      facts.replaceChildren(
+        ...fact("State", `${stateText(s)}${s.ramp_up_percent ? ` (ramping up: ${s.ramp_up_percent}%)` : ""}`),
+        ...fact("Address", s.address),
+        ...fact("Live flows", String(s.active_flows)),
+        ...fact("Drain", s.state === "DRAINING" ? `${s.active_flows} flow(s) left, ${left}` : left),
+        ...fact("Health", s.health ? healthText(s.health) : "not monitored"));
+      figure.replaceChildren(serverChart(points, s, Date.now()));
+      const shown = events.all.filter((e) => e.subject.pool === pool && e.subject.server === name);
+      ol.replaceChildren(...shown.slice(-50).reverse().map((e) => el("li", {},
+        el("time", { text: clock(e.time_ms) }), el("span", { class: "kind", text: e.kind }), e.message)));
+    },
+    gone(message) {
+      main.replaceChildren(el("p", { class: "message error", text: message }),
+        el("a", { href: `#/pools/${encodeURIComponent(pool)}`, text: `Back to pool ${pool}` }));
+    },
   };
 }
 

@@ -417,3 +417,87 @@ async fn wait_js(browser: &Browser, condition: &str, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A drain you can watch: each server's row draws its live flows and new
+/// flows/s over the last minutes, and a server's own page draws its live
+/// flows against time with the drain's start and its deadline on the same
+/// axis. Screenshots in target/screenshots/dashboard-charts/.
+#[test]
+fn a_drain_is_drawn_with_its_flows_against_its_deadline() {
+    let b = bed_with(3, |c| c.set("flows.sweep_interval", "500ms"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut on_s1: Vec<Session> = (0..4).map(|_| Session::start(b.connect_to("s1"), "s1", EVERY_100MS)).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // A steady stream of new connections, so that new flows/s is drawn.
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                b.new_connections(2);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let history = |server: &str| -> Vec<Value> {
+            let h: Value = b.topology.lb.run(|| http::get(LOCAL_API, "/api/v1/pools/p7/history", &[]).typed());
+            let servers = h["servers"].as_array().expect("servers").clone();
+            let s = servers.into_iter().find(|s| s["name"] == server).expect("the server's history");
+            s["points"].as_array().expect("points").clone()
+        };
+        wait_for("five points of history", 10 * SECOND, || history("s1").len() >= 5);
+        b.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", "2m"]);
+        // Two of its four connections end: the drain progresses.
+        for session in on_s1.drain(..2) {
+            drop(session.finish());
+        }
+        wait_for("s1 counted at 2 flows", 5 * SECOND, || b.server("p7", "s1").active_flows == 2);
+        wait_for("the history to see it", 5 * SECOND, || history("s1").last().is_some_and(|p| p["flows"] == 2));
+        let s2 = history("s2");
+        assert!(s2.iter().any(|p| p["new_per_s"].as_f64().unwrap() > 0.0), "new flows/s of s2: {s2:?}");
+        b.topology.lb.run(|| runtime.block_on(charts(&b)));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(on_s1.iter().all(|s| s.ended().is_none()), "the drain's other connections go on");
+}
+
+async fn charts(b: &Bed) {
+    let mut browser = Browser::start(&b.topology.lb, "dashboard-charts", 1280, 900).await;
+    browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+    let points = |css: &str| {
+        format!(
+            "return (document.querySelector('{css}')?.getAttribute('points') || '').split(' ').filter(Boolean).length;"
+        )
+    };
+    let spark = "#servers tr[data-server=\"s1\"] .history svg polyline.flows";
+    let start = Instant::now();
+    while browser.eval(&points(spark)).await.as_u64().unwrap_or(0) < 5 {
+        assert!(start.elapsed() < 5 * SECOND, "no sparkline of s1's flows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = browser
+        .eval(
+            "return document.querySelector('#servers tr[data-server=\"s2\"] .history svg').getAttribute('aria-label');",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("new flows/s now"), "{said}");
+    browser.screenshot("pool-sparklines").await;
+
+    // s1's own page: its flows against time, the drain's start and deadline.
+    browser.click("#servers tr[data-server=\"s1\"] .name a").await;
+    browser.wait_text("#server-facts", 3 * SECOND, |t| t.contains("2 flow(s) left, terminated at")).await;
+    let chart = "#server-chart svg";
+    let start = Instant::now();
+    while browser.eval(&points(&format!("{chart} polyline.flows"))).await.as_u64().unwrap_or(0) < 5 {
+        assert!(start.elapsed() < 5 * SECOND, "no chart of s1's flows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let x = |css: &str| format!("return Number(document.querySelector('{chart} {css}')?.getAttribute('x1'));");
+    let (since, now, deadline) = (
+        browser.eval(&x("line.since")).await,
+        browser.eval(&x("line.now")).await,
+        browser.eval(&x("line.deadline")).await,
+    );
+    let (since, now, deadline) = (since.as_f64().unwrap(), now.as_f64().unwrap(), deadline.as_f64().unwrap());
+    assert!(since < now && now < deadline, "the drain began, now, then its deadline: {since} {now} {deadline}");
+    let label = browser.eval(&format!("return document.querySelector('{chart}').getAttribute('aria-label');")).await;
+    assert!(label.as_str().unwrap().contains("drain deadline at"), "{label}");
+    browser.screenshot("server-drain").await;
+}

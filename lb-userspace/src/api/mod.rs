@@ -4,6 +4,7 @@
 //! (`unix`).
 
 pub mod client;
+pub mod history;
 pub mod http;
 pub mod ops;
 pub mod unix;

@@ -8,9 +8,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::history;
 use crate::model::{
     ApiError, Change, CheckResult, CheckView, ErrorCode, Event, FlowTableUse, HealthStatus, HealthView,
-    LeavingServiceView, NodesView, PoolSummary, PoolView, Request, ServerState, ServerView, Startup, Stats,
+    LeavingServiceView, NodesView, PoolHistory, PoolSummary, PoolView, Request, ServerHistory, ServerState, ServerView,
+    Startup, Stats,
 };
 use crate::{
     agent::{
@@ -31,6 +33,8 @@ pub struct Ops {
     startup: Startup,
     /// In a cluster: where changes are recorded (none: one node).
     cluster: Option<Cluster>,
+    /// Each server's recent past, for the dashboard's charts.
+    history: history::History,
 }
 
 impl Ops {
@@ -41,7 +45,7 @@ impl Ops {
         owner: OwnerHandle,
         startup: Startup,
     ) -> Ops {
-        Ops { snapshots, checks, counters, owner, startup, cluster: None }
+        Ops { snapshots, checks, counters, owner, startup, cluster: None, history: Default::default() }
     }
 
     /// Records changes in the cluster's store from now on.
@@ -55,6 +59,7 @@ impl Ops {
         match request {
             Request::PoolList => json(self.pool_list()),
             Request::PoolShow { pool } => json(self.pool_show(&pool)?),
+            Request::PoolHistory { pool } => json(self.pool_history(&pool)?),
             Request::Disable { pool, servers, mode, force } => match &self.cluster {
                 None => json(self.owner.disable(pool, servers, mode, force).await?),
                 Some(cluster) => json(self.decide(cluster, Intent::Disable { pool, servers, mode, force }).await?),
@@ -179,6 +184,33 @@ impl Ops {
             .collect()
     }
 
+    /// Each server of a pool: its live flows and new flows over the last
+    /// minutes (`history`).
+    pub fn pool_history(&self, name: &str) -> Result<PoolHistory, ApiError> {
+        let snapshot = self.snapshot();
+        let pool = snapshot
+            .pool(name)
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownPool, format!("unknown pool \"{name}\"")))?;
+        let servers = pool
+            .servers
+            .iter()
+            .map(|s| ServerHistory { name: s.name.clone(), points: self.history.of(name, &s.name) })
+            .collect();
+        Ok(PoolHistory { pool: name.to_owned(), every_ms: history::EVERY.as_millis() as u64, servers })
+    }
+
+    /// Takes one sample of every server for the history.
+    pub fn record_history(&self, now_ms: u64) {
+        let snapshot = self.snapshot();
+        let readings = snapshot.pools.iter().flat_map(|pool| {
+            pool.servers.iter().map(|s| {
+                let new_flows = self.counters.server(s.id).map_or(0, |c| c.new_flows);
+                (pool.name.clone(), s.name.clone(), s.active_flows, new_flows)
+            })
+        });
+        self.history.record(now_ms, readings.collect::<Vec<_>>());
+    }
+
     /// A pool's servers with their states, live flow counts (as of the last
     /// count: `counted_ms_ago`) and traffic.
     pub fn pool_show(&self, name: &str) -> Result<PoolView, ApiError> {
@@ -202,6 +234,7 @@ impl Ops {
                     active_flows: s.active_flows,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
                     deadline_ms: s.admin.deadline_ms(),
+                    since_ms: s.admin.since_ms(),
                     flows_by_node: self.flows_by_node(&pool.name, &s.name),
                     source: s.source,
                     removing: s.removing,

@@ -46,6 +46,7 @@ impl Operation {
 pub const OPERATIONS: &[Operation] = &[
     Operation { name: "pool_list", verb: Verb::Get, path: "/pools", read: pool_list },
     Operation { name: "pool_show", verb: Verb::Get, path: "/pools/{pool}", read: pool_show },
+    Operation { name: "pool_history", verb: Verb::Get, path: "/pools/{pool}/history", read: pool_history },
     Operation { name: "disable", verb: Verb::Post, path: "/pools/{pool}/disable", read: disable },
     Operation { name: "enable", verb: Verb::Post, path: "/pools/{pool}/enable", read: enable },
     Operation { name: "events", verb: Verb::Get, path: "/events", read: events },
@@ -132,6 +133,12 @@ pub fn pool_list(_: String, fields: &Value) -> Result<Request, ApiError> {
 pub fn pool_show(pool: String, fields: &Value) -> Result<Request, ApiError> {
     known_fields(fields, &[])?;
     Ok(Request::PoolShow { pool })
+}
+
+/// No fields: the pool is in the path (or the line's `pool`).
+pub fn pool_history(pool: String, fields: &Value) -> Result<Request, ApiError> {
+    known_fields(fields, &[])?;
+    Ok(Request::PoolHistory { pool })
 }
 
 /// `{"since":ID}` (optional): only events after that one.
@@ -292,6 +299,7 @@ mod tests {
             Request::Stats,
             Request::Events { since: Some(3) },
             Request::PoolShow { pool: "web".into() },
+            Request::PoolHistory { pool: "web".into() },
         ] {
             assert_eq!(from_line(to_line(&request).as_bytes()).unwrap(), request);
         }

@@ -389,6 +389,7 @@ async fn serve(
         parts.spawn("BGP announcements", announcer.run(shutdown.clone()));
     }
     let ops = Arc::new(ops);
+    parts.spawn("history", api::history::sample(Arc::clone(&ops), shutdown.clone()));
     parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
     if let Some((listener, addr, token)) = http {
         let web =

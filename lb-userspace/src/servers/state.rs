@@ -194,6 +194,14 @@ impl AdminState {
         matches!(self, AdminState::Draining { .. })
     }
 
+    /// When it went out of service (drained or disabled), if it is out.
+    pub fn since_ms(&self) -> Option<u64> {
+        match self {
+            AdminState::Enabled => None,
+            AdminState::Draining { since_ms, .. } | AdminState::Disabled { since_ms, .. } => Some(*since_ms),
+        }
+    }
+
     /// The drain deadline, if it drains with one.
     pub fn deadline_ms(&self) -> Option<u64> {
         match self {

@@ -287,6 +287,7 @@ mod tests {
             active_flows: 3,
             deadline_left_ms: Some(1500),
             deadline_ms: Some(1_000_000),
+            since_ms: None,
             flows_by_node: Default::default(),
             source: crate::model::Source::Operator,
             removing: false,
