@@ -177,6 +177,8 @@ pub enum EventKind {
     FailOpen,
     /// A server back in service began its ramp-up, or ended it.
     RampUp,
+    /// A draining server's idle connections were closed cleanly.
+    IdleClosed,
     /// The cluster: its store lost or found again, a decision about a
     /// server this node does not know, a node whose config differs.
     Cluster,
@@ -199,6 +201,7 @@ impl EventKind {
             EventKind::Maintenance => "maintenance",
             EventKind::FailOpen => "fail_open",
             EventKind::RampUp => "ramp_up",
+            EventKind::IdleClosed => "idle_closed",
             EventKind::Cluster => "cluster",
         }
     }

@@ -3,12 +3,16 @@
 //! (drained). The runtime calls these when a deadline's timer fires and when
 //! a sweep is due ([`Owner::sweep_interval`]).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use super::owner::{Owner, Plan};
 use crate::{
-    config::format_time_left,
+    config::{format_duration, format_time_left},
     datapath::ops::DatapathOps,
+    model::{EventKind, Subject},
     servers::{AdminState, DisableReason, LeavingId, ServerSlot, ServiceSlot, Transition, state::time_left},
 };
 
@@ -56,6 +60,8 @@ impl<D: DatapathOps> Owner<D> {
     /// whose deadline has come, and of services leaving the config whose
     /// deadline has come.
     pub fn enforce_deadlines(&mut self, now_ms: u64) {
+        // Idle connections are closed cleanly first: only busy ones are reset.
+        self.close_idle(now_ms);
         let due: Vec<&ServerSlot> =
             self.draining().filter(|s| s.admin.deadline_ms().is_some_and(|d| d <= now_ms)).collect();
         // In a cluster every node cuts the fleet's drains at the deadline on
@@ -96,6 +102,7 @@ impl<D: DatapathOps> Owner<D> {
     /// live flows per server, and ends the drains that have none left.
     pub fn sweep(&mut self, now_ms: u64) {
         let started = std::time::Instant::now();
+        self.close_idle(now_ms);
         match self.dp.sweep(&self.servers, &self.services, &self.config.flows) {
             Ok(report) => {
                 if report.expired > 0 {
@@ -111,6 +118,27 @@ impl<D: DatapathOps> Owner<D> {
                 self.log_drain_progress(now_ms);
             }
             Err(e) => log::warn!("flow sweep failed: {e}"),
+        }
+    }
+
+    /// Closes cleanly the idle TCP connections of the servers draining in
+    /// pools with `idle_close` (`datapath::idle_close`), so that their
+    /// clients see a close, not a reset at the deadline, and the drain ends
+    /// sooner. Each close is said in an event.
+    fn close_idle(&mut self, now_ms: u64) {
+        let quiet: HashMap<u32, Duration> =
+            self.draining().filter_map(|s| Some((s.id, self.config.pools.get(&s.pool)?.idle_close?))).collect();
+        if quiet.is_empty() {
+            return;
+        }
+        let closed = match self.dp.close_idle(&self.servers, &quiet) {
+            Ok(closed) => closed,
+            Err(e) => return log::warn!("cannot close idle connections: {e}"),
+        };
+        for (id, n) in closed {
+            let Some(s) = self.servers.get(id) else { continue };
+            let message = format!("{n} idle connection(s) closed cleanly (quiet for {})", format_duration(quiet[&id]));
+            self.events.push(now_ms, Subject::server(&s.pool, &s.name), EventKind::IdleClosed, message);
         }
     }
 

@@ -48,6 +48,9 @@ pub struct FakeDatapath {
     /// Live flows per leaving service, as the next sweep reports them.
     pub live_services: HashMap<LeavingId, u64>,
     pub sweeps: usize,
+    /// Idle TCP flows per server id, closed (and taken off `live`) by the
+    /// next `close_idle` that names the server.
+    pub idle: HashMap<u32, usize>,
     state_file: std::path::PathBuf,
     /// Fail Maglev row writes (to test roll-backs).
     pub fail_maglev: bool,
@@ -90,6 +93,22 @@ impl DatapathOps for FakeDatapath {
         let reset_by_server = ids.iter().map(|&id| (id, self.live_tcp.remove(&id).unwrap_or(0))).collect();
         self.live.retain(|id, _| !ids.contains(id));
         Ok(Termination { reset_by_server, ..Termination::default() })
+    }
+
+    fn close_idle(
+        &mut self,
+        _: &ServerTable,
+        quiet: &HashMap<u32, std::time::Duration>,
+    ) -> DatapathResult<HashMap<u32, usize>> {
+        // The idle flows of those servers: as many as `idle` says, then none.
+        let closed: HashMap<u32, usize> =
+            quiet.keys().filter_map(|id| Some((*id, self.idle.remove(id)?))).filter(|(_, n)| *n > 0).collect();
+        for (id, n) in &closed {
+            if let Some(live) = self.live.get_mut(id) {
+                *live = live.saturating_sub(*n as u64);
+            }
+        }
+        Ok(closed)
     }
 
     fn sweep(&mut self, _: &ServerTable, _: &[ServiceSlot], _: &FlowSettings) -> DatapathResult<SweepReport> {

@@ -211,3 +211,50 @@ fn a_change_whose_datapath_write_fails_is_rolled_back() {
     assert_eq!(record, Some(AdminState::Enabled), "the file is put back");
     assert!(owner.snapshot(T0).events.is_empty(), "no event for a change not made");
 }
+
+/// `idle_close`: while a server drains, its idle connections are closed at
+/// each count (the drain ends when the busy ones end too); at the deadline
+/// the idle ones are closed before the rest is terminated; a pool without
+/// it never closes any.
+#[test]
+fn a_drain_closes_its_idle_connections_cleanly_with_idle_close() {
+    let mut owner = owner_of(web_config("idle-close", "idle_close = \"2s\"", &[("a", ""), ("b", "")], &[80]));
+    owner.dp_mut().live.insert(0, 5);
+    owner.disable("web", &names(&["a"]), DisableMode::Graceful { timeout_ms: None }, false, T0).unwrap();
+    owner.dp_mut().idle.insert(0, 3);
+    owner.sweep(T0 + 200);
+    assert_eq!(owner.snapshot(T0 + 200).pools[0].servers[0].active_flows, 2, "3 idle closed, 2 busy left");
+    let said: Vec<String> = owner
+        .snapshot(T0)
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::IdleClosed)
+        .map(|e| e.message.clone())
+        .collect();
+    assert_eq!(said, ["3 idle connection(s) closed cleanly (quiet for 2s)"]);
+    assert!(state(&owner, "a").is_draining());
+    // The busy two go idle: closed, and the drain is over.
+    owner.dp_mut().idle.insert(0, 2);
+    owner.sweep(T0 + 400);
+    assert_eq!(state(&owner, "a"), AdminState::Disabled { since_ms: T0 + 400, reason: DisableReason::Drained });
+
+    // At the deadline: the idle one is closed, the busy one reset.
+    owner.enable("web", &names(&["a"]), false, T0 + 500).unwrap();
+    owner.dp_mut().live.insert(0, 2);
+    owner.dp_mut().live_tcp.insert(0, 1);
+    owner.disable("web", &names(&["a"]), DisableMode::Graceful { timeout_ms: Some(1_000) }, false, T0 + 600).unwrap();
+    owner.dp_mut().idle.insert(0, 1);
+    take_writes(&mut owner);
+    owner.enforce_deadlines(T0 + 1_600);
+    assert!(take_writes(&mut owner).contains(&Write::Terminate(vec!["a"])));
+    let idle_closed = owner.snapshot(T0).events.iter().filter(|e| e.kind == EventKind::IdleClosed).count();
+    assert_eq!(idle_closed, 3, "the deadline closed the idle one first");
+
+    // Without idle_close, nothing is closed.
+    let mut off = self::owner("idle-close-off");
+    off.dp_mut().live.insert(0, 5);
+    off.disable("web", &names(&["a"]), DisableMode::Graceful { timeout_ms: None }, false, T0).unwrap();
+    off.dp_mut().idle.insert(0, 3);
+    off.sweep(T0 + 200);
+    assert_eq!(off.snapshot(T0 + 200).pools[0].servers[0].active_flows, 5);
+}

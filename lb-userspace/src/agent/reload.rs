@@ -543,6 +543,9 @@ fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
         if was.ramp_up != pool.ramp_up {
             what.push("ramp_up");
         }
+        if was.idle_close != pool.idle_close {
+            what.push("idle_close");
+        }
         if !what.is_empty() {
             changes.push(format!("pool {name}: {} changed", what.join(", ")));
         }

@@ -141,6 +141,12 @@ pub struct PoolConfig {
     /// How long a server coming back into service takes to reach its full
     /// share of new flows (none: at once); see `servers::ramp`.
     pub ramp_up: Option<Duration>,
+    /// While a server drains gracefully, its TCP connections quiet for this
+    /// long are closed cleanly (a FIN to the client, see
+    /// `datapath::idle_close`); none: they are left to finish or to the
+    /// deadline. Off by default: an L4 balancer does not know that an idle
+    /// connection (SSH, a database session) may be closed.
+    pub idle_close: Option<Duration>,
 }
 
 /// A pool's health monitors, and what becomes of servers they find DOWN or
@@ -411,6 +417,10 @@ mod tests {
         assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].ramp_up, None);
         assert_eq!(with("ramp_up = \"0\"").unwrap().pools["web"].ramp_up, None);
         assert_eq!(with("ramp_up = \"30s\"").unwrap().pools["web"].ramp_up, Some(Duration::from_secs(30)));
+        assert_eq!(with("idle_close = \"2s\"").unwrap().pools["web"].idle_close, Some(Duration::from_secs(2)));
+        assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].idle_close, None, "off by default");
+        let Err(ConfigError::Invalid { problems, .. }) = with("idle_close = \"10ms\"") else { panic!("too short") };
+        assert_eq!(problems[0].path, "pools.web.idle_close");
         for bad in ["\"500ms\"", "\"soon\""] {
             let Err(ConfigError::Invalid { problems, .. }) = with(&format!("ramp_up = {bad}")) else {
                 panic!("{bad} is refused")

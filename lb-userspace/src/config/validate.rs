@@ -92,6 +92,7 @@ pub(super) struct RawPool {
     min_in_service: Option<i64>,
     max_in_maintenance: Option<i64>,
     ramp_up: Option<String>,
+    idle_close: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -242,7 +243,9 @@ impl Validator {
             health.max_in_maintenance = self.max_in_maintenance(&base, raw_pool.max_in_maintenance);
             let min_in_service = self.min_in_service(&base, raw_pool.min_in_service, servers.len());
             let ramp_up = self.ramp_up(&base, raw_pool.ramp_up);
-            pools.insert(pool_name, PoolConfig { servers, graceful_disable_timeout, health, min_in_service, ramp_up });
+            let idle_close = self.idle_close(&base, raw_pool.idle_close);
+            let pool = PoolConfig { servers, graceful_disable_timeout, health, min_in_service, ramp_up, idle_close };
+            pools.insert(pool_name, pool);
         }
         let count: usize = pools.values().map(|p| p.servers.len()).sum();
         if count > max_servers as usize {
@@ -275,6 +278,17 @@ impl Validator {
             Some(_) => {
                 let path = format!("{base}.ramp_up");
                 Some(self.duration_of_at_least(&path, raw, Duration::from_secs(1), Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// `idle_close`: off by default (or "0"); at least 100 ms.
+    fn idle_close(&mut self, base: &str, raw: Option<String>) -> Option<Duration> {
+        match raw.as_deref().map(str::trim) {
+            None | Some("0") => None,
+            Some(_) => {
+                let (path, least) = (format!("{base}.idle_close"), Duration::from_millis(100));
+                Some(self.duration_of_at_least(&path, raw, Duration::from_secs(2), least))
             }
         }
     }

@@ -40,6 +40,7 @@ pub mod ebpf_log;
 pub mod family;
 pub mod flow_log;
 pub mod flow_table;
+pub mod idle_close;
 pub mod ops;
 mod pins;
 pub mod purge;

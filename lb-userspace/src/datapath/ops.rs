@@ -2,7 +2,10 @@
 //! the real one ([`Live`]) writes the BPF maps; the owner's unit tests use a
 //! fake that records the order of the writes.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use crate::servers::plan::Tables;
 
@@ -30,6 +33,14 @@ pub trait DatapathOps: Send + 'static {
     /// Purges every flow of the servers `ids` and resets both ends of their
     /// live TCP flows. Blocking: up to a few hundred ms for 1e6 flows.
     fn terminate(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<Termination>;
+    /// Closes the idle TCP connections of the servers in `quiet` (id -> the
+    /// quiet period): a FIN to the client, a reset to the server, the flow
+    /// removed (`idle_close`). How many, by server.
+    fn close_idle(
+        &mut self,
+        servers: &ServerTable,
+        quiet: &HashMap<u32, Duration>,
+    ) -> DatapathResult<HashMap<u32, usize>>;
     /// Walks the flow table: ages flows out, counts the live ones per server
     /// (and per leaving service). Blocking: tens of ms for 1e6 flows.
     fn sweep(
@@ -85,6 +96,16 @@ impl DatapathOps for Live {
 
     fn terminate(&mut self, servers: &ServerTable, ids: &HashSet<u32>) -> DatapathResult<Termination> {
         Ok(terminate::terminate(&mut self.dp, servers, ids, &self.resets)?)
+    }
+
+    fn close_idle(
+        &mut self,
+        servers: &ServerTable,
+        quiet: &HashMap<u32, Duration>,
+    ) -> DatapathResult<HashMap<u32, usize>> {
+        let now = super::clock::datapath_now_ns();
+        let quiet_ns = quiet.iter().map(|(id, d)| (*id, d.as_nanos() as u64)).collect();
+        Ok(super::idle_close::close_idle(&self.dp, servers, &quiet_ns, now, &self.resets)?)
     }
 
     fn sweep(

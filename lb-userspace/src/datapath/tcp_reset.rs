@@ -31,6 +31,9 @@ pub struct Reset {
     /// reset only with one: a client whose SYN went unanswered (SYN_SENT,
     /// RFC 793) takes one that acknowledges its SYN, whatever its `seq`.
     pub ack: Option<u32>,
+    /// A FIN instead of a reset (with `ack`): the receiver's side is closed
+    /// cleanly, as if its peer had closed (`datapath::idle_close`).
+    pub fin: bool,
 }
 
 /// The longest reset: an IPv6 header and a TCP header.
@@ -44,6 +47,7 @@ impl Reset {
             dst: Endpoint { addr: ip4(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
             seq: r.seq,
             ack: None,
+            fin: false,
         }
     }
 
@@ -53,6 +57,7 @@ impl Reset {
             dst: Endpoint { addr: ip6(r.dst_addr).into(), port: u16::from_be(r.dst_port) },
             seq: r.seq,
             ack: None,
+            fin: false,
         }
     }
 
@@ -75,7 +80,11 @@ impl Reset {
         t[2..4].copy_from_slice(&self.dst.port.to_be_bytes());
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[12] = 5 << 4;
-        t[13] = 0x04; // RST
+        t[13] = if self.fin { 0x01 } else { 0x04 }; // FIN or RST
+        if self.fin {
+            // An open window: the receiver may still send its own FIN.
+            t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        }
         if let Some(ack) = self.ack {
             t[8..12].copy_from_slice(&ack.to_be_bytes());
             t[13] |= 0x10; // ACK
@@ -257,6 +266,7 @@ mod tests {
             dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
             seq: 0xdead_beef,
             ack: None,
+            fin: false,
         };
         let (p, len) = r.packet();
         assert_eq!(len, 40);
@@ -274,6 +284,7 @@ mod tests {
             dst: Endpoint { addr: "fd00::2".parse::<Ipv6Addr>().unwrap().into(), port: 40000 },
             seq: 7,
             ack: None,
+            fin: false,
         };
         let (p, len) = r.packet();
         assert_eq!(len, 60);
@@ -291,10 +302,28 @@ mod tests {
             dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
             seq: 0,
             ack: Some(1001),
+            fin: false,
         };
         let (p, _) = r.packet();
         assert_eq!(&p[28..32], &1001u32.to_be_bytes(), "the acknowledgement");
         assert_eq!(p[33], 0x14, "RST and ACK");
+        let pseudo = sum_words(&p[12..20]) + 6 + 20;
+        assert_eq!(checksum(&p[20..40], pseudo), 0, "TCP checksum");
+    }
+
+    #[test]
+    fn a_fin_closes_with_an_acknowledgement_and_no_reset() {
+        let r = Reset {
+            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
+            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
+            seq: 7001,
+            ack: Some(1001),
+            fin: true,
+        };
+        let (p, _) = r.packet();
+        assert_eq!(p[33], 0x11, "FIN and ACK, no RST");
+        assert_eq!(&p[24..28], &7001u32.to_be_bytes());
+        assert_eq!(&p[28..32], &1001u32.to_be_bytes());
         let pseudo = sum_words(&p[12..20]) + 6 + 20;
         assert_eq!(checksum(&p[20..40], pseudo), 0, "TCP checksum");
     }

@@ -43,12 +43,12 @@ pub fn add_resets(resets: &mut Vec<Reset>, ends: &FlowEnds, flow: &Flow, server:
     let client = Endpoint { addr: ends.client.ip(), port: ends.client.port() };
     let vip = Endpoint { addr: ends.vip.ip(), port: ends.vip.port() };
     if flow.seen & flow_seen::SERVER_SEQ != 0 {
-        resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq, ack: None });
+        resets.push(Reset { src: vip, dst: client, seq: flow.server_next_seq, ack: None, fin: false });
     } else if flow.seen & flow_seen::CLIENT_SEQ != 0 {
-        resets.push(Reset { src: vip, dst: client, seq: 0, ack: Some(flow.client_next_seq) });
+        resets.push(Reset { src: vip, dst: client, seq: 0, ack: Some(flow.client_next_seq), fin: false });
     }
     if flow.seen & flow_seen::CLIENT_SEQ != 0 {
-        resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq, ack: None });
+        resets.push(Reset { src: client, dst: server, seq: flow.client_next_seq, ack: None, fin: false });
     }
 }
 
