@@ -11,6 +11,7 @@ pub mod fixture;
 pub mod fleet;
 pub mod health_server;
 pub mod http;
+pub mod keep_alive;
 pub mod load;
 pub mod netns;
 pub mod packet;

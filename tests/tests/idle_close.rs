@@ -6,67 +6,18 @@
 //! idle connections are reset at the deadline.
 
 use std::{
-    io::{ErrorKind, Read},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    io::ErrorKind,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_userspace::model::EventKind;
 use testbed::{
-    bed::{Bed, ECHO, EVERY_100MS, bed_with, wait_for},
+    bed::{ECHO, EVERY_100MS, bed_with, wait_for},
+    keep_alive::{Counts, end_of, keep_alive_client},
     servers::{EchoClient, Session},
     topology::VIP,
 };
-
-/// How an idle connection ended, as its client reads it.
-fn end_of(client: &mut EchoClient, within: Duration) -> Result<(), ErrorKind> {
-    let stream = client.stream();
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut byte = [0u8; 1];
-    match (&*stream).read(&mut byte) {
-        Ok(0) => Ok(()),
-        Ok(_) => Err(ErrorKind::InvalidData),
-        Err(e) => Err(e.kind()),
-    }
-}
-
-/// A keep-alive client: a request on its connection every 0.5-1.5 s (so
-/// some cross the close); a request that fails on a reused connection is
-/// sent again on a new one, as browsers and HTTP libraries do. Counts
-/// requests, those retried, and those lost (failed again).
-struct Counts {
-    requests: AtomicU64,
-    retried: AtomicU64,
-    lost: AtomicU64,
-}
-
-fn keep_alive_client(b: &Bed, first: EchoClient, seed: u64, stop: &AtomicBool, counts: &Counts) {
-    let mut conn = first;
-    let mut n = seed;
-    while !stop.load(Ordering::Relaxed) {
-        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(500 + (n >> 33) % 1000));
-        counts.requests.fetch_add(1, Ordering::Relaxed);
-        if conn.exchange("request").is_ok() {
-            continue;
-        }
-        counts.retried.fetch_add(1, Ordering::Relaxed);
-        let again = b.topology.client.run(|| EchoClient::connect(VIP, ECHO)).and_then(|mut c| {
-            c.exchange("request")?;
-            Ok(c)
-        });
-        match again {
-            Ok(c) => conn = c,
-            Err(_) => {
-                counts.lost.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    }
-}
 
 #[test]
 fn a_graceful_drain_closes_idle_connections_cleanly_and_no_request_is_lost() {
@@ -75,11 +26,13 @@ fn a_graceful_drain_closes_idle_connections_cleanly_and_no_request_is_lost() {
     let busy: Vec<Session> = (0..3).map(|_| Session::start(b.connect_to("s1"), "s1", EVERY_100MS)).collect();
     let racing: Vec<EchoClient> = (0..10).map(|_| b.connect_to("s1")).collect();
     let stop = AtomicBool::new(false);
-    let counts = Arc::new(Counts { requests: AtomicU64::new(0), retried: AtomicU64::new(0), lost: AtomicU64::new(0) });
+    let counts = Counts::default();
     std::thread::scope(|scope| {
         for (i, first) in racing.into_iter().enumerate() {
             let (b, stop, counts) = (&b, &stop, &counts);
-            scope.spawn(move || keep_alive_client(b, first, i as u64 + 1, stop, counts));
+            scope.spawn(move || {
+                keep_alive_client(&b.topology.client, (VIP.into(), ECHO), first, i as u64 + 1, stop, counts)
+            });
         }
         std::thread::sleep(Duration::from_millis(1500));
         let asked = Instant::now();
@@ -89,7 +42,7 @@ fn a_graceful_drain_closes_idle_connections_cleanly_and_no_request_is_lost() {
         // takes longer to get there).
         for (i, client) in idle.iter_mut().enumerate() {
             let left = Duration::from_secs(10).saturating_sub(asked.elapsed());
-            assert_eq!(end_of(client, left), Ok(()), "idle connection {i}: a clean close, not a reset");
+            assert_eq!(end_of(client, left), Ok(true), "idle connection {i}: a clean close, not a reset");
         }
         eprintln!("20 idle connections closed cleanly within {:?} of the disable", asked.elapsed());
         std::thread::sleep(Duration::from_secs(3));

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod datapath_cost;
+pub mod drains;
 pub mod ecmp;
 pub mod end_to_end;
 pub mod health_cost;

@@ -43,7 +43,7 @@ fn main() {
     // SAFETY: no other thread runs yet (the sections have not started), so
     // nothing reads the environment while it changes.
     unsafe { std::env::set_var("LB_BIN", &lb) };
-    let sections: [(&str, &str, Section); 7] = [
+    let sections: [(&str, &str, Section); 8] = [
         ("datapath", "1. Datapath cost per packet", &|r, quick, _| bench::datapath_cost::run(r, quick)),
         ("pps", "2. Packets per second", &|r, quick, _| bench::pps::run(r, quick)),
         ("e2e", "3. End to end through namespaces", &|r, quick, lb| bench::end_to_end::run(r, quick, lb)),
@@ -51,6 +51,7 @@ fn main() {
         ("start", "5. Agent start-up", &|r, quick, lb| bench::startup::run(r, quick, lb)),
         ("cluster", "6. Cluster", &|r, quick, _| bench::cluster::run(r, quick)),
         ("ecmp", "7. Nodes behind ECMP", &|r, quick, _| bench::ecmp::run(r, quick)),
+        ("drains", "8. Drains as clients see them", &|r, quick, lb| bench::drains::run(r, quick, lb)),
     ];
     for (key, title, section) in sections {
         if !wanted(key) {

@@ -1,0 +1,294 @@
+//! Section 8, drains as their clients see them: one server of three holds
+//! resting keep-alive connections, busy connections, and keep-alive
+//! clients that send at any moment (and send a failed request again on a
+//! new connection, as HTTP clients do); it is drained with a deadline.
+//! Counted: resting connections reset (an error for the client that uses
+//! it next), requests lost after their retry, busy connections broken at
+//! the deadline. Contenders, each on the same load in the same run:
+//! - ours with `idle_close` (resting connections closed with a FIN);
+//! - ours without it (resting connections reset at the deadline);
+//! - HAProxy 2.6 in TCP mode: `set server ... state drain`, then
+//!   `shutdown sessions server ...` at the deadline (its documented way).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use super::{Report, Target};
+use crate::{
+    agent::Agent,
+    keep_alive::{Counts, end_of, keep_alive_client},
+    servers::{EchoClient, Kind, Server, Session},
+    topology::{ServiceSpec, Topology, VIP},
+};
+
+const SECTION: &str = "8. Drains as clients see them (client-visible errors; lower is better)";
+const PORT: u16 = 7;
+const SERVER_PORT: u16 = 7007;
+const DEADLINE: Duration = Duration::from_secs(4);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    OursIdleClose,
+    Ours,
+    Haproxy,
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::OursIdleClose => "ours, idle_close 1s",
+            Contender::Ours => "ours, without idle_close",
+            Contender::Haproxy => "HAProxy, drain + shutdown sessions",
+        }
+    }
+}
+
+/// What the clients of one drain saw.
+#[derive(Default)]
+struct Seen {
+    idle: usize,
+    idle_reset: usize,
+    idle_closed: usize,
+    /// The longest a resting connection stayed open after the drain began.
+    idle_closed_after: Duration,
+    requests: u64,
+    retried: u64,
+    lost: u64,
+    busy_broken: usize,
+}
+
+impl Seen {
+    fn errors(&self) -> u64 {
+        self.idle_reset as u64 + self.lost + self.busy_broken as u64
+    }
+}
+
+pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
+    let (idle, busy, racing) = if quick { (12, 2, 6) } else { (30, 3, 10) };
+    let topology = Topology::new(3);
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, SERVER_PORT)).collect();
+    let mut seen = Vec::new();
+    for contender in [Contender::OursIdleClose, Contender::Ours, Contender::Haproxy] {
+        match drain_once(&topology, lb_bin, contender, (idle, busy, racing)) {
+            Ok(s) => seen.push((contender, s)),
+            Err(e) => report.failed(SECTION, format!("drain, {}", contender.name()), e),
+        }
+    }
+    let of = |c: Contender| seen.iter().find(|(x, _)| *x == c).map(|(_, s)| s);
+    for (contender, s) in &seen {
+        let note = format!(
+            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried, {} lost; {} busy broken at the deadline",
+            s.idle,
+            s.idle_closed,
+            s.idle_closed_after.as_secs_f64(),
+            s.idle_reset,
+            s.requests,
+            s.retried,
+            s.lost,
+            s.busy_broken
+        );
+        let target = match contender {
+            Contender::OursIdleClose => of(Contender::Haproxy).map(|h| Target::AtMost(h.errors() as f64)),
+            _ => None,
+        };
+        report.add(
+            SECTION,
+            format!("client-visible errors, {}", contender.name()),
+            s.errors() as f64,
+            "",
+            target,
+            note,
+        );
+    }
+    if let Some(s) = of(Contender::OursIdleClose) {
+        let note = "a resting connection reset is an error for the client that uses it next";
+        report.add(
+            SECTION,
+            "resting connections reset, ours with idle_close",
+            s.idle_reset as f64,
+            "",
+            Some(Target::AtMost(0.0)),
+            note,
+        );
+        report.add(
+            SECTION,
+            "requests lost after one retry, ours with idle_close",
+            s.lost as f64,
+            "",
+            Some(Target::AtMost(0.0)),
+            "",
+        );
+    }
+}
+
+/// One drain of s1 under the load, through `contender`.
+fn drain_once(
+    topology: &Topology,
+    lb_bin: &Path,
+    contender: Contender,
+    load: (usize, usize, usize),
+) -> Result<Seen, String> {
+    let (idle_n, busy_n, racing_n) = load;
+    let running = Running::start(topology, lb_bin, contender)?;
+    let on_s1 = || -> Result<EchoClient, String> {
+        for _ in 0..300 {
+            let mut c = topology.client.run(|| EchoClient::connect(VIP, PORT)).map_err(|e| format!("connect: {e}"))?;
+            if c.exchange("which").map_err(|e| format!("first exchange: {e}"))? == "s1" {
+                return Ok(c);
+            }
+        }
+        Err("no connection landed on s1".into())
+    };
+    let mut idle: Vec<EchoClient> = (0..idle_n).map(|_| on_s1()).collect::<Result<_, _>>()?;
+    let busy: Vec<Session> = (0..busy_n)
+        .map(|_| on_s1().map(|c| Session::start(c, "s1", Some(Duration::from_millis(100)))))
+        .collect::<Result<_, _>>()?;
+    let racing: Vec<EchoClient> = (0..racing_n).map(|_| on_s1()).collect::<Result<_, _>>()?;
+    let (stop, counts) = (AtomicBool::new(false), Counts::default());
+    let mut seen = Seen { idle: idle_n, ..Seen::default() };
+    std::thread::scope(|scope| -> Result<(), String> {
+        for (i, first) in racing.into_iter().enumerate() {
+            let (stop, counts) = (&stop, &counts);
+            scope.spawn(move || {
+                keep_alive_client(&topology.client, (VIP.into(), PORT), first, i as u64 + 1, stop, counts)
+            });
+        }
+        // Resting longer than the quiet period.
+        std::thread::sleep(Duration::from_millis(1500));
+        let began = Instant::now();
+        running.drain(scope)?;
+        let watch_until = DEADLINE + Duration::from_secs(2);
+        for client in idle.iter_mut() {
+            match end_of(client, watch_until.saturating_sub(began.elapsed())) {
+                Ok(true) => {
+                    seen.idle_closed += 1;
+                    seen.idle_closed_after = seen.idle_closed_after.max(began.elapsed());
+                }
+                Ok(false) => {}
+                Err(_) => seen.idle_reset += 1,
+            }
+        }
+        std::thread::sleep(watch_until.saturating_sub(began.elapsed()));
+        stop.store(true, Ordering::Relaxed);
+        Ok(())
+    })?;
+    seen.busy_broken = busy.iter().filter(|s| s.ended().is_some()).count();
+    (seen.requests, seen.retried, seen.lost) = (
+        counts.requests.load(Ordering::Relaxed),
+        counts.retried.load(Ordering::Relaxed),
+        counts.lost.load(Ordering::Relaxed),
+    );
+    drop(running);
+    Ok(seen)
+}
+
+/// A contender serving VIP:7 over the three echo servers; taken down on drop.
+struct Running<'a> {
+    topology: &'a Topology,
+    agent: Option<Agent>,
+    haproxy: Option<Child>,
+}
+
+impl<'a> Running<'a> {
+    fn start(topology: &'a Topology, lb_bin: &Path, contender: Contender) -> Result<Running<'a>, String> {
+        let mut running = Running { topology, agent: None, haproxy: None };
+        if contender == Contender::Haproxy {
+            running.haproxy = Some(start_haproxy(topology)?);
+            return Ok(running);
+        }
+        let spec = ServiceSpec { port: PORT, protocol: "tcp", server_port: SERVER_PORT, weights: vec![1; 3] };
+        let mut config = topology.config(&[spec]);
+        if contender == Contender::OursIdleClose {
+            config = config.set("pools.p7.idle_close", "1s");
+        }
+        running.agent = Some(Agent::start_with(lb_bin.to_owned(), topology, config));
+        Ok(running)
+    }
+
+    /// Drains s1 with the deadline; for HAProxy, its sessions are shut
+    /// down at the deadline by a thread of `scope`.
+    fn drain<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>) -> Result<(), String> {
+        if let Some(agent) = &self.agent {
+            let timeout = format!("{}s", DEADLINE.as_secs());
+            let (ok, _, stderr) = agent.lb(&["server", "disable", "p7", "s1", "--graceful", "--timeout", &timeout]);
+            return if ok { Ok(()) } else { Err(format!("disable: {stderr}")) };
+        }
+        let socket = haproxy_socket(self.topology);
+        haproxy_command(&socket, "set server p7/s1 state drain")?;
+        scope.spawn(move || {
+            std::thread::sleep(DEADLINE);
+            if let Err(e) = haproxy_command(&socket, "shutdown sessions server p7/s1") {
+                eprintln!("bench: haproxy shutdown sessions: {e}");
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.agent.take();
+        if let Some(mut child) = self.haproxy.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = self.topology.lb.command("ip").args(["addr", "del", &format!("{VIP}/32"), "dev", "lo"]).output();
+        }
+    }
+}
+
+fn haproxy_socket(topology: &Topology) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-drain-haproxy.sock", topology.prefix))
+}
+
+fn start_haproxy(topology: &Topology) -> Result<Child, String> {
+    let lb = &topology.lb;
+    lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    let socket = haproxy_socket(topology);
+    let servers: String = (1..=3).map(|i| format!("  server s{i} 10.0.{i}.2:{SERVER_PORT}\n")).collect();
+    let conf = format!(
+        "global\n  maxconn 9000\n  nbthread 1\n  stats socket {} mode 600 level admin\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend echo\n  bind {VIP}:{PORT}\n  default_backend p7\n\
+         backend p7\n  balance roundrobin\n{servers}",
+        socket.display()
+    );
+    let path = std::env::temp_dir().join(format!("{}-drain-haproxy.cfg", topology.prefix));
+    std::fs::write(&path, conf).map_err(|e| format!("haproxy config: {e}"))?;
+    let mut child = lb
+        .command("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start haproxy: {e}"))?;
+    let started = Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("haproxy exited: {status}"));
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            return Err("haproxy's admin socket never appeared".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// One command on HAProxy's admin socket; its answer.
+fn haproxy_command(socket: &Path, command: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("haproxy socket: {e}"))?;
+    stream.write_all(format!("{command}\n").as_bytes()).map_err(|e| format!("haproxy socket: {e}"))?;
+    let mut answer = String::new();
+    for line in BufReader::new(stream).lines() {
+        answer.push_str(&line.map_err(|e| format!("haproxy socket: {e}"))?);
+    }
+    Ok(answer)
+}
