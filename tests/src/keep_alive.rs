@@ -34,6 +34,9 @@ pub struct Counts {
     pub requests: AtomicU64,
     /// Failed on their connection, and sent again on a new one.
     pub retried: AtomicU64,
+    /// Of those, the ones that met a reset rather than a clean end (a
+    /// request sent while its connection's close was on the way).
+    pub raced: AtomicU64,
     /// Failed again: what a user would see.
     pub lost: AtomicU64,
 }
@@ -55,10 +58,14 @@ pub fn keep_alive_client(
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(500 + (n >> 33) % 1000));
         counts.requests.fetch_add(1, Ordering::Relaxed);
-        if conn.exchange("request").is_ok() {
-            continue;
-        }
+        let failed = match conn.exchange("request") {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
         counts.retried.fetch_add(1, Ordering::Relaxed);
+        if failed.kind() == ErrorKind::ConnectionReset {
+            counts.raced.fetch_add(1, Ordering::Relaxed);
+        }
         let again = client.run(|| EchoClient::connect(target.0, target.1)).and_then(|mut c| {
             c.exchange("request")?;
             Ok(c)

@@ -59,6 +59,7 @@ struct Seen {
     idle_closed_after: Duration,
     requests: u64,
     retried: u64,
+    raced: u64,
     lost: u64,
     busy_broken: usize,
 }
@@ -84,13 +85,14 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
     let of = |c: Contender| seen.iter().find(|(x, _)| *x == c).map(|(_, s)| s);
     for (contender, s) in &seen {
         let note = format!(
-            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried, {} lost; {} busy broken at the deadline",
+            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried ({} of them after a reset), {} lost; {} busy broken at the deadline",
             s.idle,
             s.idle_closed,
             s.idle_closed_after.as_secs_f64(),
             s.idle_reset,
             s.requests,
             s.retried,
+            s.raced,
             s.lost,
             s.busy_broken
         );
@@ -180,11 +182,9 @@ fn drain_once(
         Ok(())
     })?;
     seen.busy_broken = busy.iter().filter(|s| s.ended().is_some()).count();
-    (seen.requests, seen.retried, seen.lost) = (
-        counts.requests.load(Ordering::Relaxed),
-        counts.retried.load(Ordering::Relaxed),
-        counts.lost.load(Ordering::Relaxed),
-    );
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    (seen.requests, seen.retried, seen.raced, seen.lost) =
+        (count(&counts.requests), count(&counts.retried), count(&counts.raced), count(&counts.lost));
     drop(running);
     Ok(seen)
 }
