@@ -19,7 +19,7 @@ use testbed::{
     bed::EVERY_100MS,
     ecmp::{EcmpBed, Options, SHARED_PORT, TCP_PORT, UDP_PORT, VIP, VIP6},
     netns::NetNs,
-    servers::{EchoClient, Session, udp_exchange_on},
+    servers::{EchoClient, Session},
 };
 
 /// Long-lived TCP sessions (a line every 100 ms) and UDP flows (a datagram
@@ -53,6 +53,32 @@ struct Outcome {
     landed: Vec<Connection>,
 }
 
+/// One datagram to the VIP and its answer within 2 s: the name of the
+/// server that echoed it. A late answer to a datagram before (one that was
+/// sent again) is skipped.
+fn udp_ask(socket: &std::net::UdpSocket, text: &str) -> std::io::Result<String> {
+    let vip = std::net::SocketAddr::new(VIP.into(), UDP_PORT);
+    socket.send_to(text.as_bytes(), vip)?;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        socket.set_read_timeout(Some(left))?;
+        let (n, from) = socket.recv_from(&mut buf)?;
+        if from != vip {
+            return Err(std::io::Error::other(format!("reply from {from}, not from the VIP")));
+        }
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        match reply.split_once(' ') {
+            Some((name, echoed)) if echoed == text => return Ok(name.to_owned()),
+            _ => continue,
+        }
+    }
+}
+
 impl Load {
     fn start(client: &NetNs, sessions: usize, udp_flows: usize) -> Load {
         Load::start_on(client, (VIP.into(), TCP_PORT), sessions, udp_flows)
@@ -78,8 +104,17 @@ impl Load {
                     let mut first: Option<String> = None;
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        let server = udp_exchange_on(&socket, VIP, UDP_PORT, &format!("flow {i} datagram {n}"))
-                            .map_err(|e| format!("UDP flow {i}, datagram {n}: {e}"))?;
+                        // A datagram (or its answer) on a link at the moment
+                        // it is cut is lost, on any network: sent again once
+                        // after the 2 s wait, as a DNS client would. Twice
+                        // lost fails.
+                        let text = format!("flow {i} datagram {n}");
+                        let server = udp_ask(&socket, &text)
+                            .or_else(|e| {
+                                eprintln!("UDP flow {i}, datagram {n}: {e}; sent again");
+                                udp_ask(&socket, &text)
+                            })
+                            .map_err(|e| format!("UDP flow {i}, datagram {n}, sent twice: {e}"))?;
                         // A flow stays on its server.
                         if *first.get_or_insert_with(|| server.clone()) != server {
                             return Err(format!("UDP flow {i} moved from {first:?} to {server}"));
