@@ -387,15 +387,18 @@ mod tests {
         assert_eq!(problems[0].path, "pools.web.graceful_disable_timeout");
     }
 
+    /// GOOD with one more line in pool web's table.
+    fn with_pool_line(line: &str) -> Result<Config, ConfigError> {
+        let text = GOOD.replace(
+            "[[pools.web.servers]]\n        name = \"a\"",
+            &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
+        );
+        Config::parse(&text, Path::new("t.toml"))
+    }
+
     #[test]
     fn a_pools_minimum_in_service_is_at_most_its_servers() {
-        let with = |line: &str| {
-            let text = GOOD.replace(
-                "[[pools.web.servers]]\n        name = \"a\"",
-                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
-            );
-            Config::parse(&text, Path::new("t.toml"))
-        };
+        let with = with_pool_line;
         assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].min_in_service, 1, "the last server");
         assert_eq!(with("min_in_service = 0").unwrap().pools["web"].min_in_service, 0);
         let Err(ConfigError::Invalid { problems, .. }) = with("min_in_service = 9") else { panic!("too many") };
@@ -407,13 +410,7 @@ mod tests {
 
     #[test]
     fn a_pools_ramp_up_is_off_by_default_and_at_least_a_second() {
-        let with = |line: &str| {
-            let text = GOOD.replace(
-                "[[pools.web.servers]]\n        name = \"a\"",
-                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
-            );
-            Config::parse(&text, Path::new("t.toml"))
-        };
+        let with = with_pool_line;
         assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].ramp_up, None);
         assert_eq!(with("ramp_up = \"0\"").unwrap().pools["web"].ramp_up, None);
         assert_eq!(with("ramp_up = \"30s\"").unwrap().pools["web"].ramp_up, Some(Duration::from_secs(30)));
@@ -431,13 +428,7 @@ mod tests {
 
     #[test]
     fn a_pools_rolling_maintenance_takes_at_least_one_server_at_a_time() {
-        let with = |line: &str| {
-            let text = GOOD.replace(
-                "[[pools.web.servers]]\n        name = \"a\"",
-                &format!("[pools.web]\n        {line}\n        [[pools.web.servers]]\n        name = \"a\""),
-            );
-            Config::parse(&text, Path::new("t.toml"))
-        };
+        let with = with_pool_line;
         assert_eq!(Config::parse(GOOD, Path::new("t.toml")).unwrap().pools["web"].health.max_in_maintenance, None);
         assert_eq!(with("max_in_maintenance = 1").unwrap().pools["web"].health.max_in_maintenance, Some(1));
         for bad in ["0", "-2"] {
