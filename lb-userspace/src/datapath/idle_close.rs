@@ -10,6 +10,15 @@
 //! The one race: a client that sends a request while its FIN is on the way.
 //! The request reaches a server that has no such connection and is reset;
 //! an HTTP client retries a request that failed so on a reused connection.
+//!
+//! Left as it is: the client's acknowledgement of the FIN (and its own FIN
+//! when it closes) no longer has a flow, so it goes where a new flow would
+//! and that server answers with a reset. The client has read its end of
+//! stream first (the FIN is queued before the reset), so a client that
+//! checks a pooled connection before reusing it, as HTTP libraries do,
+//! sees a closed connection; one that writes to it without looking gets
+//! EPIPE. Answering those segments without a server would take a per-flow
+//! mark read on the packet path.
 
 use std::{collections::HashMap, io};
 
