@@ -34,11 +34,16 @@ use crate::servers::ServerTable;
 
 /// Whether `flow` is an established TCP connection with nothing in flight
 /// for at least `quiet_ns` at `now_ns`: neither side closed, both sides'
-/// sequence numbers known.
+/// sequence numbers known, and forwarded by this node. In a cluster, a
+/// copy from another node that never came here is that node's to judge;
+/// a flow that came here and then moved to another node looks idle here
+/// while it is busy there, but its sequence numbers here are then behind,
+/// and both ends drop a FIN or a reset out of their window (RFC 5961).
 pub fn is_idle(flow: &Flow, now_ns: u64, quiet_ns: u64) -> bool {
     let both = flow_seen::CLIENT_ACK | flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ;
     let closing = flow_seen::FIN_FROM_CLIENT | flow_seen::FIN_FROM_SERVER | flow_seen::RST;
-    flow.state != flow_state::UDP
+    crate::cluster::replicate::forwarded_here(flow)
+        && flow.state != flow_state::UDP
         && flow.seen & both == both
         && flow.seen & closing == 0
         && now_ns.saturating_sub(flow.last_seen_ns) >= quiet_ns
@@ -106,6 +111,9 @@ mod tests {
         assert!(!is_idle(&flow(flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ, 0), quiet, quiet), "handshake");
         let udp = Flow { state: flow_state::UDP, ..flow(ALL, 0) };
         assert!(!is_idle(&udp, quiet, quiet), "UDP has no FIN");
+        let copy = Flow { created_ns: 0, ..flow(ALL | flow_seen::COPY, 0) };
+        assert!(!is_idle(&copy, quiet, quiet), "another node's copy, never used here");
+        assert!(is_idle(&Flow { last_seen_ns: 1, ..copy }, quiet + 1, quiet), "a copy used here");
     }
 
     #[test]
