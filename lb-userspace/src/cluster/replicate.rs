@@ -329,13 +329,10 @@ impl Ids {
     }
 }
 
-/// Whether this node forwards `flow` (its own, or a copy it has forwarded
-/// since it was written): the flows it pushes and refreshes. A copy never
-/// used here is left to its own node, so copies do not keep each other
-/// alive.
-pub fn forwarded_here(flow: &Flow) -> bool {
-    flow.seen & flow_seen::COPY == 0 || flow.last_seen_ns > flow.created_ns
-}
+/// The flows this node pushes and refreshes: its own, and copies it has
+/// forwarded since they were written (a copy never used here is left to
+/// its own node, so copies do not keep each other alive).
+pub use crate::datapath::flow_table::forwarded_here;
 
 /// Where a joining node stands: the peers whose push it still waits for.
 struct Joining {

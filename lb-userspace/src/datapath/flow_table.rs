@@ -32,6 +32,13 @@ const WINDOW_SLOTS: u32 = 32 * 1024;
 /// Tries at a slot or a tag word that others keep changing, before giving up.
 const TRIES: u32 = 64;
 
+/// Whether this node forwards `flow`: its own, or a copy from another node
+/// (flow replication) that traffic reached here since it was written. A
+/// copy never used here is its own node's: not pushed on, not judged idle.
+pub fn forwarded_here(flow: &Flow) -> bool {
+    flow.seen & lb_common::flow_seen::COPY == 0 || flow.last_seen_ns > flow.created_ns
+}
+
 pub struct FlowTable<S: TableSlot = FlowSlot> {
     map: MapData,
     tags: MapData,

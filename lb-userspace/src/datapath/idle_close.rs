@@ -42,7 +42,7 @@ use crate::servers::ServerTable;
 pub fn is_idle(flow: &Flow, now_ns: u64, quiet_ns: u64) -> bool {
     let both = flow_seen::CLIENT_ACK | flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ;
     let closing = flow_seen::FIN_FROM_CLIENT | flow_seen::FIN_FROM_SERVER | flow_seen::RST;
-    crate::cluster::replicate::forwarded_here(flow)
+    super::flow_table::forwarded_here(flow)
         && flow.state != flow_state::UDP
         && flow.seen & both == both
         && flow.seen & closing == 0
