@@ -265,14 +265,13 @@ impl<D: DatapathOps> Owner<D> {
         Ok(plan)
     }
 
-    /// The guard, applied to the pool as the plan would leave it.
     /// The pool's `min_in_service` (1 for a pool the config no longer has).
     fn min_in_service(&self, pool: &str) -> usize {
         self.config.pools.get(pool).map_or(1, |p| p.min_in_service)
     }
 
-    /// The servers left in service if `plan` would leave fewer than the
-    /// pool's minimum.
+    /// The guard, applied to the pool as the plan would leave it: the
+    /// servers left in service if that is fewer than the pool's minimum.
     fn falls_below_minimum(&self, pool: &str, plan: &Plan, now_ms: u64) -> Option<usize> {
         let before: Vec<(AdminState, u32)> = self.servers.pool(pool).map(|s| (s.admin, s.weight)).collect();
         let after: Vec<(AdminState, u32)> = self

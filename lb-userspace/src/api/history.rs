@@ -1,7 +1,7 @@
 //! What the dashboard draws: each server's live flows and new flows over
 //! the last minutes. A task samples the owner's snapshot and the
 //! datapath's counters once a second (the one writer); reads copy a pool's
-//! series. At most `KEEP` samples a server: about 5 KiB each.
+//! series. At most `KEEP` samples a server: about 7 KiB each.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

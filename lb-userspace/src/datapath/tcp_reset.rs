@@ -295,16 +295,20 @@ mod tests {
         assert_eq!(p[53], 0x04);
     }
 
-    #[test]
-    fn a_reset_for_an_unanswered_syn_acknowledges_it() {
-        let r = Reset {
+    /// A segment from the VIP to a client that acknowledges 1001.
+    fn to_client(seq: u32, fin: bool) -> Reset {
+        Reset {
             src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
             dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
-            seq: 0,
+            seq,
             ack: Some(1001),
-            fin: false,
-        };
-        let (p, _) = r.packet();
+            fin,
+        }
+    }
+
+    #[test]
+    fn a_reset_for_an_unanswered_syn_acknowledges_it() {
+        let (p, _) = to_client(0, false).packet();
         assert_eq!(&p[28..32], &1001u32.to_be_bytes(), "the acknowledgement");
         assert_eq!(p[33], 0x14, "RST and ACK");
         let pseudo = sum_words(&p[12..20]) + 6 + 20;
@@ -313,15 +317,9 @@ mod tests {
 
     #[test]
     fn a_fin_closes_with_an_acknowledgement_and_no_reset() {
-        let r = Reset {
-            src: Endpoint { addr: Ipv4Addr::new(10, 100, 0, 1).into(), port: 80 },
-            dst: Endpoint { addr: Ipv4Addr::new(10, 0, 0, 2).into(), port: 40000 },
-            seq: 7001,
-            ack: Some(1001),
-            fin: true,
-        };
-        let (p, _) = r.packet();
+        let (p, _) = to_client(7001, true).packet();
         assert_eq!(p[33], 0x11, "FIN and ACK, no RST");
+        assert_eq!(&p[34..36], &[0xff, 0xff], "an open window: the client may still send its FIN");
         assert_eq!(&p[24..28], &7001u32.to_be_bytes());
         assert_eq!(&p[28..32], &1001u32.to_be_bytes());
         let pseudo = sum_words(&p[12..20]) + 6 + 20;
