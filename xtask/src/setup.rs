@@ -74,7 +74,10 @@ pub fn ensure_root() -> anyhow::Result<()> {
 }
 
 /// What the benchmarks compare against, and their load generator.
-const BENCH_PACKAGES: &[&str] = &["nginx-light", "haproxy", "wrk", "nftables", "conntrack"];
+// clang-19, llvm-19, libbpf-dev and gcc build Katran beside our datapath
+// (section 1) when its tree is there (tests/peers/katran/README.md).
+const BENCH_PACKAGES: &[&str] =
+    &["nginx-light", "haproxy", "wrk", "nftables", "conntrack", "clang-19", "llvm-19", "libbpf-dev", "gcc"];
 
 /// Installs the benchmarks' peers.
 pub fn bench_setup() -> anyhow::Result<()> {

@@ -57,28 +57,95 @@ fn total_ns(program: &aya::programs::Xdp, frames: &[Vec<u8>], ifindex: u32) -> u
 /// Medians by path name.
 type Results = Vec<(&'static str, f64)>;
 
+/// Section 1's paths that Katran's harness times too: (label, name, goal
+/// of ours / Katran, Katran's reference figure in ns).
+const PATHS: [(&str, &str, f64, f64); 5] = [
+    ("packet not for a VIP, passed", "not_for_vip", 0.25, 59.0),
+    ("SYN creating a new flow (unique 5-tuples)", "new_flow", 0.5, 620.0),
+    ("ACK of an existing flow, cache-hot", "hot", 0.30, 152.0),
+    ("ACK at random among 1e6 established flows", "random_1e6", 0.5, 623.0),
+    ("SYN creating a new flow, 1e6 flows in the table", "new_flow_1e6", 0.5, 815.0),
+];
+
+/// Our trivial program's cost per call in a run beside the one that gave
+/// `PATHS`' Katran figures (2026-12-05, Katran 19f08fec82fb, clang-19, this
+/// kind of machine). Without Katran in the run, a path's goal against the trivial
+/// program is its goal against Katran times Katran's reference cost in
+/// trivial calls: the same goal, on a yardstick every run measures.
+const REFERENCE_TRIVIAL_NS: f64 = 87.0;
+
 pub fn run(report: &mut Report, quick: bool) {
     let (rounds, calls) = if quick { (3, 5_000) } else { (7, 20_000) };
+    let katran = super::katran::Katran::build(&super::output_dir().join("katran"));
+    // Katran before and after ours: a host that slows down during the run
+    // slows both.
+    let mut katran_runs = Vec::new();
+    let time_katran = |runs: &mut Vec<super::katran::Figures>| {
+        if let Ok(k) = &katran {
+            match k.measure(rounds, calls) {
+                Ok(figures) => runs.push(figures),
+                Err(why) => eprintln!("bench: Katran: {why}"),
+            }
+        }
+    };
+    time_katran(&mut katran_runs);
     let net = fixture_netns();
     // The benchmark's clients (11.0.0.0/8) sit behind the fixture's client.
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
     net.ns.ip(&["-6", "route", "add", "fd00:b::/32", "via", "fd00::2"]);
     let results: Results = net.run(|| measure_paths(rounds, calls));
+    time_katran(&mut katran_runs);
 
     let get = |name: &str| results.iter().find(|(n, _)| *n == name).unwrap().1;
-    let note = |katran: &str| format!("median of {rounds} rounds x {calls} calls; reference XDP balancer: {katran}");
-    let rows: [(&str, &str, Option<f64>, &str); 7] = [
-        ("packet not for a VIP, passed", "not_for_vip", Some(40.0), "~50 ns"),
-        ("SYN creating a new flow (unique 5-tuples)", "new_flow", Some(300.0), "350-450 ns"),
-        ("ACK of an existing flow, cache-hot", "hot", Some(120.0), "140-160 ns"),
-        ("ACK at random among 1e6 established flows", "random_1e6", Some(450.0), "440-570 ns"),
-        ("SYN creating a new flow, 1e6 flows in the table", "new_flow_1e6", None, "n/a"),
-        ("server reply on the return path", "reply", None, "n/a (no NAT return path)"),
-        ("packet of a flow whose server is DISABLED (reset)", "disabled", None, "n/a"),
-    ];
-    for (label, name, target, reference) in rows {
-        report.add(SECTION, label, get(name), "ns", target.map(Target::AtMost), note(reference));
+    let note = |extra: &str| format!("median of {rounds} rounds x {calls} calls{extra}");
+    let trivial = get("trivial");
+    let katran_of = |name: &str| {
+        let runs: Vec<f64> = katran_runs.iter().filter_map(|r| r.get(name).copied()).collect();
+        (runs.len() == katran_runs.len() && !runs.is_empty()).then(|| (median(&mut runs.clone()), runs))
+    };
+    for (label, name, goal, reference_ns) in PATHS {
+        let ours = get(name);
+        match katran_of(name) {
+            Some((k, runs)) => {
+                let each = runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ");
+                report.add(SECTION, label, ours, "ns", None, note(&format!("; Katran in this run: {k:.0} ns")));
+                let detail = format!("ours {ours:.0} ns, Katran {k:.0} ns (its runs before and after ours: {each})");
+                report.add(
+                    SECTION,
+                    format!("ours / Katran: {label}"),
+                    ours / k,
+                    "x",
+                    Some(Target::AtMost(goal)),
+                    detail,
+                );
+            }
+            None => {
+                report.add(SECTION, label, ours, "ns", None, note(""));
+                let goal = goal * reference_ns / REFERENCE_TRIVIAL_NS;
+                let detail = format!(
+                    "ours {ours:.0} ns, trivial program {trivial:.0} ns; goal: {goal:.2} = ours / Katran's goal \
+                     times Katran's reference cost in trivial calls ({reference_ns:.0} / {REFERENCE_TRIVIAL_NS:.0} ns)"
+                );
+                let name = format!("own cost / trivial program's call: {label}");
+                report.add(SECTION, name, ours / trivial, "x", Some(Target::AtMost(goal)), detail);
+            }
+        }
     }
+    match &katran {
+        Ok(k) if katran_runs.len() == 2 => {
+            let detail = format!("tree {}; built with clang-19 as Katran's Makefile-bpf does", k.tree.display());
+            report.add(SECTION, "Katran timed in this run (runs)", 2.0, "", None, detail);
+        }
+        Ok(_) => report.failed(SECTION, "Katran timed in this run", "its harness failed (see above)"),
+        Err(why) => report.add(SECTION, "Katran timed in this run (runs)", 0.0, "", None, why.clone()),
+    }
+    for (label, name) in [
+        ("server reply on the return path", "reply"),
+        ("packet of a flow whose server is DISABLED (reset)", "disabled"),
+    ] {
+        report.add(SECTION, label, get(name), "ns", None, note("; Katran has no such path"));
+    }
+    report.add(SECTION, "trivial program's call (the yardstick)", trivial, "ns", None, note(""));
     // IPv6 beside IPv4, the same paths in the same rounds: the ratio of
     // their own costs (issue target: at most 1.1).
     let six: [(&str, &str, &str); 4] = [
@@ -88,7 +155,7 @@ pub fn run(report: &mut Report, quick: bool) {
         ("IPv6 / IPv4 cost: server reply on the return path", "reply6", "reply"),
     ];
     for (label, v6, v4) in six {
-        let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", get(v6), get(v4), note("n/a"));
+        let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", get(v6), get(v4), note(""));
         report.add(SECTION, label, get(v6) / get(v4), "x", Some(Target::AtMost(1.1)), detail);
     }
     // Flow replication (a cluster with cluster.sync_address): each new
@@ -97,7 +164,7 @@ pub fn run(report: &mut Report, quick: bool) {
         "with sharing on {:.0} ns, off {:.0} ns, in alternating slices of each round (the table fills alike); {}",
         get("new_flow_shared"),
         get("new_flow_unshared"),
-        note("n/a")
+        note("")
     );
     let ratio = get("new_flow_shared") / get("new_flow_unshared");
     report.add(SECTION, "new flow cost with flow replication on / off", ratio, "x", Some(Target::AtMost(1.1)), detail);
@@ -183,6 +250,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
 
     for _ in 0..rounds {
         let base = total_ns(trivial, &cycle(&hot_ack), toclient) as f64 / calls as f64;
+        record("trivial", base);
         record("not_for_vip", measure(&mut bed, &cycle(&not_for_us), toclient, Outcome::PassNotForUs) - base);
         record("new_flow", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
         let (off, on) = measure_sharing(&mut bed, &new_syns(), toclient);
@@ -218,6 +286,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     };
     for _ in 0..rounds {
         let base = total_ns(trivial, &cycle(&hot_ack), toclient) as f64 / calls as f64;
+        record("trivial", base);
         record("random_1e6", measure(&mut bed, &random_acks(), toclient, Outcome::ForwardFlow) - base);
         record("new_flow_1e6", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
         record("disabled", measure(&mut bed, &cycle(&disabled), toclient, Outcome::ResetTerminatedFlow) - base);

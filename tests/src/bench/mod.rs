@@ -10,6 +10,7 @@ pub mod drains;
 pub mod ecmp;
 pub mod end_to_end;
 pub mod health_cost;
+pub mod katran;
 pub mod pps;
 pub mod startup;
 
@@ -18,6 +19,11 @@ use std::{net::Ipv4Addr, ops::Range};
 use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
 use lb_userspace::datapath::{clock::datapath_now_ns, flow_table::FlowTable};
 use serde_json::{Value, json};
+
+/// Where the bench builds what it times beside ours (peers' programs).
+pub fn output_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("lb-bench")
+}
 
 /// What a figure must reach.
 #[derive(Clone, Copy, Debug)]
