@@ -146,6 +146,31 @@ pub fn run(report: &mut Report, quick: bool) {
         report.add(SECTION, label, get(name), "ns", None, note("; Katran has no such path"));
     }
     report.add(SECTION, "trivial program's call (the yardstick)", trivial, "ns", None, note(""));
+    // Two receiving cores (issue 24): the cost per packet stays flat, and
+    // new flows created on both at once lose no slot to each other.
+    for (label, two, one) in [
+        ("ACK of an existing flow, cache-hot: two CPUs at once / one", "hot_two_cpus", "hot"),
+        ("SYN creating a new flow: two CPUs at once / one", "new_flow_two_cpus", "new_flow"),
+    ] {
+        let detail = format!(
+            "{:.0} ns with both CPUs receiving (each its own flows, net of the trivial program on both), {:.0} ns \
+             alone; {}",
+            get(two),
+            get(one),
+            note("")
+        );
+        report.add(SECTION, label, get(two) / get(one), "x", Some(Target::AtMost(1.1)), detail);
+    }
+    let taken = results.iter().find(|(n, _)| *n == "slots_taken_two_cpus").map_or(0.0, |r| r.1);
+    let created = 2 * rounds * calls;
+    report.add(
+        SECTION,
+        "new flows on two CPUs at once: slots lost to the other CPU",
+        taken,
+        "",
+        Some(Target::AtMost(0.0)),
+        format!("drop_flow_slot_taken over {created} new flows created on CPUs 0 and 1 at once"),
+    );
     // IPv6 beside IPv4, the same paths in the same rounds: the ratio of
     // their own costs (issue target: at most 1.1).
     let six: [(&str, &str, &str); 4] = [
@@ -191,9 +216,20 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
             bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
         })
         .unwrap();
+    // CPU 1's own hot flow, for the two-CPU figures: a receiving core
+    // sees flows of its own (the NIC spreads flows, not packets).
+    let hot_b = (FLOWS_1E6 + 9000..)
+        .map(client)
+        .find(|&c| {
+            let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+            assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
+            bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
+        })
+        .unwrap();
     let not_for_us =
         vec![Pkt::tcp((hot, 40000), (Ipv4Addr::new(10, 0, 9, 9), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build()];
     let hot_ack = vec![ack_from(hot, 40000)];
+    let hot_ack_b = vec![ack_from(hot_b, 40000)];
     let reply =
         vec![Pkt::tcp((SERVER1, 8080), (hot, 40000)).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build()];
     // The same flows in IPv6.
@@ -262,6 +298,19 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         record("new_flow6", measure(&mut bed, &new_syns6(), toclient, Outcome::ForwardNewFlow) - base);
         record("hot6", measure(&mut bed, &cycle(&hot_ack6), toclient, Outcome::ForwardFlow) - base);
         record("reply6", measure(&mut bed, &cycle(&reply6), toserver, Outcome::ForwardReply) - base);
+        // Two receiving CPUs at once, each net of the trivial program run
+        // on both at once: flat if no line is written by both per packet.
+        let base2 = on_two_cpus(trivial, [&cycle(&hot_ack), &cycle(&hot_ack_b)], toclient);
+        let hot2 = on_two_cpus(bed.dp().program(), [&cycle(&hot_ack), &cycle(&hot_ack_b)], toclient);
+        record("hot_two_cpus", hot2 - base2);
+        let before = bed.outcomes();
+        let new2 = on_two_cpus(bed.dp().program(), [&new_syns(), &new_syns()], toclient);
+        let after = bed.outcomes();
+        let delta = |o: Outcome| (after[o.label()] - before[o.label()]) as f64;
+        assert_eq!(delta(Outcome::ForwardNewFlow) + delta(Outcome::DropFlowSlotTaken), 2.0 * calls as f64);
+        record("new_flow_two_cpus", new2 - base2);
+        record("slots_taken_two_cpus", delta(Outcome::DropFlowSlotTaken));
+        bed.take_reset_requests();
     }
 
     // Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
@@ -291,7 +340,32 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         record("new_flow_1e6", measure(&mut bed, &new_syns(), toclient, Outcome::ForwardNewFlow) - base);
         record("disabled", measure(&mut bed, &cycle(&disabled), toclient, Outcome::ResetTerminatedFlow) - base);
     }
-    samples.into_iter().map(|(name, mut v)| (name, median(&mut v))).collect()
+    // Medians, but a count of events is their total over the rounds.
+    let total = |v: &[f64]| v.iter().sum();
+    samples
+        .into_iter()
+        .map(|(name, mut v)| (name, if name == "slots_taken_two_cpus" { total(&v) } else { median(&mut v) }))
+        .collect()
+}
+
+/// Average per-call cost of `program` on CPUs 0 and 1 at once, each over
+/// its own frames (both threads start together), ns.
+fn on_two_cpus(program: &aya::programs::Xdp, frames: [&[Vec<u8>]; 2], ifindex: u32) -> f64 {
+    let barrier = std::sync::Barrier::new(2);
+    let per_call: Vec<f64> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|cpu| {
+                let (barrier, frames) = (&barrier, frames[cpu]);
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    barrier.wait();
+                    total_ns(program, frames, ifindex) as f64 / frames.len() as f64
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a test-run thread")).collect()
+    });
+    per_call.iter().sum::<f64>() / per_call.len() as f64
 }
 
 /// The new flow's cost with flow sharing off and on, measured in slices of
