@@ -23,7 +23,7 @@ pub fn on() -> bool {
     FLOW_SYNC.get(cpu).is_some_and(|line| line[ON] != 0)
 }
 
-/// Writes the flow just created for `key` into this CPU's log, if sharing
+/// Writes the flow being created for `key` into this CPU's log, if sharing
 /// is on. The agent reads the log every few milliseconds; a slot it had
 /// not read yet when its CPU came round again is lost (the agent counts
 /// it): the flow itself goes on here.
