@@ -501,3 +501,62 @@ async fn charts(b: &Bed) {
     assert!(label.as_str().unwrap().contains("drain deadline at"), "{label}");
     browser.screenshot("server-drain").await;
 }
+
+/// Rolling maintenance and ramp-up as the Servers tab shows them: two
+/// servers announce maintenance with `max_in_maintenance = 1`, so one goes
+/// and the other is shown UP but queued for maintenance; when their
+/// maintenance ends, the one that was out comes back ramping up
+/// (`ramp_up`), on its row and on its own page. Screenshots in
+/// target/screenshots/dashboard-rolling/.
+#[test]
+fn the_servers_tab_shows_a_server_queued_for_maintenance_and_one_ramping_up() {
+    let mut health = Vec::new();
+    let monitor = [
+        ("kind", "http".into()),
+        ("maintenance_codes", vec![503].into()),
+        ("interval", "300ms".into()),
+        ("timeout", "200ms".into()),
+        ("port", 8080.into()),
+    ];
+    let b = testbed::bed::bed_prepared(
+        3,
+        |c| c.set("pools.p7.max_in_maintenance", 1).set("pools.p7.ramp_up", "60s").monitor("p7", monitor),
+        |t| health = t.servers.iter().map(|s| HealthServer::start(&s.ns, 8080)).collect(),
+    );
+    let up = |name: &str| api_server(name).health.is_some_and(|h| h.status == lb_userspace::model::HealthStatus::Up);
+    b.topology.lb.run(|| wait_for("every server UP", 10 * SECOND, || ["s1", "s2", "s3"].iter().all(|n| up(n))));
+    for h in &health[..2] {
+        h.set(Reply::Status(503));
+    }
+    let queued = || api_pool().servers.into_iter().find(|s| s.health.as_ref().is_some_and(|h| h.queued.is_some()));
+    let (out, waiting) = b.topology.lb.run(|| {
+        wait_for("one out, one queued", 10 * SECOND, || queued().is_some());
+        let waiting = queued().unwrap().name;
+        let out = if waiting == "s1" { "s2" } else { "s1" };
+        (out.to_owned(), waiting)
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    b.topology.lb.run(|| {
+        runtime.block_on(async {
+            let mut browser = Browser::start(&b.topology.lb, "dashboard-rolling", 1280, 700).await;
+            browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+            let said = "· UP, queued for maintenance (1 in line)";
+            browser.wait_text(&cell(&waiting, "health"), 5 * SECOND, |t| t == said).await;
+            assert_eq!(browser.text(&cell(&waiting, "state")).await, "ENABLED", "it serves until its turn");
+            assert_ne!(browser.text(&cell(&out, "state")).await, "ENABLED");
+            browser.screenshot("queued-for-maintenance").await;
+
+            // Maintenance over: the one that was out comes back, ramping up.
+            for h in &health[..2] {
+                h.set(Reply::Ok);
+            }
+            let ramping = |t: &str| t.starts_with("(ramping up: ") && t.ends_with("% of its weight)");
+            browser.wait_text(&cell(&out, "why"), 10 * SECOND, ramping).await;
+            assert_eq!(browser.text(&cell(&out, "state")).await, "ENABLED");
+            browser.screenshot("ramping-up").await;
+            browser.click(&format!("#servers tr[data-server=\"{out}\"] .name a")).await;
+            browser.wait_text("#server-facts", 3 * SECOND, |t| t.contains("ENABLED (ramping up: ")).await;
+            browser.screenshot("ramping-up-server-page").await;
+        })
+    });
+}
