@@ -207,25 +207,22 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     let s1 = bed.server_id("web", "s1");
     let s2 = bed.server_id("web", "s2");
 
-    // The hot flow: the first client whose flow lands on s1 (s2 gets disabled).
-    let hot = (FLOWS_1E6 + 5000..)
-        .map(client)
-        .find(|&c| {
-            let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
-            assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
-            bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
-        })
-        .unwrap();
+    // A hot flow: the first client from `first` on whose flow lands on s1
+    // (s2 gets disabled).
+    let hot_flow = |first: u32| {
+        (first..)
+            .map(client)
+            .find(|&c| {
+                let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+                assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
+                bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
+            })
+            .unwrap()
+    };
+    let hot = hot_flow(FLOWS_1E6 + 5000);
     // CPU 1's own hot flow, for the two-CPU figures: a receiving core
     // sees flows of its own (the NIC spreads flows, not packets).
-    let hot_b = (FLOWS_1E6 + 9000..)
-        .map(client)
-        .find(|&c| {
-            let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
-            assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
-            bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
-        })
-        .unwrap();
+    let hot_b = hot_flow(FLOWS_1E6 + 9000);
     let not_for_us =
         vec![Pkt::tcp((hot, 40000), (Ipv4Addr::new(10, 0, 9, 9), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build()];
     let hot_ack = vec![ack_from(hot, 40000)];
