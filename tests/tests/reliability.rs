@@ -65,7 +65,9 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
             // Only connections that lived on s1 when it was cut may be reset,
             // and a handshake in flight to s1 at that instant is refused at
             // once (both ends reset: the client's acknowledges its SYN), not
-            // left to wait for its SYN's retransmission.
+            // left to wait for its SYN's retransmission. One the kernel had
+            // just completed is reset before `connect` returns (no port to
+            // check it by: CI met it); it counts with the refused ones.
             "immediate" => {
                 for a in attempts.iter().filter(|a| a.outcome.is_err()) {
                     match (a.outcome.clone().unwrap_err(), a.port) {
@@ -73,12 +75,12 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
                             b.echo[0].accepted_from(port),
                             "{mode}: a connection from port {port} not on s1 was reset"
                         ),
-                        (ErrorKind::ConnectionRefused, None) => {}
+                        (ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset, None) => {}
                         (kind, port) => panic!("{mode}: a connection failed with {kind:?} (port {port:?})"),
                     }
                 }
-                let refused = failed.iter().filter(|k| **k == ErrorKind::ConnectionRefused).count();
-                assert!(refused <= 50, "{mode}: {refused} handshakes refused in 50 cuts");
+                let cut = attempts.iter().filter(|a| a.port.is_none() && a.outcome.is_err()).count();
+                assert!(cut <= 50, "{mode}: {cut} handshakes cut in 50 cuts");
             }
             _ => assert!(failed.is_empty(), "{mode}: {failed:?}"),
         }
