@@ -87,6 +87,10 @@ pub mod map_name {
     pub const REVERSE_NAT6: &str = "reverse_nat6";
     /// Next hop towards each server's IPv6 address, by server id: [`NextHop`](crate::NextHop).
     pub const NEXT_HOPS6: &str = "next_hops6";
+    /// Next hop towards recent IPv4 clients, per CPU: [`ClientHop`](crate::ClientHop)s.
+    pub const CLIENT_HOPS: &str = "client_hops";
+    /// The same for IPv6 clients.
+    pub const CLIENT_HOPS6: &str = "client_hops6";
     /// The IPv6 flows one purge run removed: [`purge::Purged6`](crate::purge::Purged6)s.
     pub const PURGED6: &str = "purged6";
     /// The programs `lb` tail-calls for a family: the IPv6 program at 0.
@@ -106,7 +110,7 @@ pub mod map_name {
     /// Every map, for pinning and compatibility checks (the purge's three
     /// live only during a purge and the clock runs only with its agent:
     /// they are never pinned).
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 34] = [
         SERVICES,
         VIP_ADDRS,
         SERVERS,
@@ -139,6 +143,8 @@ pub mod map_name {
         NEW_FLOWS,
         NEW_FLOWS6,
         FLOW_SYNC,
+        CLIENT_HOPS,
+        CLIENT_HOPS6,
     ];
 }
 
@@ -235,6 +241,37 @@ pub struct Server {
 
 /// How long the datapath trusts a cached next hop before looking it up again.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A server reply's next hop towards its client, as the datapath caches it:
+/// the FIB's answer for the client's address, arriving on `ingress`. The
+/// FIB lookup is most of what a reply costs (measured: about 200 of 300 ns
+/// for IPv4, 420 of 550 for IPv6), and replies are most of a service's
+/// packets. Per CPU, so no line is written by two CPUs and no reader sees
+/// a half-written entry; direct-mapped by address ([`client_hop_index`]):
+/// a client whose place another took is looked up again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ClientHop {
+    pub hop: NextHop,
+    /// The client's address: an IPv4 address in the first word, the rest 0.
+    pub client: [u32; 4],
+    /// The interface the replies arrive on (a FIB lookup's input).
+    pub ingress: u32,
+    pub _pad: [u32; 3],
+}
+
+// One cache line.
+const _: () = assert!(core::mem::size_of::<ClientHop>() == 64);
+
+/// Entries of each CPU's client-hop cache, per family (a power of two).
+pub const CLIENT_HOP_ENTRIES: u32 = 4096;
+
+/// Where a client's hop sits in the cache (its address's words).
+#[inline(always)]
+pub fn client_hop_index(client: &[u32; 4]) -> u32 {
+    let folded = client[0] ^ client[1] ^ client[2] ^ client[3];
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - CLIENT_HOP_ENTRIES.trailing_zeros())
+}
 
 /// The FIB's answer for a server, cached by the datapath so that forwarding
 /// a packet does not cost a route and neighbour lookup.
@@ -1017,7 +1054,7 @@ mod tests {
     extern crate std;
     use std::collections::HashSet;
 
-    use super::{FlowKey, filter::service_index, flow_table};
+    use super::{CLIENT_HOP_ENTRIES, FlowKey, client_hop_index, filter::service_index, flow_table};
 
     /// The flow hash places flows in buckets (its low and high 32 bits),
     /// picks their tags and Maglev slots (high bits): each must spread keys
@@ -1122,5 +1159,26 @@ mod tests {
             assert!(seen.insert(service_index(vip([10, 100, 0, 1]), port.to_be(), 6)), "port {port} collides");
         }
         assert_ne!(service_index(vip([10, 100, 0, 1]), http, 6), service_index(vip([10, 100, 0, 1]), http, 17));
+    }
+
+    /// The client-hop cache holds a subnet's clients side by side: as many
+    /// clients of one /20 (IPv4, in network order as the datapath sees
+    /// them) or of one IPv6 prefix as it has places take more than 3/4 of
+    /// them (87% for IPv4 today; a random spread would take 63%).
+    #[test]
+    fn clients_of_one_subnet_take_most_of_the_client_hop_places() {
+        let v4: HashSet<u32> =
+            (0..CLIENT_HOP_ENTRIES).map(|i| client_hop_index(&[(0x0b00_0000 | i).to_be(), 0, 0, 0])).collect();
+        let v6: HashSet<u32> = (0..CLIENT_HOP_ENTRIES)
+            .map(|i| client_hop_index(&[0xfd00_0000u32.to_be(), 0, 0, (i + 1).to_be()]))
+            .collect();
+        for (family, places) in [("IPv4", v4), ("IPv6", v6)] {
+            assert!(places.iter().all(|&p| p < CLIENT_HOP_ENTRIES), "{family}: out of the cache");
+            assert!(
+                places.len() as u32 > CLIENT_HOP_ENTRIES * 3 / 4,
+                "{family}: {} places of {CLIENT_HOP_ENTRIES}",
+                places.len()
+            );
+        }
     }
 }

@@ -6,18 +6,19 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr6, FlowKey, FlowKey6, FlowSlot, FlowSlot6, NextHop, ResetRequest, ResetRequest6, ReverseNat, ReverseNat6,
-    Server, ServiceKey, ServiceKey6, TableSlot, filter, flow_table,
+    Addr6, ClientHop, FlowKey, FlowKey6, FlowSlot, FlowSlot6, NextHop, ResetRequest, ResetRequest6, ReverseNat,
+    ReverseNat6, Server, ServiceKey, ServiceKey6, TableSlot, filter, flow_table,
 };
 
 use crate::{
     csum, events,
     maps::{
-        FLOW_TAGS, FLOW_TAGS6, FLOWS, FLOWS6, NEW_FLOWS, NEW_FLOWS6, NEXT_HOPS, NEXT_HOPS6, REVERSE_NAT, REVERSE_NAT6,
-        SERVER_ADDRS6, SERVER_ENDPOINTS, SERVER_ENDPOINTS6, SERVICES, SERVICES6, flow_bucket_mask, flow_bucket_mask6,
+        CLIENT_HOPS, CLIENT_HOPS6, FLOW_TAGS, FLOW_TAGS6, FLOWS, FLOWS6, NEW_FLOWS, NEW_FLOWS6, NEXT_HOPS, NEXT_HOPS6,
+        REVERSE_NAT, REVERSE_NAT6, SERVER_ADDRS6, SERVER_ENDPOINTS, SERVER_ENDPOINTS6, SERVICES, SERVICES6,
+        flow_bucket_mask, flow_bucket_mask6,
     },
     parse::{Ipv4Hdr, Ipv6Hdr},
 };
@@ -73,6 +74,9 @@ pub trait Family: Sized + 'static {
     fn flow_tags() -> &'static Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]>;
     fn bucket_mask() -> u32;
     fn next_hops() -> &'static Array<NextHop>;
+    fn client_hops() -> &'static PerCpuArray<ClientHop>;
+    /// An address as the client-hop cache keys it.
+    fn cache_words(addr: &Self::Addr) -> [u32; 4];
     fn service_index(addr: &Self::Addr, port: u16, proto: u8) -> u32;
     /// The server's address in this family (`None`: it has none).
     fn server_addr(server_id: u32, server: &Server) -> Option<Self::Addr>;
@@ -276,6 +280,14 @@ impl Family for V4 {
         &NEXT_HOPS
     }
     #[inline(always)]
+    fn client_hops() -> &'static PerCpuArray<ClientHop> {
+        &CLIENT_HOPS
+    }
+    #[inline(always)]
+    fn cache_words(addr: &u32) -> [u32; 4] {
+        [*addr, 0, 0, 0]
+    }
+    #[inline(always)]
     fn service_index(addr: &u32, port: u16, proto: u8) -> u32 {
         filter::service_index(*addr, port, proto)
     }
@@ -376,6 +388,14 @@ impl Family for V6 {
     #[inline(always)]
     fn next_hops() -> &'static Array<NextHop> {
         &NEXT_HOPS6
+    }
+    #[inline(always)]
+    fn client_hops() -> &'static PerCpuArray<ClientHop> {
+        &CLIENT_HOPS6
+    }
+    #[inline(always)]
+    fn cache_words(addr: &Addr6) -> [u32; 4] {
+        *addr
     }
     #[inline(always)]
     fn service_index(addr: &Addr6, port: u16, proto: u8) -> u32 {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{NEXT_HOP_TTL_NS, NextHop as CachedHop, Outcome};
+use lb_common::{ClientHop, NEXT_HOP_TTL_NS, NextHop as CachedHop, Outcome, client_hop_index};
 
 use crate::{
     family::{Family, Key},
@@ -116,17 +116,59 @@ pub fn next_hop_to_server<F: Family>(
     // SAFETY: a valid element the map returned. Another CPU may rewrite it
     // at once; a torn entry costs at worst one packet sent by the kernel.
     let cached = unsafe { &mut *cached };
-    if cached.checked_ns != 0 && now.wrapping_sub(cached.checked_ns) < NEXT_HOP_TTL_NS {
-        if F::ip_len(pkt.ip()) > cached.mtu {
-            return Err(Outcome::DropMtuExceeded);
-        }
-        return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
+    if let Some(hop) = from_cache(cached, pkt, now) {
+        return hop;
     }
     let (hop, mtu) = next_hop(ctx, pkt, pkt.source(), daddr)?;
     if let NextHop::Resolved { ifindex, eth_addrs } = hop {
         *cached = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
     }
     Ok(hop)
+}
+
+/// The next hop towards `client`, for a server's reply that will leave from
+/// `vip`: from this CPU's cache of recent clients while fresh, else from
+/// the FIB (and then cached, see [`ClientHop`]).
+#[inline(always)]
+pub fn next_hop_to_client<F: Family>(
+    ctx: &XdpContext,
+    pkt: &impl Routed<F>,
+    vip: F::Addr,
+    client: F::Addr,
+    now: u64,
+) -> Result<NextHop, Outcome> {
+    let words = F::cache_words(&client);
+    let cached = F::client_hops().get_ptr_mut(client_hop_index(&words)).ok_or(Outcome::Aborted)?;
+    // SAFETY: a valid element the map returned, this CPU's own: no other
+    // CPU reads or writes it, and the program runs to its end on this CPU.
+    let cached = unsafe { &mut *cached };
+    // SAFETY: the context the kernel passed this run.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if cached.client == words && cached.ingress == ingress {
+        if let Some(hop) = from_cache(&cached.hop, pkt, now) {
+            return hop;
+        }
+    }
+    let (hop, mtu) = next_hop(ctx, pkt, vip, client)?;
+    if let NextHop::Resolved { ifindex, eth_addrs } = hop {
+        let hop = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
+        *cached = ClientHop { hop, client: words, ingress, ..ClientHop::default() };
+    }
+    Ok(hop)
+}
+
+/// A cached hop's answer while it is fresh (looked up less than
+/// [`NEXT_HOP_TTL_NS`] ago): where the packet goes, or its drop if it is
+/// larger than the route's MTU, as the FIB lookup would answer.
+#[inline(always)]
+fn from_cache<F: Family>(cached: &CachedHop, pkt: &impl Routed<F>, now: u64) -> Option<Result<NextHop, Outcome>> {
+    if cached.checked_ns == 0 || now.wrapping_sub(cached.checked_ns) >= NEXT_HOP_TTL_NS {
+        return None;
+    }
+    if F::ip_len(pkt.ip()) > cached.mtu {
+        return Some(Err(Outcome::DropMtuExceeded));
+    }
+    Some(Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs }))
 }
 
 /// Sends the (fully rewritten) packet to its next hop; returns the verdict.

@@ -299,14 +299,15 @@ mod program {
             Err(Refusal::Outcome(Outcome::PassNotForUs)) if flow_sync::on() => None,
             Err(refusal) => return Err(refusal),
         };
-        let (hop, _mtu) = match forward::next_hop(ctx, pkt, nat.vip(), pkt.key.dst()) {
+        let now = now();
+        let hop = match forward::next_hop_to_client(ctx, pkt, nat.vip(), pkt.key.dst(), now) {
             // Without a flow, a packet to this node itself (its health
             // checks' answers) or to nowhere is not ours.
             Err(Outcome::DropNoRoute) if existing.is_none() => return Err(Outcome::PassNotForUs.into()),
             hop => hop?,
         };
         if let Some(existing) = existing {
-            flow::touch(existing.slot, pkt, now(), false);
+            flow::touch(existing.slot, pkt, now, false);
             count_from_server(existing.flow.server_id, pkt.len);
         }
         nat::rewrite_source(pkt, nat.vip(), nat.port());

@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
-    Addr6, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey, EndpointKey6, FlowKey, FlowKey6,
-    FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6,
-    Server, ServerStats, Service, ServiceKey, ServiceKey6, filter, flow_sync, flow_table, purge,
+    Addr6, CLIENT_HOP_ENTRIES, ClientHop, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVERS, DEFAULT_MAX_SERVICES, EndpointKey,
+    EndpointKey6, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT,
+    RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey, ServiceKey6, filter,
+    flow_sync, flow_table, purge,
 };
 
 /// Virtual services (VIP, port, protocol) -> their row in `maglev`. Agent writes.
@@ -136,6 +137,14 @@ pub static FILTER: Array<u8> = Array::with_max_entries(filter::ENTRIES, 0);
 /// its server changes.
 #[map(name = "next_hops")]
 pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
+
+/// Next hop towards recent clients, for servers' replies: each CPU's cache
+/// of the FIB's answers (`lb_common::ClientHop`). Datapath writes.
+#[map(name = "client_hops")]
+pub static CLIENT_HOPS: PerCpuArray<ClientHop> = PerCpuArray::with_max_entries(CLIENT_HOP_ENTRIES, 0);
+
+#[map(name = "client_hops6")]
+pub static CLIENT_HOPS6: PerCpuArray<ClientHop> = PerCpuArray::with_max_entries(CLIENT_HOP_ENTRIES, 0);
 
 /// The purge's request and answer (`lb_common::purge`). Agent writes the
 /// range; the purge program writes where it stopped and how many it freed.

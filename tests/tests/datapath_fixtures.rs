@@ -1,16 +1,19 @@
 //! The XDP program, packet by packet: a table of fixtures run in order through
 //! BPF_PROG_TEST_RUN, with control-plane steps between phases.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use lb_common::{Outcome::*, flow_state, proto, server_state};
 use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
     config_file::ConfigFile,
     fixture::{
-        CLIENT, CLIENT_MAC, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_MAC, SERVER2,
-        SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, at_client, drop, fixture_netns,
-        flow_key, forward, icmp_to_server, pass, reply,
+        CLIENT, CLIENT_MAC, CLIENT6, Case, Count, Expect, FixtureBed, SERVER_UNRESOLVED, SERVER1, SERVER1_6,
+        SERVER1_MAC, SERVER2, SERVER2_MAC, TOCLIENT_MAC, TOSERVER_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, at_client,
+        drop, fixture_netns, flow_key, forward, icmp_to_server, pass, reply,
     },
     packet::{ACK, FIN, PSH, Pkt, SYN, arp_request, ipv6_frame, too_big},
 };
@@ -735,4 +738,83 @@ fn in_a_full_table_half_open_flows_give_way_before_connections_in_use() {
         assert_eq!(evictions(eviction::HALF_OPEN) + evictions(eviction::IN_USE), 64, "each counted once, by kind");
         assert!(evictions(eviction::HALF_OPEN) > 0);
     });
+}
+
+/// A server's reply goes by the FIB's answer for its client, cached on the
+/// CPU for `NEXT_HOP_TTL_NS`, then looked up again: a client whose MAC
+/// changes gets its replies at the new one within that time, not at once.
+/// The cached answer keeps the route's MTU. In both families.
+#[test]
+fn a_reply_goes_by_its_clients_cached_next_hop_until_that_is_a_second_old() {
+    let net = fixture_netns();
+    let ns_name = net.ns.name.clone();
+    net.run(|| {
+        // The cache is per CPU: every frame must run on the same one.
+        testbed::bench::pin_to_cpu(0);
+        let vip6: std::net::Ipv6Addr = "fd00:100::1".parse().unwrap();
+        let config = ConfigFile::new()
+            .set("instance", "fixture-hops")
+            .set("interfaces", vec!["toclient", "toserver"])
+            .set("flows.max", 4096)
+            .service(VIP, 80, "tcp", "web")
+            .service(vip6, 80, "tcp", "web")
+            .server("web", "s1", SERVER1, 8080)
+            .server_set("web", "s1", "address6", SERVER1_6.to_string());
+        let bed = FixtureBed::load(&config);
+        for (client, vip, server) in [
+            (IpAddr::from(CLIENT), IpAddr::from(VIP), IpAddr::from(SERVER1)),
+            (CLIENT6.into(), vip6.into(), SERVER1_6.into()),
+        ] {
+            replies_use_the_cached_hop(&bed, &ns_name, client, (vip, 80), server);
+        }
+    });
+}
+
+fn replies_use_the_cached_hop(bed: &FixtureBed, ns: &str, client: IpAddr, vip: (IpAddr, u16), server: IpAddr) {
+    const MOVED_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+    let ttl = lb_common::NEXT_HOP_TTL_NS;
+    let client_mac = |mac: [u8; 6]| {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "neigh", "replace", &client.to_string(), "lladdr", &mac, "dev", "toclient"])
+            .args(["nud", "permanent"])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip neigh replace: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let syn = Pkt::tcp((client, 41000), vip).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).seq(1000, 0);
+    let (verdict, _) = bed.run_frame(&syn.build(), "toclient");
+    assert_eq!(verdict, XDP_REDIRECT, "{client}: the SYN goes to s1");
+    let reply = Pkt::tcp((server, 8080), (client, 41000)).macs(SERVER1_MAC, TOSERVER_MAC).flags(SYN | ACK);
+    let reply = reply.seq(7000, 1001);
+    // The reply as the client gets it, sent to `mac`.
+    let at = |mac: [u8; 6]| {
+        let mut out = at_client(&reply, vip);
+        out[..6].copy_from_slice(&mac);
+        out
+    };
+    let larger_than_mtu = reply.clone().flags(ACK).payload(&[0u8; 1500]).build();
+    // The cache's second must not run out between the first reply and the
+    // checks: on a machine too slow for that, the attempt is made again.
+    for attempt in 1.. {
+        client_mac(CLIENT_MAC);
+        std::thread::sleep(Duration::from_nanos(ttl)); // any earlier answer is stale
+        let began = datapath_now_ns();
+        let first = bed.run_frame(&reply.build(), "toserver");
+        client_mac(MOVED_MAC);
+        let second = bed.run_frame(&reply.build(), "toserver");
+        let drops_before = bed.outcomes().get("drop_mtu_exceeded").copied().unwrap_or(0);
+        let large = bed.run_frame(&larger_than_mtu, "toserver");
+        let drops = bed.outcomes().get("drop_mtu_exceeded").copied().unwrap_or(0) - drops_before;
+        if datapath_now_ns() - began >= ttl && attempt < 5 {
+            continue;
+        }
+        assert_eq!(first, (XDP_REDIRECT, at(CLIENT_MAC)), "{client}: the first reply, by the FIB");
+        assert_eq!(second, (XDP_REDIRECT, at(CLIENT_MAC)), "{client}: the next one, by the cached hop");
+        assert_eq!((large.0, drops), (XDP_DROP, 1), "{client}: the cached hop keeps the route's MTU");
+        break;
+    }
+    std::thread::sleep(Duration::from_nanos(ttl + ttl / 10));
+    let later = bed.run_frame(&reply.build(), "toserver");
+    assert_eq!(later, (XDP_REDIRECT, at(MOVED_MAC)), "{client}: a second on, the FIB is asked again");
 }

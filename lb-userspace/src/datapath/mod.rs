@@ -27,8 +27,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Addr6, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop, OUTCOME_COUNT, RESET_REQUESTS_BYTES,
-    ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey, ServiceKey6, TableSlot, filter,
+    Addr6, CLIENT_HOP_ENTRIES, ClientHop, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop,
+    OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey,
+    ServiceKey6, TableSlot, filter,
     flow_sync::{self, LogSlot},
     flow_table as table_layout, map_name, purge as purge_layout,
 };
@@ -188,7 +189,7 @@ impl MapSizes {
     }
 
     /// (map, key size, value size, max entries) of every map.
-    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 32] {
+    pub(super) fn layout(&self) -> [(&'static str, u32, u32, u32); 34] {
         use std::mem::size_of;
         let s = |n: usize| n as u32;
         let tag_size = 8 * table_layout::TAG_LINE_BUCKETS;
@@ -230,6 +231,8 @@ impl MapSizes {
             (map_name::NEW_FLOWS, 4, s(size_of::<LogSlot<FlowKey>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
             (map_name::NEW_FLOWS6, 4, s(size_of::<LogSlot<FlowKey6>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
             (map_name::FLOW_SYNC, 4, s(8 * flow_sync::LINE), flow_log::cpus()),
+            (map_name::CLIENT_HOPS, 4, s(size_of::<ClientHop>()), CLIENT_HOP_ENTRIES),
+            (map_name::CLIENT_HOPS6, 4, s(size_of::<ClientHop>()), CLIENT_HOP_ENTRIES),
         ]
     }
 }
