@@ -88,3 +88,25 @@ fn a_re_enabled_servers_share_of_new_connections_follows_its_ramp() {
     assert!(ended, "{:?}", b.events());
     assert_eq!(b.server("p7", "s1").ramp_up_percent, None);
 }
+
+/// An agent that dies during a ramp goes on with it when restarted: the
+/// server does not get its full share at once (the ramp is in the state
+/// file, with when it began).
+#[test]
+fn an_agent_restarted_during_a_ramp_goes_on_with_it() {
+    // Long enough that even a slow restart finds the ramp in its first steps.
+    let mut b = bed_with(3, |config| config.set("pools.p7.ramp_up", "120s"));
+    b.lb(&["server", "disable", "p7", "s1", "--graceful"]);
+    b.lb(&["server", "enable", "p7", "s1"]);
+    assert!(percent(&b) <= 20, "it starts at a tenth: {}%", percent(&b));
+    b.agent.kill();
+    b.agent.restart();
+    let resumed = percent(&b);
+    assert!(resumed < 100, "the restarted agent goes on with the ramp: {resumed}%");
+    let reached = b.new_connections(150);
+    let share = reached.iter().filter(|s| *s == "s1").count() as f64 / reached.len() as f64;
+    let full = expected_share(100);
+    assert!(share < 0.6 * full, "at {resumed}% s1 gets a small part: {share:.3} (full: {full:.3})");
+    let shown = b.lb(&["pool", "show", "p7"]);
+    assert!(shown.contains("ENABLED, ramping up"), "{shown}");
+}

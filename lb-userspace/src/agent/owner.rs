@@ -141,6 +141,9 @@ pub struct Owner<D> {
     /// In a cluster: the store's view of the servers' states (none: one
     /// node on its own).
     pub(super) shared: Option<super::shared::Shared>,
+    /// A ramp began since the state file was last written
+    /// ([`Owner::save_new_ramps`]).
+    pub(super) ramps_unsaved: bool,
 }
 
 impl<D: DatapathOps> Owner<D> {
@@ -163,6 +166,7 @@ impl<D: DatapathOps> Owner<D> {
             checks: None,
             snapshots: None,
             shared: None,
+            ramps_unsaved: false,
         }
     }
 

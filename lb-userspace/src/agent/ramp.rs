@@ -17,6 +17,7 @@ impl<D: DatapathOps> Owner<D> {
     pub(super) fn write_rows(&mut self, pool: &str, now_ms: u64) -> Result<(), ControlError> {
         let over = self.config.pools.get(pool).and_then(|p| p.ramp_up);
         for name in ramp::before_rows(&mut self.servers, pool, over, now_ms) {
+            self.ramps_unsaved = true;
             let over = format_duration(over.expect("a ramp has a length"));
             let message = format!("back in service: its share of new flows ramps up over {over}, from a tenth");
             self.events.push(now_ms, Subject::server(pool, &name), EventKind::RampUp, message);
@@ -26,6 +27,18 @@ impl<D: DatapathOps> Owner<D> {
         }
         ramp::after_rows(&mut self.servers, pool);
         Ok(())
+    }
+
+    /// Writes the state file if a ramp began since it was last written, so
+    /// that an agent restarted during the ramp goes on with it. Called
+    /// between commands: a change writes the file before its rows (and so
+    /// before its ramps) are.
+    pub fn save_new_ramps(&mut self) {
+        if std::mem::take(&mut self.ramps_unsaved)
+            && let Err(e) = self.save_states()
+        {
+            log::error!("cannot save the ramps begun: {e}");
+        }
     }
 
     /// When a ramp next climbs (or ends), if any server ramps.

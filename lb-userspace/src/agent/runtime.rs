@@ -189,6 +189,7 @@ pub async fn run_owner<D: DatapathOps>(
         }
         // Whatever happened may have freed a place for a queued maintenance.
         owner.admit_queued(now_ms());
+        owner.save_new_ramps();
         owner.publish(now_ms());
     }
     owner

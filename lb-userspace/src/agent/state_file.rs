@@ -126,7 +126,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Protocol,
-        servers::{AdminState, DisableReason, Leaving, Source},
+        servers::{AdminState, DisableReason, Leaving, RampRecord, Source},
     };
 
     #[test]
@@ -137,9 +137,19 @@ mod tests {
         let mut states = Saved::default();
         let draining = AdminState::Draining { since_ms: 1, deadline_ms: Some(99) };
         states.servers.insert(("web".into(), "a".into()), ServerRecord::operator(draining));
+        let ramping = ServerRecord {
+            ramp: Some(RampRecord { since_ms: 3, until_ms: 30_003 }),
+            ..ServerRecord::operator(AdminState::Enabled)
+        };
+        states.servers.insert(("web".into(), "c".into()), ramping);
         let drained = AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained };
-        let removing =
-            ServerRecord { admin: drained, source: Source::Config, config_enabled: Some(false), removing: true };
+        let removing = ServerRecord {
+            admin: drained,
+            source: Source::Config,
+            config_enabled: Some(false),
+            removing: true,
+            ramp: None,
+        };
         states.servers.insert(("web".into(), "b".into()), removing);
         states.leaving_services.push(LeavingService {
             vip: "10.0.0.1".parse().unwrap(),

@@ -11,7 +11,7 @@ pub mod shared;
 pub mod state;
 pub mod table;
 
-pub use saved::{Leaving, LeavingService, Records, Saved, ServerRecord};
+pub use saved::{Leaving, LeavingService, RampRecord, Records, Saved, ServerRecord};
 pub use shared::{Proposal, SharedState};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
 pub use table::{LeavingId, ServerSlot, ServerTable, ServiceId, ServiceSlot};

@@ -12,6 +12,7 @@ use std::{
 
 use super::{
     AdminState, DisableReason, Saved, ServerRecord, ServerSlot, ServerTable, ServiceId, ServiceSlot, Source, maglev,
+    ramp::Ramp,
 };
 use crate::config::{Config, Protocol, ServerConfig};
 
@@ -80,7 +81,12 @@ impl Tables {
                 };
                 let key = (pool.clone(), server.name.clone());
                 let record = previous.saved.servers.get(&key);
-                tables.servers.insert(member(pool, server, id, identity, record, now_ms));
+                let mut slot = member(pool, server, id, identity, record, now_ms);
+                // A ramp under way when the last agent stopped goes on, if
+                // the pool still ramps.
+                let ramps = p.ramp_up.is_some() && slot.admin == AdminState::Enabled;
+                slot.ramp = record.and_then(|r| r.ramp).filter(|_| ramps).and_then(|r| Ramp::resumed(r, now_ms));
+                tables.servers.insert(slot);
             }
         }
         // Gone from the config (now, or while no agent ran), not yet out:

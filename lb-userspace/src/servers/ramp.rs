@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::ServerTable;
+use super::{RampRecord, ServerTable};
 
 /// Steps of a ramp: the first gives a tenth of the weight.
 pub const STEPS: u32 = 10;
@@ -41,6 +41,14 @@ impl Ramp {
     pub fn next_ms(&self) -> u64 {
         let length = self.until_ms.saturating_sub(self.since_ms);
         self.since_ms + (length * u64::from(self.step)).div_ceil(u64::from(STEPS - 1))
+    }
+
+    /// A ramp an earlier agent saved, at the step due now; none if it is
+    /// over.
+    pub fn resumed(saved: RampRecord, now_ms: u64) -> Option<Ramp> {
+        let ramp = Ramp { since_ms: saved.since_ms, until_ms: saved.until_ms, step: 1 };
+        let step = ramp.due(now_ms);
+        (now_ms < saved.until_ms && step < STEPS).then_some(Ramp { step, ..ramp })
     }
 
     pub fn percent(&self) -> u32 {
@@ -93,6 +101,17 @@ mod tests {
         assert_eq!(ramp.due(50_000), STEPS);
         assert_eq!(Ramp { step: 9, ..ramp }.next_ms(), 10_000, "the last step is the end");
         assert_eq!(Ramp { step: 3, ..ramp }.percent(), 30);
+    }
+
+    #[test]
+    fn a_saved_ramp_resumes_at_the_step_due_and_not_once_over() {
+        let saved = RampRecord { since_ms: 1_000, until_ms: 10_000 };
+        let resumed = |now_ms| Ramp::resumed(saved, now_ms).map(|r| r.step);
+        assert_eq!(resumed(1_500), Some(1), "restarted within its first step");
+        assert_eq!(resumed(5_000), Some(5));
+        assert_eq!(resumed(9_999), Some(9));
+        assert_eq!(resumed(10_000), None, "over: full weight");
+        assert_eq!(resumed(500), Some(1), "a clock set back reads as the start");
         let odd = Ramp::new(0, Duration::from_millis(1_000));
         assert_eq!(odd.due(odd.next_ms()), 2, "a step is due when said, not a millisecond later");
     }

@@ -31,11 +31,23 @@ pub struct ServerRecord {
     /// Gone from the config: taken out, then forgotten once DISABLED.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removing: bool,
+    /// Its ramp-up, if one was under way: an agent restarted during it
+    /// goes on with it rather than give the server its full share at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampRecord>,
+}
+
+/// A ramp-up as the state file keeps it: when it began and ends (the
+/// owner's clock, milliseconds since the epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RampRecord {
+    pub since_ms: u64,
+    pub until_ms: u64,
 }
 
 impl ServerRecord {
     pub fn operator(admin: AdminState) -> ServerRecord {
-        ServerRecord { admin, source: Source::Operator, config_enabled: None, removing: false }
+        ServerRecord { admin, source: Source::Operator, config_enabled: None, removing: false, ramp: None }
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use super::{
     health::Health,
     ramp::{self, Ramp},
-    saved::{Leaving, LeavingService, ServerRecord},
+    saved::{Leaving, LeavingService, RampRecord, ServerRecord},
     state::{AdminState, Source, StateLabel, Why},
 };
 use crate::config::Protocol;
@@ -98,6 +98,7 @@ impl ServerSlot {
             source: self.source,
             config_enabled: Some(self.config_enabled),
             removing: self.removing,
+            ramp: self.ramp.map(|r| RampRecord { since_ms: r.since_ms, until_ms: r.until_ms }),
         }
     }
 }
