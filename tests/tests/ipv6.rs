@@ -14,6 +14,7 @@ use testbed::{
     bed::{Bed, EVERY_100MS, bed_of, echo_services, wait_for},
     config_file::ConfigFile,
     health_server::{HealthServer, Reply},
+    keep_alive::end_of,
     servers::{EchoClient, Session, udp_exchange_on},
     topology::{Topology, VIP, VIP6},
 };
@@ -127,6 +128,32 @@ fn a_drain_until_drained_waits_for_the_last_session_of_either_family() {
     drop(six.finish().expect("IPv6 session open"));
     b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(3));
     b.wait_events("s1", EventKind::Drained, 1, Duration::from_secs(2));
+}
+
+/// `idle_close` in both families: a graceful drain closes the resting
+/// connections of either family with a FIN (a clean end for their
+/// clients), while a busy one goes on.
+#[test]
+fn a_graceful_drain_closes_resting_connections_of_both_families_cleanly() {
+    let b = bed_of(2, |t| t.config_dual_stack(&echo_services(2)).set("pools.p7.idle_close", "1s"));
+    let mut resting: Vec<(&str, EchoClient)> = [(IpAddr::V6(VIP6), "IPv6"), (VIP.into(), "IPv4")]
+        .into_iter()
+        .flat_map(|(vip, family)| (0..3).map(move |_| (vip, family)))
+        .map(|(vip, family)| (family, b.connect_via(vip, "s1")))
+        .collect();
+    let busy6 = Session::start(b.connect_via(IpAddr::V6(VIP6), "s1"), "s1", EVERY_100MS);
+    // Resting for longer than the quiet period.
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    b.lb(&["server", "disable", "p7", "s1", "--graceful"]);
+    for (i, (family, client)) in resting.iter_mut().enumerate() {
+        let left = Duration::from_secs(10).saturating_sub(asked.elapsed());
+        assert_eq!(end_of(client, left), Ok(true), "{family} connection {i}: a clean close, not a reset");
+    }
+    assert!(busy6.ended().is_none(), "the busy IPv6 connection goes on: {:?}", busy6.ended());
+    assert_eq!(b.state("p7", "s1"), "DRAINING (until drained)");
+    drop(busy6.finish().expect("the busy IPv6 connection is open"));
+    b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(10));
 }
 
 /// The echo service on the IPv6 VIP only, its servers by their IPv6
