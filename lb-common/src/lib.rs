@@ -243,21 +243,31 @@ pub struct Server {
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// A server reply's next hop towards its client, as the datapath caches it:
-/// the FIB's answer for the client's address, arriving on `ingress`. The
-/// FIB lookup is most of what a reply costs (measured: about 200 of 300 ns
-/// for IPv4, 420 of 550 for IPv6), and replies are most of a service's
-/// packets. Per CPU, so no line is written by two CPUs and no reader sees
-/// a half-written entry; direct-mapped by address ([`client_hop_index`]):
-/// a client whose place another took is looked up again.
+/// the FIB's answer for replies from `vip` to `client` arriving on
+/// `ingress` (all three are the lookup's inputs: routing rules may choose
+/// by source). The FIB lookup is most of what a reply costs (measured:
+/// about 200 of 300 ns for IPv4, 420 of 550 for IPv6), and replies are most
+/// of a service's packets. Per CPU, so no line is written by two CPUs and
+/// no reader sees a half-written entry; direct-mapped by addresses
+/// ([`client_hop_index`]): a client whose place another took is looked up
+/// again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClientHop {
-    pub hop: NextHop,
-    /// The client's address: an IPv4 address in the first word, the rest 0.
-    pub client: [u32; 4],
-    /// The interface the replies arrive on (a FIB lookup's input).
+    /// When it was looked up, on the datapath's clock; 0: never.
+    pub checked_ns: u64,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The interface the replies arrive on.
     pub ingress: u32,
-    pub _pad: [u32; 3],
+    /// As in [`NextHop::eth_addrs`].
+    pub eth_addrs: [u16; 6],
+    /// MTU of the route.
+    pub mtu: u16,
+    pub _pad: u16,
+    /// The addresses, an IPv4 address in the first word, the rest 0.
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
 }
 
 // One cache line.
@@ -266,10 +276,11 @@ const _: () = assert!(core::mem::size_of::<ClientHop>() == 64);
 /// Entries of each CPU's client-hop cache, per family (a power of two).
 pub const CLIENT_HOP_ENTRIES: u32 = 4096;
 
-/// Where a client's hop sits in the cache (its address's words).
+/// Where the hop for replies from `vip` to `client` sits in the cache
+/// (the addresses' words).
 #[inline(always)]
-pub fn client_hop_index(client: &[u32; 4]) -> u32 {
-    let folded = client[0] ^ client[1] ^ client[2] ^ client[3];
+pub fn client_hop_index(client: &[u32; 4], vip: &[u32; 4]) -> u32 {
+    let folded = client[0] ^ client[1] ^ client[2] ^ client[3] ^ (vip[0] ^ vip[1] ^ vip[2] ^ vip[3]).rotate_left(16);
     folded.wrapping_mul(0x9e37_79b1) >> (32 - CLIENT_HOP_ENTRIES.trailing_zeros())
 }
 
@@ -1167,10 +1178,12 @@ mod tests {
     /// them (87% for IPv4 today; a random spread would take 63%).
     #[test]
     fn clients_of_one_subnet_take_most_of_the_client_hop_places() {
+        let vip4 = [0x0a64_0001u32.to_be(), 0, 0, 0];
+        let vip6 = [0xfd00_0100u32.to_be(), 0, 0, 1u32.to_be()];
         let v4: HashSet<u32> =
-            (0..CLIENT_HOP_ENTRIES).map(|i| client_hop_index(&[(0x0b00_0000 | i).to_be(), 0, 0, 0])).collect();
+            (0..CLIENT_HOP_ENTRIES).map(|i| client_hop_index(&[(0x0b00_0000 | i).to_be(), 0, 0, 0], &vip4)).collect();
         let v6: HashSet<u32> = (0..CLIENT_HOP_ENTRIES)
-            .map(|i| client_hop_index(&[0xfd00_0000u32.to_be(), 0, 0, (i + 1).to_be()]))
+            .map(|i| client_hop_index(&[0xfd00_0000u32.to_be(), 0, 0, (i + 1).to_be()], &vip6))
             .collect();
         for (family, places) in [("IPv4", v4), ("IPv6", v6)] {
             assert!(places.iter().all(|&p| p < CLIENT_HOP_ENTRIES), "{family}: out of the cache");

@@ -116,8 +116,9 @@ pub fn next_hop_to_server<F: Family>(
     // SAFETY: a valid element the map returned. Another CPU may rewrite it
     // at once; a torn entry costs at worst one packet sent by the kernel.
     let cached = unsafe { &mut *cached };
-    if let Some(hop) = from_cache(cached, pkt, now) {
-        return hop;
+    if fresh(cached.checked_ns, now) {
+        within_mtu(pkt, cached.mtu)?;
+        return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
     }
     let (hop, mtu) = next_hop(ctx, pkt, pkt.source(), daddr)?;
     if let NextHop::Resolved { ifindex, eth_addrs } = hop {
@@ -137,38 +138,47 @@ pub fn next_hop_to_client<F: Family>(
     client: F::Addr,
     now: u64,
 ) -> Result<NextHop, Outcome> {
-    let words = F::cache_words(&client);
-    let cached = F::client_hops().get_ptr_mut(client_hop_index(&words)).ok_or(Outcome::Aborted)?;
+    let (client_words, vip_words) = (F::cache_words(&client), F::cache_words(&vip));
+    let index = client_hop_index(&client_words, &vip_words);
+    let cached = F::client_hops().get_ptr_mut(index).ok_or(Outcome::Aborted)?;
     // SAFETY: a valid element the map returned, this CPU's own: no other
     // CPU reads or writes it, and the program runs to its end on this CPU.
     let cached = unsafe { &mut *cached };
     // SAFETY: the context the kernel passed this run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if cached.client == words && cached.ingress == ingress {
-        if let Some(hop) = from_cache(&cached.hop, pkt, now) {
-            return hop;
-        }
+    let same = cached.client == client_words && cached.vip == vip_words && cached.ingress == ingress;
+    if same && fresh(cached.checked_ns, now) {
+        within_mtu(pkt, cached.mtu)?;
+        return Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs });
     }
     let (hop, mtu) = next_hop(ctx, pkt, vip, client)?;
     if let NextHop::Resolved { ifindex, eth_addrs } = hop {
-        let hop = CachedHop { checked_ns: now, ifindex, mtu, eth_addrs, ..CachedHop::default() };
-        *cached = ClientHop { hop, client: words, ingress, ..ClientHop::default() };
+        *cached = ClientHop {
+            checked_ns: now,
+            ifindex,
+            ingress,
+            eth_addrs,
+            mtu,
+            client: client_words,
+            vip: vip_words,
+            ..ClientHop::default()
+        };
     }
     Ok(hop)
 }
 
-/// A cached hop's answer while it is fresh (looked up less than
-/// [`NEXT_HOP_TTL_NS`] ago): where the packet goes, or its drop if it is
-/// larger than the route's MTU, as the FIB lookup would answer.
+/// Whether a hop looked up at `checked_ns` may still be used at `now`
+/// (less than [`NEXT_HOP_TTL_NS`] ago).
 #[inline(always)]
-fn from_cache<F: Family>(cached: &CachedHop, pkt: &impl Routed<F>, now: u64) -> Option<Result<NextHop, Outcome>> {
-    if cached.checked_ns == 0 || now.wrapping_sub(cached.checked_ns) >= NEXT_HOP_TTL_NS {
-        return None;
-    }
-    if F::ip_len(pkt.ip()) > cached.mtu {
-        return Some(Err(Outcome::DropMtuExceeded));
-    }
-    Some(Ok(NextHop::Resolved { ifindex: cached.ifindex, eth_addrs: cached.eth_addrs }))
+fn fresh(checked_ns: u64, now: u64) -> bool {
+    checked_ns != 0 && now.wrapping_sub(checked_ns) < NEXT_HOP_TTL_NS
+}
+
+/// A packet sent by a cached hop is dropped if it is larger than the
+/// route's MTU, as the FIB lookup would answer.
+#[inline(always)]
+fn within_mtu<F: Family>(pkt: &impl Routed<F>, mtu: u16) -> Result<(), Outcome> {
+    if F::ip_len(pkt.ip()) > mtu { Err(Outcome::DropMtuExceeded) } else { Ok(()) }
 }
 
 /// Sends the (fully rewritten) packet to its next hop; returns the verdict.

@@ -818,3 +818,43 @@ fn replies_use_the_cached_hop(bed: &FixtureBed, ns: &str, client: IpAddr, vip: (
     let later = bed.run_frame(&reply.build(), "toserver");
     assert_eq!(later, (XDP_REDIRECT, at(MOVED_MAC)), "{client}: a second on, the FIB is asked again");
 }
+
+/// Routing rules may choose a reply's route by its source (a VIP): the
+/// client's cached hop is kept per VIP, so replies from two VIPs to one
+/// client, one after the other within the cache's second, each follow
+/// their own route.
+#[test]
+fn a_clients_cached_hop_is_kept_per_vip_as_routing_rules_may_choose_by_source() {
+    const VIP2: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+    const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+    let net = fixture_netns();
+    // Replies from VIP2 reach the client through a gateway (10.0.0.3).
+    net.ns.ip(&["neigh", "replace", "10.0.0.3", "lladdr", "02:00:00:00:00:03", "dev", "toclient", "nud", "permanent"]);
+    net.ns.ip(&["route", "add", "10.0.0.2/32", "via", "10.0.0.3", "dev", "toclient", "table", "100"]);
+    net.ns.ip(&["rule", "add", "from", "10.100.0.2", "lookup", "100"]);
+    let config = ConfigFile::new()
+        .set("instance", "fixture-rules")
+        .set("interfaces", vec!["toclient", "toserver"])
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP2, 80, "tcp", "web")
+        .server("web", "s1", SERVER1, 8080);
+    net.run(|| {
+        // The cache is per CPU: every frame must run on the same one.
+        testbed::bench::pin_to_cpu(0);
+        let bed = FixtureBed::load(&config);
+        let s1 = (SERVER1, 8080);
+        for (port, vip) in [(42000, VIP), (42001, VIP2)] {
+            let syn = Pkt::tcp((CLIENT, port), (vip, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+            assert_eq!(bed.run_frame(&syn, "toclient").0, XDP_REDIRECT, "the SYN to {vip} goes to s1");
+        }
+        let reply = |port: u16| Pkt::tcp(s1, (CLIENT, port)).macs(SERVER1_MAC, TOSERVER_MAC).flags(SYN | ACK);
+        for round in 0..2 {
+            for (port, vip, mac) in [(42000, VIP, CLIENT_MAC), (42001, VIP2, GATEWAY_MAC)] {
+                let mut expected = at_client(&reply(port), (vip, 80));
+                expected[..6].copy_from_slice(&mac);
+                let out = bed.run_frame(&reply(port).build(), "toserver");
+                assert_eq!(out, (XDP_REDIRECT, expected), "round {round}: the reply from {vip} by its own route");
+            }
+        }
+    });
+}
