@@ -399,8 +399,8 @@ fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_th
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         runtime.block_on(async {
             let client = Client::connect(&cluster).await.expect("connect");
-            let first = client.record(&[decision("n1", draining)]).await.expect("an answer");
-            let second = client.record(&[decision("n2", cut)]).await.expect("an answer");
+            let first = client.record(&[decision("n1", draining)], &[]).await.expect("an answer");
+            let second = client.record(&[decision("n2", cut)], &[]).await.expect("an answer");
             (first, second)
         })
     });
@@ -411,6 +411,79 @@ fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_th
     let state = state.as_ref().expect("the state that won");
     assert_eq!((state.admin, state.by.as_str()), (draining, "n1"), "told what won");
     assert!(store.get("/lb/states/p7/s1").contains("\"by\":\"n1\""));
+}
+
+/// A decision is recorded only if the other servers of its pool are as it
+/// saw them (its guards): a pool's limits were checked against them.
+#[test]
+fn a_decision_whose_pool_changed_meanwhile_is_not_recorded_and_says_from_when() {
+    use lb_userspace::{
+        cluster::store::{Recorded, Store as Client},
+        config::Config,
+        servers::{AdminState, Guard, Proposal, SharedState, Source},
+    };
+    let store = testbed::store::Store::start();
+    let config = Config::parse(
+        &format!("interfaces = [\"lo\"]\n[cluster]\nnode = \"n1\"\nendpoints = {:?}\n", store.endpoints()),
+        std::path::Path::new("test.toml"),
+    )
+    .expect("a cluster config");
+    let cluster = config.cluster.expect("the cluster section");
+    let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
+    let drain = |server: &str| Proposal {
+        pool: "p7".into(),
+        server: server.into(),
+        state: SharedState { admin: draining, source: Source::Monitor, by: "n1".into() },
+        expected_revision: 0,
+        from: AdminState::Enabled,
+    };
+    // Each decided from a pool where the other server was never written.
+    let guard = |server: &str| Guard { pool: "p7".into(), server: server.into(), revision: 0 };
+    let (first, second) = store.ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let client = Client::connect(&cluster).await.expect("connect");
+            let first = client.record(&[drain("s1")], &[guard("s2")]).await.expect("an answer");
+            let second = client.record(&[drain("s2")], &[guard("s1")]).await.expect("an answer");
+            (first, second)
+        })
+    });
+    let Recorded::At(at) = first else { panic!("the first decision is taken") };
+    let Recorded::PoolChanged(from) = second else { panic!("the second decision was taken past its guard") };
+    assert!(from >= at, "planned again from the revision that changed the pool: {from} < {at}");
+    assert!(store.get("/lb/states/p7/s1").contains("draining"));
+    assert!(!store.get("/lb/states/p7/s2").contains("draining"), "s2 stays in service");
+}
+
+/// A pool's minimum in service holds across nodes: two operators taking
+/// two servers out at once through two nodes, where only one may go, are
+/// not both obeyed (the second is planned again and refused).
+#[test]
+fn two_operators_taking_two_servers_out_at_once_through_two_nodes_keep_the_pools_minimum() {
+    let fleet = Fleet::start_with(3, &|c| c.set("pools.p7.min_in_service", 2));
+    for round in 0..6 {
+        let barrier = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                barrier.wait();
+                fleet.node("n1").agent.lb(&["server", "disable", "p7", "s1"])
+            });
+            let two = s.spawn(|| {
+                barrier.wait();
+                fleet.node("n2").agent.lb(&["server", "disable", "p7", "s2"])
+            });
+            (one.join().expect("n1's operator"), two.join().expect("n2's operator"))
+        });
+        assert!(!(a.0 && b.0), "round {round}: both servers were taken out, below the pool's minimum of 2");
+        assert!(a.0 || b.0, "round {round}: neither was taken out: {} / {}", a.2, b.2);
+        for (ok, _, err) in [&a, &b] {
+            assert!(*ok || err.contains("min_in_service") || err.contains("changed"), "round {round}: {err}");
+        }
+        let out = if a.0 { "s1" } else { "s2" };
+        fleet.wait_state_everywhere("p7", out, "DISABLED (immediate)", Duration::from_secs(2));
+        fleet.node("n3").lb(&["server", "enable", "p7", out]);
+        fleet.wait_state_everywhere("p7", out, "ENABLED", Duration::from_secs(2));
+    }
 }
 
 #[test]

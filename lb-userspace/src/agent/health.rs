@@ -198,7 +198,14 @@ impl<D: DatapathOps> Owner<D> {
     /// `maintenance_timeout` or the drain it announced (within the pool's
     /// maximum), or waits its turn (`max_in_maintenance`, see `rolling`);
     /// a server an operator took out is left as it is.
-    fn maintenance_begins(&mut self, pool: &str, id: u32, matched: &str, announced: Option<Duration>, now_ms: u64) {
+    pub(super) fn maintenance_begins(
+        &mut self,
+        pool: &str,
+        id: u32,
+        matched: &str,
+        announced: Option<Duration>,
+        now_ms: u64,
+    ) {
         let slot = self.servers.get_mut(id).expect("found");
         slot.health.maintenance = true;
         let (name, admin, source) = (slot.name.clone(), slot.admin, slot.source);
@@ -239,8 +246,9 @@ impl<D: DatapathOps> Owner<D> {
         log::info!("{pool}/{name}: {message}");
         self.events.push(now_ms, Subject::server(pool, &name), EventKind::Maintenance, message);
         let deadline_ms = timeout.map(|t| now_ms + t.as_millis() as u64);
-        let plan = vec![(name, Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms }))];
+        let plan = vec![(name.clone(), Transition::Drain(AdminState::Draining { since_ms: now_ms, deadline_ms }))];
         if self.with_fleet() {
+            self.remember_reply(pool, &name, matched, announced);
             return self.propose(pool, &plan, Some(Source::Monitor), now_ms);
         }
         if let Err(e) = self.execute(pool, &plan, Some(Source::Monitor), now_ms) {
@@ -250,7 +258,7 @@ impl<D: DatapathOps> Owner<D> {
 
     /// Normal replies again: back in service if the maintenance put it out
     /// and nobody decided otherwise since.
-    fn maintenance_ends(&mut self, pool: &str, id: u32, now_ms: u64) {
+    pub(super) fn maintenance_ends(&mut self, pool: &str, id: u32, now_ms: u64) {
         if self.leaves_queue(pool, id, now_ms) {
             self.servers.get_mut(id).expect("found").health.maintenance = false;
             return;

@@ -81,6 +81,9 @@ pub enum Command {
     Others(Option<Others>),
     /// In a cluster: something the operator must know (an event).
     Note(String),
+    /// Proposals the store did not record: another server of their pool
+    /// changed first.
+    NotRecorded(crate::servers::Batch),
 }
 
 /// An operator's change of servers' states.
@@ -142,6 +145,12 @@ impl OwnerHandle {
 
     pub async fn note(&self, message: String) {
         let _ = self.commands.send(Command::Note(message)).await;
+    }
+
+    /// Hands back the owner's proposals the store refused as planned from
+    /// a pool that changed meanwhile, to be planned again.
+    pub async fn not_recorded(&self, batch: crate::servers::Batch) {
+        let _ = self.commands.send(Command::NotRecorded(batch)).await;
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
@@ -229,6 +238,7 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
         Command::ApplyShared { states, revision } => owner.apply_shared(states, revision, now_ms()),
         Command::Others(others) => owner.set_others(others, now_ms()),
         Command::Note(message) => owner.note(message, now_ms()),
+        Command::NotRecorded(batch) => owner.not_recorded(batch, now_ms()),
     }
 }
 

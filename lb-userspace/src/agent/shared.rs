@@ -9,7 +9,10 @@
 //! with no deadline is proposed once no node has a live flow of the server
 //! left (the fleet's count, published by every node under its lease).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
@@ -20,7 +23,9 @@ use super::{
 use crate::{
     datapath::ops::DatapathOps,
     model::{Change, EventKind, Subject},
-    servers::{self, AdminState, Proposal, ServerSlot, SharedState, Source, health::DownReason, shared::toward},
+    servers::{
+        self, AdminState, Batch, Guard, Proposal, ServerSlot, SharedState, Source, health::DownReason, shared::toward,
+    },
 };
 
 /// A server, by (pool, name).
@@ -39,9 +44,13 @@ pub struct Shared {
     others: Option<Others>,
     /// Where the owner's own proposals (a deadline's cut, a fleet drained)
     /// go to be recorded in the store.
-    outbox: mpsc::UnboundedSender<Vec<Proposal>>,
+    outbox: mpsc::UnboundedSender<Batch>,
     /// Proposals already sent, by the revision they were based on.
     proposed: HashSet<(ServerKey, i64)>,
+    /// The maintenance reply behind each maintenance drain proposed (what
+    /// matched, the drain it announced), to plan it again if the store
+    /// refuses it ([`Owner::not_recorded`]).
+    replies: HashMap<ServerKey, (String, Option<Duration>)>,
 }
 
 /// The other live nodes' flows and health verdicts, as they last
@@ -59,14 +68,24 @@ pub struct Others {
 }
 
 impl Shared {
-    pub fn new(node: String, outbox: mpsc::UnboundedSender<Vec<Proposal>>) -> Shared {
-        Shared { node, revision: 0, records: HashMap::new(), others: None, outbox, proposed: HashSet::new() }
+    pub fn new(node: String, outbox: mpsc::UnboundedSender<Batch>) -> Shared {
+        Shared {
+            node,
+            revision: 0,
+            records: HashMap::new(),
+            others: None,
+            outbox,
+            proposed: HashSet::new(),
+            replies: HashMap::new(),
+        }
     }
 }
 
 /// An operator's change, planned, to be recorded in the store.
 pub struct Decision {
     pub proposals: Vec<Proposal>,
+    /// The pool's other servers, as the plan saw them.
+    pub guards: Vec<Guard>,
     pub changes: Vec<Change>,
 }
 
@@ -91,7 +110,18 @@ impl<D: DatapathOps> Owner<D> {
     /// to be recorded if its key is as this node last saw it.
     pub fn decide(&self, pool: &str, plan: &Plan, source: Source, now_ms: u64) -> Result<Decision, ControlError> {
         let shared = self.shared.as_ref().expect("decide is for a cluster");
-        let mut decision = Decision { proposals: Vec::new(), changes: Vec::new() };
+        let planned = |name: &String| plan.iter().any(|(n, _)| n == name);
+        let guards = self
+            .servers
+            .pool(pool)
+            .filter(|s| !planned(&s.name))
+            .map(|s| Guard {
+                pool: pool.to_owned(),
+                server: s.name.clone(),
+                revision: shared.records.get(&(pool.to_owned(), s.name.clone())).map_or(0, |(revision, _)| *revision),
+            })
+            .collect();
+        let mut decision = Decision { proposals: Vec::new(), guards, changes: Vec::new() };
         for (name, transition) in plan {
             let slot = self.servers.find(pool, name).expect("planned server exists");
             let admin = servers::state::apply(&slot.admin, *transition, now_ms);
@@ -273,7 +303,43 @@ impl<D: DatapathOps> Owner<D> {
             })
             .collect();
         if !fresh.is_empty() {
-            let _ = shared.outbox.send(fresh);
+            let _ = shared.outbox.send(Batch { proposals: fresh, guards: decision.guards });
+        }
+    }
+
+    /// Keeps the maintenance reply behind a drain about to be proposed.
+    pub(super) fn remember_reply(&mut self, pool: &str, server: &str, matched: &str, announced: Option<Duration>) {
+        if let Some(shared) = &mut self.shared {
+            shared.replies.insert((pool.to_owned(), server.to_owned()), (matched.to_owned(), announced));
+        }
+    }
+
+    /// Proposals the store refused because another server of their pool
+    /// changed first: no longer counted as proposed, and a monitor's
+    /// maintenance drain or return among them is planned again from the
+    /// pool as this node now sees it (a drain then waits its turn if the
+    /// pool has its most servers out). The others (a drain's end, a cut)
+    /// are proposed again by the sweep or the deadline that made them.
+    pub fn not_recorded(&mut self, batch: Batch, now_ms: u64) {
+        let Some(shared) = &mut self.shared else { return };
+        for p in &batch.proposals {
+            shared.proposed.remove(&((p.pool.clone(), p.server.clone()), p.expected_revision));
+        }
+        for p in batch.proposals.iter().filter(|p| p.state.source == Source::Monitor) {
+            let Some(slot) = self.servers.find(&p.pool, &p.server) else { continue };
+            let (id, admin, health) = (slot.id, slot.admin, &slot.health);
+            let reply = self.shared.as_ref().and_then(|s| s.replies.get(&(p.pool.clone(), p.server.clone())).cloned());
+            match (p.state.admin, reply) {
+                (AdminState::Draining { .. }, Some((matched, announced)))
+                    if admin == AdminState::Enabled && health.maintenance && health.queued.is_none() =>
+                {
+                    self.maintenance_begins(&p.pool, id, &matched, announced, now_ms);
+                }
+                (AdminState::Enabled, _) if admin != AdminState::Enabled && !health.maintenance => {
+                    self.maintenance_ends(&p.pool, id, now_ms);
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -13,10 +13,10 @@ use super::{
 use crate::{
     health::tally::Change,
     model::EventKind,
-    servers::{AdminState, DisableMode, DisableReason, Proposal, Source, health::DownReason},
+    servers::{AdminState, Batch, DisableMode, DisableReason, Source, health::DownReason},
 };
 
-fn clustered(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Vec<Proposal>>) {
+fn clustered(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Batch>) {
     let mut owner = owner_of(web_config(test, "", &[("a", ""), ("b", "")], &[80]));
     let (outbox, proposals) = mpsc::unbounded_channel();
     owner.join_cluster(Shared::new("n1".into(), outbox));
@@ -57,8 +57,8 @@ fn a_drain_of_the_fleet_ends_when_no_node_has_a_flow_left() {
     owner.sweep(T0 + 800);
     owner.sweep(T0 + 1000);
     let proposed = proposals.try_recv().expect("the end of the drain proposed");
-    assert_eq!(proposed[0].expected_revision, 7);
-    assert!(matches!(proposed[0].state.admin, AdminState::Disabled { reason: DisableReason::Drained, .. }));
+    assert_eq!(proposed.proposals[0].expected_revision, 7);
+    assert!(matches!(proposed.proposals[0].state.admin, AdminState::Disabled { reason: DisableReason::Drained, .. }));
     assert!(proposals.try_recv().is_err(), "proposed once");
     assert_eq!(owner.servers().find("web", "a").unwrap().admin, draining, "the store decides");
 }
@@ -71,7 +71,7 @@ fn a_deadline_is_cut_here_at_once_and_the_store_is_told() {
     let a = owner.servers().find("web", "a").unwrap().admin;
     assert!(matches!(a, AdminState::Disabled { reason: DisableReason::Deadline, .. }), "{a:?}");
     let proposed = proposals.try_recv().expect("the cut proposed");
-    assert_eq!(proposed[0].expected_revision, 3);
+    assert_eq!(proposed.proposals[0].expected_revision, 3);
     // The store's record of the drain (the deadline past) keeps it cut.
     let stored = StoredState {
         pool: "web".into(),
@@ -97,7 +97,7 @@ fn a_deadline_is_cut_here_at_once_and_the_store_is_told() {
 
 /// A clustered owner whose pool has a monitor, and the others' view: `live`
 /// other nodes, of which `down` find `a` DOWN.
-fn monitored(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Vec<Proposal>>) {
+fn monitored(test: &str) -> (Owner<FakeDatapath>, mpsc::UnboundedReceiver<Batch>) {
     let rule = "maintenance_timeout = \"30s\"\n[[pools.web.monitors]]\nkind = \"tcp\"";
     let mut owner = owner_of(web_config(test, rule, &[("a", ""), ("b", ""), ("c", "")], &[80]));
     let (outbox, proposals) = mpsc::unbounded_channel();
@@ -154,7 +154,7 @@ fn a_maintenance_reply_is_proposed_to_the_fleet_not_applied_here_alone() {
     owner.apply_health("web", "a", a, begins.clone(), T0);
     assert_eq!(owner.servers().find("web", "a").unwrap().admin, AdminState::Enabled, "not alone");
     let batch = proposals.try_recv().expect("proposed");
-    let p = &batch[0];
+    let p = &batch.proposals[0];
     assert_eq!(
         (p.state.source, p.state.admin),
         (Source::Monitor, AdminState::Draining { since_ms: T0, deadline_ms: Some(T0 + 30_000) })
@@ -167,9 +167,62 @@ fn a_maintenance_reply_is_proposed_to_the_fleet_not_applied_here_alone() {
     // Normal replies: the return is proposed too.
     owner.apply_health("web", "a", a, Change::MaintenanceEnds, T0 + 20);
     let batch = proposals.try_recv().expect("the end proposed");
-    assert_eq!((batch[0].state.admin, batch[0].expected_revision), (AdminState::Enabled, 3));
+    assert_eq!((batch.proposals[0].state.admin, batch.proposals[0].expected_revision), (AdminState::Enabled, 3));
     // Without the store, a node acts alone.
     owner.set_others(None, T0 + 30);
     owner.apply_health("web", "b", owner.servers().find("web", "b").unwrap().identity, begins, T0 + 30);
     assert!(matches!(owner.servers().find("web", "b").unwrap().admin, AdminState::Draining { .. }));
+}
+
+/// A decision carries the pool's other servers as the store last had them
+/// (a server never written: revision 0), so that the store records it only
+/// if none changed meanwhile: the pool's limits were checked against them.
+#[test]
+fn a_decision_is_guarded_by_the_pools_other_servers_as_the_store_last_had_them() {
+    let (mut owner, _proposals) = clustered("fleet-guards");
+    let b = crate::servers::SharedState { admin: AdminState::Enabled, source: Source::Operator, by: "n2".into() };
+    owner.apply_shared(vec![StoredState { pool: "web".into(), server: "b".into(), state: b, revision: 5 }], 5, T0);
+    let plan = owner.plan_disable("web", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap();
+    let decision = owner.decide("web", &plan, Source::Operator, T0).unwrap();
+    let guard = crate::servers::Guard { pool: "web".into(), server: "b".into(), revision: 5 };
+    assert_eq!(decision.guards, vec![guard]);
+    let plan = owner.plan_disable("web", &names(&["a", "b"]), DisableMode::Immediate, true, T0).unwrap();
+    assert!(owner.decide("web", &plan, Source::Operator, T0).unwrap().guards.is_empty(), "no other server");
+}
+
+/// In a cluster, a maintenance drain the store refused because another
+/// server of the pool went out first is planned again from the pool as it
+/// now is: with `max_in_maintenance = 1` it waits its turn (queued), and
+/// goes when the other comes back.
+#[test]
+fn a_maintenance_drain_refused_because_the_pool_changed_first_waits_its_turn() {
+    let rule = "maintenance_timeout = \"30s\"\nmax_in_maintenance = 1\n[[pools.web.monitors]]\nkind = \"tcp\"";
+    let mut owner = owner_of(web_config("fleet-refused", rule, &[("a", ""), ("b", ""), ("c", "")], &[80]));
+    let (outbox, mut proposals) = mpsc::unbounded_channel();
+    owner.join_cluster(Shared::new("n1".into(), outbox));
+    owner.set_others(others_finding_a_down(2, 0), T0);
+    let a = owner.servers().find("web", "a").unwrap().identity;
+    let begins = Change::MaintenanceBegins { matched: "status 503".into(), announced: None };
+    owner.apply_health("web", "a", a, begins, T0);
+    let batch = proposals.try_recv().expect("a's drain proposed");
+    assert_eq!(batch.guards.len(), 2, "guarded by b and c: {:?}", batch.guards);
+    // Another node's drain of b came first (its monitor's), then the store
+    // refuses a's: handed back.
+    let b_out = crate::servers::SharedState {
+        admin: AdminState::Draining { since_ms: T0, deadline_ms: Some(T0 + 30_000) },
+        source: Source::Monitor,
+        by: "n2".into(),
+    };
+    owner.apply_shared(vec![StoredState { pool: "web".into(), server: "b".into(), state: b_out, revision: 4 }], 4, T0);
+    owner.not_recorded(batch, T0 + 100);
+    let slot = owner.servers().find("web", "a").unwrap();
+    assert_eq!(slot.admin, AdminState::Enabled, "a keeps serving");
+    assert!(slot.health.queued.is_some(), "a waits its turn: {:?}", slot.health);
+    assert!(proposals.try_recv().is_err(), "not proposed again while b is out");
+    // b comes back: a's turn.
+    let b_back = crate::servers::SharedState { admin: AdminState::Enabled, source: Source::Monitor, by: "n2".into() };
+    owner.apply_shared(vec![StoredState { pool: "web".into(), server: "b".into(), state: b_back, revision: 5 }], 5, T0);
+    owner.admit_queued(T0 + 200);
+    let again = proposals.try_recv().expect("a's drain proposed again");
+    assert_eq!((again.proposals[0].server.as_str(), again.guards[0].revision), ("a", 5), "{again:?}");
 }

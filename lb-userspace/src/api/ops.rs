@@ -90,16 +90,25 @@ impl Ops {
         loop {
             attempts += 1;
             let decision = self.owner.decide(intent.clone()).await?;
-            match cluster.record(&decision.proposals, &self.snapshots).await {
+            match cluster.record(&decision.proposals, &decision.guards, &self.snapshots).await {
                 Ok(_) => return Ok(decision.changes),
-                Err(Refused::DrainEnded(revision)) if attempts < 3 => {
-                    log::info!("cluster: a drain ended while {intent:?} was recorded: planned again");
+                Err(Refused::DrainEnded(revision) | Refused::PoolChanged(revision)) if attempts < 3 => {
+                    log::info!(
+                        "cluster: a drain ended or the pool changed while {intent:?} was recorded: planned again"
+                    );
                     cluster.applied_here(revision, &self.snapshots).await;
                 }
                 Err(Refused::DrainEnded(_)) => {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
                         "the servers' drains kept ending meanwhile: ask again",
+                    ));
+                }
+                Err(Refused::PoolChanged(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "the pool's other servers kept changing through other nodes meanwhile: nothing was changed; \
+                         ask again",
                     ));
                 }
                 Err(Refused::Api(e)) => return Err(e),

@@ -23,7 +23,7 @@ use crate::{
     agent::{shared::StoredState, snapshot::Snapshot},
     config::ClusterConfig,
     model::{ApiError, ErrorCode, NodeReload, NodeView, NodesView},
-    servers::Proposal,
+    servers::{Guard, Proposal},
 };
 
 /// What a starting node got from the store.
@@ -75,9 +75,10 @@ impl Cluster {
     pub async fn record(
         &self,
         proposals: &[Proposal],
+        guards: &[Guard],
         snapshots: &watch::Receiver<Arc<Snapshot>>,
     ) -> Result<i64, Refused> {
-        let revision = self.record_within_timeout(proposals).await?;
+        let revision = self.record_within_timeout(proposals, guards).await?;
         self.applied_here(revision, snapshots).await;
         Ok(revision)
     }
@@ -129,14 +130,15 @@ impl Cluster {
     /// attempt whose answer was lost but which the store took shows, at the
     /// next attempt, as a "conflict" with exactly the states proposed, at
     /// their revision: taken once.
-    async fn record_within_timeout(&self, proposals: &[Proposal]) -> Result<i64, Refused> {
+    async fn record_within_timeout(&self, proposals: &[Proposal], guards: &[Guard]) -> Result<i64, Refused> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut attempts = 0;
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let why = match tokio::time::timeout(left.min(ATTEMPT), self.store.record(proposals)).await {
+            let why = match tokio::time::timeout(left.min(ATTEMPT), self.store.record(proposals, guards)).await {
                 Ok(Ok(Recorded::At(revision))) => return Ok(revision),
+                Ok(Ok(Recorded::PoolChanged(revision))) => return Err(Refused::PoolChanged(revision)),
                 Ok(Ok(Recorded::Conflict(now))) => match taken_before(proposals, &now) {
                     Some(revision) if attempts > 1 => return Ok(revision),
                     _ if drains_ended(proposals, &now) => {
@@ -165,6 +167,9 @@ pub enum Refused {
     /// A drain it was planned from ended meanwhile, by itself (at this
     /// revision): to be planned again from there.
     DrainEnded(i64),
+    /// Another server of the pool changed meanwhile (by this revision):
+    /// to be planned again from there (the pool's limits checked anew).
+    PoolChanged(i64),
 }
 
 impl From<ApiError> for Refused {

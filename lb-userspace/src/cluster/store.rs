@@ -24,7 +24,7 @@ use crate::{
     agent::shared::StoredState,
     config::ClusterConfig,
     model::NodeAdmin,
-    servers::{Proposal, SharedState, health::DownReason},
+    servers::{Guard, Proposal, SharedState, health::DownReason},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,10 @@ pub enum Recorded {
     /// A server was changed meanwhile: nothing was recorded. Each
     /// server's state now.
     Conflict(Vec<Current>),
+    /// The servers are as the decision saw them, but another server of
+    /// their pool changed (a [`Guard`]) by this revision: nothing was
+    /// recorded; the decision is to be planned again from there.
+    PoolChanged(i64),
 }
 
 /// A server's state in the store now, and its key's revision.
@@ -186,14 +190,17 @@ impl Store {
         Ok(StoredState { pool: pool.to_owned(), server: server.to_owned(), state, revision: kv.mod_revision() })
     }
 
-    /// Records a decision in one transaction: every server's key must still
-    /// be at the revision the decision was made from.
-    pub async fn record(&self, proposals: &[Proposal]) -> Result<Recorded, StoreError> {
+    /// Records a decision in one transaction: every server's key, and each
+    /// guard's, must still be at the revision the decision was made from.
+    pub async fn record(&self, proposals: &[Proposal], guards: &[Guard]) -> Result<Recorded, StoreError> {
         let keys: Vec<String> = proposals.iter().map(|p| self.state_key(&p.pool, &p.server)).collect();
+        let guarded = guards.iter().map(|g| (self.state_key(&g.pool, &g.server), g.revision));
         let compares: Vec<Compare> = keys
             .iter()
             .zip(proposals)
-            .map(|(key, p)| Compare::mod_revision(key.as_str(), CompareOp::Equal, p.expected_revision))
+            .map(|(key, p)| (key.clone(), p.expected_revision))
+            .chain(guarded)
+            .map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision))
             .collect();
         let mut puts = Vec::new();
         for (key, p) in keys.iter().zip(proposals) {
@@ -214,6 +221,9 @@ impl Store {
             let state = kv.and_then(|kv| serde_json::from_slice(kv.value()).ok());
             let revision = kv.map_or(0, |kv| kv.mod_revision());
             now.push(Current { pool: p.pool.clone(), server: p.server.clone(), state, revision });
+        }
+        if proposals.iter().zip(&now).all(|(p, c)| c.revision == p.expected_revision) {
+            return Ok(Recorded::PoolChanged(answer.header().map_or(0, |h| h.revision())));
         }
         Ok(Recorded::Conflict(now))
     }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::store::{Recorded, ReloadOutcome, ReloadRequest, Store};
 use crate::{
     agent::runtime::{OwnerHandle, stopped},
-    servers::Proposal,
+    servers::Batch,
 };
 
 /// How long after a failure the store is tried again.
@@ -94,10 +94,12 @@ async fn watch_from(
 }
 
 /// Records the owner's proposals, each until it is recorded or overtaken
-/// (another node recorded first, or a newer decision).
+/// (another node recorded first, or a newer decision); those refused
+/// because their pool changed first go back to the owner.
 pub async fn record_proposals(
     store: Store,
-    mut proposals: mpsc::UnboundedReceiver<Vec<Proposal>>,
+    owner: OwnerHandle,
+    mut proposals: mpsc::UnboundedReceiver<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -106,14 +108,32 @@ pub async fn record_proposals(
             batch = proposals.recv() => match batch { Some(b) => b, None => return },
         };
         loop {
-            match store.record(&batch).await {
+            let names = || -> String {
+                let names =
+                    batch.proposals.iter().map(|p| format!("{}/{} {}", p.pool, p.server, p.state.admin.label()));
+                names.collect::<Vec<_>>().join(", ")
+            };
+            match store.record(&batch.proposals, &batch.guards).await {
                 Ok(Recorded::At(revision)) => {
-                    let names: Vec<String> =
-                        batch.iter().map(|p| format!("{}/{} {}", p.pool, p.server, p.state.admin.label())).collect();
-                    log::info!("cluster: recorded {} at revision {revision}", names.join(", "));
+                    log::info!("cluster: recorded {} at revision {revision}", names());
                     break;
                 }
                 Ok(Recorded::Conflict(_)) => break,
+                // Another server of the pool changed first: this node
+                // plans again once it applies that change (a maintenance
+                // reply then waits its turn if the pool has its most out).
+                Ok(Recorded::PoolChanged(revision)) => {
+                    log::info!("cluster: not recorded, the pool changed first (revision {revision}): {}", names());
+                    // Handed back after the watch has most likely brought
+                    // the change: planned again from a stale view, it
+                    // would only be refused again.
+                    tokio::select! {
+                        () = stopped(&mut shutdown) => return,
+                        () = tokio::time::sleep(RETRY) => {}
+                    }
+                    owner.not_recorded(batch).await;
+                    break;
+                }
                 Err(e) => {
                     log::debug!("cluster: cannot record this node's proposal yet: {e}");
                     tokio::select! {

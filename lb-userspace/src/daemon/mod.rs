@@ -273,7 +273,7 @@ struct Joining {
     config: ClusterConfig,
     /// The revision applied at the start (none: stale, resync first).
     revision: Option<i64>,
-    proposals: mpsc::UnboundedReceiver<Vec<crate::servers::Proposal>>,
+    proposals: mpsc::UnboundedReceiver<crate::servers::Batch>,
 }
 
 /// The HTTP API's token, read from `http.token_file` (refused if missing or empty).
@@ -483,7 +483,10 @@ fn follow_cluster(
     let (view_tx, view) = watch::channel(Arc::new(crate::model::NodesView::default()));
     let follow = cluster::sync::follow_states(store.clone(), owner.clone(), revision, reachable_tx, shutdown.clone());
     parts.spawn("cluster states", follow);
-    parts.spawn("cluster proposals", cluster::sync::record_proposals(store.clone(), proposals, shutdown.clone()));
+    parts.spawn(
+        "cluster proposals",
+        cluster::sync::record_proposals(store.clone(), owner.clone(), proposals, shutdown.clone()),
+    );
     let (reload_tx, reload_outcome) = watch::channel(None);
     let reloads = cluster::sync::follow_reloads(store.clone(), owner.clone(), reload_tx, shutdown.clone());
     parts.spawn("cluster reloads", reloads);

@@ -12,6 +12,6 @@ pub mod state;
 pub mod table;
 
 pub use saved::{Leaving, LeavingService, RampRecord, Records, Saved, ServerRecord};
-pub use shared::{Proposal, SharedState};
+pub use shared::{Batch, Guard, Proposal, SharedState};
 pub use state::{AdminState, DisableMode, DisableReason, Source, Transition};
 pub use table::{LeavingId, ServerSlot, ServerTable, ServiceId, ServiceSlot};

@@ -18,6 +18,26 @@ pub struct SharedState {
     pub by: String,
 }
 
+/// Another server of a decision's pool, as the decision saw it: its key's
+/// revision (0: never written). A pool's limits (`min_in_service`,
+/// `max_in_maintenance`) are checked against the pool's other servers, so
+/// a decision is recorded only if none of them changed meanwhile: two
+/// nodes taking two servers of one pool out at once cannot both pass a
+/// limit that only one of them may.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub pool: String,
+    pub server: String,
+    pub revision: i64,
+}
+
+/// What a node sends to be recorded: its proposals, under its guards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub proposals: Vec<Proposal>,
+    pub guards: Vec<Guard>,
+}
+
 /// A decision to record: the new state of (pool, server), if the store's
 /// key still has the revision the decision was made from (0: never
 /// written), so that of two concurrent decisions one wins, by the store's
