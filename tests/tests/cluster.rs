@@ -372,20 +372,24 @@ fn wait_hash_differs(fleet: &Fleet) -> String {
     hash
 }
 
-#[test]
-fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_the_other() {
-    use lb_userspace::{
-        cluster::store::{Recorded, Store as Client},
-        config::Config,
-        servers::{AdminState, Proposal, SharedState, Source},
-    };
+/// A store of its own, and the cluster section a node on it has.
+fn store_and_cluster() -> (testbed::store::Store, lb_userspace::config::ClusterConfig) {
     let store = testbed::store::Store::start();
-    let config = Config::parse(
+    let config = lb_userspace::config::Config::parse(
         &format!("interfaces = [\"lo\"]\n[cluster]\nnode = \"n1\"\nendpoints = {:?}\n", store.endpoints()),
         std::path::Path::new("test.toml"),
     )
     .expect("a cluster config");
-    let cluster = config.cluster.expect("the cluster section");
+    (store, config.cluster.expect("the cluster section"))
+}
+
+#[test]
+fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_the_other() {
+    use lb_userspace::{
+        cluster::store::{Recorded, Store as Client},
+        servers::{AdminState, Proposal, SharedState, Source},
+    };
+    let (store, cluster) = store_and_cluster();
     let decision = |by: &str, admin| Proposal {
         pool: "p7".into(),
         server: "s1".into(),
@@ -419,16 +423,9 @@ fn of_two_decisions_made_from_the_same_revision_the_store_takes_one_and_tells_th
 fn a_decision_whose_pool_changed_meanwhile_is_not_recorded_and_says_from_when() {
     use lb_userspace::{
         cluster::store::{Recorded, Store as Client},
-        config::Config,
         servers::{AdminState, Guard, Proposal, SharedState, Source},
     };
-    let store = testbed::store::Store::start();
-    let config = Config::parse(
-        &format!("interfaces = [\"lo\"]\n[cluster]\nnode = \"n1\"\nendpoints = {:?}\n", store.endpoints()),
-        std::path::Path::new("test.toml"),
-    )
-    .expect("a cluster config");
-    let cluster = config.cluster.expect("the cluster section");
+    let (store, cluster) = store_and_cluster();
     let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
     let drain = |server: &str| Proposal {
         pool: "p7".into(),
