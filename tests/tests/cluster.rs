@@ -434,14 +434,14 @@ fn a_decision_whose_pool_changed_meanwhile_is_not_recorded_and_says_from_when() 
         expected_revision: 0,
         from: AdminState::Enabled,
     };
-    // Each decided from a pool where the other server was never written.
-    let guard = |server: &str| Guard { pool: "p7".into(), server: server.into(), revision: 0 };
+    // Each decided from the pool as it was before either.
+    let guard = Guard { pool: "p7".into(), revision: 0 };
     let (first, second) = store.ns.run(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         runtime.block_on(async {
             let client = Client::connect(&cluster).await.expect("connect");
-            let first = client.record(&[drain("s1")], &[guard("s2")]).await.expect("an answer");
-            let second = client.record(&[drain("s2")], &[guard("s1")]).await.expect("an answer");
+            let first = client.record(&[drain("s1")], std::slice::from_ref(&guard)).await.expect("an answer");
+            let second = client.record(&[drain("s2")], &[guard]).await.expect("an answer");
             (first, second)
         })
     });

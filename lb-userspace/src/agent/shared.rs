@@ -84,7 +84,7 @@ impl Shared {
 /// An operator's change, planned, to be recorded in the store.
 pub struct Decision {
     pub proposals: Vec<Proposal>,
-    /// The pool's other servers, as the plan saw them.
+    /// The pool as the plan saw it.
     pub guards: Vec<Guard>,
     pub changes: Vec<Change>,
 }
@@ -110,17 +110,7 @@ impl<D: DatapathOps> Owner<D> {
     /// to be recorded if its key is as this node last saw it.
     pub fn decide(&self, pool: &str, plan: &Plan, source: Source, now_ms: u64) -> Result<Decision, ControlError> {
         let shared = self.shared.as_ref().expect("decide is for a cluster");
-        let planned = |name: &String| plan.iter().any(|(n, _)| n == name);
-        let guards = self
-            .servers
-            .pool(pool)
-            .filter(|s| !planned(&s.name))
-            .map(|s| Guard {
-                pool: pool.to_owned(),
-                server: s.name.clone(),
-                revision: shared.records.get(&(pool.to_owned(), s.name.clone())).map_or(0, |(revision, _)| *revision),
-            })
-            .collect();
+        let guards = vec![Guard { pool: pool.to_owned(), revision: shared.revision }];
         let mut decision = Decision { proposals: Vec::new(), guards, changes: Vec::new() };
         for (name, transition) in plan {
             let slot = self.servers.find(pool, name).expect("planned server exists");

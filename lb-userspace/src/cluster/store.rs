@@ -190,17 +190,21 @@ impl Store {
         Ok(StoredState { pool: pool.to_owned(), server: server.to_owned(), state, revision: kv.mod_revision() })
     }
 
-    /// Records a decision in one transaction: every server's key, and each
-    /// guard's, must still be at the revision the decision was made from.
+    /// Records a decision in one transaction: every server's key must still
+    /// be at the revision the decision was made from, and each guarded
+    /// pool's keys no newer than the guard's.
     pub async fn record(&self, proposals: &[Proposal], guards: &[Guard]) -> Result<Recorded, StoreError> {
         let keys: Vec<String> = proposals.iter().map(|p| self.state_key(&p.pool, &p.server)).collect();
-        let guarded = guards.iter().map(|g| (self.state_key(&g.pool, &g.server), g.revision));
+        // No key of a guarded pool changed after the guard's revision.
+        let guarded = guards.iter().map(|g| {
+            let pool = format!("{}{}/", self.states_prefix(), g.pool);
+            Compare::mod_revision(pool, CompareOp::Less, g.revision + 1).with_prefix()
+        });
         let compares: Vec<Compare> = keys
             .iter()
             .zip(proposals)
-            .map(|(key, p)| (key.clone(), p.expected_revision))
+            .map(|(key, p)| Compare::mod_revision(key.as_str(), CompareOp::Equal, p.expected_revision))
             .chain(guarded)
-            .map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision))
             .collect();
         let mut puts = Vec::new();
         for (key, p) in keys.iter().zip(proposals) {

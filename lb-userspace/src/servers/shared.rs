@@ -18,16 +18,16 @@ pub struct SharedState {
     pub by: String,
 }
 
-/// Another server of a decision's pool, as the decision saw it: its key's
-/// revision (0: never written). A pool's limits (`min_in_service`,
-/// `max_in_maintenance`) are checked against the pool's other servers, so
-/// a decision is recorded only if none of them changed meanwhile: two
-/// nodes taking two servers of one pool out at once cannot both pass a
-/// limit that only one of them may.
+/// A decision's pool as the decision saw it: the store's revision its
+/// planner had applied. A pool's limits (`min_in_service`,
+/// `max_in_maintenance`) are checked against all its servers, so a
+/// decision is recorded only if none of the pool's keys changed after that
+/// revision (one comparison over the pool's keys, whatever their number):
+/// two nodes taking two servers of one pool out at once cannot both pass
+/// a limit that only one of them may.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     pub pool: String,
-    pub server: String,
     pub revision: i64,
 }
 
