@@ -68,6 +68,11 @@ pub enum ControlError {
          force the change to enable it anyway"
     )]
     InMaintenance { pool: String, server: String },
+    #[error(
+        "refused, nothing changed: a cluster records a change of at most {max} servers at once (the \
+         store's operations per transaction); change these {servers} in smaller groups"
+    )]
+    TooManyAtOnce { servers: usize, max: usize },
 }
 
 impl From<&ControlError> for ApiError {
@@ -76,6 +81,7 @@ impl From<&ControlError> for ApiError {
             ControlError::UnknownPool { .. } => ErrorCode::UnknownPool,
             ControlError::UnknownServer { .. } => ErrorCode::UnknownServer,
             ControlError::NoServers => ErrorCode::BadRequest,
+            ControlError::TooManyAtOnce { .. } => ErrorCode::BadRequest,
             ControlError::LastServer { .. } => ErrorCode::LastServer,
             ControlError::Removing { .. } => ErrorCode::BadRequest,
             ControlError::InMaintenance { .. } => ErrorCode::InMaintenance,

@@ -28,6 +28,12 @@ use crate::{
     },
 };
 
+/// The most servers one decision changes: its transaction compares each
+/// one's key and its pool's keys, and etcd takes at most 128 comparisons
+/// in a transaction (`--max-txn-ops`, by default). Beyond, the store would
+/// refuse it with an error that reads as a store fault.
+const MAX_SERVERS_AT_ONCE: usize = 127;
+
 /// A server, by (pool, name).
 pub type ServerKey = (String, String);
 
@@ -110,6 +116,9 @@ impl<D: DatapathOps> Owner<D> {
     /// to be recorded if its key is as this node last saw it.
     pub fn decide(&self, pool: &str, plan: &Plan, source: Source, now_ms: u64) -> Result<Decision, ControlError> {
         let shared = self.shared.as_ref().expect("decide is for a cluster");
+        if plan.len() > MAX_SERVERS_AT_ONCE {
+            return Err(ControlError::TooManyAtOnce { servers: plan.len(), max: MAX_SERVERS_AT_ONCE });
+        }
         let guards = vec![Guard { pool: pool.to_owned(), revision: shared.revision }];
         let mut decision = Decision { proposals: Vec::new(), guards, changes: Vec::new() };
         for (name, transition) in plan {

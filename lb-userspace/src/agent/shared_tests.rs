@@ -6,7 +6,7 @@
 use tokio::sync::mpsc;
 
 use super::{
-    fake_datapath::{FakeDatapath, T0, names, owner_of, web_config},
+    fake_datapath::{FakeDatapath, T0, names, owner_of, web_config, web_config_text},
     owner::Owner,
     shared::{Others, Shared, StoredState},
 };
@@ -222,4 +222,29 @@ fn a_maintenance_drain_refused_because_the_pool_changed_first_waits_its_turn() {
     owner.admit_queued(T0 + 200);
     let again = proposals.try_recv().expect("a's drain proposed again");
     assert_eq!((again.proposals[0].server.as_str(), again.guards[0].revision), ("a", 5), "{again:?}");
+}
+
+/// A change of more servers than one store transaction takes is refused
+/// with its reason, before anything is sent (etcd would refuse it with an
+/// error that reads as a store fault).
+#[test]
+fn a_change_of_more_servers_than_one_transaction_takes_is_refused_with_its_reason() {
+    let names: Vec<String> = (0..130).map(|i| format!("s{i}")).collect();
+    let mut text = web_config_text("fleet-many", "", &[("a", "")], &[80]);
+    for (i, name) in names.iter().enumerate() {
+        text += &format!("[[pools.web.servers]]\nname = \"{name}\"\naddress = \"10.0.1.{i}\"\nport = 80\n");
+    }
+    let config = crate::config::Config::parse(&text, std::path::Path::new("test.toml")).expect("test config");
+    let mut owner = owner_of(config);
+    let (outbox, _proposals) = mpsc::unbounded_channel();
+    owner.join_cluster(Shared::new("n1".into(), outbox));
+    let plan = owner.plan_disable("web", &names[..128], DisableMode::Immediate, false, T0).unwrap();
+    let refused = owner.decide("web", &plan, Source::Operator, T0).err().expect("refused");
+    assert_eq!(
+        refused.to_string(),
+        "refused, nothing changed: a cluster records a change of at most 127 servers at once (the store's \
+         operations per transaction); change these 128 in smaller groups"
+    );
+    let plan = owner.plan_disable("web", &names[..127], DisableMode::Immediate, false, T0).unwrap();
+    assert!(owner.decide("web", &plan, Source::Operator, T0).is_ok(), "127 at once are taken");
 }
