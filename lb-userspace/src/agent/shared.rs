@@ -119,8 +119,7 @@ impl<D: DatapathOps> Owner<D> {
         if plan.len() > MAX_SERVERS_AT_ONCE {
             return Err(ControlError::TooManyAtOnce { servers: plan.len(), max: MAX_SERVERS_AT_ONCE });
         }
-        let guards = vec![Guard { pool: pool.to_owned(), revision: shared.revision }];
-        let mut decision = Decision { proposals: Vec::new(), guards, changes: Vec::new() };
+        let mut decision = Decision { proposals: Vec::new(), guards: Vec::new(), changes: Vec::new() };
         for (name, transition) in plan {
             let slot = self.servers.find(pool, name).expect("planned server exists");
             let admin = servers::state::apply(&slot.admin, *transition, now_ms);
@@ -148,6 +147,12 @@ impl<D: DatapathOps> Owner<D> {
                 // cut is recorded.
                 from: shared.records.get(&key).map_or(slot.admin, |(_, admin)| *admin),
             });
+        }
+        // Only a server taken out of service meets a pool's limits: the end
+        // of a drain or a return is recorded whatever else changed.
+        let takes_out = |p: &Proposal| p.from == AdminState::Enabled && p.state.admin != AdminState::Enabled;
+        if decision.proposals.iter().any(takes_out) {
+            decision.guards.push(Guard { pool: pool.to_owned(), revision: shared.revision });
         }
         Ok(decision)
     }
@@ -314,11 +319,10 @@ impl<D: DatapathOps> Owner<D> {
     }
 
     /// Proposals the store refused because another server of their pool
-    /// changed first: no longer counted as proposed, and a monitor's
-    /// maintenance drain or return among them is planned again from the
-    /// pool as this node now sees it (a drain then waits its turn if the
-    /// pool has its most servers out). The others (a drain's end, a cut)
-    /// are proposed again by the sweep or the deadline that made them.
+    /// changed first (only those taking a server out carry a guard): no
+    /// longer counted as proposed, and a monitor's maintenance drain among
+    /// them is planned again from the pool as this node now sees it (it
+    /// then waits its turn if the pool has its most servers out).
     pub fn not_recorded(&mut self, batch: Batch, now_ms: u64) {
         let Some(shared) = &mut self.shared else { return };
         for p in &batch.proposals {
@@ -328,16 +332,9 @@ impl<D: DatapathOps> Owner<D> {
             let Some(slot) = self.servers.find(&p.pool, &p.server) else { continue };
             let (id, admin, health) = (slot.id, slot.admin, &slot.health);
             let reply = self.shared.as_ref().and_then(|s| s.replies.get(&(p.pool.clone(), p.server.clone())).cloned());
-            match (p.state.admin, reply) {
-                (AdminState::Draining { .. }, Some((matched, announced)))
-                    if admin == AdminState::Enabled && health.maintenance && health.queued.is_none() =>
-                {
-                    self.maintenance_begins(&p.pool, id, &matched, announced, now_ms);
-                }
-                (AdminState::Enabled, _) if admin != AdminState::Enabled && !health.maintenance => {
-                    self.maintenance_ends(&p.pool, id, now_ms);
-                }
-                _ => {}
+            let waits = admin == AdminState::Enabled && health.maintenance && health.queued.is_none();
+            if let (AdminState::Draining { .. }, Some((matched, announced)), true) = (p.state.admin, reply, waits) {
+                self.maintenance_begins(&p.pool, id, &matched, announced, now_ms);
             }
         }
     }

@@ -174,9 +174,10 @@ fn a_maintenance_reply_is_proposed_to_the_fleet_not_applied_here_alone() {
     assert!(matches!(owner.servers().find("web", "b").unwrap().admin, AdminState::Draining { .. }));
 }
 
-/// A decision carries its pool as the store last had it (the revision
-/// applied), so that the store records it only if no server of the pool
-/// changed meanwhile: the pool's limits were checked against them.
+/// A decision that takes a server out carries its pool as the store last
+/// had it (the revision applied), so that the store records it only if no
+/// server of the pool changed meanwhile: the pool's limits were checked
+/// against them. A return (or a drain's end) meets no limit: no guard.
 #[test]
 fn a_decision_is_guarded_by_its_pool_as_the_store_last_had_it() {
     let (mut owner, _proposals) = clustered("fleet-guards");
@@ -185,6 +186,10 @@ fn a_decision_is_guarded_by_its_pool_as_the_store_last_had_it() {
     let plan = owner.plan_disable("web", &names(&["a"]), DisableMode::Immediate, false, T0).unwrap();
     let decision = owner.decide("web", &plan, Source::Operator, T0).unwrap();
     assert_eq!(decision.guards, vec![crate::servers::Guard { pool: "web".into(), revision: 5 }]);
+    let p = decision.proposals.into_iter().next().unwrap();
+    owner.apply_shared(vec![StoredState { pool: p.pool, server: p.server, state: p.state, revision: 6 }], 6, T0);
+    let plan = owner.plan_enable("web", &names(&["a"]), false).unwrap();
+    assert!(owner.decide("web", &plan, Source::Operator, T0).unwrap().guards.is_empty(), "a return is not guarded");
 }
 
 /// In a cluster, a maintenance drain the store refused because another
