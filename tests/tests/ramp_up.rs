@@ -104,9 +104,14 @@ fn an_agent_restarted_during_a_ramp_goes_on_with_it() {
     let resumed = percent(&b);
     assert!(resumed < 100, "the restarted agent goes on with the ramp: {resumed}%");
     let reached = b.new_connections(150);
-    let share = reached.iter().filter(|s| *s == "s1").count() as f64 / reached.len() as f64;
-    let full = expected_share(100);
-    assert!(share < 0.6 * full, "at {resumed}% s1 gets a small part: {share:.3} (full: {full:.3})");
+    // Bounded by the percent the agent says after the batch (a slow
+    // machine only lets the ramp climb further meanwhile).
+    let after = percent(&b);
+    let n = reached.len() as f64;
+    let share = reached.iter().filter(|s| *s == "s1").count() as f64 / n;
+    let p = expected_share(after);
+    let bound = p + 4.0 * (p * (1.0 - p) / n).sqrt();
+    assert!(share <= bound, "at {resumed}-{after}% s1 gets its ramp's part: {share:.3} (at most {bound:.3})");
     let shown = b.lb(&["pool", "show", "p7"]);
     assert!(shown.contains("ENABLED, ramping up"), "{shown}");
 }
