@@ -639,6 +639,59 @@ pub mod flow_table {
         }
     }
 
+    /// The top bit of each lane of a bucket's tag word whose slot holds a
+    /// flow (its tag neither [`TAG_FREE`] nor [`TAG_BUSY`]).
+    #[inline(always)]
+    pub fn live_lanes(tags: u64) -> u64 {
+        const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+        // Bit 0 cleared: free (0) and busy (1) both read as 0.
+        let t = tags & 0xfffe_fffe_fffe_fffe;
+        (((t & LOW) + LOW) | t) & !LOW
+    }
+
+    /// A server hint in the place a tag carries it, in each of a tag word's
+    /// lanes: what [`lanes_with_hint`] compares with.
+    #[inline(always)]
+    pub fn hint_pattern(hint: u32) -> u64 {
+        ((hint as u64 % SERVER_HINTS as u64) << KEY_BITS) * 0x0001_0001_0001_0001
+    }
+
+    /// The top bit of each lane whose tag carries the hint of `pattern`
+    /// ([`hint_pattern`]): four lanes at once, no branch. Free and busy tags
+    /// carry hint 0: see [`live_lanes`].
+    #[inline(always)]
+    pub fn lanes_with_hint(tags: u64, pattern: u64) -> u64 {
+        const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+        const HINTS: u64 = 0xfc00_fc00_fc00_fc00;
+        let differ = (tags ^ pattern) & HINTS;
+        // A lane's top bit: set if its hint bits differ (bits 10..14 plus
+        // 0x7fff carry into bit 15 and no further).
+        !(((differ & LOW) + LOW) | differ) & !LOW
+    }
+
+    /// The top bit of each lane whose tag carries one of `hints` (bit `h`
+    /// for hint `h`): a lane at a time, for several servers' hints.
+    #[inline(always)]
+    pub fn lanes_with_hints(tags: u64, hints: u64) -> u64 {
+        let mut marks = 0;
+        for i in 0..BUCKET_SLOTS {
+            marks |= (hints >> tag_server_hint(lane(tags, i)) & 1) << (16 * i + 15);
+        }
+        marks
+    }
+
+    /// The index of the lowest set bit of `x` (64 if none), without a
+    /// branch or a table: BPF has no instruction for it.
+    #[inline(always)]
+    pub fn lowest_bit(x: u64) -> u32 {
+        // The bits below the lowest set one, counted.
+        let mut n = (x & x.wrapping_neg()).wrapping_sub(1);
+        n -= n >> 1 & 0x5555_5555_5555_5555;
+        n = (n & 0x3333_3333_3333_3333) + (n >> 2 & 0x3333_3333_3333_3333);
+        n = (n + (n >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+        (n.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+    }
+
     /// Buckets whose tag words share an element of the `flow_tags` map: a
     /// cache line of them, which the purge skips at once when all are free.
     pub const TAG_LINE_BUCKETS: u32 = 8;
@@ -1133,6 +1186,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The purge's four-lanes-at-once tests agree with a lane-by-lane
+    /// reading: live lanes, lanes of one hint (hint 0 included, which free
+    /// and busy tags also carry) and of several, over words of random tags
+    /// and of every hint; and the lowest set bit of any one-bit word.
+    #[test]
+    fn lane_marks_agree_with_each_lane_read_alone() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let special = [0u16, 1, 2, 0x03ff, 0x0400, 0x0401, 0xfc00, 0xffff];
+        for round in 0..20_000 {
+            let mut word = random();
+            // Some lanes free, busy or at the hints' edges.
+            for lane in 0..4 {
+                if random() % 3 == 0 {
+                    word = flow_table::with_lane(word, lane, special[random() as usize % special.len()]);
+                }
+            }
+            let live = |l: u32| flow_table::lane(word, l) > flow_table::TAG_BUSY;
+            let hint_of = |l: u32| flow_table::tag_server_hint(flow_table::lane(word, l));
+            let bits = |f: &dyn Fn(u32) -> bool| (0..4).filter(|l| f(*l)).fold(0u32, |b, l| b | 1 << l);
+            assert_eq!(lane_bits(flow_table::live_lanes(word)), bits(&live), "{word:#x}");
+            let hint = round % flow_table::SERVER_HINTS;
+            let one = flow_table::lanes_with_hint(word, flow_table::hint_pattern(hint));
+            assert_eq!(lane_bits(one), bits(&|l| hint_of(l) == hint), "{word:#x}, hint {hint}");
+            let hints = random() & random();
+            let several = flow_table::lanes_with_hints(word, hints);
+            assert_eq!(lane_bits(several), bits(&|l| hints >> hint_of(l) & 1 != 0), "{word:#x}");
+        }
+        for bit in 0..64 {
+            assert_eq!(flow_table::lowest_bit(1 << bit), bit);
+            assert_eq!(flow_table::lowest_bit(u64::MAX << bit), bit);
+        }
+        assert_eq!(flow_table::lowest_bit(0), 64);
+    }
+
+    /// A bit per lane (bit `i` for lane `i`) of a tag word's lane marks.
+    fn lane_bits(marks: u64) -> u32 {
+        (0..4).filter(|l| marks >> (16 * l + 15) & 1 != 0).fold(0, |bits, l| bits | 1 << l)
     }
 
     /// A flow's tag is never a free or busy one, carries its server's hint,

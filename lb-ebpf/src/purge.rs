@@ -16,7 +16,10 @@ use core::{ffi::c_void, ptr::write_volatile};
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_loop, macros::xdp, maps::Array, programs::XdpContext};
 use lb_common::{
     Flow, FlowKey, FlowKey6,
-    flow_table::{BUCKET_SLOTS, TAG_BUSY, TAG_FREE, TAG_LINE_BUCKETS, lane, tag_server_hint},
+    flow_table::{
+        BUCKET_SLOTS, TAG_BUSY, TAG_FREE, TAG_LINE_BUCKETS, hint_pattern, lane, lanes_with_hint, lanes_with_hints,
+        live_lanes, lowest_bit, tag_server_hint,
+    },
     purge,
 };
 
@@ -57,19 +60,27 @@ impl Purgeable for V6 {
     }
 }
 
-/// The walk's state, shared with the loop's steps: the next slot to look
-/// at (bucket and lane).
+/// The walk's state, shared with the loop's steps: the line of tags being
+/// read (its first bucket), the slots of it already looked at, and what
+/// marks a slot as one to read.
 struct Scan {
     next: u32,
-    lane: u32,
+    /// Slots of the line passed already, as bits of [`line_marks`].
+    done: u64,
     end: u32,
     purged: u32,
     hints: u64,
+    /// One server hint to look for ([`hint_pattern`]), if `hints` has one.
+    single: bool,
+    pattern: u64,
 }
 
 /// The most steps one `bpf_loop` takes (the helper refuses more); a run
 /// that stops short hands back where it got to, and the agent runs again.
 const MAX_STEPS: u32 = 1 << 23;
+
+/// Slots in a line of tags.
+const LINE_SLOTS: u32 = TAG_LINE_BUCKETS * BUCKET_SLOTS;
 
 #[xdp]
 pub fn purge_flows(_ctx: XdpContext) -> u32 {
@@ -81,7 +92,14 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
         let r = &*request;
         (r.next_bucket, r.end_bucket, r.purged, r.server_hints, r.family)
     };
-    let mut scan = Scan { next, lane: 0, end, purged, hints };
+    // Most purges are of one server, or of servers sharing a hint: their
+    // slots are found four lanes at a time.
+    let single = hints != 0 && hints & (hints - 1) == 0;
+    let pattern = hint_pattern(lowest_bit(hints));
+    // From the line's start, its buckets before `next` passed.
+    let done = buckets_before(next % TAG_LINE_BUCKETS);
+    let next = next - next % TAG_LINE_BUCKETS;
+    let mut scan = Scan { next, done, end, purged, hints, single, pattern };
     if family == purge::IPV6 {
         walk::<V6>(&mut scan);
     } else {
@@ -100,69 +118,77 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
 fn walk<F: Purgeable>(scan: &mut Scan) {
     scan.end = scan.end.min(F::bucket_mask() + 1);
     if scan.next < scan.end {
-        // At most a step per slot, and one to stop.
-        let steps = (scan.end - scan.next).saturating_mul(BUCKET_SLOTS).saturating_add(1).min(MAX_STEPS);
+        // At most a step per slot and one per line, and one to stop.
+        let steps = (scan.end - scan.next).saturating_mul(BUCKET_SLOTS + 1).saturating_add(1).min(MAX_STEPS);
         // SAFETY: `step` is a callback of the signature bpf_loop expects, and
         // `scan` outlives the loop.
         unsafe { bpf_loop(steps, step::<F> as *mut c_void, scan as *mut Scan as *mut c_void, 0) };
     }
 }
 
-/// One loop step: one slot of a marked server's flow, or a whole line of
-/// tags (`TAG_LINE_BUCKETS` buckets) or bucket skipped at once when none of
-/// their slots holds one. A step reads at most one slot's flow, so the
-/// verifier follows its few paths once (a step that read every flow of a
-/// line's buckets made it follow too many on a 6.18.44 kernel, and give
-/// up). Stops the loop (1) at the end of the range, or between buckets
-/// when `purged` may not hold a bucket's flows. A run cut short by
-/// [`MAX_STEPS`] within a bucket starts that bucket again: its freed slots
-/// read as free.
+/// One loop step: the next slot of a marked server's flow in a line of
+/// tags (`TAG_LINE_BUCKETS` buckets, 32 slots), found by the tags alone,
+/// or the rest of the line passed at once when it has none. A step reads
+/// at most one slot's flow, so the verifier follows its few paths once (a
+/// step that read every flow of a line's buckets made it follow too many on
+/// a 6.18.44 kernel, and give up). Stops the loop (1) at the end of the
+/// range, or between lines when `purged` may not hold a line's flows: a run
+/// ends on a line's start, where the next begins.
 extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the `Scan` that `purge_flows` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
     let next = scan.next;
-    if scan.lane == 0 && (next >= scan.end || scan.purged > purge::BATCH - BUCKET_SLOTS) {
+    if next >= scan.end || scan.done == 0 && scan.purged > purge::BATCH - LINE_SLOTS {
         return 1;
     }
     let Some(line) = F::flow_tags().get_ptr_mut(next / TAG_LINE_BUCKETS) else { return 1 };
-    if scan.lane == 0 {
-        // SAFETY: an element of the tags map.
-        let words = unsafe { core::ptr::read_volatile(line) };
-        if words.iter().fold(0, |any, w| any | w) == 0 {
-            scan.next = (next - next % TAG_LINE_BUCKETS + TAG_LINE_BUCKETS).min(scan.end);
-            return 0;
-        }
+    // SAFETY: an element of the tags map.
+    let words = unsafe { core::ptr::read_volatile(line) };
+    let open = !scan.done & buckets_before((scan.end - next).min(TAG_LINE_BUCKETS));
+    let marked = if scan.single {
+        line_marks(&words, |w| lanes_with_hint(w, scan.pattern))
+    } else {
+        line_marks(&words, |w| lanes_with_hints(w, scan.hints))
+    } & open;
+    if marked == 0 {
+        scan.next = next + TAG_LINE_BUCKETS;
+        scan.done = 0;
+        return 0;
     }
-    // SAFETY: within the line (the index is taken modulo its length).
-    let tags = unsafe { (line as *mut u64).add((next % TAG_LINE_BUCKETS) as usize) };
+    let at = lowest_bit(marked);
+    // Masked for the verifier, which checks the tag word's place in the
+    // line; read back through memory first, or LLVM, knowing `marked` is
+    // not 0, drops the masks (and the verifier knows no such thing).
+    // SAFETY: a local.
+    let at = unsafe { core::ptr::read_volatile(&at) };
+    let (b, i) = (at % 16 % TAG_LINE_BUCKETS, at / 16 % BUCKET_SLOTS);
+    // SAFETY: within the line (the index is masked to its length).
+    let tags = unsafe { (line as *mut u64).add(b as usize) };
     // SAFETY: an element of the tags map.
     let word = unsafe { core::ptr::read_volatile(tags) };
-    let lane = first_marked(word, scan.lane, scan.hints);
-    if lane < BUCKET_SLOTS {
-        scan.purged += purge_slot::<F>(next, lane, tags, word, scan.hints, scan.purged);
-    }
-    if lane + 1 >= BUCKET_SLOTS {
-        scan.next = next + 1;
-        scan.lane = 0;
-    } else {
-        scan.lane = lane + 1;
-    }
+    scan.purged += purge_slot::<F>(next + b, i, tags, word, scan.hints, scan.purged);
+    // This slot and those before it in the line's order (bit 63 is the last).
+    scan.done |= (2u64 << at).wrapping_sub(1);
     0
 }
 
-/// The first slot from lane `from` on whose tag is a flow's with the hint
-/// of a marked server (`hints`), or `BUCKET_SLOTS` if none: the slots in
-/// between are passed over in the same step.
+/// A bit per slot of a line of tag words whose tag is a flow's and carries
+/// a marked hint, as `hinted` finds them in each word: lane `i` of bucket
+/// `b` is bit `16 i + b` (from each word's lane marks, bits `16 i + 15`,
+/// shifted into place: no gathering of bits).
 #[inline(always)]
-fn first_marked(word: u64, from: u32, hints: u64) -> u32 {
-    let mut found = BUCKET_SLOTS;
-    for i in (0..BUCKET_SLOTS).rev() {
-        let tag = lane(word, i);
-        if i >= from && tag != TAG_FREE && tag != TAG_BUSY && hints >> tag_server_hint(tag) & 1 != 0 {
-            found = i;
-        }
+fn line_marks(words: &[u64; TAG_LINE_BUCKETS as usize], hinted: impl Fn(u64) -> u64) -> u64 {
+    let mut marks = 0u64;
+    for (b, &word) in words.iter().enumerate() {
+        marks |= (hinted(word) & live_lanes(word)) >> (15 - b as u32);
     }
-    found
+    marks
+}
+
+/// The bits of [`line_marks`] of the line's first `buckets` buckets.
+#[inline(always)]
+fn buckets_before(buckets: u32) -> u64 {
+    ((1u64 << buckets) - 1) * 0x0001_0001_0001_0001
 }
 
 /// Frees slot `i` of `bucket` if its flow is on a marked server, writing it

@@ -132,7 +132,8 @@ fn flows_stay_whole_while_the_datapath_and_the_agent_write_the_table_at_once() {
 /// The purge (in the kernel) frees exactly the flows of the servers it is
 /// given, and hands each back once: flows the datapath created, and more
 /// than one run hands back (so over several runs), but not the flows of a
-/// server whose id shares their tags' server hint.
+/// server whose id shares their tags' server hint; for servers of one hint
+/// (hint 0 included) and of several.
 #[test]
 fn a_purge_frees_exactly_the_flows_of_its_servers() {
     let net = fixture_netns();
@@ -153,9 +154,11 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
             let syn = Pkt::tcp((client(i), 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
             assert_eq!(test_run(bed.dp().program(), &syn, toclient).0, XDP_REDIRECT);
         }
-        // Flows filled in: 80000 more, on s1, s2, and ids sharing their hints.
+        // Flows filled in: 80000 more, on s1, s2, ids sharing their hints,
+        // and one of hint 0 (the hint free and busy tags carry too).
         let twins = [s1 + SERVER_HINTS, s2 + SERVER_HINTS];
-        let server_of = |i: u32| [s1, s2, twins[0], twins[1]][i as usize % 4];
+        let hint_zero = 2 * SERVER_HINTS;
+        let server_of = |i: u32| [s1, s2, twins[0], twins[1], hint_zero][i as usize % 5];
         fill_flows(&bed.dp().maps.flows, 1000..81_000, (VIP, 80), server_of);
         let table = |bed: &FixtureBed| {
             let mut flows: HashMap<FlowKey, u32> = HashMap::new();
@@ -163,7 +166,8 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
             flows
         };
         let mut expected = table(&bed);
-        for servers in [vec![s2], vec![twins[0]], vec![s1, twins[1]]] {
+        // One hint (found four slots at once), then several.
+        for servers in [vec![s2], vec![twins[0]], vec![hint_zero], vec![s1, twins[1]]] {
             let doomed: HashMap<FlowKey, u32> =
                 expected.iter().filter(|(_, id)| servers.contains(id)).map(|(k, id)| (*k, *id)).collect();
             let (mut freed, mut runs) = (HashMap::new(), 0);
