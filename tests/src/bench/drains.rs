@@ -62,6 +62,9 @@ struct Seen {
     raced: u64,
     lost: u64,
     busy_broken: usize,
+    /// Of `busy_broken`, those ended by a reset (the others read a clean
+    /// end: HAProxy's `shutdown sessions` closes them with a FIN).
+    busy_reset: usize,
 }
 
 impl Seen {
@@ -85,7 +88,7 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
     let of = |c: Contender| seen.iter().find(|(x, _)| *x == c).map(|(_, s)| s);
     for (contender, s) in &seen {
         let note = format!(
-            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried ({} of them after a reset), {} lost; {} busy broken at the deadline",
+            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried ({} of them after a reset), {} lost; {} busy broken at the deadline ({} by a reset, the rest by a FIN)",
             s.idle,
             s.idle_closed,
             s.idle_closed_after.as_secs_f64(),
@@ -94,7 +97,8 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
             s.retried,
             s.raced,
             s.lost,
-            s.busy_broken
+            s.busy_broken,
+            s.busy_reset
         );
         let target = match contender {
             Contender::OursIdleClose => of(Contender::Haproxy).map(|h| Target::AtMost(h.errors() as f64)),
@@ -182,6 +186,8 @@ fn drain_once(
         Ok(())
     })?;
     seen.busy_broken = busy.iter().filter(|s| s.ended().is_some()).count();
+    seen.busy_reset =
+        busy.iter().filter(|s| s.ended().is_some_and(|e| e.kind == std::io::ErrorKind::ConnectionReset)).count();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     (seen.requests, seen.retried, seen.raced, seen.lost) =
         (count(&counts.requests), count(&counts.retried), count(&counts.raced), count(&counts.lost));
