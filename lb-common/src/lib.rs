@@ -681,7 +681,9 @@ pub mod flow_table {
     }
 
     /// The index of the lowest set bit of `x` (64 if none), without a
-    /// branch or a table: BPF has no instruction for it.
+    /// branch: BPF has no instruction for it. (LLVM may recognise the count
+    /// and compile it to a lookup in a small read-only table instead: its
+    /// result then needs a mask the verifier can see, see the purge.)
     #[inline(always)]
     pub fn lowest_bit(x: u64) -> u32 {
         // The bits below the lowest set one, counted.
