@@ -4,11 +4,11 @@
 //! (`parse6`), then TCP or UDP.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr6, FlowKey, FlowKey6, Outcome, proto};
+use lb_common::{Addr6, FlowKey, FlowKey6, Outcome, filter, proto};
 
 use crate::{
     family::{Family, V4, V6},
-    maps::{VIP_ADDRS, VIP_ADDRS6},
+    maps::{FILTER, VIP_ADDRS, VIP_ADDRS6},
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -292,6 +292,29 @@ fn parse_l4(
     }
 }
 
+/// Whether a packet of `protocol` whose L4 header starts at `l4` may be
+/// ours, from its ports alone (the filter, [`filter`]): a service may be at
+/// its destination (`service_index` of its destination port), or a server
+/// endpoint may send from its source port. Asked before the TCP or UDP
+/// header is parsed, so that the host's own traffic pays for no more
+/// (measured, alternately: a packet not for a VIP 20 -> 12-14 ns in IPv4,
+/// 33 -> 22-26 in IPv6; the other paths unchanged). A malformed TCP or UDP
+/// header to a port of no service is then passed to the kernel as the
+/// host's own, as one to another address is. Packets of another
+/// protocol, or whose ports lie beyond the frame, are left to the parse,
+/// which names what they are.
+#[inline(always)]
+fn may_be_ours(ctx: &XdpContext, protocol: u8, l4: usize, service_index: impl Fn(u16) -> u32) -> bool {
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return true;
+    }
+    let Some(ports) = ptr_at::<Ports>(ctx, l4) else { return true };
+    // SAFETY: in the frame (`ptr_at`).
+    let p = unsafe { &*ports };
+    let bits = |index: u32| FILTER.get(index).copied().unwrap_or(0);
+    bits(service_index(p.dst)) & filter::SERVICE != 0 || bits(p.src as u32) & filter::SERVER_PORT != 0
+}
+
 /// Parses Ethernet, IPv4 and the TCP or UDP header (the caller checked the
 /// EtherType). `Err` carries the outcome of a packet that goes no further
 /// (passed or dropped, never rewritten).
@@ -317,7 +340,11 @@ pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
         return Err(refuse(iph.daddr, Outcome::DropIpOptions));
     }
     let daddr = iph.daddr;
-    let l4 = parse_l4(ctx, iph.protocol, ETH_HLEN + IPV4_HLEN, tot_len - IPV4_HLEN, |r| refuse(daddr, r))?;
+    let protocol = iph.protocol;
+    if !may_be_ours(ctx, protocol, ETH_HLEN + IPV4_HLEN, |port| filter::service_index(daddr, port, protocol)) {
+        return Err(Outcome::PassNotForUs);
+    }
+    let l4 = parse_l4(ctx, protocol, ETH_HLEN + IPV4_HLEN, tot_len - IPV4_HLEN, |r| refuse(daddr, r))?;
     // SAFETY: a field of a header in the frame.
     let p = unsafe { &*l4.ports };
     Ok(Packet {
@@ -355,6 +382,9 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
     let (protocol, l4) = walk_extensions(ctx, iph.nexthdr, &refused)?;
     if l4 > end {
         return Err(refused(Outcome::DropTruncated));
+    }
+    if !may_be_ours(ctx, protocol, l4, |port| filter::service_index6(&daddr, port, protocol)) {
+        return Err(Outcome::PassNotForUs);
     }
     let l4h = parse_l4(ctx, protocol, l4, end - l4, refused)?;
     // SAFETY: a field of a header in the frame.

@@ -106,7 +106,8 @@ fn datapath_fixtures() {
                 client_tcp(40000, 80).ttl(1).build(),
                 PassTtlExpired,
             ),
-            // Malformed packets: dropped when meant for a VIP, passed otherwise, never half-rewritten.
+            // Malformed packets: dropped when meant for a VIP (any port once its IP header is in doubt, a
+            // service's port once its ports are read), passed otherwise, never half-rewritten.
             drop("truncated IPv4 header drops", client_tcp(40000, 80).build()[..24].to_vec(), DropTruncated),
             drop("IHL below 5 drops", client_tcp(40000, 80).ihl(4).build(), DropBadIpHeader),
             drop("IP options to a VIP drop", client_tcp(40000, 80).options(&[1, 1, 1, 0]).build(), DropIpOptions),
@@ -133,6 +134,11 @@ fn datapath_fixtures() {
                 DropTruncated,
             ),
             drop("TCP data offset below 5 drops", client_tcp(40000, 80).data_offset(2).build(), DropTruncated),
+            pass(
+                "a malformed TCP header to a VIP's port of no service passes (the host's own port)",
+                client_tcp(40000, 2222).data_offset(2).build(),
+                PassNotForUs,
+            ),
             drop(
                 "UDP header cut short drops",
                 Pkt::udp((CLIENT, 5000), (VIP, 53)).tot_len(24).truncate(14 + 24).build(),

@@ -133,6 +133,12 @@ fn ipv6_fixtures() {
                 DropTruncated,
             ),
             drop("TCP header cut short drops", client6(40000, 80).tot_len(10).truncate(14 + 50).build(), DropTruncated),
+            drop("TCP data offset below 5 drops", client6(40000, 80).data_offset(2).build(), DropTruncated),
+            pass(
+                "a malformed TCP header to a VIP's port of no service passes (the host's own port)",
+                client6(40000, 2222).data_offset(2).build(),
+                PassNotForUs,
+            ),
             drop(
                 "an extension header cut short drops",
                 client6(40006, 80).ext_header(60, &PADDING).tot_len(4).truncate(14 + 44).build(),
