@@ -86,6 +86,11 @@ mod program {
     /// family has the verifier's 512 bytes of stack to itself.
     #[xdp]
     pub fn lb6(ctx: XdpContext) -> u32 {
+        // The host's own traffic, told apart before the parse.
+        if !parse::ipv6_may_be_ours(&ctx) {
+            count(Outcome::PassNotForUs);
+            return xdp_action::XDP_PASS;
+        }
         let (outcome, verdict) = match unpack(handle6(&ctx)) {
             (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
                 unpack(new_flow6(&ctx, verdict & !NEW_FLOW))

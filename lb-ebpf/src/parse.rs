@@ -360,6 +360,27 @@ pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
     })
 }
 
+/// [`may_be_ours`] for an IPv6 packet without extension headers, asked
+/// first by `lb6`, before its out-of-line parse: the host's own IPv6
+/// traffic goes back to the kernel for what IPv4's costs (measured,
+/// alternately: 23 -> 13 ns; IPv4 12-14), at about 3 ns more for IPv6
+/// packets to a VIP (the header is read twice). Anything else (extension
+/// headers, a bad version or length) may be ours: [`parse6`] tells what
+/// it is. Asked in `lb` before its tail call instead, it cost IPv4's path
+/// 4 ns (LLVM compiled `lb` differently around it).
+#[inline(always)]
+pub fn ipv6_may_be_ours(ctx: &XdpContext) -> bool {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return true };
+    // SAFETY: in the frame (`ptr_at`).
+    let iph = unsafe { &*ip };
+    let end = ETH_HLEN + IPV6_HLEN + u16::from_be(iph.payload_len) as usize;
+    if (u32::from_be(iph.vtc_flow) >> 28) != 6 || end > ctx.data_end() - ctx.data() {
+        return true;
+    }
+    let (daddr, protocol) = (iph.daddr, iph.nexthdr);
+    may_be_ours(ctx, protocol, ETH_HLEN + IPV6_HLEN, |port| filter::service_index6(&daddr, port, protocol))
+}
+
 /// Parses Ethernet, IPv6, its extension headers and the TCP or UDP header
 /// (the caller checked the EtherType). As [`parse4`]: fragments and odd
 /// extension headers to a VIP are dropped with their reason.
@@ -383,7 +404,10 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
     if l4 > end {
         return Err(refused(Outcome::DropTruncated));
     }
-    if !may_be_ours(ctx, protocol, l4, |port| filter::service_index6(&daddr, port, protocol)) {
+    // Without extension headers, `lb6` asked already ([`ipv6_may_be_ours`]).
+    if l4 != ETH_HLEN + IPV6_HLEN
+        && !may_be_ours(ctx, protocol, l4, |port| filter::service_index6(&daddr, port, protocol))
+    {
         return Err(Outcome::PassNotForUs);
     }
     let l4h = parse_l4(ctx, protocol, l4, end - l4, refused)?;

@@ -139,6 +139,11 @@ fn ipv6_fixtures() {
                 client6(40000, 2222).data_offset(2).build(),
                 PassNotForUs,
             ),
+            pass(
+                "the same behind a destination-options header passes",
+                client6(40000, 2222).ext_header(60, &PADDING).data_offset(2).build(),
+                PassNotForUs,
+            ),
             drop(
                 "an extension header cut short drops",
                 client6(40006, 80).ext_header(60, &PADDING).tot_len(4).truncate(14 + 44).build(),
