@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, ClientHop, FlowKey, FlowKey6, FlowSlot, FlowSlot6, NextHop, ResetRequest, ResetRequest6, ReverseNat,
-    ReverseNat6, Server, ServiceKey, ServiceKey6, TableSlot, filter, flow_table,
+    ReverseNat6, Server, ServiceKey, ServiceKey6, TableSlot, flow_table,
 };
 
 use crate::{
@@ -77,7 +77,6 @@ pub trait Family: Sized + 'static {
     fn client_hops() -> &'static PerCpuArray<ClientHop>;
     /// An address as the client-hop cache keys it.
     fn cache_words(addr: &Self::Addr) -> [u32; 4];
-    fn service_index(addr: &Self::Addr, port: u16, proto: u8) -> u32;
     /// The server's address in this family (`None`: it has none).
     fn server_addr(server_id: u32, server: &Server) -> Option<Self::Addr>;
     fn reset_request(src: Self::Addr, dst: Self::Addr, src_port: u16, dst_port: u16, seq: u32) -> Self::Reset;
@@ -288,10 +287,6 @@ impl Family for V4 {
         [*addr, 0, 0, 0]
     }
     #[inline(always)]
-    fn service_index(addr: &u32, port: u16, proto: u8) -> u32 {
-        filter::service_index(*addr, port, proto)
-    }
-    #[inline(always)]
     fn server_addr(_server_id: u32, server: &Server) -> Option<u32> {
         Some(server.addr)
     }
@@ -396,10 +391,6 @@ impl Family for V6 {
     #[inline(always)]
     fn cache_words(addr: &Addr6) -> [u32; 4] {
         *addr
-    }
-    #[inline(always)]
-    fn service_index(addr: &Addr6, port: u16, proto: u8) -> u32 {
-        filter::service_index6(addr, port, proto)
     }
     #[inline(always)]
     fn server_addr(server_id: u32, _server: &Server) -> Option<Addr6> {

@@ -87,13 +87,14 @@ mod program {
     #[xdp]
     pub fn lb6(ctx: XdpContext) -> u32 {
         // The host's own traffic, told apart before the parse.
-        if !parse::ipv6_may_be_ours(&ctx) {
+        let early = parse::ipv6_filter(&ctx);
+        if early == Some(0) {
             count(Outcome::PassNotForUs);
             return xdp_action::XDP_PASS;
         }
-        let (outcome, verdict) = match unpack(handle6(&ctx)) {
+        let (outcome, verdict) = match unpack(handle6(&ctx, early)) {
             (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
-                unpack(new_flow6(&ctx, verdict & !NEW_FLOW))
+                unpack(new_flow6(&ctx, verdict & !NEW_FLOW, early))
             }
             (Outcome::PassOtherProtocol, _) => unpack(icmp6(&ctx)),
             done => done,
@@ -107,8 +108,8 @@ mod program {
     /// never add up: IPv6's keys are larger, and both in one frame did not
     /// fit. The outcome and verdict come back packed in one register.
     #[inline(never)]
-    fn handle6(ctx: &XdpContext) -> u64 {
-        pack(parse::parse6(ctx).and_then(|pkt| handle(ctx, pkt)))
+    fn handle6(ctx: &XdpContext, early: Option<u8>) -> u64 {
+        pack(parse::parse6(ctx, early).and_then(|pkt| handle(ctx, pkt)))
     }
 
     /// In the verdict of a `ForwardNewFlow` answer: not sent yet, the flow
@@ -119,13 +120,13 @@ mod program {
     /// An IPv6 packet's new flow, on the service [`handle6`] found. The
     /// packet is parsed again (it is unchanged): a few nanoseconds a SYN.
     #[inline(never)]
-    fn new_flow6(ctx: &XdpContext, index: u32) -> u64 {
+    fn new_flow6(ctx: &XdpContext, index: u32, early: Option<u8>) -> u64 {
         let create = |mut pkt: Packet<V6>| {
             let now = now();
             let hash = family::hash::<V6>(&pkt.key);
             create_flow(ctx, &mut pkt, hash, &Service { index }, now)
         };
-        pack(parse::parse6(ctx).and_then(create))
+        pack(parse::parse6(ctx, early).and_then(create))
     }
 
     /// ICMP to a VIP (neither TCP nor UDP): an error about a balanced flow
@@ -174,9 +175,8 @@ mod program {
 
     #[inline(always)]
     fn handle<F: Resets>(ctx: &XdpContext, mut pkt: Packet<F>) -> Result<(Outcome, u32), Outcome> {
-        let bits = |index: u32| FILTER.get(index).copied().unwrap_or(0);
         let k = &pkt.key;
-        if bits(F::service_index(&k.dst(), k.dst_port(), k.proto())) & filter::SERVICE != 0 {
+        if pkt.filter & filter::SERVICE != 0 {
             check_ttl(&pkt)?;
             let now = now();
             let service_key = F::service_key(k.dst(), k.dst_port(), k.proto());
@@ -202,7 +202,13 @@ mod program {
                 return create_flow(ctx, &mut pkt, hash, service, now);
             }
         }
-        if bits(k.src_port() as u32) & filter::SERVER_PORT == 0 {
+        // The parse read the source port's bit only for a packet that no
+        // service may be at.
+        let from_server = match pkt.filter {
+            filter::SERVICE => FILTER.get(k.src_port() as u32).copied().unwrap_or(0) & filter::SERVER_PORT != 0,
+            bits => bits & filter::SERVER_PORT != 0,
+        };
+        if !from_server {
             return Err(Outcome::PassNotForUs);
         }
         // From a server endpoint: a reply to rewrite back to the VIP.

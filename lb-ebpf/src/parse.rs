@@ -127,6 +127,9 @@ pub struct Packet<F: Family> {
     l4_check: *mut u16,
     /// 5-tuple as received, network byte order.
     pub key: F::Key,
+    /// The filter's word on its ports ([`filter_bits`]): `SERVICE`, or else
+    /// whether `SERVER_PORT` (never 0: such a packet is not ours).
+    pub filter: u8,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
     /// TCP acknowledgement number, host order; 0 for UDP.
@@ -292,27 +295,41 @@ fn parse_l4(
     }
 }
 
-/// Whether a packet of `protocol` whose L4 header starts at `l4` may be
-/// ours, from its ports alone (the filter, [`filter`]): a service may be at
-/// its destination (`service_index` of its destination port), or a server
-/// endpoint may send from its source port. Asked before the TCP or UDP
-/// header is parsed, so that the host's own traffic pays for no more
-/// (measured, alternately: a packet not for a VIP 20 -> 12-14 ns in IPv4,
-/// 33 -> 22-26 in IPv6; the other paths unchanged). A malformed TCP or UDP
-/// header to a port of no service is then passed to the kernel as the
-/// host's own, as one to another address is. Packets of another
-/// protocol, or whose ports lie beyond the frame, are left to the parse,
-/// which names what they are.
+/// The filter's word on a packet of `protocol` whose L4 header starts at
+/// `l4`, from its ports alone ([`filter`]): `SERVICE` if a service may be
+/// at its destination (`service_index` of its destination port), else
+/// `SERVER_PORT` if a server endpoint may send from its source port, else
+/// 0: not ours. Read before the TCP or UDP header is parsed, so that the
+/// host's own traffic pays for no more (measured, alternately: a packet not
+/// for a VIP 20 -> 12-14 ns in IPv4, 33 -> 22-26 in IPv6; the other paths
+/// unchanged), and once: the packet carries it on ([`Packet::filter`]). A
+/// malformed TCP or UDP header to a port of no service is then passed to
+/// the kernel as the host's own, as one to another address is. `None` for
+/// a packet of another protocol, or whose ports lie beyond the frame: the
+/// parse names what it is.
 #[inline(always)]
-fn may_be_ours(ctx: &XdpContext, protocol: u8, l4: usize, service_index: impl Fn(u16) -> u32) -> bool {
+fn filter_bits(ctx: &XdpContext, protocol: u8, l4: usize, service_index: impl Fn(u16) -> u32) -> Option<u8> {
     if protocol != proto::TCP && protocol != proto::UDP {
-        return true;
+        return None;
     }
-    let Some(ports) = ptr_at::<Ports>(ctx, l4) else { return true };
+    let ports = ptr_at::<Ports>(ctx, l4)?;
     // SAFETY: in the frame (`ptr_at`).
     let p = unsafe { &*ports };
     let bits = |index: u32| FILTER.get(index).copied().unwrap_or(0);
-    bits(service_index(p.dst)) & filter::SERVICE != 0 || bits(p.src as u32) & filter::SERVER_PORT != 0
+    if bits(service_index(p.dst)) & filter::SERVICE != 0 {
+        return Some(filter::SERVICE);
+    }
+    Some(bits(p.src as u32) & filter::SERVER_PORT)
+}
+
+/// [`filter_bits`] in a parse: `Err` for a packet that is not ours. `None`
+/// (the parse fails further on) reads as 0.
+#[inline(always)]
+fn ours(filter: Option<u8>) -> Result<u8, Outcome> {
+    match filter {
+        Some(0) => Err(Outcome::PassNotForUs),
+        bits => Ok(bits.unwrap_or(0)),
+    }
 }
 
 /// Parses Ethernet, IPv4 and the TCP or UDP header (the caller checked the
@@ -341,9 +358,8 @@ pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
     }
     let daddr = iph.daddr;
     let protocol = iph.protocol;
-    if !may_be_ours(ctx, protocol, ETH_HLEN + IPV4_HLEN, |port| filter::service_index(daddr, port, protocol)) {
-        return Err(Outcome::PassNotForUs);
-    }
+    let filter =
+        ours(filter_bits(ctx, protocol, ETH_HLEN + IPV4_HLEN, |port| filter::service_index(daddr, port, protocol)))?;
     let l4 = parse_l4(ctx, protocol, ETH_HLEN + IPV4_HLEN, tot_len - IPV4_HLEN, |r| refuse(daddr, r))?;
     // SAFETY: a field of a header in the frame.
     let p = unsafe { &*l4.ports };
@@ -353,6 +369,7 @@ pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
         ports: l4.ports,
         l4_check: l4.l4_check,
         key: FlowKey::new(iph.saddr, iph.daddr, p.src, p.dst, iph.protocol),
+        filter,
         tcp_flags: l4.tcp_flags,
         tcp_ack: l4.tcp_ack,
         seq_end: l4.seq_end,
@@ -360,32 +377,33 @@ pub fn parse4(ctx: &XdpContext) -> Result<Packet<V4>, Outcome> {
     })
 }
 
-/// [`may_be_ours`] for an IPv6 packet without extension headers, asked
+/// [`filter_bits`] for an IPv6 packet without extension headers, read
 /// first by `lb6`, before its out-of-line parse: the host's own IPv6
 /// traffic goes back to the kernel for what IPv4's costs (measured,
 /// alternately: 23 -> 13 ns; IPv4 12-14), at about 3 ns more for IPv6
-/// packets to a VIP (the header is read twice). Anything else (extension
-/// headers, a bad version or length) may be ours: [`parse6`] tells what
-/// it is. Asked in `lb` before its tail call instead, it cost IPv4's path
-/// 4 ns (LLVM compiled `lb` differently around it).
+/// packets to a VIP (the header is read twice), and [`parse6`] takes the
+/// bits from it. `None` for anything else (extension headers, a bad
+/// version or length): [`parse6`] tells what it is. Read in `lb` before
+/// its tail call instead, it cost IPv4's path 4 ns (LLVM compiled `lb`
+/// differently around it).
 #[inline(always)]
-pub fn ipv6_may_be_ours(ctx: &XdpContext) -> bool {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return true };
+pub fn ipv6_filter(ctx: &XdpContext) -> Option<u8> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: in the frame (`ptr_at`).
     let iph = unsafe { &*ip };
     let end = ETH_HLEN + IPV6_HLEN + u16::from_be(iph.payload_len) as usize;
     if (u32::from_be(iph.vtc_flow) >> 28) != 6 || end > ctx.data_end() - ctx.data() {
-        return true;
+        return None;
     }
     let (daddr, protocol) = (iph.daddr, iph.nexthdr);
-    may_be_ours(ctx, protocol, ETH_HLEN + IPV6_HLEN, |port| filter::service_index6(&daddr, port, protocol))
+    filter_bits(ctx, protocol, ETH_HLEN + IPV6_HLEN, |port| filter::service_index6(&daddr, port, protocol))
 }
 
 /// Parses Ethernet, IPv6, its extension headers and the TCP or UDP header
 /// (the caller checked the EtherType). As [`parse4`]: fragments and odd
 /// extension headers to a VIP are dropped with their reason.
 #[inline(always)]
-pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
+pub fn parse6(ctx: &XdpContext, early: Option<u8>) -> Result<Packet<V6>, Outcome> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::PassNotIp)?;
     let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Outcome::DropTruncated)?;
     // SAFETY: in the frame (`ptr_at`).
@@ -404,12 +422,9 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
     if l4 > end {
         return Err(refused(Outcome::DropTruncated));
     }
-    // Without extension headers, `lb6` asked already ([`ipv6_may_be_ours`]).
-    if l4 != ETH_HLEN + IPV6_HLEN
-        && !may_be_ours(ctx, protocol, l4, |port| filter::service_index6(&daddr, port, protocol))
-    {
-        return Err(Outcome::PassNotForUs);
-    }
+    // Without extension headers, `lb6` read the filter already (`early`).
+    let filter =
+        ours(early.or_else(|| filter_bits(ctx, protocol, l4, |port| filter::service_index6(&daddr, port, protocol))))?;
     let l4h = parse_l4(ctx, protocol, l4, end - l4, refused)?;
     // SAFETY: a field of a header in the frame.
     if protocol == proto::UDP && unsafe { *l4h.l4_check } == 0 {
@@ -423,6 +438,7 @@ pub fn parse6(ctx: &XdpContext) -> Result<Packet<V6>, Outcome> {
         ports: l4h.ports,
         l4_check: l4h.l4_check,
         key: FlowKey6::new(iph.saddr, daddr, p.src, p.dst, protocol),
+        filter,
         tcp_flags: l4h.tcp_flags,
         tcp_ack: l4h.tcp_ack,
         seq_end: l4h.seq_end,

@@ -499,6 +499,30 @@ fn an_endpoint_serving_two_services_finds_the_vip_per_flow() {
     });
 }
 
+/// The filter folds a destination (address, port, protocol) into 16 bits,
+/// so a server's reply to a client may land on a service's index: it is
+/// still a reply (the parse reads the source port's bit only for packets
+/// that no service may be at; the rest of the path reads it then).
+#[test]
+fn a_reply_whose_client_folds_onto_a_services_filter_index_is_still_a_reply() {
+    let native = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let index = |a: Ipv4Addr, port: u16| lb_common::filter::service_index(native(a), port.to_be(), proto::TCP);
+    // The client port whose index is the web service's (the fold is a xor).
+    let port = u16::from_be((index(VIP, 80) ^ index(CLIENT, 0)) as u16);
+    assert_eq!(index(CLIENT, port), index(VIP, 80));
+    let ns = fixture_netns();
+    ns.run(|| {
+        let bed = FixtureBed::load(&config((1, 0)));
+        let s1 = (SERVER1, 8080);
+        let syn = client_tcp(port, 80).flags(SYN).seq(1000, 0);
+        let syn_ack = Pkt::tcp(s1, (CLIENT, port)).macs(SERVER1_MAC, TOSERVER_MAC).flags(SYN | ACK).seq(7000, 1001);
+        bed.run(&[
+            forward("a flow from the colliding port", &syn, s1, SERVER1_MAC, "web", "s1", true),
+            reply("its reply is rewritten back to the VIP", &syn_ack, (VIP, 80), "web", "s1"),
+        ]);
+    });
+}
+
 /// A server removed from the config is taken out by its pool's
 /// `graceful_disable_timeout`: "infinite" (the default) lets its flow go on
 /// while it is "removing"; "0" terminates the flow at once and forgets it.
