@@ -376,6 +376,12 @@ pub mod flow_seen {
     /// Written from another node's copy (flow replication): this node has
     /// forwarded it only if it was seen since (`last_seen_ns > created_ns`).
     pub const COPY: u8 = 64;
+    /// The client sent data after the server last did: a request the server
+    /// has not answered yet (set by the client's new data, SYN included,
+    /// cleared by the server's). A quiet connection without it rests between
+    /// requests; with it, its server is still at work (see the agent's
+    /// `idle_close`). A flow written before this bit existed reads as resting.
+    pub const AWAITING_SERVER: u8 = 128;
 
     /// A TCP flow is over once reset, or closed by both sides. A half-closed
     /// one (one FIN) is still in use: the other side may go on sending.

@@ -187,7 +187,9 @@ pub fn touch<F: Family>(slot: *mut F::Slot, pkt: &Packet<F>, now: u64, from_clie
 }
 
 /// Keeps each side's next sequence number (so the agent can reset both ends
-/// in-window, idle connections included) and what closed the connection.
+/// in-window, idle connections included), which side sent data last (so it
+/// can tell a resting connection from one whose request is being served),
+/// and what closed the connection.
 #[inline(always)]
 fn track_tcp<F: Family>(flow: &mut Flow, pkt: &Packet<F>, from_client: bool) {
     let (fin_bit, seq_bit) = if from_client {
@@ -199,7 +201,10 @@ fn track_tcp<F: Family>(flow: &mut Flow, pkt: &Packet<F>, from_client: bool) {
     // A reset carries no data; its sequence number need not be in order.
     if !pkt.is_rst() && (flow.seen & seq_bit == 0 || (pkt.seq_end.wrapping_sub(*next) as i32) > 0) {
         *next = pkt.seq_end;
-        flow.seen |= seq_bit;
+        // New data: which end spoke last (one store, as before: `seen` was
+        // written here anyway). Pure ACKs and retransmissions change nothing.
+        let seen = flow.seen | seq_bit;
+        flow.seen = if from_client { seen | flow_seen::AWAITING_SERVER } else { seen & !flow_seen::AWAITING_SERVER };
     }
     // The client's first ACK completes the handshake: until then the flow is
     // half-open, and the first to give way in a full table.

@@ -20,7 +20,9 @@ use crate::netns::NetNs;
 pub enum Kind {
     /// HTTP/1.1 (keep-alive too); the body is the server's name and a newline.
     Http,
-    /// Each line is answered with "<name> <line>".
+    /// Each line is answered with "<name> <line>"; the line "hold" only once
+    /// [`Server::release_held`] was called (a request its server takes as
+    /// long as a test wants).
     LineEcho,
     /// Each datagram is answered with "<name> <datagram>".
     UdpEcho,
@@ -40,6 +42,8 @@ pub struct Server {
     answered: Arc<AtomicU64>,
     /// The source port of every TCP connection accepted.
     client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
+    /// Set: "hold" lines are answered.
+    release: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -50,6 +54,7 @@ impl Server {
         let resets = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(AtomicU64::new(0));
         let client_ports = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let release = Arc::new(AtomicBool::new(false));
         // Dual stack: IPv4 clients arrive as v4-mapped addresses.
         let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         let (name_, stop_, served_, resets_, answered_) =
@@ -68,11 +73,17 @@ impl Server {
                     resets: resets_,
                     answered: answered_,
                     client_ports: Arc::clone(&client_ports),
+                    release: Arc::clone(&release),
                 };
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &counters))
             }
         };
-        Server { name: name.to_owned(), stop, served, resets, answered, client_ports, thread: Some(thread) }
+        Server { name: name.to_owned(), stop, served, resets, answered, client_ports, release, thread: Some(thread) }
+    }
+
+    /// Answers the "hold" lines waiting and to come.
+    pub fn release_held(&self) {
+        self.release.store(true, Ordering::Relaxed);
     }
 
     /// Stops serving: the listener and every connection close.
@@ -114,6 +125,7 @@ struct Counters {
     resets: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
     client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
+    release: Arc<AtomicBool>,
 }
 
 fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicBool>, counters: &Counters) {
@@ -125,8 +137,9 @@ fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicB
                 counters.client_ports.lock().unwrap().insert(peer.port());
                 let (name, stop) = (name.to_owned(), Arc::clone(stop));
                 let (resets, answered) = (Arc::clone(&counters.resets), Arc::clone(&counters.answered));
+                let release = Arc::clone(&counters.release);
                 workers.push(std::thread::spawn(move || {
-                    if let Err(e) = serve_connection(stream, kind, &name, &stop, &answered)
+                    if let Err(e) = serve_connection(stream, kind, &name, (&stop, &release), &answered)
                         && e.kind() == ErrorKind::ConnectionReset
                     {
                         resets.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +160,7 @@ fn serve_connection(
     stream: TcpStream,
     kind: Kind,
     name: &str,
-    stop: &AtomicBool,
+    (stop, release): (&AtomicBool, &AtomicBool),
     answered: &AtomicU64,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -180,6 +193,12 @@ fn serve_connection(
         }
         match kind {
             Kind::LineEcho => {
+                while line == "hold\n" && !release.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 writer.write_all(format!("{name} {line}").as_bytes())?;
                 answered.fetch_add(1, Ordering::Relaxed);
             }
@@ -255,7 +274,19 @@ impl EchoClient {
 
     /// Sends a line; returns the name of the server that echoed it.
     pub fn exchange(&mut self, text: &str) -> std::io::Result<String> {
-        self.writer.write_all(format!("{text}\n").as_bytes())?;
+        self.send(text)?;
+        self.answer(text, Duration::from_secs(3))
+    }
+
+    /// Sends a line, without waiting for its answer ([`EchoClient::answer`]).
+    pub fn send(&mut self, text: &str) -> std::io::Result<()> {
+        self.writer.write_all(format!("{text}\n").as_bytes())
+    }
+
+    /// The answer to the line `text` sent, waiting up to `wait`: the name of
+    /// the server that echoed it.
+    pub fn answer(&mut self, text: &str, wait: Duration) -> std::io::Result<String> {
+        self.reader.get_ref().set_read_timeout(Some(wait))?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed"));

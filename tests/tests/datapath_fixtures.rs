@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{Outcome::*, flow_state, proto, server_state};
+use lb_common::{Outcome::*, flow_seen, flow_state, proto, server_state};
 use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
     config_file::ConfigFile,
@@ -277,6 +277,45 @@ fn datapath_fixtures() {
 /// needed"; the error reaches the flow's server as if the server's own
 /// packet had drawn it (quoted source, port and every checksum as the
 /// server sent it). Other ICMP, and errors about no flow, pass as before.
+/// Which end of a TCP flow sent data last: a client's request awaits its
+/// answer until the server's data comes (a draining server's `idle_close`
+/// leaves such a connection alone, however quiet); pure ACKs and
+/// retransmissions change nothing.
+#[test]
+fn a_flow_records_whether_its_clients_request_awaits_an_answer() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let bed = FixtureBed::load(&config((1, 0)));
+        let s1 = (SERVER1, 8080);
+        let key = flow_key((CLIENT, 40100), (VIP, 80), proto::TCP);
+        let awaiting = || bed.flow(&key).expect("the flow").seen & flow_seen::AWAITING_SERVER != 0;
+        let from_client = |flags, seq, ack| client_tcp(40100, 80).flags(flags).seq(seq, ack);
+        let from_server =
+            |flags, seq, ack| Pkt::tcp(s1, (CLIENT, 40100)).macs(SERVER1_MAC, TOSERVER_MAC).flags(flags).seq(seq, ack);
+        let to_s1 = |name, pkt: &Pkt, new| forward(name, pkt, s1, SERVER1_MAC, "web", "s1", new);
+        let back = |name, pkt: &Pkt| reply(name, pkt, (VIP, 80), "web", "s1");
+
+        bed.run(&[to_s1("SYN", &from_client(SYN, 1000, 0), true)]);
+        assert!(awaiting(), "a SYN awaits its SYN-ACK");
+        bed.run(&[
+            back("SYN-ACK", &from_server(SYN | ACK, 7000, 1001)),
+            to_s1("ACK", &from_client(ACK, 1001, 7001), false),
+        ]);
+        assert!(!awaiting(), "the handshake done, the connection rests: a pure ACK is no request");
+        let request = from_client(ACK | PSH, 1001, 7001).payload(b"GET / HTTP/1.1\r\n\r\n");
+        bed.run(&[to_s1("a request", &request, false)]);
+        assert!(awaiting(), "the request awaits its answer");
+        let answer = from_server(ACK | PSH, 7001, 1019).payload(b"HTTP/1.1 200 OK\r\n\r\n");
+        bed.run(&[
+            back("the server's ACK of it", &from_server(ACK, 7001, 1019)),
+            to_s1("its retransmission", &request, false),
+        ]);
+        assert!(awaiting(), "neither a pure ACK nor a retransmission answers it");
+        bed.run(&[back("the answer", &answer), to_s1("the client's ACK of it", &from_client(ACK, 1019, 7020), false)]);
+        assert!(!awaiting(), "answered: the connection rests");
+    });
+}
+
 #[test]
 fn fragmentation_needed_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it() {
     let ns = fixture_netns();

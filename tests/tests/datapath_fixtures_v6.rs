@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::{Outcome::*, server_state};
+use lb_common::{Outcome::*, flow_seen, proto, server_state};
 use testbed::{
     config_file::ConfigFile,
     fixture::{
@@ -151,6 +151,10 @@ fn ipv6_fixtures() {
             ),
         ]);
 
+        let web6 = flow_key6((CLIENT6, 40000), (VIP6, 80), proto::TCP);
+        let seen = bed.dp().maps.flows6.get(&web6).expect("read").expect("the flow").seen;
+        assert_ne!(seen & flow_seen::AWAITING_SERVER, 0, "the client's request awaits its answer, as in IPv4");
+
         // The same server by IPv4: one flow of each family on s1.
         let syn4 = Pkt::tcp((CLIENT, 41000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).seq(500, 0);
         bed.run(&[forward(
@@ -271,7 +275,7 @@ fn packet_too_big_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it()
 /// when there is none), never a connection in use first.
 #[test]
 fn in_a_full_ipv6_table_half_open_flows_give_way_before_connections_in_use() {
-    use lb_common::{eviction, flow_seen, flow_state, proto};
+    use lb_common::{eviction, flow_state};
 
     let ns = fixture_netns();
     ns.run(|| {

@@ -1,9 +1,10 @@
 //! `idle_close`, through the real agent with real TCP clients: a graceful
 //! drain closes a server's idle keep-alive connections with a FIN (their
-//! clients read a clean end, not a reset) while busy ones go on; clients
-//! that send at any moment, as keep-alive HTTP clients do, retry a request
-//! that met the close on a new connection and lose none. Without it, the
-//! idle connections are reset at the deadline.
+//! clients read a clean end, not a reset) while busy ones go on, a quiet
+//! one whose request is being served included; clients that send at any
+//! moment, as keep-alive HTTP clients do, retry a request that met the
+//! close on a new connection and lose none. Without it, the idle
+//! connections are reset at the deadline.
 
 use std::{
     io::ErrorKind,
@@ -66,6 +67,30 @@ fn a_graceful_drain_closes_idle_connections_cleanly_and_no_request_is_lost() {
     let closed: Vec<String> =
         b.events().iter().filter(|e| e.kind == EventKind::IdleClosed).map(|e| e.message.clone()).collect();
     assert!(!closed.is_empty(), "the closes are said");
+}
+
+/// A connection whose request its server is still working on is not idle,
+/// however long the work takes: the answer arrives, and the connection is
+/// closed cleanly once it rests. The proof that the closer looked at it
+/// while it was quiet: a connection that spoke right after the request was
+/// sent is closed first, and the request is held as long again after that
+/// (the server's delayed ACK of the request may come a moment later than
+/// the other's last word; a slow machine only holds it longer).
+#[test]
+fn a_request_being_served_is_answered_before_its_connection_is_closed() {
+    let b = bed_with(3, |c| c.set("pools.p7.idle_close", "1s"));
+    let mut working = b.connect_to("s1");
+    working.send("hold").expect("send the request");
+    let mut resting = b.connect_to("s1");
+    let asked = Instant::now();
+    b.lb(&["server", "disable", "p7", "s1", "--graceful"]);
+    assert_eq!(end_of(&mut resting, Duration::from_secs(10)), Ok(true), "the resting connection closes cleanly");
+    std::thread::sleep(asked.elapsed());
+    b.echo[0].release_held();
+    let answer = working.answer("hold", Duration::from_secs(10)).map_err(|e| e.to_string());
+    assert_eq!(answer.as_deref(), Ok("s1"), "the request in progress is answered, its connection left open");
+    assert_eq!(end_of(&mut working, Duration::from_secs(10)), Ok(true), "then closed cleanly once it rests");
+    b.wait_state("p7", "s1", "DISABLED (drained)", Duration::from_secs(10));
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! Where the idle connections of a draining server are closed cleanly (a
 //! pool's `idle_close`): a TCP connection that carried nothing either way
-//! for the quiet period (so everything each side sent is acknowledged: a
-//! keep-alive connection resting between requests) gets a FIN from the VIP
-//! to its client, as if the server had closed it, and a reset to the
-//! server; its flow is removed. The client sees a clean close (an HTTP
+//! for the quiet period (so everything each side sent is acknowledged) and
+//! whose server spoke last (a keep-alive connection resting between
+//! requests, not one whose request the server is still working on) gets a
+//! FIN from the VIP to its client, as if the server had closed it, and a
+//! reset to the server; its flow is removed. A slow request is answered
+//! first, and its connection closed once it rests, or reset at the drain's
+//! deadline as any busy one. The client sees a clean close (an HTTP
 //! client opens a new connection for its next request, which goes to a
 //! server in service) instead of a reset at the drain's deadline.
 //!
@@ -34,11 +37,13 @@ use crate::servers::ServerTable;
 
 /// Whether `flow` is an established TCP connection with nothing in flight
 /// for at least `quiet_ns` at `now_ns`: neither side closed, both sides'
-/// sequence numbers known, and forwarded by this node. In a cluster, a
-/// copy from another node that never came here is that node's to judge;
-/// a flow that came here and then moved to another node looks idle here
-/// while it is busy there, but its sequence numbers here are then behind,
-/// and both ends drop a FIN or a reset out of their window (RFC 5961).
+/// sequence numbers known, no request awaiting its answer (the client did
+/// not send data after the server last did), and forwarded by this node.
+/// In a cluster, a copy from another node that never came here is that
+/// node's to judge; a flow that came here and then moved to another node
+/// looks idle here while it is busy there, but its sequence numbers here
+/// are then behind, and both ends drop a FIN or a reset out of their
+/// window (RFC 5961).
 pub fn is_idle(flow: &Flow, now_ns: u64, quiet_ns: u64) -> bool {
     let both = flow_seen::CLIENT_ACK | flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ;
     let closing = flow_seen::FIN_FROM_CLIENT | flow_seen::FIN_FROM_SERVER | flow_seen::RST;
@@ -46,6 +51,7 @@ pub fn is_idle(flow: &Flow, now_ns: u64, quiet_ns: u64) -> bool {
         && flow.state != flow_state::UDP
         && flow.seen & both == both
         && flow.seen & closing == 0
+        && flow.seen & flow_seen::AWAITING_SERVER == 0
         && now_ns.saturating_sub(flow.last_seen_ns) >= quiet_ns
 }
 
@@ -109,6 +115,8 @@ mod tests {
         assert!(!is_idle(&flow(ALL | flow_seen::FIN_FROM_CLIENT, 0), quiet, quiet), "closing already");
         assert!(!is_idle(&flow(ALL | flow_seen::RST, 0), quiet, quiet), "reset");
         assert!(!is_idle(&flow(flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ, 0), quiet, quiet), "handshake");
+        let awaiting = flow(ALL | flow_seen::AWAITING_SERVER, 0);
+        assert!(!is_idle(&awaiting, 10 * quiet, quiet), "a request its server is still working on");
         let udp = Flow { state: flow_state::UDP, ..flow(ALL, 0) };
         assert!(!is_idle(&udp, quiet, quiet), "UDP has no FIN");
         let copy = Flow { created_ns: 0, ..flow(ALL | flow_seen::COPY, 0) };
