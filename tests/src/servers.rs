@@ -86,6 +86,11 @@ impl Server {
         self.release.store(true, Ordering::Relaxed);
     }
 
+    /// Holds the "hold" lines to come again, until the next release.
+    pub fn hold_again(&self) {
+        self.release.store(false, Ordering::Relaxed);
+    }
+
     /// Stops serving: the listener and every connection close.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -1,9 +1,11 @@
 //! Section 8, drains as their clients see them: one server of three holds
-//! resting keep-alive connections, busy connections, and keep-alive
-//! clients that send at any moment (and send a failed request again on a
-//! new connection, as HTTP clients do); it is drained with a deadline.
-//! Counted: resting connections reset (an error for the client that uses
-//! it next), requests lost after their retry, busy connections broken at
+//! resting keep-alive connections, busy connections, keep-alive clients
+//! that send at any moment (and send a failed request again on a new
+//! connection, as HTTP clients do), and connections whose request the
+//! server works on for longer than the quiet period (answered before the
+//! deadline); it is drained with a deadline. Counted: resting connections
+//! reset (an error for the client that uses it next), requests lost after
+//! their retry, slow requests never answered, busy connections broken at
 //! the deadline. Contenders, each on the same load in the same run:
 //! - ours with `idle_close` (resting connections closed with a FIN);
 //! - ours without it (resting connections reset at the deadline);
@@ -31,6 +33,9 @@ const SECTION: &str = "8. Drains as clients see them (client-visible errors; low
 const PORT: u16 = 7;
 const SERVER_PORT: u16 = 7007;
 const DEADLINE: Duration = Duration::from_secs(4);
+/// When the slow requests are answered, after the drain began: past
+/// `idle_close`'s quiet period (1 s), before the deadline.
+const SLOW_ANSWERED: Duration = Duration::from_millis(2500);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Contender {
@@ -61,6 +66,9 @@ struct Seen {
     retried: u64,
     raced: u64,
     lost: u64,
+    slow: usize,
+    /// Slow requests whose answer never came.
+    slow_lost: usize,
     busy_broken: usize,
     /// Of `busy_broken`, those ended by a reset (the others read a clean
     /// end: HAProxy's `shutdown sessions` closes them with a FIN).
@@ -69,18 +77,23 @@ struct Seen {
 
 impl Seen {
     fn errors(&self) -> u64 {
-        self.idle_reset as u64 + self.lost + self.busy_broken as u64
+        self.idle_reset as u64 + self.lost + self.slow_lost as u64 + self.busy_broken as u64
     }
 }
 
 pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
-    let (idle, busy, racing) = if quick { (12, 2, 6) } else { (30, 3, 10) };
+    let load = if quick {
+        Load { idle: 12, busy: 2, racing: 6, slow: 2 }
+    } else {
+        Load { idle: 30, busy: 3, racing: 10, slow: 3 }
+    };
     let topology = Topology::new(3);
-    let _echo: Vec<Server> =
+    let echo: Vec<Server> =
         topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, SERVER_PORT)).collect();
     let mut seen = Vec::new();
     for contender in [Contender::OursIdleClose, Contender::Ours, Contender::Haproxy] {
-        match drain_once(&topology, lb_bin, contender, (idle, busy, racing)) {
+        echo[0].hold_again();
+        match drain_once(&topology, &echo[0], lb_bin, contender, load) {
             Ok(s) => seen.push((contender, s)),
             Err(e) => report.failed(SECTION, format!("drain, {}", contender.name()), e),
         }
@@ -88,7 +101,7 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
     let of = |c: Contender| seen.iter().find(|(x, _)| *x == c).map(|(_, s)| s);
     for (contender, s) in &seen {
         let note = format!(
-            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried ({} of them after a reset), {} lost; {} busy broken at the deadline ({} by a reset, the rest by a FIN)",
+            "{} resting: {} closed cleanly (the last {:.1} s after the drain began), {} reset; {} requests, {} retried ({} of them after a reset), {} lost; {} slow requests, {} never answered; {} busy broken at the deadline ({} by a reset, the rest by a FIN)",
             s.idle,
             s.idle_closed,
             s.idle_closed_after.as_secs_f64(),
@@ -97,6 +110,8 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
             s.retried,
             s.raced,
             s.lost,
+            s.slow,
+            s.slow_lost,
             s.busy_broken,
             s.busy_reset
         );
@@ -134,14 +149,27 @@ pub fn run(report: &mut Report, quick: bool, lb_bin: &Path) {
     }
 }
 
-/// One drain of s1 under the load, through `contender`.
+/// The connections on s1 when its drain begins.
+#[derive(Clone, Copy)]
+struct Load {
+    idle: usize,
+    busy: usize,
+    racing: usize,
+    /// Connections whose request s1 answers only [`SLOW_ANSWERED`] after
+    /// the drain began.
+    slow: usize,
+}
+
+/// One drain of s1 (`s1`, its echo server) under the load, through
+/// `contender`.
 fn drain_once(
     topology: &Topology,
+    s1: &Server,
     lb_bin: &Path,
     contender: Contender,
-    load: (usize, usize, usize),
+    load: Load,
 ) -> Result<Seen, String> {
-    let (idle_n, busy_n, racing_n) = load;
+    let Load { idle: idle_n, busy: busy_n, racing: racing_n, slow: slow_n } = load;
     let running = Running::start(topology, lb_bin, contender)?;
     let on_s1 = || -> Result<EchoClient, String> {
         for _ in 0..300 {
@@ -157,8 +185,12 @@ fn drain_once(
         .map(|_| on_s1().map(|c| Session::start(c, "s1", Some(Duration::from_millis(100)))))
         .collect::<Result<_, _>>()?;
     let racing: Vec<EchoClient> = (0..racing_n).map(|_| on_s1()).collect::<Result<_, _>>()?;
+    let mut slow: Vec<EchoClient> = (0..slow_n).map(|_| on_s1()).collect::<Result<_, _>>()?;
+    for c in slow.iter_mut() {
+        c.send("hold").map_err(|e| format!("slow request: {e}"))?;
+    }
     let (stop, counts) = (AtomicBool::new(false), Counts::default());
-    let mut seen = Seen { idle: idle_n, ..Seen::default() };
+    let mut seen = Seen { idle: idle_n, slow: slow_n, ..Seen::default() };
     std::thread::scope(|scope| -> Result<(), String> {
         for (i, first) in racing.into_iter().enumerate() {
             let (stop, counts) = (&stop, &counts);
@@ -170,6 +202,11 @@ fn drain_once(
         std::thread::sleep(Duration::from_millis(1500));
         let began = Instant::now();
         running.drain(scope)?;
+        let answered = scope.spawn(move || {
+            std::thread::sleep(SLOW_ANSWERED);
+            s1.release_held();
+            slow.iter_mut().map(|c| c.answer("hold", Duration::from_secs(1))).filter(Result::is_ok).count()
+        });
         let watch_until = DEADLINE + Duration::from_secs(2);
         for client in idle.iter_mut() {
             match end_of(client, watch_until.saturating_sub(began.elapsed())) {
@@ -183,6 +220,7 @@ fn drain_once(
         }
         std::thread::sleep(watch_until.saturating_sub(began.elapsed()));
         stop.store(true, Ordering::Relaxed);
+        seen.slow_lost = slow_n - answered.join().map_err(|_| "slow requests' thread panicked")?;
         Ok(())
     })?;
     seen.busy_broken = busy.iter().filter(|s| s.ended().is_some()).count();
