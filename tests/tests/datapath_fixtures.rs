@@ -272,11 +272,6 @@ fn datapath_fixtures() {
     });
 }
 
-/// Path MTU discovery through the balancer: a router on the clients' side
-/// that cannot send a server's reply on answers the VIP "fragmentation
-/// needed"; the error reaches the flow's server as if the server's own
-/// packet had drawn it (quoted source, port and every checksum as the
-/// server sent it). Other ICMP, and errors about no flow, pass as before.
 /// Which end of a TCP flow sent data last: a client's request awaits its
 /// answer until the server's data comes (a draining server's `idle_close`
 /// leaves such a connection alone, however quiet); pure ACKs and
@@ -316,6 +311,11 @@ fn a_flow_records_whether_its_clients_request_awaits_an_answer() {
     });
 }
 
+/// Path MTU discovery through the balancer: a router on the clients' side
+/// that cannot send a server's reply on answers the VIP "fragmentation
+/// needed"; the error reaches the flow's server as if the server's own
+/// packet had drawn it (quoted source, port and every checksum as the
+/// server sent it). Other ICMP, and errors about no flow, pass as before.
 #[test]
 fn fragmentation_needed_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it() {
     let ns = fixture_netns();
