@@ -132,17 +132,24 @@ fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
     1e9 / ns
 }
 
+/// What [`measure`] found, medians over its rounds.
+struct Rates {
+    ours: f64,
+    reflector: f64,
+    /// Ours / the reflector's, round by round.
+    ratio: f64,
+    /// The share of frames that took the existing-flow path.
+    on_path: f64,
+    /// Rounds discarded because the receivers overflowed.
+    discarded: usize,
+    /// The least NAT any balancer does (`nat_floor`) / the reflector, where
+    /// it was timed (IPv4).
+    floor_ratio: Option<f64>,
+}
+
 /// Rates of the balancer and the reflector, and the median ratio, with the
 /// receiving peers ending each frame with `receiver_verdict`.
-/// Also returns the share of frames that took the existing-flow path, and
-/// how many rounds were discarded because the receivers overflowed.
-fn measure(
-    family: Family,
-    topology: Topology,
-    rounds: usize,
-    repeat: u32,
-    receiver_verdict: u32,
-) -> (f64, f64, f64, f64, usize) {
+fn measure(family: Family, topology: Topology, rounds: usize, repeat: u32, receiver_verdict: u32) -> Rates {
     let prefix = unique_prefix();
     let lb = NetNs::create(&format!("{prefix}-plb"));
     let client = NetNs::create(&format!("{prefix}-pc"));
@@ -230,11 +237,39 @@ fn measure(
         assert_eq!(bed.run_frame(&syn, "lbc").0, sent, "the flow is created, and sent as the topology expects");
         let reflect = load_test_program("reflect").unwrap();
         let reflect: &Xdp = reflect.program("reflect").unwrap().try_into().unwrap();
+        // The floor, where the frame is IPv4: to the same server, out of the
+        // same interface, checked to send the very frame the balancer does.
+        let floor = (family == Family::V4).then(|| {
+            let (server_mac, lb_mac, out) = match topology {
+                Topology::OneArmed => ([2, 0, 0, 0, 0, 3], LBC_MAC, 0),
+                Topology::Routed => ([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1], ifindex("lbs1")),
+            };
+            let IpAddr::V4(server) = server_addr else { unreachable!("an IPv4 family's server") };
+            let mut target = [0u8; 24];
+            target[0..4].copy_from_slice(&server.octets());
+            target[4..6].copy_from_slice(&8080u16.to_be_bytes());
+            target[6..12].copy_from_slice(&server_mac);
+            target[12..18].copy_from_slice(&lb_mac);
+            target[20..24].copy_from_slice(&out.to_ne_bytes());
+            let mut ebpf = load_test_program("nat_floor").expect("nat_floor program");
+            let mut map: Array<_, [u8; 24]> =
+                Array::try_from(ebpf.map_mut("FLOOR_TARGET").expect("map")).expect("array");
+            map.set(0, target, 0).expect("the floor's target");
+            let program: &Xdp = ebpf.program("nat_floor").unwrap().try_into().unwrap();
+            let (verdict, out, _) = crate::fixture::test_run(program, &frame, ifindex("lbc"));
+            assert_eq!((verdict, out), bed.run_frame(&frame, "lbc"), "nat_floor sends what the balancer sends");
+            ebpf
+        });
+        let floor = floor.as_ref().map(|ebpf| -> &Xdp { ebpf.program("nat_floor").unwrap().try_into().unwrap() });
         let lbc = ifindex("lbc");
         let (mut ours, mut theirs, mut ratios, mut on_path) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut floor_ratios = Vec::new();
         let mut discarded = 0;
         while ours.len() < rounds {
             let reflected = live_rate(reflect, &frame, lbc, repeat);
+            if let Some(floor) = floor {
+                floor_ratios.push(live_rate(floor, &frame, lbc, repeat) / reflected);
+            }
             let before = bed.outcomes()[Outcome::ForwardFlow.label()];
             let balanced = live_rate(bed.dp().program(), &frame, lbc, repeat);
             let forwarded = bed.outcomes()[Outcome::ForwardFlow.label()] - before;
@@ -255,7 +290,14 @@ fn measure(
             theirs.push(reflected);
             ratios.push(balanced / reflected);
         }
-        (median(&mut ours), median(&mut theirs), median(&mut ratios), median(&mut on_path), discarded)
+        Rates {
+            ours: median(&mut ours),
+            reflector: median(&mut theirs),
+            ratio: median(&mut ratios),
+            on_path: median(&mut on_path),
+            discarded,
+            floor_ratio: (!floor_ratios.is_empty()).then(|| median(&mut floor_ratios)),
+        }
     })
 }
 
@@ -264,66 +306,90 @@ pub fn run(report: &mut Report, quick: bool) {
     let note = |receiver: &str| format!("{receiver}; median of {rounds} rounds x {repeat} frames");
     // Receivers that take each frame into their stack, like a host (and like
     // the pass programs of the reference measurement).
-    let (ours, theirs, ratio, on_path, discarded) = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_PASS);
+    let v4 = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_PASS);
     let n = format!(
-        "{}; {:.1}% of frames on the path; {discarded} rounds discarded (receiver overflow)",
+        "{}; {:.1}% of frames on the path; {} rounds discarded (receiver overflow)",
         note("receivers pass frames to their stack"),
-        on_path * 100.0
+        v4.on_path * 100.0,
+        v4.discarded
     );
     let one_armed = Topology::OneArmed.label();
-    report.add(SECTION, format!("balancer, existing flow, {one_armed}"), ours / 1e6, "Mpps", None, n.clone());
-    report.add(SECTION, "trivial XDP_TX reflector", theirs / 1e6, "Mpps", None, n.clone());
+    report.add(SECTION, format!("balancer, existing flow, {one_armed}"), v4.ours / 1e6, "Mpps", None, n.clone());
+    report.add(SECTION, "trivial XDP_TX reflector", v4.reflector / 1e6, "Mpps", None, n.clone());
     report.add(
         SECTION,
         format!("balancer / reflector, {one_armed}"),
-        ratio,
+        v4.ratio,
         "x",
         // Issue 24: within 5% of the trivial reflector's rate.
         Some(Target::AtLeast(0.95)),
         format!("{n}; reference balancer (always XDP_TX): 0.65x"),
     );
-    // The same receivers, the server behind a second veth: a redirect.
-    let ratio4 = ratio;
+    floor_figure(report, one_armed, &v4, &n);
     // The same flow in IPv6, one-armed: against the reflector in its own
     // rounds, then against IPv4's ratio (the host's speed cancels out).
-    let (ours6, theirs6, ratio6, on_path6, _) = measure(Family::V6, Topology::OneArmed, rounds, repeat, XDP_PASS);
+    let v6 = measure(Family::V6, Topology::OneArmed, rounds, repeat, XDP_PASS);
     let n6 =
-        format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path6 * 100.0);
+        format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), v6.on_path * 100.0);
     report.add(
         SECTION,
         format!("IPv6 balancer / reflector, {one_armed}"),
-        ratio6,
+        v6.ratio,
         "x",
         None,
-        format!("{n6}; {:.2} vs {:.2} Mpps", ours6 / 1e6, theirs6 / 1e6),
+        format!("{n6}; {:.2} vs {:.2} Mpps", v6.ours / 1e6, v6.reflector / 1e6),
     );
     report.add(
         SECTION,
         format!("IPv6 / IPv4 packets per second, {one_armed}, each against the reflector"),
-        ratio6 / ratio4,
+        v6.ratio / v4.ratio,
         "x",
         Some(Target::AtLeast(0.95)),
-        format!("each family's balancer / reflector ratio: {ratio6:.2} / {ratio4:.2}"),
+        format!("each family's balancer / reflector ratio: {:.2} / {:.2}", v6.ratio, v4.ratio),
     );
-    let (ours, theirs, ratio, on_path, _) = measure(Family::V4, Topology::Routed, rounds, repeat, XDP_PASS);
-    let n = format!("{}; {:.1}% of frames on the path", note("receivers pass frames to their stack"), on_path * 100.0);
+    // The same receivers, the server behind a second veth: a redirect.
+    let routed = measure(Family::V4, Topology::Routed, rounds, repeat, XDP_PASS);
+    let n = format!(
+        "{}; {:.1}% of frames on the path",
+        note("receivers pass frames to their stack"),
+        routed.on_path * 100.0
+    );
     report.add(
         SECTION,
         format!("balancer / reflector, {}", Topology::Routed.label()),
-        ratio,
+        routed.ratio,
         "x",
         Some(Target::AtLeast(0.95)),
-        format!("{n}; {:.2} vs {:.2} Mpps", ours / 1e6, theirs / 1e6),
+        format!("{n}; {:.2} vs {:.2} Mpps", routed.ours / 1e6, routed.reflector / 1e6),
     );
+    floor_figure(report, Topology::Routed.label(), &routed, &n);
     // Receivers that drop at once: the balancer's own cost weighs more.
-    let (ours, theirs, ratio, on_path, _) = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_DROP);
-    let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), on_path * 100.0);
+    let dropping = measure(Family::V4, Topology::OneArmed, rounds, repeat, XDP_DROP);
+    let n = format!("{}; {:.1}% of frames on the path", note("receivers drop at once"), dropping.on_path * 100.0);
     report.add(
         SECTION,
         format!("balancer / reflector, {one_armed}, dropping receivers"),
-        ratio,
+        dropping.ratio,
         "x",
         None,
-        format!("{n}; {:.2} vs {:.2} Mpps", ours / 1e6, theirs / 1e6),
+        format!("{n}; {:.2} vs {:.2} Mpps", dropping.ours / 1e6, dropping.reflector / 1e6),
+    );
+    floor_figure(report, &format!("{one_armed}, dropping receivers"), &dropping, &n);
+}
+
+/// The least NAT's rate against the reflector's, beside the balancer's.
+fn floor_figure(report: &mut Report, topology: &str, rates: &Rates, note: &str) {
+    let Some(floor) = rates.floor_ratio else { return };
+    report.add(
+        SECTION,
+        format!("least NAT (nat_floor) / reflector, {topology}"),
+        floor,
+        "x",
+        None,
+        format!(
+            "{note}; parse, one array read, rewrite, send, no flow table: the ceiling of any balancer's rate \
+             here; the balancer / it {:.2}",
+            rates.ratio / floor
+        ),
     );
 }
