@@ -271,9 +271,7 @@ fn measure(family: Family, topology: Topology, rounds: usize, repeat: u32, recei
         let mut discarded = 0;
         while ours.len() < rounds {
             let reflected = live_rate(reflect, &frame, lbc, repeat);
-            if let Some(floor) = floor {
-                floor_ratios.push(live_rate(floor, &frame, lbc, repeat) / reflected);
-            }
+            let floor_rate = floor.map(|floor| live_rate(floor, &frame, lbc, repeat));
             let before = bed.outcomes()[Outcome::ForwardFlow.label()];
             let balanced = live_rate(bed.dp().program(), &frame, lbc, repeat);
             let forwarded = bed.outcomes()[Outcome::ForwardFlow.label()] - before;
@@ -289,6 +287,8 @@ fn measure(family: Family, topology: Topology, rounds: usize, repeat: u32, recei
                 );
                 continue;
             }
+            // Kept with the round: a discarded round's floor goes with it.
+            floor_ratios.extend(floor_rate.map(|rate| rate / reflected));
             on_path.push(forwarded as f64 / repeat as f64);
             ours.push(balanced);
             theirs.push(reflected);
