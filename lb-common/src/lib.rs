@@ -987,6 +987,23 @@ macro_rules! outcomes {
         impl Outcome {
             pub const ALL: &'static [Outcome] = &[$(Outcome::$name,)*];
 
+            /// The outcome numbered `index` (`outcome as u32`), computed,
+            /// not read from [`ALL`](Self::ALL): IPv6's path gets its
+            /// outcome back from a call as a number, and reading the table
+            /// cost it a cache line a packet (2-6 ns, measured).
+            #[inline(always)]
+            pub const fn from_index(index: u32) -> Option<Outcome> {
+                if index < Self::ALL.len() as u32 {
+                    // SAFETY: `Outcome` is `repr(u32)` and its variants take
+                    // no explicit discriminant, so they are numbered 0, 1,
+                    // ... in declaration order: every number below their
+                    // count is one of them (asserted at compile time below).
+                    Some(unsafe { core::mem::transmute::<u32, Outcome>(index) })
+                } else {
+                    None
+                }
+            }
+
             /// Stable name, as shown by the CLI and the API.
             pub const fn label(self) -> &'static str {
                 match self {
@@ -1061,6 +1078,15 @@ outcomes! {
 /// Number of outcome counters.
 pub const OUTCOME_COUNT: u32 = Outcome::ALL.len() as u32;
 
+// `Outcome::from_index`'s premise: the variant at place `i` is numbered `i`.
+const _: () = {
+    let mut i = 0;
+    while i < Outcome::ALL.len() {
+        assert!(Outcome::ALL[i] as u32 == i as u32);
+        i += 1;
+    }
+};
+
 // The layouts both sides rely on.
 const _: () = {
     use core::mem::size_of;
@@ -1126,7 +1152,18 @@ mod tests {
     extern crate std;
     use std::collections::HashSet;
 
-    use super::{CLIENT_HOP_ENTRIES, FlowKey, client_hop_index, filter::service_index, flow_table};
+    use super::{CLIENT_HOP_ENTRIES, FlowKey, Outcome, client_hop_index, filter::service_index, flow_table};
+
+    /// The datapath hands outcomes between its functions as numbers: each
+    /// number names its own outcome, and one past the last names none.
+    #[test]
+    fn an_outcome_comes_back_from_its_number() {
+        for &outcome in Outcome::ALL {
+            assert_eq!(Outcome::from_index(outcome as u32), Some(outcome));
+        }
+        assert_eq!(Outcome::from_index(Outcome::ALL.len() as u32), None);
+        assert_eq!(Outcome::from_index(u32::MAX), None);
+    }
 
     /// The flow hash places flows in buckets (its low and high 32 bits),
     /// picks their tags and Maglev slots (high bits): each must spread keys

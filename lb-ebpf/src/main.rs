@@ -154,8 +154,7 @@ mod program {
 
     #[inline(always)]
     fn unpack(packed: u64) -> (Outcome, u32) {
-        let index = (packed >> 32) as usize;
-        let outcome = Outcome::ALL.get(index).copied().unwrap_or(Outcome::Aborted);
+        let outcome = Outcome::from_index((packed >> 32) as u32).unwrap_or(Outcome::Aborted);
         (outcome, packed as u32)
     }
 
