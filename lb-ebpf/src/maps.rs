@@ -193,10 +193,15 @@ pub static NEW_FLOWS6: Array<flow_sync::LogSlot<FlowKey6>> =
 #[map(name = "flow_sync")]
 pub static FLOW_SYNC: Array<[u64; flow_sync::LINE]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// The programs `lb` hands a family's packets to by a tail call: the IPv6
-/// program (`lb6`) at [`IPV6_PROGRAM`]. Agent writes, at load.
+/// The programs a family's packets go on to by a tail call: the IPv6
+/// program (`lb6`, from `lb`) at [`IPV6_PROGRAM`], and the rest of IPv6's
+/// path (`lb6_other`, from `lb6`) at [`IPV6_OTHER_PROGRAM`]. Agent writes,
+/// at load.
 #[map(name = "family_programs")]
-pub static FAMILY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static FAMILY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// `lb6`'s index in [`FAMILY_PROGRAMS`].
 pub const IPV6_PROGRAM: u32 = 0;
+
+/// `lb6_other`'s index in [`FAMILY_PROGRAMS`].
+pub const IPV6_OTHER_PROGRAM: u32 = 1;

@@ -75,6 +75,10 @@ pub const PROGRAM: &str = "lb";
 /// Name of the IPv6 program, which `lb` tail-calls for IPv6 packets.
 pub const PROGRAM6: &str = "lb6";
 
+/// Name of the rest of IPv6's path, which `lb6` tail-calls for what it does
+/// not settle itself (new flows, refusals, ICMPv6, extension headers).
+pub const PROGRAM6_OTHER: &str = "lb6_other";
+
 /// Name of the program that purges servers' flows (`purge`).
 pub const PURGE_PROGRAM: &str = "purge_flows";
 
@@ -227,7 +231,7 @@ impl MapSizes {
             (map_name::REVERSE_NAT6, s(size_of::<FlowKey6>()), s(size_of::<ReverseNat6>()), self.max_flows6.max(1)),
             (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
-            (map_name::FAMILY_PROGRAMS, 4, 4, 1),
+            (map_name::FAMILY_PROGRAMS, 4, 4, 2),
             (map_name::NEW_FLOWS, 4, s(size_of::<LogSlot<FlowKey>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
             (map_name::NEW_FLOWS6, 4, s(size_of::<LogSlot<FlowKey6>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
             (map_name::FLOW_SYNC, 4, s(8 * flow_sync::LINE), flow_log::cpus()),
@@ -413,7 +417,7 @@ impl Datapath {
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
         mark("object and maps");
-        for name in [PROGRAM, PROGRAM6, PURGE_PROGRAM] {
+        for name in [PROGRAM, PROGRAM6, PROGRAM6_OTHER, PURGE_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
@@ -422,6 +426,7 @@ impl Datapath {
             mark(match name {
                 PROGRAM => "program verified",
                 PROGRAM6 => "IPv6 program verified",
+                PROGRAM6_OTHER => "IPv6's other program verified",
                 _ => "purge program verified",
             });
         }
@@ -674,19 +679,25 @@ fn take_array(
     }
 }
 
-/// Puts the IPv6 program where `lb` tail-calls it. In the (pinned) array,
-/// it replaces the previous agent's: a program still attached from before
-/// then hands IPv6 to this one, over the same maps.
+/// Puts the IPv6 programs where they are tail-called (`lb6` from `lb`, at
+/// 0; `lb6_other` from `lb6`, at 1). In the (pinned) array, they replace
+/// the previous agent's: a program still attached from before then hands
+/// IPv6 to this one, over the same maps. The rest of the path first, so
+/// that no packet enters a new `lb6` that would hand it to an old one.
 fn set_family_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    let failed = |source| DatapathError::Program { name: PROGRAM6, source };
-    let program: &Xdp = ebpf.program(PROGRAM6).and_then(|p| p.try_into().ok()).expect("loaded");
-    let fd = program.fd().map_err(failed)?.try_clone().map_err(|e| failed(e.into()))?;
-    let map = ebpf
-        .map_mut(map_name::FAMILY_PROGRAMS)
-        .ok_or(DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: None })?;
-    let mut programs = aya::maps::ProgramArray::try_from(map)
-        .map_err(|e| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: Some(e) })?;
-    programs.set(0, &fd, 0).map_err(|e| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source: Some(e) })
+    let map_error = |source| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source };
+    let mut fds = Vec::new();
+    for name in [PROGRAM6_OTHER, PROGRAM6] {
+        let failed = |source| DatapathError::Program { name, source };
+        let program: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).expect("loaded");
+        fds.push(program.fd().map_err(failed)?.try_clone().map_err(|e| failed(e.into()))?);
+    }
+    let map = ebpf.map_mut(map_name::FAMILY_PROGRAMS).ok_or(map_error(None))?;
+    let mut programs = aya::maps::ProgramArray::try_from(map).map_err(|e| map_error(Some(e)))?;
+    for (index, fd) in [1, 0].into_iter().zip(&fds) {
+        programs.set(index, fd, 0).map_err(|e| map_error(Some(e)))?;
+    }
+    Ok(())
 }
 
 /// Loads one of the test programs (`pass`, `reflect`, `restore`).
