@@ -1,0 +1,101 @@
+//! `lb-profile PATH SECONDS`: runs one path of bench section 1 through the
+//! real balancer (BPF_PROG_TEST_RUN, pinned to CPU 0) over and over, so that
+//! a sampling profiler sees where the JIT-compiled program spends its time.
+//! These VMs have no PMU; `tests/probes/profile.sh` samples with `perf`'s
+//! cpu-clock and maps the samples onto the program's machine code.
+//! Paths: `hot` (one IPv4 flow's ACK), `hot6` (the same in IPv6), `random`
+//! (ACKs at random among 1e6 flows), `new` (SYNs of new flows).
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use testbed::{
+    bench::{client, fill_flows, pin_to_cpu},
+    config_file::ConfigFile,
+    fixture::{
+        CLIENT_MAC, FixtureBed, SERVER1, SERVER1_6, SERVER2, SERVER2_6, TOCLIENT_MAC, fixture_netns, ifindex, test_run,
+    },
+    packet::{ACK, Pkt, SYN},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+const FLOWS_1E6: u32 = 1_000_000;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().unwrap_or_default();
+    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    if !["hot", "hot6", "random", "new"].contains(&path.as_str()) {
+        eprintln!("usage: lb-profile hot|hot6|random|new [SECONDS]");
+        std::process::exit(2);
+    }
+    let net = fixture_netns();
+    // The benchmark's clients sit behind the fixture's client, as in the bench.
+    net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
+    net.ns.ip(&["-6", "route", "add", "fd00:b::/32", "via", "fd00::2"]);
+    net.run(|| profile(&path, Duration::from_secs(seconds)));
+}
+
+fn profile(path: &str, length: Duration) {
+    pin_to_cpu(0);
+    let config = ConfigFile::new()
+        .set("instance", "profile")
+        .set("interfaces", vec!["toclient"])
+        .set("flows.max", 2 * FLOWS_1E6)
+        .service(VIP, 80, "tcp", "web")
+        .service(VIP6, 80, "tcp", "web")
+        .server("web", "s1", SERVER1, 8080)
+        .server_set("web", "s1", "address6", SERVER1_6.to_string())
+        .server("web", "s2", SERVER2, 8080)
+        .server_set("web", "s2", "address6", SERVER2_6.to_string());
+    let bed = FixtureBed::load(&config);
+    let frames = frames(&bed, path);
+    let program = bed.dp().program();
+    let toclient = ifindex("toclient");
+    // The profiler starts on this line.
+    println!("READY");
+    let started = Instant::now();
+    let (mut calls, mut kernel_ns) = (0u64, 0u128);
+    // New flows run once through their frames: a SYN seen twice is no
+    // longer a new flow.
+    while started.elapsed() < length && !(path == "new" && calls > 0) {
+        for frame in &frames {
+            kernel_ns += test_run(program, frame, toclient).2.as_nanos();
+            calls += 1;
+        }
+    }
+    println!("{calls} calls, {} ns a call as the kernel timed them", kernel_ns / calls.max(1) as u128);
+}
+
+fn frames(bed: &FixtureBed, path: &str) -> Vec<Vec<u8>> {
+    let tcp = |c: Ipv4Addr, flags| Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(flags);
+    let hot = client(FLOWS_1E6 + 5000);
+    bed.run_frame(&tcp(hot, SYN).build(), "toclient");
+    let ack = |c| tcp(c, ACK).seq(1000, 1).build();
+    match path {
+        "hot" => vec![ack(hot); 4096],
+        "hot6" => {
+            let c6 = Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, 0, 5);
+            let tcp6 = |flags| Pkt::tcp((c6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(flags);
+            bed.run_frame(&tcp6(SYN).build(), "toclient");
+            vec![tcp6(ACK).seq(1000, 1).build(); 4096]
+        }
+        "random" => {
+            let s1 = bed.server_id("web", "s1");
+            fill_flows(&bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % FLOWS_1E6 as u64) as u32
+            };
+            (0..100_000).map(|_| ack(client(next()))).collect()
+        }
+        // Within the table's capacity (2e6 flows): no eviction.
+        _ => (0..1_500_000).map(|i| tcp(client(0x80_0000 + i), SYN).build()).collect(),
+    }
+}
