@@ -1,0 +1,116 @@
+// The two dependent reads of a flow lookup, as two layouts would make them
+// (docs/performance.md, section 1): today's, a tag word in its own 8 MiB
+// array then a slot in a 256 MiB one; and the tag line in the slot's own
+// 4 KiB page (one page walk for both). Each with the slot's index taken from
+// the tag's value (the CPU must wait), or chosen by a branch on it (the CPU
+// predicts the branch and reads the slot at once, as it does for a flow in
+// the lane it guesses), and with the slot written instead of read (a new
+// flow). Against one random line of the 256 MiB array alone. Each figure is
+// the median over rounds of 20000 test runs at random indexes, net of the
+// same program at fixed ones, timed like bench section 1.
+// Build: gcc -O2 -o chain_cost chain_cost.c -lbpf   Run (root): ./chain_cost [CALLS] [ROUNDS]
+#define _GNU_SOURCE
+#include <bpf/bpf.h>
+#include <linux/bpf.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+#include <unistd.h>
+#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
+static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
+static double run(int prog, uint32_t* a, uint32_t* b, int n) {
+  unsigned char frame[64] = {0};
+  uint64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    memcpy(frame + 14, &a[i], 4); memcpy(frame + 18, &b[i], 4);
+    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = frame, .data_size_in = sizeof frame, .repeat = 1);
+    if (bpf_prog_test_run_opts(prog, &o)) { perror("run"); exit(1); }
+    total += o.duration;
+  }
+  return (double)total / n;
+}
+enum { DATA, CTRL, STORE, ONE };
+static int load(int m1, int m2, int mode) {
+  struct bpf_insn p[64]; int n = 0;
+  p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 2, 1, 0, 0);
+  p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 3, 1, 4, 0);
+  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 4, 2, 0, 0);
+  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 4, 0, 0, 22);
+  int jout1 = n; p[n++] = I(BPF_JMP | BPF_JGT | BPF_X, 4, 3, 0, 0);
+  p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 7, 2, 14, 0);
+  p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 8, 2, 18, 0);
+  p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 7, -4, 0);
+  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, m1); p[n++] = I(0, 0, 0, 0, 0);
+  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
+  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4);
+  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+  int jout2 = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
+  p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 9, 0, 0, 0);           // the tag word
+  int jout3 = -1;
+  if (mode == ONE) goto out;
+  if (mode == DATA || mode == STORE) p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 8, 9, 0, 0);  // index depends on it
+  else { jout3 = n; p[n++] = I(BPF_JMP | BPF_JNE | BPF_K, 9, 0, 0, 0); }  // branch on it
+  p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -8, 0);
+  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, m2); p[n++] = I(0, 0, 0, 0, 0);
+  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
+  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
+  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+  int jout4 = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
+  if (mode == STORE) p[n++] = I(BPF_STX | BPF_DW | BPF_MEM, 0, 9, 0, 0);
+  else p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 0, 0, 0, 0);
+out:;
+  int o = n;
+  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2);
+  p[n++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+  p[jout1].off = o - jout1 - 1; p[jout2].off = o - jout2 - 1;
+  if (jout3 >= 0) p[jout3].off = o - jout3 - 1;
+  if (mode != ONE) p[jout4].off = o - jout4 - 1;
+  char log[8192];
+  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
+  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "chain", "GPL", p, n, &lo);
+  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
+  return prog;
+}
+static uint64_t x = 0x2545f4914f6cdd1dull;
+static uint32_t rnd(void) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return (uint32_t)x; }
+int main(int argc, char** argv) {
+  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  const uint32_t SLOTS = 4194304, TAGLINES = 131072;
+  int calls = argc > 1 ? atoi(argv[1]) : 20000, rounds = argc > 2 ? atoi(argv[2]) : 7;
+  int tags = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tags", 4, 64, TAGLINES, NULL);
+  int slots = bpf_map_create(BPF_MAP_TYPE_ARRAY, "slots", 4, 64, SLOTS, NULL);
+  if (tags < 0 || slots < 0) { perror("map"); return 1; }
+  struct { const char* name; int prog; int layout; } v[] = {
+      {"one line of 256 MiB           ", load(slots, slots, ONE), 2},
+      {"today: tags 8M, slot (data dep)", load(tags, slots, DATA), 0},
+      {"today: tags 8M, slot (branch)  ", load(tags, slots, CTRL), 0},
+      {"today: tags 8M, slot store     ", load(tags, slots, STORE), 0},
+      {"in page: tag line, slot (data) ", load(slots, slots, DATA), 1},
+      {"in page: tag line, slot(branch)", load(slots, slots, CTRL), 1},
+      {"in page: tag line, slot store  ", load(slots, slots, STORE), 1},
+  };
+  int nv = sizeof v / sizeof v[0];
+  uint32_t *a = malloc(calls * 4), *b = malloc(calls * 4), *ha = malloc(calls * 4), *hb = malloc(calls * 4);
+  for (int i = 0; i < calls; i++) { ha[i] = 7; hb[i] = 9; }
+  double res[16][64];
+  for (int r = 0; r < rounds; r++) {
+    for (int k = 0; k < nv; k++) {
+      for (int i = 0; i < calls; i++) {
+        uint32_t s = rnd() % SLOTS;
+        if (v[k].layout == 0) { a[i] = rnd() % TAGLINES; b[i] = s; }
+        else if (v[k].layout == 1) { uint32_t page = s / 64; a[i] = page * 64; b[i] = page * 64 + 2 + rnd() % 60; }
+        else { a[i] = s; b[i] = s; }
+      }
+      double hot = run(v[k].prog, ha, hb, calls);
+      double cold = run(v[k].prog, a, b, calls);
+      res[k][r] = cold - hot;
+    }
+  }
+  for (int k = 0; k < nv; k++) {
+    qsort(res[k], rounds, sizeof(double), cmp);
+    printf("%s: %4.0f ns over hot (rounds %4.0f..%4.0f)\n", v[k].name, res[k][rounds / 2], res[k][0], res[k][rounds - 1]);
+  }
+  return 0;
+}
