@@ -19,11 +19,13 @@ use crate::{
 };
 
 const SECTION: &str = "1. Datapath cost per packet (BPF_PROG_TEST_RUN, own cost = path - trivial program)";
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
-const FLOWS_1E6: u32 = 1_000_000;
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+pub const FLOWS_1E6: u32 = 1_000_000;
 
-fn config() -> ConfigFile {
+/// Section 1's balancer: one service in each family on two servers, a
+/// table sized for 2e6 flows (`lb-profile` runs the same).
+pub fn config() -> ConfigFile {
     ConfigFile::new()
         .set("instance", "bench")
         .set("interfaces", vec!["toclient"])

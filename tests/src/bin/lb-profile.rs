@@ -12,17 +12,14 @@ use std::{
 };
 
 use testbed::{
-    bench::{client, fill_flows, pin_to_cpu},
-    config_file::ConfigFile,
-    fixture::{
-        CLIENT_MAC, FixtureBed, SERVER1, SERVER1_6, SERVER2, SERVER2_6, TOCLIENT_MAC, fixture_netns, ifindex, test_run,
+    bench::{
+        client,
+        datapath_cost::{FLOWS_1E6, VIP, VIP6, config},
+        fill_flows, pin_to_cpu,
     },
+    fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
     packet::{ACK, Pkt, SYN},
 };
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
-const FLOWS_1E6: u32 = 1_000_000;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -41,17 +38,7 @@ fn main() {
 
 fn profile(path: &str, length: Duration) {
     pin_to_cpu(0);
-    let config = ConfigFile::new()
-        .set("instance", "profile")
-        .set("interfaces", vec!["toclient"])
-        .set("flows.max", 2 * FLOWS_1E6)
-        .service(VIP, 80, "tcp", "web")
-        .service(VIP6, 80, "tcp", "web")
-        .server("web", "s1", SERVER1, 8080)
-        .server_set("web", "s1", "address6", SERVER1_6.to_string())
-        .server("web", "s2", SERVER2, 8080)
-        .server_set("web", "s2", "address6", SERVER2_6.to_string());
-    let bed = FixtureBed::load(&config);
+    let bed = FixtureBed::load(&config());
     let frames = frames(&bed, path);
     let program = bed.dp().program();
     let toclient = ifindex("toclient");
