@@ -8,7 +8,8 @@
 # usage (root, from the project's root):
 #   tests/probes/ab_datapath.sh REV_A REV_B [N=6]
 # REV: a commit, or `work` for the working tree as it is. Builds and runs
-# in target/ab/.
+# in target/ab/; commits are built in a git worktree there, kept for the
+# next run (`git worktree remove --force target/ab/tree` drops it).
 set -euo pipefail
 a=${1:?usage: ab_datapath.sh REV_A REV_B [N]}
 b=${2:?usage: ab_datapath.sh REV_A REV_B [N]}

@@ -686,16 +686,17 @@ fn take_array(
 /// that no packet enters a new `lb6` that would hand it to an old one.
 fn set_family_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     let map_error = |source| DatapathError::Map { name: map_name::FAMILY_PROGRAMS, source };
-    let mut fds = Vec::new();
-    for name in [PROGRAM6_OTHER, PROGRAM6] {
+    // (index in the array, program): the indexes `lb-ebpf/src/maps.rs` names.
+    let mut entries = Vec::new();
+    for (index, name) in [(1, PROGRAM6_OTHER), (0, PROGRAM6)] {
         let failed = |source| DatapathError::Program { name, source };
         let program: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).expect("loaded");
-        fds.push(program.fd().map_err(failed)?.try_clone().map_err(|e| failed(e.into()))?);
+        entries.push((index, program.fd().map_err(failed)?.try_clone().map_err(|e| failed(e.into()))?));
     }
     let map = ebpf.map_mut(map_name::FAMILY_PROGRAMS).ok_or(map_error(None))?;
     let mut programs = aya::maps::ProgramArray::try_from(map).map_err(|e| map_error(Some(e)))?;
-    for (index, fd) in [1, 0].into_iter().zip(&fds) {
-        programs.set(index, fd, 0).map_err(|e| map_error(Some(e)))?;
+    for (index, fd) in &entries {
+        programs.set(*index, fd, 0).map_err(|e| map_error(Some(e)))?;
     }
     Ok(())
 }
