@@ -524,11 +524,12 @@ impl TableSlot for FlowSlot6 {
 /// The flow table's layout, shared by the datapath and the agent: an array
 /// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
 /// consecutive slots (one 256-byte run of memory). A flow sits in one of two
-/// buckets its hash picks: the one with more free slots when it was created.
-/// Two choices keep buckets even: in a simulation, a million flows never
-/// found both their buckets full in a table of 4 Mi slots (sized for two
-/// million), and 6 did in one of 2 Mi slots (in a kernel LRU map at its
-/// size, every new flow pushes one out). Nothing is allocated or linked: a
+/// buckets its hash picks: mostly the one with more free slots when it was
+/// created ([`first_bucket`](flow_table::first_bucket)). Two choices keep
+/// buckets even: in a simulation, a million flows never found both their
+/// buckets full in a table of 4 Mi slots (sized for two million), and 20
+/// did in one of 2 Mi slots (7 with balancing alone; in a kernel LRU map at
+/// its size, every new flow pushes one out). Nothing is allocated or linked: a
 /// lookup reads its buckets' tags (see [`tag`](flow_table::tag)), then only
 /// a slot whose tag matches, and a miss (a new flow) reads no slot.
 pub mod flow_table {
@@ -643,6 +644,21 @@ pub mod flow_table {
         } else {
             3
         }
+    }
+
+    /// Whether a new flow takes the first of its two buckets ([`buckets`]),
+    /// from their [`free_lanes`]: the first while it holds at most one
+    /// flow, else the one with more free slots (the first on a tie). A
+    /// lookup reads the first bucket's tags, and the second's only when the
+    /// flow is not in the first: filling the first a little further keeps
+    /// 91 % of flows there in a table a quarter full, against 77 % when
+    /// balancing alone, and spares most lookups among a million flows a
+    /// second line (ACK among 1e6 flows 0.92x, measured alternately). Both
+    /// buckets full as often, near enough: see the unit test.
+    #[inline(always)]
+    pub fn first_bucket(free0: u64, free1: u64) -> bool {
+        let count0 = lanes_count(free0);
+        count0 >= BUCKET_SLOTS - 1 || count0 >= lanes_count(free1)
     }
 
     /// The top bit of each lane of a bucket's tag word whose slot holds a
@@ -1251,6 +1267,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A new flow's bucket: the first while it holds at most one flow, else
+    /// the one with more free slots, the first on a tie. Every occupancy of
+    /// both buckets, with tags of every kind in the taken lanes.
+    #[test]
+    fn a_new_flow_fills_its_first_bucket_a_little_further() {
+        let word = |pattern: u32, tag: u16| {
+            (0..4).filter(|l| pattern & 1 << l != 0).fold(0, |w, l| flow_table::with_lane(w, l, tag))
+        };
+        for (p0, p1, tag) in
+            (0..16u32).flat_map(|a| (0..16u32).flat_map(move |b| [1u16, 0x0405, 0xffff].map(move |t| (a, b, t))))
+        {
+            let free = [4 - p0.count_ones(), 4 - p1.count_ones()];
+            let first =
+                flow_table::first_bucket(flow_table::free_lanes(word(p0, tag)), flow_table::free_lanes(word(p1, tag)));
+            assert_eq!(first, free[0] >= 3 || free[0] >= free[1], "taken {p0:04b} {p1:04b}, tag {tag:#x}");
+        }
+    }
+
+    /// A million random flows placed as the datapath places them: in a
+    /// table sized for two million (4 Mi slots) none finds both buckets
+    /// full and 90 % sit in their first bucket (77 % with balancing alone);
+    /// at 2 Mi slots (sized for one million, at its limit) both buckets are
+    /// full for 2 in 100,000 (balancing alone: 0.7).
+    #[test]
+    fn most_flows_sit_in_their_first_bucket_and_buckets_stay_even() {
+        let fill = |slots: u32, balanced_only: bool| {
+            let buckets = slots / flow_table::BUCKET_SLOTS;
+            let mut words = std::vec![0u64; buckets as usize];
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let (mut first, mut lost) = (0u32, 0u32);
+            for _ in 0..1_000_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let pair = flow_table::buckets(x, flow_table::bucket_mask(slots))
+                    .map(|f| (f / flow_table::BUCKET_SLOTS) as usize);
+                let free = pair.map(|b| flow_table::free_lanes(words[b]));
+                if free == [0, 0] {
+                    lost += 1;
+                    continue;
+                }
+                let take_first = if balanced_only {
+                    flow_table::lanes_count(free[0]) >= flow_table::lanes_count(free[1])
+                } else {
+                    flow_table::first_bucket(free[0], free[1])
+                };
+                let b = if take_first { 0 } else { 1 };
+                let w = &mut words[pair[b]];
+                *w = flow_table::with_lane(*w, flow_table::first_lane(free[b]), flow_table::tag(x, 7));
+                first += (b == 0) as u32;
+            }
+            (first as f64 / (1_000_000 - lost) as f64, lost)
+        };
+        let (share, lost) = fill(4 << 20, false);
+        let (balanced_share, balanced_lost) = fill(4 << 20, true);
+        let (_, full_lost) = fill(2 << 20, false);
+        let (_, full_balanced_lost) = fill(2 << 20, true);
+        assert_eq!((lost, balanced_lost), (0, 0));
+        assert!(share > 0.88 && balanced_share < 0.8, "first bucket: {share:.3}, balancing alone {balanced_share:.3}");
+        assert!(
+            full_lost <= 4 * full_balanced_lost.max(5),
+            "at its limit: {full_lost} lost, {full_balanced_lost} balancing alone"
+        );
     }
 
     /// The purge's four-lanes-at-once tests agree with a lane-by-lane

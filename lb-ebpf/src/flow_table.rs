@@ -82,8 +82,8 @@ fn read_if_holds<F: Family>(slot: *mut F::Slot, want: &F::Key) -> Option<Flow> {
 /// Another CPU changed the bucket's tags at the same instant.
 pub struct SlotTaken;
 
-/// Writes a new flow into the first free slot of whichever of its buckets
-/// has more free slots (read from the tags alone); where both are full, over
+/// Writes a new flow into the first free slot of the bucket
+/// [`flow_table::first_bucket`] picks (from the tags alone); where both are full, over
 /// a flow that carries no connection in use if one of the eight does (the
 /// one idle longest: a flood of spoofed SYNs evicts its own half-open flows),
 /// else over the flow idle longest (as in an LRU). Returns the kind of the
@@ -103,7 +103,7 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Option<
             // Masked: the bucket indexes two-element arrays below.
             pick => ((pick >> 8 & 1) as usize, pick >> 4 & 0xf, Some(pick & 0xf)),
         },
-        [f0, f1] if flow_table::lanes_count(f1) > flow_table::lanes_count(f0) => (1, flow_table::first_lane(f1), None),
+        [f0, f1] if !flow_table::first_bucket(f0, f1) => (1, flow_table::first_lane(f1), None),
         [f0, _] => (0, flow_table::first_lane(f0), None),
     };
     // Owning the slot: its tag changes to ours, if no other CPU changed the

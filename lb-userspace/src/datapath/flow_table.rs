@@ -205,7 +205,8 @@ impl<S: TableSlot> FlowTable<S> {
     }
 
     /// Writes `flow` where the datapath would: the first free slot of the
-    /// bucket with more free slots, else over the one idle longest. Whether
+    /// bucket [`flow_table::first_bucket`] picks, else over the one idle
+    /// longest. Whether
     /// it found a free slot.
     fn insert(&self, window: &Window<S>, tags: &Tags, key: &Key<S>, flow: &Flow) -> bool {
         let hash = S::hash(key);
@@ -218,8 +219,8 @@ impl<S: TableSlot> FlowTable<S> {
         let buckets = flow_table::buckets(hash, self.bucket_mask()).map(|first| first / BUCKET_SLOTS);
         for _ in 0..TRIES {
             let words = buckets.map(|b| tags.word(b).load(Ordering::Acquire));
-            let free = words.map(|w| (0..BUCKET_SLOTS).filter(|&i| lane(w, i) == TAG_FREE).count());
-            let b = if free[1] > free[0] { 1 } else { 0 };
+            let free = words.map(flow_table::free_lanes);
+            let b = if flow_table::first_bucket(free[0], free[1]) { 0 } else { 1 };
             let choice = match (0..BUCKET_SLOTS).find(|&i| lane(words[b], i) == TAG_FREE) {
                 Some(i) => Some((b, i)),
                 None => (0..2)
