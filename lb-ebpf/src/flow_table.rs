@@ -82,11 +82,11 @@ fn read_if_holds<F: Family>(slot: *mut F::Slot, want: &F::Key) -> Option<Flow> {
 /// Another CPU changed the bucket's tags at the same instant.
 pub struct SlotTaken;
 
-/// Writes a new flow into the first free slot of the bucket
-/// [`flow_table::first_bucket`] picks (from the tags alone); where both are full, over
-/// a flow that carries no connection in use if one of the eight does (the
-/// one idle longest: a flood of spoofed SYNs evicts its own half-open flows),
-/// else over the flow idle longest (as in an LRU). Returns the kind of the
+/// Writes a new flow into the first free slot of the bucket that
+/// [`flow_table::first_bucket`] picks (from the tags alone); where both are
+/// full, over a flow that carries no connection in use if one of the eight
+/// does (the one idle longest: a flood of spoofed SYNs evicts its own
+/// half-open flows), else over the flow idle longest (as in an LRU). Returns the kind of the
 /// flow evicted, if one was ([`eviction`]).
 #[inline(always)]
 pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Option<u32>, SlotTaken> {
