@@ -329,9 +329,14 @@ pub struct ServerView {
     #[serde(default)]
     pub removing: bool,
     /// Whether it is given new flows now: ENABLED, weight above 0, not
-    /// being removed, and not DOWN (unless its pool fails open).
+    /// being removed, not awaiting the fleet, and not DOWN (unless its
+    /// pool fails open).
     #[serde(default)]
     pub takes_new_flows: bool,
+    /// In a cluster: added by a fleet reload that not every node has
+    /// applied yet; it takes new flows once they have.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_fleet: bool,
     /// Ramping up after it came back (the pool's `ramp_up`): the part of
     /// its weight the hash rows give it now, in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -712,6 +717,7 @@ mod tests {
             source: Source::Operator,
             removing: false,
             takes_new_flows: false,
+            awaiting_fleet: false,
             ramp_up_percent: None,
             health: None,
             packets_to: 0,

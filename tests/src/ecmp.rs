@@ -376,7 +376,8 @@ impl EcmpBed {
     }
 
     /// Adds server host `j` to both pools in every node's config, then has
-    /// every node re-read its config (a fleet reload through `through`).
+    /// every node re-read its config (a fleet reload through `through`);
+    /// returns once it takes new flows on every node.
     pub fn add_server(&mut self, j: usize, through: &str) {
         let name = format!("s{j}");
         for node in &mut self.nodes {
@@ -392,9 +393,11 @@ impl EcmpBed {
         self.configured = self.configured.max(j);
         let (ok, out, err) = self.node(through).agent.lb(&["reload"]);
         assert!(ok, "lb reload: {out}{err}");
+        // Once every node has it, it takes new flows (on each node within
+        // a read of the others' records).
         for node in &self.nodes {
-            crate::bed::wait_for(&format!("{name} in {}'s pool", node.name), Duration::from_secs(10), || {
-                node.agent.pool("echo").servers.iter().any(|s| s.name == name)
+            crate::bed::wait_for(&format!("{name} taking new flows on {}", node.name), Duration::from_secs(10), || {
+                node.agent.pool("echo").servers.iter().any(|s| s.name == name && s.takes_new_flows)
             });
         }
     }

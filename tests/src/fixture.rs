@@ -185,7 +185,7 @@ impl FixtureBed {
     pub fn apply(&mut self, config: &ConfigFile) -> ReloadReport {
         let mut config = Config::parse(&config.text(), Path::new("fixture.toml")).expect("fixture config");
         config.state_file = self.config().state_file.clone();
-        let options = ReloadOptions { force: true, dry_run: false };
+        let options = ReloadOptions { force: true, ..ReloadOptions::default() };
         self.owner.reload(config, options, now_ms()).expect("reload")
     }
 

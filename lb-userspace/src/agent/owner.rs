@@ -586,6 +586,7 @@ impl<D: DatapathOps> Owner<D> {
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
                     source: s.source,
                     removing: s.removing,
+                    awaiting_fleet: s.awaiting_fleet,
                     shared_endpoint: s.shared_endpoint,
                     monitored: config.is_some_and(|p| !p.health.monitors.is_empty()),
                     health: s.health.clone(),

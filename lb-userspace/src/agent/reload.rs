@@ -46,6 +46,10 @@ pub struct ReloadOptions {
     pub force: bool,
     /// Say what would change; change nothing.
     pub dry_run: bool,
+    /// A fleet reload (asked through the store, every node re-reads its
+    /// file): the servers it adds await the fleet
+    /// ([`ServerSlot::awaiting_fleet`]).
+    pub fleet: bool,
 }
 
 /// A reload worked out before anything is written.
@@ -68,6 +72,9 @@ impl<D: DatapathOps> Owner<D> {
             return Err(ControlError::RestartNeeded { settings: restart.join("; ") });
         }
         let mut target = self.target(&new, now_ms)?;
+        if options.fleet {
+            self.hold_added(&mut target.tables);
+        }
         if !options.force {
             self.guard_reload(&target, &new, now_ms)?;
         }
@@ -133,12 +140,43 @@ impl<D: DatapathOps> Owner<D> {
         let monitors = |config: &Config, pool: &str| config.pools.get(pool).map(|p| p.health.monitors.clone());
         for slot in tables.servers.iter_mut() {
             let Some(old) = self.servers.get(slot.id).filter(|o| o.identity == slot.identity) else { continue };
-            (slot.in_rows, slot.ramp) = (old.in_rows, old.ramp);
+            (slot.in_rows, slot.ramp, slot.awaiting_fleet) = (old.in_rows, old.ramp, old.awaiting_fleet);
             let same = (old.address, old.port) == (slot.address, slot.port)
                 && monitors(&self.config, &slot.pool) == monitors(new, &slot.pool);
             if same {
                 slot.health = old.health.clone();
             }
+        }
+    }
+
+    /// A fleet reload: the servers it adds take no new flow until every
+    /// node has them ([`Owner::fleet_reloaded`]).
+    fn hold_added(&self, tables: &mut Tables) {
+        for slot in tables.servers.iter_mut() {
+            if self.servers.get(slot.id).is_none_or(|old| old.identity != slot.identity) {
+                slot.awaiting_fleet = true;
+            }
+        }
+    }
+
+    /// Every live node has applied the fleet's reload (or the wait for
+    /// them is over): the servers it added take new flows, their pools'
+    /// rows rewritten.
+    pub fn fleet_reloaded(&mut self, now_ms: u64) {
+        let held: Vec<(String, String)> =
+            self.servers.iter().filter(|s| s.awaiting_fleet).map(|s| (s.pool.clone(), s.name.clone())).collect();
+        let pools: BTreeSet<String> = held.iter().map(|(pool, _)| pool.clone()).collect();
+        for slot in self.servers.iter_mut() {
+            slot.awaiting_fleet = false;
+        }
+        for pool in &pools {
+            if let Err(e) = self.write_rows(pool, now_ms) {
+                log::error!("cannot give the servers added to pool {pool} their rows: {e}");
+            }
+        }
+        for (pool, server) in held {
+            let message = "every node has it: it takes new flows".to_owned();
+            self.events.push(now_ms, Subject::server(&pool, &server), EventKind::Added, message);
         }
     }
 
@@ -362,13 +400,10 @@ impl<D: DatapathOps> Owner<D> {
             slot.config_enabled = self.config.server(&slot.pool, &slot.name).is_none_or(|l| l.enabled);
         }
         for (pool, server) in added {
-            let state = self.servers.find(&pool, &server).expect("added").admin.label();
-            self.events.push(
-                now_ms,
-                Subject::server(&pool, &server),
-                EventKind::Added,
-                format!("added by a reload: {state}"),
-            );
+            let slot = self.servers.find(&pool, &server).expect("added");
+            let held = if slot.awaiting_fleet { "; new flows once every node has it" } else { "" };
+            let message = format!("added by a reload: {}{held}", slot.admin.label());
+            self.events.push(now_ms, Subject::server(&pool, &server), EventKind::Added, message);
         }
     }
 

@@ -15,7 +15,7 @@ use crate::{
     servers::{AdminState, DisableMode, DisableReason},
 };
 
-const APPLY: ReloadOptions = ReloadOptions { force: false, dry_run: false };
+const APPLY: ReloadOptions = ReloadOptions { force: false, dry_run: false, fleet: false };
 const ABC: [(&str, &str); 3] = [("a", ""), ("b", ""), ("c", "")];
 
 fn web(test: &str, rule: &str, servers: &[(&str, &str)]) -> Config {
@@ -54,6 +54,40 @@ fn a_server_added_is_written_before_the_hash_table_points_at_it() {
     // The same config again changes nothing.
     let again = owner.reload(web("add", "", &[("a", ""), ("b", ""), ("c", ""), ("d", "")]), APPLY, T0).unwrap();
     assert!(again.changes.is_empty() && take_writes(&mut owner).is_empty());
+}
+
+#[test]
+fn a_server_a_fleet_reload_adds_takes_new_flows_once_every_node_has_it() {
+    // Another node may not have reloaded yet: the router may send the new
+    // server's replies through it, and it could not rewrite them.
+    let mut owner = owner_of(web("fleet-add", "", &ABC));
+    let fleet = ReloadOptions { fleet: true, ..APPLY };
+    let abcd = [("a", ""), ("b", ""), ("c", ""), ("d", "")];
+    owner.reload(web("fleet-add", "", &abcd), fleet, T0).unwrap();
+    assert_eq!(
+        take_writes(&mut owner),
+        [Write::NewServer("d", ServerState::Enabled), Write::Layout(vec!["10.100.0.1:80/tcp".into()])],
+        "known to the datapath (its replies rewritten here); the rows unchanged"
+    );
+    let d = || owner_view(&owner, "d");
+    assert!(d().awaiting_fleet && !d().takes_new_flows);
+    // A reload meanwhile keeps it waiting.
+    owner.reload(web("fleet-add", "", &abcd), fleet, T0 + 1).unwrap();
+    assert!(owner.servers().find("web", "d").unwrap().awaiting_fleet);
+    owner.fleet_reloaded(T0 + 2);
+    assert_eq!(take_writes(&mut owner), [Write::Maglev(vec!["a", "b", "c", "d"])]);
+    let d = owner_view(&owner, "d");
+    assert!(!d.awaiting_fleet && d.takes_new_flows);
+    // Alone (SIGHUP, or `lb reload` without a cluster): in the rows at once.
+    let mut alone = owner_of(web("fleet-add-alone", "", &ABC));
+    alone.reload(web("fleet-add-alone", "", &abcd), APPLY, T0).unwrap();
+    assert_eq!(take_writes(&mut alone).last(), Some(&Write::Maglev(vec!["a", "b", "c", "d"])));
+}
+
+fn owner_view(owner: &Owner<FakeDatapath>, server: &str) -> crate::agent::snapshot::ServerSnapshot {
+    let snapshot = owner.snapshot(T0);
+    let pool = snapshot.pools.iter().find(|p| p.name == "web").expect("pool web");
+    pool.servers.iter().find(|s| s.name == server).expect("the server").clone()
 }
 
 #[test]

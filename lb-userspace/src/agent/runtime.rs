@@ -84,6 +84,8 @@ pub enum Command {
     /// Proposals the store did not record: another server of their pool
     /// changed first.
     NotRecorded(crate::servers::Batch),
+    /// In a cluster: every live node has applied the last fleet reload.
+    FleetReloaded,
 }
 
 /// An operator's change of servers' states.
@@ -126,7 +128,19 @@ impl OwnerHandle {
     }
 
     pub async fn reload(&self, force: bool, dry_run: bool) -> Result<ReloadReport, ApiError> {
-        self.ask(|reply| Command::Reload { options: ReloadOptions { force, dry_run }, reply }).await
+        self.ask(|reply| Command::Reload { options: ReloadOptions { force, dry_run, fleet: false }, reply }).await
+    }
+
+    /// A fleet reload's part on this node: the servers it adds await the
+    /// fleet ([`OwnerHandle::fleet_reloaded`]).
+    pub async fn reload_for_fleet(&self, force: bool) -> Result<ReloadReport, ApiError> {
+        self.ask(|reply| Command::Reload { options: ReloadOptions { force, dry_run: false, fleet: true }, reply }).await
+    }
+
+    /// Every live node has applied the fleet's reload: the servers it
+    /// added take new flows.
+    pub async fn fleet_reloaded(&self) {
+        let _ = self.commands.send(Command::FleetReloaded).await;
     }
 
     /// Plans an operator's change for the cluster's store.
@@ -239,6 +253,7 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
         Command::Others(others) => owner.set_others(others, now_ms()),
         Command::Note(message) => owner.note(message, now_ms()),
         Command::NotRecorded(batch) => owner.not_recorded(batch, now_ms()),
+        Command::FleetReloaded => owner.fleet_reloaded(now_ms()),
     }
 }
 
@@ -340,7 +355,7 @@ mod tests {
         owner.publish_to(snapshots);
         std::fs::write(&path, text(&[("a", ""), ("b", "")])).unwrap();
         let (reply, mut answer) = oneshot::channel();
-        handle(&mut owner, &path, Command::Reload { options: ReloadOptions { force: false, dry_run: false }, reply });
+        handle(&mut owner, &path, Command::Reload { options: ReloadOptions::default(), reply });
         let _ = std::fs::remove_file(&path);
         assert!(answer.try_recv().expect("answered").is_ok(), "the reload is taken");
         let listed: Vec<String> = seen.borrow().pools[0].servers.iter().map(|s| s.name.clone()).collect();

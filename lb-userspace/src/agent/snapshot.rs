@@ -76,6 +76,8 @@ pub struct ServerSnapshot {
     pub active_flows: u64,
     pub source: Source,
     pub removing: bool,
+    /// Added by a fleet reload that not every node has applied yet.
+    pub awaiting_fleet: bool,
     /// Its endpoint serves several services: replies find their VIP by
     /// flow (`reverse_nat`), not by endpoint.
     pub shared_endpoint: bool,

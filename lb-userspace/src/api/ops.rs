@@ -248,6 +248,7 @@ impl Ops {
                     source: s.source,
                     removing: s.removing,
                     takes_new_flows: s.takes_new_flows,
+                    awaiting_fleet: s.awaiting_fleet,
                     ramp_up_percent: s.ramp.map(|r| r.percent()),
                     // A monitored server not yet in the checks' view (they
                     // are published twice a second) is unchecked so far.

@@ -241,6 +241,7 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
     for s in view.servers {
         let state = match (s.removing, s.ramp_up_percent) {
             (true, _) => format!("removing: {}", s.label()),
+            (false, _) if s.awaiting_fleet => format!("{}, awaiting the fleet", s.label()),
             (false, Some(percent)) => format!("{}, ramping up {percent}%", s.label()),
             (false, None) => s.label().to_string(),
         };

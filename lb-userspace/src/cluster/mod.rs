@@ -104,13 +104,24 @@ impl Cluster {
             Ok(Err(e)) => return Err(unreachable(&late(&e.to_string()))),
             Err(_) => return Err(unreachable(&late(&format!("no answer within {:?}", self.timeout)))),
         };
-        let mut view = self.view.clone();
-        let answered = |v: &NodesView| v.nodes.iter().filter(|n| n.up).all(|n| reloaded(n, revision).is_some());
-        let _ = tokio::time::timeout(self.timeout, view.wait_for(|v| answered(v))).await;
-        let view = view.borrow();
-        let nodes = view.nodes.iter().filter(|n| n.up);
-        Ok(nodes.map(|n| NodeReload { node: n.node.clone(), outcome: reloaded(n, revision) }).collect())
+        Ok(every_node_reloaded(&self.view, revision, self.timeout).await)
     }
+}
+
+/// Waits (within `timeout`) until every live node says how it fared with
+/// the fleet reload asked at `revision`; each live node's outcome, none for
+/// those that did not answer in time.
+pub async fn every_node_reloaded(
+    view: &watch::Receiver<Arc<NodesView>>,
+    revision: i64,
+    timeout: Duration,
+) -> Vec<NodeReload> {
+    let mut view = view.clone();
+    let answered = |v: &NodesView| v.nodes.iter().filter(|n| n.up).all(|n| reloaded(n, revision).is_some());
+    let _ = tokio::time::timeout(timeout, view.wait_for(|v| answered(v))).await;
+    let view = view.borrow();
+    let nodes = view.nodes.iter().filter(|n| n.up);
+    nodes.map(|n| NodeReload { node: n.node.clone(), outcome: reloaded(n, revision) }).collect()
 }
 
 /// A node's outcome of the reload asked at `revision` (or of a later one).

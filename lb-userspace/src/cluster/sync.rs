@@ -5,13 +5,14 @@
 //! proposals (a deadline's cut, a fleet drained) are recorded, and where a
 //! fleet reload reaches this node (it re-reads its own config file).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 
 use super::store::{Recorded, ReloadOutcome, ReloadRequest, Store};
 use crate::{
     agent::runtime::{OwnerHandle, stopped},
+    model::NodesView,
     servers::Batch,
 };
 
@@ -146,16 +147,23 @@ pub async fn record_proposals(
     }
 }
 
+/// Where a fleet reload's outcome goes, and how this node learns that
+/// every node has applied it.
+pub struct ReloadLinks {
+    /// This node's outcome, published with its record.
+    pub outcome: watch::Sender<Option<ReloadOutcome>>,
+    /// The nodes as last read (their outcomes with them).
+    pub view: watch::Receiver<Arc<NodesView>>,
+    /// The store's timeout: how long the others' outcomes are waited for.
+    pub timeout: Duration,
+}
+
 /// Follows the fleet's reload requests until `shutdown`: each one asked
 /// after this node started makes it re-read its own config file, and the
-/// outcome goes to `outcome` (published with this node's record). A request
-/// made while the watch was broken is found by the read that follows.
-pub async fn follow_reloads(
-    store: Store,
-    owner: OwnerHandle,
-    outcome: watch::Sender<Option<ReloadOutcome>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// outcome goes to `links.outcome` (published with this node's record). A
+/// request made while the watch was broken is found by the read that
+/// follows.
+pub async fn follow_reloads(store: Store, owner: OwnerHandle, links: ReloadLinks, mut shutdown: watch::Receiver<bool>) {
     // The config was read at start: the requests made before are done.
     let mut done: Option<i64> = None;
     loop {
@@ -163,7 +171,7 @@ pub async fn follow_reloads(
             Ok((last, revision)) => {
                 let last = last.filter(|(at, _)| done.is_some_and(|d| *at > d));
                 if let Some((at, request)) = last {
-                    reload(&owner, at, &request, &outcome).await;
+                    reload(&owner, at, &request, &links).await;
                 }
                 revision
             }
@@ -183,7 +191,7 @@ pub async fn follow_reloads(
                 continue;
             }
         };
-        match watch_reloads(&store, stream, &owner, &outcome, &mut done, &mut shutdown).await {
+        match watch_reloads(&store, stream, &owner, &links, &mut done, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => log::debug!("cluster: the reloads' watch broke ({e})"),
         }
@@ -198,7 +206,7 @@ async fn watch_reloads(
     store: &Store,
     mut stream: etcd_client::WatchStream,
     owner: &OwnerHandle,
-    outcome: &watch::Sender<Option<ReloadOutcome>>,
+    links: &ReloadLinks,
     done: &mut Option<i64>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -212,20 +220,45 @@ async fn watch_reloads(
             return Err(format!("canceled: {}", answer.cancel_reason()));
         }
         for (at, request) in store.reloads(&answer).map_err(|e| e.to_string())? {
-            reload(owner, at, &request, outcome).await;
+            reload(owner, at, &request, links).await;
             *done = Some(at);
         }
     }
 }
 
-/// Re-reads this node's config file for the fleet's request `at`.
-async fn reload(owner: &OwnerHandle, at: i64, request: &ReloadRequest, outcome: &watch::Sender<Option<ReloadOutcome>>) {
-    let (ok, message) = match owner.reload(request.force, false).await {
+/// Re-reads this node's config file for the fleet's request `at`; once
+/// every live node has too (or the store's timeout is over), the servers it
+/// added take new flows here (see [`ServerSlot::awaiting_fleet`]).
+///
+/// [`ServerSlot::awaiting_fleet`]: crate::servers::ServerSlot::awaiting_fleet
+async fn reload(owner: &OwnerHandle, at: i64, request: &ReloadRequest, links: &ReloadLinks) {
+    let (ok, message) = match owner.reload_for_fleet(request.force).await {
         Ok(report) if report.changes.is_empty() => (true, "nothing to change".to_owned()),
         Ok(report) => (true, format!("applied {} change(s)", report.changes.len())),
         Err(e) => (false, e.message),
     };
     let how = if ok { "done" } else { "refused" };
     log::info!("cluster: reload asked through node {} (revision {at}): {how}: {message}", request.by);
-    outcome.send_replace(Some(ReloadOutcome { request: at, ok, message }));
+    links.outcome.send_replace(Some(ReloadOutcome { request: at, ok, message }));
+    if !ok {
+        return;
+    }
+    let nodes = super::every_node_reloaded(&links.view, at, links.timeout).await;
+    let without: Vec<String> = (nodes.iter())
+        .filter_map(|n| match &n.outcome {
+            None => Some(format!("{} (no outcome within {:?})", n.node, links.timeout)),
+            Some(o) if !o.ok => Some(format!("{} (refused it)", n.node)),
+            Some(_) => None,
+        })
+        .collect();
+    if !without.is_empty() {
+        let message = format!(
+            "the fleet reload of revision {at} is not applied on {}: the servers it added take new flows here all \
+             the same, and that node's replies of their flows cannot be rewritten",
+            without.join(", ")
+        );
+        log::warn!("cluster: {message}");
+        owner.note(message).await;
+    }
+    owner.fleet_reloaded().await;
 }

@@ -481,14 +481,15 @@ fn follow_cluster(
     parts.spawn("node maintenance", maintenance.run(shutdown.clone()));
     let (reachable_tx, reachable) = watch::channel(revision.is_some());
     let (view_tx, view) = watch::channel(Arc::new(crate::model::NodesView::default()));
+    let (reload_tx, reload_outcome) = watch::channel(None);
+    let links = cluster::sync::ReloadLinks { outcome: reload_tx, view: view.clone(), timeout: config.timeout };
     let follow = cluster::sync::follow_states(store.clone(), owner.clone(), revision, reachable_tx, shutdown.clone());
     parts.spawn("cluster states", follow);
     parts.spawn(
         "cluster proposals",
         cluster::sync::record_proposals(store.clone(), owner.clone(), proposals, shutdown.clone()),
     );
-    let (reload_tx, reload_outcome) = watch::channel(None);
-    let reloads = cluster::sync::follow_reloads(store.clone(), owner.clone(), reload_tx, shutdown.clone());
+    let reloads = cluster::sync::follow_reloads(store.clone(), owner.clone(), links, shutdown.clone());
     parts.spawn("cluster reloads", reloads);
     let presence = Presence {
         store: store.clone(),

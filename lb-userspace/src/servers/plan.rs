@@ -115,6 +115,7 @@ impl Tables {
                 removing: true,
                 health: Default::default(),
                 in_rows: false,
+                awaiting_fleet: false,
                 ramp: None,
             });
         }
@@ -184,6 +185,7 @@ fn member(
         removing: false,
         health: Default::default(),
         in_rows: false,
+        awaiting_fleet: false,
         ramp: None,
     }
 }

@@ -48,6 +48,12 @@ pub struct ServerSlot {
     pub in_rows: bool,
     /// Its share of new flows ramping up (the pool's `ramp_up`).
     pub ramp: Option<Ramp>,
+    /// Added by a fleet reload, and not every node has it yet: it takes
+    /// no new flow until they have (`Owner::fleet_reloaded`). A node that
+    /// has not reloaded could not rewrite its replies, which the router
+    /// may send through any node: the client would wait for its SYN's
+    /// retransmission.
+    pub awaiting_fleet: bool,
 }
 
 impl ServerSlot {
@@ -72,7 +78,11 @@ impl ServerSlot {
     }
 
     pub fn takes_new_flows(&self) -> bool {
-        self.admin == AdminState::Enabled && self.weight > 0 && !self.removing && self.health.serves()
+        self.admin == AdminState::Enabled
+            && self.weight > 0
+            && !self.removing
+            && !self.awaiting_fleet
+            && self.health.serves()
     }
 
     /// Its state and why, as people read it: a drain a monitor began (a
@@ -239,6 +249,7 @@ mod tests {
             removing: false,
             health: Health::default(),
             in_rows: false,
+            awaiting_fleet: false,
             ramp: None,
         }
     }

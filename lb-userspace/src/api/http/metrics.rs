@@ -292,6 +292,7 @@ mod tests {
             source: crate::model::Source::Operator,
             removing: false,
             takes_new_flows: false,
+            awaiting_fleet: false,
             ramp_up_percent: None,
             health: Some(crate::model::HealthView {
                 status: HealthStatus::Down,
