@@ -31,8 +31,8 @@ impl<D: DatapathOps> Owner<D> {
 
     /// Writes the state file if a ramp began since it was last written, so
     /// that an agent restarted during the ramp goes on with it. Called
-    /// between commands: a change writes the file before its rows (and so
-    /// before its ramps) are.
+    /// before a change is answered and between commands: a change writes
+    /// the file before its rows (and so before its ramps) are.
     pub fn save_new_ramps(&mut self) {
         if std::mem::take(&mut self.ramps_unsaved)
             && let Err(e) = self.save_states()

@@ -257,11 +257,14 @@ fn handle<D: DatapathOps>(owner: &mut Owner<D>, config_path: &Path, command: Com
     }
 }
 
-/// Answers a change once readers can see all of it: the snapshot is
-/// published first (a reload forgets removed servers after its last
-/// change's own publication), so a read that follows the answer, such as
-/// `lb pool show` after `lb reload`, sees the change whole.
+/// Answers a change once readers can see all of it, and once the ramps it
+/// began are saved (an agent that dies right after the answer goes on with
+/// them when restarted): the snapshot is published first (a reload forgets
+/// removed servers after its last change's own publication), so a read
+/// that follows the answer, such as `lb pool show` after `lb reload`, sees
+/// the change whole.
 fn answer_seen<D: DatapathOps, T>(owner: &mut Owner<D>, result: Result<T, ControlError>, reply: Reply<T>) {
+    owner.save_new_ramps();
     owner.publish(now_ms());
     answer(result, reply);
 }
@@ -360,6 +363,24 @@ mod tests {
         assert!(answer.try_recv().expect("answered").is_ok(), "the reload is taken");
         let listed: Vec<String> = seen.borrow().pools[0].servers.iter().map(|s| s.name.clone()).collect();
         assert_eq!(listed, ["a", "b"], "a read after the answer sees c gone");
+    }
+
+    /// An enable that begins a ramp is answered once the ramp is saved: an
+    /// agent killed right after the answer goes on with it when restarted
+    /// (a CI run killed one between the two, and it came back at 100%).
+    #[test]
+    fn a_ramp_a_change_begins_is_saved_before_the_change_is_answered() {
+        let text = web_config_text("ramp-saved", "ramp_up = \"120s\"", &[("a", ""), ("b", ""), ("c", "")], &[80]);
+        let mut owner = owner_of(Config::parse(&text, Path::new("ramp-saved.toml")).unwrap());
+        let graceful = DisableMode::Graceful { timeout_ms: None };
+        owner.disable("web", &["a".to_owned()], graceful, false, now_ms()).unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        let enable = Command::Enable { pool: "web".into(), servers: vec!["a".into()], force: false, reply };
+        handle(&mut owner, Path::new("unused.toml"), enable);
+        assert!(answer.try_recv().expect("answered").is_ok(), "the enable is taken");
+        let saved = crate::agent::state_file::load(&owner.config().state_file).expect("the state file");
+        let a = &saved.servers[&("web".to_owned(), "a".to_owned())];
+        assert!(a.ramp.is_some(), "the ramp is in the state file when the enable is answered: {a:?}");
     }
 
     #[test]
