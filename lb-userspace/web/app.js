@@ -351,7 +351,9 @@ function poolView(pool) {
     setText(cell("state"), s.state);
     // Back in service with a ramp (ramp_up): the part of its weight it has now.
     const ramp = s.ramp_up_percent ? `(ramping up: ${s.ramp_up_percent}% of its weight)` : "";
-    setText(cell("why"), s.why ? `(${s.why})` : ramp);
+    // Added by a fleet reload: no new flows until every node has it.
+    const awaiting = s.awaiting_fleet ? "(awaiting the fleet: new flows once every node has it)" : "";
+    setText(cell("why"), s.why ? `(${s.why})` : awaiting || ramp);
     // Who set it (the config, an operator, a monitor), when it is out of service or leaving.
     const setBy = SET_BY[s.source] || `set by ${s.source}`;
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
