@@ -140,6 +140,9 @@ pub struct Options {
     /// Dual stack: IPv6 on every link, BGP sessions for IPv6, and the TCP
     /// service on [`VIP6`] too (the servers dual-stack).
     pub ipv6: bool,
+    /// `cluster.timeout` ("2s" if none): how long a fleet reload waits for
+    /// every node's answer, among others.
+    pub store_timeout: Option<&'static str>,
 }
 
 /// Fields drop in order: agents and BIRDs, then servers, then namespaces,
@@ -277,6 +280,9 @@ impl EcmpBed {
         }
         if self.options.withdraw_without_servers {
             config = config.set("bgp.withdraw_without_servers", true);
+        }
+        if let Some(timeout) = self.options.store_timeout {
+            config = config.set("cluster.timeout", timeout);
         }
         if self.options.ipv6 {
             config = config.service(VIP6, TCP_PORT, "tcp", "echo");

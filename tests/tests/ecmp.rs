@@ -418,21 +418,24 @@ fn a_server_added_while_a_node_reloads_late_costs_no_new_connection_its_syns_ret
     // client would wait for its SYN's retransmission (1 s). So the server
     // takes new flows only once every node has it. (A CI run met this
     // while s3 was added in the fourth-node test.)
-    let mut bed = EcmpBed::start(3, 3, 2);
+    // The store's timeout (how long a reload waits for every node's
+    // answer) well above the pause, even on a slow machine.
+    let options = Options { store_timeout: Some("6s"), ..Options::default() };
+    let mut bed = EcmpBed::start_with(3, 3, 2, options);
     let load = Load::start_with(&bed.client, (VIP.into(), TCP_PORT), 6, 0, 3);
     std::thread::sleep(Duration::from_millis(300));
     // n3's agent paused for a while (its datapath forwards on): it applies
-    // the reload that long after the others, within the store's timeout
-    // (2 s) for its answer. The thread resumes it even if the test fails.
+    // the reload that long after the others. The thread resumes it even if
+    // the test fails.
     let late = bed.node("n3").agent.pid() as libc::pid_t;
     // SAFETY: a signal to the agent process this test started.
     assert_eq!(unsafe { libc::kill(late, libc::SIGSTOP) }, 0, "pause n3's agent");
     let resume = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1500));
         // SAFETY: as above.
         unsafe { libc::kill(late, libc::SIGCONT) };
     });
-    load.mark("s3 added; n3's agent paused 800 ms");
+    load.mark("s3 added; n3's agent paused 1.5 s");
     bed.add_server(3, "n1");
     load.mark("s3 takes new flows on every node");
     resume.join().expect("the thread that resumes n3's agent");
