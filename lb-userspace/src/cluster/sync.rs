@@ -171,7 +171,10 @@ pub async fn follow_reloads(store: Store, owner: OwnerHandle, links: ReloadLinks
             Ok((last, revision)) => {
                 let last = last.filter(|(at, _)| done.is_some_and(|d| *at > d));
                 if let Some((at, request)) = last {
-                    reload(&owner, at, &request, &links).await;
+                    tokio::select! {
+                        () = stopped(&mut shutdown) => return,
+                        () = reload(&owner, at, &request, &links) => {}
+                    }
                 }
                 revision
             }
@@ -220,7 +223,12 @@ async fn watch_reloads(
             return Err(format!("canceled: {}", answer.cancel_reason()));
         }
         for (at, request) in store.reloads(&answer).map_err(|e| e.to_string())? {
-            reload(owner, at, &request, links).await;
+            // The wait for the other nodes (up to the store's timeout) must
+            // not hold the agent's stop.
+            tokio::select! {
+                () = stopped(shutdown) => return Ok(()),
+                () = reload(owner, at, &request, links) => {}
+            }
             *done = Some(at);
         }
     }
