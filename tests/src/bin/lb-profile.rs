@@ -5,6 +5,11 @@
 //! cpu-clock and maps the samples onto the program's machine code.
 //! Paths: `hot` (one IPv4 flow's ACK), `hot6` (the same in IPv6), `random`
 //! (ACKs at random among 1e6 flows), `new` (SYNs of new flows).
+//! `two`: no profile, the cache-hot ACK timed on CPU 0 alone and on CPUs 0
+//! and 1 at once (each its own flow), net of the trivial program run in
+//! alternating chunks beside it, round after round: bench section 1's
+//! two-CPU figure with many more rounds (`tests/probes/two_cpu_cost.c`
+//! times small programs that share nothing the same way).
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -14,7 +19,7 @@ use std::{
 use testbed::{
     bench::{
         client,
-        datapath_cost::{FLOWS_1E6, VIP, VIP6, config},
+        datapath_cost::{FLOWS_1E6, VIP, VIP6, config, net_on_cpus},
         fill_flows, pin_to_cpu,
     },
     fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
@@ -25,15 +30,60 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_default();
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
-    if !["hot", "hot6", "random", "new"].contains(&path.as_str()) {
-        eprintln!("usage: lb-profile hot|hot6|random|new [SECONDS]");
+    if !["hot", "hot6", "random", "new", "two"].contains(&path.as_str()) {
+        eprintln!("usage: lb-profile hot|hot6|random|new|two [SECONDS]");
         std::process::exit(2);
     }
     let net = fixture_netns();
     // The benchmark's clients sit behind the fixture's client, as in the bench.
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
     net.ns.ip(&["-6", "route", "add", "fd00:b::/32", "via", "fd00::2"]);
-    net.run(|| profile(&path, Duration::from_secs(seconds)));
+    if path == "two" {
+        net.run(|| two_cpus(Duration::from_secs(seconds)));
+    } else {
+        net.run(|| profile(&path, Duration::from_secs(seconds)));
+    }
+}
+
+/// The cache-hot ACK alone and on two CPUs at once, timed as bench
+/// section 1 does (`net_on_cpus`), in rounds until `length` has passed:
+/// the medians and the median of each round's ratio.
+fn two_cpus(length: Duration) {
+    pin_to_cpu(0);
+    let bed = FixtureBed::load(&config());
+    let trivial = lb_userspace::datapath::load_test_program("pass").expect("trivial program");
+    let trivial: &aya::programs::Xdp = trivial.program("pass").unwrap().try_into().unwrap();
+    let tcp = |c: Ipv4Addr, flags| Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(flags);
+    let acks: Vec<Vec<Vec<u8>>> = [5000, 9000]
+        .iter()
+        .map(|&n| {
+            let c = client(FLOWS_1E6 + n);
+            bed.run_frame(&tcp(c, SYN).build(), "toclient");
+            vec![tcp(c, ACK).seq(1000, 1).build(); 5000]
+        })
+        .collect();
+    let toclient = ifindex("toclient");
+    let ours = bed.dp().program();
+    let (mut one, mut two, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    while started.elapsed() < length {
+        let alone = net_on_cpus(ours, trivial, &[&acks[0]], toclient);
+        let at_once = net_on_cpus(ours, trivial, &[&acks[0], &acks[1]], toclient);
+        one.push(alone);
+        two.push(at_once);
+        ratio.push(at_once / alone);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{} rounds: alone {:.1} ns, both CPUs {:.1} ns, two / one {:.2} (median of the rounds' ratios)",
+        one.len(),
+        median(&mut one),
+        median(&mut two),
+        median(&mut ratio)
+    );
 }
 
 fn profile(path: &str, length: Duration) {
