@@ -37,13 +37,18 @@ static double run(int prog) {
 }
 static int load(int kind, int map, int len) {
   struct bpf_insn p[2048]; int n = 0, out = -1;
-  if (kind == 1) {  // dependent multiplies
+  if (kind == 0) {  // nothing: the trivial program
+  } else if (kind == 1) {  // dependent multiplies
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 3);
     for (int i = 0; i < len; i++) p[n++] = I(BPF_ALU64 | BPF_MUL | BPF_K, 0, 0, 0, 0x9e37);
   } else if (kind == 3) {  // the ingress interface's index, read twice
     p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 2, 1, 12, 0);
     p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 3, 1, 12, 0);
-  } else if (kind == 4) {  // dependent loads over 32 lines, and 2 KiB of code
+  } else if (kind == 5) {  // a helper call: bpf_redirect(2, 0)
+    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 2);
+    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 0);
+    p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_redirect);
+  } else {  // dependent loads from one map value: 2, of its first line; 4, over 32 lines with 2 KiB of code
     p[n++] = I(BPF_ST | BPF_W | BPF_MEM, 10, 0, -4, 0);
     p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, map); p[n++] = I(0, 0, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
@@ -52,30 +57,12 @@ static int load(int kind, int map, int len) {
     out = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 4, 0, 0, 1);
-    for (int i = 0; i < len; i++) {
+    for (int i = 0; i < len; i++) {  // r2 = *(r0 + (r2 & 0x38) + line): the value is zeroes
       p[n++] = I(BPF_ALU64 | BPF_AND | BPF_K, 2, 0, 0, 0x38);
       p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 3, 0, 0, 0);
       p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 3, 2, 0, 0);
-      p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 2, 3, (i % 32) * 64, 0);
-      for (int k = 0; k < 12; k++) p[n++] = I(BPF_ALU64 | BPF_XOR | BPF_K, 4, 0, 0, k * 77 + i);
-    }
-  } else if (kind == 5) {  // a helper call: bpf_redirect(2, 0)
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 2);
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 0);
-    p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_redirect);
-  } else if (kind == 2) {  // dependent loads, one map value
-    p[n++] = I(BPF_ST | BPF_W | BPF_MEM, 10, 0, -4, 0);
-    p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, map); p[n++] = I(0, 0, 0, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4);
-    p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
-    out = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 0);
-    for (int i = 0; i < len; i++) {  // r2 = *(r0 + (r2 & 0x38)): the value is zeroes
-      p[n++] = I(BPF_ALU64 | BPF_AND | BPF_K, 2, 0, 0, 0x38);
-      p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 3, 0, 0, 0);
-      p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 3, 2, 0, 0);
-      p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 2, 3, 0, 0);
+      p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 2, 3, kind == 4 ? (i % 32) * 64 : 0, 0);
+      for (int k = 0; kind == 4 && k < 12; k++) p[n++] = I(BPF_ALU64 | BPF_XOR | BPF_K, 4, 0, 0, k * 77 + i);
     }
   }
   int end = n;
