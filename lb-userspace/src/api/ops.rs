@@ -82,9 +82,11 @@ impl Ops {
 
     /// In a cluster: plans a change here, records it in the store (every
     /// node applies it from there), and answers once this node has.
-    /// A drain that ended by itself meanwhile (its deadline, its last flow)
-    /// is no other operator's decision: the change is planned again from
-    /// the store's state, up to a few times.
+    /// A drain that ended by itself meanwhile (its deadline, its last flow),
+    /// or a server already as asked (the same command through another
+    /// node, or an earlier request recorded late), is no other operator's
+    /// decision: the change is planned again from the store's state, up to
+    /// a few times.
     async fn decide(&self, cluster: &Cluster, intent: Intent) -> Result<Vec<Change>, ApiError> {
         let mut attempts = 0;
         loop {
@@ -92,16 +94,17 @@ impl Ops {
             let decision = self.owner.decide(intent.clone()).await?;
             match cluster.record(&decision.proposals, &decision.guards, &self.snapshots).await {
                 Ok(_) => return Ok(decision.changes),
-                Err(Refused::DrainEnded(revision) | Refused::PoolChanged(revision)) if attempts < 3 => {
+                Err(Refused::MovedOn(revision) | Refused::PoolChanged(revision)) if attempts < 3 => {
                     log::info!(
-                        "cluster: a drain ended or the pool changed while {intent:?} was recorded: planned again"
+                        "cluster: a server moved on or the pool changed while {intent:?} was recorded: planned again"
                     );
                     cluster.applied_here(revision, &self.snapshots).await;
                 }
-                Err(Refused::DrainEnded(_)) => {
+                Err(Refused::MovedOn(_)) => {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
-                        "the servers' drains kept ending meanwhile: ask again",
+                        "the servers kept moving meanwhile (drains ending, the same change through other nodes): \
+                         ask again",
                     ));
                 }
                 Err(Refused::PoolChanged(_)) => {

@@ -23,7 +23,7 @@ use crate::{
     agent::{shared::StoredState, snapshot::Snapshot},
     config::ClusterConfig,
     model::{ApiError, ErrorCode, NodeReload, NodeView, NodesView},
-    servers::{Guard, Proposal},
+    servers::{AdminState, Guard, Proposal},
 };
 
 /// What a starting node got from the store.
@@ -152,8 +152,8 @@ impl Cluster {
                 Ok(Ok(Recorded::PoolChanged(revision))) => return Err(Refused::PoolChanged(revision)),
                 Ok(Ok(Recorded::Conflict(now))) => match taken_before(proposals, &now) {
                     Some(revision) if attempts > 1 => return Ok(revision),
-                    _ if drains_ended(proposals, &now) => {
-                        return Err(Refused::DrainEnded(now.iter().map(|c| c.revision).max().unwrap_or(0)));
+                    _ if moved_on(proposals, &now) => {
+                        return Err(Refused::MovedOn(now.iter().map(|c| c.revision).max().unwrap_or(0)));
                     }
                     _ => return Err(conflict(&now).into()),
                 },
@@ -175,9 +175,13 @@ impl Cluster {
 pub enum Refused {
     /// Said to the operator.
     Api(ApiError),
-    /// A drain it was planned from ended meanwhile, by itself (at this
-    /// revision): to be planned again from there.
-    DrainEnded(i64),
+    /// Servers it was planned from moved meanwhile (by this revision), but
+    /// by no other decision against it: a drain ended by itself, or the
+    /// server already is as asked (the same command through another node,
+    /// or an earlier request the store recorded late after losing its
+    /// leader). To be planned again from there: what is already so is then
+    /// unchanged, and the rest is recorded.
+    MovedOn(i64),
     /// Another server of the pool changed meanwhile (by this revision):
     /// to be planned again from there (the pool's limits checked anew).
     PoolChanged(i64),
@@ -190,12 +194,25 @@ impl From<ApiError> for Refused {
 }
 
 /// Whether every server that moved meanwhile only ended the drain the
-/// decision was planned from.
-fn drains_ended(proposals: &[Proposal], now: &[Current]) -> bool {
+/// decision was planned from, or already is as the decision asks.
+fn moved_on(proposals: &[Proposal], now: &[Current]) -> bool {
     proposals.iter().zip(now).all(|(p, c)| {
         c.revision == p.expected_revision
-            || c.state.as_ref().is_some_and(|s| crate::servers::shared::ends(&p.from, &s.admin))
+            || c.state
+                .as_ref()
+                .is_some_and(|s| crate::servers::shared::ends(&p.from, &s.admin) || already(&p.state.admin, &s.admin))
     })
+}
+
+/// Whether `current` already is what `asked` makes a server, as a node
+/// on its own plans it (`servers::state`): enabling an enabled server, or
+/// disabling a disabled one, changes nothing. A drain is not: asked again,
+/// it sets a new deadline.
+fn already(asked: &AdminState, current: &AdminState) -> bool {
+    matches!(
+        (asked, current),
+        (AdminState::Enabled, AdminState::Enabled) | (AdminState::Disabled { .. }, AdminState::Disabled { .. })
+    )
 }
 
 /// If the store holds exactly what was proposed (an earlier attempt was
@@ -253,14 +270,25 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_that_ended_by_itself_is_no_conflict_but_another_decision_is() {
+    fn a_drain_that_ended_by_itself_or_the_state_asked_is_no_conflict_but_another_decision_is() {
         let draining = AdminState::Draining { since_ms: 1, deadline_ms: None };
         let drained = AdminState::Disabled { since_ms: 2, reason: DisableReason::Drained };
         let cut = AdminState::Disabled { since_ms: 2, reason: DisableReason::Immediate };
         let enable = [proposal(draining, AdminState::Enabled, 5)];
-        assert!(drains_ended(&enable, &[current(drained, 6)]), "the drain's own end: planned again");
-        assert!(!drains_ended(&enable, &[current(cut, 6)]), "another operator's disable: a conflict");
-        assert!(!drains_ended(&[proposal(AdminState::Enabled, cut, 5)], &[current(draining, 6)]));
+        assert!(moved_on(&enable, &[current(drained, 6)]), "the drain's own end: planned again");
+        assert!(!moved_on(&enable, &[current(cut, 6)]), "another operator's disable: a conflict");
+        assert!(!moved_on(&[proposal(AdminState::Enabled, cut, 5)], &[current(draining, 6)]));
+        // The state asked, recorded meanwhile (the same command through
+        // another node, or this one's earlier request recorded late): no
+        // conflict, whoever recorded it and whenever.
+        assert!(moved_on(&[proposal(cut, AdminState::Enabled, 5)], &[current(AdminState::Enabled, 6)]));
+        assert!(moved_on(&[proposal(AdminState::Enabled, cut, 5)], &[current(drained, 6)]), "disabled already");
+        let later = AdminState::Draining { since_ms: 1, deadline_ms: Some(9) };
+        let drain = proposal(AdminState::Enabled, later, 5);
+        assert!(!moved_on(&[drain], &[current(draining, 6)]), "another drain: its deadline is another decision");
+        // Of two servers, one already as asked and one another operator's.
+        let both = [proposal(cut, AdminState::Enabled, 5), proposal(AdminState::Enabled, cut, 5)];
+        assert!(!moved_on(&both, &[current(AdminState::Enabled, 6), current(draining, 6)]));
         // An attempt whose answer was lost but which the store took.
         let taken = [proposal(draining, AdminState::Enabled, 5)];
         let now = [Current { state: Some(taken[0].state.clone()), ..current(AdminState::Enabled, 7) }];
