@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::netns::NetNs;
@@ -38,8 +38,8 @@ pub struct Server {
     served: Arc<AtomicU64>,
     /// TCP connections that ended with a reset from the peer.
     resets: Arc<AtomicU64>,
-    /// Lines (line echo) and requests (HTTP) answered.
-    answered: Arc<AtomicU64>,
+    /// Lines (line echo), requests (HTTP) and datagrams (UDP) answered.
+    answers: Arc<Answers>,
     /// The source port of every TCP connection accepted.
     client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
     /// Set: "hold" lines are answered.
@@ -52,18 +52,18 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let resets = Arc::new(AtomicU64::new(0));
-        let answered = Arc::new(AtomicU64::new(0));
+        let answers = Arc::new(Answers::default());
         let client_ports = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         let release = Arc::new(AtomicBool::new(false));
         // Dual stack: IPv4 clients arrive as v4-mapped addresses.
         let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-        let (name_, stop_, served_, resets_, answered_) =
-            (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets), Arc::clone(&answered));
+        let (name_, stop_, served_, resets_, answers_) =
+            (name.to_owned(), Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resets), Arc::clone(&answers));
         let thread = match kind {
             Kind::UdpEcho => {
                 let socket = ns.run(|| UdpSocket::bind(addr)).expect("bind UDP server");
                 socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-                std::thread::spawn(move || udp_echo(socket, &name_, &stop_, &[&served_, &answered_]))
+                std::thread::spawn(move || udp_echo(socket, &name_, &stop_, (&served_, &answers_)))
             }
             Kind::Http | Kind::LineEcho | Kind::Sink => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
@@ -71,14 +71,14 @@ impl Server {
                 let counters = Counters {
                     served: served_,
                     resets: resets_,
-                    answered: answered_,
+                    answers: answers_,
                     client_ports: Arc::clone(&client_ports),
                     release: Arc::clone(&release),
                 };
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &counters))
             }
         };
-        Server { name: name.to_owned(), stop, served, resets, answered, client_ports, release, thread: Some(thread) }
+        Server { name: name.to_owned(), stop, served, resets, answers, client_ports, release, thread: Some(thread) }
     }
 
     /// Answers the "hold" lines waiting and to come.
@@ -106,7 +106,12 @@ impl Server {
 
     /// Lines (line echo), requests (HTTP) or datagrams (UDP) answered.
     pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
+        self.answers.count.load(Ordering::Relaxed)
+    }
+
+    /// The newest [`stamp`] among the requests it answered (0: none).
+    pub fn newest_answered(&self) -> u64 {
+        self.answers.newest_stamp.load(Ordering::Relaxed)
     }
 
     pub fn served(&self) -> u64 {
@@ -128,9 +133,47 @@ impl Drop for Server {
 struct Counters {
     served: Arc<AtomicU64>,
     resets: Arc<AtomicU64>,
-    answered: Arc<AtomicU64>,
+    answers: Arc<Answers>,
     client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
     release: Arc<AtomicBool>,
+}
+
+/// What a server answered: how many, and when the newest of them was sent.
+#[derive(Default)]
+struct Answers {
+    count: AtomicU64,
+    newest_stamp: AtomicU64,
+}
+
+impl Answers {
+    fn one(&self, stamp: Option<u64>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(stamp) = stamp {
+            self.newest_stamp.fetch_max(stamp, Ordering::Relaxed);
+        }
+    }
+}
+
+/// When a request was sent: microseconds since this process's first stamp.
+/// The clients here append it to every line and datagram (" @<stamp>"),
+/// and the servers take it off before they echo. A check that a server
+/// answered nothing sent after some instant then holds however late a busy
+/// machine runs the server's thread.
+pub fn stamp() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn stamped(text: &str) -> String {
+    format!("{text} @{}", stamp())
+}
+
+/// A request's text and its stamp, if it has one.
+fn unstamped(request: &str) -> (&str, Option<u64>) {
+    match request.rsplit_once(" @").map(|(text, stamp)| (text, stamp.parse())) {
+        Some((text, Ok(stamp))) => (text, Some(stamp)),
+        _ => (request, None),
+    }
 }
 
 fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicBool>, counters: &Counters) {
@@ -141,10 +184,10 @@ fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicB
                 counters.served.fetch_add(1, Ordering::Relaxed);
                 counters.client_ports.lock().unwrap().insert(peer.port());
                 let (name, stop) = (name.to_owned(), Arc::clone(stop));
-                let (resets, answered) = (Arc::clone(&counters.resets), Arc::clone(&counters.answered));
+                let (resets, answers) = (Arc::clone(&counters.resets), Arc::clone(&counters.answers));
                 let release = Arc::clone(&counters.release);
                 workers.push(std::thread::spawn(move || {
-                    if let Err(e) = serve_connection(stream, kind, &name, (&stop, &release), &answered)
+                    if let Err(e) = serve_connection(stream, kind, &name, (&stop, &release), &answers)
                         && e.kind() == ErrorKind::ConnectionReset
                     {
                         resets.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +209,7 @@ fn serve_connection(
     kind: Kind,
     name: &str,
     (stop, release): (&AtomicBool, &AtomicBool),
-    answered: &AtomicU64,
+    answers: &Answers,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     if kind == Kind::Sink {
@@ -198,14 +241,15 @@ fn serve_connection(
         }
         match kind {
             Kind::LineEcho => {
-                while line == "hold\n" && !release.load(Ordering::Relaxed) {
+                let (text, stamp) = unstamped(&line[..line.len() - 1]);
+                while text == "hold" && !release.load(Ordering::Relaxed) {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                writer.write_all(format!("{name} {line}").as_bytes())?;
-                answered.fetch_add(1, Ordering::Relaxed);
+                writer.write_all(format!("{name} {text}\n").as_bytes())?;
+                answers.one(stamp);
             }
             _ => {
                 // HTTP: answer when the request's blank line arrives.
@@ -216,7 +260,7 @@ fn serve_connection(
                     let body = format!("{name}\n");
                     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                     writer.write_all(format!("{head}{body}").as_bytes())?;
-                    answered.fetch_add(1, Ordering::Relaxed);
+                    answers.one(None);
                     request_done = false;
                 }
             }
@@ -227,15 +271,21 @@ fn serve_connection(
 }
 
 /// Echoes datagrams; each counts in `counters` (served, answered).
-fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, counters: &[&AtomicU64]) {
+fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, (served, answers): (&AtomicU64, &Answers)) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
-            for counter in counters {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
+            served.fetch_add(1, Ordering::Relaxed);
+            let (text, stamp) = match std::str::from_utf8(&buf[..n]) {
+                Ok(request) => unstamped(request),
+                Err(_) => ("", None),
+            };
+            answers.one(stamp);
             let mut reply = format!("{name} ").into_bytes();
-            reply.extend_from_slice(&buf[..n]);
+            match stamp {
+                Some(_) => reply.extend_from_slice(text.as_bytes()),
+                None => reply.extend_from_slice(&buf[..n]),
+            }
             let _ = socket.send_to(&reply, from);
         }
     }
@@ -285,7 +335,7 @@ impl EchoClient {
 
     /// Sends a line, without waiting for its answer ([`EchoClient::answer`]).
     pub fn send(&mut self, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(format!("{text}\n").as_bytes())
+        self.writer.write_all(format!("{}\n", stamped(text)).as_bytes())
     }
 
     /// The answer to the line `text` sent, waiting up to `wait`: the name of
@@ -323,7 +373,7 @@ pub fn udp_exchange_on(
 ) -> std::io::Result<String> {
     let vip = SocketAddr::new(vip.into(), port);
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-    socket.send_to(text.as_bytes(), vip)?;
+    socket.send_to(stamped(text).as_bytes(), vip)?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
     if from != vip {

@@ -7,8 +7,11 @@
 //! are killed and started again (one at a time: quorum holds, so a change
 //! refused while the store elects a leader is asked again). Checked
 //! throughout:
-//! - nothing reaches a DISABLED server on any node (its processes answer
-//!   nothing);
+//! - nothing reaches a DISABLED server on any node: every node shows it
+//!   DISABLED within 5 s of its command's answer, and from then on its
+//!   processes there answer nothing sent (each request carries when it was
+//!   sent: `servers::stamp`, so a busy machine that runs a server's thread
+//!   late cannot fail the check, and cannot hide a request sent after);
 //! - every drain with a deadline ends by it (plus 1 s), on every node;
 //! - no connection is reset unless its server was cut or went down;
 //! - the agent's memory does not grow;
@@ -30,7 +33,7 @@ use crate::{
     bed::{Bed, ECHO, UDP, bed_with},
     config_file::ConfigFile,
     fleet::Fleet,
-    servers::{EchoClient, Kind, Server, Session, udp_exchange_on},
+    servers::{EchoClient, Kind, Server, Session, stamp, udp_exchange_on},
     store::{MEMBERS, Store},
     topology::VIP,
 };
@@ -43,6 +46,10 @@ pub enum Mode {
 }
 
 const SERVERS: usize = 4;
+/// How long a change may take to reach every node: a store member killed
+/// just before may take its leader with it (an election, then the watches
+/// that broke resync).
+const APPLIED_WITHIN: Duration = Duration::from_secs(5);
 /// Short timeouts, so that the table empties soon after the traffic stops.
 
 #[derive(Debug, Default)]
@@ -57,6 +64,8 @@ pub struct Report {
     /// Changes refused while the store was electing a leader, then asked again.
     pub changes_retried: u64,
     pub resets_explained: u64,
+    /// The longest a DISABLED took, after its command answered, to show on every node.
+    pub slowest_apply: Duration,
     pub violations: Vec<String>,
 }
 
@@ -66,7 +75,7 @@ impl std::fmt::Display for Report {
             f,
             "soak: {} new connections, {} exchanges on long connections, {} datagrams; {} changes ({} asked \
              again), {} agent restarts, {} server restarts, {} store members killed; {} connections reset by a \
-             cut or a stopped server; violations: {}",
+             cut or a stopped server; every DISABLED shown on every node within {:?} of its answer; violations: {}",
             self.connections,
             self.exchanges,
             self.datagrams,
@@ -76,6 +85,7 @@ impl std::fmt::Display for Report {
             self.server_restarts,
             self.member_kills,
             self.resets_explained,
+            self.slowest_apply,
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -97,6 +107,14 @@ struct History {
 }
 
 impl History {
+    /// The changes from `before` ahead of `at` to `after` past it, timed from `at`.
+    fn around(&self, at: Instant, before: Duration, after: Duration) -> Vec<String> {
+        let near = |t: Instant| t + before >= at && t <= at + after;
+        let from_at =
+            |t: Instant| t.saturating_duration_since(at).as_secs_f64() - at.saturating_duration_since(t).as_secs_f64();
+        self.log.iter().filter(|(t, _)| near(*t)).map(|(t, what)| format!("{:+.2}s {what}", from_at(*t))).collect()
+    }
+
     /// Whether an end of a connection to `server` at `at` has a cause.
     /// (A cut is noted when its command returns, after the resets it sent.)
     fn explains(&self, server: usize, at: Instant) -> bool {
@@ -116,9 +134,13 @@ enum Admin {
     Enabled,
     /// Draining, with the deadline if any.
     Draining(Option<Instant>),
-    /// Disabled from this instant; what its processes had answered then.
-    Disabled(Instant, u64),
+    /// DISABLED on every node from this instant; by node, the [`stamp`]
+    /// at which it showed so: its processes there must answer nothing sent
+    /// after it.
+    Disabled(Instant, [u64; MAX_NODES]),
 }
+
+const MAX_NODES: usize = 3;
 
 /// Fields drop in order: the nodes, then the store.
 struct Chaos {
@@ -147,8 +169,19 @@ impl Chaos {
         self.rng % n
     }
 
-    fn answered(&self, i: usize) -> u64 {
-        self.nodes.iter().map(|b| b.echo[i].answered() + b.udp[i].answered()).sum()
+    /// What `i`'s processes on each node answered that was sent after
+    /// `shown` (that node's stamp): how long after, TCP and UDP.
+    fn answered_after(&self, i: usize, shown: &[u64; MAX_NODES]) -> Vec<String> {
+        let late = |newest: u64, shown: u64| (newest > shown).then(|| Duration::from_micros(newest - shown));
+        let mut answered = Vec::new();
+        for (n, b) in self.nodes.iter().enumerate() {
+            for (what, server) in [("a TCP line", &b.echo[i]), ("a UDP datagram", &b.udp[i])] {
+                if let Some(after) = late(server.newest_answered(), shown[n]) {
+                    answered.push(format!("n{}: {what} sent {after:?} after", n + 1));
+                }
+            }
+        }
+        answered
     }
 
     fn name(i: usize) -> String {
@@ -209,10 +242,37 @@ impl Chaos {
             return;
         }
         self.lb(&["server", "disable", "p53", &name]);
-        let now = Instant::now();
-        self.history.lock().unwrap().cuts.push((i, now));
-        std::thread::sleep(Duration::from_millis(100));
-        self.admin[i] = Admin::Disabled(now, self.answered(i));
+        self.history.lock().unwrap().cuts.push((i, Instant::now()));
+        self.disabled_everywhere(i);
+    }
+
+    /// Waits until every node shows `i` DISABLED in both pools (each node
+    /// applies the store's change from its own watch: the command answers
+    /// once the node it went through has), and notes when each did. A node
+    /// that takes longer than [`APPLIED_WITHIN`] is a violation.
+    fn disabled_everywhere(&mut self, i: usize) {
+        let (name, asked) = (Self::name(i), Instant::now());
+        let mut shown = [0; MAX_NODES];
+        for (n, node) in self.nodes.iter().enumerate() {
+            let disabled = || ["p7", "p53"].iter().all(|pool| node.server(pool, &name).state == ServerState::Disabled);
+            while !disabled() && asked.elapsed() < APPLIED_WITHIN {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Taken after the read that showed it: later than the change.
+            shown[n] = stamp();
+            if !disabled() {
+                self.report.violations.push(format!(
+                    "n{} did not apply s{} DISABLED within {APPLIED_WITHIN:?}",
+                    n + 1,
+                    i + 1
+                ));
+            }
+        }
+        let applied = Instant::now();
+        self.report.slowest_apply = self.report.slowest_apply.max(applied - asked);
+        // Its sessions are reset as each node applies it.
+        self.history.lock().unwrap().cuts.push((i, applied));
+        self.admin[i] = Admin::Disabled(applied, shown);
     }
 
     /// Drains `i`'s TCP pool, until a deadline `secs` away or until drained.
@@ -238,15 +298,18 @@ impl Chaos {
         {
             self.history.lock().unwrap().cuts.push((i, deadline));
         }
-        if let Admin::Disabled(since, answered) = self.admin[i]
-            && self.answered(i) != answered
-        {
-            let more = self.answered(i) - answered;
-            self.report.violations.push(format!(
-                "s{} answered {more} requests while DISABLED ({:?})",
-                i + 1,
-                since.elapsed()
-            ));
+        if let Admin::Disabled(since, shown) = self.admin[i] {
+            let answered = self.answered_after(i, &shown);
+            if !answered.is_empty() {
+                let log = self.history.lock().unwrap().around(since, Duration::from_secs(1), since.elapsed());
+                self.report.violations.push(format!(
+                    "s{} DISABLED for {:?} answered what was sent after its node showed it DISABLED ({}); \
+                     since 1 s before: {log:?}",
+                    i + 1,
+                    since.elapsed(),
+                    answered.join("; ")
+                ));
+            }
         }
         let name = Self::name(i);
         self.lb(&["server", "enable", "p7", &name]);
@@ -272,8 +335,7 @@ impl Chaos {
             self.history.lock().unwrap().cuts.push((i, deadline));
             // p53 was not drained: disable it too, so both agree.
             self.lb(&["server", "disable", "p53", &Self::name(i)]);
-            std::thread::sleep(Duration::from_millis(100));
-            self.admin[i] = Admin::Disabled(Instant::now(), self.answered(i));
+            self.disabled_everywhere(i);
         }
     }
 
@@ -335,9 +397,6 @@ impl Chaos {
             }
             self.up[i] = true;
             self.report.server_restarts += 1;
-            if let Admin::Disabled(since, _) = self.admin[i] {
-                self.admin[i] = Admin::Disabled(since, self.answered(i));
-            }
         }
     }
 }
@@ -510,17 +569,7 @@ fn judge(mut chaos: Chaos, ended: Vec<Ended>, memory_before: Option<Vec<Option<u
             } else {
                 format!("a connection to s{}", server + 1)
             };
-            let around: Vec<String> = history
-                .log
-                .iter()
-                .filter(|(t, _)| *t + Duration::from_secs(5) >= at && *t <= at + Duration::from_secs(5))
-                .map(|(t, what)| {
-                    format!(
-                        "{:+.2}s {what}",
-                        t.saturating_duration_since(at).as_secs_f64() - at.saturating_duration_since(*t).as_secs_f64()
-                    )
-                })
-                .collect();
+            let around = history.around(at, Duration::from_secs(5), Duration::from_secs(5));
             chaos
                 .report
                 .violations
