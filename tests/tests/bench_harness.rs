@@ -101,3 +101,41 @@ fn the_multipath_route_keeps_a_long_flow_through_its_senders_timeouts() {
     let served: Vec<u64> = sinks.iter().map(Server::served).collect();
     assert_eq!(served.iter().sum::<u64>(), 1, "one connection, on one server: {served:?}");
 }
+
+/// A long run (the soak here; the bench alike) stopped by SIGTERM or
+/// Ctrl-C leaves nothing behind: its guards' Drop does not run then, so it
+/// kills its agents and removes its namespaces, pins and files itself.
+#[test]
+fn a_long_run_stopped_by_a_signal_leaves_no_agent_namespace_or_pin_behind() {
+    let lb = std::env::var("LB_BIN").expect("LB_BIN: the lb binary (cargo xtask test sets it)");
+    let mut soak = std::process::Command::new(env!("CARGO_BIN_EXE_lb-soak"))
+        .args(["--lb", &lb, "--duration", "10m"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start lb-soak");
+    let pid = soak.id();
+    let prefix = format!("lbt{pid}x");
+    let made = |dir: &std::path::Path| {
+        let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        entries.filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count()
+    };
+    let agents = || -> Vec<u32> {
+        let children = testbed::netns::children(pid).into_iter();
+        children
+            .filter(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "lb"))
+            .collect()
+    };
+    let (netns, pins, tmp) = ("/run/netns".as_ref(), "/sys/fs/bpf".as_ref(), std::env::temp_dir());
+    testbed::bed::wait_for("the soak's agent running, its maps pinned", Duration::from_secs(120), || {
+        made(pins) > 0 && made(netns) > 0 && !agents().is_empty()
+    });
+    let running = agents();
+    // SAFETY: kill has no memory effects; `pid` is our child, not reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = soak.wait().expect("lb-soak's exit");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "lb-soak ended by its handler: {status:?}");
+    assert_eq!((made(netns), made(pins), made(&tmp)), (0, 0, 0), "namespaces, pins, files left by {prefix}");
+    testbed::bed::wait_for("its agents gone", Duration::from_secs(10), || {
+        running.iter().all(|a| !std::path::Path::new(&format!("/proc/{a}")).exists())
+    });
+}

@@ -283,12 +283,18 @@ impl Drop for Running<'_> {
             let _ = child.kill();
             let _ = child.wait();
             let _ = self.topology.lb.command("ip").args(["addr", "del", &format!("{VIP}/32"), "dev", "lo"]).output();
+            let _ = std::fs::remove_file(haproxy_socket(self.topology));
+            let _ = std::fs::remove_file(haproxy_config(self.topology));
         }
     }
 }
 
 fn haproxy_socket(topology: &Topology) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}-drain-haproxy.sock", topology.prefix))
+}
+
+fn haproxy_config(topology: &Topology) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-drain-haproxy.cfg", topology.prefix))
 }
 
 fn start_haproxy(topology: &Topology) -> Result<Child, String> {
@@ -303,7 +309,7 @@ fn start_haproxy(topology: &Topology) -> Result<Child, String> {
          backend p7\n  balance roundrobin\n{servers}",
         socket.display()
     );
-    let path = std::env::temp_dir().join(format!("{}-drain-haproxy.cfg", topology.prefix));
+    let path = haproxy_config(topology);
     std::fs::write(&path, conf).map_err(|e| format!("haproxy config: {e}"))?;
     let mut child = lb
         .command("haproxy")

@@ -13,6 +13,8 @@ fn title_of(title: &str) -> &'static str {
 }
 
 fn main() {
+    // Stopped by Ctrl-C, it leaves no namespace, agent or pin behind.
+    testbed::netns::clean_up_on_signals();
     let mut quick = false;
     let mut json_path: Option<PathBuf> = None;
     let mut only: Vec<String> = Vec::new();

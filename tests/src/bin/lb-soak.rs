@@ -27,6 +27,8 @@ fn main() {
             _ => usage(),
         }
     }
+    // Stopped by Ctrl-C, it leaves no namespace, agent or pin behind.
+    testbed::netns::clean_up_on_signals();
     eprintln!("soak: {duration:?} of chaos, seed {seed}, {mode:?}");
     let report = testbed::soak::soak(duration, seed, mode);
     println!("{report}");
