@@ -270,7 +270,7 @@ fn serve_connection(
     Ok(())
 }
 
-/// Echoes datagrams; each counts in `counters` (served, answered).
+/// Echoes datagrams (a stamped one without its stamp); each counts as served and answered.
 fn udp_echo(socket: UdpSocket, name: &str, stop: &AtomicBool, (served, answers): (&AtomicU64, &Answers)) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
@@ -333,7 +333,7 @@ impl EchoClient {
         self.answer(text, Duration::from_secs(3))
     }
 
-    /// Sends a line, without waiting for its answer ([`EchoClient::answer`]).
+    /// Sends a line ([`stamp`]ed), without waiting for its answer ([`EchoClient::answer`]).
     pub fn send(&mut self, text: &str) -> std::io::Result<()> {
         self.writer.write_all(format!("{}\n", stamped(text)).as_bytes())
     }

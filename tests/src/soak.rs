@@ -50,7 +50,6 @@ const SERVERS: usize = 4;
 /// just before may take its leader with it (an election, then the watches
 /// that broke resync).
 const APPLIED_WITHIN: Duration = Duration::from_secs(5);
-/// Short timeouts, so that the table empties soon after the traffic stops.
 
 #[derive(Debug, Default)]
 pub struct Report {
