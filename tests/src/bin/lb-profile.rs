@@ -19,7 +19,7 @@ use std::{
 use testbed::{
     bench::{
         client,
-        datapath_cost::{FLOWS_1E6, VIP, VIP6, config, net_on_cpus},
+        datapath_cost::{FLOWS_1E6, VIP, VIP6, config, mean, net_per_cpu, rotated},
         fill_flows, pin_to_cpu,
     },
     fixture::{CLIENT_MAC, FixtureBed, TOCLIENT_MAC, fixture_netns, ifindex, test_run},
@@ -45,12 +45,13 @@ fn main() {
     }
 }
 
-/// The cache-hot ACK alone and on two CPUs at once, timed as bench
-/// section 1 does (`net_on_cpus`), in rounds until `length` has passed:
-/// the medians and the median of each round's ratio.
+/// The cache-hot ACK alone, on two CPUs at once on one balancer, and on
+/// two CPUs each on a balancer of its own, timed as bench section 1 does
+/// (`net_per_cpu`), in rounds until `length` has passed: the medians and
+/// the medians of each round's ratios.
 fn two_cpus(length: Duration) {
     pin_to_cpu(0);
-    let bed = FixtureBed::load(&config());
+    let beds = [FixtureBed::load(&config()), FixtureBed::load(&config())];
     let trivial = lb_userspace::datapath::load_test_program("pass").expect("trivial program");
     let trivial: &aya::programs::Xdp = trivial.program("pass").unwrap().try_into().unwrap();
     let tcp = |c: Ipv4Addr, flags| Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(flags);
@@ -58,31 +59,41 @@ fn two_cpus(length: Duration) {
         .iter()
         .map(|&n| {
             let c = client(FLOWS_1E6 + n);
-            bed.run_frame(&tcp(c, SYN).build(), "toclient");
+            for bed in &beds {
+                bed.run_frame(&tcp(c, SYN).build(), "toclient");
+            }
             vec![tcp(c, ACK).seq(1000, 1).build(); 5000]
         })
         .collect();
     let toclient = ifindex("toclient");
-    let ours = bed.dp().program();
-    let (mut one, mut two, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (ours, theirs) = (beds[0].dp().program(), beds[1].dp().program());
+    let frames: [&[Vec<u8>]; 2] = [&acks[0], &acks[1]];
+    let mut figures: [Vec<f64>; 5] = Default::default();
     let started = Instant::now();
-    while started.elapsed() < length {
-        let alone = net_on_cpus(ours, trivial, &[&acks[0]], toclient);
-        let at_once = net_on_cpus(ours, trivial, &[&acks[0], &acks[1]], toclient);
-        one.push(alone);
-        two.push(at_once);
-        ratio.push(at_once / alone);
+    for pair in 0.. {
+        if started.elapsed() >= length {
+            break;
+        }
+        let [one, shared, apart] = rotated(
+            pair,
+            [
+                &mut || mean(&net_per_cpu(&[ours], trivial, &frames[..1], toclient)),
+                &mut || mean(&net_per_cpu(&[ours, ours], trivial, &frames, toclient)),
+                &mut || mean(&net_per_cpu(&[ours, theirs], trivial, &frames, toclient)),
+            ],
+        );
+        for (figure, value) in figures.iter_mut().zip([one, shared, apart, shared / one, shared / apart]) {
+            figure.push(value);
+        }
     }
-    let median = |v: &mut Vec<f64>| {
+    let pairs = figures[0].len();
+    let [one, shared, apart, two_one, shared_apart] = figures.map(|mut v| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
-    };
+    });
     println!(
-        "{} rounds: alone {:.1} ns, both CPUs {:.1} ns, two / one {:.2} (median of the rounds' ratios)",
-        one.len(),
-        median(&mut one),
-        median(&mut two),
-        median(&mut ratio)
+        "{pairs} pairs: alone {one:.1} ns, both CPUs on one balancer {shared:.1} ns, each on its own {apart:.1} ns; \
+         two / one {two_one:.2}, one balancer / each its own {shared_apart:.2} (medians of the pairs' ratios)",
     );
 }
 
