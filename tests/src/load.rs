@@ -15,6 +15,8 @@ use crate::{bed::ECHO, netns::NetNs, servers::EchoClient, topology::VIP};
 
 /// What became of one new connection.
 pub struct Attempt {
+    /// When the connect began.
+    pub started: Instant,
     pub connect: Duration,
     /// The client's port, once connected.
     pub port: Option<u16>,
@@ -32,11 +34,11 @@ pub fn steady_connections(client: &NetNs, per_second: u32, stop: &AtomicBool, at
             next += every;
             let started = Instant::now();
             let attempt = match EchoClient::connect(VIP, ECHO) {
-                Err(e) => Attempt { connect: started.elapsed(), port: None, outcome: Err(e.kind()) },
+                Err(e) => Attempt { started, connect: started.elapsed(), port: None, outcome: Err(e.kind()) },
                 Ok(mut client) => {
                     let connect = started.elapsed();
                     let port = client.stream().local_addr().ok().map(|a| a.port());
-                    Attempt { connect, port, outcome: client.exchange("which").map_err(|e| e.kind()) }
+                    Attempt { started, connect, port, outcome: client.exchange("which").map_err(|e| e.kind()) }
                 }
             };
             attempts.lock().unwrap().push(attempt);
