@@ -48,3 +48,13 @@ pub fn steady_connections(client: &NetNs, per_second: u32, stop: &AtomicBool, at
         }
     });
 }
+
+/// Panics unless a connection began between each two consecutive `marks`
+/// (the steps of a test): the load ran through every step, whatever rate
+/// this machine reached, and so the test meant something.
+pub fn assert_ran_through(attempts: &[Attempt], marks: &[Instant], what: &str) {
+    for (i, step) in marks.windows(2).enumerate() {
+        let began = attempts.iter().filter(|a| (step[0]..step[1]).contains(&a.started)).count();
+        assert!(began > 0, "{what}: no connection began during step {i} ({:?})", step[1] - step[0]);
+    }
+}
