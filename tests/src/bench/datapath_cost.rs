@@ -393,8 +393,8 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
             two_cpu_syns.extend([a, b, c, d]);
             apart_syns.push(e);
         }
-        // The balancer apart forgets its flows as well: each round's pairs
-        // find both tables as empty.
+        // The balancer apart forgets its flows as well: every round's pairs
+        // find its table as the first round's did.
         assert_eq!(forget(&bed_apart, apart_syns.iter().flatten()), apart_syns.len() * calls);
         // These flows only time a path: the table is left as it was, so that
         // phase 2's holds what it held before these pairs existed.
