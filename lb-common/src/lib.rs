@@ -97,8 +97,9 @@ pub mod map_name {
     pub const FAMILY_PROGRAMS: &str = "family_programs";
     /// New IPv4 flows for the other balancer nodes: each CPU's log of
     /// [`flow_sync::LOG_SLOTS`](crate::flow_sync::LOG_SLOTS)
-    /// [`flow_sync::LogSlot`](crate::flow_sync::LogSlot)s, one after the
-    /// other (mmapable), written only while [`FLOW_SYNC`] is on.
+    /// [`flow_sync::LogEntry`](crate::flow_sync::LogEntry)s (slot numbers
+    /// of the IPv4 table), one after the other (mmapable); the count in
+    /// [`FLOW_SYNC`] moves only while sharing is on.
     pub const NEW_FLOWS: &str = "new_flows";
     /// The same for IPv6 flows.
     pub const NEW_FLOWS6: &str = "new_flows6";
@@ -780,31 +781,30 @@ pub mod flow_table {
     }
 }
 
-/// The in-kernel purge of servers' flows (program `purge_flows`, in
-/// `lb-ebpf/src/purge.rs`): the agent marks the servers in `purge_servers`,
-/// then runs the program on a range of buckets until the range is done;
-/// each run frees up to [`BATCH`](purge::BATCH) flows and hands them back in
-/// `purged`.
 /// Flow replication between balancer nodes: the datapath hands each new
 /// flow to its agent, which sends it to the other nodes (see
 /// `lb-userspace/src/cluster/replicate.rs`), so that any node can continue
 /// any flow when the router sends it elsewhere.
 ///
-/// Each CPU writes its new flows into its own part of a log (one per
-/// family), a ring of [`LOG_SLOTS`] slots it alone writes: no lock, no
-/// helper call, a few stores. Its line of the `flow_sync` map holds the
-/// sharing flag and the number of flows it has written to each log; the
-/// agent polls those and reads the slots through mmap. A slot overwritten
-/// before the agent read it is counted as lost by the agent (its flow's
-/// copy waits for the next refresh).
+/// Each CPU writes the flow-table slot of each flow it creates into its own
+/// part of a log (one per family), a ring of [`LOG_SLOTS`] slot numbers it
+/// alone writes: no lock, no helper call, two stores to lines it keeps
+/// cached. Its line of the `flow_sync` map holds the sharing flag and the
+/// number of flows it has written to each log; the agent polls those,
+/// reads the new slot numbers through mmap, and the flows from the table's
+/// slots (under their sequence locks). A slot number overwritten before
+/// the agent read it is counted as lost by the agent (its flow's copy
+/// waits for the next refresh).
+///
+/// The datapath writes without a branch on the flag: with sharing off, the
+/// count does not move and the slot number lands on the same entry each
+/// time. (Measured, 2026-12-06: a store behind a branch on the flag made a
+/// new flow 1.2-1.3x as costly as without sharing; the same stores without
+/// the branch, 0.95-1.05x. See `docs/performance.md`.)
 pub mod flow_sync {
-    use bytemuck::{Pod, Zeroable};
-
-    use crate::{Flow, FlowKey, FlowKey6};
-
-    /// Slots of each CPU's log, per family (a power of two): the agent
+    /// Entries of each CPU's log, per family (a power of two): the agent
     /// reads every few milliseconds, so a CPU would need to create flows
-    /// at some 800,000 per second to lap it.
+    /// at some 800,000 per second to lap it. 32 KiB per CPU and family.
     pub const LOG_SLOTS: u32 = 4096;
 
     /// A CPU's line of the `flow_sync` map: `u64`s at these indexes.
@@ -816,31 +816,17 @@ pub mod flow_sync {
     /// Flows this CPU has written to the IPv6 log, ever.
     pub const HEAD6: usize = 2;
 
-    /// A slot of a log: a new flow as the datapath created it, its key (the
-    /// client's 5-tuple, VIP included) and its flow (server id, state,
-    /// times, sequence numbers). `seq` is the flow's number in its CPU's
-    /// log plus one once written, 0 while being written.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct LogSlot<K> {
-        pub seq: u64,
-        pub key: K,
-        pub flow: Flow,
-    }
-
-    // SAFETY: `repr(C)` of Pod fields with no padding: the key's size (16,
-    // 40) is a multiple of the flow's alignment (8); asserted below.
-    unsafe impl Zeroable for LogSlot<FlowKey> {}
-    // SAFETY: as above.
-    unsafe impl Pod for LogSlot<FlowKey> {}
-    // SAFETY: as above.
-    unsafe impl Zeroable for LogSlot<FlowKey6> {}
-    // SAFETY: as above.
-    unsafe impl Pod for LogSlot<FlowKey6> {}
-    const _: () = assert!(size_of::<LogSlot<FlowKey>>() == 8 + size_of::<FlowKey>() + size_of::<Flow>());
-    const _: () = assert!(size_of::<LogSlot<FlowKey6>>() == 8 + size_of::<FlowKey6>() + size_of::<Flow>());
+    /// An entry of a log: the number of the flow-table slot the new flow
+    /// was written to (in its family's table). A `u64`: a BPF array's
+    /// elements are 8 bytes apart at least, as the agent maps them.
+    pub type LogEntry = u64;
 }
 
+/// The in-kernel purge of servers' flows (program `purge_flows`, in
+/// `lb-ebpf/src/purge.rs`): the agent marks the servers in `purge_servers`,
+/// then runs the program on a range of buckets until the range is done;
+/// each run frees up to [`BATCH`](purge::BATCH) flows and hands them back in
+/// `purged`.
 pub mod purge {
     use bytemuck::{Pod, Zeroable};
 

@@ -69,7 +69,7 @@ pub trait Family: Sized + 'static {
     fn flows() -> &'static Array<Self::Slot>;
     /// Each CPU's log of new flows (flow replication), and the index of
     /// its count in the CPU's `flow_sync` line.
-    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<Self::Key>>;
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogEntry>;
     const LOG_HEAD: usize;
     fn flow_tags() -> &'static Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]>;
     fn bucket_mask() -> u32;
@@ -262,7 +262,7 @@ impl Family for V4 {
         &FLOWS
     }
     #[inline(always)]
-    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<FlowKey>> {
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogEntry> {
         &NEW_FLOWS
     }
     const LOG_HEAD: usize = lb_common::flow_sync::HEAD4;
@@ -368,7 +368,7 @@ impl Family for V6 {
         &FLOWS6
     }
     #[inline(always)]
-    fn new_flows() -> &'static Array<lb_common::flow_sync::LogSlot<FlowKey6>> {
+    fn new_flows() -> &'static Array<lb_common::flow_sync::LogEntry> {
         &NEW_FLOWS6
     }
     const LOG_HEAD: usize = lb_common::flow_sync::HEAD6;

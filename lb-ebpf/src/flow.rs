@@ -138,14 +138,10 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
     if pkt.proto() == proto::TCP {
         track_tcp(&mut flow, pkt, true);
     }
-    // Shared before it is written here: the slot's line is a cache miss,
-    // and stores leave the CPU in order, so the log's stores written after
-    // it waited for it (measured: replication cost +19% of a new flow that
-    // way, +2% this way). A SYN whose slot is then lost is dropped and sent
-    // again by its client, which shares its flow again: a copy sent early
-    // only names the server the hash chose.
-    crate::flow_sync::share::<F>(&pkt.key, &flow);
-    if let Some(kind) = flow_table::insert::<F>(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)? {
+    let placed = flow_table::insert::<F>(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)?;
+    // For the other balancer nodes, if this one shares its flows.
+    crate::flow_sync::share::<F>(placed.slot);
+    if let Some(kind) = placed.evicted {
         counters::count_eviction(kind);
     }
     // Replies find their VIP by the server's endpoint, unless it serves

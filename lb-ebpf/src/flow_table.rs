@@ -86,10 +86,10 @@ pub struct SlotTaken;
 /// [`flow_table::first_bucket`] picks (from the tags alone); where both are
 /// full, over a flow that carries no connection in use if one of the eight
 /// does (the one idle longest: a flood of spoofed SYNs evicts its own
-/// half-open flows), else over the flow idle longest (as in an LRU). Returns the kind of the
-/// flow evicted, if one was ([`eviction`]).
+/// half-open flows), else over the flow idle longest (as in an LRU). Returns
+/// where it went.
 #[inline(always)]
-pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Option<u32>, SlotTaken> {
+pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Placed, SlotTaken> {
     let buckets = flow_table::buckets(hash, F::bucket_mask());
     let (Some(tags0), Some(tags1)) = (tags::<F>(buckets[0]), tags::<F>(buckets[1])) else { return Err(SlotTaken) };
     // SAFETY: elements of the tags map.
@@ -120,7 +120,8 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Option<
     if !owned {
         return Err(SlotTaken);
     }
-    let slot = F::flows().get_ptr_mut(buckets[b] + i).ok_or(SlotTaken)?;
+    let index = buckets[b] + i;
+    let slot = F::flows().get_ptr_mut(index).ok_or(SlotTaken)?;
     let (lock, slot_key, slot_flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: a slot of the map, ours through its tag. Stores only: reading
     // the slot's line first would wait for memory. A reader needs only a
@@ -132,7 +133,15 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Option<
         write_volatile(slot_flow, *flow);
         write_volatile(lock, ((hash ^ flow.last_seen_ns) | 2) & !1);
     }
-    Ok(evicted)
+    Ok(Placed { slot: index, evicted })
+}
+
+/// Where [`insert`] wrote a new flow.
+pub struct Placed {
+    /// The slot's number in the table.
+    pub slot: u32,
+    /// The kind of the flow evicted for it, if one was ([`eviction`]).
+    pub evicted: Option<u32>,
 }
 
 /// Both buckets full: the slot to take, as `bucket << 8 | index << 4 |

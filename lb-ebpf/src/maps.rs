@@ -177,16 +177,15 @@ pub static MAPS_FORMAT: Array<u32> = Array::with_max_entries(1, 0);
 pub static RESET_REQUESTS: RingBuf = RingBuf::with_byte_size(RESET_REQUESTS_BYTES, 0);
 
 /// New IPv4 flows for the other balancer nodes (`lb_common::flow_sync`):
-/// each CPU's log. Datapath writes while `FLOW_SYNC` says so; agent reads
-/// through mmap. The agent sizes it to its CPUs.
+/// each CPU's log of the slots it wrote them to; its count in `FLOW_SYNC`
+/// moves while sharing is on. The agent reads through mmap, and sizes it
+/// to its CPUs.
 #[map(name = "new_flows")]
-pub static NEW_FLOWS: Array<flow_sync::LogSlot<FlowKey>> =
-    Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
+pub static NEW_FLOWS: Array<flow_sync::LogEntry> = Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
 
 /// New IPv6 flows, the same way.
 #[map(name = "new_flows6")]
-pub static NEW_FLOWS6: Array<flow_sync::LogSlot<FlowKey6>> =
-    Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
+pub static NEW_FLOWS6: Array<flow_sync::LogEntry> = Array::with_max_entries(flow_sync::LOG_SLOTS, BPF_F_MMAPABLE);
 
 /// Flow sharing, a line per CPU (`lb_common::flow_sync::LINE`): the agent
 /// sets `ON`; the datapath counts the flows it wrote to each log.

@@ -230,7 +230,8 @@ fn datapath_fixtures() {
             output: Expect::Packet(at_client(&orphan, (VIP, 80))),
             counts: vec![Count::Outcome(ForwardReply, 1)],
         }]);
-        // A new flow is handed to the agent for the other nodes, whole.
+        // A new flow is handed to the agent for the other nodes: its slot,
+        // from which the agent reads it.
         let mut log = bed.dp().maps.flow_log().expect("the log of new flows");
         let shared = client_tcp(40200, 80).flags(SYN).seq(5000, 0);
         bed.run(&[forward("with flow sharing on, a new flow is shared", &shared, s2, SERVER2_MAC, "web", "s2", true)]);
@@ -238,11 +239,19 @@ fn datapath_fixtures() {
         assert_eq!((new.v4.len(), new.v6.len(), new.lost), (1, 0, 0), "one record per new flow: {new:?}");
         let (key, flow) = new.v4[0];
         assert_eq!(key, flow_key((CLIENT, 40200), (VIP, 80), proto::TCP));
-        assert_eq!(flow, bed.flow(&key).expect("the flow"), "the record is the flow as created");
+        assert_eq!(flow, bed.flow(&key).expect("the flow"), "the record is the flow in the table");
         assert_eq!(log.poll().v4.len(), 0, "each record is read once");
+        // A flow freed before the agent reads its slot is not shared.
+        let gone = Pkt::tcp((CLIENT, 40202), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+        assert_eq!(bed.run_frame(&gone, "toclient").0, XDP_REDIRECT);
+        let removed = bed.dp().maps.flows.remove(&flow_key((CLIENT, 40202), (VIP, 80), proto::TCP));
+        assert!(removed.expect("remove flow"), "the flow was there");
+        let new = log.poll();
+        assert_eq!((new.v4.len(), new.lost), (0, 0), "a freed slot shares nothing: {new:?}");
         // More new flows than a CPU's log holds between two reads: the
-        // last lap is read, the flows before it are counted lost. (On one
-        // CPU: each CPU has its own part of the log.)
+        // last lap (less the entry the CPU writes over next) is read, the
+        // flows before it are counted lost. (On one CPU: each CPU has its
+        // own part of the log.)
         testbed::bench::pin_to_cpu(0);
         let lap = lb_common::flow_sync::LOG_SLOTS as u16;
         for port in 0..lap + 5 {
@@ -250,7 +259,7 @@ fn datapath_fixtures() {
             assert_eq!(bed.run_frame(&syn, "toclient").0, XDP_REDIRECT);
         }
         let new = log.poll();
-        assert_eq!((new.v4.len(), new.lost), (usize::from(lap), 5), "a lapped log");
+        assert_eq!((new.v4.len(), new.lost), (usize::from(lap) - 1, 6), "a lapped log");
         assert_eq!(new.v4.last().map(|(k, _)| k.src_port), Some(u16::to_be(10_000 + lap + 4)), "the newest flow read");
         bed.dp_mut().maps.share_new_flows(false).expect("sharing off");
         let unshared = client_tcp(40201, 80).flags(SYN).seq(5000, 0);

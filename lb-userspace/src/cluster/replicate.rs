@@ -6,9 +6,10 @@
 //! since the flow began (a Maglev row rebuilt since would pick another:
 //! katran#155), and rewrites its replies back to the VIP.
 //!
-//! Design: the datapath logs each new flow (only while sharing is on; each
-//! CPU in its own part of a log: `lb-ebpf/src/flow_sync.rs`); this task
-//! polls the log every [`POLL`], and sends them in datagrams of up to
+//! Design: the datapath logs the table slot of each new flow (only while
+//! sharing is on; each CPU in its own part of a log:
+//! `lb-ebpf/src/flow_sync.rs`); this task polls the log every [`POLL`],
+//! reads those flows from their slots, and sends them in datagrams of up to
 //! [`BATCH`] flows to
 //! each peer's `sync_address` over the nodes' own network (UDP: a lost
 //! datagram costs the flows it held only if their node is lost too). A

@@ -1,10 +1,12 @@
 //! Where the agent reads the new flows the datapath logs for the other
 //! balancer nodes (flow replication; layout in `lb_common::flow_sync`).
-//! Each CPU writes its own part of a log per family, a ring it alone
-//! writes; the agent maps the logs and the CPUs' lines, and polls: a
-//! line's count tells how many flows its CPU wrote, and each slot's `seq`
-//! which one it holds now. Nothing waits on the agent: a slot not read
-//! before its CPU came round again is lost, and counted.
+//! Each CPU writes the table slot of each flow it creates into its own part
+//! of a log per family, a ring it alone writes; the agent maps the logs,
+//! the CPUs' lines and the flow tables, and polls: a line's count tells how
+//! many flows its CPU logged, the log which slots they went to, and each
+//! slot the flow as it is now (read under its sequence lock). Nothing waits
+//! on the agent: an entry not read before its CPU came round again is
+//! lost, and counted.
 
 use std::{
     io,
@@ -16,13 +18,12 @@ use std::{
 };
 
 use aya::maps::MapData;
-use bytemuck::Pod;
 use lb_common::{
-    Flow, FlowKey, FlowKey6,
-    flow_sync::{HEAD4, HEAD6, LINE, LOG_SLOTS, LogSlot, ON},
+    Flow, FlowKey, FlowKey6, FlowSlot, FlowSlot6, TableSlot, flow_seen,
+    flow_sync::{HEAD4, HEAD6, LINE, LOG_SLOTS, LogEntry, ON},
 };
 
-use super::flow_table::map_range;
+use super::flow_table::{FlowTable, SlotReader, map_range};
 
 /// The CPUs the logs have room for: every possible CPU.
 pub fn cpus() -> u32 {
@@ -61,15 +62,18 @@ impl<T> Drop for Mapped<T> {
 pub struct NewFlows {
     pub v4: Vec<(FlowKey, Flow)>,
     pub v6: Vec<(FlowKey6, Flow)>,
-    /// Flows overwritten before they were read.
+    /// Log entries overwritten before they were read.
     pub lost: u64,
 }
 
-/// The logs and the CPUs' lines, mapped, with what was read of each.
+/// The logs, the CPUs' lines and the flow tables, mapped, with what was
+/// read of each log.
 pub struct FlowLog {
     lines: Mapped<[u64; LINE]>,
-    log4: Mapped<LogSlot<FlowKey>>,
-    log6: Mapped<LogSlot<FlowKey6>>,
+    log4: Mapped<LogEntry>,
+    log6: Mapped<LogEntry>,
+    table4: SlotReader<FlowSlot>,
+    table6: SlotReader<FlowSlot6>,
     /// By CPU: the flows of each log read (or skipped) so far.
     read: Vec<[u64; 2]>,
 }
@@ -82,13 +86,20 @@ unsafe impl Send for FlowLog {}
 unsafe impl Sync for FlowLog {}
 
 impl FlowLog {
-    /// Maps the logs; flows logged before now are not read.
-    pub fn open(lines: &MapData, log4: &MapData, log6: &MapData) -> io::Result<FlowLog> {
+    /// Maps the logs and the tables their entries name; flows logged
+    /// before now are not read.
+    pub fn open(
+        lines: &MapData,
+        (log4, table4): (&MapData, &FlowTable<FlowSlot>),
+        (log6, table6): (&MapData, &FlowTable<FlowSlot6>),
+    ) -> io::Result<FlowLog> {
         let cpus = cpus();
         let mut log = FlowLog {
             lines: Mapped::new(lines, cpus)?,
             log4: Mapped::new(log4, cpus * LOG_SLOTS)?,
             log6: Mapped::new(log6, cpus * LOG_SLOTS)?,
+            table4: table4.reader()?,
+            table6: table6.reader()?,
             read: vec![[0; 2]; cpus as usize],
         };
         for cpu in 0..cpus {
@@ -118,42 +129,95 @@ impl FlowLog {
             let [read4, read6] = self.read[cpu as usize];
             let head4 = self.head(cpu, HEAD4);
             let head6 = self.head(cpu, HEAD6);
-            new.lost += read_part(&self.log4, cpu, read4, head4, &mut new.v4);
-            new.lost += read_part(&self.log6, cpu, read6, head6, &mut new.v6);
+            let entry = |log: &Mapped<LogEntry>, n: u64| {
+                // SAFETY: an aligned u64 in a live mapping; volatile, as the
+                // datapath writes it. A slot number: below 2^32.
+                unsafe { read_volatile(log.at(cpu * LOG_SLOTS + (n as u32 & (LOG_SLOTS - 1)))) as u32 }
+            };
+            let (slots4, lost4) = read_part(|n| entry(&self.log4, n), read4, head4, || self.head(cpu, HEAD4));
+            let (slots6, lost6) = read_part(|n| entry(&self.log6, n), read6, head6, || self.head(cpu, HEAD6));
+            new.lost += lost4 + lost6;
+            new.v4.extend(slots4.into_iter().filter_map(|slot| own_flow(&self.table4, slot)));
+            new.v6.extend(slots6.into_iter().filter_map(|slot| own_flow(&self.table6, slot)));
             self.read[cpu as usize] = [head4, head6];
         }
         new
     }
 }
 
-/// Reads flows `from..to` of `cpu`'s part of `log` into `into`; returns how
-/// many were lost (overwritten before or while read).
-fn read_part<K: Pod>(log: &Mapped<LogSlot<K>>, cpu: u32, from: u64, to: u64, into: &mut Vec<(K, Flow)>) -> u64 {
+/// The slot numbers of entries `from..to` of a CPU's log (`entry` reads
+/// one, by its number), and how many
+/// entries were lost: more than a lap behind, or written over by the CPU
+/// while they were read (its count, `head`, read again after them).
+fn read_part(entry: impl Fn(u64) -> u32, from: u64, to: u64, head: impl Fn() -> u64) -> (Vec<u32>, u64) {
+    // The entry a whole lap back is the one the CPU's next flow writes
+    // over, before it counts it: a lap less one is sure.
+    let lap = u64::from(LOG_SLOTS) - 1;
     let mut lost = 0;
-    // More than a lap behind (or a count gone back: a new datapath):
-    // only the last lap can still be there.
-    let from = if to.wrapping_sub(from) > u64::from(LOG_SLOTS) {
-        lost += to.saturating_sub(from).saturating_sub(u64::from(LOG_SLOTS));
-        to.saturating_sub(u64::from(LOG_SLOTS))
+    // Further behind (or a count gone back: a new datapath): only the last
+    // lap can still be there.
+    let from = if to.wrapping_sub(from) > lap {
+        lost += to.saturating_sub(from).saturating_sub(lap);
+        to.saturating_sub(lap)
     } else {
         from
     };
-    for n in from..to {
-        let slot = log.at(cpu * LOG_SLOTS + (n as u32 & (LOG_SLOTS - 1)));
-        // SAFETY: a slot in a live mapping; volatile, as the datapath
-        // writes it; `seq` read before and after tells a consistent copy.
-        let copy = unsafe {
-            let before = read_volatile(&raw const (*slot).seq);
-            let key = read_volatile(&raw const (*slot).key);
-            let flow = read_volatile(&raw const (*slot).flow);
-            fence(Ordering::Acquire);
-            let after = read_volatile(&raw const (*slot).seq);
-            (before == n + 1 && after == n + 1).then_some((key, flow))
-        };
-        match copy {
-            Some(flow) => into.push(flow),
-            None => lost += 1,
-        }
+    let slots: Vec<u32> = (from..to).map(entry).collect();
+    fence(Ordering::Acquire);
+    let written_over = head().saturating_sub(lap).saturating_sub(from).min(slots.len() as u64);
+    lost += written_over;
+    (slots[written_over as usize..].to_vec(), lost)
+}
+
+/// The flow in `slot`, if it is one this node created: the slot may have
+/// been freed since, or rewritten for another flow, or for a copy of
+/// another node's flow (those are that node's to share).
+fn own_flow<S: TableSlot>(table: &SlotReader<S>, slot: u32) -> Option<(S::Key, Flow)> {
+    table.at(slot).filter(|(_, flow)| flow.seen & flow_seen::COPY == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    const LAP: u64 = LOG_SLOTS as u64;
+
+    /// Entry `n` holds slot `n` (as a u32).
+    fn entry(n: u64) -> u32 {
+        n as u32
     }
-    lost
+
+    #[test]
+    fn the_entries_since_the_last_read_are_read_once() {
+        assert_eq!(read_part(entry, 10, 13, || 13), (vec![10, 11, 12], 0));
+        assert_eq!(read_part(entry, 13, 13, || 13), (vec![], 0));
+    }
+
+    #[test]
+    fn a_reader_more_than_a_lap_behind_reads_the_last_lap_less_one() {
+        // The entry a lap back is the next one the CPU writes over.
+        let (slots, lost) = read_part(entry, 0, LAP + 5, || LAP + 5);
+        assert_eq!((slots.len() as u64, lost), (LAP - 1, 6));
+        assert_eq!(slots.first(), Some(&6));
+        assert_eq!(slots.last(), Some(&(LAP as u32 + 4)));
+    }
+
+    #[test]
+    fn entries_written_over_while_they_were_read_are_lost() {
+        // The CPU logged 3 more flows while the reader, a lap less one
+        // behind, read: the 3 oldest entries may hold the new ones.
+        let (slots, lost) = read_part(entry, 100, 100 + LAP - 1, || 100 + LAP - 1 + 3);
+        assert_eq!((slots.len() as u64, lost), (LAP - 4, 3));
+        assert_eq!(slots.first(), Some(&103));
+        // Fewer read, far from a lap: nothing is written over.
+        let calls = Cell::new(0);
+        let head = || {
+            calls.set(calls.get() + 1);
+            200
+        };
+        assert_eq!(read_part(entry, 100, 110, head), ((100..110).collect(), 0));
+        assert_eq!(calls.get(), 1, "the count is read again once, after the entries");
+    }
 }

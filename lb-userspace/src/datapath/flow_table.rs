@@ -174,6 +174,12 @@ impl<S: TableSlot> FlowTable<S> {
         Ok(TableWriter { table: self, window, tags })
     }
 
+    /// The whole table mapped for reading slots by number (see
+    /// [`SlotReader`]).
+    pub fn reader(&self) -> io::Result<SlotReader<S>> {
+        Ok(SlotReader { window: self.whole()? })
+    }
+
     /// The flows in the two buckets `key` may sit in: the ones a new flow of
     /// `key` would push out (the oldest first) if both buckets were full.
     pub fn neighbours(&self, key: &Key<S>) -> io::Result<Vec<(Key<S>, Flow)>> {
@@ -281,6 +287,29 @@ impl<S: TableSlot> TableWriter<S> {
                 }
             }
         }
+    }
+}
+
+/// A flow table kept mapped to read slots by their number: those the
+/// datapath logs for flow replication (`flow_log`).
+pub struct SlotReader<S: TableSlot = FlowSlot> {
+    window: Window<S>,
+}
+
+// SAFETY: the mapping is the process's, valid from any thread until
+// dropped; it is only read, under the slots' sequence locks.
+unsafe impl<S: TableSlot> Send for SlotReader<S> {}
+// SAFETY: as above.
+unsafe impl<S: TableSlot> Sync for SlotReader<S> {}
+
+impl<S: TableSlot> SlotReader<S> {
+    /// A consistent copy of slot `index`'s key and flow, if it holds a flow
+    /// (`None` as well for a number outside the table).
+    pub fn at(&self, index: u32) -> Option<(Key<S>, Flow)> {
+        if index >= self.window.len {
+            return None;
+        }
+        read(self.window.slot(index)).map(|(_, key, flow)| (key, flow))
     }
 }
 

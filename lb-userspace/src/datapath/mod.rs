@@ -30,7 +30,7 @@ use lb_common::{
     Addr6, CLIENT_HOP_ENTRIES, ClientHop, FlowKey, FlowKey6, FlowSlot, FlowSlot6, MAGLEV_TABLE_SIZE, NextHop,
     OUTCOME_COUNT, RESET_REQUESTS_BYTES, ReverseNat, ReverseNat6, Server, ServerStats, Service, ServiceKey,
     ServiceKey6, TableSlot, filter,
-    flow_sync::{self, LogSlot},
+    flow_sync::{self, LogEntry},
     flow_table as table_layout, map_name, purge as purge_layout,
 };
 
@@ -232,8 +232,8 @@ impl MapSizes {
             (map_name::NEXT_HOPS6, 4, s(size_of::<NextHop>()), self.max_servers),
             (map_name::PURGED6, 4, s(size_of::<purge_layout::Purged6>()), purge_layout::BATCH),
             (map_name::FAMILY_PROGRAMS, 4, 4, 2),
-            (map_name::NEW_FLOWS, 4, s(size_of::<LogSlot<FlowKey>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
-            (map_name::NEW_FLOWS6, 4, s(size_of::<LogSlot<FlowKey6>>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
+            (map_name::NEW_FLOWS, 4, s(size_of::<LogEntry>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
+            (map_name::NEW_FLOWS6, 4, s(size_of::<LogEntry>()), flow_log::cpus() * flow_sync::LOG_SLOTS),
             (map_name::FLOW_SYNC, 4, s(8 * flow_sync::LINE), flow_log::cpus()),
             (map_name::CLIENT_HOPS, 4, s(size_of::<ClientHop>()), CLIENT_HOP_ENTRIES),
             (map_name::CLIENT_HOPS6, 4, s(size_of::<ClientHop>()), CLIENT_HOP_ENTRIES),
@@ -306,7 +306,7 @@ impl Maps {
 
     /// The new flows' logs, mapped (flow replication reads them).
     pub fn flow_log(&self) -> std::io::Result<flow_log::FlowLog> {
-        flow_log::FlowLog::open(&self.flow_sync, &self.new_flows, &self.new_flows6)
+        flow_log::FlowLog::open(&self.flow_sync, (&self.new_flows, &self.flows), (&self.new_flows6, &self.flows6))
     }
 
     /// Turns the sharing of new flows on or off (every CPU's flag).
