@@ -789,18 +789,13 @@ pub mod flow_table {
 /// Each CPU writes the flow-table slot of each flow it creates into its own
 /// part of a log (one per family), a ring of [`LOG_SLOTS`] slot numbers it
 /// alone writes: no lock, no helper call, two stores to lines it keeps
-/// cached. Its line of the `flow_sync` map holds the sharing flag and the
-/// number of flows it has written to each log; the agent polls those,
-/// reads the new slot numbers through mmap, and the flows from the table's
-/// slots (under their sequence locks). A slot number overwritten before
-/// the agent read it is counted as lost by the agent (its flow's copy
-/// waits for the next refresh).
-///
-/// The datapath writes without a branch on the flag: with sharing off, the
-/// count does not move and the slot number lands on the same entry each
-/// time. (Measured, 2026-12-06: a store behind a branch on the flag made a
-/// new flow 1.2-1.3x as costly as without sharing; the same stores without
-/// the branch, 0.95-1.05x. See `docs/performance.md`.)
+/// cached, made last on the new flow's path (`lb-ebpf/src/flow_sync.rs`
+/// says why there). Its line of the `flow_sync` map holds the sharing flag
+/// and the number of flows it has written to each log; the agent polls
+/// those, reads the new slot numbers through mmap, and the flows from the
+/// table's slots (under their sequence locks). A slot number overwritten
+/// before the agent read it is counted as lost by the agent (its flow's
+/// copy waits for the next refresh).
 pub mod flow_sync {
     /// Entries of each CPU's log, per family (a power of two): the agent
     /// reads every few milliseconds, so a CPU would need to create flows

@@ -21,6 +21,9 @@ pub struct Assignment<F: Family> {
     pub addr: F::Addr,
     pub port: u16,
     pub new_flow: bool,
+    /// A new flow's slot number in the table (0 for an existing flow): it
+    /// is shared from there (`flow_sync`) once the packet is on its way.
+    pub new_slot: u32,
     /// The existing flow's slot, to be touched once the packet is on its way.
     pub flow: Option<*mut F::Slot>,
 }
@@ -82,7 +85,7 @@ pub fn existing<F: Family>(pkt: &Packet<F>, hash: u64) -> Result<Option<Assignme
                 return Err(terminated(pkt, &flow, to_server));
             }
             let (server_id, port) = (flow.server_id, server.port);
-            return Ok(Some(Assignment { server_id, addr, port, new_flow: false, flow: Some(slot) }));
+            return Ok(Some(Assignment { server_id, addr, port, new_flow: false, new_slot: 0, flow: Some(slot) }));
         }
     }
     Ok(None)
@@ -139,8 +142,6 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
         track_tcp(&mut flow, pkt, true);
     }
     let placed = flow_table::insert::<F>(&pkt.key, hash, &flow).map_err(|_| Outcome::DropFlowSlotTaken)?;
-    // For the other balancer nodes, if this one shares its flows.
-    crate::flow_sync::share::<F>(placed.slot);
     if let Some(kind) = placed.evicted {
         counters::count_eviction(kind);
     }
@@ -149,7 +150,7 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
     if server.flags & server_flags::SHARED_ENDPOINT != 0 && !remember_return_path::<F>(&pkt.key, &addr, server.port) {
         return Err(Outcome::Aborted);
     }
-    Ok(Assignment { server_id, addr, port: server.port, new_flow: true, flow: None })
+    Ok(Assignment { server_id, addr, port: server.port, new_flow: true, new_slot: placed.slot, flow: None })
 }
 
 /// The return path of a new flow on a shared endpoint (`addr`, `port`):
