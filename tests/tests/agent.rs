@@ -204,6 +204,51 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
     assert!(xdp_attached(&topology, "lbc"));
 }
 
+/// Pins at `path` a new BPF array of `value_size`-byte elements, as an
+/// agent of another version would have left one (aya offers no way to make
+/// a map of a shape of our choosing).
+fn pin_array(path: &std::path::Path, value_size: u32, max_entries: u32) {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let mut attr = [0u32; 32];
+    // BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, value_size, max_entries]);
+    // SAFETY: the syscall reads a bpf_attr from `attr`, zero beyond the
+    // fields set (128 bytes: more than it reads for this command).
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = [0u64; 16];
+    // BPF_OBJ_PIN: pathname (a pointer), then bpf_fd.
+    pin[0] = c_path.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: as above; `c_path` outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), size_of_val(&pin)) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn an_upgrade_whose_replication_logs_changed_shape_keeps_the_flows() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
+    agent.stop().expect("agent was running");
+    let pins = agent.pin_dir();
+    let flows_id = || aya::maps::MapInfo::from_pin(pins.join(map_name::FLOWS)).expect("flow table pin").id();
+    let before = flows_id();
+    // An earlier version's logs held whole flows: 72 and 96 bytes a slot.
+    for (name, size) in [(map_name::NEW_FLOWS, 72), (map_name::NEW_FLOWS6, 96)] {
+        std::fs::remove_file(pins.join(name)).expect("unpin the log");
+        pin_array(&pins.join(name), size, 4096);
+    }
+    agent.restart();
+    let log = aya::maps::MapInfo::from_pin(pins.join(map_name::NEW_FLOWS)).expect("log pin");
+    assert_eq!(log.value_size(), 8, "the log is made afresh in this version's shape");
+    assert_eq!(flows_id(), before, "the flow table, and its flows, are kept");
+    assert!(agent.log().contains("made afresh"), "the agent says so:\n{}", agent.log());
+}
+
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     let topology = Topology::new(3);

@@ -8,10 +8,19 @@ use lb_common::map_name;
 
 use super::{BPFFS, DatapathError, MapSizes};
 
+/// Maps that hold nothing a restart must keep: flow replication's logs
+/// (the agent reads only what is logged after its start). Pinned ones of
+/// another shape, left by another version, are made afresh instead of
+/// refused: an upgrade that changes them keeps every flow.
+const REMADE: [&str; 2] = [map_name::NEW_FLOWS, map_name::NEW_FLOWS6];
+
 /// Refuses pinned maps whose shape differs from what this agent would create:
-/// aya would silently reuse them, and the datapath would misread them.
+/// aya would silently reuse them, and the datapath would misread them. Those
+/// of [`REMADE`] are unpinned instead (the program still attached keeps its
+/// own until it is replaced), once every other map is found to fit.
 pub(super) fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
     check_pinned_format(pin_dir, sizes)?;
+    let mut stale = Vec::new();
     for (name, key_size, value_size, max_entries) in sizes.layout() {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -24,10 +33,19 @@ pub(super) fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), 
             ("value size", info.value_size(), value_size),
             ("max entries", info.max_entries(), max_entries),
         ] {
-            if found != expected {
+            if found == expected {
+                continue;
+            }
+            if !REMADE.contains(&name) {
                 return Err(DatapathError::PinnedMapMismatch { path, dir: pin_dir.to_owned(), what, found, expected });
             }
+            stale.push((path, what, found, expected));
+            break;
         }
+    }
+    for (path, what, found, expected) in stale {
+        log::warn!("pinned map {} ({what} {found}, now {expected}) holds no flow: made afresh", path.display());
+        std::fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
     }
     Ok(())
 }
