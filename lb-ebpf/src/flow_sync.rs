@@ -29,8 +29,9 @@ pub fn on() -> bool {
 /// on. One store more anywhere before that (this count alone, an entry, or
 /// a store to any hot line, behind the flag's branch or not, before the
 /// slot's claim or after the slot) made a new flow 1.2-1.3x as costly
-/// (measured, 2026-12-06; why is not known: these VMs have no PMU); here,
-/// the log's two stores cost nothing measurable.
+/// (measured, 2026-12-06; why is not known: these VMs have no PMU); here
+/// the log's two stores cost least (`docs/performance.md`, "flow
+/// replication's cost").
 #[inline(always)]
 pub fn share<F: Family>(slot: u32) {
     // SAFETY: a helper without arguments.
