@@ -57,6 +57,19 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+/// Turns sharing on or off on every CPU: its flag in the CPUs' lines
+/// (`lines`, the `flow_sync` map), mapped for this alone (a [`FlowLog`]
+/// maps the flow tables as well).
+pub fn share(lines: &MapData, on: bool) -> io::Result<()> {
+    let lines: Mapped<[u64; LINE]> = Mapped::new(lines, cpus())?;
+    for cpu in 0..lines.len {
+        // SAFETY: an aligned u64 of the CPU's line, in a live mapping; the
+        // agent is the flag's only writer.
+        unsafe { std::ptr::write_volatile((lines.at(cpu) as *mut u64).add(ON), u64::from(on)) };
+    }
+    Ok(())
+}
+
 /// The new flows read at one poll.
 #[derive(Debug, Default)]
 pub struct NewFlows {
@@ -114,14 +127,6 @@ impl FlowLog {
         unsafe { read_volatile((self.lines.at(cpu) as *const u64).add(which)) }
     }
 
-    /// Turns sharing on or off on every CPU.
-    pub fn share(&mut self, on: bool) {
-        for cpu in 0..self.lines.len {
-            // SAFETY: as in `head`; the agent is the flag's only writer.
-            unsafe { std::ptr::write_volatile((self.lines.at(cpu) as *mut u64).add(ON), u64::from(on)) };
-        }
-    }
-
     /// Every flow logged since the last poll.
     pub fn poll(&mut self) -> NewFlows {
         let mut new = NewFlows::default();
@@ -146,9 +151,9 @@ impl FlowLog {
 }
 
 /// The slot numbers of entries `from..to` of a CPU's log (`entry` reads
-/// one, by its number), and how many
-/// entries were lost: more than a lap behind, or written over by the CPU
-/// while they were read (its count, `head`, read again after them).
+/// one, by its number), and how many entries were lost: more than a lap
+/// behind, or written over by the CPU while they were read (its count,
+/// `head`, read again after them).
 fn read_part(entry: impl Fn(u64) -> u32, from: u64, to: u64, head: impl Fn() -> u64) -> (Vec<u32>, u64) {
     // The entry a whole lap back is the one the CPU's next flow writes
     // over, before it counts it: a lap less one is sure.

@@ -311,8 +311,7 @@ impl Maps {
 
     /// Turns the sharing of new flows on or off (every CPU's flag).
     pub fn share_new_flows(&mut self, on: bool) -> std::io::Result<()> {
-        self.flow_log()?.share(on);
-        Ok(())
+        flow_log::share(&self.flow_sync, on)
     }
 }
 
