@@ -30,8 +30,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_default();
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
-    if !["hot", "hot6", "random", "new", "two"].contains(&path.as_str()) {
-        eprintln!("usage: lb-profile hot|hot6|random|new|two [SECONDS]");
+    if !["hot", "hot6", "random", "new", "new6", "two"].contains(&path.as_str()) {
+        eprintln!("usage: lb-profile hot|hot6|random|new|new6|two [SECONDS]");
         std::process::exit(2);
     }
     let net = fixture_netns();
@@ -109,7 +109,7 @@ fn profile(path: &str, length: Duration) {
     let (mut calls, mut kernel_ns) = (0u64, 0u128);
     // New flows run once through their frames: a SYN seen twice is no
     // longer a new flow.
-    while started.elapsed() < length && !(path == "new" && calls > 0) {
+    while started.elapsed() < length && !(path.starts_with("new") && calls > 0) {
         for frame in &frames {
             kernel_ns += test_run(program, frame, toclient).2.as_nanos();
             calls += 1;
@@ -143,6 +143,12 @@ fn frames(bed: &FixtureBed, path: &str) -> Vec<Vec<u8>> {
             };
             (0..100_000).map(|_| ack(client(next()))).collect()
         }
+        "new6" => (0..1_500_000)
+            .map(|i| {
+                let c6 = Ipv6Addr::new(0xfd00, 0xb, 1, 0, 0, 0, (i >> 16) as u16, i as u16);
+                Pkt::tcp((c6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build()
+            })
+            .collect(),
         // Within the table's capacity (2e6 flows): no eviction.
         _ => (0..1_500_000).map(|i| tcp(client(0x80_0000 + i), SYN).build()).collect(),
     }
