@@ -126,7 +126,13 @@ fn live_rate(program: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> f64 {
     opts.repeat = repeat;
     opts.attrs = TestRunAttrs::new().xdp_live_frames(LIVE_BATCH);
     let started = std::time::Instant::now();
-    let result = program.test_run(opts).expect("live-frames test run");
+    // Some kernels refuse this mode outright (EPERM even to root, as on
+    // 2026-12-06's hosts): the section cannot be measured there, and says why.
+    let result = program.test_run(opts).unwrap_or_else(|e| {
+        let chain: Vec<String> =
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect();
+        panic!("a live-frames test run (BPF_F_TEST_XDP_LIVE_FRAMES), which section 2 needs: {}", chain.join(": "))
+    });
     // The kernel reports the mean time per run; fall back on the wall clock.
     let ns = if result.duration.as_nanos() > 0 {
         result.duration.as_nanos() as f64
