@@ -1068,8 +1068,9 @@ outcomes! {
     DropNoRoute = "drop_no_route",
     /// Larger than the egress MTU.
     DropMtuExceeded = "drop_mtu_exceeded",
-    /// A new flow's flow-table slot was taken by another CPU at the same
-    /// instant: dropped, the client's retransmission gets a slot.
+    /// A new flow lost the claim of a slot of its bucket to another CPU (or
+    /// the agent) at the same instant, twice running: dropped, the client's
+    /// retransmission gets a slot.
     DropFlowSlotTaken = "drop_flow_slot_taken",
     /// The program hit an internal error (map full, ...): XDP_ABORTED.
     Aborted = "aborted",
