@@ -4,7 +4,8 @@
 //! These VMs have no PMU; `tests/probes/profile.sh` samples with `perf`'s
 //! cpu-clock and maps the samples onto the program's machine code.
 //! Paths: `hot` (one IPv4 flow's ACK), `hot6` (the same in IPv6), `random`
-//! (ACKs at random among 1e6 flows), `new` (SYNs of new flows).
+//! (ACKs at random among 1e6 flows), `new` (SYNs of new flows), `new6`
+//! (the same in IPv6).
 //! `two`: no profile, the cache-hot ACK timed on CPU 0 alone and on CPUs 0
 //! and 1 at once (each its own flow), net of the trivial program run in
 //! alternating chunks beside it, round after round: bench section 1's
