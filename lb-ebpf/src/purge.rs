@@ -60,12 +60,12 @@ impl Purgeable for V6 {
     }
 }
 
-/// The walk's state, shared with the loop's steps: the line of tags being
-/// read (its first bucket), the slots of it already looked at, and what
-/// marks a slot as one to read.
+/// The walk's state, shared with the loop's steps: the pair of tag lines
+/// being read (its first bucket), the slots of it already looked at, and
+/// what marks a slot as one to read.
 struct Scan {
     next: u32,
-    /// Slots of the line passed already, as bits of [`line_marks`].
+    /// Slots of the pair passed already, as bits of [`line_marks`].
     done: u64,
     end: u32,
     purged: u32,
@@ -79,8 +79,13 @@ struct Scan {
 /// that stops short hands back where it got to, and the agent runs again.
 const MAX_STEPS: u32 = 1 << 23;
 
-/// Slots in a line of tags.
-const LINE_SLOTS: u32 = TAG_LINE_BUCKETS * BUCKET_SLOTS;
+/// Buckets a step looks at: two lines of tags (the table has an even
+/// number). Most hold nothing to purge, and are passed in one step: a step
+/// costs a call, more than reading its tags.
+const PAIR_BUCKETS: u32 = 2 * TAG_LINE_BUCKETS;
+
+/// Slots in a pair of lines of tags.
+const PAIR_SLOTS: u32 = PAIR_BUCKETS * BUCKET_SLOTS;
 
 #[xdp]
 pub fn purge_flows(_ctx: XdpContext) -> u32 {
@@ -96,9 +101,9 @@ pub fn purge_flows(_ctx: XdpContext) -> u32 {
     // slots are found four lanes at a time.
     let single = hints != 0 && hints & (hints - 1) == 0;
     let pattern = hint_pattern(lowest_bit(hints));
-    // From the line's start, its buckets before `next` passed.
-    let done = buckets_before(next % TAG_LINE_BUCKETS);
-    let next = next - next % TAG_LINE_BUCKETS;
+    // From the pair's start, its buckets before `next` passed.
+    let done = buckets_before(next % PAIR_BUCKETS);
+    let next = next - next % PAIR_BUCKETS;
     let mut scan = Scan { next, done, end, purged, hints, single, pattern };
     if family == purge::IPV6 {
         walk::<V6>(&mut scan);
@@ -126,66 +131,76 @@ fn walk<F: Purgeable>(scan: &mut Scan) {
     }
 }
 
-/// One loop step: the next slot of a marked server's flow in a line of
-/// tags (`TAG_LINE_BUCKETS` buckets, 32 slots), found by the tags alone,
-/// or the rest of the line passed at once when it has none. A step reads
-/// at most one slot's flow, so the verifier follows its few paths once (a
-/// step that read every flow of a line's buckets made it follow too many on
-/// a 6.18.44 kernel, and give up). Stops the loop (1) at the end of the
-/// range, or between lines when `purged` may not hold a line's flows: a run
-/// ends on a line's start, where the next begins.
+/// One loop step: the next slot of a marked server's flow in a pair of
+/// lines of tags (`PAIR_BUCKETS` buckets, 64 slots), found by the tags
+/// alone, or the rest of the pair passed at once when it has none. A step
+/// reads at most one slot's flow, so the verifier follows its few paths
+/// once (a step that read every flow of a line's buckets made it follow too
+/// many on a 6.18.44 kernel, and give up; so did a loop over lines within
+/// a step). Stops the loop (1) at the end of the range, or between pairs
+/// when `purged` may not hold a pair's flows: a run ends on a pair's start,
+/// where the next begins.
 extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the `Scan` that `purge_flows` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
     let next = scan.next;
-    if next >= scan.end || scan.done == 0 && scan.purged > purge::BATCH - LINE_SLOTS {
+    if next >= scan.end || scan.done == 0 && scan.purged > purge::BATCH - PAIR_SLOTS {
         return 1;
     }
-    let Some(line) = F::flow_tags().get_ptr_mut(next / TAG_LINE_BUCKETS) else { return 1 };
-    // SAFETY: an element of the tags map.
-    let words = unsafe { core::ptr::read_volatile(line) };
-    let open = !scan.done & buckets_before((scan.end - next).min(TAG_LINE_BUCKETS));
-    let marked = if scan.single {
-        line_marks(&words, |w| lanes_with_hint(w, scan.pattern))
-    } else {
-        line_marks(&words, |w| lanes_with_hints(w, scan.hints))
+    let tags = F::flow_tags();
+    let first = next / TAG_LINE_BUCKETS;
+    let (Some(line0), Some(line1)) = (tags.get_ptr_mut(first), tags.get_ptr_mut(first + 1)) else { return 1 };
+    // SAFETY: elements of the tags map.
+    let words = unsafe { [core::ptr::read_volatile(line0), core::ptr::read_volatile(line1)] };
+    let open = !scan.done & buckets_before((scan.end - next).min(PAIR_BUCKETS));
+    // A free or busy slot's tag carries hint 0: only a search for hint 0
+    // must also ask which slots hold a flow.
+    let marked = match (scan.single, scan.pattern) {
+        (true, 0) => line_marks(&words, |w| lanes_with_hint(w, 0) & live_lanes(w)),
+        (true, pattern) => line_marks(&words, |w| lanes_with_hint(w, pattern)),
+        (false, _) => line_marks(&words, |w| lanes_with_hints(w, scan.hints) & live_lanes(w)),
     } & open;
     if marked == 0 {
-        scan.next = next + TAG_LINE_BUCKETS;
+        scan.next = next + PAIR_BUCKETS;
         scan.done = 0;
         return 0;
     }
     let at = lowest_bit(marked);
-    // Masked for the verifier, which checks the tag word's place in the
+    // Masked for the verifier, which checks the tag word's place in its
     // line; read back through memory first, or LLVM, knowing `marked` is
     // not 0, drops the masks (and the verifier knows no such thing).
     // SAFETY: a local.
     let at = unsafe { core::ptr::read_volatile(&at) };
-    let (b, i) = (at % 16 % TAG_LINE_BUCKETS, at / 16 % BUCKET_SLOTS);
+    let (b, i) = (at % PAIR_BUCKETS, at / 16 % BUCKET_SLOTS);
+    let line = if b < TAG_LINE_BUCKETS { line0 } else { line1 };
     // SAFETY: within the line (the index is masked to its length).
-    let tags = unsafe { (line as *mut u64).add(b as usize) };
+    let tags = unsafe { (line as *mut u64).add((b % TAG_LINE_BUCKETS) as usize) };
     // SAFETY: an element of the tags map.
     let word = unsafe { core::ptr::read_volatile(tags) };
     scan.purged += purge_slot::<F>(next + b, i, tags, word, scan.hints, scan.purged);
-    // This slot and those before it in the line's order (bit 63 is the last).
+    // This slot and those before it in the pair's order (bit 63 is the last).
     scan.done |= (2u64 << at).wrapping_sub(1);
     0
 }
 
-/// A bit per slot of a line of tag words whose tag is a flow's and carries
-/// a marked hint, as `hinted` finds them in each word: lane `i` of bucket
-/// `b` is bit `16 i + b` (from each word's lane marks, bits `16 i + 15`,
-/// shifted into place: no gathering of bits).
+/// A bit per slot of a pair of lines of tag words whose tag is a flow's and
+/// carries a marked hint, as `hinted` finds them in each word (the top bit
+/// of each such lane): lane `i` of
+/// bucket `b` (0-15) is bit `16 i + b` (from each word's lane marks, bits
+/// `16 i + 15`, shifted into place: no gathering of bits).
 #[inline(always)]
-fn line_marks(words: &[u64; TAG_LINE_BUCKETS as usize], hinted: impl Fn(u64) -> u64) -> u64 {
+fn line_marks(lines: &[[u64; TAG_LINE_BUCKETS as usize]; 2], hinted: impl Fn(u64) -> u64) -> u64 {
     let mut marks = 0u64;
-    for (b, &word) in words.iter().enumerate() {
-        marks |= (hinted(word) & live_lanes(word)) >> (15 - b as u32);
+    for (half, line) in lines.iter().enumerate() {
+        for (w, &word) in line.iter().enumerate() {
+            let b = half as u32 * TAG_LINE_BUCKETS + w as u32;
+            marks |= hinted(word) >> (15 - b);
+        }
     }
     marks
 }
 
-/// The bits of [`line_marks`] of the line's first `buckets` buckets.
+/// The bits of [`line_marks`] of the pair's first `buckets` buckets.
 #[inline(always)]
 fn buckets_before(buckets: u32) -> u64 {
     ((1u64 << buckets) - 1) * 0x0001_0001_0001_0001
