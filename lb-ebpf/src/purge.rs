@@ -185,9 +185,9 @@ extern "C" fn step<F: Purgeable>(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// A bit per slot of a pair of lines of tag words whose tag is a flow's and
 /// carries a marked hint, as `hinted` finds them in each word (the top bit
-/// of each such lane): lane `i` of
-/// bucket `b` (0-15) is bit `16 i + b` (from each word's lane marks, bits
-/// `16 i + 15`, shifted into place: no gathering of bits).
+/// of each such lane): lane `i` of bucket `b` (0-15) is bit `16 i + b`
+/// (from each word's lane marks, bits `16 i + 15`, shifted into place: no
+/// gathering of bits).
 #[inline(always)]
 fn line_marks(lines: &[[u64; TAG_LINE_BUCKETS as usize]; 2], hinted: impl Fn(u64) -> u64) -> u64 {
     let mut marks = 0u64;

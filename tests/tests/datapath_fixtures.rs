@@ -943,9 +943,9 @@ fn new_flows_on_two_cpus_at_once_lose_no_slot() {
     use testbed::{bench::pin_to_cpu, fixture::test_run};
 
     // Rounds of 128 new flows on each of two CPUs at once, in the smallest
-    // table (512 buckets), emptied between rounds: now and then both claim a slot of one
-    // bucket at the same instant, and the one that loses must claim again
-    // (without that, two runs of this test lost 16 and 20 SYNs).
+    // table (512 buckets), emptied between rounds: now and then both claim
+    // a slot of one bucket at the same instant, and the one that loses must
+    // claim again (without that, two runs of this test lost 16 and 20 SYNs).
     const ROUNDS: u16 = 3000;
     const FLOWS: u8 = 128;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
