@@ -416,7 +416,9 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
 
     // Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
     // table (as a drain does) then DISABLED before its flows are purged: the
-    // window the disabled-flow path serves.
+    // window the disabled-flow path serves. Phase 1's flows go first, as in
+    // Katran's harness: the table holds what the figures' labels say.
+    bed.dp().maps.flows.remove_where(|_, _| true).expect("empty the table");
     fill_flows(&bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
     fill_flows(&bed.dp().maps.flows, FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
     let graceful = lb_userspace::model::DisableMode::Graceful { timeout_ms: None };
