@@ -28,9 +28,13 @@ build() {
     cp target/release/lb target/release/lb-bench "$dir/"
     return
   fi
+  # Resolved here: in the worktree, HEAD (or a branch's reflog) would name
+  # the worktree's own, the commit it held from the run before.
+  local commit
+  commit=$(git rev-parse --verify "$rev^{commit}")
   local tree=$out/tree
-  [ -d "$tree" ] || git worktree add -q --detach "$tree" "$rev"
-  git -C "$tree" checkout -q --detach "$rev"
+  [ -d "$tree" ] || git worktree add -q --detach "$tree" "$commit"
+  git -C "$tree" checkout -q --detach "$commit"
   (cd "$tree" && CARGO_TARGET_DIR=$out/target cargo build -q --release -p lb-userspace -p tests --bin lb --bin lb-bench)
   cp "$out/target/release/lb" "$out/target/release/lb-bench" "$dir/"
 }
