@@ -342,12 +342,12 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
         record("reply6", measure(&mut bed, &cycle(&reply6), toserver, Outcome::ForwardReply) - base);
     }
 
-    // Two receiving CPUs, in rounds of their own: their pairs create
-    // 250,000 flows a round and their `forget`s walk two whole tables,
-    // which leaves the caches as no packet path would (the first new flows
-    // after them cost up to 1.6x the next ones, see `WARM_UP_FRAMES`), so
-    // the paths above, like Katran's in its harness, are never timed right
-    // after them.
+    // Two receiving CPUs, in rounds of their own: their pairs create 50
+    // batches of new flows a round and their `forget`s walk two whole
+    // tables, which leaves the caches as no packet path would (the first
+    // new flows after such work cost up to 1.8x the next ones, see
+    // `WARM_UP_FRAMES`), so the paths above, like Katran's in its harness,
+    // are never timed right after them.
     for _ in 0..rounds {
         // Two receiving CPUs (issue 24), in pairs of runs (`net_per_cpu`):
         // one CPU alone; two CPUs on this balancer's tables, each with flows
