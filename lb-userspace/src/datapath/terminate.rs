@@ -53,8 +53,9 @@ pub fn add_resets(resets: &mut Vec<Reset>, ends: &FlowEnds, flow: &Flow, server:
 }
 
 /// Purges every flow of the servers with ids in `servers` (in the kernel,
-/// see `purge`), with their return-path entries, then resets both ends of
-/// those that were live TCP connections (in batches of packets).
+/// see `purge`), with their return-path entries, and resets both ends of
+/// those that were live TCP connections (in batches of packets, after each
+/// batch of the purge).
 pub fn terminate(
     dp: &mut Datapath,
     table: &ServerTable,
@@ -63,35 +64,58 @@ pub fn terminate(
 ) -> io::Result<Termination> {
     let started = Instant::now();
     let mut done = Termination::default();
-    let mut resets = Vec::new();
+    let mut outbox = Outbox { sender, resets: Vec::new(), gathered: 0, sent: 0, time: Duration::ZERO };
     // The servers' slots, looked up once rather than per flow.
     let slots: HashMap<u32, &ServerSlot> = servers.iter().filter_map(|&id| Some((id, table.get(id)?))).collect();
-    done.flows = purge_family::<V4>(dp, &slots, servers, &mut resets, &mut done.reset_by_server)?
-        + purge_family::<V6>(dp, &slots, servers, &mut resets, &mut done.reset_by_server)?;
-    done.purge_time = started.elapsed();
-    let sending = Instant::now();
-    done.resets_sent = sender.send_all(&resets);
-    done.reset_time = sending.elapsed();
-    if done.resets_sent < resets.len() {
-        log::warn!("{} of {} resets could not be sent", resets.len() - done.resets_sent, resets.len());
+    let purged = purge_family::<V4>(dp, &slots, servers, &mut outbox, &mut done.reset_by_server)
+        .and_then(|four| Ok(four + purge_family::<V6>(dp, &slots, servers, &mut outbox, &mut done.reset_by_server)?));
+    if outbox.sent < outbox.gathered {
+        log::warn!("{} of {} resets could not be sent", outbox.gathered - outbox.sent, outbox.gathered);
     }
+    done.flows = purged?;
+    done.purge_time = started.elapsed().saturating_sub(outbox.time);
+    (done.resets_sent, done.reset_time) = (outbox.sent, outbox.time);
     Ok(done)
 }
 
-/// The purge of family `F`'s table: the live TCP flows' resets go to
-/// `resets` (counted by server), the return paths are deleted. How many
-/// flows there were.
+/// The resets of a purge's flows, sent after each batch of the purge: the
+/// first ends learn at once, and the agent holds one batch's resets at a
+/// time (56 bytes each), not a million flows' (two million resets: with
+/// that list growing, the agent's share of a purge took as long as the
+/// kernel's).
+struct Outbox<'a> {
+    sender: &'a ResetSender,
+    resets: Vec<Reset>,
+    /// Resets gathered and sent so far, and the time sending them took.
+    gathered: usize,
+    sent: usize,
+    time: Duration,
+}
+
+impl Outbox<'_> {
+    fn send(&mut self) {
+        let started = Instant::now();
+        self.gathered += self.resets.len();
+        self.sent += self.sender.send_all(&self.resets);
+        self.resets.clear();
+        self.time += started.elapsed();
+    }
+}
+
+/// The purge of family `F`'s table: the return paths are deleted, and the
+/// live TCP flows' resets (counted by server) sent, after each batch. How
+/// many flows there were.
 fn purge_family<F: Family>(
     dp: &mut Datapath,
     slots: &HashMap<u32, &ServerSlot>,
     servers: &HashSet<u32>,
-    resets: &mut Vec<Reset>,
+    outbox: &mut Outbox,
     reset_by_server: &mut HashMap<u32, usize>,
 ) -> io::Result<usize> {
     let mut replies: Vec<Key<F>> = Vec::new();
     purge::purge_servers::<F>(dp, servers, |maps, batch| {
         replies.clear();
-        resets.reserve(2 * batch.len());
+        let resets = &mut outbox.resets;
         for record in batch {
             let (key, flow) = F::purged_flow(record);
             let Some(server) = slots.get(&flow.server_id) else { continue };
@@ -104,7 +128,9 @@ fn purge_family<F: Family>(
                 replies.extend(sweep::reply_key::<F>(key, server));
             }
         }
-        bpf_batch::delete_batch(F::reverse_nat(maps), &replies).map(|_| ())
+        let deleted = bpf_batch::delete_batch(F::reverse_nat(maps), &replies).map(|_| ());
+        outbox.send();
+        deleted
     })
 }
 
