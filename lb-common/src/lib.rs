@@ -155,7 +155,8 @@ pub mod map_name {
 /// agent refuses pinned maps of another format: it would not find their flows.
 /// 1: the maps before the format was recorded. 2: the flow hash mixes the VIP
 /// side with one multiplication. 3: the IPv6 flow hash mixes once, as IPv4's.
-pub const MAPS_FORMAT: u32 = 3;
+/// 4: a flow is 20 bytes (16-bit server id, times in ticks), an IPv6 slot 64.
+pub const MAPS_FORMAT: u32 = 4;
 
 /// Size of the reset request ring buffer, bytes (a power of two, pages).
 pub const RESET_REQUESTS_BYTES: u32 = 64 * 1024;
@@ -375,7 +376,7 @@ pub mod flow_seen {
     /// half-open, as every flow of a flood of spoofed SYNs is).
     pub const CLIENT_ACK: u8 = 32;
     /// Written from another node's copy (flow replication): this node has
-    /// forwarded it only if it was seen since (`last_seen_ns > created_ns`).
+    /// forwarded it only if it was seen since (`last_seen` after `created`).
     pub const COPY: u8 = 64;
     /// The client sent data after the server last did: a request the server
     /// has not answered yet (set by the client's new data, SYN included,
@@ -420,25 +421,84 @@ pub mod eviction {
     }
 }
 
-/// Connection-tracking entry: which server a flow is on.
+/// Connection-tracking entry: which server a flow is on. 20 bytes, so that
+/// an IPv6 flow's slot (its 40-byte key beside it) is one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Flow {
-    pub server_id: u32,
+    /// Its server's id: below `limits.max_servers`, which is at most 65,536.
+    pub server_id: u16,
     /// One of [`flow_state`].
     pub state: u8,
     /// Bits of [`flow_seen`].
     pub seen: u8,
-    pub _pad: [u8; 2],
-    /// The datapath's clock (CLOCK_MONOTONIC_COARSE, as the agent publishes it) at creation.
-    pub created_ns: u64,
-    /// The datapath's clock at the last packet, either direction.
-    pub last_seen_ns: u64,
+    /// The datapath's clock at creation, in [`flow_time`] ticks.
+    pub created: u32,
+    /// The datapath's clock at the last packet, either direction, in
+    /// [`flow_time`] ticks.
+    pub last_seen: u32,
     /// The next sequence number the client will send (host order): what the
     /// server expects, so a reset sent to the server with it is accepted.
     pub client_next_seq: u32,
     /// The next sequence number the server will send (host order).
     pub server_next_seq: u32,
+}
+
+impl Flow {
+    /// The id of the flow's server, as the server table numbers them.
+    #[inline(always)]
+    pub fn server(&self) -> u32 {
+        self.server_id as u32
+    }
+}
+
+/// A flow's times: the datapath's clock (CLOCK_MONOTONIC_COARSE, as the
+/// agent publishes it, in ns) in ticks of 2^20 ns (1.05 ms) held in 32 bits,
+/// which is what makes a [`Flow`] 20 bytes. They wrap every 52 days, so a
+/// time is read as an age against the clock now ([`age_ns`]), or against
+/// another time less than 26 days away ([`after`]): no flow in the table is
+/// idle that long (its timeouts are at most [`MAX_IDLE_TIMEOUT_NS`], and the
+/// sweep removes a flow once idle that long).
+pub mod flow_time {
+    /// A tick is 2^`TICK_SHIFT` ns.
+    pub const TICK_SHIFT: u32 = 20;
+    /// The longest idle timeout a flow may have (24 days): below half the
+    /// ticks' range, so that every flow's age stays readable.
+    pub const MAX_IDLE_TIMEOUT_NS: u64 = 24 * 86_400 * 1_000_000_000;
+    const _: () = assert!(MAX_IDLE_TIMEOUT_NS < 1 << (31 + TICK_SHIFT));
+
+    /// The tick of clock time `ns`.
+    #[inline(always)]
+    pub fn tick(ns: u64) -> u32 {
+        (ns >> TICK_SHIFT) as u32
+    }
+
+    /// Ticks from tick `t` to tick `now` (0 for a tick to come, as a flow
+    /// written by another node's clock may carry).
+    #[inline(always)]
+    pub fn age(now: u32, t: u32) -> u32 {
+        let ticks = now.wrapping_sub(t);
+        if (ticks as i32) < 0 { 0 } else { ticks }
+    }
+
+    /// How long before clock time `now_ns` tick `t` began, to a tick.
+    #[inline(always)]
+    pub fn age_ns(now_ns: u64, t: u32) -> u64 {
+        (age(tick(now_ns), t) as u64) << TICK_SHIFT
+    }
+
+    /// Whether tick `a` is at or after tick `b` (which are less than 26 days
+    /// apart).
+    #[inline(always)]
+    pub fn at_or_after(a: u32, b: u32) -> bool {
+        a.wrapping_sub(b) as i32 >= 0
+    }
+
+    /// Whether tick `a` is after tick `b` (as [`at_or_after`]).
+    #[inline(always)]
+    pub fn after(a: u32, b: u32) -> bool {
+        a.wrapping_sub(b) as i32 > 0
+    }
 }
 
 /// One slot of the flow table: a cache line holding one flow.
@@ -451,43 +511,44 @@ pub struct Flow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowSlot {
-    pub version: u64,
+    /// First, 8-byte aligned: the datapath compares keys a word at a time.
     pub key: FlowKey,
     /// `flow.state` is [`flow_state::FREE`] in a free slot.
     pub flow: Flow,
-    pub _pad: u64,
+    pub version: u32,
+    pub _pad: [u32; 6],
 }
 
 // A slot is one cache line.
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 
-/// One slot of the IPv6 flow table: two cache lines, the key (40 bytes)
-/// and the flow, under the same sequence lock as a [`FlowSlot`]. A table of
-/// its own, so IPv4 flows keep their one-line slots.
+/// One slot of the IPv6 flow table: one cache line, as a [`FlowSlot`], the
+/// key (40 bytes) and the flow under the same sequence lock. A table of its
+/// own, so IPv4's table spends no room on IPv6's keys.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowSlot6 {
-    pub version: u64,
+    /// First, 8-byte aligned, as in a [`FlowSlot`].
     pub key: FlowKey6,
     pub flow: Flow,
-    pub _pad: [u64; 6],
+    pub version: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowSlot6>() == 128);
+const _: () = assert!(core::mem::size_of::<FlowSlot6>() == 64);
 
 /// A flow-table slot of either family, as the datapath and the agent both
 /// read and write it: its parts under one sequence lock, and its key's hash.
 pub trait TableSlot: Copy + 'static {
     type Key: Copy + Default + PartialEq + 'static;
     /// The slot's version, key and flow (field addresses: nothing is read).
-    fn parts(slot: *mut Self) -> (*mut u64, *mut Self::Key, *mut Flow);
+    fn parts(slot: *mut Self) -> (*mut u32, *mut Self::Key, *mut Flow);
     fn hash(key: &Self::Key) -> u64;
 }
 
 impl TableSlot for FlowSlot {
     type Key = FlowKey;
     #[inline(always)]
-    fn parts(slot: *mut Self) -> (*mut u64, *mut FlowKey, *mut Flow) {
+    fn parts(slot: *mut Self) -> (*mut u32, *mut FlowKey, *mut Flow) {
         // Offsets, not dereferences: the pointer may be one the caller has
         // yet to prove valid.
         let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
@@ -506,7 +567,7 @@ impl TableSlot for FlowSlot {
 impl TableSlot for FlowSlot6 {
     type Key = FlowKey6;
     #[inline(always)]
-    fn parts(slot: *mut Self) -> (*mut u64, *mut FlowKey6, *mut Flow) {
+    fn parts(slot: *mut Self) -> (*mut u32, *mut FlowKey6, *mut Flow) {
         // Offsets, not dereferences: the pointer may be one the caller has
         // yet to prove valid.
         let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
@@ -859,6 +920,9 @@ pub mod purge {
     pub struct Purged {
         pub key: FlowKey,
         pub flow: Flow,
+        /// To 8 bytes: an array map's elements are 8-byte aligned, and the
+        /// agent reads them through mmap at this size.
+        pub _pad: u32,
     }
 
     /// An IPv6 flow the purge freed.
@@ -867,6 +931,8 @@ pub mod purge {
     pub struct Purged6 {
         pub key: crate::FlowKey6,
         pub flow: Flow,
+        /// To 8 bytes, as a [`Purged`].
+        pub _pad: u32,
     }
 }
 
@@ -1095,7 +1161,9 @@ const _: () = {
     assert!(size_of::<Service>() == 4);
     assert!(size_of::<Server>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 32);
+    assert!(size_of::<Flow>() == 20);
+    // Read through mmap: a multiple of 8 bytes, as an array map's elements.
+    assert!(size_of::<purge::Purged>() % 8 == 0 && size_of::<purge::Purged6>() % 8 == 0);
     assert!(size_of::<ResetRequest>() == 16);
     assert!(size_of::<ReverseNat>() == 8);
     assert!(size_of::<ServerStats>() == 40);
@@ -1153,7 +1221,29 @@ mod tests {
     extern crate std;
     use std::collections::HashSet;
 
-    use super::{CLIENT_HOP_ENTRIES, FlowKey, Outcome, client_hop_index, filter::service_index, flow_table};
+    use super::{CLIENT_HOP_ENTRIES, FlowKey, Outcome, client_hop_index, filter::service_index, flow_table, flow_time};
+
+    /// A flow's times are 32-bit ticks that wrap: read against the clock
+    /// now, or against each other, they keep their order across the wrap,
+    /// for any flow younger than the longest idle timeout.
+    #[test]
+    fn a_flows_times_read_as_ages_across_the_ticks_wrap() {
+        let tick_ns = 1u64 << flow_time::TICK_SHIFT;
+        let wrap_ns = tick_ns << 32;
+        for now in [5 * tick_ns, wrap_ns - 3 * tick_ns, wrap_ns + 2 * tick_ns, 7 * wrap_ns + 11] {
+            let seen = flow_time::tick(now - 4 * tick_ns);
+            assert_eq!(flow_time::age_ns(now, seen), 4 * tick_ns, "at {now}");
+            assert_eq!(flow_time::age_ns(now, flow_time::tick(now)), 0);
+            assert!(flow_time::at_or_after(seen, seen) && !flow_time::after(seen, seen));
+            let Some(then) = now.checked_sub(flow_time::MAX_IDLE_TIMEOUT_NS) else { continue };
+            let oldest = flow_time::tick(then);
+            let age = flow_time::age_ns(now, oldest);
+            assert!(age.abs_diff(flow_time::MAX_IDLE_TIMEOUT_NS) <= tick_ns, "at {now}: {age}");
+            assert!(flow_time::after(flow_time::tick(now), oldest) && !flow_time::after(oldest, flow_time::tick(now)));
+        }
+        // A tick to come (never written by this node's datapath) reads as now.
+        assert_eq!(flow_time::age_ns(5 * tick_ns, 9), 0);
+    }
 
     /// The datapath hands outcomes between its functions as numbers: each
     /// number names its own outcome, and one past the last names none.

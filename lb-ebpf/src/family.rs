@@ -183,8 +183,8 @@ impl Key for FlowKey6 {
         let mut same = true;
         for i in 0..5 {
             // SAFETY: both point at 40-byte keys (8-byte aligned: the key
-            // follows the slot's u64 version, and ours is a u32 struct on
-            // the stack, read unaligned).
+            // opens its slot, and ours is a u32 struct on the stack, read
+            // unaligned).
             same &= unsafe { core::ptr::read_volatile(words.add(i)) == core::ptr::read_unaligned(want.add(i)) };
         }
         same

@@ -2,8 +2,8 @@
 //! server it was given, and the server's state is checked on every hit.
 
 use lb_common::{
-    Flow, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, Server, Service, flow_seen, flow_state, proto, server_flags,
-    server_state,
+    Flow, MAGLEV_TABLE_SIZE, NO_SERVER, Outcome, Server, Service, flow_seen, flow_state, flow_time, proto,
+    server_flags, server_state,
 };
 
 use crate::{
@@ -72,8 +72,8 @@ fn terminated<F: Family>(pkt: &Packet<F>, flow: &Flow, other_end: F::Reset) -> R
 #[inline(always)]
 pub fn existing<F: Family>(pkt: &Packet<F>, hash: u64) -> Result<Option<Assignment<F>>, Refusal<F>> {
     if let Some(Found { slot, flow }) = flow_table::lookup::<F>(&pkt.key, hash) {
-        let server = server(flow.server_id).unwrap_or_default();
-        let addr = F::server_addr(flow.server_id, &server);
+        let server = server(flow.server()).unwrap_or_default();
+        let addr = F::server_addr(flow.server(), &server);
         let serving = serves_existing_flows(&server) && addr.is_some();
         // A SYN on the 5-tuple of a closed or terminated connection (port
         // reuse) is a new connection: it gets a new flow.
@@ -84,7 +84,7 @@ pub fn existing<F: Family>(pkt: &Packet<F>, hash: u64) -> Result<Option<Assignme
                 let to_server = F::reset_request(k.src(), addr, k.src_port(), server.port, pkt.seq_end);
                 return Err(terminated(pkt, &flow, to_server));
             }
-            let (server_id, port) = (flow.server_id, server.port);
+            let (server_id, port) = (flow.server(), server.port);
             return Ok(Some(Assignment { server_id, addr, port, new_flow: false, new_slot: 0, flow: Some(slot) }));
         }
     }
@@ -101,9 +101,9 @@ pub fn reply<F: Family>(pkt: &Packet<F>, nat: &F::Nat) -> Result<Found<F>, Refus
     // else, such as the host's own health checks). Not ours.
     let found = flow_table::lookup::<F>(&key, family::hash::<F>(&key)).ok_or(Outcome::PassNotForUs)?;
     let flow = &found.flow;
-    let server = server(flow.server_id).ok_or(Outcome::DropServerUnavailable)?;
+    let server = server(flow.server()).ok_or(Outcome::DropServerUnavailable)?;
     // The 5-tuple may have been reused for a flow on another server since.
-    if F::server_addr(flow.server_id, &server) != Some(k.src()) || server.port != k.src_port() {
+    if F::server_addr(flow.server(), &server) != Some(k.src()) || server.port != k.src_port() {
         return Err(Outcome::DropReplyWithoutFlow.into());
     }
     if !serves_existing_flows(&server) {
@@ -132,10 +132,11 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
     }
     let addr = F::server_addr(server_id, &server).ok_or(Outcome::DropNoServer)?;
     let mut flow = Flow {
-        server_id,
+        // Below the servers map's size, at most 65,536 (the agent's config).
+        server_id: server_id as u16,
         state: if pkt.is_udp() { flow_state::UDP } else { flow_state::TCP_OPEN },
-        created_ns: now,
-        last_seen_ns: now,
+        created: flow_time::tick(now),
+        last_seen: flow_time::tick(now),
         ..Flow::default()
     };
     if pkt.proto() == proto::TCP {
@@ -175,8 +176,9 @@ pub fn touch<F: Family>(slot: *mut F::Slot, pkt: &Packet<F>, now: u64, from_clie
     // kernel's preallocated hash maps, whose elements are reused the same way.
     let flow = unsafe { &mut *<F::Slot as lb_common::TableSlot>::parts(slot).2 };
     // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
-    if flow.last_seen_ns != now {
-        flow.last_seen_ns = now;
+    let now = flow_time::tick(now);
+    if flow.last_seen != now {
+        flow.last_seen = now;
     }
     if pkt.proto() == proto::TCP {
         track_tcp(flow, pkt, from_client);

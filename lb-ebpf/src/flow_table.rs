@@ -98,7 +98,7 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Placed,
     // buckets' lanes kept so many values live that they spilled to the stack.
     let free = [flow_table::free_lanes(words[0]), flow_table::free_lanes(words[1])];
     let (b, i, evicted) = match free {
-        [0, 0] => match victim::<F>(buckets[0], buckets[1], words[0], words[1]) {
+        [0, 0] => match victim::<F>(buckets[0], buckets[1], words[0], words[1], flow.last_seen) {
             NO_VICTIM => return Err(SlotTaken),
             // Masked: the bucket indexes two-element arrays below.
             pick => ((pick >> 8 & 1) as usize, pick >> 4 & 0xf, Some(pick & 0xf)),
@@ -109,7 +109,7 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Placed,
     // Owning the slot: its tag changes to ours, if no other CPU changed the
     // bucket's tags since we read them.
     let tag_word = if b == 0 { tags0 } else { tags1 };
-    let tag = flow_table::tag(hash, flow.server_id);
+    let tag = flow_table::tag(hash, flow.server());
     let i = match claim(tag_word, words[b], i, tag) {
         true => i,
         false => match claim_again(tag_word, words[b], i, evicted.is_some(), tag) {
@@ -128,7 +128,7 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Placed,
         write_volatile(lock, 1);
         write_volatile(slot_key, *key);
         write_volatile(slot_flow, *flow);
-        write_volatile(lock, ((hash ^ flow.last_seen_ns) | 2) & !1);
+        write_volatile(lock, ((hash as u32 ^ flow.last_seen) | 2) & !1);
     }
     Ok(Placed { slot: index, evicted })
 }
@@ -189,13 +189,14 @@ pub struct Placed {
 /// kind of its flow` (`NO_VICTIM`: none). Of the flows that carry no
 /// connection in use (half-open, or closed), the one seen longest ago; if
 /// every one is in use, the one seen longest ago. Slots being written or
-/// freed are skipped. Out of line (a BPF-to-BPF call), scalars in and out:
-/// only a full table's new flows come here, and inlined, its eight slots'
-/// reads took stack from every new flow's frame.
+/// freed are skipped. Ages are counted back from `now` (a tick: see
+/// [`lb_common::flow_time`]). Out of line (a BPF-to-BPF call), scalars in and
+/// out: only a full table's new flows come here, and inlined, its eight
+/// slots' reads took stack from every new flow's frame.
 #[inline(never)]
-fn victim<F: Family>(first0: u32, first1: u32, word0: u64, word1: u64) -> u32 {
+fn victim<F: Family>(first0: u32, first1: u32, word0: u64, word1: u64, now: u32) -> u32 {
     let (mut any, mut disposable) = (NO_VICTIM, NO_VICTIM);
-    let (mut any_seen, mut disposable_seen) = (u64::MAX, u64::MAX);
+    let (mut any_age, mut disposable_age) = (0u64, 0u64);
     for b in 0..2u32 {
         let (first, word) = if b == 0 { (first0, word0) } else { (first1, word1) };
         for i in 0..BUCKET_SLOTS {
@@ -209,7 +210,7 @@ fn victim<F: Family>(first0: u32, first1: u32, word0: u64, word1: u64) -> u32 {
             let (version, seen, state, bits) = unsafe {
                 (
                     read_volatile(lock),
-                    read_volatile(core::ptr::addr_of!((*flow).last_seen_ns)),
+                    read_volatile(core::ptr::addr_of!((*flow).last_seen)),
                     read_volatile(core::ptr::addr_of!((*flow).state)),
                     read_volatile(core::ptr::addr_of!((*flow).seen)),
                 )
@@ -219,11 +220,16 @@ fn victim<F: Family>(first0: u32, first1: u32, word0: u64, word1: u64) -> u32 {
             }
             let kind = eviction::kind(state, bits);
             let pick = b << 8 | i << 4 | kind;
-            if seen < any_seen {
-                (any, any_seen) = (pick, seen);
+            // Idle longest: the oldest tick, as an age (ticks wrap; the
+            // table holds no tick to come). The first of equals is taken:
+            // every age is above the starting 0. No branch: this loop's
+            // paths are the verifier's to walk, eight slots deep.
+            let age = now.wrapping_sub(seen) as u64 + 1;
+            if age > any_age {
+                (any, any_age) = (pick, age);
             }
-            if kind != eviction::IN_USE && seen < disposable_seen {
-                (disposable, disposable_seen) = (pick, seen);
+            if kind != eviction::IN_USE && age > disposable_age {
+                (disposable, disposable_age) = (pick, age);
             }
         }
     }
@@ -236,7 +242,7 @@ const NO_VICTIM: u32 = u32::MAX;
 /// A consistent copy of the slot's flow, if it holds one and no writer is
 /// at it: (version, key, flow).
 #[inline(always)]
-pub fn read<F: Family>(slot: *mut F::Slot) -> Option<(u64, F::Key, Flow)> {
+pub fn read<F: Family>(slot: *mut F::Slot) -> Option<(u32, F::Key, Flow)> {
     let (lock, key, flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: a slot of the map; volatile keeps the seqlock's order.
     unsafe {
@@ -258,7 +264,7 @@ pub fn read<F: Family>(slot: *mut F::Slot) -> Option<(u64, F::Key, Flow)> {
 /// it, then frees its tag, as the agent does. False if it changed hands
 /// since (it then holds another flow, which stays).
 #[inline(always)]
-pub fn free<F: Family>(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut F::Slot, version: u64) -> bool {
+pub fn free<F: Family>(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut F::Slot, version: u32) -> bool {
     // SAFETY: an element of the tags map; the BPF cmpxchg instruction.
     let current = unsafe { read_volatile(tags) };
     if lane(current, lane_index) != tag {

@@ -219,7 +219,7 @@ pub fn too_big<F: Quoting>(ctx: &XdpContext) -> Result<(Outcome, u32), Outcome> 
     let mut err = F::parse(ctx).ok_or(Outcome::PassOtherProtocol)?;
     let hash = crate::family::hash::<F>(&err.flow_key);
     let found = flow_table::lookup::<F>(&err.flow_key, hash).ok_or(Outcome::PassOtherProtocol)?;
-    let server_id = found.flow.server_id;
+    let server_id = found.flow.server();
     let server = SERVERS.get(server_id).copied().ok_or(Outcome::DropServerUnavailable)?;
     // A terminated flow's server is sent nothing more.
     if server.state != server_state::ENABLED && server.state != server_state::DRAINING {

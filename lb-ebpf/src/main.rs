@@ -379,7 +379,7 @@ mod program {
         };
         if let Some(existing) = existing {
             flow::touch(existing.slot, pkt, now, false);
-            count_from_server(existing.flow.server_id, pkt.len);
+            count_from_server(existing.flow.server(), pkt.len);
         }
         nat::rewrite_source(pkt, nat.vip(), nat.port());
         let verdict = forward::send(ctx, pkt, &hop);

@@ -75,7 +75,7 @@ pub static VIP_ADDRS6: HashMap<Addr6, u8> = HashMap::with_max_entries(DEFAULT_MA
 #[map(name = "server_addrs6")]
 pub static SERVER_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
 
-/// The IPv6 flow table, slots of two cache lines (`lb_common::FlowSlot6`).
+/// The IPv6 flow table, slots of one cache line (`lb_common::FlowSlot6`).
 /// The agent sizes it for `flows.max` when the config has an IPv6 service,
 /// and at its minimum otherwise.
 #[map(name = "flows6")]

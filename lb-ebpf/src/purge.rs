@@ -44,7 +44,7 @@ impl Purgeable for V4 {
     }
     #[inline(always)]
     fn record(key: FlowKey, flow: Flow) -> purge::Purged {
-        purge::Purged { key, flow }
+        purge::Purged { key, flow, _pad: 0 }
     }
 }
 
@@ -56,7 +56,7 @@ impl Purgeable for V6 {
     }
     #[inline(always)]
     fn record(key: FlowKey6, flow: Flow) -> purge::Purged6 {
-        purge::Purged6 { key, flow }
+        purge::Purged6 { key, flow, _pad: 0 }
     }
 }
 
@@ -321,7 +321,7 @@ fn purge_slot<F: Purgeable>(bucket: u32, i: u32, tags: *mut u64, word: u64, hint
     }
     let Some(slot) = F::flows().get_ptr_mut(bucket * BUCKET_SLOTS + i) else { return 0 };
     let Some((version, key, flow)) = flow_table::read::<F>(slot) else { return 0 };
-    if PURGE_SERVERS.get(flow.server_id).copied().unwrap_or(0) == 0 {
+    if PURGE_SERVERS.get(flow.server()).copied().unwrap_or(0) == 0 {
         return 0;
     }
     let Some(out) = F::purged().get_ptr_mut(at) else { return 0 };

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{Outcome::*, flow_seen, flow_state, proto, server_state};
+use lb_common::{Outcome::*, flow_seen, flow_state, flow_time, proto, server_state};
 use lb_userspace::datapath::clock::datapath_now_ns;
 use testbed::{
     config_file::ConfigFile,
@@ -666,7 +666,12 @@ fn idle_time_counts_from_when_the_clock_runs() {
         const S: u64 = 1_000_000_000;
         let last_seen_ns = since.saturating_sub(400 * S);
         let key = flow_key((CLIENT, 45000), (VIP, 80), proto::TCP);
-        let flow = lb_common::Flow { server_id, state: flow_state::TCP_OPEN, last_seen_ns, ..Default::default() };
+        let flow = lb_common::Flow {
+            server_id: server_id as u16,
+            state: flow_state::TCP_OPEN,
+            last_seen: flow_time::tick(last_seen_ns),
+            ..Default::default()
+        };
         bed.dp().maps.flows.insert_all([(key, flow)]).expect("insert");
         let sweep = |at: u64| bed.sweep(at);
 
@@ -692,10 +697,11 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
         // different time: every bucket fills up.
         let flows = (0..8192u32).map(|i| {
             let key = flow_key((Ipv4Addr::from(0x0b00_0000 | i), 40000), (VIP, 80), proto::TCP);
+            // Idle times in ticks (about 1 ms), each flow's its own.
             let flow = lb_common::Flow {
-                server_id: bed.server_id("web", "s1"),
+                server_id: bed.server_id("web", "s1") as u16,
                 state: flow_state::TCP_OPEN,
-                last_seen_ns: now.saturating_sub(1_000_000 * (1 + (i as u64 * 7919) % 8192)),
+                last_seen: flow_time::tick(now).wrapping_sub(1 + (i * 7919) % 8192),
                 ..Default::default()
             };
             (key, flow)
@@ -706,7 +712,7 @@ fn a_new_flow_whose_buckets_are_full_pushes_out_the_oldest_of_them() {
         let key = flow_key((CLIENT, 44000), (VIP, 80), proto::TCP);
         let mut before = bed.dp().maps.flows.neighbours(&key).expect("neighbours");
         assert_eq!(before.len(), 8, "both buckets full");
-        before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+        before.sort_by_key(|(_, flow)| std::cmp::Reverse(flow_time::age(flow_time::tick(now), flow.last_seen)));
         let syn = client_tcp(44000, 80).flags(SYN);
         bed.run(&[forward("a new flow in a full table", &syn, (SERVER1, 8080), SERVER1_MAC, "web", "s1", true)]);
 
@@ -778,12 +784,13 @@ fn in_a_full_table_half_open_flows_give_way_before_connections_in_use() {
         let flows = (0..8192u32).map(|i| {
             let key = flow_key((Ipv4Addr::from(0x0b00_0000 | i), 40000), (VIP, 80), proto::TCP);
             let in_use = i % 3 != 0;
-            let idle_ms = (1 + (i as u64 * 7919) % 8192) + if in_use { 60_000 } else { 0 };
+            // Idle times in ticks (about 1 ms), each flow's its own.
+            let idle = (1 + (i * 7919) % 8192) + if in_use { 60_000 } else { 0 };
             let flow = lb_common::Flow {
-                server_id: bed.server_id("web", "s1"),
+                server_id: bed.server_id("web", "s1") as u16,
                 state: flow_state::TCP_OPEN,
                 seen: if in_use { established } else { flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ },
-                last_seen_ns: now.saturating_sub(1_000_000 * idle_ms),
+                last_seen: flow_time::tick(now).wrapping_sub(idle),
                 ..Default::default()
             };
             (key, flow)
@@ -797,7 +804,7 @@ fn in_a_full_table_half_open_flows_give_way_before_connections_in_use() {
             let key = flow_key((CLIENT, port), (VIP, 80), proto::TCP);
             let mut before = bed.dp().maps.flows.neighbours(&key).expect("neighbours");
             assert_eq!(before.len(), 8, "both buckets full");
-            before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+            before.sort_by_key(|(_, flow)| std::cmp::Reverse(flow_time::age(flow_time::tick(now), flow.last_seen)));
             let disposable: Vec<_> =
                 before.iter().filter(|(_, f)| eviction::kind(f.state, f.seen) != eviction::IN_USE).collect();
             let victim = disposable.first().copied().unwrap_or(&before[0]);

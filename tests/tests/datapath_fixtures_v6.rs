@@ -275,7 +275,7 @@ fn packet_too_big_about_a_flow_reaches_its_server_as_if_its_own_packet_drew_it()
 /// when there is none), never a connection in use first.
 #[test]
 fn in_a_full_ipv6_table_half_open_flows_give_way_before_connections_in_use() {
-    use lb_common::{eviction, flow_state};
+    use lb_common::{eviction, flow_state, flow_time};
 
     let ns = fixture_netns();
     ns.run(|| {
@@ -289,12 +289,13 @@ fn in_a_full_ipv6_table_half_open_flows_give_way_before_connections_in_use() {
         let flows = (0..4 * slots as u32).map(|i| {
             let client = Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
             let in_use = i % 3 != 0;
-            let idle_ms = (1 + (i as u64 * 7919) % 8192) + if in_use { 60_000 } else { 0 };
+            // Idle times in ticks (about 1 ms), each flow's its own.
+            let idle = (1 + (i * 7919) % 8192) + if in_use { 60_000 } else { 0 };
             let flow = lb_common::Flow {
-                server_id: bed.server_id("web", "s1"),
+                server_id: bed.server_id("web", "s1") as u16,
                 state: flow_state::TCP_OPEN,
                 seen: if in_use { established } else { flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ },
-                last_seen_ns: now.saturating_sub(1_000_000 * idle_ms),
+                last_seen: flow_time::tick(now).wrapping_sub(idle),
                 ..Default::default()
             };
             (flow_key6((client, 40000), (VIP6, 80), proto::TCP), flow)
@@ -307,7 +308,7 @@ fn in_a_full_ipv6_table_half_open_flows_give_way_before_connections_in_use() {
             let key = flow_key6((CLIENT6, port), (VIP6, 80), proto::TCP);
             let mut before = bed.dp().maps.flows6.neighbours(&key).expect("neighbours");
             assert_eq!(before.len(), 8, "both buckets full");
-            before.sort_by_key(|(_, flow)| flow.last_seen_ns);
+            before.sort_by_key(|(_, flow)| std::cmp::Reverse(flow_time::age(flow_time::tick(now), flow.last_seen)));
             let disposable: Vec<_> =
                 before.iter().filter(|(_, f)| eviction::kind(f.state, f.seen) != eviction::IN_USE).collect();
             let victim = disposable.first().copied().unwrap_or(&before[0]);

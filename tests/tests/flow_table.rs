@@ -110,7 +110,7 @@ fn flows_stay_whole_while_the_datapath_and_the_agent_write_the_table_at_once() {
                 let i = u32::from_be(key.src_addr) & 0xffff;
                 assert_eq!(*key, flow_key((client(i), 40000), (VIP, 80), proto::TCP), "a key out of nowhere");
                 assert_eq!(flow.client_next_seq, seq_of(i).wrapping_add(1), "client {i}: another flow's sequence");
-                assert_eq!((flow.server_id, flow.state), (s1, flow_state::TCP_OPEN), "client {i}: torn flow");
+                assert_eq!((flow.server(), flow.state), (s1, flow_state::TCP_OPEN), "client {i}: torn flow");
                 *seen.entry(i).or_default() += 1;
                 false
             })
@@ -162,7 +162,7 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
         fill_flows(&bed.dp().maps.flows, 1000..81_000, (VIP, 80), server_of);
         let table = |bed: &FixtureBed| {
             let mut flows: HashMap<FlowKey, u32> = HashMap::new();
-            bed.dp().maps.flows.remove_where(|key, flow| flows.insert(*key, flow.server_id).is_some()).expect("walk");
+            bed.dp().maps.flows.remove_where(|key, flow| flows.insert(*key, flow.server()).is_some()).expect("walk");
             flows
         };
         let mut expected = table(&bed);
@@ -174,7 +174,7 @@ fn a_purge_frees_exactly_the_flows_of_its_servers() {
             let count = purge_servers::<V4>(bed.dp_mut(), &servers.iter().copied().collect(), |_, batch| {
                 runs += 1;
                 for p in batch {
-                    assert!(freed.insert(p.key, p.flow.server_id).is_none(), "{:?} handed back twice", p.key);
+                    assert!(freed.insert(p.key, p.flow.server()).is_none(), "{:?} handed back twice", p.key);
                 }
                 Ok(())
             })

@@ -392,7 +392,7 @@ fn flows_are_well_formed(bed: &FixtureBed) {
             proto::UDP => flow.state == flow_state::UDP,
             _ => false,
         };
-        if !service || !state || bed.servers().get(flow.server_id).is_none() {
+        if !service || !state || bed.servers().get(flow.server()).is_none() {
             bad.push((*ends, *flow));
         }
         false

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::FlowSlot6;
+use lb_common::{FlowSlot6, flow_time};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
@@ -248,7 +248,7 @@ impl Maintenance {
     fn arriving_since(&self, since_ns: u64) -> u64 {
         let mut arriving = 0;
         let mut count = |f: &lb_common::Flow| {
-            arriving += u64::from(forwarded_here(f) && f.last_seen_ns >= since_ns);
+            arriving += u64::from(forwarded_here(f) && flow_time::at_or_after(f.last_seen, flow_time::tick(since_ns)));
             false
         };
         let walked = self.tables.0.remove_where(|_, f| count(f)).and(self.tables.1.remove_where(|_, f| count(f)));

@@ -34,7 +34,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::MapData;
 use bytemuck::{Pod, Zeroable};
-use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, ReverseNat, ReverseNat6, flow_seen, map_name};
+use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, ReverseNat, ReverseNat6, flow_seen, flow_time, map_name};
 use tokio::{
     net::UdpSocket,
     sync::{mpsc, oneshot, watch},
@@ -122,14 +122,14 @@ impl WireFlow {
     /// The flow this node writes: on its server `server_id`, seen now.
     pub fn to_flow(&self, server_id: u32, now_ns: u64) -> Option<Replicated> {
         let flow = Flow {
-            server_id,
+            // Ids are below `limits.max_servers`, at most 65,536.
+            server_id: u16::try_from(server_id).ok()?,
             state: self.state,
             seen: self.seen | flow_seen::COPY,
-            created_ns: now_ns,
-            last_seen_ns: now_ns,
+            created: flow_time::tick(now_ns),
+            last_seen: flow_time::tick(now_ns),
             client_next_seq: self.client_next_seq,
             server_next_seq: self.server_next_seq,
-            ..Flow::default()
         };
         let addr4 = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
         let addr6 = |a: &[u8; 16]| bytemuck::pod_read_unaligned(a);
@@ -391,7 +391,10 @@ impl Replicator {
                     // Flows forwarded here since the last refresh, older
                     // than it (newer ones were sent when created).
                     let since = std::mem::replace(&mut refreshed_ns, datapath_now_ns());
-                    let flows = self.flows_where(|f| f.last_seen_ns >= since && f.created_ns < since);
+                    let since = flow_time::tick(since);
+                    let flows = self.flows_where(|f| {
+                        flow_time::at_or_after(f.last_seen, since) && !flow_time::at_or_after(f.created, since)
+                    });
                     ids.refresh(&self.links.snapshots.borrow());
                     let peers = self.peer_addresses();
                     self.send(&flows, &ids, &peers).await;
@@ -446,7 +449,7 @@ impl Replicator {
             .iter()
             .filter_map(|f| {
                 let server_id = match f {
-                    Replicated::V4(_, flow) | Replicated::V6(_, flow) => flow.server_id,
+                    Replicated::V4(_, flow) | Replicated::V6(_, flow) => flow.server(),
                 };
                 ids.identity.get(&server_id).map(|identity| WireFlow::of(f, *identity))
             })
@@ -488,11 +491,11 @@ impl Replicator {
             match flow {
                 Some(Replicated::V4(key, flow)) => {
                     written += u64::from(self.table.insert(&key, &flow));
-                    return_path::<V4>(&mut paths.v4, &key, ids.shared.get(&flow.server_id));
+                    return_path::<V4>(&mut paths.v4, &key, ids.shared.get(&flow.server()));
                 }
                 Some(Replicated::V6(key, flow)) => {
                     written += u64::from(self.table6.insert(&key, &flow));
-                    return_path::<V6>(&mut paths.v6, &key, ids.shared.get(&flow.server_id));
+                    return_path::<V6>(&mut paths.v6, &key, ids.shared.get(&flow.server()));
                 }
                 None => {
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
@@ -585,7 +588,7 @@ fn replicated(new: NewFlows) -> Vec<Replicated> {
 mod tests {
     use super::*;
 
-    fn flow(server_id: u32) -> Flow {
+    fn flow(server_id: u16) -> Flow {
         Flow { server_id, state: 2, seen: 5, client_next_seq: 1000, server_next_seq: 7, ..Flow::default() }
     }
 
@@ -604,14 +607,14 @@ mod tests {
         let wire: Vec<WireFlow> = flows.iter().map(|f| WireFlow::of(f, 0xabcd)).collect();
         let back = decode(&encode(&wire)).expect("a datagram of ours");
         assert_eq!(back, wire);
-        let now = 42;
+        let now = 42 << flow_time::TICK_SHIFT;
         match back[0].to_flow(9, now) {
             Some(Replicated::V4(k, f)) => {
                 assert_eq!(k, key);
                 let seen = flow(9).seen | flow_seen::COPY;
-                assert_eq!(f, Flow { server_id: 9, seen, created_ns: now, last_seen_ns: now, ..flow(9) });
+                assert_eq!(f, Flow { server_id: 9, seen, created: 42, last_seen: 42, ..flow(9) });
                 assert!(!forwarded_here(&f), "a copy is its own node's until used here");
-                assert!(forwarded_here(&Flow { last_seen_ns: now + 1, ..f }));
+                assert!(forwarded_here(&Flow { last_seen: 43, ..f }));
             }
             other => panic!("{other:?}"),
         }

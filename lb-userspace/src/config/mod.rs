@@ -485,6 +485,13 @@ mod tests {
         assert!(p.contains(&"pools.web.monitors[0].interval: must be at least 10ms".to_owned()), "{p:?}");
         let p = problems(&GOOD.replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"0s\""));
         assert_eq!(p, ["flows.tcp_idle_timeout: must be longer than zero"]);
+        let p = problems(&GOOD.replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"25d\""));
+        assert_eq!(
+            p,
+            ["flows.tcp_idle_timeout: must be at most 24 days (as long as the flow table keeps a flow's times)"]
+        );
+        let c = Config::parse(&GOOD.replace("tcp_idle_timeout = \"5m\"", "tcp_idle_timeout = \"24d\""), Path::new("t"));
+        assert_eq!(c.expect("the limit").flows.tcp_idle_timeout, Duration::from_secs(24 * 86_400));
     }
 
     #[test]

@@ -202,11 +202,22 @@ impl Validator {
         let secs = Duration::from_secs;
         FlowSettings {
             max_flows,
-            tcp_idle_timeout: self.duration("flows.tcp_idle_timeout", raw.tcp_idle_timeout, secs(300)),
-            tcp_closing_timeout: self.duration("flows.tcp_closing_timeout", raw.tcp_closing_timeout, secs(10)),
-            udp_idle_timeout: self.duration("flows.udp_idle_timeout", raw.udp_idle_timeout, secs(30)),
+            tcp_idle_timeout: self.flow_timeout("flows.tcp_idle_timeout", raw.tcp_idle_timeout, secs(300)),
+            tcp_closing_timeout: self.flow_timeout("flows.tcp_closing_timeout", raw.tcp_closing_timeout, secs(10)),
+            udp_idle_timeout: self.flow_timeout("flows.udp_idle_timeout", raw.udp_idle_timeout, secs(30)),
             sweep_interval: self.duration("flows.sweep_interval", raw.sweep_interval, secs(1)),
         }
+    }
+
+    /// How long a flow may stay idle: at most 24 days, as long as the
+    /// table's times reach (`lb_common::flow_time`).
+    fn flow_timeout(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
+        let timeout = self.duration(path, value, default);
+        if timeout > Duration::from_nanos(lb_common::flow_time::MAX_IDLE_TIMEOUT_NS) {
+            self.problem(path, "must be at most 24 days (as long as the flow table keeps a flow's times)");
+            return default;
+        }
+        timeout
     }
 
     fn limits(&mut self, raw: &RawLimits) -> (u32, u32) {

@@ -16,14 +16,14 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
     ptr::{read_volatile, write_volatile},
-    sync::atomic::{AtomicU64, Ordering, fence},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
 use aya::maps::MapData;
 use lb_common::{
     Flow, FlowSlot, TableSlot,
     flow_table::{self, BUCKET_SLOTS, TAG_BUSY, TAG_FREE, lane, with_lane},
-    map_name,
+    flow_time, map_name,
 };
 
 /// Slots per mapped window of a walk: 2 MiB.
@@ -36,7 +36,7 @@ const TRIES: u32 = 64;
 /// (flow replication) that traffic reached here since it was written. A
 /// copy never used here is its own node's: not pushed on, not judged idle.
 pub fn forwarded_here(flow: &Flow) -> bool {
-    flow.seen & lb_common::flow_seen::COPY == 0 || flow.last_seen_ns > flow.created_ns
+    flow.seen & lb_common::flow_seen::COPY == 0 || flow_time::after(flow.last_seen, flow.created)
 }
 
 pub struct FlowTable<S: TableSlot = FlowSlot> {
@@ -218,7 +218,7 @@ impl<S: TableSlot> FlowTable<S> {
         let hash = S::hash(key);
         if let Some(found) = self.find(window, tags, key) {
             // The tag carries the flow's server hint.
-            set_lane(tags.word(found.bucket), found.lane, found.tag, flow_table::tag(hash, flow.server_id));
+            set_lane(tags.word(found.bucket), found.lane, found.tag, flow_table::tag(hash, flow.server()));
             write(window.slot(found.index), key, flow);
             return true;
         }
@@ -232,12 +232,15 @@ impl<S: TableSlot> FlowTable<S> {
                 None => (0..2)
                     .flat_map(|b| (0..BUCKET_SLOTS).map(move |i| (b, i)))
                     .filter(|&(b, i)| lane(words[b], i) != TAG_BUSY)
+                    // Idle longest: the greatest age before the new flow's
+                    // time (the first of equals).
                     .min_by_key(|&(b, i)| {
-                        read(window.slot(buckets[b] * BUCKET_SLOTS + i)).map(|(_, _, f)| f.last_seen_ns)
+                        read(window.slot(buckets[b] * BUCKET_SLOTS + i))
+                            .map(|(_, _, f)| u32::MAX - flow_time::age(flow.last_seen, f.last_seen))
                     }),
             };
             let Some((b, i)) = choice else { return false };
-            let claimed = with_lane(words[b], i, flow_table::tag(hash, flow.server_id));
+            let claimed = with_lane(words[b], i, flow_table::tag(hash, flow.server()));
             if tags.word(buckets[b]).compare_exchange(words[b], claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 write(window.slot(buckets[b] * BUCKET_SLOTS + i), key, flow);
                 return lane(words[b], i) == TAG_FREE;
@@ -340,7 +343,7 @@ struct Found {
     lane: u32,
     tag: u16,
     index: u32,
-    version: u64,
+    version: u32,
     flow: Flow,
 }
 
@@ -412,14 +415,14 @@ impl<S> Drop for Window<S> {
     }
 }
 
-fn version<S: TableSlot>(slot: *mut S) -> &'static AtomicU64 {
-    // SAFETY: the version is an aligned u64 in a live mapping.
-    unsafe { AtomicU64::from_ptr(S::parts(slot).0) }
+fn version<S: TableSlot>(slot: *mut S) -> &'static AtomicU32 {
+    // SAFETY: the version is an aligned u32 in a live mapping.
+    unsafe { AtomicU32::from_ptr(S::parts(slot).0) }
 }
 
 /// A consistent copy of the slot's flow, if it holds one: (version, key,
 /// flow). `None` if free, or if its writer kept it busy.
-fn read<S: TableSlot>(slot: *mut S) -> Option<(u64, Key<S>, Flow)> {
+fn read<S: TableSlot>(slot: *mut S) -> Option<(u32, Key<S>, Flow)> {
     for _ in 0..TRIES {
         let before = version(slot).load(Ordering::Acquire);
         if before & 1 != 0 {
@@ -457,7 +460,7 @@ fn write<S: TableSlot>(slot: *mut S, key: &Key<S>, flow: &Flow) {
 /// Frees the slot `lane` of `bucket`, last seen holding a flow tagged `tag`
 /// at `version`: owns it (tag to busy), frees it, then frees its tag. False
 /// if it changed hands since (then it holds another flow, which stays).
-fn free<S: TableSlot>(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut S, version_seen: u64) -> bool {
+fn free<S: TableSlot>(tags: &Tags, bucket: u32, lane_index: u32, tag: u16, slot: *mut S, version_seen: u32) -> bool {
     let word = tags.word(bucket);
     if !set_lane(word, lane_index, tag, TAG_BUSY) {
         return false;

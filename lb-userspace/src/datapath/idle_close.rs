@@ -52,7 +52,7 @@ pub fn is_idle(flow: &Flow, now_ns: u64, quiet_ns: u64) -> bool {
         && flow.seen & both == both
         && flow.seen & closing == 0
         && flow.seen & flow_seen::AWAITING_SERVER == 0
-        && now_ns.saturating_sub(flow.last_seen_ns) >= quiet_ns
+        && lb_common::flow_time::age_ns(now_ns, flow.last_seen) >= quiet_ns
 }
 
 /// The FIN to the client (as from the VIP, at the server's next sequence
@@ -80,14 +80,14 @@ pub fn close_idle(
     let mut closed: HashMap<u32, usize> = HashMap::new();
     let mut segments = Vec::new();
     sweep::remove_flows_where(&dp.maps, table, |ends, flow| {
-        let Some(&quiet) = quiet_ns.get(&flow.server_id) else { return false };
-        let Some(server) = table.get(flow.server_id) else { return false };
+        let Some(&quiet) = quiet_ns.get(&flow.server()) else { return false };
+        let Some(server) = table.get(flow.server()) else { return false };
         if !is_idle(flow, now_ns, quiet) {
             return false;
         }
         let addr = server.address_for(ends.vip.ip()).unwrap_or(server.address);
         segments.extend(close_segments(ends, flow, Endpoint { addr, port: server.port }));
-        *closed.entry(flow.server_id).or_default() += 1;
+        *closed.entry(flow.server()).or_default() += 1;
         true
     })?;
     let sent = sender.send_all(&segments);
@@ -103,15 +103,22 @@ mod tests {
 
     const ALL: u8 = flow_seen::CLIENT_ACK | flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ;
 
-    fn flow(seen: u8, last_seen_ns: u64) -> Flow {
-        Flow { seen, last_seen_ns, client_next_seq: 1001, server_next_seq: 7001, ..Flow::default() }
+    /// A flow last seen at tick `last_seen`.
+    fn flow(seen: u8, last_seen: u32) -> Flow {
+        Flow { seen, last_seen, client_next_seq: 1001, server_next_seq: 7001, ..Flow::default() }
+    }
+
+    /// The clock's time in ns at the start of tick `t`.
+    fn at(t: u64) -> u64 {
+        t << lb_common::flow_time::TICK_SHIFT
     }
 
     #[test]
     fn only_an_established_connection_quiet_for_the_period_is_idle() {
-        let quiet = 2_000_000_000;
-        assert!(is_idle(&flow(ALL, 1_000), 1_000 + quiet, quiet));
-        assert!(!is_idle(&flow(ALL, 1_000), 999 + quiet, quiet), "not quiet long enough");
+        // A flow's times are ticks: the period is judged to a tick.
+        let quiet = at(2_000);
+        assert!(is_idle(&flow(ALL, 10), at(10) + quiet, quiet));
+        assert!(!is_idle(&flow(ALL, 10), at(10) + quiet - 1, quiet), "not quiet long enough");
         assert!(!is_idle(&flow(ALL | flow_seen::FIN_FROM_CLIENT, 0), quiet, quiet), "closing already");
         assert!(!is_idle(&flow(ALL | flow_seen::RST, 0), quiet, quiet), "reset");
         assert!(!is_idle(&flow(flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ, 0), quiet, quiet), "handshake");
@@ -119,9 +126,9 @@ mod tests {
         assert!(!is_idle(&awaiting, 10 * quiet, quiet), "a request its server is still working on");
         let udp = Flow { state: flow_state::UDP, ..flow(ALL, 0) };
         assert!(!is_idle(&udp, quiet, quiet), "UDP has no FIN");
-        let copy = Flow { created_ns: 0, ..flow(ALL | flow_seen::COPY, 0) };
+        let copy = Flow { created: 0, ..flow(ALL | flow_seen::COPY, 0) };
         assert!(!is_idle(&copy, quiet, quiet), "another node's copy, never used here");
-        assert!(is_idle(&Flow { last_seen_ns: 1, ..copy }, quiet + 1, quiet), "a copy used here");
+        assert!(is_idle(&Flow { last_seen: 1, ..copy }, at(1) + quiet, quiet), "a copy used here");
     }
 
     #[test]

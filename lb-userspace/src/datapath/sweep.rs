@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, io, time::Duration};
 
-use lb_common::{Flow, flow_seen, flow_state};
+use lb_common::{Flow, flow_seen, flow_state, flow_time};
 
 use super::{
     Maps, bpf_batch,
@@ -63,10 +63,11 @@ pub fn sweep(
     // of its packets.
     let clock_since = maps.clock.since_ns();
     let (scanned, expired) = remove_flows_where(maps, servers, |ends, flow| {
-        let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns.max(clock_since)));
+        let idle =
+            Duration::from_nanos(flow_time::age_ns(now_ns, flow.last_seen).min(now_ns.saturating_sub(clock_since)));
         // A flow of a server removed from the config, or left on a disabled
         // one, is over: the datapath no longer forwards it.
-        let Some(server) = servers.get(flow.server_id) else { return true };
+        let Some(server) = servers.get(flow.server()) else { return true };
         if matches!(server.admin, AdminState::Disabled { .. }) {
             return true;
         }
@@ -80,7 +81,7 @@ pub fn sweep(
             return true;
         }
         if flow.state == flow_state::UDP || !flow_seen::ended(flow.seen) {
-            *report.active_by_server.entry(flow.server_id).or_default() += 1;
+            *report.active_by_server.entry(flow.server()).or_default() += 1;
             leaving_flows[slot] += 1;
         }
         false
@@ -146,7 +147,7 @@ pub fn remove_family_flows_where<F: Family>(
 /// The key of a flow's return-path entry, if it has one: only flows on an
 /// endpoint shared by several services do.
 pub fn return_path<F: Family>(servers: &ServerTable, key: &Key<F>, flow: &Flow) -> Option<Key<F>> {
-    let server = servers.get(flow.server_id).filter(|s| s.shared_endpoint)?;
+    let server = servers.get(flow.server()).filter(|s| s.shared_endpoint)?;
     reply_key::<F>(key, server)
 }
 

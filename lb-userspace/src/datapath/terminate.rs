@@ -118,11 +118,11 @@ fn purge_family<F: Family>(
         let resets = &mut outbox.resets;
         for record in batch {
             let (key, flow) = F::purged_flow(record);
-            let Some(server) = slots.get(&flow.server_id) else { continue };
+            let Some(server) = slots.get(&flow.server()) else { continue };
             let ends = F::ends(key);
             if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
                 add_resets(resets, &ends, flow, server_endpoint(server, &ends));
-                *reset_by_server.entry(flow.server_id).or_default() += 1;
+                *reset_by_server.entry(flow.server()).or_default() += 1;
             }
             if server.shared_endpoint {
                 replies.extend(sweep::reply_key::<F>(key, server));
@@ -158,10 +158,10 @@ pub fn terminate_service(
         if ends.service() != *key_of {
             return false;
         }
-        let Some(server) = table.get(flow.server_id).filter(|s| s.pool == *pool) else { return false };
+        let Some(server) = table.get(flow.server()).filter(|s| s.pool == *pool) else { return false };
         if flow.state != flow_state::UDP && !flow_seen::ended(flow.seen) {
             add_resets(&mut resets, ends, flow, server_endpoint(server, ends));
-            *done.reset_by_server.entry(flow.server_id).or_default() += 1;
+            *done.reset_by_server.entry(flow.server()).or_default() += 1;
         }
         true
     })?;
@@ -186,7 +186,7 @@ pub fn add_return_paths(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) 
 fn add_family_return_paths<F: Family>(dp: &Datapath, table: &ServerTable, ids: &HashSet<u32>) -> io::Result<usize> {
     let (mut keys, mut values): (Vec<Key<F>>, Vec<F::Nat>) = (Vec::new(), Vec::new());
     F::table(&dp.maps).remove_where(|key, flow| {
-        let server = table.get(flow.server_id).filter(|_| ids.contains(&flow.server_id));
+        let server = table.get(flow.server()).filter(|_| ids.contains(&flow.server()));
         if let Some(reply) = server.and_then(|server| sweep::reply_key::<F>(key, server)) {
             keys.push(reply);
             values.push(F::nat(key));

@@ -237,7 +237,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
             .find(|&c| {
                 let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
                 assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
-                bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server_id == s1
+                bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server() == s1
             })
             .unwrap()
     };
@@ -272,7 +272,7 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
                 80u16.to_be(),
                 proto::TCP,
             );
-            bed.dp().maps.flows6.get(&key).unwrap().unwrap().server_id == s1
+            bed.dp().maps.flows6.get(&key).unwrap().unwrap().server() == s1
         })
         .unwrap();
     let not_for_us6 = vec![

@@ -16,7 +16,7 @@ pub mod startup;
 
 use std::{net::Ipv4Addr, ops::Range};
 
-use lb_common::{Flow, FlowKey, flow_seen, flow_state, proto};
+use lb_common::{Flow, FlowKey, flow_seen, flow_state, flow_time, proto};
 use lb_userspace::datapath::{clock::datapath_now_ns, flow_table::FlowTable};
 use serde_json::{Value, json};
 
@@ -196,14 +196,13 @@ pub fn fill_flows(flows: &FlowTable, clients: Range<u32>, vip: (Ipv4Addr, u16), 
         .insert_all(clients.map(|i| {
             let key: FlowKey = crate::fixture::flow_key((client(i), 40000), vip, proto::TCP);
             let flow = Flow {
-                server_id: server_of(i),
+                server_id: server_of(i) as u16,
                 state: flow_state::TCP_OPEN,
                 seen: flow_seen::CLIENT_SEQ | flow_seen::SERVER_SEQ,
-                created_ns: now,
-                last_seen_ns: now,
+                created: flow_time::tick(now),
+                last_seen: flow_time::tick(now),
                 client_next_seq: 1000,
                 server_next_seq: 1,
-                ..Flow::default()
             };
             (key, flow)
         }))
