@@ -473,8 +473,9 @@ pub mod flow_time {
         (ns >> TICK_SHIFT) as u32
     }
 
-    /// Ticks from tick `t` to tick `now` (0 for a tick to come, as a flow
-    /// written by another node's clock may carry).
+    /// Ticks from tick `t` to tick `now` (0 for a tick to come: none is
+    /// written, since copies from other nodes take this node's clock, but
+    /// an age never reads as 52 days for one).
     #[inline(always)]
     pub fn age(now: u32, t: u32) -> u32 {
         let ticks = now.wrapping_sub(t);

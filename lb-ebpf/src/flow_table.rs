@@ -294,7 +294,7 @@ pub fn free<F: Family>(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut F::
         write_volatile(lock, version | 1);
         write_volatile(key, F::Key::default());
         write_volatile(flow, Flow::default());
-        write_volatile(lock, version + 2);
+        write_volatile(lock, version.wrapping_add(2));
     }
     release(tags, lane_index, TAG_FREE);
     true

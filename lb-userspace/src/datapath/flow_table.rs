@@ -441,10 +441,11 @@ fn read<S: TableSlot>(slot: *mut S) -> Option<(u32, Key<S>, Flow)> {
 }
 
 /// Rewrites a slot its writer owns (through its tag): odd version while
-/// writing, then the next even one.
+/// writing, then the next even one (wrapping: the datapath draws versions
+/// from the whole 32-bit range).
 fn write<S: TableSlot>(slot: *mut S, key: &Key<S>, flow: &Flow) {
     let v = version(slot);
-    let next = (v.load(Ordering::Relaxed) | 1) + 1;
+    let next = (v.load(Ordering::Relaxed) | 1).wrapping_add(1);
     v.store(1, Ordering::Relaxed);
     fence(Ordering::Release);
     let (_, slot_key, slot_flow) = S::parts(slot);
@@ -487,5 +488,25 @@ fn set_lane(word: &AtomicU64, lane_index: u32, from: u16, to: u16) -> bool {
             Ok(_) => return true,
             Err(now) => current = now,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{FlowKey, FlowSlot, flow_state};
+
+    use super::*;
+
+    /// The datapath draws a new flow's version from its hash and time, so
+    /// any even 32-bit value may be in a slot the agent then rewrites: the
+    /// next one wraps, and readers see a version that changed.
+    #[test]
+    fn a_slot_at_the_last_version_is_rewritten_to_another() {
+        let mut slot = FlowSlot { version: u32::MAX - 1, ..FlowSlot::default() };
+        let flow = Flow { server_id: 3, state: flow_state::TCP_OPEN, ..Flow::default() };
+        write(&mut slot as *mut FlowSlot, &FlowKey::default(), &flow);
+        assert_eq!((slot.version, slot.flow), (0, flow), "the next even version, wrapped");
+        let (version, _, read_back) = read(&mut slot as *mut FlowSlot).expect("a consistent slot");
+        assert_eq!((version, read_back), (0, flow));
     }
 }
