@@ -59,7 +59,8 @@ pub trait Family: Sized + 'static {
     type Reset: 'static;
     /// Larger keys: the path is split into calls (BPF-to-BPF) whose frames
     /// do not add up, to fit the verifier's 512 bytes of stack along a call
-    /// chain: new flows are created in a call of their own (`new_flow6`).
+    /// chain: `handle` leaves new flows to a call of their own (`new_flow6`;
+    /// a SYN's is created in `syn6`, before `handle` is reached).
     const SPLIT_FRAMES: bool;
 
     fn services() -> &'static HashMap<Self::ServiceKey, lb_common::Service>;

@@ -132,20 +132,28 @@ mod program {
         Some(done.unwrap_or_else(|outcome| (outcome, verdict_of(outcome))))
     }
 
-    /// The rest of IPv6's packets, from [`lb6`] by a tail call.
+    /// The rest of IPv6's packets, from [`lb6`] by a tail call: a SYN
+    /// opening a flow in one call ([`syn6`]), anything else in
+    /// [`handle6`] (and a new flow of another packet in [`new_flow6`]).
     #[xdp]
     pub fn lb6_other(ctx: XdpContext) -> u32 {
-        // As in `lb6` (which settled the host's own traffic already): the
-        // check also keeps LLVM from handing `handle6` an unset register
-        // for an absent filter, which the verifier refuses.
+        // As in `lb6` (which settled the host's own traffic already).
         let early = parse::ipv6_filter(&ctx);
         if early == Some(0) {
             count(Outcome::PassNotForUs);
             return xdp_action::XDP_PASS;
         }
-        let (outcome, verdict) = match unpack(handle6(&ctx, early)) {
+        if early == Some(filter::SERVICE) {
+            let syn = syn6(&ctx);
+            if syn != 0 {
+                let (outcome, verdict) = unpack(syn);
+                count(outcome);
+                return verdict;
+            }
+        }
+        let (outcome, verdict) = match unpack(handle6(&ctx, early_arg(early))) {
             (Outcome::ForwardNewFlow, verdict) if verdict & NEW_FLOW != 0 => {
-                unpack(new_flow6(&ctx, verdict & !NEW_FLOW, early))
+                unpack(new_flow6(&ctx, verdict & !NEW_FLOW, early_arg(early)))
             }
             (Outcome::PassOtherProtocol, _) => unpack(icmp6(&ctx)),
             done => done,
@@ -154,13 +162,60 @@ mod program {
         verdict
     }
 
-    /// IPv6's path, out of line (a BPF-to-BPF call), and a new flow is
-    /// created in a second call ([`new_flow6`]), so the two paths' stacks
+    /// An IPv6 SYN to a service, without extension headers (the filter
+    /// read early): its new flow created in this one call, the service
+    /// looked up first and the flow inserted right after its lookup
+    /// missed, as in IPv4's `handle`. Measured: IPv6's new flow 589 ->
+    /// 386 ns; IPv4's costs 552 ns instead of 370 when split the way
+    /// [`new_flow6`] splits it (the insert in a call of its own, after the
+    /// lookup's call returned and a second parse). 0, having written
+    /// nothing, for anything else: [`handle6`] takes the packet from the
+    /// start (a SYN of an existing flow, to no service at its port, or
+    /// refused by the parse). Other new flows (UDP's first datagram, a SYN
+    /// with extension headers) still take the split path: both in this
+    /// call passed the verifier's million instructions.
+    #[inline(never)]
+    fn syn6(ctx: &XdpContext) -> u64 {
+        let Ok(mut pkt) = parse::parse6(ctx, Some(filter::SERVICE)) else { return 0 };
+        if !pkt.is_syn() || check_ttl(&pkt).is_err() {
+            return 0;
+        }
+        let k = &pkt.key;
+        let service_key = V6::service_key(k.dst(), k.dst_port(), k.proto());
+        // SAFETY: the value (an index) is copied out at once, as in `handle`.
+        let Some(service) = (unsafe { V6::services().get(&service_key) }) else { return 0 };
+        let index = service.index;
+        let now = now();
+        let hash = family::hash::<V6>(k);
+        match flow::existing(&pkt, hash) {
+            Ok(None) => pack(create_flow(ctx, &mut pkt, hash, &Service { index }, now)),
+            // A SYN of an existing flow (a retransmission): rare.
+            _ => 0,
+        }
+    }
+
+    /// IPv6's path, out of line (a BPF-to-BPF call), and a new flow (but a
+    /// SYN's, see [`syn6`]) is created in a second call ([`new_flow6`]),
+    /// so the two paths' stacks
     /// never add up: IPv6's keys are larger, and both in one frame did not
     /// fit. The outcome and verdict come back packed in one register.
     #[inline(never)]
-    fn handle6(ctx: &XdpContext, early: Option<u8>) -> u64 {
-        pack(parse::parse6(ctx, early).and_then(|pkt| handle(ctx, pkt)))
+    fn handle6(ctx: &XdpContext, early: u32) -> u64 {
+        pack(parse::parse6(ctx, early_of(early)).and_then(|pkt| handle(ctx, pkt)))
+    }
+
+    /// The early filter ([`parse::ipv6_filter`]) passed to a call as one
+    /// register: as an `Option`, LLVM may hand the callee an unset register
+    /// for `None`, which the verifier refuses.
+    #[inline(always)]
+    fn early_arg(early: Option<u8>) -> u32 {
+        early.map_or(u32::MAX, u32::from)
+    }
+
+    /// [`early_arg`] undone, in the callee.
+    #[inline(always)]
+    fn early_of(arg: u32) -> Option<u8> {
+        u8::try_from(arg).ok()
     }
 
     /// In the verdict of a `ForwardNewFlow` answer: not sent yet, the flow
@@ -169,15 +224,15 @@ mod program {
     const NEW_FLOW: u32 = 1 << 31;
 
     /// An IPv6 packet's new flow, on the service [`handle6`] found. The
-    /// packet is parsed again (it is unchanged): a few nanoseconds a SYN.
+    /// packet is parsed again (it is unchanged).
     #[inline(never)]
-    fn new_flow6(ctx: &XdpContext, index: u32, early: Option<u8>) -> u64 {
+    fn new_flow6(ctx: &XdpContext, index: u32, early: u32) -> u64 {
         let create = |mut pkt: Packet<V6>| {
             let now = now();
             let hash = family::hash::<V6>(&pkt.key);
             create_flow(ctx, &mut pkt, hash, &Service { index }, now)
         };
-        pack(parse::parse6(ctx, early).and_then(create))
+        pack(parse::parse6(ctx, early_of(early)).and_then(create))
     }
 
     /// ICMP to a VIP (neither TCP nor UDP): an error about a balanced flow

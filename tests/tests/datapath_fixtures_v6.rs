@@ -33,6 +33,10 @@ fn config() -> ConfigFile {
         .server("dns", "d1", SERVER1_6, 5353)
 }
 
+/// Not a VIP, but its words fold (xor) to VIP6's: the filter's index of
+/// its port 80 is the web service's.
+const FOLDS_ONTO_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0x100, 0x9, 0, 0, 0, 0, 1);
+
 fn client6(port: u16, vport: u16) -> Pkt {
     Pkt::tcp((CLIENT6, port), (VIP6, vport)).macs(CLIENT_MAC, TOCLIENT_MAC)
 }
@@ -42,6 +46,10 @@ const PADDING: [u8; 6] = [1, 4, 0, 0, 0, 0];
 
 #[test]
 fn ipv6_fixtures() {
+    let index = |a: Ipv6Addr| {
+        lb_common::filter::service_index6(&lb_userspace::datapath::family::addr6(a), 80u16.to_be(), proto::TCP)
+    };
+    assert_eq!(index(FOLDS_ONTO_VIP6), index(VIP6));
     let ns = fixture_netns();
     ns.run(|| {
         let mut bed = FixtureBed::load(&config());
@@ -65,6 +73,12 @@ fn ipv6_fixtures() {
             ),
             reply("the server's SYN-ACK is rewritten back to the IPv6 VIP", &syn_ack, (VIP6, 80), "web", "s1"),
             forward("the next packet goes to the same server", &data, s1, SERVER1_MAC, "web", "s1", false),
+            forward("a retransmitted SYN stays on its flow", &syn, s1, SERVER1_MAC, "web", "s1", false),
+            pass(
+                "a SYN to a host whose address folds onto the VIP's filter index passes",
+                Pkt::tcp((CLIENT6, 40020), (FOLDS_ONTO_VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build(),
+                PassNotForUs,
+            ),
             forward(
                 "UDP to the IPv6 VIP, checksum over the 128-bit pseudo-header",
                 &udp,
