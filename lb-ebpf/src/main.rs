@@ -250,6 +250,9 @@ mod program {
         pack(icmp::too_big::<V6>(ctx))
     }
 
+    /// A packet's answer in one register: never 0, which [`syn6`] returns
+    /// for a packet it leaves to [`handle6`] (outcome 0, `PassNotIp`, is
+    /// only ever passed: XDP_PASS, 2).
     #[inline(always)]
     fn pack(done: Result<(Outcome, u32), Outcome>) -> u64 {
         let (outcome, verdict) = match done {
