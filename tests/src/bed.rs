@@ -18,6 +18,8 @@ use crate::{
 };
 
 pub const ECHO: u16 = 7;
+/// The port the bed's echo servers listen on (the VIP's is [`ECHO`]).
+pub const ECHO_SERVER_PORT: u16 = 7007;
 pub const UDP: u16 = 53;
 pub const EVERY_100MS: Option<Duration> = Some(Duration::from_millis(100));
 
@@ -58,7 +60,7 @@ pub fn bed_prepared(
 /// The echo services: TCP line echo on port 7 (pool p7), UDP on 53 (p53).
 pub fn echo_services(n: usize) -> [ServiceSpec; 2] {
     [
-        ServiceSpec { port: ECHO, protocol: "tcp", server_port: 7007, weights: vec![1; n] },
+        ServiceSpec { port: ECHO, protocol: "tcp", server_port: ECHO_SERVER_PORT, weights: vec![1; n] },
         ServiceSpec { port: UDP, protocol: "udp", server_port: 5353, weights: vec![1; n] },
     ]
 }
@@ -69,7 +71,8 @@ pub fn bed_of(n: usize, config: impl FnOnce(&Topology) -> ConfigFile) -> Bed {
     let topology = Topology::new(n);
     let config = config(&topology);
     let text = config.text();
-    let echo = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let echo =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, ECHO_SERVER_PORT)).collect();
     let udp = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
     let agent = Agent::start(&topology, text);
     Bed { agent, config, echo, udp, topology }

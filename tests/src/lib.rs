@@ -19,4 +19,5 @@ pub mod port_forward;
 pub mod servers;
 pub mod soak;
 pub mod store;
+pub mod syn_witness;
 pub mod topology;

@@ -40,8 +40,6 @@ pub struct Server {
     resets: Arc<AtomicU64>,
     /// Lines (line echo), requests (HTTP) and datagrams (UDP) answered.
     answers: Arc<Answers>,
-    /// The source port of every TCP connection accepted.
-    client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
     /// Set: "hold" lines are answered.
     release: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -53,7 +51,6 @@ impl Server {
         let served = Arc::new(AtomicU64::new(0));
         let resets = Arc::new(AtomicU64::new(0));
         let answers = Arc::new(Answers::default());
-        let client_ports = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         let release = Arc::new(AtomicBool::new(false));
         // Dual stack: IPv4 clients arrive as v4-mapped addresses.
         let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
@@ -68,17 +65,12 @@ impl Server {
             Kind::Http | Kind::LineEcho | Kind::Sink => {
                 let listener = ns.run(|| TcpListener::bind(addr)).expect("bind TCP server");
                 listener.set_nonblocking(true).expect("nonblocking");
-                let counters = Counters {
-                    served: served_,
-                    resets: resets_,
-                    answers: answers_,
-                    client_ports: Arc::clone(&client_ports),
-                    release: Arc::clone(&release),
-                };
+                let counters =
+                    Counters { served: served_, resets: resets_, answers: answers_, release: Arc::clone(&release) };
                 std::thread::spawn(move || accept_loop(listener, kind, &name_, &stop_, &counters))
             }
         };
-        Server { name: name.to_owned(), stop, served, resets, answers, client_ports, release, thread: Some(thread) }
+        Server { name: name.to_owned(), stop, served, resets, answers, release, thread: Some(thread) }
     }
 
     /// Answers the "hold" lines waiting and to come.
@@ -97,11 +89,6 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-
-    /// Whether a TCP connection from this client port was accepted.
-    pub fn accepted_from(&self, port: u16) -> bool {
-        self.client_ports.lock().unwrap().contains(&port)
     }
 
     /// Lines (line echo), requests (HTTP) or datagrams (UDP) answered.
@@ -134,7 +121,6 @@ struct Counters {
     served: Arc<AtomicU64>,
     resets: Arc<AtomicU64>,
     answers: Arc<Answers>,
-    client_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
     release: Arc<AtomicBool>,
 }
 
@@ -180,9 +166,8 @@ fn accept_loop(listener: TcpListener, kind: Kind, name: &str, stop: &Arc<AtomicB
     let mut workers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, peer)) => {
+            Ok((stream, _)) => {
                 counters.served.fetch_add(1, Ordering::Relaxed);
-                counters.client_ports.lock().unwrap().insert(peer.port());
                 let (name, stop) = (name.to_owned(), Arc::clone(stop));
                 let (resets, answers) = (Arc::clone(&counters.resets), Arc::clone(&counters.answers));
                 let release = Arc::clone(&counters.release);
