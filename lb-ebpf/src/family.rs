@@ -83,6 +83,8 @@ pub trait Family: Sized + 'static {
     fn reset_request(src: Self::Addr, dst: Self::Addr, src_port: u16, dst_port: u16, seq: u32) -> Self::Reset;
     fn log_reset_sent(key: &Self::Key);
     fn log_flow_slot_lost(key: &Self::Key);
+    /// [`flow_table::victim`](crate::flow_table) in this family's table.
+    fn victim(first0: u32, first1: u32, word0: u64, word1: u64, now: u32) -> u32;
 
     /// The hop limit (TTL).
     fn hop_limit(ip: &Self::Ip) -> u8;
@@ -303,6 +305,10 @@ impl Family for V4 {
     fn log_flow_slot_lost(key: &FlowKey) {
         events::flow_slot_lost(key);
     }
+    #[inline(always)]
+    fn victim(first0: u32, first1: u32, word0: u64, word1: u64, now: u32) -> u32 {
+        crate::flow_table::victim4(first0, first1, word0, word1, now)
+    }
 
     #[inline(always)]
     fn hop_limit(ip: &Ipv4Hdr) -> u8 {
@@ -409,6 +415,10 @@ impl Family for V6 {
     #[inline(always)]
     fn log_flow_slot_lost(key: &FlowKey6) {
         events::flow_slot_lost6(key);
+    }
+    #[inline(always)]
+    fn victim(first0: u32, first1: u32, word0: u64, word1: u64, now: u32) -> u32 {
+        crate::flow_table::victim6(first0, first1, word0, word1, now)
     }
 
     #[inline(always)]
