@@ -7,10 +7,10 @@
 # samples, each after the instructions leading to it: a sample lands on the
 # instruction that waits, most often the one after a load that missed.
 # usage (root, from the project's root):
-#   tests/probes/profile.sh hot|hot6|random|new|new6 [SECONDS=12] [TOP=12]
+#   tests/probes/profile.sh hot|hot6|random|new|new6|new6udp [SECONDS=12] [TOP=12]
 # Output and raw data in target/profile/PATH/.
 set -euo pipefail
-path=${1:?usage: profile.sh hot|hot6|random|new|new6 [SECONDS] [TOP]}
+path=${1:?usage: profile.sh hot|hot6|random|new|new6|new6udp [SECONDS] [TOP]}
 secs=${2:-12}
 top=${3:-12}
 out=target/profile/$path
@@ -27,7 +27,7 @@ until grep -q READY "$out/run.log"; do
 done
 programs="lb"
 [ "$path" = hot6 ] && programs="lb lb6"
-[ "$path" = new6 ] && programs="lb lb6 lb6_other"
+case $path in new6 | new6udp) programs="lb lb6 lb6_other" ;; esac
 for p in $programs; do
   "$out/dump_jit" "$p" "$out/$p.jit" > "$out/$p.funcs"
   objdump -b binary -m i386:x86-64 -D "$out/$p.jit" > "$out/$p.dis"

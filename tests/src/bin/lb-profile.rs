@@ -31,8 +31,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_default();
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
-    if !["hot", "hot6", "random", "new", "new6", "two"].contains(&path.as_str()) {
-        eprintln!("usage: lb-profile hot|hot6|random|new|new6|two [SECONDS]");
+    if !["hot", "hot6", "random", "new", "new6", "new6udp", "two"].contains(&path.as_str()) {
+        eprintln!("usage: lb-profile hot|hot6|random|new|new6|new6udp|two [SECONDS]");
         std::process::exit(2);
     }
     let net = fixture_netns();
@@ -100,7 +100,8 @@ fn two_cpus(length: Duration) {
 
 fn profile(path: &str, length: Duration) {
     pin_to_cpu(0);
-    let bed = FixtureBed::load(&config());
+    // The bench's config, and a UDP service on the IPv6 VIP for `new6udp`.
+    let bed = FixtureBed::load(&config().service(VIP6, 53, "udp", "web"));
     let frames = frames(&bed, path);
     let program = bed.dp().program();
     let toclient = ifindex("toclient");
@@ -148,6 +149,12 @@ fn frames(bed: &FixtureBed, path: &str) -> Vec<Vec<u8>> {
             .map(|i| {
                 let c6 = Ipv6Addr::new(0xfd00, 0xb, 1, 0, 0, 0, (i >> 16) as u16, i as u16);
                 Pkt::tcp((c6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build()
+            })
+            .collect(),
+        "new6udp" => (0..1_500_000)
+            .map(|i| {
+                let c6 = Ipv6Addr::new(0xfd00, 0xb, 1, 0, 0, 0, (i >> 16) as u16, i as u16);
+                Pkt::udp((c6, 40000), (VIP6, 53)).macs(CLIENT_MAC, TOCLIENT_MAC).payload(b"query").build()
             })
             .collect(),
         // Within the table's capacity (2e6 flows): no eviction.
