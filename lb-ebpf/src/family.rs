@@ -60,7 +60,8 @@ pub trait Family: Sized + 'static {
     /// Larger keys: the path is split into calls (BPF-to-BPF) whose frames
     /// do not add up, to fit the verifier's 512 bytes of stack along a call
     /// chain: `handle` leaves new flows to a call of their own (`new_flow6`;
-    /// a SYN's is created in `syn6`, before `handle` is reached).
+    /// a SYN's or a UDP datagram's is created in `opening6`, before `handle`
+    /// is reached).
     const SPLIT_FRAMES: bool;
 
     fn services() -> &'static HashMap<Self::ServiceKey, lb_common::Service>;
