@@ -200,8 +200,8 @@ mod program {
     /// IPv6's path, out of line (a BPF-to-BPF call), and a new flow (but a
     /// SYN's or a UDP datagram's, see [`opening6`]) is created in a second
     /// call ([`new_flow6`]), so the two paths' stacks never add up: IPv6's
-    /// keys are larger, and both in one frame did not fit. The outcome and verdict come back
-    /// packed in one register.
+    /// keys are larger, and both in one frame did not fit. The outcome and
+    /// verdict come back packed in one register.
     #[inline(never)]
     fn handle6(ctx: &XdpContext, early: u32) -> u64 {
         pack(parse::parse6(ctx, early_of(early)).and_then(|pkt| handle(ctx, pkt)))

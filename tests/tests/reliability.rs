@@ -86,7 +86,10 @@ fn no_new_connection_is_dropped_or_delayed_while_a_server_is_disabled_and_enable
                     }
                 }
                 let served_by_s1 = attempts.iter().filter(|a| a.outcome.as_deref() == Ok("s1"));
-                assert!(served_by_s1.filter_map(|a| a.port).all(|port| sent_to_s1.saw(port)), "SYNs to s1 unseen");
+                assert!(
+                    served_by_s1.filter_map(|a| a.port).all(|port| sent_to_s1.saw(port)),
+                    "{mode}: SYNs to s1 unseen"
+                );
                 let cut = attempts.iter().filter(|a| a.port.is_none() && a.outcome.is_err()).count();
                 assert!(cut <= 50, "{mode}: {cut} handshakes cut in 50 cuts");
             }
