@@ -156,7 +156,9 @@ pub mod map_name {
 /// 1: the maps before the format was recorded. 2: the flow hash mixes the VIP
 /// side with one multiplication. 3: the IPv6 flow hash mixes once, as IPv4's.
 /// 4: a flow is 20 bytes (16-bit server id, times in ticks), an IPv6 slot 64.
-pub const MAPS_FORMAT: u32 = 4;
+/// 5: a flow is 16 bytes (no creation time), an IPv4 slot 32 (its key
+/// without the protocol, which the flow's state tells).
+pub const MAPS_FORMAT: u32 = 5;
 
 /// Size of the reset request ring buffer, bytes (a power of two, pages).
 pub const RESET_REQUESTS_BYTES: u32 = 64 * 1024;
@@ -375,8 +377,10 @@ pub mod flow_seen {
     /// The client sent an ACK: the handshake is done (a flow without it is
     /// half-open, as every flow of a flood of spoofed SYNs is).
     pub const CLIENT_ACK: u8 = 32;
-    /// Written from another node's copy (flow replication): this node has
-    /// forwarded it only if it was seen since (`last_seen` after `created`).
+    /// Written from another node's copy (flow replication), and not
+    /// forwarded by this node since: the datapath clears it on the first
+    /// packet of the flow it forwards in a tick ([`flow_time`]) after the
+    /// copy's.
     pub const COPY: u8 = 64;
     /// The client sent data after the server last did: a request the server
     /// has not answered yet (set by the client's new data, SYN included,
@@ -421,8 +425,9 @@ pub mod eviction {
     }
 }
 
-/// Connection-tracking entry: which server a flow is on. 20 bytes, so that
-/// an IPv6 flow's slot (its 40-byte key beside it) is one cache line.
+/// Connection-tracking entry: which server a flow is on. 16 bytes, so that
+/// an IPv4 flow's slot (its 12-byte key and version beside it) is half a
+/// cache line, and an IPv6 flow's (its 40-byte key beside it) one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Flow {
@@ -432,8 +437,6 @@ pub struct Flow {
     pub state: u8,
     /// Bits of [`flow_seen`].
     pub seen: u8,
-    /// The datapath's clock at creation, in [`flow_time`] ticks.
-    pub created: u32,
     /// The datapath's clock at the last packet, either direction, in
     /// [`flow_time`] ticks.
     pub last_seen: u32,
@@ -450,11 +453,17 @@ impl Flow {
     pub fn server(&self) -> u32 {
         self.server_id as u32
     }
+
+    /// The flow's protocol, as its state tells it.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        if self.state == flow_state::UDP { proto::UDP } else { proto::TCP }
+    }
 }
 
 /// A flow's times: the datapath's clock (CLOCK_MONOTONIC_COARSE, as the
 /// agent publishes it, in ns) in ticks of 2^20 ns (1.05 ms) held in 32 bits,
-/// which is what makes a [`Flow`] 20 bytes. They wrap every 52 days, so a
+/// which is what makes a [`Flow`] 16 bytes. They wrap every 52 days, so a
 /// time is read as an age against the clock now ([`age_ns`]), or against
 /// another time less than 26 days away ([`after`]): no flow in the table is
 /// idle that long (its timeouts are at most [`MAX_IDLE_TIMEOUT_NS`], and the
@@ -502,37 +511,52 @@ pub mod flow_time {
     }
 }
 
-/// One slot of the flow table: a cache line holding one flow.
+/// One slot of the IPv4 flow table: half a cache line holding one flow.
+/// Half, not a whole line: what a lookup among a million flows and a new
+/// flow pay grows with the table's size in bytes, its page walks above all
+/// (docs/performance.md, "the table's footprint").
 ///
 /// Slots are written under a sequence lock: the writer (who owns the slot
 /// through its tag, see [`flow_table::tag`]) makes `version` odd, rewrites
 /// the slot, and gives it a new even value. A reader that sees the same even
-/// version before and after copying the slot saw one consistent flow. Touching an existing flow (time, sequence numbers)
-/// writes its fields in place without the lock, as with any BPF map value.
-#[repr(C)]
+/// version before and after copying the slot saw one consistent flow.
+/// Touching an existing flow (time, sequence numbers) writes its fields in
+/// place without the lock, as with any BPF map value.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowSlot {
-    /// First, 8-byte aligned: the datapath compares keys a word at a time.
-    pub key: FlowKey,
+    /// First, 8-byte aligned (as the slot is): the datapath compares keys a
+    /// word at a time.
+    pub key: SlotKey,
     /// `flow.state` is [`flow_state::FREE`] in a free slot.
     pub flow: Flow,
     pub version: u32,
-    pub _pad: [u32; 6],
 }
 
-// A slot is one cache line.
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 32);
 
-/// One slot of the IPv6 flow table: one cache line, as a [`FlowSlot`], the
-/// key (40 bytes) and the flow under the same sequence lock. A table of its
-/// own, so IPv4's table spends no room on IPv6's keys.
+/// An IPv4 flow's key as its slot holds it: a [`FlowKey`] without its
+/// protocol, which the flow's state tells ([`Flow::proto`]): 12 bytes.
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SlotKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// One slot of the IPv6 flow table: one cache line, the key (40 bytes) and
+/// the flow under the same sequence lock, as in a [`FlowSlot`]. A table of
+/// its own, so IPv4's table spends no room on IPv6's keys.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowSlot6 {
     /// First, 8-byte aligned, as in a [`FlowSlot`].
     pub key: FlowKey6,
     pub flow: Flow,
     pub version: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowSlot6>() == 64);
@@ -541,23 +565,71 @@ const _: () = assert!(core::mem::size_of::<FlowSlot6>() == 64);
 /// read and write it: its parts under one sequence lock, and its key's hash.
 pub trait TableSlot: Copy + 'static {
     type Key: Copy + Default + PartialEq + 'static;
-    /// The slot's version, key and flow (field addresses: nothing is read).
-    fn parts(slot: *mut Self) -> (*mut u32, *mut Self::Key, *mut Flow);
+    /// The slot's version and flow (field addresses: nothing is read).
+    fn parts(slot: *mut Self) -> (*mut u32, *mut Flow);
+    /// Whether the slot holds `key`, as far as its stored key tells: the
+    /// caller checks [`Self::same_proto`] against the flow it reads.
+    ///
+    /// # Safety
+    /// `slot` points at a slot of a table (volatile reads).
+    unsafe fn holds(slot: *mut Self, key: &Self::Key) -> bool;
+    /// Whether `flow`, found under `key`'s stored words, is of `key`'s
+    /// protocol (IPv4's slot keeps the protocol in the flow's state).
+    fn same_proto(key: &Self::Key, flow: &Flow) -> bool;
+    /// The slot's key, read volatile, with the protocol of `flow` (the
+    /// slot's flow, read under the same version).
+    ///
+    /// # Safety
+    /// As [`Self::holds`].
+    unsafe fn read_key(slot: *mut Self, flow: &Flow) -> Self::Key;
+    /// Stores `key` in the slot (volatile), which the caller owns.
+    ///
+    /// # Safety
+    /// As [`Self::holds`].
+    unsafe fn write_key(slot: *mut Self, key: &Self::Key);
     fn hash(key: &Self::Key) -> u64;
+}
+
+/// Offsets, not dereferences: the pointer may be one the caller has yet to
+/// prove valid.
+#[inline(always)]
+fn field<S, T>(slot: *mut S, offset: usize) -> *mut T {
+    slot.cast::<u8>().wrapping_add(offset).cast()
 }
 
 impl TableSlot for FlowSlot {
     type Key = FlowKey;
     #[inline(always)]
-    fn parts(slot: *mut Self) -> (*mut u32, *mut FlowKey, *mut Flow) {
-        // Offsets, not dereferences: the pointer may be one the caller has
-        // yet to prove valid.
-        let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
-        (
-            at(core::mem::offset_of!(FlowSlot, version)).cast(),
-            at(core::mem::offset_of!(FlowSlot, key)).cast(),
-            at(core::mem::offset_of!(FlowSlot, flow)).cast(),
-        )
+    fn parts(slot: *mut Self) -> (*mut u32, *mut Flow) {
+        (field(slot, core::mem::offset_of!(FlowSlot, version)), field(slot, core::mem::offset_of!(FlowSlot, flow)))
+    }
+    /// A 64-bit and a 32-bit load: the addresses, then the ports.
+    #[inline(always)]
+    unsafe fn holds(slot: *mut Self, key: &FlowKey) -> bool {
+        let addrs = key.src_addr as u64 | (key.dst_addr as u64) << 32;
+        let ports = key.src_port as u32 | (key.dst_port as u32) << 16;
+        // SAFETY: the caller's slot; the key opens it, 8-byte aligned.
+        unsafe {
+            core::ptr::read_volatile(field::<_, u64>(slot, 0)) == addrs
+                && core::ptr::read_volatile(field::<_, u32>(slot, 8)) == ports
+        }
+    }
+    #[inline(always)]
+    fn same_proto(key: &FlowKey, flow: &Flow) -> bool {
+        key.proto == flow.proto()
+    }
+    #[inline(always)]
+    unsafe fn read_key(slot: *mut Self, flow: &Flow) -> FlowKey {
+        // SAFETY: the caller's slot.
+        let k: SlotKey = unsafe { core::ptr::read_volatile(field(slot, core::mem::offset_of!(FlowSlot, key))) };
+        FlowKey::new(k.src_addr, k.dst_addr, k.src_port, k.dst_port, flow.proto())
+    }
+    #[inline(always)]
+    unsafe fn write_key(slot: *mut Self, key: &FlowKey) {
+        let k =
+            SlotKey { src_addr: key.src_addr, dst_addr: key.dst_addr, src_port: key.src_port, dst_port: key.dst_port };
+        // SAFETY: the caller's slot.
+        unsafe { core::ptr::write_volatile(field(slot, core::mem::offset_of!(FlowSlot, key)), k) }
     }
     #[inline(always)]
     fn hash(key: &FlowKey) -> u64 {
@@ -568,15 +640,36 @@ impl TableSlot for FlowSlot {
 impl TableSlot for FlowSlot6 {
     type Key = FlowKey6;
     #[inline(always)]
-    fn parts(slot: *mut Self) -> (*mut u32, *mut FlowKey6, *mut Flow) {
-        // Offsets, not dereferences: the pointer may be one the caller has
-        // yet to prove valid.
-        let at = |offset: usize| slot.cast::<u8>().wrapping_add(offset);
-        (
-            at(core::mem::offset_of!(FlowSlot6, version)).cast(),
-            at(core::mem::offset_of!(FlowSlot6, key)).cast(),
-            at(core::mem::offset_of!(FlowSlot6, flow)).cast(),
-        )
+    fn parts(slot: *mut Self) -> (*mut u32, *mut Flow) {
+        (field(slot, core::mem::offset_of!(FlowSlot6, version)), field(slot, core::mem::offset_of!(FlowSlot6, flow)))
+    }
+    /// Five 64-bit loads, compared as they come (the protocol among them).
+    #[inline(always)]
+    unsafe fn holds(slot: *mut Self, key: &FlowKey6) -> bool {
+        let want = key as *const FlowKey6 as *const u64;
+        let mut same = true;
+        for i in 0..5 {
+            // SAFETY: the caller's slot, whose key opens it 8-byte aligned,
+            // and a 40-byte key of ours (a u32 struct: read unaligned).
+            same &= unsafe {
+                core::ptr::read_volatile(field::<_, u64>(slot, 8 * i)) == core::ptr::read_unaligned(want.add(i))
+            };
+        }
+        same
+    }
+    #[inline(always)]
+    fn same_proto(_: &FlowKey6, _: &Flow) -> bool {
+        true
+    }
+    #[inline(always)]
+    unsafe fn read_key(slot: *mut Self, _: &Flow) -> FlowKey6 {
+        // SAFETY: the caller's slot.
+        unsafe { core::ptr::read_volatile(field(slot, core::mem::offset_of!(FlowSlot6, key))) }
+    }
+    #[inline(always)]
+    unsafe fn write_key(slot: *mut Self, key: &FlowKey6) {
+        // SAFETY: the caller's slot.
+        unsafe { core::ptr::write_volatile(field(slot, core::mem::offset_of!(FlowSlot6, key)), *key) }
     }
     #[inline(always)]
     fn hash(key: &FlowKey6) -> u64 {
@@ -586,8 +679,8 @@ impl TableSlot for FlowSlot6 {
 
 /// The flow table's layout, shared by the datapath and the agent: an array
 /// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
-/// consecutive slots (one 256-byte run of memory). A flow sits in one of two
-/// buckets its hash picks: mostly the one with more free slots when it was
+/// consecutive slots (128 bytes of memory in IPv4, 256 in IPv6). A flow
+/// sits in one of two buckets its hash picks: mostly the one with more free slots when it was
 /// created ([`first_bucket`](flow_table::first_bucket)). Two choices keep
 /// buckets even: in a simulation, a million flows never found both their
 /// buckets full in a table of 4 Mi slots (sized for two million), and 20
@@ -921,9 +1014,6 @@ pub mod purge {
     pub struct Purged {
         pub key: FlowKey,
         pub flow: Flow,
-        /// To 8 bytes: an array map's elements are 8-byte aligned, and the
-        /// agent reads them through mmap at this size.
-        pub _pad: u32,
     }
 
     /// An IPv6 flow the purge freed.
@@ -932,8 +1022,6 @@ pub mod purge {
     pub struct Purged6 {
         pub key: crate::FlowKey6,
         pub flow: Flow,
-        /// To 8 bytes, as a [`Purged`].
-        pub _pad: u32,
     }
 }
 
@@ -1162,10 +1250,10 @@ const _: () = {
     assert!(size_of::<Service>() == 4);
     assert!(size_of::<Server>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 20);
+    assert!(size_of::<Flow>() == 16);
     // Read through mmap: multiples of 8 bytes, as an array map's elements.
-    assert!(size_of::<purge::Purged>() == 40);
-    assert!(size_of::<purge::Purged6>() == 64);
+    assert!(size_of::<purge::Purged>() == 32);
+    assert!(size_of::<purge::Purged6>() == 56);
     assert!(size_of::<ResetRequest>() == 16);
     assert!(size_of::<ReverseNat>() == 8);
     assert!(size_of::<ServerStats>() == 40);
@@ -1223,7 +1311,35 @@ mod tests {
     extern crate std;
     use std::collections::HashSet;
 
-    use super::{CLIENT_HOP_ENTRIES, FlowKey, Outcome, client_hop_index, filter::service_index, flow_table, flow_time};
+    use super::{
+        CLIENT_HOP_ENTRIES, Flow, FlowKey, FlowSlot, Outcome, TableSlot, client_hop_index, filter::service_index,
+        flow_state, flow_table, flow_time, proto,
+    };
+
+    /// An IPv4 slot keeps its key's protocol in its flow's state alone: a
+    /// key reads back whole, and a key of the other protocol on the same
+    /// addresses and ports is not the slot's flow.
+    #[test]
+    fn an_ipv4_slot_tells_its_flows_protocol_by_its_state() {
+        for (p, state) in
+            [(proto::TCP, flow_state::TCP_OPEN), (proto::TCP, flow_state::TCP_CLOSING), (proto::UDP, flow_state::UDP)]
+        {
+            let key = FlowKey::new(0x0200_000a, 0x0100_640a, 0x3930, 0x5000, p);
+            let flow = Flow { server_id: 3, state, ..Flow::default() };
+            let mut slot = FlowSlot { flow, ..FlowSlot::default() };
+            let at = &mut slot as *mut FlowSlot;
+            // SAFETY: a slot of ours, on the stack.
+            unsafe {
+                FlowSlot::write_key(at, &key);
+                assert_eq!(FlowSlot::read_key(at, &flow), key);
+                assert!(FlowSlot::holds(at, &key) && FlowSlot::same_proto(&key, &flow));
+                let other = FlowKey { proto: if p == proto::TCP { proto::UDP } else { proto::TCP }, ..key };
+                assert!(!FlowSlot::same_proto(&other, &flow), "{other:?}");
+                assert!(!FlowSlot::holds(at, &FlowKey { src_port: 0x3931, ..key }));
+                assert!(!FlowSlot::holds(at, &FlowKey { dst_addr: 0x0200_640a, ..key }));
+            }
+        }
+    }
 
     /// A flow's times are 32-bit ticks that wrap: read against the clock
     /// now, or against each other, they keep their order across the wrap,

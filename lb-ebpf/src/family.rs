@@ -32,11 +32,6 @@ pub trait Key: Copy + Default {
     fn src_port(&self) -> u16;
     fn dst_port(&self) -> u16;
     fn proto(&self) -> u8;
-    /// Whether the key stored at `stored` (a slot's, read volatile) is `self`.
-    ///
-    /// # Safety
-    /// `stored` points at a key inside a flow-table slot.
-    unsafe fn stored_at(&self, stored: *const Self) -> bool;
 }
 
 /// A return path of either family: the VIP and port replies come from.
@@ -140,17 +135,6 @@ impl Key for FlowKey {
     fn proto(&self) -> u8 {
         self.proto
     }
-    /// Two 64-bit loads: the key as the words it occupies.
-    #[inline(always)]
-    unsafe fn stored_at(&self, stored: *const Self) -> bool {
-        let want = [
-            self.src_addr as u64 | (self.dst_addr as u64) << 32,
-            self.src_port as u64 | (self.dst_port as u64) << 16 | (self.proto as u64) << 32,
-        ];
-        let words = stored as *const u64;
-        // SAFETY: the caller's pointer to a stored 16-byte key.
-        unsafe { core::ptr::read_volatile(words) == want[0] && core::ptr::read_volatile(words.add(1)) == want[1] }
-    }
 }
 
 impl Key for FlowKey6 {
@@ -178,20 +162,6 @@ impl Key for FlowKey6 {
     #[inline(always)]
     fn proto(&self) -> u8 {
         self.proto
-    }
-    /// Five 64-bit loads, compared as they come.
-    #[inline(always)]
-    unsafe fn stored_at(&self, stored: *const Self) -> bool {
-        let want = self as *const Self as *const u64;
-        let words = stored as *const u64;
-        let mut same = true;
-        for i in 0..5 {
-            // SAFETY: both point at 40-byte keys (8-byte aligned: the key
-            // opens its slot, and ours is a u32 struct on the stack, read
-            // unaligned).
-            same &= unsafe { core::ptr::read_volatile(words.add(i)) == core::ptr::read_unaligned(want.add(i)) };
-        }
-        same
     }
 }
 

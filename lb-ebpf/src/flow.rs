@@ -135,7 +135,6 @@ pub fn create<F: Family>(pkt: &Packet<F>, hash: u64, service: &Service, now: u64
         // Below the servers map's size, at most 65,536 (the agent's config).
         server_id: server_id as u16,
         state: if pkt.is_udp() { flow_state::UDP } else { flow_state::TCP_OPEN },
-        created: flow_time::tick(now),
         last_seen: flow_time::tick(now),
         ..Flow::default()
     };
@@ -174,11 +173,18 @@ pub fn touch<F: Family>(slot: *mut F::Slot, pkt: &Packet<F>, now: u64, from_clie
     // another CPU rewrote it for a new flow this instant, that flow may get
     // this packet's time or sequence numbers (never its server), as with the
     // kernel's preallocated hash maps, whose elements are reused the same way.
-    let flow = unsafe { &mut *<F::Slot as lb_common::TableSlot>::parts(slot).2 };
+    let flow = unsafe { &mut *<F::Slot as lb_common::TableSlot>::parts(slot).1 };
     // Skip stores when nothing changes: fewer dirty cache lines across CPUs.
     let now = flow_time::tick(now);
     if flow.last_seen != now {
         flow.last_seen = now;
+        // Another node's copy, forwarded here in a tick after it was
+        // written: this node's to count, judge idle and share from now on
+        // (the agent's `forwarded_here`). Checked only as the tick changes:
+        // packets within one tick pay nothing for it.
+        if flow.seen & flow_seen::COPY != 0 {
+            flow.seen &= !flow_seen::COPY;
+        }
     }
     if pkt.proto() == proto::TCP {
         track_tcp(flow, pkt, from_client);

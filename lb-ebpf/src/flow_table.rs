@@ -62,17 +62,17 @@ pub fn lookup<F: Family>(key: &F::Key, hash: u64) -> Option<Found<F>> {
 /// The slot's flow if it holds the key `want`, read under its sequence lock.
 #[inline(always)]
 fn read_if_holds<F: Family>(slot: *mut F::Slot, want: &F::Key) -> Option<Flow> {
-    let (lock, key, flow) = <F::Slot as TableSlot>::parts(slot);
+    let (lock, flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: `slot` points at a slot of the map (the verifier checked the
     // index); volatile keeps the reads in the seqlock's order.
     unsafe {
         let version = read_volatile(lock);
-        if version & 1 != 0 || !want.stored_at(key) {
+        if version & 1 != 0 || !F::Slot::holds(slot, want) {
             return None;
         }
         let flow = read_volatile(flow);
         // Freed, or rewritten for another flow while we read.
-        if flow.state == flow_state::FREE || read_volatile(lock) != version {
+        if flow.state == flow_state::FREE || read_volatile(lock) != version || !F::Slot::same_proto(want, &flow) {
             return None;
         }
         Some(flow)
@@ -119,14 +119,14 @@ pub fn insert<F: Family>(key: &F::Key, hash: u64, flow: &Flow) -> Result<Placed,
     };
     let index = buckets[b] + i;
     let slot = F::flows().get_ptr_mut(index).ok_or(SlotTaken)?;
-    let (lock, slot_key, slot_flow) = <F::Slot as TableSlot>::parts(slot);
+    let (lock, slot_flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: a slot of the map, ours through its tag. Stores only: reading
     // the slot's line first would wait for memory. A reader needs only a
     // version that differs from the slot's last one: odd while writing, then
     // an even value drawn from the flow's hash and time.
     unsafe {
         write_volatile(lock, 1);
-        write_volatile(slot_key, *key);
+        F::Slot::write_key(slot, key);
         write_volatile(slot_flow, *flow);
         write_volatile(lock, ((hash as u32 ^ flow.last_seen) | 2) & !1);
     }
@@ -205,7 +205,7 @@ fn victim<F: Family>(first0: u32, first1: u32, word0: u64, word1: u64, now: u32)
                 continue;
             }
             let Some(slot) = F::flows().get_ptr_mut(first + i) else { return NO_VICTIM };
-            let (lock, _, flow) = <F::Slot as TableSlot>::parts(slot);
+            let (lock, flow) = <F::Slot as TableSlot>::parts(slot);
             // SAFETY: a slot of the map; a torn read only misjudges which
             // flow goes, and the version check skips slots being written.
             let (version, seen, state, bits) = unsafe {
@@ -264,15 +264,15 @@ const NO_VICTIM: u32 = u32::MAX;
 /// at it: (version, key, flow).
 #[inline(always)]
 pub fn read<F: Family>(slot: *mut F::Slot) -> Option<(u32, F::Key, Flow)> {
-    let (lock, key, flow) = <F::Slot as TableSlot>::parts(slot);
+    let (lock, flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: a slot of the map; volatile keeps the seqlock's order.
     unsafe {
         let version = read_volatile(lock);
         if version & 1 != 0 {
             return None;
         }
-        let key = read_volatile(key);
         let flow = read_volatile(flow);
+        let key = F::Slot::read_key(slot, &flow);
         if flow.state == flow_state::FREE || read_volatile(lock) != version {
             return None;
         }
@@ -304,7 +304,7 @@ pub fn free<F: Family>(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut F::
     if !owned {
         return false;
     }
-    let (lock, key, flow) = <F::Slot as TableSlot>::parts(slot);
+    let (lock, flow) = <F::Slot as TableSlot>::parts(slot);
     // SAFETY: a slot of the map, ours through its tag.
     unsafe {
         if read_volatile(lock) != version {
@@ -313,7 +313,7 @@ pub fn free<F: Family>(tags: *mut u64, lane_index: u32, tag: u16, slot: *mut F::
             return false;
         }
         write_volatile(lock, version | 1);
-        write_volatile(key, F::Key::default());
+        F::Slot::write_key(slot, &F::Key::default());
         write_volatile(flow, Flow::default());
         write_volatile(lock, version.wrapping_add(2));
     }

@@ -418,7 +418,13 @@ pub fn parse6(ctx: &XdpContext, early: Option<u8>) -> Result<Packet<V6>, Outcome
     if end > len as usize {
         return Err(refused(Outcome::DropTruncated));
     }
-    let (protocol, l4) = walk_extensions(ctx, iph.nexthdr, &refused)?;
+    // The filter read early only from a header with no extension headers
+    // after it (TCP or UDP next): the walk's answer is known, and its
+    // offset a constant for the rest of the parse.
+    let (protocol, l4) = match early {
+        Some(_) => (iph.nexthdr, ETH_HLEN + IPV6_HLEN),
+        None => walk_extensions(ctx, iph.nexthdr, &refused)?,
+    };
     if l4 > end {
         return Err(refused(Outcome::DropTruncated));
     }

@@ -44,7 +44,7 @@ impl Purgeable for V4 {
     }
     #[inline(always)]
     fn record(key: FlowKey, flow: Flow) -> purge::Purged {
-        purge::Purged { key, flow, _pad: 0 }
+        purge::Purged { key, flow }
     }
 }
 
@@ -56,7 +56,7 @@ impl Purgeable for V6 {
     }
     #[inline(always)]
     fn record(key: FlowKey6, flow: Flow) -> purge::Purged6 {
-        purge::Purged6 { key, flow, _pad: 0 }
+        purge::Purged6 { key, flow }
     }
 }
 

@@ -320,6 +320,37 @@ fn a_flow_records_whether_its_clients_request_awaits_an_answer() {
     });
 }
 
+/// Another node's copy of a flow (flow replication) is this node's from the
+/// first packet of it that this node forwards in a tick after the copy was
+/// written: the datapath clears its mark, and the agent counts it, judges
+/// it idle and shares it from then on. A copy no packet reached keeps it.
+#[test]
+fn a_copy_becomes_this_nodes_flow_with_the_first_packet_forwarded_here() {
+    let ns = fixture_netns();
+    ns.run(|| {
+        let bed = FixtureBed::load(&config((1, 0)));
+        let s1 = (SERVER1, 8080);
+        let copy = |state| lb_common::Flow {
+            server_id: bed.server_id("web", "s1") as u16,
+            state,
+            seen: flow_seen::COPY | flow_seen::CLIENT_ACK,
+            // Written a tick ago.
+            last_seen: flow_time::tick(datapath_now_ns()).wrapping_sub(1),
+            ..Default::default()
+        };
+        let tcp = flow_key((CLIENT, 40300), (VIP, 80), proto::TCP);
+        let unused = flow_key((CLIENT, 40301), (VIP, 80), proto::TCP);
+        let flows = [(tcp, copy(flow_state::TCP_OPEN)), (unused, copy(flow_state::TCP_OPEN))];
+        bed.dp().maps.flows.insert_all(flows).expect("insert the copies");
+        let copied = |key| bed.flow(key).expect("the flow").seen & flow_seen::COPY != 0;
+
+        let ack = client_tcp(40300, 80).flags(ACK).seq(5000, 9000);
+        bed.run(&[forward("an ACK of the copy", &ack, s1, SERVER1_MAC, "web", "s1", false)]);
+        assert!(!copied(&tcp), "forwarded here: this node's flow");
+        assert!(copied(&unused), "no packet of it here: still the other node's copy");
+    });
+}
+
 /// Path MTU discovery through the balancer: a router on the clients' side
 /// that cannot send a server's reply on answers the VIP "fragmentation
 /// needed"; the error reaches the flow's server as if the server's own

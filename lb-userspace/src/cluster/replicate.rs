@@ -34,7 +34,9 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::MapData;
 use bytemuck::{Pod, Zeroable};
-use lb_common::{Flow, FlowKey, FlowKey6, FlowSlot6, ReverseNat, ReverseNat6, flow_seen, flow_time, map_name};
+use lb_common::{
+    Flow, FlowKey, FlowKey6, FlowSlot6, ReverseNat, ReverseNat6, flow_seen, flow_state, flow_time, map_name, proto,
+};
 use tokio::{
     net::UdpSocket,
     sync::{mpsc, oneshot, watch},
@@ -120,13 +122,22 @@ impl WireFlow {
     }
 
     /// The flow this node writes: on its server `server_id`, seen now.
+    /// `None` for an unknown family, or a state that is no flow of its
+    /// protocol (IPv4's slot keeps the protocol in the state alone).
     pub fn to_flow(&self, server_id: u32, now_ns: u64) -> Option<Replicated> {
+        let flow_of_its_protocol = match self.state {
+            flow_state::UDP => self.proto == proto::UDP,
+            flow_state::TCP_OPEN | flow_state::TCP_CLOSING => self.proto == proto::TCP,
+            _ => false,
+        };
+        if !flow_of_its_protocol {
+            return None;
+        }
         let flow = Flow {
             // Ids are below `limits.max_servers`, at most 65,536.
             server_id: u16::try_from(server_id).ok()?,
             state: self.state,
             seen: self.seen | flow_seen::COPY,
-            created: flow_time::tick(now_ns),
             last_seen: flow_time::tick(now_ns),
             client_next_seq: self.client_next_seq,
             server_next_seq: self.server_next_seq,
@@ -388,13 +399,12 @@ impl Replicator {
                     let _ = asked.send(flows.len() as u64);
                 }
                 _ = refresh.tick() => {
-                    // Flows forwarded here since the last refresh, older
-                    // than it (newer ones were sent when created).
+                    // Flows forwarded here since the last refresh (those
+                    // created since were sent when created: the ones still
+                    // open are sent once more, as they would be next time).
                     let since = std::mem::replace(&mut refreshed_ns, datapath_now_ns());
                     let since = flow_time::tick(since);
-                    let flows = self.flows_where(|f| {
-                        flow_time::at_or_after(f.last_seen, since) && !flow_time::at_or_after(f.created, since)
-                    });
+                    let flows = self.flows_where(|f| flow_time::at_or_after(f.last_seen, since));
                     ids.refresh(&self.links.snapshots.borrow());
                     let peers = self.peer_addresses();
                     self.send(&flows, &ids, &peers).await;
@@ -602,7 +612,7 @@ mod tests {
             proto: 6,
             ..Default::default()
         };
-        let key6 = FlowKey6 { src_port: 1, dst_port: 2, proto: 17, ..Default::default() };
+        let key6 = FlowKey6 { src_port: 1, dst_port: 2, proto: 6, ..Default::default() };
         let flows = [Replicated::V4(key, flow(3)), Replicated::V6(key6, flow(3))];
         let wire: Vec<WireFlow> = flows.iter().map(|f| WireFlow::of(f, 0xabcd)).collect();
         let back = decode(&encode(&wire)).expect("a datagram of ours");
@@ -612,9 +622,10 @@ mod tests {
             Some(Replicated::V4(k, f)) => {
                 assert_eq!(k, key);
                 let seen = flow(9).seen | flow_seen::COPY;
-                assert_eq!(f, Flow { server_id: 9, seen, created: 42, last_seen: 42, ..flow(9) });
+                assert_eq!(f, Flow { server_id: 9, seen, last_seen: 42, ..flow(9) });
                 assert!(!forwarded_here(&f), "a copy is its own node's until used here");
-                assert!(forwarded_here(&Flow { last_seen: 43, ..f }));
+                // The datapath clears the mark as it forwards a packet.
+                assert!(forwarded_here(&Flow { seen: f.seen & !flow_seen::COPY, ..f }));
             }
             other => panic!("{other:?}"),
         }
@@ -631,6 +642,11 @@ mod tests {
         let mut too_many = good.clone();
         too_many[4] = 200;
         assert!(decode(&too_many).is_err());
-        assert_eq!(WireFlow { family: 5, ..Default::default() }.to_flow(1, 0), None, "an unknown family");
+        let tcp = WireFlow { family: 4, proto: proto::TCP, state: flow_state::TCP_OPEN, ..Default::default() };
+        assert!(tcp.to_flow(1, 0).is_some());
+        assert_eq!(WireFlow { family: 5, ..tcp }.to_flow(1, 0), None, "an unknown family");
+        assert_eq!(WireFlow { proto: proto::UDP, ..tcp }.to_flow(1, 0), None, "a TCP state for UDP");
+        assert_eq!(WireFlow { state: flow_state::UDP, ..tcp }.to_flow(1, 0), None, "a UDP state for TCP");
+        assert_eq!(WireFlow { state: flow_state::FREE, ..tcp }.to_flow(1, 0), None, "no flow");
     }
 }

@@ -195,9 +195,13 @@ impl Validator {
         if max_flows < 1024 {
             self.problem("flows.max", format!("{max_flows} is too small (at least 1024)"));
         }
-        // The table has twice as many 64-byte slots, rounded up to a power of two.
+        // The table has twice as many slots (32 bytes in IPv4, 64 in IPv6),
+        // rounded up to a power of two.
         if max_flows > MAX_FLOWS_LIMIT {
-            self.problem("flows.max", format!("{max_flows} is too large (at most {MAX_FLOWS_LIMIT}: 8 GiB of table)"));
+            self.problem(
+                "flows.max",
+                format!("{max_flows} is too large (at most {MAX_FLOWS_LIMIT}: 4 GiB of IPv4 table)"),
+            );
         }
         let secs = Duration::from_secs;
         FlowSettings {

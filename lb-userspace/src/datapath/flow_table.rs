@@ -2,8 +2,8 @@
 //! its tags (layout in `lb_common::flow_table`), mapped into the agent's
 //! memory.
 //!
-//! A walk maps the table one 2 MiB window at a time with its tags (a 32nd of
-//! it), in memory order, reading only slots whose tag says they hold a flow:
+//! A walk maps the table one window of slots at a time (1 MiB in IPv4, 2 in
+//! IPv6) with its tags (a 16th or a 32nd of it), in memory order, reading only slots whose tag says they hold a flow:
 //! a million flows are read in tens of milliseconds, an empty table in a few,
 //! and the agent's resident memory stays at one window whatever the table's
 //! size. Slots are owned and written as in the datapath (see
@@ -26,17 +26,18 @@ use lb_common::{
     flow_time, map_name,
 };
 
-/// Slots per mapped window of a walk: 2 MiB.
+/// Slots per mapped window of a walk: 1 MiB of IPv4's, 2 of IPv6's.
 const WINDOW_SLOTS: u32 = 32 * 1024;
 
 /// Tries at a slot or a tag word that others keep changing, before giving up.
 const TRIES: u32 = 64;
 
 /// Whether this node forwards `flow`: its own, or a copy from another node
-/// (flow replication) that traffic reached here since it was written. A
-/// copy never used here is its own node's: not pushed on, not judged idle.
+/// (flow replication) that traffic reached here in a tick after it was
+/// written (the datapath then clears its mark). A copy never used here is its own
+/// node's: not pushed on, not judged idle.
 pub fn forwarded_here(flow: &Flow) -> bool {
-    flow.seen & lb_common::flow_seen::COPY == 0 || flow_time::after(flow.last_seen, flow.created)
+    flow.seen & lb_common::flow_seen::COPY == 0
 }
 
 pub struct FlowTable<S: TableSlot = FlowSlot> {
@@ -77,7 +78,8 @@ impl<S: TableSlot> FlowTable<S> {
         flow_table::bucket_mask(self.slots)
     }
 
-    /// Maps slots `first..first + len` (`first` a multiple of 64: a page).
+    /// Maps slots `first..first + len` (`first` on a page: a multiple of
+    /// 128 in IPv4, 64 in IPv6).
     fn window(&self, first: u32, len: u32) -> io::Result<Window<S>> {
         let ptr = map_range(&self.map, first, len, size_of::<S>())?;
         Ok(Window { ptr: ptr as *mut S, first, len })
@@ -429,9 +431,11 @@ fn read<S: TableSlot>(slot: *mut S) -> Option<(u32, Key<S>, Flow)> {
             std::hint::spin_loop();
             continue;
         }
-        let (_, key, flow) = S::parts(slot);
         // SAFETY: within a live mapping; volatile, as the datapath writes it.
-        let (key, flow) = unsafe { (read_volatile(key), read_volatile(flow)) };
+        let (key, flow) = unsafe {
+            let flow = read_volatile(S::parts(slot).1);
+            (S::read_key(slot, &flow), flow)
+        };
         fence(Ordering::Acquire);
         if version(slot).load(Ordering::Relaxed) == before {
             return (flow.state != lb_common::flow_state::FREE).then_some((before, key, flow));
@@ -448,12 +452,11 @@ fn write<S: TableSlot>(slot: *mut S, key: &Key<S>, flow: &Flow) {
     let next = (v.load(Ordering::Relaxed) | 1).wrapping_add(1);
     v.store(1, Ordering::Relaxed);
     fence(Ordering::Release);
-    let (_, slot_key, slot_flow) = S::parts(slot);
     // SAFETY: within a live mapping; the odd version tells readers the slot
     // is being written.
     unsafe {
-        write_volatile(slot_key, *key);
-        write_volatile(slot_flow, *flow);
+        S::write_key(slot, key);
+        write_volatile(S::parts(slot).1, *flow);
     }
     v.store(next, Ordering::Release);
 }
