@@ -15,7 +15,7 @@ use lb_common::{
 
 use lb_common::TableSlot;
 
-use crate::family::{Family, Key, V4, V6};
+use crate::family::{Family, V4, V6};
 
 /// A flow found in the table: a consistent copy of it, and its slot, where
 /// the packet's time and sequence numbers are recorded.
