@@ -217,6 +217,9 @@ impl<S: TableSlot> FlowTable<S> {
     /// longest. Whether
     /// it found a free slot.
     fn insert(&self, window: &Window<S>, tags: &Tags, key: &Key<S>, flow: &Flow) -> bool {
+        // IPv4's slot keeps the protocol in the flow's state alone (copies
+        // from other nodes are checked as they arrive: `WireFlow::to_flow`).
+        debug_assert!(S::same_proto(key, flow), "a flow whose state is not of its key's protocol");
         let hash = S::hash(key);
         if let Some(found) = self.find(window, tags, key) {
             // The tag carries the flow's server hint.
