@@ -603,7 +603,8 @@ impl TableSlot for FlowSlot {
     fn parts(slot: *mut Self) -> (*mut u32, *mut Flow) {
         (field(slot, core::mem::offset_of!(FlowSlot, version)), field(slot, core::mem::offset_of!(FlowSlot, flow)))
     }
-    /// A 64-bit and a 32-bit load: the addresses, then the ports.
+    /// A 64-bit and a 32-bit load: the addresses, then the ports, as a
+    /// little-endian machine (the BPF target and the agent's) lays them out.
     #[inline(always)]
     unsafe fn holds(slot: *mut Self, key: &FlowKey) -> bool {
         let addrs = key.src_addr as u64 | (key.dst_addr as u64) << 32;
@@ -680,14 +681,15 @@ impl TableSlot for FlowSlot6 {
 /// The flow table's layout, shared by the datapath and the agent: an array
 /// of [`FlowSlot`]s in buckets of [`BUCKET_SLOTS`](flow_table::BUCKET_SLOTS)
 /// consecutive slots (128 bytes of memory in IPv4, 256 in IPv6). A flow
-/// sits in one of two buckets its hash picks: mostly the one with more free slots when it was
-/// created ([`first_bucket`](flow_table::first_bucket)). Two choices keep
-/// buckets even: in a simulation, a million flows never found both their
-/// buckets full in a table of 4 Mi slots (sized for two million), and 20
-/// did in one of 2 Mi slots (7 with balancing alone; in a kernel LRU map at
-/// its size, every new flow pushes one out). Nothing is allocated or linked: a
-/// lookup reads its buckets' tags (see [`tag`](flow_table::tag)), then only
-/// a slot whose tag matches, and a miss (a new flow) reads no slot.
+/// sits in one of two buckets its hash picks: mostly the one with more free
+/// slots when it was created ([`first_bucket`](flow_table::first_bucket)).
+/// Two choices keep buckets even: in a simulation, a million flows never
+/// found both their buckets full in a table of 4 Mi slots (sized for two
+/// million), and 20 did in one of 2 Mi slots (7 with balancing alone; in a
+/// kernel LRU map at its size, every new flow pushes one out). Nothing is
+/// allocated or linked: a lookup reads its buckets' tags (see
+/// [`tag`](flow_table::tag)), then only a slot whose tag matches, and a miss
+/// (a new flow) reads no slot.
 pub mod flow_table {
     use crate::FlowKey;
 
