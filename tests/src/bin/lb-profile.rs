@@ -35,6 +35,9 @@ fn main() {
         eprintln!("usage: lb-profile hot|hot6|random|new|new6|new6udp|two [SECONDS]");
         std::process::exit(2);
     }
+    // Stopped early (Ctrl-C, or `profile.sh` killing it), it removes its
+    // namespace all the same.
+    testbed::netns::clean_up_on_signals();
     let net = fixture_netns();
     // The benchmark's clients sit behind the fixture's client, as in the bench.
     net.ns.ip(&["route", "add", "11.0.0.0/8", "via", "10.0.0.2"]);
