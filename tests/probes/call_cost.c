@@ -6,16 +6,7 @@
 // (tail_call_cost.c). Each figure is the median over 9 rounds of 20000 test
 // runs, timed like bench section 1.
 // Build: gcc -O2 -o call_cost call_cost.c -lbpf   Run (root): ./call_cost
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
+#include "probe.h"
 static double run(int prog, int n) {
   unsigned char frame[64] = {0};
   uint64_t total = 0;

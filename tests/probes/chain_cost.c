@@ -9,28 +9,7 @@
 // the median over rounds of 20000 test runs at random indexes, net of the
 // same program at fixed ones, timed like bench section 1.
 // Build: gcc -O2 -o chain_cost chain_cost.c -lbpf   Run (root): ./chain_cost [CALLS] [ROUNDS]
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <unistd.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
-static double run(int prog, uint32_t* a, uint32_t* b, int n) {
-  unsigned char frame[64] = {0};
-  uint64_t total = 0;
-  for (int i = 0; i < n; i++) {
-    memcpy(frame + 14, &a[i], 4); memcpy(frame + 18, &b[i], 4);
-    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = frame, .data_size_in = sizeof frame, .repeat = 1);
-    if (bpf_prog_test_run_opts(prog, &o)) { perror("run"); exit(1); }
-    total += o.duration;
-  }
-  return (double)total / n;
-}
+#include "probe.h"
 enum { DATA, CTRL, STORE, ONE };
 static int load(int m1, int m2, int mode) {
   struct bpf_insn p[64]; int n = 0;
@@ -73,8 +52,6 @@ out:;
   if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
   return prog;
 }
-static uint64_t x = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return (uint32_t)x; }
 int main(int argc, char** argv) {
   cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
   const uint32_t SLOTS = 4194304, TAGLINES = 131072;
@@ -103,8 +80,8 @@ int main(int argc, char** argv) {
         else if (v[k].layout == 1) { uint32_t page = s / 64; a[i] = page * 64; b[i] = page * 64 + 2 + rnd() % 60; }
         else { a[i] = s; b[i] = s; }
       }
-      double hot = run(v[k].prog, ha, hb, calls);
-      double cold = run(v[k].prog, a, b, calls);
+      double hot = run_ab(v[k].prog, ha, hb, calls);
+      double cold = run_ab(v[k].prog, a, b, calls);
       res[k][r] = cold - hot;
     }
   }

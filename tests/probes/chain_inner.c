@@ -2,36 +2,17 @@
 // 32-byte slot of a 128 MiB table), with the slots in one flat BPF array
 // (vmalloc'd, 4 KiB pages) or in 8192 inner arrays of 16 KiB behind an array
 // of maps (kmalloc'd, the kernel's direct map). Read (a lookup) or written
-// (a new flow's slot). Timed as chain_cost.c: median over rounds of 20000
-// test runs at random indexes, net of the same program at fixed ones.
+// (a new flow's slot); the slot's index taken from the tag's value (the CPU
+// must wait) or chosen by a branch on it (the CPU predicts the branch and
+// reads the slot at once, as the datapath's lookup lets it). Timed as
+// chain_cost.c: median over rounds of 20000 test runs at random indexes,
+// net of the same program at fixed ones.
 // Build: gcc -O2 -o chain_inner chain_inner.c -lbpf   Run (root): ./chain_inner [CALLS] [ROUNDS]
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <unistd.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-#define MAPLD(r, fd) I(BPF_LD | BPF_DW | BPF_IMM, r, BPF_PSEUDO_MAP_FD, 0, fd); p[n++] = I(0, 0, 0, 0, 0)
+#include "probe.h"
 #define SLOTS 4194304u
 #define INNER 512u
 #define TAGLINES 131072u
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
-static double run(int prog, uint32_t* a, uint32_t* b, int n) {
-  unsigned char frame[64] = {0};
-  uint64_t total = 0;
-  for (int i = 0; i < n; i++) {
-    memcpy(frame + 14, &a[i], 4); memcpy(frame + 18, &b[i], 4);
-    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = frame, .data_size_in = sizeof frame, .repeat = 1);
-    if (bpf_prog_test_run_opts(prog, &o)) { perror("run"); exit(1); }
-    total += o.duration;
-  }
-  return (double)total / n;
-}
-static int load(int tags, int slots, int inner, int store) {
+static int load(int tags, int slots, int inner, int store, int branch) {
   struct bpf_insn p[64]; int n = 0, outs[8], no = 0;
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 2, 1, 0, 0);
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 3, 1, 4, 0);
@@ -41,20 +22,21 @@ static int load(int tags, int slots, int inner, int store) {
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 7, 2, 14, 0);
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 8, 2, 18, 0);
   p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 7, -4, 0);
-  p[n++] = MAPLD(1, tags);
+  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, tags); p[n++] = I(0, 0, 0, 0, 0);
   p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
   p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4);
   p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
   outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
   p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 9, 0, 0, 0);            // the tag word (0)
-  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 8, 9, 0, 0);           // the slot depends on it
+  if (branch) { outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JNE | BPF_K, 9, 0, 0, 0); }  // a branch on it
+  else p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 8, 9, 0, 0);      // the slot's index depends on it
   if (inner) {
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 6, 8, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_RSH | BPF_K, 6, 0, 0, 9);
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 6, -8, 0);
     p[n++] = I(BPF_ALU64 | BPF_AND | BPF_K, 8, 0, 0, INNER - 1);
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -12, 0);
-    p[n++] = MAPLD(1, slots);
+    p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, slots); p[n++] = I(0, 0, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
     p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
@@ -64,7 +46,7 @@ static int load(int tags, int slots, int inner, int store) {
     p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -12);
   } else {
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -8, 0);
-    p[n++] = MAPLD(1, slots);
+    p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, slots); p[n++] = I(0, 0, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
   }
@@ -82,8 +64,6 @@ static int load(int tags, int slots, int inner, int store) {
   if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
   return prog;
 }
-static uint64_t x = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return (uint32_t)x; }
 int main(int argc, char** argv) {
   cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
   int calls = argc > 1 ? atoi(argv[1]) : 20000, rounds = argc > 2 ? atoi(argv[2]) : 7;
@@ -99,10 +79,12 @@ int main(int argc, char** argv) {
     close(m);
   }
   struct { const char* name; int prog; } v[] = {
-      {"flat : tag, slot read ", load(tags, flat, 0, 0)},
-      {"inner: tag, slot read ", load(tags, outer, 1, 0)},
-      {"flat : tag, slot store", load(tags, flat, 0, 1)},
-      {"inner: tag, slot store", load(tags, outer, 1, 1)},
+      {"flat : tag, slot read (data dep)", load(tags, flat, 0, 0, 0)},
+      {"inner: tag, slot read (data dep)", load(tags, outer, 1, 0, 0)},
+      {"flat : tag, slot read (branch)  ", load(tags, flat, 0, 0, 1)},
+      {"inner: tag, slot read (branch)  ", load(tags, outer, 1, 0, 1)},
+      {"flat : tag, slot store (branch) ", load(tags, flat, 0, 1, 1)},
+      {"inner: tag, slot store (branch) ", load(tags, outer, 1, 1, 1)},
   };
   int nv = sizeof v / sizeof v[0];
   uint32_t *a = malloc(calls * 4), *b = malloc(calls * 4), *ha = malloc(calls * 4), *hb = malloc(calls * 4);
@@ -111,8 +93,8 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; r++) {
     for (int k = 0; k < nv; k++) {
       for (int i = 0; i < calls; i++) { a[i] = rnd() % TAGLINES; b[i] = rnd() % SLOTS; }
-      double hot = run(v[k].prog, ha, hb, calls);
-      res[k][r] = run(v[k].prog, a, b, calls) - hot;
+      double hot = run_ab(v[k].prog, ha, hb, calls);
+      res[k][r] = run_ab(v[k].prog, a, b, calls) - hot;
       hots[k][r] = hot;
     }
   }

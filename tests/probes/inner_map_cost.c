@@ -9,17 +9,7 @@
 // of 448 lines (252 MiB, kmalloc'd) 172-209 ns more than a hot line (four
 // runs), against 248-277 for one flat 256 MiB array in the same hour;
 // 16384 of 256 lines 229-248; 1024 of 4096 lines (vmalloc'd again) 298.
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <unistd.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
+#include "probe.h"
 int main(int argc, char** argv) {
   cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
   uint32_t inner_n = argc > 1 ? atoi(argv[1]) : 256;

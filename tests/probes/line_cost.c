@@ -7,17 +7,7 @@
 // lines of a 256 MiB array cost 282, 292 and 297 ns (they do; the purge
 // program reads its slots in groups for that reason, lb-ebpf/src/purge.rs).
 // Build: gcc -O2 -o line_cost line_cost.c -lbpf   Run (root): ./line_cost [LOADS]
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <unistd.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
+#include "probe.h"
 static double run(int prog, uint32_t* idx, int n) {
   unsigned char frame[64] = {0};
   uint64_t total = 0;

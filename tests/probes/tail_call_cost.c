@@ -7,18 +7,8 @@
 // Each figure is the median over 9 rounds of 20000 test runs, net of a
 // program that only returns XDP_PASS, timed like bench section 1.
 // Build: gcc -O2 -o tail_call_cost tail_call_cost.c -lbpf   Run (root): ./tail_call_cost
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <unistd.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
+#include "probe.h"
 #define LEN(a) ((int)(sizeof a / sizeof a[0]))
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
 static double run(int prog, int n) {
   unsigned char frame[64] = {0};
   uint64_t total = 0;

@@ -11,16 +11,8 @@
 // 18-22 ns a test run here, alone.)
 // Build: gcc -O2 -pthread -o two_cpu_cost two_cpu_cost.c -lbpf
 // Run (root): ./two_cpu_cost [calls=20000] [rounds=9] [ingress ifindex=0]
-#define _GNU_SOURCE
-#include <bpf/bpf.h>
-#include <linux/bpf.h>
+#include "probe.h"
 #include <pthread.h>
-#include <sched.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#define I(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-static int cmp(const void* a, const void* b) { double x = *(double*)a, y = *(double*)b; return x < y ? -1 : x > y; }
 static void pin(int cpu) { cpu_set_t s; CPU_ZERO(&s); CPU_SET(cpu, &s); sched_setaffinity(0, sizeof s, &s); }
 static int calls = 20000, ifindex = 0;
 static double run(int prog) {
