@@ -303,29 +303,10 @@ async fn serve(
     cluster: Option<Joining>,
     mut startup: StartupClock,
 ) -> anyhow::Result<Live> {
-    let Readers { counters, reset_requests: requests, datapath_log, replication, flow_tables } = readers;
-    let listener = tokio::net::UnixListener::from_std(listener).context("cannot serve the API socket")?;
-    let http = match http {
-        Some(HttpListener { addr, listener, token }) => {
-            Some((tokio::net::TcpListener::from_std(listener).context("cannot serve HTTP")?, addr, token))
-        }
-        None => None,
-    };
+    let Readers { counters, reset_requests, datapath_log, replication, flow_tables } = readers;
     // Everything that can fail before anything starts.
+    let io = Io::new(listener, http, reset_requests, datapath_log)?;
     let Signals { mut interrupt, mut terminate, hangup } = signals;
-    // SAFETY: the descriptor is the ring buffer's own, owned by `requests`,
-    // which the AsyncFd owns: it stays open and the same while registered.
-    let requests = unsafe { AsyncFd::register_with_interest(requests, tokio::io::Interest::READABLE) }
-        .context("cannot wait on the datapath's reset requests")?;
-    let datapath_log = match datapath_log {
-        Some(reader) => Some(
-            // SAFETY: as above: the ring buffer's descriptor is owned by the
-            // reader, which the AsyncFd owns.
-            unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
-                .context("cannot wait on the datapath's log")?,
-        ),
-        None => None,
-    };
     startup.mark("runtime");
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(owner.snapshot(now_ms())));
     startup.mark("first snapshot");
@@ -389,23 +370,7 @@ async fn serve(
         parts.spawn("BGP announcements", announcer.run(shutdown.clone()));
     }
     let ops = Arc::new(ops);
-    parts.spawn("history", api::history::sample(Arc::clone(&ops), shutdown.clone()));
-    parts.spawn("API socket", api::unix::serve(listener, Arc::clone(&ops), Default::default(), shutdown.clone()));
-    if let Some((listener, addr, token)) = http {
-        let web =
-            api::http::Web { ops: Arc::clone(&ops), token, limits: Default::default(), shutdown: shutdown.clone() };
-        let token = if web.token.is_some() { "a token" } else { "no token: loopback only" };
-        log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
-        parts.spawn("HTTP API", api::http::serve(listener, Arc::new(web), shutdown.clone()));
-    }
-    // Resets are sent as soon as the datapath asks for them.
-    let answer = |r: &mut ResetRequests| {
-        r.answer_all();
-    };
-    parts.spawn("reset requests", on_records(requests, "the reset requests", answer, shutdown.clone()));
-    if let Some(reader) = datapath_log {
-        parts.spawn("datapath log", on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
-    }
+    io.serve(&mut parts, &ops, &shutdown);
     parts.spawn("packet report", report_packets(ops, shutdown));
     let stop = async {
         tokio::select! {
@@ -423,6 +388,70 @@ async fn serve(
     }
     let owner = owner.map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
+}
+
+/// What the agent serves and waits on, made ready for the runtime before
+/// any task starts (all of it can fail; nothing has started yet).
+struct Io {
+    api: tokio::net::UnixListener,
+    http: Option<(tokio::net::TcpListener, SocketAddr, Option<String>)>,
+    reset_requests: AsyncFd<ResetRequests>,
+    datapath_log: Option<AsyncFd<LogReader>>,
+}
+
+impl Io {
+    fn new(
+        api: StdUnixListener,
+        http: Option<HttpListener>,
+        reset_requests: ResetRequests,
+        datapath_log: Option<LogReader>,
+    ) -> anyhow::Result<Io> {
+        let api = tokio::net::UnixListener::from_std(api).context("cannot serve the API socket")?;
+        let http = match http {
+            Some(HttpListener { addr, listener, token }) => {
+                Some((tokio::net::TcpListener::from_std(listener).context("cannot serve HTTP")?, addr, token))
+            }
+            None => None,
+        };
+        // SAFETY: the descriptor is the ring buffer's own, owned by
+        // `reset_requests`, which the AsyncFd owns: it stays open and the
+        // same while registered.
+        let reset_requests = unsafe { AsyncFd::register_with_interest(reset_requests, tokio::io::Interest::READABLE) }
+            .context("cannot wait on the datapath's reset requests")?;
+        let datapath_log = match datapath_log {
+            Some(reader) => Some(
+                // SAFETY: as above: the ring buffer's descriptor is owned by
+                // the reader, which the AsyncFd owns.
+                unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+                    .context("cannot wait on the datapath's log")?,
+            ),
+            None => None,
+        };
+        Ok(Io { api, http, reset_requests, datapath_log })
+    }
+
+    /// Starts the API socket, HTTP (the API, the dashboard, the metrics) and
+    /// its history, and the answers to the datapath's ring buffers.
+    fn serve(self, parts: &mut supervise::Parts, ops: &Arc<Ops>, shutdown: &watch::Receiver<bool>) {
+        parts.spawn("history", api::history::sample(Arc::clone(ops), shutdown.clone()));
+        parts.spawn("API socket", api::unix::serve(self.api, Arc::clone(ops), Default::default(), shutdown.clone()));
+        if let Some((listener, addr, token)) = self.http {
+            let web =
+                api::http::Web { ops: Arc::clone(ops), token, limits: Default::default(), shutdown: shutdown.clone() };
+            let token = if web.token.is_some() { "a token" } else { "no token: loopback only" };
+            log::info!("HTTP API, dashboard and metrics on http://{addr}/ ({token})");
+            parts.spawn("HTTP API", api::http::serve(listener, Arc::new(web), shutdown.clone()));
+        }
+        // Resets are sent as soon as the datapath asks for them.
+        let answer = |r: &mut ResetRequests| {
+            r.answer_all();
+        };
+        let requests = on_records(self.reset_requests, "the reset requests", answer, shutdown.clone());
+        parts.spawn("reset requests", requests);
+        if let Some(reader) = self.datapath_log {
+            parts.spawn("datapath log", on_records(reader, "the datapath's log", LogReader::flush, shutdown.clone()));
+        }
+    }
 }
 
 /// What the cluster's tasks share with this node's flows and announcer.
