@@ -218,130 +218,17 @@ pub fn run(report: &mut Report, quick: bool) {
 }
 
 /// Runs inside the fixture namespace: phase 1 on a table holding only the
-/// benchmark's own flows, phase 2 after filling it with 1e6 established flows.
+/// benchmark's own flows, then two receiving CPUs, then phase 2 after
+/// filling the table with 1e6 established flows.
 fn measure_paths(rounds: usize, calls: usize) -> Results {
     pin_to_cpu(0);
-    let mut bed = FixtureBed::load(&config());
     let trivial = load_test_program("pass").expect("trivial program");
     let trivial: &aya::programs::Xdp = trivial.program("pass").unwrap().try_into().unwrap();
-    let toclient = ifindex("toclient");
-    let toserver = ifindex("toserver");
-    let s1 = bed.server_id("web", "s1");
-    let s2 = bed.server_id("web", "s2");
-
-    // A hot flow: the first client from `first` on whose flow lands on s1
-    // (s2 gets disabled).
-    let hot_flow = |first: u32| {
-        (first..)
-            .map(client)
-            .find(|&c| {
-                let syn = Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
-                assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
-                bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server() == s1
-            })
-            .unwrap()
-    };
-    let hot = hot_flow(FLOWS_1E6 + 5000);
-    // CPU 1's own hot flow, for the two-CPU figures: a receiving core
-    // sees flows of its own (the NIC spreads flows, not packets).
-    let hot_b = hot_flow(FLOWS_1E6 + 9000);
-    let not_for_us =
-        vec![Pkt::tcp((hot, 40000), (Ipv4Addr::new(10, 0, 9, 9), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build()];
-    let hot_ack = vec![ack_from(hot, 40000)];
-    let hot_ack_b = vec![ack_from(hot_b, 40000)];
-    // A balancer of its own for CPU 1 (the two-CPU figures): the same
-    // program and config, maps apart, holding CPU 1's hot flow.
-    let bed_apart = FixtureBed::load(&config());
-    let syn_b = Pkt::tcp((hot_b, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
-    assert_eq!(bed_apart.run_frame(&syn_b, "toclient").0, crate::fixture::XDP_REDIRECT);
-    // The two ways a forwarded packet is sent (see `PATHS`).
-    assert_eq!(test_run(bed.dp().program(), &hot_ack[0], toserver).0, crate::fixture::XDP_TX);
-    assert_eq!(test_run(bed.dp().program(), &hot_ack[0], toclient).0, crate::fixture::XDP_REDIRECT);
-    let reply =
-        vec![Pkt::tcp((SERVER1, 8080), (hot, 40000)).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build()];
-    // The same flows in IPv6.
-    let syn6 = |c: Ipv6Addr| Pkt::tcp((c, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
-    let hot6 = (0..)
-        .map(client6)
-        .find(|&c| {
-            assert_eq!(bed.run_frame(&syn6(c), "toclient").0, crate::fixture::XDP_REDIRECT);
-            let key = lb_common::FlowKey6::new(
-                lb_userspace::datapath::family::addr6(c),
-                lb_userspace::datapath::family::addr6(VIP6),
-                40000u16.to_be(),
-                80u16.to_be(),
-                proto::TCP,
-            );
-            bed.dp().maps.flows6.get(&key).unwrap().unwrap().server() == s1
-        })
-        .unwrap();
-    let not_for_us6 = vec![
-        Pkt::tcp((hot6, 40000), ("fd00:9::9".parse::<Ipv6Addr>().unwrap(), 80)).macs(CLIENT_MAC, TOCLIENT_MAC).build(),
-    ];
-    let hot_ack6 =
-        vec![Pkt::tcp((hot6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(1000, 1).build()];
-    let reply6 = vec![
-        Pkt::tcp((SERVER1_6, 8080), (hot6, 40000)).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build(),
-    ];
-    let mut syn6_counter = 0x10_0000u32;
-    let mut new_syns6 = || -> Vec<Vec<u8>> {
-        (0..calls)
-            .map(|_| {
-                syn6_counter += 1;
-                syn6(client6(syn6_counter))
-            })
-            .collect()
-    };
-    let cycle = |v: &Vec<Vec<u8>>| (0..calls).map(|i| v[i % v.len()].clone()).collect::<Vec<_>>();
-    let mut syn_counter = 0u32;
-    let mut new_syns = || -> Vec<Vec<u8>> {
-        (0..calls)
-            .map(|_| {
-                syn_counter += 1;
-                Pkt::tcp((client(0x80_0000 + syn_counter), 40000), (VIP, 80))
-                    .macs(CLIENT_MAC, TOCLIENT_MAC)
-                    .flags(SYN)
-                    .build()
-            })
-            .collect()
-    };
-    // New flows on CPU 1 that lost their slot to CPU 0 or the reverse.
-    let mut slots_taken = 0.0;
-    let mut samples: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    let mut record = |name: &'static str, ns: f64| match samples.iter_mut().find(|(n, _)| *n == name) {
-        Some((_, v)) => v.push(ns),
-        None => samples.push((name, vec![ns])),
-    };
-
-    // Paths compared with Katran are timed sent both ways (`PATHS`): with
-    // XDP_TX (the packet arrives on the servers' interface), and redirected
-    // there from the clients'. Which goes first alternates by round.
-    let ways = |round: usize| [round.is_multiple_of(2), !round.is_multiple_of(2)];
-    let ingress = |tx: bool| if tx { toserver } else { toclient };
+    let mut run = Run::new(trivial, calls);
+    let bed_apart = run.balancer_apart();
     for round in 0..rounds {
-        let base = total_ns(trivial, &cycle(&hot_ack), toclient) as f64 / calls as f64;
-        record("trivial", base);
-        record("not_for_vip", measure(&mut bed, &cycle(&not_for_us), toclient, Outcome::PassNotForUs) - base);
-        warm_up(&mut bed, &mut new_syns, toclient, Outcome::ForwardNewFlow);
-        for tx in ways(round) {
-            let cost = measure(&mut bed, &new_syns(), ingress(tx), Outcome::ForwardNewFlow) - base;
-            record(if tx { "new_flow_tx" } else { "new_flow" }, cost);
-        }
-        let (off, on) = measure_sharing(&mut bed, &new_syns(), toclient);
-        record("new_flow_unshared", off - base);
-        record("new_flow_shared", on - base);
-        for tx in ways(round) {
-            let cost = measure(&mut bed, &cycle(&hot_ack), ingress(tx), Outcome::ForwardFlow) - base;
-            record(if tx { "hot_tx" } else { "hot" }, cost);
-        }
-        record("reply", measure(&mut bed, &cycle(&reply), toserver, Outcome::ForwardReply) - base);
-        record("not_for_vip6", measure(&mut bed, &cycle(&not_for_us6), toclient, Outcome::PassNotForUs) - base);
-        warm_up(&mut bed, &mut new_syns6, toclient, Outcome::ForwardNewFlow);
-        record("new_flow6", measure(&mut bed, &new_syns6(), toclient, Outcome::ForwardNewFlow) - base);
-        record("hot6", measure(&mut bed, &cycle(&hot_ack6), toclient, Outcome::ForwardFlow) - base);
-        record("reply6", measure(&mut bed, &cycle(&reply6), toserver, Outcome::ForwardReply) - base);
+        run.phase1_round(round);
     }
-
     // Two receiving CPUs, in rounds of their own: their pairs create 50
     // batches of new flows a round and their `forget`s walk two whole
     // tables, which leaves the caches as no packet path would (the first
@@ -349,113 +236,378 @@ fn measure_paths(rounds: usize, calls: usize) -> Results {
     // `WARM_UP_FRAMES`), so the paths above, like Katran's in its harness,
     // are never timed right after them.
     for _ in 0..rounds {
-        // Two receiving CPUs (issue 24), in pairs of runs (`net_per_cpu`):
-        // one CPU alone; two CPUs on this balancer's tables, each with flows
-        // of its own; and two CPUs each on a balancer of its own (`bed_apart`:
-        // the same program, no map shared), which pays whatever the host
-        // does to two busy CPUs (these VMs' two CPUs slow each other in some
-        // runs, 1.1-1.5x, a balancer apart on each as much) and nothing else.
-        // Flat if no line of the tables is written by both per packet.
-        // Several pairs a round: one pair's ratios move with the host.
-        let (hot_ack, hot_ack_b) = (cycle(&hot_ack), cycle(&hot_ack_b));
-        let (mut two_cpu_syns, mut apart_syns, lost_before) = (Vec::new(), Vec::new(), slots_taken);
-        let (ours, theirs) = (bed.dp().program(), bed_apart.dp().program());
+        run.two_cpus_round(&bed_apart);
+    }
+    run.phase2(rounds);
+    let slots_taken = run.slots_taken;
+    let mut results = run.samples.medians();
+    // A count of events: their total over the rounds, not a median.
+    results.push(("slots_taken_two_cpus", slots_taken));
+    results
+}
+
+/// Each figure's samples over the rounds, by name.
+#[derive(Default)]
+struct Samples(Vec<(&'static str, Vec<f64>)>);
+
+impl Samples {
+    fn record(&mut self, name: &'static str, ns: f64) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(ns),
+            None => self.0.push((name, vec![ns])),
+        }
+    }
+
+    fn medians(self) -> Results {
+        self.0.into_iter().map(|(name, mut v)| (name, median(&mut v))).collect()
+    }
+}
+
+/// SYNs of clients never seen before, `calls` at a time.
+struct NewSyns {
+    calls: usize,
+    last: u32,
+    v6: bool,
+}
+
+impl NewSyns {
+    fn batch(&mut self) -> Vec<Vec<u8>> {
+        (0..self.calls)
+            .map(|_| {
+                self.last += 1;
+                if self.v6 {
+                    Pkt::tcp((client6(self.last), 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build()
+                } else {
+                    Pkt::tcp((client(self.last), 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build()
+                }
+            })
+            .collect()
+    }
+}
+
+/// The frames of the paths timed on one flow each.
+struct Frames {
+    not_for_us: Vec<Vec<u8>>,
+    hot_ack: Vec<Vec<u8>>,
+    /// CPU 1's own hot flow, for the two-CPU figures: a receiving core
+    /// sees flows of its own (the NIC spreads flows, not packets).
+    hot_ack_b: Vec<Vec<u8>>,
+    reply: Vec<Vec<u8>>,
+    not_for_us6: Vec<Vec<u8>>,
+    hot_ack6: Vec<Vec<u8>>,
+    reply6: Vec<Vec<u8>>,
+}
+
+/// Section 1's balancer, what it is timed on, and what was measured.
+struct Run<'a> {
+    bed: FixtureBed,
+    trivial: &'a aya::programs::Xdp,
+    toclient: u32,
+    toserver: u32,
+    calls: usize,
+    frames: Frames,
+    hot_b: Ipv4Addr,
+    syns: NewSyns,
+    syns6: NewSyns,
+    samples: Samples,
+    /// New flows on CPU 1 that lost their slot to CPU 0 or the reverse.
+    slots_taken: f64,
+}
+
+impl<'a> Run<'a> {
+    fn new(trivial: &'a aya::programs::Xdp, calls: usize) -> Run<'a> {
+        let bed = FixtureBed::load(&config());
+        let (toclient, toserver) = (ifindex("toclient"), ifindex("toserver"));
+        let s1 = bed.server_id("web", "s1");
+        // s2 gets disabled: the hot flows are on s1.
+        let hot = hot_flow(&bed, FLOWS_1E6 + 5000, s1);
+        let hot_b = hot_flow(&bed, FLOWS_1E6 + 9000, s1);
+        let hot6 = hot_flow6(&bed, s1);
+        let hot_ack = vec![ack_from(hot, 40000)];
+        // The two ways a forwarded packet is sent (see `PATHS`).
+        assert_eq!(test_run(bed.dp().program(), &hot_ack[0], toserver).0, crate::fixture::XDP_TX);
+        assert_eq!(test_run(bed.dp().program(), &hot_ack[0], toclient).0, crate::fixture::XDP_REDIRECT);
+        let from_server = |src, dst| Pkt::tcp(src, dst).macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1]).flags(ACK).build();
+        let to = |c, vip| Pkt::tcp((c, 40000), vip).macs(CLIENT_MAC, TOCLIENT_MAC);
+        let frames = Frames {
+            not_for_us: vec![to(hot, (Ipv4Addr::new(10, 0, 9, 9), 80)).build()],
+            hot_ack,
+            hot_ack_b: vec![ack_from(hot_b, 40000)],
+            reply: vec![from_server((SERVER1, 8080), (hot, 40000))],
+            not_for_us6: vec![
+                Pkt::tcp((hot6, 40000), ("fd00:9::9".parse::<Ipv6Addr>().unwrap(), 80))
+                    .macs(CLIENT_MAC, TOCLIENT_MAC)
+                    .build(),
+            ],
+            hot_ack6: vec![
+                Pkt::tcp((hot6, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(ACK).seq(1000, 1).build(),
+            ],
+            reply6: vec![
+                Pkt::tcp((SERVER1_6, 8080), (hot6, 40000))
+                    .macs([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 1])
+                    .flags(ACK)
+                    .build(),
+            ],
+        };
+        Run {
+            bed,
+            trivial,
+            toclient,
+            toserver,
+            calls,
+            frames,
+            hot_b,
+            syns: NewSyns { calls, last: 0x80_0000, v6: false },
+            syns6: NewSyns { calls, last: 0x10_0000, v6: true },
+            samples: Samples::default(),
+            slots_taken: 0.0,
+        }
+    }
+
+    /// `frames` repeated to a batch of `calls`.
+    fn cycle(&self, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        (0..self.calls).map(|i| frames[i % frames.len()].clone()).collect()
+    }
+
+    /// The trivial program's cost per call this round: the yardstick.
+    fn base(&mut self) -> f64 {
+        let frames = self.cycle(&self.frames.hot_ack);
+        let base = total_ns(self.trivial, &frames, self.toclient) as f64 / self.calls as f64;
+        self.samples.record("trivial", base);
+        base
+    }
+
+    /// The paths' own cost per packet net of `base`, checked by `expect`.
+    fn time(&mut self, frames: &[Vec<u8>], ingress: u32, expect: Outcome, base: f64) -> f64 {
+        measure(&mut self.bed, frames, ingress, expect) - base
+    }
+
+    /// Paths compared with Katran are timed sent both ways (`PATHS`): with
+    /// XDP_TX (the packet arrives on the servers' interface), and
+    /// redirected there from the clients'. Which goes first alternates by
+    /// round; each way with its ingress.
+    fn ways(&self, round: usize) -> [(bool, u32); 2] {
+        let way = |tx: bool| (tx, if tx { self.toserver } else { self.toclient });
+        [way(round.is_multiple_of(2)), way(!round.is_multiple_of(2))]
+    }
+
+    fn phase1_round(&mut self, round: usize) {
+        let base = self.base();
+        let not_for_us = self.cycle(&self.frames.not_for_us);
+        let cost = self.time(&not_for_us, self.toclient, Outcome::PassNotForUs, base);
+        self.samples.record("not_for_vip", cost);
+        warm_up(&mut self.bed, &mut || self.syns.batch(), self.toclient, Outcome::ForwardNewFlow);
+        for (tx, ingress) in self.ways(round) {
+            let syns = self.syns.batch();
+            let cost = self.time(&syns, ingress, Outcome::ForwardNewFlow, base);
+            self.samples.record(if tx { "new_flow_tx" } else { "new_flow" }, cost);
+        }
+        let syns = self.syns.batch();
+        let (off, on) = measure_sharing(&mut self.bed, &syns, self.toclient);
+        self.samples.record("new_flow_unshared", off - base);
+        self.samples.record("new_flow_shared", on - base);
+        let hot_ack = self.cycle(&self.frames.hot_ack);
+        for (tx, ingress) in self.ways(round) {
+            let cost = self.time(&hot_ack, ingress, Outcome::ForwardFlow, base);
+            self.samples.record(if tx { "hot_tx" } else { "hot" }, cost);
+        }
+        let reply = self.cycle(&self.frames.reply);
+        let cost = self.time(&reply, self.toserver, Outcome::ForwardReply, base);
+        self.samples.record("reply", cost);
+        self.phase1_round6(base);
+    }
+
+    /// Phase 1's IPv6 paths, in the same round.
+    fn phase1_round6(&mut self, base: f64) {
+        let not_for_us6 = self.cycle(&self.frames.not_for_us6);
+        let cost = self.time(&not_for_us6, self.toclient, Outcome::PassNotForUs, base);
+        self.samples.record("not_for_vip6", cost);
+        warm_up(&mut self.bed, &mut || self.syns6.batch(), self.toclient, Outcome::ForwardNewFlow);
+        let syns6 = self.syns6.batch();
+        let cost = self.time(&syns6, self.toclient, Outcome::ForwardNewFlow, base);
+        self.samples.record("new_flow6", cost);
+        let hot_ack6 = self.cycle(&self.frames.hot_ack6);
+        let cost = self.time(&hot_ack6, self.toclient, Outcome::ForwardFlow, base);
+        self.samples.record("hot6", cost);
+        let reply6 = self.cycle(&self.frames.reply6);
+        let cost = self.time(&reply6, self.toserver, Outcome::ForwardReply, base);
+        self.samples.record("reply6", cost);
+    }
+
+    /// A balancer of its own for CPU 1 (the two-CPU figures): the same
+    /// program and config, maps apart, holding CPU 1's hot flow.
+    fn balancer_apart(&self) -> FixtureBed {
+        let bed = FixtureBed::load(&config());
+        let syn = Pkt::tcp((self.hot_b, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+        assert_eq!(bed.run_frame(&syn, "toclient").0, crate::fixture::XDP_REDIRECT);
+        bed
+    }
+
+    /// Two receiving CPUs (issue 24), in pairs of runs (`net_per_cpu`): one
+    /// CPU alone; two CPUs on this balancer's tables, each with flows of its
+    /// own; and two CPUs each on a balancer of its own (`apart`: the same
+    /// program, no map shared), which pays whatever the host does to two
+    /// busy CPUs (these VMs' two CPUs slow each other in some runs,
+    /// 1.1-1.5x, a balancer apart on each as much) and nothing else. Flat if
+    /// no line of the tables is written by both per packet. Several pairs a
+    /// round: one pair's ratios move with the host.
+    fn two_cpus_round(&mut self, apart: &FixtureBed) {
+        let (mut two_cpu_syns, mut apart_syns, lost_before) = (Vec::new(), Vec::new(), self.slots_taken);
+        let hot_acks = [self.cycle(&self.frames.hot_ack), self.cycle(&self.frames.hot_ack_b)];
         for pair in 0..TWO_CPU_PAIRS {
-            let frames: [&[Vec<u8>]; 2] = [&hot_ack, &hot_ack_b];
-            let [one, shared, apart] = rotated(
-                pair,
-                [
-                    &mut || mean(&net_per_cpu(&[ours], trivial, &frames[..1], toclient)),
-                    &mut || mean(&net_per_cpu(&[ours, ours], trivial, &frames, toclient)),
-                    &mut || mean(&net_per_cpu(&[ours, theirs], trivial, &frames, toclient)),
-                ],
-            );
-            record("hot_one_cpu", one);
-            record("hot_two_cpus", shared);
-            record("hot_apart", apart);
-            record("hot_two_cpus_ratio", shared / one);
-            record("hot_shared_ratio", shared / apart);
-            let syns = [new_syns(), new_syns(), new_syns(), new_syns(), new_syns()];
-            let mut lost = 0.0;
-            let [one, shared, apart] = rotated(
-                pair,
-                [
-                    &mut || mean(&net_per_cpu(&[ours], trivial, &[&syns[0]], toclient)),
-                    &mut || {
-                        let before = bed.outcomes();
-                        let ns = mean(&net_per_cpu(&[ours, ours], trivial, &[&syns[1], &syns[2]], toclient));
-                        let after = bed.outcomes();
-                        let delta = |o: Outcome| (after[o.label()] - before[o.label()]) as f64;
-                        let created = delta(Outcome::ForwardNewFlow);
-                        assert_eq!(created + delta(Outcome::DropFlowSlotTaken), 2.0 * calls as f64);
-                        lost = delta(Outcome::DropFlowSlotTaken);
-                        ns
-                    },
-                    &mut || mean(&net_per_cpu(&[ours, theirs], trivial, &[&syns[3], &syns[4]], toclient)),
-                ],
-            );
-            slots_taken += lost;
-            record("new_flow_one_cpu", one);
-            record("new_flow_two_cpus", shared);
-            record("new_flow_apart", apart);
-            record("new_flow_two_cpus_ratio", shared / one);
-            record("new_flow_shared_ratio", shared / apart);
+            self.two_cpus_hot(pair, apart, &hot_acks);
+            let syns = [self.syns.batch(), self.syns.batch(), self.syns.batch(), self.syns.batch(), self.syns.batch()];
+            self.two_cpus_new(pair, apart, &syns);
             let [a, b, c, d, e] = syns;
             two_cpu_syns.extend([a, b, c, d]);
             apart_syns.push(e);
         }
         // The balancer apart forgets its flows as well: every round's pairs
         // find its table as the first round's did.
-        assert_eq!(forget(&bed_apart, apart_syns.iter().flatten()), apart_syns.len() * calls);
+        assert_eq!(forget(apart, apart_syns.iter().flatten()), apart_syns.len() * self.calls);
         // These flows only time a path: the table is left as it was, so that
         // phase 2's holds what it held before these pairs existed.
-        let lost = slots_taken - lost_before;
-        assert_eq!(forget(&bed, two_cpu_syns.iter().flatten()) as f64 + lost, (two_cpu_syns.len() * calls) as f64);
-        bed.take_reset_requests();
+        let lost = self.slots_taken - lost_before;
+        let forgotten = forget(&self.bed, two_cpu_syns.iter().flatten()) as f64;
+        assert_eq!(forgotten + lost, (two_cpu_syns.len() * self.calls) as f64);
+        self.bed.take_reset_requests();
     }
 
-    // Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
-    // table (as a drain does) then DISABLED before its flows are purged: the
-    // window the disabled-flow path serves. Phase 1's flows go first, as in
-    // Katran's harness: the table holds what the figures' labels say.
-    bed.dp().maps.flows.remove_where(|_, _| true).expect("empty the table");
-    fill_flows(&bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
-    fill_flows(&bed.dp().maps.flows, FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
-    let graceful = lb_userspace::model::DisableMode::Graceful { timeout_ms: None };
-    bed.disable("web", &["s2"], graceful, false).expect("drain s2");
-    bed.write_server_state("web", "s2", server_state::DISABLED);
-    let disabled: Vec<Vec<u8>> = (0..1000).map(|i| ack_from(client(FLOWS_1E6 + i), 40000)).collect();
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut random_acks = || -> Vec<Vec<u8>> {
-        (0..calls)
+    /// One pair of runs of the cache-hot ACK on one and two CPUs, each
+    /// CPU on its own flow (`hot_acks`).
+    fn two_cpus_hot(&mut self, pair: usize, apart: &FixtureBed, hot_acks: &[Vec<Vec<u8>>; 2]) {
+        let (ours, theirs, trivial, toclient) =
+            (self.bed.dp().program(), apart.dp().program(), self.trivial, self.toclient);
+        let frames: [&[Vec<u8>]; 2] = [&hot_acks[0], &hot_acks[1]];
+        let [one, shared, apart] = rotated(
+            pair,
+            [
+                &mut || mean(&net_per_cpu(&[ours], trivial, &frames[..1], toclient)),
+                &mut || mean(&net_per_cpu(&[ours, ours], trivial, &frames, toclient)),
+                &mut || mean(&net_per_cpu(&[ours, theirs], trivial, &frames, toclient)),
+            ],
+        );
+        self.samples.record("hot_one_cpu", one);
+        self.samples.record("hot_two_cpus", shared);
+        self.samples.record("hot_apart", apart);
+        self.samples.record("hot_two_cpus_ratio", shared / one);
+        self.samples.record("hot_shared_ratio", shared / apart);
+    }
+
+    /// One pair of runs of new flows on one and two CPUs, from five fresh
+    /// batches of SYNs (one CPU alone, two on this balancer, two apart).
+    fn two_cpus_new(&mut self, pair: usize, apart: &FixtureBed, syns: &[Vec<Vec<u8>>; 5]) {
+        let (bed, calls) = (&self.bed, self.calls);
+        let (ours, theirs, trivial, toclient) = (bed.dp().program(), apart.dp().program(), self.trivial, self.toclient);
+        let mut lost = 0.0;
+        let [one, shared, apart] = rotated(
+            pair,
+            [
+                &mut || mean(&net_per_cpu(&[ours], trivial, &[&syns[0]], toclient)),
+                &mut || {
+                    let before = bed.outcomes();
+                    let ns = mean(&net_per_cpu(&[ours, ours], trivial, &[&syns[1], &syns[2]], toclient));
+                    let after = bed.outcomes();
+                    let delta = |o: Outcome| (after[o.label()] - before[o.label()]) as f64;
+                    let created = delta(Outcome::ForwardNewFlow);
+                    assert_eq!(created + delta(Outcome::DropFlowSlotTaken), 2.0 * calls as f64);
+                    lost = delta(Outcome::DropFlowSlotTaken);
+                    ns
+                },
+                &mut || mean(&net_per_cpu(&[ours, theirs], trivial, &[&syns[3], &syns[4]], toclient)),
+            ],
+        );
+        self.slots_taken += lost;
+        self.samples.record("new_flow_one_cpu", one);
+        self.samples.record("new_flow_two_cpus", shared);
+        self.samples.record("new_flow_apart", apart);
+        self.samples.record("new_flow_two_cpus_ratio", shared / one);
+        self.samples.record("new_flow_shared_ratio", shared / apart);
+    }
+
+    /// Phase 2: 1e6 established flows on s1; 1000 on s2, out of the hash
+    /// table (as a drain does) then DISABLED before its flows are purged:
+    /// the window the disabled-flow path serves. Phase 1's flows go first,
+    /// as in Katran's harness: the table holds what the figures' labels say.
+    fn phase2(&mut self, rounds: usize) {
+        let (s1, s2) = (self.bed.server_id("web", "s1"), self.bed.server_id("web", "s2"));
+        self.bed.dp().maps.flows.remove_where(|_, _| true).expect("empty the table");
+        fill_flows(&self.bed.dp().maps.flows, 0..FLOWS_1E6, (VIP, 80), |_| s1);
+        fill_flows(&self.bed.dp().maps.flows, FLOWS_1E6..FLOWS_1E6 + 1000, (VIP, 80), |_| s2);
+        let graceful = lb_userspace::model::DisableMode::Graceful { timeout_ms: None };
+        self.bed.disable("web", &["s2"], graceful, false).expect("drain s2");
+        self.bed.write_server_state("web", "s2", server_state::DISABLED);
+        let disabled: Vec<Vec<u8>> = (0..1000).map(|i| ack_from(client(FLOWS_1E6 + i), 40000)).collect();
+        let mut acks = RandomAcks { calls: self.calls, rng: 0x2545_f491_4f6c_dd1d };
+        for round in 0..rounds {
+            let base = self.base();
+            warm_up(&mut self.bed, &mut || acks.batch(), self.toclient, Outcome::ForwardFlow);
+            for (tx, ingress) in self.ways(round) {
+                let cost = self.time(&acks.batch(), ingress, Outcome::ForwardFlow, base);
+                self.samples.record(if tx { "random_1e6_tx" } else { "random_1e6" }, cost);
+            }
+            // No warm-up of their own: the random ACKs just before have read
+            // the same table (and new flows here would fill it further).
+            for (tx, ingress) in self.ways(round) {
+                let syns = self.syns.batch();
+                let cost = self.time(&syns, ingress, Outcome::ForwardNewFlow, base);
+                self.samples.record(if tx { "new_flow_1e6_tx" } else { "new_flow_1e6" }, cost);
+            }
+            let disabled = self.cycle(&disabled);
+            let cost = self.time(&disabled, self.toclient, Outcome::ResetTerminatedFlow, base);
+            self.samples.record("disabled", cost);
+        }
+    }
+}
+
+/// ACKs of flows drawn at random among phase 2's million, `calls` at a time.
+struct RandomAcks {
+    calls: usize,
+    rng: u64,
+}
+
+impl RandomAcks {
+    fn batch(&mut self) -> Vec<Vec<u8>> {
+        (0..self.calls)
             .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                ack_from(client((rng % FLOWS_1E6 as u64) as u32), 40000)
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                ack_from(client((self.rng % FLOWS_1E6 as u64) as u32), 40000)
             })
             .collect()
-    };
-    for round in 0..rounds {
-        let base = total_ns(trivial, &cycle(&hot_ack), toclient) as f64 / calls as f64;
-        record("trivial", base);
-        warm_up(&mut bed, &mut random_acks, toclient, Outcome::ForwardFlow);
-        for tx in ways(round) {
-            let cost = measure(&mut bed, &random_acks(), ingress(tx), Outcome::ForwardFlow) - base;
-            record(if tx { "random_1e6_tx" } else { "random_1e6" }, cost);
-        }
-        // No warm-up of their own: the random ACKs just before have read
-        // the same table (and new flows here would fill it further).
-        for tx in ways(round) {
-            let cost = measure(&mut bed, &new_syns(), ingress(tx), Outcome::ForwardNewFlow) - base;
-            record(if tx { "new_flow_1e6_tx" } else { "new_flow_1e6" }, cost);
-        }
-        record("disabled", measure(&mut bed, &cycle(&disabled), toclient, Outcome::ResetTerminatedFlow) - base);
     }
-    let mut results: Results = samples.into_iter().map(|(name, mut v)| (name, median(&mut v))).collect();
-    // A count of events: their total over the rounds, not a median.
-    results.push(("slots_taken_two_cpus", slots_taken));
-    results
+}
+
+/// The first client from `first` on whose flow lands on `server`.
+fn hot_flow(bed: &FixtureBed, first: u32, server: u32) -> Ipv4Addr {
+    let syn = |c| Pkt::tcp((c, 40000), (VIP, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+    (first..)
+        .map(client)
+        .find(|&c| {
+            assert_eq!(bed.run_frame(&syn(c), "toclient").0, crate::fixture::XDP_REDIRECT);
+            bed.dp().maps.flows.get(&key(c, 40000)).unwrap().unwrap().server() == server
+        })
+        .unwrap()
+}
+
+/// [`hot_flow`] in IPv6, from the first of [`client6`].
+fn hot_flow6(bed: &FixtureBed, server: u32) -> Ipv6Addr {
+    let syn = |c| Pkt::tcp((c, 40000), (VIP6, 80)).macs(CLIENT_MAC, TOCLIENT_MAC).flags(SYN).build();
+    (0..)
+        .map(client6)
+        .find(|&c| {
+            assert_eq!(bed.run_frame(&syn(c), "toclient").0, crate::fixture::XDP_REDIRECT);
+            let key = lb_common::FlowKey6::new(
+                lb_userspace::datapath::family::addr6(c),
+                lb_userspace::datapath::family::addr6(VIP6),
+                40000u16.to_be(),
+                80u16.to_be(),
+                proto::TCP,
+            );
+            bed.dp().maps.flows6.get(&key).unwrap().unwrap().server() == server
+        })
+        .unwrap()
 }
 
 /// Frames of a path run untimed before its timed batches in a round, for
