@@ -103,51 +103,96 @@ pub fn run(report: &mut Report, quick: bool) {
     let results: Results = net.run(|| measure_paths(rounds, calls));
     time_katran(&mut katran_runs);
 
-    let get = |name: &str| results.iter().find(|(n, _)| *n == name).unwrap().1;
-    let note = |extra: &str| format!("median of {rounds} rounds x {calls} calls{extra}");
-    let trivial = get("trivial");
+    let ours = Measured { results, rounds, calls };
+    report_katrans_paths(report, &ours, &katran, &katran_runs);
+    for (label, name) in [
+        ("server reply on the return path", "reply"),
+        ("packet of a flow whose server is DISABLED (reset)", "disabled"),
+    ] {
+        report.add(SECTION, label, ours.get(name), "ns", None, ours.note("; Katran has no such path"));
+    }
+    report.add(SECTION, "trivial program's call (the yardstick)", ours.get("trivial"), "ns", None, ours.note(""));
+    report_two_cpus(report, &ours);
+    report_ipv6_and_sharing(report, &ours);
+}
+
+/// Section 1's figures, by name (medians over the rounds).
+struct Measured {
+    results: Results,
+    rounds: usize,
+    calls: usize,
+}
+
+impl Measured {
+    fn get(&self, name: &str) -> f64 {
+        self.results.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    /// How a figure was taken, and `extra`.
+    fn note(&self, extra: &str) -> String {
+        format!("median of {} rounds x {} calls{extra}", self.rounds, self.calls)
+    }
+}
+
+/// The paths Katran has too (`PATHS`): ours, and ours / Katran's from the
+/// runs beside ours (or, without Katran's tree, against the trivial call).
+fn report_katrans_paths(
+    report: &mut Report,
+    ours: &Measured,
+    katran: &Result<super::katran::Katran, String>,
+    katran_runs: &[super::katran::Figures],
+) {
     let katran_of = |name: &str| {
         let runs: Vec<f64> = katran_runs.iter().filter_map(|r| r.get(name).copied()).collect();
         (runs.len() == katran_runs.len() && !runs.is_empty()).then(|| (median(&mut runs.clone()), runs))
     };
     for (label, name, ours_name, goal, reference_ns) in PATHS {
-        let ours = get(ours_name);
-        let katran = katran_of(name);
+        let (cost, katran) = (ours.get(ours_name), katran_of(name));
         let sent = if ours_name == name { "" } else { ", sent with XDP_TX" };
-        let redirected = (ours_name != name).then(|| get(name));
+        report.add(
+            SECTION,
+            format!("{label}{sent}"),
+            cost,
+            "ns",
+            None,
+            match &katran {
+                Some((k, _)) => ours.note(&format!("; Katran: {k:.0} ns")),
+                None => ours.note(""),
+            },
+        );
         match &katran {
             Some((k, runs)) => {
                 let each = runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ");
-                report.add(SECTION, format!("{label}{sent}"), ours, "ns", None, note(&format!("; Katran: {k:.0} ns")));
                 let how = if sent.is_empty() { String::new() } else { format!("{sent}, as Katran's are") };
                 let detail =
-                    format!("ours {ours:.0} ns{how}; Katran {k:.0} ns (its runs before and after ours: {each})");
+                    format!("ours {cost:.0} ns{how}; Katran {k:.0} ns (its runs before and after ours: {each})");
                 let name = format!("ours / Katran: {label}");
-                report.add(SECTION, name, ours / k, "x", Some(Target::AtMost(goal)), detail);
+                report.add(SECTION, name, cost / k, "x", Some(Target::AtMost(goal)), detail);
             }
             None => {
-                report.add(SECTION, format!("{label}{sent}"), ours, "ns", None, note(""));
+                let trivial = ours.get("trivial");
                 let goal = goal * reference_ns / REFERENCE_TRIVIAL_NS;
                 let detail = format!(
-                    "ours {ours:.0} ns{sent}, trivial program {trivial:.0} ns; goal: {goal:.2} = ours / Katran's goal \
+                    "ours {cost:.0} ns{sent}, trivial program {trivial:.0} ns; goal: {goal:.2} = ours / Katran's goal \
                      times Katran's reference cost in trivial calls ({reference_ns:.0} / {REFERENCE_TRIVIAL_NS:.0} ns)"
                 );
                 let name = format!("own cost / trivial program's call: {label}");
-                report.add(SECTION, name, ours / trivial, "x", Some(Target::AtMost(goal)), detail);
+                report.add(SECTION, name, cost / trivial, "x", Some(Target::AtMost(goal)), detail);
             }
         }
-        if let Some(redirected) = redirected {
+        if ours_name != name {
+            let redirected = ours.get(name);
             let against = katran.map(|(k, _)| format!("; / Katran {:.2}", redirected / k)).unwrap_or_default();
             let detail = format!(
                 "from the clients' interface to the servers' (bpf_redirect, a helper call Katran's path does not \
                  make): {:+.0} ns against XDP_TX in the same rounds{against}; {}",
-                redirected - ours,
-                note("")
+                redirected - cost,
+                ours.note("")
             );
             report.add(SECTION, format!("{label}, redirected"), redirected, "ns", None, detail);
         }
     }
-    match &katran {
+    match katran {
         Ok(k) if katran_runs.len() == 2 => {
             let detail = format!("tree {}; built with clang-19 as Katran's Makefile-bpf does", k.tree.display());
             report.add(SECTION, "Katran timed in this run (runs)", 2.0, "", None, detail);
@@ -155,46 +200,47 @@ pub fn run(report: &mut Report, quick: bool) {
         Ok(_) => report.failed(SECTION, "Katran timed in this run", "its harness failed (see above)"),
         Err(why) => report.add(SECTION, "Katran timed in this run (runs)", 0.0, "", None, why.clone()),
     }
-    for (label, name) in [
-        ("server reply on the return path", "reply"),
-        ("packet of a flow whose server is DISABLED (reset)", "disabled"),
-    ] {
-        report.add(SECTION, label, get(name), "ns", None, note("; Katran has no such path"));
-    }
-    report.add(SECTION, "trivial program's call (the yardstick)", trivial, "ns", None, note(""));
-    // Two receiving cores (issue 24): the cost per packet stays flat (no
-    // line of the tables written by both per packet), and new flows created
-    // on both at once lose no slot to each other.
+}
+
+/// Two receiving cores (issue 24): the cost per packet stays flat (no line
+/// of the tables written by both per packet), and new flows created on both
+/// at once lose no slot to each other.
+fn report_two_cpus(report: &mut Report, ours: &Measured) {
     for (label, path) in [("ACK of an existing flow, cache-hot", "hot"), ("SYN creating a new flow", "new_flow")] {
         let name = |what: &str| format!("{path}_{what}");
-        let (one, shared, apart) = (get(&name("one_cpu")), get(&name("two_cpus")), get(&name("apart")));
-        let pairs = rounds * TWO_CPU_PAIRS;
+        let (one, shared, apart) = (ours.get(&name("one_cpu")), ours.get(&name("two_cpus")), ours.get(&name("apart")));
+        let pairs = ours.rounds * TWO_CPU_PAIRS;
         let detail = format!(
             "{shared:.0} ns with both CPUs on one balancer's tables (each its own flows), {apart:.0} ns with each on a \
              balancer of its own (the same program, no map shared: what the host does to two busy CPUs); each net \
              of the trivial program run in alternating chunks beside it; median of {pairs} pairs' ratios"
         );
         let figure = format!("{label}: 2 CPUs on 1 balancer / 1 each");
-        report.add(SECTION, figure, get(&name("shared_ratio")), "x", Some(Target::AtMost(1.1)), detail);
+        report.add(SECTION, figure, ours.get(&name("shared_ratio")), "x", Some(Target::AtMost(1.1)), detail);
         let detail = format!(
             "{shared:.0} ns with both CPUs receiving, {one:.0} ns alone; the host's share of it is the figure above's \
              balancers apart (this VM's two CPUs slow each other by 1.1-1.5x in some runs, balancers apart alike); \
              median of {pairs} pairs' ratios"
         );
-        report.add(SECTION, format!("{label}: 2 CPUs at once / 1"), get(&name("two_cpus_ratio")), "x", None, detail);
+        let figure = format!("{label}: 2 CPUs at once / 1");
+        report.add(SECTION, figure, ours.get(&name("two_cpus_ratio")), "x", None, detail);
     }
-    let taken = get("slots_taken_two_cpus");
-    let created = 2 * rounds * TWO_CPU_PAIRS * calls;
+    let created = 2 * ours.rounds * TWO_CPU_PAIRS * ours.calls;
     report.add(
         SECTION,
         "new flows on two CPUs at once: slots lost to the other CPU",
-        taken,
+        ours.get("slots_taken_two_cpus"),
         "",
         Some(Target::AtMost(0.0)),
         format!("drop_flow_slot_taken over {created} new flows created on CPUs 0 and 1 at once"),
     );
-    // IPv6 beside IPv4, the same paths in the same rounds: the ratio of
-    // their own costs (issue target: at most 1.1).
+}
+
+/// IPv6 beside IPv4, the same paths in the same rounds: the ratio of their
+/// own costs (issue target: at most 1.1); and flow replication (a cluster
+/// with cluster.sync_address: each new flow is also handed to the ring),
+/// within 10 % of without.
+fn report_ipv6_and_sharing(report: &mut Report, ours: &Measured) {
     let six: [(&str, &str, &str); 4] = [
         ("IPv6 / IPv4 cost: packet not for a VIP", "not_for_vip6", "not_for_vip"),
         ("IPv6 / IPv4 cost: SYN creating a new flow", "new_flow6", "new_flow"),
@@ -202,19 +248,16 @@ pub fn run(report: &mut Report, quick: bool) {
         ("IPv6 / IPv4 cost: server reply on the return path", "reply6", "reply"),
     ];
     for (label, v6, v4) in six {
-        let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", get(v6), get(v4), note(""));
-        report.add(SECTION, label, get(v6) / get(v4), "x", Some(Target::AtMost(1.1)), detail);
+        let detail = format!("IPv6 {:.0} ns, IPv4 {:.0} ns; {}", ours.get(v6), ours.get(v4), ours.note(""));
+        report.add(SECTION, label, ours.get(v6) / ours.get(v4), "x", Some(Target::AtMost(1.1)), detail);
     }
-    // Flow replication (a cluster with cluster.sync_address): each new
-    // flow is also handed to the ring. Issue target: within 10% of without.
+    let (on, off) = (ours.get("new_flow_shared"), ours.get("new_flow_unshared"));
     let detail = format!(
-        "with sharing on {:.0} ns, off {:.0} ns, in alternating slices of each round (the table fills alike); {}",
-        get("new_flow_shared"),
-        get("new_flow_unshared"),
-        note("")
+        "with sharing on {on:.0} ns, off {off:.0} ns, in alternating slices of each round (the table fills alike); {}",
+        ours.note("")
     );
-    let ratio = get("new_flow_shared") / get("new_flow_unshared");
-    report.add(SECTION, "new flow cost with flow replication on / off", ratio, "x", Some(Target::AtMost(1.1)), detail);
+    let figure = "new flow cost with flow replication on / off";
+    report.add(SECTION, figure, on / off, "x", Some(Target::AtMost(1.1)), detail);
 }
 
 /// Runs inside the fixture namespace: phase 1 on a table holding only the
