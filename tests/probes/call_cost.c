@@ -31,14 +31,10 @@ static int load(int calls) {
     p[n++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
   }
   for (int c = 0; c < calls; c++) p[c].imm = sub - c - 1;
-  char log[8192];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "callc", "GPL", p, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(p, n);
 }
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   int calls = 20000, rounds = 9;
   int progs[] = {load(0), load(1), load(2), load(4)};
   const char* names[] = {"no call ", "1 call  ", "2 calls ", "4 calls "};

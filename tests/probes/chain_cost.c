@@ -21,10 +21,7 @@ static int load(int m1, int m2, int mode) {
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 7, 2, 14, 0);
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 8, 2, 18, 0);
   p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 7, -4, 0);
-  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, m1); p[n++] = I(0, 0, 0, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4);
-  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+  lookup_insns(p, &n, m1, -4);
   int jout2 = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
   p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 9, 0, 0, 0);           // the tag word
   int jout3 = -1;
@@ -32,10 +29,7 @@ static int load(int m1, int m2, int mode) {
   if (mode == DATA || mode == STORE) p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_X, 8, 9, 0, 0);  // index depends on it
   else { jout3 = n; p[n++] = I(BPF_JMP | BPF_JNE | BPF_K, 9, 0, 0, 0); }  // branch on it
   p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -8, 0);
-  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, m2); p[n++] = I(0, 0, 0, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
-  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+  lookup_insns(p, &n, m2, -8);
   int jout4 = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
   if (mode == STORE) p[n++] = I(BPF_STX | BPF_DW | BPF_MEM, 0, 9, 0, 0);
   else p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 0, 0, 0, 0);
@@ -46,14 +40,10 @@ out:;
   p[jout1].off = o - jout1 - 1; p[jout2].off = o - jout2 - 1;
   if (jout3 >= 0) p[jout3].off = o - jout3 - 1;
   if (mode != ONE) p[jout4].off = o - jout4 - 1;
-  char log[8192];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "chain", "GPL", p, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(p, n);
 }
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   const uint32_t SLOTS = 4194304, TAGLINES = 131072;
   int calls = argc > 1 ? atoi(argv[1]) : 20000, rounds = argc > 2 ? atoi(argv[2]) : 7;
   int tags = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tags", 4, 64, TAGLINES, NULL);

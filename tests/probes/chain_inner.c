@@ -22,10 +22,7 @@ static int load(int tags, int slots, int inner, int store, int branch) {
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 7, 2, 14, 0);
   p[n++] = I(BPF_LDX | BPF_W | BPF_MEM, 8, 2, 18, 0);
   p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 7, -4, 0);
-  p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, tags); p[n++] = I(0, 0, 0, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-  p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4);
-  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+  lookup_insns(p, &n, tags, -4);
   outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
   p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 9, 0, 0, 0);            // the tag word (0)
   if (branch) { outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JNE | BPF_K, 9, 0, 0, 0); }  // a branch on it
@@ -36,21 +33,16 @@ static int load(int tags, int slots, int inner, int store, int branch) {
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 6, -8, 0);
     p[n++] = I(BPF_ALU64 | BPF_AND | BPF_K, 8, 0, 0, INNER - 1);
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -12, 0);
-    p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, slots); p[n++] = I(0, 0, 0, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
-    p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+    lookup_insns(p, &n, slots, -8);                              // the inner array
     outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 1, 0, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
     p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -12);
+    p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
   } else {
     p[n++] = I(BPF_STX | BPF_W | BPF_MEM, 10, 8, -8, 0);
-    p[n++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, slots); p[n++] = I(0, 0, 0, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
-    p[n++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8);
+    lookup_insns(p, &n, slots, -8);
   }
-  p[n++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
   outs[no++] = n; p[n++] = I(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0, 0);
   if (store) p[n++] = I(BPF_STX | BPF_DW | BPF_MEM, 0, 9, 8, 0);
   else p[n++] = I(BPF_LDX | BPF_DW | BPF_MEM, 0, 0, 8, 0);
@@ -58,14 +50,10 @@ static int load(int tags, int slots, int inner, int store, int branch) {
   p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2);
   p[n++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
   for (int k = 0; k < no; k++) p[outs[k]].off = o - outs[k] - 1;
-  char log[65536];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "chain", "GPL", p, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(p, n);
 }
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   int calls = argc > 1 ? atoi(argv[1]) : 20000, rounds = argc > 2 ? atoi(argv[2]) : 7;
   int tags = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tags", 4, 64, TAGLINES, NULL);
   int flat = bpf_map_create(BPF_MAP_TYPE_ARRAY, "slots", 4, 32, SLOTS, NULL);

@@ -11,7 +11,7 @@
 // 16384 of 256 lines 229-248; 1024 of 4096 lines (vmalloc'd again) 298.
 #include "probe.h"
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   uint32_t inner_n = argc > 1 ? atoi(argv[1]) : 256;
   uint32_t total_lines = argc > 2 ? atoi(argv[2]) : 4194304;
   uint32_t outer_n = total_lines / inner_n;
@@ -51,10 +51,7 @@ int main(int argc, char** argv) {
       I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2),
       I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
   };
-  char log[65536];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "probe", "GPL", insns, sizeof insns / sizeof insns[0], &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); return 1; }
+  int prog = load_xdp(insns, sizeof insns / sizeof insns[0]);
   double diff[7];
   uint64_t x = 0x2545f4914f6cdd1dull;
   for (int r = 0; r < rounds; r++) {

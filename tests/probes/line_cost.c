@@ -20,7 +20,7 @@ static double run(int prog, uint32_t* idx, int n) {
   return (double)total / n;
 }
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   uint32_t sizes[] = {16384, 131072, 1048576, 4194304};
   int calls = 20000, rounds = 7;
   uint32_t* idx = malloc(calls * 16); int K = argc > 1 ? atoi(argv[1]) : 1;
@@ -48,10 +48,7 @@ int main(int argc, char** argv) {
     insns[jout].off = k - jout - 1;
     insns[k++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2);
     insns[k++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
-    char log[4096];
-    LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-    int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "probe", "GPL", insns, k, &lo);
-    if (prog < 0) { perror("load"); fputs(log, stderr); return 1; }
+    int prog = load_xdp(insns, k);
     double hot[7], rnd[7], diff[7];
     uint64_t x = 0x2545f4914f6cdd1dull;
     for (int r = 0; r < rounds; r++) {

@@ -51,14 +51,10 @@ static int load(int map, int mode, int counters) {
   p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2);
   p[n++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
   for (int i = 0; i < no; i++) p[outs[i]].off = o - outs[i] - 1;
-  char log[8192];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "pcpu", "GPL", p, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(p, n);
 }
 int main(int argc, char** argv) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   int calls = argc > 1 ? atoi(argv[1]) : 20000, rounds = argc > 2 ? atoi(argv[2]) : 9;
   int pcpu = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "pcpu", 4, 8, 4096, NULL);
   int plain = bpf_map_create(BPF_MAP_TYPE_ARRAY, "plain", 4, 8, 64 * 64, NULL);

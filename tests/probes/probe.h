@@ -1,6 +1,7 @@
-// What the BPF probes here share: building a program by hand, timing one
-// test run per frame as bench section 1 does, and the medians and random
-// indexes of their rounds. Each probe includes it: `gcc -O2 -o P P.c -lbpf`
+// What the BPF probes here share: building a program by hand (its map
+// lookups) and loading it, pinning the thread to a CPU, timing one test run
+// per frame as bench section 1 does, and the medians and random indexes of
+// their rounds. Each probe includes it: `gcc -O2 -o P P.c -lbpf`
 // from this folder.
 #ifndef LB_PROBE_H
 #define LB_PROBE_H
@@ -21,6 +22,31 @@
 static inline int cmp(const void* a, const void* b) {
   double x = *(double*)a, y = *(double*)b;
   return x < y ? -1 : x > y;
+}
+
+// The calling thread, on `cpu` alone.
+static inline void pin_to_cpu(int cpu) {
+  cpu_set_t set; CPU_ZERO(&set); CPU_SET(cpu, &set); sched_setaffinity(0, sizeof set, &set);
+}
+
+// Loads `n` instructions as an XDP program; exits with the verifier's log
+// if it refuses them.
+static inline int load_xdp(const struct bpf_insn* p, int n) {
+  static char log[1 << 20];
+  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
+  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "probe", "GPL", p, n, &lo);
+  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
+  return prog;
+}
+
+// Appends at p[*n] a lookup in map `fd` of the key on the stack at
+// r10 + `key_off` (r0: the element, or 0).
+static inline void lookup_insns(struct bpf_insn* p, int* n, int fd, int key_off) {
+  p[(*n)++] = I(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, fd);
+  p[(*n)++] = I(0, 0, 0, 0, 0);
+  p[(*n)++] = I(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0);
+  p[(*n)++] = I(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, key_off);
+  p[(*n)++] = I(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
 }
 
 // A xorshift64 stream: the same indexes in every run of a probe.

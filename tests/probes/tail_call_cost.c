@@ -21,11 +21,7 @@ static double run(int prog, int n) {
   return (double)total / n;
 }
 static int load(struct bpf_insn* insns, int n) {
-  static char log[65536];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 1);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "probe", "GPL", insns, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(insns, n);
 }
 // Median over 9 rounds of `prog`'s cost net of `base`'s, alternating.
 static double net(int base, int prog) {
@@ -35,7 +31,7 @@ static double net(int base, int prog) {
   return d[4];
 }
 int main(void) {
-  cpu_set_t set; CPU_ZERO(&set); CPU_SET(0, &set); sched_setaffinity(0, sizeof set, &set);
+  pin_to_cpu(0);
   struct bpf_insn pass[] = {I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2), I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)};
   int target = load(pass, LEN(pass)), base = load(pass, LEN(pass));
   int array = bpf_map_create(BPF_MAP_TYPE_PROG_ARRAY, "progs", 4, 4, 1, NULL);

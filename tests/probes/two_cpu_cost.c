@@ -13,7 +13,6 @@
 // Run (root): ./two_cpu_cost [calls=20000] [rounds=9] [ingress ifindex=0]
 #include "probe.h"
 #include <pthread.h>
-static void pin(int cpu) { cpu_set_t s; CPU_ZERO(&s); CPU_SET(cpu, &s); sched_setaffinity(0, sizeof s, &s); }
 static int calls = 20000, ifindex = 0;
 static double run(int prog) {
   unsigned char frame[64] = {0};
@@ -61,14 +60,10 @@ static int load(int kind, int map, int len) {
   p[n++] = I(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 2);
   p[n++] = I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
   if (out >= 0) p[out].off = end - out - 1;
-  static char log[1 << 20];
-  LIBBPF_OPTS(bpf_prog_load_opts, lo, .log_buf = log, .log_size = sizeof log, .log_level = 0);
-  int prog = bpf_prog_load(BPF_PROG_TYPE_XDP, "two_cpu", "GPL", p, n, &lo);
-  if (prog < 0) { perror("load"); fputs(log, stderr); exit(1); }
-  return prog;
+  return load_xdp(p, n);
 }
 struct job { int prog, cpu; double ns; pthread_barrier_t* b; };
-static void* both_one(void* a) { struct job* j = a; pin(j->cpu); pthread_barrier_wait(j->b); j->ns = run(j->prog); return 0; }
+static void* both_one(void* a) { struct job* j = a; pin_to_cpu(j->cpu); pthread_barrier_wait(j->b); j->ns = run(j->prog); return 0; }
 static double both(int prog) {
   pthread_barrier_t b; pthread_barrier_init(&b, 0, 2);
   struct job j[2] = {{prog, 0, 0, &b}, {prog, 1, 0, &b}};
@@ -81,7 +76,7 @@ int main(int argc, char** argv) {
   calls = argc > 1 ? atoi(argv[1]) : 20000;
   int rounds = argc > 2 ? atoi(argv[2]) : 9;
   ifindex = argc > 3 ? atoi(argv[3]) : 0;
-  pin(0);
+  pin_to_cpu(0);
   int map = bpf_map_create(BPF_MAP_TYPE_ARRAY, "two_cpu", 4, 64, 1, NULL);
   int big = bpf_map_create(BPF_MAP_TYPE_ARRAY, "two_cpu_big", 4, 2048, 1, NULL);
   int trivial = load(0, 0, 0);
@@ -95,11 +90,11 @@ int main(int argc, char** argv) {
   const int nv = sizeof v / sizeof v[0];
   double one[nv][64], two[nv][64];
   for (int r = 0; r < rounds; r++) {
-    pin(0);
+    pin_to_cpu(0);
     double base1 = run(trivial);
     double base2 = both(trivial);
     for (int k = 0; k < nv; k++) {
-      pin(0);
+      pin_to_cpu(0);
       one[k][r] = run(v[k].prog) - base1;
       two[k][r] = both(v[k].prog) - base2;
     }
