@@ -107,23 +107,7 @@ fn start(
     datapath_log: DatapathLog,
     mut startup: StartupClock,
 ) -> anyhow::Result<()> {
-    // Before anything is attached: a SIGTERM from then on (systemctl stop
-    // during a start) stops the agent cleanly, leaving XDP attached.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("lb-api")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let signals = {
-        let _runtime = runtime.enter();
-        let install = |kind| signal(kind).context("cannot install signal handlers");
-        Signals {
-            interrupt: install(SignalKind::interrupt())?,
-            terminate: install(SignalKind::terminate())?,
-            hangup: install(SignalKind::hangup())?,
-        }
-    };
+    let (runtime, signals) = runtime_and_signals()?;
     let states = state_file::load(&config.state_file)?;
     startup.mark("state file");
     let pins = pin_dir(&config.instance);
@@ -132,42 +116,15 @@ fn start(
     let tables = Tables::apply(&mut dp, &config, states, now_ms())
         .context("cannot write the configuration into the datapath")?;
     startup.mark("tables");
+    log_tables(&tables);
     let raw_socket = || ResetSender::new().context("cannot open a raw socket to send TCP resets");
     let (resets, requests_sender) = (raw_socket()?, raw_socket()?);
-    for service in &tables.services {
-        log::info!("service {} -> pool {}", service.label(), service.pool);
-    }
-    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled || s.removing) {
-        let removing = if slot.removing { " (being removed from the config)" } else { "" };
-        log::info!("{}/{} resumes as {}{removing}", slot.pool, slot.name, slot.admin.label());
-    }
-    let (services, servers) = (tables.services.len(), tables.servers.len());
-    let readers = Readers {
-        counters: Counters::open(&dp.maps).context("cannot open the counters")?,
-        reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
-        datapath_log: dp.take_log_reader(),
-        replication: replication(&mut dp, &pins, &config)?,
-        flow_tables: match &config.cluster {
-            Some(_) => Some(open_flow_tables(&pins)?),
-            None => None,
-        },
-    };
+    let readers = Readers::open(&mut dp, &pins, &config, requests_sender)?;
     let stop_clock = Arc::new(AtomicBool::new(false));
     let clock = dp.maps.clock.keep_running(Arc::clone(&stop_clock)).context("cannot run the datapath's clock")?;
+    let (services, servers) = (tables.services.len(), tables.servers.len());
     let mut owner = Owner::new(config, Live::new(dp, resets), tables.servers, tables.services);
-    // The config's `enabled` lines that changed while no agent ran, and the
-    // servers it removed meanwhile, are applied now, as a reload would.
-    for change in owner.apply_config_lines(now_ms()) {
-        log::info!(
-            "{}/{}: {} -> {} (the config's enabled line changed)",
-            change.pool,
-            change.server,
-            change.from,
-            change.to
-        );
-    }
-    owner.begin_removals(now_ms());
-    owner.resume_maintenance();
+    catch_up(&mut owner);
     // In a cluster: the store's states, before a flow can be assigned.
     let cluster = match owner.config().cluster.clone() {
         Some(config) => Some(runtime.block_on(join_cluster(&mut owner, config))?),
@@ -200,6 +157,56 @@ fn start(
         pins.display()
     );
     Ok(())
+}
+
+/// The runtime and the signal handlers, made before anything is attached:
+/// a SIGTERM from then on (systemctl stop during a start) stops the agent
+/// cleanly, leaving XDP attached.
+fn runtime_and_signals() -> anyhow::Result<(tokio::runtime::Runtime, Signals)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lb-api")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let signals = {
+        let _runtime = runtime.enter();
+        let install = |kind| signal(kind).context("cannot install signal handlers");
+        Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        }
+    };
+    Ok((runtime, signals))
+}
+
+/// The services, and the servers that resume out of service, in the log.
+fn log_tables(tables: &Tables) {
+    for service in &tables.services {
+        log::info!("service {} -> pool {}", service.label(), service.pool);
+    }
+    for slot in tables.servers.iter().filter(|s| s.admin != crate::servers::AdminState::Enabled || s.removing) {
+        let removing = if slot.removing { " (being removed from the config)" } else { "" };
+        log::info!("{}/{} resumes as {}{removing}", slot.pool, slot.name, slot.admin.label());
+    }
+}
+
+/// The config's `enabled` lines that changed while no agent ran, and the
+/// servers it removed meanwhile, applied now, as a reload would; and the
+/// servers a health monitor had put in maintenance, known to be so.
+fn catch_up(owner: &mut Owner<Live>) {
+    for change in owner.apply_config_lines(now_ms()) {
+        log::info!(
+            "{}/{}: {} -> {} (the config's enabled line changed)",
+            change.pool,
+            change.server,
+            change.from,
+            change.to
+        );
+    }
+    owner.begin_removals(now_ms());
+    owner.resume_maintenance();
 }
 
 /// Flow replication's parts, with `cluster.sync_address` (the datapath
@@ -317,20 +324,7 @@ async fn serve(
     let (commands_tx, commands) = mpsc::channel(64);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (mut parts, owner_alive) = supervise::Parts::new();
-    let owner_thread = {
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new().name("owner".into()).spawn(move || {
-            let _alive = owner_alive;
-            let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-            Ok::<_, std::io::Error>(timers.block_on(runtime::run_owner(
-                owner,
-                config_path,
-                commands,
-                snapshot_tx,
-                shutdown,
-            )))
-        })?
-    };
+    let owner_thread = spawn_owner(owner, config_path, commands, snapshot_tx, shutdown.clone(), owner_alive)?;
     let owner_handle = OwnerHandle::new(commands_tx);
     parts.spawn("SIGHUP", reload_on_hangup(hangup, owner_handle.clone(), shutdown.clone()));
     let monitors = monitors::Runner { plan, owner: owner_handle.clone(), view: checks_tx };
@@ -350,23 +344,11 @@ async fn serve(
             let cluster = follow_cluster(joining, node, &owner_handle, &snapshots, &checks, &mut parts, &shutdown)?;
             ops = ops.in_cluster(cluster);
         }
-        _ => {
-            in_service_tx.send_replace(Some(true));
-            // Held for the agent's life: the announcer waits on it.
-            let mut stop = shutdown.clone();
-            parts.spawn("node state", async move {
-                let _in_service = in_service_tx;
-                runtime::stopped(&mut stop).await;
-            });
-        }
+        _ => in_service_alone(in_service_tx, &mut parts, &shutdown),
     }
-    if let Some(bgp) = bgp {
-        let announcer = cluster::announce::Announcer {
-            config: bgp,
-            snapshots: snapshots.clone(),
-            in_service,
-            announced: announced_tx,
-        };
+    if let Some(config) = bgp {
+        let announcer =
+            cluster::announce::Announcer { config, snapshots: snapshots.clone(), in_service, announced: announced_tx };
         parts.spawn("BGP announcements", announcer.run(shutdown.clone()));
     }
     let ops = Arc::new(ops);
@@ -388,6 +370,40 @@ async fn serve(
     }
     let owner = owner.map_err(|_| anyhow::anyhow!("the owner's thread panicked"))??;
     Ok(owner.into_datapath())
+}
+
+/// The owner of the servers' state on a thread of its own, its timers
+/// (drain deadlines, sweeps) on a clock of its own; `alive` is dropped
+/// when it ends, which the supervisor sees.
+fn spawn_owner(
+    owner: Owner<Live>,
+    config_path: PathBuf,
+    commands: mpsc::Receiver<runtime::Command>,
+    snapshots: watch::Sender<Arc<crate::agent::snapshot::Snapshot>>,
+    shutdown: watch::Receiver<bool>,
+    alive: supervise::OwnerAlive,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<Owner<Live>>>> {
+    std::thread::Builder::new().name("owner".into()).spawn(move || {
+        let _alive = alive;
+        let timers = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        Ok(timers.block_on(runtime::run_owner(owner, config_path, commands, snapshots, shutdown)))
+    })
+}
+
+/// A node without a cluster is always in service: its VIPs are announced
+/// (with `[bgp]`) from the start.
+fn in_service_alone(
+    in_service: watch::Sender<Option<bool>>,
+    parts: &mut supervise::Parts,
+    shutdown: &watch::Receiver<bool>,
+) {
+    in_service.send_replace(Some(true));
+    // Held for the agent's life: the announcer waits on it.
+    let mut stop = shutdown.clone();
+    parts.spawn("node state", async move {
+        let _in_service = in_service;
+        runtime::stopped(&mut stop).await;
+    });
 }
 
 /// What the agent serves and waits on, made ready for the runtime before
@@ -580,6 +596,21 @@ struct Readers {
     /// In a cluster: both flow tables (node maintenance).
     flow_tables:
         Option<(crate::datapath::flow_table::FlowTable, crate::datapath::flow_table::FlowTable<lb_common::FlowSlot6>)>,
+}
+
+impl Readers {
+    fn open(dp: &mut Datapath, pins: &Path, config: &Config, requests_sender: ResetSender) -> anyhow::Result<Self> {
+        Ok(Readers {
+            counters: Counters::open(&dp.maps).context("cannot open the counters")?,
+            reset_requests: ResetRequests::open(&dp.maps, requests_sender).context("cannot read the reset requests")?,
+            datapath_log: dp.take_log_reader(),
+            replication: replication(dp, pins, config)?,
+            flow_tables: match &config.cluster {
+                Some(_) => Some(open_flow_tables(pins)?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// Reads a ring buffer of the datapath's each time it has records, until

@@ -3,7 +3,7 @@
 //! them. Ctrl-C stops the agent and removes everything the demo made.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,14 +20,7 @@ use testbed::{
 };
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let lb = match (args.next().as_deref(), args.next()) {
-        (Some("--lb"), Some(path)) => PathBuf::from(path),
-        _ => {
-            eprintln!("usage: lb-demo --lb PATH-TO-lb   (run it with `cargo xtask run`)");
-            std::process::exit(2);
-        }
-    };
+    let lb = lb_path();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).expect("signal handler");
@@ -35,11 +28,7 @@ fn main() {
 
     eprintln!("demo: building namespaces: a client, the load balancer, 3 servers");
     let topology = Topology::new(3);
-    let _http: Vec<Server> = topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::Http, 8080)).collect();
-    let _udp: Vec<Server> =
-        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::UdpEcho, 5353)).collect();
-    let _echo: Vec<Server> =
-        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let _servers = start_servers(&topology);
     let http = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1, 1, 1] };
     let udp = ServiceSpec { port: 53, protocol: "udp", server_port: 5353, weights: vec![1, 1, 1] };
     let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1, 1] };
@@ -50,27 +39,72 @@ fn main() {
     let answers: Vec<String> =
         topology.client.run(|| (0..6).map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}"))).collect());
     let udp_answer = topology.client.run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
-    // Something to watch on the dashboard: 9 long-lived connections (a line
-    // each second) and a few new HTTP requests a second.
-    let _sessions: Vec<Session> = (0..9)
+    let sessions = long_lived_sessions(&topology);
+    let forward = PortForward::start(8480..=8499, &topology.lb, LOCAL_API.parse().expect("an address"));
+    print_guide(&Guide {
+        topology: &topology,
+        agent: &agent,
+        lb: &lb,
+        dashboard: &dashboard_line(&forward, &topology),
+        answers: &answers.join(" "),
+        udp_answer: &udp_answer,
+    });
+    std::thread::scope(|s| {
+        // A few new HTTP requests a second, to watch on the dashboard.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = topology.client.run(|| http_get(VIP, 80));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    eprintln!("demo: stopping the agent and removing everything");
+    drop(forward);
+    drop(sessions);
+    drop(agent);
+    drop(topology);
+    eprintln!("demo: done");
+}
+
+/// The agent's binary, from `--lb PATH`.
+fn lb_path() -> PathBuf {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (Some("--lb"), Some(path)) => PathBuf::from(path),
+        _ => {
+            eprintln!("usage: lb-demo --lb PATH-TO-lb   (run it with `cargo xtask run`)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// On each server: HTTP on 8080, a UDP echo on 5353, a line echo on 7007.
+fn start_servers(topology: &Topology) -> Vec<Server> {
+    let kinds = [(Kind::Http, 8080), (Kind::UdpEcho, 5353), (Kind::LineEcho, 7007)];
+    kinds
+        .into_iter()
+        .flat_map(|(kind, port)| topology.servers.iter().map(move |s| Server::start(&s.ns, &s.name, kind, port)))
+        .collect()
+}
+
+/// Something to watch on the dashboard: 9 long-lived connections to the
+/// line echo, a line each second.
+fn long_lived_sessions(topology: &Topology) -> Vec<Session> {
+    (0..9)
         .filter_map(|_| {
             let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).ok()?;
             let server = client.exchange("which").ok()?;
             Some(Session::start(client, &server, Some(Duration::from_secs(1))))
         })
-        .collect();
-    let traffic = {
-        let stop = Arc::clone(&stop);
-        let client = &topology.client;
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = client.run(|| http_get(VIP, 80));
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    };
-    let forward = PortForward::start(8480..=8499, &topology.lb, LOCAL_API.parse().expect("an address"));
-    let dashboard = match &forward {
+        .collect()
+}
+
+/// Where the dashboard is, from the host or from another machine.
+fn dashboard_line(forward: &std::io::Result<PortForward>, topology: &Topology) -> String {
+    match forward {
         Ok(forward) => format!(
             "http://{local}/  (forwarded to the agent's {LOCAL_API} in the balancer's namespace;\n  \
              from another machine: ssh -L {port}:127.0.0.1:{port} root@<this host>, then open http://127.0.0.1:{port}/)",
@@ -78,8 +112,21 @@ fn main() {
             port = forward.local.port()
         ),
         Err(e) => format!("not forwarded ({e}): the agent serves it on {LOCAL_API} in namespace {}", topology.lb.name),
-    };
-    let c = &topology.client.name;
+    }
+}
+
+/// What the guide printed at the start tells about.
+struct Guide<'a> {
+    topology: &'a Topology,
+    agent: &'a Agent,
+    lb: &'a Path,
+    dashboard: &'a str,
+    answers: &'a str,
+    udp_answer: &'a str,
+}
+
+fn print_guide(g: &Guide) {
+    let (c, dashboard, answers, udp_answer) = (&g.topology.client.name, g.dashboard, g.answers, g.udp_answer);
     println!(
         r#"
 The load balancer is running.
@@ -110,24 +157,11 @@ The agent: config {config}, log {log}, maps pinned in {pins}
 
 Ctrl-C stops the agent and removes the namespaces, pins and files.
 "#,
-        servers = topology.servers.iter().map(|s| format!("{} {}", s.name, s.addr)).collect::<Vec<_>>().join(", "),
-        answers = answers.join(" "),
-        config = agent.config_path.display(),
-        log = agent.log_path().display(),
-        pins = agent.pin_dir().display(),
-        socket = agent.socket().display(),
-        lb = lb.display(),
+        servers = g.topology.servers.iter().map(|s| format!("{} {}", s.name, s.addr)).collect::<Vec<_>>().join(", "),
+        config = g.agent.config_path.display(),
+        log = g.agent.log_path().display(),
+        pins = g.agent.pin_dir().display(),
+        socket = g.agent.socket().display(),
+        lb = g.lb.display(),
     );
-    std::thread::scope(|s| {
-        s.spawn(traffic);
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    eprintln!("demo: stopping the agent and removing everything");
-    drop(forward);
-    drop(_sessions);
-    drop(agent);
-    drop(topology);
-    eprintln!("demo: done");
 }
