@@ -311,6 +311,10 @@ pub struct ServerView {
     pub why: Option<Why>,
     /// Live flows: TCP not yet closed by both sides or reset, UDP not idle out.
     pub active_flows: u64,
+    /// Its flows are being purged and reset now (an immediate disable or a
+    /// deadline; a million take seconds): `active_flows` are those going.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resetting: bool,
     pub deadline_left_ms: Option<u64>,
     /// The drain's deadline (ms since the Unix epoch): in a cluster, the
     /// same instant on every node.
@@ -710,6 +714,7 @@ mod tests {
             state: ServerState::Draining,
             why: Some(Why::UntilDrained),
             active_flows: 3,
+            resetting: false,
             deadline_left_ms: None,
             deadline_ms: None,
             since_ms: None,
@@ -728,6 +733,7 @@ mod tests {
         };
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!((json["state"].as_str(), json["why"].as_str()), (Some("DRAINING"), Some("until drained")));
+        assert!(json.get("resetting").is_none(), "said only while true");
         let health = HealthView {
             status: HealthStatus::Down,
             reason: Some(DownReason::WrongStatus { status: 500 }),

@@ -353,7 +353,10 @@ function poolView(pool) {
     const ramp = s.ramp_up_percent ? `(ramping up: ${s.ramp_up_percent}% of its weight)` : "";
     // Added by a fleet reload: no new flows until every node has it.
     const awaiting = s.awaiting_fleet ? "(awaiting the fleet: new flows once every node has it)" : "";
-    setText(cell("why"), s.why ? `(${s.why})` : awaiting || ramp);
+    // An immediate disable or a deadline: its flows are being reset (a
+    // million take seconds); the count is of those going.
+    const resetting = s.resetting ? " · resetting its flows" : "";
+    setText(cell("why"), (s.why ? `(${s.why})` : awaiting || ramp) + resetting);
     // Who set it (the config, an operator, a monitor), when it is out of service or leaving.
     const setBy = SET_BY[s.source] || `set by ${s.source}`;
     setText(cell("source"), s.removing ? "· removed from the config" : s.state === "ENABLED" ? "" : `· ${setBy}`);
@@ -487,7 +490,7 @@ function serverPage(pool, name) {
       facts.replaceChildren(
         ...fact("State", `${stateText(s)}${s.ramp_up_percent ? ` (ramping up: ${s.ramp_up_percent}%)` : ""}`),
         ...fact("Address", s.address),
-        ...fact("Live flows", String(s.active_flows)),
+        ...fact("Live flows", `${s.active_flows}${s.resetting ? " (being reset)" : ""}`),
         ...fact("Drain", s.state === "DRAINING" ? `${s.active_flows} flow(s) left, ${left}` : left),
         ...fact("Health", s.health ? healthText(s.health) : "not monitored"));
       figure.replaceChildren(serverChart(points, s, Date.now()));

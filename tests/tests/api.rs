@@ -41,7 +41,12 @@ fn pool_show_answers_at_once_while_an_immediate_disable_purges_a_million_flows()
         reads.took
     );
     assert!(reads.saw_disabled, "readers saw s1 DISABLED only once its purge and resets were done");
+    assert!(reads.saw_resetting, "no read showed s1's million flows as being reset while they were");
+    assert_eq!(reads.after, (false, 0), "once the disable answered: (still shown resetting, flows shown)");
     assert_eq!(reads.flows_left, 0, "every flow of s1 purged");
+    // A million resets out of reach are said once, with why, not once each.
+    let [line] = &reads.unsent_lines[..] else { panic!("{} lines on unsent resets", reads.unsent_lines.len()) };
+    assert!(line.contains("of 2000000 resets could not be sent (the first: "), "{line}");
 }
 
 /// Sends `payload` (and no more) and reads the answer line, whatever it is.

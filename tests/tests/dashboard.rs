@@ -11,15 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_userspace::datapath::flow_table::FlowTable;
 use lb_userspace::model::{PoolView, ServerState, ServerView, Why};
 use serde_json::Value;
 use testbed::{
-    bed::{Bed, EVERY_100MS, bed, bed_with, wait_for},
+    bed::{Bed, ECHO, EVERY_100MS, bed, bed_of, bed_with, echo_services, wait_for},
+    bench::fill_flows,
     browser::Browser,
     fleet::Fleet,
     health_server::{HealthServer, Reply},
     http::{self, LOCAL_API},
     servers::Session,
+    topology::VIP,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -558,5 +561,45 @@ fn the_servers_tab_shows_a_server_queued_for_maintenance_and_one_ramping_up() {
             browser.wait_text("#server-facts", 3 * SECOND, |t| t.contains("ENABLED (ramping up: ")).await;
             browser.screenshot("ramping-up-server-page").await;
         })
+    });
+}
+
+/// An immediate disable of a server with a million flows: while their purge
+/// and resets run (seconds), its row reads DISABLED, its flows being reset,
+/// with the count of those going; then none left. Screenshot in
+/// target/screenshots/dashboard-resetting/.
+#[test]
+fn a_server_whose_flows_are_being_reset_says_so_until_they_are() {
+    // One pool, p7: a fresh instance numbers its servers in order, s1 is id 0.
+    let b = bed_of(2, |topology| topology.config(&echo_services(2)[..1]).set("flows.max", 2_000_000));
+    let flows = FlowTable::from_pins(&b.agent.pin_dir()).expect("pinned flow table");
+    fill_flows(&flows, 0..1_000_000, (VIP, ECHO), |_| 0);
+    wait_for("s1 counted at 1e6 flows", 30 * SECOND, || b.server("p7", "s1").active_flows == 1_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    b.topology.lb.run(|| {
+        let mut browser = runtime.block_on(async {
+            let browser = Browser::start(&b.topology.lb, "dashboard-resetting", 1280, 700).await;
+            browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
+            browser.wait_text(&cell("s1", "flows"), 5 * SECOND, |t| t == "1000000").await;
+            browser
+        });
+        std::thread::scope(|scope| {
+            let disable = scope.spawn(|| b.lb(&["server", "disable", "p7", "s1"]));
+            runtime.block_on(async {
+                let why = cell("s1", "why");
+                browser.wait_text(&why, 10 * SECOND, |t| t == "(immediate) · resetting its flows").await;
+                assert_eq!(browser.text(&cell("s1", "state")).await, "DISABLED");
+                assert_eq!(browser.text(&cell("s1", "flows")).await, "1000000", "the flows going");
+                browser.screenshot("resetting").await;
+                assert!(!disable.is_finished(), "the disable answered while its flows were shown being reset");
+            });
+            let said = disable.join().expect("the disable");
+            assert!(said.contains("1000000 live TCP flow(s) reset"), "{said}");
+        });
+        runtime.block_on(async {
+            browser.wait_text(&cell("s1", "why"), 5 * SECOND, |t| t == "(immediate)").await;
+            browser.wait_text(&cell("s1", "flows"), 5 * SECOND, |t| t == "0").await;
+            browser.screenshot("reset").await;
+        });
     });
 }

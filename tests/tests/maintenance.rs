@@ -298,6 +298,11 @@ fn wait_follows_a_drain_with_progress_until_the_server_is_disabled() {
     assert!(stderr.contains("draining p7: s1: 1 flow(s), "), "no progress line: {stderr}");
     assert!(stderr.contains("s left"), "no time left shown: {stderr}");
     assert!(stdout.ends_with("p7/s1: DISABLED (deadline)\n"), "{stdout}");
+    // It returns once the flows left at the deadline are reset, not before:
+    // none is left or being reset, and the deadline's event is told.
+    let s1 = b.server("p7", "s1");
+    assert_eq!((s1.active_flows, s1.resetting), (0, false), "flows and resetting right after --wait");
+    assert!(b.event_kinds_of("s1").contains(&EventKind::Deadline), "{:?}", b.events());
     assert!(!stderr.contains('\r') && !stderr.contains("drained ·"), "no bar when not a terminal: {stderr}");
 
     // At a terminal: one line redrawn, with a bar of the flows drained.

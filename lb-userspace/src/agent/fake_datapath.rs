@@ -54,6 +54,9 @@ pub struct FakeDatapath {
     state_file: std::path::PathBuf,
     /// Fail Maglev row writes (to test roll-backs).
     pub fail_maglev: bool,
+    /// Called while flows are being terminated (to see what readers see
+    /// meanwhile).
+    pub during_terminate: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// The state the datapath would read: the code written.
@@ -90,6 +93,9 @@ impl DatapathOps for FakeDatapath {
         let mut names: Vec<_> = ids.iter().map(|&id| name(id)).collect();
         names.sort();
         self.writes.push(Write::Terminate(names));
+        if let Some(during) = &mut self.during_terminate {
+            during();
+        }
         let reset_by_server = ids.iter().map(|&id| (id, self.live_tcp.remove(&id).unwrap_or(0))).collect();
         self.live.retain(|id, _| !ids.contains(id));
         Ok(Termination { reset_by_server, ..Termination::default() })

@@ -120,6 +120,9 @@ pub struct FlowCounts {
     pub in_table: u64,
     /// Live flows of each leaving service.
     pub leaving: HashMap<servers::LeavingId, u64>,
+    /// Servers whose flows are being purged and reset now (a million take
+    /// seconds): readers see their counts from before, as flows going.
+    pub resetting: HashSet<u32>,
 }
 
 /// A planned change of one server.
@@ -376,6 +379,7 @@ impl<D: DatapathOps> Owner<D> {
         }
         // Readers see the new states before the slow part: a purge and the
         // resets of a million flows take seconds.
+        self.counts.resetting.clone_from(&terminated);
         self.publish(now_ms);
         // The change is made; what follows cleans up after it (a flow the
         // purge missed is swept: its server is DISABLED).
@@ -479,7 +483,9 @@ impl<D: DatapathOps> Owner<D> {
         if ids.is_empty() {
             return Ok(());
         }
-        let done = self.dp.terminate(&self.servers, ids).map_err(dp_err("terminate flows"))?;
+        let done = self.dp.terminate(&self.servers, ids);
+        self.counts.resetting.clear();
+        let done = done.map_err(dp_err("terminate flows"))?;
         log::debug!("purged {} flows in {:?}", done.flows, done.purge_time);
         for change in changes.iter_mut() {
             let id = self.id_of(&change.pool, &change.server);
@@ -584,6 +590,7 @@ impl<D: DatapathOps> Owner<D> {
                     takes_new_flows: s.takes_new_flows(),
                     ramp: s.ramp,
                     active_flows: self.counts.active.get(&s.id).copied().unwrap_or(0),
+                    resetting: self.counts.resetting.contains(&s.id),
                     source: s.source,
                     removing: s.removing,
                     awaiting_fleet: s.awaiting_fleet,

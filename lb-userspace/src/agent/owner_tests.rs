@@ -45,6 +45,33 @@ fn an_immediate_disable_stops_traffic_first_and_purges_last() {
 }
 
 #[test]
+fn readers_see_a_terminated_servers_flows_as_being_reset_until_they_are() {
+    let mut owner = owner("resetting");
+    let (snapshots, reader) = tokio::sync::watch::channel(std::sync::Arc::new(owner.snapshot(T0)));
+    owner.publish_to(snapshots);
+    owner.dp_mut().live.insert(1, 7);
+    owner.sweep(T0);
+    // What a reader sees while the purge and the resets run: b is DISABLED
+    // (it gets no packet any more) and its 7 flows are the ones going.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    owner.dp_mut().during_terminate = Some(Box::new({
+        let (seen, reader) = (seen.clone(), reader.clone());
+        move || {
+            let snapshot = reader.borrow();
+            let b = &snapshot.pool("web").unwrap().servers[1];
+            *seen.lock().unwrap() = Some((b.label.state, b.resetting, b.active_flows));
+        }
+    }));
+    owner.disable("web", &names(&["b"]), DisableMode::Immediate, false, T0 + 10).unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some((ServerState::Disabled, true, 7)));
+    // Once done: no flow left, none being reset.
+    owner.publish(T0 + 10);
+    let snapshot = reader.borrow();
+    let b = &snapshot.pool("web").unwrap().servers[1];
+    assert_eq!((b.label.state, b.resetting, b.active_flows), (ServerState::Disabled, false, 0));
+}
+
+#[test]
 fn an_enable_is_written_before_the_hash_table_points_at_the_server() {
     let mut owner = owner("enable-order");
     owner.disable("web", &names(&["a", "b"]), DisableMode::Immediate, false, T0).unwrap();

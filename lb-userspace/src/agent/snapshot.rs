@@ -74,6 +74,9 @@ pub struct ServerSnapshot {
     pub ramp: Option<crate::servers::ramp::Ramp>,
     /// Live flows at the last count.
     pub active_flows: u64,
+    /// Its flows are being purged and reset now (`active_flows`: those
+    /// going).
+    pub resetting: bool,
     pub source: Source,
     pub removing: bool,
     /// Added by a fleet reload that not every node has applied yet.

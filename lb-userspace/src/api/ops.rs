@@ -244,6 +244,7 @@ impl Ops {
                     state: s.label.state,
                     why: s.label.why,
                     active_flows: s.active_flows,
+                    resetting: s.resetting,
                     deadline_left_ms: s.admin.deadline_ms().map(|d| time_left(d, now).as_millis() as u64),
                     deadline_ms: s.admin.deadline_ms(),
                     since_ms: s.admin.since_ms(),

@@ -117,8 +117,9 @@ fn print_changes(changes: &[Change]) {
     }
 }
 
-/// Follows the drain of `servers` with a progress line until each is DISABLED:
-/// on a terminal one line redrawn, with a bar; otherwise a line per change.
+/// Follows the drain of `servers` with a progress line until each is DISABLED
+/// and its flows, if any were left at the deadline, are reset: on a terminal
+/// one line redrawn, with a bar; otherwise a line per change.
 fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
@@ -132,7 +133,7 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
             }
             bail!("{pool}/{} was enabled again while waiting", s.name);
         }
-        if targets.iter().all(|s| s.state == ServerState::Disabled) {
+        if targets.iter().all(|s| s.state == ServerState::Disabled && !s.resetting) {
             if tty && !last_line.is_empty() {
                 eprintln!();
             }
@@ -145,9 +146,10 @@ fn wait_until_disabled(socket: &Path, pool: &str, servers: &[String], json: bool
             }
             return Ok(());
         }
-        let draining: Vec<&ServerView> = targets.into_iter().filter(|s| s.state == ServerState::Draining).collect();
+        let draining: Vec<&ServerView> = targets.iter().copied().filter(|s| s.state == ServerState::Draining).collect();
         most = most.max(draining.iter().map(|s| s.active_flows).sum());
-        let line = drain_line(pool, &draining, most, tty);
+        let line =
+            if draining.is_empty() { resetting_line(pool, &targets) } else { drain_line(pool, &draining, most, tty) };
         if tty {
             eprint!("\r\x1b[K{line}");
             let _ = std::io::stderr().flush();
@@ -186,6 +188,16 @@ fn drain_line(pool: &str, draining: &[&ServerView], most: u64, tty: bool) -> Str
     let filled = gone * WIDTH / most;
     let bar = format!("{}{}", "#".repeat(filled as usize), "-".repeat((WIDTH - filled) as usize));
     format!("draining {pool} [{bar}] {:>3}% drained · {}", gone * 100 / most, parts.join("; "))
+}
+
+/// "web: s1: resetting 3 flow(s)": the servers whose flows are being reset.
+fn resetting_line(pool: &str, targets: &[&ServerView]) -> String {
+    let parts: Vec<String> = targets
+        .iter()
+        .filter(|s| s.resetting)
+        .map(|s| format!("{}: resetting {} flow(s)", s.name, s.active_flows))
+        .collect();
+    format!("{pool}: {}", parts.join("; "))
 }
 
 pub fn pool_list(socket: &Path, json: bool) -> anyhow::Result<()> {
@@ -241,6 +253,7 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
     for s in view.servers {
         let state = match (s.removing, s.ramp_up_percent) {
             (true, _) => format!("removing: {}", s.label()),
+            (false, _) if s.resetting => format!("{}, resetting flows", s.label()),
             (false, _) if s.awaiting_fleet => format!("{}, awaiting the fleet", s.label()),
             (false, Some(percent)) => format!("{}, ramping up {percent}%", s.label()),
             (false, None) => s.label().to_string(),

@@ -90,10 +90,7 @@ pub fn close_idle(
         *closed.entry(flow.server()).or_default() += 1;
         true
     })?;
-    let sent = sender.send_all(&segments);
-    if sent < segments.len() {
-        log::warn!("{} of {} idle-close segments could not be sent", segments.len() - sent, segments.len());
-    }
+    sender.send_all(&segments).warn_unsent(segments.len(), "idle-close segments");
     Ok(closed)
 }
 

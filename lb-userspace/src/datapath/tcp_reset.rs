@@ -167,6 +167,26 @@ impl SockAddr {
     }
 }
 
+/// What [`ResetSender::send_all`] did.
+#[derive(Debug)]
+pub struct Sent {
+    /// Packets the kernel took.
+    pub count: usize,
+    /// Why it refused the first it refused (no route to a client, say).
+    pub first_refusal: Option<io::Error>,
+}
+
+impl Sent {
+    /// "3 of 10 resets could not be sent (the first: Network is
+    /// unreachable)", if any could not; `what` names the packets.
+    pub fn warn_unsent(&self, of: usize, what: &str) {
+        if self.count < of {
+            let why = self.first_refusal.as_ref().map(|e| format!(" (the first: {e})")).unwrap_or_default();
+            log::warn!("{} of {of} {what} could not be sent{why}", of - self.count);
+        }
+    }
+}
+
 /// Raw sockets that send whole IP packets (the kernel routes them): one
 /// for IPv4, one for IPv6 (IPPROTO_RAW implies the header is included).
 pub struct ResetSender {
@@ -195,15 +215,18 @@ impl ResetSender {
     }
 
     /// Sends every reset, in batches of one syscall per 1024 packets of a
-    /// family; returns how many the kernel took.
-    pub fn send_all(&self, resets: &[Reset]) -> usize {
+    /// family; says how many the kernel took, and why it refused the first
+    /// it refused.
+    pub fn send_all(&self, resets: &[Reset]) -> Sent {
         let (four, six): (Vec<Reset>, Vec<Reset>) = resets.iter().partition(|r| r.dst.addr.is_ipv4());
-        self.send_batches(&self.fd4, &four) + self.send_batches(&self.fd6, &six)
+        let mut sent = Sent { count: 0, first_refusal: None };
+        self.send_batches(&self.fd4, &four, &mut sent);
+        self.send_batches(&self.fd6, &six, &mut sent);
+        sent
     }
 
-    fn send_batches(&self, fd: &OwnedFd, resets: &[Reset]) -> usize {
+    fn send_batches(&self, fd: &OwnedFd, resets: &[Reset], sent: &mut Sent) {
         const BATCH: usize = 1024;
-        let mut sent = 0;
         for chunk in resets.chunks(BATCH) {
             let mut packets: Vec<([u8; MAX_PACKET], usize)> = chunk.iter().map(Reset::packet).collect();
             let mut addrs: Vec<SockAddr> = chunk.iter().map(|r| SockAddr::of(r.dst.addr)).collect();
@@ -231,16 +254,19 @@ impl ResetSender {
                     libc::sendmmsg(fd.as_raw_fd(), headers[offset..].as_mut_ptr(), (headers.len() - offset) as u32, 0)
                 };
                 if rc <= 0 {
-                    // Skip the packet the kernel refused (no route, ...) and go on.
-                    log::debug!("reset not sent: {}", io::Error::last_os_error());
+                    // Skip the packet the kernel refused (no route, ...) and
+                    // go on. Said once by the caller, not once a packet: a
+                    // million flows' clients out of reach made a million
+                    // log lines, which took longer than the resets.
+                    let refusal = io::Error::last_os_error();
+                    sent.first_refusal.get_or_insert(refusal);
                     offset += 1;
                 } else {
-                    sent += rc as usize;
+                    sent.count += rc as usize;
                     offset += rc as usize;
                 }
             }
         }
-        sent
     }
 
     pub fn send(&self, reset: &Reset) -> io::Result<()> {

@@ -16,7 +16,7 @@ use super::{
     Datapath, bpf_batch,
     family::{Family, FlowEnds, Key, V4, V6},
     purge, sweep,
-    tcp_reset::{Endpoint, Reset, ResetSender},
+    tcp_reset::{Endpoint, Reset, ResetSender, Sent},
 };
 use crate::servers::{LeavingId, ServerSlot, ServerTable};
 
@@ -64,17 +64,16 @@ pub fn terminate(
 ) -> io::Result<Termination> {
     let started = Instant::now();
     let mut done = Termination::default();
-    let mut outbox = Outbox { sender, resets: Vec::new(), gathered: 0, sent: 0, time: Duration::ZERO };
+    let sent = Sent { count: 0, first_refusal: None };
+    let mut outbox = Outbox { sender, resets: Vec::new(), gathered: 0, sent, time: Duration::ZERO };
     // The servers' slots, looked up once rather than per flow.
     let slots: HashMap<u32, &ServerSlot> = servers.iter().filter_map(|&id| Some((id, table.get(id)?))).collect();
     let purged = purge_family::<V4>(dp, &slots, servers, &mut outbox, &mut done.reset_by_server)
         .and_then(|four| Ok(four + purge_family::<V6>(dp, &slots, servers, &mut outbox, &mut done.reset_by_server)?));
-    if outbox.sent < outbox.gathered {
-        log::warn!("{} of {} resets could not be sent", outbox.gathered - outbox.sent, outbox.gathered);
-    }
+    outbox.sent.warn_unsent(outbox.gathered, "resets");
     done.flows = purged?;
     done.purge_time = started.elapsed().saturating_sub(outbox.time);
-    (done.resets_sent, done.reset_time) = (outbox.sent, outbox.time);
+    (done.resets_sent, done.reset_time) = (outbox.sent.count, outbox.time);
     Ok(done)
 }
 
@@ -88,7 +87,7 @@ struct Outbox<'a> {
     resets: Vec<Reset>,
     /// Resets gathered and sent so far, and the time sending them took.
     gathered: usize,
-    sent: usize,
+    sent: Sent,
     time: Duration,
 }
 
@@ -96,7 +95,11 @@ impl Outbox<'_> {
     fn send(&mut self) {
         let started = Instant::now();
         self.gathered += self.resets.len();
-        self.sent += self.sender.send_all(&self.resets);
+        let sent = self.sender.send_all(&self.resets);
+        self.sent.count += sent.count;
+        if self.sent.first_refusal.is_none() {
+            self.sent.first_refusal = sent.first_refusal;
+        }
         self.resets.clear();
         self.time += started.elapsed();
     }
@@ -168,7 +171,9 @@ pub fn terminate_service(
     done.flows = removed;
     done.purge_time = started.elapsed();
     let sending = Instant::now();
-    done.resets_sent = sender.send_all(&resets);
+    let sent = sender.send_all(&resets);
+    sent.warn_unsent(resets.len(), "resets");
+    done.resets_sent = sent.count;
     done.reset_time = sending.elapsed();
     Ok(done)
 }

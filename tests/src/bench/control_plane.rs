@@ -220,10 +220,18 @@ pub struct PurgeReads {
     pub slowest: Duration,
     /// Whether a read showed the server DISABLED before the disable answered.
     pub saw_disabled: bool,
+    /// Whether a read showed it DISABLED with its 1e6 flows being reset.
+    pub saw_resetting: bool,
+    /// The first read after the disable answered: whether its flows were
+    /// still shown as being reset, and how many.
+    pub after: (bool, u64),
     /// What the disable reported.
     pub flows_reset: u64,
     /// Flows left in the table afterwards.
     pub flows_left: usize,
+    /// The agent's log lines about resets it could not send (the flows'
+    /// clients are made up: no route leads to them).
+    pub unsent_lines: Vec<String>,
 }
 
 /// The real agent `lb` with 1e6 live TCP flows on one of 4 servers: an
@@ -264,23 +272,33 @@ pub fn reads_during_purge(lb: &Path) -> PurgeReads {
             serde_json::from_value(answer).expect("the changes")
         }
     });
-    let (mut reads, mut slowest, mut saw_disabled) = (0, Duration::ZERO, false);
+    let (mut reads, mut slowest, mut saw_disabled, mut saw_resetting) = (0, Duration::ZERO, false, false);
     while !disable.is_finished() {
         let asked = Instant::now();
-        let view = pool_show();
+        let s1 = pool_show().servers.swap_remove(0);
         slowest = slowest.max(asked.elapsed());
         reads += 1;
-        saw_disabled |= view.servers[0].state == ServerState::Disabled;
+        saw_disabled |= s1.state == ServerState::Disabled;
+        saw_resetting |= s1.state == ServerState::Disabled && s1.resetting && s1.active_flows == 1_000_000;
         std::thread::sleep(Duration::from_millis(5));
     }
     let answer = disable.join().expect("disable thread");
+    let s1 = pool_show().servers.swap_remove(0);
     PurgeReads {
         took: started.elapsed(),
         reads,
         slowest,
         saw_disabled,
+        saw_resetting,
+        after: (s1.resetting, s1.active_flows),
         flows_reset: answer[0].flows_reset.unwrap_or(0) as u64,
         flows_left: agent.flow_count(),
+        unsent_lines: agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("not sent") || l.contains("could not be sent"))
+            .map(String::from)
+            .collect(),
     }
 }
 

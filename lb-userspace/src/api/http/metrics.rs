@@ -285,6 +285,7 @@ mod tests {
             state: ServerState::Draining,
             why: Some(Why::Deadline),
             active_flows: 3,
+            resetting: false,
             deadline_left_ms: Some(1500),
             deadline_ms: Some(1_000_000),
             since_ms: None,
