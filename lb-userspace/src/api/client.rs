@@ -20,23 +20,42 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// Asked, but no answer came in time: the change asked for may have
+    /// been made, or be under way (the state first, then a purge).
+    #[error(
+        "the agent at {path} did not answer within {waited:?}; what was asked may still be under way \
+         (see `lb pool show` and `lb events`)"
+    )]
+    NoAnswer { path: PathBuf, waited: Duration },
     #[error(transparent)]
     Refused(#[from] ApiError),
     #[error("bad answer from the agent at {path}: {message}")]
     Protocol { path: PathBuf, message: String },
 }
 
+/// How long the CLI waits for an answer: long enough for an immediate
+/// disable of millions of flows (a million take about 5 s).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Sends a request to the agent at `path`; returns its data.
 pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
+    call_within(path, request, ANSWER_TIMEOUT)
+}
+
+fn call_within(path: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
     let unreachable = |source| ClientError::Unreachable { path: path.to_owned(), source };
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
-    // Long enough for an immediate disable of millions of flows.
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(unreachable)?;
+    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = super::wire::to_line(request);
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(unreachable)?;
+    stream.read_to_string(&mut answer).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ClientError::NoAnswer { path: path.to_owned(), waited: timeout }
+        }
+        _ => unreachable(source),
+    })?;
     match read_answer(&answer) {
         Ok(answer) => answer.map_err(ClientError::Refused),
         Err(message) => Err(ClientError::Protocol { path: path.to_owned(), message }),
@@ -58,4 +77,26 @@ pub fn ask<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> Re
     let data = call(path, request)?;
     serde_json::from_value(data)
         .map_err(|e| ClientError::Protocol { path: path.to_owned(), message: format!("unexpected answer: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_that_does_not_answer_in_time_is_not_called_unreachable() {
+        let dir = std::env::temp_dir().join(format!("lb-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Takes the request and holds it, as an agent busy with a purge does.
+        let held = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let error = call_within(&path, &Request::PoolList, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(error, ClientError::NoAnswer { .. }), "{error:?}");
+        let said = error.to_string();
+        assert!(said.contains("did not answer within 100ms; what was asked may still be under way"), "{said}");
+        drop(held.join());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
