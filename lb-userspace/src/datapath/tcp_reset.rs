@@ -168,7 +168,7 @@ impl SockAddr {
 }
 
 /// What [`ResetSender::send_all`] did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Sent {
     /// Packets the kernel took.
     pub count: usize,
@@ -177,6 +177,15 @@ pub struct Sent {
 }
 
 impl Sent {
+    /// Adds what a later send did: its count, and its refusal if none was
+    /// kept yet (the first is the one said).
+    pub fn add(&mut self, later: Sent) {
+        self.count += later.count;
+        if self.first_refusal.is_none() {
+            self.first_refusal = later.first_refusal;
+        }
+    }
+
     /// "3 of 10 resets could not be sent (the first: Network is
     /// unreachable)", if any could not; `what` names the packets.
     pub fn warn_unsent(&self, of: usize, what: &str) {
@@ -219,7 +228,7 @@ impl ResetSender {
     /// it refused.
     pub fn send_all(&self, resets: &[Reset]) -> Sent {
         let (four, six): (Vec<Reset>, Vec<Reset>) = resets.iter().partition(|r| r.dst.addr.is_ipv4());
-        let mut sent = Sent { count: 0, first_refusal: None };
+        let mut sent = Sent::default();
         self.send_batches(&self.fd4, &four, &mut sent);
         self.send_batches(&self.fd6, &six, &mut sent);
         sent
@@ -350,5 +359,16 @@ mod tests {
         assert_eq!(&p[28..32], &1001u32.to_be_bytes());
         let pseudo = sum_words(&p[12..20]) + 6 + 20;
         assert_eq!(checksum(&p[20..40], pseudo), 0, "TCP checksum");
+    }
+
+    #[test]
+    fn sends_added_up_keep_the_first_refusal() {
+        let refused = |count, why| Sent { count, first_refusal: Some(io::Error::from_raw_os_error(why)) };
+        let mut sent = Sent::default();
+        sent.add(Sent { count: 3, first_refusal: None });
+        sent.add(refused(1, libc::ENETUNREACH));
+        sent.add(refused(2, libc::EPERM));
+        assert_eq!(sent.count, 6);
+        assert_eq!(sent.first_refusal.and_then(|e| e.raw_os_error()), Some(libc::ENETUNREACH));
     }
 }

@@ -64,8 +64,7 @@ pub fn terminate(
 ) -> io::Result<Termination> {
     let started = Instant::now();
     let mut done = Termination::default();
-    let sent = Sent { count: 0, first_refusal: None };
-    let mut outbox = Outbox { sender, resets: Vec::new(), gathered: 0, sent, time: Duration::ZERO };
+    let mut outbox = Outbox { sender, resets: Vec::new(), gathered: 0, sent: Sent::default(), time: Duration::ZERO };
     // The servers' slots, looked up once rather than per flow.
     let slots: HashMap<u32, &ServerSlot> = servers.iter().filter_map(|&id| Some((id, table.get(id)?))).collect();
     let purged = purge_family::<V4>(dp, &slots, servers, &mut outbox, &mut done.reset_by_server)
@@ -95,11 +94,7 @@ impl Outbox<'_> {
     fn send(&mut self) {
         let started = Instant::now();
         self.gathered += self.resets.len();
-        let sent = self.sender.send_all(&self.resets);
-        self.sent.count += sent.count;
-        if self.sent.first_refusal.is_none() {
-            self.sent.first_refusal = sent.first_refusal;
-        }
+        self.sent.add(self.sender.send_all(&self.resets));
         self.resets.clear();
         self.time += started.elapsed();
     }
