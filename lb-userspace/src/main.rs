@@ -26,6 +26,7 @@ struct Cli {
 enum Command {
     /// Run the agent: load and attach the XDP program, serve the config.
     Agent {
+        /// The config file (TOML; README, "Configuration").
         #[arg(long, short)]
         config: PathBuf,
         /// Log the datapath's rare events (resets sent for terminated
@@ -49,12 +50,14 @@ enum Command {
     },
     /// What happened to servers: drains begun and ended, deadlines, enables.
     Events {
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// The cluster's nodes: up or gone, when each last synced, its revision,
     /// its flows, its config hash, its clock's offset.
     Nodes {
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -66,6 +69,7 @@ enum Command {
     },
     /// Packets by outcome: forwarded, passed, dropped, and why.
     Stats {
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -80,6 +84,7 @@ enum Command {
         /// Print what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -87,6 +92,7 @@ enum Command {
     /// links and maps (its agent must be stopped; stopping the agent alone
     /// leaves XDP forwarding, so that a restart misses no packet).
     Cleanup {
+        /// The config the agent ran with (its `instance` names the pins).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -97,7 +103,9 @@ enum ServerCommand {
     /// Disable servers: at once (their sessions are reset), or gracefully
     /// (no new sessions; existing ones may finish, until a timeout if given).
     Disable {
+        /// The pool, as named in the config (`lb pool list`).
         pool: String,
+        /// One or more of its servers, by name (`lb pool show POOL`).
         #[arg(required = true)]
         servers: Vec<String>,
         /// No new sessions; existing ones go on (until drained, or --timeout).
@@ -115,17 +123,21 @@ enum ServerCommand {
         /// Follow the drain until the servers are disabled.
         #[arg(long)]
         wait: bool,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Put servers back into service.
     Enable {
+        /// The pool, as named in the config (`lb pool list`).
         pool: String,
+        /// One or more of its servers, by name (`lb pool show POOL`).
         #[arg(required = true)]
         servers: Vec<String>,
         /// Even a server whose health monitor says it is in maintenance.
         #[arg(long)]
         force: bool,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -136,7 +148,10 @@ enum NodeCommand {
     /// Withdraw a node: at once, or gracefully (its flows' copies pushed to
     /// the other nodes first; disabled once none reaches it, or at --timeout).
     Disable {
+        /// The node, by its `[cluster]` name (`lb nodes`).
         node: String,
+        /// Push its flows to the other nodes first, then withdraw; it forwards
+        /// what still reaches it until drained (or --timeout).
         #[arg(long)]
         graceful: bool,
         /// With --graceful: disabled after this long even if flows still reach it.
@@ -151,17 +166,21 @@ enum NodeCommand {
         /// Follow the drain until the node is disabled.
         #[arg(long)]
         wait: bool,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Put a node back into service: its VIPs announced again.
     Enable {
+        /// The node, by its `[cluster]` name (`lb nodes`).
         node: String,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// The nodes, their announcements and states (as `lb nodes`).
     List {
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -169,13 +188,17 @@ enum NodeCommand {
 
 #[derive(Subcommand)]
 enum PoolCommand {
+    /// Per pool: its servers by state, its services, its live flows.
     List {
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Per server: address, weight, state and why, live flows, deadline left.
     Show {
+        /// The pool, as named in the config (`lb pool list`).
         pool: String,
+        /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +286,27 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` is where an operator reads what a word means: no command,
+    /// argument or option goes without a line there.
+    #[test]
+    fn every_command_argument_and_option_says_what_it_is() {
+        fn unsaid(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name()).trim_start().to_string();
+            for arg in command.get_arguments().filter(|a| a.get_help().is_none()) {
+                found.push(format!("{path}: {}", arg.get_id()));
+            }
+            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+                if sub.get_about().is_none() {
+                    found.push(format!("{path} {}", sub.get_name()));
+                }
+                unsaid(sub, &path, found);
+            }
+        }
+        let mut found = Vec::new();
+        unsaid(&Cli::command().disable_help_flag(true).disable_version_flag(true), "", &mut found);
+        assert!(found.is_empty(), "without a help line: {found:#?}");
     }
 
     #[test]
