@@ -2,6 +2,8 @@
 //! clients of the agent's API that print for people, or JSON with `--json`.
 //! They depend on the API's model and client only, not on the agent.
 
+mod table;
+
 use std::{
     io::{IsTerminal as _, Write as _},
     path::Path,
@@ -12,6 +14,10 @@ use anyhow::{Context as _, bail};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use self::table::{
+    Align::{Left, Right},
+    Table,
+};
 use crate::{
     api::client,
     config::{format_time_left, parse_duration},
@@ -206,18 +212,19 @@ pub fn pool_list(socket: &Path, json: bool) -> anyhow::Result<()> {
         print_json(&data);
         return Ok(());
     }
-    println!("{:<16} {:>7} {:>7} {:>8} {:>8}  SERVICES", "POOL", "SERVERS", "ENABLED", "DRAINING", "DISABLED");
+    let mut table = Table::new(&[
+        ("POOL", Left),
+        ("SERVERS", Right),
+        ("ENABLED", Right),
+        ("DRAINING", Right),
+        ("DISABLED", Right),
+        ("SERVICES", Left),
+    ]);
     for p in pools {
-        println!(
-            "{:<16} {:>7} {:>7} {:>8} {:>8}  {}",
-            p.pool,
-            p.servers,
-            p.enabled,
-            p.draining,
-            p.disabled,
-            p.services.join(", ")
-        );
+        let counts = [p.servers, p.enabled, p.draining, p.disabled].map(|n| n.to_string());
+        table.row([vec![p.pool], counts.to_vec(), vec![p.services.join(", ")]].concat());
     }
+    print!("{}", table.render());
     Ok(())
 }
 
@@ -225,31 +232,35 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
     let (view, data): (PoolView, Value) = call(socket, &Request::PoolShow { pool: pool.to_owned() })?;
     if json {
         print_json(&data);
-        return Ok(());
+    } else {
+        print!("{}", pool_text(view));
     }
-    println!("pool {}  services: {}", view.pool, view.services.join(", "));
+    Ok(())
+}
+
+/// A pool as `lb pool show` prints it: its services, then a line a server.
+fn pool_text(view: PoolView) -> String {
+    let mut text = format!("pool {}  services: {}\n", view.pool, view.services.join(", "));
     let left = |ms: Option<u64>| ms.map(|ms| format_time_left(Duration::from_millis(ms))).unwrap_or("-".into());
     for l in &view.leaving_services {
-        println!(
-            "  service {} removed: {} live flow(s), deadline {}",
-            l.service,
-            l.active_flows,
-            left(l.deadline_left_ms)
-        );
+        let deadline = left(l.deadline_left_ms);
+        text += &format!("  service {} removed: {} live flow(s), deadline {deadline}\n", l.service, l.active_flows);
     }
     let monitored = view.servers.iter().any(|s| s.health.is_some());
-    println!(
-        "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}{}",
-        "SERVER",
-        "ADDRESS",
-        "WEIGHT",
-        "STATE",
-        "SOURCE",
-        "FLOWS",
-        "DEADLINE",
-        "NEW FLOWS",
-        if monitored { "  HEALTH  (LAST CHECK)" } else { "" }
-    );
+    let mut columns = vec![
+        ("SERVER", Left),
+        ("ADDRESS", Left),
+        ("WEIGHT", Right),
+        ("STATE", Left),
+        ("SOURCE", Left),
+        ("FLOWS", Right),
+        ("DEADLINE", Right),
+        ("NEW FLOWS", Right),
+    ];
+    if monitored {
+        columns.push(("HEALTH  (LAST CHECK)", Left));
+    }
+    let mut table = Table::new(&columns);
     for s in view.servers {
         let state = match (s.removing, s.ramp_up_percent) {
             (true, _) => format!("removing: {}", s.label()),
@@ -258,26 +269,28 @@ pub fn pool_show(socket: &Path, pool: &str, json: bool) -> anyhow::Result<()> {
             (false, Some(percent)) => format!("{}, ramping up {percent}%", s.label()),
             (false, None) => s.label().to_string(),
         };
-        let health = match &s.health {
-            Some(health) => match &health.last_check {
-                Some(last) => format!("  {}  ({})", health.label(), last.describe()),
-                None => format!("  {}", health.label()),
-            },
-            None => String::new(),
-        };
-        println!(
-            "{:<14} {:<21} {:>6}  {:<27} {:<8} {:>8}  {:>9}  {:>10}{health}",
-            s.name,
-            s.address,
-            s.weight,
+        let mut cells = vec![
+            s.name.clone(),
+            s.address.clone(),
+            s.weight.to_string(),
             state,
-            s.source,
-            s.active_flows,
+            s.source.to_string(),
+            s.active_flows.to_string(),
             left(s.deadline_left_ms),
-            s.new_flows
-        );
+            s.new_flows.to_string(),
+        ];
+        if monitored {
+            cells.push(match &s.health {
+                Some(health) => match &health.last_check {
+                    Some(last) => format!("{}  ({})", health.label(), last.describe()),
+                    None => health.label().to_string(),
+                },
+                None => "-".to_owned(),
+            });
+        }
+        table.row(cells);
     }
-    Ok(())
+    text + &table.render()
 }
 
 /// Every outcome counter: forwarded, passed, dropped, and why.
@@ -309,10 +322,17 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
     let store = if view.store_reachable { "reachable" } else { "UNREACHABLE (changes are refused)" };
     let stale = if view.stale { " (STALE: started from its state file, not synced since)" } else { "" };
     println!("this node: {}; store {store}; revision {}{stale}", view.node, view.revision.unwrap_or(0));
-    println!(
-        "{:<16} {:<5} {:>9} {:>8} {:<17} {:>9} {:>12}  {:<12} STATE",
-        "NODE", "UP", "REVISION", "FLOWS", "CONFIG", "CLOCK", "LAST SYNC", "ANNOUNCES"
-    );
+    let mut table = Table::new(&[
+        ("NODE", Left),
+        ("UP", Left),
+        ("REVISION", Right),
+        ("FLOWS", Right),
+        ("CONFIG", Left),
+        ("CLOCK", Right),
+        ("LAST SYNC", Right),
+        ("ANNOUNCES", Left),
+        ("STATE", Left),
+    ]);
     for n in &view.nodes {
         let config = if n.same_config { n.config_hash.clone() } else { format!("{} DIFFERS", n.config_hash) };
         let clock = n.clock_offset_ms.map_or("-".to_owned(), |ms| format!("{ms:+} ms"));
@@ -326,12 +346,11 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
         } else {
             n.announced.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
         };
-        let state = node_state(&n.admin, n.still_arriving);
-        println!(
-            "{:<16} {up:<5} {:>9} {:>8} {config:<17} {clock:>9} {synced:>12}  {announces:<12} {state}{stale}",
-            n.node, n.revision, n.flows
-        );
+        let state = format!("{}{stale}", node_state(&n.admin, n.still_arriving));
+        let (revision, flows) = (n.revision.to_string(), n.flows.to_string());
+        table.row(vec![n.node.clone(), up.to_owned(), revision, flows, config, clock, synced, announces, state]);
     }
+    print!("{}", table.render());
     if let Some(r) = &view.replication {
         println!(
             "flow replication here: {} flow(s) sent, {} received, {} datagram(s) refused, {} new flow(s) not shared \
@@ -495,6 +514,41 @@ mod tests {
             "packets_to": 0, "bytes_to": 0, "packets_from": 0, "bytes_from": 0, "new_flows": 0
         }))
         .expect("a server view")
+    }
+
+    #[test]
+    fn pool_show_keeps_its_columns_whatever_a_cell_holds() {
+        let mut long = draining("a-server-with-a-long-name", 1_000_000, Some(90_000));
+        long.address = "10.0.1.2:8080, [fd00:1::2]:8080".to_owned();
+        long.why = Some(crate::model::Why::Maintenance);
+        long.removing = true;
+        let view = PoolView {
+            pool: "web".into(),
+            services: vec!["10.100.0.1:80/tcp".into()],
+            servers: vec![draining("s1", 3, None), long],
+            leaving_services: Vec::new(),
+            counted_ms_ago: 0,
+            min_in_service: 0,
+            max_in_maintenance: None,
+        };
+        let text = pool_text(view);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Right-aligned numbers end where their header ends; a column
+        // starts where its header starts.
+        for header in ["FLOWS", "NEW FLOWS"] {
+            let end = lines[0].find(&format!(" {header}")).unwrap() + 1 + header.len();
+            for line in &lines[1..] {
+                let before = &line[..end];
+                assert!(before.ends_with(|c: char| c.is_ascii_digit()), "{header} in {line:?}\n{text}");
+                assert!(line[end..].is_empty() || line[end..].starts_with(' '), "{header} in {line:?}\n{text}");
+            }
+        }
+        let source_at = lines[0].find("SOURCE").unwrap();
+        for line in &lines[1..] {
+            assert!(line[source_at..].starts_with("operator "), "SOURCE at {source_at} in {line:?}\n{text}");
+        }
+        assert!(text.contains("removing: DRAINING (maintenance (health monitor))  operator"), "{text}");
     }
 
     #[test]
