@@ -139,3 +139,15 @@ fn a_long_run_stopped_by_a_signal_leaves_no_agent_namespace_or_pin_behind() {
         running.iter().all(|a| !std::path::Path::new(&format!("/proc/{a}")).exists())
     });
 }
+
+#[test]
+fn a_section_misspelt_is_refused_with_the_sections_named_not_a_run_of_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+        .args(["--lb", "/nonexistent/lb", "--only", "datapath", "--only", "datapth"])
+        .output()
+        .expect("lb-bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no section [\"datapth\"]") && stderr.contains("datapath, pps, e2e"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing measured: {}", String::from_utf8_lossy(&out.stdout));
+}

@@ -43,7 +43,8 @@ enum Task {
         /// A smaller, faster run.
         #[arg(long)]
         quick: bool,
-        /// Only these sections: datapath, pps, e2e, control, start.
+        /// Only these sections: datapath, pps, e2e, control, start, cluster,
+        /// ecmp, drains.
         #[arg(long)]
         only: Vec<String>,
     },
@@ -94,42 +95,15 @@ fn main() -> ExitCode {
 }
 
 fn run(task: Task) -> anyhow::Result<()> {
+    // Every task needs what `setup` installs (idempotent: seconds when all
+    // is there).
+    setup::setup()?;
     match task {
-        Task::Setup => setup::setup(),
-        Task::Build => {
-            setup::setup()?;
-            build(false)?;
-            Ok(())
-        }
-        Task::Run { config, agent_args } => {
-            setup::setup()?;
-            let bins = build(false)?;
-            let mut cmd = match (config, agent_args.is_empty()) {
-                (Some(config), _) => {
-                    let mut cmd = Command::new(&bins.lb);
-                    cmd.arg("agent").arg("--config").arg(config).args(agent_args);
-                    cmd
-                }
-                (None, false) => {
-                    let mut cmd = Command::new(&bins.lb);
-                    cmd.arg("agent").args(agent_args);
-                    cmd
-                }
-                (None, true) => {
-                    let mut cmd = Command::new(&bins.demo);
-                    cmd.arg("--lb").arg(&bins.lb);
-                    cmd
-                }
-            };
-            exec(&mut cmd)
-        }
-        Task::Install => {
-            setup::setup()?;
-            let bins = build(true)?;
-            install::install(&bins.lb)
-        }
+        Task::Setup => Ok(()),
+        Task::Build => build(false).map(drop),
+        Task::Run { config, agent_args } => exec(&mut agent_or_demo(&build(false)?, config, agent_args)),
+        Task::Install => install::install(&build(true)?.lb),
         Task::Bench { quick, only } => {
-            setup::setup()?;
             setup::bench_setup()?;
             let bins = build(true)?;
             let json = target_dir()?.join("bench").join("latest.json");
@@ -144,7 +118,6 @@ fn run(task: Task) -> anyhow::Result<()> {
             exec(&mut cmd)
         }
         Task::Fuzz { cases, seed } => {
-            setup::setup()?;
             let bins = build(false)?;
             eprintln!("fuzz: {cases} packets through the datapath, seed {seed}");
             let mut cmd = cargo();
@@ -155,7 +128,6 @@ fn run(task: Task) -> anyhow::Result<()> {
             exec(&mut cmd)
         }
         Task::Soak { duration, seed, cluster } => {
-            setup::setup()?;
             let bins = build(false)?;
             let mut cmd = Command::new(&bins.soak);
             cmd.arg("--lb").arg(&bins.lb).args(["--duration", &duration, "--seed", &seed.to_string()]);
@@ -165,7 +137,6 @@ fn run(task: Task) -> anyhow::Result<()> {
             exec(&mut cmd)
         }
         Task::Test { args } => {
-            setup::setup()?;
             let bins = build(false)?;
             eprintln!("test: running every test (unit, datapath fixtures, namespace end-to-end)");
             let mut cmd = cargo();
@@ -176,6 +147,23 @@ fn run(task: Task) -> anyhow::Result<()> {
             exec(&mut cmd)
         }
     }
+}
+
+/// `cargo xtask run`: the agent with the given config or arguments, or
+/// the demo topology when given neither.
+fn agent_or_demo(bins: &Binaries, config: Option<PathBuf>, agent_args: Vec<String>) -> Command {
+    if config.is_none() && agent_args.is_empty() {
+        let mut cmd = Command::new(&bins.demo);
+        cmd.arg("--lb").arg(&bins.lb);
+        return cmd;
+    }
+    let mut cmd = Command::new(&bins.lb);
+    cmd.arg("agent");
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.args(agent_args);
+    cmd
 }
 
 fn cargo() -> Command {

@@ -55,6 +55,13 @@ fn main() {
         ("ecmp", "7. Nodes behind ECMP", &|r, quick, _| bench::ecmp::run(r, quick)),
         ("drains", "8. Drains as clients see them", &|r, quick, lb| bench::drains::run(r, quick, lb)),
     ];
+    // A misspelt section would run nothing and say nothing wrong.
+    let unknown: Vec<&String> = only.iter().filter(|o| !sections.iter().any(|(key, ..)| key == o)).collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = sections.iter().map(|(key, ..)| *key).collect();
+        eprintln!("lb-bench: no section {unknown:?}; the sections are {}", known.join(", "));
+        std::process::exit(2);
+    }
     for (key, title, section) in sections {
         if !wanted(key) {
             continue;
