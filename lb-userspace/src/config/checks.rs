@@ -35,17 +35,15 @@ impl Validator {
     }
 
     pub(super) fn address(&mut self, path: &str, value: Option<String>) -> IpAddr {
-        let unusable = |a: &IpAddr| match a {
-            IpAddr::V4(a) => a.is_unspecified() || a.is_broadcast() || a.is_multicast(),
-            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
-        };
         let none = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         match value.as_deref().map(str::parse::<IpAddr>) {
-            Some(Ok(addr)) if !unusable(&addr) => addr,
-            Some(Ok(addr)) => {
-                self.problem(path, format!("{addr} cannot be used here"));
-                none
-            }
+            Some(Ok(addr)) => match unusable(addr) {
+                None => addr,
+                Some(why) => {
+                    self.problem(path, format!("{addr} cannot be used here: {why}"));
+                    none
+                }
+            },
             Some(Err(_)) => {
                 self.problem(path, format!("\"{}\" is not an IPv4 or IPv6 address", value.unwrap_or_default()));
                 none
@@ -107,4 +105,23 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Why a VIP or a server cannot have this address, if it cannot.
+fn unusable(addr: IpAddr) -> Option<&'static str> {
+    let (unspecified, multicast, loopback) = match addr {
+        IpAddr::V4(a) => (a.is_unspecified(), a.is_multicast() || a.is_broadcast(), a.is_loopback()),
+        IpAddr::V6(a) => (a.is_unspecified(), a.is_multicast(), a.is_loopback()),
+    };
+    if unspecified {
+        Some("it is the unspecified address")
+    } else if multicast {
+        Some("it is a broadcast or multicast address, not one host's")
+    } else if loopback {
+        // A packet to a loopback address never leaves its host, and one
+        // that arrives from a wire is dropped as a martian.
+        Some("it is a loopback address, which no packet from another host reaches")
+    } else {
+        None
+    }
 }

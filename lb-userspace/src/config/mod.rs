@@ -387,6 +387,29 @@ mod tests {
         assert_eq!(problems[0].path, "pools.web.graceful_disable_timeout");
     }
 
+    #[test]
+    fn a_server_or_vip_no_packet_could_reach_is_refused_with_why() {
+        let loopback = problems(&GOOD.replace("address = \"10.0.1.2\"", "address = \"127.0.0.1\""));
+        assert_eq!(
+            loopback,
+            ["pools.web.servers[0].address: 127.0.0.1 cannot be used here: it is a loopback address, which no \
+              packet from another host reaches"]
+        );
+        let vip = problems(&GOOD.replace("vip = \"10.0.0.100\"", "vip = \"127.0.0.2\""));
+        assert_eq!(vip.len(), 1, "{vip:?}");
+        assert!(vip[0].starts_with("services[0].vip: 127.0.0.2 cannot be used here: it is a loopback"), "{vip:?}");
+        let at_vip = problems(&GOOD.replace("address = \"10.0.2.2\"", "address = \"10.0.0.100\""));
+        assert_eq!(
+            at_vip,
+            ["pools.web.servers[1].address: 10.0.0.100 is services[0]'s VIP: a server is another host than the \
+              balancer"]
+        );
+        let both_bad = problems(
+            &GOOD.replace("address = \"10.0.2.2\"", "address = \"0.0.0.0\"").replace("\"10.0.0.100\"", "\"0.0.0.0\""),
+        );
+        assert_eq!(both_bad.len(), 2, "each refused address said once: {both_bad:?}");
+    }
+
     /// GOOD with one more line in pool web's table.
     fn with_pool_line(line: &str) -> Result<Config, ConfigError> {
         let text = GOOD.replace(

@@ -118,6 +118,7 @@ impl Validator {
         let http = self.http(raw.http);
         let pools = self.pools(raw.pools, max_servers);
         let services = self.services(raw.services, &pools, max_services);
+        self.servers_are_not_vips(&pools, &services);
         let cluster = raw.cluster.map(|c| self.cluster(c));
         let bgp = raw.bgp.map(|b| self.bgp(b));
         Config {
@@ -397,6 +398,26 @@ impl Validator {
             }
         }
         server
+    }
+
+    /// A server at a VIP's address would be the balancer's own address: the
+    /// datapath's route lookup for it finds this host, not another, and
+    /// every packet of its flows would be dropped (`drop_no_route`).
+    fn servers_are_not_vips(&mut self, pools: &BTreeMap<String, PoolConfig>, services: &[ServiceConfig]) {
+        for (pool, config) in pools {
+            for (i, server) in config.servers.iter().enumerate() {
+                let addresses = [("address", Some(server.address)), ("address6", server.address6.map(IpAddr::V6))];
+                for (key, address) in addresses {
+                    // An address already refused reads as unspecified: said once.
+                    let Some(address) = address.filter(|a| !a.is_unspecified()) else { continue };
+                    let Some(j) = services.iter().position(|s| s.vip == address) else { continue };
+                    self.problem(
+                        format!("pools.{pool}.servers[{i}].{key}"),
+                        format!("{address} is services[{j}]'s VIP: a server is another host than the balancer"),
+                    );
+                }
+            }
+        }
     }
 
     /// A server's `address6`: an IPv6 address beside an IPv4 `address`.
