@@ -276,7 +276,9 @@ fn reload<D: DatapathOps>(
     options: ReloadOptions,
 ) -> Result<ReloadReport, ControlError> {
     let result = Config::load(config_path)
-        .map_err(|e| ControlError::InvalidConfig(format!("{e}")))
+        // With its cause ("No such file or directory"), as `lb agent
+        // --check` says it.
+        .map_err(|e| ControlError::InvalidConfig(format!("{:#}", anyhow::Error::from(e))))
         .and_then(|config| owner.reload(config, options, now_ms()));
     if !options.dry_run {
         owner.note_reload(result.is_ok(), now_ms());
@@ -381,6 +383,22 @@ mod tests {
         let saved = crate::agent::state_file::load(&owner.config().state_file).expect("the state file");
         let a = &saved.servers[&("web".to_owned(), "a".to_owned())];
         assert!(a.ramp.is_some(), "the ramp is in the state file when the enable is answered: {a:?}");
+    }
+
+    /// The operator reads why the file could not be read, not only that.
+    #[test]
+    fn a_reload_of_a_config_file_gone_says_why_and_changes_nothing() {
+        let text = web_config_text("reload-gone", "", &[("a", ""), ("b", "")], &[80]);
+        let mut owner = owner_of(Config::parse(&text, Path::new("reload-gone.toml")).unwrap());
+        let gone = std::env::temp_dir().join(format!("lb-runtime-gone-{}.toml", std::process::id()));
+        let Err(ControlError::InvalidConfig(said)) = reload(&mut owner, &gone, ReloadOptions::default()) else {
+            panic!("a file that is not there is no config")
+        };
+        assert!(
+            said.starts_with("cannot read config") && said.ends_with("No such file or directory (os error 2)"),
+            "{said}"
+        );
+        assert_eq!(owner.config().pools["web"].servers.len(), 2, "nothing changed");
     }
 
     #[test]
