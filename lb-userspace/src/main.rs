@@ -50,6 +50,10 @@ enum Command {
     },
     /// What happened to servers: drains begun and ended, deadlines, enables.
     Events {
+        /// Only this pool's events (its servers', its services', its own).
+        pool: Option<String>,
+        /// Only this server's events, of the pool given.
+        server: Option<String>,
         /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -241,7 +245,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         }
         Command::Pool { command: PoolCommand::List { json } } => cli::pool_list(socket, json),
         Command::Pool { command: PoolCommand::Show { pool, json } } => cli::pool_show(socket, &pool, json),
-        Command::Events { json } => cli::events(socket, json),
+        Command::Events { pool, server, json } => cli::events(socket, pool.as_deref(), server.as_deref(), json),
         Command::Stats { json } => cli::stats(socket, json),
         Command::Nodes { json } | Command::Node { command: NodeCommand::List { json } } => cli::nodes(socket, json),
         Command::Node {
@@ -320,6 +324,8 @@ mod tests {
             "list",
             "show",
             "events",
+            "p7",
+            "s1",
             "stats",
             "cleanup",
             "--config",

@@ -490,17 +490,27 @@ fn print_fleet_reload(nodes: &[crate::model::NodeReload]) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn events(socket: &Path, json: bool) -> anyhow::Result<()> {
+/// The agent's events, oldest first: all, or a pool's, or a server's.
+pub fn events(socket: &Path, pool: Option<&str>, server: Option<&str>, json: bool) -> anyhow::Result<()> {
     let (events, data): (Vec<Event>, Value) = call(socket, &Request::Events { since: None })?;
+    let wanted = |e: &Event| concerns(e, pool, server);
     if json {
-        print_json(&data);
+        // The API's own objects, those wanted.
+        let all = data.as_array().context("unexpected answer from the agent")?;
+        let shown: Vec<&Value> = events.iter().zip(all).filter(|(e, _)| wanted(e)).map(|(_, v)| v).collect();
+        print_json(&serde_json::json!(shown));
         return Ok(());
     }
-    for e in events {
+    for e in events.iter().filter(|e| wanted(e)) {
         let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
         println!("{time} {} {}: {}", e.subject, e.kind.label(), e.message);
     }
     Ok(())
+}
+
+/// Whether `e` is of `pool` (if given) and of its `server` (if given).
+fn concerns(e: &Event, pool: Option<&str>, server: Option<&str>) -> bool {
+    pool.is_none_or(|p| e.subject.pool() == Some(p)) && server.is_none_or(|s| e.subject.server_name() == Some(s))
 }
 
 #[cfg(test)]
@@ -514,6 +524,24 @@ mod tests {
             "packets_to": 0, "bytes_to": 0, "packets_from": 0, "bytes_from": 0, "new_flows": 0
         }))
         .expect("a server view")
+    }
+
+    #[test]
+    fn events_are_chosen_by_pool_and_server() {
+        let event = |subject: serde_json::Value| -> Event {
+            let e = serde_json::json!({"id": 1, "kind": "enabled", "message": "", "subject": subject, "time_ms": 0});
+            serde_json::from_value(e).expect("an event")
+        };
+        let s1 = event(serde_json::json!({"kind": "server", "pool": "web", "server": "s1"}));
+        let other = event(serde_json::json!({"kind": "server", "pool": "api", "server": "s1"}));
+        let pool = event(serde_json::json!({"kind": "pool", "pool": "web"}));
+        let agent = event(serde_json::json!({"kind": "agent"}));
+        let chosen = |pool_name, server| {
+            [&s1, &other, &pool, &agent].iter().map(|e| concerns(e, pool_name, server)).collect::<Vec<_>>()
+        };
+        assert_eq!(chosen(None, None), [true, true, true, true], "all");
+        assert_eq!(chosen(Some("web"), None), [true, false, true, false], "the pool's, its servers' too");
+        assert_eq!(chosen(Some("web"), Some("s1")), [true, false, false, false], "that pool's s1 only");
     }
 
     #[test]
