@@ -39,7 +39,7 @@ fn main() {
     let answers: Vec<String> =
         topology.client.run(|| (0..6).map(|_| http_get(VIP, 80).unwrap_or_else(|e| format!("error: {e}"))).collect());
     let udp_answer = topology.client.run(|| udp_exchange(VIP, 53, "hello").unwrap_or_else(|e| format!("error: {e}")));
-    let sessions = long_lived_sessions(&topology);
+    let mut sessions = long_lived_sessions(&topology);
     let forward = PortForward::start(8480..=8499, &topology.lb, LOCAL_API.parse().expect("an address"));
     print_guide(&Guide {
         topology: &topology,
@@ -57,8 +57,13 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
+        let mut since_top_up = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
+            if since_top_up.elapsed() >= Duration::from_secs(2) {
+                top_up(&mut sessions, &topology);
+                since_top_up = std::time::Instant::now();
+            }
         }
     });
     eprintln!("demo: stopping the agent and removing everything");
@@ -90,16 +95,32 @@ fn start_servers(topology: &Topology) -> Vec<Server> {
         .collect()
 }
 
-/// Something to watch on the dashboard: 9 long-lived connections to the
-/// line echo, a line each second.
+/// Something to watch on the dashboard: long-lived connections to the line
+/// echo, a line each second.
+const SESSIONS: usize = 9;
+
 fn long_lived_sessions(topology: &Topology) -> Vec<Session> {
-    (0..9)
-        .filter_map(|_| {
-            let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).ok()?;
+    let mut sessions = Vec::new();
+    top_up(&mut sessions, topology);
+    sessions
+}
+
+/// Replaces the sessions that ended (reset by a disable or a deadline) with
+/// new connections, as their users would reconnect: they go to the servers
+/// in service, and the next drain has flows to watch.
+fn top_up(sessions: &mut Vec<Session>, topology: &Topology) {
+    sessions.retain(|s| s.ended().is_none());
+    while sessions.len() < SESSIONS {
+        let Some(session) = topology.client.run(|| {
+            let mut client = EchoClient::connect(VIP, 7).ok()?;
             let server = client.exchange("which").ok()?;
             Some(Session::start(client, &server, Some(Duration::from_secs(1))))
-        })
-        .collect()
+        }) else {
+            // No server takes new connections now: try again later.
+            return;
+        };
+        sessions.push(session);
+    }
 }
 
 /// Where the dashboard is, from the host or from another machine.
@@ -141,8 +162,8 @@ Send requests from the client namespace (each answer names its server):
 The dashboard (Pools > p7 > Servers: tick servers, Disable / Gracefully / Enable),
 the HTTP API (/api/v1/...) and the metrics (/metrics):
   {dashboard}
-  9 connections to {VIP}:7 send a line each second, and a few HTTP requests a second
-  go to {VIP}:80, so that flows and drains can be watched.
+  9 connections to {VIP}:7 send a line each second (one that is reset is opened again, as its
+  user would), and a few HTTP requests a second go to {VIP}:80, so that flows and drains can be watched.
 
 Operate it with the CLI (it talks to the agent's API socket):
   export LB_SOCKET={socket}
