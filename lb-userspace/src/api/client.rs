@@ -14,12 +14,10 @@ use crate::model::{ApiError, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path} (is `lb agent` running?): {source}")]
-    Unreachable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message and not a `source`: a chain printed
+    // whole (`{:#}`, as `lb` prints errors) would say it twice.
+    #[error("cannot reach the agent at {path} (is `lb agent` running?): {cause}{}", others_hint(path, cause))]
+    Unreachable { path: PathBuf, cause: std::io::Error },
     /// Asked, but no answer came in time: the change asked for may have
     /// been made, or be under way (the state first, then a purge).
     #[error(
@@ -33,6 +31,26 @@ pub enum ClientError {
     Protocol { path: PathBuf, message: String },
 }
 
+/// Where no socket is at `path`, the agents' sockets beside it, if any: an
+/// instance named other than "lb" (`instance = "lb0"`) has its socket at
+/// /run/lb/lb0.sock, not at the CLI's default.
+fn others_hint(path: &Path, cause: &std::io::Error) -> String {
+    if cause.kind() != std::io::ErrorKind::NotFound {
+        return String::new();
+    }
+    let Some(entries) = path.parent().and_then(|dir| std::fs::read_dir(dir).ok()) else { return String::new() };
+    let mut sockets: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t)))
+        .map(|e| e.path().display().to_string())
+        .collect();
+    if sockets.is_empty() {
+        return String::new();
+    }
+    sockets.sort();
+    format!("; agents' sockets there: {} (choose one with --socket or LB_SOCKET)", sockets.join(", "))
+}
+
 /// How long the CLI waits for an answer: long enough for an immediate
 /// disable of millions of flows (a million take about 5 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,7 +61,7 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
 }
 
 fn call_within(path: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
-    let unreachable = |source| ClientError::Unreachable { path: path.to_owned(), source };
+    let unreachable = |cause| ClientError::Unreachable { path: path.to_owned(), cause };
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = super::wire::to_line(request);
@@ -97,6 +115,24 @@ mod tests {
         let said = error.to_string();
         assert!(said.contains("did not answer within 100ms; what was asked may still be under way"), "{said}");
         drop(held.join());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_agent_at_the_socket_says_so_once_and_names_the_sockets_beside_it() {
+        let dir = std::env::temp_dir().join(format!("lb-client-others-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = call(&dir.join("lb.sock"), &Request::PoolList).unwrap_err();
+        let said = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(said.matches("No such file or directory").count(), 1, "the cause once: {said}");
+        assert!(!said.contains("agents' sockets"), "none beside it: {said}");
+        let _listener = std::os::unix::net::UnixListener::bind(dir.join("lb0.sock")).unwrap();
+        let said = call(&dir.join("lb.sock"), &Request::PoolList).unwrap_err().to_string();
+        let other = dir.join("lb0.sock").display().to_string();
+        assert!(
+            said.ends_with(&format!("agents' sockets there: {other} (choose one with --socket or LB_SOCKET)")),
+            "{said}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,20 +29,14 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the cluster store is unreachable ({endpoints}): {source}")]
-    Unreachable {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
+    // The cause is in the message and not a `source`: a chain printed
+    // whole (`{:#}`) would say it twice.
+    #[error("the cluster store is unreachable ({endpoints}): {cause}")]
+    Unreachable { endpoints: String, cause: etcd_client::Error },
     #[error("cannot read the store's key {key}: {why}")]
     Malformed { key: String, why: String },
-    #[error("cannot read the cluster's TLS file {path}: {source}")]
-    Tls {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read the cluster's TLS file {path}: {cause}")]
+    Tls { path: String, cause: std::io::Error },
 }
 
 /// What a node publishes about itself (under its lease).
@@ -138,7 +132,7 @@ impl Store {
             .with_keep_alive(config.timeout / 2, config.timeout);
         if let Some(tls) = &config.tls {
             let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|source| StoreError::Tls { path: path.display().to_string(), source })
+                std::fs::read(path).map_err(|cause| StoreError::Tls { path: path.display().to_string(), cause })
             };
             let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
@@ -149,12 +143,12 @@ impl Store {
         let endpoints = config.endpoints.join(",");
         let client = Client::connect(&config.endpoints, Some(options))
             .await
-            .map_err(|source| StoreError::Unreachable { endpoints: endpoints.clone(), source })?;
+            .map_err(|cause| StoreError::Unreachable { endpoints: endpoints.clone(), cause })?;
         Ok(Store { client, prefix: config.prefix.clone(), endpoints })
     }
 
     fn unreachable(&self) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
-        |source| StoreError::Unreachable { endpoints: self.endpoints.clone(), source }
+        |cause| StoreError::Unreachable { endpoints: self.endpoints.clone(), cause }
     }
 
     fn states_prefix(&self) -> String {
