@@ -317,11 +317,18 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
     let (view, data): (NodesView, Value) = call(socket, &Request::Nodes)?;
     if json {
         print_json(&data);
-        return Ok(());
+    } else {
+        print!("{}", nodes_text(&view));
     }
+    Ok(())
+}
+
+/// The nodes as `lb nodes` prints them: this node and its store, a line a
+/// node, then this node's flow replication.
+fn nodes_text(view: &NodesView) -> String {
     let store = if view.store_reachable { "reachable" } else { "UNREACHABLE (changes are refused)" };
     let stale = if view.stale { " (STALE: started from its state file, not synced since)" } else { "" };
-    println!("this node: {}; store {store}; revision {}{stale}", view.node, view.revision.unwrap_or(0));
+    let mut text = format!("this node: {}; store {store}; revision {}{stale}\n", view.node, view.revision.unwrap_or(0));
     let mut table = Table::new(&[
         ("NODE", Left),
         ("UP", Left),
@@ -350,15 +357,15 @@ pub fn nodes(socket: &Path, json: bool) -> anyhow::Result<()> {
         let (revision, flows) = (n.revision.to_string(), n.flows.to_string());
         table.row(vec![n.node.clone(), up.to_owned(), revision, flows, config, clock, synced, announces, state]);
     }
-    print!("{}", table.render());
+    text += &table.render();
     if let Some(r) = &view.replication {
-        println!(
+        text += &format!(
             "flow replication here: {} flow(s) sent, {} received, {} datagram(s) refused, {} new flow(s) not shared \
-             (ring full)",
+             (ring full)\n",
             r.sent, r.received, r.refused, r.lost
         );
     }
-    Ok(())
+    text
 }
 
 /// `lb node disable`: withdraws a balancer node's VIPs; with `--wait`,
@@ -542,6 +549,34 @@ mod tests {
         assert_eq!(chosen(None, None), [true, true, true, true], "all");
         assert_eq!(chosen(Some("web"), None), [true, false, true, false], "the pool's, its servers' too");
         assert_eq!(chosen(Some("web"), Some("s1")), [true, false, false, false], "that pool's s1 only");
+    }
+
+    #[test]
+    fn lb_nodes_keeps_its_columns_with_a_node_gone_and_one_announcing_both_families() {
+        let node = |name: &str, up: bool, announced: serde_json::Value| {
+            serde_json::json!({
+                "node": name, "up": up, "last_sync_ms": null, "revision": 1234567, "config_hash": "5f1c2a",
+                "same_config": up, "flows": 12, "flows_by_server": {}, "clock_offset_ms": null, "stale": !up,
+                "started_ms": 0, "announced": announced
+            })
+        };
+        let view: NodesView = serde_json::from_value(serde_json::json!({
+            "node": "n1", "store_reachable": true, "revision": 1234567,
+            "nodes": [
+                node("n1", true, serde_json::json!(["10.100.0.1", "fd00:100::1"])),
+                node("balancer-node-with-a-long-name", false, serde_json::json!([])),
+            ],
+        }))
+        .expect("a nodes view");
+        let text = nodes_text(&view);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        let column = |header: &str| lines[0].find(header).unwrap();
+        for (header, cell) in [("UP", ["up ", "GONE"]), ("ANNOUNCES", ["10.100.0.1,fd00:100::1", "- "])] {
+            for (line, want) in lines[1..].iter().zip(cell) {
+                assert!(line[column(header)..].starts_with(want), "{header} in {line:?}\n{text}");
+            }
+        }
+        assert!(lines[2].contains("5f1c2a DIFFERS") && lines[2].ends_with("(stale: started without the store)"));
     }
 
     #[test]
