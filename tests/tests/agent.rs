@@ -204,6 +204,39 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
     assert!(xdp_attached(&topology, "lbc"));
 }
 
+/// A restart whose config names an interface that is not there is refused,
+/// and the interfaces the agent before it had stay attached and forwarding:
+/// the failed start detached every interface, so a typo in a config cost
+/// all forwarding (and systemd's restarts failed alike).
+#[test]
+fn a_restart_naming_a_missing_interface_is_refused_and_forwarding_goes_on() {
+    let topology = Topology::new(2);
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
+    let mut agent = Agent::start(&topology, topology.config(&[echo]));
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
+    let server = client.exchange("before").expect("exchange");
+    agent.stop().expect("agent was running");
+
+    let good = std::fs::read_to_string(&agent.config_path).unwrap();
+    let interfaces = good.lines().find(|l| l.starts_with("interfaces = [")).expect("an interfaces line");
+    let typo = interfaces.replacen(']', ", \"nope0\"]", 1);
+    std::fs::write(&agent.config_path, good.replacen(interfaces, &typo, 1)).unwrap();
+    let (refused, stderr) = start_once(&agent);
+    assert!(refused && stderr.contains("nope0"), "a missing interface taken, or refused unclearly:\n{stderr}");
+    for interface in ["lbc", "lbs1", "lbs2"] {
+        assert!(xdp_attached(&topology, interface), "{interface} detached by the refused start:\n{stderr}");
+    }
+    assert_eq!(client.exchange("after the refused start").expect("the connection goes on"), server);
+    let mut another = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("a new connection");
+    another.exchange("new").expect("a new connection is balanced");
+
+    std::fs::write(&agent.config_path, good).unwrap();
+    agent.restart();
+    assert_eq!(client.exchange("after the restart").expect("the connection goes on"), server);
+}
+
 /// Pins at `path` a new BPF array of `value_size`-byte elements, as an
 /// agent of another version would have left one (aya offers no way to make
 /// a map of a shape of our choosing).

@@ -241,12 +241,16 @@ fn open_flow_tables(
     Ok((v4, v6))
 }
 
-/// Attaches XDP to every configured interface (all or none).
+/// Attaches XDP to every configured interface, or to none anew: a failure
+/// detaches what this start attached, and leaves attached what it took over
+/// from the previous agent (forwarding as before).
 fn attach(dp: &mut Datapath, interfaces: &[String], mode: crate::config::XdpMode) -> anyhow::Result<()> {
     for interface in interfaces {
         if let Err(e) = dp.attach(interface, mode) {
-            dp.detach_all();
-            return Err(e).context("attach failed; detached from every interface");
+            dp.detach_new();
+            let said = "attach failed: detached from the interfaces this start attached (those taken over from the \
+                        previous agent stay attached)";
+            return Err(e).context(said);
         }
     }
     Ok(())

@@ -318,6 +318,9 @@ impl Maps {
 struct Attached {
     interface: String,
     link: PinnedLink,
+    /// Taken over from the previous agent: it was forwarding before this
+    /// one started.
+    taken_over: bool,
 }
 
 /// The balancing and purge programs: loaded and verified by this agent, or
@@ -530,6 +533,7 @@ impl Datapath {
                 }
             }
         }
+        let taken_over = link_id.is_some();
         let link_id = match link_id {
             Some(id) => id,
             None => program.attach(interface, aya_mode(mode)).map_err(attach_error)?,
@@ -537,14 +541,23 @@ impl Datapath {
         let link = program.take_link(link_id).map_err(attach_error)?;
         let link: FdLink = link.try_into().map_err(|e: LinkError| pin_error(e.into()))?;
         let link = link.pin(&path).map_err(|e| pin_error(e.into()))?;
-        self.attached.push(Attached { interface: interface.to_owned(), link });
+        self.attached.push(Attached { interface: interface.to_owned(), link, taken_over });
         Ok(())
     }
 
-    /// Detaches from every interface and removes the link pins. The map pins
-    /// stay, so an agent started again resumes the flows.
-    pub fn detach_all(&mut self) {
-        for Attached { interface, link } in self.attached.drain(..) {
+    /// Detaches from the interfaces this agent attached to anew and removes
+    /// their link pins; the links taken over from the previous agent stay
+    /// attached and pinned. A start that fails part way (an interface in
+    /// the config that is not there) leaves forwarding as it found it: it
+    /// detached every interface before, so a restart with a typo in its
+    /// config stopped all forwarding. The map pins stay, so an agent
+    /// started again resumes the flows.
+    pub fn detach_new(&mut self) {
+        for Attached { interface, link, taken_over } in self.attached.drain(..) {
+            if taken_over {
+                log::warn!("{interface}: left attached, forwarding as before this start");
+                continue;
+            }
             match link.unpin() {
                 Ok(link) => {
                     if let Err(e) = link.detach() {
