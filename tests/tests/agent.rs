@@ -10,6 +10,7 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::{MAPS_FORMAT, map_name};
 use testbed::{
     agent::Agent,
+    bed::wait_for,
     servers::{EchoClient, Kind, Server, http_get, udp_exchange},
     topology::{ServiceSpec, Topology, VIP},
 };
@@ -207,9 +208,10 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
 /// A restart whose config names an interface that is not there is refused,
 /// and the interfaces the agent before it had stay attached and forwarding:
 /// the failed start detached every interface, so a typo in a config cost
-/// all forwarding (and systemd's restarts failed alike).
+/// all forwarding (and systemd's restarts failed alike). One that no
+/// longer names an interface detaches from it.
 #[test]
-fn a_restart_naming_a_missing_interface_is_refused_and_forwarding_goes_on() {
+fn a_restart_attaches_where_its_config_says_and_a_missing_interface_costs_no_forwarding() {
     let topology = Topology::new(2);
     let _echo: Vec<Server> =
         topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
@@ -232,9 +234,22 @@ fn a_restart_naming_a_missing_interface_is_refused_and_forwarding_goes_on() {
     let mut another = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("a new connection");
     another.exchange("new").expect("a new connection is balanced");
 
-    std::fs::write(&agent.config_path, good).unwrap();
+    std::fs::write(&agent.config_path, &good).unwrap();
     agent.restart();
     assert_eq!(client.exchange("after the restart").expect("the connection goes on"), server);
+
+    // An interface taken out of the config is left by the next start.
+    agent.stop().expect("agent was running");
+    let fewer = interfaces.replacen(", \"lbs2\"", "", 1);
+    assert_ne!(&fewer, interfaces, "lbs2 in {interfaces}");
+    std::fs::write(&agent.config_path, good.replacen(interfaces, &fewer, 1)).unwrap();
+    // Not `restart`: it waits for the topology's every interface.
+    agent.restart_unwaited();
+    let started = |log: &str| log.matches("attached to").count() >= 3;
+    wait_for("the start without lbs2", Duration::from_secs(30), || started(&agent.log()));
+    assert!(!xdp_attached(&topology, "lbs2"), "lbs2, out of the config, still attached:\n{}", agent.log());
+    assert!(agent.log().contains("lbs2: detached: the config no longer names it"), "{}", agent.log());
+    assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 }
 
 /// Pins at `path` a new BPF array of `value_size`-byte elements, as an

@@ -253,6 +253,9 @@ fn attach(dp: &mut Datapath, interfaces: &[String], mode: crate::config::XdpMode
             return Err(e).context(said);
         }
     }
+    for interface in dp.detach_unlisted(interfaces) {
+        log::info!("{interface}: detached: the config no longer names it in `interfaces`");
+    }
     Ok(())
 }
 

@@ -569,6 +569,33 @@ impl Datapath {
         }
     }
 
+    /// Detaches the links a previous agent left on interfaces this one's
+    /// config no longer names (removed from `interfaces`): the config says
+    /// where the balancer runs, and such a link went on balancing there
+    /// until `lb cleanup`. Says which it detached.
+    pub fn detach_unlisted(&mut self, interfaces: &[String]) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut detached = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(interface) = name.strip_prefix("link_") else { continue };
+            if interfaces.iter().any(|i| i == interface) {
+                continue;
+            }
+            let link = match PinnedLink::from_pin(entry.path()) {
+                Ok(link) => link.unpin().map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match link.map(FdLink::detach) {
+                Ok(Ok(())) => detached.push(interface.to_owned()),
+                Ok(Err(e)) => log::warn!("{interface}: cannot detach the link left there: {e}"),
+                Err(e) => log::warn!("{interface}: cannot take the link left there: {e}"),
+            }
+        }
+        detached
+    }
+
     pub fn attached_interfaces(&self) -> Vec<String> {
         self.attached.iter().map(|a| a.interface.clone()).collect()
     }
