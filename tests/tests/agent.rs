@@ -252,6 +252,45 @@ fn a_restart_attaches_where_its_config_says_and_a_missing_interface_costs_no_for
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 }
 
+/// Removes a directory when dropped, the test passing or not.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An interface another instance's XDP program holds is refused with what
+/// frees it, not with the kernel's "Device or resource busy" alone; the
+/// other instance's program stays.
+#[test]
+fn an_interface_held_by_another_instance_is_refused_with_what_frees_it() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
+    agent.stop().expect("agent was running");
+    let held = xdp_program(&topology, "lbc");
+    assert!(held.is_some());
+
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let instance = agent.pin_dir().file_name().unwrap().to_string_lossy().into_owned();
+    let other = format!("{instance}b");
+    let _pins = RemoveOnDrop(std::path::PathBuf::from("/sys/fs/bpf").join(&other));
+    let config = config
+        .replace(&format!("instance = \"{instance}\""), &format!("instance = \"{other}\""))
+        .replace("api.sock", "api-b.sock")
+        .replace("state.json", "state-b.json");
+    let path = agent.config_path.with_file_name("other.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = agent.lb_command().args(["agent", "--config"]).arg(&path).output().expect("run lb agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second instance took lbc:\n{stderr}");
+    let said = "cannot attach XDP to interface lbc: another XDP program is attached there";
+    assert!(stderr.contains(said) && stderr.contains("ip link set dev lbc xdp off"), "{stderr}");
+    assert_eq!(xdp_program(&topology, "lbc"), held, "the other instance's program stays");
+}
+
 /// Pins at `path` a new BPF array of `value_size`-byte elements, as an
 /// agent of another version would have left one (aya offers no way to make
 /// a map of a shape of our choosing).

@@ -142,6 +142,12 @@ pub enum DatapathError {
         #[source]
         source: Option<aya::maps::MapError>,
     },
+    #[error(
+        "cannot attach XDP to interface {interface}: another XDP program is attached there (another lb \
+         instance, or another tool); `lb cleanup --config` with that instance's config, or `ip link set dev \
+         {interface} xdp off`, frees it"
+    )]
+    AttachBusy { interface: String },
     #[error("cannot attach XDP to interface {interface}")]
     Attach {
         interface: String,
@@ -514,7 +520,12 @@ impl Datapath {
             path: path.clone(),
             source,
         };
-        let attach_error = |source| DatapathError::Attach { interface: interface.to_owned(), source };
+        let attach_error = |source: aya::programs::ProgramError| {
+            if caused_by_os_error(&source, libc::EBUSY) {
+                return DatapathError::AttachBusy { interface: interface.to_owned() };
+            }
+            DatapathError::Attach { interface: interface.to_owned(), source }
+        };
         let program = self.program_mut();
         let mut link_id = None;
         if path.exists() {
@@ -599,6 +610,18 @@ impl Datapath {
     pub fn attached_interfaces(&self) -> Vec<String> {
         self.attached.iter().map(|a| a.interface.clone()).collect()
     }
+}
+
+/// Whether `error`, or an error it was caused by, is the OS error `code`.
+fn caused_by_os_error(error: &(dyn std::error::Error + 'static), code: i32) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) == Some(code) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn aya_mode(mode: XdpMode) -> AyaXdpMode {
