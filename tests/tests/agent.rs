@@ -252,6 +252,44 @@ fn a_restart_attaches_where_its_config_says_and_a_missing_interface_costs_no_for
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 }
 
+/// A process of the test's own, stopped (SIGKILL, by its id) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Under systemd (the unit's `Type=notify`), the agent says it is ready
+/// once it serves, and that it stops when told to: `systemctl start` waits
+/// for the first, and reports a start that fails.
+#[test]
+fn the_agent_tells_systemd_when_it_serves_and_when_it_stops() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
+    agent.stop().expect("agent was running");
+    let path = agent.dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    // A bound on a start (seconds here), not a measure of it.
+    systemd.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut child = agent.lb_command();
+    child.args(["agent", "--config"]).arg(&agent.config_path).env("NOTIFY_SOCKET", &path);
+    let child = KillOnDrop(child.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start lb agent"));
+    let mut said = [0u8; 64];
+    let n = systemd.recv(&mut said).expect("told systemd it is ready");
+    assert_eq!(String::from_utf8_lossy(&said[..n]), "READY=1");
+    let (answered, _, stderr) = agent.lb(&["pool", "list"]);
+    assert!(answered && xdp_attached(&topology, "lbc"), "ready, but not serving: {stderr}");
+
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let n = systemd.recv(&mut said).expect("told systemd it stops");
+    assert_eq!(String::from_utf8_lossy(&said[..n]), "STOPPING=1");
+}
+
 /// Removes a directory when dropped, the test passing or not.
 struct RemoveOnDrop(std::path::PathBuf);
 

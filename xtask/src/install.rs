@@ -53,5 +53,6 @@ mod tests {
         let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
         assert_eq!(exec, format!("{} agent --config {}/%i.toml", super::BINARY, super::CONFIG_DIR));
         assert!(unit.contains("KillMode=process"), "only the agent is signalled");
+        assert!(unit.contains("\nType=notify\n"), "started once the agent says it serves");
     }
 }

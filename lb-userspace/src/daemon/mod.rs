@@ -7,6 +7,7 @@
 
 pub mod startup;
 pub mod supervise;
+mod systemd;
 
 use std::{
     net::SocketAddr,
@@ -361,6 +362,7 @@ async fn serve(
     let ops = Arc::new(ops);
     io.serve(&mut parts, &ops, &shutdown);
     parts.spawn("packet report", report_packets(ops, shutdown));
+    systemd::notify(systemd::READY);
     let stop = async {
         tokio::select! {
             _ = interrupt.recv() => {},
@@ -368,6 +370,7 @@ async fn serve(
         }
     };
     let fault = parts.until(stop).await;
+    systemd::notify(systemd::STOPPING);
     let _ = shutdown_tx.send(true);
     parts.join_all().await;
     let owner = owner_thread.join();
