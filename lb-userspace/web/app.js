@@ -65,6 +65,11 @@ function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
 }
 
+// A count as people read large ones: 1,000,000.
+function count(n) {
+  return n.toLocaleString("en-US");
+}
+
 function bytes(n) {
   const units = ["B", "kB", "MB", "GB", "TB"];
   let i = 0;
@@ -278,7 +283,7 @@ function poolsPage() {
     setText(cell("enabled"), String(p.enabled));
     setText(cell("draining"), String(p.draining));
     setText(cell("disabled"), String(p.disabled));
-    setText(cell("flows"), String(p.active_flows));
+    setText(cell("flows"), count(p.active_flows));
     setText(cell("rate"), perSecond(rate(`pool:${p.pool}`, p.new_flows)));
   };
   return {
@@ -379,8 +384,8 @@ function poolView(pool) {
     // In a cluster: the fleet's live flows, and each node's.
     const byNodeFlows = Object.entries(s.flows_by_node || {});
     const fleetFlows = byNodeFlows.reduce((sum, [, v]) => sum + v, 0);
-    setText(cell("flows"), String(byNodeFlows.length ? fleetFlows : s.active_flows));
-    setText(cell("by-node"), byNodeFlows.map(([n, v]) => `${n} ${v}`).join(" · "));
+    setText(cell("flows"), count(byNodeFlows.length ? fleetFlows : s.active_flows));
+    setText(cell("by-node"), byNodeFlows.map(([n, v]) => `${n} ${count(v)}`).join(" · "));
     flowsByNode.hidden = !byNodeFlows.length;
     cell("by-node").hidden = !byNodeFlows.length;
     setText(cell("rate"), perSecond(rate(`server:${pool}/${s.name}`, s.new_flows)));
@@ -408,7 +413,7 @@ function poolView(pool) {
         row.querySelector(".history").replaceChildren(sparkline(drawn.get(row.dataset.key) || []));
       }
     }
-    const leaving = (view.leaving_services || []).map((l) => `${l.service} (removed: ${l.active_flows} flows left)`);
+    const leaving = (view.leaving_services || []).map((l) => `${l.service} (removed: ${count(l.active_flows)} flows left)`);
     setText(services, `Services: ${[...view.services, ...leaving].join(", ") || "none"} · flows counted ${(view.counted_ms_ago / 1000).toFixed(1)} s ago`);
     syncRows(tbody, view.servers, (s) => s.name, create, update);
     onSelection();
@@ -490,8 +495,8 @@ function serverPage(pool, name) {
       facts.replaceChildren(
         ...fact("State", `${stateText(s)}${s.ramp_up_percent ? ` (ramping up: ${s.ramp_up_percent}%)` : ""}`),
         ...fact("Address", s.address),
-        ...fact("Live flows", `${s.active_flows}${s.resetting ? " (being reset)" : ""}`),
-        ...fact("Drain", s.state === "DRAINING" ? `${s.active_flows} flow(s) left, ${left}` : left),
+        ...fact("Live flows", `${count(s.active_flows)}${s.resetting ? " (being reset)" : ""}`),
+        ...fact("Drain", s.state === "DRAINING" ? `${count(s.active_flows)} flow(s) left, ${left}` : left),
         ...fact("Health", s.health ? healthText(s.health) : "not monitored"));
       figure.replaceChildren(serverChart(points, s, Date.now()));
       const shown = events.all.filter((e) => e.subject.pool === pool && e.subject.server === name);
@@ -563,7 +568,7 @@ function nodesPage() {
     setText(cell("sync"), ago(n.last_sync_ms));
     setText(cell("revision"), String(n.revision));
     const flows = cell("flows");
-    setText(flows, String(n.flows));
+    setText(flows, count(n.flows));
     flows.title = Object.entries(n.flows_by_server).map(([k, v]) => `${k}: ${v}`).join("\n");
     const config = cell("config");
     setText(config, n.same_config ? `${n.config_hash} · same` : `${n.config_hash} · DIFFERS from this node's`);

@@ -40,7 +40,7 @@ function sparkline(points) {
     svg("polyline", { class: "rate", points: pathOf(points, x, y, (p) => p.new_per_s, maxRate) }));
   const last = points[points.length - 1];
   const minutes = ((t1 - t0) / 60000).toFixed(1);
-  const said = `Last ${minutes} min: live flows now ${last.flows} (highest ${maxFlows}); ` +
+  const said = `Last ${minutes} min: live flows now ${count(last.flows)} (highest ${count(maxFlows)}); ` +
     `new flows/s now ${last.new_per_s.toFixed(1)} (highest ${maxRate.toFixed(1)})`;
   chart.setAttribute("aria-label", said);
   chart.append(svg("title", {}, said));
@@ -61,7 +61,7 @@ function serverChart(points, server, nowMs) {
   const maxFlows = Math.max(1, ...points.map((p) => p.flows));
   const maxRate = Math.max(1, ...points.map((p) => p.new_per_s));
   chart.append(svg("line", { class: "axis", x1: left, y1: y(0), x2: w - right, y2: y(0) }));
-  for (const [f, label] of [[0, "0"], [1, String(maxFlows)]]) {
+  for (const [f, label] of [[0, "0"], [1, count(maxFlows)]]) {
     chart.append(svg("text", { class: "flows-label", x: left - 6, y: y(f) + 4, "text-anchor": "end" }, label));
   }
   chart.append(svg("text", { class: "rate-label", x: w - right + 6, y: y(1) + 4 }, `${maxRate.toFixed(1)}/s`));

@@ -580,7 +580,7 @@ fn a_server_whose_flows_are_being_reset_says_so_until_they_are() {
         let mut browser = runtime.block_on(async {
             let browser = Browser::start(&b.topology.lb, "dashboard-resetting", 1280, 700).await;
             browser.goto(&format!("http://{LOCAL_API}/#/pools/p7")).await;
-            browser.wait_text(&cell("s1", "flows"), 5 * SECOND, |t| t == "1000000").await;
+            browser.wait_text(&cell("s1", "flows"), 5 * SECOND, |t| t == "1,000,000").await;
             browser
         });
         std::thread::scope(|scope| {
@@ -592,7 +592,7 @@ fn a_server_whose_flows_are_being_reset_says_so_until_they_are() {
                 let start = Instant::now();
                 loop {
                     let seen = browser.eval(row).await;
-                    if seen == "DISABLED|(immediate) · resetting its flows|1000000" {
+                    if seen == "DISABLED|(immediate) · resetting its flows|1,000,000" {
                         break;
                     }
                     assert!(start.elapsed() < 10 * SECOND, "s1's row never read as being reset: {seen}");
