@@ -252,6 +252,28 @@ fn a_restart_attaches_where_its_config_says_and_a_missing_interface_costs_no_for
     assert!(xdp_attached(&topology, "lbc") && xdp_attached(&topology, "lbs1"));
 }
 
+/// An instance's first start that cannot attach (an interface that is not
+/// there) leaves no pinned maps behind: they held tens of MiB of kernel
+/// memory until `lb cleanup`.
+#[test]
+fn a_first_start_that_cannot_attach_leaves_no_pins() {
+    let topology = Topology::new(1);
+    let spec = ServiceSpec { port: 80, protocol: "tcp", server_port: 8080, weights: vec![1] };
+    let mut agent = Agent::start(&topology, topology.config(&[spec]));
+    agent.stop().expect("agent was running");
+    let cleanup = agent.lb_command().args(["cleanup", "--config"]).arg(&agent.config_path).output().unwrap();
+    assert!(cleanup.status.success() && !agent.pin_dir().exists(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let interfaces = config.lines().find(|l| l.starts_with("interfaces = [")).expect("an interfaces line");
+    let typo = interfaces.replacen(']', ", \"nope0\"]", 1);
+    std::fs::write(&agent.config_path, config.replacen(interfaces, &typo, 1)).unwrap();
+    let (refused, stderr) = start_once(&agent);
+    assert!(refused && stderr.contains("nope0"), "{stderr}");
+    assert!(!agent.pin_dir().exists(), "pins left by a first start that failed:\n{stderr}");
+    assert!(!xdp_attached(&topology, "lbc"), "lbc attached by a start that failed");
+}
+
 /// A process of the test's own, stopped (SIGKILL, by its id) when dropped.
 struct KillOnDrop(std::process::Child);
 

@@ -112,6 +112,7 @@ fn start(
     let states = state_file::load(&config.state_file)?;
     startup.mark("state file");
     let pins = pin_dir(&config.instance);
+    let mut first_pins = FirstPins::of(&pins);
     let mut dp = Datapath::load_pinned(&pins, map_sizes(&config), datapath_log, &mut |phase| startup.mark(phase))
         .with_context(|| format!("cannot load the datapath (pins in {})", pins.display()))?;
     let tables = Tables::apply(&mut dp, &config, states, now_ms())
@@ -136,6 +137,7 @@ fn start(
     startup.mark("owner");
     let (interfaces, mode) = (owner.config().interfaces.clone(), owner.config().xdp_mode);
     attach(&mut owner.dp_mut().dp, &interfaces, mode)?;
+    first_pins.keep();
     startup.mark("attach");
     log::info!(
         "instance {}: {services} service(s), {servers} server(s), attached to {}; maps pinned in {}; API on {}",
@@ -158,6 +160,34 @@ fn start(
         pins.display()
     );
     Ok(())
+}
+
+/// The pins of an instance's first start (none were there): removed if the
+/// start fails before it attaches, so that a failed first start (a bad
+/// interface, say) leaves no maps behind (the flow table alone is tens of
+/// MiB). Pins that were there stay: they hold a running datapath's flows.
+struct FirstPins(Option<PathBuf>);
+
+impl FirstPins {
+    fn of(pins: &Path) -> FirstPins {
+        FirstPins((!pins.exists()).then(|| pins.to_owned()))
+    }
+
+    /// Attached: the pins are the datapath's from now on.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FirstPins {
+    fn drop(&mut self) {
+        let Some(pins) = self.0.take() else { return };
+        match std::fs::remove_dir_all(&pins) {
+            Ok(()) => log::info!("removed {}: this first start did not attach", pins.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {} after a failed first start: {e}", pins.display()),
+        }
+    }
 }
 
 /// The runtime and the signal handlers, made before anything is attached:
