@@ -419,6 +419,13 @@ impl EcmpBed {
 
 /// r: one eBGP session per node (BFD on); the VIPs' paths merged into one
 /// ECMP route of the main table, the nodes' default routes into table 100.
+/// BGP timers of every session of the bed. BIRD's defaults are for the
+/// Internet: a failed connect is retried after 120 s, and a session that
+/// failed on an error restarts after 60 s. So a session that failed once as
+/// the bed started (a peer not listening yet, a BFD miss while the machine
+/// was busy) stayed down past the bed's minute.
+const LAB_TIMERS: &str = "connect retry time 1; error wait time 1, 5;";
+
 fn router_config(nodes: usize, ipv6: bool) -> String {
     let mut text = String::from(
         "router id 10.240.9.1;\n\
@@ -428,7 +435,7 @@ fn router_config(nodes: usize, ipv6: bool) -> String {
          ipv4 table return_paths;\n\
          protocol pipe { table master4; peer table return_paths; import none; export where net = 0.0.0.0/0; }\n\
          protocol kernel to_nodes { kernel table 100; ipv4 { table return_paths; import none; export all; }; merge paths on; }\n\
-         template bgp node { local as 65000; bfd on; ipv4 { import all; export none; }; }\n",
+         template bgp node { local as 65000; bfd on; LAB_TIMERS ipv4 { import all; export none; }; }\n",
     );
     for k in 1..=nodes {
         text += &format!("protocol bgp n{k} from node {{ neighbor 10.240.{k}.2 as {}; }}\n", 65000 + k);
@@ -439,12 +446,12 @@ fn router_config(nodes: usize, ipv6: bool) -> String {
                  ipv6 table return_paths6;\n\
                  protocol pipe { table master6; peer table return_paths6; import none; export where net = ::/0; }\n\
                  protocol kernel to_nodes6 { kernel table 100; ipv6 { table return_paths6; import none; export all; }; merge paths on; }\n\
-                 template bgp node6 { local as 65000; bfd on; ipv6 { import all; export none; }; }\n";
+                 template bgp node6 { local as 65000; bfd on; LAB_TIMERS ipv6 { import all; export none; }; }\n";
         for k in 1..=nodes {
             text += &format!("protocol bgp n{k}v6 from node6 {{ neighbor {}2 as {}; }}\n", net6(k), 65000 + k);
         }
     }
-    text
+    text.replace("LAB_TIMERS", LAB_TIMERS)
 }
 
 /// A node: its VIPs, and the default route for the servers' replies,
@@ -452,7 +459,7 @@ fn router_config(nodes: usize, ipv6: bool) -> String {
 fn node_config(k: usize, include: &std::path::Path, ipv6: bool) -> String {
     let up6 = if ipv6 {
         format!(
-            "protocol bgp up6 {{\n  local {net}2 as {asn}; neighbor {net}1 as 65000; bfd on;\n  \
+            "protocol bgp up6 {{\n  local {net}2 as {asn}; neighbor {net}1 as 65000; bfd on; LAB_TIMERS\n  \
              ipv6 {{ import none; export where proto = \"lb_vips6\" || proto = \"lb_return6\"; }};\n}}\n",
             net = net6(k),
             asn = 65000 + k
@@ -460,16 +467,17 @@ fn node_config(k: usize, include: &std::path::Path, ipv6: bool) -> String {
     } else {
         String::new()
     };
-    format!(
+    let node = format!(
         "router id 10.240.{k}.2;\n\
          protocol device {{ scan time 10; }}\n\
          protocol bfd {{ interface \"*\" {{ interval 100 ms; multiplier 3; }}; }}\n\
          include \"{}\";\n\
-         protocol bgp up {{\n  local 10.240.{k}.2 as {}; neighbor 10.240.{k}.1 as 65000; bfd on;\n  \
+         protocol bgp up {{\n  local 10.240.{k}.2 as {}; neighbor 10.240.{k}.1 as 65000; bfd on; LAB_TIMERS\n  \
          ipv4 {{ import none; export where proto = \"lb_vips4\" || proto = \"lb_return4\"; }};\n}}\n",
         include.display(),
         65000 + k
-    ) + &up6
+    );
+    (node + &up6).replace("LAB_TIMERS", LAB_TIMERS)
 }
 
 fn node_agent_config(
