@@ -400,9 +400,10 @@ impl Validator {
         server
     }
 
-    /// A server at a VIP's address would be the balancer's own address: the
-    /// datapath's route lookup for it finds this host, not another, and
-    /// every packet of its flows would be dropped (`drop_no_route`).
+    /// A VIP's address leads to the balancer, not to a server: packets
+    /// forwarded to a server there would come back to the balancer (where
+    /// the VIP is routed to it) or stop at this host (where it is local),
+    /// and never reach a server.
     fn servers_are_not_vips(&mut self, pools: &BTreeMap<String, PoolConfig>, services: &[ServiceConfig]) {
         for (pool, config) in pools {
             for (i, server) in config.servers.iter().enumerate() {
