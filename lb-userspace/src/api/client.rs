@@ -16,8 +16,8 @@ use crate::model::{ApiError, Request};
 pub enum ClientError {
     // The cause is in the message and not a `source`: a chain printed
     // whole (`{:#}`, as `lb` prints errors) would say it twice.
-    #[error("cannot reach the agent at {path} (is `lb agent` running?): {cause}{}", others_hint(path, cause))]
-    Unreachable { path: PathBuf, cause: std::io::Error },
+    #[error("cannot reach the agent at {path} (is `lb agent` running?): {cause}{others}")]
+    Unreachable { path: PathBuf, cause: std::io::Error, others: String },
     /// Asked, but no answer came in time: the change asked for may have
     /// been made, or be under way (the state first, then a purge).
     #[error(
@@ -31,7 +31,8 @@ pub enum ClientError {
     Protocol { path: PathBuf, message: String },
 }
 
-/// Where no socket is at `path`, the agents' sockets beside it, if any: an
+/// Where no socket is at `path`, the agents' sockets beside it, if any (read
+/// once, as the error is made, not each time it is shown): an
 /// instance named other than "lb" (`instance = "lb0"`) has its socket at
 /// /run/lb/lb0.sock, not at the CLI's default.
 fn others_hint(path: &Path, cause: &std::io::Error) -> String {
@@ -61,7 +62,10 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
 }
 
 fn call_within(path: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
-    let unreachable = |cause| ClientError::Unreachable { path: path.to_owned(), cause };
+    let unreachable = |cause: std::io::Error| {
+        let others = others_hint(path, &cause);
+        ClientError::Unreachable { path: path.to_owned(), cause, others }
+    };
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = super::wire::to_line(request);
