@@ -415,6 +415,9 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
     let server = client.exchange("before").expect("exchange");
 
+    let link_pin = agent.pin_dir().join("link_lbc");
+    let pin_inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&link_pin).expect("link pin"));
+    let pinned = pin_inode();
     agent.kill();
     assert!(xdp_attached(&topology, "lbc"), "XDP must stay attached when the agent dies");
     assert_eq!(client.exchange("agent dead").expect("exchange with the agent dead"), server);
@@ -422,6 +425,9 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
 
     agent.restart();
     assert!(agent.log().contains("took over the XDP link"), "{}", agent.log());
+    // The link's pin never left its place (unpinned and pinned again, a
+    // failed pin would have detached the interface).
+    assert_eq!(pin_inode(), pinned, "the taken-over link's pin was made anew");
     for i in 0..5 {
         assert_eq!(client.exchange(&format!("after restart {i}")).expect("exchange after restart"), server);
     }

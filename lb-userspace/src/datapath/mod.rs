@@ -527,31 +527,15 @@ impl Datapath {
             DatapathError::Attach { interface: interface.to_owned(), source }
         };
         let program = self.program_mut();
-        let mut link_id = None;
-        if path.exists() {
-            let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.into()))?;
-            let old: FdLink = old.unpin().map_err(|e| pin_error(e.into()))?;
-            match XdpLink::try_from(old) {
-                Ok(old) => match program.attach_to_link(old) {
-                    Ok(id) => {
-                        log::info!("{interface}: took over the XDP link left by the previous agent");
-                        link_id = Some(id);
-                    }
-                    Err(e) => log::warn!("{interface}: cannot take over the old XDP link ({e}); attaching anew"),
-                },
-                Err(e) => {
-                    log::warn!("{interface}: pinned link is not an XDP link ({e}); attaching anew")
-                }
-            }
-        }
-        let taken_over = link_id.is_some();
-        let link_id = match link_id {
-            Some(id) => id,
-            None => program.attach(interface, aya_mode(mode)).map_err(attach_error)?,
+        let taken_over = path.exists() && take_over(program, interface, &path).map_err(pin_error)?;
+        let link = if taken_over {
+            PinnedLink::from_pin(&path).map_err(|e| pin_error(e.into()))?
+        } else {
+            let link_id = program.attach(interface, aya_mode(mode)).map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            let link: FdLink = link.try_into().map_err(|e: LinkError| pin_error(e.into()))?;
+            link.pin(&path).map_err(|e| pin_error(e.into()))?
         };
-        let link = program.take_link(link_id).map_err(attach_error)?;
-        let link: FdLink = link.try_into().map_err(|e: LinkError| pin_error(e.into()))?;
-        let link = link.pin(&path).map_err(|e| pin_error(e.into()))?;
         self.attached.push(Attached { interface: interface.to_owned(), link, taken_over });
         Ok(())
     }
@@ -622,6 +606,35 @@ fn caused_by_os_error(error: &(dyn std::error::Error + 'static), code: i32) -> b
         next = e.source();
     }
     false
+}
+
+/// Puts `program` on the XDP link pinned at `path` by the previous agent.
+/// The pin stays where it is throughout (the link is the same kernel
+/// object, now running this program), so the interface is never without a
+/// balancer and no new pin can fail and detach it. Where that link cannot
+/// be taken over, its pin is removed (detaching it) and false returned, to
+/// attach anew.
+fn take_over(
+    program: &mut Xdp,
+    interface: &str,
+    path: &Path,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let old = FdLink::from(PinnedLink::from_pin(path)?);
+    let why = match XdpLink::try_from(old) {
+        Ok(old) => match program.attach_to_link(old) {
+            Ok(id) => {
+                // Only this agent's descriptor of the link closes: the pin holds it.
+                drop(program.take_link(id)?);
+                log::info!("{interface}: took over the XDP link left by the previous agent");
+                return Ok(true);
+            }
+            Err(e) => format!("cannot take over the old XDP link ({e})"),
+        },
+        Err(e) => format!("pinned link is not an XDP link ({e})"),
+    };
+    log::warn!("{interface}: {why}; attaching anew");
+    std::fs::remove_file(path)?;
+    Ok(false)
 }
 
 fn aya_mode(mode: XdpMode) -> AyaXdpMode {
