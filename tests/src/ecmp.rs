@@ -17,7 +17,7 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -69,6 +69,8 @@ fn link6(a: &NetNs, name_a: &str, b: &NetNs, name_b: &str, n: usize) {
 pub struct Bird {
     child: Child,
     pub socket: PathBuf,
+    ns: String,
+    dir: PathBuf,
 }
 
 impl Bird {
@@ -89,7 +91,21 @@ impl Bird {
             .stdin(Stdio::null())
             .spawn()
             .expect("start bird");
-        Bird { child, socket }
+        Bird { child, socket, ns: ns.name.clone(), dir: dir.to_owned() }
+    }
+
+    /// What this BIRD says of its sessions, and what it printed: for a
+    /// test's failure message (the bed's directory goes with the bed).
+    fn report(&self) -> String {
+        let protocols = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(["show", "protocols"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("birdc: {e}"));
+        let printed = std::fs::read_to_string(self.dir.join("bird.out")).unwrap_or_default();
+        format!("--- BIRD in {}:\n{protocols}{printed}", self.ns)
     }
 
     /// SIGSTOP: a hung node's BIRD, its sessions open and silent (only
@@ -149,7 +165,7 @@ pub struct Options {
 /// then the store.
 pub struct EcmpBed {
     pub nodes: Vec<Node>,
-    _router_bird: Bird,
+    router_bird: Bird,
     pub servers: Vec<(Server, Server)>,
     pub client: NetNs,
     pub router: NetNs,
@@ -227,7 +243,7 @@ impl EcmpBed {
         let router_bird = Bird::start(&router, &dir.join("r"), &router_config(nodes + 1, options.ipv6));
         let mut bed = EcmpBed {
             nodes: Vec::new(),
-            _router_bird: router_bird,
+            router_bird,
             servers: echo,
             client,
             router,
@@ -361,8 +377,9 @@ impl EcmpBed {
             }
             assert!(
                 start.elapsed() < timeout,
-                "r's paths to the VIP: {:?}, want {want:?} after {timeout:?}",
-                self.paths()
+                "r's paths to the VIP: {:?}, want {want:?} after {timeout:?}\n{}",
+                self.paths(),
+                self.birds()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -376,7 +393,7 @@ impl EcmpBed {
             if text.matches("via").count() == count {
                 return;
             }
-            assert!(start.elapsed() < timeout, "r's return paths (table 100): {text}");
+            assert!(start.elapsed() < timeout, "r's return paths (table 100): {text}\n{}", self.birds());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -406,6 +423,12 @@ impl EcmpBed {
                 node.agent.pool("echo").servers.iter().any(|s| s.name == name && s.takes_new_flows)
             });
         }
+    }
+
+    /// Every BIRD's sessions and output, the router's first.
+    fn birds(&self) -> String {
+        let nodes = self.nodes.iter().map(|n| n.bird.report());
+        std::iter::once(self.router_bird.report()).chain(nodes).collect::<Vec<_>>().join("\n")
     }
 
     pub fn node(&self, name: &str) -> &Node {
