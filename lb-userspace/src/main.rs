@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    cli::{self, DisableArgs},
-    config::Config,
+    cli::{self, DisableArgs, ReloadArgs},
+    config::{self, Config},
     daemon,
 };
 
@@ -91,6 +91,14 @@ enum Command {
         /// Print the API's answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
+        /// The agent's config file: its agent is found from it (its
+        /// `api_socket`), instead of --socket. For systemd's ExecReload.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// In a cluster: only this node re-reads its file (as SIGHUP does),
+        /// not every node.
+        #[arg(long)]
+        this_node: bool,
     },
     /// Stop forwarding for good: detach XDP and remove the instance's pinned
     /// links and maps (its agent must be stopped; stopping the agent alone
@@ -255,7 +263,13 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
             cli::node_disable(socket, &node, &args, json)
         }
         Command::Node { command: NodeCommand::Enable { node, json } } => cli::node_enable(socket, &node, json),
-        Command::Reload { force, dry_run, json } => cli::reload(socket, force, dry_run, json),
+        Command::Reload { force, dry_run, json, config, this_node } => {
+            let socket = match config {
+                Some(path) => config::api_socket_of(&path)?,
+                None => socket.to_owned(),
+            };
+            cli::reload(&socket, &ReloadArgs { force, dry_run, this_node }, json)
+        }
         Command::Cleanup { config } => {
             let config = Config::load(&config)?;
             if std::os::unix::net::UnixStream::connect(&config.api_socket).is_ok() {

@@ -51,6 +51,11 @@ pub enum Request {
         force: bool,
         #[serde(default)]
         dry_run: bool,
+        /// In a cluster: only this node re-reads its file (as SIGHUP
+        /// does), not every node. Sent only when set, so that a plain
+        /// reload from a newer CLI still reaches an agent that predates it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        this_node: bool,
     },
     /// The cluster's nodes as this node sees them.
     Nodes,

@@ -685,4 +685,13 @@ fn a_reload_through_one_node_makes_every_node_reread_its_file_and_says_how_each_
     assert!(!ok && err.contains("lb.toml"), "{err}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(weights(&fleet), [3, 3, 2], "a reload refused where it was asked reached another node");
+
+    // `--this-node` (systemd's reload, as SIGHUP): the node asked alone
+    // re-reads its file.
+    write_weight(&fleet, &NODES, 5);
+    let (ok, out, err) = n2.agent.lb(&["reload", "--this-node"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(weights(&fleet), [3, 5, 2], "applied on n2 when it answered, and on n2 alone");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(weights(&fleet), [3, 5, 2], "another node re-read its file");
 }

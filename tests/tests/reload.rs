@@ -15,6 +15,7 @@ use std::{
 
 use lb_userspace::model::{EventKind, ServerState, ServerView, Source, Subject, Why};
 use testbed::{
+    agent::lb_bin,
     bed::{Bed, EVERY_100MS, bed_of, wait_for},
     config_file::ConfigFile,
     load::{assert_ran_through, steady_connections},
@@ -247,6 +248,43 @@ fn a_reload_with_a_problem_changes_nothing_and_says_why() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(b.agent.pid() as i32, libc::SIGHUP) }, 0);
     wait_for("SIGHUP's reload", Duration::from_secs(3), || b.state("p7", "s1") == "ENABLED");
+}
+
+/// `systemctl reload` runs the unit's ExecReload, as written in the unit
+/// file: the CLI finds the agent from the instance's config file, and a
+/// file the agent refuses fails the command, with why (after SIGHUP,
+/// `systemctl reload` read as done and only the journal said otherwise).
+#[test]
+fn the_units_reload_finds_the_agent_from_its_config_and_fails_when_refused() {
+    let b = bed_of(3, |t| config(t, None, &ALL));
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-userspace/systemd/lb@.service");
+    let unit = std::fs::read_to_string(unit).expect("the unit file");
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecReload=")).expect("ExecReload");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/lb"), "{exec}");
+    let config_path = b.agent.config_path.to_str().expect("a UTF-8 path");
+    let args: Vec<&str> = words.map(|w| if w == "/etc/lb/%i.toml" { config_path } else { w }).collect();
+    assert!(args.contains(&config_path), "the instance's config in {exec}");
+    // As systemd runs it: no LB_SOCKET, no --socket.
+    let systemctl_reload = |text: String| {
+        std::fs::write(&b.agent.config_path, text).expect("write the config");
+        let out = std::process::Command::new(lb_bin()).args(&args).env_remove("LB_SOCKET").output().expect("lb");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    let broken = config(&b.topology, None, &[("s1", 70000, true), ("s2", 1, true)]);
+    let (ok, said) = systemctl_reload(broken.text());
+    assert!(!ok, "a refused config reads as reloaded: {said}");
+    assert!(said.contains("pools.p7.servers[0].weight") && said.contains("nothing was applied"), "{said}");
+    assert_eq!(b.server("p7", "s1").weight, 1);
+
+    let (ok, said) =
+        systemctl_reload(config(&b.topology, None, &[("s1", 1, true), ("s2", 2, true), ("s3", 1, true)]).text());
+    assert!(ok && said.contains("applied"), "{said}");
+    assert_eq!(b.server("p7", "s2").weight, 2, "applied when the command returned");
 }
 
 #[test]

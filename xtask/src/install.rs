@@ -54,5 +54,7 @@ mod tests {
         assert_eq!(exec, format!("{} agent --config {}/%i.toml", super::BINARY, super::CONFIG_DIR));
         assert!(unit.contains("KillMode=process"), "only the agent is signalled");
         assert!(unit.contains("\nType=notify\n"), "started once the agent says it serves");
+        let reload = unit.lines().find_map(|l| l.strip_prefix("ExecReload=")).expect("ExecReload");
+        assert_eq!(reload, format!("{} reload --config {}/%i.toml --this-node", super::BINARY, super::CONFIG_DIR));
     }
 }

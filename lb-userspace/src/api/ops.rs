@@ -73,8 +73,8 @@ impl Ops {
             Request::NodeEnable { node } => json(self.cluster()?.node_enable(&node).await?),
             Request::Events { since } => json(self.events(since)),
             Request::Stats => json(self.stats()?),
-            Request::Reload { force, dry_run } => match &self.cluster {
-                Some(cluster) if !dry_run => json(self.reload_fleet(cluster, force).await?),
+            Request::Reload { force, dry_run, this_node } => match &self.cluster {
+                Some(cluster) if !dry_run && !this_node => json(self.reload_fleet(cluster, force).await?),
                 _ => json(self.owner.reload(force, dry_run).await?),
             },
         }

@@ -231,15 +231,15 @@ pub fn enable(pool: String, body: &Value) -> Result<Request, ApiError> {
     Ok(Request::Enable { pool, servers: servers(fields)?, force })
 }
 
-/// `{"force":false,"dry_run":false}` (both optional).
+/// `{"force":false,"dry_run":false,"this_node":false}` (all optional).
 pub fn reload(_: String, body: &Value) -> Result<Request, ApiError> {
-    let fields = known_fields(body, &["force", "dry_run"])?;
+    let fields = known_fields(body, &["force", "dry_run", "this_node"])?;
     let flag = |name: &str| match fields.get(name) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(bad_field(name, "must be true or false")),
     };
-    Ok(Request::Reload { force: flag("force")?, dry_run: flag("dry_run")? })
+    Ok(Request::Reload { force: flag("force")?, dry_run: flag("dry_run")?, this_node: flag("this_node")? })
 }
 
 fn known_fields<'a>(body: &'a Value, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
@@ -300,9 +300,14 @@ mod tests {
             Request::Events { since: Some(3) },
             Request::PoolShow { pool: "web".into() },
             Request::PoolHistory { pool: "web".into() },
+            Request::Reload { force: true, dry_run: false, this_node: true },
+            Request::Reload { force: false, dry_run: true, this_node: false },
         ] {
             assert_eq!(from_line(to_line(&request).as_bytes()).unwrap(), request);
         }
+        // A plain reload's line is the one agents before `this_node` read.
+        let plain = to_line(&Request::Reload { force: false, dry_run: false, this_node: false });
+        assert!(!plain.contains("this_node"), "{plain}");
         let refusal = |line: &[u8]| from_line(line).unwrap_err().message;
         assert!(refusal(br#"{"op":"disable","pool":"web","servers":["a"],"mode":"later"}"#).starts_with("mode: "));
         assert!(refusal(br#"{"op":"dance"}"#).starts_with("op: unknown operation"));

@@ -445,8 +445,16 @@ pub fn node_enable(socket: &Path, node: &str, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn reload(socket: &Path, force: bool, dry_run: bool, json: bool) -> anyhow::Result<()> {
-    let (report, data): (ReloadReport, Value) = match call(socket, &Request::Reload { force, dry_run }) {
+/// `lb reload`'s options.
+pub struct ReloadArgs {
+    pub force: bool,
+    pub dry_run: bool,
+    pub this_node: bool,
+}
+
+pub fn reload(socket: &Path, args: &ReloadArgs, json: bool) -> anyhow::Result<()> {
+    let &ReloadArgs { force, dry_run, this_node } = args;
+    let (report, data): (ReloadReport, Value) = match call(socket, &Request::Reload { force, dry_run, this_node }) {
         Err(e) if refused_by_guard(&e) => anyhow::bail!("{e} (add --force)"),
         other => other?,
     };

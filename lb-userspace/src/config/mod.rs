@@ -230,9 +230,28 @@ fn list(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
 }
 
+/// The instance of a config that names none.
+pub const DEFAULT_INSTANCE: &str = "lb";
+
 /// Default API socket of an instance.
 pub fn default_api_socket(instance: &str) -> PathBuf {
     PathBuf::from(format!("/run/lb/{instance}.sock"))
+}
+
+/// The API socket of the agent that runs `path`: its `api_socket`, else its
+/// instance's default. Only those two keys are read, so that the agent of
+/// a file with problems elsewhere is still found (to be told to reload it,
+/// and to say what the problems are).
+pub fn api_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        instance: Option<String>,
+        api_socket: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let keys: Keys = toml::from_str(&text)
+        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string().trim().to_owned() })?;
+    Ok(keys.api_socket.unwrap_or_else(|| default_api_socket(keys.instance.as_deref().unwrap_or(DEFAULT_INSTANCE))))
 }
 
 /// Default state file of an instance.
@@ -364,6 +383,30 @@ mod tests {
         assert_eq!(c.pools["web"].servers[1].weight, 1);
         assert_eq!(c.api_socket, PathBuf::from("/run/lb/lb0.sock"));
         assert_eq!(c.services[0].protocol, Protocol::Tcp);
+    }
+
+    /// `lb reload --config FILE` finds the agent of a file that has
+    /// problems (the agent then lists them); only a file that is not TOML
+    /// at all is refused there.
+    #[test]
+    fn the_api_socket_is_found_in_a_file_with_problems_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("lb-api-socket-of-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("lb.toml");
+        let socket_of = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            api_socket_of(&file)
+        };
+        let broken = GOOD.replace("max = 65536", "max = \"many\"");
+        assert!(Config::parse(&broken, &file).is_err());
+        assert_eq!(socket_of(&broken).unwrap(), PathBuf::from("/run/lb/lb0.sock"));
+        let set = format!("api_socket = \"/tmp/x/api.sock\"\n{broken}");
+        assert_eq!(socket_of(&set).unwrap(), PathBuf::from("/tmp/x/api.sock"));
+        assert_eq!(socket_of("").unwrap(), PathBuf::from("/run/lb/lb.sock"), "the default instance's");
+        let err = socket_of("instance = [").unwrap_err().to_string();
+        assert!(err.contains("lb.toml"), "{err}");
+        assert!(api_socket_of(&dir.join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use super::checks::Validator;
 use super::{
-    Config, DEFAULT_HTTP_PORT, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth, Protocol, ServerConfig,
-    ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor, parse_duration,
+    Config, DEFAULT_HTTP_PORT, DEFAULT_INSTANCE, DisableMode, FlowSettings, HttpSettings, PoolConfig, PoolHealth,
+    Protocol, ServerConfig, ServiceConfig, XdpMode, default_api_socket, default_state_file, monitors::RawMonitor,
+    parse_duration,
 };
 use super::{bgp::RawBgp, cluster::RawCluster};
 
@@ -108,7 +109,8 @@ pub(super) struct RawServer {
 
 impl Validator {
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
-        let instance = self.name("instance", Some(raw.instance.unwrap_or_else(|| "lb".to_owned())), "instance name");
+        let instance =
+            self.name("instance", Some(raw.instance.unwrap_or_else(|| DEFAULT_INSTANCE.to_owned())), "instance name");
         let interfaces = self.interfaces(raw.interfaces.unwrap_or_default());
         let xdp_mode = self.xdp_mode(raw.xdp_mode.as_deref());
         let api_socket = raw.api_socket.unwrap_or_else(|| default_api_socket(&instance));
