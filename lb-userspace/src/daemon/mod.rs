@@ -400,8 +400,19 @@ async fn serve(
         }
     };
     let fault = parts.until(stop).await;
+    stop_all(parts, fault, shutdown_tx, owner_thread).await
+}
+
+/// Stops every task and the owner, once told to stop or at the first
+/// task's fault; the datapath to leave as it is (attached, pinned).
+async fn stop_all(
+    parts: supervise::Parts,
+    fault: Result<(), String>,
+    shutdown: watch::Sender<bool>,
+    owner_thread: std::thread::JoinHandle<std::io::Result<Owner<Live>>>,
+) -> anyhow::Result<Live> {
     systemd::notify(systemd::STOPPING);
-    let _ = shutdown_tx.send(true);
+    let _ = shutdown.send(true);
     parts.join_all().await;
     let owner = owner_thread.join();
     if let Err(fault) = fault {
@@ -531,25 +542,9 @@ fn follow_cluster(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Cluster> {
     let NodeLinks { replication, tables, in_service, announced } = node;
-    let (peers_tx, peers) = watch::channel(None);
-    let (joined_tx, joined) = watch::channel(false);
     let sync = replication.as_ref().map(|r| r.address);
-    let mut counts = None;
-    let push_all = match replication {
-        Some(replication) => {
-            let (push_all, asked) = mpsc::channel(4);
-            let links =
-                cluster::replicate::Links { peers, snapshots: snapshots.clone(), joined: joined_tx, push_all: asked };
-            let replicator = replication.start(links).context("cannot start flow replication")?;
-            counts = Some(Arc::clone(&replicator.counts));
-            parts.spawn("flow replication", replicator.run(shutdown.clone()));
-            Some(push_all)
-        }
-        None => {
-            joined_tx.send_replace(true);
-            None
-        }
-    };
+    let Replicating { peers: peers_tx, joined, push_all, counts } =
+        start_replication(replication, snapshots, parts, shutdown)?;
     let Joining { store, config, revision, proposals } = joining;
     let (admins_tx, admins) = watch::channel(Default::default());
     let (still_arriving_tx, still_arriving) = watch::channel(None);
@@ -596,6 +591,39 @@ fn follow_cluster(
     };
     parts.spawn("cluster presence", presence.run(shutdown.clone()));
     Ok(Cluster { store, node: config.node.clone(), timeout: config.timeout, view, admins, replication: counts })
+}
+
+/// Flow replication, where the config has it, and what the other cluster
+/// tasks hold of it.
+struct Replicating {
+    /// The peers to send new flows to (written by the presence task).
+    peers: watch::Sender<Option<Vec<cluster::replicate::Peer>>>,
+    /// Whether this node has the others' flows (at once without replication).
+    joined: watch::Receiver<bool>,
+    /// Asks for every live flow to be sent to the peers (node maintenance);
+    /// the answer is how many were.
+    push_all: Option<mpsc::Sender<tokio::sync::oneshot::Sender<u64>>>,
+    counts: Option<Arc<cluster::replicate::SyncCounts>>,
+}
+
+fn start_replication(
+    replication: Option<cluster::replicate::Parts>,
+    snapshots: &watch::Receiver<Arc<crate::agent::snapshot::Snapshot>>,
+    parts: &mut supervise::Parts,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Replicating> {
+    let (peers_tx, peers) = watch::channel(None);
+    let (joined_tx, joined) = watch::channel(false);
+    let Some(replication) = replication else {
+        joined_tx.send_replace(true);
+        return Ok(Replicating { peers: peers_tx, joined, push_all: None, counts: None });
+    };
+    let (push_all, asked) = mpsc::channel(4);
+    let links = cluster::replicate::Links { peers, snapshots: snapshots.clone(), joined: joined_tx, push_all: asked };
+    let replicator = replication.start(links).context("cannot start flow replication")?;
+    let counts = Some(Arc::clone(&replicator.counts));
+    parts.spawn("flow replication", replicator.run(shutdown.clone()));
+    Ok(Replicating { peers: peers_tx, joined, push_all: Some(push_all), counts })
 }
 
 /// SIGHUP: re-read the config, as `lb reload` does (the guard applies: a

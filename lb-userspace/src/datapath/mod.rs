@@ -425,29 +425,12 @@ impl Datapath {
         }
         let mut ebpf = loader.load(object()).map_err(DatapathError::Load)?;
         mark("object and maps");
-        for name in [PROGRAM, PROGRAM6, PROGRAM6_OTHER, PURGE_PROGRAM] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
-            program.load().map_err(|source| DatapathError::Program { name, source })?;
-            mark(match name {
-                PROGRAM => "program verified",
-                PROGRAM6 => "IPv6 program verified",
-                PROGRAM6_OTHER => "IPv6's other program verified",
-                _ => "purge program verified",
-            });
-        }
+        verify_programs(&mut ebpf, mark)?;
         set_family_programs(&mut ebpf)?;
         if let (Some(dir), Some(build)) = (pin_dir, build) {
             pin_programs(&mut ebpf, dir, build)?;
         }
-        let format = ebpf
-            .map_mut(map_name::MAPS_FORMAT)
-            .ok_or(DatapathError::Map { name: map_name::MAPS_FORMAT, source: None })?;
-        let mut format: Array<_, u32> =
-            Array::try_from(format).map_err(|e| DatapathError::Map { name: map_name::MAPS_FORMAT, source: Some(e) })?;
-        format.set(0, lb_common::MAPS_FORMAT, 0).map_err(DatapathError::WriteFormat)?;
+        write_format(&mut ebpf)?;
         let mut maps = take_maps(|name| ebpf.take_map(name))?;
         maps.clear_purge_marks(sizes.max_servers)?;
         mark("maps mapped");
@@ -594,6 +577,35 @@ impl Datapath {
     pub fn attached_interfaces(&self) -> Vec<String> {
         self.attached.iter().map(|a| a.interface.clone()).collect()
     }
+}
+
+/// Loads the object's programs into the kernel: the verifier checks each
+/// (most of a first start's time).
+fn verify_programs(ebpf: &mut Ebpf, mark: &mut dyn FnMut(&str)) -> Result<(), DatapathError> {
+    for name in [PROGRAM, PROGRAM6, PROGRAM6_OTHER, PURGE_PROGRAM] {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+        program.load().map_err(|source| DatapathError::Program { name, source })?;
+        mark(match name {
+            PROGRAM => "program verified",
+            PROGRAM6 => "IPv6 program verified",
+            PROGRAM6_OTHER => "IPv6's other program verified",
+            _ => "purge program verified",
+        });
+    }
+    Ok(())
+}
+
+/// Writes this agent's maps format into the maps just made, for the agents
+/// that take them over from their pins (`check_pinned_maps`).
+fn write_format(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let format =
+        ebpf.map_mut(map_name::MAPS_FORMAT).ok_or(DatapathError::Map { name: map_name::MAPS_FORMAT, source: None })?;
+    let mut format: Array<_, u32> =
+        Array::try_from(format).map_err(|e| DatapathError::Map { name: map_name::MAPS_FORMAT, source: Some(e) })?;
+    format.set(0, lb_common::MAPS_FORMAT, 0).map_err(DatapathError::WriteFormat)
 }
 
 /// Whether `error`, or an error it was caused by, is the OS error `code`.
