@@ -49,6 +49,11 @@ fn node_addr(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 240, k as u8, 2)
 }
 
+/// Node k's `cluster.sync_address`.
+pub fn sync_address(k: usize) -> std::net::SocketAddr {
+    (node_addr(k), SYNC_PORT).into()
+}
+
 fn server_addr(j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 240, 20 + j as u8, 2)
 }
@@ -521,7 +526,7 @@ fn node_agent_config(
         .set("cluster.node", format!("n{k}"))
         .set("cluster.endpoints", endpoints.to_vec())
         .set("cluster.timeout", "2s")
-        .set("cluster.sync_address", format!("{}:{SYNC_PORT}", node_addr(k)))
+        .set("cluster.sync_address", sync_address(k).to_string())
         .set("bgp.bird_socket", bird_socket.display().to_string())
         .set("bgp.include_file", include.display().to_string())
         .set("bgp.return_route", true);

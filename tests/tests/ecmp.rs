@@ -312,6 +312,24 @@ fn a_server_added_then_a_node_lost_moves_no_flow_to_another_server() {
     let n3_cut = (cut, Instant::now());
     std::thread::sleep(Duration::from_secs(1));
     load.check().fast_outside(&[n3_cut]);
+
+    // The nodes' starts cost no refused datagram (each pushed to the others
+    // as it saw them, before they saw it: held until they did). Datagrams
+    // from an address that is no node's: counted, and said once in the log
+    // with why (the counter's alert alone does not say).
+    let n1 = &bed.node("n1").agent;
+    let refused = || n1.lb_json::<NodesView>(&["nodes"]).replication.expect("replication on").refused;
+    assert_eq!(refused(), 0, "refused datagrams as the nodes started:\n{}", n1.log());
+    bed.router.run(|| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        for _ in 0..3 {
+            socket.send_to(b"not a flow", testbed::ecmp::sync_address(1)).expect("send");
+        }
+    });
+    testbed::bed::wait_for("n1 counts the 3 datagrams", Duration::from_secs(10), || refused() == 3);
+    let log = n1.log();
+    let warned = log.lines().filter(|l| l.contains("WARN") && l.contains("ignored: not the cluster.sync_address"));
+    assert_eq!(warned.count(), 1, "warned once:\n{log}");
 }
 
 #[test]

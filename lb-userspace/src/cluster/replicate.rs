@@ -282,6 +282,7 @@ impl Parts {
             refresh: self.refresh,
             links,
             counts: Arc::default(),
+            said: Said::default(),
         })
     }
 }
@@ -306,6 +307,41 @@ pub struct Replicator {
     refresh: Duration,
     links: Links,
     pub counts: Arc<SyncCounts>,
+    said: Said,
+}
+
+/// The faults already warned of, each once (later ones at debug level):
+/// a peer that cannot be sent to, datagrams refused from an address. The
+/// counters (`lb_cluster_replication_refused_total`) count every one; the
+/// warning says why. At most [`Said::MAX`] remembered, so that datagrams
+/// from many addresses cannot grow it.
+#[derive(Default)]
+struct Said(std::sync::Mutex<std::collections::HashSet<(SocketAddr, &'static str)>>);
+
+impl Said {
+    const MAX: usize = 64;
+
+    /// Whether `fault` from or to `at` is said for the first time.
+    fn first(&self, at: SocketAddr, fault: &'static str) -> bool {
+        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        said.len() < Self::MAX && said.insert((at, fault))
+    }
+
+    /// `at` works again: its next fault is said again.
+    fn clear(&self, at: SocketAddr, fault: &'static str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&(at, fault));
+    }
+}
+
+/// Warns the first time, then at debug level.
+macro_rules! warn_once {
+    ($said:expr, $at:expr, $fault:literal, $($arg:tt)+) => {
+        if $said.first($at, $fault) {
+            log::warn!("flow replication: {} (said once: counted in lb_cluster_replication_refused_total and the like)", format_args!($($arg)+));
+        } else {
+            log::debug!("flow replication: {}", format_args!($($arg)+));
+        }
+    };
 }
 
 /// Server ids and identities of the latest snapshot, both ways.
@@ -346,6 +382,57 @@ impl Ids {
 /// its own node, so copies do not keep each other alive).
 pub use crate::datapath::flow_table::forwarded_here;
 
+/// Datagrams from an address that is no live node's yet. A node that starts
+/// pushes its flows to each peer as soon as it sees it in the store, which
+/// may be before that peer sees it (each reads the store's records every
+/// presence tick): its datagrams are held here, taken once their address
+/// is a live node's, and refused after [`STRANGER_WAIT`] (so a node's start
+/// costs no flow and reads as no fault). At most [`STRANGERS_MAX`] held.
+#[derive(Default)]
+struct Strangers {
+    held: std::collections::VecDeque<(tokio::time::Instant, SocketAddr, Vec<u8>)>,
+}
+
+const STRANGER_WAIT: Duration = Duration::from_secs(2);
+/// Datagrams of at most 64 KiB (1.4 KiB in a full batch of flows).
+const STRANGERS_MAX: usize = 1024;
+
+impl Strangers {
+    /// Holds `datagram`; false when full (refuse it).
+    fn hold(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+        if self.held.len() >= STRANGERS_MAX {
+            return false;
+        }
+        self.held.push_back((tokio::time::Instant::now() + STRANGER_WAIT, from, datagram.to_vec()));
+        true
+    }
+
+    /// The held datagrams whose sender `known` knows now, in their order.
+    fn known_now(&mut self, known: impl Fn(SocketAddr) -> bool) -> Vec<(SocketAddr, Vec<u8>)> {
+        let (now, still): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(_, from, _)| known(*from));
+        self.held = still.into();
+        now.into_iter().map(|(_, from, datagram)| (from, datagram)).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// When the oldest held datagram is to be refused.
+    fn next_expiry(&self) -> tokio::time::Instant {
+        self.held.front().map_or_else(tokio::time::Instant::now, |(until, ..)| *until)
+    }
+
+    /// Drops the datagrams held past their wait; their senders.
+    fn expire(&mut self, now: tokio::time::Instant) -> Vec<SocketAddr> {
+        let mut expired = Vec::new();
+        while self.held.front().is_some_and(|(until, ..)| *until <= now) {
+            expired.extend(self.held.pop_front().map(|(_, from, _)| from));
+        }
+        expired
+    }
+}
+
 /// Where a joining node stands: the peers whose push it still waits for.
 struct Joining {
     waiting: Option<Vec<SocketAddr>>,
@@ -358,6 +445,7 @@ impl Replicator {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut pushed: Vec<(SocketAddr, u64)> = Vec::new();
         let mut joining = Joining { waiting: None, until: tokio::time::Instant::now() + JOIN_WAIT };
+        let mut strangers = Strangers::default();
         let mut refresh = tokio::time::interval(self.refresh);
         let mut refreshed_ns = datapath_now_ns();
         let mut poll = tokio::time::interval(POLL);
@@ -377,10 +465,17 @@ impl Replicator {
                     }
                 }
                 received = self.socket.recv_from(&mut buffer) => match received {
-                    Ok((len, from)) => {
+                    Ok((len, from)) if self.knows(from) => {
                         ids.refresh(&self.links.snapshots.borrow());
+                        // Its datagrams held before this one first.
+                        self.receive_held(&mut strangers, &ids, &mut joining);
                         if self.receive(&buffer[..len], from, &ids) {
                             joining.pushed_by(from, &self.links.joined);
+                        }
+                    }
+                    Ok((len, from)) => {
+                        if !strangers.hold(from, &buffer[..len]) {
+                            self.refuse_stranger(from);
                         }
                     }
                     Err(e) => log::debug!("flow replication: receiving: {e}"),
@@ -389,7 +484,13 @@ impl Replicator {
                     let Some(peers) = self.links.peers.borrow_and_update().clone() else { continue };
                     joining.found(&peers, &self.links.joined);
                     ids.refresh(&self.links.snapshots.borrow());
+                    self.receive_held(&mut strangers, &ids, &mut joining);
                     self.push_to_new(&peers, &mut pushed, &ids).await;
+                }
+                () = tokio::time::sleep_until(strangers.next_expiry()), if !strangers.is_empty() => {
+                    for from in strangers.expire(tokio::time::Instant::now()) {
+                        self.refuse_stranger(from);
+                    }
                 }
                 Some(asked) = self.links.push_all.recv() => {
                     ids.refresh(&self.links.snapshots.borrow());
@@ -467,29 +568,52 @@ impl Replicator {
         for batch in wire.chunks(BATCH) {
             let datagram = encode(batch);
             for peer in peers {
-                if let Err(e) = self.socket.send_to(&datagram, peer).await {
-                    log::debug!("flow replication: cannot send to {peer}: {e}");
+                match self.socket.send_to(&datagram, peer).await {
+                    Ok(_) => self.said.clear(*peer, "send"),
+                    Err(e) => warn_once!(self.said, *peer, "send", "cannot send new flows to {peer}: {e}"),
                 }
             }
         }
         self.counts.sent.fetch_add(wire.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes a datagram's flows; true if it ends a push to this node.
-    fn receive(&self, datagram: &[u8], from: SocketAddr, ids: &Ids) -> bool {
-        let known = |ip: IpAddr| {
-            self.links.peers.borrow().iter().flatten().any(|p| p.address.ip().to_canonical() == ip.to_canonical())
-        };
-        if !known(from.ip()) {
-            self.counts.refused.fetch_add(1, Ordering::Relaxed);
-            log::debug!("flow replication: a datagram from {from}, not a live node's address: ignored");
-            return false;
+    /// Whether `from` is a live node's address.
+    fn knows(&self, from: SocketAddr) -> bool {
+        let ip = from.ip().to_canonical();
+        self.links.peers.borrow().iter().flatten().any(|p| p.address.ip().to_canonical() == ip)
+    }
+
+    /// The held datagrams of senders now known, in the order they came.
+    fn receive_held(&self, strangers: &mut Strangers, ids: &Ids, joining: &mut Joining) {
+        if strangers.is_empty() {
+            return;
         }
+        for (from, datagram) in strangers.known_now(|from| self.knows(from)) {
+            if self.receive(&datagram, from, ids) {
+                joining.pushed_by(from, &self.links.joined);
+            }
+        }
+    }
+
+    /// A datagram from an address that no live node has (or no longer held).
+    fn refuse_stranger(&self, from: SocketAddr) {
+        self.counts.refused.fetch_add(1, Ordering::Relaxed);
+        warn_once!(
+            self.said,
+            from,
+            "unknown",
+            "datagrams from {from} ignored: not the cluster.sync_address of a node live in the store"
+        );
+    }
+
+    /// Writes a datagram's flows, from a live node; true if it ends a push
+    /// to this node.
+    fn receive(&self, datagram: &[u8], from: SocketAddr, ids: &Ids) -> bool {
         let flows = match decode(datagram) {
             Ok(flows) => flows,
             Err(why) => {
                 self.counts.refused.fetch_add(1, Ordering::Relaxed);
-                log::debug!("flow replication: a datagram from {from} refused: {why}");
+                warn_once!(self.said, from, "malformed", "a datagram from {from} refused: {why}");
                 return false;
             }
         };
@@ -509,6 +633,12 @@ impl Replicator {
                 }
                 None => {
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    warn_once!(
+                        self.said,
+                        from,
+                        "server",
+                        "flows from {from} on a server this node does not have (do the nodes' pools differ? see lb nodes)"
+                    );
                 }
             }
         }
@@ -631,6 +761,39 @@ mod tests {
         }
         assert!(matches!(back[1].to_flow(9, now), Some(Replicated::V6(k, _)) if k == key6));
         assert!(encode(&[WireFlow::default(); BATCH]).len() <= 1400, "a full datagram fits any path");
+    }
+
+    /// Datagrams from a node not seen yet are held until it is seen, in
+    /// their order, or refused after their wait; a flood is bounded.
+    #[test]
+    fn a_strangers_datagrams_wait_for_it_to_be_seen() {
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:7946".parse().unwrap(), "10.0.0.2:7946".parse().unwrap());
+        let mut strangers = Strangers::default();
+        assert!(strangers.hold(a, b"1") && strangers.hold(b, b"2") && strangers.hold(a, b"3"));
+        let taken = strangers.known_now(|from| from == a);
+        assert_eq!(taken, [(a, b"1".to_vec()), (a, b"3".to_vec())]);
+        assert!(!strangers.is_empty(), "b's still held");
+        let now = tokio::time::Instant::now();
+        assert!(strangers.expire(now).is_empty(), "refused before its wait");
+        assert_eq!(strangers.expire(now + STRANGER_WAIT), [b]);
+        assert!(strangers.is_empty());
+        assert_eq!((0..STRANGERS_MAX + 5).filter(|_| strangers.hold(b, b"x")).count(), STRANGERS_MAX);
+    }
+
+    /// A fault is warned of once per address and kind, again once it was
+    /// over; a flood of addresses does not grow what is remembered.
+    #[test]
+    fn each_fault_is_said_once_until_it_is_over() {
+        let said = Said::default();
+        let a: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        assert!(said.first(a, "send"));
+        assert!(!said.first(a, "send"), "said twice");
+        assert!(said.first(a, "unknown"), "another fault of the same address");
+        said.clear(a, "send");
+        assert!(said.first(a, "send"), "a fault that came back");
+        let many = (0..1000u16).filter(|p| said.first(SocketAddr::from(([10, 0, 0, 2], *p)), "unknown")).count();
+        assert_eq!(many, Said::MAX - 2);
+        assert_eq!(said.0.lock().unwrap().len(), Said::MAX);
     }
 
     #[test]
