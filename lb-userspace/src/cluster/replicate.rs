@@ -337,7 +337,7 @@ impl Said {
 macro_rules! warn_once {
     ($said:expr, $at:expr, $fault:literal, $($arg:tt)+) => {
         if $said.first($at, $fault) {
-            log::warn!("flow replication: {} (said once: counted in lb_cluster_replication_refused_total and the like)", format_args!($($arg)+));
+            log::warn!("flow replication: {} (said once)", format_args!($($arg)+));
         } else {
             log::debug!("flow replication: {}", format_args!($($arg)+));
         }
@@ -602,7 +602,8 @@ impl Replicator {
             self.said,
             from,
             "unknown",
-            "datagrams from {from} ignored: not the cluster.sync_address of a node live in the store"
+            "datagrams from {from} ignored: not the cluster.sync_address of a node live in the store \
+             (counted in lb_cluster_replication_refused_total)"
         );
     }
 
