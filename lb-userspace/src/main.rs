@@ -102,7 +102,8 @@ enum Command {
     },
     /// Stop forwarding for good: detach XDP and remove the instance's pinned
     /// links and maps (its agent must be stopped; stopping the agent alone
-    /// leaves XDP forwarding, so that a restart misses no packet).
+    /// leaves XDP forwarding, so that a restart misses no packet). In a
+    /// cluster, the node leaves it: the other nodes no longer show it.
     Cleanup {
         /// The config the agent ran with (its `instance` names the pins).
         #[arg(long, short)]
@@ -270,24 +271,7 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
             };
             cli::reload(&socket, &ReloadArgs { force, dry_run, this_node }, json)
         }
-        Command::Cleanup { config } => {
-            let config = Config::load(&config)?;
-            if std::os::unix::net::UnixStream::connect(&config.api_socket).is_ok() {
-                anyhow::bail!(
-                    "the agent of instance {} is running (it answers on {}): stop it first",
-                    config.instance,
-                    config.api_socket.display()
-                );
-            }
-            let dir = daemon::pin_dir(&config.instance);
-            if dir.exists() {
-                // The link pins go with it: nothing holds the XDP links then,
-                // and the program is detached.
-                std::fs::remove_dir_all(&dir)?;
-                println!("XDP detached from {}; removed {}", config.interfaces.join(", "), dir.display());
-            }
-            Ok(())
-        }
+        Command::Cleanup { config } => daemon::cleanup(&Config::load(&config)?),
     }
 }
 

@@ -262,7 +262,7 @@ fn a_starting_node_takes_the_stores_states_before_it_attaches_or_starts_stale_wi
 }
 
 #[test]
-fn a_node_killed_mid_drain_keeps_the_deadline_and_a_lost_nodes_flows_vanish_with_its_lease() {
+fn a_node_killed_mid_drain_keeps_the_deadline_a_lost_nodes_flows_vanish_with_its_lease_and_a_node_cleaned_up_leaves() {
     let mut fleet = Fleet::start(2);
     let session = Session::start(fleet.node("n3").connect_to("s1"), "s1", EVERY_100MS);
     wait_for("n1 sees n3's flow", Duration::from_secs(5), || {
@@ -296,6 +296,23 @@ fn a_node_killed_mid_drain_keeps_the_deadline_and_a_lost_nodes_flows_vanish_with
     });
     eprintln!("n2's record gone {:?} after it was killed (lease 5 s)", killed.elapsed());
     assert!(!fleet.node("n1").server("p7", "s2").flows_by_node.contains_key("n2"));
+
+    // Taken out for good, `lb cleanup` on it: n2 leaves the cluster, and
+    // the others no longer show it (they showed it lost, and alerted on it,
+    // until each restarted).
+    let n2 = &fleet.nodes[1].agent;
+    let out = n2.lb_command().args(["cleanup", "--config"]).arg(&n2.config_path).output().expect("lb cleanup");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("node n2 left the cluster"), "{said}");
+    let shows_n2 = |node: &str| Fleet::nodes_view(fleet.node(node)).nodes.iter().any(|n| n.node == "n2");
+    for node in ["n1", "n3"] {
+        wait_for(&format!("{node} no longer shows n2"), Duration::from_secs(5), || !shows_n2(node));
+    }
+    // Started again, it is back.
+    fleet.nodes[1].agent.restart();
+    wait_for("n1 sees n2 again", Duration::from_secs(10), || {
+        Fleet::nodes_view(fleet.node("n1")).nodes.iter().any(|n| n.node == "n2" && n.up)
+    });
 }
 
 #[test]

@@ -74,6 +74,20 @@ struct Seen {
     told: Vec<String>,
 }
 
+impl Seen {
+    /// Forgets the nodes that left the cluster for good (`lb cleanup` on
+    /// them), but one whose record is back (it started again).
+    fn forget(&mut self, left: &std::collections::BTreeSet<String>, records: &[NodeRecord]) {
+        for node in left.iter().filter(|n| !records.iter().any(|r| &r.node == *n)) {
+            if self.nodes.remove(node).is_some() {
+                log::info!("cluster: node {node} left the cluster (lb cleanup on it): no longer shown");
+            }
+            self.clocks.remove(node);
+            self.told.retain(|n| n != node);
+        }
+    }
+}
+
 impl Presence {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut lease: Option<i64> = None;
@@ -85,6 +99,10 @@ impl Presence {
         // from an unknown address.
         if let Ok(records) = self.store.nodes().await {
             self.see_peers(&records);
+        }
+        // Back after `lb cleanup` made this node leave: no longer marked so.
+        if let Err(e) = self.store.rejoin(&self.node).await {
+            log::debug!("cluster: cannot clear this node's mark of having left: {e}");
         }
         let mut every = tokio::time::interval(TICK);
         loop {
@@ -102,6 +120,9 @@ impl Presence {
                 Ok(records) if published => {
                     let others = others_of(&records, &self.node);
                     self.owner.others(Some(others)).await;
+                    if let Ok(left) = self.store.left().await {
+                        seen.forget(&left, &records);
+                    }
                     self.see(&mut seen, records, &record, now).await;
                 }
                 Ok(_) | Err(_) => {

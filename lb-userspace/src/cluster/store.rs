@@ -358,6 +358,45 @@ impl Store {
         Ok(answer.succeeded().then(|| answer.header().map_or(0, |h| h.revision())))
     }
 
+    fn left_key(&self, node: &str) -> String {
+        format!("{}/left/{node}", self.prefix)
+    }
+
+    /// `node` leaves the cluster for good (`lb cleanup` on it, its agent
+    /// stopped): its record goes now rather than with its lease, and the
+    /// other nodes forget it (they showed it gone, and alerted on it, until
+    /// each restarted).
+    pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.node_key(node), None),
+            TxnOp::put(self.left_key(node), b"left".to_vec(), None),
+        ]);
+        let mut client = self.client.clone();
+        client.txn(txn).await.map_err(self.unreachable())?;
+        Ok(())
+    }
+
+    /// `node` is back: it left before, and its agent started again. (A live
+    /// record counts over a mark left, so this is only tidiness.)
+    pub async fn rejoin(&self, node: &str) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        client.delete(self.left_key(node), None).await.map_err(self.unreachable())?;
+        Ok(())
+    }
+
+    /// The nodes that left for good.
+    pub async fn left(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut client = self.client.clone();
+        let prefix = self.left_key("");
+        let answer =
+            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(self.unreachable())?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).strip_prefix(&prefix).unwrap_or_default().to_owned())
+            .collect())
+    }
+
     /// Every live node's record.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut client = self.client.clone();

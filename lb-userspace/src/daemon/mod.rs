@@ -5,6 +5,7 @@
 //! datapath's clock until told to stop; then detach. Every part is watched
 //! (`supervise`): one that ends stops the agent with its cause.
 
+mod cleanup;
 pub mod startup;
 pub mod supervise;
 mod systemd;
@@ -51,6 +52,8 @@ use crate::{
 };
 
 /// Where an instance pins its maps and links.
+pub use cleanup::cleanup;
+
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(BPFFS).join(instance)
 }
