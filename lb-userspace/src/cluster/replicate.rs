@@ -387,22 +387,24 @@ pub use crate::datapath::flow_table::forwarded_here;
 /// may be before that peer sees it (each reads the store's records every
 /// presence tick): its datagrams are held here, taken once their address
 /// is a live node's, and refused after [`STRANGER_WAIT`] (so a node's start
-/// costs no flow and reads as no fault). At most [`STRANGERS_MAX`] held.
+/// costs no flow and reads as no fault). At most [`STRANGERS_MAX_BYTES`]
+/// held (about 70,000 flows in full datagrams).
 #[derive(Default)]
 struct Strangers {
     held: std::collections::VecDeque<(tokio::time::Instant, SocketAddr, Vec<u8>)>,
+    bytes: usize,
 }
 
 const STRANGER_WAIT: Duration = Duration::from_secs(2);
-/// Datagrams of at most 64 KiB (1.4 KiB in a full batch of flows).
-const STRANGERS_MAX: usize = 1024;
+const STRANGERS_MAX_BYTES: usize = 4 << 20;
 
 impl Strangers {
     /// Holds `datagram`; false when full (refuse it).
     fn hold(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
-        if self.held.len() >= STRANGERS_MAX {
+        if self.bytes + datagram.len() > STRANGERS_MAX_BYTES {
             return false;
         }
+        self.bytes += datagram.len();
         self.held.push_back((tokio::time::Instant::now() + STRANGER_WAIT, from, datagram.to_vec()));
         true
     }
@@ -411,6 +413,7 @@ impl Strangers {
     fn known_now(&mut self, known: impl Fn(SocketAddr) -> bool) -> Vec<(SocketAddr, Vec<u8>)> {
         let (now, still): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(_, from, _)| known(*from));
         self.held = still.into();
+        self.bytes = self.held.iter().map(|(_, _, datagram)| datagram.len()).sum();
         now.into_iter().map(|(_, from, datagram)| (from, datagram)).collect()
     }
 
@@ -427,7 +430,10 @@ impl Strangers {
     fn expire(&mut self, now: tokio::time::Instant) -> Vec<SocketAddr> {
         let mut expired = Vec::new();
         while self.held.front().is_some_and(|(until, ..)| *until <= now) {
-            expired.extend(self.held.pop_front().map(|(_, from, _)| from));
+            if let Some((_, from, datagram)) = self.held.pop_front() {
+                self.bytes -= datagram.len();
+                expired.push(from);
+            }
         }
         expired
     }
@@ -765,7 +771,7 @@ mod tests {
     }
 
     /// Datagrams from a node not seen yet are held until it is seen, in
-    /// their order, or refused after their wait; a flood is bounded.
+    /// their order, or refused after their wait; what is held is bounded.
     #[test]
     fn a_strangers_datagrams_wait_for_it_to_be_seen() {
         let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:7946".parse().unwrap(), "10.0.0.2:7946".parse().unwrap());
@@ -778,7 +784,11 @@ mod tests {
         assert!(strangers.expire(now).is_empty(), "refused before its wait");
         assert_eq!(strangers.expire(now + STRANGER_WAIT), [b]);
         assert!(strangers.is_empty());
-        assert_eq!((0..STRANGERS_MAX + 5).filter(|_| strangers.hold(b, b"x")).count(), STRANGERS_MAX);
+        let datagram = vec![0u8; 1400];
+        let held = (0..4000).filter(|_| strangers.hold(b, &datagram)).count();
+        assert_eq!(held, STRANGERS_MAX_BYTES / 1400, "bounded by bytes");
+        strangers.known_now(|from| from == b);
+        assert!(strangers.hold(b, &datagram), "room again once taken");
     }
 
     /// A fault is warned of once per address and kind, again once it was
