@@ -326,7 +326,7 @@ fn a_server_added_then_a_node_lost_moves_no_flow_to_another_server() {
             socket.send_to(b"not a flow", testbed::ecmp::sync_address(1)).expect("send");
         }
     });
-    testbed::bed::wait_for("n1 counts the 3 datagrams", Duration::from_secs(10), || refused() == 3);
+    testbed::bed::wait_for("n1 counts the 3 datagrams", Duration::from_secs(30), || refused() == 3);
     let log = n1.log();
     let warned = log.lines().filter(|l| l.contains("WARN") && l.contains("ignored: not the cluster.sync_address"));
     assert_eq!(warned.count(), 1, "warned once:\n{log}");

@@ -395,7 +395,10 @@ struct Strangers {
     bytes: usize,
 }
 
-const STRANGER_WAIT: Duration = Duration::from_secs(2);
+/// As long as a joining node waits for its peers' pushes: the others see it
+/// within a presence tick or two, and a store slow to answer (or a busy
+/// host) is given the same room.
+const STRANGER_WAIT: Duration = JOIN_WAIT;
 const STRANGERS_MAX_BYTES: usize = 4 << 20;
 
 impl Strangers {
