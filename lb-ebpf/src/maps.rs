@@ -29,9 +29,10 @@ pub static VIP_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(DEFAULT_MAX_S
 pub static SERVERS: Array<Server> = Array::with_max_entries(DEFAULT_MAX_SERVERS, 0);
 
 /// Consistent-hash tables, one row of MAGLEV_TABLE_SIZE server ids per
-/// service, holding only servers that may take new flows. Agent writes.
+/// service, holding only servers that may take new flows. Agent writes,
+/// through mmap (a row at a time).
 #[map(name = "maglev")]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * MAGLEV_TABLE_SIZE, BPF_F_MMAPABLE);
 
 /// Connection tracking, keyed by the client's 5-tuple (VIP included): the
 /// slots of `lb_common::flow_table`. Datapath creates and updates flows; the
@@ -52,7 +53,8 @@ pub static FLOW_TAGS: Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> =
 #[unsafe(no_mangle)]
 static FLOW_BUCKET_MASK: u32 = flow_table::bucket_mask(flow_table::slots(DEFAULT_MAX_FLOWS));
 
-/// `BPF_F_MMAPABLE`: the agent maps the flow table to walk it at memory speed.
+/// `BPF_F_MMAPABLE`: the agent maps the flow table to walk it at memory
+/// speed, and the Maglev rows to write them so.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[inline(always)]

@@ -402,6 +402,50 @@ fn an_upgrade_whose_replication_logs_changed_shape_keeps_the_flows() {
     assert!(agent.log().contains("made afresh"), "the agent says so:\n{}", agent.log());
 }
 
+/// Before 2026-12-08 the Maglev rows were written one element at a time by
+/// the kernel (16-35 ms a row, which held every change that long); they
+/// are now written through a mapping, which needs the array made
+/// `BPF_F_MMAPABLE`. An agent upgraded over the older array makes it
+/// afresh, keeps the flows, and balances and changes rows as before.
+#[test]
+fn an_upgrade_over_maglev_rows_not_mappable_remakes_them_and_keeps_the_flows() {
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    let topology = Topology::new(2);
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
+    let mut agent = Agent::start(&topology, topology.config(&[echo]));
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
+    let server = client.exchange("before").expect("exchange");
+    agent.stop().expect("agent was running");
+    let pins = agent.pin_dir();
+    let rows = pins.join(map_name::MAGLEV);
+    let info = || aya::maps::MapInfo::from_pin(&rows).expect("Maglev pin");
+    assert_ne!(info().map_flags() & BPF_F_MMAPABLE, 0, "this version's rows are mappable");
+    let entries = info().max_entries();
+    let flows_id = || aya::maps::MapInfo::from_pin(pins.join(map_name::FLOWS)).expect("flow table pin").id();
+    let before = flows_id();
+    // As an earlier version left it: the same shape, not mappable (and empty).
+    std::fs::remove_file(&rows).expect("unpin the rows");
+    pin_array(&rows, 4, entries);
+    assert_eq!(info().map_flags() & BPF_F_MMAPABLE, 0);
+
+    agent.restart();
+    assert_ne!(info().map_flags() & BPF_F_MMAPABLE, 0, "the rows are made afresh, mappable");
+    assert!(agent.log().contains("made afresh"), "the agent says so:\n{}", agent.log());
+    assert_eq!(flows_id(), before, "the flow table, and its flows, are kept");
+    assert_eq!(client.exchange("after").expect("exchange after the upgrade"), server);
+    // The new rows balance new connections, and a change rewrites them.
+    let other = if server == "s1" { "s2" } else { "s1" };
+    let (ok, out, err) = agent.lb(&["server", "disable", "p7", &server, "--graceful"]);
+    assert!(ok, "disable: {out}{err}");
+    for i in 0..6 {
+        let mut c = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect after the upgrade");
+        assert_eq!(c.exchange(&format!("new {i}")).expect("exchange"), other, "{server} takes no new flow");
+    }
+    assert_eq!(client.exchange("draining").expect("its own flow goes on"), server);
+}
+
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_restart_resumes_the_flows() {
     let topology = Topology::new(3);

@@ -1024,3 +1024,46 @@ fn new_flows_on_two_cpus_at_once_lose_no_slot() {
         assert_eq!(delta("forward_new_flow"), 2 * ROUNDS as u64 * FLOWS as u64, "every SYN opened a flow");
     });
 }
+
+/// Each service's Maglev row, as the datapath reads it (element by element,
+/// through the kernel), is the row the agent computed for its pool's
+/// servers that take new flows: at start, and after a change rewrites
+/// rows in place. (The agent writes rows through a mapping of the array,
+/// whose elements the kernel lays out 8 bytes apart.)
+#[test]
+fn every_services_maglev_row_reads_in_the_datapath_as_computed() {
+    use lb_userspace::{
+        model::DisableMode,
+        servers::maglev::{self, Member},
+    };
+    let ns = fixture_netns();
+    ns.run(|| {
+        let mut bed = FixtureBed::load(&config((1, 1)));
+        let check = |bed: &FixtureBed, when: &str| {
+            for service in bed.services() {
+                let members: Vec<Member> = bed
+                    .servers()
+                    .pool(&service.pool)
+                    .filter(|s| s.takes_new_flows())
+                    .map(|s| Member { id: s.id, identity: s.identity, weight: s.hash_weight() })
+                    .collect();
+                let want = maglev::build_table(&members);
+                let base = service.index * lb_common::MAGLEV_TABLE_SIZE;
+                let maps = &bed.dp().maps;
+                let found =
+                    (0..want.len() as u32).find(|&i| maps.maglev.get(&(base + i), 0).ok() != Some(want[i as usize]));
+                assert_eq!(
+                    found,
+                    None,
+                    "{when}: service {} (row {}) differs at that slot",
+                    service.label(),
+                    service.index
+                );
+            }
+        };
+        assert!(bed.services().len() >= 4, "rows from several pages of the array");
+        check(&bed, "at start");
+        bed.disable("web", &["s1"], DisableMode::Graceful { timeout_ms: None }, false).expect("disable s1");
+        check(&bed, "s1 draining");
+    });
+}

@@ -337,7 +337,7 @@ pub(crate) fn map_range(map: &MapData, first: u32, len: u32, size: usize) -> io:
     };
     if ptr == libc::MAP_FAILED {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mapping a flow table map: {e}")));
+        return Err(io::Error::new(e.kind(), format!("mapping elements {first}..{} of a map: {e}", first + len)));
     }
     Ok(ptr)
 }

@@ -9,10 +9,31 @@ use lb_common::map_name;
 use super::{BPFFS, DatapathError, MapSizes};
 
 /// Maps that hold nothing a restart must keep: flow replication's logs
-/// (the agent reads only what is logged after its start). Pinned ones of
-/// another shape, left by another version, are made afresh instead of
-/// refused: an upgrade that changes them keeps every flow.
-const REMADE: [&str; 2] = [map_name::NEW_FLOWS, map_name::NEW_FLOWS6];
+/// (the agent reads only what is logged after its start), and the Maglev
+/// rows (the agent writes every service's row before it attaches). Pinned
+/// ones of another shape, left by another version, are made afresh instead
+/// of refused: an upgrade that changes them keeps every flow.
+const REMADE: [&str; 3] = [map_name::NEW_FLOWS, map_name::NEW_FLOWS6, map_name::MAGLEV];
+
+/// The maps created `BPF_F_MMAPABLE` (`lb-ebpf/src/maps.rs`), which the
+/// agent reads or writes through mmap (the Maglev rows were not, before
+/// 2026-12-08). A map missing here would have the agent refuse its own
+/// pins at a restart, as the restart tests would show.
+const MAPPED: [&str; 10] = [
+    map_name::MAGLEV,
+    map_name::FLOWS,
+    map_name::FLOW_TAGS,
+    map_name::FLOWS6,
+    map_name::FLOW_TAGS6,
+    map_name::PURGED,
+    map_name::PURGED6,
+    map_name::NEW_FLOWS,
+    map_name::NEW_FLOWS6,
+    map_name::FLOW_SYNC,
+];
+
+/// `BPF_F_MMAPABLE`, as a map's flags say it.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Refuses pinned maps whose shape differs from what this agent would create:
 /// aya would silently reuse them, and the datapath would misread them. Those
@@ -28,10 +49,12 @@ pub(super) fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), 
         }
         let info =
             MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMapInfo { path: path.clone(), source })?;
+        let mapped = u32::from(MAPPED.contains(&name));
         for (what, found, expected) in [
             ("key size", info.key_size(), key_size),
             ("value size", info.value_size(), value_size),
             ("max entries", info.max_entries(), max_entries),
+            ("mmapable", u32::from(info.map_flags() & BPF_F_MMAPABLE != 0), mapped),
         ] {
             if found == expected {
                 continue;
