@@ -54,7 +54,7 @@ pub static FLOW_TAGS: Array<[u64; flow_table::TAG_LINE_BUCKETS as usize]> =
 static FLOW_BUCKET_MASK: u32 = flow_table::bucket_mask(flow_table::slots(DEFAULT_MAX_FLOWS));
 
 /// `BPF_F_MMAPABLE`: the agent maps the flow table to walk it at memory
-/// speed, and the Maglev rows to write them so.
+/// speed, and the Maglev rows and the filter to write them so.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[inline(always)]
@@ -132,7 +132,7 @@ pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entrie
 /// The traffic filter: `lb_common::filter` bits, so traffic that is not ours
 /// passes after an array read. Agent writes.
 #[map(name = "filter")]
-pub static FILTER: Array<u8> = Array::with_max_entries(filter::ENTRIES, 0);
+pub static FILTER: Array<u8> = Array::with_max_entries(filter::ENTRIES, BPF_F_MMAPABLE);
 
 /// Next hop towards each server, indexed by server id: the FIB's answer,
 /// cached. Datapath writes (after a lookup); the agent clears an entry when

@@ -402,13 +402,14 @@ fn an_upgrade_whose_replication_logs_changed_shape_keeps_the_flows() {
     assert!(agent.log().contains("made afresh"), "the agent says so:\n{}", agent.log());
 }
 
-/// Before 2026-12-08 the Maglev rows were written one element at a time by
-/// the kernel (16-35 ms a row, which held every change that long); they
-/// are now written through a mapping, which needs the array made
-/// `BPF_F_MMAPABLE`. An agent upgraded over the older array makes it
-/// afresh, keeps the flows, and balances and changes rows as before.
+/// Before 2026-12-08 the Maglev rows and the traffic filter were written
+/// one element at a time by the kernel (16-35 ms a Maglev row, which held
+/// every change that long); they are now written through a mapping, which
+/// needs the arrays made `BPF_F_MMAPABLE`. An agent upgraded over the older
+/// arrays makes them afresh, keeps the flows, and balances and changes rows
+/// as before.
 #[test]
-fn an_upgrade_over_maglev_rows_not_mappable_remakes_them_and_keeps_the_flows() {
+fn an_upgrade_over_rows_and_filter_not_mappable_remakes_them_and_keeps_the_flows() {
     const BPF_F_MMAPABLE: u32 = 1 << 10;
     let topology = Topology::new(2);
     let _echo: Vec<Server> =
@@ -419,19 +420,23 @@ fn an_upgrade_over_maglev_rows_not_mappable_remakes_them_and_keeps_the_flows() {
     let server = client.exchange("before").expect("exchange");
     agent.stop().expect("agent was running");
     let pins = agent.pin_dir();
-    let rows = pins.join(map_name::MAGLEV);
-    let info = || aya::maps::MapInfo::from_pin(&rows).expect("Maglev pin");
-    assert_ne!(info().map_flags() & BPF_F_MMAPABLE, 0, "this version's rows are mappable");
-    let entries = info().max_entries();
-    let flows_id = || aya::maps::MapInfo::from_pin(pins.join(map_name::FLOWS)).expect("flow table pin").id();
+    let info = |name: &str| aya::maps::MapInfo::from_pin(pins.join(name)).expect("a pin");
+    let mappable = |name: &str| info(name).map_flags() & BPF_F_MMAPABLE != 0;
+    let flows_id = || info(map_name::FLOWS).id();
     let before = flows_id();
-    // As an earlier version left it: the same shape, not mappable (and empty).
-    std::fs::remove_file(&rows).expect("unpin the rows");
-    pin_array(&rows, 4, entries);
-    assert_eq!(info().map_flags() & BPF_F_MMAPABLE, 0);
+    // As an earlier version left them: the same shapes, not mappable (and empty).
+    for (name, value_size) in [(map_name::MAGLEV, 4), (map_name::FILTER, 1)] {
+        assert!(mappable(name), "this version's {name} is mappable");
+        let entries = info(name).max_entries();
+        std::fs::remove_file(pins.join(name)).expect("unpin");
+        pin_array(&pins.join(name), value_size, entries);
+        assert!(!mappable(name));
+    }
 
     agent.restart();
-    assert_ne!(info().map_flags() & BPF_F_MMAPABLE, 0, "the rows are made afresh, mappable");
+    for name in [map_name::MAGLEV, map_name::FILTER] {
+        assert!(mappable(name), "{name} is made afresh, mappable");
+    }
     assert!(agent.log().contains("made afresh"), "the agent says so:\n{}", agent.log());
     assert_eq!(flows_id(), before, "the flow table, and its flows, are kept");
     assert_eq!(client.exchange("after").expect("exchange after the upgrade"), server);

@@ -1,8 +1,8 @@
 //! Batched map operations (BPF_MAP_*_BATCH), which aya 0.14 does not wrap:
-//! writing the filter, or cleaning return-path entries, one syscall per
-//! entry would take far longer. (The kernel still copies a batch's
-//! elements one at a time: the Maglev rows, 65,537 elements each, are
-//! written through a mapping instead, `tables.rs`.)
+//! writing or cleaning return-path entries one syscall per entry would
+//! take far longer. (The kernel still copies a batch's elements one at a
+//! time: the Maglev rows and the filter, arrays of 65,537 and 65,536, are
+//! written through a mapping instead, `mapped.rs`.)
 //!
 //! The kernel reads `count` keys (and values) of the map's own sizes from
 //! the buffers given, so the sizes of `K` and `V` are checked against the

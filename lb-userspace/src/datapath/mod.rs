@@ -42,6 +42,7 @@ pub mod family;
 pub mod flow_log;
 pub mod flow_table;
 pub mod idle_close;
+mod mapped;
 pub mod ops;
 mod pins;
 pub mod purge;

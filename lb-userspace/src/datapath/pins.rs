@@ -9,18 +9,19 @@ use lb_common::map_name;
 use super::{BPFFS, DatapathError, MapSizes};
 
 /// Maps that hold nothing a restart must keep: flow replication's logs
-/// (the agent reads only what is logged after its start), and the Maglev
-/// rows (the agent writes every service's row before it attaches). Pinned
+/// (the agent reads only what is logged after its start), the Maglev rows
+/// and the filter (the agent writes them whole before it attaches). Pinned
 /// ones of another shape, left by another version, are made afresh instead
 /// of refused: an upgrade that changes them keeps every flow.
-const REMADE: [&str; 3] = [map_name::NEW_FLOWS, map_name::NEW_FLOWS6, map_name::MAGLEV];
+const REMADE: [&str; 4] = [map_name::NEW_FLOWS, map_name::NEW_FLOWS6, map_name::MAGLEV, map_name::FILTER];
 
 /// The maps created `BPF_F_MMAPABLE` (`lb-ebpf/src/maps.rs`), which the
-/// agent reads or writes through mmap (the Maglev rows were not, before
-/// 2026-12-08). A map missing here would have the agent refuse its own
-/// pins at a restart, as the restart tests would show.
-const MAPPED: [&str; 10] = [
+/// agent reads or writes through mmap (the Maglev rows and the filter were
+/// not, before 2026-12-08). A map missing here would have the agent refuse
+/// its own pins at a restart, as the restart tests would show.
+const MAPPED: [&str; 11] = [
     map_name::MAGLEV,
+    map_name::FILTER,
     map_name::FLOWS,
     map_name::FLOW_TAGS,
     map_name::FLOWS6,

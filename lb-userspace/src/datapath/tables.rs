@@ -6,22 +6,18 @@
 //! on their servers. Writes are ordered so the datapath never sees a Maglev
 //! slot or a flow pointing at a server slot that is not written yet.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::atomic::{AtomicU32, Ordering, fence},
-};
+use std::{collections::HashMap, net::IpAddr};
 
-use aya::maps::{MapData, MapError};
+use aya::maps::MapError;
 use lb_common::{
     Addr6, EndpointKey, EndpointKey6, MAGLEV_TABLE_SIZE, NextHop, ReverseNat, ReverseNat6, Server, Service, ServiceKey,
     ServiceKey6, filter, server_flags, server_state,
 };
 
 use super::{
-    Datapath, bpf_batch,
+    Datapath,
     family::{addr4, addr6, ip4, ip6},
-    flow_table::map_range,
+    mapped,
 };
 use crate::{
     config::Config,
@@ -112,47 +108,8 @@ pub fn write_maglev_row(dp: &Datapath, service: &ServiceSlot, servers: &ServerTa
         .map(|s| Member { id: s.id, identity: s.identity, weight: s.hash_weight() })
         .collect();
     let row = maglev::build_table(&members);
-    write_row(dp.maps.maglev_map(), service.index * MAGLEV_TABLE_SIZE, &row)
+    mapped::write(dp.maps.maglev_map(), service.index * MAGLEV_TABLE_SIZE, &row)
         .map_err(|source| TablesError::Maglev { service: service.label(), source })
-}
-
-/// Writes `row` into the Maglev array from element `base`, through a
-/// mapping of the array (`BPF_F_MMAPABLE`): the kernel's batch update
-/// copies 65,537 elements one at a time, 16-35 ms a row on these hosts,
-/// which held every change (and a drain's deadline) that long; mapped, it
-/// is a pass over the row. Only the slots that change are written: a row
-/// rebuilt for a change moves about the share of the servers that moved,
-/// and the CPUs reading it keep the lines that stay. Each slot is one
-/// aligned 32-bit store, so the datapath reads the old server or the new
-/// one, never a torn id, as it did with the batch update.
-fn write_row(map: &MapData, base: u32, row: &[u32]) -> std::io::Result<()> {
-    const PAGE_ELEMENTS: u32 = 4096 / size_of::<RowSlot>() as u32;
-    let first = base / PAGE_ELEMENTS * PAGE_ELEMENTS;
-    let len = base + row.len() as u32 - first;
-    let mapped = map_range(map, first, len, size_of::<RowSlot>())?;
-    // SAFETY: the mapping holds `len` elements from element `first`, so the
-    // row's (`base - first` on) are inside it; the datapath reads them
-    // concurrently, hence atomics.
-    let slots = unsafe { std::slice::from_raw_parts(mapped.cast::<RowSlot>().add((base - first) as usize), row.len()) };
-    for (slot, &id) in slots.iter().zip(row) {
-        if slot.id.load(Ordering::Relaxed) != id {
-            slot.id.store(id, Ordering::Relaxed);
-        }
-    }
-    // The writes that follow a row (a server's state, a service's entry)
-    // must not be seen before it, on any CPU.
-    fence(Ordering::SeqCst);
-    // SAFETY: the mapping made above, of this length; nothing refers to it now.
-    unsafe { libc::munmap(mapped, len as usize * size_of::<RowSlot>()) };
-    Ok(())
-}
-
-/// A Maglev slot as the kernel lays out an array's elements: its 4-byte
-/// value rounded up to 8 (`round_up(value_size, 8)` in `kernel/bpf/arraymap.c`).
-#[repr(C)]
-struct RowSlot {
-    id: AtomicU32,
-    _padding: u32,
 }
 
 /// What the datapath's side of the tables does: write them at start, and
@@ -241,9 +198,7 @@ impl Tables {
         for port in endpoints.v4.keys().map(|k| k.port).chain(endpoints.v6.keys().map(|k| k.port)) {
             bits[port as usize] |= filter::SERVER_PORT;
         }
-        let indexes: Vec<u32> = (0..filter::ENTRIES).collect();
-        bpf_batch::update_batch(dp.maps.filter_map(), &indexes, &bits)
-            .map_err(|source| TablesError::Filter { source })?;
+        mapped::write(dp.maps.filter_map(), 0, &bits).map_err(|source| TablesError::Filter { source })?;
         for service in &self.services {
             match service.vip {
                 IpAddr::V4(a) => dp.maps.vip_addrs.insert(addr4(a), 0, 0).map_err(map_err("write", "vip_addrs"))?,
