@@ -28,6 +28,29 @@ fn xdp_program(topology: &Topology, interface: &str) -> Option<u32> {
     after.split_whitespace().next()?.parse().ok()
 }
 
+/// Two line-echo servers behind VIP:7 (pool p7), their agent, and a
+/// client's connection through it with the server it reached; the agent
+/// then stopped (its pins in place): where a restart or an upgrade starts.
+struct Stopped {
+    topology: Topology,
+    _echo: Vec<Server>,
+    agent: Agent,
+    client: EchoClient,
+    server: String,
+}
+
+fn stopped_with_a_connection() -> Stopped {
+    let topology = Topology::new(2);
+    let _echo: Vec<Server> =
+        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
+    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
+    let mut agent = Agent::start(&topology, topology.config(&[echo]));
+    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
+    let server = client.exchange("before").expect("exchange");
+    agent.stop().expect("agent was running");
+    Stopped { topology, _echo, agent, client, server }
+}
+
 #[test]
 fn an_invalid_config_is_refused_with_every_problem_and_nothing_is_loaded() {
     let topology = Topology::new(1);
@@ -218,14 +241,7 @@ fn pinned_maps_of_another_format_are_refused_and_left_as_they_are() {
 /// longer names an interface detaches from it.
 #[test]
 fn a_restart_attaches_where_its_config_says_and_a_missing_interface_costs_no_forwarding() {
-    let topology = Topology::new(2);
-    let _echo: Vec<Server> =
-        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
-    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
-    let mut agent = Agent::start(&topology, topology.config(&[echo]));
-    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
-    let server = client.exchange("before").expect("exchange");
-    agent.stop().expect("agent was running");
+    let Stopped { topology, _echo, mut agent, mut client, server } = stopped_with_a_connection();
 
     let good = std::fs::read_to_string(&agent.config_path).unwrap();
     let interfaces = good.lines().find(|l| l.starts_with("interfaces = [")).expect("an interfaces line");
@@ -411,14 +427,7 @@ fn an_upgrade_whose_replication_logs_changed_shape_keeps_the_flows() {
 #[test]
 fn an_upgrade_over_rows_and_filter_not_mappable_remakes_them_and_keeps_the_flows() {
     const BPF_F_MMAPABLE: u32 = 1 << 10;
-    let topology = Topology::new(2);
-    let _echo: Vec<Server> =
-        topology.servers.iter().map(|s| Server::start(&s.ns, &s.name, Kind::LineEcho, 7007)).collect();
-    let echo = ServiceSpec { port: 7, protocol: "tcp", server_port: 7007, weights: vec![1, 1] };
-    let mut agent = Agent::start(&topology, topology.config(&[echo]));
-    let mut client = topology.client.run(|| EchoClient::connect(VIP, 7)).expect("connect");
-    let server = client.exchange("before").expect("exchange");
-    agent.stop().expect("agent was running");
+    let Stopped { topology, _echo, mut agent, mut client, server } = stopped_with_a_connection();
     let pins = agent.pin_dir();
     let info = |name: &str| aya::maps::MapInfo::from_pin(pins.join(name)).expect("a pin");
     let mappable = |name: &str| info(name).map_flags() & BPF_F_MMAPABLE != 0;
